@@ -1,0 +1,87 @@
+import type { Command } from 'commander';
+import { type SnapshotInfo, SnapshotStore } from 'sandpool';
+import { type Io, printLine } from '../io.js';
+import { formatTable } from '../table.js';
+
+interface StoreOptions {
+  readonly root: string;
+  readonly json?: boolean;
+}
+
+const DIGEST_PREFIX = 12;
+
+export function registerSnapshot(program: Command, io: Io): void {
+  const snapshot = program.command('snapshot').description('create, list, remove or verify snapshots of a swarm');
+  const out = (line: string): void => printLine(io.writeOut, line);
+  const print = (info: SnapshotInfo, verb: string, options: StoreOptions): void =>
+    out(options.json === true ? JSON.stringify(info) : describe(verb, info));
+
+  withStore(snapshot.command('create'))
+    .description("freeze the swarm's live folder as a named snapshot")
+    .argument('<swarm>')
+    .argument('<name>')
+    .option('--json', 'print the snapshot info as JSON')
+    .action(async (swarm: string, name: string, options: StoreOptions) => {
+      print(await storeOf(options).create(swarm, name), 'created', options);
+    });
+
+  withStore(snapshot.command('list'))
+    .description('list the snapshots of a swarm, oldest first')
+    .argument('<swarm>')
+    .option('--json', 'print a JSON array')
+    .action(async (swarm: string, options: StoreOptions) => {
+      const infos = await storeOf(options).list(swarm);
+      if (options.json === true) return out(JSON.stringify(infos));
+      if (infos.length === 0) return out(`swarm ${swarm} has no snapshots`);
+      out(
+        formatTable(
+          [
+            { header: 'name' },
+            { header: 'createdAt' },
+            { header: 'files', align: 'right' },
+            { header: 'bytes', align: 'right' },
+            { header: 'digest' },
+          ],
+          infos.map((info) => [
+            info.name,
+            info.createdAt,
+            String(info.files),
+            String(info.bytes),
+            info.digest.slice(0, DIGEST_PREFIX),
+          ]),
+        ),
+      );
+    });
+
+  withStore(snapshot.command('remove'))
+    .description('remove a snapshot')
+    .argument('<swarm>')
+    .argument('<name>')
+    .action(async (swarm: string, name: string, options: StoreOptions) => {
+      await storeOf(options).remove(swarm, name);
+      out(`removed ${swarm}@${name}`);
+    });
+
+  withStore(snapshot.command('verify'))
+    .description('check every file of a snapshot against its manifest')
+    .argument('<swarm>')
+    .argument('<name>')
+    .option('--json', 'print the snapshot info as JSON')
+    .action(async (swarm: string, name: string, options: StoreOptions) => {
+      print(await storeOf(options).verify(swarm, name), 'verified', options);
+    });
+}
+
+function withStore(command: Command): Command {
+  return command.requiredOption('--root <dir>', 'folder holding <swarm>/live and <swarm>/snapshots');
+}
+
+function storeOf(options: StoreOptions): SnapshotStore {
+  return new SnapshotStore({ root: options.root });
+}
+
+function describe(verb: string, info: SnapshotInfo): string {
+  const digest = info.digest.slice(0, DIGEST_PREFIX);
+  const files = info.files === 1 ? '1 file' : `${info.files} files`;
+  return `${verb} ${info.swarm}@${info.name}: ${files}, ${info.bytes} bytes, created ${info.createdAt}, digest ${digest}`;
+}

@@ -1,0 +1,71 @@
+import { mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+
+/** What one generation of a swarm's notifier looks like; each demo edit writes a new one. */
+export interface Generation {
+  readonly swarm: string;
+  readonly version: string;
+  /** JS expression over `msg` that the helper's `format(msg)` returns. */
+  readonly format: string;
+}
+
+export const STEM = 'notifier_agent';
+
+/**
+ * Writes `notifier_agent.mjs` and its sibling helper `format.mjs` into the swarm's live
+ * folder. Both files carry the version: the helper reports its own, so the output shows
+ * that a snapshot's agent imports the snapshot's helper, not whichever helper is live.
+ */
+export async function writeGeneration(root: string, generation: Generation): Promise<void> {
+  const live = join(root, generation.swarm, 'live');
+  await mkdir(live, { recursive: true });
+  const label = `${generation.swarm} ${generation.version}`;
+  await writeFile(
+    join(live, 'format.mjs'),
+    [
+      `export const HELPER_VERSION = 'format ${label}';`,
+      `export function format(msg) { return ${generation.format}; }`,
+      '',
+    ].join('\n'),
+  );
+  await writeFile(
+    join(live, `${STEM}.mjs`),
+    [
+      "import { threadId } from 'node:worker_threads';",
+      "import { format, HELPER_VERSION } from './format.mjs';",
+      '',
+      '// Module state: one counter per loaded copy of this file, so per key.',
+      'let count = 0;',
+      '',
+      'export function notify(msg) {',
+      '  count += 1;',
+      `  return { version: '${label}', text: format(msg), count, helper: HELPER_VERSION, threadId };`,
+      '}',
+      '',
+    ].join('\n'),
+  );
+}
+
+/** What `notify` returns, checked rather than trusted: it crossed a thread boundary. */
+export interface NotifyResult {
+  readonly version: string;
+  readonly text: string;
+  readonly count: number;
+  readonly helper: string;
+  readonly threadId: number;
+}
+
+export function asNotifyResult(value: unknown): NotifyResult {
+  if (typeof value !== 'object' || value === null) throw new TypeError('notify returned a non-object');
+  const { version, text, count, helper, threadId } = value as Record<string, unknown>;
+  if (
+    typeof version !== 'string' ||
+    typeof text !== 'string' ||
+    typeof count !== 'number' ||
+    typeof helper !== 'string' ||
+    typeof threadId !== 'number'
+  ) {
+    throw new TypeError(`notify returned an unexpected shape: ${JSON.stringify(value)}`);
+  }
+  return { version, text, count, helper, threadId };
+}

@@ -1,0 +1,115 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createPool, type Pool, type PoolEvent } from 'sandpool';
+import { asNotifyResult, type NotifyResult, STEM, writeGeneration } from './demo-agents.js';
+import { type Io, printLine } from './io.js';
+import { formatTable } from './table.js';
+
+const KEYS = [`a1b2@jan/${STEM}`, `a1b2@jun/${STEM}`, `a1b2/${STEM}`, `c3d4@jan/${STEM}`, `c3d4/${STEM}`] as const;
+
+/** Repeats show that each key keeps its own counter, even two copies of one file. */
+const CALL_ORDER = [KEYS[0], KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[0], KEYS[2], KEYS[0]];
+
+const LRU_MAX_WORKERS = 3;
+
+export async function runDemo(io: Io): Promise<void> {
+  const out = (line = ''): void => printLine(io.writeOut, line);
+  const root = await mkdtemp(join(tmpdir(), 'sandpool-demo-'));
+  try {
+    out(`agents under ${root} (removed at the end)`);
+    await buildSwarms(root, out);
+    out();
+    await showIsolation(root, out);
+    out();
+    await showEviction(root, out);
+  } finally {
+    await rm(root, { recursive: true, force: true });
+  }
+}
+
+async function buildSwarms(root: string, out: (line: string) => void): Promise<void> {
+  // Only the store is needed here; spareWorkers 0 so this pool never boots a thread.
+  const pool = createPool({ root, spareWorkers: 0 });
+  try {
+    await writeGeneration(root, { swarm: 'a1b2', version: 'v1', format: "'[a1b2 v1] ' + msg" });
+    await pool.snapshots.create('a1b2', 'jan');
+    await writeGeneration(root, { swarm: 'a1b2', version: 'v2', format: "'A1B2 V2: ' + msg.toUpperCase()" });
+    await pool.snapshots.create('a1b2', 'jun');
+    await writeGeneration(root, { swarm: 'a1b2', version: 'v3', format: "msg + ' <- a1b2 v3'" });
+    await writeGeneration(root, { swarm: 'c3d4', version: 'v1', format: "'{c3d4 v1} ' + msg" });
+    await pool.snapshots.create('c3d4', 'jan');
+    await writeGeneration(root, { swarm: 'c3d4', version: 'v2', format: "'{c3d4 v2} ' + msg + '!'" });
+  } finally {
+    await pool.close();
+  }
+  out('a1b2: live v1 -> snapshot jan, live v2 -> snapshot jun, live v3');
+  out('c3d4: live v1 -> snapshot jan, live v2   (each swarm has its own notifier_agent.mjs + format.mjs)');
+}
+
+async function showIsolation(root: string, out: (line: string) => void): Promise<void> {
+  out('one pool, one worker per key: separate module maps, helpers and counters');
+  const pool = createPool({ root });
+  const rows: string[][] = [];
+  try {
+    for (const key of CALL_ORDER) {
+      const result = await notify(pool, key);
+      rows.push([key, result.text, String(result.count), result.helper, String(result.threadId)]);
+    }
+  } finally {
+    await pool.close();
+  }
+  out(
+    formatTable(
+      [
+        { header: 'key' },
+        { header: 'answer' },
+        { header: 'counter', align: 'right' },
+        { header: 'helper version' },
+        { header: 'thread', align: 'right' },
+      ],
+      rows,
+    ),
+  );
+}
+
+async function showEviction(root: string, out: (line: string) => void): Promise<void> {
+  out(`LRU eviction with maxWorkers ${LRU_MAX_WORKERS}: the five keys in turn, then the first again`);
+  // No spares, so every spawn is a cold start and the thread count is the keyed workers alone.
+  const pool = createPool({ root, maxWorkers: LRU_MAX_WORKERS, spareWorkers: 0 });
+  const rows: string[][] = [];
+  const onSpawn = (event: PoolEvent<string>): void => void rows.push(eventRow('spawn', event));
+  const onEvict = (event: PoolEvent<string>): void => void rows.push(eventRow('evict', event));
+  pool.on('spawn', onSpawn);
+  pool.on('evict', onEvict);
+  try {
+    // The first key again comes back on a fresh worker: eviction dropped its module and counter.
+    for (const key of [...KEYS, KEYS[0]]) {
+      const result = await notify(pool, key);
+      rows.push(['call', key, `counter ${result.count}`, String(result.threadId)]);
+    }
+    out(
+      formatTable(
+        [{ header: 'event' }, { header: 'key' }, { header: 'detail' }, { header: 'thread', align: 'right' }],
+        rows,
+      ),
+    );
+    const stats = Object.entries(pool.stats())
+      .map(([name, value]) => `${name} ${String(value)}`)
+      .join(', ');
+    out(`stats: ${stats}`);
+  } finally {
+    // The closing evictions are not part of the LRU story.
+    pool.off('spawn', onSpawn);
+    pool.off('evict', onEvict);
+    await pool.close();
+  }
+}
+
+async function notify(pool: Pool, key: string): Promise<NotifyResult> {
+  return asNotifyResult(await pool.call(key, 'notify', ['hello'], { timeoutMs: 5_000 }));
+}
+
+function eventRow(name: string, event: PoolEvent<string>): string[] {
+  return [name, event.key, event.reason, String(event.threadId)];
+}

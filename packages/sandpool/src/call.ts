@@ -1,0 +1,38 @@
+import type { Cell } from './cell.js';
+
+export type CallTransport = 'message' | 'comlink';
+
+/**
+ * One call from the moment `call` accepts it until it settles, exactly once. The pool decides
+ * how it settles; this object only carries the call and its clean-up.
+ */
+export class PendingCall {
+  /** Assigned when the call is posted to a ready worker. */
+  id = 0;
+  cell: Cell | null = null;
+  timer: NodeJS.Timeout | undefined = undefined;
+  onAbort: (() => void) | undefined = undefined;
+  settled = false;
+
+  constructor(
+    readonly keyText: string,
+    readonly fn: string,
+    readonly args: unknown[],
+    readonly timeoutMs: number,
+    readonly signal: AbortSignal | undefined,
+    readonly transport: CallTransport,
+    private readonly resolveFn: (value: unknown) => void,
+    private readonly rejectFn: (error: Error) => void,
+  ) {}
+
+  /** Returns false when the call had already settled. */
+  settle(error: Error | null, value?: unknown): boolean {
+    if (this.settled) return false;
+    this.settled = true;
+    if (this.timer !== undefined) clearTimeout(this.timer);
+    if (this.onAbort !== undefined) this.signal?.removeEventListener('abort', this.onAbort);
+    if (error === null) this.resolveFn(value);
+    else this.rejectFn(error);
+    return true;
+  }
+}

@@ -1,0 +1,67 @@
+import { z } from 'zod';
+import { SandpoolError } from './errors.js';
+import { issuesOf } from './issues.js';
+
+const ms = z.number().int().nonnegative().max(2_147_483_647);
+
+const ResourceLimitsSchema = z.strictObject({
+  maxOldGenerationSizeMb: z.number().positive().optional(),
+  maxYoungGenerationSizeMb: z.number().positive().optional(),
+  codeRangeSizeMb: z.number().positive().optional(),
+  stackSizeMb: z.number().positive().optional(),
+});
+
+export type OutputStream = 'stdout' | 'stderr';
+export type OutputListener = (key: string, stream: OutputStream, text: string) => void;
+
+export const PoolOptionsSchema = z.strictObject({
+  /** Folder holding `<swarm>/live/` and `<swarm>/snapshots/`. */
+  root: z.string().min(1),
+  /** Keyed worker threads alive at most (draining and exiting ones included). */
+  maxWorkers: z.number().int().positive().max(10_000).default(64),
+  /** Blank workers kept booted for the next new key; they come on top of maxWorkers. */
+  spareWorkers: z.number().int().nonnegative().max(64).default(1),
+  /** An idle worker is evicted after this long; 0 turns it off. */
+  idleTimeoutMs: ms.default(60_000),
+  /** Default per-call timeout, counted from the moment the call reaches its worker; 0 = none. */
+  callTimeoutMs: ms.default(30_000),
+  /** A module still loading after this long fails with ERR_SANDPOOL_MODULE_LOAD. */
+  loadTimeoutMs: ms.positive().default(10_000),
+  /** Calls of one key waiting and running at most. */
+  maxPendingPerKey: z.number().int().positive().default(1024),
+  /** Calls waiting for a worker slot at most, across all keys. */
+  maxWaiting: z.number().int().nonnegative().default(10_000),
+  /** V8 heap caps per worker; a partial object merges over the default. */
+  resourceLimits: ResourceLimitsSchema.default({}).transform((limits) => ({
+    maxOldGenerationSizeMb: 256,
+    ...limits,
+  })),
+  /** The whole environment agents see: the host's is never passed on. */
+  env: z.record(z.string(), z.string()).default({}),
+  /** Reload live workers when files under their swarm's `live/` change. */
+  watch: z.boolean().default(false),
+  /** How long `close()` lets running calls finish. */
+  closeTimeoutMs: ms.default(10_000),
+  /** Receives worker output; by default it goes to the host's streams prefixed with the key. */
+  onOutput: z.custom<OutputListener>((value) => typeof value === 'function', 'onOutput must be a function').optional(),
+});
+
+export type PoolOptions = z.input<typeof PoolOptionsSchema>;
+export type ResolvedPoolOptions = z.output<typeof PoolOptionsSchema>;
+
+export function parsePoolOptions(options: unknown): ResolvedPoolOptions {
+  const parsed = PoolOptionsSchema.safeParse(options);
+  if (parsed.success) return parsed.data;
+  const issues = issuesOf(parsed.error);
+  const fields = [...new Set(issues.map((issue) => issue.path.join('.') || '(options)'))].join(', ');
+  throw new SandpoolError('ERR_SANDPOOL_INVALID_OPTIONS', `invalid pool options: ${fields}: ${issues[0]?.message}`, {
+    issues,
+  });
+}
+
+export const CallOptionsSchema = z.strictObject({
+  timeoutMs: ms.optional(),
+  signal: z.custom<AbortSignal>((value) => value instanceof AbortSignal, 'signal must be an AbortSignal').optional(),
+});
+
+export type CallOptions = z.input<typeof CallOptionsSchema>;

@@ -1,0 +1,74 @@
+import type { MessagePort } from 'node:worker_threads';
+
+/**
+ * Messages between the coordinator and a worker over the worker's own port. Kept as plain
+ * objects with a one-letter tag: they are structured-cloned on every call.
+ */
+
+/** An error as it crosses the thread boundary: structured clone drops an Error's `code`. */
+export interface RemoteError {
+  name: string;
+  message: string;
+  stack?: string;
+  code?: unknown;
+}
+
+export type FailureCode =
+  | 'ERR_SANDPOOL_AGENT_ERROR'
+  | 'ERR_SANDPOOL_EXPORT_NOT_FOUND'
+  | 'ERR_SANDPOOL_DATA_CLONE'
+  | 'ERR_SANDPOOL_MODULE_LOAD'
+  | 'ERR_SANDPOOL_SNAPSHOT_CORRUPT';
+
+export interface LoadRequest {
+  t: 'load';
+  key: string;
+  /** Absolute real path of the agent module. */
+  file: string;
+  /** Snapshot folder whose manifest must hold before anything in it runs; null for live code. */
+  verifyDir: string | null;
+}
+
+export interface CallRequest {
+  t: 'call';
+  id: number;
+  fn: string;
+  args: unknown[];
+}
+
+/** Opens a comlink endpoint for `remote()` on a port of its own. */
+export interface RemoteRequest {
+  t: 'remote';
+  port: MessagePort;
+}
+
+export type ToWorker = LoadRequest | CallRequest | RemoteRequest;
+
+export type FromWorker =
+  | { t: 'ready' }
+  | { t: 'load-failed'; code: FailureCode; error: RemoteError }
+  | { t: 'ok'; id: number; value: unknown }
+  | { t: 'err'; id: number; code: FailureCode; error: RemoteError };
+
+/** The envelope comlink carries for `remote()`: comlink alone would drop `code` and error kinds. */
+export type Outcome = { ok: true; value: unknown } | { ok: false; code: FailureCode; error: RemoteError };
+
+export function toRemoteError(thrown: unknown): RemoteError {
+  if (thrown instanceof Error) {
+    const out: RemoteError = { name: thrown.name, message: thrown.message };
+    if (thrown.stack !== undefined) out.stack = thrown.stack;
+    const code = (thrown as { code?: unknown }).code;
+    if (code !== undefined) out.code = typeof code === 'string' || typeof code === 'number' ? code : String(code);
+    return out;
+  }
+  return { name: 'Error', message: describe(thrown) };
+}
+
+function describe(value: unknown): string {
+  if (typeof value === 'string') return value;
+  try {
+    return JSON.stringify(value) ?? String(value);
+  } catch {
+    return String(value);
+  }
+}

@@ -1,0 +1,78 @@
+import { type TransferListItem, Worker } from 'node:worker_threads';
+import type { ExitReason } from './errors.js';
+import type { ResolvedPoolOptions } from './options.js';
+import { pipeLines, writeLabelled } from './output.js';
+import type { FromWorker, ToWorker } from './protocol.js';
+
+const ENTRY = new URL('./worker.js', import.meta.url);
+
+/** Why a worker ended: the pool's own reason when it terminated it, else what the thread did. */
+export type ThreadEnd = ExitReason | RetireReason;
+export type RetireReason = 'lru' | 'idle' | 'reload' | 'removed' | 'closed';
+
+export interface ThreadOwner {
+  onMessage(message: FromWorker): void;
+  onEnd(end: ThreadEnd, error: Error | null): void;
+}
+
+/**
+ * One worker thread. It is born blank (a spare, or about to load), then owned by the cell of
+ * one key; it only ever serves that key. It records why it ended so every caller sees the same reason.
+ */
+export class AgentThread {
+  readonly worker: Worker;
+  readonly threadId: number;
+  owner: ThreadOwner | null = null;
+  label = '(spare)';
+  private terminatedFor: ThreadEnd | null = null;
+  private failure: Error | null = null;
+  private referenced = true;
+
+  constructor(options: ResolvedPoolOptions) {
+    this.worker = new Worker(ENTRY, {
+      execArgv: [],
+      env: { ...options.env },
+      resourceLimits: options.resourceLimits,
+      stdout: true,
+      stderr: true,
+      workerData: null,
+    });
+    this.threadId = this.worker.threadId;
+    const listener = options.onOutput ?? writeLabelled;
+    pipeLines(this.worker.stdout, 'stdout', () => this.label, listener);
+    pipeLines(this.worker.stderr, 'stderr', () => this.label, listener);
+    this.worker.on('message', (message: FromWorker) => this.owner?.onMessage(message));
+    this.worker.on('error', (error: Error) => {
+      this.failure ??= error;
+    });
+    this.worker.on('exit', () => this.owner?.onEnd(this.endReason(), this.failure));
+  }
+
+  post(message: ToWorker, transfer?: readonly TransferListItem[]): void {
+    this.worker.postMessage(message, transfer);
+  }
+
+  /** Busy workers keep the host alive; idle and spare ones never do. */
+  setReferenced(referenced: boolean): void {
+    if (referenced === this.referenced) return;
+    this.referenced = referenced;
+    if (referenced) this.worker.ref();
+    else this.worker.unref();
+  }
+
+  terminate(reason: ThreadEnd): void {
+    this.terminatedFor ??= reason;
+    void this.worker.terminate();
+  }
+
+  get terminating(): boolean {
+    return this.terminatedFor !== null;
+  }
+
+  private endReason(): ThreadEnd {
+    if (this.failure !== null) {
+      return (this.failure as { code?: unknown }).code === 'ERR_WORKER_OUT_OF_MEMORY' ? 'oom' : 'crash';
+    }
+    return this.terminatedFor ?? 'exit';
+  }
+}

@@ -1,0 +1,202 @@
+import { spawn } from 'node:child_process';
+import { chmod, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+
+// The built binary, as a user runs it: `pnpm run build` comes first.
+const BIN = fileURLToPath(new URL('../packages/cli/dist/bin.js', import.meta.url));
+const KILL_AFTER_MS = 10_000;
+
+interface Outcome {
+  status: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs `node bin.js ...args`; resolves whatever the exit status, so tests assert on it. */
+function sandpool(...args: string[]): Promise<Outcome> {
+  // The runner's NODE_OPTIONS (loaders, inspector) must not leak into the CLI under test.
+  const { NODE_OPTIONS: _ignored, ...env } = process.env;
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [BIN, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
+    child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
+    const timer = setTimeout(() => child.kill('SIGKILL'), KILL_AFTER_MS);
+    child.on('error', reject);
+    child.on('close', (status) => {
+      clearTimeout(timer);
+      resolve({ status, stdout, stderr });
+    });
+  });
+}
+
+/** The first `error <CODE>:` line on stderr: the contract, rather than the message prose. */
+function errorCode(stderr: string): string | undefined {
+  return /^error (ERR_SANDPOOL_[A-Z_]+):/m.exec(stderr)?.[1];
+}
+
+let root: string;
+
+async function writeLive(swarm: string, version: string): Promise<void> {
+  const live = join(root, swarm, 'live');
+  await mkdir(live, { recursive: true });
+  await writeFile(join(live, 'format.mjs'), `export const VERSION = '${version}';\n`);
+  await writeFile(
+    join(live, 'notifier_agent.mjs'),
+    [
+      "import { VERSION } from './format.mjs';",
+      `export function notify(msg) { return { version: '${version}', helper: VERSION, msg }; }`,
+      "export function echo(...args) { console.log('agent output must not reach stdout'); return args; }",
+      "export function fail() { const e = new TypeError('nope'); e.code = 'E_AGENT'; throw e; }",
+      'export function slow() { return new Promise((done) => setTimeout(done, 5000)); }',
+      '',
+    ].join('\n'),
+  );
+}
+
+beforeEach(async () => {
+  root = await mkdtemp(join(tmpdir(), 'sandpool-cli-'));
+});
+
+afterEach(async () => {
+  await rm(root, { recursive: true, force: true });
+});
+
+describe('sandpool call', () => {
+  it('answers from the snapshot after live has changed', async () => {
+    await writeLive('a1b2', 'v1');
+    const created = await sandpool('snapshot', 'create', 'a1b2', 'jan', '--root', root, '--json');
+    expect(created.status).toBe(0);
+    expect(JSON.parse(created.stdout)).toMatchObject({ swarm: 'a1b2', name: 'jan', files: 2 });
+    await writeLive('a1b2', 'v2');
+
+    const [frozen, live] = await Promise.all([
+      sandpool('call', 'a1b2@jan/notifier_agent', 'notify', '"hi"', '--root', root),
+      sandpool('call', 'a1b2/notifier_agent', 'notify', '"hi"', '--root', root),
+    ]);
+    expect(frozen.status).toBe(0);
+    expect(JSON.parse(frozen.stdout)).toEqual({ version: 'v1', helper: 'v1', msg: 'hi' });
+    expect(live.status).toBe(0);
+    expect(JSON.parse(live.stdout)).toEqual({ version: 'v2', helper: 'v2', msg: 'hi' });
+  });
+
+  it('passes each json-arg as one JSON value and keeps agent output off stdout', async () => {
+    await writeLive('a1b2', 'v1');
+    const args = ['1', '"two"', '{"three":[3]}', 'null', '-4'];
+    const result = await sandpool('call', 'a1b2/notifier_agent', 'echo', '--root', root, ...args);
+    expect(result.status).toBe(0);
+    expect(JSON.parse(result.stdout)).toEqual([1, 'two', { three: [3] }, null, -4]);
+    expect(result.stderr).toContain('[a1b2/notifier_agent]');
+  });
+
+  it('exits 1 with ERR_SANDPOOL_INVALID_KEY for a bad key, printing nothing on stdout', async () => {
+    for (const key of ['no-slash', 'a1b2@/notifier_agent', '../etc/passwd']) {
+      const result = await sandpool('call', key, 'notify', '--root', root);
+      expect(result.status).toBe(1);
+      expect(errorCode(result.stderr)).toBe('ERR_SANDPOOL_INVALID_KEY');
+      expect(result.stdout).toBe('');
+    }
+  });
+
+  it("exits 1 with ERR_SANDPOOL_AGENT_ERROR and the cause's code when the agent throws", async () => {
+    await writeLive('a1b2', 'v1');
+    const result = await sandpool('call', 'a1b2/notifier_agent', 'fail', '--root', root);
+    expect(result.status).toBe(1);
+    expect(errorCode(result.stderr)).toBe('ERR_SANDPOOL_AGENT_ERROR');
+    expect(result.stderr).toMatch(/^caused by TypeError \[E_AGENT\]/m);
+  });
+
+  it('exits 1 with ERR_SANDPOOL_TIMEOUT when --timeout runs out', async () => {
+    await writeLive('a1b2', 'v1');
+    const result = await sandpool('call', 'a1b2/notifier_agent', 'slow', '--timeout', '100', '--root', root);
+    expect(result.status).toBe(1);
+    expect(errorCode(result.stderr)).toBe('ERR_SANDPOOL_TIMEOUT');
+  });
+
+  it('exits 1 with ERR_SANDPOOL_SNAPSHOT_NOT_FOUND for a snapshot that does not exist', async () => {
+    await writeLive('a1b2', 'v1');
+    const result = await sandpool('call', 'a1b2@nope/notifier_agent', 'notify', '--root', root);
+    expect(result.status).toBe(1);
+    expect(errorCode(result.stderr)).toBe('ERR_SANDPOOL_SNAPSHOT_NOT_FOUND');
+  });
+});
+
+describe('sandpool snapshot', () => {
+  it('lists snapshots as JSON, oldest first, and remove drops one', async () => {
+    await writeLive('a1b2', 'v1');
+    expect((await sandpool('snapshot', 'create', 'a1b2', 'jan', '--root', root)).status).toBe(0);
+    await writeLive('a1b2', 'v2');
+    expect((await sandpool('snapshot', 'create', 'a1b2', 'jun', '--root', root)).status).toBe(0);
+
+    const listed = await sandpool('snapshot', 'list', 'a1b2', '--root', root, '--json');
+    expect(listed.status).toBe(0);
+    const infos = JSON.parse(listed.stdout) as { name: string; digest: string; files: number }[];
+    expect(infos.map((info) => info.name)).toEqual(['jan', 'jun']);
+    for (const info of infos) {
+      expect(info.digest).toMatch(/^[0-9a-f]{64}$/);
+      expect(info.files).toBe(2);
+    }
+
+    expect((await sandpool('snapshot', 'remove', 'a1b2', 'jan', '--root', root)).status).toBe(0);
+    const after = await sandpool('snapshot', 'list', 'a1b2', '--root', root, '--json');
+    expect((JSON.parse(after.stdout) as { name: string }[]).map((info) => info.name)).toEqual(['jun']);
+  });
+
+  it('verify exits 0 on an intact snapshot and 1 with ERR_SANDPOOL_SNAPSHOT_CORRUPT once a file is edited', async () => {
+    await writeLive('a1b2', 'v1');
+    expect((await sandpool('snapshot', 'create', 'a1b2', 'jan', '--root', root)).status).toBe(0);
+    const intact = await sandpool('snapshot', 'verify', 'a1b2', 'jan', '--root', root, '--json');
+    expect(intact.status).toBe(0);
+    expect(JSON.parse(intact.stdout)).toMatchObject({ swarm: 'a1b2', name: 'jan' });
+
+    const helper = join(root, 'a1b2', 'snapshots', 'jan', 'format.mjs');
+    // Snapshot files are 0o444; root could write anyway, but do not rely on that.
+    await chmod(helper, 0o644);
+    await writeFile(helper, "export const VERSION = 'tampered';\n");
+    const corrupt = await sandpool('snapshot', 'verify', 'a1b2', 'jan', '--root', root);
+    expect(corrupt.status).toBe(1);
+    expect(errorCode(corrupt.stderr)).toBe('ERR_SANDPOOL_SNAPSHOT_CORRUPT');
+  });
+
+  it('exits 1 with the store error code for a swarm that does not exist', async () => {
+    const result = await sandpool('snapshot', 'create', 'nobody', 'jan', '--root', root);
+    expect(result.status).toBe(1);
+    expect(errorCode(result.stderr)).toBe('ERR_SANDPOOL_SWARM_NOT_FOUND');
+  });
+});
+
+describe('usage', () => {
+  it.each([
+    ['a bad JSON arg', ['call', 'a1b2/notifier_agent', 'notify', '{oops', '--root', '.']],
+    ['an unknown command', ['frobnicate']],
+    ['no command at all', []],
+    ['a missing snapshot name', ['snapshot', 'create', 'a1b2', '--root', '.']],
+    ['a missing --root', ['call', 'a1b2/notifier_agent', 'notify']],
+    ['a bad --timeout', ['call', 'a1b2/notifier_agent', 'notify', '--timeout', 'soon', '--root', '.']],
+    ['an unknown option', ['snapshot', 'list', 'a1b2', '--root', '.', '--bogus']],
+  ])('exits 2 on %s', async (_case, args) => {
+    const result = await sandpool(...args);
+    expect(result.status).toBe(2);
+    expect(result.stdout).toBe('');
+  });
+
+  it('--help exits 0 and names every command', async () => {
+    const result = await sandpool('--help');
+    expect(result.status).toBe(0);
+    for (const command of ['call', 'snapshot', 'demo']) expect(result.stdout).toContain(command);
+  });
+});
+
+describe('sandpool demo', () => {
+  it('exits 0 and shows all five keys', async () => {
+    const result = await sandpool('demo');
+    expect(result.status).toBe(0);
+    for (const key of ['a1b2@jan', 'a1b2@jun', 'a1b2', 'c3d4@jan', 'c3d4']) {
+      expect(result.stdout).toContain(`${key}/notifier_agent`);
+    }
+  });
+});

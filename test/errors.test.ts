@@ -1,0 +1,317 @@
+import { chmod, symlink, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { createPool, formatKey, parseKey, type SandpoolError } from 'sandpool';
+import { describe, expect, it } from 'vitest';
+import { code, rejection } from './support/errors.js';
+import { eventually, installCleanup, openPool, recordEvents } from './support/pool.js';
+import { counterAgent, fixture, makeRoot } from './support/root.js';
+
+installCleanup();
+
+async function faultyRoot(): Promise<string> {
+  return makeRoot({
+    'a/live/faulty.mjs': await fixture('faulty.mjs'),
+    'a/live/on_import.mjs': await fixture('throws-on-import.mjs'),
+    'a/live/syntax.mjs': await fixture('syntax-error.mjs'),
+    ...(await counterAgent('a')),
+  });
+}
+
+describe('keys', () => {
+  const bad: Array<[string, unknown]> = [
+    ['.. as swarm', { swarm: '..', stem: 'x' }],
+    ['.. as snapshot', { swarm: 'a', snapshot: '..', stem: 'x' }],
+    ['.. as stem', { swarm: 'a', stem: '..' }],
+    ['/ in swarm', { swarm: 'a/b', stem: 'x' }],
+    ['/ in snapshot', { swarm: 'a', snapshot: 'j/an', stem: 'x' }],
+    ['/ in stem', { swarm: 'a', stem: 'x/y' }],
+    ['empty swarm', { swarm: '', stem: 'x' }],
+    ['empty stem', { swarm: 'a', stem: '' }],
+    ['empty snapshot', { swarm: 'a', snapshot: '', stem: 'x' }],
+    ['overlong swarm', { swarm: 'a'.repeat(65), stem: 'x' }],
+    ['overlong stem', { swarm: 'a', stem: 'x'.repeat(129) }],
+    ['NUL in stem', { swarm: 'a', stem: 'x\0' }],
+    ['absolute path', { swarm: '/etc', stem: 'passwd' }],
+    ['Unicode look-alike', { swarm: 'а', stem: 'x' }], // Cyrillic a
+    ['unknown field', { swarm: 'a', stem: 'x', extra: 1 }],
+    ['text with two slashes', 'a/../x'],
+    ['text without a stem', 'a/'],
+    ['empty text', ''],
+    ['text with NUL', 'a/x\0'],
+    ['not a key at all', 42],
+  ];
+
+  it.each(bad)('rejects %s with INVALID_KEY and spawns nothing', async (_label, key) => {
+    const pool = openPool({ root: await makeRoot(await counterAgent('a')) });
+    const { events } = recordEvents(pool);
+    const error = await rejection(pool.call(key as string, 'notify'));
+    expect(error.code).toBe('ERR_SANDPOOL_INVALID_KEY');
+    expect(error.issues?.length).toBeGreaterThan(0);
+    expect(events).toEqual([]);
+  });
+
+  it('names the failing fields in issues', async () => {
+    const pool = openPool({ root: await makeRoot() });
+    const error = await rejection(pool.call({ swarm: '..', snapshot: 'ok', stem: 'x/y' }, 'f'));
+    expect(error.issues?.map((issue) => issue.path[0]).sort()).toEqual(['stem', 'swarm']);
+  });
+
+  it('round-trips the text form', () => {
+    expect(parseKey('a/b')).toEqual({ swarm: 'a', snapshot: null, stem: 'b' });
+    expect(parseKey('a1b2@jan.2026/notifier_agent')).toEqual({
+      swarm: 'a1b2',
+      snapshot: 'jan.2026',
+      stem: 'notifier_agent',
+    });
+    expect(formatKey({ swarm: 'a', stem: 'b' })).toBe('a/b');
+    expect(formatKey({ swarm: 'a', snapshot: 'jan', stem: 'b' })).toBe('a@jan/b');
+    expect(() => parseKey('a@/b')).toThrow(expect.objectContaining({ code: 'ERR_SANDPOOL_INVALID_KEY' }));
+  });
+
+  it('never throws synchronously', () => {
+    const pool = openPool({ root: '/nonexistent' });
+    expect(() => pool.call('bad key', 'f').catch(() => {})).not.toThrow();
+    expect(() => pool.call({ swarm: 'a', stem: 'b' }, 'f', 'not an array' as never).catch(() => {})).not.toThrow();
+  });
+});
+
+describe('options', () => {
+  it.each([
+    [{}, 'root'],
+    [{ root: '/r', maxWorkers: 0 }, 'maxWorkers'],
+    [{ root: '/r', idleTimeoutMs: -1 }, 'idleTimeoutMs'],
+    [{ root: '/r', resourceLimits: { maxOldGenerationSizeMb: 'big' } }, 'resourceLimits'],
+    [{ root: '/r', env: { A: 1 } }, 'env'],
+    [{ root: '/r', colour: 'blue' }, ''],
+  ])('refuses %j naming the field', (options, field) => {
+    let caught: unknown;
+    try {
+      createPool(options as never);
+    } catch (error) {
+      caught = error;
+    }
+    expect(caught).toMatchObject({ code: 'ERR_SANDPOOL_INVALID_OPTIONS' });
+    const paths = (caught as SandpoolError).issues?.map((issue) => issue.path[0] ?? '') ?? [];
+    if (field !== '') expect(paths).toContain(field);
+  });
+
+  it('refuses bad call options', async () => {
+    const pool = openPool({ root: await makeRoot(await counterAgent('a')) });
+    expect(await code(pool.call('a/notifier_agent', 'notify', [], { timeoutMs: -5 }))).toBe(
+      'ERR_SANDPOOL_INVALID_OPTIONS',
+    );
+  });
+});
+
+describe('modules and exports', () => {
+  it('MODULE_NOT_FOUND for a missing file, a missing swarm and a missing file in a snapshot', async () => {
+    const root = await makeRoot(await counterAgent('a'));
+    const pool = openPool({ root });
+    const { events } = recordEvents(pool);
+    await pool.snapshots.create('a', 'jan');
+    expect(await code(pool.call('a/missing', 'f'))).toBe('ERR_SANDPOOL_MODULE_NOT_FOUND');
+    expect(await code(pool.call('nobody/notifier_agent', 'f'))).toBe('ERR_SANDPOOL_MODULE_NOT_FOUND');
+    expect(await code(pool.call('a@jan/missing', 'f'))).toBe('ERR_SANDPOOL_MODULE_NOT_FOUND');
+    expect(events).toEqual([]);
+  });
+
+  it('SNAPSHOT_NOT_FOUND for a snapshot that does not exist', async () => {
+    const pool = openPool({ root: await makeRoot(await counterAgent('a')) });
+    expect(await code(pool.call('a@nope/notifier_agent', 'notify'))).toBe('ERR_SANDPOOL_SNAPSHOT_NOT_FOUND');
+  });
+
+  it('MODULE_NOT_FOUND for a symlink that leaves the swarm folder, and nothing of it runs', async () => {
+    const root = await makeRoot({ 'outside/evil.mjs': 'globalThis.ran = true; export const f = () => "ran";' });
+    await makeRoot(); // a sibling temp root, to prove nothing outside is read
+    const { mkdir } = await import('node:fs/promises');
+    await mkdir(join(root, 'a/live'), { recursive: true });
+    await symlink(join(root, 'outside/evil.mjs'), join(root, 'a/live/evil.mjs'));
+    const pool = openPool({ root });
+    const { events } = recordEvents(pool);
+    expect(await code(pool.call('a/evil', 'f'))).toBe('ERR_SANDPOOL_MODULE_NOT_FOUND');
+    expect(events).toEqual([]);
+  });
+
+  it('EXPORT_NOT_FOUND for a missing export and for one that is not a function', async () => {
+    const pool = openPool({ root: await faultyRoot() });
+    expect(await code(pool.call('a/faulty', 'nope'))).toBe('ERR_SANDPOOL_EXPORT_NOT_FOUND');
+    expect(await code(pool.call('a/faulty', 'notAFunction'))).toBe('ERR_SANDPOOL_EXPORT_NOT_FOUND');
+    expect(await code(pool.remote<Record<string, () => Promise<unknown>>>('a/faulty').nope!())).toBe(
+      'ERR_SANDPOOL_EXPORT_NOT_FOUND',
+    );
+  });
+
+  it.each(['on_import', 'syntax'])('MODULE_LOAD for a module that fails to load (%s)', async (stem) => {
+    const pool = openPool({ root: await faultyRoot() });
+    const { events } = recordEvents(pool);
+    expect(await code(pool.call(`a/${stem}`, 'f'))).toBe('ERR_SANDPOOL_MODULE_LOAD');
+    await eventually(() => pool.stats().workers === 0);
+    expect(events.map((event) => event.type)).toEqual(['spawn', 'exit']);
+    // The neighbour is untouched.
+    expect(await pool.call('a/notifier_agent', 'add', [1, 2])).toBe(3);
+  });
+});
+
+describe('agent errors', () => {
+  it('AGENT_ERROR keeps the remote name, message, stack and code on cause', async () => {
+    const pool = openPool({ root: await faultyRoot() });
+    const error = await rejection(pool.call('a/faulty', 'fail', ['E_REMOTE']));
+    expect(error.code).toBe('ERR_SANDPOOL_AGENT_ERROR');
+    expect(error.key).toBe('a/faulty');
+    const cause = error.cause as Error & { code?: string };
+    expect(cause).toBeInstanceOf(Error);
+    expect(cause.name).toBe('TypeError');
+    expect(cause.code).toBe('E_REMOTE');
+    expect(cause.stack).toContain('faulty.mjs');
+  });
+
+  it('AGENT_ERROR for rejections and thrown non-errors, through call and remote', async () => {
+    const pool = openPool({ root: await faultyRoot() });
+    const agent = pool.remote<typeof import('./fixtures/faulty.mjs')>('a/faulty');
+    const rejected = await rejection(agent.rejectWith('nope'));
+    expect(rejected.code).toBe('ERR_SANDPOOL_AGENT_ERROR');
+    expect((rejected.cause as Error).name).toBe('RangeError');
+    expect(await code(pool.call('a/faulty', 'throwString'))).toBe('ERR_SANDPOOL_AGENT_ERROR');
+    const viaRemote = await rejection(agent.fail('E_VIA_REMOTE'));
+    expect((viaRemote.cause as { code?: string }).code).toBe('E_VIA_REMOTE');
+    // The worker survives an agent error.
+    expect(await pool.call('a/faulty', 'echo', [7])).toBe(7);
+  });
+
+  it('DATA_CLONE for arguments and results that cannot be cloned', async () => {
+    const pool = openPool({ root: await faultyRoot() });
+    expect(await code(pool.call('a/faulty', 'echo', [() => 1]))).toBe('ERR_SANDPOOL_DATA_CLONE');
+    expect(await code(pool.call('a/faulty', 'echo', [Symbol('s')]))).toBe('ERR_SANDPOOL_DATA_CLONE');
+    expect(await code(pool.call('a/faulty', 'unclonable'))).toBe('ERR_SANDPOOL_DATA_CLONE');
+    const agent = pool.remote<typeof import('./fixtures/faulty.mjs')>('a/faulty');
+    expect(await code(agent.echo(() => 1))).toBe('ERR_SANDPOOL_DATA_CLONE');
+    expect(await code(agent.unclonable())).toBe('ERR_SANDPOOL_DATA_CLONE');
+    expect(await pool.call('a/faulty', 'echo', ['still fine'])).toBe('still fine');
+  });
+});
+
+describe('worker death', () => {
+  it('rejects the call with WORKER_EXITED, the next call respawns, other keys are untouched', async () => {
+    const pool = openPool({ root: await faultyRoot() });
+    const { events } = recordEvents(pool);
+    const before = await pool.call<{ threadId: number }>('a/notifier_agent', 'notify', ['x']);
+    const error = await rejection(pool.call('a/faulty', 'exit', [1]));
+    expect(error).toMatchObject({ code: 'ERR_SANDPOOL_WORKER_EXITED', reason: 'exit' });
+    expect(events).toContainEqual(expect.objectContaining({ type: 'exit', key: 'a/faulty', reason: 'exit' }));
+    expect(await pool.call('a/faulty', 'echo', ['back'])).toBe('back');
+    const after = await pool.call<{ threadId: number; count: number }>('a/notifier_agent', 'notify', ['x']);
+    expect(after).toMatchObject({ threadId: before.threadId, count: 2 });
+    expect(pool.stats().crashed).toBe(1);
+  });
+
+  it("reports an uncaught error as 'crash' to every call in flight", async () => {
+    const pool = openPool({ root: await faultyRoot() });
+    const waiting = pool.call('a/faulty', 'hang');
+    expect(await pool.call('a/faulty', 'crashLater')).toBe('scheduled');
+    expect(await rejection(waiting)).toMatchObject({ code: 'ERR_SANDPOOL_WORKER_EXITED', reason: 'crash' });
+  });
+});
+
+describe('environment', () => {
+  it('agents see the env option only, never the host environment', async () => {
+    process.env.SANDPOOL_TEST_SECRET = 'host-secret';
+    try {
+      const pool = openPool({ root: await faultyRoot(), env: { GIVEN: 'yes' } });
+      expect(await pool.call('a/faulty', 'readEnv', ['SANDPOOL_TEST_SECRET'])).toBeNull();
+      expect(await pool.call('a/faulty', 'readEnv', ['PATH'])).toBeNull();
+      expect(await pool.call('a/faulty', 'readEnv', ['GIVEN'])).toBe('yes');
+    } finally {
+      delete process.env.SANDPOOL_TEST_SECRET;
+    }
+  });
+});
+
+describe('snapshots through the pool', () => {
+  it('SNAPSHOT_EXISTS, SWARM_NOT_FOUND and SNAPSHOT_NOT_FOUND', async () => {
+    const root = await makeRoot(await counterAgent('a'));
+    const pool = openPool({ root });
+    await pool.snapshots.create('a', 'jan');
+    await writeFile(join(root, 'a/live/format.mjs'), 'export const tag = () => "changed";');
+    expect(await code(pool.snapshots.create('a', 'jan'))).toBe('ERR_SANDPOOL_SNAPSHOT_EXISTS');
+    expect(await code(pool.snapshots.create('nobody', 'jan'))).toBe('ERR_SANDPOOL_SWARM_NOT_FOUND');
+    expect(await code(pool.snapshots.remove('a', 'feb'))).toBe('ERR_SANDPOOL_SNAPSHOT_NOT_FOUND');
+  });
+
+  it('SNAPSHOT_CORRUPT when a snapshot file was edited, and none of its code runs', async () => {
+    const root = await makeRoot(await counterAgent('a'));
+    const first = openPool({ root });
+    await first.snapshots.create('a', 'jan');
+    expect(await first.call('a@jan/notifier_agent', 'add', [1, 1])).toBe(2);
+    const file = join(root, 'a/snapshots/jan/notifier_agent.mjs');
+    await chmod(file, 0o644);
+    await writeFile(file, 'process.exit(3); export const add = () => "tampered";');
+    const second = openPool({ root });
+    const { events } = recordEvents(second);
+    expect(await code(second.call('a@jan/notifier_agent', 'add', [1, 1]))).toBe('ERR_SANDPOOL_SNAPSHOT_CORRUPT');
+    await eventually(() => second.stats().workers === 0);
+    // The worker ended because verification failed, not because the tampered code ran process.exit.
+    expect(events.filter((event) => event.type === 'exit').map((event) => event.reason)).toEqual(['crash']);
+  });
+
+  it('remove drains the snapshot workers first', async () => {
+    const root = await makeRoot(await counterAgent('a'));
+    const pool = openPool({ root });
+    const { events } = recordEvents(pool);
+    await pool.snapshots.create('a', 'jan');
+    const running = pool.call('a@jan/notifier_agent', 'slow', [150, 'finished']);
+    await pool.call('a/notifier_agent', 'add', [1, 1]);
+    await pool.snapshots.remove('a', 'jan');
+    expect(await running).toBe('finished');
+    expect(events).toContainEqual(
+      expect.objectContaining({ type: 'exit', key: 'a@jan/notifier_agent', reason: 'removed' }),
+    );
+    expect(await code(pool.call('a@jan/notifier_agent', 'add', [1, 1]))).toBe('ERR_SANDPOOL_SNAPSHOT_NOT_FOUND');
+    expect(await pool.call('a/notifier_agent', 'add', [2, 2])).toBe(4);
+  });
+});
+
+describe('close', () => {
+  it('rejects new calls with CLOSED and leaves no worker running', async () => {
+    const root = await makeRoot({ ...(await counterAgent('a')), ...(await counterAgent('b')) });
+    const pool = createPool({ root });
+    const { events } = recordEvents(pool);
+    await pool.call('a/notifier_agent', 'notify', ['x']);
+    await pool.call('b/notifier_agent', 'notify', ['x']);
+    await pool.close();
+    expect(pool.stats()).toMatchObject({ workers: 0, spares: 0 });
+    const spawned = events.filter((event) => event.type === 'spawn').map((event) => event.threadId);
+    const exited = events.filter((event) => event.type === 'exit').map((event) => event.threadId);
+    expect(exited.sort()).toEqual(spawned.sort());
+    expect(await code(pool.call('a/notifier_agent', 'notify'))).toBe('ERR_SANDPOOL_CLOSED');
+  });
+
+  it('lets running calls finish within closeTimeoutMs, then rejects them with CLOSED', async () => {
+    const root = await makeRoot(await fixture('faulty.mjs').then((text) => ({ 'a/live/faulty.mjs': text })));
+    const pool = createPool({ root, closeTimeoutMs: 100, spareWorkers: 0 });
+    const hanging = pool.call('a/faulty', 'hang');
+    await pool.call('a/faulty', 'echo', [1]);
+    const closed = pool.close();
+    expect(await code(hanging)).toBe('ERR_SANDPOOL_CLOSED');
+    await closed;
+    expect(pool.stats().workers).toBe(0);
+  });
+
+  it('rejects calls still waiting for a worker at once', async () => {
+    const pool = createPool({ root: await makeRoot(await counterAgent('a')), spareWorkers: 0 });
+    const waiting = pool.call('a/notifier_agent', 'notify', ['x']);
+    const closed = pool.close();
+    expect(await code(waiting)).toBe('ERR_SANDPOOL_CLOSED');
+    await closed;
+  });
+
+  it('supports await using', async () => {
+    const root = await makeRoot(await counterAgent('a'));
+    let pool: ReturnType<typeof createPool> | undefined;
+    {
+      await using scoped = createPool({ root });
+      pool = scoped;
+      await scoped.call('a/notifier_agent', 'notify', ['x']);
+    }
+    expect(pool.stats()).toMatchObject({ workers: 0, spares: 0 });
+  });
+});

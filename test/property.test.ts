@@ -1,0 +1,100 @@
+import fc from 'fast-check';
+import { createPool, SandpoolError } from 'sandpool';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { eventually, recordEvents, threadCount } from './support/pool.js';
+import { fixture, makeRoot, removeRoots } from './support/root.js';
+
+const KEYS = ['s1/faulty', 's2/faulty', 's3/faulty'] as const;
+
+type Step =
+  | { op: 'call'; key: number; behaviour: 'ok' | 'throw' | 'hang' | 'exit' | 'slow' }
+  | { op: 'invalidate'; key: number }
+  | { op: 'pause' };
+
+const step: fc.Arbitrary<Step> = fc.oneof(
+  {
+    weight: 6,
+    arbitrary: fc.record({
+      op: fc.constant('call' as const),
+      key: fc.integer({ min: 0, max: KEYS.length - 1 }),
+      behaviour: fc.constantFrom(
+        'ok' as const,
+        'ok' as const,
+        'throw' as const,
+        'hang' as const,
+        'exit' as const,
+        'slow' as const,
+      ),
+    }),
+  },
+  { weight: 1, arbitrary: fc.record({ op: fc.constant('invalidate' as const), key: fc.integer({ min: 0, max: 2 }) }) },
+  { weight: 1, arbitrary: fc.constant({ op: 'pause' as const }) },
+);
+
+const CALLS: Record<Extract<Step, { op: 'call' }>['behaviour'], [string, unknown[]]> = {
+  ok: ['echo', ['fine']],
+  throw: ['fail', ['E_PROP']],
+  hang: ['hang', []],
+  exit: ['exit', [1]],
+  slow: ['size', ['abc']],
+};
+
+let root = '';
+
+beforeAll(async () => {
+  const agent = await fixture('faulty.mjs');
+  root = await makeRoot(Object.fromEntries(KEYS.map((key) => [`${key.split('/')[0]}/live/faulty.mjs`, agent])));
+});
+afterAll(removeRoots);
+
+describe('the coordinator under random sequences', () => {
+  it('settles every call exactly once, never exceeds maxWorkers, and leaves no thread after close', {
+    timeout: 60_000,
+  }, async () => {
+    const baseline = threadCount();
+    await fc.assert(
+      fc.asyncProperty(fc.array(step, { minLength: 1, maxLength: 14 }), async (steps) => {
+        const pool = createPool({ root, maxWorkers: 2, spareWorkers: 1, callTimeoutMs: 80, idleTimeoutMs: 0 });
+        const { peak } = recordEvents(pool);
+        const outcomes: Promise<'value' | 'error'>[] = [];
+        for (const s of steps) {
+          if (s.op === 'call') {
+            const [fn, args] = CALLS[s.behaviour];
+            let settled = 0;
+            outcomes.push(
+              pool.call(KEYS[s.key] as string, fn, args).then(
+                () => {
+                  settled += 1;
+                  expect(settled).toBe(1);
+                  return 'value' as const;
+                },
+                (error: unknown) => {
+                  settled += 1;
+                  expect(settled).toBe(1);
+                  expect(error).toBeInstanceOf(SandpoolError);
+                  return 'error' as const;
+                },
+              ),
+            );
+          } else if (s.op === 'invalidate') {
+            outcomes.push(
+              pool.invalidate({ swarm: (KEYS[s.key] as string).split('/')[0] as string }).then(() => 'value' as const),
+            );
+          } else {
+            await new Promise((resolve) => setTimeout(resolve, 20));
+          }
+        }
+        const closing = pool.close();
+        const results = await Promise.all(outcomes);
+        await closing;
+        expect(results).toHaveLength(steps.filter((s) => s.op !== 'pause').length);
+        expect(peak()).toBeLessThanOrEqual(2);
+        expect(pool.stats()).toMatchObject({ workers: 0, spares: 0 });
+      }),
+      { numRuns: 25, interruptAfterTimeLimit: 15_000 },
+    );
+    await eventually(() => threadCount() <= baseline).catch(() => {
+      throw new Error(`threads: ${threadCount()} now, ${baseline} before`);
+    });
+  });
+});

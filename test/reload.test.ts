@@ -1,0 +1,120 @@
+import { rename, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { eventually, installCleanup, openPool, recordEvents } from './support/pool.js';
+import { counterAgent, makeRoot } from './support/root.js';
+
+installCleanup();
+
+const versioned = (version: number): string => `export const version = () => ${version};\n`;
+
+/** Writes a file whole (temp + rename) or in place, as editors and deploy tools do both. */
+async function write(file: string, text: string, inPlace: boolean): Promise<void> {
+  if (inPlace) return writeFile(file, text);
+  await writeFile(`${file}.tmp`, text);
+  await rename(`${file}.tmp`, file);
+}
+
+describe('invalidate', () => {
+  it('reloads blue-green: in-flight calls finish on the old worker, new calls see the new files', async () => {
+    const root = await makeRoot({ 'a/live/agent.mjs': versioned(1) });
+    const pool = openPool({ root });
+    const { events } = recordEvents(pool);
+    expect(await pool.call('a/agent', 'version')).toBe(1);
+    await writeFile(join(root, 'a/live/agent.mjs'), versioned(2));
+    await pool.invalidate({ swarm: 'a' });
+    expect(await pool.call('a/agent', 'version')).toBe(2);
+    expect(events.filter((event) => event.type !== 'spawn').map((event) => [event.type, event.reason])).toEqual([
+      ['evict', 'reload'],
+      ['exit', 'reload'],
+    ]);
+  });
+
+  it('keeps the old worker serving when the new code fails to load, and emits reload-failed', async () => {
+    const root = await makeRoot({ 'a/live/agent.mjs': versioned(1) });
+    const pool = openPool({ root });
+    const failures: string[] = [];
+    pool.on('reload-failed', (event) => failures.push(`${event.key}:${event.error.code}`));
+    expect(await pool.call('a/agent', 'version')).toBe(1);
+    await writeFile(join(root, 'a/live/agent.mjs'), 'export const version = ( => 2;');
+    await pool.invalidate({ swarm: 'a' });
+    expect(failures).toEqual(['a/agent:ERR_SANDPOOL_MODULE_LOAD']);
+    expect(await pool.call('a/agent', 'version')).toBe(1);
+    // The next change tries again.
+    await writeFile(join(root, 'a/live/agent.mjs'), versioned(3));
+    await pool.invalidate({ swarm: 'a', stem: 'agent' });
+    expect(await pool.call('a/agent', 'version')).toBe(3);
+  });
+
+  it('leaves other swarms and snapshots alone', async () => {
+    const root = await makeRoot({ ...(await counterAgent('a')), ...(await counterAgent('b')) });
+    const pool = openPool({ root });
+    await pool.snapshots.create('a', 'jan');
+    for (const key of ['a/notifier_agent', 'a@jan/notifier_agent', 'b/notifier_agent']) {
+      await pool.call(key, 'notify', ['x']);
+    }
+    await pool.invalidate({ swarm: 'a' });
+    expect(await pool.call('a/notifier_agent', 'notify', ['x'])).toMatchObject({ count: 1 });
+    expect(await pool.call('a@jan/notifier_agent', 'notify', ['x'])).toMatchObject({ count: 2 });
+    expect(await pool.call('b/notifier_agent', 'notify', ['x'])).toMatchObject({ count: 2 });
+  });
+
+  it('refuses a bad selector with INVALID_KEY', async () => {
+    const pool = openPool({ root: await makeRoot() });
+    await expect(pool.invalidate({ swarm: '../x' })).rejects.toMatchObject({ code: 'ERR_SANDPOOL_INVALID_KEY' });
+  });
+});
+
+describe('watch', () => {
+  it.each([
+    ['whole-file writes', false],
+    ['in-place writes', true],
+  ])('under a steady stream of calls and 20 %s, no call fails and the last version wins', async (_label, inPlace) => {
+    const root = await makeRoot({ 'a/live/agent.mjs': versioned(0), ...(await counterAgent('other')) });
+    const file = join(root, 'a/live/agent.mjs');
+    const pool = openPool({ root, watch: true });
+    expect(await pool.call('a/agent', 'version')).toBe(0);
+    const answers: number[] = [];
+    const failures: unknown[] = [];
+    let writing = true;
+    const stream = (async () => {
+      while (writing) {
+        const batch = await Promise.allSettled([
+          pool.call<number>('a/agent', 'version'),
+          pool.call('other/notifier_agent', 'add', [1, 1]),
+        ]);
+        for (const result of batch) {
+          if (result.status === 'rejected') failures.push(result.reason);
+        }
+        if (batch[0]?.status === 'fulfilled') answers.push(batch[0].value);
+      }
+    })();
+    for (let version = 1; version <= 20; version++) {
+      await write(file, versioned(version), inPlace);
+      await new Promise((resolve) => setTimeout(resolve, 30));
+    }
+    const stoppedAt = Date.now();
+    await eventually(() => answers.at(-1) === 20, 5_000);
+    const settledIn = Date.now() - stoppedAt;
+    writing = false;
+    await stream;
+    expect(failures).toEqual([]);
+    expect(answers.every((answer) => Number.isInteger(answer) && answer >= 0 && answer <= 20)).toBe(true);
+    // DESIGN asks for a second; the test allows a generous multiple on a shared machine.
+    expect(settledIn).toBeLessThan(3_000);
+  });
+
+  it('never reloads snapshot workers', async () => {
+    const root = await makeRoot({ 'a/live/agent.mjs': versioned(1) });
+    const pool = openPool({ root, watch: true });
+    const { events } = recordEvents(pool);
+    await pool.snapshots.create('a', 'jan');
+    expect(await pool.call('a@jan/agent', 'version')).toBe(1);
+    expect(await pool.call('a/agent', 'version')).toBe(1);
+    await writeFile(join(root, 'a/live/agent.mjs'), versioned(2));
+    await eventually(() => events.some((event) => event.reason === 'reload'));
+    expect(await pool.call('a/agent', 'version')).toBe(2);
+    expect(await pool.call('a@jan/agent', 'version')).toBe(1);
+    expect(events.filter((event) => event.reason === 'reload').map((event) => event.key)).not.toContain('a@jan/agent');
+  });
+});

@@ -1,0 +1,290 @@
+import { createHash } from 'node:crypto';
+import {
+  chmod,
+  lstat,
+  mkdir,
+  mkdtemp,
+  readdir,
+  readFile,
+  rm,
+  stat,
+  symlink,
+  unlink,
+  writeFile,
+} from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { SandpoolError, SnapshotStore } from 'sandpool';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+
+const MANIFEST = '.sandpool-manifest.json';
+const sha256 = (data: string | Buffer): string => createHash('sha256').update(data).digest('hex');
+const sleep = (ms: number): Promise<void> => new Promise((done) => setTimeout(done, ms));
+
+async function codeOf(promise: Promise<unknown>): Promise<string> {
+  try {
+    await promise;
+  } catch (error) {
+    expect(error).toBeInstanceOf(SandpoolError);
+    return (error as SandpoolError).code;
+  }
+  throw new Error('expected a rejection');
+}
+
+/** Every path below dir, for "nothing was created" checks. */
+async function tree(dir: string): Promise<string[]> {
+  const entries = await readdir(dir, { recursive: true });
+  return entries.map(String).sort();
+}
+
+let root: string;
+let store: SnapshotStore;
+const live = (...parts: string[]): string => join(root, 'acme', 'live', ...parts);
+const snap = (name: string, ...parts: string[]): string => join(root, 'acme', 'snapshots', name, ...parts);
+
+beforeEach(async () => {
+  root = await mkdtemp(join(tmpdir(), 'sandpool-store-'));
+  await mkdir(live('lib', 'deep'), { recursive: true });
+  await writeFile(live('notifier_agent.mjs'), "import { h } from './lib/helper.mjs';\nexport const notify = h;\n");
+  await writeFile(live('lib', 'helper.mjs'), 'export const h = (m) => m;\n');
+  await writeFile(live('lib', 'deep', 'data.json'), '{"a":1}\n');
+  store = new SnapshotStore({ root });
+});
+
+afterEach(async () => {
+  // Root removes read-only files anyway; rm with force covers a non-root run too.
+  await rm(root, { recursive: true, force: true });
+});
+
+describe('SnapshotStore options', () => {
+  it.each([{}, { root: '' }, { root: 1 }, { root: '/x', extra: true }])('rejects %j', (options) => {
+    let caught: unknown;
+    try {
+      new SnapshotStore(options as { root: string });
+    } catch (error) {
+      caught = error;
+    }
+    expect(caught).toBeInstanceOf(SandpoolError);
+    expect((caught as SandpoolError).code).toBe('ERR_SANDPOOL_INVALID_OPTIONS');
+    expect((caught as SandpoolError).issues?.length).toBeGreaterThan(0);
+  });
+});
+
+describe('create', () => {
+  it('copies live/ with helpers and subfolders, read-only, with a manifest of digests', async () => {
+    const info = await store.create('acme', 'jan');
+    expect(info).toMatchObject({ swarm: 'acme', name: 'jan', files: 3 });
+    expect(Number.isNaN(Date.parse(info.createdAt))).toBe(false);
+    expect(await tree(snap('jan'))).toEqual([
+      MANIFEST,
+      'lib',
+      'lib/deep',
+      'lib/deep/data.json',
+      'lib/helper.mjs',
+      'notifier_agent.mjs',
+    ]);
+    for (const file of ['notifier_agent.mjs', 'lib/helper.mjs', 'lib/deep/data.json', MANIFEST]) {
+      expect((await stat(snap('jan', file))).mode & 0o777).toBe(0o444);
+    }
+    const manifestBytes = await readFile(snap('jan', MANIFEST));
+    expect(info.digest).toBe(sha256(manifestBytes));
+    const manifest = JSON.parse(manifestBytes.toString('utf8'));
+    expect(manifest).toMatchObject({ version: 1, swarm: 'acme', name: 'jan', createdAt: info.createdAt });
+    const helper = await readFile(live('lib', 'helper.mjs'));
+    expect(manifest.files['lib/helper.mjs']).toEqual({ sha256: sha256(helper), bytes: helper.length });
+    expect(Object.keys(manifest.files).sort()).toEqual(['lib/deep/data.json', 'lib/helper.mjs', 'notifier_agent.mjs']);
+    let total = 0;
+    for (const file of Object.keys(manifest.files)) total += (await readFile(live(file))).length;
+    expect(info.bytes).toBe(total);
+  });
+
+  it('freezes: later edits to live/ do not reach the snapshot', async () => {
+    await store.create('acme', 'jan');
+    await writeFile(live('lib', 'helper.mjs'), 'export const h = () => "changed";\n');
+    expect(await readFile(snap('jan', 'lib', 'helper.mjs'), 'utf8')).toBe('export const h = (m) => m;\n');
+    await expect(store.verify('acme', 'jan')).resolves.toMatchObject({ name: 'jan' });
+  });
+
+  it('is idempotent for the same content and rejects EXISTS for different content', async () => {
+    const first = await store.create('acme', 'jan');
+    await expect(store.create('acme', 'jan')).resolves.toEqual(first);
+    await writeFile(live('lib', 'helper.mjs'), 'export const h = () => 2;\n');
+    expect(await codeOf(store.create('acme', 'jan'))).toBe('ERR_SANDPOOL_SNAPSHOT_EXISTS');
+    await writeFile(live('lib', 'helper.mjs'), 'export const h = (m) => m;\n');
+    await writeFile(live('extra.mjs'), 'export {};\n');
+    expect(await codeOf(store.create('acme', 'jan'))).toBe('ERR_SANDPOOL_SNAPSHOT_EXISTS');
+    expect(await store.get('acme', 'jan')).toEqual(first);
+    expect((await readdir(join(root, 'acme', 'snapshots'))).sort()).toEqual(['jan']);
+  });
+
+  it('resolves concurrent creates of one name to the same snapshot', async () => {
+    const infos = await Promise.all(Array.from({ length: 5 }, () => store.create('acme', 'jan')));
+    for (const info of infos) expect(info).toEqual(infos[0]);
+    expect(await readdir(join(root, 'acme', 'snapshots'))).toEqual(['jan']);
+    await expect(store.verify('acme', 'jan')).resolves.toEqual(infos[0]);
+  });
+
+  it('rejects SWARM_NOT_FOUND for a swarm without live/', async () => {
+    expect(await codeOf(store.create('ghost', 'jan'))).toBe('ERR_SANDPOOL_SWARM_NOT_FOUND');
+    await mkdir(join(root, 'empty'));
+    expect(await codeOf(store.create('empty', 'jan'))).toBe('ERR_SANDPOOL_SWARM_NOT_FOUND');
+    expect(await tree(root)).not.toContain('ghost');
+  });
+
+  it('copies the contents of a symlink that stays inside live/', async () => {
+    await symlink('lib/helper.mjs', live('alias.mjs'));
+    await store.create('acme', 'jan');
+    const copied = await lstat(snap('jan', 'alias.mjs'));
+    expect(copied.isFile()).toBe(true);
+    expect(copied.mode & 0o777).toBe(0o444);
+    expect(await readFile(snap('jan', 'alias.mjs'), 'utf8')).toBe('export const h = (m) => m;\n');
+  });
+
+  it.each([
+    [
+      'a file outside live/',
+      async () => {
+        await writeFile(join(root, 'secret.mjs'), 'export const s = 1;\n');
+        await symlink(join(root, 'secret.mjs'), live('lib', 'secret.mjs'));
+      },
+    ],
+    [
+      'a relative escape',
+      async () => {
+        await writeFile(join(root, 'acme', 'outside.mjs'), 'export {};\n');
+        await symlink('../../outside.mjs', live('lib', 'out.mjs'));
+      },
+    ],
+    [
+      'a folder',
+      async () => {
+        await symlink('lib', live('loop'));
+      },
+    ],
+    [
+      'nothing',
+      async () => {
+        await symlink('missing.mjs', live('dangling.mjs'));
+      },
+    ],
+  ])('refuses a symlink to %s and creates nothing', async (_label, arrange) => {
+    await arrange();
+    expect(await codeOf(store.create('acme', 'jan'))).toBe('ERR_SANDPOOL_MODULE_NOT_FOUND');
+    expect(await readdir(join(root, 'acme', 'snapshots'))).toEqual([]);
+    expect(await store.list('acme')).toEqual([]);
+  });
+});
+
+describe('list, get, remove', () => {
+  it('lists oldest first and gets one', async () => {
+    const zeta = await store.create('acme', 'zeta');
+    await sleep(5);
+    const alpha = await store.create('acme', 'alpha');
+    expect(await store.list('acme')).toEqual([zeta, alpha]);
+    expect(await store.get('acme', 'alpha')).toEqual(alpha);
+  });
+
+  it('lists [] for a swarm without snapshots and SWARM_NOT_FOUND for no swarm folder', async () => {
+    expect(await store.list('acme')).toEqual([]);
+    expect(await codeOf(store.list('ghost'))).toBe('ERR_SANDPOOL_SWARM_NOT_FOUND');
+  });
+
+  it('never shows a half-written snapshot left by a crash', async () => {
+    const jan = await store.create('acme', 'jan');
+    const leftover = join(root, 'acme', 'snapshots', '.tmp-deadbeef');
+    await mkdir(leftover);
+    await writeFile(join(leftover, 'notifier_agent.mjs'), 'export {};\n');
+    expect(await store.list('acme')).toEqual([jan]);
+    expect(await codeOf(store.get('acme', '.tmp-deadbeef'))).toBe('ERR_SANDPOOL_INVALID_KEY');
+  });
+
+  it('removes a snapshot without leaving work folders', async () => {
+    await store.create('acme', 'jan');
+    await store.remove('acme', 'jan');
+    expect(await readdir(join(root, 'acme', 'snapshots'))).toEqual([]);
+    expect(await codeOf(store.get('acme', 'jan'))).toBe('ERR_SANDPOOL_SNAPSHOT_NOT_FOUND');
+    // The name is free again.
+    await expect(store.create('acme', 'jan')).resolves.toMatchObject({ name: 'jan' });
+  });
+
+  it.each(['get', 'remove', 'verify'] as const)('%s rejects SNAPSHOT_NOT_FOUND', async (method) => {
+    expect(await codeOf(store[method]('acme', 'nope'))).toBe('ERR_SANDPOOL_SNAPSHOT_NOT_FOUND');
+    expect(await codeOf(store[method]('ghost', 'nope'))).toBe('ERR_SANDPOOL_SNAPSHOT_NOT_FOUND');
+  });
+});
+
+describe('verify', () => {
+  beforeEach(async () => {
+    await store.create('acme', 'jan');
+  });
+
+  it('resolves to the info of an intact snapshot', async () => {
+    await expect(store.verify('acme', 'jan')).resolves.toEqual(await store.get('acme', 'jan'));
+  });
+
+  it.each([
+    [
+      'a file is edited',
+      async () => {
+        await chmod(snap('jan', 'lib', 'helper.mjs'), 0o644);
+        await writeFile(snap('jan', 'lib', 'helper.mjs'), 'export const h = () => "evil";\n');
+      },
+    ],
+    ['a file is added', async () => writeFile(snap('jan', 'lib', 'new.mjs'), 'export {};\n')],
+    ['a file is removed', async () => unlink(snap('jan', 'lib', 'deep', 'data.json'))],
+    [
+      'a file becomes a symlink',
+      async () => {
+        await unlink(snap('jan', 'lib', 'helper.mjs'));
+        await symlink(live('lib', 'helper.mjs'), snap('jan', 'lib', 'helper.mjs'));
+      },
+    ],
+    ['the manifest is removed', async () => unlink(snap('jan', MANIFEST))],
+    [
+      'the manifest is garbage',
+      async () => {
+        await unlink(snap('jan', MANIFEST));
+        await writeFile(snap('jan', MANIFEST), '{not json');
+      },
+    ],
+  ])('rejects CORRUPT when %s', async (_label, tamper) => {
+    await tamper();
+    expect(await codeOf(store.verify('acme', 'jan'))).toBe('ERR_SANDPOOL_SNAPSHOT_CORRUPT');
+  });
+});
+
+describe('invalid swarm or snapshot names', () => {
+  const bad = ['..', '.', '/', 'a/b', '', 'a\0b', 'x'.repeat(65), '../acme', '.tmp-x'];
+
+  it.each(bad)('rejects name %j with INVALID_KEY and touches nothing', async (name) => {
+    const before = await tree(root);
+    for (const call of [
+      () => store.create('acme', name),
+      () => store.get('acme', name),
+      () => store.remove('acme', name),
+      () => store.verify('acme', name),
+    ]) {
+      const error = await call().then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      expect(error).toBeInstanceOf(SandpoolError);
+      expect((error as SandpoolError).code).toBe('ERR_SANDPOOL_INVALID_KEY');
+      expect((error as SandpoolError).issues?.[0]?.path).toEqual(['name']);
+    }
+    expect(await tree(root)).toEqual(before);
+  });
+
+  it.each(bad)('rejects swarm %j with INVALID_KEY and touches nothing', async (swarm) => {
+    const before = await tree(root);
+    for (const call of [() => store.create(swarm, 'jan'), () => store.list(swarm), () => store.get(swarm, 'jan')]) {
+      expect(await codeOf(call())).toBe('ERR_SANDPOOL_INVALID_KEY');
+    }
+    expect(await tree(root)).toEqual(before);
+  });
+
+  it('rejects non-string arguments from untyped callers', async () => {
+    expect(await codeOf(store.create(42 as unknown as string, 'jan'))).toBe('ERR_SANDPOOL_INVALID_KEY');
+    expect(await codeOf(store.get('acme', null as unknown as string))).toBe('ERR_SANDPOOL_INVALID_KEY');
+  });
+});

@@ -1,0 +1,78 @@
+import { readFileSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { createPool, type Pool, type PoolOptions } from 'sandpool';
+import { afterEach, beforeAll, beforeEach, expect } from 'vitest';
+import { removeRoots } from './root.js';
+
+/** Threads of this process, from the kernel: worker threads do not show in active resources. */
+export function threadCount(): number {
+  const match = /^Threads:\s+(\d+)$/m.exec(readFileSync('/proc/self/status', 'utf8'));
+  return Number(match?.[1]);
+}
+
+const pools: Pool[] = [];
+
+/** A pool closed after the test; tests that need no spare say so to keep thread counts exact. */
+export function openPool(options: PoolOptions): Pool {
+  const pool = createPool({ spareWorkers: 0, idleTimeoutMs: 0, ...options });
+  pools.push(pool);
+  return pool;
+}
+
+export interface Recorded {
+  type: 'spawn' | 'evict' | 'exit';
+  key: string;
+  reason: string;
+  threadId: number;
+}
+
+/** Records every lifecycle event, and the most keyed workers ever alive at once. */
+export function recordEvents(pool: Pool): { events: Recorded[]; peak: () => number } {
+  const events: Recorded[] = [];
+  let alive = 0;
+  let peak = 0;
+  pool.on('spawn', (event) => {
+    events.push({ type: 'spawn', ...event });
+    alive += 1;
+    peak = Math.max(peak, alive);
+  });
+  pool.on('evict', (event) => events.push({ type: 'evict', ...event }));
+  pool.on('exit', (event) => {
+    events.push({ type: 'exit', ...event });
+    alive -= 1;
+  });
+  return { events, peak: () => peak };
+}
+
+/**
+ * Closes every pool a test opened, checks none kept a worker, and checks the process is
+ * back to the threads it had before the test: no worker thread outlives its pool.
+ */
+export function installCleanup(): void {
+  let baseline = 0;
+  beforeAll(async () => {
+    // libuv starts its thread pool on the first file-system call: start it before counting.
+    await readFile('/proc/self/status');
+  });
+  beforeEach(() => {
+    baseline = threadCount();
+  });
+  afterEach(async () => {
+    const open = pools.splice(0);
+    await Promise.all(open.map((pool) => pool.close()));
+    for (const pool of open) expect(pool.stats().workers + pool.stats().spares).toBe(0);
+    await removeRoots();
+    await eventually(() => threadCount() <= baseline).catch(() => {
+      throw new Error(`${threadCount() - baseline} threads outlived the test`);
+    });
+  });
+}
+
+/** Waits until `predicate` holds, polling; fails the test after `timeoutMs`. */
+export async function eventually(predicate: () => boolean, timeoutMs = 5_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!predicate()) {
+    if (Date.now() > deadline) throw new Error('condition not reached in time');
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
