@@ -10,7 +10,8 @@ export class PendingCall {
   /** Assigned when the call is posted to a ready worker. */
   id = 0;
   cell: Cell | null = null;
-  timer: NodeJS.Timeout | undefined = undefined;
+  /** performance.now() by which it must answer, once posted with a timeout. */
+  deadline = 0;
   onAbort: (() => void) | undefined = undefined;
   settled = false;
 
@@ -29,7 +30,6 @@ export class PendingCall {
   settle(error: Error | null, value?: unknown): boolean {
     if (this.settled) return false;
     this.settled = true;
-    if (this.timer !== undefined) clearTimeout(this.timer);
     if (this.onAbort !== undefined) this.signal?.removeEventListener('abort', this.onAbort);
     if (error === null) this.resolveFn(value);
     else this.rejectFn(error);

@@ -46,6 +46,9 @@ export class Cell implements ThreadOwner {
   readonly ended: Promise<void>;
   markEnded!: () => void;
   private nextId = 0;
+  private outbox: PendingCall[] = [];
+  private deadlineTimer: NodeJS.Timeout | undefined = undefined;
+  private deadlineAt = 0;
   private remoteApi: RemoteApi | null = null;
   private remotePort: MessagePort | null = null;
 
@@ -82,6 +85,9 @@ export class Cell implements ThreadOwner {
     if (thread === null) throw new Error('sandpool: post to a cell without a worker');
     call.id = ++this.nextId;
     call.cell = this;
+    if (this.running.size === 0) thread.setReferenced(true);
+    this.running.set(call.id, call);
+    if (call.timeoutMs > 0) this.watchDeadline(call);
     if (call.transport === 'comlink') {
       this.remote(thread)
         .invoke(call.fn, call.args)
@@ -89,27 +95,78 @@ export class Cell implements ThreadOwner {
           (outcome) => this.complete(call.id, outcome),
           (error: unknown) => this.unsendable(call, error),
         );
-    } else {
+      return;
+    }
+    this.outbox.push(call);
+    if (this.outbox.length === 1) queueMicrotask(this.flush);
+  }
+
+  /**
+   * Sends the calls of this tick as one message. A lone call leaves at the end of the tick
+   * that made it, so coalescing never holds it back.
+   */
+  private readonly flush = (): void => {
+    const batch = this.outbox;
+    this.outbox = [];
+    const thread = this.thread;
+    if (thread === null || thread.terminating) return; // its exit rejects them
+    const calls: unknown[] = new Array(batch.length * 3);
+    for (let i = 0; i < batch.length; i++) {
+      const call = batch[i] as PendingCall;
+      calls[i * 3] = call.id;
+      calls[i * 3 + 1] = call.fn;
+      calls[i * 3 + 2] = call.args;
+    }
+    try {
+      thread.post({ t: 'calls', calls });
+      return;
+    } catch (error) {
+      if (batch.length === 1) return this.unsendable(batch[0] as PendingCall, error);
+    }
+    // Some argument cannot be cloned: send them one by one so only its call fails.
+    for (const call of batch) {
       try {
-        thread.post({ t: 'call', id: call.id, fn: call.fn, args: call.args });
+        thread.post({ t: 'calls', calls: [call.id, call.fn, call.args] });
       } catch (error) {
-        this.host.callUnsendable(this, call, error);
-        return;
+        this.unsendable(call, error);
       }
     }
-    if (this.running.size === 0) thread.setReferenced(true);
-    this.running.set(call.id, call);
-    if (call.timeoutMs > 0) {
-      call.timer = setTimeout(() => this.host.callTimedOut(this, call), call.timeoutMs);
-    }
+  };
+
+  /**
+   * One timer per cell, armed for the earliest deadline, instead of one per call: most calls
+   * finish long before their timeout, and a timer per call would cost more than the call.
+   */
+  private watchDeadline(call: PendingCall): void {
+    call.deadline = performance.now() + call.timeoutMs;
+    if (this.deadlineTimer !== undefined && call.deadline >= this.deadlineAt) return;
+    this.armDeadline(call.deadline);
   }
+
+  private armDeadline(at: number): void {
+    clearTimeout(this.deadlineTimer);
+    this.deadlineAt = at;
+    this.deadlineTimer = setTimeout(this.checkDeadlines, Math.max(0, Math.ceil(at - performance.now())));
+    // A busy worker keeps the host alive on its own; an idle cell's stale deadline must not.
+    this.deadlineTimer.unref();
+  }
+
+  private readonly checkDeadlines = (): void => {
+    this.deadlineTimer = undefined;
+    const now = performance.now();
+    let next = Number.POSITIVE_INFINITY;
+    for (const call of this.running.values()) {
+      if (call.timeoutMs <= 0) continue;
+      if (call.deadline <= now) return this.host.callTimedOut(this, call);
+      next = Math.min(next, call.deadline);
+    }
+    if (next !== Number.POSITIVE_INFINITY) this.armDeadline(next);
+  };
 
   onMessage(message: FromWorker): void {
     switch (message.t) {
-      case 'ok':
-        return this.complete(message.id, { ok: true, value: message.value });
-      case 'err':
-        return this.complete(message.id, { ok: false, code: message.code, error: message.error });
+      case 'done':
+        return this.completeBatch(message.ok, message.err);
       case 'ready':
         return this.host.cellReady(this);
       case 'load-failed':
@@ -118,8 +175,25 @@ export class Cell implements ThreadOwner {
   }
 
   onEnd(end: ThreadEnd, error: Error | null): void {
+    clearTimeout(this.deadlineTimer);
     this.remotePort?.close();
     this.host.cellEnded(this, end, error);
+  }
+
+  private completeBatch(ok: unknown[], err: unknown[]): void {
+    for (let i = 0; i < ok.length; i += 2) this.settle(ok[i] as number, { ok: true, value: ok[i + 1] });
+    for (let i = 0; i < err.length; i += 3) {
+      const outcome = { ok: false, code: err[i + 1], error: err[i + 2] } as Outcome;
+      this.settle(err[i] as number, outcome);
+    }
+    if (this.running.size === 0) this.host.cellIdle(this);
+  }
+
+  private settle(id: number, outcome: Outcome): void {
+    const call = this.running.get(id);
+    if (call === undefined) return;
+    this.running.delete(id);
+    this.host.callCompleted(this, call, outcome);
   }
 
   private complete(id: number, outcome: Outcome): void {

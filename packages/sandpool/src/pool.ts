@@ -701,11 +701,22 @@ function parseCallOptions(options: CallOptions | undefined): {
   signal: AbortSignal | undefined;
 } {
   if (options === undefined) return { timeoutMs: undefined, signal: undefined };
+  // Most calls pass nothing or a well-formed object: skip the schema for those, it costs more than the RPC.
+  if (isPlainCallOptions(options)) return { timeoutMs: options.timeoutMs, signal: options.signal };
   const parsed = CallOptionsSchema.safeParse(options);
   if (!parsed.success) {
     throw new SandpoolError('ERR_SANDPOOL_INVALID_OPTIONS', 'invalid call options', { issues: issuesOf(parsed.error) });
   }
   return { timeoutMs: parsed.data.timeoutMs, signal: parsed.data.signal };
+}
+
+function isPlainCallOptions(options: CallOptions): boolean {
+  for (const name in options) if (name !== 'timeoutMs' && name !== 'signal') return false;
+  const { timeoutMs, signal } = options;
+  return (
+    (timeoutMs === undefined || (Number.isInteger(timeoutMs) && timeoutMs >= 0 && timeoutMs <= 2_147_483_647)) &&
+    (signal === undefined || signal instanceof AbortSignal)
+  );
 }
 
 function aborted(key: string): SandpoolError {

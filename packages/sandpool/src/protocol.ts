@@ -29,11 +29,13 @@ export interface LoadRequest {
   verifyDir: string | null;
 }
 
-export interface CallRequest {
-  t: 'call';
-  id: number;
-  fn: string;
-  args: unknown[];
+/**
+ * The calls posted in one tick, flattened as `id, fn, args, id, fn, args…`: one message
+ * (and one structured clone) for the whole batch rather than one per call.
+ */
+export interface CallBatch {
+  t: 'calls';
+  calls: unknown[];
 }
 
 /** Opens a comlink endpoint for `remote()` on a port of its own. */
@@ -42,13 +44,19 @@ export interface RemoteRequest {
   port: MessagePort;
 }
 
-export type ToWorker = LoadRequest | CallRequest | RemoteRequest;
+export type ToWorker = LoadRequest | CallBatch | RemoteRequest;
 
-export type FromWorker =
-  | { t: 'ready' }
-  | { t: 'load-failed'; code: FailureCode; error: RemoteError }
-  | { t: 'ok'; id: number; value: unknown }
-  | { t: 'err'; id: number; code: FailureCode; error: RemoteError };
+/**
+ * The replies settled in one tick, flattened likewise: `ok` as `id, value…`,
+ * `err` as `id, code, error…`.
+ */
+export interface ReplyBatch {
+  t: 'done';
+  ok: unknown[];
+  err: unknown[];
+}
+
+export type FromWorker = { t: 'ready' } | { t: 'load-failed'; code: FailureCode; error: RemoteError } | ReplyBatch;
 
 /** The envelope comlink carries for `remote()`: comlink alone would drop `code` and error kinds. */
 export type Outcome = { ok: true; value: unknown } | { ok: false; code: FailureCode; error: RemoteError };

@@ -6,7 +6,7 @@ import { pathToFileURL } from 'node:url';
 import { parentPort } from 'node:worker_threads';
 import { expose } from 'comlink/dist/esm/comlink.mjs';
 import { verifyTree } from './manifest.js';
-import type { CallRequest, FailureCode, FromWorker, LoadRequest, Outcome, ToWorker } from './protocol.js';
+import type { CallBatch, FailureCode, FromWorker, LoadRequest, Outcome, ToWorker } from './protocol.js';
 import { toRemoteError } from './protocol.js';
 
 type AgentFunction = (...args: unknown[]) => unknown;
@@ -20,8 +20,8 @@ const functions = new Map<string, AgentFunction | null>();
 
 port.on('message', (message: ToWorker) => {
   switch (message.t) {
-    case 'call':
-      return onCall(message);
+    case 'calls':
+      return onCalls(message);
     case 'load':
       return void onLoad(message);
     case 'remote':
@@ -58,14 +58,44 @@ function lookup(name: string): AgentFunction | null {
   return fn;
 }
 
-function onCall({ id, fn, args }: CallRequest): void {
-  const settle = (outcome: Outcome): void => {
-    if (outcome.ok) reply({ t: 'ok', id, value: outcome.value }, id);
-    else post({ t: 'err', id, code: outcome.code, error: outcome.error });
-  };
-  const result = run(fn, args);
-  if (result instanceof Promise) void result.then(settle);
-  else settle(result);
+let okReplies: unknown[] = [];
+let errReplies: unknown[] = [];
+
+function onCalls({ calls }: CallBatch): void {
+  for (let i = 0; i < calls.length; i += 3) {
+    const id = calls[i] as number;
+    const result = run(calls[i + 1] as string, calls[i + 2] as unknown[]);
+    if (result instanceof Promise) void result.then((outcome) => queueReply(id, outcome));
+    else queueReply(id, result);
+  }
+}
+
+/** Replies settled in the same tick leave together, after it: a lone reply waits for nothing. */
+function queueReply(id: number, outcome: Outcome): void {
+  if (okReplies.length === 0 && errReplies.length === 0) queueMicrotask(flushReplies);
+  if (outcome.ok) okReplies.push(id, outcome.value);
+  else errReplies.push(id, outcome.code, outcome.error);
+}
+
+function flushReplies(): void {
+  const ok = okReplies;
+  const err = errReplies;
+  okReplies = [];
+  errReplies = [];
+  try {
+    post({ t: 'done', ok, err });
+    return;
+  } catch {
+    // One value cannot be cloned: send them one by one to find it.
+  }
+  if (err.length > 0) post({ t: 'done', ok: [], err });
+  for (let i = 0; i < ok.length; i += 2) {
+    try {
+      post({ t: 'done', ok: [ok[i], ok[i + 1]], err: [] });
+    } catch (error) {
+      post({ t: 'done', ok: [], err: [ok[i], 'ERR_SANDPOOL_DATA_CLONE', toRemoteError(error)] });
+    }
+  }
 }
 
 function invoke(fn: string, args: unknown[]): Outcome | Promise<Outcome> {
@@ -115,14 +145,6 @@ function isThenable(value: unknown): value is PromiseLike<unknown> {
     value !== null &&
     typeof (value as { then?: unknown }).then === 'function'
   );
-}
-
-function reply(message: FromWorker, id: number): void {
-  try {
-    port.postMessage(message);
-  } catch (error) {
-    post({ t: 'err', id, code: 'ERR_SANDPOOL_DATA_CLONE', error: toRemoteError(error) });
-  }
 }
 
 function post(message: FromWorker): void {
