@@ -2,7 +2,7 @@ import { MessageChannel, type MessagePort } from 'node:worker_threads';
 import { wrap } from 'comlink/dist/esm/comlink.mjs';
 import type { PendingCall } from './call.js';
 import type { ResolvedKey } from './key.js';
-import type { FromWorker, Outcome } from './protocol.js';
+import type { FromWorker, Outcome, OutputChunk } from './protocol.js';
 import type { ModuleLocation } from './resolve.js';
 import type { AgentThread, RetireReason, ThreadEnd, ThreadOwner } from './thread.js';
 
@@ -163,7 +163,7 @@ export class Cell implements ThreadOwner {
     if (next !== Number.POSITIVE_INFINITY) this.armDeadline(next);
   };
 
-  onMessage(message: FromWorker): void {
+  onMessage(message: Exclude<FromWorker, OutputChunk>): void {
     switch (message.t) {
       case 'done':
         return this.completeBatch(message.ok, message.err);

@@ -1,4 +1,3 @@
-import type { Readable } from 'node:stream';
 import type { OutputListener, OutputStream } from './options.js';
 
 /** Writes worker output to the host's streams, one labelled line at a time. */
@@ -7,19 +6,26 @@ export const writeLabelled: OutputListener = (key, stream, text) => {
 };
 
 /**
- * Splits a worker stream into lines and hands each to `listener` with the key the worker
- * serves at that moment, so nothing a worker prints reaches the host unlabelled.
+ * Joins a worker's output chunks into lines and hands each to `listener` with the key the
+ * worker serves at that moment, so nothing a worker prints reaches the host unlabelled.
  */
-export function pipeLines(source: Readable, stream: OutputStream, label: () => string, listener: OutputListener): void {
-  let partial = '';
-  source.setEncoding('utf8');
-  source.on('data', (chunk: string) => {
-    const lines = (partial + chunk).split('\n');
-    partial = lines.pop() ?? '';
-    for (const line of lines) listener(label(), stream, line);
-  });
-  source.on('end', () => {
-    if (partial !== '') listener(label(), stream, partial);
-    partial = '';
-  });
+export class LineSplitter {
+  private partial = '';
+
+  constructor(
+    private readonly stream: OutputStream,
+    private readonly label: () => string,
+    private readonly listener: OutputListener,
+  ) {}
+
+  push(chunk: string): void {
+    const lines = (this.partial + chunk).split('\n');
+    this.partial = lines.pop() ?? '';
+    for (const line of lines) this.listener(this.label(), this.stream, line);
+  }
+
+  end(): void {
+    if (this.partial !== '') this.listener(this.label(), this.stream, this.partial);
+    this.partial = '';
+  }
 }

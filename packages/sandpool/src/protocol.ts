@@ -56,7 +56,21 @@ export interface ReplyBatch {
   err: unknown[];
 }
 
-export type FromWorker = { t: 'ready' } | { t: 'load-failed'; code: FailureCode; error: RemoteError } | ReplyBatch;
+/**
+ * What the worker prints. It travels on the worker's own port rather than the `stdout: true`
+ * streams, which keep the host alive even when the worker is unref()ed.
+ */
+export interface OutputChunk {
+  t: 'out';
+  stream: 'stdout' | 'stderr';
+  text: string;
+}
+
+export type FromWorker =
+  | OutputChunk
+  | { t: 'ready' }
+  | { t: 'load-failed'; code: FailureCode; error: RemoteError }
+  | ReplyBatch;
 
 /** The envelope comlink carries for `remote()`: comlink alone would drop `code` and error kinds. */
 export type Outcome = { ok: true; value: unknown } | { ok: false; code: FailureCode; error: RemoteError };

@@ -17,6 +17,11 @@ const EXTENSIONS = ['.mjs', '.js', '.cjs'] as const;
 export async function locateModule(root: string, key: ResolvedKey): Promise<ModuleLocation> {
   const folder = key.snapshot === null ? liveDir(root, key.swarm) : snapshotDir(root, key.swarm, key.snapshot);
   const realFolder = await realpathOrNull(folder);
+  const realRoot = await realpathOrNull(root);
+  if (realFolder !== null && (realRoot === null || !realFolder.startsWith(realRoot + sep))) {
+    // A swarm folder linked to somewhere else would let a key read outside the root.
+    throw notFound(key, 'its folder resolves outside the root');
+  }
   if (realFolder === null) {
     if (key.snapshot !== null) {
       throw new SandpoolError(

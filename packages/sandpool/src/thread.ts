@@ -1,8 +1,8 @@
 import { type TransferListItem, Worker } from 'node:worker_threads';
 import type { ExitReason } from './errors.js';
 import type { ResolvedPoolOptions } from './options.js';
-import { pipeLines, writeLabelled } from './output.js';
-import type { FromWorker, ToWorker } from './protocol.js';
+import { LineSplitter, writeLabelled } from './output.js';
+import type { FromWorker, OutputChunk, ToWorker } from './protocol.js';
 
 const ENTRY = new URL('./worker.js', import.meta.url);
 
@@ -11,7 +11,7 @@ export type ThreadEnd = ExitReason | RetireReason;
 export type RetireReason = 'lru' | 'idle' | 'reload' | 'removed' | 'closed';
 
 export interface ThreadOwner {
-  onMessage(message: FromWorker): void;
+  onMessage(message: Exclude<FromWorker, OutputChunk>): void;
   onEnd(end: ThreadEnd, error: Error | null): void;
 }
 
@@ -33,19 +33,26 @@ export class AgentThread {
       execArgv: [],
       env: { ...options.env },
       resourceLimits: options.resourceLimits,
-      stdout: true,
-      stderr: true,
       workerData: null,
     });
     this.threadId = this.worker.threadId;
     const listener = options.onOutput ?? writeLabelled;
-    pipeLines(this.worker.stdout, 'stdout', () => this.label, listener);
-    pipeLines(this.worker.stderr, 'stderr', () => this.label, listener);
-    this.worker.on('message', (message: FromWorker) => this.owner?.onMessage(message));
+    const output = {
+      stdout: new LineSplitter('stdout', () => this.label, listener),
+      stderr: new LineSplitter('stderr', () => this.label, listener),
+    };
+    this.worker.on('message', (message: FromWorker) => {
+      if (message.t === 'out') output[message.stream].push(message.text);
+      else this.owner?.onMessage(message);
+    });
     this.worker.on('error', (error: Error) => {
       this.failure ??= error;
     });
-    this.worker.on('exit', () => this.owner?.onEnd(this.endReason(), this.failure));
+    this.worker.on('exit', () => {
+      output.stdout.end();
+      output.stderr.end();
+      this.owner?.onEnd(this.endReason(), this.failure);
+    });
   }
 
   post(message: ToWorker, transfer?: readonly TransferListItem[]): void {

@@ -14,6 +14,17 @@ type AgentFunction = (...args: unknown[]) => unknown;
 if (parentPort === null) throw new Error('sandpool worker entry must run in a worker thread');
 const port = parentPort;
 
+for (const stream of ['stdout', 'stderr'] as const) {
+  const write = (chunk: unknown, encoding?: unknown, callback?: unknown): boolean => {
+    const text = typeof chunk === 'string' ? chunk : Buffer.from(chunk as Uint8Array).toString('utf8');
+    port.postMessage({ t: 'out', stream, text } satisfies FromWorker);
+    const done = typeof encoding === 'function' ? encoding : callback;
+    if (typeof done === 'function') queueMicrotask(() => done());
+    return true;
+  };
+  process[stream].write = write as typeof process.stdout.write;
+}
+
 let exportsOf: Record<string, unknown> | null = null;
 let fallback: Record<string, unknown> | null = null;
 const functions = new Map<string, AgentFunction | null>();
