@@ -44,8 +44,9 @@ export class Backoff {
     for (const key of this.entries.keys()) if (matches(key)) this.entries.delete(key);
   }
 
-  get size(): number {
-    return this.entries.size;
+  /** False in the common case, so the hot path can skip the lookups. */
+  get active(): boolean {
+    return this.entries.size > 0;
   }
 
   private open(entry: Entry, error: SandpoolError, now: number): void {

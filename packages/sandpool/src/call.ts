@@ -1,4 +1,5 @@
 import type { Cell } from './cell.js';
+import type { KeyState } from './key-state.js';
 
 export type CallTransport = 'message' | 'comlink';
 
@@ -16,15 +17,20 @@ export class PendingCall {
   settled = false;
 
   constructor(
-    readonly keyText: string,
+    readonly state: KeyState,
     readonly fn: string,
-    readonly args: unknown[],
+    /** Replaced by a copy when the call has to wait (see copyArgs). */
+    public args: unknown[],
     readonly timeoutMs: number,
     readonly signal: AbortSignal | undefined,
     readonly transport: CallTransport,
     private readonly resolveFn: (value: unknown) => void,
     private readonly rejectFn: (error: Error) => void,
   ) {}
+
+  get keyText(): string {
+    return this.state.key.text;
+  }
 
   /** Returns false when the call had already settled. */
   settle(error: Error | null, value?: unknown): boolean {

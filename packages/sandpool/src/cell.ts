@@ -1,6 +1,7 @@
 import { MessageChannel, type MessagePort } from 'node:worker_threads';
 import { wrap } from 'comlink/dist/esm/comlink.mjs';
 import type { PendingCall } from './call.js';
+import { isPrimitive } from './clone.js';
 import type { ResolvedKey } from './key.js';
 import type { FromWorker, Outcome, OutputChunk } from './protocol.js';
 import type { ModuleLocation } from './resolve.js';
@@ -42,11 +43,18 @@ export class Cell implements ThreadOwner {
   retiring: RetireReason | null = null;
   /** Set when files changed while this cell was loading: it may hold the old code. */
   staleOnReady = false;
+  /** Retired by a reload: counted in its key's `replaced` until it exits. */
+  replaced = false;
+  /** A reload candidate's view of its live files before it loaded (see stampFiles). */
+  filesBefore: string | null = null;
+  /** Its module failed to load: its exit is that failure, not a death under calls. */
+  failedToLoad = false;
   /** Resolves once the worker has exited (or at once if it never had one). */
   readonly ended: Promise<void>;
   markEnded!: () => void;
   private nextId = 0;
-  private outbox: PendingCall[] = [];
+  /** Calls of this tick not sent yet, flattened as the batch message carries them. */
+  private outbox: unknown[] = [];
   private deadlineTimer: NodeJS.Timeout | undefined = undefined;
   private deadlineAt = 0;
   private remoteApi: RemoteApi | null = null;
@@ -71,6 +79,10 @@ export class Cell implements ThreadOwner {
     return this.state === 'ready' && this.running.size === 0;
   }
 
+  get threadId(): number {
+    return this.thread?.threadId ?? 0;
+  }
+
   attach(thread: AgentThread, location: ModuleLocation): void {
     this.thread = thread;
     this.state = 'starting';
@@ -79,7 +91,11 @@ export class Cell implements ThreadOwner {
     thread.post({ t: 'load', key: this.key.text, file: location.file, verifyDir: location.verifyDir });
   }
 
-  /** Posts a call to the ready worker; the timeout clock starts here. */
+  /**
+   * Posts a call to the ready worker; the timeout clock starts here. Calls whose arguments
+   * are all primitives wait for the end of the tick and leave together in one message;
+   * any other call is cloned now, as postMessage would, so a caller may reuse its objects.
+   */
   post(call: PendingCall): void {
     const thread = this.thread;
     if (thread === null) throw new Error('sandpool: post to a cell without a worker');
@@ -97,41 +113,40 @@ export class Cell implements ThreadOwner {
         );
       return;
     }
-    this.outbox.push(call);
-    if (this.outbox.length === 1) queueMicrotask(this.flush);
+    if (call.args.every(isPrimitive)) {
+      if (this.outbox.length === 0) queueMicrotask(this.flush);
+      this.outbox.push(call.id, call.fn, call.args.slice());
+      return;
+    }
+    this.flush(); // calls made earlier in this tick must arrive first
+    this.send([call.id, call.fn, call.args]);
   }
 
-  /**
-   * Sends the calls of this tick as one message. A lone call leaves at the end of the tick
-   * that made it, so coalescing never holds it back.
-   */
   private readonly flush = (): void => {
-    const batch = this.outbox;
+    if (this.outbox.length === 0) return;
+    const calls = this.outbox;
     this.outbox = [];
+    this.send(calls);
+  };
+
+  private send(calls: unknown[]): void {
     const thread = this.thread;
-    if (thread === null || thread.terminating) return; // its exit rejects them
-    const calls: unknown[] = new Array(batch.length * 3);
-    for (let i = 0; i < batch.length; i++) {
-      const call = batch[i] as PendingCall;
-      calls[i * 3] = call.id;
-      calls[i * 3 + 1] = call.fn;
-      calls[i * 3 + 2] = call.args;
-    }
+    if (thread === null || thread.terminating) return; // its exit rejects the calls
     try {
       thread.post({ t: 'calls', calls });
       return;
-    } catch (error) {
-      if (batch.length === 1) return this.unsendable(batch[0] as PendingCall, error);
+    } catch {
+      // Some argument cannot be cloned: send them one by one so only its call fails.
     }
-    // Some argument cannot be cloned: send them one by one so only its call fails.
-    for (const call of batch) {
+    for (let i = 0; i < calls.length; i += 3) {
       try {
-        thread.post({ t: 'calls', calls: [call.id, call.fn, call.args] });
+        thread.post({ t: 'calls', calls: calls.slice(i, i + 3) });
       } catch (error) {
-        this.unsendable(call, error);
+        const call = this.running.get(calls[i] as number);
+        if (call !== undefined) this.unsendable(call, error);
       }
     }
-  };
+  }
 
   /**
    * One timer per cell, armed for the earliest deadline, instead of one per call: most calls
@@ -183,9 +198,13 @@ export class Cell implements ThreadOwner {
   private completeBatch(ok: unknown[], err: unknown[]): void {
     for (let i = 0; i < ok.length; i += 2) this.settle(ok[i] as number, { ok: true, value: ok[i + 1] });
     for (let i = 0; i < err.length; i += 3) {
-      const outcome = { ok: false, code: err[i + 1], error: err[i + 2] } as Outcome;
-      this.settle(err[i] as number, outcome);
+      this.settle(err[i] as number, { ok: false, code: err[i + 1], error: err[i + 2] } as Outcome);
     }
+    if (this.running.size === 0) this.host.cellIdle(this);
+  }
+
+  private complete(id: number, outcome: Outcome): void {
+    this.settle(id, outcome);
     if (this.running.size === 0) this.host.cellIdle(this);
   }
 
@@ -194,14 +213,6 @@ export class Cell implements ThreadOwner {
     if (call === undefined) return;
     this.running.delete(id);
     this.host.callCompleted(this, call, outcome);
-  }
-
-  private complete(id: number, outcome: Outcome): void {
-    const call = this.running.get(id);
-    if (call === undefined) return;
-    this.running.delete(id);
-    this.host.callCompleted(this, call, outcome);
-    if (this.running.size === 0) this.host.cellIdle(this);
   }
 
   private unsendable(call: PendingCall, error: unknown): void {

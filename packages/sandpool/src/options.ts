@@ -2,7 +2,9 @@ import { z } from 'zod';
 import { SandpoolError } from './errors.js';
 import { issuesOf } from './issues.js';
 
-const ms = z.number().int().nonnegative().max(2_147_483_647);
+/** setTimeout's ceiling. */
+const MAX_MS = 2_147_483_647;
+const ms = z.number().int().nonnegative().max(MAX_MS);
 
 const ResourceLimitsSchema = z.strictObject({
   maxOldGenerationSizeMb: z.number().positive().optional(),
@@ -65,3 +67,33 @@ export const CallOptionsSchema = z.strictObject({
 });
 
 export type CallOptions = z.input<typeof CallOptionsSchema>;
+
+export interface ParsedCallOptions {
+  /** undefined: the pool's `callTimeoutMs`. */
+  timeoutMs: number | undefined;
+  signal: AbortSignal | undefined;
+}
+
+const NO_CALL_OPTIONS: ParsedCallOptions = { timeoutMs: undefined, signal: undefined };
+
+export function parseCallOptions(options: CallOptions | undefined): ParsedCallOptions {
+  if (options === undefined) return NO_CALL_OPTIONS;
+  // Most calls pass a well-formed object: the schema costs more than the RPC, so it only
+  // runs to describe what is wrong.
+  if (isWellFormed(options)) return { timeoutMs: options.timeoutMs, signal: options.signal };
+  const parsed = CallOptionsSchema.safeParse(options);
+  if (!parsed.success) {
+    throw new SandpoolError('ERR_SANDPOOL_INVALID_OPTIONS', 'invalid call options', { issues: issuesOf(parsed.error) });
+  }
+  return { timeoutMs: parsed.data.timeoutMs, signal: parsed.data.signal };
+}
+
+function isWellFormed(options: CallOptions): boolean {
+  if (typeof options !== 'object' || options === null) return false;
+  for (const name in options) if (name !== 'timeoutMs' && name !== 'signal') return false;
+  const { timeoutMs, signal } = options;
+  return (
+    (timeoutMs === undefined || (Number.isInteger(timeoutMs) && timeoutMs >= 0 && timeoutMs <= MAX_MS)) &&
+    (signal === undefined || signal instanceof AbortSignal)
+  );
+}

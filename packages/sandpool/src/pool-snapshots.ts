@@ -4,7 +4,7 @@ import { SnapshotStore } from './store.js';
 export class PoolSnapshotStore extends SnapshotStore {
   constructor(
     root: string,
-    private readonly retire: (swarm: string, name: string) => Promise<void>,
+    private readonly drainAndRemove: (swarm: string, name: string, removeFiles: () => Promise<void>) => Promise<void>,
   ) {
     super({ root });
   }
@@ -12,7 +12,6 @@ export class PoolSnapshotStore extends SnapshotStore {
   override async remove(swarm: string, name: string): Promise<void> {
     // Validates and proves it exists first: bad input must not touch any worker.
     await this.get(swarm, name);
-    await this.retire(swarm, name);
-    await super.remove(swarm, name);
+    await this.drainAndRemove(swarm, name, () => super.remove(swarm, name));
   }
 }

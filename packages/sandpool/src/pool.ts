@@ -1,89 +1,45 @@
 import { EventEmitter } from 'node:events';
 import { resolve as resolvePath } from 'node:path';
-import { z } from 'zod';
 import { Backoff } from './backoff.js';
 import { type CallTransport, PendingCall } from './call.js';
 import { Cell, type CellHost } from './cell.js';
-import { type ExitReason, SandpoolError } from './errors.js';
+import { copyArgs } from './clone.js';
+import { SandpoolError } from './errors.js';
+import { stampFiles } from './freshness.js';
 import { warnIfHeapCapOverridden } from './heap-warning.js';
 import { issuesOf } from './issues.js';
-import { type AgentKey, type ResolvedKey, resolveKey, SnapshotNameSchema, StemSchema, SwarmSchema } from './key.js';
+import { type AgentKey, type ResolvedKey, resolveKey } from './key.js';
+import { KeyState } from './key-state.js';
+import { liveDir } from './layout.js';
 import {
   type CallOptions,
-  CallOptionsSchema,
   type PoolOptions,
+  parseCallOptions,
   parsePoolOptions,
   type ResolvedPoolOptions,
 } from './options.js';
+import { aborted, closedError, deathError, isExitReason, queueFull, snapshotGone } from './pool-errors.js';
 import { PoolSnapshotStore } from './pool-snapshots.js';
+import {
+  type InvalidateSelector,
+  InvalidateSelectorSchema,
+  type PoolEvents,
+  type PoolStats,
+  type Remote,
+} from './pool-types.js';
 import type { Outcome } from './protocol.js';
 import { toSandpoolError } from './remote-error.js';
 import { locateModule } from './resolve.js';
 import { AgentThread, type RetireReason, type ThreadEnd } from './thread.js';
 import { LiveWatcher } from './watch.js';
 
-export type SpawnReason = 'cold' | 'spare';
-export type EvictReason = RetireReason;
+/** Longest function name a call may carry: names are cached in the worker. */
+const MAX_FN_NAME = 1024;
 
-export interface PoolEvent<Reason extends string> {
-  /** The key in text form. */
-  key: string;
-  reason: Reason;
-  threadId: number;
-}
-
-export interface ReloadFailedEvent extends PoolEvent<'load-failed'> {
-  error: SandpoolError;
-}
-
-export interface PoolEvents {
-  spawn: [PoolEvent<SpawnReason>];
-  evict: [PoolEvent<EvictReason>];
-  exit: [PoolEvent<EvictReason | ExitReason>];
-  'reload-failed': [ReloadFailedEvent];
-}
-
-export interface PoolStats {
-  /** Keyed worker threads alive, draining and exiting ones included. */
-  workers: number;
-  /** Blank workers booted for the next new key. */
-  spares: number;
-  busy: number;
-  idle: number;
-  /** Times a worker took a key. */
-  spawned: number;
-  evicted: number;
-  /** Exits for `crash`, `exit`, `oom` or `killed`. */
-  crashed: number;
-  /** Calls waiting for a worker slot or for their worker to start. */
-  queued: number;
-}
-
-/** `remote()`'s view of an agent module: every exported function, returning a promise. */
-export type Remote<T> = {
-  readonly [K in keyof T as T[K] extends (...args: never[]) => unknown ? K : never]: T[K] extends (
-    ...args: infer A
-  ) => infer R
-    ? (...args: A) => Promise<Awaited<R>>
-    : never;
-};
-
-export const InvalidateSelectorSchema = z.strictObject({
-  swarm: SwarmSchema,
-  snapshot: SnapshotNameSchema.nullable().optional(),
-  stem: StemSchema.optional(),
-});
-export type InvalidateSelector = z.input<typeof InvalidateSelectorSchema>;
-
-/** Routing state of one key: the cell serving it and, during a reload, the one replacing it. */
-interface KeyState {
-  readonly key: ResolvedKey;
-  serving: Cell | null;
-  candidate: Cell | null;
-  /** Calls waiting and running, across both cells. */
-  pending: number;
-}
-
+/**
+ * The coordinator: routes every key to a cell (one worker thread), bounds how many live,
+ * and decides every policy (eviction, back-off, reload, close). Cells only report.
+ */
 export class Pool extends EventEmitter<PoolEvents> implements CellHost, AsyncDisposable {
   readonly options: ResolvedPoolOptions;
   /** The snapshot store under this pool's root; `remove` drains the snapshot's workers first. */
@@ -92,29 +48,31 @@ export class Pool extends EventEmitter<PoolEvents> implements CellHost, AsyncDis
   private readonly keys = new Map<string, KeyState>();
   /** Every cell holding a worker thread, draining and exiting ones included. */
   private readonly cells = new Set<Cell>();
-  /** Cells waiting for a worker slot, first come first served. */
+  /** Cells waiting for a worker slot, in the order their key was first asked for. */
   private readonly slotQueue: Cell[] = [];
   /** Blank booted workers, each with the promise of its exit. */
   private readonly spares = new Map<AgentThread, Promise<void>>();
   private readonly backoff = new Backoff();
+  /** Snapshots being removed: their keys fail at once rather than start a worker on them. */
+  private readonly removing = new Set<string>();
+  private readonly watcher: LiveWatcher | null;
   /** Keyed threads alive: never above maxWorkers. */
   private alive = 0;
   /** Threads told to terminate that have not exited yet: slots about to free. */
   private exiting = 0;
+  /** Calls in cells that have no worker yet (resolving their file or queued for a slot). */
   private waitingForSlot = 0;
   private useClock = 0;
   private arrivals = 0;
-  private counters = { spawned: 0, evicted: 0, crashed: 0 };
-  private readonly watcher: LiveWatcher | null;
+  private readonly counters = { spawned: 0, evicted: 0, crashed: 0 };
   private closing: Promise<void> | null = null;
-  private closeTimer: NodeJS.Timeout | undefined = undefined;
 
   constructor(options: PoolOptions) {
     super();
     this.options = parsePoolOptions(options);
     this.root = resolvePath(this.options.root);
-    this.snapshots = new PoolSnapshotStore(this.root, (swarm, name) =>
-      this.retireWhere((key) => key.swarm === swarm && key.snapshot === name, 'removed'),
+    this.snapshots = new PoolSnapshotStore(this.root, (swarm, name, removeFiles) =>
+      this.removeSnapshot(swarm, name, removeFiles),
     );
     warnIfHeapCapOverridden(this.options.resourceLimits);
     this.watcher = this.options.watch
@@ -135,7 +93,7 @@ export class Pool extends EventEmitter<PoolEvents> implements CellHost, AsyncDis
     return this.submit(key, fn, args, options, 'message') as Promise<T>;
   }
 
-  /** A typed proxy: every export of the agent becomes `(...args) => Promise`. */
+  /** A typed proxy over comlink: every export of the agent becomes `(...args) => Promise`. */
   remote<T>(key: AgentKey | string, options?: CallOptions): Remote<T> {
     return new Proxy(Object.create(null) as Remote<T>, {
       get: (_target, property) => {
@@ -149,19 +107,18 @@ export class Pool extends EventEmitter<PoolEvents> implements CellHost, AsyncDis
   stats(): PoolStats {
     let busy = 0;
     let idle = 0;
-    let queued = 0;
+    let queued = this.waitingForSlot;
     for (const cell of this.cells) {
       if (cell.running.size > 0) busy += 1;
       else if (cell.idle) idle += 1;
       queued += cell.waiting.length;
     }
-    for (const cell of this.slotQueue) queued += cell.waiting.length;
     return { workers: this.alive, spares: this.spares.size, busy, idle, queued, ...this.counters };
   }
 
   /**
-   * Reloads the matching live (or snapshot) workers blue-green; resolves when the old ones
-   * are gone, or have stayed because the new code failed to load.
+   * Reloads the matching workers blue-green (`snapshot` omitted means live); resolves when
+   * the old ones are gone, or have stayed because the new code failed to load.
    */
   async invalidate(selector: InvalidateSelector): Promise<void> {
     const parsed = InvalidateSelectorSchema.safeParse(selector);
@@ -170,31 +127,17 @@ export class Pool extends EventEmitter<PoolEvents> implements CellHost, AsyncDis
         issues: issuesOf(parsed.error),
       });
     }
-    this.assertOpen();
+    if (this.closing !== null) throw closedError();
     const { swarm, stem } = parsed.data;
     const snapshot = parsed.data.snapshot ?? null;
     const matches = (key: ResolvedKey): boolean =>
       key.swarm === swarm && key.snapshot === snapshot && (stem === undefined || key.stem === stem);
     this.backoff.resetWhere((text) => matches(resolveKey(text)));
-    const waits: Promise<void>[] = [];
+    const settled: Promise<void>[] = [];
     for (const state of this.keys.values()) {
-      if (matches(state.key)) waits.push(this.reload(state));
+      if (matches(state.key)) settled.push(this.reload(state));
     }
-    await Promise.all(waits);
-  }
-
-  /** Retires the matching workers (draining their calls) and resolves once they have exited. */
-  private async retireWhere(matches: (key: ResolvedKey) => boolean, reason: RetireReason): Promise<void> {
-    const ended: Promise<void>[] = [];
-    for (const state of this.keys.values()) {
-      if (!matches(state.key)) continue;
-      for (const cell of [state.serving, state.candidate]) {
-        if (cell === null) continue;
-        ended.push(cell.ended);
-        this.retire(cell, reason);
-      }
-    }
-    await Promise.all(ended);
+    await Promise.all(settled);
   }
 
   close(): Promise<void> {
@@ -216,9 +159,9 @@ export class Pool extends EventEmitter<PoolEvents> implements CellHost, AsyncDis
     transport: CallTransport,
   ): Promise<unknown> {
     try {
-      this.assertOpen();
+      if (this.closing !== null) throw closedError();
       const key = resolveKey(keyInput);
-      if (typeof fn !== 'string' || fn === '') {
+      if (typeof fn !== 'string' || fn === '' || fn.length > MAX_FN_NAME) {
         throw new SandpoolError('ERR_SANDPOOL_EXPORT_NOT_FOUND', 'the function name must be a non-empty string', {
           key: key.text,
         });
@@ -228,34 +171,32 @@ export class Pool extends EventEmitter<PoolEvents> implements CellHost, AsyncDis
       }
       const { timeoutMs, signal } = parseCallOptions(options);
       if (signal?.aborted) throw aborted(key.text);
-      const blocked = this.backoff.blocked(key.text, Date.now());
-      if (blocked !== null) throw blocked;
-      let state = this.keys.get(key.text);
-      if (state === undefined) {
-        state = { key, serving: null, candidate: null, pending: 0 };
-        this.keys.set(key.text, state);
+      if (this.backoff.active) {
+        const blocked = this.backoff.blocked(key.text, Date.now());
+        if (blocked !== null) throw blocked;
       }
+      if (this.removing.size > 0 && key.snapshot !== null && this.removing.has(`${key.swarm}@${key.snapshot}`)) {
+        throw snapshotGone(key);
+      }
+      const known = this.keys.get(key.text);
+      const state = known ?? new KeyState(key);
       if (state.pending >= this.options.maxPendingPerKey) {
-        throw new SandpoolError('ERR_SANDPOOL_QUEUE_FULL', `${key.text} has ${state.pending} calls pending`, {
-          key: key.text,
-        });
+        throw queueFull(key.text, `${state.pending} calls pending`);
       }
-      const cell = state.serving ?? this.openCell(state);
-      if (!cell.hasWorker && this.waitingForSlot >= this.options.maxWaiting) {
-        this.dropIfUnused(state);
-        throw new SandpoolError('ERR_SANDPOOL_QUEUE_FULL', `${this.waitingForSlot} calls wait for a worker`, {
-          key: key.text,
-        });
+      const cell = state.serving;
+      if ((cell === null || !cell.hasWorker) && this.waitingForSlot >= this.options.maxWaiting) {
+        throw queueFull(key.text, `${this.waitingForSlot} calls wait for a worker`);
       }
+      if (known === undefined) this.keys.set(key.text, state);
       return new Promise((resolve, reject) => {
         const timeout = timeoutMs ?? this.options.callTimeoutMs;
-        const call = new PendingCall(key.text, fn, args as unknown[], timeout, signal, transport, resolve, reject);
+        const call = new PendingCall(state, fn, args as unknown[], timeout, signal, transport, resolve, reject);
         state.pending += 1;
         if (signal !== undefined) {
           call.onAbort = () => this.abort(call);
           signal.addEventListener('abort', call.onAbort, { once: true });
         }
-        this.accept(cell, call);
+        this.accept(cell ?? this.openCell(state), call);
       });
     } catch (error) {
       return Promise.reject(error);
@@ -268,6 +209,12 @@ export class Pool extends EventEmitter<PoolEvents> implements CellHost, AsyncDis
       cell.post(call);
       return;
     }
+    try {
+      call.args = copyArgs(call.args);
+    } catch (error) {
+      this.callUnsendable(cell, call, error);
+      return;
+    }
     call.cell = cell;
     cell.waiting.push(call);
     if (!cell.hasWorker) this.waitingForSlot += 1;
@@ -275,10 +222,8 @@ export class Pool extends EventEmitter<PoolEvents> implements CellHost, AsyncDis
 
   private finish(call: PendingCall, error: SandpoolError | null, value?: unknown): void {
     if (!call.settle(error, value)) return;
-    const state = this.keys.get(call.keyText);
-    if (state === undefined) return;
-    state.pending -= 1;
-    this.dropIfUnused(state);
+    call.state.pending -= 1;
+    this.tidy(call.state);
   }
 
   private abort(call: PendingCall): void {
@@ -293,6 +238,7 @@ export class Pool extends EventEmitter<PoolEvents> implements CellHost, AsyncDis
     this.finish(call, aborted(call.keyText));
   }
 
+  /** An aborted waiter leaves its queue; a start it shared with others goes on. */
   private unqueue(cell: Cell, call: PendingCall): void {
     const index = cell.waiting.indexOf(call);
     if (index < 0) return;
@@ -302,31 +248,45 @@ export class Pool extends EventEmitter<PoolEvents> implements CellHost, AsyncDis
     if (cell.waiting.length === 0) this.cancelCell(cell);
   }
 
+  /** Moves calls that waited on one cell to another, keeping the slot accounting true. */
+  private moveWaiting(from: Cell, to: Cell): void {
+    const calls = from.waiting.splice(0);
+    if (!from.hasWorker) this.waitingForSlot -= calls.length;
+    for (const call of calls) this.accept(to, call);
+  }
+
+  private failWaiting(cell: Cell, error: SandpoolError): void {
+    const calls = cell.waiting.splice(0);
+    if (!cell.hasWorker) this.waitingForSlot -= calls.length;
+    for (const call of calls) this.finish(call, error);
+  }
+
   // ---- cells ---------------------------------------------------------------------------
 
   private openCell(state: KeyState): Cell {
     const cell = new Cell(state.key, this, ++this.arrivals);
     state.serving = cell;
-    void this.prepare(cell);
+    void this.prepare(state, cell);
     return cell;
   }
 
-  /** Finds the module, then waits for a slot; nothing is spawned for a key that has no file. */
-  private async prepare(cell: Cell): Promise<void> {
+  /** Finds the module, then waits for a slot: nothing is spawned for a key that has no file. */
+  private async prepare(state: KeyState, cell: Cell): Promise<void> {
     try {
       cell.location = await locateModule(this.root, cell.key);
+      if (state.candidate === cell && cell.key.snapshot === null) {
+        cell.filesBefore = await stampFiles(liveDir(this.root, cell.key.swarm));
+      }
     } catch (error) {
-      this.failWaiting(cell, toSandpoolError(error, cell.key.text));
-      this.detach(cell);
-      cell.state = 'ended';
-      cell.markEnded();
+      if (cell.state !== 'resolving') return;
+      const failure = toSandpoolError(error, cell.key.text);
+      if (state.candidate === cell) this.candidateFailed(state, cell, failure);
+      this.endWithoutWorker(cell, failure);
       return;
     }
-    if (cell.state !== 'resolving') return;
-    this.enqueue(cell);
+    if (cell.state === 'resolving') this.enqueue(cell);
   }
 
-  /** Queues a cell for a slot in the order its key was first asked for, not the order its file was found. */
   private enqueue(cell: Cell): void {
     cell.state = 'queued';
     let index = this.slotQueue.length;
@@ -338,16 +298,42 @@ export class Pool extends EventEmitter<PoolEvents> implements CellHost, AsyncDis
   /** Hands free slots to queued cells, and evicts idle cells to make room for the rest. */
   private pump(): void {
     while (this.slotQueue.length > 0 && this.alive < this.options.maxWorkers) {
-      const cell = this.slotQueue.shift() as Cell;
-      this.start(cell);
+      this.start(this.slotQueue.shift() as Cell);
     }
     let shortfall = this.slotQueue.length - this.exiting;
+    if (shortfall <= 0) return;
+    // A reload candidate does not evict the worker it is to replace: the old one keeps serving
+    // until the new one is ready. Only when no other worker could ever make room (another key
+    // waits, or every worker alive is being replaced) does it go first.
+    const othersWait = this.slotQueue.some((cell) => !this.isCandidate(cell));
+    const includeReplaced = othersWait || [...this.cells].every((cell) => this.isBeingReplaced(cell));
     while (shortfall > 0) {
-      const victim = this.leastRecentlyUsedIdle();
+      const victim = this.leastRecentlyUsedIdle(includeReplaced);
       if (victim === null) break;
-      this.retire(victim, 'lru');
+      const state = this.keys.get(victim.key.text);
+      if (state !== undefined && this.isBeingReplaced(victim)) this.retireReplaced(state, victim);
+      else this.retire(victim, 'lru');
       shortfall -= 1;
     }
+  }
+
+  private leastRecentlyUsedIdle(includeReplaced: boolean): Cell | null {
+    let victim: Cell | null = null;
+    for (const cell of this.cells) {
+      if (!cell.idle || cell.retiring !== null || (victim !== null && cell.lastUsed >= victim.lastUsed)) continue;
+      if (this.isCandidate(cell) || (!includeReplaced && this.isBeingReplaced(cell))) continue;
+      victim = cell;
+    }
+    return victim;
+  }
+
+  private isCandidate(cell: Cell): boolean {
+    return this.keys.get(cell.key.text)?.candidate === cell;
+  }
+
+  private isBeingReplaced(cell: Cell): boolean {
+    const state = this.keys.get(cell.key.text);
+    return state !== undefined && state.serving === cell && state.candidate !== null;
   }
 
   private start(cell: Cell): void {
@@ -365,14 +351,23 @@ export class Pool extends EventEmitter<PoolEvents> implements CellHost, AsyncDis
   }
 
   cellReady(cell: Cell): void {
-    clearTimeout(cell.loadTimer);
     if (cell.state !== 'starting') return;
+    clearTimeout(cell.loadTimer);
     cell.state = cell.retiring === null ? 'ready' : 'draining';
     const state = this.keys.get(cell.key.text);
-    if (state !== undefined && state.candidate === cell) this.promote(state, cell);
+    if (state !== undefined && state.candidate === cell) {
+      void this.promoteIfFresh(state, cell);
+      return;
+    }
     for (const call of cell.waiting.splice(0)) cell.post(call);
     if (cell.running.size === 0) this.cellIdle(cell);
-    if (cell.staleOnReady && state?.serving === cell) void this.reload(state);
+    if (state === undefined) return;
+    if (state.serving === cell && cell.staleOnReady) {
+      // Files changed while it loaded: it may hold the old code.
+      cell.staleOnReady = false;
+      this.startCandidate(state);
+    }
+    this.tidy(state);
   }
 
   cellLoadFailed(cell: Cell, outcome: Outcome & { ok: false }): void {
@@ -380,19 +375,18 @@ export class Pool extends EventEmitter<PoolEvents> implements CellHost, AsyncDis
   }
 
   private loadTimedOut(cell: Cell): void {
-    if (cell.state !== 'starting') return;
+    const { text } = cell.key;
+    const ms = this.options.loadTimeoutMs;
     this.loadFailed(
       cell,
-      new SandpoolError(
-        'ERR_SANDPOOL_MODULE_LOAD',
-        `${cell.key.text} was still loading after ${this.options.loadTimeoutMs} ms`,
-        { key: cell.key.text },
-      ),
+      new SandpoolError('ERR_SANDPOOL_MODULE_LOAD', `${text} was still loading after ${ms} ms`, { key: text }),
     );
   }
 
   private loadFailed(cell: Cell, error: SandpoolError): void {
+    if (cell.state !== 'starting') return;
     clearTimeout(cell.loadTimer);
+    cell.failedToLoad = true;
     this.startFailed(cell, error);
     cell.state = 'draining';
     this.terminate(cell, 'crash');
@@ -400,21 +394,25 @@ export class Pool extends EventEmitter<PoolEvents> implements CellHost, AsyncDis
 
   /**
    * A worker that never became ready. A reload candidate leaves the old worker serving; a
-   * key's only worker fails its waiting callers and backs the key off.
+   * key's own worker fails its waiting callers and backs the key off.
    */
   private startFailed(cell: Cell, error: SandpoolError): void {
     const state = this.keys.get(cell.key.text);
     if (state !== undefined && state.candidate === cell) {
-      state.candidate = null;
-      const threadId = cell.thread?.threadId ?? 0;
-      this.emit('reload-failed', { key: cell.key.text, reason: 'load-failed', threadId, error });
-      // Files changed again while it loaded (the rest of a half-written file, say): try once more.
-      if (cell.staleOnReady) void this.reload(state);
+      this.candidateFailed(state, cell, error);
       return;
     }
     this.backoff.loadFailed(cell.key.text, error, Date.now());
     this.failWaiting(cell, error);
     this.detach(cell);
+  }
+
+  private candidateFailed(state: KeyState, cell: Cell, error: SandpoolError): void {
+    state.candidate = null;
+    this.emit('reload-failed', { key: cell.key.text, reason: 'load-failed', threadId: cell.threadId, error });
+    // Files changed again while it loaded (the rest of a half-written file, say): try again.
+    if (cell.staleOnReady) this.startCandidate(state);
+    this.tidy(state);
   }
 
   cellIdle(cell: Cell): void {
@@ -452,7 +450,7 @@ export class Pool extends EventEmitter<PoolEvents> implements CellHost, AsyncDis
 
   callCompleted(cell: Cell, call: PendingCall, outcome: Outcome): void {
     if (outcome.ok) {
-      this.backoff.reset(cell.key.text);
+      if (this.backoff.active) this.backoff.reset(cell.key.text);
       this.finish(call, null, outcome.value);
     } else {
       this.finish(call, toSandpoolError(outcome, cell.key.text));
@@ -460,21 +458,21 @@ export class Pool extends EventEmitter<PoolEvents> implements CellHost, AsyncDis
   }
 
   callUnsendable(cell: Cell, call: PendingCall, error: unknown): void {
+    const { text } = cell.key;
     this.finish(
       call,
-      new SandpoolError('ERR_SANDPOOL_DATA_CLONE', `arguments of ${cell.key.text} ${call.fn}() cannot be cloned`, {
-        key: cell.key.text,
+      new SandpoolError('ERR_SANDPOOL_DATA_CLONE', `arguments of ${text} ${call.fn}() cannot be cloned`, {
+        key: text,
         cause: error,
       }),
     );
   }
 
   callTimedOut(cell: Cell, call: PendingCall): void {
+    const { text } = cell.key;
     this.finish(
       call,
-      new SandpoolError('ERR_SANDPOOL_TIMEOUT', `${cell.key.text} ${call.fn}() outlived ${call.timeoutMs} ms`, {
-        key: cell.key.text,
-      }),
+      new SandpoolError('ERR_SANDPOOL_TIMEOUT', `${text} ${call.fn}() outlived ${call.timeoutMs} ms`, { key: text }),
     );
     this.kill(cell);
   }
@@ -496,44 +494,42 @@ export class Pool extends EventEmitter<PoolEvents> implements CellHost, AsyncDis
     if (cell.thread?.terminating) this.exiting -= 1;
     this.cells.delete(cell);
     const key = cell.key.text;
-    const threadId = cell.thread?.threadId ?? 0;
+    const death = isExitReason(end) ? end : null;
+    if (wasStarting && death !== null) this.startFailed(cell, deathError(key, death, failure, true));
     const state = this.keys.get(key);
-    if (wasStarting) this.startFailed(cell, deathError(key, end, failure, true));
     this.detach(cell);
-    const exitError =
-      end === 'closed'
-        ? new SandpoolError('ERR_SANDPOOL_CLOSED', `the pool closed before ${key} answered`, { key })
-        : deathError(key, end, failure, false);
+    const exitError = death === null ? closedError(key) : deathError(key, death, failure, false);
     for (const call of cell.running.values()) this.finish(call, exitError);
     cell.running.clear();
-    if (isExitReason(end)) {
+    if (death !== null) {
       this.counters.crashed += 1;
-      if (end !== 'killed' && !wasStarting) this.backoff.died(key, exitError, Date.now());
+      // A kill is the pool's own doing and a failed load has backed off already.
+      if (death !== 'killed' && !wasStarting && !cell.failedToLoad) this.backoff.died(key, exitError, Date.now());
     }
-    this.emit('exit', { key, reason: end, threadId });
+    this.emit('exit', { key, reason: end, threadId: cell.threadId });
+    if (cell.replaced && state !== undefined) state.replaced -= 1;
     cell.markEnded();
     if (cell.key.snapshot === null && this.watcher !== null && !this.hasLiveCell(cell.key.swarm)) {
       this.watcher.unwatch(cell.key.swarm);
     }
-    if (state !== undefined) this.dropIfUnused(state);
+    if (state !== undefined) this.tidy(state);
     this.pump();
   }
 
   /** The pool retires a cell: idle ones stop now, busy ones finish their calls first. */
   private retire(cell: Cell, reason: RetireReason): void {
-    if (cell.retiring !== null || cell.state === 'ended') return;
+    if (cell.retiring !== null || cell.state === 'ended' || cell.thread?.terminating === true) return;
     cell.retiring = reason;
     this.detach(cell);
     if (!cell.hasWorker) {
-      // Only `removed` and `closed` reach a cell that never started: its callers asked too late.
+      // Only `removed` and `closed` retire a cell that never started: its callers asked too late.
       this.failWaiting(cell, reason === 'removed' ? snapshotGone(cell.key) : closedError(cell.key.text));
       this.cancelCell(cell);
       return;
     }
     this.counters.evicted += 1;
-    this.emit('evict', { key: cell.key.text, reason, threadId: cell.thread?.threadId ?? 0 });
-    // A starting cell finishes its start and serves the calls that waited for it, then drains.
-    if (cell.state === 'starting') return;
+    this.emit('evict', { key: cell.key.text, reason, threadId: cell.threadId });
+    if (cell.state === 'starting' && reason !== 'closed') return; // it serves its waiters first, then drains
     cell.state = 'draining';
     if (cell.running.size === 0) this.terminate(cell, reason);
   }
@@ -546,14 +542,20 @@ export class Pool extends EventEmitter<PoolEvents> implements CellHost, AsyncDis
     thread.terminate(reason);
   }
 
-  /** A cell with no worker yet leaves the queue; its waiting calls are settled by the caller. */
+  /** A cell with no worker yet leaves the queue; its waiting calls must be settled first. */
   private cancelCell(cell: Cell): void {
     const index = this.slotQueue.indexOf(cell);
     if (index >= 0) this.slotQueue.splice(index, 1);
-    this.waitingForSlot -= cell.waiting.length;
+    this.endWithoutWorker(cell, null);
+  }
+
+  private endWithoutWorker(cell: Cell, failure: SandpoolError | null): void {
+    const state = this.keys.get(cell.key.text);
     this.detach(cell);
+    if (failure !== null) this.failWaiting(cell, failure);
     cell.state = 'ended';
     cell.markEnded();
+    if (state !== undefined) this.tidy(state);
   }
 
   /** The key stops routing to this cell; it keeps its worker until it is terminated. */
@@ -564,15 +566,10 @@ export class Pool extends EventEmitter<PoolEvents> implements CellHost, AsyncDis
     if (state.candidate === cell) state.candidate = null;
   }
 
-  private dropIfUnused(state: KeyState): void {
-    if (state.pending === 0 && state.serving === null && state.candidate === null) {
-      this.keys.delete(state.key.text);
-    }
-  }
-
-  private failWaiting(cell: Cell, error: SandpoolError): void {
-    if (!cell.hasWorker) this.waitingForSlot -= cell.waiting.length;
-    for (const call of cell.waiting.splice(0)) this.finish(call, error);
+  /** Settles reloads that are done and forgets keys that hold nothing. */
+  private tidy(state: KeyState): void {
+    state.settleReloads();
+    if (state.unused && this.keys.get(state.key.text) === state) this.keys.delete(state.key.text);
   }
 
   private hasLiveCell(swarm: string): boolean {
@@ -580,52 +577,89 @@ export class Pool extends EventEmitter<PoolEvents> implements CellHost, AsyncDis
     return false;
   }
 
-  private leastRecentlyUsedIdle(): Cell | null {
-    let victim: Cell | null = null;
-    for (const cell of this.cells) {
-      if (cell.idle && cell.retiring === null && (victim === null || cell.lastUsed < victim.lastUsed)) victim = cell;
-    }
-    return victim;
-  }
-
   // ---- reload --------------------------------------------------------------------------
 
-  /** Blue-green: a candidate loads beside the serving cell and takes over once ready. */
+  /** Blue-green: a candidate loads beside the serving cell and takes over once it is ready. */
   private reload(state: KeyState): Promise<void> {
     const serving = state.serving;
+    // A cell that has not started yet will read the new files anyway.
     if (serving === null || serving.state === 'resolving' || serving.state === 'queued') return Promise.resolve();
     if (serving.state === 'starting' || state.candidate !== null) {
       // It may have read the old files: reload again once it serves.
       (state.candidate ?? serving).staleOnReady = true;
-      return serving.ended;
+    } else {
+      this.startCandidate(state);
     }
-    const candidate = new Cell(state.key, this, ++this.arrivals);
-    state.candidate = candidate;
-    void this.prepareCandidate(state, candidate);
-    return Promise.race([serving.ended, candidate.ended]);
+    return state.waitForReload();
   }
 
-  private async prepareCandidate(state: KeyState, candidate: Cell): Promise<void> {
-    try {
-      candidate.location = await locateModule(this.root, state.key);
-    } catch (error) {
-      if (state.candidate === candidate) this.startFailed(candidate, toSandpoolError(error, state.key.text));
-      candidate.state = 'ended';
-      candidate.markEnded();
+  private startCandidate(state: KeyState): void {
+    if (this.closing !== null || state.serving === null) return;
+    const candidate = new Cell(state.key, this, ++this.arrivals);
+    state.candidate = candidate;
+    void this.prepare(state, candidate);
+  }
+
+  /**
+   * A candidate that loaded while its files were being written may hold half a file: the old
+   * worker keeps serving, and a fresh candidate reads the files again.
+   */
+  private async promoteIfFresh(state: KeyState, candidate: Cell): Promise<void> {
+    const { key } = candidate;
+    const stale =
+      candidate.staleOnReady ||
+      (candidate.filesBefore !== null && (await stampFiles(liveDir(this.root, key.swarm))) !== candidate.filesBefore);
+    if (state.candidate !== candidate || candidate.state !== 'ready') return;
+    if (stale) {
+      state.candidate = null;
+      this.retire(candidate, 'reload');
+      this.startCandidate(state);
+      this.tidy(state);
       return;
     }
-    if (state.candidate !== candidate) return;
-    this.enqueue(candidate);
+    this.promote(state, candidate);
+    if (candidate.running.size === 0) this.cellIdle(candidate);
+    this.tidy(state);
   }
 
   private promote(state: KeyState, candidate: Cell): void {
     const old = state.serving;
     state.candidate = null;
     state.serving = candidate;
-    if (old !== null) {
-      // Calls still waiting on the old cell go to the one that is ready.
-      for (const call of old.waiting.splice(0)) this.accept(candidate, call);
-      this.retire(old, 'reload');
+    if (old === null) return;
+    this.moveWaiting(old, candidate);
+    this.retireReplaced(state, old);
+  }
+
+  /** Counted until it exits, so invalidate() resolves once the old code is gone. */
+  private retireReplaced(state: KeyState, old: Cell): void {
+    if (old.hasWorker && old.retiring === null && old.thread?.terminating !== true) {
+      state.replaced += 1;
+      old.replaced = true;
+    }
+    this.retire(old, 'reload');
+  }
+
+  // ---- snapshots -----------------------------------------------------------------------
+
+  /** Calls to the snapshot fail while its workers drain and its files go; then it is gone. */
+  private async removeSnapshot(swarm: string, name: string, removeFiles: () => Promise<void>): Promise<void> {
+    const id = `${swarm}@${name}`;
+    this.removing.add(id);
+    try {
+      const ended: Promise<void>[] = [];
+      for (const state of [...this.keys.values()]) {
+        if (state.key.swarm !== swarm || state.key.snapshot !== name) continue;
+        for (const cell of [state.serving, state.candidate]) {
+          if (cell === null) continue;
+          ended.push(cell.ended);
+          this.retire(cell, 'removed');
+        }
+      }
+      await Promise.all(ended);
+      await removeFiles();
+    } finally {
+      this.removing.delete(id);
     }
   }
 
@@ -650,6 +684,7 @@ export class Pool extends EventEmitter<PoolEvents> implements CellHost, AsyncDis
     }
   }
 
+  /** The oldest spare: the most likely to have finished booting. */
   private takeSpare(): AgentThread | null {
     for (const thread of this.spares.keys()) {
       this.spares.delete(thread);
@@ -660,21 +695,15 @@ export class Pool extends EventEmitter<PoolEvents> implements CellHost, AsyncDis
 
   // ---- close ---------------------------------------------------------------------------
 
-  private assertOpen(): void {
-    if (this.closing !== null) throw closedError(undefined);
-  }
-
   private async shutdown(): Promise<void> {
     this.watcher?.close();
     for (const cell of this.slotQueue.splice(0)) {
       this.failWaiting(cell, closedError(cell.key.text));
-      this.cancelCell(cell);
+      this.endWithoutWorker(cell, null);
     }
     for (const state of [...this.keys.values()]) {
       for (const cell of [state.serving, state.candidate]) {
-        if (cell === null || cell.hasWorker) continue;
-        this.failWaiting(cell, closedError(cell.key.text));
-        this.cancelCell(cell);
+        if (cell !== null && !cell.hasWorker) this.retire(cell, 'closed');
       }
     }
     const ended = [...this.cells].map((cell) => cell.ended);
@@ -684,70 +713,14 @@ export class Pool extends EventEmitter<PoolEvents> implements CellHost, AsyncDis
     }
     const sparesEnded = [...this.spares.values()];
     for (const thread of this.spares.keys()) thread.terminate('closed');
-    this.closeTimer = setTimeout(() => {
+    const closeTimer = setTimeout(() => {
       for (const cell of this.cells) this.terminate(cell, 'closed');
     }, this.options.closeTimeoutMs);
     await Promise.all([...ended, ...sparesEnded]);
-    clearTimeout(this.closeTimer);
+    clearTimeout(closeTimer);
   }
 }
 
 export function createPool(options: PoolOptions): Pool {
   return new Pool(options);
-}
-
-function parseCallOptions(options: CallOptions | undefined): {
-  timeoutMs: number | undefined;
-  signal: AbortSignal | undefined;
-} {
-  if (options === undefined) return { timeoutMs: undefined, signal: undefined };
-  // Most calls pass nothing or a well-formed object: skip the schema for those, it costs more than the RPC.
-  if (isPlainCallOptions(options)) return { timeoutMs: options.timeoutMs, signal: options.signal };
-  const parsed = CallOptionsSchema.safeParse(options);
-  if (!parsed.success) {
-    throw new SandpoolError('ERR_SANDPOOL_INVALID_OPTIONS', 'invalid call options', { issues: issuesOf(parsed.error) });
-  }
-  return { timeoutMs: parsed.data.timeoutMs, signal: parsed.data.signal };
-}
-
-function isPlainCallOptions(options: CallOptions): boolean {
-  for (const name in options) if (name !== 'timeoutMs' && name !== 'signal') return false;
-  const { timeoutMs, signal } = options;
-  return (
-    (timeoutMs === undefined || (Number.isInteger(timeoutMs) && timeoutMs >= 0 && timeoutMs <= 2_147_483_647)) &&
-    (signal === undefined || signal instanceof AbortSignal)
-  );
-}
-
-function aborted(key: string): SandpoolError {
-  return new SandpoolError('ERR_SANDPOOL_ABORTED', `the call to ${key} was aborted`, { key });
-}
-
-function closedError(key: string | undefined): SandpoolError {
-  return new SandpoolError('ERR_SANDPOOL_CLOSED', 'the pool is closing or closed', key === undefined ? {} : { key });
-}
-
-function snapshotGone(key: ResolvedKey): SandpoolError {
-  return new SandpoolError('ERR_SANDPOOL_SNAPSHOT_NOT_FOUND', `snapshot ${key.swarm}@${key.snapshot} was removed`, {
-    key: key.text,
-  });
-}
-
-function isExitReason(end: ThreadEnd): end is ExitReason {
-  return end === 'crash' || end === 'exit' || end === 'oom' || end === 'killed';
-}
-
-function deathError(key: string, end: ThreadEnd, failure: Error | null, starting: boolean): SandpoolError {
-  if (starting) {
-    return new SandpoolError('ERR_SANDPOOL_MODULE_LOAD', `the worker of ${key} died while loading (${end})`, {
-      key,
-      ...(failure === null ? {} : { cause: failure }),
-    });
-  }
-  const reason: ExitReason = isExitReason(end) ? end : 'killed';
-  return new SandpoolError('ERR_SANDPOOL_WORKER_EXITED', `the worker of ${key} exited (${reason})`, {
-    key,
-    reason,
-    ...(failure === null ? {} : { cause: failure }),
-  });
 }

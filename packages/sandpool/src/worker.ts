@@ -5,6 +5,7 @@
 import { pathToFileURL } from 'node:url';
 import { parentPort } from 'node:worker_threads';
 import { expose } from 'comlink/dist/esm/comlink.mjs';
+import { isPrimitive } from './clone.js';
 import { verifyTree } from './manifest.js';
 import type { CallBatch, FailureCode, FromWorker, LoadRequest, Outcome, ToWorker } from './protocol.js';
 import { toRemoteError } from './protocol.js';
@@ -27,7 +28,7 @@ for (const stream of ['stdout', 'stderr'] as const) {
 
 let exportsOf: Record<string, unknown> | null = null;
 let fallback: Record<string, unknown> | null = null;
-const functions = new Map<string, AgentFunction | null>();
+const functions = new Map<string, AgentFunction>();
 
 port.on('message', (message: ToWorker) => {
   switch (message.t) {
@@ -59,14 +60,14 @@ async function onLoad(request: LoadRequest): Promise<void> {
 }
 
 function lookup(name: string): AgentFunction | null {
-  let fn = functions.get(name);
-  if (fn !== undefined) return fn;
+  const cached = functions.get(name);
+  if (cached !== undefined) return cached;
   const direct = exportsOf !== null && Object.hasOwn(exportsOf, name) ? exportsOf[name] : undefined;
   const viaDefault = fallback !== null && Object.hasOwn(fallback, name) ? fallback[name] : undefined;
   const found = typeof direct === 'function' ? direct : viaDefault;
-  fn = typeof found === 'function' ? (found as AgentFunction) : null;
-  functions.set(name, fn);
-  return fn;
+  if (typeof found !== 'function') return null; // misses are not cached: names come from callers
+  functions.set(name, found as AgentFunction);
+  return found as AgentFunction;
 }
 
 let okReplies: unknown[] = [];
@@ -81,18 +82,32 @@ function onCalls({ calls }: CallBatch): void {
   }
 }
 
-/** Replies settled in the same tick leave together, after it: a lone reply waits for nothing. */
+/**
+ * Replies settled in the same tick leave together, after it: a lone reply waits for nothing.
+ * An object result is cloned at once instead, as postMessage would: the agent's next call
+ * in this tick may change an object it returned (module state, say).
+ */
 function queueReply(id: number, outcome: Outcome): void {
+  if (outcome.ok && !isPrimitive(outcome.value)) {
+    flushReplies();
+    sendReplies([id, outcome.value], []);
+    return;
+  }
   if (okReplies.length === 0 && errReplies.length === 0) queueMicrotask(flushReplies);
   if (outcome.ok) okReplies.push(id, outcome.value);
   else errReplies.push(id, outcome.code, outcome.error);
 }
 
 function flushReplies(): void {
+  if (okReplies.length === 0 && errReplies.length === 0) return;
   const ok = okReplies;
   const err = errReplies;
   okReplies = [];
   errReplies = [];
+  sendReplies(ok, err);
+}
+
+function sendReplies(ok: unknown[], err: unknown[]): void {
   try {
     post({ t: 'done', ok, err });
     return;

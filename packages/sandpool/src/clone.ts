@@ -1,0 +1,12 @@
+/** Values structured clone copies by value: nothing a later mutation could reach. */
+export function isPrimitive(value: unknown): boolean {
+  return (typeof value !== 'object' && typeof value !== 'function') || value === null;
+}
+
+/**
+ * The arguments as they are now, for a call that must wait before it is posted: a caller
+ * may reuse its objects as soon as `call()` returns. Throws DataCloneError like postMessage.
+ */
+export function copyArgs(args: unknown[]): unknown[] {
+  return args.every(isPrimitive) ? args.slice() : structuredClone(args);
+}

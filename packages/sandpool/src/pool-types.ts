@@ -1,0 +1,57 @@
+import { z } from 'zod';
+import type { ExitReason, SandpoolError } from './errors.js';
+import { SnapshotNameSchema, StemSchema, SwarmSchema } from './key.js';
+import type { RetireReason } from './thread.js';
+
+export type SpawnReason = 'cold' | 'spare';
+export type EvictReason = RetireReason;
+
+export interface PoolEvent<Reason extends string> {
+  /** The key in text form. */
+  key: string;
+  reason: Reason;
+  threadId: number;
+}
+
+export interface ReloadFailedEvent extends PoolEvent<'load-failed'> {
+  error: SandpoolError;
+}
+
+export interface PoolEvents {
+  spawn: [PoolEvent<SpawnReason>];
+  evict: [PoolEvent<EvictReason>];
+  exit: [PoolEvent<EvictReason | ExitReason>];
+  'reload-failed': [ReloadFailedEvent];
+}
+
+export interface PoolStats {
+  /** Keyed worker threads alive, draining and exiting ones included. */
+  workers: number;
+  /** Blank workers booted for the next new key. */
+  spares: number;
+  busy: number;
+  idle: number;
+  /** Times a worker took a key. */
+  spawned: number;
+  evicted: number;
+  /** Exits for `crash`, `exit`, `oom` or `killed`. */
+  crashed: number;
+  /** Calls waiting for a worker slot or for their worker to start. */
+  queued: number;
+}
+
+/** `remote()`'s view of an agent module: every exported function, returning a promise. */
+export type Remote<T> = {
+  readonly [K in keyof T as T[K] extends (...args: never[]) => unknown ? K : never]: T[K] extends (
+    ...args: infer A
+  ) => infer R
+    ? (...args: A) => Promise<Awaited<R>>
+    : never;
+};
+
+export const InvalidateSelectorSchema = z.strictObject({
+  swarm: SwarmSchema,
+  snapshot: SnapshotNameSchema.nullable().optional(),
+  stem: StemSchema.optional(),
+});
+export type InvalidateSelector = z.input<typeof InvalidateSelectorSchema>;
