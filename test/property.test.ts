@@ -1,5 +1,5 @@
 import fc from 'fast-check';
-import { createPool, SandpoolError } from 'sandpool';
+import { AgentKeySchema, createPool, SandpoolError } from 'sandpool';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { eventually, recordEvents, threadCount } from './support/pool.js';
 import { fixture, makeRoot, removeRoots } from './support/root.js';
@@ -96,5 +96,34 @@ describe('the coordinator under random sequences', () => {
     await eventually(() => threadCount() <= baseline).catch(() => {
       throw new Error(`threads: ${threadCount()} now, ${baseline} before`);
     });
+  });
+});
+
+describe('key validation', () => {
+  it('the pool accepts exactly the object keys AgentKeySchema accepts', async () => {
+    const pool = createPool({ root, spareWorkers: 0 });
+    const part = fc.stringMatching(/^[A-Za-z0-9_.\-/@а\0]{0,8}$/);
+    try {
+      await fc.assert(
+        fc.asyncProperty(
+          fc.record(
+            { swarm: part, snapshot: fc.option(part, { nil: undefined }), stem: part },
+            { requiredKeys: ['swarm', 'stem'] },
+          ),
+          async (key) => {
+            const valid = AgentKeySchema.safeParse(key).success;
+            const outcome = await pool.call(key, 'f').then(
+              () => 'resolved',
+              (error: SandpoolError) => error.code,
+            );
+            if (valid) expect(outcome).not.toBe('ERR_SANDPOOL_INVALID_KEY');
+            else expect(outcome).toBe('ERR_SANDPOOL_INVALID_KEY');
+          },
+        ),
+        { numRuns: 300 },
+      );
+    } finally {
+      await pool.close();
+    }
   });
 });
