@@ -1,6 +1,7 @@
 import { Command } from 'commander';
 import { registerCall } from './commands/call.js';
 import { registerDemo } from './commands/demo.js';
+import { registerServe } from './commands/serve.js';
 import { registerSnapshot } from './commands/snapshot.js';
 import type { Io } from './io.js';
 import { cliVersion } from './version.js';
@@ -20,6 +21,7 @@ export function buildProgram(io: Io): Command {
     .addHelpText('after', '\nExit status: 0 ok, 1 operation failed (stderr: error <CODE>: message), 2 usage error.');
   registerCall(program, io);
   registerSnapshot(program, io);
+  registerServe(program, io);
   registerDemo(program, io);
   return program;
 }

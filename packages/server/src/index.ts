@@ -1,1 +1,4 @@
-export {};
+export type { CauseBody, ErrorBody } from './errors.js';
+export type { ServerOptions } from './options.js';
+export { createServer, type SandpoolServer } from './server.js';
+export { HTTP_ERROR_CODES, type HttpErrorCode, type ServerErrorCode, statusOf } from './status.js';

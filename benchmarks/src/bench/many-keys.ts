@@ -1,0 +1,280 @@
+import { availableParallelism } from 'node:os';
+import { Piscina } from 'piscina';
+import { createPool } from 'sandpool';
+import { ms, percent, perSecond } from '../lib/format.js';
+import { Latency, type LatencySummary, round } from '../lib/histogram.js';
+import type { BenchContext, Benchmark, BenchReport } from '../lib/report.js';
+import { fixture, makeRoot } from '../lib/temp-root.js';
+import { now } from '../lib/timing.js';
+
+const KEYS = 1_000;
+const ZIPF_S = 1.1;
+const MAX_WORKERS = 100;
+const IN_FLIGHT = 64;
+const SEED = 0x5eed;
+const MAX_WARM_MS = 30_000;
+
+interface Target {
+  name: string;
+  /** Resolves to whether the call found its module already loaded (null: the system cannot tell). */
+  call(rank: number): Promise<boolean | null>;
+  /** Cold loads since the last reset, where the system counts them itself. */
+  coldLoads(): number | null;
+  resetCounters(): void;
+  /** Past the start-up fill: for sandpool, every slot taken and evictions begun. */
+  steady(): boolean;
+  details(): Record<string, number>;
+  close(): Promise<void>;
+}
+
+type Run = {
+  callsPerSecond: number;
+  hitRatio: number;
+  latency: LatencySummary;
+  calls: number;
+  errors: number;
+  details: Record<string, number>;
+};
+
+export const manyKeys: Benchmark = {
+  name: 'many-keys',
+  title: `Many keys: ${KEYS.toLocaleString('en-US')} keys, zipf(${ZIPF_S}) popularity`,
+  async run(context: BenchContext): Promise<BenchReport> {
+    const warmMs = context.quick ? 2_000 : 5_000;
+    const measureMs = context.quick ? 5_000 : 20_000;
+    const cores = availableParallelism();
+    const stems = Array.from({ length: KEYS }, (_, i) => `k${String(i).padStart(4, '0')}`);
+    const cdf = zipfCdf(KEYS, ZIPF_S);
+    const topShare = cdf[MAX_WORKERS - 1] as number;
+    const tree = await makeRoot(stems.map((stem) => ({ swarm: 'many', stem, fixture: 'agent.mjs' })));
+    const runs: Record<string, Run> = {};
+    const warmedMs: Record<string, number> = {};
+    try {
+      const makers: Array<() => Target> = [
+        () => {
+          const pool = createPool({ root: tree.root, maxWorkers: MAX_WORKERS, idleTimeoutMs: 0 });
+          const counts = { cold: 0, spare: 0, evicted: 0 };
+          pool.on('spawn', ({ reason }) => {
+            counts[reason] += 1;
+          });
+          pool.on('evict', () => {
+            counts.evicted += 1;
+          });
+          return {
+            name: 'sandpool',
+            call: async (rank) => {
+              await pool.call(`many/${stems[rank]}`, 'add', [1, 2]);
+              return null;
+            },
+            coldLoads: () => counts.cold + counts.spare,
+            steady: () => pool.stats().evicted > 0,
+            resetCounters: () => {
+              counts.cold = 0;
+              counts.spare = 0;
+              counts.evicted = 0;
+            },
+            details: () => ({ spawnsCold: counts.cold, spawnsFromSpare: counts.spare, evictions: counts.evicted }),
+            close: () => pool.close(),
+          };
+        },
+        () => {
+          const piscina = new Piscina<{ url: string; fn: string; args: number[] }, { value: number; cold: boolean }>({
+            filename: fixture('piscina-dispatch.mjs').href,
+            minThreads: cores,
+            maxThreads: cores,
+            idleTimeout: 60_000,
+          });
+          const urls = stems.map((stem) => tree.url('many', stem));
+          let cold = 0;
+          return {
+            name: `piscina (shared, ${cores} threads)`,
+            call: async (rank) => {
+              const result = await piscina.run({ url: urls[rank] as string, fn: 'add', args: [1, 2] });
+              if (result.cold) cold += 1;
+              return !result.cold;
+            },
+            coldLoads: () => cold,
+            steady: () => true,
+            resetCounters: () => {
+              cold = 0;
+            },
+            details: () => ({ moduleImports: cold }),
+            close: () => piscina.close(),
+          };
+        },
+      ];
+      for (const make of makers) {
+        const target = make();
+        try {
+          const warmRandom = mulberry32(SEED + 1);
+          const warmSample = (): number => pick(cdf, warmRandom());
+          context.progress(`${target.name}: warm-up ${warmMs / 1000} s`);
+          const warmStart = now();
+          await load(target, warmSample, warmMs);
+          // Measure the steady state, not the fill of an empty pool: warm up until it evicts.
+          while (!target.steady() && now() - warmStart < MAX_WARM_MS) await load(target, warmSample, 1_000);
+          warmedMs[target.name] = round(now() - warmStart, 3);
+          target.resetCounters();
+          context.progress(`${target.name}: measuring ${measureMs / 1000} s`);
+          const random = mulberry32(SEED);
+          runs[target.name] = await load(target, () => pick(cdf, random()), measureMs);
+        } finally {
+          await target.close();
+        }
+      }
+    } finally {
+      await tree.cleanup();
+    }
+    const names = Object.keys(runs);
+    const get = (name: string): Run => runs[name] as Run;
+    const [sandpoolName, piscinaName] = names as [string, string];
+    const ratios = {
+      sandpoolOverPiscinaThroughput: round(get(sandpoolName).callsPerSecond / get(piscinaName).callsPerSecond, 3),
+      sandpoolOverPiscinaP99: round(get(sandpoolName).latency.p99 / get(piscinaName).latency.p99, 3),
+    };
+    return {
+      method: [
+        `${KEYS} keys, each its own module file; key ranks drawn from zipf(s = ${ZIPF_S}) with a seeded PRNG (the same sequence for both systems).`,
+        `${IN_FLIGHT} callers in a closed loop (each awaits its call, then draws the next key): ${IN_FLIGHT} calls in flight.`,
+        `sandpool: maxWorkers ${MAX_WORKERS}, spareWorkers default, idleTimeoutMs 0; a miss is a spawn (stats/events): hit ratio = 1 - spawns / calls in the window.`,
+        `piscina: one shared pool of ${cores} threads (cores); the task imports the key's module once per thread and calls it; a miss is a call whose thread had to import the module first.`,
+        `Warm-up ${warmMs / 1000} s, longer if sandpool has not filled its ${MAX_WORKERS} slots and started evicting by then (at most ${MAX_WARM_MS / 1000} s; not counted), then ${measureMs / 1000} s measured. Latency from call to result.`,
+        `For scale: the ${MAX_WORKERS} most popular keys draw ${percent(topShare)} of the calls, the best hit ratio a ${MAX_WORKERS}-worker cache could keep.`,
+      ],
+      parameters: {
+        keys: KEYS,
+        zipfS: ZIPF_S,
+        maxWorkers: MAX_WORKERS,
+        inFlight: IN_FLIGHT,
+        warmMs,
+        measureMs,
+        piscinaThreads: cores,
+        topKeysShare: round(topShare),
+      },
+      results: Object.fromEntries(names.map((name) => [name, { ...get(name), warmUpMs: warmedMs[name] ?? null }])),
+      ratios,
+      tables: [
+        {
+          title: `${KEYS.toLocaleString('en-US')} keys, zipf(${ZIPF_S}), ${IN_FLIGHT} in flight`,
+          headers: ['system', 'calls/s', 'hit ratio', 'p50', 'p99', 'p99.9', 'misses'],
+          rows: names.map((name) => {
+            const r = get(name);
+            const misses = Object.entries(r.details)
+              .map(([label, value]) => `${value} ${label}`)
+              .join(', ');
+            return [
+              name,
+              perSecond(r.callsPerSecond),
+              percent(r.hitRatio),
+              ms(r.latency.p50),
+              ms(r.latency.p99),
+              ms(r.latency.p999),
+              misses,
+            ];
+          }),
+          note: `The ${MAX_WORKERS} most popular keys draw ${percent(topShare)} of the calls. sandpool / piscina: throughput ${ratios.sandpoolOverPiscinaThroughput}×, p99 ${ratios.sandpoolOverPiscinaP99}×.`,
+        },
+      ],
+      chart: {
+        title: `Many keys: ${KEYS} keys, zipf(${ZIPF_S}), maxWorkers ${MAX_WORKERS}`,
+        panels: [
+          {
+            title: 'Throughput',
+            unit: 'calls/s',
+            log: true,
+            groups: names.map((name) => ({
+              label: name,
+              bars: [{ series: 'calls/s', value: get(name).callsPerSecond }],
+            })),
+          },
+          {
+            title: 'Hit ratio',
+            unit: '%',
+            groups: names.map((name) => ({
+              label: name,
+              bars: [{ series: 'hit ratio', value: get(name).hitRatio * 100 }],
+            })),
+          },
+          {
+            title: 'Latency',
+            unit: 'ms',
+            log: true,
+            groups: names.map((name) => ({
+              label: name,
+              bars: [
+                { series: 'p50', value: get(name).latency.p50 },
+                { series: 'p99', value: get(name).latency.p99 },
+              ],
+            })),
+          },
+        ],
+      },
+    };
+  },
+};
+
+async function load(target: Target, sample: () => number, durationMs: number): Promise<Run> {
+  const latency = new Latency();
+  const start = now();
+  const end = start + durationMs;
+  let calls = 0;
+  let errors = 0;
+  const lane = async (): Promise<void> => {
+    while (now() < end) {
+      const rank = sample();
+      const t0 = now();
+      try {
+        await target.call(rank);
+        const t1 = now();
+        latency.recordMs(t1 - t0);
+        if (t1 <= end) calls += 1;
+      } catch {
+        errors += 1;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: IN_FLIGHT }, lane));
+  const misses = target.coldLoads() ?? 0;
+  return {
+    callsPerSecond: round((calls * 1000) / durationMs),
+    hitRatio: round(Math.max(0, 1 - misses / Math.max(1, calls))),
+    latency: latency.summaryMs(),
+    calls,
+    errors,
+    details: target.details(),
+  };
+}
+
+/** Cumulative probabilities of ranks 0..n-1 under zipf(s). */
+function zipfCdf(n: number, s: number): number[] {
+  const weights = Array.from({ length: n }, (_, k) => 1 / (k + 1) ** s);
+  const total = weights.reduce((sum, w) => sum + w, 0);
+  let running = 0;
+  return weights.map((w) => {
+    running += w / total;
+    return running;
+  });
+}
+
+function pick(cdf: readonly number[], u: number): number {
+  let low = 0;
+  let high = cdf.length - 1;
+  while (low < high) {
+    const middle = (low + high) >> 1;
+    if ((cdf[middle] as number) < u) low = middle + 1;
+    else high = middle;
+  }
+  return low;
+}
+
+/** A small seeded PRNG: both systems see the same key sequence. */
+function mulberry32(seed: number): () => number {
+  let state = seed >>> 0;
+  return () => {
+    state = (state + 0x6d2b79f5) >>> 0;
+    let t = state;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}

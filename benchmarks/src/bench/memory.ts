@@ -1,0 +1,309 @@
+import { readFileSync } from 'node:fs';
+import { Worker } from 'node:worker_threads';
+import { createPool } from 'sandpool';
+import { num, ratio } from '../lib/format.js';
+import { round } from '../lib/histogram.js';
+import { runPhase } from '../lib/phase.js';
+import type { BenchContext, Benchmark, BenchReport, Json } from '../lib/report.js';
+import { fixture, makeRoot, type TempRoot } from '../lib/temp-root.js';
+import { collectGarbage, eachLimited, rss, sleep } from '../lib/timing.js';
+
+const WARM_KEYS = 100;
+const CHURN_MAX_WORKERS = 4;
+const CHURN_KEYS = 32;
+const CHURN_LANES = 4;
+
+type Checkpoint = {
+  cycles: number;
+  rssMb: number;
+  heapUsedMb: number;
+  threads: number;
+  seconds: number;
+};
+
+export const memory: Benchmark = {
+  name: 'memory',
+  title: 'Memory: RSS per idle warm worker, and RSS across evict/respawn churn',
+  async run(context: BenchContext): Promise<BenchReport> {
+    const { totalCycles, referenceCycles } = cyclesOf(context.quick);
+    const step = referenceCycles;
+    // Each part in a process of its own: RSS that one part's threads leave behind (malloc
+    // keeps freed arenas) must not become the next part's baseline.
+    context.progress(`sandpool: warming ${WARM_KEYS} keys (own process)`);
+    const perWorker = (await runPhase('memory', 'sandpool-idle', context.quick)) as IdleFigure;
+    context.progress(`bare workers: ${WARM_KEYS} threads that imported the module (own process)`);
+    const bare = (await runPhase('memory', 'bare-idle', context.quick)) as IdleFigure;
+    context.progress(
+      `sandpool churn: ${totalCycles} evict/respawn cycles, maxWorkers ${CHURN_MAX_WORKERS} (own process)`,
+    );
+    const churn = (await runPhase('memory', 'churn', context.quick)) as Churn;
+    context.progress(`bare churn: ${totalCycles} new Worker/terminate cycles (own process)`);
+    const bareChurn = (await runPhase('memory', 'bare-churn', context.quick)) as Churn;
+    const growth = (run: Churn): { end: number; peak: number } => {
+      const reference = run.checkpoints.find((c) => c.cycles >= referenceCycles) as Checkpoint;
+      const last = run.checkpoints.at(-1) as Checkpoint;
+      const peak = Math.max(...run.checkpoints.map((c) => c.rssMb));
+      return { end: round(last.rssMb / reference.rssMb, 3), peak: round(peak / reference.rssMb, 3) };
+    };
+    const sandpoolGrowth = growth(churn);
+    const bareGrowth = growth(bareChurn);
+    return {
+      method: [
+        `RSS per idle warm worker: one pool (maxWorkers 128, spareWorkers 0, idleTimeoutMs 0); RSS before any worker, then after ${WARM_KEYS} distinct keys each answered one call (4 at a time) and 1 s of rest; the difference over ${WARM_KEYS}. global.gc() runs on the main thread before each reading (workers collect on their own).`,
+        `bare floor: the same with ${WARM_KEYS} plain new Worker threads that imported the same module and wait on their port.`,
+        `Churn: a pool with maxWorkers ${CHURN_MAX_WORKERS} (spareWorkers default) and ${CHURN_LANES} callers cycling through ${CHURN_KEYS} keys, so every call evicts the least recently used worker and starts a new one; a cycle is one spawn (stats().spawned). The callers pause every ${step} cycles for a reading (gc, 200 ms rest, RSS).`,
+        `bare churn: the same readings over ${CHURN_LANES} callers that each start a plain new Worker, import a module, make one round trip and terminate it: what Node itself keeps across worker churn.`,
+        'Each of the four parts runs in a fresh Node process (--expose-gc), so no part starts from RSS another left behind.',
+        `Growth: RSS at ${totalCycles} cycles over RSS at ${referenceCycles} cycles${context.quick ? ' (quick mode: fewer cycles than the full run, 5,000 against 500)' : ''}; peak: the highest reading over the same reference. RSS moves by tens of MB between readings as malloc keeps or returns arenas, so one end-to-reference ratio is noisy.`,
+      ],
+      parameters: {
+        warmKeys: WARM_KEYS,
+        totalCycles,
+        referenceCycles,
+        churnMaxWorkers: CHURN_MAX_WORKERS,
+        churnKeys: CHURN_KEYS,
+        churnLanes: CHURN_LANES,
+      },
+      results: {
+        sandpoolIdleWorker: perWorker,
+        bareIdleWorker: bare,
+        churn,
+        bareChurn,
+      },
+      ratios: {
+        [`sandpool churn: rss at ${totalCycles} / rss at ${referenceCycles} cycles`]: sandpoolGrowth.end,
+        [`sandpool churn: peak rss / rss at ${referenceCycles} cycles`]: sandpoolGrowth.peak,
+        [`bare churn: rss at ${totalCycles} / rss at ${referenceCycles} cycles`]: bareGrowth.end,
+        [`bare churn: peak rss / rss at ${referenceCycles} cycles`]: bareGrowth.peak,
+        'sandpool idle worker / bare idle worker': round(perWorker.perWorkerMb / bare.perWorkerMb, 3),
+      },
+      tables: [
+        {
+          title: `RSS per idle warm worker (${WARM_KEYS} workers)`,
+          headers: ['threads', 'RSS before', 'RSS after', 'per worker'],
+          rows: [
+            [
+              'sandpool',
+              `${num(perWorker.beforeMb)} MB`,
+              `${num(perWorker.afterMb)} MB`,
+              `${num(perWorker.perWorkerMb)} MB`,
+            ],
+            [
+              'bare Worker + import',
+              `${num(bare.beforeMb)} MB`,
+              `${num(bare.afterMb)} MB`,
+              `${num(bare.perWorkerMb)} MB`,
+            ],
+          ],
+        },
+        {
+          title: `Process RSS across churn (sandpool: maxWorkers ${CHURN_MAX_WORKERS}, ${num(churn.cyclesPerSecond)} cycles/s; bare: ${num(bareChurn.cyclesPerSecond)} cycles/s)`,
+          headers: ['cycles', 'sandpool RSS', 'main heap used', 'threads', 'bare churn RSS'],
+          rows: churn.checkpoints.map((c, i) => [
+            String(c.cycles),
+            `${num(c.rssMb)} MB`,
+            `${num(c.heapUsedMb)} MB`,
+            String(c.threads),
+            bareChurn.checkpoints[i] === undefined
+              ? 'n/a'
+              : `${num((bareChurn.checkpoints[i] as Checkpoint).rssMb)} MB`,
+          ]),
+          note: `RSS at ${totalCycles} / at ${referenceCycles} cycles: sandpool ${ratio(sandpoolGrowth.end)} (peak ${ratio(sandpoolGrowth.peak)}), bare ${ratio(bareGrowth.end)} (peak ${ratio(bareGrowth.peak)}). threads: the sandpool process's threads (/proc/self/status), a leak check.`,
+        },
+      ],
+      chart: {
+        title: 'Memory: idle workers and churn',
+        panels: [
+          {
+            title: 'RSS per idle warm worker',
+            unit: 'MB',
+            groups: [
+              { label: 'sandpool', bars: [{ series: 'per worker', value: perWorker.perWorkerMb }] },
+              { label: 'bare Worker + import', bars: [{ series: 'per worker', value: bare.perWorkerMb }] },
+            ],
+          },
+          {
+            title: 'Process RSS across churn',
+            unit: 'MB',
+            groups: churn.checkpoints.map((c, i) => ({
+              label: `${c.cycles} cycles`,
+              bars: [
+                { series: `sandpool (maxWorkers ${CHURN_MAX_WORKERS})`, value: c.rssMb },
+                { series: 'bare new Worker/terminate', value: bareChurn.checkpoints[i]?.rssMb ?? Number.NaN },
+              ],
+            })),
+          },
+        ],
+      },
+    };
+  },
+  phases: {
+    'sandpool-idle': () => withRoot(WARM_STEMS, sandpoolIdle),
+    'bare-idle': () => withRoot(WARM_STEMS, bareIdle),
+    churn: (context) => withRoot(CHURN_STEMS, (tree) => churnRun(tree, context)),
+    'bare-churn': (context) => withRoot(CHURN_STEMS, (tree) => bareChurnRun(tree, context)),
+  },
+};
+
+const WARM_STEMS = Array.from({ length: WARM_KEYS }, (_, i) => `warm${i}`);
+const CHURN_STEMS = Array.from({ length: CHURN_KEYS }, (_, i) => `churn${i}`);
+
+function cyclesOf(quick: boolean): { totalCycles: number; referenceCycles: number } {
+  return quick ? { totalCycles: 600, referenceCycles: 100 } : { totalCycles: 5_000, referenceCycles: 500 };
+}
+
+async function withRoot<T extends Json>(stems: readonly string[], phase: (tree: TempRoot) => Promise<T>): Promise<T> {
+  const tree = await makeRoot(stems.map((stem) => ({ swarm: 'mem', stem, fixture: 'agent.mjs' })));
+  try {
+    return await phase(tree);
+  } finally {
+    await tree.cleanup();
+  }
+}
+
+type IdleFigure = {
+  beforeMb: number;
+  afterMb: number;
+  perWorkerMb: number;
+};
+
+async function settledRss(restMs: number): Promise<number> {
+  collectGarbage();
+  await sleep(restMs);
+  collectGarbage();
+  return rss();
+}
+
+function idleFigure(before: number, after: number): IdleFigure {
+  return {
+    beforeMb: round(before / 2 ** 20),
+    afterMb: round(after / 2 ** 20),
+    perWorkerMb: round((after - before) / WARM_KEYS / 2 ** 20),
+  };
+}
+
+async function sandpoolIdle(tree: TempRoot): Promise<IdleFigure> {
+  const pool = createPool({ root: tree.root, maxWorkers: 128, spareWorkers: 0, idleTimeoutMs: 0 });
+  try {
+    const before = await settledRss(500);
+    const keys = Array.from({ length: WARM_KEYS }, (_, i) => `mem/warm${i}`);
+    await eachLimited(keys, 4, async (key) => {
+      await pool.call(key, 'add', [1, 2]);
+    });
+    if (pool.stats().workers !== WARM_KEYS)
+      throw new Error(`expected ${WARM_KEYS} workers, ${pool.stats().workers} alive`);
+    const after = await settledRss(1_000);
+    return idleFigure(before, after);
+  } finally {
+    await pool.close();
+  }
+}
+
+async function bareIdle(tree: TempRoot): Promise<IdleFigure> {
+  const workers: Worker[] = [];
+  try {
+    const before = await settledRss(500);
+    const indexes = Array.from({ length: WARM_KEYS }, (_, i) => i);
+    await eachLimited(indexes, 4, async (i) => {
+      const worker = new Worker(fixture('bare-idle.mjs'), {
+        execArgv: [],
+        env: {},
+        workerData: { url: tree.url('mem', `warm${i}`) },
+      });
+      workers.push(worker);
+      await new Promise((resolve, reject) => {
+        worker.once('message', resolve);
+        worker.once('error', reject);
+      });
+    });
+    const after = await settledRss(1_000);
+    return idleFigure(before, after);
+  } finally {
+    await Promise.all(workers.map((worker) => worker.terminate()));
+  }
+}
+
+type Churn = {
+  checkpoints: Checkpoint[];
+  cyclesPerSecond: number;
+  finalStats: Record<string, number>;
+};
+
+async function churnRun(tree: TempRoot, context: BenchContext): Promise<Churn> {
+  const pool = createPool({ root: tree.root, maxWorkers: CHURN_MAX_WORKERS, idleTimeoutMs: 0 });
+  try {
+    let next = 0;
+    const run = await churnLoop(
+      context,
+      () => pool.stats().spawned,
+      async () => {
+        await pool.call(`mem/churn${next++ % CHURN_KEYS}`, 'add', [1, 2]);
+      },
+    );
+    const { spawned, evicted, crashed, workers, spares } = pool.stats();
+    return { ...run, finalStats: { spawned, evicted, crashed, workers, spares } };
+  } finally {
+    await pool.close();
+  }
+}
+
+async function bareChurnRun(tree: TempRoot, context: BenchContext): Promise<Churn> {
+  let cycles = 0;
+  let next = 0;
+  const run = await churnLoop(
+    context,
+    () => cycles,
+    async () => {
+      cycles += 1;
+      const worker = new Worker(fixture('bare-cold.mjs'), {
+        execArgv: [],
+        env: {},
+        resourceLimits: { maxOldGenerationSizeMb: 256 },
+        workerData: { url: tree.url('mem', `churn${next++ % CHURN_KEYS}`) },
+      });
+      await new Promise((resolve, reject) => {
+        worker.once('message', resolve);
+        worker.once('error', reject);
+        worker.postMessage({ a: 1, b: 2 });
+      });
+      await worker.terminate();
+    },
+  );
+  return { ...run, finalStats: { cycles } };
+}
+
+/** Runs `cycle` on CHURN_LANES callers, pausing for an RSS reading every `step` cycles. */
+async function churnLoop(
+  context: BenchContext,
+  cyclesNow: () => number,
+  cycle: () => Promise<void>,
+): Promise<Omit<Churn, 'finalStats'>> {
+  const { totalCycles, referenceCycles: step } = cyclesOf(context.quick);
+  const checkpoints: Checkpoint[] = [];
+  let busyMs = 0;
+  const start = performance.now();
+  for (let target = step; target <= totalCycles; target += step) {
+    const t0 = performance.now();
+    const lane = async (): Promise<void> => {
+      while (cyclesNow() < target) await cycle();
+    };
+    await Promise.all(Array.from({ length: CHURN_LANES }, lane));
+    busyMs += performance.now() - t0;
+    const rssBytes = await settledRss(200);
+    const cycles = cyclesNow();
+    checkpoints.push({
+      cycles,
+      rssMb: round(rssBytes / 2 ** 20),
+      heapUsedMb: round(process.memoryUsage().heapUsed / 2 ** 20),
+      threads: threadCount(),
+      seconds: round((performance.now() - start) / 1000, 3),
+    });
+    context.progress(`${cycles} cycles, RSS ${num(rssBytes / 2 ** 20)} MB`);
+  }
+  return { checkpoints, cyclesPerSecond: round(((checkpoints.at(-1)?.cycles ?? 0) * 1000) / busyMs, 3) };
+}
+
+function threadCount(): number {
+  const match = /^Threads:\s+(\d+)/m.exec(readFileSync('/proc/self/status', 'utf8'));
+  return match === null ? -1 : Number(match[1]);
+}

@@ -1,0 +1,79 @@
+/**
+ * Runs the suite: `node --expose-gc dist/run.js [--quick] [--only name]...`.
+ * Each benchmark runs in a child process of its own, so one benchmark's threads, heap and
+ * RSS never leak into the next one's figures.
+ */
+import { spawn } from 'node:child_process';
+import { availableParallelism } from 'node:os';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { coldStart } from './bench/cold-start.js';
+import { isolation } from './bench/isolation.js';
+import { manyKeys } from './bench/many-keys.js';
+import { memory } from './bench/memory.js';
+import { rpc } from './bench/rpc.js';
+import { loadNow } from './lib/conditions.js';
+import { type Benchmark, makeContext, publish } from './lib/report.js';
+
+const BENCHMARKS: readonly Benchmark[] = [isolation, rpc, coldStart, memory, manyKeys];
+
+const { values } = parseArgs({
+  options: {
+    quick: { type: 'boolean', default: false },
+    only: { type: 'string', multiple: true },
+    child: { type: 'string' },
+    phase: { type: 'string' },
+  },
+  strict: true,
+});
+const quick = values.quick === true;
+
+if (values.child !== undefined && values.phase !== undefined) {
+  const bench = find(values.child);
+  const phase = bench.phases?.[values.phase];
+  if (phase === undefined) throw new Error(`${bench.name} has no phase ${values.phase}`);
+  const result = await phase(makeContext(`${bench.name}/${values.phase}`, quick));
+  process.stdout.write(`${JSON.stringify(result)}\n`);
+} else if (values.child !== undefined) {
+  const bench = find(values.child);
+  const context = makeContext(bench.name, quick);
+  const report = await bench.run(context);
+  await publish(bench, report, context);
+} else {
+  const chosen = (values.only ?? BENCHMARKS.map((bench) => bench.name)).map(find);
+  const started = performance.now();
+  const load = loadNow();
+  if (load > availableParallelism() / 2) {
+    process.stderr.write(
+      `warning: load average ${load.toFixed(1)} on ${availableParallelism()} cores: other work on this machine will skew the figures (each results file records the load)\n`,
+    );
+  }
+  let failed = 0;
+  for (const bench of chosen) {
+    const t0 = performance.now();
+    process.stderr.write(`\n== ${bench.name} (${quick ? 'quick' : 'full'}) ==\n`);
+    const code = await runChild(bench.name);
+    const seconds = ((performance.now() - t0) / 1000).toFixed(1);
+    process.stderr.write(`== ${bench.name}: ${code === 0 ? 'done' : `FAILED (exit ${code})`} in ${seconds} s ==\n`);
+    if (code !== 0) failed += 1;
+  }
+  process.stderr.write(`\nall done in ${((performance.now() - started) / 1000).toFixed(1)} s\n`);
+  process.exitCode = failed === 0 ? 0 : 1;
+}
+
+function find(name: string): Benchmark {
+  const bench = BENCHMARKS.find((candidate) => candidate.name === name);
+  if (bench === undefined) {
+    process.stderr.write(`unknown benchmark ${name}; one of: ${BENCHMARKS.map((b) => b.name).join(', ')}\n`);
+    process.exit(2);
+  }
+  return bench;
+}
+
+function runChild(name: string): Promise<number> {
+  const args = ['--expose-gc', fileURLToPath(import.meta.url), '--child', name, ...(quick ? ['--quick'] : [])];
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, args, { stdio: 'inherit' });
+    child.on('exit', (code, signal) => resolve(code ?? (signal === null ? 1 : 128)));
+  });
+}

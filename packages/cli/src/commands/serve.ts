@@ -1,0 +1,91 @@
+import { hostname } from 'node:os';
+import { createServer } from '@sandpool/server';
+import { type Command, InvalidArgumentError } from 'commander';
+import { parseMillis } from '../args.js';
+import { type Io, printLine } from '../io.js';
+
+interface ServeOptions {
+  readonly root: string;
+  readonly port: number;
+  readonly host: string;
+  readonly nodeName?: string;
+  readonly token?: string;
+  readonly debug?: boolean;
+  readonly log?: boolean;
+  readonly watch?: boolean;
+  readonly maxWorkers?: number;
+  readonly callTimeout?: number;
+  readonly bodyLimit?: number;
+}
+
+export function registerServe(program: Command, io: Io): void {
+  program
+    .command('serve')
+    .description('serve calls, snapshots, health and metrics over HTTP until SIGTERM or SIGINT')
+    .requiredOption('--root <dir>', 'folder holding <swarm>/live and <swarm>/snapshots (the same on every node)')
+    .option('--port <n>', 'TCP port; 0 picks a free one (printed)', parsePort, 8080)
+    .option('--host <host>', 'address to listen on', '127.0.0.1')
+    .option('--node-name <name>', 'sent as x-sandpool-node on every response (default: the host name)')
+    .option('--token <token>', 'bearer token for every route but /healthz (default: $SANDPOOL_TOKEN)')
+    .option('--debug', 'put stacks in error bodies')
+    .option('--log', 'log every request (JSON lines on stdout)')
+    .option('--watch', "reload live workers when their swarm's live/ folder changes")
+    .option('--max-workers <n>', 'keyed worker threads alive at most', parseCount)
+    .option('--call-timeout <ms>', 'default call timeout in milliseconds (0 = none)', parseMillis)
+    .option('--body-limit <bytes>', 'largest request body; larger ones get 413 (default 10 MB)', parseCount)
+    .action(async (options: ServeOptions) => {
+      const token = options.token ?? process.env.SANDPOOL_TOKEN;
+      const server = createServer({
+        root: options.root,
+        nodeName: options.nodeName ?? hostname(),
+        token: token === '' ? undefined : token,
+        debug: options.debug === true,
+        logger: options.log === true,
+        watch: options.watch === true,
+        ...(options.maxWorkers === undefined ? {} : { maxWorkers: options.maxWorkers }),
+        ...(options.callTimeout === undefined ? {} : { callTimeoutMs: options.callTimeout }),
+        ...(options.bodyLimit === undefined ? {} : { bodyLimit: options.bodyLimit }),
+      });
+      // Installed before listening: a signal that arrives while the port opens still drains.
+      const stop = nextSignal();
+      try {
+        const address = await server.app.listen({ port: options.port, host: options.host });
+        printLine(io.writeOut, `sandpool serve: node ${server.nodeName} listening on ${address}`);
+        const signal = await stop;
+        printLine(io.writeOut, `sandpool serve: ${signal}, draining`);
+      } finally {
+        // Refuses new calls, answers /readyz 503, waits for in-flight requests, then closes the pool.
+        await server.app.close();
+      }
+      printLine(io.writeOut, `sandpool serve: node ${server.nodeName} stopped`);
+    });
+}
+
+/**
+ * Resolves on the first SIGTERM or SIGINT. Both listeners go after one fires, so a second
+ * signal gets Node's default action and kills a drain that hangs.
+ */
+function nextSignal(): Promise<NodeJS.Signals> {
+  return new Promise((resolve) => {
+    const signals: NodeJS.Signals[] = ['SIGTERM', 'SIGINT'];
+    const onSignal = (signal: NodeJS.Signals): void => {
+      for (const name of signals) process.off(name, onSignal);
+      resolve(signal);
+    };
+    for (const name of signals) process.on(name, onSignal);
+  });
+}
+
+function parsePort(text: string): number {
+  const value = Number(text);
+  if (!/^\d+$/.test(text) || value > 65_535) throw new InvalidArgumentError('expected a port number, 0 to 65535.');
+  return value;
+}
+
+function parseCount(text: string): number {
+  const value = Number(text);
+  if (!/^\d+$/.test(text) || value < 1 || !Number.isSafeInteger(value)) {
+    throw new InvalidArgumentError('expected a whole number above 0.');
+  }
+  return value;
+}

@@ -1,0 +1,16 @@
+import type { FastifyInstance } from 'fastify';
+import type { ServerContext } from '../context.js';
+
+/** Liveness, readiness and the Prometheus scrape. */
+export function registerHealthRoutes(app: FastifyInstance, { metrics, options, lifecycle }: ServerContext): void {
+  // Alive as long as the process answers, draining included: a probe must not kill a node mid-drain.
+  app.get('/healthz', async () => ({ status: 'ok', node: options.nodeName }));
+  app.get('/readyz', async (_request, reply) => {
+    if (!lifecycle.draining) return { status: 'ready', node: options.nodeName };
+    return reply.code(503).send({ code: 'ERR_SANDPOOL_CLOSED', message: `node ${options.nodeName} is draining` });
+  });
+  app.get('/metrics', async (_request, reply) => {
+    const text = await metrics.registry.metrics();
+    return reply.type(metrics.registry.contentType).send(text);
+  });
+}

@@ -1,0 +1,31 @@
+import type { FastifyInstance } from 'fastify';
+import type { ServerContext } from '../context.js';
+
+interface SwarmParams {
+  swarm: string;
+}
+interface SnapshotParams extends SwarmParams {
+  name: string;
+}
+
+/**
+ * The pool's snapshot store over HTTP. Every node serves the same root, so any node may
+ * answer; `create` resolves to the existing snapshot when the live content is the same,
+ * so a retried or repeated create is safe. The store validates the names itself.
+ */
+export function registerSnapshotRoutes(app: FastifyInstance, { pool }: ServerContext): void {
+  app.get<{ Params: SwarmParams }>('/v1/swarms/:swarm/snapshots', async (request) => ({
+    snapshots: await pool.snapshots.list(request.params.swarm),
+  }));
+  app.get<{ Params: SnapshotParams }>('/v1/swarms/:swarm/snapshots/:name', async (request) => ({
+    snapshot: await pool.snapshots.get(request.params.swarm, request.params.name),
+  }));
+  app.post<{ Params: SnapshotParams }>('/v1/swarms/:swarm/snapshots/:name', async (request) => ({
+    snapshot: await pool.snapshots.create(request.params.swarm, request.params.name),
+  }));
+  app.delete<{ Params: SnapshotParams }>('/v1/swarms/:swarm/snapshots/:name', async (request, reply) => {
+    // Drains this node's workers of the snapshot first (see pool.snapshots.remove).
+    await pool.snapshots.remove(request.params.swarm, request.params.name);
+    return reply.code(204).send();
+  });
+}

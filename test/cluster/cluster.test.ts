@@ -1,0 +1,198 @@
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { findNginx, startNginx, writeConfig } from './nginx.js';
+import { freePort, type ServeNode, type Started, startNode, stop } from './processes.js';
+
+const SWARMS = ['alpha', 'beta', 'gamma', 'delta'];
+const STEMS_PER_SWARM = 50;
+const KEYS = SWARMS.flatMap((swarm) =>
+  Array.from({ length: STEMS_PER_SWARM }, (_, i) => `${swarm}/agent_${String(i).padStart(3, '0')}`),
+);
+const CONCURRENCY = 16;
+
+/** One answer as the client saw it through nginx. */
+interface Answer {
+  key: string;
+  status: number;
+  node: string | null;
+  code: string | null;
+  pid: number | null;
+}
+
+const nginxBinary = findNginx();
+const inCi = process.env.CI === 'true' || process.env.CI === '1';
+if (nginxBinary === null && !inCi) {
+  console.warn('cluster test skipped: nginx is not installed (apt-get install nginx-light); CI installs it');
+}
+
+describe.skipIf(nginxBinary === null && !inCi)('three nodes behind nginx (hash $sandpool_key consistent)', () => {
+  const nodes: ServeNode[] = [];
+  let nginx: Started | null = null;
+  let base = '';
+  let work = '';
+
+  beforeAll(async () => {
+    if (nginxBinary === null) throw new Error('nginx is not installed: CI must install it before pnpm test:cluster');
+    work = await mkdtemp(join(tmpdir(), 'sandpool-cluster-'));
+    const root = join(work, 'root');
+    await writeAgents(root);
+    for (const name of ['n1', 'n2', 'n3']) nodes.push(await startNode(root, name, KEYS.length));
+    const nginxDir = join(work, 'nginx');
+    await mkdir(nginxDir);
+    const port = await freePort();
+    const config = await writeConfig(
+      nginxDir,
+      port,
+      nodes.map((node) => node.port),
+    );
+    nginx = startNginx(nginxBinary, nginxDir, config);
+    base = `http://127.0.0.1:${port}`;
+    await waitUntilServing(base, nginx);
+  });
+
+  afterAll(async () => {
+    // Everything this file started goes, whatever failed: nginx first, so nothing reaches a node.
+    if (nginx !== null) await stop(nginx, 'SIGQUIT');
+    await Promise.all(nodes.map((node) => stop(node, 'SIGTERM')));
+    if (work !== '') await rm(work, { recursive: true, force: true });
+  });
+
+  it('keeps each key on one node, and moves only the keys of a node that stops', async () => {
+    const pids = new Map(nodes.map((node) => [node.name, node.child.pid]));
+    const call = (key: string, index: number): Promise<Answer> => callThrough(base, key, index % 2 === 0);
+
+    // 1. Every key, twice: the same node both times, and that node really ran it (its pid).
+    const first = await eachKey(KEYS, call);
+    const second = await eachKey(KEYS, call);
+    const home = new Map<string, string>();
+    for (const [index, answer] of first.entries()) {
+      expect(answer, JSON.stringify(answer)).toMatchObject({ status: 200 });
+      expect(second[index]?.node).toBe(answer.node);
+      expect(answer.pid).toBe(pids.get(answer.node ?? ''));
+      home.set(answer.key, answer.node ?? '');
+    }
+    const victim = nodes[1]!;
+    const victimKeys = new Set(KEYS.filter((key) => home.get(key) === victim.name));
+    const spread = countBy(KEYS, (key) => home.get(key) ?? '');
+    expect(spread.size, `keys per node: ${JSON.stringify([...spread])}`).toBe(3);
+
+    // 2. Calls keep flowing while n2 drains and exits, and for a while after.
+    const during: Answer[] = [];
+    let running = true;
+    const load = (async () => {
+      while (running) during.push(...(await eachKey(KEYS, call)));
+    })();
+    await sleep(300);
+    const stopping = Date.now();
+    const exit = await stop(victim, 'SIGTERM');
+    const stopMs = Date.now() - stopping;
+    await sleep(1_000);
+    running = false;
+    await load;
+    expect(exit).toEqual({ code: 0, signal: null });
+
+    // Only n2's keys may fail, and only with an error a client can act on; other keys never moved.
+    for (const answer of during) {
+      if (victimKeys.has(answer.key)) {
+        if (answer.status !== 200) expect(answer.code, JSON.stringify(answer)).toMatch(/^ERR_SANDPOOL_/);
+        continue;
+      }
+      expect(answer, JSON.stringify(answer)).toMatchObject({ status: 200, node: home.get(answer.key) });
+    }
+
+    // 3. With n2 gone: every call succeeds, survivors' keys stayed, n2's keys spread over both others.
+    const after = await eachKey(KEYS, call);
+    const moved = new Map<string, string>();
+    for (const answer of after) {
+      expect(answer, JSON.stringify(answer)).toMatchObject({ status: 200 });
+      expect(answer.pid).toBe(pids.get(answer.node ?? ''));
+      if (victimKeys.has(answer.key)) moved.set(answer.key, answer.node ?? '');
+      else expect(answer.node).toBe(home.get(answer.key));
+    }
+    const failed = during.filter((answer) => answer.status !== 200);
+    const landed = countBy([...moved.keys()], (key) => moved.get(key) ?? '');
+    expect([...landed.keys()].sort()).toEqual(['n1', 'n3']);
+    console.log(
+      `cluster: ${KEYS.length} keys, homes ${JSON.stringify(Object.fromEntries(spread))}; ` +
+        `n2's ${victimKeys.size} keys moved to ${JSON.stringify(Object.fromEntries(landed))}; ` +
+        `n2 exited ${stopMs} ms after SIGTERM; ${during.length} calls around the stop, ` +
+        `failed (n2 keys only): ${JSON.stringify(Object.fromEntries(countBy(failed, (a) => `${a.status} ${a.code}`)))}`,
+    );
+  });
+});
+
+/** 4 swarms x 50 stems; each answers with the pid of the process that runs it. */
+async function writeAgents(root: string): Promise<void> {
+  for (const key of KEYS) {
+    const [swarm, stem] = key.split('/') as [string, string];
+    await mkdir(join(root, swarm, 'live'), { recursive: true });
+    await writeFile(
+      join(root, swarm, 'live', `${stem}.mjs`),
+      'export function where(n) { return { n, pid: process.pid }; }\n',
+    );
+  }
+}
+
+/** Half the calls carry the key in the path, half in the x-sandpool-key header: both must route alike. */
+async function callThrough(base: string, key: string, inPath: boolean): Promise<Answer> {
+  const url = inPath ? `${base}/v1/call/${key}` : `${base}/v1/call`;
+  const headers: Record<string, string> = { 'content-type': 'application/json' };
+  if (!inPath) headers['x-sandpool-key'] = key;
+  try {
+    const response = await fetch(url, {
+      method: 'POST',
+      headers,
+      body: JSON.stringify({ fn: 'where', args: [1] }),
+      signal: AbortSignal.timeout(10_000),
+    });
+    const body = (await response.json()) as { result?: { pid?: number }; code?: string };
+    return {
+      key,
+      status: response.status,
+      node: response.headers.get('x-sandpool-node'),
+      code: body.code ?? null,
+      pid: body.result?.pid ?? null,
+    };
+  } catch (error) {
+    return { key, status: 0, node: null, code: String(error), pid: null };
+  }
+}
+
+/** Calls every key once, CONCURRENCY at a time; answers in key order. */
+async function eachKey(
+  keys: readonly string[],
+  call: (key: string, index: number) => Promise<Answer>,
+): Promise<Answer[]> {
+  const answers: Answer[] = new Array(keys.length);
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    for (let index = next++; index < keys.length; index = next++) answers[index] = await call(keys[index]!, index);
+  };
+  await Promise.all(Array.from({ length: CONCURRENCY }, worker));
+  return answers;
+}
+
+async function waitUntilServing(base: string, nginx: Started): Promise<void> {
+  const deadline = Date.now() + 15_000;
+  for (;;) {
+    try {
+      if ((await fetch(`${base}/healthz`)).ok) return;
+    } catch {
+      // Not listening yet.
+    }
+    if (Date.now() > deadline) throw new Error(`nginx did not come up:\n${nginx.output()}`);
+    await sleep(50);
+  }
+}
+
+function countBy<T>(items: readonly T[], keyOf: (item: T) => string): Map<string, number> {
+  const counts = new Map<string, number>();
+  for (const item of items) counts.set(keyOf(item), (counts.get(keyOf(item)) ?? 0) + 1);
+  return counts;
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
