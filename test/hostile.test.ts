@@ -1,7 +1,7 @@
 import { mkdir, symlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { code } from './support/errors.js';
+import { code, rejection } from './support/errors.js';
 import { installCleanup, openPool, recordEvents } from './support/pool.js';
 import { counterAgent, fixture, makeRoot, writeFiles } from './support/root.js';
 
@@ -53,6 +53,24 @@ describe('hostile input', () => {
     const flood = await Promise.allSettled(Array.from({ length: 500 }, (_, i) => pool.call(`a/../${i}`, 'f')));
     expect(flood.every((result) => result.status === 'rejected')).toBe(true);
     expect(events).toEqual([]);
+    expect(await pool.call('a/notifier_agent', 'add', [1, 1])).toBe(2);
+  });
+});
+
+describe('an agent that forges messages to its parent port', () => {
+  it('ends its own worker with crash, and the host and other keys go on', async () => {
+    const root = await makeRoot({
+      ...(await counterAgent('a')),
+      'b/live/forger.mjs': `
+        import { parentPort } from 'node:worker_threads';
+        export function forge() {
+          parentPort.postMessage({ t: 'done', ok: null, err: null });
+          return new Promise(() => {});
+        }`,
+    });
+    const pool = openPool({ root });
+    const error = await rejection(pool.call('b/forger', 'forge'));
+    expect(error).toMatchObject({ code: 'ERR_SANDPOOL_WORKER_EXITED', reason: 'crash' });
     expect(await pool.call('a/notifier_agent', 'add', [1, 1])).toBe(2);
   });
 });

@@ -1,3 +1,4 @@
+import { rmSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -31,6 +32,9 @@ export interface TempRoot {
  */
 export async function makeRoot(agents: readonly AgentFile[]): Promise<TempRoot> {
   const root = await mkdtemp(join(tmpdir(), 'sandpool-bench-'));
+  // A crash (an uncaught error from a library under test) skips every `finally`; 'exit' still runs.
+  const removeAtExit = (): void => rmSync(root, { recursive: true, force: true });
+  process.once('exit', removeAtExit);
   const sources = new Map<string, string>();
   const swarms = new Set<string>();
   for (const agent of agents) {
@@ -48,6 +52,9 @@ export async function makeRoot(agents: readonly AgentFile[]): Promise<TempRoot> 
   return {
     root,
     url: (swarm, stem) => pathToFileURL(join(root, swarm, 'live', `${stem}.mjs`)).href,
-    cleanup: () => rm(root, { recursive: true, force: true }),
+    cleanup: async () => {
+      process.removeListener('exit', removeAtExit);
+      await rm(root, { recursive: true, force: true });
+    },
   };
 }

@@ -42,8 +42,15 @@ export class AgentThread {
       stderr: new LineSplitter('stderr', () => this.label, listener),
     };
     this.worker.on('message', (message: FromWorker) => {
-      if (message.t === 'out') output[message.stream].push(message.text);
-      else this.owner?.onMessage(message);
+      try {
+        if (message.t === 'out') output[message.stream].push(message.text);
+        else this.owner?.onMessage(message);
+      } catch (error) {
+        // Agent code can post to its parent port too: a message that breaks the handler
+        // ends that worker, never the host.
+        this.failure ??= error instanceof Error ? error : new Error(String(error));
+        this.terminate('crash');
+      }
     });
     this.worker.on('error', (error: Error) => {
       this.failure ??= error;

@@ -4,10 +4,8 @@
  */
 import { pathToFileURL } from 'node:url';
 import { parentPort } from 'node:worker_threads';
-import { expose } from 'comlink/dist/esm/comlink.mjs';
 import { isPrimitive } from './clone.js';
-import { verifyTree } from './manifest.js';
-import type { CallBatch, FailureCode, FromWorker, LoadRequest, Outcome, ToWorker } from './protocol.js';
+import type { CallBatch, FailureCode, FromWorker, LoadRequest, Outcome, RemoteRequest, ToWorker } from './protocol.js';
 import { toRemoteError } from './protocol.js';
 
 type AgentFunction = (...args: unknown[]) => unknown;
@@ -37,14 +35,26 @@ port.on('message', (message: ToWorker) => {
     case 'load':
       return void onLoad(message);
     case 'remote':
-      return expose({ invoke }, message.port as unknown as Parameters<typeof expose>[1]);
+      return void exposeRemote(message.port);
   }
 });
+
+/**
+ * comlink and the manifest check load on first use, not at boot: every worker start pays
+ * for what it imports (about 10 ms for both here), and most never need them.
+ */
+async function exposeRemote(remotePort: RemoteRequest['port']): Promise<void> {
+  const { expose } = await import('comlink/dist/esm/comlink.mjs');
+  expose({ invoke }, remotePort as unknown as Parameters<typeof expose>[1]);
+}
 
 async function onLoad(request: LoadRequest): Promise<void> {
   let stage: FailureCode = 'ERR_SANDPOOL_SNAPSHOT_CORRUPT';
   try {
-    if (request.verifyDir !== null) await verifyTree(request.verifyDir, request.key);
+    if (request.verifyDir !== null) {
+      const { verifyTree } = await import('./manifest.js');
+      await verifyTree(request.verifyDir, request.key);
+    }
     stage = 'ERR_SANDPOOL_MODULE_LOAD';
     const namespace = (await import(pathToFileURL(request.file).href)) as Record<string, unknown>;
     exportsOf = namespace;
