@@ -28,6 +28,14 @@ interface RemoteApi {
   invoke(fn: string, args: unknown[]): Promise<Outcome>;
 }
 
+/**
+ * Calls per message at most. One huge batch makes the two threads take turns (the worker
+ * idles while the coordinator fills it); smaller ones let the worker start on the first
+ * while the rest are still being made. 16 measured best at 64 and 1,024 in flight
+ * (against 32 and unbounded).
+ */
+const BATCH_LIMIT = 16;
+
 /** One key's worker incarnation: a key may have two during a reload (serving and candidate). */
 export class Cell implements ThreadOwner {
   state: CellState = 'resolving';
@@ -116,6 +124,7 @@ export class Cell implements ThreadOwner {
     if (call.args.every(isPrimitive)) {
       if (this.outbox.length === 0) queueMicrotask(this.flush);
       this.outbox.push(call.id, call.fn, call.args.slice());
+      if (this.outbox.length >= BATCH_LIMIT * 3) this.flush();
       return;
     }
     this.flush(); // calls made earlier in this tick must arrive first
