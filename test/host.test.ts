@@ -50,4 +50,22 @@ describe('the host process', () => {
     expect(JSON.parse(stdout)).toMatchObject({ workers: 1, idle: 1 });
     expect(Date.now() - started).toBeLessThan(8_000);
   });
+
+  it("warns once when the host runs with --max-old-space-size, which overrides the workers' caps", async () => {
+    const root = await makeRoot(await counterAgent('a'));
+    const script = `
+      import { createPool } from 'sandpool';
+      createPool({ root: ${JSON.stringify(root)}, spareWorkers: 0 });
+      createPool({ root: ${JSON.stringify(root)}, spareWorkers: 0 });
+    `;
+    const options = { cwd: new URL('.', import.meta.url).pathname, timeout: 10_000 };
+    const capped = await run(
+      process.execPath,
+      ['--max-old-space-size=512', '--input-type=module', '-e', script],
+      options,
+    );
+    expect(capped.stderr.match(/SANDPOOL_HEAP_CAP_OVERRIDDEN/g)).toHaveLength(1);
+    const plain = await run(process.execPath, ['--input-type=module', '-e', script], options);
+    expect(plain.stderr).not.toContain('SANDPOOL_HEAP_CAP_OVERRIDDEN');
+  });
 });
