@@ -10,6 +10,7 @@ import {
   stat,
   symlink,
   unlink,
+  utimes,
   writeFile,
 } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -187,6 +188,18 @@ describe('list, get, remove', () => {
   it('lists [] for a swarm without snapshots and SWARM_NOT_FOUND for no swarm folder', async () => {
     expect(await store.list('acme')).toEqual([]);
     expect(await codeOf(store.list('ghost'))).toBe('ERR_SANDPOOL_SWARM_NOT_FOUND');
+  });
+
+  it('sweeps work folders a crash left over an hour ago, and keeps younger ones', async () => {
+    const parent = join(root, 'acme', 'snapshots');
+    const names = ['.tmp-old', '.rm-old', '.tmp-young'];
+    for (const name of names) await mkdir(join(parent, name), { recursive: true });
+    const twoHoursAgo = new Date(Date.now() - 2 * 60 * 60 * 1000);
+    await utimes(join(parent, '.tmp-old'), twoHoursAgo, twoHoursAgo);
+    await utimes(join(parent, '.rm-old'), twoHoursAgo, twoHoursAgo);
+    await store.create('acme', 'jan');
+    const left = (await readdir(parent)).filter((name) => name.startsWith('.'));
+    expect(left).toEqual(['.tmp-young']);
   });
 
   it('never shows a half-written snapshot left by a crash', async () => {

@@ -53,6 +53,11 @@ const SwarmArgs = z.strictObject({ swarm: SwarmSchema });
 const SnapshotArgs = z.strictObject({ swarm: SwarmSchema, name: SnapshotNameSchema });
 
 const FROZEN_FILE = 0o444;
+/**
+ * Work folders older than this were left by a crash mid-create or mid-remove. Younger ones
+ * may belong to a create still running, here or on another node sharing the root.
+ */
+const LEFTOVER_AGE_MS = 60 * 60 * 1000;
 const CREATE_ATTEMPTS = 3;
 
 /**
@@ -79,6 +84,7 @@ export class SnapshotStore {
     const live = await this.liveReal(swarm);
     const parent = snapshotsDir(this.root, swarm);
     await mkdir(parent, { recursive: true });
+    await sweepLeftovers(parent);
     const temp = join(parent, `${TEMP_PREFIX}${randomBytes(8).toString('hex')}`);
     const target = snapshotDir(this.root, swarm, name);
     let published = false;
@@ -313,5 +319,19 @@ async function exists(path: string): Promise<boolean> {
   } catch (error) {
     if (isMissingError(error)) return false;
     throw error;
+  }
+}
+
+/** Best effort: a sweep that fails leaves the folders for the next create. */
+async function sweepLeftovers(parent: string): Promise<void> {
+  try {
+    const now = Date.now();
+    for (const name of await readdir(parent)) {
+      if (!name.startsWith(TEMP_PREFIX) && !name.startsWith(REMOVING_PREFIX)) continue;
+      const path = join(parent, name);
+      if (now - (await lstat(path)).mtimeMs > LEFTOVER_AGE_MS) await rm(path, { recursive: true, force: true });
+    }
+  } catch {
+    // Nothing depends on it.
   }
 }
