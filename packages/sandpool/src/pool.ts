@@ -461,7 +461,7 @@ export class Pool extends EventEmitter<PoolEvents> implements CellHost, AsyncDis
     const { text } = cell.key;
     this.finish(
       call,
-      new SandpoolError('ERR_SANDPOOL_DATA_CLONE', `arguments of ${text} ${call.fn}() cannot be cloned`, {
+      new SandpoolError('ERR_SANDPOOL_DATA_CLONE', `arguments or result of ${text} ${call.fn}() cannot be cloned`, {
         key: text,
         cause: error,
       }),

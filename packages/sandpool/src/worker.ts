@@ -134,19 +134,12 @@ function sendReplies(ok: unknown[], err: unknown[]): void {
   }
 }
 
+/**
+ * The function comlink exposes for `remote()`. A result that cannot be cloned needs no check
+ * here: comlink answers it with a rejection, which the coordinator reports as DATA_CLONE.
+ */
 function invoke(fn: string, args: unknown[]): Outcome | Promise<Outcome> {
-  const result = run(fn, args);
-  // comlink posts the value itself: check it can be cloned so the caller gets DATA_CLONE, not a hang.
-  const checked = (outcome: Outcome): Outcome => {
-    if (!outcome.ok) return outcome;
-    try {
-      structuredClone(outcome.value);
-      return outcome;
-    } catch (error) {
-      return { ok: false, code: 'ERR_SANDPOOL_DATA_CLONE', error: toRemoteError(error) };
-    }
-  };
-  return result instanceof Promise ? result.then(checked) : checked(result);
+  return run(fn, args);
 }
 
 /** Runs one agent function; sync results stay sync so a plain function costs no extra tick. */
