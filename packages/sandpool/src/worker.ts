@@ -26,7 +26,7 @@ for (const stream of ['stdout', 'stderr'] as const) {
 
 let exportsOf: Record<string, unknown> | null = null;
 let fallback: Record<string, unknown> | null = null;
-const functions = new Map<string, AgentFunction>();
+const functions = new Map<string, Bound>();
 
 port.on('message', (message: ToWorker) => {
   switch (message.t) {
@@ -69,15 +69,23 @@ async function onLoad(request: LoadRequest): Promise<void> {
   }
 }
 
-function lookup(name: string): AgentFunction | null {
+/** An agent function with the object it belongs to, so `this` works as in the agent's own calls. */
+interface Bound {
+  fn: AgentFunction;
+  self: Record<string, unknown>;
+}
+
+function lookup(name: string): Bound | null {
   const cached = functions.get(name);
   if (cached !== undefined) return cached;
-  const direct = exportsOf !== null && Object.hasOwn(exportsOf, name) ? exportsOf[name] : undefined;
-  const viaDefault = fallback !== null && Object.hasOwn(fallback, name) ? fallback[name] : undefined;
-  const found = typeof direct === 'function' ? direct : viaDefault;
-  if (typeof found !== 'function') return null; // misses are not cached: names come from callers
-  functions.set(name, found as AgentFunction);
-  return found as AgentFunction;
+  for (const self of [exportsOf, fallback]) {
+    const fn = self !== null && Object.hasOwn(self, name) ? self[name] : undefined;
+    if (typeof fn !== 'function') continue;
+    const bound = { fn: fn as AgentFunction, self: self as Record<string, unknown> };
+    functions.set(name, bound);
+    return bound;
+  }
+  return null; // misses are not cached: names come from callers
 }
 
 let okReplies: unknown[] = [];
@@ -144,8 +152,8 @@ function invoke(fn: string, args: unknown[]): Outcome | Promise<Outcome> {
 
 /** Runs one agent function; sync results stay sync so a plain function costs no extra tick. */
 function run(name: string, args: unknown[]): Outcome | Promise<Outcome> {
-  const fn = lookup(name);
-  if (fn === null) {
+  const bound = lookup(name);
+  if (bound === null) {
     return {
       ok: false,
       code: 'ERR_SANDPOOL_EXPORT_NOT_FOUND',
@@ -154,7 +162,7 @@ function run(name: string, args: unknown[]): Outcome | Promise<Outcome> {
   }
   let value: unknown;
   try {
-    value = fn.apply(exportsOf === null || Object.hasOwn(exportsOf, name) ? exportsOf : fallback, args);
+    value = bound.fn.apply(bound.self, args);
   } catch (error) {
     return agentError(error);
   }
