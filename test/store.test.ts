@@ -17,20 +17,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { SandpoolError, SnapshotStore } from 'sandpool';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { code } from './support/errors.js';
 
 const MANIFEST = '.sandpool-manifest.json';
 const sha256 = (data: string | Buffer): string => createHash('sha256').update(data).digest('hex');
 const sleep = (ms: number): Promise<void> => new Promise((done) => setTimeout(done, ms));
-
-async function codeOf(promise: Promise<unknown>): Promise<string> {
-  try {
-    await promise;
-  } catch (error) {
-    expect(error).toBeInstanceOf(SandpoolError);
-    return (error as SandpoolError).code;
-  }
-  throw new Error('expected a rejection');
-}
 
 /** Every path below dir, for "nothing was created" checks. */
 async function tree(dir: string): Promise<string[]> {
@@ -110,10 +101,10 @@ describe('create', () => {
     const first = await store.create('acme', 'jan');
     await expect(store.create('acme', 'jan')).resolves.toEqual(first);
     await writeFile(live('lib', 'helper.mjs'), 'export const h = () => 2;\n');
-    expect(await codeOf(store.create('acme', 'jan'))).toBe('ERR_SANDPOOL_SNAPSHOT_EXISTS');
+    expect(await code(store.create('acme', 'jan'))).toBe('ERR_SANDPOOL_SNAPSHOT_EXISTS');
     await writeFile(live('lib', 'helper.mjs'), 'export const h = (m) => m;\n');
     await writeFile(live('extra.mjs'), 'export {};\n');
-    expect(await codeOf(store.create('acme', 'jan'))).toBe('ERR_SANDPOOL_SNAPSHOT_EXISTS');
+    expect(await code(store.create('acme', 'jan'))).toBe('ERR_SANDPOOL_SNAPSHOT_EXISTS');
     expect(await store.get('acme', 'jan')).toEqual(first);
     expect((await readdir(join(root, 'acme', 'snapshots'))).sort()).toEqual(['jan']);
   });
@@ -126,9 +117,9 @@ describe('create', () => {
   });
 
   it('rejects SWARM_NOT_FOUND for a swarm without live/', async () => {
-    expect(await codeOf(store.create('ghost', 'jan'))).toBe('ERR_SANDPOOL_SWARM_NOT_FOUND');
+    expect(await code(store.create('ghost', 'jan'))).toBe('ERR_SANDPOOL_SWARM_NOT_FOUND');
     await mkdir(join(root, 'empty'));
-    expect(await codeOf(store.create('empty', 'jan'))).toBe('ERR_SANDPOOL_SWARM_NOT_FOUND');
+    expect(await code(store.create('empty', 'jan'))).toBe('ERR_SANDPOOL_SWARM_NOT_FOUND');
     expect(await tree(root)).not.toContain('ghost');
   });
 
@@ -170,7 +161,7 @@ describe('create', () => {
     ],
   ])('refuses a symlink to %s and creates nothing', async (_label, arrange) => {
     await arrange();
-    expect(await codeOf(store.create('acme', 'jan'))).toBe('ERR_SANDPOOL_MODULE_NOT_FOUND');
+    expect(await code(store.create('acme', 'jan'))).toBe('ERR_SANDPOOL_MODULE_NOT_FOUND');
     expect(await readdir(join(root, 'acme', 'snapshots'))).toEqual([]);
     expect(await store.list('acme')).toEqual([]);
   });
@@ -187,7 +178,7 @@ describe('list, get, remove', () => {
 
   it('lists [] for a swarm without snapshots and SWARM_NOT_FOUND for no swarm folder', async () => {
     expect(await store.list('acme')).toEqual([]);
-    expect(await codeOf(store.list('ghost'))).toBe('ERR_SANDPOOL_SWARM_NOT_FOUND');
+    expect(await code(store.list('ghost'))).toBe('ERR_SANDPOOL_SWARM_NOT_FOUND');
   });
 
   it('sweeps work folders a crash left over an hour ago, and keeps younger ones', async () => {
@@ -208,21 +199,21 @@ describe('list, get, remove', () => {
     await mkdir(leftover);
     await writeFile(join(leftover, 'notifier_agent.mjs'), 'export {};\n');
     expect(await store.list('acme')).toEqual([jan]);
-    expect(await codeOf(store.get('acme', '.tmp-deadbeef'))).toBe('ERR_SANDPOOL_INVALID_KEY');
+    expect(await code(store.get('acme', '.tmp-deadbeef'))).toBe('ERR_SANDPOOL_INVALID_KEY');
   });
 
   it('removes a snapshot without leaving work folders', async () => {
     await store.create('acme', 'jan');
     await store.remove('acme', 'jan');
     expect(await readdir(join(root, 'acme', 'snapshots'))).toEqual([]);
-    expect(await codeOf(store.get('acme', 'jan'))).toBe('ERR_SANDPOOL_SNAPSHOT_NOT_FOUND');
+    expect(await code(store.get('acme', 'jan'))).toBe('ERR_SANDPOOL_SNAPSHOT_NOT_FOUND');
     // The name is free again.
     await expect(store.create('acme', 'jan')).resolves.toMatchObject({ name: 'jan' });
   });
 
   it.each(['get', 'remove', 'verify'] as const)('%s rejects SNAPSHOT_NOT_FOUND', async (method) => {
-    expect(await codeOf(store[method]('acme', 'nope'))).toBe('ERR_SANDPOOL_SNAPSHOT_NOT_FOUND');
-    expect(await codeOf(store[method]('ghost', 'nope'))).toBe('ERR_SANDPOOL_SNAPSHOT_NOT_FOUND');
+    expect(await code(store[method]('acme', 'nope'))).toBe('ERR_SANDPOOL_SNAPSHOT_NOT_FOUND');
+    expect(await code(store[method]('ghost', 'nope'))).toBe('ERR_SANDPOOL_SNAPSHOT_NOT_FOUND');
   });
 });
 
@@ -262,7 +253,7 @@ describe('verify', () => {
     ],
   ])('rejects CORRUPT when %s', async (_label, tamper) => {
     await tamper();
-    expect(await codeOf(store.verify('acme', 'jan'))).toBe('ERR_SANDPOOL_SNAPSHOT_CORRUPT');
+    expect(await code(store.verify('acme', 'jan'))).toBe('ERR_SANDPOOL_SNAPSHOT_CORRUPT');
   });
 });
 
@@ -291,13 +282,13 @@ describe('invalid swarm or snapshot names', () => {
   it.each(bad)('rejects swarm %j with INVALID_KEY and touches nothing', async (swarm) => {
     const before = await tree(root);
     for (const call of [() => store.create(swarm, 'jan'), () => store.list(swarm), () => store.get(swarm, 'jan')]) {
-      expect(await codeOf(call())).toBe('ERR_SANDPOOL_INVALID_KEY');
+      expect(await code(call())).toBe('ERR_SANDPOOL_INVALID_KEY');
     }
     expect(await tree(root)).toEqual(before);
   });
 
   it('rejects non-string arguments from untyped callers', async () => {
-    expect(await codeOf(store.create(42 as unknown as string, 'jan'))).toBe('ERR_SANDPOOL_INVALID_KEY');
-    expect(await codeOf(store.get('acme', null as unknown as string))).toBe('ERR_SANDPOOL_INVALID_KEY');
+    expect(await code(store.create(42 as unknown as string, 'jan'))).toBe('ERR_SANDPOOL_INVALID_KEY');
+    expect(await code(store.get('acme', null as unknown as string))).toBe('ERR_SANDPOOL_INVALID_KEY');
   });
 });
