@@ -5,9 +5,7 @@ export {
   type SandpoolErrorCode,
   type SandpoolIssue,
 } from './errors.js';
-export { type AgentKey, AgentKeySchema, formatKey, parseKey } from './key.js';
-export { type CallOptions, type OutputListener, type PoolOptions, PoolOptionsSchema } from './options.js';
-export { createPool, Pool } from './pool.js';
+export { createPool, Pool } from './host/pool.js';
 export type {
   EvictReason,
   InvalidateSelector,
@@ -17,5 +15,7 @@ export type {
   ReloadFailedEvent,
   Remote,
   SpawnReason,
-} from './pool-types.js';
-export { type SnapshotInfo, SnapshotStore } from './store.js';
+} from './host/pool-types.js';
+export { type AgentKey, AgentKeySchema, formatKey, parseKey } from './key.js';
+export { type CallOptions, type OutputListener, type PoolOptions, PoolOptionsSchema } from './options.js';
+export { type SnapshotInfo, SnapshotStore } from './store/store.js';

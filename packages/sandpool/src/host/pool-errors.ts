@@ -1,5 +1,5 @@
-import { type ExitReason, SandpoolError } from './errors.js';
-import type { ResolvedKey } from './key.js';
+import { type ExitReason, SandpoolError } from '../errors.js';
+import type { ResolvedKey } from '../key.js';
 import type { ThreadEnd } from './thread.js';
 
 export function aborted(key: string): SandpoolError {

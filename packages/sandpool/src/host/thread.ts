@@ -1,10 +1,10 @@
 import { type TransferListItem, Worker } from 'node:worker_threads';
-import type { ExitReason } from './errors.js';
-import type { ResolvedPoolOptions } from './options.js';
+import type { ExitReason } from '../errors.js';
+import type { ResolvedPoolOptions } from '../options.js';
+import type { FromWorker, OutputChunk, ToWorker } from '../protocol/messages.js';
 import { LineSplitter, writeLabelled } from './output.js';
-import type { FromWorker, OutputChunk, ToWorker } from './protocol.js';
 
-const ENTRY = new URL('./worker.js', import.meta.url);
+const ENTRY = new URL('../worker/entry.js', import.meta.url);
 
 /** Why a worker ended: the pool's own reason when it terminated it, else what the thread did. */
 export type ThreadEnd = ExitReason | RetireReason;

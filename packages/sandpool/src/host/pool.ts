@@ -1,23 +1,24 @@
 import { EventEmitter } from 'node:events';
 import { resolve as resolvePath } from 'node:path';
-import { Backoff } from './backoff.js';
-import { type CallTransport, PendingCall } from './call.js';
-import { Cell, type CellHost } from './cell.js';
-import { copyArgs } from './clone.js';
-import { SandpoolError } from './errors.js';
-import { stampFiles } from './freshness.js';
-import { warnIfHeapCapOverridden } from './heap-warning.js';
-import { issuesOf } from './issues.js';
-import { type AgentKey, type ResolvedKey, resolveKey } from './key.js';
-import { KeyState } from './key-state.js';
-import { liveDir } from './layout.js';
+import { SandpoolError } from '../errors.js';
+import { issuesOf } from '../issues.js';
+import { type AgentKey, type ResolvedKey, resolveKey } from '../key.js';
 import {
   type CallOptions,
   type PoolOptions,
   parseCallOptions,
   parsePoolOptions,
   type ResolvedPoolOptions,
-} from './options.js';
+} from '../options.js';
+import { copyArgs } from '../protocol/clone.js';
+import type { Outcome } from '../protocol/messages.js';
+import { liveDir } from '../store/layout.js';
+import { Backoff } from './backoff.js';
+import { type CallTransport, PendingCall } from './call.js';
+import { Cell, type CellHost } from './cell.js';
+import { stampFiles } from './freshness.js';
+import { warnIfHeapCapOverridden } from './heap-warning.js';
+import { KeyState } from './key-state.js';
 import { aborted, closedError, deathError, isExitReason, queueFull, snapshotGone } from './pool-errors.js';
 import { PoolSnapshotStore } from './pool-snapshots.js';
 import {
@@ -27,7 +28,6 @@ import {
   type PoolStats,
   type Remote,
 } from './pool-types.js';
-import type { Outcome } from './protocol.js';
 import { toSandpoolError } from './remote-error.js';
 import { locateModule } from './resolve.js';
 import { AgentThread, type RetireReason, type ThreadEnd } from './thread.js';

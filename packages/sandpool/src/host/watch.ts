@@ -1,5 +1,5 @@
 import { type FSWatcher, watch } from 'node:fs';
-import { liveDir } from './layout.js';
+import { liveDir } from '../store/layout.js';
 
 const DEBOUNCE_MS = 50;
 

@@ -1,4 +1,4 @@
-import { SnapshotStore } from './store.js';
+import { SnapshotStore } from '../store/store.js';
 
 /** `pool.snapshots`: the store, plus draining the workers of a snapshot before it is removed. */
 export class PoolSnapshotStore extends SnapshotStore {

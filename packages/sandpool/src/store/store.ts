@@ -14,9 +14,9 @@ import {
 } from 'node:fs/promises';
 import { join, resolve, sep } from 'node:path';
 import { z } from 'zod';
-import { isSandpoolError, SandpoolError } from './errors.js';
-import { issuesOf } from './issues.js';
-import { SnapshotNameSchema, SwarmSchema } from './key.js';
+import { isSandpoolError, SandpoolError } from '../errors.js';
+import { issuesOf } from '../issues.js';
+import { SnapshotNameSchema, SwarmSchema } from '../key.js';
 import { liveDir, REMOVING_PREFIX, snapshotDir, snapshotsDir, swarmDir, TEMP_PREFIX } from './layout.js';
 import {
   hashTree,

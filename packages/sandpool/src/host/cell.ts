@@ -1,9 +1,9 @@
 import { MessageChannel, type MessagePort } from 'node:worker_threads';
 import { wrap } from 'comlink/dist/esm/comlink.mjs';
+import type { ResolvedKey } from '../key.js';
+import { isPrimitive } from '../protocol/clone.js';
+import type { FromWorker, Outcome, OutputChunk } from '../protocol/messages.js';
 import type { PendingCall } from './call.js';
-import { isPrimitive } from './clone.js';
-import type { ResolvedKey } from './key.js';
-import type { FromWorker, Outcome, OutputChunk } from './protocol.js';
 import type { ModuleLocation } from './resolve.js';
 import type { AgentThread, RetireReason, ThreadEnd, ThreadOwner } from './thread.js';
 

@@ -4,9 +4,17 @@
  */
 import { pathToFileURL } from 'node:url';
 import { parentPort } from 'node:worker_threads';
-import { isPrimitive } from './clone.js';
-import type { CallBatch, FailureCode, FromWorker, LoadRequest, Outcome, RemoteRequest, ToWorker } from './protocol.js';
-import { toRemoteError } from './protocol.js';
+import { isPrimitive } from '../protocol/clone.js';
+import type {
+  CallBatch,
+  FailureCode,
+  FromWorker,
+  LoadRequest,
+  Outcome,
+  RemoteRequest,
+  ToWorker,
+} from '../protocol/messages.js';
+import { toRemoteError } from '../protocol/messages.js';
 
 type AgentFunction = (...args: unknown[]) => unknown;
 
@@ -52,7 +60,7 @@ async function onLoad(request: LoadRequest): Promise<void> {
   let stage: FailureCode = 'ERR_SANDPOOL_SNAPSHOT_CORRUPT';
   try {
     if (request.verifyDir !== null) {
-      const { verifyTree } = await import('./manifest.js');
+      const { verifyTree } = await import('../store/manifest.js');
       await verifyTree(request.verifyDir, request.key);
     }
     stage = 'ERR_SANDPOOL_MODULE_LOAD';

@@ -1,8 +1,8 @@
 import { realpath, stat } from 'node:fs/promises';
 import { join, sep } from 'node:path';
-import { SandpoolError } from './errors.js';
-import type { ResolvedKey } from './key.js';
-import { liveDir, snapshotDir } from './layout.js';
+import { SandpoolError } from '../errors.js';
+import type { ResolvedKey } from '../key.js';
+import { liveDir, snapshotDir } from '../store/layout.js';
 
 export interface ModuleLocation {
   /** Real path of the agent module, inside its key's folder. */

@@ -1,5 +1,5 @@
+import type { ResolvedKey } from '../key.js';
 import type { Cell } from './cell.js';
-import type { ResolvedKey } from './key.js';
 
 /** Routing state of one key: the cell serving it and, during a reload, the one replacing it. */
 export class KeyState {

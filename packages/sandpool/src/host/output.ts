@@ -1,4 +1,4 @@
-import type { OutputListener, OutputStream } from './options.js';
+import type { OutputListener, OutputStream } from '../options.js';
 
 /** Writes worker output to the host's streams, one labelled line at a time. */
 export const writeLabelled: OutputListener = (key, stream, text) => {

@@ -1,5 +1,5 @@
-import { SandpoolError } from './errors.js';
-import type { Outcome, RemoteError } from './protocol.js';
+import { SandpoolError } from '../errors.js';
+import type { Outcome, RemoteError } from '../protocol/messages.js';
 
 /** Turns whatever a failure arrived as into the SandpoolError the caller sees. */
 export function toSandpoolError(failure: unknown, key: string): SandpoolError {

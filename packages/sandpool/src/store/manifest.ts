@@ -4,7 +4,7 @@ import { createHash } from 'node:crypto';
 import { constants } from 'node:fs';
 import { open, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { SandpoolError } from './errors.js';
+import { SandpoolError } from '../errors.js';
 
 export const MANIFEST_NAME = '.sandpool-manifest.json';
 

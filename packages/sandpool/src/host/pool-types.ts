@@ -1,6 +1,6 @@
 import { z } from 'zod';
-import type { ExitReason, SandpoolError } from './errors.js';
-import { SnapshotNameSchema, StemSchema, SwarmSchema } from './key.js';
+import type { ExitReason, SandpoolError } from '../errors.js';
+import { SnapshotNameSchema, StemSchema, SwarmSchema } from '../key.js';
 import type { RetireReason } from './thread.js';
 
 export type SpawnReason = 'cold' | 'spare';

@@ -1,4 +1,4 @@
-import type { SandpoolError } from './errors.js';
+import type { SandpoolError } from '../errors.js';
 
 const FIRST_MS = 100;
 const MAX_MS = 30_000;
