@@ -2,12 +2,10 @@
  * Worker entry: a blank runtime until `load` names its key's module, then one module
  * answering calls. No zod here: it would cost every worker megabytes.
  */
-import { pathToFileURL } from 'node:url';
 import { parentPort } from 'node:worker_threads';
 import { isPrimitive } from '../protocol/clone.js';
 import type {
   CallBatch,
-  FailureCode,
   FromWorker,
   LoadRequest,
   Outcome,
@@ -15,6 +13,7 @@ import type {
   ToWorker,
 } from '../protocol/messages.js';
 import { toRemoteError } from '../protocol/messages.js';
+import { LoadFailure, loadAgent } from './load.js';
 
 type AgentFunction = (...args: unknown[]) => unknown;
 
@@ -57,14 +56,8 @@ async function exposeRemote(remotePort: RemoteRequest['port']): Promise<void> {
 }
 
 async function onLoad(request: LoadRequest): Promise<void> {
-  let stage: FailureCode = 'ERR_SANDPOOL_SNAPSHOT_CORRUPT';
   try {
-    if (request.verifyDir !== null) {
-      const { verifyTree } = await import('../store/manifest.js');
-      await verifyTree(request.verifyDir, request.key);
-    }
-    stage = 'ERR_SANDPOOL_MODULE_LOAD';
-    const namespace = (await import(pathToFileURL(request.file).href)) as Record<string, unknown>;
+    const namespace = await loadAgent(request);
     exportsOf = namespace;
     // CommonJS agents (.cjs, or .js under a CommonJS package) expose `module.exports` as the default export.
     const def = namespace.default;
@@ -73,7 +66,8 @@ async function onLoad(request: LoadRequest): Promise<void> {
     }
     post({ t: 'ready' });
   } catch (error) {
-    post({ t: 'load-failed', code: stage, error: toRemoteError(error) });
+    if (error instanceof LoadFailure) post({ t: 'load-failed', code: error.code, error: toRemoteError(error.failure) });
+    else post({ t: 'load-failed', code: 'ERR_SANDPOOL_MODULE_LOAD', error: toRemoteError(error) });
   }
 }
 
