@@ -1,8 +1,8 @@
 import { mkdir, symlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { code, rejection } from './support/errors.js';
-import { installCleanup, openPool, recordEvents } from './support/pool.js';
+import { code } from './support/errors.js';
+import { installCleanup, invariants, openPool, recordEvents } from './support/pool.js';
 import { counterAgent, fixture, makeRoot, writeFiles } from './support/root.js';
 
 installCleanup();
@@ -58,19 +58,27 @@ describe('hostile input', () => {
 });
 
 describe('an agent that forges messages to its parent port', () => {
-  it('ends its own worker with crash, and the host and other keys go on', async () => {
+  it('is not heard: the protocol runs on a private channel, and the worker can find neither it nor the port', async () => {
     const root = await makeRoot({
       ...(await counterAgent('a')),
       'b/live/forger.mjs': `
-        import { parentPort } from 'node:worker_threads';
+        import { parentPort, workerData } from 'node:worker_threads';
         export function forge() {
-          parentPort.postMessage({ t: 'done', ok: null, err: null });
+          parentPort.postMessage({ t: 'done', ok: [1, 'forged'], err: null });
+          parentPort.postMessage({ t: 'ready' });
           return new Promise(() => {});
+        }
+        export function look() {
+          return { data: workerData, handles: typeof process._getActiveHandles };
         }`,
     });
     const pool = openPool({ root });
-    const error = await rejection(pool.call('b/forger', 'forge'));
-    expect(error).toMatchObject({ code: 'ERR_SANDPOOL_WORKER_EXITED', reason: 'crash' });
+    const { events } = recordEvents(pool);
+    expect(await pool.call('b/forger', 'look')).toEqual({ data: {}, handles: 'undefined' });
+    // The forged reply for call 1 is never seen: the call times out on its own.
+    expect(await code(pool.call('b/forger', 'forge', [], { timeoutMs: 300 }))).toBe('ERR_SANDPOOL_TIMEOUT');
     expect(await pool.call('a/notifier_agent', 'add', [1, 1])).toBe(2);
+    expect(events.filter((event) => event.type === 'exit').map((event) => event.reason)).toEqual(['killed']);
+    expect(invariants(pool)).toEqual([]);
   });
 });

@@ -12,6 +12,13 @@ export function threadCount(): number {
 
 const pools: Pool[] = [];
 
+/** The coordinator's invariants, checked from scratch: a list of what is wrong, empty when all hold. */
+export function invariants(pool: Pool): string[] {
+  const check = (pool as unknown as Record<symbol, () => string[]>)[Symbol.for('sandpool.invariants')];
+  if (check === undefined) throw new Error('this build of sandpool has no invariant check');
+  return check.call(pool);
+}
+
 /** A pool closed after the test; tests that need no spare say so to keep thread counts exact. */
 export function openPool(options: PoolOptions): Pool {
   const pool = createPool({ spareWorkers: 0, idleTimeoutMs: 0, ...options });

@@ -20,8 +20,13 @@ export const ERROR_CODES = [
 
 export type SandpoolErrorCode = (typeof ERROR_CODES)[number];
 
-/** Why a keyed worker ended without the pool retiring it. */
-export type ExitReason = 'crash' | 'exit' | 'oom' | 'killed';
+/**
+ * Why a keyed worker ended without the pool retiring it: it threw (`crash`), exited, ran out
+ * of memory, was stopped under a call that had to end (`killed`), or sent a message the
+ * protocol does not allow (`protocol`).
+ */
+export const EXIT_REASONS = ['crash', 'exit', 'oom', 'killed', 'protocol'] as const;
+export type ExitReason = (typeof EXIT_REASONS)[number];
 
 /** One issue of a failed schema: the zod issue shape reduced to what callers need. */
 export interface SandpoolIssue {

@@ -8,6 +8,7 @@ export {
 export { createPool, Pool } from './host/pool.js';
 export type {
   EvictReason,
+  InvalidateReport,
   InvalidateSelector,
   PoolEvent,
   PoolEvents,

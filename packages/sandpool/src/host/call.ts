@@ -1,15 +1,14 @@
 import type { Cell } from './cell.js';
-import type { KeyState } from './key-state.js';
-
-export type CallTransport = 'message' | 'comlink';
+import type { Route } from './route.js';
 
 /**
- * One call from the moment `call` accepts it until it settles, exactly once. The pool decides
- * how it settles; this object only carries the call and its clean-up.
+ * One call from the moment `call` accepts it until it settles, exactly once. The coordinator
+ * decides how it settles; this object only carries the call and its clean-up.
  */
 export class PendingCall {
-  /** Assigned when the call is posted to a ready worker. */
+  /** Assigned by the channel when the call is posted to a ready worker. */
   id = 0;
+  /** The cell holding it: waiting in it, or running on its worker. */
   cell: Cell | null = null;
   /** performance.now() by which it must answer, once posted with a timeout. */
   deadline = 0;
@@ -17,25 +16,25 @@ export class PendingCall {
   settled = false;
 
   constructor(
-    readonly state: KeyState,
+    readonly route: Route,
     readonly fn: string,
     /** Replaced by a copy when the call has to wait (see copyArgs). */
     public args: unknown[],
     readonly timeoutMs: number,
     readonly signal: AbortSignal | undefined,
-    readonly transport: CallTransport,
     private readonly resolveFn: (value: unknown) => void,
     private readonly rejectFn: (error: Error) => void,
   ) {}
 
   get keyText(): string {
-    return this.state.key.text;
+    return this.route.key.text;
   }
 
   /** Returns false when the call had already settled. */
   settle(error: Error | null, value?: unknown): boolean {
     if (this.settled) return false;
     this.settled = true;
+    this.route.pending.delete(this);
     if (this.onAbort !== undefined) this.signal?.removeEventListener('abort', this.onAbort);
     if (error === null) this.resolveFn(value);
     else this.rejectFn(error);

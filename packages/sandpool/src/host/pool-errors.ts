@@ -1,4 +1,4 @@
-import { type ExitReason, SandpoolError } from '../errors.js';
+import { EXIT_REASONS, type ExitReason, SandpoolError } from '../errors.js';
 import type { ResolvedKey } from '../key.js';
 import type { ThreadEnd } from './thread.js';
 
@@ -20,8 +20,10 @@ export function queueFull(key: string, detail: string): SandpoolError {
   return new SandpoolError('ERR_SANDPOOL_QUEUE_FULL', `${key}: ${detail}`, { key });
 }
 
+const EXITS: ReadonlySet<string> = new Set(EXIT_REASONS);
+
 export function isExitReason(end: ThreadEnd): end is ExitReason {
-  return end === 'crash' || end === 'exit' || end === 'oom' || end === 'killed';
+  return EXITS.has(end);
 }
 
 /** The error a worker's death gives the calls it held, or its callers if it died while loading. */

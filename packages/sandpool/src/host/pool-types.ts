@@ -34,10 +34,18 @@ export interface PoolStats {
   /** Times a worker took a key. */
   spawned: number;
   evicted: number;
-  /** Exits for `crash`, `exit`, `oom` or `killed`. */
+  /** Exits for `crash`, `exit`, `oom`, `killed` or `protocol`. */
   crashed: number;
   /** Calls waiting for a worker slot or for their worker to start. */
   queued: number;
+  /** Characters of worker output dropped because the host's writer lagged or a worker outran its window. */
+  outputDropped: number;
+}
+
+/** What `invalidate()` did: the keys now running the new code, and those whose new code failed to load. */
+export interface InvalidateReport {
+  reloaded: string[];
+  failed: { key: string; error: SandpoolError }[];
 }
 
 /** `remote()`'s view of an agent module: every exported function, returning a promise. */

@@ -1,8 +1,9 @@
 import type { MessagePort } from 'node:worker_threads';
 
 /**
- * Messages between the coordinator and a worker over the worker's own port. Kept as plain
- * objects with a one-letter tag: they are structured-cloned on every call.
+ * Messages between the coordinator and a worker, on the private MessageChannel handed to the
+ * worker before any agent code runs. Plain objects with a one-letter tag: they are
+ * structured-cloned on every call. Both sides import this file; it holds types and limits only.
  */
 
 /** An error as it crosses the thread boundary: structured clone drops an Error's `code`. */
@@ -10,15 +11,43 @@ export interface RemoteError {
   name: string;
   message: string;
   stack?: string;
-  code?: unknown;
+  /** The agent's own code: a short token or a number (see AGENT_CODE), never a SandpoolError code. */
+  code?: string | number;
 }
 
-export type FailureCode =
-  | 'ERR_SANDPOOL_AGENT_ERROR'
-  | 'ERR_SANDPOOL_EXPORT_NOT_FOUND'
-  | 'ERR_SANDPOOL_DATA_CLONE'
-  | 'ERR_SANDPOOL_MODULE_LOAD'
-  | 'ERR_SANDPOOL_SNAPSHOT_CORRUPT';
+/** What a call can fail with inside the worker. */
+export const CALL_FAILURES = [
+  'ERR_SANDPOOL_AGENT_ERROR',
+  'ERR_SANDPOOL_EXPORT_NOT_FOUND',
+  'ERR_SANDPOOL_DATA_CLONE',
+] as const;
+export type CallFailureCode = (typeof CALL_FAILURES)[number];
+
+/** What a load can fail with inside the worker. */
+export const LOAD_FAILURES = ['ERR_SANDPOOL_MODULE_LOAD', 'ERR_SANDPOOL_SNAPSHOT_CORRUPT'] as const;
+export type LoadFailureCode = (typeof LOAD_FAILURES)[number];
+
+export type FailureCode = CallFailureCode | LoadFailureCode;
+
+/** Bounds both sides keep: the worker's runtime never exceeds them, so the coordinator treats excess as forgery. */
+export const LIMITS = {
+  /** Replies per `done` message; the runtime splits larger ticks. */
+  replyBatch: 64,
+  /** Calls per `calls` message (the coordinator's side: see Channel). */
+  callBatch: 16,
+  errorName: 256,
+  errorMessage: 16 * 1024,
+  errorStack: 32 * 1024,
+  /** Characters of one output chunk; longer writes are split. */
+  outputChunk: 64 * 1024,
+  /** Output bytes a worker may have posted that the coordinator has not acknowledged. */
+  outputWindow: 1024 * 1024,
+  /** A serialized result above this is refused with DATA_CLONE, in the worker and again here. */
+  resultBytes: 256 * 1024 * 1024,
+} as const;
+
+/** Agent error codes kept on `cause.code`: what Node and most libraries use (`ENOENT`, `ERR_X`, `E_PROP`, `42`). */
+export const AGENT_CODE = /^[A-Za-z0-9_.:-]{1,64}$/;
 
 export interface LoadRequest {
   t: 'load';
@@ -38,17 +67,22 @@ export interface CallBatch {
   calls: unknown[];
 }
 
-/** Opens a comlink endpoint for `remote()` on a port of its own. */
-export interface RemoteRequest {
-  t: 'remote';
+/** The coordinator has written this many more bytes of the worker's output. */
+export interface OutputAck {
+  t: 'out-ack';
+  bytes: number;
+}
+
+export type ToWorker = LoadRequest | CallBatch | OutputAck;
+
+/** What the worker finds in `workerData`: the private port, taken before any agent code runs. */
+export interface WorkerBoot {
   port: MessagePort;
 }
 
-export type ToWorker = LoadRequest | CallBatch | RemoteRequest;
-
 /**
- * The replies settled in one tick, flattened likewise: `ok` as `id, value…`,
- * `err` as `id, code, error…`.
+ * The replies settled in one tick whose values are primitives, flattened:
+ * `ok` as `id, value…`, `err` as `id, code, error…`.
  */
 export interface ReplyBatch {
   t: 'done';
@@ -57,40 +91,39 @@ export interface ReplyBatch {
 }
 
 /**
- * What the worker prints. It travels on the worker's own port rather than the `stdout: true`
- * streams, which keep the host alive even when the worker is unref()ed.
+ * One non-primitive result as `v8.serialize` bytes in a transferred ArrayBuffer: its size is
+ * known before anything is deserialized, and a value the coordinator cannot rebuild (too deep
+ * for its stack) fails that one call with DATA_CLONE.
+ */
+export interface SerializedResult {
+  t: 'result';
+  id: number;
+  bytes: ArrayBuffer;
+}
+
+/**
+ * What the worker prints. It travels on the private port rather than the `stdout: true`
+ * streams, which keep the host alive even when the worker is unref()ed; `dropped` counts the
+ * bytes the worker discarded while its output window was full.
  */
 export interface OutputChunk {
   t: 'out';
   stream: 'stdout' | 'stderr';
   text: string;
+  dropped: number;
 }
 
-export type FromWorker =
-  | OutputChunk
-  | { t: 'ready' }
-  | { t: 'load-failed'; code: FailureCode; error: RemoteError }
-  | ReplyBatch;
+export interface Ready {
+  t: 'ready';
+}
 
-/** The envelope comlink carries for `remote()`: comlink alone would drop `code` and error kinds. */
+export interface LoadFailed {
+  t: 'load-failed';
+  code: LoadFailureCode;
+  error: RemoteError;
+}
+
+export type FromWorker = OutputChunk | Ready | LoadFailed | ReplyBatch | SerializedResult;
+
+/** How a call ended in the worker, once decoded. */
 export type Outcome = { ok: true; value: unknown } | { ok: false; code: FailureCode; error: RemoteError };
-
-export function toRemoteError(thrown: unknown): RemoteError {
-  if (thrown instanceof Error) {
-    const out: RemoteError = { name: thrown.name, message: thrown.message };
-    if (thrown.stack !== undefined) out.stack = thrown.stack;
-    const code = (thrown as { code?: unknown }).code;
-    if (code !== undefined) out.code = typeof code === 'string' || typeof code === 'number' ? code : String(code);
-    return out;
-  }
-  return { name: 'Error', message: describe(thrown) };
-}
-
-function describe(value: unknown): string {
-  if (typeof value === 'string') return value;
-  try {
-    return JSON.stringify(value) ?? String(value);
-  } catch {
-    return String(value);
-  }
-}

@@ -4,12 +4,12 @@
  * TypeScript) change here alone. No zod here: it would cost every worker megabytes.
  */
 import { pathToFileURL } from 'node:url';
-import type { FailureCode, LoadRequest } from '../protocol/messages.js';
+import type { LoadFailureCode, LoadRequest } from '../protocol/messages.js';
 
 /** A load failure with the code the caller will see. */
 export class LoadFailure extends Error {
   constructor(
-    readonly code: FailureCode,
+    readonly code: LoadFailureCode,
     readonly failure: unknown,
   ) {
     super('load failed');

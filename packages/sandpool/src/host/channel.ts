@@ -1,0 +1,193 @@
+import { deserialize } from 'node:v8';
+import { isPrimitive } from '../protocol/clone.js';
+import { LIMITS, type Outcome, type ReplyBatch, type SerializedResult } from '../protocol/messages.js';
+import type { PendingCall } from './call.js';
+import type { AgentThread } from './thread.js';
+
+/** What a channel reports to its cell. */
+export interface ChannelOwner {
+  callSettled(call: PendingCall, outcome: Outcome): void;
+  callUnsendable(call: PendingCall, error: unknown): void;
+  callTimedOut(call: PendingCall): void;
+  /** The last running call has settled. */
+  drained(): void;
+}
+
+/**
+ * The calls in flight on one worker: ids, batching, deadlines, and decoding replies. Calls
+ * whose arguments are all primitives wait for the end of the tick and leave together, in
+ * messages of up to LIMITS.callBatch calls; any other call is cloned now, as postMessage
+ * would, so a caller may reuse its objects.
+ */
+export class Channel {
+  readonly running = new Map<number, PendingCall>();
+  private nextId = 0;
+  /** Calls of this tick not sent yet, flattened as the batch message carries them. */
+  private outbox: unknown[] = [];
+  private deadlineTimer: NodeJS.Timeout | undefined = undefined;
+  private deadlineAt = 0;
+
+  constructor(
+    private readonly thread: AgentThread,
+    private readonly owner: ChannelOwner,
+  ) {}
+
+  /** Posts a call to the ready worker; the timeout clock starts here. */
+  post(call: PendingCall): void {
+    call.id = ++this.nextId;
+    if (this.running.size === 0) this.thread.setReferenced(true);
+    this.running.set(call.id, call);
+    if (call.timeoutMs > 0) this.watchDeadline(call);
+    if (call.args.every(isPrimitive)) {
+      if (this.outbox.length === 0) queueMicrotask(this.flush);
+      this.outbox.push(call.id, call.fn, call.args.slice());
+      // One huge batch makes the two threads take turns (the worker idles while the
+      // coordinator fills it); 16 measured best at 64 and 1,024 in flight.
+      if (this.outbox.length >= LIMITS.callBatch * 3) this.flush();
+      return;
+    }
+    this.flush(); // calls made earlier in this tick must arrive first
+    this.send([call.id, call.fn, call.args]);
+  }
+
+  /** Takes a call off the channel (aborted, timed out): a late reply to it is dropped. */
+  take(call: PendingCall): boolean {
+    if (this.running.get(call.id) !== call) return false;
+    this.running.delete(call.id);
+    this.afterSettle();
+    return true;
+  }
+
+  /** Decodes a reply message; a reply to an id never issued is a forgery. */
+  receive(message: ReplyBatch | SerializedResult): void {
+    if (message.t === 'result') {
+      this.settleSerialized(message);
+    } else {
+      const { ok, err } = message;
+      for (let i = 0; i < ok.length; i += 2) this.settle(ok[i] as number, { ok: true, value: ok[i + 1] });
+      for (let i = 0; i < err.length; i += 3) {
+        this.settle(err[i] as number, { ok: false, code: err[i + 1], error: err[i + 2] } as Outcome);
+      }
+    }
+    this.afterSettle();
+  }
+
+  /** Every call still running, taken off the channel (the worker is gone or going). */
+  drain(): PendingCall[] {
+    clearTimeout(this.deadlineTimer);
+    this.deadlineTimer = undefined;
+    const calls = [...this.running.values()];
+    this.running.clear();
+    this.outbox = [];
+    return calls;
+  }
+
+  private settleSerialized({ id, bytes }: SerializedResult): void {
+    if (bytes.byteLength > LIMITS.resultBytes) {
+      this.thread.violate(`a result of ${bytes.byteLength} bytes, past the limit its runtime keeps`);
+      return;
+    }
+    if (!this.isRunning(id)) return;
+    let value: unknown;
+    try {
+      value = deserialize(new Uint8Array(bytes));
+    } catch (error) {
+      // Too deep for this thread's stack, say: that call fails, the worker goes on.
+      const message = error instanceof Error ? error.message : String(error);
+      this.settle(id, {
+        ok: false,
+        code: 'ERR_SANDPOOL_DATA_CLONE',
+        error: { name: 'DataCloneError', message: `the result cannot be rebuilt in the host: ${message}` },
+      });
+      return;
+    }
+    this.settle(id, { ok: true, value });
+  }
+
+  private isRunning(id: number): boolean {
+    if (id > this.nextId) {
+      this.thread.violate(`a reply to call ${id}, which was never made`);
+      return false;
+    }
+    return this.running.has(id);
+  }
+
+  private settle(id: number, outcome: Outcome): void {
+    if (!this.isRunning(id)) return; // settled already: timed out, aborted, or a duplicate
+    const call = this.running.get(id) as PendingCall;
+    this.running.delete(id);
+    this.owner.callSettled(call, outcome);
+  }
+
+  private afterSettle(): void {
+    if (this.running.size > 0) return;
+    clearTimeout(this.deadlineTimer);
+    this.deadlineTimer = undefined;
+    this.owner.drained();
+  }
+
+  private readonly flush = (): void => {
+    if (this.outbox.length === 0) return;
+    const calls = this.outbox;
+    this.outbox = [];
+    this.send(calls);
+  };
+
+  private send(calls: unknown[]): void {
+    if (this.thread.terminating) return; // its exit rejects the calls
+    try {
+      this.thread.post({ t: 'calls', calls });
+      return;
+    } catch {
+      // Some argument cannot be cloned: send them one by one so only its call fails.
+    }
+    for (let i = 0; i < calls.length; i += 3) {
+      try {
+        this.thread.post({ t: 'calls', calls: calls.slice(i, i + 3) });
+      } catch (error) {
+        const call = this.running.get(calls[i] as number);
+        if (call === undefined) continue;
+        this.running.delete(call.id);
+        this.owner.callUnsendable(call, error);
+      }
+    }
+    this.afterSettle();
+  }
+
+  /**
+   * One timer per channel, armed for the earliest deadline, instead of one per call: most
+   * calls finish long before their timeout, and a timer per call would cost more than the call.
+   */
+  private watchDeadline(call: PendingCall): void {
+    call.deadline = performance.now() + call.timeoutMs;
+    if (this.deadlineTimer !== undefined && call.deadline >= this.deadlineAt) return;
+    this.armDeadline(call.deadline);
+  }
+
+  private armDeadline(at: number): void {
+    clearTimeout(this.deadlineTimer);
+    this.deadlineAt = at;
+    this.deadlineTimer = setTimeout(this.checkDeadlines, Math.max(0, Math.ceil(at - performance.now())));
+    // A busy worker keeps the host alive on its own; a stale deadline must not.
+    this.deadlineTimer.unref();
+  }
+
+  private readonly checkDeadlines = (): void => {
+    this.deadlineTimer = undefined;
+    const now = performance.now();
+    const expired: PendingCall[] = [];
+    let next = Number.POSITIVE_INFINITY;
+    for (const call of this.running.values()) {
+      if (call.timeoutMs <= 0) continue;
+      if (call.deadline <= now) expired.push(call);
+      else next = Math.min(next, call.deadline);
+    }
+    for (const call of expired) {
+      if (this.running.get(call.id) !== call) continue;
+      this.running.delete(call.id);
+      this.owner.callTimedOut(call);
+    }
+    if (next !== Number.POSITIVE_INFINITY && this.running.size > 0) this.armDeadline(next);
+    if (expired.length > 0) this.afterSettle();
+  };
+}

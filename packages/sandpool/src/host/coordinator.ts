@@ -1,0 +1,700 @@
+import { resolve as resolvePath } from 'node:path';
+import { SandpoolError } from '../errors.js';
+import { issuesOf } from '../issues.js';
+import { type AgentKey, type ResolvedKey, resolveKey } from '../key.js';
+import type { CallOptions, ResolvedPoolOptions } from '../options.js';
+import { copyArgs } from '../protocol/clone.js';
+import type { Outcome } from '../protocol/messages.js';
+import { liveDir } from '../store/layout.js';
+import { type AdmissionState, admit } from './admission.js';
+import { Backoff } from './backoff.js';
+import { PendingCall } from './call.js';
+import { Cell, type CellEvents, type CellPhase } from './cell.js';
+import { Census } from './census.js';
+import { settledStamp, stampFiles } from './freshness.js';
+import { labelledWriter } from './output.js';
+import { aborted, closedError, deathError, isExitReason, snapshotGone } from './pool-errors.js';
+import {
+  type InvalidateReport,
+  type InvalidateSelector,
+  InvalidateSelectorSchema,
+  type PoolEvents,
+  type PoolStats,
+} from './pool-types.js';
+import { toSandpoolError } from './remote-error.js';
+import { locateModule } from './resolve.js';
+import { type ReloadOutcome, Route } from './route.js';
+import { Scheduler, type SlotUser } from './scheduler.js';
+import { Spares } from './spares.js';
+import { AgentThread, type RetireReason, type ThreadEnd, type ThreadSettings, type WorkerMessage } from './thread.js';
+import { LiveWatcher } from './watch.js';
+
+type Emit = <E extends keyof PoolEvents>(event: E, ...args: PoolEvents[E]) => void;
+
+/**
+ * The coordinator behind the public Pool: routes every key to a cell, and decides every
+ * policy the parts report to it (what a worker's death means for its calls, back-off,
+ * blue-green reload, snapshot removal, close). The slots belong to the Scheduler, the counts
+ * to the Census, the calls in flight to each cell's Channel.
+ */
+export class Coordinator implements CellEvents, SlotUser, AdmissionState {
+  readonly root: string;
+  readonly census: Census;
+  readonly backoff = new Backoff();
+  /** `swarm@snapshot` of snapshots being removed: their keys fail at once rather than start a worker. */
+  readonly removing = new Set<string>();
+  private readonly routes = new Map<string, Route>();
+  /** Calls held by cells that have no worker yet (resolving their file or queued for a slot). */
+  private readonly waitingCalls = new Set<PendingCall>();
+  private readonly scheduler: Scheduler;
+  private readonly spares: Spares;
+  private readonly settings: ThreadSettings;
+  private readonly watcher: LiveWatcher | null;
+  private arrivals = 0;
+  private outputDropped = 0;
+  private closing: Promise<void> | null = null;
+
+  constructor(
+    readonly options: ResolvedPoolOptions,
+    private readonly emit: Emit,
+  ) {
+    this.root = resolvePath(options.root);
+    this.census = new Census(emit);
+    this.scheduler = new Scheduler(this.census, options, this);
+    const onOutputDropped = (chars: number): void => {
+      this.outputDropped += chars;
+    };
+    this.settings = {
+      env: options.env,
+      resourceLimits: options.resourceLimits,
+      output: options.onOutput ?? labelledWriter(() => onOutputDropped(1)),
+      onOutputDropped,
+    };
+    this.spares = new Spares(options.spareWorkers, this.settings);
+    this.watcher = options.watch
+      ? new LiveWatcher(this.root, (swarm) => {
+          if (this.closing === null) void this.invalidate({ swarm });
+        })
+      : null;
+    this.spares.fill();
+  }
+
+  // ---- admission state --------------------------------------------------------------------
+
+  get closed(): boolean {
+    return this.closing !== null;
+  }
+
+  get maxPendingPerKey(): number {
+    return this.options.maxPendingPerKey;
+  }
+
+  get maxWaiting(): number {
+    return this.options.maxWaiting;
+  }
+
+  get callTimeoutMs(): number {
+    return this.options.callTimeoutMs;
+  }
+
+  get waitingForSlot(): number {
+    return this.waitingCalls.size;
+  }
+
+  route(key: ResolvedKey): Route | undefined {
+    return this.routes.get(key.text);
+  }
+
+  // ---- calls ------------------------------------------------------------------------------
+
+  /** Never throws synchronously: every refusal is a rejected promise. */
+  submit(keyInput: AgentKey | string, fn: string, args: readonly unknown[], options?: CallOptions): Promise<unknown> {
+    try {
+      const admitted = admit(this, keyInput, fn, args, options);
+      const route = admitted.route ?? new Route(admitted.key);
+      if (admitted.route === undefined) this.routes.set(admitted.key.text, route);
+      return new Promise((resolve, reject) => {
+        const call = new PendingCall(
+          route,
+          admitted.fn,
+          admitted.args,
+          admitted.timeoutMs,
+          admitted.signal,
+          resolve,
+          reject,
+        );
+        route.pending.add(call);
+        const { signal } = admitted;
+        if (signal !== undefined) {
+          call.onAbort = () => this.abort(call);
+          signal.addEventListener('abort', call.onAbort, { once: true });
+        }
+        this.accept(route.serving ?? this.openCell(route), call);
+      });
+    } catch (error) {
+      return Promise.reject(error);
+    }
+  }
+
+  private accept(cell: Cell, call: PendingCall): void {
+    this.scheduler.touch(cell);
+    call.cell = cell;
+    const { phase } = cell;
+    if (phase.name === 'ready') {
+      phase.channel.post(call);
+      return;
+    }
+    const waiting = cell.waiting;
+    if (waiting === null) throw new Error(`sandpool: a call routed to a ${phase.name} cell`);
+    try {
+      call.args = copyArgs(call.args);
+    } catch (error) {
+      this.finish(call, unsendable(call, error));
+      return;
+    }
+    waiting.push(call);
+    if (cell.thread === null) this.waitingCalls.add(call);
+  }
+
+  private finish(call: PendingCall, error: SandpoolError | null, value?: unknown): void {
+    if (!call.settle(error, value)) return;
+    this.waitingCalls.delete(call);
+    this.tidy(call.route);
+  }
+
+  private abort(call: PendingCall): void {
+    const cell = call.cell;
+    const error = aborted(call.keyText);
+    const channel = cell?.channel;
+    if (cell !== null && channel !== null && channel !== undefined && channel.running.get(call.id) === call) {
+      // JavaScript cannot be interrupted: a running call is stopped with its worker.
+      this.kill(cell, 'killed');
+      channel.take(call);
+      this.finish(call, error);
+      return;
+    }
+    const waiting = cell?.waiting;
+    const index = waiting?.indexOf(call) ?? -1;
+    if (cell !== null && waiting !== null && waiting !== undefined && index >= 0) {
+      waiting.splice(index, 1);
+      // A start it shared with other callers goes on; one nobody waits for is cancelled.
+      if (cell.thread === null && waiting.length === 0) this.endWithoutWorker(cell, closedError(call.keyText));
+    }
+    this.finish(call, error);
+  }
+
+  private failWaiting(cell: Cell, error: SandpoolError): void {
+    const waiting = cell.waiting;
+    if (waiting === null) return;
+    for (const call of waiting.splice(0)) this.finish(call, error);
+  }
+
+  callSettled(cell: Cell, call: PendingCall, outcome: Outcome): void {
+    if (outcome.ok) {
+      if (this.backoff.active) this.backoff.reset(cell.key.text);
+      this.finish(call, null, outcome.value);
+    } else {
+      this.finish(call, toSandpoolError(outcome, cell.key.text));
+    }
+  }
+
+  callUnsendable(_cell: Cell, call: PendingCall, error: unknown): void {
+    this.finish(call, unsendable(call, error));
+  }
+
+  callTimedOut(cell: Cell, call: PendingCall): void {
+    const { text } = cell.key;
+    this.finish(
+      call,
+      new SandpoolError('ERR_SANDPOOL_TIMEOUT', `${text} ${call.fn}() outlived ${call.timeoutMs} ms`, { key: text }),
+    );
+    this.kill(cell, 'killed');
+  }
+
+  cellDrained(cell: Cell): void {
+    const { phase } = cell;
+    if (phase.name === 'draining') {
+      this.terminate(cell, phase.reason);
+      return;
+    }
+    if (phase.name !== 'ready') return;
+    phase.thread.setReferenced(false);
+    this.scheduler.cellIdle(cell);
+  }
+
+  // ---- cells ------------------------------------------------------------------------------
+
+  private openCell(route: Route): Cell {
+    const cell = new Cell(route.key, ++this.arrivals, this.census, this);
+    route.serving = cell;
+    void this.prepare(route, cell);
+    return cell;
+  }
+
+  /** Finds the module, then waits for a slot: nothing is spawned for a key that has no file. */
+  private async prepare(route: Route, cell: Cell): Promise<void> {
+    let location: Awaited<ReturnType<typeof locateModule>>;
+    try {
+      location = await locateModule(this.root, cell.key);
+      if (route.candidate === cell && cell.key.snapshot === null) {
+        // A reload loads only files that have stopped changing, and checks after the load
+        // that they did not change under it (promoteIfFresh).
+        cell.filesBefore = await settledStamp(liveDir(this.root, cell.key.swarm));
+      }
+    } catch (error) {
+      if (cell.phase.name !== 'resolving') return;
+      const failure = toSandpoolError(error, cell.key.text);
+      if (route.candidate === cell) this.candidateFailed(route, cell, failure);
+      this.endWithoutWorker(cell, failure);
+      return;
+    }
+    const { phase } = cell;
+    if (phase.name !== 'resolving') return;
+    cell.transition({ name: 'queued', waiting: phase.waiting, location });
+    this.scheduler.enqueue(cell);
+  }
+
+  startCell(cell: Cell): void {
+    const { phase } = cell;
+    if (phase.name !== 'queued') throw new Error(`sandpool: cannot start a ${phase.name} cell`);
+    const spare = this.spares.take();
+    const thread = spare ?? new AgentThread(this.settings);
+    const channel = cell.openChannel(thread);
+    for (const call of phase.waiting) this.waitingCalls.delete(call);
+    const loadTimer = setTimeout(() => this.loadTimedOut(cell), this.options.loadTimeoutMs);
+    cell.transition({
+      name: 'starting',
+      waiting: phase.waiting,
+      thread,
+      channel,
+      from: spare === null ? 'cold' : 'spare',
+      loadTimer,
+      retiring: null,
+    });
+    thread.post({ t: 'load', key: cell.key.text, file: phase.location.file, verifyDir: phase.location.verifyDir });
+    if (cell.key.snapshot === null) this.watcher?.watch(cell.key.swarm);
+  }
+
+  cellViolated(cell: Cell): void {
+    this.kill(cell, 'protocol');
+  }
+
+  cellMessage(cell: Cell, message: WorkerMessage): void {
+    const { phase } = cell;
+    switch (message.t) {
+      case 'ready':
+        if (phase.name !== 'starting') return cell.thread?.violate('a ready message outside a load');
+        return this.cellReady(cell, phase);
+      case 'load-failed':
+        if (phase.name !== 'starting') return cell.thread?.violate('a load failure outside a load');
+        return this.loadFailed(cell, toSandpoolError({ ok: false, ...message }, cell.key.text));
+      case 'done':
+      case 'result':
+        return cell.channel?.receive(message);
+    }
+  }
+
+  private cellReady(cell: Cell, phase: Extract<CellPhase, { name: 'starting' }>): void {
+    clearTimeout(phase.loadTimer);
+    const { thread, channel, waiting } = phase;
+    cell.transition({ name: 'ready', thread, channel });
+    const route = this.routes.get(cell.key.text);
+    if (route?.candidate === cell) {
+      this.promoteIfFresh(route, cell);
+      return;
+    }
+    for (const call of waiting) channel.post(call);
+    if (phase.retiring !== null) {
+      this.retire(cell, phase.retiring);
+      return;
+    }
+    if (channel.running.size === 0) this.cellDrained(cell);
+    if (route === undefined) return;
+    if (route.serving === cell && (cell.stale || this.changedSince(cell))) {
+      // Files changed while it loaded: it may hold the old code.
+      cell.stale = false;
+      this.startCandidate(route);
+    }
+    this.tidy(route);
+  }
+
+  private loadTimedOut(cell: Cell): void {
+    const { text } = cell.key;
+    const ms = this.options.loadTimeoutMs;
+    this.loadFailed(
+      cell,
+      new SandpoolError('ERR_SANDPOOL_MODULE_LOAD', `${text} was still loading after ${ms} ms`, { key: text }),
+    );
+  }
+
+  private loadFailed(cell: Cell, error: SandpoolError): void {
+    const { phase } = cell;
+    if (phase.name !== 'starting') return;
+    clearTimeout(phase.loadTimer);
+    this.startFailed(cell, error);
+    this.terminate(cell, 'crash');
+  }
+
+  /**
+   * A worker that never became ready. A reload candidate leaves the old worker serving; a
+   * key's own worker fails its waiting callers and backs the key off.
+   */
+  private startFailed(cell: Cell, error: SandpoolError): void {
+    const route = this.routes.get(cell.key.text);
+    if (route !== undefined && route.candidate === cell) {
+      this.candidateFailed(route, cell, error);
+      return;
+    }
+    route?.reloadFailed(error);
+    this.backoff.loadFailed(cell.key.text, error, Date.now());
+    this.failWaiting(cell, error);
+    this.detach(cell);
+  }
+
+  private candidateFailed(route: Route, cell: Cell, error: SandpoolError): void {
+    route.candidate = null;
+    route.reloadFailed(error);
+    this.emit('reload-failed', { key: cell.key.text, reason: 'load-failed', threadId: cell.threadId, error });
+    // Files changed again while it loaded (the rest of a half-written file, say): try again.
+    if (cell.stale) this.startCandidate(route);
+    this.tidy(route);
+  }
+
+  /** Stops a worker under a call that must end now; its other calls reject with `reason`. */
+  private kill(cell: Cell, reason: 'killed' | 'protocol'): void {
+    const { phase } = cell;
+    if (phase.name !== 'starting' && phase.name !== 'ready' && phase.name !== 'draining') return;
+    if (phase.name === 'starting') {
+      clearTimeout(phase.loadTimer);
+      this.startFailed(cell, deathError(cell.key.text, reason, null, true));
+    }
+    this.detach(cell);
+    this.terminate(cell, reason);
+  }
+
+  cellEnded(cell: Cell, end: ThreadEnd, failure: Error | null): void {
+    const { phase } = cell;
+    const key = cell.key.text;
+    const death = isExitReason(end) ? end : null;
+    const route = this.routes.get(key);
+    if (phase.name === 'starting') {
+      clearTimeout(phase.loadTimer);
+      this.startFailed(cell, deathError(key, death ?? 'exit', failure, true));
+    }
+    const loadFailed = phase.name === 'exiting' && phase.reason === 'crash';
+    this.detach(cell);
+    const exitError = death === null ? closedError(key) : deathError(key, death, failure, false);
+    const running = cell.channel?.drain() ?? [];
+    cell.transition({ name: 'ended', end });
+    for (const call of running) this.finish(call, exitError);
+    // A kill is the pool's own doing, and a failed load has backed off already.
+    if (death !== null && death !== 'killed' && phase.name !== 'starting' && !loadFailed) {
+      this.backoff.died(key, exitError, Date.now());
+    }
+    this.scheduler.forget(cell);
+    if (route !== undefined) {
+      route.replaced.delete(cell);
+      this.tidy(route);
+    }
+    if (cell.key.snapshot === null && this.watcher !== null && !this.hasLiveCell(cell.key.swarm)) {
+      this.watcher.unwatch(cell.key.swarm);
+    }
+    this.scheduler.pump();
+  }
+
+  evictCell(cell: Cell, reason: 'lru' | 'idle'): void {
+    const route = this.routes.get(cell.key.text);
+    if (reason === 'lru' && route !== undefined && route.isBeingReplaced(cell)) {
+      // It makes room for its own candidate: the candidate serves from now on, once it starts.
+      const candidate = route.candidate as Cell;
+      route.candidate = null;
+      route.serving = candidate;
+      this.retireReplaced(route, cell);
+      return;
+    }
+    this.retire(cell, reason);
+  }
+
+  isCandidate(cell: Cell): boolean {
+    return this.routes.get(cell.key.text)?.isCandidate(cell) ?? false;
+  }
+
+  isBeingReplaced(cell: Cell): boolean {
+    return this.routes.get(cell.key.text)?.isBeingReplaced(cell) ?? false;
+  }
+
+  /** The pool retires a cell: idle ones stop now, busy ones finish their calls first. */
+  private retire(cell: Cell, reason: RetireReason): void {
+    const { phase } = cell;
+    switch (phase.name) {
+      case 'resolving':
+      case 'queued':
+        // Only `removed` and `closed` retire a cell that never started: its callers asked too late.
+        this.endWithoutWorker(cell, reason === 'removed' ? snapshotGone(cell.key) : closedError(cell.key.text));
+        return;
+      case 'starting':
+        this.detach(cell);
+        if (reason === 'closed') {
+          clearTimeout(phase.loadTimer);
+          this.failWaiting(cell, closedError(cell.key.text));
+          this.terminate(cell, reason);
+        } else {
+          // Its callers asked before the retirement: it serves them once loaded, then drains.
+          phase.retiring = reason;
+        }
+        return;
+      case 'ready':
+        this.detach(cell);
+        this.scheduler.forget(cell);
+        if (phase.channel.running.size === 0) this.terminate(cell, reason);
+        else cell.transition({ name: 'draining', thread: phase.thread, channel: phase.channel, reason });
+        return;
+      default:
+        return;
+    }
+  }
+
+  private terminate(cell: Cell, reason: ThreadEnd): void {
+    const { phase } = cell;
+    if (phase.name !== 'starting' && phase.name !== 'ready' && phase.name !== 'draining') return;
+    this.scheduler.forget(cell);
+    cell.transition({ name: 'exiting', thread: phase.thread, channel: phase.channel, reason });
+    phase.thread.terminate(reason);
+  }
+
+  /** A cell with no worker yet ends; its waiting calls fail with `failure`. */
+  private endWithoutWorker(cell: Cell, failure: SandpoolError): void {
+    const route = this.routes.get(cell.key.text);
+    this.scheduler.dequeue(cell);
+    this.detach(cell);
+    this.failWaiting(cell, failure);
+    cell.transition({ name: 'ended', end: null });
+    if (route !== undefined) this.tidy(route);
+  }
+
+  /** The key stops routing to this cell; it keeps its worker until it is terminated. */
+  private detach(cell: Cell): void {
+    const route = this.routes.get(cell.key.text);
+    if (route === undefined) return;
+    if (route.serving === cell) route.serving = null;
+    if (route.candidate === cell) route.candidate = null;
+  }
+
+  /** Settles reloads that are done and forgets keys that hold nothing. */
+  private tidy(route: Route): void {
+    route.settleReloads();
+    if (route.unused && this.routes.get(route.key.text) === route) this.routes.delete(route.key.text);
+  }
+
+  private hasLiveCell(swarm: string): boolean {
+    for (const cell of this.census.withThread())
+      if (cell.key.swarm === swarm && cell.key.snapshot === null) return true;
+    return false;
+  }
+
+  // ---- reload -----------------------------------------------------------------------------
+
+  /**
+   * Reloads the matching workers blue-green (`snapshot` omitted means live); resolves once
+   * the old ones are gone, or have stayed because the new code failed to load.
+   */
+  async invalidate(selector: InvalidateSelector): Promise<InvalidateReport> {
+    const parsed = InvalidateSelectorSchema.safeParse(selector);
+    if (!parsed.success) {
+      throw new SandpoolError('ERR_SANDPOOL_INVALID_KEY', 'invalid invalidate selector', {
+        issues: issuesOf(parsed.error),
+      });
+    }
+    if (this.closing !== null) throw closedError();
+    const { swarm, stem } = parsed.data;
+    const snapshot = parsed.data.snapshot ?? null;
+    const matches = (key: ResolvedKey): boolean =>
+      key.swarm === swarm && key.snapshot === snapshot && (stem === undefined || key.stem === stem);
+    this.backoff.resetWhere((text) => matches(resolveKey(text)));
+    const reloads: Promise<[string, ReloadOutcome]>[] = [];
+    for (const route of this.routes.values()) {
+      if (!matches(route.key)) continue;
+      const reload = this.reload(route);
+      if (reload !== null) reloads.push(reload.then((outcome) => [route.key.text, outcome]));
+    }
+    const report: InvalidateReport = { reloaded: [], failed: [] };
+    for (const [key, outcome] of await Promise.all(reloads)) {
+      if (outcome.ok) report.reloaded.push(key);
+      else report.failed.push({ key, error: outcome.error });
+    }
+    return report;
+  }
+
+  /** Null when the key has no code loaded yet: a cell still starting up will read the new files anyway. */
+  private reload(route: Route): Promise<ReloadOutcome> | null {
+    const serving = route.serving;
+    if (serving === null || serving.phase.name === 'resolving' || serving.phase.name === 'queued') return null;
+    if (serving.phase.name === 'starting' || route.candidate !== null) {
+      // It may have read the old files: reload again once it serves.
+      (route.candidate ?? serving).stale = true;
+    } else {
+      this.startCandidate(route);
+    }
+    return route.waitForReload();
+  }
+
+  private startCandidate(route: Route): void {
+    if (this.closing !== null || route.serving === null) return;
+    const candidate = new Cell(route.key, ++this.arrivals, this.census, this);
+    route.candidate = candidate;
+    void this.prepare(route, candidate);
+  }
+
+  /** Whether a live cell's files changed since it started to load (see settledStamp). */
+  private changedSince(cell: Cell): boolean {
+    return cell.filesBefore !== null && stampFiles(liveDir(this.root, cell.key.swarm)) !== cell.filesBefore;
+  }
+
+  /**
+   * A candidate that loaded while its files were being written may hold half a file: the old
+   * worker keeps serving, and a fresh candidate reads the files again.
+   */
+  private promoteIfFresh(route: Route, candidate: Cell): void {
+    if (candidate.stale || this.changedSince(candidate)) {
+      route.candidate = null;
+      this.retire(candidate, 'reload');
+      this.startCandidate(route);
+      this.tidy(route);
+      return;
+    }
+    const old = route.serving;
+    route.candidate = null;
+    route.serving = candidate;
+    route.reloadTook();
+    if (old !== null) this.retireReplaced(route, old);
+    this.cellDrained(candidate);
+    this.tidy(route);
+  }
+
+  /** Counted until it exits, so invalidate() resolves once the old code is gone. */
+  private retireReplaced(route: Route, old: Cell): void {
+    if (old.thread !== null && (old.phase.name === 'ready' || old.phase.name === 'starting')) route.replaced.add(old);
+    this.retire(old, 'reload');
+  }
+
+  // ---- snapshots --------------------------------------------------------------------------
+
+  /** Calls to the snapshot fail while its workers drain and its files go; then it is gone. */
+  async removeSnapshot(swarm: string, name: string, removeFiles: () => Promise<void>): Promise<void> {
+    const id = `${swarm}@${name}`;
+    this.removing.add(id);
+    try {
+      const ended: Promise<void>[] = [];
+      for (const route of [...this.routes.values()]) {
+        if (route.key.swarm !== swarm || route.key.snapshot !== name) continue;
+        for (const cell of [route.serving, route.candidate]) {
+          if (cell === null) continue;
+          ended.push(cell.ended);
+          this.retire(cell, 'removed');
+        }
+      }
+      await Promise.all(ended);
+      await removeFiles();
+    } finally {
+      this.removing.delete(id);
+    }
+  }
+
+  // ---- stats and close --------------------------------------------------------------------
+
+  stats(): PoolStats {
+    let busy = 0;
+    let idle = 0;
+    let queued = this.waitingCalls.size;
+    for (const cell of this.census.withThread()) {
+      if (cell.running > 0) busy += 1;
+      else if (cell.idle) idle += 1;
+    }
+    for (const cell of this.census.cells('starting')) queued += cell.waiting?.length ?? 0;
+    return {
+      workers: this.census.slotHolders,
+      spares: this.spares.size,
+      busy,
+      idle,
+      queued,
+      outputDropped: this.outputDropped,
+      ...this.census.totals,
+    };
+  }
+
+  close(): Promise<void> {
+    this.closing ??= this.shutdown();
+    return this.closing;
+  }
+
+  private async shutdown(): Promise<void> {
+    this.watcher?.close();
+    for (const phase of ['resolving', 'queued'] as const) {
+      for (const cell of [...this.census.cells(phase)]) this.retire(cell, 'closed');
+    }
+    const ended = [...this.census.withThread()].map((cell) => cell.ended);
+    for (const cell of [...this.census.withThread()]) this.retire(cell, 'closed');
+    const sparesEnded = this.spares.close();
+    const closeTimer = setTimeout(() => {
+      for (const cell of [...this.census.cells('draining')]) this.terminate(cell, 'closed');
+    }, this.options.closeTimeoutMs);
+    await Promise.all([...ended, sparesEnded]);
+    clearTimeout(closeTimer);
+  }
+
+  // ---- invariants (tests) -----------------------------------------------------------------
+
+  /** Every rule the books must obey, checked from scratch; empty when all hold. */
+  violations(): string[] {
+    const problems: string[] = [];
+    const { census } = this;
+    if (census.slotHolders > this.options.maxWorkers) {
+      problems.push(`${census.slotHolders} keyed threads alive, above maxWorkers ${this.options.maxWorkers}`);
+    }
+    for (const phase of ['resolving', 'queued', 'starting', 'ready', 'draining', 'exiting'] as const) {
+      for (const cell of census.cells(phase)) {
+        if (cell.phase.name !== phase) problems.push(`${cell.key.text} counted as ${phase} but is ${cell.phase.name}`);
+      }
+    }
+    const queued = new Set(this.scheduler.queued());
+    for (const cell of census.cells('queued'))
+      if (!queued.has(cell)) problems.push(`${cell.key.text} queued, not in the queue`);
+    for (const cell of queued)
+      if (cell.phase.name !== 'queued') problems.push(`${cell.key.text} in the queue while ${cell.phase.name}`);
+    const waiting = new Set<PendingCall>();
+    for (const phase of ['resolving', 'queued'] as const) {
+      for (const cell of census.cells(phase)) for (const call of cell.waiting ?? []) waiting.add(call);
+    }
+    if (waiting.size !== this.waitingCalls.size || [...waiting].some((call) => !this.waitingCalls.has(call))) {
+      problems.push(
+        `waitingForSlot holds ${this.waitingCalls.size} calls; cells without a worker hold ${waiting.size}`,
+      );
+    }
+    for (const [text, route] of this.routes) {
+      if (route.unused) problems.push(`${text} holds nothing but is still routed`);
+      for (const cell of [route.serving, route.candidate]) {
+        if (cell === null) continue;
+        const name = cell.phase.name;
+        if (name === 'draining' || name === 'exiting' || name === 'ended')
+          problems.push(`${text} routes to a ${name} cell`);
+      }
+      for (const call of route.pending) {
+        const cell = call.cell;
+        const held =
+          call.settled === false &&
+          cell !== null &&
+          ((cell.waiting?.includes(call) ?? false) || cell.channel?.running.get(call.id) === call);
+        if (!held) problems.push(`${text}: a pending call ${call.fn}() is held by no cell`);
+      }
+    }
+    return problems;
+  }
+}
+
+function unsendable(call: PendingCall, error: unknown): SandpoolError {
+  const key = call.keyText;
+  return new SandpoolError('ERR_SANDPOOL_DATA_CLONE', `arguments or result of ${key} ${call.fn}() cannot be cloned`, {
+    key,
+    cause: error,
+  });
+}

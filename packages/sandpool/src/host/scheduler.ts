@@ -1,0 +1,160 @@
+import type { Cell } from './cell.js';
+import type { Census } from './census.js';
+
+/** What the scheduler asks of the coordinator, which owns routes and threads. */
+export interface SlotUser {
+  /** A queued cell got a slot: give it a worker. */
+  startCell(cell: Cell): void;
+  /** Retire an idle cell to make room, or because it idled out. */
+  evictCell(cell: Cell, reason: 'lru' | 'idle'): void;
+  /** The cell is a reload candidate: never a victim. */
+  isCandidate(cell: Cell): boolean;
+  /** The cell serves a key whose candidate is loading: a victim only when nothing else can make room. */
+  isBeingReplaced(cell: Cell): boolean;
+}
+
+export interface SchedulerOptions {
+  readonly maxWorkers: number;
+  readonly idleTimeoutMs: number;
+}
+
+/**
+ * How many idle workers to evict now: the cells waiting for a slot, less the slots that
+ * workers already exiting will free. Exported so the rule can be held to by itself.
+ */
+export function evictionsNeeded(waiting: number, exiting: number): number {
+  return Math.max(0, waiting - exiting);
+}
+
+/**
+ * The slots under maxWorkers: who waits for one (round-robin across swarms, arrival order
+ * within a swarm), who gets one, which idle worker makes room (least recently used), and
+ * when an idle worker has idled long enough.
+ */
+export class Scheduler {
+  /** Per swarm, its queued cells in arrival order; Map order is the round-robin turn. */
+  private readonly queues = new Map<string, Cell[]>();
+  private readonly idleTimers = new Map<Cell, { since: number; timer: NodeJS.Timeout | undefined }>();
+  private useClock = 0;
+
+  constructor(
+    private readonly census: Census,
+    private readonly options: SchedulerOptions,
+    private readonly user: SlotUser,
+  ) {}
+
+  /** The cell was just asked for. */
+  touch(cell: Cell): void {
+    cell.lastUsed = ++this.useClock;
+  }
+
+  enqueue(cell: Cell): void {
+    const queue = this.queues.get(cell.key.swarm);
+    if (queue === undefined) {
+      this.queues.set(cell.key.swarm, [cell]);
+    } else {
+      let index = queue.length;
+      while (index > 0 && (queue[index - 1] as Cell).arrival > cell.arrival) index -= 1;
+      queue.splice(index, 0, cell);
+    }
+    this.pump();
+  }
+
+  dequeue(cell: Cell): void {
+    const queue = this.queues.get(cell.key.swarm);
+    const index = queue?.indexOf(cell) ?? -1;
+    if (queue === undefined || index < 0) return;
+    queue.splice(index, 1);
+    if (queue.length === 0) this.queues.delete(cell.key.swarm);
+  }
+
+  *queued(): Generator<Cell> {
+    for (const queue of this.queues.values()) yield* queue;
+  }
+
+  get queuedCount(): number {
+    let count = 0;
+    for (const queue of this.queues.values()) count += queue.length;
+    return count;
+  }
+
+  /** Hands free slots to queued cells, and evicts idle cells to make room for the rest. */
+  pump(): void {
+    while (this.queues.size > 0 && this.census.slotHolders < this.options.maxWorkers) {
+      this.user.startCell(this.next());
+    }
+    let shortfall = evictionsNeeded(this.queuedCount, this.census.cells('exiting').size);
+    if (shortfall === 0) return;
+    // A reload candidate does not evict the worker it is to replace: the old one keeps serving
+    // until the new one is ready. Only when no other worker could ever make room (another key
+    // waits, or every worker alive is being replaced) does it go first.
+    const othersWait = [...this.queued()].some((cell) => !this.user.isCandidate(cell));
+    const includeReplaced =
+      othersWait || [...this.census.withThread()].every((cell) => this.user.isBeingReplaced(cell));
+    while (shortfall > 0) {
+      const victim = this.leastRecentlyUsedIdle(includeReplaced);
+      if (victim === null) break;
+      this.user.evictCell(victim, 'lru');
+      shortfall -= 1;
+    }
+  }
+
+  /** The cell has no call running: it may idle out, and it may make room now. */
+  cellIdle(cell: Cell): void {
+    const entry = this.idleTimers.get(cell);
+    if (entry === undefined) this.idleTimers.set(cell, { since: Date.now(), timer: undefined });
+    else entry.since = Date.now();
+    if (this.queues.size > 0) {
+      this.pump();
+      if (!cell.idle) return;
+    }
+    this.armIdleTimer(cell);
+  }
+
+  /** The cell is leaving (retired, killed, ended): no timer of its may fire. */
+  forget(cell: Cell): void {
+    clearTimeout(this.idleTimers.get(cell)?.timer);
+    this.idleTimers.delete(cell);
+    this.dequeue(cell);
+  }
+
+  /** The next swarm in turn gives up its first cell, then goes to the back of the turn. */
+  private next(): Cell {
+    const [swarm, queue] = this.queues.entries().next().value as [string, Cell[]];
+    const cell = queue.shift() as Cell;
+    this.queues.delete(swarm);
+    if (queue.length > 0) this.queues.set(swarm, queue);
+    return cell;
+  }
+
+  private leastRecentlyUsedIdle(includeReplaced: boolean): Cell | null {
+    let victim: Cell | null = null;
+    for (const cell of this.census.cells('ready')) {
+      if (!cell.idle || (victim !== null && cell.lastUsed >= victim.lastUsed)) continue;
+      if (this.user.isCandidate(cell) || (!includeReplaced && this.user.isBeingReplaced(cell))) continue;
+      victim = cell;
+    }
+    return victim;
+  }
+
+  /**
+   * One timer per idle stretch, re-armed rather than reset on every call: a busy key's calls
+   * only move `since`, and a timer that finds its cell busy simply lapses.
+   */
+  private armIdleTimer(cell: Cell): void {
+    const timeout = this.options.idleTimeoutMs;
+    const entry = this.idleTimers.get(cell);
+    if (timeout === 0 || entry === undefined || entry.timer !== undefined) return;
+    entry.timer = setTimeout(
+      () => {
+        entry.timer = undefined;
+        if (this.idleTimers.get(cell) !== entry || !cell.idle) return;
+        if (Date.now() - entry.since < timeout) return this.armIdleTimer(cell);
+        this.idleTimers.delete(cell);
+        this.user.evictCell(cell, 'idle');
+      },
+      Math.max(1, timeout - (Date.now() - entry.since)),
+    );
+    entry.timer.unref();
+  }
+}

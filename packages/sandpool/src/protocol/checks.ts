@@ -1,0 +1,111 @@
+/**
+ * The coordinator's checks on everything a worker sends. Hand-written and cheap (no zod: the
+ * protocol file is shared with workers, and these run on every reply): shapes, closed code
+ * sets, dense arrays of bounded length, bounded text. A message that fails is a forgery or a
+ * broken runtime; the caller ends that worker with reason `protocol`.
+ */
+import { isPrimitive } from './clone.js';
+import {
+  AGENT_CODE,
+  CALL_FAILURES,
+  type FromWorker,
+  LIMITS,
+  LOAD_FAILURES,
+  type OutputChunk,
+  type RemoteError,
+} from './messages.js';
+
+export type Checked = { ok: true; message: FromWorker } | { ok: false; problem: string };
+
+const CALL_CODES: ReadonlySet<unknown> = new Set(CALL_FAILURES);
+const LOAD_CODES: ReadonlySet<unknown> = new Set(LOAD_FAILURES);
+
+export function checkFromWorker(raw: unknown): Checked {
+  if (!isPlainObject(raw)) return bad('a message that is not a plain object');
+  switch (raw.t) {
+    case 'done':
+      return checkDone(raw);
+    case 'result':
+      return checkResult(raw);
+    case 'out':
+      return checkOutput(raw);
+    case 'ready':
+      return { ok: true, message: { t: 'ready' } };
+    case 'load-failed':
+      if (!LOAD_CODES.has(raw.code)) return bad('a load failure with a code outside the closed set');
+      if (!isRemoteError(raw.error)) return bad('a malformed load error');
+      return { ok: true, message: raw as unknown as FromWorker };
+    default:
+      return bad('a message of unknown type');
+  }
+}
+
+function checkDone(raw: Record<string, unknown>): Checked {
+  const { ok, err } = raw;
+  if (!isDense(ok, LIMITS.replyBatch * 2) || ok.length % 2 !== 0) return bad('a malformed ok list');
+  if (!isDense(err, LIMITS.replyBatch * 3) || err.length % 3 !== 0) return bad('a malformed error list');
+  for (let i = 0; i < ok.length; i += 2) {
+    if (!isCallId(ok[i])) return bad('a reply with a malformed call id');
+    if (!isPrimitive(ok[i + 1])) return bad('an object result outside a serialized result');
+  }
+  for (let i = 0; i < err.length; i += 3) {
+    if (!isCallId(err[i])) return bad('a reply with a malformed call id');
+    if (!CALL_CODES.has(err[i + 1])) return bad('a call failure with a code outside the closed set');
+    if (!isRemoteError(err[i + 2])) return bad('a malformed call error');
+  }
+  return { ok: true, message: raw as unknown as FromWorker };
+}
+
+function checkResult(raw: Record<string, unknown>): Checked {
+  if (!isCallId(raw.id)) return bad('a result with a malformed call id');
+  // The size is checked before anything is deserialized: only the byte count is read here.
+  if (!(raw.bytes instanceof ArrayBuffer)) return bad('a serialized result without its bytes');
+  return { ok: true, message: raw as unknown as FromWorker };
+}
+
+function checkOutput(raw: Record<string, unknown>): Checked {
+  if (raw.stream !== 'stdout' && raw.stream !== 'stderr') return bad('output on an unknown stream');
+  if (typeof raw.text !== 'string' || raw.text.length > LIMITS.outputChunk) return bad('an output chunk too large');
+  if (!isCount(raw.dropped)) return bad('a malformed dropped-output count');
+  return { ok: true, message: raw as unknown as OutputChunk };
+}
+
+function isRemoteError(value: unknown): value is RemoteError {
+  if (!isPlainObject(value)) return false;
+  const { name, message, stack, code } = value;
+  return (
+    isText(name, LIMITS.errorName) &&
+    isText(message, LIMITS.errorMessage) &&
+    (stack === undefined || isText(stack, LIMITS.errorStack)) &&
+    (code === undefined ||
+      (typeof code === 'number' && Number.isFinite(code)) ||
+      (typeof code === 'string' && AGENT_CODE.test(code)))
+  );
+}
+
+/** An array whose length is bounded before it is walked: a sparse one with a huge length is refused unread. */
+function isDense(value: unknown, max: number): value is unknown[] {
+  return Array.isArray(value) && value.length <= max;
+}
+
+function isCallId(value: unknown): value is number {
+  return typeof value === 'number' && Number.isSafeInteger(value) && value > 0;
+}
+
+function isCount(value: unknown): value is number {
+  return typeof value === 'number' && Number.isSafeInteger(value) && value >= 0;
+}
+
+function isText(value: unknown, max: number): value is string {
+  return typeof value === 'string' && value.length <= max;
+}
+
+function isPlainObject(value: unknown): value is Record<string, unknown> {
+  if (typeof value !== 'object' || value === null) return false;
+  const proto = Object.getPrototypeOf(value);
+  return proto === Object.prototype || proto === null;
+}
+
+function bad(problem: string): Checked {
+  return { ok: false, problem: `the worker sent ${problem}` };
+}

@@ -1,0 +1,142 @@
+/**
+ * The worker's call runtime: looks up agent functions, runs them, and sends their outcomes
+ * back in batches. It sends only what the coordinator's checks accept (bounded errors,
+ * primitives in `done`, everything else as sized bytes).
+ */
+import { isPrimitive } from '../protocol/clone.js';
+import { type FromWorker, LIMITS, type Outcome, type RemoteError } from '../protocol/messages.js';
+import { toRemoteError } from '../protocol/remote-error.js';
+import { serializeResult } from './result.js';
+
+type AgentFunction = (...args: unknown[]) => unknown;
+export type Post = (message: FromWorker, transfer?: ArrayBuffer[]) => void;
+
+/** An agent function with the object it belongs to, so `this` works as in the agent's own calls. */
+interface Bound {
+  fn: AgentFunction;
+  self: Record<string, unknown>;
+}
+
+/** Names listed in an EXPORT_NOT_FOUND message at most. */
+const LISTED_EXPORTS = 20;
+
+export class Runtime {
+  private exportsOf: Record<string, unknown> | null = null;
+  /** CommonJS agents (.cjs, or .js under a CommonJS package) expose `module.exports` as the default export. */
+  private fallback: Record<string, unknown> | null = null;
+  private readonly functions = new Map<string, Bound>();
+  private okReplies: unknown[] = [];
+  private errReplies: unknown[] = [];
+
+  constructor(private readonly post: Post) {}
+
+  setModule(namespace: Record<string, unknown>): void {
+    this.exportsOf = namespace;
+    const def = namespace.default;
+    if ((typeof def === 'object' && def !== null) || typeof def === 'function') {
+      this.fallback = def as Record<string, unknown>;
+    }
+  }
+
+  /** `calls` is `id, fn, args…` as the coordinator flattened it. */
+  onCalls(calls: unknown[]): void {
+    for (let i = 0; i < calls.length; i += 3) {
+      const id = calls[i] as number;
+      const result = this.run(calls[i + 1] as string, calls[i + 2] as unknown[]);
+      if (result instanceof Promise) void result.then((outcome) => this.reply(id, outcome));
+      else this.reply(id, result);
+    }
+  }
+
+  /**
+   * Primitive replies settled in the same tick leave together, after it: a lone reply waits
+   * for nothing. An object result is serialized at once instead, as postMessage would clone
+   * it: the agent's next call in this tick may change an object it returned.
+   */
+  private reply(id: number, outcome: Outcome): void {
+    if (outcome.ok && !isPrimitive(outcome.value)) {
+      this.flush();
+      const serialized = serializeResult(outcome.value);
+      if (serialized.ok) this.post({ t: 'result', id, bytes: serialized.bytes }, [serialized.bytes]);
+      else this.reply(id, { ok: false, code: 'ERR_SANDPOOL_DATA_CLONE', error: cloneError(serialized) });
+      return;
+    }
+    if (this.okReplies.length === 0 && this.errReplies.length === 0) queueMicrotask(this.flush);
+    if (outcome.ok) this.okReplies.push(id, outcome.value);
+    else this.errReplies.push(id, outcome.code, outcome.error);
+    if (this.okReplies.length >= LIMITS.replyBatch * 2 || this.errReplies.length >= LIMITS.replyBatch * 3) {
+      this.flush();
+    }
+  }
+
+  private readonly flush = (): void => {
+    if (this.okReplies.length === 0 && this.errReplies.length === 0) return;
+    const ok = this.okReplies;
+    const err = this.errReplies;
+    this.okReplies = [];
+    this.errReplies = [];
+    this.post({ t: 'done', ok, err });
+  };
+
+  /** Runs one agent function; sync results stay sync so a plain function costs no extra tick. */
+  private run(name: string, args: unknown[]): Outcome | Promise<Outcome> {
+    const bound = this.lookup(name);
+    if (bound === null) return this.missing(name);
+    let value: unknown;
+    try {
+      value = bound.fn.apply(bound.self, args);
+    } catch (error) {
+      return agentError(error);
+    }
+    if (isThenable(value)) {
+      return Promise.resolve(value).then((resolved): Outcome => ({ ok: true, value: resolved }), agentError);
+    }
+    return { ok: true, value };
+  }
+
+  private lookup(name: string): Bound | null {
+    const cached = this.functions.get(name);
+    if (cached !== undefined) return cached;
+    for (const self of [this.exportsOf, this.fallback]) {
+      const fn = self !== null && Object.hasOwn(self, name) ? self[name] : undefined;
+      if (typeof fn !== 'function') continue;
+      const bound = { fn: fn as AgentFunction, self: self as Record<string, unknown> };
+      this.functions.set(name, bound);
+      return bound;
+    }
+    return null; // misses are not cached: names come from callers
+  }
+
+  private missing(name: string): Outcome {
+    const names = new Set<string>();
+    for (const self of [this.exportsOf, this.fallback]) {
+      if (self === null) continue;
+      for (const key of Object.keys(self)) if (typeof self[key] === 'function') names.add(key);
+    }
+    const listed = [...names].slice(0, LISTED_EXPORTS).join(', ');
+    const more = names.size > LISTED_EXPORTS ? `, and ${names.size - LISTED_EXPORTS} more` : '';
+    const message =
+      `the agent has no exported function ${JSON.stringify(name).slice(0, 200)}; ` +
+      (names.size === 0 ? 'it exports no functions' : `its functions: ${listed}${more}`);
+    return { ok: false, code: 'ERR_SANDPOOL_EXPORT_NOT_FOUND', error: { name: 'Error', message } };
+  }
+}
+
+function agentError(error: unknown): Outcome {
+  return { ok: false, code: 'ERR_SANDPOOL_AGENT_ERROR', error: toRemoteError(error) };
+}
+
+function cloneError(failure: { reason: string; cause?: unknown }): RemoteError {
+  const cause = failure.cause === undefined ? null : toRemoteError(failure.cause);
+  const error = new Error(cause === null ? failure.reason : `${failure.reason}: ${cause.message}`);
+  error.name = cause?.name ?? 'DataCloneError';
+  return toRemoteError(error);
+}
+
+function isThenable(value: unknown): value is PromiseLike<unknown> {
+  return (
+    (typeof value === 'object' || typeof value === 'function') &&
+    value !== null &&
+    typeof (value as { then?: unknown }).then === 'function'
+  );
+}
