@@ -2,7 +2,7 @@ import { mkdir, symlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { code } from './support/errors.js';
-import { installCleanup, invariants, openPool, recordEvents } from './support/pool.js';
+import { eventually, installCleanup, invariants, openPool, recordEvents } from './support/pool.js';
 import { counterAgent, fixture, makeRoot, writeFiles } from './support/root.js';
 
 installCleanup();
@@ -78,6 +78,8 @@ describe('an agent that forges messages to its parent port', () => {
     // The forged reply for call 1 is never seen: the call times out on its own.
     expect(await code(pool.call('b/forger', 'forge', [], { timeoutMs: 300 }))).toBe('ERR_SANDPOOL_TIMEOUT');
     expect(await pool.call('a/notifier_agent', 'add', [1, 1])).toBe(2);
+    // It ignores its signal, so its worker goes after the abort grace.
+    await eventually(() => events.some((event) => event.type === 'exit'));
     expect(events.filter((event) => event.type === 'exit').map((event) => event.reason)).toEqual(['killed']);
     expect(invariants(pool)).toEqual([]);
   });

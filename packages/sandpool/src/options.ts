@@ -44,12 +44,26 @@ export const PoolOptionsSchema = z.strictObject({
   watch: z.boolean().default(false),
   /** How long `close()` lets running calls finish. */
   closeTimeoutMs: ms.default(10_000),
+  /**
+   * After a timeout or an abort fires the agent's `sandpool.signal`, how long the call has
+   * to settle before its worker is terminated (and its other calls fail with `killed`).
+   */
+  abortGraceMs: ms.max(1_000).default(250),
+  /** Longest a call waits for a worker slot and for its worker to start; 0 = no limit. */
+  queueTimeoutMs: ms.default(30_000),
+  /** A tenant's (swarm's) share of the slots; defaults to maxWorkers. */
+  maxWorkersPerSwarm: z.number().int().positive().max(10_000).optional(),
   /** Receives worker output; by default it goes to the host's streams prefixed with the key. */
   onOutput: z.custom<OutputListener>((value) => typeof value === 'function', 'onOutput must be a function').optional(),
 });
 
 export type PoolOptions = z.input<typeof PoolOptionsSchema>;
 export type ResolvedPoolOptions = z.output<typeof PoolOptionsSchema>;
+
+/** The per-swarm cap in force: maxWorkersPerSwarm, never above maxWorkers. */
+export function swarmCap(options: ResolvedPoolOptions): number {
+  return Math.min(options.maxWorkersPerSwarm ?? options.maxWorkers, options.maxWorkers);
+}
 
 export function parsePoolOptions(options: unknown): ResolvedPoolOptions {
   const parsed = PoolOptionsSchema.safeParse(options);

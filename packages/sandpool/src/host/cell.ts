@@ -64,6 +64,7 @@ export interface CellEvents {
   callSettled(cell: Cell, call: PendingCall, outcome: Outcome): void;
   callUnsendable(cell: Cell, call: PendingCall, error: unknown): void;
   callTimedOut(cell: Cell, call: PendingCall): void;
+  cancelIgnored(cell: Cell, call: PendingCall): void;
   cellDrained(cell: Cell): void;
 }
 
@@ -108,10 +109,10 @@ export class Cell implements ThreadOwner, ChannelOwner {
   }
 
   /** A channel for a thread this cell is about to start on. */
-  openChannel(thread: AgentThread): Channel {
+  openChannel(thread: AgentThread, abortGraceMs: number): Channel {
     thread.owner = this;
     thread.label = this.key.text;
-    return new Channel(thread, this);
+    return new Channel(thread, this, abortGraceMs);
   }
 
   get thread(): AgentThread | null {
@@ -127,12 +128,13 @@ export class Cell implements ThreadOwner, ChannelOwner {
     return 'waiting' in this.current ? this.current.waiting : null;
   }
 
-  get running(): number {
-    return this.channel?.running.size ?? 0;
+  /** Calls its worker is running, cancelled ones still within their grace included. */
+  get busy(): number {
+    return this.channel?.busy ?? 0;
   }
 
   get idle(): boolean {
-    return this.current.name === 'ready' && this.current.channel.running.size === 0;
+    return this.current.name === 'ready' && this.current.channel.busy === 0;
   }
 
   get threadId(): number {
@@ -161,6 +163,10 @@ export class Cell implements ThreadOwner, ChannelOwner {
 
   callTimedOut(call: PendingCall): void {
     this.events.callTimedOut(this, call);
+  }
+
+  cancelIgnored(call: PendingCall): void {
+    this.events.cancelIgnored(this, call);
   }
 
   drained(): void {

@@ -1,6 +1,6 @@
 import { deserialize } from 'node:v8';
 import { isPrimitive } from '../protocol/clone.js';
-import { LIMITS, type Outcome, type ReplyBatch, type SerializedResult } from '../protocol/messages.js';
+import { CALL_FIELDS, LIMITS, type Outcome, type ReplyBatch, type SerializedResult } from '../protocol/messages.js';
 import type { PendingCall } from './call.js';
 import type { AgentThread } from './thread.js';
 
@@ -9,7 +9,9 @@ export interface ChannelOwner {
   callSettled(call: PendingCall, outcome: Outcome): void;
   callUnsendable(call: PendingCall, error: unknown): void;
   callTimedOut(call: PendingCall): void;
-  /** The last running call has settled. */
+  /** A cancelled call did not settle within abortGraceMs: its worker must go. */
+  cancelIgnored(call: PendingCall): void;
+  /** The last running call has settled, and every cancelled one too. */
   drained(): void;
 }
 
@@ -21,6 +23,8 @@ export interface ChannelOwner {
  */
 export class Channel {
   readonly running = new Map<number, PendingCall>();
+  /** Calls answered already (timed out, aborted) whose agent still runs, with their grace timers. */
+  private readonly cancelling = new Map<number, NodeJS.Timeout>();
   private nextId = 0;
   /** Calls of this tick not sent yet, flattened as the batch message carries them. */
   private outbox: unknown[] = [];
@@ -30,7 +34,13 @@ export class Channel {
   constructor(
     private readonly thread: AgentThread,
     private readonly owner: ChannelOwner,
+    private readonly abortGraceMs: number,
   ) {}
+
+  /** Calls the worker is running, answered or not: a busy worker is never idle. */
+  get busy(): number {
+    return this.running.size + this.cancelling.size;
+  }
 
   /** Posts a call to the ready worker; the timeout clock starts here. */
   post(call: PendingCall): void {
@@ -38,24 +48,46 @@ export class Channel {
     if (this.running.size === 0) this.thread.setReferenced(true);
     this.running.set(call.id, call);
     if (call.timeoutMs > 0) this.watchDeadline(call);
+    const deadline = call.timeoutMs > 0 ? Date.now() + call.timeoutMs : 0;
     if (call.args.every(isPrimitive)) {
       if (this.outbox.length === 0) queueMicrotask(this.flush);
-      this.outbox.push(call.id, call.fn, call.args.slice());
+      this.outbox.push(call.id, call.fn, call.args.slice(), deadline);
       // One huge batch makes the two threads take turns (the worker idles while the
       // coordinator fills it); 16 measured best at 64 and 1,024 in flight.
-      if (this.outbox.length >= LIMITS.callBatch * 3) this.flush();
+      if (this.outbox.length >= LIMITS.callBatch * CALL_FIELDS) this.flush();
       return;
     }
     this.flush(); // calls made earlier in this tick must arrive first
-    this.send([call.id, call.fn, call.args]);
+    this.send([call.id, call.fn, call.args, deadline]);
   }
 
-  /** Takes a call off the channel (aborted, timed out): a late reply to it is dropped. */
-  take(call: PendingCall): boolean {
-    if (this.running.get(call.id) !== call) return false;
+  has(call: PendingCall): boolean {
+    return this.running.get(call.id) === call;
+  }
+
+  /**
+   * Takes an answered call (aborted, timed out) off the channel and fires its signal in the
+   * agent; a late reply is dropped. The agent has abortGraceMs to settle, or its worker goes.
+   */
+  cancel(call: PendingCall, why: 'timeout' | 'abort'): void {
+    if (!this.has(call)) return;
     this.running.delete(call.id);
-    this.afterSettle();
-    return true;
+    if (this.abortGraceMs === 0) {
+      this.owner.cancelIgnored(call);
+      return;
+    }
+    if (!this.thread.terminating) this.thread.post({ t: 'cancel', id: call.id, why });
+    const timer = setTimeout(() => {
+      if (this.cancelling.delete(call.id)) this.owner.cancelIgnored(call);
+    }, this.abortGraceMs);
+    timer.unref();
+    this.cancelling.set(call.id, timer);
+  }
+
+  /** Fires the signal of every running call, whose results are still wanted (the pool is closing). */
+  signalAll(why: 'close'): void {
+    if (this.thread.terminating) return;
+    for (const id of this.running.keys()) this.thread.post({ t: 'cancel', id, why });
   }
 
   /** Decodes a reply message; a reply to an id never issued is a forgery. */
@@ -76,6 +108,8 @@ export class Channel {
   drain(): PendingCall[] {
     clearTimeout(this.deadlineTimer);
     this.deadlineTimer = undefined;
+    for (const timer of this.cancelling.values()) clearTimeout(timer);
+    this.cancelling.clear();
     const calls = [...this.running.values()];
     this.running.clear();
     this.outbox = [];
@@ -87,6 +121,7 @@ export class Channel {
       this.thread.violate(`a result of ${bytes.byteLength} bytes, past the limit its runtime keeps`);
       return;
     }
+    if (this.cancelling.has(id)) return this.settle(id, { ok: true, value: undefined });
     if (!this.isRunning(id)) return;
     let value: unknown;
     try {
@@ -113,14 +148,21 @@ export class Channel {
   }
 
   private settle(id: number, outcome: Outcome): void {
-    if (!this.isRunning(id)) return; // settled already: timed out, aborted, or a duplicate
+    const grace = this.cancelling.get(id);
+    if (grace !== undefined) {
+      // A cancelled call settled within its grace: its answer was given already.
+      clearTimeout(grace);
+      this.cancelling.delete(id);
+      return;
+    }
+    if (!this.isRunning(id)) return; // settled already, or a duplicate
     const call = this.running.get(id) as PendingCall;
     this.running.delete(id);
     this.owner.callSettled(call, outcome);
   }
 
   private afterSettle(): void {
-    if (this.running.size > 0) return;
+    if (this.busy > 0) return;
     clearTimeout(this.deadlineTimer);
     this.deadlineTimer = undefined;
     this.owner.drained();
@@ -141,9 +183,9 @@ export class Channel {
     } catch {
       // Some argument cannot be cloned: send them one by one so only its call fails.
     }
-    for (let i = 0; i < calls.length; i += 3) {
+    for (let i = 0; i < calls.length; i += CALL_FIELDS) {
       try {
-        this.thread.post({ t: 'calls', calls: calls.slice(i, i + 3) });
+        this.thread.post({ t: 'calls', calls: calls.slice(i, i + CALL_FIELDS) });
       } catch (error) {
         const call = this.running.get(calls[i] as number);
         if (call === undefined) continue;
@@ -183,9 +225,9 @@ export class Channel {
       else next = Math.min(next, call.deadline);
     }
     for (const call of expired) {
-      if (this.running.get(call.id) !== call) continue;
-      this.running.delete(call.id);
+      if (!this.has(call)) continue;
       this.owner.callTimedOut(call);
+      this.cancel(call, 'timeout');
     }
     if (next !== Number.POSITIVE_INFINITY && this.running.size > 0) this.armDeadline(next);
     if (expired.length > 0) this.afterSettle();

@@ -166,11 +166,10 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
     const cell = call.cell;
     const error = aborted(call.keyText);
     const channel = cell?.channel;
-    if (cell !== null && channel !== null && channel !== undefined && channel.running.get(call.id) === call) {
-      // JavaScript cannot be interrupted: a running call is stopped with its worker.
-      this.kill(cell, 'killed');
-      channel.take(call);
+    if (channel?.has(call)) {
+      // The caller is answered now; the agent sees its signal fire and has abortGraceMs to stop.
       this.finish(call, error);
+      channel.cancel(call, 'abort');
       return;
     }
     const waiting = cell?.waiting;
@@ -208,6 +207,10 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
       call,
       new SandpoolError('ERR_SANDPOOL_TIMEOUT', `${text} ${call.fn}() outlived ${call.timeoutMs} ms`, { key: text }),
     );
+  }
+
+  /** JavaScript cannot be interrupted: a call that ignores its signal is stopped with its worker. */
+  cancelIgnored(cell: Cell): void {
     this.kill(cell, 'killed');
   }
 
@@ -259,7 +262,7 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
     if (phase.name !== 'queued') throw new Error(`sandpool: cannot start a ${phase.name} cell`);
     const spare = this.spares.take();
     const thread = spare ?? new AgentThread(this.settings);
-    const channel = cell.openChannel(thread);
+    const channel = cell.openChannel(thread, this.options.abortGraceMs);
     for (const call of phase.waiting) this.waitingCalls.delete(call);
     const loadTimer = setTimeout(() => this.loadTimedOut(cell), this.options.loadTimeoutMs);
     cell.transition({
@@ -308,7 +311,7 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
       this.retire(cell, phase.retiring);
       return;
     }
-    if (channel.running.size === 0) this.cellDrained(cell);
+    if (channel.busy === 0) this.cellDrained(cell);
     if (route === undefined) return;
     if (route.serving === cell && (cell.stale || this.changedSince(cell))) {
       // Files changed while it loaded: it may hold the old code.
@@ -446,8 +449,12 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
       case 'ready':
         this.detach(cell);
         this.scheduler.forget(cell);
-        if (phase.channel.running.size === 0) this.terminate(cell, reason);
-        else cell.transition({ name: 'draining', thread: phase.thread, channel: phase.channel, reason });
+        if (phase.channel.busy === 0) {
+          this.terminate(cell, reason);
+          return;
+        }
+        cell.transition({ name: 'draining', thread: phase.thread, channel: phase.channel, reason });
+        if (reason === 'closed') phase.channel.signalAll('close');
         return;
       default:
         return;
@@ -607,7 +614,7 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
     let idle = 0;
     let queued = this.waitingCalls.size;
     for (const cell of this.census.withThread()) {
-      if (cell.running > 0) busy += 1;
+      if (cell.busy > 0) busy += 1;
       else if (cell.idle) idle += 1;
     }
     for (const cell of this.census.cells('starting')) queued += cell.waiting?.length ?? 0;

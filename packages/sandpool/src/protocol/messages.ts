@@ -59,12 +59,30 @@ export interface LoadRequest {
 }
 
 /**
- * The calls posted in one tick, flattened as `id, fn, args, id, fn, args…`: one message
- * (and one structured clone) for the whole batch rather than one per call.
+ * The calls posted in one tick, flattened as `id, fn, args, deadline, id, fn, args, deadline…`
+ * (deadline in epoch ms, 0 for none): one message (and one structured clone) for the whole
+ * batch rather than one per call.
  */
 export interface CallBatch {
   t: 'calls';
   calls: unknown[];
+}
+
+/** Values per call in a CallBatch. */
+export const CALL_FIELDS = 4;
+
+/** Why the coordinator fires a call's `sandpool.signal`. */
+export type CancelReason = 'timeout' | 'abort' | 'close';
+
+/**
+ * Fire a call's signal. For `timeout` and `abort` the caller has been answered already and
+ * the call has `abortGraceMs` to settle before its worker is terminated; for `close` its
+ * result is still wanted, within `closeTimeoutMs`.
+ */
+export interface Cancel {
+  t: 'cancel';
+  id: number;
+  why: CancelReason;
 }
 
 /** The coordinator has written this many more bytes of the worker's output. */
@@ -73,7 +91,7 @@ export interface OutputAck {
   bytes: number;
 }
 
-export type ToWorker = LoadRequest | CallBatch | OutputAck;
+export type ToWorker = LoadRequest | CallBatch | Cancel | OutputAck;
 
 /** What the worker finds in `workerData`: the private port, taken before any agent code runs. */
 export interface WorkerBoot {

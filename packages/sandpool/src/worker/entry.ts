@@ -7,6 +7,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import type { FromWorker, LoadRequest, ToWorker, WorkerBoot } from '../protocol/messages.js';
 import { toRemoteError } from '../protocol/remote-error.js';
+import { defineAgentGlobal } from './agent-global.js';
 import { LoadFailure, loadAgent } from './load.js';
 import { OutputGate } from './output.js';
 import { Runtime } from './runtime.js';
@@ -34,6 +35,8 @@ port.on('message', (message: ToWorker) => {
   switch (message.t) {
     case 'calls':
       return runtime.onCalls(message.calls);
+    case 'cancel':
+      return runtime.cancel(message.id, message.why);
     case 'out-ack':
       return output.acknowledge(message.bytes);
     case 'load':
@@ -44,6 +47,7 @@ port.on('message', (message: ToWorker) => {
 });
 
 async function onLoad(request: LoadRequest): Promise<void> {
+  defineAgentGlobal(request.key);
   try {
     runtime.setModule(await loadAgent(request));
     post({ t: 'ready' });

@@ -4,8 +4,16 @@
  * primitives in `done`, everything else as sized bytes).
  */
 import { isPrimitive } from '../protocol/clone.js';
-import { type FromWorker, LIMITS, type Outcome, type RemoteError } from '../protocol/messages.js';
+import {
+  CALL_FIELDS,
+  type CancelReason,
+  type FromWorker,
+  LIMITS,
+  type Outcome,
+  type RemoteError,
+} from '../protocol/messages.js';
 import { toRemoteError } from '../protocol/remote-error.js';
+import { CallContext, runInCall } from './context.js';
 import { serializeResult } from './result.js';
 
 type AgentFunction = (...args: unknown[]) => unknown;
@@ -25,6 +33,8 @@ export class Runtime {
   /** CommonJS agents (.cjs, or .js under a CommonJS package) expose `module.exports` as the default export. */
   private fallback: Record<string, unknown> | null = null;
   private readonly functions = new Map<string, Bound>();
+  /** Calls that went async, by id: a cancel reaches them here. */
+  private readonly running = new Map<number, CallContext>();
   private okReplies: unknown[] = [];
   private errReplies: unknown[] = [];
 
@@ -38,14 +48,28 @@ export class Runtime {
     }
   }
 
-  /** `calls` is `id, fn, args…` as the coordinator flattened it. */
+  /** `calls` is `id, fn, args, deadline…` as the coordinator flattened it. */
   onCalls(calls: unknown[]): void {
-    for (let i = 0; i < calls.length; i += 3) {
+    for (let i = 0; i < calls.length; i += CALL_FIELDS) {
       const id = calls[i] as number;
-      const result = this.run(calls[i + 1] as string, calls[i + 2] as unknown[]);
-      if (result instanceof Promise) void result.then((outcome) => this.reply(id, outcome));
-      else this.reply(id, result);
+      const deadline = calls[i + 3] as number;
+      const context = new CallContext(deadline > 0 ? deadline : null);
+      const result = runInCall(context, () => this.run(calls[i + 1] as string, calls[i + 2] as unknown[]));
+      if (result instanceof Promise) {
+        this.running.set(id, context);
+        void result.then((outcome) => {
+          this.running.delete(id);
+          this.reply(id, outcome);
+        });
+      } else {
+        this.reply(id, result);
+      }
     }
+  }
+
+  /** Fires the signal of a call still running; one that settled already needs nothing. */
+  cancel(id: number, why: CancelReason): void {
+    this.running.get(id)?.cancel(why);
   }
 
   /**

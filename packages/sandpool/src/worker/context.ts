@@ -1,0 +1,58 @@
+/**
+ * The agent's view of the call it is running: `sandpool.signal` and `sandpool.deadline`
+ * follow the call through its awaits (AsyncLocalStorage). The signal is made only when an
+ * agent asks for it, so calls that never look cost no AbortController.
+ */
+import { AsyncLocalStorage } from 'node:async_hooks';
+import type { CancelReason } from '../protocol/messages.js';
+
+const MESSAGES: Record<CancelReason, [string, string]> = {
+  timeout: ['the call outlived its timeout', 'TimeoutError'],
+  abort: ['the caller aborted the call', 'AbortError'],
+  close: ['the pool is closing', 'AbortError'],
+};
+
+export class CallContext {
+  private controller: AbortController | null = null;
+  private reason: CancelReason | null = null;
+
+  constructor(
+    /** Epoch ms by which the call must settle, or null. */
+    readonly deadline: number | null,
+  ) {}
+
+  get signal(): AbortSignal {
+    if (this.controller === null) {
+      this.controller = new AbortController();
+      if (this.reason !== null) this.controller.abort(reasonError(this.reason));
+    }
+    return this.controller.signal;
+  }
+
+  cancel(reason: CancelReason): void {
+    if (this.reason !== null) return;
+    this.reason = reason;
+    this.controller?.abort(reasonError(reason));
+  }
+}
+
+function reasonError(reason: CancelReason): DOMException {
+  const [message, name] = MESSAGES[reason];
+  return new DOMException(message, name);
+}
+
+const storage = new AsyncLocalStorage<CallContext>();
+/** Outside any call (the module's top level, a timer left behind) the signal never fires. */
+const NEVER = new AbortController().signal;
+
+export function runInCall<T>(context: CallContext, fn: () => T): T {
+  return storage.run(context, fn);
+}
+
+export function currentCall(): CallContext | undefined {
+  return storage.getStore();
+}
+
+export function currentSignal(): AbortSignal {
+  return storage.getStore()?.signal ?? NEVER;
+}
