@@ -71,7 +71,7 @@ describe('sandpool call', () => {
     await writeLive('a1b2', 'v1');
     const created = await sandpool('snapshot', 'create', 'a1b2', 'jan', '--root', root, '--json');
     expect(created.status).toBe(0);
-    expect(JSON.parse(created.stdout)).toMatchObject({ swarm: 'a1b2', name: 'jan', files: 2 });
+    expect(JSON.parse(created.stdout)).toMatchObject({ swarm: 'a1b2', name: 'jan', files: 4 });
     await writeLive('a1b2', 'v2');
 
     const [frozen, live] = await Promise.all([
@@ -138,7 +138,7 @@ describe('sandpool snapshot', () => {
     expect(infos.map((info) => info.name)).toEqual(['jan', 'jun']);
     for (const info of infos) {
       expect(info.digest).toMatch(/^[0-9a-f]{64}$/);
-      expect(info.files).toBe(2);
+      expect(info.files).toBe(4); // two sources and their two bundles
     }
 
     expect((await sandpool('snapshot', 'remove', 'a1b2', 'jan', '--root', root)).status).toBe(0);

@@ -242,7 +242,7 @@ describe('snapshots through the pool', () => {
     const first = openPool({ root });
     await first.snapshots.create('a', 'jan');
     expect(await first.call('a@jan/notifier_agent', 'add', [1, 1])).toBe(2);
-    const file = join(root, 'a/snapshots/jan/notifier_agent.mjs');
+    const file = join(root, 'a/snapshots/jan/.sandpool-bundles/notifier_agent.mjs');
     await chmod(file, 0o644);
     await writeFile(file, 'process.exit(3); export const add = () => "tampered";');
     const second = openPool({ root });

@@ -20,6 +20,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { code } from './support/errors.js';
 
 const MANIFEST = '.sandpool-manifest.json';
+const BUNDLES = '.sandpool-bundles';
 const sha256 = (data: string | Buffer): string => createHash('sha256').update(data).digest('hex');
 const sleep = (ms: number): Promise<void> => new Promise((done) => setTimeout(done, ms));
 
@@ -63,11 +64,13 @@ describe('SnapshotStore options', () => {
 });
 
 describe('create', () => {
-  it('copies live/ with helpers and subfolders, read-only, with a manifest of digests', async () => {
+  it('copies live/ with helpers and subfolders, read-only, plus one bundle per stem, with a manifest of digests', async () => {
     const info = await store.create('acme', 'jan');
-    expect(info).toMatchObject({ swarm: 'acme', name: 'jan', files: 3 });
+    expect(info).toMatchObject({ swarm: 'acme', name: 'jan', files: 4, stems: ['notifier_agent'], signed: false });
     expect(Number.isNaN(Date.parse(info.createdAt))).toBe(false);
     expect(await tree(snap('jan'))).toEqual([
+      BUNDLES,
+      `${BUNDLES}/notifier_agent.mjs`,
       MANIFEST,
       'lib',
       'lib/deep',
@@ -75,19 +78,33 @@ describe('create', () => {
       'lib/helper.mjs',
       'notifier_agent.mjs',
     ]);
-    for (const file of ['notifier_agent.mjs', 'lib/helper.mjs', 'lib/deep/data.json', MANIFEST]) {
+    for (const file of [
+      'notifier_agent.mjs',
+      'lib/helper.mjs',
+      'lib/deep/data.json',
+      MANIFEST,
+      `${BUNDLES}/notifier_agent.mjs`,
+    ]) {
       expect((await stat(snap('jan', file))).mode & 0o777).toBe(0o444);
     }
     const manifestBytes = await readFile(snap('jan', MANIFEST));
-    expect(info.digest).toBe(sha256(manifestBytes));
     const manifest = JSON.parse(manifestBytes.toString('utf8'));
-    expect(manifest).toMatchObject({ version: 1, swarm: 'acme', name: 'jan', createdAt: info.createdAt });
+    expect(manifest).toMatchObject({ version: 2, swarm: 'acme', name: 'jan', createdAt: info.createdAt });
+    expect(info.digest).toBe(manifest.digest);
+    expect(manifest.stems).toEqual({ notifier_agent: `${BUNDLES}/notifier_agent.mjs` });
     const helper = await readFile(live('lib', 'helper.mjs'));
     expect(manifest.files['lib/helper.mjs']).toEqual({ sha256: sha256(helper), bytes: helper.length });
-    expect(Object.keys(manifest.files).sort()).toEqual(['lib/deep/data.json', 'lib/helper.mjs', 'notifier_agent.mjs']);
+    expect(Object.keys(manifest.files).sort()).toEqual([
+      `${BUNDLES}/notifier_agent.mjs`,
+      'lib/deep/data.json',
+      'lib/helper.mjs',
+      'notifier_agent.mjs',
+    ]);
     let total = 0;
-    for (const file of Object.keys(manifest.files)) total += (await readFile(live(file))).length;
+    for (const file of Object.keys(manifest.files)) total += (await readFile(snap('jan', file))).length;
     expect(info.bytes).toBe(total);
+    // The helper is inside the bundle: the stem needs nothing else at run time.
+    expect(await readFile(snap('jan', BUNDLES, 'notifier_agent.mjs'), 'utf8')).toContain('h = (m) => m');
   });
 
   it('freezes: later edits to live/ do not reach the snapshot', async () => {

@@ -16,6 +16,8 @@ export const ERROR_CODES = [
   'ERR_SANDPOOL_SNAPSHOT_EXISTS',
   'ERR_SANDPOOL_SNAPSHOT_NOT_FOUND',
   'ERR_SANDPOOL_SNAPSHOT_CORRUPT',
+  /** create could not freeze the swarm: an import that cannot be pinned, a file swapped or too large. */
+  'ERR_SANDPOOL_SNAPSHOT_BUILD',
 ] as const;
 
 export type SandpoolErrorCode = (typeof ERROR_CODES)[number];

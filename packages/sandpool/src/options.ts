@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { SandpoolError } from './errors.js';
 import { issuesOf } from './issues.js';
+import { DEFAULT_MAX_SNAPSHOT_BYTES, SnapshotSecretSchema } from './store/store.js';
 
 /** setTimeout's ceiling. */
 const MAX_MS = 2_147_483_647;
@@ -51,6 +52,10 @@ export const PoolOptionsSchema = z.strictObject({
   abortGraceMs: ms.max(1_000).default(250),
   /** Longest a call waits for a worker slot and for its worker to start; 0 = no limit. */
   queueTimeoutMs: ms.default(30_000),
+  /** Key for authenticated snapshot manifests (HMAC-SHA256): unsigned or badly signed snapshots are CORRUPT. */
+  snapshotSecret: SnapshotSecretSchema,
+  /** Bytes one snapshot create may read and write. */
+  maxSnapshotBytes: z.number().int().positive().max(Number.MAX_SAFE_INTEGER).default(DEFAULT_MAX_SNAPSHOT_BYTES),
   /** A tenant's (swarm's) share of the slots; defaults to maxWorkers. */
   maxWorkersPerSwarm: z.number().int().positive().max(10_000).optional(),
   /** Receives worker output; by default it goes to the host's streams prefixed with the key. */

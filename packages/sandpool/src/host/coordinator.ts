@@ -238,7 +238,7 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
   private async prepare(route: Route, cell: Cell): Promise<void> {
     let location: Awaited<ReturnType<typeof locateModule>>;
     try {
-      location = await locateModule(this.root, cell.key);
+      location = await locateModule(this.root, cell.key, { snapshotSecret: this.options.snapshotSecret });
       if (route.candidate === cell && cell.key.snapshot === null) {
         // A reload loads only files that have stopped changing, and checks after the load
         // that they did not change under it (promoteIfFresh).
@@ -274,7 +274,15 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
       loadTimer,
       retiring: null,
     });
-    thread.post({ t: 'load', key: cell.key.text, file: phase.location.file, verifyDir: phase.location.verifyDir });
+    const { file, verifyDir, sha256, compileCacheDir } = phase.location;
+    thread.post({
+      t: 'load',
+      key: cell.key.text,
+      file,
+      verifyDir,
+      compileCacheDir,
+      ...(sha256 === null ? {} : { sha256 }),
+    });
     if (cell.key.snapshot === null) this.watcher?.watch(cell.key.swarm);
   }
 

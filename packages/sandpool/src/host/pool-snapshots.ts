@@ -1,12 +1,12 @@
-import { SnapshotStore } from '../store/store.js';
+import { SnapshotStore, type SnapshotStoreOptions } from '../store/store.js';
 
 /** `pool.snapshots`: the store, plus draining the workers of a snapshot before it is removed. */
 export class PoolSnapshotStore extends SnapshotStore {
   constructor(
-    root: string,
+    options: SnapshotStoreOptions,
     private readonly drainAndRemove: (swarm: string, name: string, removeFiles: () => Promise<void>) => Promise<void>,
   ) {
-    super({ root });
+    super(options);
   }
 
   override async remove(swarm: string, name: string): Promise<void> {

@@ -29,8 +29,10 @@ export class Pool extends EventEmitter<PoolEvents> implements AsyncDisposable {
     warnIfHeapCapOverridden(this.options.resourceLimits);
     const emit = this.emit.bind(this) as (event: keyof PoolEvents, ...args: unknown[]) => boolean;
     this.#core = new Coordinator(this.options, (event, ...args) => emit(event, ...args));
-    this.snapshots = new PoolSnapshotStore(this.#core.root, (swarm, name, removeFiles) =>
-      this.#core.removeSnapshot(swarm, name, removeFiles),
+    const { snapshotSecret, maxSnapshotBytes } = this.options;
+    this.snapshots = new PoolSnapshotStore(
+      { root: this.#core.root, maxSnapshotBytes, ...(snapshotSecret === undefined ? {} : { snapshotSecret }) },
+      (swarm, name, removeFiles) => this.#core.removeSnapshot(swarm, name, removeFiles),
     );
   }
 

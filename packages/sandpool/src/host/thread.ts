@@ -4,6 +4,7 @@ import type { OutputListener } from '../options.js';
 import { checkFromWorker } from '../protocol/checks.js';
 import type { FromWorker, OutputChunk, ToWorker, WorkerBoot } from '../protocol/messages.js';
 import { LineSplitter } from './output.js';
+import { typeScriptExecArgv } from './typescript.js';
 
 const ENTRY = new URL('../worker/entry.js', import.meta.url);
 
@@ -50,7 +51,7 @@ export class AgentThread {
     const { port1, port2 } = new MessageChannel();
     this.port = port1;
     this.worker = new Worker(ENTRY, {
-      execArgv: [],
+      execArgv: typeScriptExecArgv(),
       env: { ...settings.env },
       resourceLimits: settings.resourceLimits,
       workerData: { port: port2 } satisfies WorkerBoot,

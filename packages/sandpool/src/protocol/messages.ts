@@ -56,6 +56,13 @@ export interface LoadRequest {
   file: string;
   /** Snapshot folder whose manifest must hold before anything in it runs; null for live code. */
   verifyDir: string | null;
+  /**
+   * sha256 of the snapshot bundle `file`, from the manifest the coordinator authenticated:
+   * the worker checks the bytes it imports against this rather than a manifest it rereads.
+   */
+  sha256?: string;
+  /** Folder for the V8 compile cache of this snapshot (writable by its workers only); null: none. */
+  compileCacheDir?: string | null;
 }
 
 /**

@@ -24,3 +24,19 @@ export function snapshotDir(root: string, swarm: string, name: string): string {
  */
 export const TEMP_PREFIX = '.tmp-';
 export const REMOVING_PREFIX = '.rm-';
+
+/**
+ * Coordinator-owned caches under the root: a dot name, which no swarm name can take. Shared by
+ * the coordinator and workers, so both derive the same folders without a message field.
+ */
+export const CACHE_DIR = '.sandpool-cache';
+
+/** V8 compile cache of one snapshot's workers, per content digest: identical snapshots share it. */
+export function compileCacheDir(root: string, digest: string): string {
+  return join(root, CACHE_DIR, 'compile', digest);
+}
+
+/** Type-stripped copies of one swarm's live TypeScript, for Nodes that cannot strip in the worker. */
+export function transpileCacheDir(root: string, swarm: string): string {
+  return join(root, CACHE_DIR, 'ts', swarm);
+}

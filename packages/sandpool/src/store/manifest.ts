@@ -1,10 +1,11 @@
 // Snapshot manifests. No zod here: every snapshot worker verifies its tree with this
 // module before the agent is imported, and zod costs megabytes per worker.
-import { createHash } from 'node:crypto';
+import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
 import { constants } from 'node:fs';
 import { open, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { SandpoolError } from '../errors.js';
+import { readRegularFile } from './safe-read.js';
 
 export const MANIFEST_NAME = '.sandpool-manifest.json';
 
@@ -13,7 +14,7 @@ export interface FileDigest {
   bytes: number;
 }
 
-export interface Manifest {
+export interface ManifestV1 {
   version: 1;
   swarm: string;
   name: string;
@@ -22,8 +23,34 @@ export interface Manifest {
   files: Record<string, FileDigest>;
 }
 
+/**
+ * A self-contained snapshot: each stem runs from one bundle listed in `stems`, which the
+ * worker reads once, checks against `files`, and imports from memory.
+ */
+export interface ManifestV2 {
+  version: 2;
+  swarm: string;
+  name: string;
+  createdAt: string;
+  /** sha256 over `files` and `stems` only: equal content, equal digest, whatever the name or date. */
+  digest: string;
+  files: Record<string, FileDigest>;
+  /** Stem to the posix path of its bundle, which `files` lists. */
+  stems: Record<string, string>;
+  /** HMAC-SHA256 of the signing text under the pool's `snapshotSecret`; absent when unsigned. */
+  hmac?: string;
+}
+
+export type Manifest = ManifestV1 | ManifestV2;
+
+/** Where bundles live inside a snapshot; a dot name, so no stem or live/ file can take it. */
+export const BUNDLES_DIR = '.sandpool-bundles';
+
 // O_NOFOLLOW: a file swapped for a link after the directory walk must not be read through.
-const READ_FLAGS = constants.O_RDONLY | (constants.O_NOFOLLOW ?? 0);
+// O_NONBLOCK: one swapped for a FIFO must not block the read; the fstat then refuses it.
+const READ_FLAGS = constants.O_RDONLY | (constants.O_NOFOLLOW ?? 0) | (constants.O_NONBLOCK ?? 0);
+/** A manifest is small; a larger one was not written by create. */
+const MAX_MANIFEST_BYTES = 64 * 1024 * 1024;
 const HASH_CONCURRENCY = 8;
 const CHUNK = 64 * 1024;
 const SHA256_HEX = /^[0-9a-f]{64}$/;
@@ -70,6 +97,7 @@ async function hashFile(path: string, rel: string): Promise<FileDigest> {
     throw corrupt(`snapshot file ${rel} cannot be read`, undefined, cause);
   }
   try {
+    if (!(await handle.stat()).isFile()) throw corrupt(`snapshot file ${rel} is not a regular file`);
     const hash = createHash('sha256');
     const buffer = Buffer.allocUnsafe(CHUNK);
     let bytes = 0;
@@ -117,7 +145,7 @@ export function parseManifest(text: string, key?: string): Manifest {
   }
   if (
     !isRecord(value) ||
-    value.version !== 1 ||
+    (value.version !== 1 && value.version !== 2) ||
     typeof value.swarm !== 'string' ||
     typeof value.name !== 'string' ||
     typeof value.createdAt !== 'string' ||
@@ -140,13 +168,87 @@ export function parseManifest(text: string, key?: string): Manifest {
     }
     files.push([path, { sha256: entry.sha256, bytes: entry.bytes }]);
   }
-  return {
-    version: 1,
-    swarm: value.swarm,
-    name: value.name,
-    createdAt: value.createdAt,
-    files: Object.fromEntries(files),
-  };
+  const common = { swarm: value.swarm, name: value.name, createdAt: value.createdAt, files: Object.fromEntries(files) };
+  if (value.version === 1) return { version: 1, ...common };
+  if (!isRecord(value.stems) || typeof value.digest !== 'string' || !SHA256_HEX.test(value.digest)) {
+    throw corrupt('snapshot manifest has an unexpected shape', key);
+  }
+  const stems: [string, string][] = [];
+  for (const [stem, path] of Object.entries(value.stems)) {
+    if (typeof path !== 'string' || !Object.hasOwn(common.files, path)) {
+      throw corrupt(`snapshot manifest names a bundle for ${JSON.stringify(stem)} that it does not list`, key);
+    }
+    stems.push([stem, path]);
+  }
+  const manifest: ManifestV2 = { version: 2, ...common, digest: value.digest, stems: Object.fromEntries(stems) };
+  // The stated digest must be the content's: it is what a signature covers.
+  if (contentDigest(manifest.files, manifest.stems) !== manifest.digest) {
+    throw corrupt('snapshot manifest digest does not match its file list', key);
+  }
+  if (value.hmac !== undefined) {
+    if (typeof value.hmac !== 'string' || !SHA256_HEX.test(value.hmac)) {
+      throw corrupt('snapshot manifest signature is malformed', key);
+    }
+    manifest.hmac = value.hmac;
+  }
+  return manifest;
+}
+
+/** Code-unit order, not locale order: the same bytes on every node. */
+function byCodeUnit(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
+/** The snapshot's identity: its files and stems, never its name, date or signature. */
+export function contentDigest(files: Manifest['files'], stems: Record<string, string>): string {
+  const fileList = Object.keys(files)
+    .sort(byCodeUnit)
+    .map((path) => {
+      const entry = files[path] as FileDigest;
+      return [path, entry.sha256, entry.bytes];
+    });
+  const stemList = Object.keys(stems)
+    .sort(byCodeUnit)
+    .map((stem) => [stem, stems[stem]]);
+  return createHash('sha256')
+    .update(JSON.stringify(['sandpool-snapshot', 2, fileList, stemList]))
+    .digest('hex');
+}
+
+/**
+ * What the HMAC covers. The digest pins every file; swarm and name stop a signed manifest
+ * from being replayed under another snapshot or swarm.
+ */
+function signingText(manifest: ManifestV2): string {
+  return JSON.stringify(['sandpool-manifest', 2, manifest.swarm, manifest.name, manifest.createdAt, manifest.digest]);
+}
+
+export function signManifest(manifest: ManifestV2, secret: string): string {
+  return createHmac('sha256', secret).update(signingText(manifest)).digest('hex');
+}
+
+/**
+ * With a secret, only a manifest signed under it passes: rewriting files and manifest together
+ * is then caught, and so is an unsigned (older or forged) snapshot.
+ */
+export function checkSignature(manifest: Manifest, secret: string | undefined, key?: string): void {
+  if (secret === undefined) return;
+  if (manifest.version !== 2 || manifest.hmac === undefined) {
+    throw corrupt(
+      'snapshot is not signed, and snapshotSecret requires signed snapshots (verify and sign it first)',
+      key,
+    );
+  }
+  const want = Buffer.from(signManifest(manifest, secret), 'hex');
+  const got = Buffer.from(manifest.hmac, 'hex');
+  if (want.length !== got.length || !timingSafeEqual(want, got)) {
+    throw corrupt('snapshot manifest signature does not match (tampered, or signed under another secret)', key);
+  }
+}
+
+/** The manifest's expected identity of a snapshot: the content digest, or for v1 the manifest bytes' hash. */
+export function snapshotDigest(manifest: Manifest, text: string): string {
+  return manifest.version === 2 ? manifest.digest : manifestDigest(text);
 }
 
 function isRecord(value: unknown): value is Record<string, unknown> {
@@ -157,12 +259,7 @@ function isRecord(value: unknown): value is Record<string, unknown> {
 export async function readManifest(dir: string, key?: string): Promise<{ manifest: Manifest; text: string }> {
   let text: string;
   try {
-    const handle = await open(join(dir, MANIFEST_NAME), READ_FLAGS);
-    try {
-      text = await handle.readFile('utf8');
-    } finally {
-      await handle.close();
-    }
+    text = (await readRegularFile(join(dir, MANIFEST_NAME), { maxBytes: MAX_MANIFEST_BYTES })).toString('utf8');
   } catch (cause) {
     throw corrupt('snapshot manifest is missing or unreadable', key, cause);
   }

@@ -1,32 +1,28 @@
 import { randomBytes } from 'node:crypto';
-import {
-  chmod,
-  constants,
-  copyFile,
-  lstat,
-  mkdir,
-  readdir,
-  realpath,
-  rename,
-  rm,
-  stat,
-  writeFile,
-} from 'node:fs/promises';
+import type { Dirent } from 'node:fs';
+import { chmod, lstat, mkdir, readdir, realpath, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join, resolve, sep } from 'node:path';
 import { z } from 'zod';
 import { isSandpoolError, SandpoolError } from '../errors.js';
 import { issuesOf } from '../issues.js';
 import { SnapshotNameSchema, SwarmSchema } from '../key.js';
+import { bundleStem } from './bundle.js';
 import { liveDir, REMOVING_PREFIX, snapshotDir, snapshotsDir, swarmDir, TEMP_PREFIX } from './layout.js';
 import {
+  BUNDLES_DIR,
+  checkSignature,
+  contentDigest,
   hashTree,
   MANIFEST_NAME,
   type Manifest,
-  manifestDigest,
+  type ManifestV2,
   readManifest,
   serializeManifest,
+  signManifest,
+  snapshotDigest,
   verifyAgainst,
 } from './manifest.js';
+import { readRegularFile, UnsafeFileError } from './safe-read.js';
 
 export interface SnapshotInfo {
   readonly swarm: string;
@@ -37,15 +33,35 @@ export interface SnapshotInfo {
   readonly files: number;
   /** Total bytes of those files. */
   readonly bytes: number;
-  /** sha256 hex of the manifest file. */
+  /**
+   * sha256 hex of the content (files and bundles), never of the name or date: two snapshots
+   * of the same code have the same digest. For snapshots made before bundling, the manifest's hash.
+   */
   readonly digest: string;
+  /** Whether the manifest carries an HMAC (see `snapshotSecret`). */
+  readonly signed: boolean;
+  /** Stems runnable from this snapshot, each from its own bundle; empty for older snapshots. */
+  readonly stems: readonly string[];
 }
+
+/** Default bound on the bytes one create reads and writes (copies, bundle inputs and bundles). */
+export const DEFAULT_MAX_SNAPSHOT_BYTES = 256 * 1024 * 1024;
+
+export const SnapshotSecretSchema = z
+  .string()
+  .min(16, 'snapshotSecret must be at least 16 characters')
+  .max(4096)
+  .optional();
 
 const StoreOptionsSchema = z.strictObject({
   root: z
     .string()
     .min(1)
     .refine((root) => !root.includes('\0'), 'root must not contain a NUL byte'),
+  /** Key for manifest HMACs: with it, unsigned or badly signed snapshots are CORRUPT. */
+  snapshotSecret: SnapshotSecretSchema,
+  /** Bytes one create may read and write; over it, ERR_SANDPOOL_SNAPSHOT_BUILD. */
+  maxSnapshotBytes: z.number().int().positive().max(Number.MAX_SAFE_INTEGER).default(DEFAULT_MAX_SNAPSHOT_BYTES),
 });
 export type SnapshotStoreOptions = z.input<typeof StoreOptionsSchema>;
 
@@ -67,6 +83,8 @@ const CREATE_ATTEMPTS = 3;
  */
 export class SnapshotStore {
   readonly root: string;
+  readonly #secret: string | undefined;
+  readonly #maxBytes: number;
 
   constructor(options: SnapshotStoreOptions) {
     const parsed = StoreOptionsSchema.safeParse(options);
@@ -77,11 +95,19 @@ export class SnapshotStore {
     }
     // Resolved once so a later chdir cannot move the store.
     this.root = resolve(parsed.data.root);
+    this.#secret = parsed.data.snapshotSecret;
+    this.#maxBytes = parsed.data.maxSnapshotBytes;
   }
 
+  /**
+   * Freezes live/: a copy of the swarm's own files (node_modules left out) plus one bundle per
+   * stem holding everything it imports, so the snapshot answers the same whatever later
+   * happens to packages on disk. Same content under the same name resolves to that snapshot.
+   */
   async create(swarm: string, name: string): Promise<SnapshotInfo> {
     checkArgs(SnapshotArgs, { swarm, name });
     const live = await this.liveReal(swarm);
+    const rootReal = await realpath(this.root);
     const parent = snapshotsDir(this.root, swarm);
     await mkdir(parent, { recursive: true });
     await sweepLeftovers(parent);
@@ -90,11 +116,32 @@ export class SnapshotStore {
     let published = false;
     try {
       await mkdir(temp);
-      await copyLive(live, live, temp, '');
+      const budget = { left: this.#maxBytes };
+      await copyLive(live, temp, '', budget, this.#maxBytes);
+      const stems = await findStems(live);
+      const stemPaths: Record<string, string> = {};
+      if (stems.length > 0) await mkdir(join(temp, BUNDLES_DIR));
+      for (const [stem, file] of stems) {
+        const bundle = await bundleStem(file, { liveReal: live, rootReal, swarm, budget });
+        if (bundle.length > budget.left) throw tooLarge(this.#maxBytes);
+        budget.left -= bundle.length;
+        const rel = `${BUNDLES_DIR}/${stem}.mjs`;
+        await writeFile(join(temp, BUNDLES_DIR, `${stem}.mjs`), bundle, { flag: 'wx', mode: FROZEN_FILE });
+        stemPaths[stem] = rel;
+      }
       // Hash the copy, not live/: the manifest must describe exactly what was frozen,
       // even if live/ changes while we copy.
       const files = await hashTree(temp);
-      const manifest: Manifest = { version: 1, swarm, name, createdAt: new Date().toISOString(), files };
+      const manifest: ManifestV2 = {
+        version: 2,
+        swarm,
+        name,
+        createdAt: new Date().toISOString(),
+        digest: contentDigest(files, stemPaths),
+        files,
+        stems: stemPaths,
+      };
+      if (this.#secret !== undefined) manifest.hmac = signManifest(manifest, this.#secret);
       const text = serializeManifest(manifest);
       await writeFile(join(temp, MANIFEST_NAME), text, { flag: 'wx', mode: FROZEN_FILE });
       await chmod(join(temp, MANIFEST_NAME), FROZEN_FILE);
@@ -107,7 +154,7 @@ export class SnapshotStore {
           if (!isTakenError(error)) throw error;
         }
         try {
-          return await this.sameOrExists(swarm, name, files);
+          return await this.sameOrExists(swarm, name, manifest.digest);
         } catch (error) {
           // The holder of the name was removed between our rename and our read: try again.
           if (!isSandpoolError(error, 'ERR_SANDPOOL_SNAPSHOT_NOT_FOUND') || attempt >= CREATE_ATTEMPTS) throw error;
@@ -164,11 +211,46 @@ export class SnapshotStore {
     await rm(doomed, { recursive: true, force: true });
   }
 
+  /** Rehashes every file against the manifest (and checks its signature when a secret is set). */
   async verify(swarm: string, name: string): Promise<SnapshotInfo> {
     checkArgs(SnapshotArgs, { swarm, name });
     const { info, manifest } = await this.read(swarm, name);
     await verifyAgainst(snapshotDir(this.root, swarm, name), manifest);
     return info;
+  }
+
+  /**
+   * Signs a snapshot made before `snapshotSecret` was set, after verifying every file against
+   * its manifest: the signature vouches for the content as it is now, so run it only on a
+   * snapshot you trust. Snapshots made before bundling cannot be signed; create them again.
+   */
+  async sign(swarm: string, name: string): Promise<SnapshotInfo> {
+    checkArgs(SnapshotArgs, { swarm, name });
+    const secret = this.#secret;
+    if (secret === undefined) {
+      throw new SandpoolError('ERR_SANDPOOL_INVALID_OPTIONS', 'sign() needs the store to have a snapshotSecret');
+    }
+    const dir = snapshotDir(this.root, swarm, name);
+    if (!(await exists(dir))) throw notFound(swarm, name);
+    const { manifest } = await readManifest(dir);
+    if (manifest.version !== 2) {
+      throw new SandpoolError(
+        'ERR_SANDPOOL_SNAPSHOT_CORRUPT',
+        `snapshot ${name} of swarm ${swarm} predates self-contained snapshots and cannot be signed; create it again`,
+      );
+    }
+    await verifyAgainst(dir, manifest);
+    const signed: ManifestV2 = { ...manifest, hmac: signManifest(manifest, secret) };
+    const text = serializeManifest(signed);
+    // Written beside and renamed over: a reader sees the old manifest or the new one, whole.
+    const next = join(dir, `${MANIFEST_NAME}${TEMP_PREFIX}${randomBytes(4).toString('hex')}`);
+    try {
+      await writeFile(next, text, { flag: 'wx', mode: FROZEN_FILE });
+      await rename(next, join(dir, MANIFEST_NAME));
+    } finally {
+      await rm(next, { force: true });
+    }
+    return infoOf(swarm, name, signed, text);
   }
 
   private async liveReal(swarm: string): Promise<string> {
@@ -186,6 +268,7 @@ export class SnapshotStore {
     if (!(await exists(dir))) throw notFound(swarm, name);
     try {
       const { manifest, text } = await readManifest(dir);
+      checkSignature(manifest, this.#secret);
       return { info: infoOf(swarm, name, manifest, text), manifest };
     } catch (error) {
       // A concurrent remove renames the folder away: that is NOT_FOUND, not corruption.
@@ -194,8 +277,8 @@ export class SnapshotStore {
     }
   }
 
-  /** Same file set and digests as the holder of the name: resolve to it, so retries and other nodes agree. */
-  private async sameOrExists(swarm: string, name: string, files: Manifest['files']): Promise<SnapshotInfo> {
+  /** Same content digest as the holder of the name: resolve to it, so retries and other nodes agree. */
+  private async sameOrExists(swarm: string, name: string, digest: string): Promise<SnapshotInfo> {
     let existing: { info: SnapshotInfo; manifest: Manifest };
     try {
       existing = await this.read(swarm, name);
@@ -203,7 +286,7 @@ export class SnapshotStore {
       if (isSandpoolError(error, 'ERR_SANDPOOL_SNAPSHOT_NOT_FOUND')) throw error;
       throw taken(swarm, name, error);
     }
-    if (sameFiles(existing.manifest.files, files)) return existing.info;
+    if (existing.info.digest === digest) return existing.info;
     throw taken(swarm, name);
   }
 }
@@ -217,27 +300,44 @@ function checkArgs(schema: z.ZodType, args: Record<string, unknown>): void {
 }
 
 /**
- * Copies `live/` file by file, read-only. Symlinks are never copied as links: a link whose
- * real target is a regular file inside live/ is copied as that file's contents; a link that
- * escapes live/, dangles, or points at a folder (which could loop) is refused, as is any
- * FIFO, socket or device. Refusal rejects the whole create, the same rule as a module whose
- * real path leaves its folder (ERR_SANDPOOL_MODULE_NOT_FOUND). The live folder is written by
- * the operator; these checks stop accidents and escapes, not a concurrent attacker.
+ * Copies `live/` file by file, read-only; node_modules folders are left out (what the stems
+ * use from them is in the bundles, and pnpm's links could not be copied anyway). Symlinks are
+ * never copied as links: one whose real target is a regular file inside live/ is copied as
+ * that file's contents; one that escapes live/, dangles, or points at a folder (which could
+ * loop) is refused, as is any FIFO, socket or device. A regular file with more than one name
+ * is refused too: its other name may be another swarm's file or a system file, and finding
+ * it would take a walk of the whole disk. Each file is read through one descriptor opened
+ * without following links or blocking, and checked (type, links, size) on that descriptor,
+ * so a file swapped mid-copy is refused rather than followed or waited on.
  */
-async function copyLive(liveRoot: string, from: string, to: string, rel: string): Promise<void> {
-  for (const entry of await readdir(from, { withFileTypes: true })) {
+async function copyLive(
+  liveRoot: string,
+  to: string,
+  rel: string,
+  budget: { left: number },
+  maxBytes: number,
+): Promise<void> {
+  const from = rel === '' ? liveRoot : join(liveRoot, ...rel.split('/'));
+  let entries: Dirent[];
+  try {
+    entries = await readdir(from, { withFileTypes: true });
+  } catch (cause) {
+    throw refusedBuild(rel === '' ? '' : rel, 'disappeared while the snapshot was being made', cause);
+  }
+  for (const entry of entries) {
     const path = rel === '' ? entry.name : `${rel}/${entry.name}`;
-    // The manifest name is reserved; a stray one in live/ would be overwritten anyway.
-    if (path === MANIFEST_NAME) continue;
+    // Reserved names: a stray one in live/ would be overwritten anyway.
+    if (path === MANIFEST_NAME || path === BUNDLES_DIR) continue;
     const source = join(from, entry.name);
     const dest = join(to, entry.name);
     if (entry.isDirectory()) {
+      if (entry.name === 'node_modules') continue;
       await mkdir(dest);
-      await copyLive(liveRoot, source, dest, path);
+      await copyLive(liveRoot, dest, path, budget, maxBytes);
     } else if (entry.isFile()) {
-      await freeze(source, dest);
+      await freeze(source, dest, path, budget, maxBytes);
     } else if (entry.isSymbolicLink()) {
-      await freeze(await linkTarget(liveRoot, source, path), dest);
+      await freeze(await linkTarget(liveRoot, source, path), dest, path, budget, maxBytes);
     } else {
       throw refused(path, 'is not a regular file, folder or symlink');
     }
@@ -256,19 +356,42 @@ async function linkTarget(liveRoot: string, source: string, path: string): Promi
   return real;
 }
 
-async function freeze(source: string, dest: string): Promise<void> {
-  await copyFile(source, dest, constants.COPYFILE_EXCL);
+async function freeze(
+  source: string,
+  dest: string,
+  path: string,
+  budget: { left: number },
+  maxBytes: number,
+): Promise<void> {
+  let bytes: Buffer;
+  try {
+    bytes = await readRegularFile(source, { maxBytes: budget.left, singleLink: true });
+  } catch (error) {
+    if (!(error instanceof UnsafeFileError)) throw error;
+    if (error.reason === 'too-large') throw tooLarge(maxBytes, error);
+    throw refusedBuild(path, error.message, error);
+  }
+  budget.left -= bytes.length;
+  await writeFile(dest, bytes, { flag: 'wx', mode: FROZEN_FILE });
   await chmod(dest, FROZEN_FILE);
 }
 
-function sameFiles(a: Manifest['files'], b: Manifest['files']): boolean {
-  const keys = Object.keys(a);
-  if (keys.length !== Object.keys(b).length) return false;
-  return keys.every((path) => {
-    const x = a[path];
-    const y = Object.hasOwn(b, path) ? b[path] : undefined;
-    return x !== undefined && y !== undefined && x.sha256 === y.sha256 && x.bytes === y.bytes;
-  });
+const STEM_FILE = /^([A-Za-z0-9_][A-Za-z0-9_-]{0,127})(\.mjs|\.js|\.cjs|\.mts|\.ts|\.cts)$/;
+const EXTENSION_ORDER = ['.mjs', '.js', '.cjs', '.mts', '.ts', '.cts'];
+
+/** Every `<stem>.<ext>` at the top of live/ is a key's module; the first extension found wins, as at load. */
+async function findStems(liveRoot: string): Promise<[string, string][]> {
+  const chosen = new Map<string, { rank: number; file: string }>();
+  for (const entry of await readdir(liveRoot, { withFileTypes: true })) {
+    if (!entry.isFile() && !entry.isSymbolicLink()) continue;
+    const match = STEM_FILE.exec(entry.name);
+    if (match === null) continue;
+    const [, stem, extension] = match as unknown as [string, string, string];
+    const rank = EXTENSION_ORDER.indexOf(extension);
+    const held = chosen.get(stem);
+    if (held === undefined || rank < held.rank) chosen.set(stem, { rank, file: join(liveRoot, entry.name) });
+  }
+  return [...chosen.entries()].sort(([a], [b]) => (a < b ? -1 : 1)).map(([stem, { file }]) => [stem, file]);
 }
 
 function infoOf(swarm: string, name: string, manifest: Manifest, text: string): SnapshotInfo {
@@ -279,8 +402,23 @@ function infoOf(swarm: string, name: string, manifest: Manifest, text: string): 
     createdAt: manifest.createdAt,
     files: entries.length,
     bytes: entries.reduce((sum, file) => sum + file.bytes, 0),
-    digest: manifestDigest(text),
+    digest: snapshotDigest(manifest, text),
+    signed: manifest.version === 2 && manifest.hmac !== undefined,
+    stems: manifest.version === 2 ? Object.keys(manifest.stems).sort() : [],
   };
+}
+
+function tooLarge(maxBytes: number, cause?: unknown): SandpoolError {
+  return new SandpoolError(
+    'ERR_SANDPOOL_SNAPSHOT_BUILD',
+    `snapshot would take more than maxSnapshotBytes (${maxBytes} bytes, files and bundles together, sparse files at their full size)`,
+    cause === undefined ? {} : { cause },
+  );
+}
+
+function refusedBuild(path: string, why: string, cause?: unknown): SandpoolError {
+  const message = `cannot snapshot live/${path}: it ${why}`;
+  return new SandpoolError('ERR_SANDPOOL_SNAPSHOT_BUILD', message, cause === undefined ? {} : { cause });
 }
 
 function notFound(swarm: string, name: string): SandpoolError {

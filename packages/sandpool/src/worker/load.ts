@@ -18,17 +18,40 @@ export class LoadFailure extends Error {
 
 export async function loadAgent(request: LoadRequest): Promise<Record<string, unknown>> {
   if (request.verifyDir !== null) {
+    let bundle: Awaited<ReturnType<typeof import('./verified.js').verifySnapshot>>;
     try {
       // Loaded on first use: most workers never verify a snapshot.
-      const { verifyTree } = await import('../store/manifest.js');
-      await verifyTree(request.verifyDir, request.key);
+      const { verifySnapshot } = await import('./verified.js');
+      bundle = await verifySnapshot(request);
     } catch (error) {
       throw new LoadFailure('ERR_SANDPOOL_SNAPSHOT_CORRUPT', error);
+    }
+    if (bundle !== null) {
+      try {
+        const { importVerified } = await import('./verified.js');
+        return await importVerified(bundle);
+      } catch (error) {
+        throw new LoadFailure('ERR_SANDPOOL_MODULE_LOAD', await describeLoadError(error, request.file));
+      }
     }
   }
   try {
     return (await import(pathToFileURL(request.file).href)) as Record<string, unknown>;
   } catch (error) {
-    throw new LoadFailure('ERR_SANDPOOL_MODULE_LOAD', error);
+    throw new LoadFailure('ERR_SANDPOOL_MODULE_LOAD', await describeLoadError(error, request.file));
+  }
+}
+
+/**
+ * A SyntaxError from import() names neither the file nor the line: V8 keeps them in the
+ * stack's first line only for some errors. Recompiling the source (as a module) finds where.
+ */
+async function describeLoadError(error: unknown, file: string): Promise<unknown> {
+  if (!(error instanceof SyntaxError)) return error;
+  try {
+    const { locateSyntaxError } = await import('./syntax.js');
+    return (await locateSyntaxError(error, file)) ?? error;
+  } catch {
+    return error;
   }
 }

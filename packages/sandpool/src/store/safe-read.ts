@@ -1,0 +1,76 @@
+// Reading a file whose path a tenant controls. No zod here: worker threads load this module.
+import { constants } from 'node:fs';
+import { type FileHandle, open } from 'node:fs/promises';
+
+/**
+ * O_NOFOLLOW: a file swapped for a link after the walk is not read through.
+ * O_NONBLOCK: a file swapped for a FIFO opens at once instead of waiting for a writer; the
+ * fstat below then refuses it, so nothing ever blocks on it.
+ */
+const FLAGS = constants.O_RDONLY | (constants.O_NOFOLLOW ?? 0) | (constants.O_NONBLOCK ?? 0);
+
+export type UnsafeReason = 'missing' | 'not-regular' | 'hard-link' | 'too-large' | 'changed' | 'unreadable';
+
+/** Why a file could not be read safely; callers turn it into the SandpoolError their context needs. */
+export class UnsafeFileError extends Error {
+  constructor(
+    readonly reason: UnsafeReason,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
+export interface ReadLimits {
+  /** Most bytes the file may hold, by its apparent size: a sparse file counts in full. */
+  maxBytes: number;
+  /** Refuse a regular file with more than one name (a hard link may be another tenant's file). */
+  singleLink?: boolean;
+}
+
+/**
+ * Reads a whole regular file through one descriptor: the checks and the read see the same
+ * inode, whatever happens to the path meanwhile. A file that grows while it is read is
+ * refused rather than cut short.
+ */
+export async function readRegularFile(path: string, limits: ReadLimits): Promise<Buffer> {
+  let handle: FileHandle;
+  try {
+    handle = await open(path, FLAGS);
+  } catch (cause) {
+    const code = (cause as { code?: unknown }).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') {
+      throw new UnsafeFileError('missing', 'disappeared while it was being read (renamed or removed)', { cause });
+    }
+    if (code === 'ELOOP' || code === 'EMLINK') {
+      throw new UnsafeFileError('not-regular', 'became a symlink while it was being read', { cause });
+    }
+    throw new UnsafeFileError('unreadable', `cannot be opened (${String(code)})`, { cause });
+  }
+  try {
+    const stats = await handle.stat();
+    if (!stats.isFile()) throw new UnsafeFileError('not-regular', 'is not a regular file');
+    if (limits.singleLink === true && stats.nlink > 1) {
+      throw new UnsafeFileError('hard-link', `has ${stats.nlink} hard links; only files with one name can be copied`);
+    }
+    if (stats.size > limits.maxBytes) {
+      throw new UnsafeFileError('too-large', `holds ${stats.size} bytes, over the ${limits.maxBytes} left`);
+    }
+    const buffer = Buffer.allocUnsafe(stats.size);
+    let filled = 0;
+    while (filled < stats.size) {
+      const { bytesRead } = await handle.read(buffer, filled, stats.size - filled, filled);
+      if (bytesRead === 0) throw new UnsafeFileError('changed', 'shrank while it was being read');
+      filled += bytesRead;
+    }
+    const { bytesRead } = await handle.read(Buffer.allocUnsafe(1), 0, 1, filled);
+    if (bytesRead !== 0) throw new UnsafeFileError('changed', 'grew while it was being read');
+    return buffer;
+  } catch (error) {
+    if (error instanceof UnsafeFileError) throw error;
+    throw new UnsafeFileError('unreadable', 'cannot be read', { cause: error });
+  } finally {
+    await handle.close();
+  }
+}

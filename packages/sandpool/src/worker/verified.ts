@@ -1,0 +1,114 @@
+/**
+ * Snapshot loading in the worker: read the stem's one bundle into memory, check those bytes,
+ * then import those same bytes, never the path again, so a file swapped after the check runs
+ * nowhere. No zod here: it would cost every worker megabytes.
+ */
+import { createHash } from 'node:crypto';
+import * as nodeModule from 'node:module';
+import { dirname, join, relative, sep } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { SandpoolError } from '../errors.js';
+import type { LoadRequest } from '../protocol/messages.js';
+import { compileCacheDir } from '../store/layout.js';
+import { readManifest, verifyAgainst } from '../store/manifest.js';
+import { readRegularFile, UnsafeFileError } from '../store/safe-read.js';
+
+export interface VerifiedBundle {
+  readonly file: string;
+  readonly bytes: Buffer;
+  /** Where the compile cache lives, or null for none. */
+  readonly cacheDir: string | null;
+}
+
+/**
+ * Checks a snapshot before anything in it runs. A self-contained snapshot yields its bundle's
+ * verified bytes; an older one (copied files, no bundles) is rehashed whole and yields null,
+ * to be imported by path as before.
+ */
+export async function verifySnapshot(request: LoadRequest): Promise<VerifiedBundle | null> {
+  const dir = request.verifyDir as string;
+  const { manifest } = await readManifest(dir, request.key);
+  if (manifest.version === 1) {
+    await verifyAgainst(dir, manifest, request.key);
+    return null;
+  }
+  const rel = relative(dir, request.file).split(sep).join('/');
+  const entry = Object.hasOwn(manifest.files, rel) ? manifest.files[rel] : undefined;
+  if (entry === undefined || !Object.values(manifest.stems).includes(rel)) {
+    throw corrupt(`snapshot manifest lists no bundle ${rel}`, request.key);
+  }
+  // The coordinator's digest comes from a manifest it authenticated; the worker's own reread
+  // of the manifest is the fallback when it sends none.
+  const expected = request.sha256 ?? entry.sha256;
+  let bytes: Buffer;
+  try {
+    bytes = await readRegularFile(request.file, { maxBytes: entry.bytes });
+  } catch (error) {
+    const why = error instanceof UnsafeFileError ? error.message : 'cannot be read';
+    throw corrupt(`snapshot bundle ${rel} ${why}`, request.key, error);
+  }
+  if (createHash('sha256').update(bytes).digest('hex') !== expected) {
+    throw corrupt(`snapshot does not match its manifest (changed: ${rel})`, request.key);
+  }
+  const cacheDir =
+    request.compileCacheDir !== undefined
+      ? request.compileCacheDir
+      : compileCacheDir(dirname(dirname(dirname(dir))), manifest.digest);
+  return { file: request.file, bytes, cacheDir };
+}
+
+function corrupt(message: string, key: string, cause?: unknown): SandpoolError {
+  return new SandpoolError('ERR_SANDPOOL_SNAPSHOT_CORRUPT', message, cause === undefined ? { key } : { key, cause });
+}
+
+interface Hooks {
+  deregister(): void;
+}
+type RegisterHooks = (hooks: {
+  resolve?: (specifier: string, context: unknown, next: (s: string, c?: unknown) => unknown) => unknown;
+  load?: (url: string, context: unknown, next: (u: string, c?: unknown) => unknown) => unknown;
+}) => Hooks;
+
+let compileCacheOn = false;
+
+/**
+ * Turns on V8's compile cache for this worker's snapshot (Node 22.1+; a no-op elsewhere).
+ * The cache is checked against the source by Node, and only this snapshot's workers share
+ * the folder, so one snapshot's workers can never feed another's.
+ */
+export function enableSnapshotCompileCache(dir: string | null): void {
+  const enable = (nodeModule as { enableCompileCache?: (dir: string) => unknown }).enableCompileCache;
+  if (dir === null || compileCacheOn || typeof enable !== 'function') return;
+  compileCacheOn = true;
+  try {
+    enable(join(dir));
+  } catch {
+    // A cache that cannot be opened costs speed, not correctness.
+  }
+}
+
+/**
+ * Imports exactly `bundle.bytes`. Where Node has in-thread module hooks (22.15+, 24), the
+ * bundle keeps its own file URL, so stack traces and the compile cache name the real file;
+ * on older Nodes it goes in as a `data:` URL, with a sourceURL so traces still name the file.
+ */
+export async function importVerified(bundle: VerifiedBundle): Promise<Record<string, unknown>> {
+  enableSnapshotCompileCache(bundle.cacheDir);
+  const url = pathToFileURL(bundle.file).href;
+  const register = (nodeModule as { registerHooks?: RegisterHooks }).registerHooks;
+  if (typeof register === 'function') {
+    const hooks = register({
+      resolve: (specifier, context, next) =>
+        specifier === url ? { url, format: 'module', shortCircuit: true } : next(specifier, context),
+      load: (target, context, next) =>
+        target === url ? { format: 'module', source: bundle.bytes, shortCircuit: true } : next(target, context),
+    });
+    try {
+      return (await import(url)) as Record<string, unknown>;
+    } finally {
+      hooks.deregister();
+    }
+  }
+  const source = Buffer.concat([bundle.bytes, Buffer.from(`\n//# sourceURL=${url}\n`)]);
+  return (await import(`data:text/javascript;base64,${source.toString('base64')}`)) as Record<string, unknown>;
+}

@@ -1,0 +1,268 @@
+// Self-contained snapshots: packages and out-of-live imports pinned at create, what cannot be
+// pinned refused at create, the worker running exactly the bytes it checked, signed manifests.
+import { createHash } from 'node:crypto';
+import { chmod, copyFile, link, mkdir, readFile, rename, rm, symlink, truncate, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { SnapshotStore } from 'sandpool';
+import { afterEach, describe, expect, it } from 'vitest';
+import { code, rejection } from './support/errors.js';
+import { installCleanup, openPool } from './support/pool.js';
+import { makeRoot, removeRoots, writeFiles } from './support/root.js';
+
+installCleanup();
+afterEach(removeRoots);
+
+const MANIFEST = '.sandpool-manifest.json';
+const SECRET = 'a-secret-of-at-least-16-chars';
+const sha256 = (data: string | Buffer): string => createHash('sha256').update(data).digest('hex');
+
+/** A swarm whose agent uses a package up the tree, a pnpm-linked one in live/, and an SDK outside live/. */
+async function swarmWithDependencies(version: string): Promise<string> {
+  const root = await makeRoot({
+    'node_modules/greet/package.json': JSON.stringify({ name: 'greet', version, main: 'index.cjs' }),
+    'node_modules/greet/index.cjs': `const path = require('node:path');\nexports.greet = (n) => 'hello ' + n + ' from ${version} ' + path.sep;\n`,
+    [`a/live/node_modules/.pnpm/fmt@${version}/node_modules/fmt/package.json`]: JSON.stringify({
+      name: 'fmt',
+      type: 'module',
+      exports: './fmt.mjs',
+    }),
+    [`a/live/node_modules/.pnpm/fmt@${version}/node_modules/fmt/fmt.mjs`]: `export const fmt = (s) => '[${version}] ' + s;\n`,
+    'a/shared/sdk.mjs': `export const sdk = () => 'sdk-${version}';\n`,
+    'a/live/notifier_agent.mjs': [
+      "import { greet } from 'greet';",
+      "import { fmt } from 'fmt';",
+      "import { sdk } from '../shared/sdk.mjs';",
+      'export const hello = (n) => fmt(greet(n)) + " " + sdk();',
+    ].join('\n'),
+  });
+  await symlink(`.pnpm/fmt@${version}/node_modules/fmt`, join(root, 'a/live/node_modules/fmt'));
+  return root;
+}
+
+/** Replaces every dependency with another version, as an install would. */
+async function upgrade(root: string, version: string): Promise<void> {
+  await writeFiles(root, {
+    'node_modules/greet/index.cjs': `exports.greet = (n) => 'hello ' + n + ' from ${version}';\n`,
+    'a/shared/sdk.mjs': `export const sdk = () => 'sdk-${version}';\n`,
+  });
+  const pnpm = join(root, 'a/live/node_modules');
+  await writeFiles(pnpm, {
+    [`.pnpm/fmt@${version}/node_modules/fmt/package.json`]: JSON.stringify({ name: 'fmt', exports: './fmt.mjs' }),
+    [`.pnpm/fmt@${version}/node_modules/fmt/fmt.mjs`]: `export const fmt = (s) => '[${version}] ' + s;\n`,
+  });
+  await rm(join(pnpm, 'fmt'));
+  await symlink(`.pnpm/fmt@${version}/node_modules/fmt`, join(pnpm, 'fmt'));
+}
+
+describe('self-contained snapshots', () => {
+  it('pin packages up the tree, pnpm links in live/ and imports out of live/: the snapshot answers the same after they change', async () => {
+    const root = await swarmWithDependencies('1.0.0');
+    const first = openPool({ root });
+    const frozen = await first.snapshots.create('a', 'jan');
+    expect(frozen.stems).toEqual(['notifier_agent']);
+    const before = await first.call('a@jan/notifier_agent', 'hello', ['ann']);
+    expect(before).toBe('[1.0.0] hello ann from 1.0.0 / sdk-1.0.0');
+    await first.close();
+
+    await upgrade(root, '2.0.0');
+    const second = openPool({ root });
+    expect(await second.call('a/notifier_agent', 'hello', ['ann'])).toBe('[2.0.0] hello ann from 2.0.0 sdk-2.0.0');
+    expect(await second.call('a@jan/notifier_agent', 'hello', ['ann'])).toBe(before);
+    // No node_modules was copied: the bundle holds what the stem uses.
+    expect(Object.keys(JSON.parse(await readFile(join(root, 'a/snapshots/jan', MANIFEST), 'utf8')).files)).toEqual([
+      '.sandpool-bundles/notifier_agent.mjs',
+      'notifier_agent.mjs',
+    ]);
+  });
+
+  it('gives equal content an equal digest, whatever the name and date', async () => {
+    const root = await swarmWithDependencies('1.0.0');
+    const store = new SnapshotStore({ root });
+    const jan = await store.create('a', 'jan');
+    const feb = await store.create('a', 'feb');
+    expect(feb.digest).toBe(jan.digest);
+    expect((await store.create('a', 'jan')).createdAt).toBe(jan.createdAt);
+    await upgrade(root, '2.0.0');
+    expect((await store.create('a', 'mar')).digest).not.toBe(jan.digest);
+  });
+
+  it.each([
+    ['a native addon', "import addon from './build/addon.node';\nexport const f = () => addon;", 'native addon'],
+    ['a computed import()', 'export const f = (name) => import(name);', 'import'],
+    [
+      'a computed require()',
+      "import { createRequire } from 'node:module';\nexport const f = (n) => require(n);",
+      'require',
+    ],
+    ['a missing package', "import x from 'not-installed';\nexport const f = () => x;", 'not-installed'],
+  ])('refuse %s at create with SNAPSHOT_BUILD, and create nothing', async (_label, source, words) => {
+    const root = await makeRoot({ 'a/live/notifier_agent.mjs': source, 'a/live/build/addon.node': 'not really' });
+    const store = new SnapshotStore({ root });
+    const error = await rejection(store.create('a', 'jan'));
+    expect(error.code).toBe('ERR_SANDPOOL_SNAPSHOT_BUILD');
+    expect(error.message).toContain('live/notifier_agent.mjs');
+    expect(error.message).toContain(words);
+    expect(error.message).not.toContain(root);
+    expect(await store.list('a')).toEqual([]);
+  });
+
+  it('refuse to bundle another swarm’s files', async () => {
+    const root = await makeRoot({
+      'b/live/secret.json': '{"token":"b-only"}',
+      'a/live/notifier_agent.mjs': "import s from '../../b/live/secret.json';\nexport const f = () => s;",
+    });
+    const error = await rejection(new SnapshotStore({ root }).create('a', 'jan'));
+    expect(error.code).toBe('ERR_SANDPOOL_SNAPSHOT_BUILD');
+    expect(error.message).toContain('another swarm');
+  });
+});
+
+describe('the worker runs exactly the bytes it verified', () => {
+  it('never runs a bundle swapped in while workers start (each load is the good code or SNAPSHOT_CORRUPT)', async () => {
+    const root = await makeRoot({ 'a/live/notifier_agent.mjs': "export const who = () => 'good';\n" });
+    await new SnapshotStore({ root }).create('a', 'jan');
+    const bundle = join(root, 'a/snapshots/jan/.sandpool-bundles/notifier_agent.mjs');
+    const good = join(root, 'good.mjs');
+    const evil = join(root, 'evil.mjs');
+    await copyFile(bundle, good);
+    await writeFile(evil, `${(await readFile(good, 'utf8')).replace(/good/g, 'evil')}`);
+    let swapping = true;
+    const swapper = (async () => {
+      const temp = join(root, 'swap.tmp');
+      while (swapping) {
+        for (const source of [evil, good]) {
+          await copyFile(source, temp);
+          await rename(temp, bundle);
+        }
+      }
+    })();
+    const outcomes: string[] = [];
+    try {
+      for (let i = 0; i < 30; i++) {
+        const pool = openPool({ root });
+        outcomes.push(
+          await pool.call('a@jan/notifier_agent', 'who', []).then(
+            (value) => String(value),
+            (error: { code?: string }) => String(error.code),
+          ),
+        );
+        await pool.close();
+      }
+    } finally {
+      swapping = false;
+      await swapper;
+    }
+    expect(outcomes.filter((outcome) => outcome !== 'good' && outcome !== 'ERR_SANDPOOL_SNAPSHOT_CORRUPT')).toEqual([]);
+  });
+});
+
+describe('manifests', () => {
+  it('catch a change to every file of a snapshot, one at a time', async () => {
+    const root = await makeRoot({
+      'a/live/notifier_agent.mjs': "import { h } from './lib/h.mjs';\nexport const f = h;\n",
+      'a/live/lib/h.mjs': 'export const h = () => 1;\n',
+      'a/live/lib/data.json': '{"a":1}\n',
+      'a/live/other.mjs': 'export const g = () => 2;\n',
+    });
+    const store = new SnapshotStore({ root });
+    await store.create('a', 'jan');
+    const dir = join(root, 'a/snapshots/jan');
+    const files = Object.keys(JSON.parse(await readFile(join(dir, MANIFEST), 'utf8')).files);
+    expect(files.length).toBe(6);
+    for (const file of files) {
+      const path = join(dir, file);
+      const original = await readFile(path);
+      await chmod(path, 0o644);
+      await writeFile(path, Buffer.concat([original, Buffer.from(' ')]));
+      const error = await rejection(store.verify('a', 'jan'));
+      expect([file, error.code, error.message.includes(file)]).toEqual([file, 'ERR_SANDPOOL_SNAPSHOT_CORRUPT', true]);
+      await writeFile(path, original);
+    }
+    await expect(store.verify('a', 'jan')).resolves.toMatchObject({ name: 'jan' });
+  });
+
+  it('with snapshotSecret, catch a file and the manifest rewritten together; without one, cannot', async () => {
+    const root = await makeRoot({ 'a/live/notifier_agent.mjs': "export const f = () => 'good';\n" });
+    const signed = new SnapshotStore({ root, snapshotSecret: SECRET });
+    expect((await signed.create('a', 'jan')).signed).toBe(true);
+    await expect(signed.verify('a', 'jan')).resolves.toMatchObject({ signed: true });
+
+    // Rewrite the bundle, then the manifest to match it, digest included.
+    const dir = join(root, 'a/snapshots/jan');
+    const rel = '.sandpool-bundles/notifier_agent.mjs';
+    const evil = "export const f = () => 'evil';\n";
+    await chmod(join(dir, rel), 0o644);
+    await writeFile(join(dir, rel), evil);
+    const manifest = JSON.parse(await readFile(join(dir, MANIFEST), 'utf8'));
+    manifest.files[rel] = { sha256: sha256(evil), bytes: Buffer.byteLength(evil) };
+    const list = (o: Record<string, unknown>): [string, unknown][] =>
+      Object.keys(o)
+        .sort()
+        .map((k): [string, unknown] => [k, o[k]]);
+    const fileList = list(manifest.files).map(([path, e]) => [
+      path,
+      (e as { sha256: string }).sha256,
+      (e as { bytes: number }).bytes,
+    ]);
+    manifest.digest = sha256(JSON.stringify(['sandpool-snapshot', 2, fileList, list(manifest.stems)]));
+    await chmod(join(dir, MANIFEST), 0o644);
+    await writeFile(join(dir, MANIFEST), JSON.stringify(manifest));
+
+    expect(await code(signed.verify('a', 'jan'))).toBe('ERR_SANDPOOL_SNAPSHOT_CORRUPT');
+    expect(await code(signed.get('a', 'jan'))).toBe('ERR_SANDPOOL_SNAPSHOT_CORRUPT');
+    expect(await code(new SnapshotStore({ root, snapshotSecret: `${SECRET}-other` }).get('a', 'jan'))).toBe(
+      'ERR_SANDPOOL_SNAPSHOT_CORRUPT',
+    );
+    // Without a secret a consistent rewrite is indistinguishable from the real thing: documented.
+    await expect(new SnapshotStore({ root }).verify('a', 'jan')).resolves.toMatchObject({ name: 'jan' });
+  });
+
+  it('with snapshotSecret, refuse unsigned snapshots until sign() verified them', async () => {
+    const root = await makeRoot({ 'a/live/notifier_agent.mjs': "export const f = () => 'good';\n" });
+    await new SnapshotStore({ root }).create('a', 'jan');
+    const store = new SnapshotStore({ root, snapshotSecret: SECRET });
+    expect((await rejection(store.get('a', 'jan'))).message).toContain('not signed');
+    expect(await store.sign('a', 'jan')).toMatchObject({ signed: true });
+    await expect(store.verify('a', 'jan')).resolves.toMatchObject({ signed: true });
+  });
+});
+
+describe('create guards what it copies', () => {
+  it('refuses a hard link in live/ (its other name may be anyone’s file)', async () => {
+    const root = await makeRoot({
+      'a/live/notifier_agent.mjs': 'export const f = () => 1;\n',
+      'b/live/secret.txt': 'b',
+    });
+    await link(join(root, 'b/live/secret.txt'), join(root, 'a/live/copied.txt'));
+    const error = await rejection(new SnapshotStore({ root }).create('a', 'jan'));
+    expect(error.code).toBe('ERR_SANDPOOL_SNAPSHOT_BUILD');
+    expect(error.message).toContain('hard link');
+  });
+
+  it('bounds the bytes it copies, counting a sparse file at its apparent size', async () => {
+    const root = await makeRoot({ 'a/live/notifier_agent.mjs': 'export const f = () => 1;\n' });
+    await writeFile(join(root, 'a/live/sparse.bin'), '');
+    await truncate(join(root, 'a/live/sparse.bin'), 8 * 1024 * 1024 * 1024);
+    const started = performance.now();
+    const error = await rejection(new SnapshotStore({ root, maxSnapshotBytes: 1024 * 1024 }).create('a', 'jan'));
+    expect(error.code).toBe('ERR_SANDPOOL_SNAPSHOT_BUILD');
+    expect(error.message).toContain('maxSnapshotBytes');
+    expect(performance.now() - started).toBeLessThan(5_000);
+    expect(await code(new SnapshotStore({ root }).create('a', 'jan'))).toBe('ERR_SANDPOOL_SNAPSHOT_BUILD');
+  });
+
+  it('never blocks on a FIFO, and names a file renamed away mid-copy', async () => {
+    const { readRegularFile } = await import('../packages/sandpool/dist/store/safe-read.js');
+    const root = await makeRoot({});
+    const fifo = join(root, 'fifo');
+    const { execFileSync } = await import('node:child_process');
+    execFileSync('mkfifo', [fifo]);
+    await expect(readRegularFile(fifo, { maxBytes: 10 })).rejects.toMatchObject({ reason: 'not-regular' });
+    await expect(readRegularFile(join(root, 'gone'), { maxBytes: 10 })).rejects.toMatchObject({ reason: 'missing' });
+    await mkdir(join(root, 'a/live'), { recursive: true });
+    await writeFile(join(root, 'a/live/notifier_agent.mjs'), 'export const f = () => 1;\n');
+    await rename(fifo, join(root, 'a/live/pipe'));
+    const error = await rejection(new SnapshotStore({ root }).create('a', 'jan'));
+    expect(error.message).toContain('live/pipe');
+  });
+});
