@@ -18,6 +18,7 @@ export const ERROR_CODES = [
   'ERR_SANDPOOL_SNAPSHOT_CORRUPT',
   /** create could not freeze the swarm: an import that cannot be pinned, a file swapped or too large. */
   'ERR_SANDPOOL_SNAPSHOT_BUILD',
+  'ERR_SANDPOOL_QUEUE_TIMEOUT',
 ] as const;
 
 export type SandpoolErrorCode = (typeof ERROR_CODES)[number];

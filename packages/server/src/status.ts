@@ -33,6 +33,7 @@ const SANDPOOL_STATUS: Record<SandpoolErrorCode, number> = {
   ERR_SANDPOOL_AGENT_ERROR: 422,
   // The swarm's code cannot be frozen as it is (an unpinnable import, a file too large): the client's to fix.
   ERR_SANDPOOL_SNAPSHOT_BUILD: 422,
+  ERR_SANDPOOL_QUEUE_TIMEOUT: 503,
   ERR_SANDPOOL_QUEUE_FULL: 429,
   // The server never gives the pool an AbortSignal (a client hanging up must not kill a
   // worker other clients share), so this stays unreachable; 499 is nginx's "client closed".

@@ -13,6 +13,8 @@ export class PendingCall {
   /** performance.now() by which it must answer, once posted with a timeout. */
   deadline = 0;
   onAbort: (() => void) | undefined = undefined;
+  /** Armed while the call waits for a slot or a start (queueTimeoutMs). */
+  queueTimer: NodeJS.Timeout | undefined = undefined;
   settled = false;
 
   constructor(
@@ -26,6 +28,12 @@ export class PendingCall {
     private readonly rejectFn: (error: Error) => void,
   ) {}
 
+  /** The call reached its worker, or settled: it no longer waits. */
+  stopWaiting(): void {
+    clearTimeout(this.queueTimer);
+    this.queueTimer = undefined;
+  }
+
   get keyText(): string {
     return this.route.key.text;
   }
@@ -35,6 +43,7 @@ export class PendingCall {
     if (this.settled) return false;
     this.settled = true;
     this.route.pending.delete(this);
+    this.stopWaiting();
     if (this.onAbort !== undefined) this.signal?.removeEventListener('abort', this.onAbort);
     if (error === null) this.resolveFn(value);
     else this.rejectFn(error);

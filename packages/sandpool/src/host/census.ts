@@ -22,6 +22,8 @@ export class Census implements CellObserver {
     draining: new Set(),
     exiting: new Set(),
   };
+  /** Per swarm, its cells holding a slot (a thread): what maxWorkersPerSwarm bounds. */
+  private readonly bySwarm = new Map<string, Set<Cell>>();
   readonly totals = { spawned: 0, evicted: 0, crashed: 0 };
 
   constructor(private readonly emit: Emit) {}
@@ -29,6 +31,7 @@ export class Census implements CellObserver {
   phaseChanged(cell: Cell, from: CellPhase | null, to: CellPhase): void {
     if (from !== null && from.name !== 'ended') this.byPhase[from.name].delete(cell);
     if (to.name !== 'ended') this.byPhase[to.name].add(cell);
+    this.countSlot(cell, 'thread' in to);
     const key = cell.key.text;
     if (to.name === 'starting') {
       this.totals.spawned += 1;
@@ -43,6 +46,22 @@ export class Census implements CellObserver {
     } else if (to.name === 'ended' && from !== null && 'thread' in from && to.end !== null) {
       if (isExitReason(to.end)) this.totals.crashed += 1;
       this.announce('exit', { key, reason: to.end, threadId: from.thread.threadId });
+    }
+  }
+
+  /** Slots held by one swarm's cells. */
+  slotsOf(swarm: string): number {
+    return this.bySwarm.get(swarm)?.size ?? 0;
+  }
+
+  private countSlot(cell: Cell, holds: boolean): void {
+    const { swarm } = cell.key;
+    let cells = this.bySwarm.get(swarm);
+    if (holds) {
+      if (cells === undefined) this.bySwarm.set(swarm, (cells = new Set()));
+      cells.add(cell);
+    } else if (cells?.delete(cell) && cells.size === 0) {
+      this.bySwarm.delete(swarm);
     }
   }
 

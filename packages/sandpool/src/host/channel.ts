@@ -44,6 +44,7 @@ export class Channel {
 
   /** Posts a call to the ready worker; the timeout clock starts here. */
   post(call: PendingCall): void {
+    call.stopWaiting();
     call.id = ++this.nextId;
     if (this.running.size === 0) this.thread.setReferenced(true);
     this.running.set(call.id, call);

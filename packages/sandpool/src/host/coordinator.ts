@@ -2,7 +2,7 @@ import { resolve as resolvePath } from 'node:path';
 import { SandpoolError } from '../errors.js';
 import { issuesOf } from '../issues.js';
 import { type AgentKey, type ResolvedKey, resolveKey } from '../key.js';
-import type { CallOptions, ResolvedPoolOptions } from '../options.js';
+import { type CallOptions, type ResolvedPoolOptions, swarmCap } from '../options.js';
 import { copyArgs } from '../protocol/clone.js';
 import type { Outcome } from '../protocol/messages.js';
 import { liveDir } from '../store/layout.js';
@@ -60,7 +60,7 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
   ) {
     this.root = resolvePath(options.root);
     this.census = new Census(emit);
-    this.scheduler = new Scheduler(this.census, options, this);
+    this.scheduler = new Scheduler(this.census, { ...options, swarmCap: swarmCap(options) }, this);
     const onOutputDropped = (chars: number): void => {
       this.outputDropped += chars;
     };
@@ -154,6 +154,33 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
     }
     waiting.push(call);
     if (cell.thread === null) this.waitingCalls.add(call);
+    const limit = this.options.queueTimeoutMs;
+    if (limit > 0 && call.queueTimer === undefined) {
+      call.queueTimer = setTimeout(() => this.queueTimedOut(call, limit), limit);
+      call.queueTimer.unref();
+    }
+  }
+
+  /** It waited too long for a slot or a start: it leaves, and a start nobody waits for is cancelled. */
+  private queueTimedOut(call: PendingCall, limit: number): void {
+    const error = new SandpoolError(
+      'ERR_SANDPOOL_QUEUE_TIMEOUT',
+      `${call.keyText} ${call.fn}() waited ${limit} ms for a worker`,
+      { key: call.keyText },
+    );
+    this.leaveWaiting(call);
+    this.finish(call, error);
+  }
+
+  /** Takes a waiting call out of its cell; a cell with no worker that nobody waits for ends. */
+  private leaveWaiting(call: PendingCall): void {
+    const cell = call.cell;
+    const waiting = cell?.waiting;
+    const index = waiting?.indexOf(call) ?? -1;
+    if (cell === null || waiting === null || waiting === undefined || index < 0) return;
+    waiting.splice(index, 1);
+    // A start it shared with other callers goes on; one nobody waits for is cancelled.
+    if (cell.thread === null && waiting.length === 0) this.endWithoutWorker(cell, closedError(call.keyText));
   }
 
   private finish(call: PendingCall, error: SandpoolError | null, value?: unknown): void {
@@ -172,13 +199,7 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
       channel.cancel(call, 'abort');
       return;
     }
-    const waiting = cell?.waiting;
-    const index = waiting?.indexOf(call) ?? -1;
-    if (cell !== null && waiting !== null && waiting !== undefined && index >= 0) {
-      waiting.splice(index, 1);
-      // A start it shared with other callers goes on; one nobody waits for is cancelled.
-      if (cell.thread === null && waiting.length === 0) this.endWithoutWorker(cell, closedError(call.keyText));
-    }
+    this.leaveWaiting(call);
     this.finish(call, error);
   }
 

@@ -15,6 +15,8 @@ export interface SlotUser {
 
 export interface SchedulerOptions {
   readonly maxWorkers: number;
+  /** Slots one swarm may hold (maxWorkersPerSwarm). */
+  readonly swarmCap: number;
   readonly idleTimeoutMs: number;
 }
 
@@ -28,8 +30,9 @@ export function evictionsNeeded(waiting: number, exiting: number): number {
 
 /**
  * The slots under maxWorkers: who waits for one (round-robin across swarms, arrival order
- * within a swarm), who gets one, which idle worker makes room (least recently used), and
- * when an idle worker has idled long enough.
+ * within a swarm, no swarm above its cap), who gets one, which idle worker makes room
+ * (least recently used; a swarm at its cap makes room from its own), and when an idle
+ * worker has idled long enough.
  */
 export class Scheduler {
   /** Per swarm, its queued cells in arrival order; Map order is the round-robin turn. */
@@ -80,22 +83,33 @@ export class Scheduler {
 
   /** Hands free slots to queued cells, and evicts idle cells to make room for the rest. */
   pump(): void {
-    while (this.queues.size > 0 && this.census.slotHolders < this.options.maxWorkers) {
-      this.user.startCell(this.next());
+    for (let cell = this.next(); cell !== null; cell = this.next()) this.user.startCell(cell);
+    if (this.queues.size === 0) return;
+    // A swarm at its cap can only make room from its own workers.
+    let eligible = 0;
+    for (const [swarm, queue] of this.queues) {
+      if (this.census.slotsOf(swarm) < this.options.swarmCap) {
+        eligible += queue.length;
+        continue;
+      }
+      const exiting = [...this.census.cells('exiting')].filter((cell) => cell.key.swarm === swarm).length;
+      this.evict(evictionsNeeded(queue.length, exiting), (cell) => cell.key.swarm === swarm);
     }
-    let shortfall = evictionsNeeded(this.queuedCount, this.census.cells('exiting').size);
-    if (shortfall === 0) return;
+    this.evict(evictionsNeeded(eligible, this.census.cells('exiting').size), () => true);
+  }
+
+  private evict(count: number, among: (cell: Cell) => boolean): void {
+    if (count === 0) return;
     // A reload candidate does not evict the worker it is to replace: the old one keeps serving
     // until the new one is ready. Only when no other worker could ever make room (another key
     // waits, or every worker alive is being replaced) does it go first.
     const othersWait = [...this.queued()].some((cell) => !this.user.isCandidate(cell));
     const includeReplaced =
       othersWait || [...this.census.withThread()].every((cell) => this.user.isBeingReplaced(cell));
-    while (shortfall > 0) {
-      const victim = this.leastRecentlyUsedIdle(includeReplaced);
-      if (victim === null) break;
+    for (let left = count; left > 0; left--) {
+      const victim = this.leastRecentlyUsedIdle(includeReplaced, among);
+      if (victim === null) return;
       this.user.evictCell(victim, 'lru');
-      shortfall -= 1;
     }
   }
 
@@ -118,19 +132,26 @@ export class Scheduler {
     this.dequeue(cell);
   }
 
-  /** The next swarm in turn gives up its first cell, then goes to the back of the turn. */
-  private next(): Cell {
-    const [swarm, queue] = this.queues.entries().next().value as [string, Cell[]];
-    const cell = queue.shift() as Cell;
-    this.queues.delete(swarm);
-    if (queue.length > 0) this.queues.set(swarm, queue);
-    return cell;
+  /**
+   * The cell to start now, if a slot is free: the first swarm in turn that is under its cap
+   * gives up its first cell, then goes to the back of the turn.
+   */
+  private next(): Cell | null {
+    if (this.census.slotHolders >= this.options.maxWorkers) return null;
+    for (const [swarm, queue] of this.queues) {
+      if (this.census.slotsOf(swarm) >= this.options.swarmCap) continue;
+      const cell = queue.shift() as Cell;
+      this.queues.delete(swarm);
+      if (queue.length > 0) this.queues.set(swarm, queue);
+      return cell;
+    }
+    return null;
   }
 
-  private leastRecentlyUsedIdle(includeReplaced: boolean): Cell | null {
+  private leastRecentlyUsedIdle(includeReplaced: boolean, among: (cell: Cell) => boolean): Cell | null {
     let victim: Cell | null = null;
     for (const cell of this.census.cells('ready')) {
-      if (!cell.idle || (victim !== null && cell.lastUsed >= victim.lastUsed)) continue;
+      if (!cell.idle || (victim !== null && cell.lastUsed >= victim.lastUsed) || !among(cell)) continue;
       if (this.user.isCandidate(cell) || (!includeReplaced && this.user.isBeingReplaced(cell))) continue;
       victim = cell;
     }
