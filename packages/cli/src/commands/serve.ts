@@ -1,8 +1,11 @@
+import { stat } from 'node:fs/promises';
 import { hostname } from 'node:os';
-import { createServer } from '@sandpool/server';
+import type { createServer as CreateServer } from '@sandpool/server';
 import { type Command, InvalidArgumentError } from 'commander';
+import { SandpoolError } from 'sandpool';
 import { parseMillis } from '../args.js';
 import { type Io, printLine } from '../io.js';
+import { cliVersion } from '../version.js';
 
 interface ServeOptions {
   readonly root: string;
@@ -34,6 +37,8 @@ export function registerServe(program: Command, io: Io): void {
     .option('--call-timeout <ms>', 'default call timeout in milliseconds (0 = none)', parseMillis)
     .option('--body-limit <bytes>', 'largest request body; larger ones get 413 (default 10 MB)', parseCount)
     .action(async (options: ServeOptions) => {
+      await checkRoot(options.root);
+      const createServer = await loadServer();
       const token = options.token ?? process.env.SANDPOOL_TOKEN;
       const server = createServer({
         root: options.root,
@@ -59,6 +64,36 @@ export function registerServe(program: Command, io: Io): void {
       }
       printLine(io.writeOut, `sandpool serve: node ${server.nodeName} stopped`);
     });
+}
+
+/**
+ * The server (fastify, prom-client) is an optional peer: `sandpool call` and `snapshot`
+ * users never install it, so it is imported only here.
+ */
+async function loadServer(): Promise<typeof CreateServer> {
+  try {
+    return (await import('@sandpool/server')).createServer;
+  } catch (error) {
+    if (!isMissing(error, '@sandpool/server')) throw error;
+    const wanted = `@sandpool/server@${cliVersion()}`;
+    throw Object.assign(new Error(`sandpool serve needs the server package: npm install ${wanted}`), {
+      code: 'ERR_SANDPOOL_SERVER_MISSING',
+    });
+  }
+}
+
+function isMissing(error: unknown, specifier: string): boolean {
+  if (!(error instanceof Error) || !('code' in error) || error.code !== 'ERR_MODULE_NOT_FOUND') return false;
+  // Only the package itself: a server that is installed but broken must say so, not this.
+  return error.message.includes(`'${specifier}'`);
+}
+
+/** A node that answers `ready` with no agents behind it would take a balancer's traffic and fail it all. */
+async function checkRoot(root: string): Promise<void> {
+  const info = await stat(root).catch(() => null);
+  if (info === null || !info.isDirectory()) {
+    throw new SandpoolError('ERR_SANDPOOL_INVALID_OPTIONS', `--root ${root} is not a folder`);
+  }
 }
 
 /**

@@ -1,4 +1,4 @@
-import { type TransferListItem, Worker } from 'node:worker_threads';
+import { Worker } from 'node:worker_threads';
 import type { ExitReason } from '../errors.js';
 import type { ResolvedPoolOptions } from '../options.js';
 import type { FromWorker, OutputChunk, ToWorker } from '../protocol/messages.js';
@@ -62,7 +62,8 @@ export class AgentThread {
     });
   }
 
-  post(message: ToWorker, transfer?: readonly TransferListItem[]): void {
+  // Named through Worker itself: @types/node 26 dropped TransferListItem, and this type is in the published .d.ts.
+  post(message: ToWorker, transfer?: Parameters<Worker['postMessage']>[1]): void {
     this.worker.postMessage(message, transfer);
   }
 
