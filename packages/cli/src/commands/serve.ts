@@ -1,4 +1,4 @@
-import { stat } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import type { createServer as CreateServer } from '@sandpool/server';
 import { type Command, InvalidArgumentError } from 'commander';
@@ -13,6 +13,10 @@ interface ServeOptions {
   readonly host: string;
   readonly nodeName?: string;
   readonly token?: string;
+  readonly tokenFile?: string;
+  readonly headersTimeout?: number;
+  readonly requestTimeout?: number;
+  readonly keepAliveTimeout?: number;
   readonly debug?: boolean;
   readonly log?: boolean;
   readonly watch?: boolean;
@@ -30,6 +34,18 @@ export function registerServe(program: Command, io: Io): void {
     .option('--host <host>', 'address to listen on', '127.0.0.1')
     .option('--node-name <name>', 'sent as x-sandpool-node on every response (default: the host name)')
     .option('--token <token>', 'bearer token for every route but /healthz (default: $SANDPOOL_TOKEN)')
+    .option('--token-file <file>', 'JSON: token -> { "swarms": [...] | "*", "write": bool } (scoped tokens)')
+    .option('--headers-timeout <ms>', "longest wait for a request's headers (default 10000)", parsePositiveMillis)
+    .option(
+      '--request-timeout <ms>',
+      'longest wait for a whole request, body included (default 30000)',
+      parsePositiveMillis,
+    )
+    .option(
+      '--keep-alive-timeout <ms>',
+      'idle keep-alive connections close after this (default 5000)',
+      parsePositiveMillis,
+    )
     .option('--debug', 'put stacks in error bodies')
     .option('--log', 'log every request (JSON lines on stdout)')
     .option('--watch', "reload live workers when their swarm's live/ folder changes")
@@ -38,12 +54,17 @@ export function registerServe(program: Command, io: Io): void {
     .option('--body-limit <bytes>', 'largest request body; larger ones get 413 (default 10 MB)', parseCount)
     .action(async (options: ServeOptions) => {
       await checkRoot(options.root);
+      const tokens = options.tokenFile === undefined ? undefined : await readTokenFile(options.tokenFile);
       const createServer = await loadServer();
       const token = options.token ?? process.env.SANDPOOL_TOKEN;
       const server = createServer({
         root: options.root,
         nodeName: options.nodeName ?? hostname(),
         token: token === '' ? undefined : token,
+        tokens,
+        ...(options.headersTimeout === undefined ? {} : { headersTimeoutMs: options.headersTimeout }),
+        ...(options.requestTimeout === undefined ? {} : { requestTimeoutMs: options.requestTimeout }),
+        ...(options.keepAliveTimeout === undefined ? {} : { keepAliveTimeoutMs: options.keepAliveTimeout }),
         debug: options.debug === true,
         logger: options.log === true,
         watch: options.watch === true,
@@ -109,6 +130,22 @@ function nextSignal(): Promise<NodeJS.Signals> {
     };
     for (const name of signals) process.on(name, onSignal);
   });
+}
+
+/** Read here, checked by the server's schema: the CLI only says which file was unreadable. */
+async function readTokenFile(file: string): Promise<Record<string, { swarms: string[] | '*'; write?: boolean }>> {
+  try {
+    return JSON.parse(await readFile(file, 'utf8')) as Record<string, { swarms: string[] | '*'; write?: boolean }>;
+  } catch (error) {
+    const why = error instanceof SyntaxError ? 'not valid JSON' : 'cannot be read';
+    throw new SandpoolError('ERR_SANDPOOL_INVALID_OPTIONS', `--token-file ${file}: ${why}`);
+  }
+}
+
+function parsePositiveMillis(text: string): number {
+  const value = parseMillis(text);
+  if (value === 0) throw new InvalidArgumentError('expected at least 1 millisecond.');
+  return value;
 }
 
 function parsePort(text: string): number {
