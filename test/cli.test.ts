@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { startServe } from './support/packed.js';
 
 // The built binary, as a user runs it: `pnpm run build` comes first.
 const BIN = fileURLToPath(new URL('../packages/cli/dist/bin.js', import.meta.url));
@@ -166,6 +167,61 @@ describe('sandpool snapshot', () => {
     const result = await sandpool('snapshot', 'create', 'nobody', 'jan', '--root', root);
     expect(result.status).toBe(1);
     expect(errorCode(result.stderr)).toBe('ERR_SANDPOOL_SWARM_NOT_FOUND');
+  });
+});
+
+describe('sandpool serve', () => {
+  it('exits 1 at start when --root is not a folder, before listening', async () => {
+    const result = await sandpool('serve', '--root', join(root, 'missing'), '--port', '0');
+    expect(result.status).toBe(1);
+    expect(errorCode(result.stderr)).toBe('ERR_SANDPOOL_INVALID_OPTIONS');
+    expect(result.stderr).toContain('is not a folder');
+    expect(result.stdout).not.toContain('listening');
+  });
+
+  it('exits 1 on a token file that is not JSON', async () => {
+    await writeLive('a1b2', 'v1');
+    await writeFile(join(root, 'tokens.json'), '{nope');
+    const result = await sandpool('serve', '--root', root, '--port', '0', '--token-file', join(root, 'tokens.json'));
+    expect(result.status).toBe(1);
+    expect(result.stderr).toContain('not valid JSON');
+  });
+
+  it('with --log, logs each call with its key, outcome and duration; --token-file scopes tokens', async () => {
+    await writeLive('a1b2', 'v1');
+    await writeFile(join(root, 'tokens.json'), JSON.stringify({ t1: { swarms: ['a1b2'] } }));
+    const server = await startServe(
+      BIN,
+      ['--root', root, '--port', '0', '--log', '--token-file', join(root, 'tokens.json')],
+      root,
+    );
+    const post = (key: string, token: string) =>
+      fetch(`${server.url}/v1/call/${key}`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` },
+        body: JSON.stringify({ fn: 'echo', args: [1] }),
+      });
+    let stopped: { status: number | null; stdout: string } | undefined;
+    try {
+      expect((await post('a1b2/notifier_agent', 't1')).status).toBe(200);
+      expect((await post('a1b2/nothing', 't1')).status).toBe(404);
+      expect((await post('c3d4/notifier_agent', 't1')).status).toBe(403);
+      expect((await post('a1b2/notifier_agent', 'wrong')).status).toBe(401);
+    } finally {
+      stopped = await server.stop();
+    }
+    expect(stopped.status).toBe(0);
+    const calls = stopped.stdout
+      .split('\n')
+      .filter((line) => line.startsWith('{'))
+      .map((line) => JSON.parse(line) as Record<string, unknown>)
+      .filter((line) => 'durationMs' in line);
+    expect(calls.map(({ key, outcome }) => ({ key, outcome }))).toEqual([
+      { key: 'a1b2/notifier_agent', outcome: 'ok' },
+      { key: 'a1b2/nothing', outcome: 'ERR_SANDPOOL_MODULE_NOT_FOUND' },
+      { key: 'c3d4/notifier_agent', outcome: 'ERR_SANDPOOL_HTTP_FORBIDDEN' },
+    ]);
+    for (const line of calls) expect(line.durationMs).toEqual(expect.any(Number));
   });
 });
 

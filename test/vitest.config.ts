@@ -7,6 +7,6 @@ export default defineConfig({
     testTimeout: 20_000,
     hookTimeout: 20_000,
     include: ['**/*.test.ts'],
-    exclude: ['**/node_modules/**', 'soak/**', 'cluster/**'],
+    exclude: ['**/node_modules/**', 'soak/**', 'cluster/**', 'types/**'],
   },
 });

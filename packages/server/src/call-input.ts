@@ -22,6 +22,8 @@ export interface CallInput {
   /** Text form: the pool caches validated text keys, so this is the cheap way to pass it on. */
   readonly key: string;
   readonly kind: CallKind;
+  /** Whose key it is: what a scoped token is checked against. */
+  readonly swarm: string;
   readonly fn: string;
   readonly args: unknown[];
   readonly timeoutMs: number | undefined;
@@ -41,18 +43,24 @@ export function readCallInput(body: unknown, sources: KeySources): CallInput {
     });
   }
   const { fn, args, timeoutMs } = parsed.data;
-  const { key, kind } = pickKey(sources, parsed.data.key);
-  return { key, kind, fn, args, timeoutMs };
+  const { key, kind, swarm } = pickKey(sources, parsed.data.key);
+  return { key, kind, swarm, fn, args, timeoutMs };
 }
 
-function pickKey(sources: KeySources, bodyKey: unknown): { key: string; kind: CallKind } {
+interface NormalKey {
+  key: string;
+  kind: CallKind;
+  swarm: string;
+}
+
+function pickKey(sources: KeySources, bodyKey: unknown): NormalKey {
   if (Array.isArray(sources.header)) throw invalid('x-sandpool-key must be sent once');
   const given: [string, unknown][] = [
     ['path', sources.path],
     ['x-sandpool-key header', sources.header],
     ['body', bodyKey],
   ];
-  let chosen: { key: string; kind: CallKind; from: string } | null = null;
+  let chosen: (NormalKey & { from: string }) | null = null;
   for (const [from, value] of given) {
     if (value === undefined || value === '') continue;
     const key = normalize(value, from);
@@ -63,19 +71,19 @@ function pickKey(sources: KeySources, bodyKey: unknown): { key: string; kind: Ca
   }
   if (chosen === null)
     throw invalid('no key: give it in the path (/v1/call/<key>), the x-sandpool-key header or the body');
-  return { key: chosen.key, kind: chosen.kind };
+  return { key: chosen.key, kind: chosen.kind, swarm: chosen.swarm };
 }
 
-const cache = new Map<string, { key: string; kind: CallKind }>();
+const cache = new Map<string, NormalKey>();
 const CACHE_LIMIT = 10_000;
 
 /** Validates a key in either form; text keys are cached because the same few arrive again and again. */
-function normalize(value: unknown, from: string): { key: string; kind: CallKind } {
+function normalize(value: unknown, from: string): NormalKey {
   if (typeof value === 'string') {
     const hit = cache.get(value);
     if (hit !== undefined) return hit;
     const key = parseKey(value);
-    const result = { key: formatKey(key), kind: kindOf(key.snapshot) };
+    const result = { key: formatKey(key), kind: kindOf(key.snapshot), swarm: key.swarm };
     if (cache.size >= CACHE_LIMIT) cache.clear();
     cache.set(value, result);
     return result;
@@ -86,7 +94,7 @@ function normalize(value: unknown, from: string): { key: string; kind: CallKind 
     const fields = [...new Set(issues.map((issue) => issue.path.join('.')))].join(', ');
     throw new SandpoolError('ERR_SANDPOOL_INVALID_KEY', `invalid agent key in the ${from}: ${fields}`, { issues });
   }
-  return { key: formatKey(parsed.data), kind: kindOf(parsed.data.snapshot) };
+  return { key: formatKey(parsed.data), kind: kindOf(parsed.data.snapshot), swarm: parsed.data.swarm };
 }
 
 function kindOf(snapshot: string | null | undefined): CallKind {

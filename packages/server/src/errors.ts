@@ -30,6 +30,37 @@ export interface ErrorBody {
   stack?: string;
 }
 
+/** Bounds on what an error body echoes: a 9 MB key must not come back in the message. */
+const MAX_MESSAGE = 1024;
+const MAX_KEY = 300;
+const MAX_ISSUES = 20;
+const MAX_PATH_PART = 100;
+
+/** Rewrites text for a remote caller: no absolute server paths, and nothing unbounded. */
+export type Scrub = (text: string, limit?: number) => string;
+
+/**
+ * Paths the server knows to be its own (the agents' root, real and as given, the working,
+ * home and temp folders) become `<root>`, `<cwd>`…, so a load error still names the file,
+ * line and column relative to the root, without telling a client where the server lives.
+ */
+export function makeScrub(places: readonly (readonly [label: string, path: string])[]): Scrub {
+  const known = places
+    .filter(([, path]) => path.length > 1)
+    .sort(([, a], [, b]) => b.length - a.length)
+    .map(([label, path]) => [label, path.replace(/\/+$/, '')] as const);
+  return (text, limit = MAX_MESSAGE) => {
+    let out = text.replaceAll('file://', '');
+    for (const [label, path] of known) out = out.replaceAll(path, label);
+    return bound(out, limit);
+  };
+}
+
+export function bound(text: string, limit: number): string {
+  if (text.length <= limit) return text;
+  return `${text.slice(0, limit)}… (${text.length - limit} more characters)`;
+}
+
 export interface ErrorReply {
   status: number;
   body: ErrorBody;
@@ -46,10 +77,10 @@ interface StatusError extends Error {
  * Turns whatever a handler threw into the status and body sent. Stacks stay out unless
  * `debug`: they name server paths and are no business of a remote caller.
  */
-export function toErrorReply(error: unknown, debug: boolean): ErrorReply {
+export function toErrorReply(error: unknown, debug: boolean, scrub: Scrub): ErrorReply {
   if (error instanceof SandpoolError)
-    return { status: statusOf(error.code), body: sandpoolBody(error, debug), unexpected: false };
-  if (error instanceof HttpError) return reply(error.code, error.message);
+    return { status: statusOf(error.code), body: sandpoolBody(error, debug, scrub), unexpected: false };
+  if (error instanceof HttpError) return reply(error.code, scrub(error.message));
   if (isClientError(error)) {
     const code: HttpErrorCode =
       error.statusCode === 413
@@ -57,12 +88,12 @@ export function toErrorReply(error: unknown, debug: boolean): ErrorReply {
         : error.statusCode === 415
           ? 'ERR_SANDPOOL_HTTP_UNSUPPORTED_MEDIA_TYPE'
           : 'ERR_SANDPOOL_HTTP_BAD_REQUEST';
-    return reply(code, error.message);
+    return reply(code, scrub(error.message));
   }
   const body: ErrorBody = { code: 'ERR_SANDPOOL_HTTP_INTERNAL', message: 'internal server error' };
   if (debug && error instanceof Error) {
-    body.message = error.message;
-    if (error.stack !== undefined) body.stack = error.stack;
+    body.message = scrub(error.message);
+    if (error.stack !== undefined) body.stack = scrub(error.stack, Number.POSITIVE_INFINITY);
   }
   return { status: statusOf(body.code), body, unexpected: true };
 }
@@ -76,28 +107,29 @@ function reply(code: HttpErrorCode, message: string): ErrorReply {
   return { status: statusOf(code), body: { code, message }, unexpected: false };
 }
 
-function sandpoolBody(error: SandpoolError, debug: boolean): ErrorBody {
+function sandpoolBody(error: SandpoolError, debug: boolean, scrub: Scrub): ErrorBody {
   const code: SandpoolErrorCode = error.code;
-  const body: ErrorBody = { code, message: error.message };
-  if (error.key !== undefined) body.key = error.key;
+  const body: ErrorBody = { code, message: scrub(error.message) };
+  if (error.key !== undefined) body.key = bound(error.key, MAX_KEY);
   if (error.reason !== undefined) body.reason = error.reason;
   if (error.issues !== undefined) {
-    body.issues = error.issues.map((issue) => ({
-      path: issue.path.map((part) => (typeof part === 'number' ? part : String(part))),
-      message: issue.message,
+    body.issues = error.issues.slice(0, MAX_ISSUES).map((issue) => ({
+      path: issue.path.map((part) => (typeof part === 'number' ? part : bound(String(part), MAX_PATH_PART))),
+      message: scrub(issue.message),
     }));
   }
-  if (error.cause instanceof Error) body.cause = causeBody(error.cause, debug);
-  if (debug && error.stack !== undefined) body.stack = error.stack;
+  if (error.cause instanceof Error) body.cause = causeBody(error.cause, debug, scrub);
+  if (debug && error.stack !== undefined) body.stack = scrub(error.stack, Number.POSITIVE_INFINITY);
   return body;
 }
 
 /** The agent's own error (name, message, code) is what a caller needs to act on. */
-function causeBody(cause: Error, debug: boolean): CauseBody {
-  const body: CauseBody = { name: cause.name, message: cause.message };
+function causeBody(cause: Error, debug: boolean, scrub: Scrub): CauseBody {
+  const body: CauseBody = { name: bound(cause.name, MAX_PATH_PART), message: scrub(cause.message) };
   const code: unknown = (cause as Error & { code?: unknown }).code;
-  if (typeof code === 'string' || typeof code === 'number') body.code = code;
-  if (debug && cause.stack !== undefined) body.stack = cause.stack;
+  if (typeof code === 'string') body.code = bound(code, MAX_PATH_PART);
+  if (typeof code === 'number') body.code = code;
+  if (debug && cause.stack !== undefined) body.stack = scrub(cause.stack, Number.POSITIVE_INFINITY);
   return body;
 }
 

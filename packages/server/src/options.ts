@@ -1,7 +1,17 @@
-import { type PoolOptions, SandpoolError } from 'sandpool';
+import { type PoolOptions, PoolOptionsSchema, SandpoolError } from 'sandpool';
 import { z } from 'zod';
 
 const MEGABYTE = 1024 * 1024;
+const SWARM = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
+const millis = (fallback: number) => z.number().int().positive().max(2_147_483_647).default(fallback);
+
+/** What one bearer token may do: call and read the listed swarms (or all), and with `write` change their snapshots. */
+export const TokenGrantSchema = z.strictObject({
+  swarms: z.union([z.literal('*'), z.array(z.string().regex(SWARM, 'each swarm must be a valid swarm name'))]),
+  write: z.boolean().default(false),
+});
+export type TokenGrant = z.output<typeof TokenGrantSchema>;
+export const TokenFileSchema = z.record(z.string().min(1, 'a token must not be empty'), TokenGrantSchema);
 
 /** The server's own options; everything else is handed to `createPool`, whose strict schema checks it. */
 const ServerOnlySchema = z.strictObject({
@@ -17,6 +27,13 @@ const ServerOnlySchema = z.strictObject({
     .positive()
     .default(10 * MEGABYTE),
   logger: z.boolean().default(false),
+  tokens: TokenFileSchema.optional(),
+  // A client that has not sent its whole head by then is cut off: partial headers hold nothing.
+  headersTimeoutMs: millis(10_000),
+  // The whole request, body included, must have arrived by then (slow bodies).
+  requestTimeoutMs: millis(30_000),
+  // An idle keep-alive connection between requests.
+  keepAliveTimeoutMs: millis(5_000),
 });
 
 export interface ServerOptions extends PoolOptions {
@@ -28,11 +45,22 @@ export interface ServerOptions extends PoolOptions {
   debug?: boolean;
   /** Largest request body in bytes (default 10 MB); larger ones get 413. */
   bodyLimit?: number;
-  /** Log every request (pino JSON lines on stdout); without it only unexpected errors are logged. */
+  /** Log every request and one line per call (key, outcome, duration); without it only unexpected errors are logged. */
   logger?: boolean;
+  /** Tokens scoped to swarms: token → `{ swarms: [...] | '*', write? }`; `write` is needed to create or remove snapshots. */
+  tokens?: Record<string, { swarms: string[] | '*'; write?: boolean }> | undefined;
+  /** Longest wait for a request's headers, from the first byte of the connection or of the next request (10000). */
+  headersTimeoutMs?: number;
+  /** Longest wait for a whole request, body included (30000). */
+  requestTimeoutMs?: number;
+  /** How long an idle keep-alive connection stays open (5000). */
+  keepAliveTimeoutMs?: number;
 }
 
-export type ResolvedServerOptions = z.output<typeof ServerOnlySchema>;
+export type ResolvedServerOptions = z.output<typeof ServerOnlySchema> & {
+  /** The pool's `callTimeoutMs`: no client's `timeoutMs` may go past it (0 = the server sets no bound). */
+  readonly callTimeoutCapMs: number;
+};
 
 const SERVER_KEYS = new Set(Object.keys(ServerOnlySchema.shape));
 
@@ -57,5 +85,8 @@ export function splitOptions(options: ServerOptions): { server: ResolvedServerOp
       },
     );
   }
-  return { server: parsed.data, pool: pool as PoolOptions };
+  // The pool parses its options again in createPool; here only the resolved call timeout is wanted.
+  const poolParsed = PoolOptionsSchema.safeParse(pool);
+  const callTimeoutCapMs = poolParsed.success ? poolParsed.data.callTimeoutMs : 0;
+  return { server: { ...parsed.data, callTimeoutCapMs }, pool: pool as PoolOptions };
 }

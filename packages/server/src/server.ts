@@ -1,13 +1,20 @@
-import Fastify, { type FastifyInstance } from 'fastify';
+import { realpathSync } from 'node:fs';
+import { createServer as createHttpServer, type IncomingMessage } from 'node:http';
+import type { Socket } from 'node:net';
+import { homedir, tmpdir } from 'node:os';
+import { dirname, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
 import { createPool, type Pool } from 'sandpool';
 import type { ServerContext } from './context.js';
-import { HttpError, toErrorReply } from './errors.js';
+import { HttpError, makeScrub, type Scrub, toErrorReply } from './errors.js';
 import { installGuard } from './guard.js';
 import { createMetrics } from './metrics.js';
 import { type ServerOptions, splitOptions } from './options.js';
 import { registerCallRoutes } from './routes/calls.js';
 import { registerHealthRoutes } from './routes/health.js';
 import { registerSnapshotRoutes } from './routes/snapshots.js';
+import { registerSwarmRoutes } from './routes/swarms.js';
 
 export interface SandpoolServer {
   /** Listen with `app.listen(...)`; `app.close()` drains requests, then closes the pool. */
@@ -30,7 +37,20 @@ export function createServer(options: ServerOptions): SandpoolServer {
   const { server, pool: poolOptions } = splitOptions(options);
   const pool = createPool(poolOptions);
   const lifecycle = { draining: false };
-  const context: ServerContext = { pool, metrics: createMetrics(pool, server.nodeName), options: server, lifecycle };
+  const root = resolve(poolOptions.root);
+  const scrub = scrubFor(root);
+  const context: ServerContext = {
+    pool,
+    metrics: createMetrics(pool, server.nodeName),
+    options: server,
+    lifecycle,
+    root,
+    scrub,
+  };
+  // Node checks the header and request deadlines only every connectionsCheckingInterval
+  // (30 s by default): keep it well under the deadlines so a slow client goes close to them.
+  const headersTimeout = Math.min(server.headersTimeoutMs, server.requestTimeoutMs);
+  const checkEvery = Math.max(50, Math.min(1_000, Math.floor(headersTimeout / 4)));
   const app = Fastify({
     // Pino on stdout: every request with `logger`, else only the unexpected errors the handler logs.
     logger: { level: server.logger ? 'info' : 'error' },
@@ -38,18 +58,42 @@ export function createServer(options: ServerOptions): SandpoolServer {
     // The guard answers draining requests itself, with the node header and a JSON error.
     return503OnClosing: false,
     routerOptions: { maxParamLength: MAX_PARAM_LENGTH },
+    serverFactory: (handler) =>
+      createHttpServer(
+        {
+          headersTimeout,
+          requestTimeout: server.requestTimeoutMs,
+          keepAliveTimeout: server.keepAliveTimeoutMs,
+          connectionsCheckingInterval: checkEvery,
+        },
+        handler,
+      ),
+    // Errors the router meets before any route or hook (a malformed %-escape in the URL).
+    frameworkErrors: (error, request, reply) => {
+      const { status, body } = toErrorReply(
+        new HttpError('ERR_SANDPOOL_HTTP_BAD_REQUEST', error.message),
+        false,
+        scrub,
+      );
+      request.log.info({ code: body.code }, 'bad request');
+      // Typed for any route's schema; this reply belongs to none.
+      void (reply as unknown as FastifyReply).code(status).header('x-sandpool-node', server.nodeName).send(body);
+    },
   });
+  acceptEmptyJson(app);
+  closeSilentConnections(app, headersTimeout);
 
   installGuard(app, context);
   registerCallRoutes(app, context);
   registerSnapshotRoutes(app, context);
+  registerSwarmRoutes(app, context);
   registerHealthRoutes(app, context);
 
   app.setNotFoundHandler((request) => {
     throw new HttpError('ERR_SANDPOOL_HTTP_NOT_FOUND', `no route ${request.method} ${request.url}`);
   });
   app.setErrorHandler((error: unknown, request, reply) => {
-    const { status, body, unexpected } = toErrorReply(error, server.debug);
+    const { status, body, unexpected } = toErrorReply(error, server.debug, scrub);
     if (unexpected) request.log.error({ err: error }, 'unexpected error');
     return reply.code(status).send(body);
   });
@@ -63,4 +107,67 @@ export function createServer(options: ServerOptions): SandpoolServer {
     await pool.close();
   });
   return { app, pool, nodeName: server.nodeName, drain };
+}
+
+/**
+ * `content-type: application/json` with no body is what many clients send on a POST that
+ * needs none (snapshot create, verify): it parses as no body. Anything else goes to
+ * fastify's own parser, which keeps its prototype-poisoning checks.
+ */
+function acceptEmptyJson(app: FastifyInstance): void {
+  const json = app.getDefaultJsonParser('error', 'error');
+  app.removeContentTypeParser('application/json');
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (request, body, done) => {
+    const text = typeof body === 'string' ? body : body.toString('utf8');
+    if (text.trim() === '') {
+      done(null, undefined);
+      return;
+    }
+    // Fastify's parser reports through `done`; its return value carries nothing.
+    void json(request, text, done);
+  });
+}
+
+/**
+ * Node's headers deadline starts with a request's first byte, so a connection that sends
+ * nothing would stay open for good: it gets the same deadline from its accept until its
+ * first request has arrived, after which Node's own request and keep-alive deadlines hold.
+ */
+function closeSilentConnections(app: FastifyInstance, timeoutMs: number): void {
+  const pending = new WeakMap<Socket, NodeJS.Timeout>();
+  app.server.on('connection', (socket: Socket) => {
+    const timer = setTimeout(() => socket.destroy(), timeoutMs).unref();
+    pending.set(socket, timer);
+    socket.once('close', () => clearTimeout(timer));
+  });
+  app.server.on('request', (request: IncomingMessage) => {
+    const timer = pending.get(request.socket);
+    if (timer === undefined) return;
+    clearTimeout(timer);
+    pending.delete(request.socket);
+  });
+}
+
+/** `<dir>/dist/<file>.js` → `<dir>`. */
+function packageDir(url: string): string {
+  return dirname(dirname(fileURLToPath(url)));
+}
+
+function scrubFor(root: string): Scrub {
+  let real = root;
+  try {
+    real = realpathSync(root);
+  } catch {
+    // A root that does not exist yet has no other name.
+  }
+  return makeScrub([
+    // Where the packages themselves are installed: they show in --debug stacks.
+    ['<sandpool>', packageDir(import.meta.resolve('sandpool'))],
+    ['<sandpool-server>', packageDir(import.meta.url)],
+    ['<root>', real],
+    ['<root>', root],
+    ['<cwd>', process.cwd()],
+    ['<tmp>', tmpdir()],
+    ['<home>', homedir()],
+  ]);
 }

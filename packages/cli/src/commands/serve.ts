@@ -1,8 +1,11 @@
+import { readFile, stat } from 'node:fs/promises';
 import { hostname } from 'node:os';
-import { createServer } from '@sandpool/server';
+import type { createServer as CreateServer } from '@sandpool/server';
 import { type Command, InvalidArgumentError } from 'commander';
+import { SandpoolError } from 'sandpool';
 import { parseMillis } from '../args.js';
 import { type Io, printLine } from '../io.js';
+import { cliVersion } from '../version.js';
 
 interface ServeOptions {
   readonly root: string;
@@ -10,6 +13,10 @@ interface ServeOptions {
   readonly host: string;
   readonly nodeName?: string;
   readonly token?: string;
+  readonly tokenFile?: string;
+  readonly headersTimeout?: number;
+  readonly requestTimeout?: number;
+  readonly keepAliveTimeout?: number;
   readonly debug?: boolean;
   readonly log?: boolean;
   readonly watch?: boolean;
@@ -27,6 +34,18 @@ export function registerServe(program: Command, io: Io): void {
     .option('--host <host>', 'address to listen on', '127.0.0.1')
     .option('--node-name <name>', 'sent as x-sandpool-node on every response (default: the host name)')
     .option('--token <token>', 'bearer token for every route but /healthz (default: $SANDPOOL_TOKEN)')
+    .option('--token-file <file>', 'JSON: token -> { "swarms": [...] | "*", "write": bool } (scoped tokens)')
+    .option('--headers-timeout <ms>', "longest wait for a request's headers (default 10000)", parsePositiveMillis)
+    .option(
+      '--request-timeout <ms>',
+      'longest wait for a whole request, body included (default 30000)',
+      parsePositiveMillis,
+    )
+    .option(
+      '--keep-alive-timeout <ms>',
+      'idle keep-alive connections close after this (default 5000)',
+      parsePositiveMillis,
+    )
     .option('--debug', 'put stacks in error bodies')
     .option('--log', 'log every request (JSON lines on stdout)')
     .option('--watch', "reload live workers when their swarm's live/ folder changes")
@@ -34,11 +53,18 @@ export function registerServe(program: Command, io: Io): void {
     .option('--call-timeout <ms>', 'default call timeout in milliseconds (0 = none)', parseMillis)
     .option('--body-limit <bytes>', 'largest request body; larger ones get 413 (default 10 MB)', parseCount)
     .action(async (options: ServeOptions) => {
+      await checkRoot(options.root);
+      const tokens = options.tokenFile === undefined ? undefined : await readTokenFile(options.tokenFile);
+      const createServer = await loadServer();
       const token = options.token ?? process.env.SANDPOOL_TOKEN;
       const server = createServer({
         root: options.root,
         nodeName: options.nodeName ?? hostname(),
         token: token === '' ? undefined : token,
+        tokens,
+        ...(options.headersTimeout === undefined ? {} : { headersTimeoutMs: options.headersTimeout }),
+        ...(options.requestTimeout === undefined ? {} : { requestTimeoutMs: options.requestTimeout }),
+        ...(options.keepAliveTimeout === undefined ? {} : { keepAliveTimeoutMs: options.keepAliveTimeout }),
         debug: options.debug === true,
         logger: options.log === true,
         watch: options.watch === true,
@@ -62,6 +88,36 @@ export function registerServe(program: Command, io: Io): void {
 }
 
 /**
+ * The server (fastify, prom-client) is an optional peer: `sandpool call` and `snapshot`
+ * users never install it, so it is imported only here.
+ */
+async function loadServer(): Promise<typeof CreateServer> {
+  try {
+    return (await import('@sandpool/server')).createServer;
+  } catch (error) {
+    if (!isMissing(error, '@sandpool/server')) throw error;
+    const wanted = `@sandpool/server@${cliVersion()}`;
+    throw Object.assign(new Error(`sandpool serve needs the server package: npm install ${wanted}`), {
+      code: 'ERR_SANDPOOL_SERVER_MISSING',
+    });
+  }
+}
+
+function isMissing(error: unknown, specifier: string): boolean {
+  if (!(error instanceof Error) || !('code' in error) || error.code !== 'ERR_MODULE_NOT_FOUND') return false;
+  // Only the package itself: a server that is installed but broken must say so, not this.
+  return error.message.includes(`'${specifier}'`);
+}
+
+/** A node that answers `ready` with no agents behind it would take a balancer's traffic and fail it all. */
+async function checkRoot(root: string): Promise<void> {
+  const info = await stat(root).catch(() => null);
+  if (info === null || !info.isDirectory()) {
+    throw new SandpoolError('ERR_SANDPOOL_INVALID_OPTIONS', `--root ${root} is not a folder`);
+  }
+}
+
+/**
  * Resolves on the first SIGTERM or SIGINT. Both listeners go after one fires, so a second
  * signal gets Node's default action and kills a drain that hangs.
  */
@@ -74,6 +130,22 @@ function nextSignal(): Promise<NodeJS.Signals> {
     };
     for (const name of signals) process.on(name, onSignal);
   });
+}
+
+/** Read here, checked by the server's schema: the CLI only says which file was unreadable. */
+async function readTokenFile(file: string): Promise<Record<string, { swarms: string[] | '*'; write?: boolean }>> {
+  try {
+    return JSON.parse(await readFile(file, 'utf8')) as Record<string, { swarms: string[] | '*'; write?: boolean }>;
+  } catch (error) {
+    const why = error instanceof SyntaxError ? 'not valid JSON' : 'cannot be read';
+    throw new SandpoolError('ERR_SANDPOOL_INVALID_OPTIONS', `--token-file ${file}: ${why}`);
+  }
+}
+
+function parsePositiveMillis(text: string): number {
+  const value = parseMillis(text);
+  if (value === 0) throw new InvalidArgumentError('expected at least 1 millisecond.');
+  return value;
 }
 
 function parsePort(text: string): number {

@@ -56,10 +56,10 @@ export class Census implements CellObserver {
 
   private countSlot(cell: Cell, holds: boolean): void {
     const { swarm } = cell.key;
-    let cells = this.bySwarm.get(swarm);
+    const cells = this.bySwarm.get(swarm);
     if (holds) {
-      if (cells === undefined) this.bySwarm.set(swarm, (cells = new Set()));
-      cells.add(cell);
+      if (cells === undefined) this.bySwarm.set(swarm, new Set([cell]));
+      else cells.add(cell);
     } else if (cells?.delete(cell) && cells.size === 0) {
       this.bySwarm.delete(swarm);
     }

@@ -37,6 +37,8 @@ export function evictionsNeeded(waiting: number, exiting: number): number {
 export class Scheduler {
   /** Per swarm, its queued cells in arrival order; Map order is the round-robin turn. */
   private readonly queues = new Map<string, Cell[]>();
+  /** Swarms that had a turn and wait for their next: new swarms are not ordered among them. */
+  private readonly served = new Set<string>();
   private readonly idleTimers = new Map<Cell, { since: number; timer: NodeJS.Timeout | undefined }>();
   private useClock = 0;
 
@@ -54,7 +56,7 @@ export class Scheduler {
   enqueue(cell: Cell): void {
     const queue = this.queues.get(cell.key.swarm);
     if (queue === undefined) {
-      this.queues.set(cell.key.swarm, [cell]);
+      this.addTurn(cell);
     } else {
       let index = queue.length;
       while (index > 0 && (queue[index - 1] as Cell).arrival > cell.arrival) index -= 1;
@@ -63,12 +65,40 @@ export class Scheduler {
     this.pump();
   }
 
+  /**
+   * A swarm that starts waiting takes its turn by arrival among the swarms that have not had
+   * a turn yet: cells resolve their files concurrently, and a later key whose file was found
+   * first must not overtake an earlier one.
+   */
+  private addTurn(cell: Cell): void {
+    const turns = [...this.queues];
+    let index = turns.length;
+    while (index > 0) {
+      const [swarm, queue] = turns[index - 1] as [string, Cell[]];
+      const head = queue[0];
+      if (this.served.has(swarm) || head === undefined || head.arrival < cell.arrival) break;
+      index -= 1;
+    }
+    if (index === turns.length) {
+      this.queues.set(cell.key.swarm, [cell]);
+      return;
+    }
+    turns.splice(index, 0, [cell.key.swarm, [cell]]);
+    this.queues.clear();
+    for (const [swarm, queue] of turns) this.queues.set(swarm, queue);
+  }
+
   dequeue(cell: Cell): void {
     const queue = this.queues.get(cell.key.swarm);
     const index = queue?.indexOf(cell) ?? -1;
     if (queue === undefined || index < 0) return;
     queue.splice(index, 1);
-    if (queue.length === 0) this.queues.delete(cell.key.swarm);
+    if (queue.length === 0) this.dropTurn(cell.key.swarm);
+  }
+
+  private dropTurn(swarm: string): void {
+    this.queues.delete(swarm);
+    this.served.delete(swarm);
   }
 
   *queued(): Generator<Cell> {
@@ -141,8 +171,11 @@ export class Scheduler {
     for (const [swarm, queue] of this.queues) {
       if (this.census.slotsOf(swarm) >= this.options.swarmCap) continue;
       const cell = queue.shift() as Cell;
-      this.queues.delete(swarm);
-      if (queue.length > 0) this.queues.set(swarm, queue);
+      this.dropTurn(swarm);
+      if (queue.length > 0) {
+        this.queues.set(swarm, queue);
+        this.served.add(swarm);
+      }
       return cell;
     }
     return null;

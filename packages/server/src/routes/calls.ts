@@ -2,7 +2,8 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { SandpoolError } from 'sandpool';
 import { type CallKind, readCallInput } from '../call-input.js';
 import type { ServerContext } from '../context.js';
-import { outcomeOf } from '../errors.js';
+import { bound, outcomeOf } from '../errors.js';
+import { authorize } from '../guard.js';
 
 /**
  * `POST /v1/call` (key in the body or the x-sandpool-key header) and `POST /v1/call/<key>`
@@ -16,29 +17,47 @@ export function registerCallRoutes(app: FastifyInstance, context: ServerContext)
 }
 
 async function call(
-  { pool, metrics }: ServerContext,
+  { pool, metrics, options }: ServerContext,
   request: FastifyRequest,
   reply: FastifyReply,
   pathKey: string | undefined,
 ): Promise<FastifyReply> {
   const started = process.hrtime.bigint();
   let kind: CallKind | null = null;
+  let key: string | null = null;
+  const finish = (outcome: ReturnType<typeof outcomeOf> | 'ok'): void => {
+    const seconds = elapsed(started);
+    metrics.observeCall(outcome, kind, seconds);
+    // One line per call when logging: which key, how it ended, how long it took.
+    request.log.info(
+      { key: key ?? undefined, outcome, durationMs: Math.round(seconds * 1e6) / 1e3 },
+      outcome === 'ok' ? 'call' : 'call failed',
+    );
+  };
   try {
     const input = readCallInput(request.body, { path: pathKey, header: request.headers['x-sandpool-key'] });
     kind = input.kind;
-    const result = await pool.call(
-      input.key,
-      input.fn,
-      input.args,
-      input.timeoutMs === undefined ? {} : { timeoutMs: input.timeoutMs },
-    );
+    key = bound(input.key, 300);
+    authorize(request, input.swarm, 'read');
+    const timeoutMs = capTimeout(input.timeoutMs, options.callTimeoutCapMs);
+    const result = await pool.call(input.key, input.fn, input.args, timeoutMs === undefined ? {} : { timeoutMs });
     const text = resultJson(result, input.key);
-    metrics.observeCall('ok', kind, elapsed(started));
+    finish('ok');
     return reply.type('application/json; charset=utf-8').send(text);
   } catch (error) {
-    metrics.observeCall(outcomeOf(error), kind, elapsed(started));
+    finish(outcomeOf(error));
     throw error;
   }
+}
+
+/**
+ * The server's call timeout bounds every call: a client may ask for less, never for more,
+ * and its 0 ("no limit") means the server's limit. Negative or fractional values are left
+ * for the pool's schema to refuse.
+ */
+function capTimeout(requested: number | undefined, cap: number): number | undefined {
+  if (requested === undefined || cap === 0 || requested < 0 || !Number.isInteger(requested)) return requested;
+  return requested === 0 ? cap : Math.min(requested, cap);
 }
 
 /**

@@ -1,5 +1,6 @@
 import type { FastifyInstance } from 'fastify';
 import type { ServerContext } from '../context.js';
+import { authorize } from '../guard.js';
 
 interface SwarmParams {
   swarm: string;
@@ -11,19 +12,28 @@ interface SnapshotParams extends SwarmParams {
 /**
  * The pool's snapshot store over HTTP. Every node serves the same root, so any node may
  * answer; `create` resolves to the existing snapshot when the live content is the same,
- * so a retried or repeated create is safe. The store validates the names itself.
+ * so a retried or repeated create is safe. The store validates the names itself. Creating
+ * and removing need a token with `write`; reading and verifying do not.
  */
 export function registerSnapshotRoutes(app: FastifyInstance, { pool }: ServerContext): void {
-  app.get<{ Params: SwarmParams }>('/v1/swarms/:swarm/snapshots', async (request) => ({
-    snapshots: await pool.snapshots.list(request.params.swarm),
-  }));
-  app.get<{ Params: SnapshotParams }>('/v1/swarms/:swarm/snapshots/:name', async (request) => ({
-    snapshot: await pool.snapshots.get(request.params.swarm, request.params.name),
-  }));
-  app.post<{ Params: SnapshotParams }>('/v1/swarms/:swarm/snapshots/:name', async (request) => ({
-    snapshot: await pool.snapshots.create(request.params.swarm, request.params.name),
-  }));
+  app.get<{ Params: SwarmParams }>('/v1/swarms/:swarm/snapshots', async (request) => {
+    authorize(request, request.params.swarm, 'read');
+    return { snapshots: await pool.snapshots.list(request.params.swarm) };
+  });
+  app.get<{ Params: SnapshotParams }>('/v1/swarms/:swarm/snapshots/:name', async (request) => {
+    authorize(request, request.params.swarm, 'read');
+    return { snapshot: await pool.snapshots.get(request.params.swarm, request.params.name) };
+  });
+  app.post<{ Params: SnapshotParams }>('/v1/swarms/:swarm/snapshots/:name', async (request) => {
+    authorize(request, request.params.swarm, 'write');
+    return { snapshot: await pool.snapshots.create(request.params.swarm, request.params.name) };
+  });
+  app.post<{ Params: SnapshotParams }>('/v1/swarms/:swarm/snapshots/:name/verify', async (request) => {
+    authorize(request, request.params.swarm, 'read');
+    return { snapshot: await pool.snapshots.verify(request.params.swarm, request.params.name) };
+  });
   app.delete<{ Params: SnapshotParams }>('/v1/swarms/:swarm/snapshots/:name', async (request, reply) => {
+    authorize(request, request.params.swarm, 'write');
     // Drains this node's workers of the snapshot first (see pool.snapshots.remove).
     await pool.snapshots.remove(request.params.swarm, request.params.name);
     return reply.code(204).send();
