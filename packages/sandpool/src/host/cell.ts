@@ -12,7 +12,8 @@ import type { AgentThread, RetireReason, ThreadEnd, ThreadOwner, WorkerMessage }
  *
  * resolving (finding the file) → queued (waiting for a slot) → starting (worker loading the
  * module) → ready (idle or busy) → draining (retired, finishing its calls) → exiting (told
- * to terminate) → ended. Any phase may end early.
+ * to terminate) → ended; an exiting thread that does not end in time is stuck until it does.
+ * Any phase may end early.
  */
 export type CellPhase =
   | { readonly name: 'resolving'; readonly waiting: PendingCall[] }
@@ -34,7 +35,16 @@ export type CellPhase =
       readonly channel: Channel;
       readonly reason: RetireReason;
     }
-  | { readonly name: 'exiting'; readonly thread: AgentThread; readonly channel: Channel; readonly reason: ThreadEnd }
+  | {
+      readonly name: 'exiting';
+      readonly thread: AgentThread;
+      readonly channel: Channel;
+      readonly reason: ThreadEnd;
+      /** Fires if terminate() has not ended the thread in time (native code: see `stuck`). */
+      readonly stuckTimer: NodeJS.Timeout;
+    }
+  /** terminate() could not stop it (a blocking syscall, a sync native call): it holds no slot, and is watched until it ends. */
+  | { readonly name: 'stuck'; readonly thread: AgentThread; readonly reason: ThreadEnd }
   | { readonly name: 'ended'; readonly end: ThreadEnd | null };
 
 export type PhaseName = CellPhase['name'];
@@ -45,7 +55,8 @@ const NEXT: Readonly<Record<PhaseName, readonly PhaseName[]>> = {
   starting: ['ready', 'exiting', 'ended'],
   ready: ['draining', 'exiting', 'ended'],
   draining: ['exiting', 'ended'],
-  exiting: ['ended'],
+  exiting: ['stuck', 'ended'],
+  stuck: ['ended'],
   ended: [],
 };
 
@@ -76,9 +87,9 @@ export class Cell implements ThreadOwner, ChannelOwner {
   stale = false;
   /** For a live reload: its files as they were when it began to load (see settledStamp). */
   filesBefore: string | null = null;
-  /** Resolves once the cell has ended (its worker, if it had one, has exited). */
-  readonly ended: Promise<void>;
-  private markEnded!: () => void;
+  /** Resolves once the cell holds no slot: its worker has exited, or is stuck beyond reach. */
+  readonly released: Promise<void>;
+  private markReleased!: () => void;
 
   constructor(
     readonly key: ResolvedKey,
@@ -87,8 +98,8 @@ export class Cell implements ThreadOwner, ChannelOwner {
     private readonly observer: CellObserver,
     private readonly events: CellEvents,
   ) {
-    this.ended = new Promise((resolve) => {
-      this.markEnded = resolve;
+    this.released = new Promise((resolve) => {
+      this.markReleased = resolve;
     });
     observer.phaseChanged(this, null, this.current);
   }
@@ -105,7 +116,7 @@ export class Cell implements ThreadOwner, ChannelOwner {
     }
     this.current = next;
     this.observer.phaseChanged(this, from, next);
-    if (next.name === 'ended') this.markEnded();
+    if (next.name === 'ended' || next.name === 'stuck') this.markReleased();
   }
 
   /** A channel for a thread this cell is about to start on. */

@@ -21,6 +21,7 @@ export class Census implements CellObserver {
     ready: new Set(),
     draining: new Set(),
     exiting: new Set(),
+    stuck: new Set(),
   };
   /** Per swarm, its cells holding a slot (a thread): what maxWorkersPerSwarm bounds. */
   private readonly bySwarm = new Map<string, Set<Cell>>();

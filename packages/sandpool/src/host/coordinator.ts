@@ -31,6 +31,9 @@ import { LiveWatcher } from './watch.js';
 
 type Emit = <E extends keyof PoolEvents>(event: E, ...args: PoolEvents[E]) => void;
 
+/** A thread told to terminate that has not ended after this long is stuck (see Cell's `stuck`). */
+const STUCK_AFTER_MS = 1_500;
+
 /**
  * The coordinator behind the public Pool: routes every key to a cell, and decides every
  * policy the parts report to it (what a worker's death means for its calls, back-off,
@@ -406,6 +409,7 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
 
   cellEnded(cell: Cell, end: ThreadEnd, failure: Error | null): void {
     const { phase } = cell;
+    if (phase.name === 'exiting') clearTimeout(phase.stuckTimer);
     const key = cell.key.text;
     const death = isExitReason(end) ? end : null;
     const route = this.routes.get(key);
@@ -494,8 +498,25 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
     const { phase } = cell;
     if (phase.name !== 'starting' && phase.name !== 'ready' && phase.name !== 'draining') return;
     this.scheduler.forget(cell);
-    cell.transition({ name: 'exiting', thread: phase.thread, channel: phase.channel, reason });
+    const stuckTimer = setTimeout(() => this.stuck(cell), STUCK_AFTER_MS);
+    stuckTimer.unref();
+    cell.transition({ name: 'exiting', thread: phase.thread, channel: phase.channel, reason, stuckTimer });
     phase.thread.terminate(reason);
+  }
+
+  /**
+   * terminate() did not end the thread (blocked in native code or a syscall). Its calls are
+   * answered now, it gives up its slot, and `exit` fires when the thread really ends.
+   */
+  private stuck(cell: Cell): void {
+    const { phase } = cell;
+    if (phase.name !== 'exiting') return;
+    const key = cell.key.text;
+    const error = isExitReason(phase.reason) ? deathError(key, phase.reason, null, false) : closedError(key);
+    const running = phase.channel.drain();
+    cell.transition({ name: 'stuck', thread: phase.thread, reason: phase.reason });
+    for (const call of running) this.finish(call, error);
+    this.scheduler.pump();
   }
 
   /** A cell with no worker yet ends; its waiting calls fail with `failure`. */
@@ -514,6 +535,7 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
     if (route === undefined) return;
     if (route.serving === cell) route.serving = null;
     if (route.candidate === cell) route.candidate = null;
+    this.tidy(route);
   }
 
   /** Settles reloads that are done and forgets keys that hold nothing. */
@@ -625,7 +647,7 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
         if (route.key.swarm !== swarm || route.key.snapshot !== name) continue;
         for (const cell of [route.serving, route.candidate]) {
           if (cell === null) continue;
-          ended.push(cell.ended);
+          ended.push(cell.released);
           this.retire(cell, 'removed');
         }
       }
@@ -649,6 +671,7 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
     for (const cell of this.census.cells('starting')) queued += cell.waiting?.length ?? 0;
     return {
       workers: this.census.slotHolders,
+      stuck: this.census.cells('stuck').size,
       spares: this.spares.size,
       busy,
       idle,
@@ -668,13 +691,13 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
     for (const phase of ['resolving', 'queued'] as const) {
       for (const cell of [...this.census.cells(phase)]) this.retire(cell, 'closed');
     }
-    const ended = [...this.census.withThread()].map((cell) => cell.ended);
+    const released = [...this.census.withThread()].map((cell) => cell.released);
     for (const cell of [...this.census.withThread()]) this.retire(cell, 'closed');
     const sparesEnded = this.spares.close();
     const closeTimer = setTimeout(() => {
       for (const cell of [...this.census.cells('draining')]) this.terminate(cell, 'closed');
     }, this.options.closeTimeoutMs);
-    await Promise.all([...ended, sparesEnded]);
+    await Promise.all([...released, sparesEnded]);
     clearTimeout(closeTimer);
   }
 
@@ -687,7 +710,7 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
     if (census.slotHolders > this.options.maxWorkers) {
       problems.push(`${census.slotHolders} keyed threads alive, above maxWorkers ${this.options.maxWorkers}`);
     }
-    for (const phase of ['resolving', 'queued', 'starting', 'ready', 'draining', 'exiting'] as const) {
+    for (const phase of ['resolving', 'queued', 'starting', 'ready', 'draining', 'exiting', 'stuck'] as const) {
       for (const cell of census.cells(phase)) {
         if (cell.phase.name !== phase) problems.push(`${cell.key.text} counted as ${phase} but is ${cell.phase.name}`);
       }

@@ -27,6 +27,8 @@ export interface PoolEvents {
 export interface PoolStats {
   /** Keyed worker threads alive, draining and exiting ones included. */
   workers: number;
+  /** Threads terminate() could not stop (native code, a blocking syscall): they hold no slot, and `exit` fires when they end. */
+  stuck: number;
   /** Blank workers booted for the next new key. */
   spares: number;
   busy: number;

@@ -13,6 +13,12 @@ export interface SlotUser {
   isBeingReplaced(cell: Cell): boolean;
 }
 
+/**
+ * Stuck threads a swarm may leave behind before it gets no new worker: each still holds
+ * memory and perhaps a core, which a tenant must not multiply by retrying.
+ */
+export const MAX_STUCK_PER_SWARM = 2;
+
 export interface SchedulerOptions {
   readonly maxWorkers: number;
   /** Slots one swarm may hold (maxWorkersPerSwarm). */
@@ -169,7 +175,7 @@ export class Scheduler {
   private next(): Cell | null {
     if (this.census.slotHolders >= this.options.maxWorkers) return null;
     for (const [swarm, queue] of this.queues) {
-      if (this.census.slotsOf(swarm) >= this.options.swarmCap) continue;
+      if (this.census.slotsOf(swarm) >= this.options.swarmCap || this.stuckIn(swarm) >= MAX_STUCK_PER_SWARM) continue;
       const cell = queue.shift() as Cell;
       this.dropTurn(swarm);
       if (queue.length > 0) {
@@ -179,6 +185,12 @@ export class Scheduler {
       return cell;
     }
     return null;
+  }
+
+  private stuckIn(swarm: string): number {
+    let count = 0;
+    for (const cell of this.census.cells('stuck')) if (cell.key.swarm === swarm) count += 1;
+    return count;
   }
 
   private leastRecentlyUsedIdle(includeReplaced: boolean, among: (cell: Cell) => boolean): Cell | null {
