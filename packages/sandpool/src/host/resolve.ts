@@ -1,4 +1,4 @@
-import { realpath, stat } from 'node:fs/promises';
+import { realpathSync, statSync } from 'node:fs';
 import { join, sep } from 'node:path';
 import { SandpoolError } from '../errors.js';
 import type { ResolvedKey } from '../key.js';
@@ -28,7 +28,8 @@ export const EXTENSIONS = ['.mjs', '.js', '.cjs', '.mts', '.ts', '.cts'] as cons
 const TYPESCRIPT = new Set<string>(['.mts', '.ts', '.cts']);
 
 /**
- * Finds `<stem>.<ext>` for a key (first of .mjs, .js, .cjs, .mts, .ts, .cts wins); its real
+ * Finds `<stem>.<ext>` for a key, with synchronous file calls (only Node 20's TypeScript
+ * strip is asynchronous) (first of .mjs, .js, .cjs, .mts, .ts, .cts wins); its real
  * path must stay inside the key's folder. A self-contained snapshot answers from its manifest
  * instead: the stem's bundle, with the digest the worker must find.
  */
@@ -38,8 +39,8 @@ export async function locateModule(
   options: LocateOptions = {},
 ): Promise<ModuleLocation> {
   const folder = key.snapshot === null ? liveDir(root, key.swarm) : snapshotDir(root, key.swarm, key.snapshot);
-  const realFolder = await realpathOrNull(folder);
-  const realRoot = await realpathOrNull(root);
+  const realFolder = realpathOrNull(folder);
+  const realRoot = realpathOrNull(root);
   if (realFolder !== null && (realRoot === null || !realFolder.startsWith(realRoot + sep))) {
     // A swarm folder linked to somewhere else would let a key read outside the root.
     throw notFound(key, 'its folder resolves outside the root');
@@ -57,7 +58,7 @@ export async function locateModule(
     throw notFound(key, `swarm ${key.swarm} has no live folder`);
   }
   if (key.snapshot !== null) {
-    const { manifest } = await readManifest(realFolder, key.text);
+    const { manifest } = readManifest(realFolder, key.text);
     checkSignature(manifest, options.snapshotSecret, key.text);
     if (manifest.version === 2) {
       const rel = Object.hasOwn(manifest.stems, key.stem) ? manifest.stems[key.stem] : undefined;
@@ -77,12 +78,12 @@ export async function locateModule(
     }
   }
   for (const extension of EXTENSIONS) {
-    const real = await realpathOrNull(join(folder, key.stem + extension));
+    const real = realpathOrNull(join(folder, key.stem + extension));
     if (real === null) continue;
     if (!real.startsWith(realFolder + sep)) {
       throw notFound(key, `${key.stem}${extension} resolves outside its folder`);
     }
-    if (!(await stat(real)).isFile()) continue;
+    if (!statSync(real).isFile()) continue;
     if (key.snapshot === null && TYPESCRIPT.has(extension) && !typeScriptInWorker()) {
       // Loaded on first use: only Nodes without type stripping (20) need it.
       const { stripLiveTree } = await import('./transpile.js');
@@ -112,9 +113,10 @@ function notFound(key: ResolvedKey, detail: string): SandpoolError {
   });
 }
 
-async function realpathOrNull(path: string): Promise<string | null> {
+/** Synchronous: resolving a key must not queue in the libuv pool behind a tenant's async jobs. */
+function realpathOrNull(path: string): string | null {
   try {
-    return await realpath(path);
+    return realpathSync.native(path);
   } catch (error) {
     if (isMissing(error)) return null;
     throw error;

@@ -5,7 +5,7 @@ import { constants } from 'node:fs';
 import { open, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { SandpoolError } from '../errors.js';
-import { readRegularFile } from './safe-read.js';
+import { readRegularFileSync } from './safe-read.js';
 
 export const MANIFEST_NAME = '.sandpool-manifest.json';
 
@@ -255,11 +255,15 @@ function isRecord(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
 
-/** Reads and parses `<dir>/.sandpool-manifest.json`; missing or unreadable is CORRUPT. */
-export async function readManifest(dir: string, key?: string): Promise<{ manifest: Manifest; text: string }> {
+/**
+ * Reads and parses `<dir>/.sandpool-manifest.json`; missing or unreadable is CORRUPT.
+ * Synchronous: the file is small, and neither the coordinator (resolving a key) nor a
+ * worker (verifying before import) may queue in the libuv pool behind a tenant's jobs.
+ */
+export function readManifest(dir: string, key?: string): { manifest: Manifest; text: string } {
   let text: string;
   try {
-    text = (await readRegularFile(join(dir, MANIFEST_NAME), { maxBytes: MAX_MANIFEST_BYTES })).toString('utf8');
+    text = readRegularFileSync(join(dir, MANIFEST_NAME), { maxBytes: MAX_MANIFEST_BYTES }).toString('utf8');
   } catch (cause) {
     throw corrupt('snapshot manifest is missing or unreadable', key, cause);
   }
@@ -296,7 +300,7 @@ export async function verifyAgainst(dir: string, manifest: Manifest, key?: strin
 
 /** What a snapshot worker runs before importing anything from its folder. */
 export async function verifyTree(dir: string, key?: string): Promise<Manifest> {
-  const { manifest } = await readManifest(dir, key);
+  const { manifest } = readManifest(dir, key);
   await verifyAgainst(dir, manifest, key);
   return manifest;
 }

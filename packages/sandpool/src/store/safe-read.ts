@@ -1,5 +1,5 @@
 // Reading a file whose path a tenant controls. No zod here: worker threads load this module.
-import { constants } from 'node:fs';
+import { closeSync, constants, fstatSync, openSync, readSync, type Stats } from 'node:fs';
 import { type FileHandle, open } from 'node:fs/promises';
 
 /**
@@ -39,24 +39,11 @@ export async function readRegularFile(path: string, limits: ReadLimits): Promise
   try {
     handle = await open(path, FLAGS);
   } catch (cause) {
-    const code = (cause as { code?: unknown }).code;
-    if (code === 'ENOENT' || code === 'ENOTDIR') {
-      throw new UnsafeFileError('missing', 'disappeared while it was being read (renamed or removed)', { cause });
-    }
-    if (code === 'ELOOP' || code === 'EMLINK') {
-      throw new UnsafeFileError('not-regular', 'became a symlink while it was being read', { cause });
-    }
-    throw new UnsafeFileError('unreadable', `cannot be opened (${String(code)})`, { cause });
+    throw openError(cause);
   }
   try {
     const stats = await handle.stat();
-    if (!stats.isFile()) throw new UnsafeFileError('not-regular', 'is not a regular file');
-    if (limits.singleLink === true && stats.nlink > 1) {
-      throw new UnsafeFileError('hard-link', `has ${stats.nlink} hard links; only files with one name can be copied`);
-    }
-    if (stats.size > limits.maxBytes) {
-      throw new UnsafeFileError('too-large', `holds ${stats.size} bytes, over the ${limits.maxBytes} left`);
-    }
+    checkStats(stats, limits);
     const buffer = Buffer.allocUnsafe(stats.size);
     let filled = 0;
     while (filled < stats.size) {
@@ -68,9 +55,66 @@ export async function readRegularFile(path: string, limits: ReadLimits): Promise
     if (bytesRead !== 0) throw new UnsafeFileError('changed', 'grew while it was being read');
     return buffer;
   } catch (error) {
-    if (error instanceof UnsafeFileError) throw error;
-    throw new UnsafeFileError('unreadable', 'cannot be read', { cause: error });
+    throw readError(error);
   } finally {
     await handle.close();
   }
+}
+
+/**
+ * The same read with synchronous calls, for the coordinator's own small reads (a manifest
+ * when a key resolves): they must not queue in the libuv pool behind a tenant's async jobs.
+ */
+export function readRegularFileSync(path: string, limits: ReadLimits): Buffer {
+  let fd: number;
+  try {
+    fd = openSync(path, FLAGS);
+  } catch (cause) {
+    throw openError(cause);
+  }
+  try {
+    const stats = fstatSync(fd);
+    checkStats(stats, limits);
+    const buffer = Buffer.allocUnsafe(stats.size);
+    let filled = 0;
+    while (filled < stats.size) {
+      const bytesRead = readSync(fd, buffer, filled, stats.size - filled, filled);
+      if (bytesRead === 0) throw new UnsafeFileError('changed', 'shrank while it was being read');
+      filled += bytesRead;
+    }
+    if (readSync(fd, Buffer.allocUnsafe(1), 0, 1, filled) !== 0) {
+      throw new UnsafeFileError('changed', 'grew while it was being read');
+    }
+    return buffer;
+  } catch (error) {
+    throw readError(error);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function openError(cause: unknown): UnsafeFileError {
+  const code = (cause as { code?: unknown }).code;
+  if (code === 'ENOENT' || code === 'ENOTDIR') {
+    return new UnsafeFileError('missing', 'disappeared while it was being read (renamed or removed)', { cause });
+  }
+  if (code === 'ELOOP' || code === 'EMLINK') {
+    return new UnsafeFileError('not-regular', 'became a symlink while it was being read', { cause });
+  }
+  return new UnsafeFileError('unreadable', `cannot be opened (${String(code)})`, { cause });
+}
+
+function checkStats(stats: Stats, limits: ReadLimits): void {
+  if (!stats.isFile()) throw new UnsafeFileError('not-regular', 'is not a regular file');
+  if (limits.singleLink === true && stats.nlink > 1) {
+    throw new UnsafeFileError('hard-link', `has ${stats.nlink} hard links; only files with one name can be copied`);
+  }
+  if (stats.size > limits.maxBytes) {
+    throw new UnsafeFileError('too-large', `holds ${stats.size} bytes, over the ${limits.maxBytes} left`);
+  }
+}
+
+function readError(error: unknown): UnsafeFileError {
+  if (error instanceof UnsafeFileError) return error;
+  return new UnsafeFileError('unreadable', 'cannot be read', { cause: error });
 }

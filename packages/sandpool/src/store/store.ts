@@ -232,7 +232,7 @@ export class SnapshotStore {
     }
     const dir = snapshotDir(this.root, swarm, name);
     if (!(await exists(dir))) throw notFound(swarm, name);
-    const { manifest } = await readManifest(dir);
+    const { manifest } = readManifest(dir);
     if (manifest.version !== 2) {
       throw new SandpoolError(
         'ERR_SANDPOOL_SNAPSHOT_CORRUPT',
@@ -267,7 +267,7 @@ export class SnapshotStore {
     const dir = snapshotDir(this.root, swarm, name);
     if (!(await exists(dir))) throw notFound(swarm, name);
     try {
-      const { manifest, text } = await readManifest(dir);
+      const { manifest, text } = readManifest(dir);
       checkSignature(manifest, this.#secret);
       return { info: infoOf(swarm, name, manifest, text), manifest };
     } catch (error) {

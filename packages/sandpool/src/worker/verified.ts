@@ -27,7 +27,7 @@ export interface VerifiedBundle {
  */
 export async function verifySnapshot(request: LoadRequest): Promise<VerifiedBundle | null> {
   const dir = request.verifyDir as string;
-  const { manifest } = await readManifest(dir, request.key);
+  const { manifest } = readManifest(dir, request.key);
   if (manifest.version === 1) {
     await verifyAgainst(dir, manifest, request.key);
     return null;
