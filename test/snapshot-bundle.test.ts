@@ -57,7 +57,7 @@ async function upgrade(root: string, version: string): Promise<void> {
 describe('self-contained snapshots', () => {
   it('pin packages up the tree, pnpm links in live/ and imports out of live/: the snapshot answers the same after they change', async () => {
     const root = await swarmWithDependencies('1.0.0');
-    const first = openPool({ root });
+    const first = openPool({ root, permissions: { fsRead: [join(root, 'a/shared')] } });
     const frozen = await first.snapshots.create('a', 'jan');
     expect(frozen.stems).toEqual(['notifier_agent']);
     const before = await first.call('a@jan/notifier_agent', 'hello', ['ann']);
@@ -65,7 +65,7 @@ describe('self-contained snapshots', () => {
     await first.close();
 
     await upgrade(root, '2.0.0');
-    const second = openPool({ root });
+    const second = openPool({ root, permissions: { fsRead: [join(root, 'a/shared')] } });
     expect(await second.call('a/notifier_agent', 'hello', ['ann'])).toBe('[2.0.0] hello ann from 2.0.0 sdk-2.0.0');
     expect(await second.call('a@jan/notifier_agent', 'hello', ['ann'])).toBe(before);
     // No node_modules was copied: the bundle holds what the stem uses.

@@ -18,7 +18,8 @@ const BLOCKER = `
 describe('threads that terminate() cannot stop', () => {
   it('stop holding a slot, show in stats().stuck, and end (with their exit event) when the native call returns', async () => {
     const root = await makeRoot({ 'a/live/blocker.mjs': BLOCKER, ...(await counterAgent('n')) });
-    const pool = openPool({ root, maxWorkers: 1, abortGraceMs: 0 });
+    // They run native calls the strict permission model would refuse (a child process, a FIFO outside the key).
+    const pool = openPool({ root, maxWorkers: 1, abortGraceMs: 0, permissions: 'none' });
     const { events } = recordEvents(pool);
     expect(await code(pool.call('a/blocker', 'sleep', [4], { timeoutMs: 100 }))).toBe('ERR_SANDPOOL_TIMEOUT');
     // The neighbour needs the only slot, which the stuck thread gives up.
@@ -34,7 +35,7 @@ describe('threads that terminate() cannot stop', () => {
     const root = await makeRoot({ 'a/live/blocker.mjs': BLOCKER });
     const fifo = join(root, 'fifo');
     execFileSync('mkfifo', [fifo]);
-    const pool = openPool({ root, abortGraceMs: 0 });
+    const pool = openPool({ root, abortGraceMs: 0, permissions: 'none' });
     expect(await code(pool.call('a/blocker', 'readFifo', [fifo], { timeoutMs: 100 }))).toBe('ERR_SANDPOOL_TIMEOUT');
     await eventually(() => pool.stats().stuck === 1, 5_000);
     await pool.close();

@@ -1,6 +1,8 @@
 import { z } from 'zod';
 import { SandpoolError } from './errors.js';
+import type { PermissionPolicy } from './host/permissions.js';
 import { issuesOf } from './issues.js';
+import type { AgentKey } from './key.js';
 import { DEFAULT_MAX_SNAPSHOT_BYTES, SnapshotSecretSchema } from './store/store.js';
 
 /** setTimeout's ceiling. */
@@ -16,6 +18,25 @@ const ResourceLimitsSchema = z.strictObject({
 
 export type OutputStream = 'stdout' | 'stderr';
 export type OutputListener = (key: string, stream: OutputStream, text: string) => void;
+
+const AbsolutePaths = z.array(
+  z
+    .string()
+    .startsWith('/', 'paths must be absolute')
+    .refine((path) => !path.includes('\0')),
+);
+
+const PermissionGrantSchema = z.strictObject({
+  fsRead: AbsolutePaths.optional(),
+  fsWrite: AbsolutePaths.optional(),
+  childProcess: z.boolean().optional(),
+  worker: z.boolean().optional(),
+  addons: z.boolean().optional(),
+  wasi: z.boolean().optional(),
+});
+
+/** A worker's heap budget unless resourceLimits names one. */
+const DEFAULT_HEAP_MB = 256;
 
 export const PoolOptionsSchema = z.strictObject({
   /** Folder holding `<swarm>/live/` and `<swarm>/snapshots/`. */
@@ -36,9 +57,14 @@ export const PoolOptionsSchema = z.strictObject({
   maxWaiting: z.number().int().nonnegative().default(10_000),
   /** V8 heap caps per worker; a partial object merges over the default. */
   resourceLimits: ResourceLimitsSchema.default({}).transform((limits) => ({
-    maxOldGenerationSizeMb: 256,
     ...limits,
+    maxOldGenerationSizeMb: limits.maxOldGenerationSizeMb ?? DEFAULT_HEAP_MB,
   })),
+  /**
+   * ArrayBuffers and other memory outside the JS heap, per worker: past it the worker ends
+   * with \`oom\`. Enforced by the coordinator, as is the heap cap (see the README for Node 20).
+   */
+  maxExternalMb: z.number().positive().max(1_048_576).default(256),
   /** The whole environment agents see: the host's is never passed on. */
   env: z.record(z.string(), z.string()).default({}),
   /** Reload live workers when files under their swarm's `live/` change. */
@@ -56,6 +82,22 @@ export const PoolOptionsSchema = z.strictObject({
   snapshotSecret: SnapshotSecretSchema,
   /** Bytes one snapshot create may read and write. */
   maxSnapshotBytes: z.number().int().positive().max(Number.MAX_SAFE_INTEGER).default(DEFAULT_MAX_SNAPSHOT_BYTES),
+  /**
+   * Node's permission model per worker: `'strict'` (reads of the key's folder, the packages
+   * its imports resolve to and sandpool's runtime; no writes, child processes, nested
+   * workers, addons, inspector or WASI), a widening of strict, `'none'`, or a function of the key.
+   */
+  permissions: z
+    .union([
+      z.literal('strict'),
+      z.literal('none'),
+      PermissionGrantSchema,
+      z.custom<(key: Readonly<AgentKey>) => PermissionPolicy>(
+        (value) => typeof value === 'function',
+        'permissions must be strict, none, a grant or a function',
+      ),
+    ])
+    .default('strict'),
   /** A tenant's (swarm's) share of the slots; defaults to maxWorkers. */
   maxWorkersPerSwarm: z.number().int().positive().max(10_000).optional(),
   /** Receives worker output; by default it goes to the host's streams prefixed with the key. */

@@ -17,7 +17,13 @@ import type { AgentThread, RetireReason, ThreadEnd, ThreadOwner, WorkerMessage }
  */
 export type CellPhase =
   | { readonly name: 'resolving'; readonly waiting: PendingCall[] }
-  | { readonly name: 'queued'; readonly waiting: PendingCall[]; readonly location: ModuleLocation }
+  | {
+      readonly name: 'queued';
+      readonly waiting: PendingCall[];
+      readonly location: ModuleLocation;
+      /** Its worker's Node flags (permission model, type stripping), fixed before it starts. */
+      readonly execArgv: readonly string[];
+    }
   | {
       readonly name: 'starting';
       readonly waiting: PendingCall[];

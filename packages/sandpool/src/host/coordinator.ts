@@ -12,7 +12,9 @@ import { PendingCall } from './call.js';
 import { Cell, type CellEvents, type CellPhase } from './cell.js';
 import { Census } from './census.js';
 import { settledStamp, stampFiles } from './freshness.js';
+import { MemoryGovernor, v8HeapLimitMb } from './governor.js';
 import { labelledWriter } from './output.js';
+import { endsSandbox, permissionArgs, policyFor } from './permissions.js';
 import { aborted, closedError, deathError, isExitReason, snapshotGone } from './pool-errors.js';
 import {
   type InvalidateReport,
@@ -22,17 +24,20 @@ import {
   type PoolStats,
 } from './pool-types.js';
 import { toSandpoolError } from './remote-error.js';
-import { locateModule } from './resolve.js';
+import { locateModule, type ModuleLocation } from './resolve.js';
 import { type ReloadOutcome, Route } from './route.js';
 import { Scheduler, type SlotUser } from './scheduler.js';
 import { Spares } from './spares.js';
 import { AgentThread, type RetireReason, type ThreadEnd, type ThreadSettings, type WorkerMessage } from './thread.js';
+import { typeScriptExecArgv } from './typescript.js';
 import { LiveWatcher } from './watch.js';
 
 type Emit = <E extends keyof PoolEvents>(event: E, ...args: PoolEvents[E]) => void;
 
 /** A thread told to terminate that has not ended after this long is stuck (see Cell's `stuck`). */
 const STUCK_AFTER_MS = 1_500;
+/** How often a worker the coordinator cannot probe reports its memory. */
+const HEARTBEAT_MS = 20;
 
 /**
  * The coordinator behind the public Pool: routes every key to a cell, and decides every
@@ -53,6 +58,7 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
   private readonly spares: Spares;
   private readonly settings: ThreadSettings;
   private readonly watcher: LiveWatcher | null;
+  private readonly memory: MemoryGovernor;
   private arrivals = 0;
   private outputDropped = 0;
   private closing: Promise<void> | null = null;
@@ -67,13 +73,32 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
     const onOutputDropped = (chars: number): void => {
       this.outputDropped += chars;
     };
+    this.memory = new MemoryGovernor(
+      {
+        heapBytes: options.resourceLimits.maxOldGenerationSizeMb * 2 ** 20,
+        externalBytes: options.maxExternalMb * 2 ** 20,
+      },
+      (cell, detail) => this.kill(cell, 'oom', new Error(detail)),
+    );
+    const heapBudget = options.resourceLimits.maxOldGenerationSizeMb;
     this.settings = {
       env: options.env,
-      resourceLimits: options.resourceLimits,
+      // The governor ends a worker at its budget; V8's own limit is the backstop above it.
+      resourceLimits: this.memory.active
+        ? { ...options.resourceLimits, maxOldGenerationSizeMb: v8HeapLimitMb(heapBudget) }
+        : options.resourceLimits,
       output: options.onOutput ?? labelledWriter(() => onOutputDropped(1)),
       onOutputDropped,
     };
-    this.spares = new Spares(options.spareWorkers, this.settings);
+    // Under a per-key permission model no key can take a spare (its flags are fixed at boot).
+    const sparesUsable = options.permissions === 'none' || typeof options.permissions === 'function';
+    this.spares = new Spares(sparesUsable ? options.spareWorkers : 0, this.settings);
+    if (typeof options.permissions === 'object' && endsSandbox(options.permissions)) {
+      process.emitWarning(
+        'permissions grant childProcess or worker: their children run without the permission model, outside the sandbox',
+        { code: 'SANDPOOL_SANDBOX_ENDED' },
+      );
+    }
     this.watcher = options.watch
       ? new LiveWatcher(this.root, (swarm) => {
           if (this.closing === null) void this.invalidate({ swarm });
@@ -275,17 +300,39 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
       this.endWithoutWorker(cell, failure);
       return;
     }
+    let execArgv: string[];
+    try {
+      execArgv = this.execArgvFor(cell.key, location);
+    } catch (error) {
+      if (cell.phase.name !== 'resolving') return;
+      const failure = toSandpoolError(error, cell.key.text);
+      if (route.candidate === cell) this.candidateFailed(route, cell, failure);
+      this.endWithoutWorker(cell, failure);
+      return;
+    }
     const { phase } = cell;
     if (phase.name !== 'resolving') return;
-    cell.transition({ name: 'queued', waiting: phase.waiting, location });
+    cell.transition({ name: 'queued', waiting: phase.waiting, location, execArgv });
     this.scheduler.enqueue(cell);
+  }
+
+  /** The key's worker flags: its permission model (see permissions.ts) and type stripping. */
+  private execArgvFor(key: ResolvedKey, location: ModuleLocation): string[] {
+    const policy = policyFor(this.options.permissions, key);
+    const folders = {
+      folder: location.folder,
+      extraRead: location.extraReadDirs,
+      write: location.compileCacheDir === null ? [] : [location.compileCacheDir],
+    };
+    return [...typeScriptExecArgv(), ...permissionArgs(policy, folders, key)];
   }
 
   startCell(cell: Cell): void {
     const { phase } = cell;
     if (phase.name !== 'queued') throw new Error(`sandpool: cannot start a ${phase.name} cell`);
-    const spare = this.spares.take();
-    const thread = spare ?? new AgentThread(this.settings);
+    // A spare was booted without per-key flags: only a key that needs none can take it.
+    const spare = sameFlags(phase.execArgv, typeScriptExecArgv()) ? this.spares.take() : null;
+    const thread = spare ?? new AgentThread(this.settings, phase.execArgv);
     const channel = cell.openChannel(thread, this.options.abortGraceMs);
     for (const call of phase.waiting) this.waitingCalls.delete(call);
     const loadTimer = setTimeout(() => this.loadTimedOut(cell), this.options.loadTimeoutMs);
@@ -299,8 +346,11 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
       retiring: null,
     });
     const { file, verifyDir, sha256, compileCacheDir } = phase.location;
+    const heartbeat = this.memory.needsHeartbeat(phase.execArgv);
+    this.memory.watch(cell, thread, heartbeat);
     thread.post({
       t: 'load',
+      ...(heartbeat ? { heartbeatMs: HEARTBEAT_MS } : {}),
       key: cell.key.text,
       file,
       verifyDir,
@@ -326,6 +376,8 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
       case 'done':
       case 'result':
         return cell.channel?.receive(message);
+      case 'memory':
+        return this.memory.beat(cell, message);
     }
   }
 
@@ -395,20 +447,22 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
     this.tidy(route);
   }
 
-  /** Stops a worker under a call that must end now; its other calls reject with `reason`. */
-  private kill(cell: Cell, reason: 'killed' | 'protocol'): void {
+  /** Stops a worker that must end now; its calls reject with WORKER_EXITED `reason` (and `cause`). */
+  private kill(cell: Cell, reason: 'killed' | 'protocol' | 'oom', cause: Error | null = null): void {
     const { phase } = cell;
     if (phase.name !== 'starting' && phase.name !== 'ready' && phase.name !== 'draining') return;
     if (phase.name === 'starting') {
       clearTimeout(phase.loadTimer);
-      this.startFailed(cell, deathError(cell.key.text, reason, null, true));
+      this.startFailed(cell, deathError(cell.key.text, reason, cause, true));
     }
     this.detach(cell);
+    if (cause !== null) phase.thread.stop(reason, cause);
     this.terminate(cell, reason);
   }
 
   cellEnded(cell: Cell, end: ThreadEnd, failure: Error | null): void {
     const { phase } = cell;
+    this.memory.unwatch(cell);
     if (phase.name === 'exiting') clearTimeout(phase.stuckTimer);
     const key = cell.key.text;
     const death = isExitReason(end) ? end : null;
@@ -498,6 +552,7 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
     const { phase } = cell;
     if (phase.name !== 'starting' && phase.name !== 'ready' && phase.name !== 'draining') return;
     this.scheduler.forget(cell);
+    this.memory.unwatch(cell);
     const stuckTimer = setTimeout(() => this.stuck(cell), STUCK_AFTER_MS);
     stuckTimer.unref();
     cell.transition({ name: 'exiting', thread: phase.thread, channel: phase.channel, reason, stuckTimer });
@@ -748,6 +803,10 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
     }
     return problems;
   }
+}
+
+function sameFlags(a: readonly string[], b: readonly string[]): boolean {
+  return a.length === b.length && a.every((flag, i) => flag === b[i]);
 }
 
 function unsendable(call: PendingCall, error: unknown): SandpoolError {

@@ -9,6 +9,8 @@ import { typeScriptInWorker } from './typescript.js';
 export interface ModuleLocation {
   /** Real path of the module the worker imports: the agent, its stripped copy, or a snapshot bundle. */
   readonly file: string;
+  /** Real path of the key's folder (live/ or the snapshot). */
+  readonly folder: string;
   /** The snapshot folder to verify before loading; null for live code. */
   readonly verifyDir: string | null;
   /** sha256 of a snapshot bundle, from the manifest checked here (LoadRequest.sha256); null for live code. */
@@ -70,6 +72,7 @@ export async function locateModule(
       }
       return {
         file: join(realFolder, ...rel.split('/')),
+        folder: realFolder,
         verifyDir: realFolder,
         sha256: entry.sha256,
         compileCacheDir: compileCacheDir(realRoot as string, manifest.digest),
@@ -90,6 +93,7 @@ export async function locateModule(
       const stripped = await stripLiveTree(realRoot as string, key.swarm, realFolder, real);
       return {
         file: stripped.file,
+        folder: realFolder,
         verifyDir: null,
         sha256: null,
         compileCacheDir: null,
@@ -98,6 +102,7 @@ export async function locateModule(
     }
     return {
       file: real,
+      folder: realFolder,
       verifyDir: key.snapshot === null ? null : realFolder,
       sha256: null,
       compileCacheDir: null,

@@ -1,4 +1,5 @@
 import { AgentThread, type ThreadSettings } from './thread.js';
+import { typeScriptExecArgv } from './typescript.js';
 
 /** Blank booted workers (no tenant code), each with the promise of its exit. */
 export class Spares {
@@ -16,7 +17,8 @@ export class Spares {
 
   fill(): void {
     while (!this.closed && this.threads.size < this.target) {
-      const thread = new AgentThread(this.settings);
+      // A spare boots before its key is known: only keys that need no per-key flags can take one.
+      const thread = new AgentThread(this.settings, typeScriptExecArgv());
       thread.setReferenced(false);
       this.threads.set(
         thread,

@@ -18,7 +18,18 @@ let transform: Transform | null = null;
 /** Strips `source`; a syntax or non-erasable construct fails with MODULE_LOAD naming `shown:line:column`. */
 export async function stripTypeScript(source: string, shown: string): Promise<string> {
   if (transform === null) {
-    const amaro = (await import('amaro')) as unknown as { transformSync: Transform };
+    let amaro: { transformSync: Transform };
+    try {
+      amaro = (await import('amaro')) as unknown as { transformSync: Transform };
+    } catch (cause) {
+      // An optional dependency: its engines field says Node 22, so an --engine-strict install
+      // on Node 20 (the only Node that needs it) leaves it out.
+      throw new SandpoolError(
+        'ERR_SANDPOOL_MODULE_LOAD',
+        `${shown}: TypeScript agents on this Node need the optional package amaro (npm install amaro)`,
+        { cause },
+      );
+    }
     transform = amaro.transformSync;
   }
   try {

@@ -3,8 +3,8 @@ import type { ExitReason } from '../errors.js';
 import type { OutputListener } from '../options.js';
 import { checkFromWorker } from '../protocol/checks.js';
 import type { FromWorker, OutputChunk, ToWorker, WorkerBoot } from '../protocol/messages.js';
+import type { MemoryProbe, MemoryReading } from './memory-probe.js';
 import { LineSplitter } from './output.js';
-import { typeScriptExecArgv } from './typescript.js';
 
 const ENTRY = new URL('../worker/entry.js', import.meta.url);
 
@@ -47,11 +47,15 @@ export class AgentThread {
   private referenced = true;
   private unacknowledged = 0;
 
-  constructor(private readonly settings: ThreadSettings) {
+  constructor(
+    private readonly settings: ThreadSettings,
+    /** Node flags for this worker: its permission model, type stripping. */
+    execArgv: readonly string[],
+  ) {
     const { port1, port2 } = new MessageChannel();
     this.port = port1;
     this.worker = new Worker(ENTRY, {
-      execArgv: typeScriptExecArgv(),
+      execArgv: [...execArgv],
       env: { ...settings.env },
       resourceLimits: settings.resourceLimits,
       workerData: { port: port2 } satisfies WorkerBoot,
@@ -87,6 +91,18 @@ export class AgentThread {
     this.referenced = referenced;
     if (referenced) this.worker.ref();
     else this.worker.unref();
+  }
+
+  /** The worker's memory, read without its cooperation (see memory-probe.ts). */
+  readMemory(probe: MemoryProbe): Promise<MemoryReading> {
+    return probe.read(this.worker);
+  }
+
+  /** Ends the worker for a reason of the coordinator's, with the error its calls carry as cause. */
+  stop(reason: ThreadEnd, cause: Error): void {
+    if (this.terminatedFor !== null) return;
+    this.failure ??= cause;
+    this.terminate(reason);
   }
 
   terminate(reason: ThreadEnd): void {

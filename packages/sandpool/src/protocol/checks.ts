@@ -31,6 +31,9 @@ export function checkFromWorker(raw: unknown): Checked {
       return checkOutput(raw);
     case 'ready':
       return { ok: true, message: { t: 'ready' } };
+    case 'memory':
+      if (!isCount(raw.heap) || !isCount(raw.external)) return bad('malformed memory figures');
+      return { ok: true, message: { t: 'memory', heap: raw.heap, external: raw.external } };
     case 'load-failed':
       if (!LOAD_CODES.has(raw.code)) return bad('a load failure with a code outside the closed set');
       if (!isRemoteError(raw.error)) return bad('a malformed load error');

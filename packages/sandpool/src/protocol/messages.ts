@@ -63,6 +63,12 @@ export interface LoadRequest {
   sha256?: string;
   /** Folder for the V8 compile cache of this snapshot (writable by its workers only); null: none. */
   compileCacheDir?: string | null;
+  /**
+   * Report heap and external memory this often (ms), 0 for never: where the coordinator
+   * cannot read them itself (Node 20 under the permission model, whose workers have no
+   * inspector to attach to).
+   */
+  heartbeatMs?: number;
 }
 
 /**
@@ -148,7 +154,14 @@ export interface LoadFailed {
   error: RemoteError;
 }
 
-export type FromWorker = OutputChunk | Ready | LoadFailed | ReplyBatch | SerializedResult;
+/** The worker's own memory figures (see LoadRequest.heartbeatMs). */
+export interface MemoryBeat {
+  t: 'memory';
+  heap: number;
+  external: number;
+}
+
+export type FromWorker = OutputChunk | Ready | LoadFailed | ReplyBatch | SerializedResult | MemoryBeat;
 
 /** How a call ended in the worker, once decoded. */
 export type Outcome = { ok: true; value: unknown } | { ok: false; code: FailureCode; error: RemoteError };

@@ -22,12 +22,24 @@ const port = boot.port;
 delete boot.port;
 delete (process as { _getActiveHandles?: unknown })._getActiveHandles;
 parentPort.close();
+// What the coordinator's memory probe reads on Node 20 (host/memory-probe.ts) and what the
+// heartbeat sends: the function as it is now, out of agent code's reach.
+const memoryUsage = process.memoryUsage.bind(process);
+Object.defineProperty(globalThis, Symbol.for('sandpool.memoryUsage'), { value: memoryUsage });
 
 // Bound now: agent code may replace MessagePort.prototype.postMessage in this thread.
 const postMessage = port.postMessage.bind(port);
 const post = (message: FromWorker, transfer?: ArrayBuffer[]): void => postMessage(message, transfer);
 
 const output = new OutputGate(post);
+
+/** The coordinator's view of this worker's memory where it cannot read it itself; a spin stops the beat. */
+function beatEvery(ms: number): void {
+  setInterval(() => {
+    const usage = memoryUsage();
+    post({ t: 'memory', heap: usage.heapUsed, external: usage.arrayBuffers });
+  }, ms).unref();
+}
 const runtime = new Runtime(post);
 let loading = false;
 
@@ -48,6 +60,7 @@ port.on('message', (message: ToWorker) => {
 
 async function onLoad(request: LoadRequest): Promise<void> {
   defineAgentGlobal(request.key);
+  if (request.heartbeatMs !== undefined && request.heartbeatMs > 0) beatEvery(request.heartbeatMs);
   try {
     runtime.setModule(await loadAgent(request));
     post({ t: 'ready' });
