@@ -590,6 +590,7 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
     if (route === undefined) return;
     if (route.serving === cell) route.serving = null;
     if (route.candidate === cell) route.candidate = null;
+    // A key whose last cell leaves holds nothing: it must not stay routed while that cell exits.
     this.tidy(route);
   }
 

@@ -1,0 +1,318 @@
+import { spawn } from 'node:child_process';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { inspect } from 'node:util';
+import type { Pool, PoolStats } from 'sandpool';
+import { describe, expect, it, onTestFinished } from 'vitest';
+import { ERROR_CODES } from '../packages/sandpool/dist/errors.js';
+import { rejection } from './support/errors.js';
+import { eventually, installCleanup, invariants, openPool } from './support/pool.js';
+import { counterAgent, makeRoot } from './support/root.js';
+
+installCleanup();
+
+const NEIGHBOUR = 'n/notifier_agent';
+const HOSTILE = 'x/hostile';
+const MB = 2 ** 20;
+
+/** Every attack an agent can mount on the host through what it returns, throws or prints. */
+const HOSTILE_AGENT = `
+  export function ping() { return 'pong'; }
+  export function sparse() { const a = []; a.length = 2 ** 32 - 1; a[7] = 'seven'; return a; }
+  export function forged(code) { const e = new Error('forged'); e.code = code; throw e; }
+  export function junk() { const e = new Error('junk'); e.code = 'J'.repeat(2 ** 20); throw e; }
+  export function deep(depth) { let v = { leaf: true }; for (let i = 0; i < depth; i++) v = { a: v }; return v; }
+  export function shared(mb, times) { const s = 'x'.repeat(mb * 2 ** 20); return new Array(times).fill(s); }
+  export function print(text) { process.stdout.write(text); return true; }
+  export async function flood(mb) {
+    const chunk = 'y'.repeat(2 ** 20 - 1) + '\\n';
+    for (let i = 0; i < mb; i++) {
+      process.stdout.write(chunk);
+      // Let acknowledgements in, as a real printing loop would between its awaits.
+      if (i % 8 === 0) await new Promise((resolve) => setImmediate(resolve));
+    }
+    return mb;
+  }
+`;
+
+async function hostileRoot(): Promise<string> {
+  return makeRoot({ ...(await counterAgent('n')), 'x/live/hostile.mjs': HOSTILE_AGENT });
+}
+
+/**
+ * Runs `attack` while a second key is called in a loop, every answer checked. The neighbour
+ * must answer during the attack, never wrongly, and never fall silent for long (a frozen
+ * main thread would stop it for minutes, not seconds).
+ */
+async function withNeighbour<T>(pool: Pool, attack: () => Promise<T>): Promise<T> {
+  expect(await pool.call(NEIGHBOUR, 'add', [0, 1])).toBe(1);
+  let stop = false;
+  let answered = 0;
+  let longestGap = 0;
+  const wrong: unknown[] = [];
+  const loop = (async () => {
+    let last = performance.now();
+    for (let i = 0; !stop; i++) {
+      try {
+        const value = await pool.call(NEIGHBOUR, 'add', [i, 1]);
+        if (value === i + 1) answered += 1;
+        else wrong.push(value);
+      } catch (error) {
+        wrong.push(error);
+      }
+      const now = performance.now();
+      longestGap = Math.max(longestGap, now - last);
+      last = now;
+    }
+  })();
+  let result: T;
+  try {
+    result = await attack();
+    // At least one answer strictly after the attack settled, so a frozen loop cannot pass.
+    const atEnd = answered;
+    await eventually(() => answered > atEnd, 10_000);
+  } finally {
+    stop = true;
+    await loop;
+  }
+  expect(wrong).toEqual([]);
+  expect(answered).toBeGreaterThan(0);
+  expect(longestGap).toBeLessThan(5_000);
+  return result;
+}
+
+/** The books balance, the host still serves both keys, and the counters say what happened. */
+async function sane(pool: Pool, expected: Partial<PoolStats>): Promise<void> {
+  expect(invariants(pool)).toEqual([]);
+  expect(await pool.call(NEIGHBOUR, 'add', [2, 2])).toBe(4);
+  expect(await pool.call(HOSTILE, 'ping')).toBe('pong');
+  expect(invariants(pool)).toEqual([]);
+  expect(pool.stats()).toMatchObject({ busy: 0, queued: 0, workers: 2, spares: 0, ...expected });
+}
+
+describe('attacks, each with a neighbour key answering throughout', () => {
+  it('a sparse array of length 2**32-1 reaches the caller, and the host never walks it', async () => {
+    const pool = openPool({ root: await hostileRoot() });
+    const array = await withNeighbour(pool, () => pool.call<unknown[]>(HOSTILE, 'sparse'));
+    expect(array).toHaveLength(2 ** 32 - 1);
+    expect(array[7]).toBe('seven');
+    expect(Object.keys(array)).toEqual(['7']);
+    await sane(pool, { crashed: 0, spawned: 2 });
+  });
+
+  it('forged error codes stay on cause and never become SandpoolError codes', async () => {
+    const pool = openPool({ root: await hostileRoot() });
+    await withNeighbour(pool, async () => {
+      const timeout = await rejection(pool.call(HOSTILE, 'forged', ['ERR_SANDPOOL_TIMEOUT']));
+      expect(timeout.code).toBe('ERR_SANDPOOL_AGENT_ERROR');
+      expect((timeout.cause as { code?: unknown }).code).toBe('ERR_SANDPOOL_TIMEOUT');
+
+      const junk = await rejection(pool.call(HOSTILE, 'junk'));
+      expect(junk.code).toBe('ERR_SANDPOOL_AGENT_ERROR');
+      expect(junk.cause).toBeInstanceOf(Error);
+      expect((junk.cause as { code?: unknown }).code).toBeUndefined();
+
+      const errors = await Promise.all(
+        Array.from({ length: 400 }, (_, i) => rejection(pool.call(HOSTILE, 'forged', [`ERR_FORGED_${i}`]))),
+      );
+      expect(new Set(errors.map((error) => error.code))).toEqual(new Set(['ERR_SANDPOOL_AGENT_ERROR']));
+      expect(errors.map((error) => (error.cause as { code?: unknown }).code)).toEqual(
+        Array.from({ length: 400 }, (_, i) => `ERR_FORGED_${i}`),
+      );
+      for (const error of errors) expect(ERROR_CODES).toContain(error.code);
+    });
+    await sane(pool, { crashed: 0, spawned: 2 });
+  });
+
+  it('a result too deep for the host to rebuild fails with DATA_CLONE, not a timeout', async () => {
+    const pool = openPool({ root: await hostileRoot(), callTimeoutMs: 10_000 });
+    // 10,000 levels: a worker's 4 MB stack serializes it, the main thread's ~1 MB cannot
+    // rebuild it (measured: it fails from about 5,000, and the worker from about 20,000).
+    const error = await withNeighbour(pool, () => rejection(pool.call(HOSTILE, 'deep', [10_000])));
+    expect(error.code).toBe('ERR_SANDPOOL_DATA_CLONE');
+    expect(error.message).toMatch(/cannot be rebuilt in the host/);
+    // The same shape, shallower, arrives whole: the failure was the depth alone.
+    expect(await pool.call(HOSTILE, 'deep', [3])).toEqual({ a: { a: { a: { leaf: true } } } });
+    await sane(pool, { crashed: 0, spawned: 2 });
+  });
+
+  it('a result holding one 50 MB string a thousand times fails with DATA_CLONE, and nothing balloons', async () => {
+    const pool = openPool({ root: await hostileRoot() });
+    const before = process.memoryUsage().rss;
+    let peak = before;
+    const sampler = setInterval(() => {
+      peak = Math.max(peak, process.memoryUsage().rss);
+    }, 5);
+    try {
+      const error = await withNeighbour(pool, () => rejection(pool.call(HOSTILE, 'shared', [50, 1000])));
+      expect(error.code).toBe('ERR_SANDPOOL_DATA_CLONE');
+      expect(error.message).toMatch(/more than 256 MB/);
+    } finally {
+      clearInterval(sampler);
+    }
+    peak = Math.max(peak, process.memoryUsage().rss);
+    // Serialized, it would be 50 GB; the worker's one string is 50 MB.
+    expect(peak - before).toBeLessThan(600 * MB);
+    await sane(pool, { crashed: 0, spawned: 2 });
+  });
+
+  it('a 2 GB print flood into a slow onOutput listener: memory bounded, output dropped and counted', async () => {
+    let received = 0;
+    const pool = openPool({
+      root: await hostileRoot(),
+      onOutput: (key, _stream, text) => {
+        if (key !== HOSTILE) return;
+        received += text.length;
+        // A listener slower than the agent: 2 ms a line, busy, on the host's thread.
+        const until = performance.now() + 2;
+        while (performance.now() < until) {}
+      },
+    });
+    const before = process.memoryUsage().rss;
+    let peak = before;
+    const sampler = setInterval(() => {
+      peak = Math.max(peak, process.memoryUsage().rss);
+    }, 5);
+    try {
+      expect(await withNeighbour(pool, () => pool.call(HOSTILE, 'flood', [2048]))).toBe(2048);
+    } finally {
+      clearInterval(sampler);
+    }
+    const { outputDropped } = pool.stats();
+    expect(outputDropped).toBeGreaterThan(0);
+    expect(received).toBeGreaterThan(0);
+    // What was dropped and what was heard never exceed what was printed.
+    expect(received + outputDropped).toBeLessThanOrEqual(2048 * MB);
+    expect(peak - before).toBeLessThan(600 * MB);
+    await sane(pool, { crashed: 0, spawned: 2 });
+  });
+
+  it('a 2 GB print flood into a pipe nobody reads: the default writer drops, the host stays small', async () => {
+    const root = await hostileRoot();
+    const script = join(root, 'flood-host.mjs');
+    const sandpool = pathToFileURL(join(import.meta.dirname, '../packages/sandpool/dist/index.js')).href;
+    await writeFile(
+      script,
+      `
+      import { createPool } from ${JSON.stringify(sandpool)};
+      const pool = createPool({ root: ${JSON.stringify(root)}, spareWorkers: 0, idleTimeoutMs: 0 });
+      const before = process.memoryUsage().rss;
+      let peak = before;
+      const sampler = setInterval(() => { peak = Math.max(peak, process.memoryUsage().rss); }, 5);
+      await pool.call('${NEIGHBOUR}', 'add', [0, 1]);
+      let stop = false, answered = 0, wrong = 0;
+      const loop = (async () => {
+        for (let i = 0; !stop; i++) {
+          const value = await pool.call('${NEIGHBOUR}', 'add', [i, 1]).catch(() => null);
+          if (value === i + 1) answered += 1; else wrong += 1;
+        }
+      })();
+      const flooded = await pool.call('${HOSTILE}', 'flood', [2048]);
+      const atEnd = answered;
+      while (answered === atEnd) await new Promise((resolve) => setTimeout(resolve, 10));
+      stop = true;
+      await loop;
+      clearInterval(sampler);
+      const after = await pool.call('${HOSTILE}', 'ping');
+      process.send({ flooded, after, answered, wrong, growth: peak - before, stats: pool.stats() });
+      `,
+    );
+    // stdout is a pipe this test never reads: the child's writes back up behind it.
+    const child = spawn(process.execPath, [script], { stdio: ['ignore', 'pipe', 'inherit', 'ipc'], env: {} });
+    onTestFinished(() => {
+      child.kill('SIGKILL');
+    });
+    const report = await new Promise<Record<string, unknown>>((resolve, reject) => {
+      child.once('message', (message) => resolve(message as Record<string, unknown>));
+      child.once('exit', (code) => reject(new Error(`the host process exited (${code}) before reporting`)));
+    });
+    expect(report).toMatchObject({ flooded: 2048, after: 'pong', wrong: 0, stats: { crashed: 0, busy: 0 } });
+    expect(report.answered).toBeGreaterThan(0);
+    expect((report.stats as PoolStats).outputDropped).toBeGreaterThan(0);
+    expect(report.growth).toBeLessThan(600 * MB);
+  }, 60_000);
+
+  it('CR, escape sequences and line separators cannot forge another key in the labelled output', async () => {
+    const pool = openPool({ root: await hostileRoot() });
+    const captured: string[] = [];
+    const write = process.stdout.write;
+    process.stdout.write = ((chunk: unknown, ...rest: unknown[]) => {
+      if (typeof chunk === 'string' && chunk.startsWith(`[${HOSTILE}]`)) {
+        captured.push(chunk);
+        return true;
+      }
+      return (write as (...args: unknown[]) => boolean).call(process.stdout, chunk, ...rest);
+    }) as typeof process.stdout.write;
+    onTestFinished(() => {
+      process.stdout.write = write;
+    });
+    const forgeries = [
+      `benign\r[${NEIGHBOUR}] forged by CR`,
+      `\x1b[2K\x1b[1G[${NEIGHBOUR}] forged by erase-line`,
+      `\x1b[1A\x1b[2K[${NEIGHBOUR}] forged by cursor-up`,
+      `\x1b]0;title\x07\x9b2K[${NEIGHBOUR}] forged by OSC and C1 CSI`,
+      `x\u2028[${NEIGHBOUR}] forged by line separator`,
+      `x\u0085[${NEIGHBOUR}] forged by NEL`,
+      `\u202e]tnega_reifiton/n[ forged by bidi override`,
+      `abc\b\b\b[${NEIGHBOUR}] forged by backspace`,
+    ];
+    await withNeighbour(pool, () => pool.call(HOSTILE, 'print', [`${forgeries.join('\n')}\n`]));
+    await eventually(() => captured.length >= forgeries.length);
+    expect(captured).toHaveLength(forgeries.length);
+    for (const line of captured) {
+      expect(line.startsWith(`[${HOSTILE}] `)).toBe(true);
+      expect(line.endsWith('\n')).toBe(true);
+      // Nothing in the line but printable text: no terminal can move the cursor back over the label.
+      // biome-ignore lint/suspicious/noControlCharactersInRegex: the point is to find control characters
+      expect(line.slice(0, -1)).not.toMatch(/[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/);
+    }
+    await sane(pool, { crashed: 0, spawned: 2 });
+  });
+
+  it('logging a remote() proxy makes no call and raises no unhandled rejection; awaiting it calls no then', async () => {
+    const root = await makeRoot({
+      ...(await counterAgent('n')),
+      'x/live/hostile.mjs': `${HOSTILE_AGENT}
+        let calls = 0;
+        const counted = (name) => () => { calls += 1; return name; };
+        export const toJSON = counted('toJSON');
+        export const toString = counted('toString');
+        export const valueOf = counted('valueOf');
+        export const inspect = counted('inspect');
+        export const constructor = counted('constructor');
+        // A named export 'then' would make the module namespace itself thenable: a default does not.
+        export default { then: counted('then') };
+        export function count() { return calls; }
+      `,
+    });
+    const pool = openPool({ root });
+    const unhandled: unknown[] = [];
+    const onUnhandled = (reason: unknown) => unhandled.push(reason);
+    process.on('unhandledRejection', onUnhandled);
+    onTestFinished(() => {
+      process.off('unhandledRejection', onUnhandled);
+    });
+    const agent = pool.remote<Record<string, () => unknown>>(HOSTILE);
+    await withNeighbour(pool, async () => {
+      expect(JSON.stringify({ agent })).toBe('{"agent":{}}');
+      expect(String(agent)).toMatch(/sandpool remote x\/hostile/);
+      expect(`${agent}`).toMatch(/sandpool remote x\/hostile/);
+      expect(inspect(agent)).toMatch(/sandpool remote x\/hostile/);
+      // biome-ignore lint/style/useTemplate: the + operator's own conversion (valueOf first) is the case
+      expect(agent + '').toMatch(/sandpool remote x\/hostile/);
+      const awaited = await agent;
+      expect(awaited).toBe(agent);
+      // Anything a stray call would have done has had time to arrive.
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    });
+    expect(await pool.call(HOSTILE, 'count')).toBe(0);
+    expect(unhandled).toEqual([]);
+    // The counter does count: a deliberate call through call() is seen.
+    expect(await pool.call(HOSTILE, 'toJSON')).toBe('toJSON');
+    expect(await pool.call(HOSTILE, 'then')).toBe('then');
+    expect(await pool.call(HOSTILE, 'count')).toBe(2);
+    expect(await agent.ping?.()).toBe('pong');
+    await sane(pool, { crashed: 0, spawned: 2 });
+  });
+});

@@ -1,0 +1,233 @@
+import { serialize } from 'node:v8';
+import { describe, expect, it } from 'vitest';
+import type { PendingCall } from '../packages/sandpool/dist/host/call.js';
+import { Channel, type ChannelOwner } from '../packages/sandpool/dist/host/channel.js';
+import type { AgentThread } from '../packages/sandpool/dist/host/thread.js';
+import { checkFromWorker } from '../packages/sandpool/dist/protocol/checks.js';
+import { LIMITS, type Outcome, type ToWorker } from '../packages/sandpool/dist/protocol/messages.js';
+
+const error = { name: 'Error', message: 'boom' };
+
+function refused(raw: unknown): string {
+  const checked = checkFromWorker(raw);
+  if (checked.ok) throw new Error(`accepted ${JSON.stringify(raw)?.slice(0, 200)}`);
+  return checked.problem;
+}
+
+describe('checkFromWorker', () => {
+  it('accepts what the runtime sends', () => {
+    for (const message of [
+      { t: 'ready' },
+      { t: 'done', ok: [1, 'v', 2, null, 3, 4.5, 4, undefined, 5, 10n], err: [6, 'ERR_SANDPOOL_AGENT_ERROR', error] },
+      { t: 'done', ok: [], err: [1, 'ERR_SANDPOOL_DATA_CLONE', { ...error, stack: 's', code: 'E_PROP' }] },
+      { t: 'done', ok: [], err: [1, 'ERR_SANDPOOL_AGENT_ERROR', { ...error, code: 42 }] },
+      { t: 'result', id: 7, bytes: new ArrayBuffer(8) },
+      { t: 'out', stream: 'stderr', text: 'x'.repeat(LIMITS.outputChunk), dropped: 0 },
+      { t: 'load-failed', code: 'ERR_SANDPOOL_MODULE_LOAD', error },
+      Object.assign(Object.create(null), { t: 'ready' }),
+    ]) {
+      expect(checkFromWorker(message).ok, JSON.stringify(Object.keys(message))).toBe(true);
+    }
+  });
+
+  it('refuses a sparse ok list of length 2**32-1 without walking it', () => {
+    const ok: unknown[] = [];
+    ok.length = 2 ** 32 - 1;
+    const started = performance.now();
+    expect(refused({ t: 'done', ok, err: [] })).toMatch(/ok list/);
+    const err: unknown[] = [];
+    err.length = 2 ** 32 - 1;
+    expect(refused({ t: 'done', ok: [], err })).toMatch(/error list/);
+    // A walk over 2**32 slots takes minutes; refusing on the length takes nothing.
+    expect(performance.now() - started).toBeLessThan(1_000);
+  });
+
+  it('refuses an ok list longer than a batch, or of odd length, or with a bad id', () => {
+    expect(refused({ t: 'done', ok: new Array(LIMITS.replyBatch * 2 + 2).fill(1), err: [] })).toMatch(/ok list/);
+    expect(refused({ t: 'done', ok: [1], err: [] })).toMatch(/ok list/);
+    for (const id of [0, -1, 1.5, '1', Number.NaN, 2 ** 53]) {
+      expect(refused({ t: 'done', ok: [id, 'v'], err: [] })).toMatch(/call id/);
+    }
+  });
+
+  it('refuses a call failure whose code is outside the closed set', () => {
+    for (const code of [
+      'ERR_SANDPOOL_TIMEOUT',
+      'ERR_SANDPOOL_WORKER_EXITED',
+      'ERR_SANDPOOL_MODULE_LOAD',
+      'E_PROP',
+      7,
+    ]) {
+      expect(refused({ t: 'done', ok: [], err: [1, code, error] })).toMatch(/closed set/);
+    }
+    expect(refused({ t: 'load-failed', code: 'ERR_SANDPOOL_AGENT_ERROR', error })).toMatch(/closed set/);
+  });
+
+  it('refuses a missing or malformed error: null, a string, an Error instance', () => {
+    for (const bad of [null, undefined, 'boom', new Error('boom'), { name: 'Error' }, { message: 'm' }]) {
+      expect(refused({ t: 'done', ok: [], err: [1, 'ERR_SANDPOOL_AGENT_ERROR', bad] })).toMatch(/call error/);
+    }
+    expect(refused({ t: 'load-failed', code: 'ERR_SANDPOOL_MODULE_LOAD', error: null })).toMatch(/load error/);
+  });
+
+  it('refuses an agent code that is not a short token, and non-finite numbers', () => {
+    for (const code of ['x'.repeat(65), 'has space', '', Number.POSITIVE_INFINITY, Number.NaN, {}, true]) {
+      expect(refused({ t: 'done', ok: [], err: [1, 'ERR_SANDPOOL_AGENT_ERROR', { ...error, code }] })).toMatch(
+        /call error/,
+      );
+    }
+  });
+
+  it('refuses an object value in done.ok: objects travel only as sized bytes', () => {
+    for (const value of [{ a: 1 }, [1], new Date(0), () => 1]) {
+      expect(refused({ t: 'done', ok: [1, value], err: [] })).toMatch(/object result/);
+    }
+  });
+
+  it('refuses a message of unknown type', () => {
+    for (const t of ['calls', 'load', 'DONE', undefined, 1]) expect(refused({ t })).toMatch(/unknown type/);
+  });
+
+  it('refuses oversize error text', () => {
+    const long = (n: number) => 'e'.repeat(n + 1);
+    for (const bad of [
+      { name: long(LIMITS.errorName), message: 'm' },
+      { name: 'Error', message: long(LIMITS.errorMessage) },
+      { name: 'Error', message: 'm', stack: long(LIMITS.errorStack) },
+    ]) {
+      expect(refused({ t: 'done', ok: [], err: [1, 'ERR_SANDPOOL_AGENT_ERROR', bad] })).toMatch(/call error/);
+    }
+  });
+
+  it('refuses an output chunk too large, on an unknown stream, or with a bad drop count', () => {
+    const text = 'x'.repeat(LIMITS.outputChunk + 1);
+    expect(refused({ t: 'out', stream: 'stdout', text, dropped: 0 })).toMatch(/too large/);
+    expect(refused({ t: 'out', stream: 'stdout', text: 1, dropped: 0 })).toMatch(/too large/);
+    expect(refused({ t: 'out', stream: 'stdin', text: '', dropped: 0 })).toMatch(/unknown stream/);
+    expect(refused({ t: 'out', stream: 'stdout', text: '', dropped: -1 })).toMatch(/dropped/);
+  });
+
+  it('refuses a result without its bytes', () => {
+    expect(refused({ t: 'result', id: 1, bytes: new Uint8Array(4) })).toMatch(/bytes/);
+    expect(refused({ t: 'result', id: 0, bytes: new ArrayBuffer(4) })).toMatch(/call id/);
+  });
+
+  it('refuses anything but a plain object', () => {
+    class Message {
+      t = 'ready';
+    }
+    for (const raw of [null, undefined, 'ready', 1, [{ t: 'ready' }], new Message(), new Map([['t', 'ready']])]) {
+      expect(refused(raw)).toMatch(/plain object/);
+    }
+  });
+});
+
+/** A thread that records what the channel sends and whether it was told the worker broke the protocol. */
+function stubThread() {
+  const sent: ToWorker[] = [];
+  const violations: string[] = [];
+  const thread = {
+    setReferenced() {},
+    post(message: ToWorker) {
+      sent.push(message);
+    },
+    terminating: false,
+    violate(problem: string) {
+      violations.push(problem);
+    },
+  };
+  return { thread: thread as unknown as AgentThread, sent, violations };
+}
+
+function stubOwner() {
+  const settled: { call: PendingCall; outcome: Outcome }[] = [];
+  const owner: ChannelOwner = {
+    callSettled: (call, outcome) => settled.push({ call, outcome }),
+    callUnsendable: () => {
+      throw new Error('no call here is unsendable');
+    },
+    callTimedOut: () => {
+      throw new Error('no call here has a timeout');
+    },
+    cancelIgnored: () => {},
+    drained: () => {},
+  };
+  return { owner, settled };
+}
+
+function call(fn = 'f'): PendingCall {
+  return { id: 0, fn, args: [], timeoutMs: 0, deadline: 0, stopWaiting() {} } as unknown as PendingCall;
+}
+
+function setup() {
+  const { thread, sent, violations } = stubThread();
+  const { owner, settled } = stubOwner();
+  return { channel: new Channel(thread, owner, 250), sent, violations, settled };
+}
+
+describe('Channel', () => {
+  it('settles a reply to a call it made, once', async () => {
+    const { channel, sent, violations, settled } = setup();
+    const c = call();
+    channel.post(c);
+    await Promise.resolve();
+    expect(sent).toEqual([{ t: 'calls', calls: [c.id, 'f', [], 0] }]);
+    channel.receive({ t: 'done', ok: [c.id, 'v'], err: [] });
+    channel.receive({ t: 'done', ok: [c.id, 'again'], err: [] });
+    expect(settled).toEqual([{ call: c, outcome: { ok: true, value: 'v' } }]);
+    expect(violations).toEqual([]);
+  });
+
+  it('a reply to an id never issued ends the worker', () => {
+    const { channel, violations, settled } = setup();
+    channel.post(call());
+    channel.receive({ t: 'done', ok: [99, 'forged'], err: [] });
+    expect(violations).toEqual([expect.stringMatching(/never made/)]);
+    expect(settled).toEqual([]);
+    channel.receive({ t: 'result', id: 42, bytes: new Uint8Array(serialize({ a: 1 })).buffer });
+    expect(violations).toHaveLength(2);
+  });
+
+  it('ignores a late reply to a call cancelled off the channel', () => {
+    const { channel, violations, settled } = setup();
+    const c = call();
+    channel.post(c);
+    channel.cancel(c, 'abort');
+    expect(channel.has(c)).toBe(false);
+    channel.receive({ t: 'done', ok: [c.id, 'late'], err: [] });
+    channel.receive({ t: 'done', ok: [], err: [c.id, 'ERR_SANDPOOL_AGENT_ERROR', error] });
+    expect(settled).toEqual([]);
+    expect(violations).toEqual([]);
+  });
+
+  it('a serialized result past the limit ends the worker, unread', () => {
+    const { channel, violations, settled } = setup();
+    const c = call();
+    channel.post(c);
+    // Zero-filled and never touched: the pages are not committed.
+    channel.receive({ t: 'result', id: c.id, bytes: new ArrayBuffer(LIMITS.resultBytes + 1) });
+    expect(violations).toEqual([expect.stringMatching(/past the limit/)]);
+    expect(settled).toEqual([]);
+  });
+
+  it('a result that cannot be deserialized fails that call with DATA_CLONE, and the channel goes on', () => {
+    const { channel, violations, settled } = setup();
+    const [bad, good] = [call(), call()];
+    channel.post(bad);
+    channel.post(good);
+    channel.receive({ t: 'result', id: bad.id, bytes: new Uint8Array([0xff, 0x0f, 0x6f, 0x22, 0x99]).buffer });
+    channel.receive({ t: 'result', id: good.id, bytes: new Uint8Array(serialize({ a: [1] })).buffer });
+    expect(settled).toEqual([
+      {
+        call: bad,
+        outcome: {
+          ok: false,
+          code: 'ERR_SANDPOOL_DATA_CLONE',
+          error: expect.objectContaining({ name: 'DataCloneError' }),
+        },
+      },
+      { call: good, outcome: { ok: true, value: { a: [1] } } },
+    ]);
+    expect(violations).toEqual([]);
+  });
+});
