@@ -18,6 +18,8 @@ export const ERROR_CODES = [
   'ERR_SANDPOOL_SNAPSHOT_CORRUPT',
   /** create could not freeze the swarm: an import that cannot be pinned, a file swapped or too large. */
   'ERR_SANDPOOL_SNAPSHOT_BUILD',
+  /** An agent called `sandpool.host.<name>()` for a name the pool does not declare (seen in the agent, and as an agent error's `cause.code`). */
+  'ERR_SANDPOOL_HOST_NOT_FOUND',
 ] as const;
 
 export type SandpoolErrorCode = (typeof ERROR_CODES)[number];

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { SandpoolError } from './errors.js';
+import { type HostOption, isHostOption } from './host/capabilities.js';
 import { issuesOf } from './issues.js';
 import { DEFAULT_MAX_SNAPSHOT_BYTES, SnapshotSecretSchema } from './store/store.js';
 
@@ -58,6 +59,13 @@ export const PoolOptionsSchema = z.strictObject({
   maxSnapshotBytes: z.number().int().positive().max(Number.MAX_SAFE_INTEGER).default(DEFAULT_MAX_SNAPSHOT_BYTES),
   /** A tenant's (swarm's) share of the slots; defaults to maxWorkers. */
   maxWorkersPerSwarm: z.number().int().positive().max(10_000).optional(),
+  /**
+   * Capabilities agents may call as `sandpool.host.<name>(...args)`, or a function of the key
+   * returning them (called once per spawn). They run on this thread: a CPU-heavy one delays every key.
+   */
+  host: z
+    .custom<HostOption>(isHostOption, 'host must be an object of functions, or a function of the key returning one')
+    .default({}),
   /** Receives worker output; by default it goes to the host's streams prefixed with the key. */
   onOutput: z.custom<OutputListener>((value) => typeof value === 'function', 'onOutput must be a function').optional(),
 });
@@ -83,6 +91,8 @@ export function parsePoolOptions(options: unknown): ResolvedPoolOptions {
 export const CallOptionsSchema = z.strictObject({
   timeoutMs: ms.optional(),
   signal: z.custom<AbortSignal>((value) => value instanceof AbortSignal, 'signal must be an AbortSignal').optional(),
+  /** ArrayBuffers of the arguments to move to the worker rather than copy: the caller's are detached. */
+  transfer: z.array(z.instanceof(ArrayBuffer, { message: 'transfer lists ArrayBuffers' })).optional(),
 });
 
 export type CallOptions = z.input<typeof CallOptionsSchema>;
@@ -91,20 +101,22 @@ export interface ParsedCallOptions {
   /** undefined: the pool's `callTimeoutMs`. */
   timeoutMs: number | undefined;
   signal: AbortSignal | undefined;
+  transfer: ArrayBuffer[] | undefined;
 }
 
-const NO_CALL_OPTIONS: ParsedCallOptions = { timeoutMs: undefined, signal: undefined };
+const NO_CALL_OPTIONS: ParsedCallOptions = { timeoutMs: undefined, signal: undefined, transfer: undefined };
 
 export function parseCallOptions(options: CallOptions | undefined): ParsedCallOptions {
   if (options === undefined) return NO_CALL_OPTIONS;
   // Most calls pass a well-formed object: the schema costs more than the RPC, so it only
   // runs to describe what is wrong.
-  if (isWellFormed(options)) return { timeoutMs: options.timeoutMs, signal: options.signal };
+  if (isWellFormed(options)) return { timeoutMs: options.timeoutMs, signal: options.signal, transfer: undefined };
   const parsed = CallOptionsSchema.safeParse(options);
   if (!parsed.success) {
     throw new SandpoolError('ERR_SANDPOOL_INVALID_OPTIONS', 'invalid call options', { issues: issuesOf(parsed.error) });
   }
-  return { timeoutMs: parsed.data.timeoutMs, signal: parsed.data.signal };
+  const { timeoutMs, signal, transfer } = parsed.data;
+  return { timeoutMs, signal, transfer: transfer === undefined || transfer.length === 0 ? undefined : transfer };
 }
 
 function isWellFormed(options: CallOptions): boolean {

@@ -3,12 +3,12 @@ import { SandpoolError } from '../errors.js';
 import { issuesOf } from '../issues.js';
 import { type AgentKey, type ResolvedKey, resolveKey } from '../key.js';
 import type { CallOptions, ResolvedPoolOptions } from '../options.js';
-import { copyArgs } from '../protocol/clone.js';
 import type { Outcome } from '../protocol/messages.js';
 import { liveDir } from '../store/layout.js';
-import { type AdmissionState, admit } from './admission.js';
+import { type AdmissionState, type AdmittedCall, admit } from './admission.js';
 import { Backoff } from './backoff.js';
 import { PendingCall } from './call.js';
+import { capabilitiesFor, HostCalls } from './capabilities.js';
 import { Cell, type CellEvents, type CellPhase } from './cell.js';
 import { Census } from './census.js';
 import { settledStamp, stampFiles } from './freshness.js';
@@ -26,6 +26,7 @@ import { locateModule } from './resolve.js';
 import { type ReloadOutcome, Route } from './route.js';
 import { Scheduler, type SlotUser } from './scheduler.js';
 import { Spares } from './spares.js';
+import { receiveChunk, type StreamSink } from './streams.js';
 import { AgentThread, type RetireReason, type ThreadEnd, type ThreadSettings, type WorkerMessage } from './thread.js';
 import { LiveWatcher } from './watch.js';
 
@@ -111,29 +112,54 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
   submit(keyInput: AgentKey | string, fn: string, args: readonly unknown[], options?: CallOptions): Promise<unknown> {
     try {
       const admitted = admit(this, keyInput, fn, args, options);
-      const route = admitted.route ?? new Route(admitted.key);
-      if (admitted.route === undefined) this.routes.set(admitted.key.text, route);
       return new Promise((resolve, reject) => {
-        const call = new PendingCall(
-          route,
-          admitted.fn,
-          admitted.args,
-          admitted.timeoutMs,
-          admitted.signal,
-          resolve,
-          reject,
-        );
-        route.pending.add(call);
-        const { signal } = admitted;
-        if (signal !== undefined) {
-          call.onAbort = () => this.abort(call);
-          signal.addEventListener('abort', call.onAbort, { once: true });
-        }
-        this.accept(route.serving ?? this.openCell(route), call);
+        this.enter(admitted, resolve, reject, null);
       });
     } catch (error) {
       return Promise.reject(error);
     }
+  }
+
+  /** A stream call (see streams.ts): admitted like a call, with no timeout unless given. Throws its refusal. */
+  openStream(
+    keyInput: AgentKey | string,
+    fn: string,
+    args: readonly unknown[],
+    options: CallOptions,
+    sink: StreamSink,
+    resolve: (value: unknown) => void,
+    reject: (error: Error) => void,
+  ): PendingCall {
+    return this.enter(admit(this, keyInput, fn, args, { timeoutMs: 0, ...options }), resolve, reject, sink);
+  }
+
+  private enter(
+    admitted: AdmittedCall,
+    resolve: (value: unknown) => void,
+    reject: (error: Error) => void,
+    sink: StreamSink | null,
+  ): PendingCall {
+    const route = admitted.route ?? new Route(admitted.key);
+    if (admitted.route === undefined) this.routes.set(admitted.key.text, route);
+    const call = new PendingCall(
+      route,
+      admitted.fn,
+      admitted.args,
+      admitted.timeoutMs,
+      admitted.signal,
+      resolve,
+      reject,
+    );
+    if (admitted.transfer !== undefined) call.transfer = admitted.transfer;
+    call.stream = sink;
+    route.pending.add(call);
+    const { signal } = admitted;
+    if (signal !== undefined) {
+      call.onAbort = () => this.abort(call);
+      signal.addEventListener('abort', call.onAbort, { once: true });
+    }
+    this.accept(route.serving ?? this.openCell(route), call);
+    return call;
   }
 
   private accept(cell: Cell, call: PendingCall): void {
@@ -147,7 +173,7 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
     const waiting = cell.waiting;
     if (waiting === null) throw new Error(`sandpool: a call routed to a ${phase.name} cell`);
     try {
-      call.args = copyArgs(call.args);
+      call.copyArgs();
     } catch (error) {
       this.finish(call, unsendable(call, error));
       return;
@@ -163,13 +189,20 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
   }
 
   private abort(call: PendingCall): void {
+    this.interrupt(call, aborted(call.keyText), 'abort');
+  }
+
+  /**
+   * Answers a call now (a stream's consumer that left gets `error` null) and fires its
+   * signal in the agent, which has abortGraceMs to stop; a call still waiting just leaves.
+   */
+  interrupt(call: PendingCall, error: SandpoolError | null, why: 'abort' | 'timeout'): void {
     const cell = call.cell;
-    const error = aborted(call.keyText);
     const channel = cell?.channel;
     if (channel?.has(call)) {
       // The caller is answered now; the agent sees its signal fire and has abortGraceMs to stop.
       this.finish(call, error);
-      channel.cancel(call, 'abort');
+      channel.cancel(call, why);
       return;
     }
     const waiting = cell?.waiting;
@@ -239,6 +272,7 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
     let location: Awaited<ReturnType<typeof locateModule>>;
     try {
       location = await locateModule(this.root, cell.key, { snapshotSecret: this.options.snapshotSecret });
+      cell.host = new HostCalls(capabilitiesFor(this.options.host, cell.key), cell.key);
       if (route.candidate === cell && cell.key.snapshot === null) {
         // A reload loads only files that have stopped changing, and checks after the load
         // that they did not change under it (promoteIfFresh).
@@ -302,6 +336,13 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
       case 'done':
       case 'result':
         return cell.channel?.receive(message);
+      case 'chunk':
+        return receiveChunk(cell, message, this);
+      case 'host': {
+        const { channel, thread } = cell;
+        if (channel === null || thread === null || cell.host === null) return;
+        return cell.host.handle(message, channel, thread);
+      }
     }
   }
 

@@ -6,6 +6,7 @@ import { warnIfHeapCapOverridden } from './heap-warning.js';
 import { PoolSnapshotStore } from './pool-snapshots.js';
 import type { InvalidateReport, InvalidateSelector, PoolEvents, PoolStats, Remote } from './pool-types.js';
 import { remoteProxy } from './remote.js';
+import { PoolStream, type StreamOptions } from './streams.js';
 
 /**
  * Test-only: the coordinator's invariants, checked from scratch (an empty list when all hold).
@@ -44,6 +45,20 @@ export class Pool extends EventEmitter<PoolEvents> implements AsyncDisposable {
     options?: CallOptions,
   ): Promise<T> {
     return this.#core.submit(key, fn, args, options) as Promise<T>;
+  }
+
+  /**
+   * Streams what `fn` returns: the chunks of an async iterable (an `async function*`) or a
+   * ReadableStream, or a plain value once. Starts on the first `next()`, where every
+   * refusal surfaces; `break` ends the generator in the worker and fires its signal.
+   */
+  stream<T = unknown>(
+    key: AgentKey | string,
+    fn: string,
+    args: readonly unknown[] = [],
+    options?: StreamOptions,
+  ): AsyncIterableIterator<T, undefined> {
+    return new PoolStream<T>(this.#core, key, fn, args, options);
   }
 
   /**

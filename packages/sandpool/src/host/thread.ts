@@ -77,8 +77,8 @@ export class AgentThread {
     });
   }
 
-  post(message: ToWorker): void {
-    this.port.postMessage(message);
+  post(message: ToWorker, transfer?: ArrayBuffer[]): void {
+    this.port.postMessage(message, transfer);
   }
 
   /** Busy workers keep the host alive; idle and spare ones never do. */

@@ -1,4 +1,5 @@
 import type { MessagePort } from 'node:worker_threads';
+import type { HostCall, HostDone, StreamChunk, StreamCredit, StreamStart } from './agent-io.js';
 
 /**
  * Messages between the coordinator and a worker, on the private MessageChannel handed to the
@@ -98,7 +99,7 @@ export interface OutputAck {
   bytes: number;
 }
 
-export type ToWorker = LoadRequest | CallBatch | Cancel | OutputAck;
+export type ToWorker = LoadRequest | CallBatch | Cancel | OutputAck | StreamStart | StreamCredit | HostDone;
 
 /** What the worker finds in `workerData`: the private port, taken before any agent code runs. */
 export interface WorkerBoot {
@@ -124,6 +125,8 @@ export interface SerializedResult {
   t: 'result';
   id: number;
   bytes: ArrayBuffer;
+  /** Buffers the agent asked to move (`sandpool.transfer`): `bytes` refers to them by index. */
+  moved?: ArrayBuffer[];
 }
 
 /**
@@ -148,7 +151,7 @@ export interface LoadFailed {
   error: RemoteError;
 }
 
-export type FromWorker = OutputChunk | Ready | LoadFailed | ReplyBatch | SerializedResult;
+export type FromWorker = OutputChunk | Ready | LoadFailed | ReplyBatch | SerializedResult | StreamChunk | HostCall;
 
 /** How a call ended in the worker, once decoded. */
 export type Outcome = { ok: true; value: unknown } | { ok: false; code: FailureCode; error: RemoteError };

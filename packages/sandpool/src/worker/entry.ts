@@ -8,6 +8,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import type { FromWorker, LoadRequest, ToWorker, WorkerBoot } from '../protocol/messages.js';
 import { toRemoteError } from '../protocol/remote-error.js';
 import { defineAgentGlobal } from './agent-global.js';
+import { HostProxy } from './host-proxy.js';
 import { LoadFailure, loadAgent } from './load.js';
 import { OutputGate } from './output.js';
 import { Runtime } from './runtime.js';
@@ -29,6 +30,7 @@ const post = (message: FromWorker, transfer?: ArrayBuffer[]): void => postMessag
 
 const output = new OutputGate(post);
 const runtime = new Runtime(post);
+const host = new HostProxy(post);
 let loading = false;
 
 port.on('message', (message: ToWorker) => {
@@ -39,6 +41,12 @@ port.on('message', (message: ToWorker) => {
       return runtime.cancel(message.id, message.why);
     case 'out-ack':
       return output.acknowledge(message.bytes);
+    case 'stream':
+      return runtime.onStream(message);
+    case 'credit':
+      return runtime.credit(message.id, message.n);
+    case 'host-done':
+      return host.answer(message);
     case 'load':
       if (loading) return;
       loading = true;
@@ -47,7 +55,7 @@ port.on('message', (message: ToWorker) => {
 });
 
 async function onLoad(request: LoadRequest): Promise<void> {
-  defineAgentGlobal(request.key);
+  defineAgentGlobal(request.key, host.api);
   try {
     runtime.setModule(await loadAgent(request));
     post({ t: 'ready' });
