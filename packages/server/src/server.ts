@@ -8,6 +8,7 @@ import { type ServerOptions, splitOptions } from './options.js';
 import { registerCallRoutes } from './routes/calls.js';
 import { registerHealthRoutes } from './routes/health.js';
 import { registerSnapshotRoutes } from './routes/snapshots.js';
+import { registerStreamRoutes } from './routes/stream.js';
 
 export interface SandpoolServer {
   /** Listen with `app.listen(...)`; `app.close()` drains requests, then closes the pool. */
@@ -42,6 +43,7 @@ export function createServer(options: ServerOptions): SandpoolServer {
 
   installGuard(app, context);
   registerCallRoutes(app, context);
+  registerStreamRoutes(app, context);
   registerSnapshotRoutes(app, context);
   registerHealthRoutes(app, context);
 
