@@ -19,16 +19,18 @@ export const ERROR_CODES = [
   /** create could not freeze the swarm: an import that cannot be pinned, a file swapped or too large. */
   'ERR_SANDPOOL_SNAPSHOT_BUILD',
   'ERR_SANDPOOL_QUEUE_TIMEOUT',
+  /** An agent called `sandpool.host.<name>()` for a name the pool does not declare (seen in the agent, and as an agent error's `cause.code`). */
+  'ERR_SANDPOOL_HOST_NOT_FOUND',
 ] as const;
 
 export type SandpoolErrorCode = (typeof ERROR_CODES)[number];
 
 /**
  * Why a keyed worker ended without the pool retiring it: it threw (`crash`), exited, ran out
- * of memory, was stopped under a call that had to end (`killed`), or sent a message the
- * protocol does not allow (`protocol`).
+ * of memory, was stopped under a call that had to end (`killed`), sent a message the
+ * protocol does not allow (`protocol`), or ran a call past cpuTimeoutMs (`cpu`).
  */
-export const EXIT_REASONS = ['crash', 'exit', 'oom', 'killed', 'protocol'] as const;
+export const EXIT_REASONS = ['crash', 'exit', 'oom', 'killed', 'protocol', 'cpu'] as const;
 export type ExitReason = (typeof EXIT_REASONS)[number];
 
 /** One issue of a failed schema: the zod issue shape reduced to what callers need. */

@@ -5,6 +5,9 @@ export {
   type SandpoolErrorCode,
   type SandpoolIssue,
 } from './errors.js';
+export type { HostCapabilities, HostCapability, HostContext, HostOption } from './host/capabilities.js';
+export type { DemoteReason } from './host/cpu.js';
+export type { KeyStats } from './host/key-stats.js';
 export { createPool, Pool } from './host/pool.js';
 export type {
   EvictReason,
@@ -17,6 +20,7 @@ export type {
   Remote,
   SpawnReason,
 } from './host/pool-types.js';
+export type { StreamOptions } from './host/streams.js';
 export { type AgentKey, AgentKeySchema, formatKey, parseKey } from './key.js';
 export { type CallOptions, type OutputListener, type PoolOptions, PoolOptionsSchema } from './options.js';
 export { type SnapshotInfo, SnapshotStore } from './store/store.js';

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { SandpoolError } from './errors.js';
+import { type HostOption, isHostOption } from './host/capabilities.js';
 import type { PermissionPolicy } from './host/permissions.js';
 import { issuesOf } from './issues.js';
 import type { AgentKey } from './key.js';
@@ -98,8 +99,22 @@ export const PoolOptionsSchema = z.strictObject({
       ),
     ])
     .default('strict'),
+  /** CPU time one call may use, counted on its worker's thread; past it the worker ends with \`cpu\`. 0 = off. */
+  cpuTimeoutMs: ms.default(0),
+  /**
+   * When busy keys outnumber cores, lower the CPU priority of threads running heavy calls, so
+   * quiet keys keep their latency; demote, then evict, a worker burning CPU with no call.
+   */
+  fairness: z.boolean().default(true),
   /** A tenant's (swarm's) share of the slots; defaults to maxWorkers. */
   maxWorkersPerSwarm: z.number().int().positive().max(10_000).optional(),
+  /**
+   * Capabilities agents may call as `sandpool.host.<name>(...args)`, or a function of the key
+   * returning them (called once per spawn). They run on this thread: a CPU-heavy one delays every key.
+   */
+  host: z
+    .custom<HostOption>(isHostOption, 'host must be an object of functions, or a function of the key returning one')
+    .default({}),
   /** Receives worker output; by default it goes to the host's streams prefixed with the key. */
   onOutput: z.custom<OutputListener>((value) => typeof value === 'function', 'onOutput must be a function').optional(),
 });
@@ -125,6 +140,8 @@ export function parsePoolOptions(options: unknown): ResolvedPoolOptions {
 export const CallOptionsSchema = z.strictObject({
   timeoutMs: ms.optional(),
   signal: z.custom<AbortSignal>((value) => value instanceof AbortSignal, 'signal must be an AbortSignal').optional(),
+  /** ArrayBuffers of the arguments to move to the worker rather than copy: the caller's are detached. */
+  transfer: z.array(z.instanceof(ArrayBuffer, { message: 'transfer lists ArrayBuffers' })).optional(),
 });
 
 export type CallOptions = z.input<typeof CallOptionsSchema>;
@@ -133,20 +150,22 @@ export interface ParsedCallOptions {
   /** undefined: the pool's `callTimeoutMs`. */
   timeoutMs: number | undefined;
   signal: AbortSignal | undefined;
+  transfer: ArrayBuffer[] | undefined;
 }
 
-const NO_CALL_OPTIONS: ParsedCallOptions = { timeoutMs: undefined, signal: undefined };
+const NO_CALL_OPTIONS: ParsedCallOptions = { timeoutMs: undefined, signal: undefined, transfer: undefined };
 
 export function parseCallOptions(options: CallOptions | undefined): ParsedCallOptions {
   if (options === undefined) return NO_CALL_OPTIONS;
   // Most calls pass a well-formed object: the schema costs more than the RPC, so it only
   // runs to describe what is wrong.
-  if (isWellFormed(options)) return { timeoutMs: options.timeoutMs, signal: options.signal };
+  if (isWellFormed(options)) return { timeoutMs: options.timeoutMs, signal: options.signal, transfer: undefined };
   const parsed = CallOptionsSchema.safeParse(options);
   if (!parsed.success) {
     throw new SandpoolError('ERR_SANDPOOL_INVALID_OPTIONS', 'invalid call options', { issues: issuesOf(parsed.error) });
   }
-  return { timeoutMs: parsed.data.timeoutMs, signal: parsed.data.signal };
+  const { timeoutMs, signal, transfer } = parsed.data;
+  return { timeoutMs, signal, transfer: transfer === undefined || transfer.length === 0 ? undefined : transfer };
 }
 
 function isWellFormed(options: CallOptions): boolean {

@@ -14,6 +14,7 @@ import { type ServerOptions, splitOptions } from './options.js';
 import { registerCallRoutes } from './routes/calls.js';
 import { registerHealthRoutes } from './routes/health.js';
 import { registerSnapshotRoutes } from './routes/snapshots.js';
+import { registerStreamRoutes } from './routes/stream.js';
 import { registerSwarmRoutes } from './routes/swarms.js';
 
 export interface SandpoolServer {
@@ -85,6 +86,7 @@ export function createServer(options: ServerOptions): SandpoolServer {
 
   installGuard(app, context);
   registerCallRoutes(app, context);
+  registerStreamRoutes(app, context);
   registerSnapshotRoutes(app, context);
   registerSwarmRoutes(app, context);
   registerHealthRoutes(app, context);

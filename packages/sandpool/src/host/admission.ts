@@ -29,6 +29,7 @@ export interface AdmittedCall {
   readonly args: unknown[];
   readonly timeoutMs: number;
   readonly signal: AbortSignal | undefined;
+  readonly transfer: ArrayBuffer[] | undefined;
   /** Undefined for a key the pool holds nothing for yet. */
   readonly route: Route | undefined;
 }
@@ -57,7 +58,7 @@ export function admit(
   if (!Array.isArray(args)) {
     throw new SandpoolError('ERR_SANDPOOL_INVALID_OPTIONS', 'args must be an array', { key: key.text });
   }
-  const { timeoutMs, signal } = parseCallOptions(options);
+  const { timeoutMs, signal, transfer } = parseCallOptions(options);
   if (signal?.aborted) throw aborted(key.text);
   if (state.backoff.active) {
     const blocked = state.backoff.blocked(key.text, Date.now());
@@ -74,5 +75,5 @@ export function admit(
   if (needsSlot && state.waitingForSlot >= state.maxWaiting) {
     throw queueFull(key.text, `${state.waitingForSlot} calls wait for a worker`);
   }
-  return { key, fn, args: args as unknown[], timeoutMs: timeoutMs ?? state.callTimeoutMs, signal, route };
+  return { key, fn, args: args as unknown[], timeoutMs: timeoutMs ?? state.callTimeoutMs, signal, transfer, route };
 }

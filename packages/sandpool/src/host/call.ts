@@ -1,5 +1,7 @@
+import { copyArgs, moveArgs } from '../protocol/clone.js';
 import type { Cell } from './cell.js';
 import type { Route } from './route.js';
+import type { StreamSink } from './streams.js';
 
 /**
  * One call from the moment `call` accepts it until it settles, exactly once. The coordinator
@@ -16,6 +18,14 @@ export class PendingCall {
   /** Armed while the call waits for a slot or a start (queueTimeoutMs). */
   queueTimer: NodeJS.Timeout | undefined = undefined;
   settled = false;
+  /** performance.now() when call() accepted it: its latency counts from here. */
+  readonly acceptedAt = performance.now();
+  /** Made by the first host call of this call: its capabilities' `ctx.signal`, aborted when the call ends. */
+  hostAbort: AbortController | null = null;
+  /** Buffers to move with the arguments (`transfer`); null for a copy. */
+  transfer: ArrayBuffer[] | null = null;
+  /** Set for a `stream()` call: where its chunks go. */
+  stream: StreamSink | null = null;
 
   constructor(
     readonly route: Route,
@@ -34,6 +44,17 @@ export class PendingCall {
     this.queueTimer = undefined;
   }
 
+  /** The arguments as they are now, for a call that must wait (see copyArgs); throws DataCloneError. */
+  copyArgs(): void {
+    if (this.transfer === null) {
+      this.args = copyArgs(this.args);
+      return;
+    }
+    const moved = moveArgs(this.args, this.transfer);
+    this.args = moved.args;
+    this.transfer = moved.transfer;
+  }
+
   get keyText(): string {
     return this.route.key.text;
   }
@@ -45,6 +66,7 @@ export class PendingCall {
     this.route.pending.delete(this);
     this.stopWaiting();
     if (this.onAbort !== undefined) this.signal?.removeEventListener('abort', this.onAbort);
+    if (this.hostAbort !== null) this.hostAbort.abort(error ?? new Error('the call has settled'));
     if (error === null) this.resolveFn(value);
     else this.rejectFn(error);
     return true;

@@ -1,6 +1,7 @@
 import type { ResolvedKey } from '../key.js';
 import type { Outcome } from '../protocol/messages.js';
 import type { PendingCall } from './call.js';
+import type { HostCalls } from './capabilities.js';
 import { Channel, type ChannelOwner } from './channel.js';
 import type { ModuleLocation } from './resolve.js';
 import type { AgentThread, RetireReason, ThreadEnd, ThreadOwner, WorkerMessage } from './thread.js';
@@ -93,6 +94,8 @@ export class Cell implements ThreadOwner, ChannelOwner {
   stale = false;
   /** For a live reload: its files as they were when it began to load (see settledStamp). */
   filesBefore: string | null = null;
+  /** Its key's host capabilities, resolved before it starts (the `host` option may be a function of the key). */
+  host: HostCalls | null = null;
   /** Resolves once the cell holds no slot: its worker has exited, or is stuck beyond reach. */
   readonly released: Promise<void>;
   private markReleased!: () => void;

@@ -5,7 +5,14 @@ import type { RetireReason, ThreadEnd } from './thread.js';
 
 type Emit = <E extends keyof PoolEvents>(event: E, ...args: PoolEvents[E]) => void;
 
-const RETIRE_REASONS: ReadonlySet<ThreadEnd> = new Set<RetireReason>(['lru', 'idle', 'reload', 'removed', 'closed']);
+const RETIRE_REASONS: ReadonlySet<ThreadEnd> = new Set<RetireReason>([
+  'lru',
+  'idle',
+  'reload',
+  'removed',
+  'closed',
+  'cpu',
+]);
 const WITH_THREAD: readonly PhaseName[] = ['starting', 'ready', 'draining', 'exiting'];
 
 /**

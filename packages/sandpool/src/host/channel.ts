@@ -1,6 +1,7 @@
 import { deserialize } from 'node:v8';
 import { isPrimitive } from '../protocol/clone.js';
 import { CALL_FIELDS, LIMITS, type Outcome, type ReplyBatch, type SerializedResult } from '../protocol/messages.js';
+import { deserializeMoving } from '../protocol/transfer-codec.js';
 import type { PendingCall } from './call.js';
 import type { AgentThread } from './thread.js';
 
@@ -50,7 +51,7 @@ export class Channel {
     this.running.set(call.id, call);
     if (call.timeoutMs > 0) this.watchDeadline(call);
     const deadline = call.timeoutMs > 0 ? Date.now() + call.timeoutMs : 0;
-    if (call.args.every(isPrimitive)) {
+    if (call.transfer === null && call.stream === null && call.args.every(isPrimitive)) {
       if (this.outbox.length === 0) queueMicrotask(this.flush);
       this.outbox.push(call.id, call.fn, call.args.slice(), deadline);
       // One huge batch makes the two threads take turns (the worker idles while the
@@ -59,7 +60,30 @@ export class Channel {
       return;
     }
     this.flush(); // calls made earlier in this tick must arrive first
-    this.send([call.id, call.fn, call.args, deadline]);
+    if (call.stream !== null) this.sendStream(call, deadline, call.stream.highWaterMark);
+    else this.send([call.id, call.fn, call.args, deadline], call.transfer ?? undefined);
+  }
+
+  /** The running call a worker's message names; undefined once it has settled or been cancelled. */
+  callFor(id: number): PendingCall | undefined {
+    return this.isRunning(id) ? this.running.get(id) : undefined;
+  }
+
+  /** A stream call leaves alone: its start carries the credit the worker may use. */
+  private sendStream(call: PendingCall, deadline: number, credit: number): void {
+    if (this.thread.terminating) return;
+    try {
+      this.thread.post({ t: 'stream', id: call.id, fn: call.fn, args: call.args, deadline, credit });
+    } catch (error) {
+      this.running.delete(call.id);
+      this.owner.callUnsendable(call, error);
+      this.afterSettle();
+    }
+  }
+
+  /** The consumer of a stream took `n` chunks. */
+  credit(call: PendingCall, n: number): void {
+    if (this.has(call) && !this.thread.terminating) this.thread.post({ t: 'credit', id: call.id, n });
   }
 
   has(call: PendingCall): boolean {
@@ -117,7 +141,7 @@ export class Channel {
     return calls;
   }
 
-  private settleSerialized({ id, bytes }: SerializedResult): void {
+  private settleSerialized({ id, bytes, moved }: SerializedResult): void {
     if (bytes.byteLength > LIMITS.resultBytes) {
       this.thread.violate(`a result of ${bytes.byteLength} bytes, past the limit its runtime keeps`);
       return;
@@ -126,7 +150,7 @@ export class Channel {
     if (!this.isRunning(id)) return;
     let value: unknown;
     try {
-      value = deserialize(new Uint8Array(bytes));
+      value = moved === undefined ? deserialize(new Uint8Array(bytes)) : deserializeMoving(bytes, moved);
     } catch (error) {
       // Too deep for this thread's stack, say: that call fails, the worker goes on.
       const message = error instanceof Error ? error.message : String(error);
@@ -176,13 +200,14 @@ export class Channel {
     this.send(calls);
   };
 
-  private send(calls: unknown[]): void {
+  private send(calls: unknown[], transfer?: ArrayBuffer[]): void {
     if (this.thread.terminating) return; // its exit rejects the calls
     try {
-      this.thread.post({ t: 'calls', calls });
+      this.thread.post({ t: 'calls', calls }, transfer);
       return;
-    } catch {
+    } catch (error) {
       // Some argument cannot be cloned: send them one by one so only its call fails.
+      if (transfer !== undefined) return this.unsendable(calls[0] as number, error); // sent alone
     }
     for (let i = 0; i < calls.length; i += CALL_FIELDS) {
       try {
@@ -193,6 +218,15 @@ export class Channel {
         this.running.delete(call.id);
         this.owner.callUnsendable(call, error);
       }
+    }
+    this.afterSettle();
+  }
+
+  private unsendable(id: number, error: unknown): void {
+    const call = this.running.get(id);
+    if (call !== undefined) {
+      this.running.delete(id);
+      this.owner.callUnsendable(call, error);
     }
     this.afterSettle();
   }

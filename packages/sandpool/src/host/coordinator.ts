@@ -3,16 +3,18 @@ import { SandpoolError } from '../errors.js';
 import { issuesOf } from '../issues.js';
 import { type AgentKey, type ResolvedKey, resolveKey } from '../key.js';
 import { type CallOptions, type ResolvedPoolOptions, swarmCap } from '../options.js';
-import { copyArgs } from '../protocol/clone.js';
 import type { Outcome } from '../protocol/messages.js';
 import { liveDir } from '../store/layout.js';
-import { type AdmissionState, admit } from './admission.js';
+import { type AdmissionState, type AdmittedCall, admit } from './admission.js';
 import { Backoff } from './backoff.js';
 import { PendingCall } from './call.js';
+import { capabilitiesFor, HostCalls } from './capabilities.js';
 import { Cell, type CellEvents, type CellPhase } from './cell.js';
 import { Census } from './census.js';
+import { CpuGovernor } from './cpu.js';
 import { settledStamp, stampFiles } from './freshness.js';
 import { MemoryGovernor, v8HeapLimitMb } from './governor.js';
+import { KeyBook, type KeyStats } from './key-stats.js';
 import { labelledWriter } from './output.js';
 import { endsSandbox, permissionArgs, policyFor } from './permissions.js';
 import { aborted, closedError, deathError, isExitReason, snapshotGone } from './pool-errors.js';
@@ -28,6 +30,7 @@ import { locateModule, type ModuleLocation } from './resolve.js';
 import { type ReloadOutcome, Route } from './route.js';
 import { Scheduler, type SlotUser } from './scheduler.js';
 import { Spares } from './spares.js';
+import { receiveChunk, type StreamSink } from './streams.js';
 import { AgentThread, type RetireReason, type ThreadEnd, type ThreadSettings, type WorkerMessage } from './thread.js';
 import { typeScriptExecArgv } from './typescript.js';
 import { LiveWatcher } from './watch.js';
@@ -59,7 +62,9 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
   private readonly settings: ThreadSettings;
   private readonly watcher: LiveWatcher | null;
   private readonly memory: MemoryGovernor;
+  private readonly cpu: CpuGovernor;
   private arrivals = 0;
+  private readonly keys = new KeyBook();
   private outputDropped = 0;
   private closing: Promise<void> | null = null;
 
@@ -80,6 +85,13 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
       },
       (cell, detail) => this.kill(cell, 'oom', new Error(detail)),
     );
+    this.cpu = new CpuGovernor(options, {
+      used: (cell, ms) => this.keys.cpu(cell.key.text, ms),
+      demoted: (cell, reason) => this.emit('demote', { key: cell.key.text, reason, threadId: cell.threadId }),
+      overran: (cell, detail) => this.kill(cell, 'cpu', new Error(detail)),
+      idleBurner: (cell) => this.retire(cell, 'cpu'),
+      recycle: (cell) => this.retire(cell, 'cpu'),
+    });
     const heapBudget = options.resourceLimits.maxOldGenerationSizeMb;
     this.settings = {
       env: options.env,
@@ -139,29 +151,54 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
   submit(keyInput: AgentKey | string, fn: string, args: readonly unknown[], options?: CallOptions): Promise<unknown> {
     try {
       const admitted = admit(this, keyInput, fn, args, options);
-      const route = admitted.route ?? new Route(admitted.key);
-      if (admitted.route === undefined) this.routes.set(admitted.key.text, route);
       return new Promise((resolve, reject) => {
-        const call = new PendingCall(
-          route,
-          admitted.fn,
-          admitted.args,
-          admitted.timeoutMs,
-          admitted.signal,
-          resolve,
-          reject,
-        );
-        route.pending.add(call);
-        const { signal } = admitted;
-        if (signal !== undefined) {
-          call.onAbort = () => this.abort(call);
-          signal.addEventListener('abort', call.onAbort, { once: true });
-        }
-        this.accept(route.serving ?? this.openCell(route), call);
+        this.enter(admitted, resolve, reject, null);
       });
     } catch (error) {
       return Promise.reject(error);
     }
+  }
+
+  /** A stream call (see streams.ts): admitted like a call, with no timeout unless given. Throws its refusal. */
+  openStream(
+    keyInput: AgentKey | string,
+    fn: string,
+    args: readonly unknown[],
+    options: CallOptions,
+    sink: StreamSink,
+    resolve: (value: unknown) => void,
+    reject: (error: Error) => void,
+  ): PendingCall {
+    return this.enter(admit(this, keyInput, fn, args, { timeoutMs: 0, ...options }), resolve, reject, sink);
+  }
+
+  private enter(
+    admitted: AdmittedCall,
+    resolve: (value: unknown) => void,
+    reject: (error: Error) => void,
+    sink: StreamSink | null,
+  ): PendingCall {
+    const route = admitted.route ?? new Route(admitted.key);
+    if (admitted.route === undefined) this.routes.set(admitted.key.text, route);
+    const call = new PendingCall(
+      route,
+      admitted.fn,
+      admitted.args,
+      admitted.timeoutMs,
+      admitted.signal,
+      resolve,
+      reject,
+    );
+    if (admitted.transfer !== undefined) call.transfer = admitted.transfer;
+    call.stream = sink;
+    route.pending.add(call);
+    const { signal } = admitted;
+    if (signal !== undefined) {
+      call.onAbort = () => this.abort(call);
+      signal.addEventListener('abort', call.onAbort, { once: true });
+    }
+    this.accept(route.serving ?? this.openCell(route), call);
+    return call;
   }
 
   private accept(cell: Cell, call: PendingCall): void {
@@ -175,7 +212,7 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
     const waiting = cell.waiting;
     if (waiting === null) throw new Error(`sandpool: a call routed to a ${phase.name} cell`);
     try {
-      call.args = copyArgs(call.args);
+      call.copyArgs();
     } catch (error) {
       this.finish(call, unsendable(call, error));
       return;
@@ -213,18 +250,26 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
 
   private finish(call: PendingCall, error: SandpoolError | null, value?: unknown): void {
     if (!call.settle(error, value)) return;
+    this.keys.settled(call.route.key, error !== null, performance.now() - call.acceptedAt);
     this.waitingCalls.delete(call);
     this.tidy(call.route);
   }
 
   private abort(call: PendingCall): void {
+    this.interrupt(call, aborted(call.keyText), 'abort');
+  }
+
+  /**
+   * Answers a call now (a stream's consumer that left gets `error` null) and fires its
+   * signal in the agent, which has abortGraceMs to stop; a call still waiting just leaves.
+   */
+  interrupt(call: PendingCall, error: SandpoolError | null, why: 'abort' | 'timeout'): void {
     const cell = call.cell;
-    const error = aborted(call.keyText);
     const channel = cell?.channel;
     if (channel?.has(call)) {
       // The caller is answered now; the agent sees its signal fire and has abortGraceMs to stop.
       this.finish(call, error);
-      channel.cancel(call, 'abort');
+      channel.cancel(call, why);
       return;
     }
     this.leaveWaiting(call);
@@ -271,6 +316,8 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
     }
     if (phase.name !== 'ready') return;
     phase.thread.setReferenced(false);
+    this.cpu.drained(cell);
+    if (cell.phase.name !== 'ready') return; // recycled to get its priority back
     this.scheduler.cellIdle(cell);
   }
 
@@ -288,6 +335,7 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
     let location: Awaited<ReturnType<typeof locateModule>>;
     try {
       location = await locateModule(this.root, cell.key, { snapshotSecret: this.options.snapshotSecret });
+      cell.host = new HostCalls(capabilitiesFor(this.options.host, cell.key), cell.key);
       if (route.candidate === cell && cell.key.snapshot === null) {
         // A reload loads only files that have stopped changing, and checks after the load
         // that they did not change under it (promoteIfFresh).
@@ -369,6 +417,7 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
     switch (message.t) {
       case 'ready':
         if (phase.name !== 'starting') return cell.thread?.violate('a ready message outside a load');
+        if (message.tid > 0) this.cpu.watch(cell, message.tid);
         return this.cellReady(cell, phase);
       case 'load-failed':
         if (phase.name !== 'starting') return cell.thread?.violate('a load failure outside a load');
@@ -378,6 +427,13 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
         return cell.channel?.receive(message);
       case 'memory':
         return this.memory.beat(cell, message);
+      case 'chunk':
+        return receiveChunk(cell, message, this);
+      case 'host': {
+        const { channel, thread } = cell;
+        if (channel === null || thread === null || cell.host === null) return;
+        return cell.host.handle(message, channel, thread);
+      }
     }
   }
 
@@ -448,7 +504,7 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
   }
 
   /** Stops a worker that must end now; its calls reject with WORKER_EXITED `reason` (and `cause`). */
-  private kill(cell: Cell, reason: 'killed' | 'protocol' | 'oom', cause: Error | null = null): void {
+  private kill(cell: Cell, reason: 'killed' | 'protocol' | 'oom' | 'cpu', cause: Error | null = null): void {
     const { phase } = cell;
     if (phase.name !== 'starting' && phase.name !== 'ready' && phase.name !== 'draining') return;
     if (phase.name === 'starting') {
@@ -463,6 +519,7 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
   cellEnded(cell: Cell, end: ThreadEnd, failure: Error | null): void {
     const { phase } = cell;
     this.memory.unwatch(cell);
+    this.cpu.unwatch(cell);
     if (phase.name === 'exiting') clearTimeout(phase.stuckTimer);
     const key = cell.key.text;
     const death = isExitReason(end) ? end : null;
@@ -477,8 +534,8 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
     const running = cell.channel?.drain() ?? [];
     cell.transition({ name: 'ended', end });
     for (const call of running) this.finish(call, exitError);
-    // A kill is the pool's own doing, and a failed load has backed off already.
-    if (death !== null && death !== 'killed' && phase.name !== 'starting' && !loadFailed) {
+    // A kill or a cpuTimeoutMs overrun is the pool's own doing, and a failed load has backed off already.
+    if (death !== null && death !== 'killed' && death !== 'cpu' && phase.name !== 'starting' && !loadFailed) {
       this.backoff.died(key, exitError, Date.now());
     }
     this.scheduler.forget(cell);
@@ -553,6 +610,7 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
     if (phase.name !== 'starting' && phase.name !== 'ready' && phase.name !== 'draining') return;
     this.scheduler.forget(cell);
     this.memory.unwatch(cell);
+    this.cpu.unwatch(cell);
     const stuckTimer = setTimeout(() => this.stuck(cell), STUCK_AFTER_MS);
     stuckTimer.unref();
     cell.transition({ name: 'exiting', thread: phase.thread, channel: phase.channel, reason, stuckTimer });
@@ -735,6 +793,43 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
       outputDropped: this.outputDropped,
       ...this.census.totals,
     };
+  }
+
+  /** Per key: CPU, memory, calls, errors, in flight, queued, demoted, latency (see KeyStats). */
+  keyStats(): KeyStats[] {
+    const texts = new Set<string>([...this.keys.keys(), ...this.routes.keys()]);
+    const byKey = new Map<string, Cell[]>();
+    for (const cell of this.census.withThread()) {
+      const cells = byKey.get(cell.key.text);
+      if (cells === undefined) byKey.set(cell.key.text, [cell]);
+      else cells.push(cell);
+      texts.add(cell.key.text);
+    }
+    const stats: KeyStats[] = [];
+    for (const text of texts) {
+      const key = resolveKey(text);
+      const route = this.routes.get(text);
+      const serving = route?.serving ?? null;
+      const reading = serving === null ? null : this.memory.lastReading(serving);
+      const cells = byKey.get(text) ?? [];
+      let queued = 0;
+      for (const call of route?.pending ?? []) if (call.cell?.waiting?.includes(call) === true) queued += 1;
+      stats.push({
+        key: text,
+        swarm: key.swarm,
+        snapshot: key.snapshot,
+        stem: key.stem,
+        state: serving?.phase.name ?? null,
+        workers: cells.length,
+        heapBytes: reading?.heap ?? null,
+        externalBytes: reading?.external ?? null,
+        inFlight: (route?.pending.size ?? 0) - queued,
+        queued,
+        demoted: cells.some((cell) => this.cpu.isDemoted(cell)),
+        ...this.keys.read(text),
+      });
+    }
+    return stats;
   }
 
   close(): Promise<void> {

@@ -29,7 +29,9 @@ const ENABLE = FLAGS.has('--permission') ? '--permission' : '--experimental-perm
 /** The folders the worker runtime itself loads from: sandpool's build, and the packages it may load there. */
 const RUNTIME_DIRS: readonly string[] = (() => {
   const dist = realpathSync(fileURLToPath(new URL('..', import.meta.url)));
-  const dirs = [dist];
+  // The worker reads its own thread id there (worker/entry.ts); never grant /proc/thread-self
+  // itself, which holds the host's environ.
+  const dirs = [dist, '/proc/thread-self/stat'];
   try {
     // amaro explains syntax errors in the worker (worker/syntax.ts): its real folder, and the
     // link in sandpool's node_modules the worker resolves it through.

@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import type { ExitReason, SandpoolError } from '../errors.js';
 import { SnapshotNameSchema, StemSchema, SwarmSchema } from '../key.js';
+import type { DemoteReason } from './cpu.js';
 import type { RetireReason } from './thread.js';
 
 export type SpawnReason = 'cold' | 'spare';
@@ -22,6 +23,8 @@ export interface PoolEvents {
   evict: [PoolEvent<EvictReason>];
   exit: [PoolEvent<EvictReason | ExitReason>];
   'reload-failed': [ReloadFailedEvent];
+  /** fairness lowered a worker's CPU priority: a heavy call while busy keys outnumber cores, or CPU burned with no call. */
+  demote: [PoolEvent<DemoteReason>];
 }
 
 export interface PoolStats {

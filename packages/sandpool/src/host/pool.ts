@@ -3,9 +3,11 @@ import type { AgentKey } from '../key.js';
 import { type CallOptions, type PoolOptions, parsePoolOptions, type ResolvedPoolOptions } from '../options.js';
 import { Coordinator } from './coordinator.js';
 import { warnIfHeapCapOverridden } from './heap-warning.js';
+import type { KeyStats } from './key-stats.js';
 import { PoolSnapshotStore } from './pool-snapshots.js';
 import type { InvalidateReport, InvalidateSelector, PoolEvents, PoolStats, Remote } from './pool-types.js';
 import { remoteProxy } from './remote.js';
+import { PoolStream, type StreamOptions } from './streams.js';
 
 /**
  * Test-only: the coordinator's invariants, checked from scratch (an empty list when all hold).
@@ -47,6 +49,20 @@ export class Pool extends EventEmitter<PoolEvents> implements AsyncDisposable {
   }
 
   /**
+   * Streams what `fn` returns: the chunks of an async iterable (an `async function*`) or a
+   * ReadableStream, or a plain value once. Starts on the first `next()`, where every
+   * refusal surfaces; `break` ends the generator in the worker and fires its signal.
+   */
+  stream<T = unknown>(
+    key: AgentKey | string,
+    fn: string,
+    args: readonly unknown[] = [],
+    options?: StreamOptions,
+  ): AsyncIterableIterator<T, undefined> {
+    return new PoolStream<T>(this.#core, key, fn, args, options);
+  }
+
+  /**
    * A typed proxy: every export of the agent becomes `(...args) => Promise`, with the same
    * transport and errors as `call`. Not thenable; logging it never makes a call.
    */
@@ -56,6 +72,11 @@ export class Pool extends EventEmitter<PoolEvents> implements AsyncDisposable {
 
   stats(): PoolStats {
     return this.#core.stats();
+  }
+
+  /** Per key: CPU ms, heap and external bytes, calls, errors, in flight, queued, demoted, latency. */
+  keyStats(): KeyStats[] {
+    return this.#core.keyStats();
   }
 
   /**

@@ -10,7 +10,8 @@ const ENTRY = new URL('../worker/entry.js', import.meta.url);
 
 /** Why a worker ended: the pool's own reason when it terminated it, else what the thread did. */
 export type ThreadEnd = ExitReason | RetireReason;
-export type RetireReason = 'lru' | 'idle' | 'reload' | 'removed' | 'closed';
+/** `cpu`: it burned CPU with no call running, or its priority, lowered, could not be raised back. */
+export type RetireReason = 'lru' | 'idle' | 'reload' | 'removed' | 'closed' | 'cpu';
 
 export type WorkerMessage = Exclude<FromWorker, OutputChunk>;
 
@@ -81,8 +82,8 @@ export class AgentThread {
     });
   }
 
-  post(message: ToWorker): void {
-    this.port.postMessage(message);
+  post(message: ToWorker, transfer?: ArrayBuffer[]): void {
+    this.port.postMessage(message, transfer);
   }
 
   /** Busy workers keep the host alive; idle and spare ones never do. */

@@ -4,6 +4,7 @@
  * sets, dense arrays of bounded length, bounded text. A message that fails is a forgery or a
  * broken runtime; the caller ends that worker with reason `protocol`.
  */
+import { checkChunk, checkHostCall, checkMoved } from './agent-io-checks.js';
 import { isPrimitive } from './clone.js';
 import {
   AGENT_CODE,
@@ -29,8 +30,13 @@ export function checkFromWorker(raw: unknown): Checked {
       return checkResult(raw);
     case 'out':
       return checkOutput(raw);
+    case 'chunk':
+      return checkChunk(raw);
+    case 'host':
+      return checkHostCall(raw);
     case 'ready':
-      return { ok: true, message: { t: 'ready' } };
+      if (!isCount(raw.tid)) return bad('a ready message with a malformed thread id');
+      return { ok: true, message: { t: 'ready', tid: raw.tid } };
     case 'memory':
       if (!isCount(raw.heap) || !isCount(raw.external)) return bad('malformed memory figures');
       return { ok: true, message: { t: 'memory', heap: raw.heap, external: raw.external } };
@@ -63,6 +69,8 @@ function checkResult(raw: Record<string, unknown>): Checked {
   if (!isCallId(raw.id)) return bad('a result with a malformed call id');
   // The size is checked before anything is deserialized: only the byte count is read here.
   if (!(raw.bytes instanceof ArrayBuffer)) return bad('a serialized result without its bytes');
+  if (raw.moved !== undefined && !checkMoved(raw.moved, raw.bytes.byteLength))
+    return bad('a malformed list of moved buffers');
   return { ok: true, message: raw as unknown as FromWorker };
 }
 
@@ -73,7 +81,7 @@ function checkOutput(raw: Record<string, unknown>): Checked {
   return { ok: true, message: raw as unknown as OutputChunk };
 }
 
-function isRemoteError(value: unknown): value is RemoteError {
+export function isRemoteError(value: unknown): value is RemoteError {
   if (!isPlainObject(value)) return false;
   const { name, message, stack, code } = value;
   return (
@@ -91,7 +99,7 @@ function isDense(value: unknown, max: number): value is unknown[] {
   return Array.isArray(value) && value.length <= max;
 }
 
-function isCallId(value: unknown): value is number {
+export function isCallId(value: unknown): value is number {
   return typeof value === 'number' && Number.isSafeInteger(value) && value > 0;
 }
 
@@ -103,12 +111,12 @@ function isText(value: unknown, max: number): value is string {
   return typeof value === 'string' && value.length <= max;
 }
 
-function isPlainObject(value: unknown): value is Record<string, unknown> {
+export function isPlainObject(value: unknown): value is Record<string, unknown> {
   if (typeof value !== 'object' || value === null) return false;
   const proto = Object.getPrototypeOf(value);
   return proto === Object.prototype || proto === null;
 }
 
-function bad(problem: string): Checked {
+export function bad(problem: string): Checked {
   return { ok: false, problem: `the worker sent ${problem}` };
 }

@@ -10,3 +10,11 @@ export function isPrimitive(value: unknown): boolean {
 export function copyArgs(args: unknown[]): unknown[] {
   return args.every(isPrimitive) ? args.slice() : structuredClone(args);
 }
+
+/**
+ * Like copyArgs, moving `transfer`'s buffers into the copy now (the caller's are detached at
+ * once); the copy's own buffers come back with it, cloned together so they are the same objects.
+ */
+export function moveArgs(args: unknown[], transfer: ArrayBuffer[]): { args: unknown[]; transfer: ArrayBuffer[] } {
+  return structuredClone({ args, transfer }, { transfer });
+}

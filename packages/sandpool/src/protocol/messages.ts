@@ -1,4 +1,5 @@
 import type { MessagePort } from 'node:worker_threads';
+import type { HostCall, HostDone, StreamChunk, StreamCredit, StreamStart } from './agent-io.js';
 
 /**
  * Messages between the coordinator and a worker, on the private MessageChannel handed to the
@@ -104,7 +105,7 @@ export interface OutputAck {
   bytes: number;
 }
 
-export type ToWorker = LoadRequest | CallBatch | Cancel | OutputAck;
+export type ToWorker = LoadRequest | CallBatch | Cancel | OutputAck | StreamStart | StreamCredit | HostDone;
 
 /** What the worker finds in `workerData`: the private port, taken before any agent code runs. */
 export interface WorkerBoot {
@@ -130,6 +131,8 @@ export interface SerializedResult {
   t: 'result';
   id: number;
   bytes: ArrayBuffer;
+  /** Buffers the agent asked to move (`sandpool.transfer`): `bytes` refers to them by index. */
+  moved?: ArrayBuffer[];
 }
 
 /**
@@ -146,6 +149,8 @@ export interface OutputChunk {
 
 export interface Ready {
   t: 'ready';
+  /** The worker's kernel thread id, read from /proc/thread-self/stat before agent code ran; 0 where unknown. */
+  tid: number;
 }
 
 export interface LoadFailed {
@@ -161,7 +166,15 @@ export interface MemoryBeat {
   external: number;
 }
 
-export type FromWorker = OutputChunk | Ready | LoadFailed | ReplyBatch | SerializedResult | MemoryBeat;
+export type FromWorker =
+  | OutputChunk
+  | Ready
+  | LoadFailed
+  | ReplyBatch
+  | SerializedResult
+  | StreamChunk
+  | HostCall
+  | MemoryBeat;
 
 /** How a call ended in the worker, once decoded. */
 export type Outcome = { ok: true; value: unknown } | { ok: false; code: FailureCode; error: RemoteError };

@@ -4,10 +4,13 @@
  * Its types are in `sandpool/agent`.
  */
 import { currentCall, currentSignal } from './context.js';
+import { markTransfer } from './transfer.js';
 
-export function defineAgentGlobal(key: string): void {
+export function defineAgentGlobal(key: string, host: Readonly<Record<string, unknown>>): void {
   const api = Object.freeze({
     key,
+    host,
+    transfer: markTransfer,
     get signal(): AbortSignal {
       return currentSignal();
     },

@@ -15,8 +15,12 @@ const MESSAGES: Record<CancelReason, [string, string]> = {
 export class CallContext {
   private controller: AbortController | null = null;
   private reason: CancelReason | null = null;
+  /** Its outcome has been sent: a host call made from what it left behind (a timer) is refused. */
+  ended = false;
 
   constructor(
+    /** The coordinator's id of the call, which host calls made in it carry. */
+    readonly id: number,
     /** Epoch ms by which the call must settle, or null. */
     readonly deadline: number | null,
   ) {}

@@ -4,15 +4,18 @@
  * coordinator's. Then a blank runtime until `load` names its key's module. No zod here: it
  * would cost every worker megabytes.
  */
+import { readFileSync } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
 import type { FromWorker, LoadRequest, ToWorker, WorkerBoot } from '../protocol/messages.js';
 import { toRemoteError } from '../protocol/remote-error.js';
 import { defineAgentGlobal } from './agent-global.js';
+import { HostProxy } from './host-proxy.js';
 import { LoadFailure, loadAgent } from './load.js';
 import { OutputGate } from './output.js';
 import { Runtime } from './runtime.js';
 
 const boot = workerData as Partial<WorkerBoot> | null;
+const tid = threadId();
 if (parentPort === null || boot?.port === undefined) {
   throw new Error('sandpool worker entry must run in a sandpool worker thread');
 }
@@ -41,6 +44,7 @@ function beatEvery(ms: number): void {
   }, ms).unref();
 }
 const runtime = new Runtime(post);
+const host = new HostProxy(post);
 let loading = false;
 
 port.on('message', (message: ToWorker) => {
@@ -51,6 +55,12 @@ port.on('message', (message: ToWorker) => {
       return runtime.cancel(message.id, message.why);
     case 'out-ack':
       return output.acknowledge(message.bytes);
+    case 'stream':
+      return runtime.onStream(message);
+    case 'credit':
+      return runtime.credit(message.id, message.n);
+    case 'host-done':
+      return host.answer(message);
     case 'load':
       if (loading) return;
       loading = true;
@@ -58,12 +68,24 @@ port.on('message', (message: ToWorker) => {
   }
 });
 
+/**
+ * This thread's kernel id, for the coordinator's CPU accounting and priorities; read now,
+ * before agent code could fake the file. Strict permissions grant exactly this file.
+ */
+function threadId(): number {
+  try {
+    return Number(readFileSync('/proc/thread-self/stat', 'latin1').split(' ', 1)[0]) || 0;
+  } catch {
+    return 0; // not Linux, or not granted: the worker goes unaccounted
+  }
+}
+
 async function onLoad(request: LoadRequest): Promise<void> {
-  defineAgentGlobal(request.key);
+  defineAgentGlobal(request.key, host.api);
   if (request.heartbeatMs !== undefined && request.heartbeatMs > 0) beatEvery(request.heartbeatMs);
   try {
     runtime.setModule(await loadAgent(request));
-    post({ t: 'ready' });
+    post({ t: 'ready', tid });
   } catch (error) {
     if (error instanceof LoadFailure) post({ t: 'load-failed', code: error.code, error: toRemoteError(error.failure) });
     else post({ t: 'load-failed', code: 'ERR_SANDPOOL_MODULE_LOAD', error: toRemoteError(error) });

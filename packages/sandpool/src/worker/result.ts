@@ -4,6 +4,7 @@
  */
 import { serialize } from 'node:v8';
 import { LIMITS } from '../protocol/messages.js';
+import { serializeMoving } from '../protocol/transfer-codec.js';
 
 export type Serialized = { ok: true; bytes: ArrayBuffer } | { ok: false; reason: string; cause?: unknown };
 
@@ -12,9 +13,17 @@ export type Serialized = { ok: true; bytes: ArrayBuffer } | { ok: false; reason:
  * one 50 MB string a thousand times serializes to 50 GB. The walk counts what serialization
  * would write and stops past the limit, before any of it is allocated.
  */
-export function serializeResult(value: unknown): Serialized {
+export function serializeResult(value: unknown, moved?: readonly ArrayBuffer[]): Serialized {
   if (exceeds(value, LIMITS.resultBytes)) {
     return { ok: false, reason: `the result would serialize to more than ${LIMITS.resultBytes / 2 ** 20} MB` };
+  }
+  if (moved !== undefined) {
+    // Moved buffers are counted by the walk above as if written inline: the limit is the same.
+    try {
+      return { ok: true, bytes: serializeMoving(value, moved) };
+    } catch (cause) {
+      return { ok: false, reason: 'the result cannot be cloned', cause };
+    }
   }
   let buffer: Buffer;
   try {

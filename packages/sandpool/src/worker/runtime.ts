@@ -3,6 +3,8 @@
  * back in batches. It sends only what the coordinator's checks accept (bounded errors,
  * primitives in `done`, everything else as sized bytes).
  */
+
+import type { StreamStart } from '../protocol/agent-io.js';
 import { isPrimitive } from '../protocol/clone.js';
 import {
   CALL_FIELDS,
@@ -15,6 +17,8 @@ import {
 import { toRemoteError } from '../protocol/remote-error.js';
 import { CallContext, runInCall } from './context.js';
 import { serializeResult } from './result.js';
+import { closeQuietly, isStreamSource, StreamPump } from './stream.js';
+import { takeTransfer } from './transfer.js';
 
 type AgentFunction = (...args: unknown[]) => unknown;
 export type Post = (message: FromWorker, transfer?: ArrayBuffer[]) => void;
@@ -35,6 +39,8 @@ export class Runtime {
   private readonly functions = new Map<string, Bound>();
   /** Calls that went async, by id: a cancel reaches them here. */
   private readonly running = new Map<number, CallContext>();
+  /** Stream calls by id: credit and cancels reach their pumps here. */
+  private readonly streams = new Map<number, StreamPump>();
   private okReplies: unknown[] = [];
   private errReplies: unknown[] = [];
 
@@ -53,15 +59,17 @@ export class Runtime {
     for (let i = 0; i < calls.length; i += CALL_FIELDS) {
       const id = calls[i] as number;
       const deadline = calls[i + 3] as number;
-      const context = new CallContext(deadline > 0 ? deadline : null);
+      const context = new CallContext(id, deadline > 0 ? deadline : null);
       const result = runInCall(context, () => this.run(calls[i + 1] as string, calls[i + 2] as unknown[]));
       if (result instanceof Promise) {
         this.running.set(id, context);
         void result.then((outcome) => {
           this.running.delete(id);
+          context.ended = true;
           this.reply(id, outcome);
         });
       } else {
+        context.ended = true;
         this.reply(id, result);
       }
     }
@@ -70,6 +78,56 @@ export class Runtime {
   /** Fires the signal of a call still running; one that settled already needs nothing. */
   cancel(id: number, why: CancelReason): void {
     this.running.get(id)?.cancel(why);
+    this.streams.get(id)?.cancel();
+  }
+
+  /**
+   * A stream call: the function's async iterable is pumped within the consumer's credit; a
+   * plain value is its one chunk. The stream's end is an ordinary reply.
+   */
+  onStream({ id, fn, args, deadline, credit }: StreamStart): void {
+    const context = new CallContext(id, deadline > 0 ? deadline : null);
+    const pump = new StreamPump(credit, (value) => this.chunk(id, value));
+    this.running.set(id, context);
+    this.streams.set(id, pump);
+    void runInCall(context, async (): Promise<Outcome> => {
+      const outcome = await this.run(fn, args);
+      if (!outcome.ok) return outcome;
+      if (isStreamSource(outcome.value)) return pump.run(outcome.value, agentError);
+      return this.chunk(id, outcome.value) ?? { ok: true, value: undefined };
+    }).then((outcome) => {
+      this.running.delete(id);
+      this.streams.delete(id);
+      context.ended = true;
+      this.reply(id, outcome);
+    });
+  }
+
+  credit(id: number, n: number): void {
+    this.streams.get(id)?.addCredit(n);
+  }
+
+  /** Sends one chunk now (its value may change after the next yield); an outcome if it cannot go. */
+  private chunk(id: number, value: unknown): Outcome | null {
+    if (isPrimitive(value)) {
+      this.post({ t: 'chunk', id, value, bytes: null });
+      return null;
+    }
+    const moved = takeTransfer(value);
+    const serialized = serializeResult(value, moved);
+    if (!serialized.ok) return { ok: false, code: 'ERR_SANDPOOL_DATA_CLONE', error: cloneError(serialized) };
+    try {
+      const { bytes } = serialized;
+      if (moved === undefined) this.post({ t: 'chunk', id, value: undefined, bytes }, [bytes]);
+      else this.post({ t: 'chunk', id, value: undefined, bytes, moved }, [bytes, ...moved]);
+    } catch (cause) {
+      return {
+        ok: false,
+        code: 'ERR_SANDPOOL_DATA_CLONE',
+        error: cloneError({ reason: 'a chunk cannot be moved', cause }),
+      };
+    }
+    return null;
   }
 
   /**
@@ -80,9 +138,7 @@ export class Runtime {
   private reply(id: number, outcome: Outcome): void {
     if (outcome.ok && !isPrimitive(outcome.value)) {
       this.flush();
-      const serialized = serializeResult(outcome.value);
-      if (serialized.ok) this.post({ t: 'result', id, bytes: serialized.bytes }, [serialized.bytes]);
-      else this.reply(id, { ok: false, code: 'ERR_SANDPOOL_DATA_CLONE', error: cloneError(serialized) });
+      this.replyObject(id, outcome.value);
       return;
     }
     if (this.okReplies.length === 0 && this.errReplies.length === 0) queueMicrotask(this.flush);
@@ -90,6 +146,35 @@ export class Runtime {
     else this.errReplies.push(id, outcome.code, outcome.error);
     if (this.okReplies.length >= LIMITS.replyBatch * 2 || this.errReplies.length >= LIMITS.replyBatch * 3) {
       this.flush();
+    }
+  }
+
+  private replyObject(id: number, value: unknown): void {
+    if (isStreamSource(value)) {
+      closeQuietly(value);
+      const message = 'the function returns a stream (an async iterable): consume it with pool.stream(), not call()';
+      this.reply(id, { ok: false, code: 'ERR_SANDPOOL_DATA_CLONE', error: { name: 'DataCloneError', message } });
+      return;
+    }
+    const moved = takeTransfer(value);
+    const serialized = serializeResult(value, moved);
+    if (!serialized.ok) {
+      this.reply(id, { ok: false, code: 'ERR_SANDPOOL_DATA_CLONE', error: cloneError(serialized) });
+      return;
+    }
+    if (moved === undefined) {
+      this.post({ t: 'result', id, bytes: serialized.bytes }, [serialized.bytes]);
+      return;
+    }
+    try {
+      this.post({ t: 'result', id, bytes: serialized.bytes, moved }, [serialized.bytes, ...moved]);
+    } catch (cause) {
+      // A detached buffer, Buffer's shared pool, or the same buffer twice: nothing was moved.
+      this.reply(id, {
+        ok: false,
+        code: 'ERR_SANDPOOL_DATA_CLONE',
+        error: cloneError({ reason: 'the result cannot be moved', cause }),
+      });
     }
   }
 

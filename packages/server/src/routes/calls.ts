@@ -55,7 +55,7 @@ async function call(
  * and its 0 ("no limit") means the server's limit. Negative or fractional values are left
  * for the pool's schema to refuse.
  */
-function capTimeout(requested: number | undefined, cap: number): number | undefined {
+export function capTimeout(requested: number | undefined, cap: number): number | undefined {
   if (requested === undefined || cap === 0 || requested < 0 || !Number.isInteger(requested)) return requested;
   return requested === 0 ? cap : Math.min(requested, cap);
 }

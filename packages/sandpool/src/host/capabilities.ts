@@ -1,0 +1,203 @@
+/**
+ * Host capabilities: functions of the host that agents call as `sandpool.host.<name>()`.
+ * They travel on the pool's own checked protocol and are looked up with `Object.hasOwn` in a
+ * null-prototype table, so a worker naming `__proto__`, `constructor` or `toString` reaches
+ * nothing. They run on the coordinator's thread: a CPU-heavy one delays every key.
+ */
+import { deserialize, serialize } from 'node:v8';
+import { SandpoolError } from '../errors.js';
+import type { AgentKey, ResolvedKey } from '../key.js';
+import { HOST_NOT_FOUND, type HostCall, type HostDone, IO_LIMITS } from '../protocol/agent-io.js';
+import { isPrimitive } from '../protocol/clone.js';
+import type { RemoteError } from '../protocol/messages.js';
+import { toRemoteError } from '../protocol/remote-error.js';
+import type { Channel } from './channel.js';
+import type { AgentThread } from './thread.js';
+
+/** What a capability learns about its caller. */
+export interface HostContext {
+  /** The calling key in text form, e.g. `a1b2@jan/notifier_agent`. */
+  readonly key: string;
+  readonly swarm: string;
+  readonly snapshot: string | null;
+  readonly stem: string;
+  /** Aborted when the agent call that made this host call ends: settled, cancelled, timed out, or its worker gone. */
+  readonly signal: AbortSignal;
+}
+
+/** `(ctx, ...args) => value | Promise<value>`; arguments and result are structured clones. */
+export type HostCapability = (ctx: HostContext, ...args: never[]) => unknown;
+export type HostCapabilities = Readonly<Record<string, HostCapability>>;
+/** The `host` pool option: one set for every key, or a function of the key called once per spawn. */
+export type HostOption = HostCapabilities | ((key: Readonly<AgentKey>) => HostCapabilities);
+
+type Table = Readonly<Record<string, HostCapability>>;
+type Invoke = (ctx: HostContext, ...args: unknown[]) => unknown;
+
+/** Names listed in a HOST_NOT_FOUND message at most. */
+const LISTED = 20;
+
+/** Whether a value can be the `host` option (the schema's check; the table is built per spawn). */
+export function isHostOption(value: unknown): value is HostOption {
+  return typeof value === 'function' || tableProblem(value) === null;
+}
+
+const tables = new WeakMap<object, Table>();
+
+/** The capabilities of a key about to start; throws INVALID_OPTIONS, which fails that key's calls. */
+export function capabilitiesFor(option: HostOption, key: ResolvedKey): Table {
+  if (typeof option !== 'function') {
+    let table = tables.get(option);
+    if (table === undefined) {
+      table = buildTable(option, key.text);
+      tables.set(option, table);
+    }
+    return table;
+  }
+  let declared: unknown;
+  try {
+    declared = option(Object.freeze({ swarm: key.swarm, snapshot: key.snapshot, stem: key.stem }));
+  } catch (cause) {
+    throw new SandpoolError('ERR_SANDPOOL_INVALID_OPTIONS', `${key.text}: the host function threw`, {
+      key: key.text,
+      cause,
+    });
+  }
+  return buildTable(declared, key.text);
+}
+
+function buildTable(declared: unknown, key: string): Table {
+  const problem = tableProblem(declared);
+  if (problem !== null) {
+    throw new SandpoolError('ERR_SANDPOOL_INVALID_OPTIONS', `${key}: host ${problem}`, {
+      key,
+      issues: [{ path: ['host'], message: `host ${problem}` }],
+    });
+  }
+  const table = Object.create(null) as Record<string, HostCapability>;
+  for (const [name, fn] of Object.entries(declared as Record<string, HostCapability>)) {
+    Object.defineProperty(table, name, { value: fn, enumerable: true });
+  }
+  return Object.freeze(table);
+}
+
+function tableProblem(value: unknown): string | null {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return 'must be an object of functions';
+  for (const [name, fn] of Object.entries(value)) {
+    if (name.length === 0 || name.length > IO_LIMITS.hostName) {
+      return `names must be 1 to ${IO_LIMITS.hostName} characters`;
+    }
+    if (typeof fn !== 'function') return `.${name} must be a function`;
+  }
+  return null;
+}
+
+/**
+ * The host calls of one worker in flight. Their count is bounded (the runtime refuses more
+ * itself, so excess here is a forgery); each one's `ctx.signal` is its agent call's, and when
+ * that call ends the worker is answered at once, whatever the capability still does.
+ */
+export class HostCalls {
+  private readonly inFlight = new Map<number, () => void>();
+
+  constructor(
+    private readonly table: Table,
+    private readonly key: ResolvedKey,
+  ) {}
+
+  handle(message: HostCall, channel: Channel, thread: AgentThread): void {
+    const { id, name } = message;
+    if (this.inFlight.has(id)) return thread.violate(`host call ${id} made twice`);
+    if (this.inFlight.size >= IO_LIMITS.hostCalls) return thread.violate('more host calls than its runtime allows');
+    const call = channel.callFor(message.call);
+    if (thread.terminating) return;
+    const answer = (done: HostDone): void => {
+      const stop = this.inFlight.get(id);
+      if (stop === undefined) return;
+      this.inFlight.delete(id);
+      stop();
+      if (!thread.terminating) thread.post(done);
+    };
+    this.inFlight.set(id, () => {});
+    if (call === undefined) {
+      const error = failure('ERR_SANDPOOL_ABORTED', `sandpool.host.${name}(): the agent call that made it has ended`);
+      return answer({ t: 'host-done', id, ok: false, error });
+    }
+    if (!Object.hasOwn(this.table, name)) return answer({ t: 'host-done', id, ok: false, error: this.notFound(name) });
+    let args: unknown;
+    try {
+      args = deserialize(new Uint8Array(message.args));
+    } catch (error) {
+      const failed = failure(
+        'ERR_SANDPOOL_DATA_CLONE',
+        `the arguments cannot be rebuilt in the host: ${String(error)}`,
+      );
+      return answer({ t: 'host-done', id, ok: false, error: failed });
+    }
+    if (!Array.isArray(args)) return thread.violate('host call arguments that are not an array');
+    call.hostAbort ??= new AbortController();
+    const { signal } = call.hostAbort;
+    const ended = (): void => {
+      const error = failure('ERR_SANDPOOL_ABORTED', `sandpool.host.${name}(): the agent call that made it has ended`);
+      answer({ t: 'host-done', id, ok: false, error });
+    };
+    signal.addEventListener('abort', ended, { once: true });
+    this.inFlight.set(id, () => signal.removeEventListener('abort', ended));
+    const { key } = this;
+    const ctx: HostContext = Object.freeze({
+      key: key.text,
+      swarm: key.swarm,
+      snapshot: key.snapshot,
+      stem: key.stem,
+      signal,
+    });
+    const fn = this.table[name] as unknown as Invoke;
+    let result: unknown;
+    try {
+      result = fn(ctx, ...args);
+    } catch (error) {
+      return answer({ t: 'host-done', id, ok: false, error: hostError(error) });
+    }
+    void Promise.resolve(result).then(
+      (value) => answer(encode(id, value)),
+      (error: unknown) => answer({ t: 'host-done', id, ok: false, error: hostError(error) }),
+    );
+  }
+
+  private notFound(name: string): RemoteError {
+    const names = Object.keys(this.table);
+    const listed = names.slice(0, LISTED).join(', ');
+    const more = names.length > LISTED ? `, and ${names.length - LISTED} more` : '';
+    return failure(
+      HOST_NOT_FOUND,
+      `no host capability ${JSON.stringify(name)}; ` +
+        (names.length === 0 ? 'the pool declares none' : `the pool declares: ${listed}${more}`),
+    );
+  }
+}
+
+function encode(id: number, value: unknown): HostDone {
+  if (isPrimitive(value)) return { t: 'host-done', id, ok: true, value, bytes: null };
+  try {
+    const buffer = serialize(value);
+    const bytes = buffer.buffer.slice(buffer.byteOffset, buffer.byteOffset + buffer.byteLength) as ArrayBuffer;
+    return { t: 'host-done', id, ok: true, value: undefined, bytes };
+  } catch (error) {
+    return {
+      t: 'host-done',
+      id,
+      ok: false,
+      error: failure('ERR_SANDPOOL_DATA_CLONE', `the capability's result cannot be cloned: ${String(error)}`),
+    };
+  }
+}
+
+/** The capability's error as the agent sees it: name, message and code, never the host's stack (it names host paths). */
+function hostError(thrown: unknown): RemoteError {
+  const { stack: _stack, ...error } = toRemoteError(thrown);
+  return error;
+}
+
+function failure(code: string, message: string): RemoteError {
+  return { name: 'Error', message, code };
+}

@@ -1,0 +1,203 @@
+import { closeSync, existsSync, openSync, readSync } from 'node:fs';
+import { availableParallelism, setPriority } from 'node:os';
+import type { Cell } from './cell.js';
+
+/** How often each worker's CPU time is read (a kept-open fd, 12-18 µs a read). */
+const SAMPLE_MS = 20;
+/** A call that has used this much CPU is heavy: a candidate for demotion when busy keys outnumber cores. */
+const HEAVY_CALL_MS = 10;
+/** CPU a worker may burn with no call running, per window, before it is demoted; a second window evicts it. */
+const BACKGROUND_MS = 100;
+const BACKGROUND_WINDOW_MS = 1_000;
+const DEMOTED_NICE = 19;
+
+export type DemoteReason = 'cpu-share' | 'background-cpu';
+
+export interface CpuOptions {
+  /** Demote CPU-heavy threads when busy keys outnumber cores. */
+  readonly fairness: boolean;
+  /** CPU one call may use; 0 = off. */
+  readonly cpuTimeoutMs: number;
+}
+
+export interface CpuEvents {
+  /** CPU a key's worker used since the last sample. */
+  used(cell: Cell, ms: number): void;
+  demoted(cell: Cell, reason: DemoteReason): void;
+  /** A call outran cpuTimeoutMs: its worker must end with `cpu`. */
+  overran(cell: Cell, detail: string): void;
+  /** A worker kept burning CPU with no call running: evict it. */
+  idleBurner(cell: Cell): void;
+  /** A demoted worker went idle and its priority cannot be raised back: recycle it. */
+  recycle(cell: Cell): void;
+}
+
+interface Sampled {
+  readonly tid: number;
+  readonly fd: number;
+  /** Nanoseconds on CPU at the last sample. */
+  total: number;
+  /** The oldest call running at the last sample, and the CPU (ns) when it became the oldest. */
+  oldest: object | null;
+  oldestStart: number;
+  demoted: DemoteReason | null;
+  windowStart: number;
+  windowCpu: number;
+}
+
+/**
+ * Per-worker CPU, counted on the worker's own thread from /proc (the kernel's figure, also
+ * between calls: timers, microtask loops), and what follows from it: cpuTimeoutMs, and with
+ * `fairness`, a lowered priority for heavy threads so a quiet key's latency holds.
+ */
+export class CpuGovernor {
+  private readonly sampled = new Map<Cell, Sampled>();
+  private readonly buffer = Buffer.alloc(128);
+  private timer: NodeJS.Timeout | null = null;
+  /** Whether a lowered priority can be raised back here (CAP_SYS_NICE or RLIMIT_NICE), probed on first use. */
+  private raisable: boolean | null = null;
+
+  constructor(
+    private readonly options: CpuOptions,
+    private readonly events: CpuEvents,
+  ) {}
+
+  /**
+   * The TID a worker reported, checked: a thread of this process, not the main one, not
+   * another worker's. Anything else is refused, and the worker goes unaccounted.
+   */
+  watch(cell: Cell, tid: number): boolean {
+    if (!Number.isSafeInteger(tid) || tid <= 0 || tid === process.pid) return false;
+    for (const other of this.sampled.values()) if (other.tid === tid) return false;
+    if (!existsSync(`/proc/self/task/${tid}`)) return false;
+    let fd: number;
+    try {
+      fd = openSync(`/proc/self/task/${tid}/schedstat`, 'r');
+    } catch {
+      return false;
+    }
+    const entry: Sampled = {
+      tid,
+      fd,
+      total: 0,
+      oldest: null,
+      oldestStart: 0,
+      demoted: null,
+      windowStart: 0,
+      windowCpu: 0,
+    };
+    entry.total = this.read(entry);
+    entry.windowStart = performance.now();
+    this.sampled.set(cell, entry);
+    this.raisable ??= probeRaise(tid);
+    if (this.timer === null) {
+      this.timer = setInterval(this.sample, SAMPLE_MS);
+      this.timer.unref();
+    }
+    return true;
+  }
+
+  unwatch(cell: Cell): void {
+    const entry = this.sampled.get(cell);
+    if (entry === undefined) return;
+    this.sampled.delete(cell);
+    this.events.used(cell, (this.read(entry) - entry.total) / 1e6);
+    closeSync(entry.fd);
+    if (this.sampled.size === 0 && this.timer !== null) {
+      clearInterval(this.timer);
+      this.timer = null;
+    }
+  }
+
+  isDemoted(cell: Cell): boolean {
+    return (this.sampled.get(cell)?.demoted ?? null) !== null;
+  }
+
+  /** The worker has no call left: a demoted one gets its priority back, or is recycled. */
+  drained(cell: Cell): void {
+    const entry = this.sampled.get(cell);
+    if (entry === undefined) return;
+    entry.oldest = null;
+    entry.windowStart = performance.now();
+    entry.windowCpu = 0;
+    if (entry.demoted !== 'cpu-share') return;
+    if (this.raisable === true && renice(entry.tid, 0)) entry.demoted = null;
+    else this.events.recycle(cell);
+  }
+
+  private readonly sample = (): void => {
+    const now = performance.now();
+    let busy = 0;
+    for (const cell of this.sampled.keys()) if (cell.busy > 0) busy += 1;
+    const crowded = busy > availableParallelism();
+    for (const [cell, entry] of this.sampled) {
+      const total = this.read(entry);
+      const delta = total - entry.total;
+      entry.total = total;
+      if (delta > 0) this.events.used(cell, delta / 1e6);
+      const oldest = cell.channel?.running.values().next().value ?? null;
+      if (oldest !== null) {
+        // The oldest call is charged the thread's CPU since it became the oldest (to within a
+        // sample); calls running beside it share that figure.
+        if (oldest !== entry.oldest) {
+          entry.oldest = oldest;
+          entry.oldestStart = total - delta;
+        }
+        const callMs = (total - entry.oldestStart) / 1e6;
+        if (this.options.cpuTimeoutMs > 0 && callMs > this.options.cpuTimeoutMs) {
+          this.events.overran(
+            cell,
+            `a call used ${Math.round(callMs)} ms of CPU, past cpuTimeoutMs ${this.options.cpuTimeoutMs}`,
+          );
+          continue;
+        }
+        if (this.options.fairness && crowded && entry.demoted === null && callMs > HEAVY_CALL_MS) {
+          this.demote(cell, entry, 'cpu-share');
+        }
+        continue;
+      }
+      entry.oldest = null;
+      if (cell.busy > 0) continue; // an answered call still within its abort grace
+      entry.windowCpu += delta / 1e6;
+      if (now - entry.windowStart < BACKGROUND_WINDOW_MS) continue;
+      const burning = entry.windowCpu > BACKGROUND_MS;
+      entry.windowStart = now;
+      entry.windowCpu = 0;
+      if (!burning || !this.options.fairness) continue;
+      if (entry.demoted === 'background-cpu') this.events.idleBurner(cell);
+      else this.demote(cell, entry, 'background-cpu');
+    }
+  };
+
+  private demote(cell: Cell, entry: Sampled, reason: DemoteReason): void {
+    if (!renice(entry.tid, DEMOTED_NICE)) return;
+    entry.demoted = reason;
+    this.events.demoted(cell, reason);
+  }
+
+  private read(entry: Sampled): number {
+    try {
+      const length = readSync(entry.fd, this.buffer, 0, this.buffer.length, 0);
+      return Number(this.buffer.toString('latin1', 0, length).split(' ')[0]);
+    } catch {
+      return entry.total; // the thread has gone: nothing more to count
+    }
+  }
+}
+
+function renice(tid: number, nice: number): boolean {
+  try {
+    setPriority(tid, nice);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Containers often drop CAP_SYS_NICE: lowering a priority still works there, raising it back
+ * does not. Probed on a worker's thread once (1, then back to 0), before any demotion.
+ */
+function probeRaise(tid: number): boolean {
+  return renice(tid, 1) && renice(tid, 0);
+}

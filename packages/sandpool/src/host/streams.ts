@@ -1,0 +1,264 @@
+/**
+ * `pool.stream()`: the consumer's side of a stream call. A stream is a call the worker
+ * answers with chunks before its reply, so it holds its worker busy (never idle, never
+ * evicted) until it ends, and fails with the codes a call fails with. Credit-based: the
+ * worker sends at most `highWaterMark` chunks beyond what the consumer has taken.
+ */
+import { deserialize } from 'node:v8';
+import { z } from 'zod';
+import { SandpoolError } from '../errors.js';
+import { issuesOf } from '../issues.js';
+import type { AgentKey } from '../key.js';
+import { IO_LIMITS, type StreamChunk } from '../protocol/agent-io.js';
+import { deserializeMoving } from '../protocol/transfer-codec.js';
+import type { PendingCall } from './call.js';
+import type { Cell } from './cell.js';
+
+const MAX_MS = 2_147_483_647;
+
+export const StreamOptionsSchema = z.strictObject({
+  signal: z.custom<AbortSignal>((value) => value instanceof AbortSignal, 'signal must be an AbortSignal').optional(),
+  /** Chunks the worker may produce beyond what the consumer has taken. */
+  highWaterMark: z.number().int().min(1).max(IO_LIMITS.highWaterMark).default(16),
+  /** Longest a `next()` waits for its chunk (the first one's worker start included); 0 = no limit. */
+  chunkTimeoutMs: z.number().int().nonnegative().max(MAX_MS).default(30_000),
+  /** Bounds the whole stream, counted from its hand-off to the worker; none unless given. */
+  timeoutMs: z.number().int().nonnegative().max(MAX_MS).optional(),
+});
+export type StreamOptions = z.input<typeof StreamOptionsSchema>;
+
+/** Where a stream call's chunks go, as the channel and the coordinator see it. */
+export interface StreamSink {
+  readonly highWaterMark: number;
+  push(value: unknown): void;
+  fail(error: SandpoolError): void;
+}
+
+/** What a stream needs of the coordinator. */
+export interface StreamHost {
+  openStream(
+    key: AgentKey | string,
+    fn: string,
+    args: readonly unknown[],
+    options: { signal?: AbortSignal; timeoutMs?: number },
+    sink: StreamSink,
+    resolve: (value: unknown) => void,
+    reject: (error: Error) => void,
+  ): PendingCall;
+  interrupt(call: PendingCall, error: SandpoolError | null, why: 'abort' | 'timeout'): void;
+}
+
+type State = 'unstarted' | 'open' | 'ended' | 'failed' | 'closed';
+
+const DONE: IteratorResult<never, undefined> = Object.freeze({ done: true, value: undefined });
+
+export class PoolStream<T> implements AsyncIterableIterator<T, undefined>, StreamSink {
+  readonly highWaterMark: number;
+  private state: State = 'unstarted';
+  private failure: Error | null = null;
+  private readonly chunks: unknown[] = [];
+  private waiter: { resolve: (step: IteratorResult<T, undefined>) => void; reject: (error: Error) => void } | null =
+    null;
+  private call: PendingCall | null = null;
+  /** Chunks received and chunks the consumer took: their difference never exceeds the high-water mark. */
+  private received = 0;
+  private taken = 0;
+  private unsentCredit = 0;
+  private chunkTimer: NodeJS.Timeout | undefined = undefined;
+  private readonly chunkTimeoutMs: number;
+  private readonly callOptions: { signal?: AbortSignal; timeoutMs?: number } = {};
+
+  constructor(
+    private readonly host: StreamHost,
+    private readonly keyInput: AgentKey | string,
+    private readonly fn: string,
+    private readonly args: readonly unknown[],
+    options: StreamOptions | undefined,
+  ) {
+    const parsed = StreamOptionsSchema.safeParse(options ?? {});
+    if (!parsed.success) {
+      this.highWaterMark = 1;
+      this.chunkTimeoutMs = 0;
+      this.state = 'failed';
+      this.failure = new SandpoolError('ERR_SANDPOOL_INVALID_OPTIONS', 'invalid stream options', {
+        issues: issuesOf(parsed.error),
+      });
+      return;
+    }
+    const { highWaterMark, chunkTimeoutMs, timeoutMs, signal } = parsed.data;
+    this.highWaterMark = highWaterMark;
+    this.chunkTimeoutMs = chunkTimeoutMs;
+    if (signal !== undefined) this.callOptions.signal = signal;
+    if (timeoutMs !== undefined) this.callOptions.timeoutMs = timeoutMs;
+  }
+
+  [Symbol.asyncIterator](): this {
+    return this;
+  }
+
+  next(): Promise<IteratorResult<T, undefined>> {
+    if (this.state === 'unstarted') this.start();
+    if (this.chunks.length > 0) return Promise.resolve({ done: false, value: this.take() });
+    if (this.state === 'failed') {
+      const failure = this.failure as Error;
+      this.state = 'closed';
+      return Promise.reject(failure);
+    }
+    if (this.state !== 'open') return Promise.resolve(DONE);
+    if (this.waiter !== null) return Promise.reject(new Error('sandpool: next() called before the last one settled'));
+    return new Promise((resolve, reject) => {
+      this.waiter = { resolve, reject };
+      if (this.chunkTimeoutMs > 0) this.chunkTimer = setTimeout(this.chunkTimedOut, this.chunkTimeoutMs);
+    });
+  }
+
+  /** The consumer is done (`break`): the generator in the worker is returned and its signal fires. */
+  return(): Promise<IteratorResult<T, undefined>> {
+    this.close();
+    return Promise.resolve(DONE);
+  }
+
+  throw(error?: unknown): Promise<IteratorResult<T, undefined>> {
+    this.close();
+    return Promise.reject(error);
+  }
+
+  // ---- the sink -------------------------------------------------------------------------
+
+  push(value: unknown): void {
+    if (this.state !== 'open') return;
+    this.received += 1;
+    if (this.received - this.taken > this.highWaterMark) {
+      this.call?.cell?.thread?.violate('a chunk beyond the credit it was given');
+      return;
+    }
+    const waiter = this.waiter;
+    if (waiter === null) {
+      this.chunks.push(value);
+      return;
+    }
+    this.waiter = null;
+    clearTimeout(this.chunkTimer);
+    this.taken += 1;
+    this.credit();
+    waiter.resolve({ done: false, value: value as T });
+  }
+
+  fail(error: SandpoolError): void {
+    const call = this.call;
+    if (call !== null && !call.settled) this.host.interrupt(call, error, 'abort');
+    else this.failed(error);
+  }
+
+  // ---- internals --------------------------------------------------------------------------
+
+  private start(): void {
+    this.state = 'open';
+    try {
+      this.call = this.host.openStream(
+        this.keyInput,
+        this.fn,
+        this.args,
+        this.callOptions,
+        this,
+        () => this.ended(),
+        (error) => this.failed(error),
+      );
+    } catch (error) {
+      this.failed(error instanceof Error ? error : new Error(String(error)));
+    }
+  }
+
+  private take(): T {
+    const value = this.chunks.shift() as T;
+    this.taken += 1;
+    this.credit();
+    return value;
+  }
+
+  /** Credit leaves once per tick however many chunks the consumer took in it. */
+  private credit(): void {
+    if (this.unsentCredit === 0) queueMicrotask(this.sendCredit);
+    this.unsentCredit += 1;
+  }
+
+  private readonly sendCredit = (): void => {
+    const n = this.unsentCredit;
+    this.unsentCredit = 0;
+    const call = this.call;
+    if (call !== null && this.state === 'open') call.cell?.channel?.credit(call, n);
+  };
+
+  private ended(): void {
+    if (this.state !== 'open') return;
+    this.state = 'ended';
+    this.settleWaiter(null);
+  }
+
+  private failed(error: Error): void {
+    if (this.state !== 'open' && this.state !== 'unstarted') return;
+    // Chunks that arrived before the failure are still the consumer's; the error follows them.
+    this.state = 'failed';
+    this.failure = error;
+    this.settleWaiter(error);
+  }
+
+  private settleWaiter(error: Error | null): void {
+    const waiter = this.waiter;
+    if (waiter === null) return;
+    this.waiter = null;
+    clearTimeout(this.chunkTimer);
+    if (error === null) waiter.resolve(DONE);
+    else {
+      this.state = 'closed';
+      waiter.reject(error);
+    }
+  }
+
+  private close(): void {
+    const call = this.call;
+    const wasOpen = this.state === 'open';
+    this.state = 'closed';
+    this.chunks.length = 0;
+    this.settleWaiter(null);
+    if (wasOpen && call !== null && !call.settled) this.host.interrupt(call, null, 'abort');
+  }
+
+  private readonly chunkTimedOut = (): void => {
+    this.chunkTimer = undefined;
+    const call = this.call;
+    const key = call?.keyText ?? '';
+    const error = new SandpoolError(
+      'ERR_SANDPOOL_TIMEOUT',
+      `${key} ${this.fn}() sent no chunk for ${this.chunkTimeoutMs} ms (chunkTimeoutMs)`,
+      { key },
+    );
+    if (call !== null && !call.settled) this.host.interrupt(call, error, 'timeout');
+    else this.failed(error);
+  };
+}
+
+/** A chunk from a worker: it must belong to a stream call that is running there. */
+export function receiveChunk(cell: Cell, message: StreamChunk, host: StreamHost): void {
+  const { channel, thread } = cell;
+  if (channel === null || thread === null) return;
+  const call = channel.callFor(message.id);
+  if (call === undefined || thread.terminating) return; // a late chunk of a stream that has ended
+  const sink = call.stream;
+  if (sink === null) return thread.violate('a chunk for a call that is not a stream');
+  const { bytes, moved } = message;
+  if (bytes === null) return sink.push(message.value);
+  let value: unknown;
+  try {
+    value = moved === undefined ? deserialize(new Uint8Array(bytes)) : deserializeMoving(bytes, moved);
+  } catch (error) {
+    const key = cell.key.text;
+    const failure = new SandpoolError('ERR_SANDPOOL_DATA_CLONE', `${key}: a chunk cannot be rebuilt in the host`, {
+      key,
+      cause: error,
+    });
+    host.interrupt(call, failure, 'abort');
+    return;
+  }
+  sink.push(value);
+}

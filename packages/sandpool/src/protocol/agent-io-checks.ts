@@ -1,0 +1,43 @@
+/** The coordinator's checks on the agent-side messages (see agent-io.ts), in the style of checks.ts. */
+import { IO_LIMITS } from './agent-io.js';
+import { bad, type Checked, isCallId } from './checks.js';
+import { isPrimitive } from './clone.js';
+import { type FromWorker, LIMITS } from './messages.js';
+
+export function checkChunk(raw: Record<string, unknown>): Checked {
+  if (!isCallId(raw.id)) return bad('a chunk with a malformed call id');
+  const { value, bytes } = raw;
+  if (bytes === null) {
+    if (!isPrimitive(value)) return bad('an object chunk outside serialized bytes');
+  } else if (!(bytes instanceof ArrayBuffer) || value !== undefined) {
+    return bad('a malformed chunk');
+  } else if (bytes.byteLength > LIMITS.resultBytes) {
+    return bad(`a chunk of ${bytes.byteLength} bytes, past the limit its runtime keeps`);
+  } else if (raw.moved !== undefined && !checkMoved(raw.moved, bytes.byteLength)) {
+    return bad('a chunk with a malformed list of moved buffers');
+  }
+  return { ok: true, message: raw as unknown as FromWorker };
+}
+
+export function checkHostCall(raw: Record<string, unknown>): Checked {
+  if (!isCallId(raw.id) || !isCallId(raw.call)) return bad('a host call with a malformed id');
+  const { name, args } = raw;
+  if (typeof name !== 'string' || name.length === 0 || name.length > IO_LIMITS.hostName) {
+    return bad('a host call with a malformed name');
+  }
+  if (!(args instanceof ArrayBuffer) || args.byteLength > IO_LIMITS.hostArgsBytes) {
+    return bad('host call arguments past the limit its runtime keeps');
+  }
+  return { ok: true, message: raw as unknown as FromWorker };
+}
+
+/** Moved buffers count toward the result's size like bytes written inline. */
+export function checkMoved(moved: unknown, inline: number): boolean {
+  if (!Array.isArray(moved) || moved.length > IO_LIMITS.transfers) return false;
+  let total = inline;
+  for (const buffer of moved) {
+    if (!(buffer instanceof ArrayBuffer)) return false;
+    total += buffer.byteLength;
+  }
+  return total <= LIMITS.resultBytes;
+}

@@ -1,0 +1,70 @@
+/**
+ * The messages of the agent's side beyond plain calls: host capabilities (worker → host and
+ * back), streams (start, credit, chunks) and their bounds. Types and limits only, shared by
+ * both sides like messages.ts.
+ */
+import type { RemoteError } from './messages.js';
+
+export const IO_LIMITS = {
+  /** Characters of a capability name. */
+  hostName: 128,
+  /** Serialized bytes of one host call's arguments: they are decoded on the coordinator's thread. */
+  hostArgsBytes: 1024 * 1024,
+  /** Host calls of one worker in flight at once; the runtime refuses the next one itself. */
+  hostCalls: 64,
+  /** Chunks a stream may run ahead of its consumer. */
+  highWaterMark: 1024,
+  /** ArrayBuffers one result may move out of band. */
+  transfers: 1024,
+} as const;
+
+/** The code a call to an undeclared capability rejects with in the agent. */
+export const HOST_NOT_FOUND = 'ERR_SANDPOOL_HOST_NOT_FOUND';
+
+/**
+ * An agent calls a capability. `call` is the id of the agent call it was made in: the
+ * coordinator gives the capability that call's signal, and refuses a call that has ended.
+ * `args` is the `v8.serialize` of the argument array, sized before it is decoded.
+ */
+export interface HostCall {
+  t: 'host';
+  id: number;
+  call: number;
+  name: string;
+  args: ArrayBuffer;
+}
+
+/** The capability's outcome: a primitive value, serialized bytes, or an error with its code. */
+export type HostDone =
+  | { t: 'host-done'; id: number; ok: true; value: unknown; bytes: ArrayBuffer | null }
+  | { t: 'host-done'; id: number; ok: false; error: RemoteError };
+
+/**
+ * Starts a stream call: like a call in a batch, plus the chunks the worker may send before
+ * it hears more credit. Its end is an ordinary reply (`done` ok undefined, or an error).
+ */
+export interface StreamStart {
+  t: 'stream';
+  id: number;
+  fn: string;
+  args: unknown[];
+  deadline: number;
+  credit: number;
+}
+
+/** The consumer took `n` more chunks: the worker may send that many more. */
+export interface StreamCredit {
+  t: 'credit';
+  id: number;
+  n: number;
+}
+
+/** One chunk: a primitive in `value`, anything else as serialized bytes (see SerializedResult). */
+export interface StreamChunk {
+  t: 'chunk';
+  id: number;
+  value: unknown;
+  bytes: ArrayBuffer | null;
+  /** As in SerializedResult: buffers moved with `sandpool.transfer`. */
+  moved?: ArrayBuffer[];
+}

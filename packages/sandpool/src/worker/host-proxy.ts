@@ -1,0 +1,109 @@
+/**
+ * `sandpool.host`: the agent's way to the capabilities the pool declared. Each property is a
+ * function that sends a host call on the private port and waits for its answer; the
+ * coordinator decides what exists. Refusals the runtime can make itself (outside a call, a
+ * name or arguments too large, too many in flight) never leave the worker.
+ */
+import { deserialize, serialize } from 'node:v8';
+import { HOST_NOT_FOUND, type HostDone, IO_LIMITS } from '../protocol/agent-io.js';
+import type { FromWorker, RemoteError } from '../protocol/messages.js';
+import { currentCall } from './context.js';
+
+type Post = (message: FromWorker, transfer?: ArrayBuffer[]) => void;
+type HostFunction = (...args: unknown[]) => Promise<unknown>;
+
+interface Waiting {
+  resolve: (value: unknown) => void;
+  reject: (error: Error) => void;
+}
+
+export class HostProxy {
+  private nextId = 0;
+  /** Host calls sent and not answered: their count is what the coordinator bounds. */
+  private readonly waiting = new Map<number, Waiting>();
+  readonly api: Readonly<Record<string, HostFunction>>;
+
+  constructor(private readonly post: Post) {
+    this.api = new Proxy(Object.freeze(Object.create(null)) as Record<string, HostFunction>, {
+      // `then` stays undefined so `await sandpool.host` does not call a capability named then.
+      get: (_target, name) =>
+        typeof name === 'string' && name !== 'then' ? (...args: unknown[]) => this.call(name, args) : undefined,
+      set: () => false,
+      defineProperty: () => false,
+      deleteProperty: () => false,
+    });
+  }
+
+  answer(message: HostDone): void {
+    const waiting = this.waiting.get(message.id);
+    if (waiting === undefined) return;
+    this.waiting.delete(message.id);
+    if (!message.ok) {
+      waiting.reject(rebuild(message.error));
+      return;
+    }
+    try {
+      waiting.resolve(message.bytes === null ? message.value : deserialize(new Uint8Array(message.bytes)));
+    } catch (error) {
+      waiting.reject(failure('ERR_SANDPOOL_DATA_CLONE', `the capability's result cannot be rebuilt: ${String(error)}`));
+    }
+  }
+
+  private call(name: string, args: unknown[]): Promise<unknown> {
+    const context = currentCall();
+    if (context === undefined || context.ended) {
+      return Promise.reject(
+        failure(
+          'ERR_SANDPOOL_ABORTED',
+          `sandpool.host.${name.slice(0, 64)}() was called outside a running agent call (at the module's top level, or from a timer or promise that outlived its call)`,
+        ),
+      );
+    }
+    if (name.length > IO_LIMITS.hostName) {
+      return Promise.reject(failure(HOST_NOT_FOUND, `no host capability ${JSON.stringify(name.slice(0, 64))}…`));
+    }
+    if (this.waiting.size >= IO_LIMITS.hostCalls) {
+      return Promise.reject(
+        failure('ERR_SANDPOOL_QUEUE_FULL', `${IO_LIMITS.hostCalls} host calls are in flight already in this worker`),
+      );
+    }
+    let bytes: ArrayBuffer;
+    try {
+      const buffer = serialize(args);
+      if (buffer.byteLength > IO_LIMITS.hostArgsBytes) {
+        return Promise.reject(
+          failure(
+            'ERR_SANDPOOL_DATA_CLONE',
+            `the arguments of sandpool.host.${name}() serialize to ${buffer.byteLength} bytes, above ${IO_LIMITS.hostArgsBytes}`,
+          ),
+        );
+      }
+      bytes = buffer.buffer.slice(buffer.byteOffset, buffer.byteOffset + buffer.byteLength) as ArrayBuffer;
+    } catch (error) {
+      return Promise.reject(
+        failure(
+          'ERR_SANDPOOL_DATA_CLONE',
+          `the arguments of sandpool.host.${name}() cannot be cloned: ${String(error)}`,
+        ),
+      );
+    }
+    const id = ++this.nextId;
+    return new Promise((resolve, reject) => {
+      this.waiting.set(id, { resolve, reject });
+      this.post({ t: 'host', id, call: context.id, name, args: bytes }, [bytes]);
+    });
+  }
+}
+
+function failure(code: string, message: string): Error {
+  const error = new Error(message) as Error & { code: string };
+  error.code = code;
+  return error;
+}
+
+function rebuild(remote: RemoteError): Error {
+  const error = new Error(remote.message) as Error & { code?: string | number };
+  error.name = remote.name;
+  if (remote.code !== undefined) error.code = remote.code;
+  return error;
+}

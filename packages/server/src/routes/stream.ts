@@ -1,0 +1,86 @@
+import { once } from 'node:events';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { SandpoolError } from 'sandpool';
+import { type CallKind, readCallInput } from '../call-input.js';
+import type { ServerContext } from '../context.js';
+import { outcomeOf, toErrorReply } from '../errors.js';
+import { authorize } from '../guard.js';
+import { capTimeout } from './calls.js';
+
+/**
+ * `POST /v1/stream` (and `/v1/stream/<key>`): the body of `/v1/call`, answered as NDJSON —
+ * `{"chunk":…}` per chunk, then `{"done":true}`, or `{"error":{code,message}}` when the
+ * stream fails after it began. A failure before the first chunk is an ordinary error reply
+ * with its status. A client that hangs up ends the generator in the worker (its `finally`
+ * runs and its signal fires); the worker and its other calls stay.
+ */
+export function registerStreamRoutes(app: FastifyInstance, context: ServerContext): void {
+  app.post('/v1/stream', (request, reply) => stream(context, request, reply, undefined));
+  app.post<{ Params: { '*': string } }>('/v1/stream/*', (request, reply) =>
+    stream(context, request, reply, request.params['*']),
+  );
+}
+
+async function stream(
+  { pool, metrics, options, scrub }: ServerContext,
+  request: FastifyRequest,
+  reply: FastifyReply,
+  pathKey: string | undefined,
+): Promise<void> {
+  const started = process.hrtime.bigint();
+  let kind: CallKind | null = null;
+  let iterator: AsyncIterableIterator<unknown, undefined> | null = null;
+  let first: IteratorResult<unknown, undefined>;
+  try {
+    const input = readCallInput(request.body, { path: pathKey, header: request.headers['x-sandpool-key'] });
+    kind = input.kind;
+    authorize(request, input.swarm, 'read');
+    const timeoutMs = capTimeout(input.timeoutMs, options.callTimeoutCapMs);
+    iterator = pool.stream(input.key, input.fn, input.args, timeoutMs === undefined ? {} : { timeoutMs });
+    first = await iterator.next();
+  } catch (error) {
+    metrics.observeCall(outcomeOf(error), kind, elapsed(started));
+    throw error;
+  }
+  const raw = reply.raw;
+  reply.hijack();
+  raw.writeHead(200, {
+    ...(reply.getHeaders() as Record<string, string | number | string[]>),
+    'content-type': 'application/x-ndjson; charset=utf-8',
+    'cache-control': 'no-store',
+  });
+  let gone = false;
+  const closed = once(raw, 'close').then(() => {
+    gone = !raw.writableFinished;
+    // A next() waiting for the agent returns at once: the loop below ends.
+    if (gone) void iterator?.return?.();
+  });
+  let outcome: ReturnType<typeof outcomeOf> | 'ok' = 'ok';
+  try {
+    for (let step = first; step.done !== true && !gone; step = await iterator.next()) {
+      if (!raw.write(chunkLine(step.value))) await Promise.race([once(raw, 'drain'), closed]);
+    }
+    if (!gone) raw.end('{"done":true}\n');
+  } catch (error) {
+    outcome = outcomeOf(error);
+    void iterator.return?.();
+    if (!gone) raw.end(`${JSON.stringify({ error: toErrorReply(error, options.debug, scrub).body })}\n`);
+  }
+  metrics.observeCall(outcome, kind, elapsed(started));
+}
+
+/** Chunks are structured clones, written as in `/v1/call`: undefined as null, a bigint as its decimal text. */
+function chunkLine(value: unknown): string {
+  try {
+    const text = JSON.stringify(value ?? null, (_name, item: unknown) =>
+      typeof item === 'bigint' ? item.toString() : item,
+    );
+    return `{"chunk":${text}}\n`;
+  } catch (cause) {
+    throw new SandpoolError('ERR_SANDPOOL_DATA_CLONE', 'a chunk cannot be written as JSON', { cause });
+  }
+}
+
+function elapsed(started: bigint): number {
+  return Number(process.hrtime.bigint() - started) / 1e9;
+}

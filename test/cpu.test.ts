@@ -1,0 +1,62 @@
+import { describe, expect, it } from 'vitest';
+import { rejection } from './support/errors.js';
+import { eventually, installCleanup, invariants, openPool, recordEvents } from './support/pool.js';
+import { counterAgent, makeRoot } from './support/root.js';
+
+installCleanup();
+
+const BURNER = `
+  export function spin(ms) { const end = Date.now() + ms; while (Date.now() < end); return 'done'; }
+  export function forever() { for (;;); }
+  // Returns at once, then keeps a core busy from a timer: CPU with no call running.
+  export function burnInBackground() {
+    setInterval(() => { const end = Date.now() + 45; while (Date.now() < end); }, 50);
+    return 'burning';
+  }
+`;
+
+async function root(): Promise<string> {
+  return makeRoot({ 'a/live/burner.mjs': BURNER, ...(await counterAgent('n')) });
+}
+
+const onLinux = process.platform === 'linux';
+
+describe.runIf(onLinux)('CPU, counted on the worker thread', () => {
+  it('keyStats() reports each key its CPU, calls, errors and latency', async () => {
+    const pool = openPool({ root: await root() });
+    expect(await pool.call('a/burner', 'spin', [150])).toBe('done');
+    expect(await pool.call('n/notifier_agent', 'add', [1, 2])).toBe(3);
+    await rejection(pool.call('n/notifier_agent', 'nope'));
+    await new Promise((resolve) => setTimeout(resolve, 60)); // one more sample
+    const stats = Object.fromEntries(pool.keyStats().map((entry) => [entry.key, entry]));
+    expect(stats['a/burner']).toMatchObject({ swarm: 'a', stem: 'burner', calls: 1, errors: 0, workers: 1 });
+    expect(stats['a/burner']?.cpuMs).toBeGreaterThan(100);
+    expect(stats['n/notifier_agent']).toMatchObject({ calls: 2, errors: 1, inFlight: 0, queued: 0 });
+    expect(stats['n/notifier_agent']?.cpuMs).toBeLessThan(stats['a/burner']?.cpuMs ?? 0);
+    expect(stats['a/burner']?.latency?.max).toBeGreaterThanOrEqual(150);
+  });
+
+  it('cpuTimeoutMs ends a call by the CPU it used, with WORKER_EXITED cpu; a neighbour answers', async () => {
+    const pool = openPool({ root: await root(), cpuTimeoutMs: 200 });
+    const { events } = recordEvents(pool);
+    const error = await rejection(pool.call('a/burner', 'forever', [], { timeoutMs: 0 }));
+    expect(error).toMatchObject({ code: 'ERR_SANDPOOL_WORKER_EXITED', reason: 'cpu' });
+    expect(events).toContainEqual(expect.objectContaining({ type: 'exit', key: 'a/burner', reason: 'cpu' }));
+    expect(await pool.call('n/notifier_agent', 'add', [2, 2])).toBe(4);
+    // A call that waits, using no CPU, is not touched.
+    expect(await pool.call('n/notifier_agent', 'slow', [300, 'idle wait'], { timeoutMs: 0 })).toBe('idle wait');
+    expect(invariants(pool)).toEqual([]);
+  });
+
+  it('a worker burning CPU with no call running is demoted, then evicted with cpu', { timeout: 15_000 }, async () => {
+    const pool = openPool({ root: await root() });
+    const demotions: string[] = [];
+    pool.on('demote', ({ key, reason }) => demotions.push(`${key} ${reason}`));
+    const { events } = recordEvents(pool);
+    expect(await pool.call('a/burner', 'burnInBackground')).toBe('burning');
+    await eventually(() => events.some((event) => event.type === 'evict' && event.reason === 'cpu'), 8_000);
+    expect(demotions).toEqual(['a/burner background-cpu']);
+    expect(await pool.call('n/notifier_agent', 'add', [1, 1])).toBe(2);
+    expect(invariants(pool)).toEqual([]);
+  });
+});
