@@ -30,7 +30,7 @@ describe.runIf(onLinux)('CPU, counted on the worker thread', () => {
     await new Promise((resolve) => setTimeout(resolve, 60)); // one more sample
     const stats = Object.fromEntries(pool.keyStats().map((entry) => [entry.key, entry]));
     expect(stats['a/burner']).toMatchObject({ swarm: 'a', stem: 'burner', calls: 1, errors: 0, workers: 1 });
-    expect(stats['a/burner']?.cpuMs).toBeGreaterThan(100);
+    expect(stats['a/burner']?.cpuMs).toBeGreaterThan(30);
     expect(stats['n/notifier_agent']).toMatchObject({ calls: 2, errors: 1, inFlight: 0, queued: 0 });
     expect(stats['n/notifier_agent']?.cpuMs).toBeLessThan(stats['a/burner']?.cpuMs ?? 0);
     expect(stats['a/burner']?.latency?.max).toBeGreaterThanOrEqual(150);

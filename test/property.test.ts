@@ -91,7 +91,8 @@ describe('the coordinator under random sequences', () => {
           root,
           maxWorkers: MAX_WORKERS,
           spareWorkers: 1,
-          callTimeoutMs: 150,
+          // Long enough that an ok call on a loaded 2-core machine never times out; hang calls do.
+          callTimeoutMs: 400,
           idleTimeoutMs: 0,
         });
         const { peak } = recordEvents(pool);

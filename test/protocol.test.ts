@@ -17,14 +17,14 @@ function refused(raw: unknown): string {
 describe('checkFromWorker', () => {
   it('accepts what the runtime sends', () => {
     for (const message of [
-      { t: 'ready' },
+      { t: 'ready', tid: 1234 },
       { t: 'done', ok: [1, 'v', 2, null, 3, 4.5, 4, undefined, 5, 10n], err: [6, 'ERR_SANDPOOL_AGENT_ERROR', error] },
       { t: 'done', ok: [], err: [1, 'ERR_SANDPOOL_DATA_CLONE', { ...error, stack: 's', code: 'E_PROP' }] },
       { t: 'done', ok: [], err: [1, 'ERR_SANDPOOL_AGENT_ERROR', { ...error, code: 42 }] },
       { t: 'result', id: 7, bytes: new ArrayBuffer(8) },
       { t: 'out', stream: 'stderr', text: 'x'.repeat(LIMITS.outputChunk), dropped: 0 },
       { t: 'load-failed', code: 'ERR_SANDPOOL_MODULE_LOAD', error },
-      Object.assign(Object.create(null), { t: 'ready' }),
+      Object.assign(Object.create(null), { t: 'ready', tid: 0 }),
     ]) {
       expect(checkFromWorker(message).ok, JSON.stringify(Object.keys(message))).toBe(true);
     }
@@ -156,7 +156,16 @@ function stubOwner() {
 }
 
 function call(fn = 'f'): PendingCall {
-  return { id: 0, fn, args: [], timeoutMs: 0, deadline: 0, stopWaiting() {} } as unknown as PendingCall;
+  return {
+    id: 0,
+    fn,
+    args: [],
+    timeoutMs: 0,
+    deadline: 0,
+    stream: null,
+    transfer: null,
+    stopWaiting() {},
+  } as unknown as PendingCall;
 }
 
 function setup() {

@@ -14,7 +14,8 @@ import { Census } from './census.js';
 import { CpuGovernor } from './cpu.js';
 import { settledStamp, stampFiles } from './freshness.js';
 import { MemoryGovernor, v8HeapLimitMb } from './governor.js';
-import { KeyBook, type KeyStats } from './key-stats.js';
+import { violations } from './invariants.js';
+import { collectKeyStats, KeyBook, type KeyStats } from './key-stats.js';
 import { labelledWriter } from './output.js';
 import { endsSandbox, permissionArgs, policyFor } from './permissions.js';
 import { aborted, closedError, deathError, isExitReason, snapshotGone } from './pool-errors.js';
@@ -797,39 +798,13 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
 
   /** Per key: CPU, memory, calls, errors, in flight, queued, demoted, latency (see KeyStats). */
   keyStats(): KeyStats[] {
-    const texts = new Set<string>([...this.keys.keys(), ...this.routes.keys()]);
-    const byKey = new Map<string, Cell[]>();
-    for (const cell of this.census.withThread()) {
-      const cells = byKey.get(cell.key.text);
-      if (cells === undefined) byKey.set(cell.key.text, [cell]);
-      else cells.push(cell);
-      texts.add(cell.key.text);
-    }
-    const stats: KeyStats[] = [];
-    for (const text of texts) {
-      const key = resolveKey(text);
-      const route = this.routes.get(text);
-      const serving = route?.serving ?? null;
-      const reading = serving === null ? null : this.memory.lastReading(serving);
-      const cells = byKey.get(text) ?? [];
-      let queued = 0;
-      for (const call of route?.pending ?? []) if (call.cell?.waiting?.includes(call) === true) queued += 1;
-      stats.push({
-        key: text,
-        swarm: key.swarm,
-        snapshot: key.snapshot,
-        stem: key.stem,
-        state: serving?.phase.name ?? null,
-        workers: cells.length,
-        heapBytes: reading?.heap ?? null,
-        externalBytes: reading?.external ?? null,
-        inFlight: (route?.pending.size ?? 0) - queued,
-        queued,
-        demoted: cells.some((cell) => this.cpu.isDemoted(cell)),
-        ...this.keys.read(text),
-      });
-    }
-    return stats;
+    return collectKeyStats({
+      book: this.keys,
+      routes: this.routes,
+      cells: this.census.withThread(),
+      memory: (cell) => this.memory.lastReading(cell),
+      demoted: (cell) => this.cpu.isDemoted(cell),
+    });
   }
 
   close(): Promise<void> {
@@ -856,48 +831,13 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
 
   /** Every rule the books must obey, checked from scratch; empty when all hold. */
   violations(): string[] {
-    const problems: string[] = [];
-    const { census } = this;
-    if (census.slotHolders > this.options.maxWorkers) {
-      problems.push(`${census.slotHolders} keyed threads alive, above maxWorkers ${this.options.maxWorkers}`);
-    }
-    for (const phase of ['resolving', 'queued', 'starting', 'ready', 'draining', 'exiting', 'stuck'] as const) {
-      for (const cell of census.cells(phase)) {
-        if (cell.phase.name !== phase) problems.push(`${cell.key.text} counted as ${phase} but is ${cell.phase.name}`);
-      }
-    }
-    const queued = new Set(this.scheduler.queued());
-    for (const cell of census.cells('queued'))
-      if (!queued.has(cell)) problems.push(`${cell.key.text} queued, not in the queue`);
-    for (const cell of queued)
-      if (cell.phase.name !== 'queued') problems.push(`${cell.key.text} in the queue while ${cell.phase.name}`);
-    const waiting = new Set<PendingCall>();
-    for (const phase of ['resolving', 'queued'] as const) {
-      for (const cell of census.cells(phase)) for (const call of cell.waiting ?? []) waiting.add(call);
-    }
-    if (waiting.size !== this.waitingCalls.size || [...waiting].some((call) => !this.waitingCalls.has(call))) {
-      problems.push(
-        `waitingForSlot holds ${this.waitingCalls.size} calls; cells without a worker hold ${waiting.size}`,
-      );
-    }
-    for (const [text, route] of this.routes) {
-      if (route.unused) problems.push(`${text} holds nothing but is still routed`);
-      for (const cell of [route.serving, route.candidate]) {
-        if (cell === null) continue;
-        const name = cell.phase.name;
-        if (name === 'draining' || name === 'exiting' || name === 'ended')
-          problems.push(`${text} routes to a ${name} cell`);
-      }
-      for (const call of route.pending) {
-        const cell = call.cell;
-        const held =
-          call.settled === false &&
-          cell !== null &&
-          ((cell.waiting?.includes(call) ?? false) || cell.channel?.running.get(call.id) === call);
-        if (!held) problems.push(`${text}: a pending call ${call.fn}() is held by no cell`);
-      }
-    }
-    return problems;
+    return violations({
+      census: this.census,
+      queued: [...this.scheduler.queued()],
+      routes: this.routes,
+      waitingCalls: this.waitingCalls,
+      maxWorkers: this.options.maxWorkers,
+    });
   }
 }
 

@@ -1,4 +1,7 @@
-import type { ResolvedKey } from '../key.js';
+import { type ResolvedKey, resolveKey } from '../key.js';
+import type { Cell } from './cell.js';
+import type { MemoryReading } from './memory-probe.js';
+import type { Route } from './route.js';
 
 /** What `pool.keyStats()` says of one key: the per-tenant view of who uses what. */
 export interface KeyStats {
@@ -92,4 +95,50 @@ export class KeyBook {
 
 function round(ms: number): number {
   return Math.round(ms * 1000) / 1000;
+}
+
+export interface KeySources {
+  readonly book: KeyBook;
+  readonly routes: ReadonlyMap<string, Route>;
+  /** Cells holding a thread. */
+  readonly cells: Iterable<Cell>;
+  memory(cell: Cell): MemoryReading | null;
+  demoted(cell: Cell): boolean;
+}
+
+/** One entry per key the pool routes, runs or has totals for. */
+export function collectKeyStats({ book, routes, cells, memory, demoted }: KeySources): KeyStats[] {
+  const texts = new Set<string>([...book.keys(), ...routes.keys()]);
+  const byKey = new Map<string, Cell[]>();
+  for (const cell of cells) {
+    const list = byKey.get(cell.key.text);
+    if (list === undefined) byKey.set(cell.key.text, [cell]);
+    else list.push(cell);
+    texts.add(cell.key.text);
+  }
+  const stats: KeyStats[] = [];
+  for (const text of texts) {
+    const key = resolveKey(text);
+    const route = routes.get(text);
+    const serving = route?.serving ?? null;
+    const reading = serving === null ? null : memory(serving);
+    const keyCells = byKey.get(text) ?? [];
+    let queued = 0;
+    for (const call of route?.pending ?? []) if (call.cell?.waiting?.includes(call) === true) queued += 1;
+    stats.push({
+      key: text,
+      swarm: key.swarm,
+      snapshot: key.snapshot,
+      stem: key.stem,
+      state: serving?.phase.name ?? null,
+      workers: keyCells.length,
+      heapBytes: reading?.heap ?? null,
+      externalBytes: reading?.external ?? null,
+      inFlight: (route?.pending.size ?? 0) - queued,
+      queued,
+      demoted: keyCells.some(demoted),
+      ...book.read(text),
+    });
+  }
+  return stats;
 }

@@ -1,0 +1,60 @@
+import type { PendingCall } from './call.js';
+import type { Cell } from './cell.js';
+import type { Census } from './census.js';
+import type { Route } from './route.js';
+
+/** What the invariants are checked against: the coordinator's books, read only. */
+export interface Books {
+  readonly census: Census;
+  readonly queued: readonly Cell[];
+  readonly routes: ReadonlyMap<string, Route>;
+  readonly waitingCalls: ReadonlySet<PendingCall>;
+  readonly maxWorkers: number;
+}
+
+/**
+ * Every rule the coordinator's books must obey, recomputed from scratch (no counter is
+ * trusted): the test suite checks them after every property-test step. Empty when all hold.
+ */
+export function violations(view: Books): string[] {
+  const problems: string[] = [];
+  const { census } = view;
+  if (census.slotHolders > view.maxWorkers) {
+    problems.push(`${census.slotHolders} keyed threads alive, above maxWorkers ${view.maxWorkers}`);
+  }
+  for (const phase of ['resolving', 'queued', 'starting', 'ready', 'draining', 'exiting', 'stuck'] as const) {
+    for (const cell of census.cells(phase)) {
+      if (cell.phase.name !== phase) problems.push(`${cell.key.text} counted as ${phase} but is ${cell.phase.name}`);
+    }
+  }
+  const queued = new Set(view.queued);
+  for (const cell of census.cells('queued'))
+    if (!queued.has(cell)) problems.push(`${cell.key.text} queued, not in the queue`);
+  for (const cell of queued)
+    if (cell.phase.name !== 'queued') problems.push(`${cell.key.text} in the queue while ${cell.phase.name}`);
+  const waiting = new Set<PendingCall>();
+  for (const phase of ['resolving', 'queued'] as const) {
+    for (const cell of census.cells(phase)) for (const call of cell.waiting ?? []) waiting.add(call);
+  }
+  if (waiting.size !== view.waitingCalls.size || [...waiting].some((call) => !view.waitingCalls.has(call))) {
+    problems.push(`waitingForSlot holds ${view.waitingCalls.size} calls; cells without a worker hold ${waiting.size}`);
+  }
+  for (const [text, route] of view.routes) {
+    if (route.unused) problems.push(`${text} holds nothing but is still routed`);
+    for (const cell of [route.serving, route.candidate]) {
+      if (cell === null) continue;
+      const name = cell.phase.name;
+      if (name === 'draining' || name === 'exiting' || name === 'ended')
+        problems.push(`${text} routes to a ${name} cell`);
+    }
+    for (const call of route.pending) {
+      const cell = call.cell;
+      const held =
+        call.settled === false &&
+        cell !== null &&
+        ((cell.waiting?.includes(call) ?? false) || cell.channel?.running.get(call.id) === call);
+      if (!held) problems.push(`${text}: a pending call ${call.fn}() is held by no cell`);
+    }
+  }
+  return problems;
+}
