@@ -83,6 +83,21 @@ async function withNeighbour<T>(pool: Pool, attack: () => Promise<T>): Promise<T
 }
 
 /** The books balance, the host still serves both keys, and the counters say what happened. */
+/** Runs `fn` while sampling this process's RSS every 5 ms; how far it rose above where it started. */
+async function rssGrowth<T>(fn: () => Promise<T>): Promise<{ value: T; growth: number }> {
+  const before = process.memoryUsage().rss;
+  let peak = before;
+  const sampler = setInterval(() => {
+    peak = Math.max(peak, process.memoryUsage().rss);
+  }, 5);
+  try {
+    const value = await fn();
+    return { value, growth: Math.max(peak, process.memoryUsage().rss) - before };
+  } finally {
+    clearInterval(sampler);
+  }
+}
+
 async function sane(pool: Pool, expected: Partial<PoolStats>): Promise<void> {
   expect(invariants(pool)).toEqual([]);
   expect(await pool.call(NEIGHBOUR, 'add', [2, 2])).toBe(4);
@@ -139,21 +154,13 @@ describe('attacks, each with a neighbour key answering throughout', () => {
 
   it('a result holding one 50 MB string a thousand times fails with DATA_CLONE, and nothing balloons', async () => {
     const pool = openPool({ root: await hostileRoot() });
-    const before = process.memoryUsage().rss;
-    let peak = before;
-    const sampler = setInterval(() => {
-      peak = Math.max(peak, process.memoryUsage().rss);
-    }, 5);
-    try {
-      const error = await withNeighbour(pool, () => rejection(pool.call(HOSTILE, 'shared', [50, 1000])));
-      expect(error.code).toBe('ERR_SANDPOOL_DATA_CLONE');
-      expect(error.message).toMatch(/more than 256 MB/);
-    } finally {
-      clearInterval(sampler);
-    }
-    peak = Math.max(peak, process.memoryUsage().rss);
+    const { value: error, growth } = await rssGrowth(() =>
+      withNeighbour(pool, () => rejection(pool.call(HOSTILE, 'shared', [50, 1000]))),
+    );
+    expect(error.code).toBe('ERR_SANDPOOL_DATA_CLONE');
+    expect(error.message).toMatch(/more than 256 MB/);
     // Serialized, it would be 50 GB; the worker's one string is 50 MB.
-    expect(peak - before).toBeLessThan(600 * MB);
+    expect(growth).toBeLessThan(600 * MB);
     await sane(pool, { crashed: 0, spawned: 2 });
   });
 
@@ -169,22 +176,16 @@ describe('attacks, each with a neighbour key answering throughout', () => {
         while (performance.now() < until) {}
       },
     });
-    const before = process.memoryUsage().rss;
-    let peak = before;
-    const sampler = setInterval(() => {
-      peak = Math.max(peak, process.memoryUsage().rss);
-    }, 5);
-    try {
-      expect(await withNeighbour(pool, () => pool.call(HOSTILE, 'flood', [2048]))).toBe(2048);
-    } finally {
-      clearInterval(sampler);
-    }
+    const { value: flooded, growth } = await rssGrowth(() =>
+      withNeighbour(pool, () => pool.call(HOSTILE, 'flood', [2048])),
+    );
+    expect(flooded).toBe(2048);
     const { outputDropped } = pool.stats();
     expect(outputDropped).toBeGreaterThan(0);
     expect(received).toBeGreaterThan(0);
     // What was dropped and what was heard never exceed what was printed.
     expect(received + outputDropped).toBeLessThanOrEqual(2048 * MB);
-    expect(peak - before).toBeLessThan(600 * MB);
+    expect(growth).toBeLessThan(600 * MB);
     await sane(pool, { crashed: 0, spawned: 2 });
   });
 

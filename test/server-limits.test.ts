@@ -140,18 +140,6 @@ describe('error bodies', () => {
     expect(reply).toMatchObject({ status, body: { code, message: expect.any(String) } });
   });
 
-  it('answers bad JSON with 400 ERR_SANDPOOL_HTTP_BAD_REQUEST', async () => {
-    const server = openServer({ root: await makeRoot() });
-    const response = await server.app.inject({
-      method: 'POST',
-      url: '/v1/call/a/x',
-      headers: { 'content-type': 'application/json' },
-      payload: '{"fn": ',
-    });
-    expect(response.statusCode).toBe(400);
-    expect(JSON.parse(response.body)).toMatchObject({ code: 'ERR_SANDPOOL_HTTP_BAD_REQUEST' });
-  });
-
   it('names no absolute server path, not even in --debug stacks', async () => {
     const root = await makeRoot({
       'a/live/broken.mjs': 'export const = ;\n',

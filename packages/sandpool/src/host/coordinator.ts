@@ -334,6 +334,7 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
   /** Finds the module, then waits for a slot: nothing is spawned for a key that has no file. */
   private async prepare(route: Route, cell: Cell): Promise<void> {
     let location: Awaited<ReturnType<typeof locateModule>>;
+    let execArgv: string[];
     try {
       location = await locateModule(this.root, cell.key, { snapshotSecret: this.options.snapshotSecret });
       cell.host = new HostCalls(capabilitiesFor(this.options.host, cell.key), cell.key);
@@ -342,15 +343,6 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
         // that they did not change under it (promoteIfFresh).
         cell.filesBefore = await settledStamp(liveDir(this.root, cell.key.swarm));
       }
-    } catch (error) {
-      if (cell.phase.name !== 'resolving') return;
-      const failure = toSandpoolError(error, cell.key.text);
-      if (route.candidate === cell) this.candidateFailed(route, cell, failure);
-      this.endWithoutWorker(cell, failure);
-      return;
-    }
-    let execArgv: string[];
-    try {
       execArgv = this.execArgvFor(cell.key, location);
     } catch (error) {
       if (cell.phase.name !== 'resolving') return;
