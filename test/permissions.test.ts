@@ -1,5 +1,8 @@
-import { symlink } from 'node:fs/promises';
+import { execFile } from 'node:child_process';
+import { symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { promisify } from 'node:util';
 import { Worker } from 'node:worker_threads';
 import { describe, expect, it } from 'vitest';
 import { code } from './support/errors.js';
@@ -7,6 +10,8 @@ import { installCleanup, invariants, openPool } from './support/pool.js';
 import { counterAgent, fixture, makeRoot } from './support/root.js';
 
 installCleanup();
+
+const execFileAsync = promisify(execFile);
 
 /**
  * Whether this Node applies --allow-fs-read given in a worker's execArgv. Node 20 does; Node
@@ -83,6 +88,26 @@ describe('widening and turning off', () => {
     }
     const open = openPool({ root, permissions: 'none' });
     expect(await open.call('a/intruder', 'spawn')).toBe('allowed');
+  });
+
+  it("'none' under a host that itself runs under the permission model gives workers no right the host lacks", async () => {
+    const root = await tenants();
+    const script = join(root, 'limited-host.mjs');
+    const sandpool = pathToFileURL(join(import.meta.dirname, '../packages/sandpool/dist/index.js')).href;
+    await writeFile(
+      script,
+      `import { createPool } from ${JSON.stringify(sandpool)};
+      const pool = createPool({ root: ${JSON.stringify(root)}, permissions: 'none', spareWorkers: 0 });
+      const spawn = await pool.call('a/intruder', 'spawn');
+      await pool.close();
+      process.stdout.write(JSON.stringify({ spawn }));`,
+    );
+    const flag = process.allowedNodeEnvironmentFlags.has('--permission') ? '--permission' : '--experimental-permission';
+    // The host may read everything and start workers, but not child processes.
+    const { stdout } = await execFileAsync(process.execPath, [flag, '--allow-fs-read=*', '--allow-worker', script], {
+      env: { PATH: process.env.PATH ?? '' },
+    });
+    expect(JSON.parse(stdout)).toEqual({ spawn: 'ERR_ACCESS_DENIED' });
   });
 
   it('a per-key function that throws rejects the call with INVALID_OPTIONS and starts nothing', async () => {
