@@ -55,7 +55,7 @@ describe('fair shares of the slots', () => {
 
 describe('queueTimeoutMs', () => {
   it('ends a wait for a slot held by calls that never end, with QUEUE_TIMEOUT, spawning nothing for it', async () => {
-    const pool = openPool({ root: await tenants(), maxWorkers: 1, queueTimeoutMs: 200 });
+    const pool = openPool({ root: await tenants(), maxWorkers: 1, queueTimeoutMs: 200, closeTimeoutMs: 200 });
     const { events } = recordEvents(pool);
     const holding = pool.call('noisy/faulty', 'hang', [], { timeoutMs: 0 });
     await eventually(() => pool.stats().busy === 1);

@@ -76,7 +76,7 @@ export function installCleanup(): void {
 }
 
 /** Waits until `predicate` holds, polling; fails the test after `timeoutMs`. */
-export async function eventually(predicate: () => boolean, timeoutMs = 5_000): Promise<void> {
+export async function eventually(predicate: () => boolean, timeoutMs = 10_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!predicate()) {
     if (Date.now() > deadline) throw new Error('condition not reached in time');
