@@ -8,6 +8,7 @@ import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { coldStart } from './bench/cold-start.js';
+import { fairness } from './bench/fairness.js';
 import { isolation } from './bench/isolation.js';
 import { manyKeys } from './bench/many-keys.js';
 import { memory } from './bench/memory.js';
@@ -15,7 +16,7 @@ import { rpc } from './bench/rpc.js';
 import { loadNow } from './lib/conditions.js';
 import { type Benchmark, makeContext, publish } from './lib/report.js';
 
-const BENCHMARKS: readonly Benchmark[] = [isolation, rpc, coldStart, memory, manyKeys];
+const BENCHMARKS: readonly Benchmark[] = [isolation, fairness, rpc, coldStart, memory, manyKeys];
 
 const { values } = parseArgs({
   options: {
