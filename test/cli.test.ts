@@ -248,11 +248,14 @@ describe('usage', () => {
 });
 
 describe('sandpool demo', () => {
-  it('exits 0 and shows all five keys', async () => {
+  it('exits 0 and shows all five keys, a streamed answer and a host capability', async () => {
     const result = await sandpool('demo');
     expect(result.status).toBe(0);
     for (const key of ['a1b2@jan', 'a1b2@jun', 'a1b2', 'c3d4@jan', 'c3d4']) {
       expect(result.stdout).toContain(`${key}/notifier_agent`);
     }
+    expect(result.stdout).toContain('  Each key runs on a worker of its own.   (9 tokens, each printed as it arrived)');
+    expect(result.stdout).toMatch(/greet\(7\) +lookupUser\(7\) from e5f6\/assistant +hello Ada, your plan is team/);
+    expect(result.stdout).toMatch(/greet\(9\) +lookupUser\(9\) from e5f6\/assistant +hello Linus, your plan is free/);
   });
 });

@@ -8,14 +8,26 @@ import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { coldStart } from './bench/cold-start.js';
+import { compileCache } from './bench/compile-cache.js';
+import { fairness } from './bench/fairness.js';
 import { isolation } from './bench/isolation.js';
 import { manyKeys } from './bench/many-keys.js';
 import { memory } from './bench/memory.js';
 import { rpc } from './bench/rpc.js';
+import { snapshotStart } from './bench/snapshot-start.js';
 import { loadNow } from './lib/conditions.js';
 import { type Benchmark, makeContext, publish } from './lib/report.js';
 
-const BENCHMARKS: readonly Benchmark[] = [isolation, rpc, coldStart, memory, manyKeys];
+const BENCHMARKS: readonly Benchmark[] = [
+  isolation,
+  fairness,
+  rpc,
+  coldStart,
+  snapshotStart,
+  compileCache,
+  memory,
+  manyKeys,
+];
 
 const { values } = parseArgs({
   options: {
@@ -38,7 +50,7 @@ if (values.child !== undefined && values.phase !== undefined) {
   const bench = find(values.child);
   const context = makeContext(bench.name, quick);
   const report = await bench.run(context);
-  await publish(bench, report, context);
+  if (report !== null) await publish(bench, report, context);
 } else {
   const chosen = (values.only ?? BENCHMARKS.map((bench) => bench.name)).map(find);
   const started = performance.now();

@@ -307,4 +307,5 @@ async function stopChild(child: ChildProcess): Promise<void> {
 
 const { values } = parseArgs({ options: { quick: { type: 'boolean', default: false } }, strict: true });
 const context = makeContext(serverBench.name, values.quick === true);
-await publish(serverBench, await serverBench.run(context), context);
+const produced = await serverBench.run(context);
+if (produced !== null) await publish(serverBench, produced, context);

@@ -2,10 +2,18 @@ import { availableParallelism } from 'node:os';
 import { Piscina } from 'piscina';
 import { createPool } from 'sandpool';
 import { ms, perSecond, ratio } from '../lib/format.js';
-import { Latency, type LatencySummary, round } from '../lib/histogram.js';
+import { round } from '../lib/histogram.js';
+import {
+  medianRound,
+  type Noise,
+  startNoise as noiseLanes,
+  quietLoad as openLoop,
+  type QuietPhase,
+} from '../lib/open-loop.js';
 import type { BenchContext, Benchmark, BenchReport } from '../lib/report.js';
 import { fixture, makeRoot } from '../lib/temp-root.js';
-import { now, sleep } from '../lib/timing.js';
+import { sleep } from '../lib/timing.js';
+import { calibrateCrunch } from '../lib/work.js';
 
 const QUIET_KEYS = 6;
 const QUIET_INTERVAL_MS = 5;
@@ -21,19 +29,11 @@ interface System {
   close(): Promise<void>;
 }
 
-type Phase = {
-  /** From the moment the call was made to its result. */
-  fromSend: LatencySummary;
-  /** From the moment the schedule wanted it sent: includes time a blocked caller could not send it. */
-  fromDue: LatencySummary;
-  quietPerSecond: number;
-  noisyPerSecond: number;
-  errors: number;
-};
+type Phase = QuietPhase;
 
 interface AgentModule {
   ping(n: number): number;
-  crunch(ms: number): number;
+  crunch(iterations: number): number;
 }
 
 export const isolation: Benchmark = {
@@ -44,6 +44,8 @@ export const isolation: Benchmark = {
     const rounds = context.quick ? 1 : 3;
     const warmMs = context.quick ? 500 : 1_000;
     const cores = availableParallelism();
+    const iterations = await calibrateCrunch(NOISY_MS);
+    context.progress(`crunch: ${iterations.toLocaleString('en-US')} iterations take ${NOISY_MS} ms of CPU here`);
     const stems = [...Array.from({ length: QUIET_KEYS }, (_, i) => `quiet${i}`), 'noisy'];
     const tree = await makeRoot(stems.map((stem) => ({ swarm: 'iso', stem, fixture: 'agent.mjs' })));
     const results: Record<string, { quiet: Phase; noisy: Phase }> = {};
@@ -58,7 +60,7 @@ export const isolation: Benchmark = {
           return {
             name: 'sandpool',
             quiet: (key, n) => pool.call(keys[key] as string, 'ping', [n]),
-            noisy: () => pool.call('iso/noisy', 'crunch', [NOISY_MS]),
+            noisy: () => pool.call('iso/noisy', 'crunch', [iterations]),
             close: () => pool.close(),
           };
         },
@@ -74,7 +76,7 @@ export const isolation: Benchmark = {
           return {
             name: `piscina (shared, ${cores} threads)`,
             quiet: (key, n) => piscina.run({ url: urls[key], fn: 'ping', args: [n] }),
-            noisy: () => piscina.run({ url: noisyUrl, fn: 'crunch', args: [NOISY_MS] }),
+            noisy: () => piscina.run({ url: noisyUrl, fn: 'crunch', args: [iterations] }),
             close: () => piscina.close(),
           };
         },
@@ -87,7 +89,7 @@ export const isolation: Benchmark = {
             // Yield once per call so timers get a turn between calls, as an async caller would.
             noisy: async () => {
               await new Promise((resolve) => setImmediate(resolve));
-              return noisyModule.crunch(NOISY_MS);
+              return noisyModule.crunch(iterations);
             },
             close: async () => {},
           };
@@ -164,7 +166,7 @@ export const isolation: Benchmark = {
     return {
       method: [
         `${QUIET_KEYS} quiet keys each call ping(n) every ${QUIET_INTERVAL_MS} ms on a fixed schedule (open loop: a late call does not push the next one back).`,
-        `The noisy key runs crunch(${NOISY_MS}) (a ${NOISY_MS} ms CPU spin) with ${NOISY_IN_FLIGHT} calls in flight, started ${warmMs} ms before the quiet measurement.`,
+        `The noisy key runs crunch(${iterations}) with ${NOISY_IN_FLIGHT} calls in flight, started ${warmMs} ms before the quiet measurement: a fixed iteration count calibrated once at start to take ${NOISY_MS} ms of CPU on an idle core (fixed work: a clock-bounded spin that is preempted does less and inflates throughput).`,
         'p50/p99: from the moment the call was made to its result.',
         'from due: from the moment the schedule wanted the call sent to its result (corrects for coordinated omission: counts the time a blocked event loop could not send it; includes up to ~1 ms of timer lateness, setTimeout having 1 ms granularity).',
         `sandpool: one worker per key (maxWorkers ${stems.length}, spareWorkers 0). piscina: one shared pool, minThreads = maxThreads = ${cores} (cores), a task that imports the key's module once per thread and calls it. in-process: the modules imported on the main thread and called directly.`,
@@ -175,6 +177,7 @@ export const isolation: Benchmark = {
         quietKeys: QUIET_KEYS,
         quietIntervalMs: QUIET_INTERVAL_MS,
         noisyMs: NOISY_MS,
+        noisyIterations: iterations,
         noisyInFlight: NOISY_IN_FLIGHT,
         phaseMs,
         rounds,
@@ -248,92 +251,10 @@ export const isolation: Benchmark = {
   },
 };
 
-interface Noise {
-  readonly done: number;
-  stop(): Promise<void>;
-}
-
 function startNoise(system: System): Noise {
-  let running = true;
-  let done = 0;
-  const lane = async (): Promise<void> => {
-    while (running) {
-      await system.noisy();
-      done += 1;
-    }
-  };
-  const lanes = Array.from({ length: NOISY_IN_FLIGHT }, lane);
-  return {
-    get done() {
-      return done;
-    },
-    stop: async () => {
-      running = false;
-      await Promise.all(lanes);
-    },
-  };
+  return noiseLanes(() => system.noisy(), NOISY_IN_FLIGHT);
 }
 
-/** The round with the median p99 (from send), whole, so its figures stay consistent with each other. */
-function medianRound(runs: Phase[]): Phase {
-  const sorted = [...runs].sort((a, b) => a.fromSend.p99 - b.fromSend.p99);
-  const middle = sorted[Math.floor((sorted.length - 1) / 2)];
-  if (middle === undefined) throw new Error('no rounds');
-  return middle;
-}
-
-/** Open-loop load: every key's calls are due on a fixed grid, whatever happened to the last one. */
-async function quietLoad(system: System, durationMs: number, noise?: Noise): Promise<Phase> {
-  const latency = new Latency();
-  const service = new Latency();
-  let completed = 0;
-  let errors = 0;
-  let outstanding = 0;
-  let drained: (() => void) | null = null;
-  const start = now();
-  const end = start + durationMs;
-  const noisyBefore = noise?.done ?? 0;
-  const next = Array.from({ length: QUIET_KEYS }, (_, key) => start + (key * QUIET_INTERVAL_MS) / QUIET_KEYS);
-  let n = 0;
-  await new Promise<void>((resolve) => {
-    const tick = (): void => {
-      const at = now();
-      let earliest = Number.POSITIVE_INFINITY;
-      for (let key = 0; key < QUIET_KEYS; key += 1) {
-        while ((next[key] as number) <= at && (next[key] as number) < end) {
-          const due = next[key] as number;
-          next[key] = due + QUIET_INTERVAL_MS;
-          const sent = now();
-          outstanding += 1;
-          system.quiet(key, n++).then(
-            () => {
-              const done = now();
-              latency.recordMs(done - due);
-              service.recordMs(done - sent);
-              if (done <= end) completed += 1;
-              if (--outstanding === 0) drained?.();
-            },
-            () => {
-              errors += 1;
-              if (--outstanding === 0) drained?.();
-            },
-          );
-        }
-        earliest = Math.min(earliest, next[key] as number);
-      }
-      if (earliest < end) setTimeout(tick, Math.max(0, earliest - now()));
-      else resolve();
-    };
-    tick();
-  });
-  const elapsed = durationMs / 1000;
-  const noisyPerSecond = ((noise?.done ?? 0) - noisyBefore) / elapsed;
-  if (outstanding > 0) await new Promise<void>((resolve) => (drained = resolve));
-  return {
-    fromSend: service.summaryMs(),
-    fromDue: latency.summaryMs(),
-    quietPerSecond: round(completed / elapsed),
-    noisyPerSecond: round(noisyPerSecond),
-    errors,
-  };
+function quietLoad(system: System, durationMs: number, noise?: Noise): Promise<Phase> {
+  return openLoop({ keys: QUIET_KEYS, intervalMs: QUIET_INTERVAL_MS, durationMs, call: system.quiet, noise });
 }

@@ -27,7 +27,8 @@ export interface BenchReport {
 export interface Benchmark {
   name: string;
   title: string;
-  run(context: BenchContext): Promise<BenchReport>;
+  /** null: nothing to measure on this Node (the reason is on stderr); no results file is written. */
+  run(context: BenchContext): Promise<BenchReport | null>;
   /** Parts that `run` starts in processes of their own (see `runPhase`), by name. */
   phases?: { [name: string]: (context: BenchContext) => Promise<Json> };
 }

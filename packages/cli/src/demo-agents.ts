@@ -69,3 +69,59 @@ export function asNotifyResult(value: unknown): NotifyResult {
   }
   return { version, text, count, helper, threadId };
 }
+
+export const ASSISTANT = 'assistant';
+
+/**
+ * An agent as platforms write them: an `async function*` whose chunks the host reads with
+ * `pool.stream()`, and a function that reaches data only through a host capability (under
+ * strict permissions it has no other way out of its folder).
+ */
+export async function writeAssistant(root: string, swarm: string): Promise<void> {
+  const live = join(root, swarm, 'live');
+  await mkdir(live, { recursive: true });
+  await writeFile(
+    join(live, `${ASSISTANT}.mjs`),
+    [
+      'export async function* answer(question) {',
+      "  const words = ['Each', 'key', 'runs', 'on', 'a', 'worker', 'of', 'its', 'own.'];",
+      '  for (const word of words) {',
+      '    // A model would produce tokens at its own pace: the host prints each as it comes.',
+      '    await new Promise((resolve) => setTimeout(resolve, 20));',
+      '    if (sandpool.signal.aborted) return;',
+      '    yield word;',
+      '  }',
+      '}',
+      '',
+      'export async function greet(userId) {',
+      '  const user = await sandpool.host.lookupUser(userId);',
+      "  return { key: sandpool.key, text: 'hello ' + user.name + ', your plan is ' + user.plan };",
+      '}',
+      '',
+    ].join('\n'),
+  );
+}
+
+export interface DemoUser {
+  readonly name: string;
+  readonly plan: string;
+}
+
+/** The host's data: agents never see this table, only the answers `lookupUser` gives them. */
+export const USERS: Readonly<Record<number, DemoUser>> = {
+  7: { name: 'Ada', plan: 'team' },
+  9: { name: 'Linus', plan: 'free' },
+};
+
+export interface GreetResult {
+  readonly key: string;
+  readonly text: string;
+}
+
+export function asGreetResult(value: unknown): GreetResult {
+  const { key, text } = (typeof value === 'object' && value !== null ? value : {}) as Record<string, unknown>;
+  if (typeof key !== 'string' || typeof text !== 'string') {
+    throw new TypeError(`greet returned an unexpected shape: ${JSON.stringify(value)}`);
+  }
+  return { key, text };
+}

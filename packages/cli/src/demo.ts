@@ -1,8 +1,17 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createPool, type Pool, type PoolEvent } from 'sandpool';
-import { asNotifyResult, type NotifyResult, STEM, writeGeneration } from './demo-agents.js';
+import { createPool, type HostContext, type Pool, type PoolEvent } from 'sandpool';
+import {
+  ASSISTANT,
+  asGreetResult,
+  asNotifyResult,
+  type NotifyResult,
+  STEM,
+  USERS,
+  writeAssistant,
+  writeGeneration,
+} from './demo-agents.js';
 import { type Io, printLine } from './io.js';
 import { formatTable } from './table.js';
 
@@ -23,6 +32,8 @@ export async function runDemo(io: Io): Promise<void> {
     await showIsolation(root, out);
     out();
     await showEviction(root, out);
+    out();
+    await showPlatform(root, io, out);
   } finally {
     await rm(root, { recursive: true, force: true });
   }
@@ -102,6 +113,48 @@ async function showEviction(root: string, out: (line: string) => void): Promise<
     // The closing evictions are not part of the LRU story.
     pool.off('spawn', onSpawn);
     pool.off('evict', onEvict);
+    await pool.close();
+  }
+}
+
+const PLATFORM_SWARM = 'e5f6';
+const QUESTION = 'what is a key?';
+
+async function showPlatform(root: string, io: Io, out: (line?: string) => void): Promise<void> {
+  await writeAssistant(root, PLATFORM_SWARM);
+  const key = `${PLATFORM_SWARM}/${ASSISTANT}`;
+  const looked: string[] = [];
+  const pool = createPool({
+    root,
+    host: {
+      // Runs on the host: the agent asks, the host decides what it may see.
+      lookupUser: (ctx: HostContext, id: number) => {
+        looked.push(`lookupUser(${id}) from ${ctx.key}`);
+        const user = USERS[id];
+        if (user === undefined) throw new Error(`no user ${id}`);
+        return user;
+      },
+    },
+  });
+  try {
+    out(`a streamed answer: pool.stream('${key}', 'answer', ['${QUESTION}'])`);
+    io.writeOut('  ');
+    let tokens = 0;
+    for await (const token of pool.stream<string>(key, 'answer', [QUESTION], { timeoutMs: 5_000 })) {
+      io.writeOut(`${tokens === 0 ? '' : ' '}${token}`);
+      tokens += 1;
+    }
+    out(`   (${tokens} tokens, each printed as it arrived)`);
+    out();
+    out(`a host capability: ${key} calls sandpool.host.lookupUser(id); the host holds the users`);
+    const rows: string[][] = [];
+    for (const id of [7, 9]) {
+      const result = asGreetResult(await pool.call(key, 'greet', [id], { timeoutMs: 5_000 }));
+      if (result.key !== key) throw new Error(`greet answered from ${result.key}, not ${key}`);
+      rows.push([`greet(${id})`, looked.shift() ?? '-', result.text]);
+    }
+    out(formatTable([{ header: 'call' }, { header: 'host saw' }, { header: 'answer' }], rows));
+  } finally {
     await pool.close();
   }
 }
