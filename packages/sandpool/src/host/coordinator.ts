@@ -1,3 +1,4 @@
+import { mkdirSync } from 'node:fs';
 import { resolve as resolvePath } from 'node:path';
 import { SandpoolError } from '../errors.js';
 import { issuesOf } from '../issues.js';
@@ -360,10 +361,14 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
   /** The key's worker flags: its permission model (see permissions.ts) and type stripping. */
   private execArgvFor(key: ResolvedKey, location: ModuleLocation): string[] {
     const policy = policyFor(this.options.permissions, key);
+    const cache = location.compileCacheDir;
+    // Node reads and writes the compile cache, and grants nothing under a folder that does
+    // not exist yet: the coordinator makes it, and the worker may read and write it.
+    if (cache !== null) mkdirSync(cache, { recursive: true });
     const folders = {
       folder: location.folder,
-      extraRead: location.extraReadDirs,
-      write: location.compileCacheDir === null ? [] : [location.compileCacheDir],
+      extraRead: cache === null ? location.extraReadDirs : [...location.extraReadDirs, cache],
+      write: cache === null ? [] : [cache],
     };
     return [...typeScriptExecArgv(), ...permissionArgs(policy, folders, key)];
   }

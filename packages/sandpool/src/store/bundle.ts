@@ -17,6 +17,12 @@ import { readRegularFile, UnsafeFileError } from './safe-read.js';
  */
 const BANNER = [
   "import { createRequire as __sandpoolCreateRequire, isBuiltin as __sandpoolIsBuiltin } from 'node:module';",
+  "import { fileURLToPath as __sandpoolFileURLToPath } from 'node:url';",
+  "import { dirname as __sandpoolDirnameOf } from 'node:path';",
+  // CommonJS packages read __filename and __dirname (the TypeScript compiler does); in the
+  // bundle they name the bundle itself (a data: URL on Node 20 has no file: a fixed name).
+  "const __sandpoolFilename = import.meta.url.startsWith('file:') ? __sandpoolFileURLToPath(import.meta.url) : '/sandpool-snapshot.mjs';",
+  'const __sandpoolDirname = __sandpoolDirnameOf(__sandpoolFilename);',
   "const require = ((load) => (id) => { if (__sandpoolIsBuiltin(id)) return load(id); const error = new Error('Cannot find module ' + JSON.stringify(id) + ': a snapshot holds only what was bundled when it was made'); error.code = 'MODULE_NOT_FOUND'; throw error; })(__sandpoolCreateRequire('/'));",
 ].join('\n');
 
@@ -141,6 +147,8 @@ export async function bundleStem(entry: string, context: BundleContext): Promise
       logLevel: 'silent',
       legalComments: 'eof',
       banner: { js: BANNER },
+      // Only free references are replaced: a module's own `const __filename` stays its own.
+      define: { __filename: '__sandpoolFilename', __dirname: '__sandpoolDirname' },
       plugins: [guardPlugin(context)],
     });
   } catch (error) {
