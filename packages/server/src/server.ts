@@ -44,7 +44,7 @@ export function createServer(options: ServerOptions): SandpoolServer {
   const scrub = scrubFor(root);
   const context: ServerContext = {
     pool,
-    metrics: createMetrics(pool, server.nodeName),
+    metrics: createMetrics(pool, server.nodeName, server.metricsSwarms),
     options: server,
     lifecycle,
     root,
