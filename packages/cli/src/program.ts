@@ -1,8 +1,10 @@
 import { Command } from 'commander';
 import { registerCall } from './commands/call.js';
 import { registerDemo } from './commands/demo.js';
+import { registerInvalidate } from './commands/invalidate.js';
 import { registerServe } from './commands/serve.js';
 import { registerSnapshot } from './commands/snapshot.js';
+import { registerTop } from './commands/top.js';
 import type { Io } from './io.js';
 import { cliVersion } from './version.js';
 
@@ -22,6 +24,8 @@ export function buildProgram(io: Io): Command {
   registerCall(program, io);
   registerSnapshot(program, io);
   registerServe(program, io);
+  registerInvalidate(program, io);
+  registerTop(program, io);
   registerDemo(program, io);
   return program;
 }

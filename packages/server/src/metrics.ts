@@ -1,22 +1,50 @@
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
-import type { EvictReason, ExitReason, Pool, SpawnReason } from 'sandpool';
+import type { DemoteReason, EvictReason, ExitReason, Pool, SpawnReason } from 'sandpool';
 import type { CallKind } from './call-input.js';
 import type { ServerErrorCode } from './status.js';
+import { SwarmLabels } from './swarm-labels.js';
 
 export interface ServerMetrics {
   /** A registry of the server's own: several servers in one process (tests) must not collide. */
   readonly registry: Registry;
-  /** One finished call: `outcome` is `ok` or the error code; latency only when the key was valid. */
-  observeCall(outcome: 'ok' | ServerErrorCode, kind: CallKind | null, seconds: number): void;
+  /**
+   * One finished call: `outcome` is `ok` or the error code; latency only when the key was
+   * valid; `swarm` once the token was found to reach it (so a scoped token cannot put
+   * another tenant's name on a series).
+   */
+  observeCall(outcome: 'ok' | ServerErrorCode, kind: CallKind | null, seconds: number, swarm: string | null): void;
 }
 
-const SPAWN_REASONS: readonly SpawnReason[] = ['cold', 'spare'];
-const EVICT_REASONS: readonly EvictReason[] = ['lru', 'idle', 'reload', 'removed', 'closed'];
-const CRASH_REASONS: readonly ExitReason[] = ['crash', 'exit', 'oom', 'killed'];
+/**
+ * Records over each closed set of reasons, so a reason the library adds fails the build
+ * here until it is listed (and pre-set at 0 for dashboards).
+ */
+const SPAWN_REASONS = reasons<SpawnReason>({ cold: true, spare: true });
+const EVICT_REASONS = reasons<EvictReason>({
+  lru: true,
+  idle: true,
+  reload: true,
+  removed: true,
+  closed: true,
+  cpu: true,
+});
+const EXIT_REASONS = reasons<ExitReason>({
+  crash: true,
+  exit: true,
+  oom: true,
+  killed: true,
+  protocol: true,
+  cpu: true,
+});
+const DEMOTE_REASONS = reasons<DemoteReason>({ 'cpu-share': true, 'background-cpu': true });
+/** `cpu` is left out: a worker ended for cpuTimeoutMs and one retired for background CPU both exit with it. */
+const CRASH_REASONS: readonly string[] = ['crash', 'exit', 'oom', 'killed', 'protocol'];
 // From a warm in-process call (~0.1 ms) up to the default call timeout (30 s).
 const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
+/** Fewer buckets per swarm: each one is a series per labelled swarm. */
+const SWARM_LATENCY_BUCKETS = [0.001, 0.005, 0.025, 0.1, 0.5, 2.5, 10];
 
-export function createMetrics(pool: Pool, nodeName: string): ServerMetrics {
+export function createMetrics(pool: Pool, nodeName: string, swarmLabelLimit: number): ServerMetrics {
   const registry = new Registry();
   registry.setDefaultLabels({ node: nodeName });
   // Process metrics and nodejs_eventloop_lag_*: the event-loop delay that every call on this node shares.
@@ -55,6 +83,22 @@ export function createMetrics(pool: Pool, nodeName: string): ServerMetrics {
     () => pool.stats().queued,
   );
 
+  statsGauge(
+    registry,
+    'sandpool_workers_stuck',
+    'Threads terminate() could not stop: they hold no slot, and end on their own or with the process.',
+    () => pool.stats().stuck,
+  );
+  new Counter({
+    name: 'sandpool_output_dropped_total',
+    help: 'Characters of worker output dropped because the writer lagged or a worker outran its window.',
+    registers: [registry],
+    collect() {
+      this.reset();
+      this.inc(pool.stats().outputDropped);
+    },
+  });
+
   const spawns = eventCounter(
     registry,
     'sandpool_spawns_total',
@@ -73,20 +117,111 @@ export function createMetrics(pool: Pool, nodeName: string): ServerMetrics {
     'Keyed workers that died, by reason.',
     CRASH_REASONS,
   );
+  const exits = eventCounter(
+    registry,
+    'sandpool_exits_total',
+    'Keyed worker threads that ended, by reason: retired by the pool or died.',
+    [...new Set<string>([...EVICT_REASONS, ...EXIT_REASONS])],
+  );
+  const demotions = eventCounter(
+    registry,
+    'sandpool_demotions_total',
+    'Workers fairness lowered in CPU priority, by reason.',
+    DEMOTE_REASONS,
+  );
   pool.on('spawn', ({ reason }) => spawns.inc({ reason }));
   pool.on('evict', ({ reason }) => evictions.inc({ reason }));
+  pool.on('demote', ({ reason }) => demotions.inc({ reason }));
   pool.on('exit', ({ reason }) => {
+    exits.inc({ reason });
     // `exit` also fires for retired workers; those are counted as evictions already.
-    if ((CRASH_REASONS as readonly string[]).includes(reason)) crashes.inc({ reason });
+    if (CRASH_REASONS.includes(reason)) crashes.inc({ reason });
   });
 
+  const perSwarm = swarmMetrics(registry, pool, swarmLabelLimit);
   return {
     registry,
-    observeCall(outcome, kind, seconds) {
+    observeCall(outcome, kind, seconds, swarm) {
       calls.inc({ outcome });
       if (kind !== null) latency.observe({ kind }, seconds);
+      if (swarm !== null) perSwarm.observe(swarm, outcome !== 'ok', seconds);
     },
   };
+}
+
+/**
+ * Calls, errors, latency and CPU by swarm, with the label set bounded by SwarmLabels.
+ * CPU comes from `pool.keyStats()` at scrape time, as the growth of each key's total
+ * since the previous scrape, so CPU burned between calls counts too.
+ */
+function swarmMetrics(
+  registry: Registry,
+  pool: Pool,
+  limit: number,
+): { observe(swarm: string, failed: boolean, seconds: number): void } {
+  const cpuByKey = new Map<string, number>();
+  const which = `the ${limit} most active swarms by name, the rest as _other`;
+  // Registered first: prom-client collects in registration order, so the ranking below is
+  // settled before the other per-swarm series are read.
+  const cpu = new Counter({
+    name: 'sandpool_swarm_cpu_seconds_total',
+    help: `CPU time of the swarm's workers, in calls and between them; ${which}.`,
+    labelNames: ['swarm'],
+    registers: [registry],
+    collect() {
+      const seen = new Map<string, number>();
+      const grownBySwarm = new Map<string, number>();
+      for (const { key, swarm, cpuMs } of pool.keyStats()) {
+        const before = cpuByKey.get(key);
+        // A total that went down belongs to a key the pool forgot and met again.
+        const grown = before === undefined || cpuMs < before ? cpuMs : cpuMs - before;
+        seen.set(key, cpuMs);
+        if (grown > 0) grownBySwarm.set(swarm, (grownBySwarm.get(swarm) ?? 0) + grown);
+      }
+      cpuByKey.clear();
+      for (const [key, cpuMs] of seen) cpuByKey.set(key, cpuMs);
+      for (const [swarm, grown] of grownBySwarm) labels.active(swarm, grown);
+      // Ranked on what happened since the last scrape, before this CPU is counted, so it
+      // lands on a series the ranking keeps.
+      labels.rerank();
+      for (const [swarm, grown] of grownBySwarm) this.inc({ swarm: labels.labelFor(swarm) }, grown / 1000);
+    },
+  });
+  const calls = new Counter({
+    name: 'sandpool_swarm_calls_total',
+    help: `Calls answered for the swarm; ${which}.`,
+    labelNames: ['swarm'],
+    registers: [registry],
+  });
+  const errors = new Counter({
+    name: 'sandpool_swarm_errors_total',
+    help: `Calls for the swarm that failed; ${which}.`,
+    labelNames: ['swarm'],
+    registers: [registry],
+  });
+  const latency = new Histogram({
+    name: 'sandpool_swarm_call_duration_seconds',
+    help: `Time from a call request to its answer; ${which}.`,
+    labelNames: ['swarm'],
+    buckets: SWARM_LATENCY_BUCKETS,
+    registers: [registry],
+  });
+  const labels = new SwarmLabels(limit, (swarm) => {
+    for (const metric of [cpu, calls, errors, latency]) metric.remove({ swarm });
+  });
+  return {
+    observe(swarm, failed, seconds) {
+      labels.active(swarm, 1);
+      const label = { swarm: labels.labelFor(swarm) };
+      calls.inc(label);
+      if (failed) errors.inc(label);
+      latency.observe(label, seconds);
+    },
+  };
+}
+
+function reasons<Reason extends string>(all: Record<Reason, true>): readonly Reason[] {
+  return Object.keys(all) as Reason[];
 }
 
 /** A gauge read from `pool.stats()` at scrape time, so it is never stale and costs nothing between scrapes. */

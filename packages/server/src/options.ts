@@ -34,6 +34,8 @@ const ServerOnlySchema = z.strictObject({
   requestTimeoutMs: millis(30_000),
   // An idle keep-alive connection between requests.
   keepAliveTimeoutMs: millis(5_000),
+  // Swarms with series of their own in /metrics; the rest share one label, so callers naming swarms cannot grow a scrape.
+  metricsSwarms: z.number().int().min(0).max(1_000).default(50),
 });
 
 export interface ServerOptions extends PoolOptions {
@@ -55,6 +57,8 @@ export interface ServerOptions extends PoolOptions {
   requestTimeoutMs?: number;
   /** How long an idle keep-alive connection stays open (5000). */
   keepAliveTimeoutMs?: number;
+  /** Swarms that get their own `swarm` label on per-swarm metrics, the most active first (50); the rest are `_other`. */
+  metricsSwarms?: number;
 }
 
 export type ResolvedServerOptions = z.output<typeof ServerOnlySchema> & {

@@ -13,6 +13,8 @@ import { createMetrics } from './metrics.js';
 import { type ServerOptions, splitOptions } from './options.js';
 import { registerCallRoutes } from './routes/calls.js';
 import { registerHealthRoutes } from './routes/health.js';
+import { registerInvalidateRoutes } from './routes/invalidate.js';
+import { registerKeyRoutes } from './routes/keys.js';
 import { registerSnapshotRoutes } from './routes/snapshots.js';
 import { registerStreamRoutes } from './routes/stream.js';
 import { registerSwarmRoutes } from './routes/swarms.js';
@@ -42,7 +44,7 @@ export function createServer(options: ServerOptions): SandpoolServer {
   const scrub = scrubFor(root);
   const context: ServerContext = {
     pool,
-    metrics: createMetrics(pool, server.nodeName),
+    metrics: createMetrics(pool, server.nodeName, server.metricsSwarms),
     options: server,
     lifecycle,
     root,
@@ -89,6 +91,8 @@ export function createServer(options: ServerOptions): SandpoolServer {
   registerStreamRoutes(app, context);
   registerSnapshotRoutes(app, context);
   registerSwarmRoutes(app, context);
+  registerKeyRoutes(app, context);
+  registerInvalidateRoutes(app, context);
   registerHealthRoutes(app, context);
 
   app.setNotFoundHandler((request) => {

@@ -23,6 +23,7 @@ interface ServeOptions {
   readonly maxWorkers?: number;
   readonly callTimeout?: number;
   readonly bodyLimit?: number;
+  readonly metricsSwarms?: number;
 }
 
 export function registerServe(program: Command, io: Io): void {
@@ -52,6 +53,7 @@ export function registerServe(program: Command, io: Io): void {
     .option('--max-workers <n>', 'keyed worker threads alive at most', parseCount)
     .option('--call-timeout <ms>', 'default call timeout in milliseconds (0 = none)', parseMillis)
     .option('--body-limit <bytes>', 'largest request body; larger ones get 413 (default 10 MB)', parseCount)
+    .option('--metrics-swarms <n>', 'swarms with their own label in /metrics, the most active (default 50)', parseCount)
     .action(async (options: ServeOptions) => {
       await checkRoot(options.root);
       const tokens = options.tokenFile === undefined ? undefined : await readTokenFile(options.tokenFile);
@@ -71,6 +73,7 @@ export function registerServe(program: Command, io: Io): void {
         ...(options.maxWorkers === undefined ? {} : { maxWorkers: options.maxWorkers }),
         ...(options.callTimeout === undefined ? {} : { callTimeoutMs: options.callTimeout }),
         ...(options.bodyLimit === undefined ? {} : { bodyLimit: options.bodyLimit }),
+        ...(options.metricsSwarms === undefined ? {} : { metricsSwarms: options.metricsSwarms }),
       });
       // Installed before listening: a signal that arrives while the port opens still drains.
       const stop = nextSignal();

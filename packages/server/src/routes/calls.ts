@@ -25,9 +25,10 @@ async function call(
   const started = process.hrtime.bigint();
   let kind: CallKind | null = null;
   let key: string | null = null;
+  let swarm: string | null = null;
   const finish = (outcome: ReturnType<typeof outcomeOf> | 'ok'): void => {
     const seconds = elapsed(started);
-    metrics.observeCall(outcome, kind, seconds);
+    metrics.observeCall(outcome, kind, seconds, swarm);
     // One line per call when logging: which key, how it ended, how long it took.
     request.log.info(
       { key: key ?? undefined, outcome, durationMs: Math.round(seconds * 1e6) / 1e3 },
@@ -39,6 +40,7 @@ async function call(
     kind = input.kind;
     key = bound(input.key, 300);
     authorize(request, input.swarm, 'read');
+    swarm = input.swarm;
     const timeoutMs = capTimeout(input.timeoutMs, options.callTimeoutCapMs);
     const result = await pool.call(input.key, input.fn, input.args, timeoutMs === undefined ? {} : { timeoutMs });
     const text = resultJson(result, input.key);

@@ -29,17 +29,19 @@ async function stream(
 ): Promise<void> {
   const started = process.hrtime.bigint();
   let kind: CallKind | null = null;
+  let swarm: string | null = null;
   let iterator: AsyncIterableIterator<unknown, undefined> | null = null;
   let first: IteratorResult<unknown, undefined>;
   try {
     const input = readCallInput(request.body, { path: pathKey, header: request.headers['x-sandpool-key'] });
     kind = input.kind;
     authorize(request, input.swarm, 'read');
+    swarm = input.swarm;
     const timeoutMs = capTimeout(input.timeoutMs, options.callTimeoutCapMs);
     iterator = pool.stream(input.key, input.fn, input.args, timeoutMs === undefined ? {} : { timeoutMs });
     first = await iterator.next();
   } catch (error) {
-    metrics.observeCall(outcomeOf(error), kind, elapsed(started));
+    metrics.observeCall(outcomeOf(error), kind, elapsed(started), swarm);
     throw error;
   }
   const raw = reply.raw;
@@ -66,7 +68,7 @@ async function stream(
     void iterator.return?.();
     if (!gone) raw.end(`${JSON.stringify({ error: toErrorReply(error, options.debug, scrub).body })}\n`);
   }
-  metrics.observeCall(outcome, kind, elapsed(started));
+  metrics.observeCall(outcome, kind, elapsed(started), swarm);
 }
 
 /** Chunks are structured clones, written as in `/v1/call`: undefined as null, a bigint as its decimal text. */

@@ -1,0 +1,96 @@
+import { z } from 'zod';
+import { formatTable } from './table.js';
+
+export const TOP_SORTS = ['cpuMs', 'calls', 'errors', 'inFlight', 'heapBytes'] as const;
+
+/** Loose objects: a newer server may add fields, which this view ignores. */
+const KeyRowSchema = z.object({
+  key: z.string(),
+  state: z.string().nullable(),
+  workers: z.number(),
+  cpuMs: z.number(),
+  heapBytes: z.number().nullable(),
+  externalBytes: z.number().nullable(),
+  calls: z.number(),
+  errors: z.number(),
+  inFlight: z.number(),
+  queued: z.number(),
+  demoted: z.boolean(),
+  latency: z.object({ p50: z.number(), p99: z.number(), max: z.number() }).nullable(),
+});
+export const KeysAnswerSchema = z.object({
+  node: z.string(),
+  sort: z.string(),
+  total: z.number(),
+  keys: z.array(KeyRowSchema),
+});
+export type KeysAnswer = z.infer<typeof KeysAnswerSchema>;
+
+/** CPU milliseconds per key at a moment: two of them give a CPU share. */
+export interface CpuSample {
+  readonly at: number;
+  readonly cpuMs: ReadonlyMap<string, number>;
+}
+
+export function sampleOf(answer: KeysAnswer, at: number): CpuSample {
+  return { at, cpuMs: new Map(answer.keys.map((row) => [row.key, row.cpuMs])) };
+}
+
+const MB = 1024 * 1024;
+
+/**
+ * One screen: a summary line, then the table. `cpu%` is one core's worth per 100, over the
+ * time since the previous sample, so it needs two; a one-shot view shows `-`.
+ */
+export function renderTop(answer: KeysAnswer, previous: CpuSample | null, now: CpuSample): string {
+  const elapsed = previous === null ? 0 : now.at - previous.at;
+  const rows = answer.keys.map((row) => {
+    const before = previous?.cpuMs.get(row.key);
+    const share = elapsed > 0 && before !== undefined ? `${(((row.cpuMs - before) / elapsed) * 100).toFixed(0)}` : '-';
+    return [
+      row.key,
+      row.state ?? '-',
+      String(row.workers),
+      share,
+      (row.cpuMs / 1000).toFixed(2),
+      megabytes(row.heapBytes),
+      megabytes(row.externalBytes),
+      String(row.calls),
+      String(row.errors),
+      String(row.inFlight),
+      String(row.queued),
+      row.latency === null ? '-' : row.latency.p50.toFixed(2),
+      row.latency === null ? '-' : row.latency.p99.toFixed(2),
+      row.demoted ? 'yes' : '',
+    ];
+  });
+  const shown = answer.keys.length === answer.total ? `${answer.total}` : `${answer.keys.length} of ${answer.total}`;
+  const clock = new Date(now.at).toISOString().slice(11, 19);
+  const summary = `node ${answer.node}: ${shown} keys, by ${answer.sort}, ${clock} UTC`;
+  if (rows.length === 0) return `${summary}\n(no keys yet: none has been called)`;
+  const right = 'right' as const;
+  const table = formatTable(
+    [
+      { header: 'key' },
+      { header: 'state' },
+      { header: 'workers', align: right },
+      { header: 'cpu%', align: right },
+      { header: 'cpu s', align: right },
+      { header: 'heap MB', align: right },
+      { header: 'ext MB', align: right },
+      { header: 'calls', align: right },
+      { header: 'errors', align: right },
+      { header: 'in flight', align: right },
+      { header: 'queued', align: right },
+      { header: 'p50 ms', align: right },
+      { header: 'p99 ms', align: right },
+      { header: 'demoted' },
+    ],
+    rows,
+  );
+  return `${summary}\n${table}`;
+}
+
+function megabytes(bytes: number | null): string {
+  return bytes === null ? '-' : (bytes / MB).toFixed(1);
+}

@@ -1,0 +1,182 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { describe, expect, it } from 'vitest';
+import { counterAgent, makeRoot } from './support/root.js';
+import { installServerCleanup, openServer, request } from './support/server.js';
+
+installServerCleanup();
+
+const BIN = fileURLToPath(new URL('../packages/cli/dist/bin.js', import.meta.url));
+const CLEAR = '\u001b[H\u001b[2J';
+const TOKENS = {
+  tok: { swarms: '*' as const, write: true },
+  'read-a': { swarms: ['a'] },
+};
+
+interface Outcome {
+  status: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+function start(args: string[], env: Record<string, string> = {}): ChildProcess {
+  // The runner's NODE_OPTIONS must not leak into the CLI, nor a token from the caller's shell.
+  const { NODE_OPTIONS: _options, SANDPOOL_TOKEN: _token, ...rest } = process.env;
+  return spawn(process.execPath, [BIN, ...args], { env: { ...rest, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+}
+
+function finish(child: ChildProcess, onOut: (text: string) => void = () => undefined): Promise<Outcome> {
+  return new Promise((resolve, reject) => {
+    let stdout = '';
+    let stderr = '';
+    child.stdout?.setEncoding('utf8').on('data', (chunk: string) => {
+      stdout += chunk;
+      onOut(stdout);
+    });
+    child.stderr?.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
+    const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+    child.on('error', reject);
+    child.on('close', (status) => {
+      clearTimeout(timer);
+      resolve({ status, stdout, stderr });
+    });
+  });
+}
+
+const sandpool = (args: string[], env?: Record<string, string>): Promise<Outcome> => finish(start(args, env));
+
+async function listening(): Promise<{ url: string; root: string; call: (key: string, fn: string) => Promise<void> }> {
+  const root = await makeRoot({ ...(await counterAgent('a')), ...(await counterAgent('b')) });
+  const server = openServer({ root, tokens: TOKENS });
+  const url = await server.app.listen({ port: 0, host: '127.0.0.1' });
+  const call = async (key: string, fn: string): Promise<void> => {
+    await request(server, 'POST', `/v1/call/${key}`, { fn, args: [1, 2] }, { authorization: 'Bearer tok' });
+  };
+  return { url, root, call };
+}
+
+/** The table's rows, cells split where the columns are two or more spaces apart. */
+function rowsOf(text: string): string[][] {
+  return text
+    .trim()
+    .split('\n')
+    .slice(3)
+    .map((line) => line.split(/ {2,}/));
+}
+
+describe('sandpool top', () => {
+  it('--once prints the keys of a running server, busiest first, and exits', async () => {
+    const { url, call } = await listening();
+    for (let n = 0; n < 3; n += 1) await call('a/notifier_agent', 'add');
+    await call('b/notifier_agent', 'nope');
+
+    const top = await sandpool(['top', '--url', url, '--token', 'tok', '--sort', 'calls', '--once']);
+    expect(top.stderr).toBe('');
+    expect(top.status).toBe(0);
+    expect(top.stdout).not.toContain(CLEAR);
+    const lines = top.stdout.trim().split('\n');
+    expect(lines[0]).toMatch(/^node node-1: 2 keys, by calls, \d\d:\d\d:\d\d UTC$/);
+    expect(lines[1]?.split(/ {2,}/)).toEqual([
+      'key',
+      'state',
+      'workers',
+      'cpu%',
+      'cpu s',
+      'heap MB',
+      'ext MB',
+      'calls',
+      'errors',
+      'in flight',
+      'queued',
+      'p50 ms',
+      'p99 ms',
+      'demoted',
+    ]);
+    const [first, second] = rowsOf(top.stdout);
+    expect(first?.slice(0, 4)).toEqual(['a/notifier_agent', 'ready', '1', '-']);
+    expect(first?.slice(7, 11)).toEqual(['3', '0', '0', '0']);
+    expect(second?.[0]).toBe('b/notifier_agent');
+    expect(second?.slice(7, 9)).toEqual(['1', '1']);
+
+    // A scoped token, read from the environment as `serve` reads it, sees only its swarm.
+    const scoped = await sandpool(['top', '--url', url], { SANDPOOL_TOKEN: 'read-a' });
+    expect(scoped.status).toBe(0);
+    expect(rowsOf(scoped.stdout).map((row) => row[0])).toEqual(['a/notifier_agent']);
+  });
+
+  it('without a terminal prints once; --watch redraws until interrupted, with a CPU share', async () => {
+    const { url, call } = await listening();
+    await call('a/notifier_agent', 'add');
+
+    const piped = await sandpool(['top', '--url', url, '--token', 'tok']);
+    expect(piped.status).toBe(0);
+    expect(piped.stdout.split('\n')[0]).toMatch(/^node node-1: 1 keys/);
+
+    const child = start(['top', '--url', url, '--token', 'tok', '--watch', '--interval', '100']);
+    const done = finish(child, (stdout) => {
+      if (stdout.split(CLEAR).length > 3) child.kill('SIGINT');
+    });
+    const watched = await done;
+    expect(watched.status).toBe(0);
+    const frames = watched.stdout.split(CLEAR).slice(1);
+    expect(frames.length).toBeGreaterThanOrEqual(3);
+    // From the second frame on there is a previous sample, so the share is a number.
+    expect(rowsOf(frames[0] ?? '')[0]?.[3]).toBe('-');
+    expect(rowsOf(frames[2] ?? '')[0]?.[3]).toMatch(/^\d+$/);
+  });
+
+  it('exits 1 with the server’s error code, or unreachable; 2 on bad usage', async () => {
+    const { url } = await listening();
+    const denied = await sandpool(['top', '--url', url, '--token', 'wrong', '--once']);
+    expect(denied.status).toBe(1);
+    expect(denied.stderr).toMatch(/^error ERR_SANDPOOL_HTTP_UNAUTHORIZED: /);
+    const away = await sandpool(['top', '--url', 'http://127.0.0.1:1', '--once']);
+    expect(away.status).toBe(1);
+    expect(away.stderr).toMatch(/^error ERR_SANDPOOL_HTTP_UNREACHABLE: cannot reach http:\/\/127\.0\.0\.1:1/);
+    expect((await sandpool(['top', '--url', url, '--once', '--watch'])).status).toBe(2);
+    expect((await sandpool(['top', '--url', 'ftp://x', '--once'])).status).toBe(2);
+    expect((await sandpool(['top', '--url', url, '--sort', 'name', '--once'])).status).toBe(2);
+  });
+});
+
+describe('sandpool invalidate', () => {
+  it('reloads a swarm on a running server; exits 1 and names the keys whose new code failed', async () => {
+    const { url, root, call } = await listening();
+    await call('a/notifier_agent', 'add');
+    await call('b/notifier_agent', 'add');
+
+    const ok = await sandpool(['invalidate', 'a', '--url', url, '--token', 'tok']);
+    expect(ok).toMatchObject({ status: 0, stdout: 'reloaded a/notifier_agent\n', stderr: '' });
+    const json = await sandpool([
+      'invalidate',
+      'b',
+      '--stem',
+      'notifier_agent',
+      '--url',
+      url,
+      '--token',
+      'tok',
+      '--json',
+    ]);
+    expect(json.status).toBe(0);
+    expect(JSON.parse(json.stdout)).toEqual({ reloaded: ['b/notifier_agent'], failed: [] });
+    const none = await sandpool(['invalidate', 'a', '--snapshot', 'jan', '--url', url, '--token', 'tok']);
+    expect(none).toMatchObject({ status: 0, stdout: 'nothing to reload on node node-1: no worker of it is running\n' });
+
+    await writeFile(join(root, 'a/live/notifier_agent.mjs'), "import './gone.mjs';\n");
+    const failed = await sandpool(['invalidate', 'a', '--url', url, '--token', 'tok']);
+    expect(failed.status).toBe(1);
+    expect(failed.stdout).toBe('');
+    const lines = failed.stderr.trim().split('\n');
+    expect(lines[0]).toMatch(/^failed a\/notifier_agent: ERR_SANDPOOL_MODULE_LOAD: /);
+    expect(lines[1]).toMatch(/^error ERR_SANDPOOL_HTTP_RELOAD_FAILED: 1 of 1 keys failed/);
+    expect(failed.stderr).not.toContain(root);
+
+    const forbidden = await sandpool(['invalidate', 'a', '--url', url], { SANDPOOL_TOKEN: 'read-a' });
+    expect(forbidden.status).toBe(1);
+    expect(forbidden.stderr).toMatch(/^error ERR_SANDPOOL_HTTP_FORBIDDEN: /);
+    expect((await sandpool(['invalidate', '--url', url])).status).toBe(2);
+  });
+});

@@ -1,0 +1,115 @@
+import { describe, expect, it } from 'vitest';
+import { counterAgent, fixture, makeRoot } from './support/root.js';
+import { installServerCleanup, openServer, request } from './support/server.js';
+
+installServerCleanup();
+
+type Server = ReturnType<typeof openServer>;
+
+/** Any token may scrape; the tests' servers all know `t`. */
+async function scrape(server: Server): Promise<string> {
+  const response = await server.app.inject({ method: 'GET', url: '/metrics', headers: { authorization: 'Bearer t' } });
+  expect(response.statusCode).toBe(200);
+  return response.body;
+}
+
+/** Lines that are samples, not `# HELP` / `# TYPE`: what a scraper stores as series. */
+function seriesOf(text: string): string[] {
+  return text.split('\n').filter((line) => line !== '' && !line.startsWith('#'));
+}
+
+function swarmLabels(text: string): Set<string> {
+  return new Set(seriesOf(text).flatMap((line) => /\bswarm="([^"]*)"/.exec(line)?.[1] ?? []));
+}
+
+function sample(text: string, series: string): number | undefined {
+  const line = seriesOf(text).find((candidate) => candidate.startsWith(`${series} `));
+  return line === undefined ? undefined : Number(line.slice(line.lastIndexOf(' ') + 1));
+}
+
+function sumOf(text: string, name: string): number {
+  return seriesOf(text)
+    .filter((line) => line.startsWith(`${name}{`))
+    .reduce((total, line) => total + Number(line.slice(line.lastIndexOf(' ') + 1)), 0);
+}
+
+describe('per-swarm metrics', () => {
+  it('keeps the scrape bounded when callers name 500 swarms, and gives a busy newcomer its own label', async () => {
+    const root = await makeRoot({ ...(await counterAgent('busy')), ...(await counterAgent('late')) });
+    const server = openServer({ root, tokens: { t: { swarms: '*' } } });
+    const auth = { authorization: 'Bearer t' };
+    await request(server, 'POST', '/v1/call/busy/notifier_agent', { fn: 'add', args: [1, 2] }, auth);
+    const before = seriesOf(await scrape(server)).length;
+
+    // Each call names a swarm of its own; none has code, so this costs the attacker nothing.
+    for (let batch = 0; batch < 10; batch += 1) {
+      await Promise.all(
+        Array.from({ length: 50 }, (_, n) =>
+          request(server, 'POST', `/v1/call/t${batch * 50 + n}/ghost`, { fn: 'x' }, auth),
+        ),
+      );
+    }
+    const flooded = await scrape(server);
+    const labels = swarmLabels(flooded);
+    expect(labels.size).toBeLessThanOrEqual(51);
+    expect(labels).toContain('_other');
+    expect(labels).toContain('busy');
+    // Every call is counted, under its swarm or under _other.
+    expect(sumOf(flooded, 'sandpool_swarm_calls_total')).toBe(501);
+    expect(sumOf(flooded, 'sandpool_swarm_errors_total')).toBe(500);
+    const after = seriesOf(flooded).length;
+    // At most 13 series per label: calls, errors, CPU, and 10 of the latency histogram.
+    expect(after - before).toBeLessThanOrEqual(51 * 13);
+
+    // A swarm busier than the incumbents since the last scrape takes a place at the next one.
+    for (let n = 0; n < 5; n += 1) {
+      await request(server, 'POST', '/v1/call/late/notifier_agent', { fn: 'add', args: [1, 2] }, auth);
+    }
+    // Its place is given at this scrape; its calls so far were counted under _other.
+    expect(swarmLabels(await scrape(server)).size).toBeLessThanOrEqual(51);
+    await request(server, 'POST', '/v1/call/late/notifier_agent', { fn: 'add', args: [1, 2] }, auth);
+    const reranked = await scrape(server);
+    expect(sample(reranked, 'sandpool_swarm_calls_total{swarm="late",node="node-1"}')).toBe(1);
+    expect(swarmLabels(reranked).size).toBeLessThanOrEqual(51);
+    expect(sumOf(reranked, 'sandpool_swarm_cpu_seconds_total')).toBeGreaterThanOrEqual(0);
+  });
+
+  it('labels only the swarms a token reaches, and honours metricsSwarms', async () => {
+    const root = await makeRoot({ ...(await counterAgent('a')), ...(await counterAgent('b')) });
+    const server = openServer({ root, tokens: { ta: { swarms: ['a'] }, t: { swarms: '*' } }, metricsSwarms: 1 });
+    const auth = { authorization: 'Bearer ta' };
+    await request(server, 'POST', '/v1/call/a/notifier_agent', { fn: 'add', args: [1, 2] }, auth);
+    expect((await request(server, 'POST', '/v1/call/b/notifier_agent', { fn: 'add', args: [1, 2] }, auth)).status).toBe(
+      403,
+    );
+    await request(server, 'POST', '/v1/call/a/notifier_agent', { fn: 'nope' }, auth);
+    const text = await scrape(server);
+    expect([...swarmLabels(text)].sort()).toEqual(['a']);
+    expect(sample(text, 'sandpool_swarm_calls_total{swarm="a",node="node-1"}')).toBe(2);
+    expect(sample(text, 'sandpool_swarm_errors_total{swarm="a",node="node-1"}')).toBe(1);
+    expect(sample(text, 'sandpool_swarm_call_duration_seconds_count{node="node-1",swarm="a"}')).toBe(2);
+    expect(() => openServer({ root, metricsSwarms: -1 })).toThrow(/metricsSwarms/);
+  });
+});
+
+describe('worker health metrics', () => {
+  it('exposes stuck workers, dropped output and exits by a closed set of reasons', async () => {
+    const root = await makeRoot({ 'a/live/faulty.mjs': await fixture('faulty.mjs') });
+    const server = openServer({ root, token: 't' });
+    await request(server, 'POST', '/v1/call/a/faulty', { fn: 'exit', args: [1] }, { authorization: 'Bearer t' });
+    await expect
+      .poll(async () => sample(await scrape(server), 'sandpool_exits_total{reason="exit",node="node-1"}'))
+      .toBe(1);
+    const text = await scrape(server);
+    expect(sample(text, 'sandpool_workers_stuck{node="node-1"}')).toBe(0);
+    expect(sample(text, 'sandpool_output_dropped_total{node="node-1"}')).toBe(0);
+    const reasons = seriesOf(text)
+      .filter((line) => line.startsWith('sandpool_exits_total{'))
+      .map((line) => /reason="([^"]+)"/.exec(line)?.[1]);
+    expect(reasons.sort()).toEqual(
+      ['closed', 'cpu', 'crash', 'exit', 'idle', 'killed', 'lru', 'oom', 'protocol', 'reload', 'removed'].sort(),
+    );
+    expect(sample(text, 'sandpool_crashes_total{reason="protocol",node="node-1"}')).toBe(0);
+    expect(sample(text, 'sandpool_demotions_total{reason="cpu-share",node="node-1"}')).toBe(0);
+  });
+});
