@@ -23,19 +23,23 @@ export const coldStart: Benchmark = {
   async run(context: BenchContext): Promise<BenchReport> {
     const keys = context.quick ? 20 : 40;
     const gapMs = context.quick ? 150 : 200;
-    const variants = ['no-spare', 'spare', 'bare'];
+    const variants = ['no-spare', 'spare', 'bare', 'strict'];
     const stems = variants.flatMap((v) => Array.from({ length: keys + WARM_KEYS }, (_, i) => `${v}${i}`));
     const tree = await makeRoot(stems.map((stem) => ({ swarm: 'cold', stem, fixture: 'agent.mjs' })));
     const opened: Variant[] = [];
     const latencies = new Map<string, Latency>();
     const spawnReasons: Record<string, number> = {};
     try {
-      const noSpare = sandpool(tree, 0, keys + WARM_KEYS + 1);
-      const spare = sandpool(tree, 1, keys + WARM_KEYS + 1);
+      // A spare boots before its key is known, so only keys without per-key permission flags
+      // can take one: the spare comparison runs with permissions 'none', and 'strict' (the
+      // default, which never uses a spare) is measured beside them.
+      const noSpare = sandpool(tree, 0, keys + WARM_KEYS + 1, 'none');
+      const spare = sandpool(tree, 1, keys + WARM_KEYS + 1, 'none');
+      const strict = sandpool(tree, 0, keys + WARM_KEYS + 1, 'strict');
       spare.pool.on('spawn', ({ reason }) => {
         spawnReasons[reason] = (spawnReasons[reason] ?? 0) + 1;
       });
-      opened.push(noSpare.variant, spare.variant, bareWorker(tree));
+      opened.push(noSpare.variant, spare.variant, bareWorker(tree), strict.variant);
       for (const variant of opened) latencies.set(variant.name, new Latency());
       // Interleaved, key by key: drift in the machine over the run hits every variant alike.
       for (let i = 0; i < keys + WARM_KEYS; i += 1) {
@@ -120,12 +124,17 @@ export const coldStart: Benchmark = {
   },
 };
 
-function sandpool(tree: TempRoot, spareWorkers: number, maxWorkers: number): { pool: Pool; variant: Variant } {
-  const pool = createPool({ root: tree.root, maxWorkers, spareWorkers, idleTimeoutMs: 0 });
+function sandpool(
+  tree: TempRoot,
+  spareWorkers: number,
+  maxWorkers: number,
+  permissions: 'none' | 'strict',
+): { pool: Pool; variant: Variant } {
+  const pool = createPool({ root: tree.root, maxWorkers, spareWorkers, idleTimeoutMs: 0, permissions });
   return {
     pool,
     variant: {
-      name: `sandpool, spareWorkers ${spareWorkers}`,
+      name: `sandpool, spareWorkers ${spareWorkers}, permissions ${permissions}`,
       firstCall: async (stem) => {
         const t0 = now();
         const value = await pool.call<number>(`cold/${stem}`, 'add', [1, 2]);
