@@ -42,12 +42,14 @@ describe('per-swarm metrics', () => {
     const before = seriesOf(await scrape(server)).length;
 
     // Each call names a swarm of its own; none has code, so this costs the attacker nothing.
+    // busy keeps calling meanwhile: an incumbent still in use keeps its label.
     for (let batch = 0; batch < 10; batch += 1) {
-      await Promise.all(
-        Array.from({ length: 50 }, (_, n) =>
+      await Promise.all([
+        request(server, 'POST', '/v1/call/busy/notifier_agent', { fn: 'add', args: [1, 2] }, auth),
+        ...Array.from({ length: 50 }, (_, n) =>
           request(server, 'POST', `/v1/call/t${batch * 50 + n}/ghost`, { fn: 'x' }, auth),
         ),
-      );
+      ]);
     }
     const flooded = await scrape(server);
     const labels = swarmLabels(flooded);
@@ -55,7 +57,7 @@ describe('per-swarm metrics', () => {
     expect(labels).toContain('_other');
     expect(labels).toContain('busy');
     // Every call is counted, under its swarm or under _other.
-    expect(sumOf(flooded, 'sandpool_swarm_calls_total')).toBe(501);
+    expect(sumOf(flooded, 'sandpool_swarm_calls_total')).toBe(511);
     expect(sumOf(flooded, 'sandpool_swarm_errors_total')).toBe(500);
     const after = seriesOf(flooded).length;
     // At most 13 series per label: calls, errors, CPU, and 10 of the latency histogram.
