@@ -43,14 +43,21 @@ export class Channel {
     return this.running.size + this.cancelling.size;
   }
 
-  /** Posts a call to the ready worker; the timeout clock starts here. */
-  post(call: PendingCall): void {
-    call.stopWaiting();
+  /**
+   * Posts a call to the ready worker; the timeout clock starts here, at `now` (performance.now(),
+   * passed in when the caller has just read it: one clock read per call is enough).
+   */
+  post(call: PendingCall, now = performance.now()): void {
+    if (call.queueTimer !== undefined) call.stopWaiting();
     call.id = ++this.nextId;
     if (this.running.size === 0) this.thread.setReferenced(true);
     this.running.set(call.id, call);
-    if (call.timeoutMs > 0) this.watchDeadline(call);
-    const deadline = call.timeoutMs > 0 ? Date.now() + call.timeoutMs : 0;
+    // The worker's sandpool.deadline is in epoch ms: the same instant, on the wall clock.
+    let deadline = 0;
+    if (call.timeoutMs > 0) {
+      this.watchDeadline(call, now);
+      deadline = performance.timeOrigin + call.deadline;
+    }
     if (call.transfer === null && call.stream === null && call.args.every(isPrimitive)) {
       if (this.outbox.length === 0) queueMicrotask(this.flush);
       this.outbox.push(call.id, call.fn, call.args.slice(), deadline);
@@ -235,8 +242,8 @@ export class Channel {
    * One timer per channel, armed for the earliest deadline, instead of one per call: most
    * calls finish long before their timeout, and a timer per call would cost more than the call.
    */
-  private watchDeadline(call: PendingCall): void {
-    call.deadline = performance.now() + call.timeoutMs;
+  private watchDeadline(call: PendingCall, now: number): void {
+    call.deadline = now + call.timeoutMs;
     if (this.deadlineTimer !== undefined && call.deadline >= this.deadlineAt) return;
     this.armDeadline(call.deadline);
   }

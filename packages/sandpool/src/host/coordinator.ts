@@ -180,7 +180,7 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
     reject: (error: Error) => void,
     sink: StreamSink | null,
   ): PendingCall {
-    const route = admitted.route ?? new Route(admitted.key);
+    const route = admitted.route ?? new Route(admitted.key, this.keys.of(admitted.key.text));
     if (admitted.route === undefined) this.routes.set(admitted.key.text, route);
     const call = new PendingCall(
       route,
@@ -208,7 +208,8 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
     call.cell = cell;
     const { phase } = cell;
     if (phase.name === 'ready') {
-      phase.channel.post(call);
+      // Accepted this instant: its acceptance time is its hand-off time.
+      phase.channel.post(call, call.acceptedAt);
       return;
     }
     const waiting = cell.waiting;
@@ -252,7 +253,7 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
 
   private finish(call: PendingCall, error: SandpoolError | null, value?: unknown): void {
     if (!call.settle(error, value)) return;
-    this.keys.settled(call.route.key, error !== null, performance.now() - call.acceptedAt);
+    this.keys.settled(call.route.totals, error !== null, performance.now() - call.acceptedAt);
     this.waitingCalls.delete(call);
     this.tidy(call.route);
   }

@@ -1,4 +1,4 @@
-import { type ResolvedKey, resolveKey } from '../key.js';
+import { resolveKey } from '../key.js';
 import type { Cell } from './cell.js';
 import type { MemoryReading } from './memory-probe.js';
 import type { Route } from './route.js';
@@ -35,7 +35,7 @@ const LATENCY_WINDOW = 256;
 /** Keys whose totals are kept at most: the first seen are forgotten first. */
 const MAX_KEYS = 10_000;
 
-interface Totals {
+export interface KeyTotals {
   calls: number;
   errors: number;
   cpuMs: number;
@@ -48,10 +48,9 @@ interface Totals {
  * key's routes and workers, bounded to MAX_KEYS keys.
  */
 export class KeyBook {
-  private readonly totals = new Map<string, Totals>();
+  private readonly totals = new Map<string, KeyTotals>();
 
-  settled(key: ResolvedKey, failed: boolean, ms: number): void {
-    const totals = this.of(key.text);
+  settled(totals: KeyTotals, failed: boolean, ms: number): void {
     totals.calls += 1;
     if (failed) totals.errors += 1;
     totals.latencies[totals.next % LATENCY_WINDOW] = ms;
@@ -79,10 +78,10 @@ export class KeyBook {
     return { calls: totals.calls, errors: totals.errors, cpuMs: round(totals.cpuMs), latency };
   }
 
-  private of(key: string): Totals {
+  of(key: string): KeyTotals {
     const known = this.totals.get(key);
     if (known !== undefined) return known;
-    const totals: Totals = { calls: 0, errors: 0, cpuMs: 0, latencies: new Float64Array(LATENCY_WINDOW), next: 0 };
+    const totals: KeyTotals = { calls: 0, errors: 0, cpuMs: 0, latencies: new Float64Array(LATENCY_WINDOW), next: 0 };
     this.totals.set(key, totals);
     if (this.totals.size > MAX_KEYS) {
       // Reordering on every call would cost the hot path more than an early-seen key is worth.

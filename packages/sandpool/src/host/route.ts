@@ -2,6 +2,7 @@ import type { SandpoolError } from '../errors.js';
 import type { ResolvedKey } from '../key.js';
 import type { PendingCall } from './call.js';
 import type { Cell } from './cell.js';
+import type { KeyTotals } from './key-stats.js';
 
 export type ReloadOutcome = { ok: true } | { ok: false; error: SandpoolError };
 
@@ -20,7 +21,11 @@ export class Route {
   /** Why the reload in flight did not take, if it did not. */
   private failure: SandpoolError | null = null;
 
-  constructor(readonly key: ResolvedKey) {}
+  constructor(
+    readonly key: ResolvedKey,
+    /** Its totals for keyStats(), looked up once per route rather than once per call. */
+    readonly totals: KeyTotals,
+  ) {}
 
   get unused(): boolean {
     return this.pending.size === 0 && this.serving === null && this.candidate === null && this.replaced.size === 0;

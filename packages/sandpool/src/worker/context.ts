@@ -49,8 +49,9 @@ const storage = new AsyncLocalStorage<CallContext>();
 /** Outside any call (the module's top level, a timer left behind) the signal never fires. */
 const NEVER = new AbortController().signal;
 
-export function runInCall<T>(context: CallContext, fn: () => T): T {
-  return storage.run(context, fn);
+/** Runs `fn(a, b)` as the call `context`; no closure per call on the hot path. */
+export function runInCall<A, B, R>(context: CallContext, fn: (a: A, b: B) => R, a: A, b: B): R {
+  return storage.run(context, fn, a, b);
 }
 
 export function currentCall(): CallContext | undefined {

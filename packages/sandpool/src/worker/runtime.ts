@@ -60,7 +60,7 @@ export class Runtime {
       const id = calls[i] as number;
       const deadline = calls[i + 3] as number;
       const context = new CallContext(id, deadline > 0 ? deadline : null);
-      const result = runInCall(context, () => this.run(calls[i + 1] as string, calls[i + 2] as unknown[]));
+      const result = runInCall(context, this.runCall, calls[i + 1] as string, calls[i + 2] as unknown[]);
       if (result instanceof Promise) {
         this.running.set(id, context);
         void result.then((outcome) => {
@@ -90,12 +90,13 @@ export class Runtime {
     const pump = new StreamPump(credit, (value) => this.chunk(id, value));
     this.running.set(id, context);
     this.streams.set(id, pump);
-    void runInCall(context, async (): Promise<Outcome> => {
-      const outcome = await this.run(fn, args);
+    const stream = async (name: string, params: unknown[]): Promise<Outcome> => {
+      const outcome = await this.run(name, params);
       if (!outcome.ok) return outcome;
       if (isStreamSource(outcome.value)) return pump.run(outcome.value, agentError);
       return this.chunk(id, outcome.value) ?? { ok: true, value: undefined };
-    }).then((outcome) => {
+    };
+    void runInCall(context, stream, fn, args).then((outcome) => {
       this.running.delete(id);
       this.streams.delete(id);
       context.ended = true;
@@ -186,6 +187,9 @@ export class Runtime {
     this.errReplies = [];
     this.post({ t: 'done', ok, err });
   };
+
+  /** `run`, bound once: the hot path passes it to runInCall without a closure per call. */
+  private readonly runCall = (name: string, args: unknown[]): Outcome | Promise<Outcome> => this.run(name, args);
 
   /** Runs one agent function; sync results stay sync so a plain function costs no extra tick. */
   private run(name: string, args: unknown[]): Outcome | Promise<Outcome> {
