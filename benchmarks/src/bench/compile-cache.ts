@@ -3,9 +3,10 @@ import { mkdir, readdir, rm, symlink, writeFile } from 'node:fs/promises';
 import * as nodeModule from 'node:module';
 import { dirname, join } from 'node:path';
 import { createPool } from 'sandpool';
+import { abRatios } from '../lib/ab-ratios.js';
 import { mb, ms, ratio } from '../lib/format.js';
 import { Latency, type LatencySummary, round } from '../lib/histogram.js';
-import type { BenchContext, Benchmark, BenchReport, Json } from '../lib/report.js';
+import type { BenchContext, Benchmark, BenchReport } from '../lib/report.js';
 import { makeRoot } from '../lib/temp-root.js';
 import { now, sleep } from '../lib/timing.js';
 
@@ -153,20 +154,7 @@ export const compileCache: Benchmark = {
     } finally {
       await tree.cleanup();
     }
-    const ratioOf = (mode: Mode, at: 'p50' | 'p90' | 'mean'): number => {
-      const s = summaries[mode] as Record<'cached' | 'uncached', LatencySummary>;
-      return round(s.cached[at] / s.uncached[at], 3);
-    };
-    const ratios: Record<string, Json> = {};
-    for (const mode of MODES) {
-      const p50 = ratioOf(mode, 'p50');
-      ratios[`cached p50 / uncached p50, permissions ${mode} (target <= ${TARGET})`] = {
-        value: p50,
-        target: TARGET,
-        met: p50 <= TARGET,
-      };
-      ratios[`cached p90 / uncached p90, permissions ${mode}`] = ratioOf(mode, 'p90');
-    }
+    const { ratioOf, ratios } = abRatios(MODES, summaries, 'cached', 'uncached', TARGET);
     return {
       method: [
         `An agent that imports the TypeScript compiler (typescript ${typescriptVersion}, linked into <root>/node_modules) and exports add and transpile (a helper imported first defines __filename and __dirname, which the compiler reads and an ES module bundle lacks); a snapshot of it, created once: ${snapshot.files} file(s), ${mb(snapshot.bytes)}, in ${Math.round(snapshot.createMs)} ms.`,

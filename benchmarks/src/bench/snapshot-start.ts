@@ -2,10 +2,11 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import * as nodeModule from 'node:module';
 import { join } from 'node:path';
 import { createPool } from 'sandpool';
+import { abRatios } from '../lib/ab-ratios.js';
 import { depStemSource, writeDepTree } from '../lib/dep-tree.js';
 import { mb, ms, ratio } from '../lib/format.js';
 import { Latency, type LatencySummary, round } from '../lib/histogram.js';
-import type { BenchContext, Benchmark, BenchReport, Json } from '../lib/report.js';
+import type { BenchContext, Benchmark, BenchReport } from '../lib/report.js';
 import { makeRoot } from '../lib/temp-root.js';
 import { now, sleep } from '../lib/timing.js';
 
@@ -79,20 +80,7 @@ export const snapshotStart: Benchmark = {
     } finally {
       await tree.cleanup();
     }
-    const ratioOf = (mode: Mode, at: 'p50' | 'p90' | 'mean'): number => {
-      const s = summaries[mode] as Record<'live' | 'snapshot', LatencySummary>;
-      return round(s.snapshot[at] / s.live[at], 3);
-    };
-    const ratios: Record<string, Json> = {};
-    for (const mode of MODES) {
-      const p50 = ratioOf(mode, 'p50');
-      ratios[`snapshot p50 / live p50, permissions ${mode} (target <= ${TARGET})`] = {
-        value: p50,
-        target: TARGET,
-        met: p50 <= TARGET,
-      };
-      ratios[`snapshot p90 / live p90, permissions ${mode}`] = ratioOf(mode, 'p90');
-    }
+    const { ratioOf, ratios } = abRatios(MODES, summaries, 'snapshot', 'live', TARGET);
     const compileCache = typeof (nodeModule as { enableCompileCache?: unknown }).enableCompileCache === 'function';
     return {
       method: [
