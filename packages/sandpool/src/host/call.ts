@@ -64,7 +64,7 @@ export class PendingCall {
     if (this.settled) return false;
     this.settled = true;
     this.route.pending.delete(this);
-    this.stopWaiting();
+    if (this.queueTimer !== undefined) this.stopWaiting();
     if (this.onAbort !== undefined) this.signal?.removeEventListener('abort', this.onAbort);
     if (this.hostAbort !== null) this.hostAbort.abort(error ?? new Error('the call has settled'));
     if (error === null) this.resolveFn(value);

@@ -1,5 +1,6 @@
 import type { Cell } from './cell.js';
 import { type MemoryProbe, type MemoryReading, memoryProbe } from './memory-probe.js';
+import { underPermissionModel } from './permissions.js';
 import type { AgentThread } from './thread.js';
 
 /** How often a busy worker's memory is read: objects grow at up to ~0.5 GB/s, doubling strings faster. */
@@ -64,7 +65,7 @@ export class MemoryGovernor {
    * worker has no inspector, so where the probe is the inspector (Node 20) it must beat.
    */
   needsHeartbeat(execArgv: readonly string[]): boolean {
-    return this.probe?.kind === 'inspector' && execArgv.some((flag) => flag.endsWith('-permission'));
+    return this.probe?.kind === 'inspector' && underPermissionModel(execArgv);
   }
 
   watch(cell: Cell, thread: AgentThread, heartbeat: boolean): void {

@@ -122,8 +122,8 @@ export function collectKeyStats({ book, routes, cells, memory, demoted }: KeySou
     const serving = route?.serving ?? null;
     const reading = serving === null ? null : memory(serving);
     const keyCells = byKey.get(text) ?? [];
-    let queued = 0;
-    for (const call of route?.pending ?? []) if (call.cell?.waiting?.includes(call) === true) queued += 1;
+    // Only a route's own cells hold waiting calls: no scan of its pending calls.
+    const queued = (serving?.waiting?.length ?? 0) + (route?.candidate?.waiting?.length ?? 0);
     stats.push({
       key: text,
       swarm: key.swarm,

@@ -1,5 +1,6 @@
 import { Session } from 'node:inspector';
 import { Worker } from 'node:worker_threads';
+import { MEMORY_USAGE_SYMBOL } from '../protocol/messages.js';
 
 interface HeapInfo {
   used_heap_size: number;
@@ -31,9 +32,6 @@ const heapStatistics: MemoryProbe = {
     return { heap: stats.used_heap_size, external: stats.external_memory };
   },
 };
-
-/** Set in each worker before agent code runs (worker/entry.ts): `process.memoryUsage` as it was then. */
-export const MEMORY_USAGE = Symbol.for('sandpool.memoryUsage');
 
 /**
  * Node 20 has no getHeapStatistics on a Worker; the main thread's inspector reaches each
@@ -89,7 +87,7 @@ class InspectorProbe implements MemoryProbe {
       this.externalPending.add(worker.threadId);
       (
         this.send(sessionId, 'Runtime.evaluate', {
-          expression: `globalThis[Symbol.for('sandpool.memoryUsage')]?.().arrayBuffers ?? 0`,
+          expression: `globalThis[Symbol.for(${JSON.stringify(MEMORY_USAGE_SYMBOL)})]?.().arrayBuffers ?? 0`,
           returnByValue: true,
         }) as Promise<{ result?: { value?: unknown } }>
       )

@@ -99,6 +99,11 @@ export function permissionArgs(policy: PermissionPolicy, folders: KeyFolders, ke
   return args;
 }
 
+/** Whether flags made by permissionArgs put the worker under the permission model. */
+export function underPermissionModel(execArgv: readonly string[]): boolean {
+  return execArgv.includes(ENABLE);
+}
+
 /** Whether a policy hands a tenant a way out of the sandbox (children and nested workers get no permission model). */
 export function endsSandbox(policy: PermissionPolicy): boolean {
   return typeof policy === 'object' && (policy.childProcess === true || policy.worker === true);

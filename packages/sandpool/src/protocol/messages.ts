@@ -107,6 +107,12 @@ export interface OutputAck {
 
 export type ToWorker = LoadRequest | CallBatch | Cancel | OutputAck | StreamStart | StreamCredit | HostDone;
 
+/**
+ * The global symbol (`Symbol.for`) under which a worker keeps `process.memoryUsage` as it was
+ * before agent code ran; the coordinator's Node 20 memory probe evaluates it.
+ */
+export const MEMORY_USAGE_SYMBOL = 'sandpool.memoryUsage';
+
 /** What the worker finds in `workerData`: the private port, taken before any agent code runs. */
 export interface WorkerBoot {
   port: MessagePort;

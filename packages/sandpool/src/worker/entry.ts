@@ -6,7 +6,13 @@
  */
 import { readFileSync } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
-import type { FromWorker, LoadRequest, ToWorker, WorkerBoot } from '../protocol/messages.js';
+import {
+  type FromWorker,
+  type LoadRequest,
+  MEMORY_USAGE_SYMBOL,
+  type ToWorker,
+  type WorkerBoot,
+} from '../protocol/messages.js';
 import { toRemoteError } from '../protocol/remote-error.js';
 import { defineAgentGlobal } from './agent-global.js';
 import { HostProxy } from './host-proxy.js';
@@ -28,7 +34,7 @@ parentPort.close();
 // What the coordinator's memory probe reads on Node 20 (host/memory-probe.ts) and what the
 // heartbeat sends: the function as it is now, out of agent code's reach.
 const memoryUsage = process.memoryUsage.bind(process);
-Object.defineProperty(globalThis, Symbol.for('sandpool.memoryUsage'), { value: memoryUsage });
+Object.defineProperty(globalThis, Symbol.for(MEMORY_USAGE_SYMBOL), { value: memoryUsage });
 
 // Bound now: agent code may replace MessagePort.prototype.postMessage in this thread.
 const postMessage = port.postMessage.bind(port);
