@@ -108,3 +108,19 @@ function invalid(message: string): SandpoolError {
 function issuesOf(issues: readonly z.core.$ZodIssue[], prefix: PropertyKey[]): SandpoolIssue[] {
   return issues.map(({ path, message, code }) => ({ path: [...prefix, ...path], message, code }));
 }
+
+/**
+ * The server's call timeout bounds every call: a client may ask for less, never for more,
+ * and its 0 ("no limit") means the server's limit. Negative or fractional values are left
+ * for the pool's schema to refuse.
+ */
+function capTimeout(requested: number | undefined, cap: number): number | undefined {
+  if (requested === undefined || cap === 0 || requested < 0 || !Number.isInteger(requested)) return requested;
+  return requested === 0 ? cap : Math.min(requested, cap);
+}
+
+/** The pool options of an HTTP call: its timeout, bounded by the server's (see capTimeout). */
+export function callOptionsFor(input: CallInput, capMs: number): { timeoutMs?: number } {
+  const timeoutMs = capTimeout(input.timeoutMs, capMs);
+  return timeoutMs === undefined ? {} : { timeoutMs };
+}

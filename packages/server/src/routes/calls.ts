@@ -1,6 +1,6 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { SandpoolError } from 'sandpool';
-import { type CallKind, readCallInput } from '../call-input.js';
+import { type CallKind, callOptionsFor, readCallInput } from '../call-input.js';
 import type { ServerContext } from '../context.js';
 import { bound, outcomeOf } from '../errors.js';
 import { authorize } from '../guard.js';
@@ -41,8 +41,7 @@ async function call(
     key = bound(input.key, 300);
     authorize(request, input.swarm, 'read');
     swarm = input.swarm;
-    const timeoutMs = capTimeout(input.timeoutMs, options.callTimeoutCapMs);
-    const result = await pool.call(input.key, input.fn, input.args, timeoutMs === undefined ? {} : { timeoutMs });
+    const result = await pool.call(input.key, input.fn, input.args, callOptionsFor(input, options.callTimeoutCapMs));
     const text = resultJson(result, input.key);
     finish('ok');
     return reply.type('application/json; charset=utf-8').send(text);
@@ -50,16 +49,6 @@ async function call(
     finish(outcomeOf(error));
     throw error;
   }
-}
-
-/**
- * The server's call timeout bounds every call: a client may ask for less, never for more,
- * and its 0 ("no limit") means the server's limit. Negative or fractional values are left
- * for the pool's schema to refuse.
- */
-export function capTimeout(requested: number | undefined, cap: number): number | undefined {
-  if (requested === undefined || cap === 0 || requested < 0 || !Number.isInteger(requested)) return requested;
-  return requested === 0 ? cap : Math.min(requested, cap);
 }
 
 /**

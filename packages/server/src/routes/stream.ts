@@ -1,11 +1,10 @@
 import { once } from 'node:events';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { SandpoolError } from 'sandpool';
-import { type CallKind, readCallInput } from '../call-input.js';
+import { type CallKind, callOptionsFor, readCallInput } from '../call-input.js';
 import type { ServerContext } from '../context.js';
 import { outcomeOf, toErrorReply } from '../errors.js';
 import { authorize } from '../guard.js';
-import { capTimeout } from './calls.js';
 
 /**
  * `POST /v1/stream` (and `/v1/stream/<key>`): the body of `/v1/call`, answered as NDJSON —
@@ -37,8 +36,7 @@ async function stream(
     kind = input.kind;
     authorize(request, input.swarm, 'read');
     swarm = input.swarm;
-    const timeoutMs = capTimeout(input.timeoutMs, options.callTimeoutCapMs);
-    iterator = pool.stream(input.key, input.fn, input.args, timeoutMs === undefined ? {} : { timeoutMs });
+    iterator = pool.stream(input.key, input.fn, input.args, callOptionsFor(input, options.callTimeoutCapMs));
     first = await iterator.next();
   } catch (error) {
     metrics.observeCall(outcomeOf(error), kind, elapsed(started), swarm);
