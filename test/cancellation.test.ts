@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { code, rejection } from './support/errors.js';
+import { code, rejection, thrownSync } from './support/errors.js';
 import { eventually, installCleanup, invariants, openPool, recordEvents } from './support/pool.js';
 import { counterAgent, fixture, makeRoot } from './support/root.js';
 
@@ -97,6 +97,9 @@ describe('cooperative cancellation', () => {
   });
 
   it('refuses abortGraceMs above 1000 ms', async () => {
-    expect(() => openPool({ root: '/tmp', abortGraceMs: 1_001 })).toThrow(/abortGraceMs/);
+    expect(thrownSync(() => openPool({ root: '/tmp', abortGraceMs: 1_001 }))).toEqual({
+      code: 'ERR_SANDPOOL_INVALID_OPTIONS',
+      paths: ['abortGraceMs'],
+    });
   });
 });

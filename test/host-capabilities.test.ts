@@ -1,6 +1,6 @@
 import type { HostContext } from 'sandpool';
 import { describe, expect, it } from 'vitest';
-import { code, rejection } from './support/errors.js';
+import { code, rejection, thrownSync } from './support/errors.js';
 import { eventually, installCleanup, invariants, openPool, recordEvents } from './support/pool.js';
 import { counterAgent, makeRoot } from './support/root.js';
 
@@ -259,6 +259,9 @@ describe('host capabilities', () => {
 
   it('a bad host option is refused at createPool', async () => {
     const root_ = await root();
-    expect(() => openPool({ root: root_, host: { x: 1 } as never })).toThrow(/host/);
+    expect(thrownSync(() => openPool({ root: root_, host: { x: 1 } as never }))).toEqual({
+      code: 'ERR_SANDPOOL_INVALID_OPTIONS',
+      paths: ['host'],
+    });
   });
 });

@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { thrownSync } from './support/errors.js';
 import { counterAgent, fixture, makeRoot } from './support/root.js';
 import { installServerCleanup, openServer, request } from './support/server.js';
 
@@ -90,7 +91,10 @@ describe('per-swarm metrics', () => {
     expect(sample(text, 'sandpool_swarm_calls_total{swarm="a",node="node-1"}')).toBe(2);
     expect(sample(text, 'sandpool_swarm_errors_total{swarm="a",node="node-1"}')).toBe(1);
     expect(sample(text, 'sandpool_swarm_call_duration_seconds_count{node="node-1",swarm="a"}')).toBe(2);
-    expect(() => openServer({ root, metricsSwarms: -1 })).toThrow(/metricsSwarms/);
+    expect(thrownSync(() => openServer({ root, metricsSwarms: -1 }))).toEqual({
+      code: 'ERR_SANDPOOL_INVALID_OPTIONS',
+      paths: ['metricsSwarms'],
+    });
   });
 });
 

@@ -16,3 +16,16 @@ export async function rejection(promise: Promise<unknown>): Promise<SandpoolErro
 export async function code(promise: Promise<unknown>): Promise<SandpoolErrorCode> {
   return (await rejection(promise)).code;
 }
+
+/** The SandpoolError `fn` throws synchronously, with the paths of its issues; fails the test if it returns. */
+export function thrownSync(fn: () => unknown): { code: SandpoolErrorCode; paths: string[] } {
+  let thrown: unknown;
+  try {
+    fn();
+  } catch (error) {
+    thrown = error;
+  }
+  expect(thrown).toBeInstanceOf(SandpoolError);
+  const error = thrown as SandpoolError;
+  return { code: error.code, paths: (error.issues ?? []).map((issue) => issue.path.join('.')) };
+}
