@@ -4,7 +4,7 @@ import * as nodeModule from 'node:module';
 import { dirname, join } from 'node:path';
 import { createPool } from 'sandpool';
 import { abRatios } from '../lib/ab-ratios.js';
-import { mb, ms, ratio } from '../lib/format.js';
+import { mb, ms } from '../lib/format.js';
 import { Latency, type LatencySummary, round } from '../lib/histogram.js';
 import type { BenchContext, Benchmark, BenchReport } from '../lib/report.js';
 import { makeRoot } from '../lib/temp-root.js';
@@ -154,7 +154,7 @@ export const compileCache: Benchmark = {
     } finally {
       await tree.cleanup();
     }
-    const { ratioOf, ratios } = abRatios(MODES, summaries, 'cached', 'uncached', TARGET);
+    const { ratios, table, groups } = abRatios(MODES, summaries, 'cached', 'uncached', TARGET);
     return {
       method: [
         `An agent that imports the TypeScript compiler (typescript ${typescriptVersion}, linked into <root>/node_modules) and exports add and transpile (a helper imported first defines __filename and __dirname, which the compiler reads and an ES module bundle lacks); a snapshot of it, created once: ${snapshot.files} file(s), ${mb(snapshot.bytes)}, in ${Math.round(snapshot.createMs)} ms.`,
@@ -188,19 +188,7 @@ export const compileCache: Benchmark = {
           ),
           note: `Files in the cache after the populating start: ${MODES.map((mode) => `${mode} ${cacheFiles[mode]}`).join(', ')}. Strict grants the worker write but not read of its cache folder: Node then skips the cache.`,
         },
-        {
-          title: 'Ratios',
-          headers: ['comparison', 'ratio', 'target', 'met'],
-          rows: MODES.flatMap((mode) => [
-            [
-              `cached p50 / uncached p50, ${mode}`,
-              ratio(ratioOf(mode, 'p50')),
-              `<= ${TARGET}×`,
-              ratioOf(mode, 'p50') <= TARGET ? 'yes' : 'no',
-            ],
-            [`cached p90 / uncached p90, ${mode}`, ratio(ratioOf(mode, 'p90')), '-', '-'],
-          ]),
-        },
+        table,
       ],
       chart: {
         title: 'Compile cache: snapshot cold start of an agent importing the TypeScript compiler',
@@ -208,17 +196,9 @@ export const compileCache: Benchmark = {
           {
             title: 'First-call latency of a fresh snapshot key',
             unit: 'ms',
-            groups: MODES.flatMap((mode) =>
-              (['cached', 'uncached'] as const).map((variant) => {
-                const s = (summaries[mode] as Record<string, LatencySummary>)[variant] as LatencySummary;
-                return {
-                  label: `${variant === 'cached' ? 'with cache' : 'cache removed'}, ${mode}`,
-                  bars: [
-                    { series: 'p50', value: s.p50 },
-                    { series: 'p90', value: s.p90 },
-                  ],
-                };
-              }),
+            groups: groups(
+              ['cached', 'uncached'],
+              (variant, mode) => `${variant === 'cached' ? 'with cache' : 'cache removed'}, ${mode}`,
             ),
           },
         ],

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { createPool } from 'sandpool';
 import { abRatios } from '../lib/ab-ratios.js';
 import { depStemSource, writeDepTree } from '../lib/dep-tree.js';
-import { mb, ms, ratio } from '../lib/format.js';
+import { mb, ms } from '../lib/format.js';
 import { Latency, type LatencySummary, round } from '../lib/histogram.js';
 import type { BenchContext, Benchmark, BenchReport } from '../lib/report.js';
 import { makeRoot } from '../lib/temp-root.js';
@@ -80,7 +80,7 @@ export const snapshotStart: Benchmark = {
     } finally {
       await tree.cleanup();
     }
-    const { ratioOf, ratios } = abRatios(MODES, summaries, 'snapshot', 'live', TARGET);
+    const { ratios, table, groups } = abRatios(MODES, summaries, 'snapshot', 'live', TARGET);
     const compileCache = typeof (nodeModule as { enableCompileCache?: unknown }).enableCompileCache === 'function';
     return {
       method: [
@@ -120,19 +120,7 @@ export const snapshotStart: Benchmark = {
           ),
           note: `${deps.files.toLocaleString('en-US')} dependency files; the snapshot holds ${snapshot.files} file(s). spareWorkers 0.`,
         },
-        {
-          title: 'Ratios',
-          headers: ['comparison', 'ratio', 'target', 'met'],
-          rows: MODES.flatMap((mode) => [
-            [
-              `snapshot p50 / live p50, ${mode}`,
-              ratio(ratioOf(mode, 'p50')),
-              `<= ${TARGET}×`,
-              ratioOf(mode, 'p50') <= TARGET ? 'yes' : 'no',
-            ],
-            [`snapshot p90 / live p90, ${mode}`, ratio(ratioOf(mode, 'p90')), '-', '-'],
-          ]),
-        },
+        table,
       ],
       chart: {
         title: `Cold start with ${deps.files.toLocaleString('en-US')} dependency files: live vs snapshot`,
@@ -140,18 +128,7 @@ export const snapshotStart: Benchmark = {
           {
             title: 'First-call latency of a fresh key',
             unit: 'ms',
-            groups: MODES.flatMap((mode) =>
-              (['live', 'snapshot'] as const).map((variant) => {
-                const s = (summaries[mode] as Record<string, LatencySummary>)[variant] as LatencySummary;
-                return {
-                  label: `${variant}, permissions ${mode}`,
-                  bars: [
-                    { series: 'p50', value: s.p50 },
-                    { series: 'p90', value: s.p90 },
-                  ],
-                };
-              }),
-            ),
+            groups: groups(['live', 'snapshot'], (variant, mode) => `${variant}, permissions ${mode}`),
           },
         ],
       },
