@@ -178,6 +178,23 @@ describe('agent errors', () => {
     expect(await pool.call('a/faulty', 'echo', [7])).toBe(7);
   });
 
+  it('a call of a batch that cannot be cloned fails alone; its batch neighbours of every arity answer', async () => {
+    const pool = openPool({ root: await faultyRoot() });
+    await pool.call('a/faulty', 'echo', [0]); // warm: the next calls leave in one batch
+    const settled = await Promise.allSettled([
+      pool.call('a/faulty', 'all', []),
+      pool.call('a/faulty', 'all', [1, 2, 3]),
+      pool.call('a/faulty', 'all', [Symbol('s'), 'x']),
+      pool.call('a/faulty', 'all', ['last', null]),
+    ]);
+    expect(settled.map((s) => (s.status === 'fulfilled' ? s.value : (s.reason as SandpoolError).code))).toEqual([
+      '',
+      '1,2,3',
+      'ERR_SANDPOOL_DATA_CLONE',
+      'last,',
+    ]);
+  });
+
   it('DATA_CLONE for arguments and results that cannot be cloned', async () => {
     const pool = openPool({ root: await faultyRoot() });
     expect(await code(pool.call('a/faulty', 'echo', [() => 1]))).toBe('ERR_SANDPOOL_DATA_CLONE');

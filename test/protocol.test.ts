@@ -142,6 +142,7 @@ function stubThread() {
 function stubOwner() {
   const settled: { call: PendingCall; outcome: Outcome }[] = [];
   const owner: ChannelOwner = {
+    callReturned: (call, value) => settled.push({ call, outcome: { ok: true, value } }),
     callSettled: (call, outcome) => settled.push({ call, outcome }),
     callUnsendable: () => {
       throw new Error('no call here is unsendable');
@@ -180,7 +181,7 @@ describe('Channel', () => {
     const c = call();
     channel.post(c);
     await Promise.resolve();
-    expect(sent).toEqual([{ t: 'calls', calls: [c.id, 'f', [], 0] }]);
+    expect(sent).toEqual([{ t: 'calls', calls: [c.id, 'f', 0, 0] }]);
     channel.receive({ t: 'done', ok: [c.id, 'v'], err: [] });
     channel.receive({ t: 'done', ok: [c.id, 'again'], err: [] });
     expect(settled).toEqual([{ call: c, outcome: { ok: true, value: 'v' } }]);

@@ -79,6 +79,7 @@ export interface CellEvents {
   cellEnded(cell: Cell, end: ThreadEnd, error: Error | null): void;
   /** The worker sent what the protocol does not allow. */
   cellViolated(cell: Cell): void;
+  callReturned(cell: Cell, call: PendingCall, value: unknown): void;
   callSettled(cell: Cell, call: PendingCall, outcome: Outcome): void;
   callUnsendable(cell: Cell, call: PendingCall, error: unknown): void;
   callTimedOut(cell: Cell, call: PendingCall): void;
@@ -171,6 +172,10 @@ export class Cell implements ThreadOwner, ChannelOwner {
 
   onViolation(): void {
     this.events.cellViolated(this);
+  }
+
+  callReturned(call: PendingCall, value: unknown): void {
+    this.events.callReturned(this, call, value);
   }
 
   callSettled(call: PendingCall, outcome: Outcome): void {

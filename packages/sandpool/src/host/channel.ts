@@ -1,12 +1,14 @@
 import { deserialize } from 'node:v8';
 import { isPrimitive } from '../protocol/clone.js';
-import { CALL_FIELDS, LIMITS, type Outcome, type ReplyBatch, type SerializedResult } from '../protocol/messages.js';
+import { CALL_HEADER, LIMITS, type Outcome, type ReplyBatch, type SerializedResult } from '../protocol/messages.js';
 import { deserializeMoving } from '../protocol/transfer-codec.js';
 import type { PendingCall } from './call.js';
 import type { AgentThread } from './thread.js';
 
 /** What a channel reports to its cell. */
 export interface ChannelOwner {
+  /** The common case, apart so a reply costs no outcome object. */
+  callReturned(call: PendingCall, value: unknown): void;
   callSettled(call: PendingCall, outcome: Outcome): void;
   callUnsendable(call: PendingCall, error: unknown): void;
   callTimedOut(call: PendingCall): void;
@@ -27,8 +29,9 @@ export class Channel {
   /** Calls answered already (timed out, aborted) whose agent still runs, with their grace timers. */
   private readonly cancelling = new Map<number, NodeJS.Timeout>();
   private nextId = 0;
-  /** Calls of this tick not sent yet, flattened as the batch message carries them. */
+  /** Calls of this tick not sent yet, flattened as the batch message carries them (CALL_HEADER). */
   private outbox: unknown[] = [];
+  private outboxCalls = 0;
   private deadlineTimer: NodeJS.Timeout | undefined = undefined;
   private deadlineAt = 0;
 
@@ -59,16 +62,17 @@ export class Channel {
       deadline = performance.timeOrigin + call.deadline;
     }
     if (call.transfer === null && call.stream === null && call.args.every(isPrimitive)) {
-      if (this.outbox.length === 0) queueMicrotask(this.flush);
-      this.outbox.push(call.id, call.fn, call.args.slice(), deadline);
+      if (this.outboxCalls === 0) queueMicrotask(this.flush);
+      // Copied now: the caller may reuse its array before the batch leaves.
+      appendCall(this.outbox, call, deadline);
       // One huge batch makes the two threads take turns (the worker idles while the
       // coordinator fills it); 16 measured best at 64 and 1,024 in flight.
-      if (this.outbox.length >= LIMITS.callBatch * CALL_FIELDS) this.flush();
+      if (++this.outboxCalls >= LIMITS.callBatch) this.flush();
       return;
     }
     this.flush(); // calls made earlier in this tick must arrive first
     if (call.stream !== null) this.sendStream(call, deadline, call.stream.highWaterMark);
-    else this.send([call.id, call.fn, call.args, deadline], call.transfer ?? undefined);
+    else this.send(appendCall([], call, deadline), call.transfer ?? undefined);
   }
 
   /** The running call a worker's message names; undefined once it has settled or been cancelled. */
@@ -128,7 +132,10 @@ export class Channel {
       this.settleSerialized(message);
     } else {
       const { ok, err } = message;
-      for (let i = 0; i < ok.length; i += 2) this.settle(ok[i] as number, { ok: true, value: ok[i + 1] });
+      for (let i = 0; i < ok.length; i += 2) {
+        const call = this.take(ok[i] as number);
+        if (call !== undefined) this.owner.callReturned(call, ok[i + 1]);
+      }
       for (let i = 0; i < err.length; i += 3) {
         this.settle(err[i] as number, { ok: false, code: err[i + 1], error: err[i + 2] } as Outcome);
       }
@@ -145,6 +152,7 @@ export class Channel {
     const calls = [...this.running.values()];
     this.running.clear();
     this.outbox = [];
+    this.outboxCalls = 0;
     return calls;
   }
 
@@ -180,17 +188,23 @@ export class Channel {
   }
 
   private settle(id: number, outcome: Outcome): void {
+    const call = this.take(id);
+    if (call !== undefined) this.owner.callSettled(call, outcome);
+  }
+
+  /** The running call a reply settles, off the channel; undefined when its answer was given already. */
+  private take(id: number): PendingCall | undefined {
     const grace = this.cancelling.get(id);
     if (grace !== undefined) {
       // A cancelled call settled within its grace: its answer was given already.
       clearTimeout(grace);
       this.cancelling.delete(id);
-      return;
+      return undefined;
     }
-    if (!this.isRunning(id)) return; // settled already, or a duplicate
+    if (!this.isRunning(id)) return undefined; // settled already, or a duplicate
     const call = this.running.get(id) as PendingCall;
     this.running.delete(id);
-    this.owner.callSettled(call, outcome);
+    return call;
   }
 
   private afterSettle(): void {
@@ -201,9 +215,10 @@ export class Channel {
   }
 
   private readonly flush = (): void => {
-    if (this.outbox.length === 0) return;
+    if (this.outboxCalls === 0) return;
     const calls = this.outbox;
     this.outbox = [];
+    this.outboxCalls = 0;
     this.send(calls);
   };
 
@@ -216,9 +231,9 @@ export class Channel {
       // Some argument cannot be cloned: send them one by one so only its call fails.
       if (transfer !== undefined) return this.unsendable(calls[0] as number, error); // sent alone
     }
-    for (let i = 0; i < calls.length; i += CALL_FIELDS) {
+    for (let i = 0; i < calls.length; i += CALL_HEADER + (calls[i + 3] as number)) {
       try {
-        this.thread.post({ t: 'calls', calls: calls.slice(i, i + CALL_FIELDS) });
+        this.thread.post({ t: 'calls', calls: calls.slice(i, i + CALL_HEADER + (calls[i + 3] as number)) });
       } catch (error) {
         const call = this.running.get(calls[i] as number);
         if (call === undefined) continue;
@@ -274,4 +289,12 @@ export class Channel {
     if (next !== Number.POSITIVE_INFINITY && this.running.size > 0) this.armDeadline(next);
     if (expired.length > 0) this.afterSettle();
   };
+}
+
+/** Appends a call as a CallBatch carries it (see CALL_HEADER); returns the batch. */
+function appendCall(batch: unknown[], call: PendingCall, deadline: number): unknown[] {
+  const { args } = call;
+  batch.push(call.id, call.fn, deadline, args.length);
+  for (let i = 0; i < args.length; i += 1) batch.push(args[i]);
+  return batch;
 }

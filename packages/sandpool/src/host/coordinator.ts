@@ -285,13 +285,14 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
     for (const call of waiting.splice(0)) this.finish(call, error);
   }
 
+  callReturned(cell: Cell, call: PendingCall, value: unknown): void {
+    if (this.backoff.active) this.backoff.reset(cell.key.text);
+    this.finish(call, null, value);
+  }
+
   callSettled(cell: Cell, call: PendingCall, outcome: Outcome): void {
-    if (outcome.ok) {
-      if (this.backoff.active) this.backoff.reset(cell.key.text);
-      this.finish(call, null, outcome.value);
-    } else {
-      this.finish(call, toSandpoolError(outcome, cell.key.text));
-    }
+    if (outcome.ok) this.callReturned(cell, call, outcome.value);
+    else this.finish(call, toSandpoolError(outcome, cell.key.text));
   }
 
   callUnsendable(_cell: Cell, call: PendingCall, error: unknown): void {

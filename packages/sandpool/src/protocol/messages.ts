@@ -73,17 +73,19 @@ export interface LoadRequest {
 }
 
 /**
- * The calls posted in one tick, flattened as `id, fn, args, deadline, id, fn, args, deadline…`
- * (deadline in epoch ms, 0 for none): one message (and one structured clone) for the whole
- * batch rather than one per call.
+ * The calls posted in one tick, flattened as CALL_HEADER describes (deadline in epoch ms, 0
+ * for none): one message (and one structured clone) for the whole batch rather than one per call.
  */
 export interface CallBatch {
   t: 'calls';
   calls: unknown[];
 }
 
-/** Values per call in a CallBatch. */
-export const CALL_FIELDS = 4;
+/**
+ * A call in a CallBatch is `id, fn, deadline, argc`, then its `argc` arguments, flat: one
+ * array for the whole batch, none per call, on either side of the channel.
+ */
+export const CALL_HEADER = 4;
 
 /** Why the coordinator fires a call's `sandpool.signal`. */
 export type CancelReason = 'timeout' | 'abort' | 'close';

@@ -7,7 +7,7 @@
 import type { StreamStart } from '../protocol/agent-io.js';
 import { isPrimitive } from '../protocol/clone.js';
 import {
-  CALL_FIELDS,
+  CALL_HEADER,
   type CancelReason,
   type FromWorker,
   LIMITS,
@@ -54,13 +54,16 @@ export class Runtime {
     }
   }
 
-  /** `calls` is `id, fn, args, deadline…` as the coordinator flattened it. */
+  /** `calls` is `id, fn, deadline, argc, args…` as the coordinator flattened it (CALL_HEADER). */
   onCalls(calls: unknown[]): void {
-    for (let i = 0; i < calls.length; i += CALL_FIELDS) {
+    for (let i = 0; i < calls.length; ) {
       const id = calls[i] as number;
-      const deadline = calls[i + 3] as number;
+      const fn = calls[i + 1] as string;
+      const deadline = calls[i + 2] as number;
+      const start = i + CALL_HEADER;
+      i = start + (calls[i + 3] as number);
       const context = new CallContext(id, deadline > 0 ? deadline : null);
-      const result = runInCall(context, this.runCall, calls[i + 1] as string, calls[i + 2] as unknown[]);
+      const result = runInCall(context, this.runCall, fn, calls.slice(start, i));
       if (result instanceof Promise) {
         this.running.set(id, context);
         void result.then((outcome) => {
