@@ -68,7 +68,7 @@ export function admit(
     throw snapshotGone(key);
   }
   const route = state.route(key);
-  const pending = route?.pending.size ?? 0;
+  const pending = route?.pending ?? 0;
   if (pending >= state.maxPendingPerKey) throw queueFull(key.text, `${pending} calls pending`);
   const serving = route?.serving ?? null;
   const needsSlot = serving === null || serving.thread === null;

@@ -63,7 +63,6 @@ export class PendingCall {
   settle(error: Error | null, value?: unknown): boolean {
     if (this.settled) return false;
     this.settled = true;
-    this.route.pending.delete(this);
     if (this.queueTimer !== undefined) this.stopWaiting();
     if (this.onAbort !== undefined) this.signal?.removeEventListener('abort', this.onAbort);
     if (this.hostAbort !== null) this.hostAbort.abort(error ?? new Error('the call has settled'));

@@ -149,6 +149,11 @@ export class Cell implements ThreadOwner, ChannelOwner {
     return 'waiting' in this.current ? this.current.waiting : null;
   }
 
+  /** Calls not answered yet that this cell holds: waiting for its worker, or running on it. */
+  get held(): number {
+    return (this.waiting?.length ?? 0) + (this.channel?.running.size ?? 0);
+  }
+
   /** Calls its worker is running, cancelled ones still within their grace included. */
   get busy(): number {
     return this.channel?.busy ?? 0;

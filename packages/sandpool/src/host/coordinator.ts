@@ -193,7 +193,6 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
     );
     if (admitted.transfer !== undefined) call.transfer = admitted.transfer;
     call.stream = sink;
-    route.pending.add(call);
     const { signal } = admitted;
     if (signal !== undefined) {
       call.onAbort = () => this.abort(call);
@@ -329,6 +328,7 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
 
   private openCell(route: Route): Cell {
     const cell = new Cell(route.key, ++this.arrivals, this.census, this);
+    route.adopt(cell);
     route.serving = cell;
     void this.prepare(route, cell);
     return cell;
@@ -533,16 +533,14 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
     const exitError = death === null ? closedError(key) : deathError(key, death, failure, false);
     const running = cell.channel?.drain() ?? [];
     cell.transition({ name: 'ended', end });
+    route?.release(cell);
     for (const call of running) this.finish(call, exitError);
     // A kill or a cpuTimeoutMs overrun is the pool's own doing, and a failed load has backed off already.
     if (death !== null && death !== 'killed' && death !== 'cpu' && phase.name !== 'starting' && !loadFailed) {
       this.backoff.died(key, exitError, Date.now());
     }
     this.scheduler.forget(cell);
-    if (route !== undefined) {
-      route.replaced.delete(cell);
-      this.tidy(route);
-    }
+    if (route !== undefined) this.tidy(route);
     if (cell.key.snapshot === null && this.watcher !== null && !this.hasLiveCell(cell.key.swarm)) {
       this.watcher.unwatch(cell.key.swarm);
     }
@@ -639,7 +637,10 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
     this.detach(cell);
     this.failWaiting(cell, failure);
     cell.transition({ name: 'ended', end: null });
-    if (route !== undefined) this.tidy(route);
+    if (route !== undefined) {
+      route.release(cell);
+      this.tidy(route);
+    }
   }
 
   /** The key stops routing to this cell; it keeps its worker until it is terminated. */
@@ -713,6 +714,7 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
   private startCandidate(route: Route): void {
     if (this.closing !== null || route.serving === null) return;
     const candidate = new Cell(route.key, ++this.arrivals, this.census, this);
+    route.adopt(candidate);
     route.candidate = candidate;
     void this.prepare(route, candidate);
   }

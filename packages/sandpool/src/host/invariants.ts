@@ -47,13 +47,23 @@ export function violations(view: Books): string[] {
       if (name === 'draining' || name === 'exiting' || name === 'ended')
         problems.push(`${text} routes to a ${name} cell`);
     }
-    for (const call of route.pending) {
-      const cell = call.cell;
-      const held =
-        call.settled === false &&
-        cell !== null &&
-        ((cell.waiting?.includes(call) ?? false) || cell.channel?.running.get(call.id) === call);
-      if (!held) problems.push(`${text}: a pending call ${call.fn}() is held by no cell`);
+    for (const cell of route.cells) {
+      if (cell.key.text !== text || cell.phase.name === 'ended') {
+        problems.push(`${text} counts a ${cell.phase.name} cell of ${cell.key.text}`);
+      }
+      for (const call of [...(cell.waiting ?? []), ...(cell.channel?.running.values() ?? [])]) {
+        if (call.settled || call.cell !== cell || call.route !== route) {
+          problems.push(`${text}: ${call.fn}() is held by a cell it does not belong to, or after it settled`);
+        }
+      }
+    }
+  }
+  // A cell its route does not count would hold calls nobody counts.
+  for (const phase of ['resolving', 'queued', 'starting', 'ready', 'draining', 'exiting', 'stuck'] as const) {
+    for (const cell of census.cells(phase)) {
+      if (!view.routes.get(cell.key.text)?.cells.has(cell)) {
+        problems.push(`${cell.key.text}: a ${phase} cell that no route counts`);
+      }
     }
   }
   return problems;

@@ -133,7 +133,7 @@ export function collectKeyStats({ book, routes, cells, memory, demoted }: KeySou
       workers: keyCells.length,
       heapBytes: reading?.heap ?? null,
       externalBytes: reading?.external ?? null,
-      inFlight: (route?.pending.size ?? 0) - queued,
+      inFlight: (route?.pending ?? 0) - queued,
       queued,
       demoted: keyCells.some(demoted),
       ...book.read(text),

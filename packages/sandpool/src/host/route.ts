@@ -1,6 +1,5 @@
 import type { SandpoolError } from '../errors.js';
 import type { ResolvedKey } from '../key.js';
-import type { PendingCall } from './call.js';
 import type { Cell } from './cell.js';
 import type { KeyTotals } from './key-stats.js';
 
@@ -8,13 +7,18 @@ export type ReloadOutcome = { ok: true } | { ok: false; error: SandpoolError };
 
 /**
  * Routing state of one key: the cell serving it and, during a blue-green reload, the
- * candidate loading beside it. Every count it answers is the size of a set it holds.
+ * candidate loading beside it. Every count it answers is derived from the sets it and its
+ * cells hold.
  */
 export class Route {
   serving: Cell | null = null;
   candidate: Cell | null = null;
-  /** Calls of this key not settled yet, waiting or running, across its cells. */
-  readonly pending = new Set<PendingCall>();
+  /**
+   * Every cell of this key that has not ended: serving, candidate, retired by a reload, or
+   * detached and dying. A call not settled yet is held by one of them, waiting or running,
+   * so the key's pending calls are counted there, with no set of calls to keep per call.
+   */
+  private readonly live = new Set<Cell>();
   /** Cells a reload retired that have not exited yet: the old code is gone when this empties. */
   readonly replaced = new Set<Cell>();
   private waiters: Array<(outcome: ReloadOutcome) => void> = [];
@@ -27,8 +31,30 @@ export class Route {
     readonly totals: KeyTotals,
   ) {}
 
+  /** A cell made for this key; it counts until it ends. */
+  adopt(cell: Cell): void {
+    this.live.add(cell);
+  }
+
+  /** The cell has ended: it holds no call and no slot. */
+  release(cell: Cell): void {
+    this.live.delete(cell);
+    this.replaced.delete(cell);
+  }
+
+  get cells(): ReadonlySet<Cell> {
+    return this.live;
+  }
+
+  /** Calls of this key not settled yet, waiting or running, across its cells. */
+  get pending(): number {
+    let count = 0;
+    for (const cell of this.live) count += cell.held;
+    return count;
+  }
+
   get unused(): boolean {
-    return this.pending.size === 0 && this.serving === null && this.candidate === null && this.replaced.size === 0;
+    return this.live.size === 0 && this.serving === null && this.candidate === null;
   }
 
   /** The cell's role in this route, which eviction respects. */
