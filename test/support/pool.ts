@@ -10,6 +10,22 @@ export function threadCount(): number {
   return Number(match?.[1]);
 }
 
+/** Agent processes this process started (isolation 'process'), from the kernel; esbuild's service is not one. */
+export function childProcesses(): number[] {
+  const children = readFileSync(`/proc/self/task/${process.pid}/children`, 'utf8').trim();
+  if (children === '') return [];
+  return children
+    .split(' ')
+    .map(Number)
+    .filter((pid) => {
+      try {
+        return readFileSync(`/proc/${pid}/cmdline`, 'latin1').includes('worker/entry.js');
+      } catch {
+        return false; // gone already
+      }
+    });
+}
+
 const pools: Pool[] = [];
 
 /** The coordinator's invariants, checked from scratch: a list of what is wrong, empty when all hold. */
@@ -57,12 +73,14 @@ export function recordEvents(pool: Pool): { events: Recorded[]; peak: () => numb
  */
 export function installCleanup(): void {
   let baseline = 0;
+  let children = 0;
   beforeAll(async () => {
     // libuv starts its thread pool on the first file-system call: start it before counting.
     await readFile('/proc/self/status');
   });
   beforeEach(() => {
     baseline = threadCount();
+    children = childProcesses().length;
   });
   afterEach(async () => {
     const open = pools.splice(0);
@@ -71,6 +89,9 @@ export function installCleanup(): void {
     await removeRoots();
     await eventually(() => threadCount() <= baseline).catch(() => {
       throw new Error(`${threadCount() - baseline} threads outlived the test`);
+    });
+    await eventually(() => childProcesses().length <= children).catch(() => {
+      throw new Error(`${childProcesses().length - children} child processes outlived the test`);
     });
   });
 }

@@ -5,6 +5,7 @@ export {
   type SandpoolErrorCode,
   type SandpoolIssue,
 } from './errors.js';
+export type { Isolation } from './host/agent-worker.js';
 export type { HostCapabilities, HostCapability, HostContext, HostOption } from './host/capabilities.js';
 export type { DemoteReason } from './host/cpu.js';
 export type { KeyStats } from './host/key-stats.js';

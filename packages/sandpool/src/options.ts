@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { SandpoolError } from './errors.js';
+import type { Isolation } from './host/agent-worker.js';
 import { type HostOption, isHostOption } from './host/capabilities.js';
 import type { PermissionPolicy } from './host/permissions.js';
 import { issuesOf } from './issues.js';
@@ -115,6 +116,39 @@ export const PoolOptionsSchema = z.strictObject({
   host: z
     .custom<HostOption>(isHostOption, 'host must be an object of functions, or a function of the key returning one')
     .default({}),
+  /**
+   * Where each key's agent runs: a worker thread of this process (`'thread'`, cheap), or a
+   * child process of its own (`'process'`: its own address space, fds, signals and libuv
+   * pool, another uid when the host is root, rlimits); or a function of the key.
+   */
+  isolation: z
+    .union([
+      z.literal('thread'),
+      z.literal('process'),
+      z.custom<(key: Readonly<AgentKey>) => Isolation>(
+        (value) => typeof value === 'function',
+        'isolation must be thread, process or a function of the key',
+      ),
+    ])
+    .default('thread'),
+  /**
+   * The uid and gid of process-isolated agents when the host runs as root (default nobody,
+   * 65534), or `'host'` to keep the host's. Ignored when the host is not root: it cannot change them.
+   */
+  processUser: z
+    .union([
+      z.literal('host'),
+      z.strictObject({ uid: z.number().int().nonnegative(), gid: z.number().int().nonnegative() }),
+    ])
+    .default({ uid: 65534, gid: 65534 }),
+  /** rlimits of each process-isolated agent (applied with prlimit where the host has it). */
+  processLimits: z
+    .strictObject({
+      openFiles: z.number().int().min(64).max(1_048_576).default(1024),
+      processes: z.number().int().min(64).max(4_194_304).default(8192),
+      addressSpaceMb: z.number().int().min(1024).max(1_048_576).optional(),
+    })
+    .default({ openFiles: 1024, processes: 8192 }),
   /** Receives worker output; by default it goes to the host's streams prefixed with the key. */
   onOutput: z.custom<OutputListener>((value) => typeof value === 'function', 'onOutput must be a function').optional(),
 });

@@ -11,8 +11,8 @@ import { HOST_NOT_FOUND, type HostCall, type HostDone, IO_LIMITS } from '../prot
 import { isPrimitive } from '../protocol/clone.js';
 import type { RemoteError } from '../protocol/messages.js';
 import { toRemoteError } from '../protocol/remote-error.js';
+import type { AgentWorker } from './agent-worker.js';
 import type { Channel } from './channel.js';
-import type { AgentThread } from './thread.js';
 
 /** What a capability learns about its caller. */
 export interface HostContext {
@@ -105,7 +105,7 @@ export class HostCalls {
     private readonly key: ResolvedKey,
   ) {}
 
-  handle(message: HostCall, channel: Channel, thread: AgentThread): void {
+  handle(message: HostCall, channel: Channel, thread: AgentWorker): void {
     const { id, name } = message;
     if (this.inFlight.has(id)) return thread.violate(`host call ${id} made twice`);
     if (this.inFlight.size >= IO_LIMITS.hostCalls) return thread.violate('more host calls than its runtime allows');

@@ -1,10 +1,10 @@
 import type { ResolvedKey } from '../key.js';
 import type { Outcome } from '../protocol/messages.js';
+import type { AgentWorker, Isolation, RetireReason, ThreadEnd, ThreadOwner, WorkerMessage } from './agent-worker.js';
 import type { PendingCall } from './call.js';
 import type { HostCalls } from './capabilities.js';
 import { Channel, type ChannelOwner } from './channel.js';
 import type { ModuleLocation } from './resolve.js';
-import type { AgentThread, RetireReason, ThreadEnd, ThreadOwner, WorkerMessage } from './thread.js';
 
 /**
  * One key's worker incarnation (a key has two during a reload: serving and candidate). Its
@@ -24,34 +24,35 @@ export type CellPhase =
       readonly location: ModuleLocation;
       /** Its worker's Node flags (permission model, type stripping), fixed before it starts. */
       readonly execArgv: readonly string[];
+      readonly isolation: Isolation;
     }
   | {
       readonly name: 'starting';
       readonly waiting: PendingCall[];
-      readonly thread: AgentThread;
+      readonly thread: AgentWorker;
       readonly channel: Channel;
       readonly from: 'cold' | 'spare';
       readonly loadTimer: NodeJS.Timeout;
       /** Retired while loading (its snapshot is being removed): it serves its waiters, then drains. */
       retiring: RetireReason | null;
     }
-  | { readonly name: 'ready'; readonly thread: AgentThread; readonly channel: Channel }
+  | { readonly name: 'ready'; readonly thread: AgentWorker; readonly channel: Channel }
   | {
       readonly name: 'draining';
-      readonly thread: AgentThread;
+      readonly thread: AgentWorker;
       readonly channel: Channel;
       readonly reason: RetireReason;
     }
   | {
       readonly name: 'exiting';
-      readonly thread: AgentThread;
+      readonly thread: AgentWorker;
       readonly channel: Channel;
       readonly reason: ThreadEnd;
       /** Fires if terminate() has not ended the thread in time (native code: see `stuck`). */
       readonly stuckTimer: NodeJS.Timeout;
     }
   /** terminate() could not stop it (a blocking syscall, a sync native call): it holds no slot, and is watched until it ends. */
-  | { readonly name: 'stuck'; readonly thread: AgentThread; readonly reason: ThreadEnd }
+  | { readonly name: 'stuck'; readonly thread: AgentWorker; readonly reason: ThreadEnd }
   | { readonly name: 'ended'; readonly end: ThreadEnd | null };
 
 export type PhaseName = CellPhase['name'];
@@ -130,13 +131,13 @@ export class Cell implements ThreadOwner, ChannelOwner {
   }
 
   /** A channel for a thread this cell is about to start on. */
-  openChannel(thread: AgentThread, abortGraceMs: number): Channel {
+  openChannel(thread: AgentWorker, abortGraceMs: number): Channel {
     thread.owner = this;
     thread.label = this.key.text;
     return new Channel(thread, this, abortGraceMs);
   }
 
-  get thread(): AgentThread | null {
+  get thread(): AgentWorker | null {
     return 'thread' in this.current ? this.current.thread : null;
   }
 

@@ -1,7 +1,7 @@
+import type { RetireReason, ThreadEnd } from './agent-worker.js';
 import type { Cell, CellObserver, CellPhase, PhaseName } from './cell.js';
 import { isExitReason } from './pool-errors.js';
 import type { PoolEvents } from './pool-types.js';
-import type { RetireReason, ThreadEnd } from './thread.js';
 
 type Emit = <E extends keyof PoolEvents>(event: E, ...args: PoolEvents[E]) => void;
 

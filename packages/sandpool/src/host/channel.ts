@@ -2,8 +2,8 @@ import { deserialize } from 'node:v8';
 import { isPrimitive } from '../protocol/clone.js';
 import { CALL_HEADER, LIMITS, type Outcome, type ReplyBatch, type SerializedResult } from '../protocol/messages.js';
 import { deserializeMoving } from '../protocol/transfer-codec.js';
+import type { AgentWorker } from './agent-worker.js';
 import type { PendingCall } from './call.js';
-import type { AgentThread } from './thread.js';
 
 /** What a channel reports to its cell. */
 export interface ChannelOwner {
@@ -36,7 +36,7 @@ export class Channel {
   private deadlineAt = 0;
 
   constructor(
-    private readonly thread: AgentThread,
+    private readonly thread: AgentWorker,
     private readonly owner: ChannelOwner,
     private readonly abortGraceMs: number,
   ) {}

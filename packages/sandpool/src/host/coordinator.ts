@@ -7,6 +7,7 @@ import { type CallOptions, type ResolvedPoolOptions, swarmCap } from '../options
 import type { Outcome } from '../protocol/messages.js';
 import { liveDir } from '../store/layout.js';
 import { type AdmissionState, type AdmittedCall, admit } from './admission.js';
+import type { AgentWorker, Isolation, RetireReason, ThreadEnd, ThreadSettings, WorkerMessage } from './agent-worker.js';
 import { Backoff } from './backoff.js';
 import { PendingCall } from './call.js';
 import { capabilitiesFor, HostCalls } from './capabilities.js';
@@ -16,6 +17,7 @@ import { CpuGovernor } from './cpu.js';
 import { settledStamp, stampFiles } from './freshness.js';
 import { MemoryGovernor, v8HeapLimitMb } from './governor.js';
 import { violations } from './invariants.js';
+import { checkReadableBy, isolationFor, processSettings } from './isolation.js';
 import { collectKeyStats, KeyBook, type KeyStats } from './key-stats.js';
 import { labelledWriter } from './output.js';
 import { endsSandbox, permissionArgs, policyFor } from './permissions.js';
@@ -27,13 +29,14 @@ import {
   type PoolEvents,
   type PoolStats,
 } from './pool-types.js';
+import { AgentProcess, type ProcessSettings, WORKER_ENTRY } from './process.js';
 import { toSandpoolError } from './remote-error.js';
 import { locateModule, type ModuleLocation } from './resolve.js';
 import { type ReloadOutcome, Route } from './route.js';
 import { Scheduler, type SlotUser } from './scheduler.js';
 import { Spares } from './spares.js';
 import { receiveChunk, type StreamSink } from './streams.js';
-import { AgentThread, type RetireReason, type ThreadEnd, type ThreadSettings, type WorkerMessage } from './thread.js';
+import { AgentThread } from './thread.js';
 import { typeScriptExecArgv } from './typescript.js';
 import { LiveWatcher } from './watch.js';
 
@@ -62,6 +65,8 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
   private readonly scheduler: Scheduler;
   private readonly spares: Spares;
   private readonly settings: ThreadSettings;
+  /** How process-isolated keys run (isolation 'process'). */
+  private readonly process: ProcessSettings;
   private readonly watcher: LiveWatcher | null;
   private readonly memory: MemoryGovernor;
   private readonly cpu: CpuGovernor;
@@ -95,6 +100,7 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
       recycle: (cell) => this.retire(cell, 'cpu'),
     });
     const heapBudget = options.resourceLimits.maxOldGenerationSizeMb;
+    this.process = processSettings(options);
     this.settings = {
       env: options.env,
       // The governor ends a worker at its budget; V8's own limit is the backstop above it.
@@ -338,6 +344,7 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
   private async prepare(route: Route, cell: Cell): Promise<void> {
     let location: Awaited<ReturnType<typeof locateModule>>;
     let execArgv: string[];
+    let isolation: Isolation;
     try {
       location = await locateModule(this.root, cell.key, { snapshotSecret: this.options.snapshotSecret });
       cell.host = new HostCalls(capabilitiesFor(this.options.host, cell.key), cell.key);
@@ -347,6 +354,11 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
         cell.filesBefore = await settledStamp(liveDir(this.root, cell.key.swarm));
       }
       execArgv = this.execArgvFor(cell.key, location);
+      isolation = isolationFor(this.options.isolation, cell.key);
+      if (isolation === 'process' && this.process.user !== null) {
+        checkReadableBy(this.process.user, location.file, cell.key);
+        checkReadableBy(this.process.user, WORKER_ENTRY, cell.key);
+      }
     } catch (error) {
       if (cell.phase.name !== 'resolving') return;
       const failure = toSandpoolError(error, cell.key.text);
@@ -356,7 +368,7 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
     }
     const { phase } = cell;
     if (phase.name !== 'resolving') return;
-    cell.transition({ name: 'queued', waiting: phase.waiting, location, execArgv });
+    cell.transition({ name: 'queued', waiting: phase.waiting, location, execArgv, isolation });
     this.scheduler.enqueue(cell);
   }
 
@@ -375,12 +387,20 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
     return [...typeScriptExecArgv(), ...permissionArgs(policy, folders, key)];
   }
 
+  /** A worker for a key: a spare if one fits (booted without per-key flags, so only a key that needs none). */
+  private spawn(execArgv: readonly string[], isolation: Isolation): { thread: AgentWorker; from: 'cold' | 'spare' } {
+    if (isolation === 'process')
+      return { thread: new AgentProcess(this.settings, execArgv, this.process), from: 'cold' };
+    const spare = sameFlags(execArgv, typeScriptExecArgv()) ? this.spares.take() : null;
+    return spare === null
+      ? { thread: new AgentThread(this.settings, execArgv), from: 'cold' }
+      : { thread: spare, from: 'spare' };
+  }
+
   startCell(cell: Cell): void {
     const { phase } = cell;
     if (phase.name !== 'queued') throw new Error(`sandpool: cannot start a ${phase.name} cell`);
-    // A spare was booted without per-key flags: only a key that needs none can take it.
-    const spare = sameFlags(phase.execArgv, typeScriptExecArgv()) ? this.spares.take() : null;
-    const thread = spare ?? new AgentThread(this.settings, phase.execArgv);
+    const { thread, from } = this.spawn(phase.execArgv, phase.isolation);
     const channel = cell.openChannel(thread, this.options.abortGraceMs);
     for (const call of phase.waiting) this.waitingCalls.delete(call);
     const loadTimer = setTimeout(() => this.loadTimedOut(cell), this.options.loadTimeoutMs);
@@ -389,12 +409,12 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
       waiting: phase.waiting,
       thread,
       channel,
-      from: spare === null ? 'cold' : 'spare',
+      from,
       loadTimer,
       retiring: null,
     });
     const { file, verifyDir, sha256, compileCacheDir } = phase.location;
-    const heartbeat = this.memory.needsHeartbeat(phase.execArgv);
+    const heartbeat = thread.isolation === 'thread' && this.memory.needsHeartbeat(phase.execArgv);
     this.memory.watch(cell, thread, heartbeat);
     thread.post({
       t: 'load',
@@ -402,7 +422,8 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
       key: cell.key.text,
       file,
       verifyDir,
-      compileCacheDir,
+      // A child of another uid could not write the host's cache folder.
+      compileCacheDir: thread.isolation === 'process' ? null : compileCacheDir,
       ...(sha256 === null ? {} : { sha256 }),
     });
     if (cell.key.snapshot === null) this.watcher?.watch(cell.key.swarm);
@@ -417,7 +438,8 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
     switch (message.t) {
       case 'ready':
         if (phase.name !== 'starting') return cell.thread?.violate('a ready message outside a load');
-        if (message.tid > 0) this.cpu.watch(cell, message.tid);
+        if (cell.thread?.isolation === 'process') this.cpu.watchProcess(cell, cell.threadId);
+        else if (message.tid > 0) this.cpu.watch(cell, message.tid);
         return this.cellReady(cell, phase);
       case 'load-failed':
         if (phase.name !== 'starting') return cell.thread?.violate('a load failure outside a load');

@@ -63,16 +63,25 @@ export class CpuGovernor {
   ) {}
 
   /**
-   * The TID a worker reported, checked: a thread of this process, not the main one, not
-   * another worker's. Anything else is refused, and the worker goes unaccounted.
+   * The TID a worker thread reported, checked: a thread of this process, not the main one,
+   * not another worker's. Anything else is refused, and the worker goes unaccounted.
    */
   watch(cell: Cell, tid: number): boolean {
     if (!Number.isSafeInteger(tid) || tid <= 0 || tid === process.pid) return false;
     for (const other of this.sampled.values()) if (other.tid === tid) return false;
     if (!existsSync(`/proc/self/task/${tid}`)) return false;
+    return this.open(cell, tid, `/proc/self/task/${tid}/schedstat`);
+  }
+
+  /** A child process's main thread, by the pid the host spawned it with (nothing it reported). */
+  watchProcess(cell: Cell, pid: number): boolean {
+    return pid > 0 && this.open(cell, pid, `/proc/${pid}/task/${pid}/schedstat`);
+  }
+
+  private open(cell: Cell, tid: number, path: string): boolean {
     let fd: number;
     try {
-      fd = openSync(`/proc/self/task/${tid}/schedstat`, 'r');
+      fd = openSync(path, 'r');
     } catch {
       return false;
     }

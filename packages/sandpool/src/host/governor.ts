@@ -1,7 +1,7 @@
+import type { AgentWorker } from './agent-worker.js';
 import type { Cell } from './cell.js';
 import { type MemoryProbe, type MemoryReading, memoryProbe } from './memory-probe.js';
 import { underPermissionModel } from './permissions.js';
-import type { AgentThread } from './thread.js';
 
 /** How often a busy worker's memory is read: objects grow at up to ~0.5 GB/s, doubling strings faster. */
 const BUSY_POLL_MS = 10;
@@ -28,11 +28,18 @@ export function v8HeapLimitMb(budgetMb: number): number {
   return budgetMb * (budgetMb >= 256 ? 4 : 3);
 }
 
+/**
+ * A child process's resident memory beyond its heap and external budgets that is still its
+ * runtime's, not the agent's: Node itself, sandpool's worker runtime, code. Measured about
+ * 45 MB idle on Node 20 and 24.
+ */
+const PROCESS_RUNTIME_BYTES = 96 * 2 ** 20;
+
 /** A heartbeat this late, from a busy worker, means it is stuck in synchronous code. */
 const BEAT_MISSED_MS = 100;
 
 interface Watched {
-  readonly thread: AgentThread;
+  readonly thread: AgentWorker;
   /** Read by the coordinator's probe, or reported by the worker's heartbeat. */
   readonly source: 'probe' | 'heartbeat';
   reading: boolean;
@@ -68,7 +75,7 @@ export class MemoryGovernor {
     return this.probe?.kind === 'inspector' && underPermissionModel(execArgv);
   }
 
-  watch(cell: Cell, thread: AgentThread, heartbeat: boolean): void {
+  watch(cell: Cell, thread: AgentWorker, heartbeat: boolean): void {
     if (this.probe === null) return;
     this.watched.set(cell, {
       thread,
@@ -133,7 +140,9 @@ export class MemoryGovernor {
         .readMemory(probe)
         .then((reading) => {
           this.last.set(cell, reading);
-          if (this.watched.get(cell) === entry) this.check(cell, reading);
+          if (this.watched.get(cell) !== entry) return;
+          if (entry.thread.isolation === 'process') this.checkProcess(cell, reading);
+          else this.check(cell, reading);
         })
         .catch(() => {
           // The worker is exiting, or the probe lost it: its exit settles everything.
@@ -143,6 +152,14 @@ export class MemoryGovernor {
         });
     }
   };
+
+  /** A process's one figure is its RSS (see AgentProcess.readMemory): held to both budgets and its runtime. */
+  private checkProcess(cell: Cell, { heap: rss }: MemoryReading): void {
+    const limit = this.limits.heapBytes + this.limits.externalBytes + PROCESS_RUNTIME_BYTES;
+    if (rss <= limit) return;
+    this.unwatch(cell);
+    this.onBreach(cell, `resident memory ${mb(rss)} MB past its ${mb(limit)} MB budget`);
+  }
 
   private check(cell: Cell, { heap, external }: MemoryReading): void {
     const { heapBytes, externalBytes } = this.limits;

@@ -1,6 +1,6 @@
 import { EXIT_REASONS, type ExitReason, SandpoolError } from '../errors.js';
 import type { ResolvedKey } from '../key.js';
-import type { ThreadEnd } from './thread.js';
+import type { ThreadEnd } from './agent-worker.js';
 
 export function aborted(key: string): SandpoolError {
   return new SandpoolError('ERR_SANDPOOL_ABORTED', `the call to ${key} was aborted`, { key });

@@ -1,8 +1,8 @@
 import { z } from 'zod';
 import type { ExitReason, SandpoolError } from '../errors.js';
 import { SnapshotNameSchema, StemSchema, SwarmSchema } from '../key.js';
+import type { RetireReason } from './agent-worker.js';
 import type { DemoteReason } from './cpu.js';
-import type { RetireReason } from './thread.js';
 
 export type SpawnReason = 'cold' | 'spare';
 export type EvictReason = RetireReason;

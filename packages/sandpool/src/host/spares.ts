@@ -1,4 +1,5 @@
-import { AgentThread, type ThreadSettings } from './thread.js';
+import type { ThreadSettings } from './agent-worker.js';
+import { AgentThread } from './thread.js';
 import { typeScriptExecArgv } from './typescript.js';
 
 /** Blank booted workers (no tenant code), each with the promise of its exit. */

@@ -1,11 +1,10 @@
 /**
- * Worker entry: takes the private port out of `workerData` and closes `parentPort` before any
- * agent code runs, so agent code can neither forge protocol messages nor read the
- * coordinator's. Then a blank runtime until `load` names its key's module. No zod here: it
- * would cost every worker megabytes.
+ * Worker entry, in a worker thread or a child process: opens the protocol's link before any
+ * agent code runs (see openLink), then a blank runtime until `load` names its key's module.
+ * No zod here: it would cost every worker megabytes.
  */
 import { readFileSync } from 'node:fs';
-import { parentPort, workerData } from 'node:worker_threads';
+import { isMainThread, parentPort, workerData } from 'node:worker_threads';
 import {
   type FromWorker,
   type LoadRequest,
@@ -20,25 +19,58 @@ import { LoadFailure, loadAgent } from './load.js';
 import { OutputGate } from './output.js';
 import { Runtime } from './runtime.js';
 
-const boot = workerData as Partial<WorkerBoot> | null;
 const tid = threadId();
-if (parentPort === null || boot?.port === undefined) {
-  throw new Error('sandpool worker entry must run in a sandpool worker thread');
-}
-const port = boot.port;
-// Agent code imports the same `workerData` object and can list ref'ed handles: neither may
-// lead it to the port.
-delete boot.port;
+const link = openLink();
 delete (process as { _getActiveHandles?: unknown })._getActiveHandles;
-parentPort.close();
 // What the coordinator's memory probe reads on Node 20 (host/memory-probe.ts) and what the
 // heartbeat sends: the function as it is now, out of agent code's reach.
 const memoryUsage = process.memoryUsage.bind(process);
 Object.defineProperty(globalThis, Symbol.for(MEMORY_USAGE_SYMBOL), { value: memoryUsage });
+const post = link.post;
 
-// Bound now: agent code may replace MessagePort.prototype.postMessage in this thread.
-const postMessage = port.postMessage.bind(port);
-const post = (message: FromWorker, transfer?: ArrayBuffer[]): void => postMessage(message, transfer);
+/** The protocol's two ends in this worker, whichever kind of worker it is. */
+interface Link {
+  post(message: FromWorker, transfer?: ArrayBuffer[]): void;
+  listen(listener: (message: ToWorker) => void): void;
+}
+
+/**
+ * A thread takes its private port out of `workerData` and closes `parentPort`, so agent
+ * code can neither forge protocol messages nor read the coordinator's. A child process
+ * (isolation 'process') talks over its IPC channel, which agent code in the same process
+ * could reach: there the process boundary, and the checks on every message, are the
+ * guard, and what it could forge is only its own key's answers. The child ends when the
+ * channel does, so a host that dies leaves no agent running.
+ */
+function openLink(): Link {
+  if (!isMainThread) {
+    const boot = workerData as Partial<WorkerBoot> | null;
+    if (parentPort === null || boot?.port === undefined) {
+      throw new Error('sandpool worker entry must run in a sandpool worker thread');
+    }
+    const port = boot.port;
+    // Agent code imports the same `workerData` object and can list ref'ed handles: neither
+    // may lead it to the port.
+    delete boot.port;
+    parentPort.close();
+    // Bound now: agent code may replace MessagePort.prototype.postMessage in this thread.
+    const postMessage = port.postMessage.bind(port);
+    return {
+      post: (message, transfer) => postMessage(message, transfer),
+      listen: (listener) => port.on('message', listener),
+    };
+  }
+  const send = process.send?.bind(process);
+  if (send === undefined) throw new Error('sandpool worker entry must run in a sandpool worker or child process');
+  process.on('disconnect', () => process.exit(0));
+  return {
+    // A channel copies what it sends: there is nothing to transfer.
+    post: (message) => {
+      send(message);
+    },
+    listen: (listener) => process.on('message', listener as (message: unknown) => void),
+  };
+}
 
 const output = new OutputGate(post);
 
@@ -53,7 +85,7 @@ const runtime = new Runtime(post);
 const host = new HostProxy(post);
 let loading = false;
 
-port.on('message', (message: ToWorker) => {
+link.listen((message) => {
   switch (message.t) {
     case 'calls':
       return runtime.onCalls(message.calls);

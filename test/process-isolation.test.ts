@@ -1,0 +1,194 @@
+import { chmod, readdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Pool } from 'sandpool';
+import { describe, expect, it } from 'vitest';
+import { code, rejection } from './support/errors.js';
+import { childProcesses, eventually, installCleanup, invariants, openPool } from './support/pool.js';
+import { counterAgent, fixture, makeRoot } from './support/root.js';
+
+installCleanup();
+
+const NEIGHBOUR = 'n/notifier_agent';
+const ESCAPEE = 'x/escapee';
+const root = process.getuid?.() === 0;
+
+/** A root the children's uid may read: makeRoot's temp folder is 0700, as mkdtemp makes it. */
+async function tenants(): Promise<string> {
+  const dir = await makeRoot({
+    'x/live/escapee.mjs': await fixture('escapee.mjs'),
+    'x/live/hog.mjs': await fixture('hog.mjs'),
+    'x/live/intruder.mjs': await fixture('intruder.mjs'),
+    'b/live/secret.txt': 'b only',
+    ...(await counterAgent('n')),
+  });
+  await chmod(dir, 0o755);
+  return dir;
+}
+
+/** Swarm x in child processes, everyone else in threads: an untrusted tenant beside trusted ones. */
+function mixedPool(rootDir: string, options: Partial<Parameters<typeof openPool>[0]> = {}): Pool {
+  return openPool({ root: rootDir, isolation: (key) => (key.swarm === 'x' ? 'process' : 'thread'), ...options });
+}
+
+/**
+ * Runs `attack` while the thread-isolated neighbour is called in a loop, every answer
+ * checked; it must keep answering, right, and once more after the attack settled.
+ */
+async function withNeighbour<T>(pool: Pool, attack: () => Promise<T>): Promise<T> {
+  let stop = false;
+  let answered = 0;
+  const wrong: unknown[] = [];
+  const loop = (async () => {
+    for (let i = 0; !stop; i++) {
+      const value = await pool.call(NEIGHBOUR, 'add', [i, 1]).catch((error: unknown) => error);
+      if (value === i + 1) answered += 1;
+      else wrong.push(value);
+      await new Promise((resolve) => setTimeout(resolve, 2));
+    }
+  })();
+  try {
+    const result = await attack();
+    const atEnd = answered;
+    await eventually(() => answered > atEnd);
+    return result;
+  } finally {
+    stop = true;
+    await loop;
+    expect(wrong).toEqual([]);
+    expect(answered).toBeGreaterThan(0);
+    expect(invariants(pool)).toEqual([]);
+  }
+}
+
+describe("isolation: 'process'", () => {
+  it.runIf(root)('refuses, with what to change, a key whose files the children’s uid cannot read', async () => {
+    const dir = await tenants();
+    await chmod(dir, 0o700);
+    const pool = mixedPool(dir);
+    const refused = await rejection(pool.call(ESCAPEE, 'add', [1, 1]));
+    expect(refused.code).toBe('ERR_SANDPOOL_MODULE_LOAD');
+    expect(refused.message).toMatch(/uid 65534 .* cannot enter .*mode 700.*processUser/);
+    expect(await pool.call(NEIGHBOUR, 'add', [1, 2])).toBe(3);
+    expect(await mixedPool(dir, { processUser: 'host' }).call(ESCAPEE, 'add', [1, 1])).toBe(2);
+  });
+
+  it('serves the same API from a child process, another uid when the host is root', async () => {
+    const pool = mixedPool(await tenants());
+    const spawned: number[] = [];
+    pool.on('spawn', (event) => spawned.push(event.threadId));
+    const who = await pool.call<{ pid: number; ppid: number; uid: number; key: string }>(ESCAPEE, 'whoami');
+    expect(who).toMatchObject({ ppid: process.pid, key: ESCAPEE });
+    expect(who.pid).not.toBe(process.pid);
+    expect(spawned).toContain(who.pid); // events carry the child's pid
+    if (root) expect(who.uid).toBe(65534);
+    expect(await pool.remote<{ add(a: number, b: number): Promise<number> }>(ESCAPEE).add(2, 3)).toBe(5);
+    expect(await code(pool.call(ESCAPEE, 'missing'))).toBe('ERR_SANDPOOL_EXPORT_NOT_FOUND');
+    expect(pool.keyStats().find((stats) => stats.key === ESCAPEE)).toMatchObject({ state: 'ready', workers: 1 });
+    expect(await pool.call(NEIGHBOUR, 'add', [1, 2])).toBe(3);
+    expect(childProcesses()).toHaveLength(1);
+  });
+
+  it('a signal the agent sends to its own process ends only that key, which respawns', async () => {
+    const pool = mixedPool(await tenants(), { callTimeoutMs: 2_000, abortGraceMs: 100 });
+    for (const name of ['SIGTERM', 'SIGKILL']) {
+      const ended = await withNeighbour(pool, () => rejection(pool.call(ESCAPEE, 'signal', ['self', name])));
+      expect(ended).toMatchObject({ code: 'ERR_SANDPOOL_WORKER_EXITED', reason: 'crash' });
+      expect(await pool.call(ESCAPEE, 'add', [1, 1])).toBe(2);
+    }
+    // A stopped process answers nothing: its call times out and SIGKILL ends it.
+    const stopped = await withNeighbour(pool, () => rejection(pool.call(ESCAPEE, 'signal', ['self', 'SIGSTOP'])));
+    expect(stopped.code).toBe('ERR_SANDPOOL_TIMEOUT');
+    await eventually(() => childProcesses().length === 0);
+    expect(await pool.call(ESCAPEE, 'add', [2, 2])).toBe(4);
+  });
+
+  it.runIf(root)('cannot signal the host: it runs as another uid', async () => {
+    const pool = mixedPool(await tenants());
+    for (const name of ['SIGKILL', 'SIGSTOP', 'SIGTERM']) {
+      const refused = await withNeighbour(pool, () => rejection(pool.call(ESCAPEE, 'signal', ['parent', name])));
+      expect(refused.code).toBe('ERR_SANDPOOL_AGENT_ERROR');
+      expect((refused.cause as { code?: string }).code).toBe('EPERM');
+    }
+  });
+
+  it('a descriptor flood stays in its own fd table, bounded by its rlimit, and dies with it', async () => {
+    const dir = await tenants();
+    const pool = mixedPool(dir, { processLimits: { openFiles: 256 } });
+    const flood = await withNeighbour(pool, () => pool.call<{ opened: number; code: string }>(ESCAPEE, 'exhaustFds'));
+    expect(flood.code).toBe('EMFILE');
+    expect(flood.opened).toBeLessThan(256);
+    // The host's own file work and a new key are untouched while the flood is held.
+    expect(await readdir(dir)).toContain('x');
+    expect(await pool.call('n/notifier_agent', 'add', [2, 2])).toBe(4);
+    await rejection(pool.call(ESCAPEE, 'signal', ['self', 'SIGKILL']));
+    expect(await pool.call(ESCAPEE, 'add', [1, 2])).toBe(3);
+  });
+
+  it('raw writes to fds 1 and 2 and process._rawDebug reach the host labelled with the key', async () => {
+    const lines: [string, string][] = [];
+    const pool = mixedPool(await tenants(), { onOutput: (key, _stream, line) => lines.push([key, line]) });
+    const forged = '[n/notifier_agent] a line in the neighbour’s name';
+    expect(await withNeighbour(pool, () => pool.call(ESCAPEE, 'forge', [forged]))).toBe(true);
+    await eventually(() => lines.filter(([, line]) => line.includes('neighbour')).length >= 3);
+    for (const [key, line] of lines.filter(([, text]) => text.includes('neighbour'))) {
+      expect(key).toBe(ESCAPEE);
+      expect(line).toContain('neighbour');
+    }
+  });
+
+  it('heap patterns that abort a thread-isolated host end only the child, with oom', { timeout: 60_000 }, async () => {
+    const pool = mixedPool(await tenants(), {
+      resourceLimits: { maxOldGenerationSizeMb: 64 },
+      onOutput: () => {}, // V8's report of the abort, on the child's stderr
+    });
+    // bigArray is the one Node 20 cannot contain in a thread (see memory.test.ts).
+    for (const fn of ['growMap', 'pushObjects', 'bigArray']) {
+      const ended = await withNeighbour(pool, () => rejection(pool.call('x/hog', fn, [], { timeoutMs: 30_000 })));
+      expect([fn, ended.code, ended.reason]).toEqual([fn, 'ERR_SANDPOOL_WORKER_EXITED', 'oom']);
+      expect(await pool.call('x/hog', 'add', [1, 1])).toBe(2);
+    }
+  });
+
+  it('resident memory past both budgets ends the child with oom', { timeout: 30_000 }, async () => {
+    const pool = mixedPool(await tenants(), { resourceLimits: { maxOldGenerationSizeMb: 64 }, maxExternalMb: 64 });
+    const ended = await withNeighbour(pool, () => rejection(pool.call(ESCAPEE, 'touchBuffers', [2_000])));
+    expect(ended).toMatchObject({ code: 'ERR_SANDPOOL_WORKER_EXITED', reason: 'oom' });
+  });
+
+  it('a spin past its timeout is SIGKILLed; cpuTimeoutMs counts the child’s CPU', async () => {
+    const pool = mixedPool(await tenants(), { abortGraceMs: 50 });
+    const timedOut = await withNeighbour(pool, () => rejection(pool.call(ESCAPEE, 'spin', [], { timeoutMs: 200 })));
+    expect(timedOut.code).toBe('ERR_SANDPOOL_TIMEOUT');
+    await eventually(() => childProcesses().length === 0);
+    const cpuPool = mixedPool(await tenants(), { cpuTimeoutMs: 200 });
+    const overran = await withNeighbour(cpuPool, () => rejection(cpuPool.call(ESCAPEE, 'spin', [], { timeoutMs: 0 })));
+    expect(overran).toMatchObject({ code: 'ERR_SANDPOOL_WORKER_EXITED', reason: 'cpu' });
+  });
+
+  it('runs under the strict permission model: no other swarm, environ, child process, worker, inspector or addon', async () => {
+    const dir = await tenants();
+    const pool = mixedPool(dir, { env: { TENANT: 'x' } });
+    const tries = {
+      read: [join(dir, 'b/live/secret.txt')],
+      spawn: [],
+      nestedWorker: [],
+    };
+    for (const [fn, args] of Object.entries(tries)) {
+      expect([fn, await pool.call('x/intruder', fn, args)]).toEqual([fn, 'ERR_ACCESS_DENIED']);
+    }
+    expect(await pool.call('x/intruder', 'addon')).toBe('ERR_DLOPEN_DISABLED');
+    expect(await pool.call(ESCAPEE, 'inspectSelf')).toBe('ERR_ACCESS_DENIED');
+    expect(await pool.call('x/intruder', 'read', [join(dir, 'x/live/escapee.mjs')])).toBe('allowed');
+    expect(await pool.call(ESCAPEE, 'environ')).toBe('ERR_ACCESS_DENIED');
+    expect(await pool.call(NEIGHBOUR, 'add', [1, 2])).toBe(3);
+  });
+
+  it('close() ends every child, also a stopped one', async () => {
+    const pool = mixedPool(await tenants(), { closeTimeoutMs: 200 });
+    expect(await pool.call(ESCAPEE, 'add', [1, 1])).toBe(2);
+    void pool.call(ESCAPEE, 'signal', ['self', 'SIGSTOP']).catch(() => {});
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    await pool.close();
+    await eventually(() => childProcesses().length === 0);
+  });
+});
