@@ -1,4 +1,4 @@
-import { chmod, readdir } from 'node:fs/promises';
+import { chmod, open, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Pool } from 'sandpool';
 import { describe, expect, it } from 'vitest';
@@ -86,6 +86,36 @@ describe("isolation: 'process'", () => {
     expect(pool.keyStats().find((stats) => stats.key === ESCAPEE)).toMatchObject({ state: 'ready', workers: 1 });
     expect(await pool.call(NEIGHBOUR, 'add', [1, 2])).toBe(3);
     expect(childProcesses()).toHaveLength(1);
+  });
+
+  it('streams, host capabilities, reload and snapshots work as for a thread', async () => {
+    const dir = await tenants();
+    const pool = mixedPool(dir, { host: { greet: (ctx, name) => `hello ${String(name)} from ${ctx.key}` } });
+    const chunks: unknown[] = [];
+    for await (const chunk of pool.stream(ESCAPEE, 'countTo', [3])) chunks.push(chunk);
+    expect(chunks).toEqual([1, 2, 3]);
+    expect(await pool.call(ESCAPEE, 'askHost', ['x'])).toBe(`hello x from ${ESCAPEE}`);
+    await pool.snapshots.create('x', 'jan');
+    const file = join(dir, 'x/live/escapee.mjs');
+    await writeFile(file, (await readFile(file, 'utf8')).replace("'v1'", "'v2'"));
+    expect(await pool.invalidate({ swarm: 'x' })).toMatchObject({ failed: [] });
+    expect(await pool.call(ESCAPEE, 'version')).toBe('v2');
+    expect(await pool.call('x@jan/escapee', 'version')).toBe('v1');
+    expect(await pool.call(NEIGHBOUR, 'add', [1, 2])).toBe(3);
+    expect(invariants(pool)).toEqual([]);
+  });
+
+  it('inherits none of the host’s descriptors', async () => {
+    const dir = await tenants();
+    const held = await open(join(dir, 'b/live/secret.txt'), 'r');
+    try {
+      const pool = mixedPool(dir);
+      const inodes = await pool.call<number[]>(ESCAPEE, 'openInodes');
+      expect(inodes.length).toBeGreaterThan(3);
+      expect(inodes).not.toContain((await held.stat()).ino);
+    } finally {
+      await held.close();
+    }
   });
 
   it('a signal the agent sends to its own process ends only that key, which respawns', async () => {
@@ -181,6 +211,37 @@ describe("isolation: 'process'", () => {
     expect(await pool.call('x/intruder', 'read', [join(dir, 'x/live/escapee.mjs')])).toBe('allowed');
     expect(await pool.call(ESCAPEE, 'environ')).toBe('ERR_ACCESS_DENIED');
     expect(await pool.call(NEIGHBOUR, 'add', [1, 2])).toBe(3);
+  });
+
+  it("keeps spare processes when every key runs in one (with permissions 'none', as for threads)", async () => {
+    const dir = await tenants();
+    const pool = openPool({ root: dir, isolation: 'process', permissions: 'none', spareWorkers: 1 });
+    await eventually(() => pool.stats().spares === 1 && childProcesses().length === 1);
+    const reasons: string[] = [];
+    pool.on('spawn', (event) => reasons.push(event.reason));
+    expect(await pool.call(ESCAPEE, 'add', [1, 2])).toBe(3);
+    expect(reasons).toEqual(['spare']);
+    // The spare is refilled with another child, and the key's process is the one that was spare.
+    await eventually(() => pool.stats().spares === 1 && childProcesses().length === 2);
+    expect(await pool.call(NEIGHBOUR, 'add', [1, 2])).toBe(3);
+    expect(reasons).toEqual(['spare', 'spare']);
+  });
+
+  it('bad isolation input is refused with INVALID_OPTIONS and starts nothing', async () => {
+    const dir = await tenants();
+    expect(() => openPool({ root: dir, isolation: 'vm' as 'thread' })).toThrow(
+      expect.objectContaining({ code: 'ERR_SANDPOOL_INVALID_OPTIONS' }),
+    );
+    const throwing = openPool({
+      root: dir,
+      isolation: () => {
+        throw new Error('no answer');
+      },
+    });
+    expect(await code(throwing.call(ESCAPEE, 'add', [1, 1]))).toBe('ERR_SANDPOOL_INVALID_OPTIONS');
+    const wrong = openPool({ root: dir, isolation: () => 'vm' as 'thread' });
+    expect(await code(wrong.call(ESCAPEE, 'add', [1, 1]))).toBe('ERR_SANDPOOL_INVALID_OPTIONS');
+    expect(throwing.stats().spawned + wrong.stats().spawned).toBe(0);
   });
 
   it('close() ends every child, also a stopped one', async () => {

@@ -112,7 +112,13 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
     };
     // Under a per-key permission model no key can take a spare (its flags are fixed at boot).
     const sparesUsable = options.permissions === 'none' || typeof options.permissions === 'function';
-    this.spares = new Spares(sparesUsable ? options.spareWorkers : 0, this.settings);
+    // With isolation a function of the key, which kind the next key needs is unknown: threads.
+    const spareKind = options.isolation === 'process' ? 'process' : 'thread';
+    this.spares = new Spares(sparesUsable ? options.spareWorkers : 0, spareKind, () =>
+      spareKind === 'process'
+        ? new AgentProcess(this.settings, typeScriptExecArgv(), this.process)
+        : new AgentThread(this.settings, typeScriptExecArgv()),
+    );
     if (typeof options.permissions === 'object' && endsSandbox(options.permissions)) {
       process.emitWarning(
         'permissions grant childProcess or worker: their children run without the permission model, outside the sandbox',
@@ -387,14 +393,16 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
     return [...typeScriptExecArgv(), ...permissionArgs(policy, folders, key)];
   }
 
-  /** A worker for a key: a spare if one fits (booted without per-key flags, so only a key that needs none). */
+  /** A worker for a key: a spare if one fits (of its kind, booted without per-key flags, so only a key that needs none). */
   private spawn(execArgv: readonly string[], isolation: Isolation): { thread: AgentWorker; from: 'cold' | 'spare' } {
-    if (isolation === 'process')
-      return { thread: new AgentProcess(this.settings, execArgv, this.process), from: 'cold' };
-    const spare = sameFlags(execArgv, typeScriptExecArgv()) ? this.spares.take() : null;
-    return spare === null
-      ? { thread: new AgentThread(this.settings, execArgv), from: 'cold' }
-      : { thread: spare, from: 'spare' };
+    const fits = isolation === this.spares.isolation && sameFlags(execArgv, typeScriptExecArgv());
+    const spare = fits ? this.spares.take() : null;
+    if (spare !== null) return { thread: spare, from: 'spare' };
+    const thread =
+      isolation === 'process'
+        ? new AgentProcess(this.settings, execArgv, this.process)
+        : new AgentThread(this.settings, execArgv);
+    return { thread, from: 'cold' };
   }
 
   startCell(cell: Cell): void {

@@ -1,15 +1,18 @@
-import type { ThreadSettings } from './agent-worker.js';
-import { AgentThread } from './thread.js';
-import { typeScriptExecArgv } from './typescript.js';
+import type { AgentWorker, Isolation } from './agent-worker.js';
 
-/** Blank booted workers (no tenant code), each with the promise of its exit. */
+/**
+ * Blank booted workers (no tenant code), each with the promise of its exit: threads, or
+ * child processes when every key runs in one (`isolation: 'process'`).
+ */
 export class Spares {
-  private readonly threads = new Map<AgentThread, Promise<void>>();
+  private readonly threads = new Map<AgentWorker, Promise<void>>();
   private closed = false;
 
   constructor(
     private readonly target: number,
-    private readonly settings: ThreadSettings,
+    readonly isolation: Isolation,
+    /** Boots a blank worker; a spare boots before its key is known, so with no per-key flags. */
+    private readonly boot: () => AgentWorker,
   ) {}
 
   get size(): number {
@@ -18,8 +21,7 @@ export class Spares {
 
   fill(): void {
     while (!this.closed && this.threads.size < this.target) {
-      // A spare boots before its key is known: only keys that need no per-key flags can take one.
-      const thread = new AgentThread(this.settings, typeScriptExecArgv());
+      const thread = this.boot();
       thread.setReferenced(false);
       this.threads.set(
         thread,
@@ -38,7 +40,7 @@ export class Spares {
   }
 
   /** The oldest spare, the most likely to have finished booting; refilled on a later tick. */
-  take(): AgentThread | null {
+  take(): AgentWorker | null {
     for (const thread of this.threads.keys()) {
       this.threads.delete(thread);
       setImmediate(() => this.fill());
