@@ -13,6 +13,7 @@ import type { RemoteError } from '../protocol/messages.js';
 import { toRemoteError } from '../protocol/remote-error.js';
 import type { AgentWorker } from './agent-worker.js';
 import type { Channel } from './channel.js';
+import { askForKey } from './key-option.js';
 
 /** What a capability learns about its caller. */
 export interface HostContext {
@@ -54,16 +55,7 @@ export function capabilitiesFor(option: HostOption, key: ResolvedKey): Table {
     }
     return table;
   }
-  let declared: unknown;
-  try {
-    declared = option(Object.freeze({ swarm: key.swarm, snapshot: key.snapshot, stem: key.stem }));
-  } catch (cause) {
-    throw new SandpoolError('ERR_SANDPOOL_INVALID_OPTIONS', `${key.text}: the host function threw`, {
-      key: key.text,
-      cause,
-    });
-  }
-  return buildTable(declared, key.text);
+  return buildTable(askForKey('host', option, key), key.text);
 }
 
 function buildTable(declared: unknown, key: string): Table {

@@ -231,9 +231,10 @@ export class Channel {
       // Some argument cannot be cloned: send them one by one so only its call fails.
       if (transfer !== undefined) return this.unsendable(calls[0] as number, error); // sent alone
     }
-    for (let i = 0; i < calls.length; i += CALL_HEADER + (calls[i + 3] as number)) {
+    for (let i = 0, end = 0; i < calls.length; i = end) {
+      end = i + CALL_HEADER + (calls[i + 3] as number);
       try {
-        this.thread.post({ t: 'calls', calls: calls.slice(i, i + CALL_HEADER + (calls[i + 3] as number)) });
+        this.thread.post({ t: 'calls', calls: calls.slice(i, end) });
       } catch (error) {
         const call = this.running.get(calls[i] as number);
         if (call === undefined) continue;

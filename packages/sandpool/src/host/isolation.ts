@@ -4,17 +4,13 @@ import { SandpoolError } from '../errors.js';
 import type { ResolvedKey } from '../key.js';
 import type { ResolvedPoolOptions } from '../options.js';
 import type { Isolation } from './agent-worker.js';
+import { askForKey } from './key-option.js';
 import type { ProcessSettings } from './process.js';
 
 /** Where a key's agent runs, from the `isolation` option; a function's answer is checked. */
 export function isolationFor(option: ResolvedPoolOptions['isolation'], key: ResolvedKey): Isolation {
   if (typeof option !== 'function') return option;
-  let chosen: unknown;
-  try {
-    chosen = option({ swarm: key.swarm, snapshot: key.snapshot, stem: key.stem });
-  } catch (cause) {
-    throw new SandpoolError('ERR_SANDPOOL_INVALID_OPTIONS', `isolation(${key.text}) threw`, { key: key.text, cause });
-  }
+  const chosen = askForKey('isolation', option, key);
   if (chosen === 'thread' || chosen === 'process') return chosen;
   throw new SandpoolError(
     'ERR_SANDPOOL_INVALID_OPTIONS',

@@ -4,6 +4,7 @@ import { dirname, join, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { SandpoolError } from '../errors.js';
 import type { AgentKey, ResolvedKey } from '../key.js';
+import { askForKey } from './key-option.js';
 
 /** What a widening adds to `'strict'`: absolute paths, and the process rights strict denies. */
 export interface PermissionGrant {
@@ -55,12 +56,7 @@ export interface KeyFolders {
 /** The policy in force for a key: the option, or what its function returns (checked). */
 export function policyFor(option: PermissionsOption, key: ResolvedKey): PermissionPolicy {
   if (typeof option !== 'function') return option;
-  let policy: unknown;
-  try {
-    policy = option({ swarm: key.swarm, snapshot: key.snapshot, stem: key.stem });
-  } catch (cause) {
-    throw new SandpoolError('ERR_SANDPOOL_INVALID_OPTIONS', `permissions(${key.text}) threw`, { key: key.text, cause });
-  }
+  const policy = askForKey('permissions', option, key);
   if (policy === 'strict' || policy === 'none' || isGrant(policy)) return policy;
   throw new SandpoolError('ERR_SANDPOOL_INVALID_OPTIONS', `permissions(${key.text}) returned no valid policy`, {
     key: key.text,

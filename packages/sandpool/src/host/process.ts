@@ -48,10 +48,10 @@ export class AgentProcess extends AgentWorker {
   private referenced = true;
   private outOfMemory = false;
 
-  constructor(settings: ThreadSettings, execArgv: readonly string[], process_: ProcessSettings) {
+  constructor(settings: ThreadSettings, execArgv: readonly string[], child: ProcessSettings) {
     super(settings);
-    const node = [...execArgv, `--max-old-space-size=${process_.heapMb}`, WORKER_ENTRY];
-    const { openFiles, processes, addressSpaceMb } = process_.limits;
+    const node = [...execArgv, `--max-old-space-size=${child.heapMb}`, WORKER_ENTRY];
+    const { openFiles, processes, addressSpaceMb } = child.limits;
     const limited = [
       `--nofile=${openFiles}:${openFiles}`,
       `--nproc=${processes}:${processes}`,
@@ -65,7 +65,7 @@ export class AgentProcess extends AgentWorker {
       stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
       serialization: 'advanced',
       env: { ...settings.env },
-      ...(process_.user === null ? {} : { uid: process_.user.uid, gid: process_.user.gid }),
+      ...(child.user === null ? {} : { uid: child.user.uid, gid: child.user.gid }),
     });
     this.threadId = this.child.pid ?? 0;
     this.child.on('message', (raw: unknown) => this.receive(raw));
