@@ -29,7 +29,7 @@ import {
   type PoolEvents,
   type PoolStats,
 } from './pool-types.js';
-import { AgentProcess, type ProcessSettings, WORKER_ENTRY } from './process.js';
+import { AgentProcess, type ProcessSettings } from './process.js';
 import { toSandpoolError } from './remote-error.js';
 import { locateModule, type ModuleLocation } from './resolve.js';
 import { type ReloadOutcome, Route } from './route.js';
@@ -361,10 +361,8 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
       }
       execArgv = this.execArgvFor(cell.key, location);
       isolation = isolationFor(this.options.isolation, cell.key);
-      if (isolation === 'process' && this.process.user !== null) {
+      if (isolation === 'process' && this.process.user !== null)
         checkReadableBy(this.process.user, location.file, cell.key);
-        checkReadableBy(this.process.user, WORKER_ENTRY, cell.key);
-      }
     } catch (error) {
       if (cell.phase.name !== 'resolving') return;
       const failure = toSandpoolError(error, cell.key.text);

@@ -1,12 +1,12 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import type { ToWorker } from '../protocol/messages.js';
+import { DROP_TO, type ToWorker } from '../protocol/messages.js';
 import { AgentWorker, type ThreadSettings } from './agent-worker.js';
 import type { MemoryReading } from './memory-probe.js';
 
 /** The runtime a child starts: the same entry as a worker thread's. */
-export const WORKER_ENTRY = fileURLToPath(new URL('../worker/entry.js', import.meta.url));
+const WORKER_ENTRY = fileURLToPath(new URL('../worker/entry.js', import.meta.url));
 /** util-linux's prlimit sets the child's rlimits before it execs Node; Node has no setrlimit. */
 const PRLIMIT = ['/usr/bin/prlimit', '/bin/prlimit'].find((path) => existsSync(path)) ?? null;
 /** What V8 prints before it aborts on a heap it cannot grow: that abort is the child's `oom`. */
@@ -50,7 +50,10 @@ export class AgentProcess extends AgentWorker {
 
   constructor(settings: ThreadSettings, execArgv: readonly string[], child: ProcessSettings) {
     super(settings);
-    const node = [...execArgv, `--max-old-space-size=${child.heapMb}`, WORKER_ENTRY];
+    // The child starts as the host's user, so Node and sandpool's runtime load wherever they
+    // are installed (a 0700 checkout, say); the entry drops to `user` before any agent code.
+    const user = child.user === null ? [] : [`${DROP_TO}${child.user.uid}:${child.user.gid}`];
+    const node = [...execArgv, `--max-old-space-size=${child.heapMb}`, WORKER_ENTRY, ...user];
     const { openFiles, processes, addressSpaceMb } = child.limits;
     const limited = [
       `--nofile=${openFiles}:${openFiles}`,
@@ -65,7 +68,6 @@ export class AgentProcess extends AgentWorker {
       stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
       serialization: 'advanced',
       env: { ...settings.env },
-      ...(child.user === null ? {} : { uid: child.user.uid, gid: child.user.gid }),
     });
     this.threadId = this.child.pid ?? 0;
     this.child.on('message', (raw: unknown) => this.receive(raw));

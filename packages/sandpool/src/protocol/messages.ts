@@ -81,6 +81,9 @@ export interface CallBatch {
   calls: unknown[];
 }
 
+/** A child process's argument naming the uid:gid it drops to before agent code (worker/entry.ts). */
+export const DROP_TO = '--sandpool-drop-to=';
+
 /**
  * A call in a CallBatch is `id, fn, deadline, argc`, then its `argc` arguments, flat: one
  * array for the whole batch, none per call, on either side of the channel.

@@ -6,6 +6,7 @@
 import { readFileSync } from 'node:fs';
 import { isMainThread, parentPort, workerData } from 'node:worker_threads';
 import {
+  DROP_TO,
   type FromWorker,
   type LoadRequest,
   MEMORY_USAGE_SYMBOL,
@@ -20,6 +21,7 @@ import { OutputGate } from './output.js';
 import { Runtime } from './runtime.js';
 
 const tid = threadId();
+if (isMainThread) await dropPrivileges();
 const link = openLink();
 delete (process as { _getActiveHandles?: unknown })._getActiveHandles;
 // What the coordinator's memory probe reads on Node 20 (host/memory-probe.ts) and what the
@@ -27,6 +29,24 @@ delete (process as { _getActiveHandles?: unknown })._getActiveHandles;
 const memoryUsage = process.memoryUsage.bind(process);
 Object.defineProperty(globalThis, Symbol.for(MEMORY_USAGE_SYMBOL), { value: memoryUsage });
 const post = link.post;
+
+/**
+ * A child process of a root host starts as root, so Node and this runtime load wherever they
+ * are installed, and drops to the uid:gid its argument names before it listens for `load`:
+ * no agent code runs as root, and none can regain it. Modules the runtime imports later are
+ * loaded first, while they can still be read.
+ */
+async function dropPrivileges(): Promise<void> {
+  const index = process.argv.findIndex((arg) => arg.startsWith(DROP_TO));
+  if (index < 0) return;
+  const [uid, gid] = (process.argv[index] as string).slice(DROP_TO.length).split(':').map(Number);
+  process.argv.splice(index, 1);
+  await import('./verified.js');
+  if (uid === undefined || gid === undefined || process.setuid === undefined) throw new Error('cannot drop privileges');
+  process.setgroups?.([]);
+  process.setgid?.(gid);
+  process.setuid(uid);
+}
 
 /** The protocol's two ends in this worker, whichever kind of worker it is. */
 interface Link {
