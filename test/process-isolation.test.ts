@@ -80,7 +80,11 @@ describe("isolation: 'process'", () => {
     expect(who).toMatchObject({ ppid: process.pid, key: ESCAPEE });
     expect(who.pid).not.toBe(process.pid);
     expect(spawned).toContain(who.pid); // events carry the child's pid
-    if (root) expect(who.uid).toBe(65534);
+    if (root) {
+      expect(who.uid).toBe(65534);
+      // It started as root and dropped before any agent code: there is no way back.
+      expect(await pool.call(ESCAPEE, 'regainRoot')).toBe('EPERM');
+    }
     expect(await pool.remote<{ add(a: number, b: number): Promise<number> }>(ESCAPEE).add(2, 3)).toBe(5);
     expect(await code(pool.call(ESCAPEE, 'missing'))).toBe('ERR_SANDPOOL_EXPORT_NOT_FOUND');
     expect(pool.keyStats().find((stats) => stats.key === ESCAPEE)).toMatchObject({ state: 'ready', workers: 1 });
