@@ -16,7 +16,7 @@ import {
 import { toRemoteError } from '../protocol/remote-error.js';
 import { defineAgentGlobal } from './agent-global.js';
 import { HostProxy } from './host-proxy.js';
-import { LoadFailure, loadAgent } from './load.js';
+import { LoadFailure, loadAgent, preloadRuntime } from './load.js';
 import { OutputGate } from './output.js';
 import { Runtime } from './runtime.js';
 
@@ -34,14 +34,15 @@ const post = link.post;
  * A child process of a root host starts as root, so Node and this runtime load wherever they
  * are installed, and drops to the uid:gid its argument names before it listens for `load`:
  * no agent code runs as root, and none can regain it. Modules the runtime imports later are
- * loaded first, while they can still be read.
+ * loaded first, while they can still be read (amaro, which explains syntax errors on Node 20,
+ * is not: past the drop that explanation may be missing).
  */
 async function dropPrivileges(): Promise<void> {
   const index = process.argv.findIndex((arg) => arg.startsWith(DROP_TO));
   if (index < 0) return;
   const [uid, gid] = (process.argv[index] as string).slice(DROP_TO.length).split(':').map(Number);
   process.argv.splice(index, 1);
-  await import('./verified.js');
+  await preloadRuntime();
   if (uid === undefined || gid === undefined || process.setuid === undefined) throw new Error('cannot drop privileges');
   process.setgroups?.([]);
   process.setgid?.(gid);

@@ -16,20 +16,29 @@ export class LoadFailure extends Error {
   }
 }
 
+// Loaded on first use (most workers never verify a snapshot nor meet a syntax error), once:
+// each later use takes the namespace, with no new resolution of the file.
+let verifier: Promise<typeof import('./verified.js')> | null = null;
+let syntax: Promise<typeof import('./syntax.js')> | null = null;
+const verifierModule = () => (verifier ??= import('./verified.js'));
+const syntaxModule = () => (syntax ??= import('./syntax.js'));
+
+/** Loads now what loadAgent may import later: a child about to drop its uid may not read it then. */
+export async function preloadRuntime(): Promise<void> {
+  await Promise.all([verifierModule(), syntaxModule()]);
+}
+
 export async function loadAgent(request: LoadRequest): Promise<Record<string, unknown>> {
   if (request.verifyDir !== null) {
     let bundle: Awaited<ReturnType<typeof import('./verified.js').verifySnapshot>>;
     try {
-      // Loaded on first use: most workers never verify a snapshot.
-      const { verifySnapshot } = await import('./verified.js');
-      bundle = await verifySnapshot(request);
+      bundle = await (await verifierModule()).verifySnapshot(request);
     } catch (error) {
       throw new LoadFailure('ERR_SANDPOOL_SNAPSHOT_CORRUPT', error);
     }
     if (bundle !== null) {
       try {
-        const { importVerified } = await import('./verified.js');
-        return await importVerified(bundle);
+        return await (await verifierModule()).importVerified(bundle);
       } catch (error) {
         throw new LoadFailure('ERR_SANDPOOL_MODULE_LOAD', await describeLoadError(error, request.file));
       }
@@ -49,8 +58,7 @@ export async function loadAgent(request: LoadRequest): Promise<Record<string, un
 async function describeLoadError(error: unknown, file: string): Promise<unknown> {
   if (!(error instanceof SyntaxError)) return error;
   try {
-    const { locateSyntaxError } = await import('./syntax.js');
-    return (await locateSyntaxError(error, file)) ?? error;
+    return (await (await syntaxModule()).locateSyntaxError(error, file)) ?? error;
   } catch {
     return error;
   }
