@@ -13,6 +13,7 @@ import { fairness } from './bench/fairness.js';
 import { isolation } from './bench/isolation.js';
 import { manyKeys } from './bench/many-keys.js';
 import { memory } from './bench/memory.js';
+import { processIsolation } from './bench/process.js';
 import { rpc } from './bench/rpc.js';
 import { snapshotStart } from './bench/snapshot-start.js';
 import { loadNow } from './lib/conditions.js';
@@ -26,6 +27,7 @@ const BENCHMARKS: readonly Benchmark[] = [
   snapshotStart,
   compileCache,
   memory,
+  processIsolation,
   manyKeys,
 ];
 

@@ -3,36 +3,20 @@ import { releaseProxy, wrap } from 'comlink/dist/esm/comlink.mjs';
 import nodeEndpoint from 'comlink/dist/esm/node-adapter.mjs';
 import { Piscina } from 'piscina';
 import { createPool } from 'sandpool';
+import {
+  median,
+  type Pipelined,
+  type RpcSystem,
+  runPipelined,
+  runSequential,
+  type Sequential,
+} from '../lib/call-loops.js';
 import { num, perSecond, ratio, us } from '../lib/format.js';
-import { Latency, type LatencySummary, round } from '../lib/histogram.js';
+import { round } from '../lib/histogram.js';
 import type { BenchContext, Benchmark, BenchReport } from '../lib/report.js';
 import { fixture, makeRoot } from '../lib/temp-root.js';
-import { collectGarbage, mainThreadCpuMs, now, processCpuMs } from '../lib/timing.js';
 
 const DEPTHS = [64, 1024] as const;
-
-interface RpcSystem {
-  name: string;
-  add(a: number, b: number): Promise<number>;
-  close(): Promise<void>;
-}
-
-type Sequential = {
-  /** Microseconds per call: total time over calls. */
-  meanUs: number;
-  latency: LatencySummary;
-  calls: number;
-};
-
-type Pipelined = {
-  depth: number;
-  callsPerSecond: number;
-  /** Main-thread CPU per call, µs: the coordinator's own cost, structured clone included. */
-  mainCpuUsPerCall: number | null;
-  /** Whole-process CPU per call (all threads, the worker's included), µs. */
-  processCpuUsPerCall: number;
-  calls: number;
-};
 
 interface AddAgent {
   add(a: number, b: number): number;
@@ -216,69 +200,6 @@ export const rpc: Benchmark = {
     };
   },
 };
-
-function median<T>(runs: T[], by: (run: T) => number): T {
-  const sorted = [...runs].sort((a, b) => by(a) - by(b));
-  const middle = sorted[Math.floor((sorted.length - 1) / 2)];
-  if (middle === undefined) throw new Error('no runs');
-  return middle;
-}
-
-async function runSequential(system: RpcSystem, durationMs: number): Promise<Sequential> {
-  collectGarbage();
-  const latency = new Latency();
-  const start = now();
-  const end = start + durationMs;
-  let calls = 0;
-  let t = start;
-  while (t < end) {
-    const value = await system.add(calls, 1);
-    if (value !== calls + 1) throw new Error(`${system.name}: wrong result ${value}`);
-    const after = now();
-    latency.recordMs(after - t);
-    t = after;
-    calls += 1;
-  }
-  return { meanUs: round(((t - start) * 1000) / calls), latency: latency.summaryMs(), calls };
-}
-
-async function runPipelined(system: RpcSystem, depth: number, durationMs: number): Promise<Pipelined> {
-  collectGarbage();
-  const cpu0 = mainThreadCpuMs();
-  const process0 = processCpuMs();
-  const start = now();
-  const end = start + durationMs;
-  let issued = 0;
-  let done = 0;
-  let last = start;
-  await new Promise<void>((resolve, reject) => {
-    const issue = (): void => {
-      const a = issued++;
-      system.add(a, 1).then((value) => {
-        if (value !== a + 1) {
-          reject(new Error(`${system.name}: wrong result ${value}`));
-          return;
-        }
-        done += 1;
-        if (now() < end) issue();
-        else if (done === issued) {
-          last = now();
-          resolve();
-        }
-      }, reject);
-    };
-    for (let i = 0; i < depth; i += 1) issue();
-  });
-  const cpu1 = mainThreadCpuMs();
-  const process1 = processCpuMs();
-  return {
-    depth,
-    callsPerSecond: round((done * 1000) / (last - start)),
-    mainCpuUsPerCall: cpu0 === null || cpu1 === null ? null : round(((cpu1 - cpu0) * 1000) / done),
-    processCpuUsPerCall: round(((process1 - process0) * 1000) / done),
-    calls: done,
-  };
-}
 
 function rawEcho(): RpcSystem {
   const worker = new Worker(fixture('echo-worker.mjs'), { execArgv: [] });
