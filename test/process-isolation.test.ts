@@ -1,3 +1,4 @@
+import { readdirSync, readFileSync } from 'node:fs';
 import { chmod, open, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Pool } from 'sandpool';
@@ -199,6 +200,35 @@ describe("isolation: 'process'", () => {
     expect(overran).toMatchObject({ code: 'ERR_SANDPOOL_WORKER_EXITED', reason: 'cpu' });
   });
 
+  it('counts the CPU of every thread of the child, libuv’s pool included', async () => {
+    const pool = mixedPool(await tenants());
+    expect(await withNeighbour(pool, () => pool.call(ESCAPEE, 'hashFor', [300]))).toBe('hashed');
+    await new Promise((resolve) => setTimeout(resolve, 60)); // one more sample
+    const escapee = pool.keyStats().find((entry) => entry.key === ESCAPEE);
+    // Two lanes for 300 ms: about 600 ms on the pool's threads, a few ms on the main one.
+    expect(escapee?.cpuMs).toBeGreaterThan(300);
+  });
+
+  it.runIf(root)(
+    'a child burning CPU on its pool threads with no call running is demoted whole, then evicted',
+    { timeout: 15_000 },
+    async () => {
+      const pool = mixedPool(await tenants());
+      const niceOnDemote: number[][] = [];
+      pool.on('demote', () => niceOnDemote.push(childProcesses().flatMap(threadNices)));
+      const evicted = new Promise((resolve) =>
+        pool.on('evict', ({ key, reason }) => key === ESCAPEE && resolve(reason)),
+      );
+      const reason = await withNeighbour(pool, async () => {
+        expect(await pool.call(ESCAPEE, 'hashInBackground')).toBe('hashing');
+        return evicted;
+      });
+      expect(reason).toBe('cpu');
+      expect(niceOnDemote).toHaveLength(1);
+      expect(new Set(niceOnDemote[0])).toEqual(new Set([19]));
+    },
+  );
+
   it('runs under the strict permission model: no other swarm, environ, child process, worker, inspector or addon', async () => {
     const dir = await tenants();
     const pool = mixedPool(dir, { env: { TENANT: 'x' } });
@@ -257,3 +287,11 @@ describe("isolation: 'process'", () => {
     await eventually(() => childProcesses().length === 0);
   });
 });
+
+/** The nice value of each thread of a process (field 19 of /proc/<pid>/task/<tid>/stat). */
+function threadNices(pid: number): number[] {
+  return readdirSync(`/proc/${pid}/task`).map((tid) => {
+    const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'latin1');
+    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16]);
+  });
+}

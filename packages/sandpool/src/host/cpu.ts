@@ -1,4 +1,4 @@
-import { closeSync, existsSync, openSync, readSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readdirSync, readSync } from 'node:fs';
 import { availableParallelism, setPriority } from 'node:os';
 import type { Cell } from './cell.js';
 
@@ -10,6 +10,8 @@ const HEAVY_CALL_MS = 10;
 const BACKGROUND_MS = 100;
 const BACKGROUND_WINDOW_MS = 1_000;
 const DEMOTED_NICE = 19;
+/** Linux reports a process's CPU in clock ticks of USER_HZ, 100 a second on every architecture Node runs on. */
+const NS_PER_TICK = 1e7;
 
 export type DemoteReason = 'cpu-share' | 'background-cpu';
 
@@ -34,6 +36,11 @@ export interface CpuEvents {
 
 interface Sampled {
   readonly tid: number;
+  /**
+   * A child process, `tid` its pid: its CPU is every thread's (V8's, libuv's pool, any it
+   * started), and a priority is set on each of its threads. Otherwise one worker thread.
+   */
+  readonly whole: boolean;
   readonly fd: number;
   /** Nanoseconds on CPU at the last sample. */
   total: number;
@@ -52,7 +59,8 @@ interface Sampled {
  */
 export class CpuGovernor {
   private readonly sampled = new Map<Cell, Sampled>();
-  private readonly buffer = Buffer.alloc(128);
+  /** Room for a /proc/<pid>/stat line (52 fields) as well as a schedstat one. */
+  private readonly buffer = Buffer.alloc(1024);
   private timer: NodeJS.Timeout | null = null;
   /** Whether a lowered priority can be raised back here (CAP_SYS_NICE or RLIMIT_NICE), probed on first use. */
   private raisable: boolean | null = null;
@@ -70,15 +78,19 @@ export class CpuGovernor {
     if (!Number.isSafeInteger(tid) || tid <= 0 || tid === process.pid) return false;
     for (const other of this.sampled.values()) if (other.tid === tid) return false;
     if (!existsSync(`/proc/self/task/${tid}`)) return false;
-    return this.open(cell, tid, `/proc/self/task/${tid}/schedstat`);
+    return this.open(cell, tid, false, `/proc/self/task/${tid}/schedstat`);
   }
 
-  /** A child process's main thread, by the pid the host spawned it with (nothing it reported). */
+  /**
+   * A child process, by the pid the host spawned it with (nothing it reported). Its whole
+   * CPU: an agent that keeps libuv's pool busy (async `crypto.pbkdf2`, allowed under strict
+   * permissions) burns CPU on threads other than its main one.
+   */
   watchProcess(cell: Cell, pid: number): boolean {
-    return pid > 0 && this.open(cell, pid, `/proc/${pid}/task/${pid}/schedstat`);
+    return pid > 0 && this.open(cell, pid, true, `/proc/${pid}/stat`);
   }
 
-  private open(cell: Cell, tid: number, path: string): boolean {
+  private open(cell: Cell, tid: number, whole: boolean, path: string): boolean {
     let fd: number;
     try {
       fd = openSync(path, 'r');
@@ -87,6 +99,7 @@ export class CpuGovernor {
     }
     const entry: Sampled = {
       tid,
+      whole,
       fd,
       total: 0,
       oldest: null,
@@ -130,7 +143,7 @@ export class CpuGovernor {
     entry.windowStart = performance.now();
     entry.windowCpu = 0;
     if (entry.demoted !== 'cpu-share') return;
-    if (this.raisable === true && renice(entry.tid, 0)) entry.demoted = null;
+    if (this.raisable === true && renice(entry, 0)) entry.demoted = null;
     else this.events.recycle(cell);
   }
 
@@ -179,7 +192,7 @@ export class CpuGovernor {
   };
 
   private demote(cell: Cell, entry: Sampled, reason: DemoteReason): void {
-    if (!renice(entry.tid, DEMOTED_NICE)) return;
+    if (!renice(entry, DEMOTED_NICE)) return;
     entry.demoted = reason;
     this.events.demoted(cell, reason);
   }
@@ -187,14 +200,42 @@ export class CpuGovernor {
   private read(entry: Sampled): number {
     try {
       const length = readSync(entry.fd, this.buffer, 0, this.buffer.length, 0);
-      return Number(this.buffer.toString('latin1', 0, length).split(' ')[0]);
+      const text = this.buffer.toString('latin1', 0, length);
+      return entry.whole ? processNs(text) : Number(text.split(' ')[0]);
     } catch {
       return entry.total; // the thread has gone: nothing more to count
     }
   }
 }
 
-function renice(tid: number, nice: number): boolean {
+/**
+ * utime + stime of /proc/<pid>/stat (fields 14 and 15), which count every thread of the
+ * process, the ended ones too. The fields are read after the last ')': the command name
+ * before it is the agent's to set (`process.title`) and may hold spaces and parentheses.
+ */
+function processNs(stat: string): number {
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) * NS_PER_TICK;
+}
+
+/**
+ * Sets a thread's priority, or each thread's of a child process: Linux's setpriority acts
+ * on one thread. Threads the child starts later inherit the priority of the one starting them.
+ */
+function renice(entry: Sampled, nice: number): boolean {
+  if (!setNice(entry.tid, nice)) return false;
+  if (!entry.whole) return true;
+  let tasks: string[];
+  try {
+    tasks = readdirSync(`/proc/${entry.tid}/task`);
+  } catch {
+    return true; // it has ended meanwhile
+  }
+  for (const task of tasks) if (Number(task) !== entry.tid) setNice(Number(task), nice);
+  return true;
+}
+
+function setNice(tid: number, nice: number): boolean {
   try {
     setPriority(tid, nice);
     return true;
@@ -208,5 +249,5 @@ function renice(tid: number, nice: number): boolean {
  * does not. Probed on a worker's thread once (1, then back to 0), before any demotion.
  */
 function probeRaise(tid: number): boolean {
-  return renice(tid, 1) && renice(tid, 0);
+  return setNice(tid, 1) && setNice(tid, 0);
 }
