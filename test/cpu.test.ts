@@ -1,3 +1,4 @@
+import { availableParallelism } from 'node:os';
 import { describe, expect, it } from 'vitest';
 import { rejection } from './support/errors.js';
 import { eventually, installCleanup, invariants, openPool, recordEvents } from './support/pool.js';
@@ -15,8 +16,12 @@ const BURNER = `
   }
 `;
 
+/** One burner more than there are cores: busy keys outnumber them. */
+const CROWD = availableParallelism() + 1;
+
 async function root(): Promise<string> {
-  return makeRoot({ 'a/live/burner.mjs': BURNER, ...(await counterAgent('n')) });
+  const burners = Object.fromEntries(Array.from({ length: CROWD }, (_, i) => [`c/live/burner${i}.mjs`, BURNER]));
+  return makeRoot({ 'a/live/burner.mjs': BURNER, ...burners, ...(await counterAgent('n')) });
 }
 
 const onLinux = process.platform === 'linux';
@@ -45,6 +50,22 @@ describe.runIf(onLinux)('CPU, counted on the worker thread', () => {
     expect(await pool.call('n/notifier_agent', 'add', [2, 2])).toBe(4);
     // A call that waits, using no CPU, is not touched.
     expect(await pool.call('n/notifier_agent', 'slow', [300, 'idle wait'], { timeoutMs: 0 })).toBe('idle wait');
+    expect(invariants(pool)).toEqual([]);
+  });
+
+  it('heavy calls on more busy keys than cores are demoted, and get their priority back once idle', async () => {
+    const pool = openPool({ root: await root(), spareWorkers: 0 });
+    const demoted: string[] = [];
+    pool.on('demote', ({ key, reason }) => demoted.push(`${key} ${reason}`));
+    const keys = Array.from({ length: CROWD }, (_, i) => `c/burner${i}`);
+    const spins = keys.map((key) => pool.call(key, 'spin', [400]));
+    await eventually(() => demoted.length > 0);
+    expect(pool.keyStats().filter((entry) => entry.demoted).length).toBeGreaterThan(0);
+    expect(await Promise.all(spins)).toEqual(keys.map(() => 'done'));
+    expect(demoted.every((entry) => entry.endsWith(' cpu-share'))).toBe(true);
+    expect(await pool.call('n/notifier_agent', 'add', [1, 1])).toBe(2);
+    // Idle again: raised back, or recycled where raising is not allowed; either way none stays demoted.
+    await eventually(() => pool.keyStats().every((entry) => !entry.demoted));
     expect(invariants(pool)).toEqual([]);
   });
 

@@ -1,5 +1,6 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import { chmod, open, readdir, readFile, writeFile } from 'node:fs/promises';
+import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import type { Pool } from 'sandpool';
 import { describe, expect, it } from 'vitest';
@@ -228,6 +229,24 @@ describe("isolation: 'process'", () => {
       expect(new Set(niceOnDemote[0])).toEqual(new Set([19]));
     },
   );
+
+  it('heavy calls on more busy child processes than cores are demoted, and raised back once idle', async () => {
+    const dir = await tenants();
+    const crowd = Array.from({ length: availableParallelism() + 1 }, (_, i) => `x/burner${i}`);
+    const source = await fixture('escapee.mjs');
+    for (const key of crowd) await writeFile(join(dir, `x/live/${key.slice(2)}.mjs`), source);
+    const pool = mixedPool(dir);
+    const demoted: string[] = [];
+    pool.on('demote', ({ key, reason }) => demoted.push(`${key} ${reason}`));
+    const spins = await withNeighbour(pool, async () => {
+      const running = crowd.map((key) => pool.call(key, 'spinFor', [400]));
+      await eventually(() => demoted.length > 0);
+      return Promise.all(running);
+    });
+    expect(spins).toEqual(crowd.map(() => 'done'));
+    expect(demoted.every((entry) => entry.startsWith('x/burner') && entry.endsWith(' cpu-share'))).toBe(true);
+    await eventually(() => pool.keyStats().every((entry) => !entry.demoted));
+  });
 
   it('runs under the strict permission model: no other swarm, environ, child process, worker, inspector or addon', async () => {
     const dir = await tenants();
