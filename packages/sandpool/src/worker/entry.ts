@@ -16,12 +16,11 @@ import {
 import { toRemoteError } from '../protocol/remote-error.js';
 import { defineAgentGlobal } from './agent-global.js';
 import { HostProxy } from './host-proxy.js';
-import { LoadFailure, loadAgent, preloadRuntime } from './load.js';
+import { LoadFailure, loadAgent, preloadFor } from './load.js';
 import { OutputGate } from './output.js';
 import { Runtime } from './runtime.js';
 
 const tid = threadId();
-if (isMainThread) await dropPrivileges();
 const link = openLink();
 delete (process as { _getActiveHandles?: unknown })._getActiveHandles;
 // What the coordinator's memory probe reads on Node 20 (host/memory-probe.ts) and what the
@@ -32,21 +31,27 @@ const post = link.post;
 
 /**
  * A child process of a root host starts as root, so Node and this runtime load wherever they
- * are installed, and drops to the uid:gid its argument names before it listens for `load`:
- * no agent code runs as root, and none can regain it. Modules the runtime imports later are
- * loaded first, while they can still be read (amaro, which explains syntax errors on Node 20,
- * is not: past the drop that explanation may be missing).
+ * are installed, and drops to the uid:gid its argument names when its load arrives, before
+ * the agent is imported: no agent code runs as root, and none can regain it. What the load
+ * will import is loaded first, while it can still be read (amaro, which explains syntax
+ * errors on Node 20, is not: past the drop that explanation may be missing). A child that
+ * cannot drop exits before any agent code runs.
  */
-async function dropPrivileges(): Promise<void> {
+async function dropPrivileges(request: LoadRequest): Promise<void> {
   const index = process.argv.findIndex((arg) => arg.startsWith(DROP_TO));
   if (index < 0) return;
   const [uid, gid] = (process.argv[index] as string).slice(DROP_TO.length).split(':').map(Number);
   process.argv.splice(index, 1);
-  await preloadRuntime();
-  if (uid === undefined || gid === undefined || process.setuid === undefined) throw new Error('cannot drop privileges');
-  process.setgroups?.([]);
-  process.setgid?.(gid);
-  process.setuid(uid);
+  await preloadFor(request);
+  try {
+    if (uid === undefined || gid === undefined || process.setuid === undefined) throw new Error('no uid:gid given');
+    process.setgroups?.([]);
+    process.setgid?.(gid);
+    process.setuid(uid);
+  } catch (error) {
+    process.stderr.write(`sandpool: cannot drop privileges: ${(error as Error).message}\n`);
+    process.exit(1);
+  }
 }
 
 /** The protocol's two ends in this worker, whichever kind of worker it is. */
@@ -140,6 +145,7 @@ function threadId(): number {
 }
 
 async function onLoad(request: LoadRequest): Promise<void> {
+  if (isMainThread) await dropPrivileges(request);
   defineAgentGlobal(request.key, host.api);
   if (request.heartbeatMs !== undefined && request.heartbeatMs > 0) beatEvery(request.heartbeatMs);
   try {
