@@ -19,7 +19,8 @@ export function childProcesses(): number[] {
     .map(Number)
     .filter((pid) => {
       try {
-        return readFileSync(`/proc/${pid}/cmdline`, 'latin1').includes('worker/entry.js');
+        const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'latin1');
+        return cmdline.includes('worker/entry.js') || cmdline.includes('store/helper-entry.js');
       } catch {
         return false; // gone already
       }

@@ -1,6 +1,8 @@
 import { EventEmitter } from 'node:events';
 import type { AgentKey } from '../key.js';
 import { type CallOptions, type PoolOptions, parsePoolOptions, type ResolvedPoolOptions } from '../options.js';
+import type { SnapshotStore } from '../store/store.js';
+import { StoreHelper } from '../store/store-helper.js';
 import { Coordinator } from './coordinator.js';
 import { warnIfHeapCapOverridden } from './heap-warning.js';
 import type { KeyStats } from './key-stats.js';
@@ -22,8 +24,9 @@ export const INVARIANTS = Symbol.for('sandpool.invariants');
 export class Pool extends EventEmitter<PoolEvents> implements AsyncDisposable {
   readonly options: ResolvedPoolOptions;
   /** The snapshot store under this pool's root; `remove` drains the snapshot's workers first. */
-  readonly snapshots: PoolSnapshotStore;
+  readonly snapshots: SnapshotStore;
   readonly #core: Coordinator;
+  readonly #storeHelper: StoreHelper;
 
   constructor(options: PoolOptions) {
     super();
@@ -32,9 +35,14 @@ export class Pool extends EventEmitter<PoolEvents> implements AsyncDisposable {
     const emit = this.emit.bind(this) as (event: keyof PoolEvents, ...args: unknown[]) => boolean;
     this.#core = new Coordinator(this.options, (event, ...args) => emit(event, ...args));
     const { snapshotSecret, maxSnapshotBytes } = this.options;
-    this.snapshots = new PoolSnapshotStore(
-      { root: this.#core.root, maxSnapshotBytes, ...(snapshotSecret === undefined ? {} : { snapshotSecret }) },
-      (swarm, name, removeFiles) => this.#core.removeSnapshot(swarm, name, removeFiles),
+    const storeOptions = {
+      root: this.#core.root,
+      maxSnapshotBytes,
+      ...(snapshotSecret === undefined ? {} : { snapshotSecret }),
+    };
+    this.#storeHelper = new StoreHelper(storeOptions);
+    this.snapshots = new PoolSnapshotStore(storeOptions, this.#storeHelper, (swarm, name, removeFiles) =>
+      this.#core.removeSnapshot(swarm, name, removeFiles),
     );
   }
 
@@ -88,8 +96,8 @@ export class Pool extends EventEmitter<PoolEvents> implements AsyncDisposable {
     return this.#core.invalidate(selector);
   }
 
-  close(): Promise<void> {
-    return this.#core.close();
+  async close(): Promise<void> {
+    await Promise.all([this.#core.close(), this.#storeHelper.close()]);
   }
 
   [Symbol.asyncDispose](): Promise<void> {

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import type { Dirent } from 'node:fs';
+import { type Dirent, lstatSync, readdirSync } from 'node:fs';
 import { chmod, lstat, mkdir, readdir, realpath, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join, resolve, sep } from 'node:path';
 import { z } from 'zod';
@@ -169,11 +169,11 @@ export class SnapshotStore {
     checkArgs(SwarmArgs, { swarm });
     let names: string[];
     try {
-      names = await readdir(snapshotsDir(this.root, swarm));
+      names = readdirSync(snapshotsDir(this.root, swarm));
     } catch (error) {
       if (!isMissingError(error)) throw error;
       // A swarm with a folder but no snapshots yet is a valid, empty swarm.
-      if (await exists(swarmDir(this.root, swarm))) return [];
+      if (exists(swarmDir(this.root, swarm))) return [];
       throw new SandpoolError('ERR_SANDPOOL_SWARM_NOT_FOUND', `swarm ${swarm} does not exist`);
     }
     const infos: SnapshotInfo[] = [];
@@ -231,7 +231,7 @@ export class SnapshotStore {
       throw new SandpoolError('ERR_SANDPOOL_INVALID_OPTIONS', 'sign() needs the store to have a snapshotSecret');
     }
     const dir = snapshotDir(this.root, swarm, name);
-    if (!(await exists(dir))) throw notFound(swarm, name);
+    if (!exists(dir)) throw notFound(swarm, name);
     const { manifest } = readManifest(dir);
     if (manifest.version !== 2) {
       throw new SandpoolError(
@@ -265,14 +265,14 @@ export class SnapshotStore {
 
   private async read(swarm: string, name: string): Promise<{ info: SnapshotInfo; manifest: Manifest }> {
     const dir = snapshotDir(this.root, swarm, name);
-    if (!(await exists(dir))) throw notFound(swarm, name);
+    if (!exists(dir)) throw notFound(swarm, name);
     try {
       const { manifest, text } = readManifest(dir);
       checkSignature(manifest, this.#secret);
       return { info: infoOf(swarm, name, manifest, text), manifest };
     } catch (error) {
       // A concurrent remove renames the folder away: that is NOT_FOUND, not corruption.
-      if (isSandpoolError(error, 'ERR_SANDPOOL_SNAPSHOT_CORRUPT') && !(await exists(dir))) throw notFound(swarm, name);
+      if (isSandpoolError(error, 'ERR_SANDPOOL_SNAPSHOT_CORRUPT') && !exists(dir)) throw notFound(swarm, name);
       throw error;
     }
   }
@@ -289,6 +289,11 @@ export class SnapshotStore {
     if (existing.info.digest === digest) return existing.info;
     throw taken(swarm, name);
   }
+}
+
+/** The arguments every per-snapshot operation checks first (INVALID_KEY, nothing touched). */
+export function checkSnapshotArgs(swarm: string, name: string): void {
+  checkArgs(SnapshotArgs, { swarm, name });
 }
 
 function checkArgs(schema: z.ZodType, args: Record<string, unknown>): void {
@@ -450,14 +455,12 @@ function isTakenError(error: unknown): boolean {
   return code === 'ENOTEMPTY' || code === 'EEXIST' || code === 'ENOTDIR';
 }
 
-async function exists(path: string): Promise<boolean> {
-  try {
-    await lstat(path);
-    return true;
-  } catch (error) {
-    if (isMissingError(error)) return false;
-    throw error;
-  }
+/**
+ * Synchronous, as is every metadata read of list() and get(): they run on the coordinator's
+ * thread, and an async call would wait in libuv's pool behind tenants' jobs.
+ */
+function exists(path: string): boolean {
+  return lstatSync(path, { throwIfNoEntry: false }) !== undefined;
 }
 
 /** Best effort: a sweep that fails leaves the folders for the next create. */

@@ -11,7 +11,7 @@ import { SandpoolError } from '../errors.js';
 import type { LoadRequest } from '../protocol/messages.js';
 import { compileCacheDir } from '../store/layout.js';
 import { readManifest, verifyAgainst } from '../store/manifest.js';
-import { readRegularFile, UnsafeFileError } from '../store/safe-read.js';
+import { readRegularFileSync, UnsafeFileError } from '../store/safe-read.js';
 
 export interface VerifiedBundle {
   readonly file: string;
@@ -42,7 +42,9 @@ export async function verifySnapshot(request: LoadRequest): Promise<VerifiedBund
   const expected = request.sha256 ?? entry.sha256;
   let bytes: Buffer;
   try {
-    bytes = await readRegularFile(request.file, { maxBytes: entry.bytes });
+    // Synchronous: this thread has nothing else to do yet, and libuv's pool, which an async
+    // read would wait in, is shared with every tenant's async jobs.
+    bytes = readRegularFileSync(request.file, { maxBytes: entry.bytes });
   } catch (error) {
     const why = error instanceof UnsafeFileError ? error.message : 'cannot be read';
     throw corrupt(`snapshot bundle ${rel} ${why}`, request.key, error);

@@ -1,0 +1,49 @@
+/**
+ * The snapshot helper: a child process of the coordinator that runs the store's file-heavy
+ * operations (create, verify, sign, remove) on a libuv pool of its own. In the host's
+ * process they would queue behind tenants' async jobs (`crypto.pbkdf2`, `fs` reads) in the
+ * one pool every thread shares. Only the coordinator talks to it, over its IPC channel.
+ */
+import { isSandpoolError } from '../errors.js';
+import type { HelperReply, HelperRequest } from './helper-protocol.js';
+import { SnapshotStore } from './store.js';
+
+const stores = new Map<string, SnapshotStore>();
+
+function storeFor(request: HelperRequest): SnapshotStore {
+  const id = JSON.stringify(request.options);
+  let store = stores.get(id);
+  if (store === undefined) {
+    store = new SnapshotStore(request.options);
+    stores.set(id, store);
+  }
+  return store;
+}
+
+async function run(request: HelperRequest): Promise<HelperReply> {
+  try {
+    const store = storeFor(request);
+    const value =
+      request.op === 'remove'
+        ? await store.remove(request.swarm, request.name)
+        : await store[request.op](request.swarm, request.name);
+    return { id: request.id, ok: true, value: value ?? null };
+  } catch (error) {
+    if (isSandpoolError(error)) {
+      const { code, message, key } = error;
+      // A symbol in a path cannot cross the channel; its description can.
+      const issues = error.issues?.map((issue) => ({
+        ...issue,
+        path: issue.path.map((part) => (typeof part === 'symbol' ? String(part) : part)),
+      }));
+      return { id: request.id, ok: false, error: { code, message, key, issues } };
+    }
+    return { id: request.id, ok: false, error: { code: null, message: (error as Error)?.message ?? String(error) } };
+  }
+}
+
+process.on('message', (request: HelperRequest) => {
+  void run(request).then((reply) => process.send?.(reply));
+});
+// The coordinator closed the channel, or died: nothing is left to answer.
+process.on('disconnect', () => process.exit(0));

@@ -1,0 +1,26 @@
+import type { SandpoolIssue } from '../errors.js';
+import type { SnapshotStoreOptions } from './store.js';
+
+/** What the snapshot helper runs for the coordinator. */
+export type HelperOp = 'create' | 'verify' | 'sign' | 'remove';
+
+export interface HelperRequest {
+  readonly id: number;
+  readonly op: HelperOp;
+  readonly options: SnapshotStoreOptions;
+  readonly swarm: string;
+  readonly name: string;
+}
+
+export type HelperReply =
+  | { readonly id: number; readonly ok: true; readonly value: unknown }
+  | {
+      readonly id: number;
+      readonly ok: false;
+      readonly error: {
+        readonly code: string | null;
+        readonly message: string;
+        readonly key?: string | undefined;
+        readonly issues?: readonly SandpoolIssue[] | undefined;
+      };
+    };

@@ -1,0 +1,175 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { z } from 'zod';
+import { ERROR_CODES, SandpoolError } from '../errors.js';
+import { closedError } from '../host/pool-errors.js';
+import type { HelperOp, HelperRequest } from './helper-protocol.js';
+import type { SnapshotInfo, SnapshotStoreOptions } from './store.js';
+
+const HELPER_ENTRY = fileURLToPath(new URL('./helper-entry.js', import.meta.url));
+/** The host's permission flags, which the helper keeps: it never has more rights than its host. */
+const PERMISSION_FLAG = /^--(experimental-)?permission$|^--allow-/;
+
+const Info = z.strictObject({
+  swarm: z.string(),
+  name: z.string(),
+  createdAt: z.string(),
+  files: z.number(),
+  bytes: z.number(),
+  digest: z.string(),
+  signed: z.boolean(),
+  stems: z.array(z.string()),
+});
+const Reply = z.discriminatedUnion('ok', [
+  z.strictObject({ id: z.number(), ok: z.literal(true), value: z.union([Info, z.null()]) }),
+  z.strictObject({
+    id: z.number(),
+    ok: z.literal(false),
+    error: z.strictObject({
+      code: z.string().nullable(),
+      message: z.string(),
+      key: z.string().optional(),
+      issues: z
+        .array(
+          z.strictObject({
+            path: z.array(z.union([z.string(), z.number()])),
+            message: z.string(),
+            code: z.string().optional(),
+          }),
+        )
+        .optional(),
+    }),
+  }),
+]);
+
+interface Waiting {
+  /** The helper it was sent to: only that one's end fails it. */
+  readonly child: ChildProcess;
+  resolve(value: SnapshotInfo | null): void;
+  reject(error: Error): void;
+}
+
+/**
+ * The coordinator's end of the snapshot helper (see helper-entry.ts): started on first use,
+ * unreferenced while nothing is asked of it, ended by `close()` once what it runs has answered.
+ */
+export class StoreHelper {
+  private child: ChildProcess | null = null;
+  private readonly waiting = new Map<number, Waiting>();
+  /** Called once nothing waits: what `close()` waits for. */
+  private drained: Array<() => void> = [];
+  private nextId = 1;
+  private closed = false;
+
+  constructor(private readonly options: SnapshotStoreOptions) {}
+
+  /**
+   * Whether to ask it: not once closed (the store still works, in the host), nor in a host
+   * under the permission model without `--allow-child-process`, which cannot start it.
+   */
+  get available(): boolean {
+    const permission = (process as { permission?: { has(scope: string): boolean } }).permission;
+    return !this.closed && (permission === undefined || permission.has('child'));
+  }
+
+  run(op: 'remove', swarm: string, name: string): Promise<null>;
+  run(op: Exclude<HelperOp, 'remove'>, swarm: string, name: string): Promise<SnapshotInfo>;
+  run(op: HelperOp, swarm: string, name: string): Promise<SnapshotInfo | null> {
+    if (this.closed) return Promise.reject(closedError());
+    // One whose channel has closed is ending: its exit fails only what was sent to it.
+    const child = this.child?.connected === true ? this.child : this.start();
+    const request: HelperRequest = { id: this.nextId++, op, options: this.options, swarm, name };
+    return new Promise((resolve, reject) => {
+      this.waiting.set(request.id, { child, resolve, reject });
+      this.referenced(true);
+      child.send(request);
+    });
+  }
+
+  /** Lets what runs finish, then ends the helper; later requests fail with CLOSED. */
+  async close(): Promise<void> {
+    this.closed = true;
+    const child = this.child;
+    if (child === null) return;
+    if (this.waiting.size > 0) await new Promise<void>((resolve) => this.drained.push(resolve));
+    if (child.exitCode === null && child.signalCode === null) {
+      const exited = new Promise((resolve) => child.once('exit', resolve));
+      child.ref(); // close() waits for its exit, so the exit must keep the host alive
+      child.disconnect();
+      await exited;
+    }
+  }
+
+  private start(): ChildProcess {
+    const flags = process.execArgv.filter((flag) => PERMISSION_FLAG.test(flag));
+    const child = spawn(process.execPath, [...flags, HELPER_ENTRY], {
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+      serialization: 'advanced',
+    });
+    this.child = child;
+    child.on('message', (raw: unknown) => this.answer(raw));
+    child.on('error', (error) => this.fail(child, error));
+    child.on('exit', (code, signal) => {
+      if (this.child === child) this.child = null;
+      this.fail(child, new Error(`the snapshot helper process ended (${signal ?? `exit ${code}`}) before it answered`));
+    });
+    return child;
+  }
+
+  private answer(raw: unknown): void {
+    const parsed = Reply.safeParse(raw);
+    if (!parsed.success) {
+      this.child?.kill('SIGKILL');
+      return; // its exit fails what was sent to it
+    }
+    const reply = parsed.data;
+    const waiting = this.waiting.get(reply.id);
+    if (waiting === undefined) return;
+    this.waiting.delete(reply.id);
+    if (reply.ok) waiting.resolve(reply.value);
+    else waiting.reject(errorOf(reply.error));
+    if (this.waiting.size === 0) this.idle();
+  }
+
+  private fail(child: ChildProcess, error: Error): void {
+    for (const [id, entry] of this.waiting) {
+      if (entry.child !== child) continue;
+      this.waiting.delete(id);
+      entry.reject(error);
+    }
+    if (this.waiting.size === 0) this.idle();
+  }
+
+  private idle(): void {
+    this.referenced(false);
+    for (const resolve of this.drained.splice(0)) resolve();
+  }
+
+  /** A helper with nothing to answer must not keep the host's process alive. */
+  private referenced(on: boolean): void {
+    const child = this.child;
+    if (child === null) return;
+    for (const handle of [child, child.channel]) {
+      const ref = handle as { ref?: () => void; unref?: () => void } | null | undefined;
+      if (on) ref?.ref?.();
+      else ref?.unref?.();
+    }
+  }
+}
+
+type ReplyError = Extract<z.infer<typeof Reply>, { ok: false }>['error'];
+
+function errorOf(error: ReplyError): Error {
+  const code = ERROR_CODES.find((known) => known === error.code);
+  if (code === undefined) return new Error(error.message);
+  return new SandpoolError(code, error.message, {
+    ...(error.key === undefined ? {} : { key: error.key }),
+    ...(error.issues === undefined
+      ? {}
+      : {
+          issues: error.issues.map(({ path, message, code }) =>
+            code === undefined ? { path, message } : { path, message, code },
+          ),
+        }),
+  });
+}

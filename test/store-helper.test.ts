@@ -1,0 +1,51 @@
+import { readFileSync } from 'node:fs';
+import { describe, expect, it } from 'vitest';
+import { childProcesses, eventually, installCleanup, invariants, openPool } from './support/pool.js';
+import { counterAgent, makeRoot } from './support/root.js';
+
+installCleanup();
+
+function helpers(): number[] {
+  return childProcesses().filter((pid) => readFileSync(`/proc/${pid}/cmdline`, 'latin1').includes('helper-entry'));
+}
+
+describe('the snapshot helper process', () => {
+  it('starts on the first snapshot operation, and one that died is started again for the next', async () => {
+    const pool = openPool({ root: await makeRoot(await counterAgent('s')) });
+    expect(helpers()).toEqual([]);
+    const jan = await pool.snapshots.create('s', 'jan');
+    const [first] = helpers();
+    expect(first).toBeGreaterThan(0);
+    process.kill(first as number, 'SIGKILL');
+    await eventually(() => helpers().length === 0);
+    // Sent before the host has seen the channel close, a request fails clearly; never hangs.
+    const meanwhile = await pool.snapshots.verify('s', 'jan').catch((error: unknown) => error);
+    if (meanwhile instanceof Error) expect(meanwhile.message).toMatch(/snapshot helper process ended \(SIGKILL\)/);
+    else expect(meanwhile).toEqual(jan);
+    expect(await pool.snapshots.verify('s', 'jan')).toEqual(jan);
+    expect(helpers()).toHaveLength(1);
+    expect(helpers()[0]).not.toBe(first);
+    expect(await pool.call('s@jan/notifier_agent', 'add', [2, 3])).toBe(5);
+    expect(invariants(pool)).toEqual([]);
+  });
+
+  it('gives the store’s errors with their codes, and bad input is refused before it is asked', async () => {
+    const pool = openPool({ root: await makeRoot(await counterAgent('s')) });
+    await expect(pool.snapshots.create('s', '../x')).rejects.toMatchObject({ code: 'ERR_SANDPOOL_INVALID_KEY' });
+    expect(helpers()).toEqual([]);
+    await expect(pool.snapshots.create('nope', 'jan')).rejects.toMatchObject({ code: 'ERR_SANDPOOL_SWARM_NOT_FOUND' });
+    await expect(pool.snapshots.verify('s', 'jan')).rejects.toMatchObject({ code: 'ERR_SANDPOOL_SNAPSHOT_NOT_FOUND' });
+    await expect(pool.snapshots.sign('s', 'jan')).rejects.toMatchObject({ code: 'ERR_SANDPOOL_INVALID_OPTIONS' });
+  });
+
+  it('ends with close(), which waits for a create it runs; the store then works in the host', async () => {
+    const pool = openPool({ root: await makeRoot(await counterAgent('s')) });
+    const creating = pool.snapshots.create('s', 'jan');
+    await eventually(() => helpers().length === 1);
+    await pool.close();
+    expect(await creating).toMatchObject({ name: 'jan' });
+    expect(helpers()).toEqual([]);
+    expect(await pool.snapshots.create('s', 'feb')).toMatchObject({ name: 'feb', digest: (await creating).digest });
+    expect(helpers()).toEqual([]);
+  });
+});
