@@ -1,6 +1,6 @@
 import { availableParallelism } from 'node:os';
 import { Piscina } from 'piscina';
-import { createPool } from 'sandpool';
+import { createPool, type PoolOptions } from 'sandpool';
 import { ms, percent, perSecond } from '../lib/format.js';
 import { Latency, type LatencySummary, round } from '../lib/histogram.js';
 import type { BenchContext, Benchmark, BenchReport } from '../lib/report.js';
@@ -13,6 +13,8 @@ const MAX_WORKERS = 100;
 const IN_FLIGHT = 64;
 const SEED = 0x5eed;
 const MAX_WARM_MS = 30_000;
+/** Draws of the offline hit-ratio computation. */
+const TRACE = 200_000;
 
 interface Target {
   name: string;
@@ -51,32 +53,8 @@ export const manyKeys: Benchmark = {
     const warmedMs: Record<string, number> = {};
     try {
       const makers: Array<() => Target> = [
-        () => {
-          const pool = createPool({ root: tree.root, maxWorkers: MAX_WORKERS, idleTimeoutMs: 0 });
-          const counts = { cold: 0, spare: 0, evicted: 0 };
-          pool.on('spawn', ({ reason }) => {
-            counts[reason] += 1;
-          });
-          pool.on('evict', () => {
-            counts.evicted += 1;
-          });
-          return {
-            name: 'sandpool',
-            call: async (rank) => {
-              await pool.call(`many/${stems[rank]}`, 'add', [1, 2]);
-              return null;
-            },
-            coldLoads: () => counts.cold + counts.spare,
-            steady: () => pool.stats().evicted > 0,
-            resetCounters: () => {
-              counts.cold = 0;
-              counts.spare = 0;
-              counts.evicted = 0;
-            },
-            details: () => ({ spawnsCold: counts.cold, spawnsFromSpare: counts.spare, evictions: counts.evicted }),
-            close: () => pool.close(),
-          };
-        },
+        () => sandpoolTarget(tree.root, stems, 'lru'),
+        () => sandpoolTarget(tree.root, stems, 'tinylfu'),
         () => {
           const piscina = new Piscina<{ url: string; fn: string; args: number[] }, { value: number; cold: boolean }>({
             filename: fixture('piscina-dispatch.mjs').href,
@@ -127,16 +105,31 @@ export const manyKeys: Benchmark = {
     }
     const names = Object.keys(runs);
     const get = (name: string): Run => runs[name] as Run;
-    const [sandpoolName, piscinaName] = names as [string, string];
+    const [lruName, tinyName, piscinaName] = names as [string, string, string];
+    context.progress(
+      `offline hit ratios over the first ${TRACE.toLocaleString('en-US')} draws of the measured sequence`,
+    );
+    const trace = Array.from(
+      { length: TRACE },
+      (
+        (random) => () =>
+          pick(cdf, random())
+      )(mulberry32(SEED)),
+    );
+    const offline = { lru: round(lruHits(trace, MAX_WORKERS)), belady: round(beladyHits(trace, MAX_WORKERS)) };
     const ratios = {
-      sandpoolOverPiscinaThroughput: round(get(sandpoolName).callsPerSecond / get(piscinaName).callsPerSecond, 3),
-      sandpoolOverPiscinaP99: round(get(sandpoolName).latency.p99 / get(piscinaName).latency.p99, 3),
+      tinylfuOverLruThroughput: round(get(tinyName).callsPerSecond / get(lruName).callsPerSecond, 3),
+      tinylfuOverLruP99: round(get(tinyName).latency.p99 / get(lruName).latency.p99, 3),
+      tinylfuHitPointsBelowBelady: round((offline.belady - get(tinyName).hitRatio) * 100, 3),
+      lruHitPointsBelowBelady: round((offline.belady - get(lruName).hitRatio) * 100, 3),
+      sandpoolOverPiscinaThroughput: round(get(tinyName).callsPerSecond / get(piscinaName).callsPerSecond, 3),
     };
     return {
       method: [
         `${KEYS} keys, each its own module file; key ranks drawn from zipf(s = ${ZIPF_S}) with a seeded PRNG (the same sequence for both systems).`,
         `${IN_FLIGHT} callers in a closed loop (each awaits its call, then draws the next key): ${IN_FLIGHT} calls in flight.`,
-        `sandpool: maxWorkers ${MAX_WORKERS}, spareWorkers default, idleTimeoutMs 0; a miss is a spawn (stats/events): hit ratio = 1 - spawns / calls in the window.`,
+        `sandpool: maxWorkers ${MAX_WORKERS}, spareWorkers default, idleTimeoutMs 0, once with eviction 'lru' and once with 'tinylfu'; a miss is a spawn (stats/events): hit ratio = 1 - spawns / calls in the window.`,
+        `Offline, for the same seeded sequence (its first ${TRACE.toLocaleString('en-US')} draws, one request at a time): the hit ratio of an LRU cache and of Belady's optimum (evict the key asked for again furthest in the future) with ${MAX_WORKERS} slots. The pools run ${IN_FLIGHT} calls at once and cannot evict a busy worker, so their ratios sit below the offline ones.`,
         `piscina: one shared pool of ${cores} threads (cores); the task imports the key's module once per thread and calls it; a miss is a call whose thread had to import the module first.`,
         `Warm-up ${warmMs / 1000} s, longer if sandpool has not filled its ${MAX_WORKERS} slots and started evicting by then (at most ${MAX_WARM_MS / 1000} s; not counted), then ${measureMs / 1000} s measured. Latency from call to result.`,
         `For scale: the ${MAX_WORKERS} most popular keys draw ${percent(topShare)} of the calls, the best hit ratio a ${MAX_WORKERS}-worker cache could keep.`,
@@ -151,7 +144,10 @@ export const manyKeys: Benchmark = {
         piscinaThreads: cores,
         topKeysShare: round(topShare),
       },
-      results: Object.fromEntries(names.map((name) => [name, { ...get(name), warmUpMs: warmedMs[name] ?? null }])),
+      results: {
+        ...Object.fromEntries(names.map((name) => [name, { ...get(name), warmUpMs: warmedMs[name] ?? null }])),
+        offlineHitRatio: offline,
+      },
       ratios,
       tables: [
         {
@@ -172,7 +168,7 @@ export const manyKeys: Benchmark = {
               misses,
             ];
           }),
-          note: `The ${MAX_WORKERS} most popular keys draw ${percent(topShare)} of the calls. sandpool / piscina: throughput ${ratios.sandpoolOverPiscinaThroughput}×, p99 ${ratios.sandpoolOverPiscinaP99}×.`,
+          note: `The ${MAX_WORKERS} most popular keys draw ${percent(topShare)} of the calls. Offline over the same sequence: LRU ${percent(offline.lru)}, Belady ${percent(offline.belady)}. tinylfu / lru: throughput ${ratios.tinylfuOverLruThroughput}×, p99 ${ratios.tinylfuOverLruP99}×; hit ratio ${ratios.tinylfuHitPointsBelowBelady} points below Belady's (lru: ${ratios.lruHitPointsBelowBelady}).`,
         },
       ],
       chart: {
@@ -212,6 +208,79 @@ export const manyKeys: Benchmark = {
     };
   },
 };
+
+function sandpoolTarget(
+  root: string,
+  stems: readonly string[],
+  eviction: NonNullable<PoolOptions['eviction']>,
+): Target {
+  const pool = createPool({ root, maxWorkers: MAX_WORKERS, idleTimeoutMs: 0, eviction });
+  const counts = { cold: 0, spare: 0, evicted: 0 };
+  pool.on('spawn', ({ reason }) => {
+    counts[reason] += 1;
+  });
+  pool.on('evict', () => {
+    counts.evicted += 1;
+  });
+  return {
+    name: `sandpool, ${eviction}`,
+    call: async (rank) => {
+      await pool.call(`many/${stems[rank]}`, 'add', [1, 2]);
+      return null;
+    },
+    coldLoads: () => counts.cold + counts.spare,
+    steady: () => pool.stats().evicted > 0,
+    resetCounters: () => {
+      counts.cold = 0;
+      counts.spare = 0;
+      counts.evicted = 0;
+    },
+    details: () => ({ spawnsCold: counts.cold, spawnsFromSpare: counts.spare, evictions: counts.evicted }),
+    close: () => pool.close(),
+  };
+}
+
+/** Hit ratio of an LRU cache of `slots` over `trace`, one request at a time. */
+function lruHits(trace: readonly number[], slots: number): number {
+  const resident = new Map<number, true>();
+  let hits = 0;
+  for (const key of trace) {
+    if (resident.delete(key)) hits += 1;
+    else if (resident.size >= slots) resident.delete(resident.keys().next().value as number);
+    resident.set(key, true);
+  }
+  return hits / trace.length;
+}
+
+/** Belady's optimum: on a miss with every slot taken, evict the key asked for again furthest ahead. */
+function beladyHits(trace: readonly number[], slots: number): number {
+  const nextUse = new Array<number>(trace.length);
+  const seen = new Map<number, number>();
+  for (let i = trace.length - 1; i >= 0; i--) {
+    const key = trace[i] as number;
+    nextUse[i] = seen.get(key) ?? Number.POSITIVE_INFINITY;
+    seen.set(key, i);
+  }
+  const resident = new Map<number, number>(); // key → its next use
+  let hits = 0;
+  for (let i = 0; i < trace.length; i++) {
+    const key = trace[i] as number;
+    if (resident.has(key)) hits += 1;
+    else if (resident.size >= slots) {
+      let furthest = -1;
+      let victim = -1;
+      for (const [candidate, next] of resident) {
+        if (next > furthest) {
+          furthest = next;
+          victim = candidate;
+        }
+      }
+      resident.delete(victim);
+    }
+    resident.set(key, nextUse[i] as number);
+  }
+  return hits / trace.length;
+}
 
 async function load(target: Target, sample: () => number, durationMs: number): Promise<Run> {
   const latency = new Latency();

@@ -107,6 +107,12 @@ export const PoolOptionsSchema = z.strictObject({
    * quiet keys keep their latency; demote, then evict, a worker burning CPU with no call.
    */
   fairness: z.boolean().default(true),
+  /**
+   * Which idle worker makes room at maxWorkers: the least recently used (`'lru'`), or the
+   * one whose key was asked for less often lately, with a small window for new keys
+   * (`'tinylfu'`, W-TinyLFU), which keeps popular keys warm through bursts of one-off keys.
+   */
+  eviction: z.enum(['lru', 'tinylfu']).default('lru'),
   /** A tenant's (swarm's) share of the slots; defaults to maxWorkers. */
   maxWorkersPerSwarm: z.number().int().positive().max(10_000).optional(),
   /**

@@ -4,6 +4,7 @@ import type { AgentWorker, Isolation, RetireReason, ThreadEnd, ThreadOwner, Work
 import type { PendingCall } from './call.js';
 import type { HostCalls } from './capabilities.js';
 import { Channel, type ChannelOwner } from './channel.js';
+import { keyHash } from './frequency.js';
 import type { ModuleLocation } from './resolve.js';
 
 /**
@@ -92,6 +93,8 @@ export class Cell implements ThreadOwner, ChannelOwner {
   private current: CellPhase = { name: 'resolving', waiting: [] };
   /** Use clock tick of its last call, for LRU. */
   lastUsed = 0;
+  /** Its key's hash in the eviction policy's frequency sketch. */
+  readonly keyHash: number;
   /** Files changed while it loaded: it may hold the old code and must reload once it serves. */
   stale = false;
   /** For a live reload: its files as they were when it began to load (see settledStamp). */
@@ -109,6 +112,7 @@ export class Cell implements ThreadOwner, ChannelOwner {
     private readonly observer: CellObserver,
     private readonly events: CellEvents,
   ) {
+    this.keyHash = keyHash(key.text);
     this.released = new Promise((resolve) => {
       this.markReleased = resolve;
     });

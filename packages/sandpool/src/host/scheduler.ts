@@ -1,5 +1,6 @@
 import type { Cell } from './cell.js';
 import type { Census } from './census.js';
+import { FrequencySketch } from './frequency.js';
 
 /** What the scheduler asks of the coordinator, which owns routes and threads. */
 export interface SlotUser {
@@ -19,8 +20,14 @@ export interface SlotUser {
  */
 export const MAX_STUCK_PER_SWARM = 2;
 
+export type EvictionPolicy = 'lru' | 'tinylfu';
+
+/** W-TinyLFU's window: the share of slots where new keys prove themselves, 1% as in Caffeine. */
+const WINDOW_SHARE = 0.01;
+
 export interface SchedulerOptions {
   readonly maxWorkers: number;
+  readonly eviction: EvictionPolicy;
   /** Slots one swarm may hold (maxWorkersPerSwarm). */
   readonly swarmCap: number;
   readonly idleTimeoutMs: number;
@@ -47,16 +54,23 @@ export class Scheduler {
   private readonly served = new Set<string>();
   private readonly idleTimers = new Map<Cell, { since: number; timer: NodeJS.Timeout | undefined }>();
   private useClock = 0;
+  /** How often each key was asked for lately, resident or not ('tinylfu' only). */
+  private readonly sketch: FrequencySketch | null;
+  private readonly windowSize: number;
 
   constructor(
     private readonly census: Census,
     private readonly options: SchedulerOptions,
     private readonly user: SlotUser,
-  ) {}
+  ) {
+    this.sketch = options.eviction === 'tinylfu' ? new FrequencySketch(options.maxWorkers) : null;
+    this.windowSize = Math.max(1, Math.round(options.maxWorkers * WINDOW_SHARE));
+  }
 
   /** The cell was just asked for. */
   touch(cell: Cell): void {
     cell.lastUsed = ++this.useClock;
+    this.sketch?.increment(cell.keyHash);
   }
 
   enqueue(cell: Cell): void {
@@ -143,7 +157,7 @@ export class Scheduler {
     const includeReplaced =
       othersWait || [...this.census.withThread()].every((cell) => this.user.isBeingReplaced(cell));
     for (let left = count; left > 0; left--) {
-      const victim = this.leastRecentlyUsedIdle(includeReplaced, among);
+      const victim = this.victim(includeReplaced, among);
       if (victim === null) return;
       this.user.evictCell(victim, 'lru');
     }
@@ -193,14 +207,43 @@ export class Scheduler {
     return count;
   }
 
-  private leastRecentlyUsedIdle(includeReplaced: boolean, among: (cell: Cell) => boolean): Cell | null {
-    let victim: Cell | null = null;
+  /**
+   * The idle worker to evict. 'lru': the least recently used. 'tinylfu' (W-TinyLFU): the
+   * newest workers form a window where a new key proves itself; when room is needed, the
+   * window's least recently used worker and the rest's compete, and the one whose key was
+   * asked for less often lately goes (the newcomer on a tie). A key asked for once does not
+   * push out one asked for every second.
+   */
+  private victim(includeReplaced: boolean, among: (cell: Cell) => boolean): Cell | null {
+    const window = this.sketch === null ? null : this.window();
+    let newcomer: Cell | null = null;
+    let resident: Cell | null = null;
     for (const cell of this.census.cells('ready')) {
-      if (!cell.idle || (victim !== null && cell.lastUsed >= victim.lastUsed) || !among(cell)) continue;
+      if (!cell.idle || !among(cell)) continue;
       if (this.user.isCandidate(cell) || (!includeReplaced && this.user.isBeingReplaced(cell))) continue;
-      victim = cell;
+      if (window?.has(cell) === true) {
+        if (newcomer === null || cell.lastUsed < newcomer.lastUsed) newcomer = cell;
+      } else if (resident === null || cell.lastUsed < resident.lastUsed) {
+        resident = cell;
+      }
     }
-    return victim;
+    if (this.sketch === null || newcomer === null || resident === null) return resident ?? newcomer;
+    return this.sketch.estimate(newcomer.keyHash) > this.sketch.estimate(resident.keyHash) ? resident : newcomer;
+  }
+
+  /** The `windowSize` workers that arrived last. */
+  private window(): Set<Cell> {
+    const newest: Cell[] = [];
+    for (const cell of this.census.cells('ready')) {
+      if (newest.length < this.windowSize) newest.push(cell);
+      else {
+        let oldest = 0;
+        for (let i = 1; i < newest.length; i++)
+          if ((newest[i] as Cell).arrival < (newest[oldest] as Cell).arrival) oldest = i;
+        if (cell.arrival > (newest[oldest] as Cell).arrival) newest[oldest] = cell;
+      }
+    }
+    return new Set(newest);
   }
 
   /**
