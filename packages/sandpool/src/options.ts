@@ -109,8 +109,8 @@ export const PoolOptionsSchema = z.strictObject({
   fairness: z.boolean().default(true),
   /**
    * Which idle worker makes room at maxWorkers: the least recently used (`'lru'`), or the
-   * one whose key was asked for less often lately, with a small window for new keys
-   * (`'tinylfu'`, W-TinyLFU), which keeps popular keys warm through bursts of one-off keys.
+   * one whose key was asked for least often lately (`'tinylfu'`: TinyLFU's aging sketch,
+   * least recently used among equals), which keeps popular keys warm through one-off keys.
    */
   eviction: z.enum(['lru', 'tinylfu']).default('lru'),
   /** A tenant's (swarm's) share of the slots; defaults to maxWorkers. */

@@ -22,9 +22,6 @@ export const MAX_STUCK_PER_SWARM = 2;
 
 export type EvictionPolicy = 'lru' | 'tinylfu';
 
-/** W-TinyLFU's window: the share of slots where new keys prove themselves, 1% as in Caffeine. */
-const WINDOW_SHARE = 0.01;
-
 export interface SchedulerOptions {
   readonly maxWorkers: number;
   readonly eviction: EvictionPolicy;
@@ -56,7 +53,6 @@ export class Scheduler {
   private useClock = 0;
   /** How often each key was asked for lately, resident or not ('tinylfu' only). */
   private readonly sketch: FrequencySketch | null;
-  private readonly windowSize: number;
 
   constructor(
     private readonly census: Census,
@@ -64,7 +60,6 @@ export class Scheduler {
     private readonly user: SlotUser,
   ) {
     this.sketch = options.eviction === 'tinylfu' ? new FrequencySketch(options.maxWorkers) : null;
-    this.windowSize = Math.max(1, Math.round(options.maxWorkers * WINDOW_SHARE));
   }
 
   /** The cell was just asked for. */
@@ -208,42 +203,26 @@ export class Scheduler {
   }
 
   /**
-   * The idle worker to evict. 'lru': the least recently used. 'tinylfu' (W-TinyLFU): the
-   * newest workers form a window where a new key proves itself; when room is needed, the
-   * window's least recently used worker and the rest's compete, and the one whose key was
-   * asked for less often lately goes (the newcomer on a tie). A key asked for once does not
-   * push out one asked for every second.
+   * The idle worker to evict. 'lru': the least recently used. 'tinylfu': the one whose key
+   * was asked for least often lately (TinyLFU's aging sketch), the least recently used among
+   * equals, so a key asked for once does not push out one asked for every second. Without
+   * W-TinyLFU's window: many calls run at once here, so dozens of new keys become idle
+   * between two evictions, and a window of the newest few protected them as if recent.
    */
   private victim(includeReplaced: boolean, among: (cell: Cell) => boolean): Cell | null {
-    const window = this.sketch === null ? null : this.window();
-    let newcomer: Cell | null = null;
-    let resident: Cell | null = null;
+    const sketch = this.sketch;
+    let victim: Cell | null = null;
+    let victimCount = 0;
     for (const cell of this.census.cells('ready')) {
       if (!cell.idle || !among(cell)) continue;
       if (this.user.isCandidate(cell) || (!includeReplaced && this.user.isBeingReplaced(cell))) continue;
-      if (window?.has(cell) === true) {
-        if (newcomer === null || cell.lastUsed < newcomer.lastUsed) newcomer = cell;
-      } else if (resident === null || cell.lastUsed < resident.lastUsed) {
-        resident = cell;
+      const count = sketch === null ? 0 : sketch.estimate(cell.keyHash);
+      if (victim === null || count < victimCount || (count === victimCount && cell.lastUsed < victim.lastUsed)) {
+        victim = cell;
+        victimCount = count;
       }
     }
-    if (this.sketch === null || newcomer === null || resident === null) return resident ?? newcomer;
-    return this.sketch.estimate(newcomer.keyHash) > this.sketch.estimate(resident.keyHash) ? resident : newcomer;
-  }
-
-  /** The `windowSize` workers that arrived last. */
-  private window(): Set<Cell> {
-    const newest: Cell[] = [];
-    for (const cell of this.census.cells('ready')) {
-      if (newest.length < this.windowSize) newest.push(cell);
-      else {
-        let oldest = 0;
-        for (let i = 1; i < newest.length; i++)
-          if ((newest[i] as Cell).arrival < (newest[oldest] as Cell).arrival) oldest = i;
-        if (cell.arrival > (newest[oldest] as Cell).arrival) newest[oldest] = cell;
-      }
-    }
-    return new Set(newest);
+    return victim;
   }
 
   /**
