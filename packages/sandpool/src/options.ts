@@ -113,6 +113,13 @@ export const PoolOptionsSchema = z.strictObject({
    * least recently used among equals), which keeps popular keys warm through one-off keys.
    */
   eviction: z.enum(['lru', 'tinylfu']).default('lru'),
+  /**
+   * A memory budget for the workers, in MB: a new worker starts only while the heap and
+   * external memory read from the workers alive, plus an estimate for the new one (their
+   * mean), fit under it; otherwise idle workers make room, as at maxWorkers, which stays a
+   * cap on their number. One worker always runs, whatever its size.
+   */
+  maxMemoryMb: z.number().int().positive().max(16_777_216).optional(),
   /** A tenant's (swarm's) share of the slots; defaults to maxWorkers. */
   maxWorkersPerSwarm: z.number().int().positive().max(10_000).optional(),
   /**

@@ -81,7 +81,15 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
   ) {
     this.root = resolvePath(options.root);
     this.census = new Census(emit);
-    this.scheduler = new Scheduler(this.census, { ...options, swarmCap: swarmCap(options) }, this);
+    this.scheduler = new Scheduler(
+      this.census,
+      {
+        ...options,
+        swarmCap: swarmCap(options),
+        memoryBudget: options.maxMemoryMb === undefined ? null : options.maxMemoryMb * 2 ** 20,
+      },
+      this,
+    );
     const onOutputDropped = (chars: number): void => {
       this.outputDropped += chars;
     };
@@ -594,6 +602,11 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
 
   isBeingReplaced(cell: Cell): boolean {
     return this.routes.get(cell.key.text)?.isBeingReplaced(cell) ?? false;
+  }
+
+  memoryOf(cell: Cell): number | null {
+    const reading = this.memory.lastReading(cell);
+    return reading === null ? null : reading.heap + reading.external;
   }
 
   /** The pool retires a cell: idle ones stop now, busy ones finish their calls first. */

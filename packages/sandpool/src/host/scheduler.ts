@@ -12,7 +12,12 @@ export interface SlotUser {
   isCandidate(cell: Cell): boolean;
   /** The cell serves a key whose candidate is loading: a victim only when nothing else can make room. */
   isBeingReplaced(cell: Cell): boolean;
+  /** Heap and external bytes last read from the cell's worker; null before the first reading. */
+  memoryOf(cell: Cell): number | null;
 }
+
+/** What a worker is expected to use before any has been read (an idle thread's heap is 4-6 MB). */
+const FIRST_ESTIMATE_BYTES = 8 * 2 ** 20;
 
 /**
  * Stuck threads a swarm may leave behind before it gets no new worker: each still holds
@@ -25,6 +30,8 @@ export type EvictionPolicy = 'lru' | 'tinylfu';
 export interface SchedulerOptions {
   readonly maxWorkers: number;
   readonly eviction: EvictionPolicy;
+  /** maxMemoryMb in bytes, or null for no budget. */
+  readonly memoryBudget: number | null;
   /** Slots one swarm may hold (maxWorkersPerSwarm). */
   readonly swarmCap: number;
   readonly idleTimeoutMs: number;
@@ -141,6 +148,46 @@ export class Scheduler {
       this.evict(evictionsNeeded(queue.length, exiting), (cell) => cell.key.swarm === swarm);
     }
     this.evict(evictionsNeeded(eligible, this.census.cells('exiting').size), () => true);
+    if (eligible > 0) this.evictForMemory();
+  }
+
+  /**
+   * Bytes over the memory budget if one more worker started now: the workers alive (each at
+   * its last reading, unread ones at the estimate), less those already exiting, plus the
+   * estimate. Zero or less when it fits, and always when no worker is alive.
+   */
+  private memoryDeficit(): number {
+    const budget = this.options.memoryBudget;
+    if (budget === null || this.census.slotHolders === 0) return 0;
+    const { used, freeing, estimate } = this.memoryInUse();
+    return used - freeing + estimate - budget;
+  }
+
+  private memoryInUse(): { used: number; freeing: number; estimate: number } {
+    let read = 0;
+    let readCount = 0;
+    for (const cell of this.census.withThread()) {
+      const bytes = this.user.memoryOf(cell);
+      if (bytes === null) continue;
+      read += bytes;
+      readCount += 1;
+    }
+    const estimate = readCount === 0 ? FIRST_ESTIMATE_BYTES : read / readCount;
+    const unread = this.census.slotHolders - readCount;
+    let freeing = 0;
+    for (const cell of this.census.cells('exiting')) freeing += this.user.memoryOf(cell) ?? estimate;
+    return { used: read + unread * estimate, freeing, estimate };
+  }
+
+  /** Evicts idle workers, by the policy, until a queued cell's worker fits the memory budget. */
+  private evictForMemory(): void {
+    let deficit = this.memoryDeficit();
+    while (deficit > 0) {
+      const victim = this.victim(true, () => true);
+      if (victim === null) return;
+      deficit -= this.user.memoryOf(victim) ?? this.memoryInUse().estimate;
+      this.user.evictCell(victim, 'lru');
+    }
   }
 
   private evict(count: number, among: (cell: Cell) => boolean): void {
@@ -182,7 +229,7 @@ export class Scheduler {
    * gives up its first cell, then goes to the back of the turn.
    */
   private next(): Cell | null {
-    if (this.census.slotHolders >= this.options.maxWorkers) return null;
+    if (this.census.slotHolders >= this.options.maxWorkers || this.memoryDeficit() > 0) return null;
     for (const [swarm, queue] of this.queues) {
       if (this.census.slotsOf(swarm) >= this.options.swarmCap || this.stuckIn(swarm) >= MAX_STUCK_PER_SWARM) continue;
       const cell = queue.shift() as Cell;
