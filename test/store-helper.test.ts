@@ -38,14 +38,24 @@ describe('the snapshot helper process', () => {
     await expect(pool.snapshots.sign('s', 'jan')).rejects.toMatchObject({ code: 'ERR_SANDPOOL_INVALID_OPTIONS' });
   });
 
-  it('ends with close(), which waits for a create it runs; the store then works in the host', async () => {
+  it('ends once close() is called and what it runs has answered; the store then works in the host', async () => {
     const pool = openPool({ root: await makeRoot(await counterAgent('s')) });
     const creating = pool.snapshots.create('s', 'jan');
     await eventually(() => helpers().length === 1);
     await pool.close();
     expect(await creating).toMatchObject({ name: 'jan' });
-    expect(helpers()).toEqual([]);
+    await eventually(() => helpers().length === 0);
     expect(await pool.snapshots.create('s', 'feb')).toMatchObject({ name: 'feb', digest: (await creating).digest });
     expect(helpers()).toEqual([]);
+  });
+
+  it('ignores the SIGINT and SIGTERM a terminal or service manager sends the whole process group', async () => {
+    const pool = openPool({ root: await makeRoot(await counterAgent('s')) });
+    const jan = await pool.snapshots.create('s', 'jan');
+    const [helper] = helpers();
+    process.kill(helper as number, 'SIGTERM');
+    process.kill(helper as number, 'SIGINT');
+    expect(await pool.snapshots.verify('s', 'jan')).toEqual(jan);
+    expect(helpers()).toEqual([helper]);
   });
 });

@@ -36,9 +36,19 @@ async function run(request: HelperRequest): Promise<HelperReply> {
         ...issue,
         path: issue.path.map((part) => (typeof part === 'symbol' ? String(part) : part)),
       }));
-      return { id: request.id, ok: false, error: { code, message, key, issues } };
+      const cause = error.cause instanceof Error ? error.cause.message : undefined;
+      return { id: request.id, ok: false, error: { code, message, key, issues, cause } };
     }
-    return { id: request.id, ok: false, error: { code: null, message: (error as Error)?.message ?? String(error) } };
+    const systemCode = (error as { code?: unknown } | null)?.code;
+    return {
+      id: request.id,
+      ok: false,
+      error: {
+        code: null,
+        message: (error as Error | null)?.message ?? String(error),
+        systemCode: typeof systemCode === 'string' ? systemCode : undefined,
+      },
+    };
   }
 }
 
@@ -47,3 +57,7 @@ process.on('message', (request: HelperRequest) => {
 });
 // The coordinator closed the channel, or died: nothing is left to answer.
 process.on('disconnect', () => process.exit(0));
+// Ctrl-C or a service manager signals the whole process group: the host's own shutdown
+// decides, and ends the helper by closing the channel once what it runs has answered.
+process.on('SIGINT', () => {});
+process.on('SIGTERM', () => {});

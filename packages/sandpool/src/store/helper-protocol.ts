@@ -20,6 +20,8 @@ export type HelperReply =
       readonly error: {
         readonly code: string | null;
         readonly message: string;
+        readonly systemCode?: string | undefined;
+        readonly cause?: string | undefined;
         readonly key?: string | undefined;
         readonly issues?: readonly SandpoolIssue[] | undefined;
       };

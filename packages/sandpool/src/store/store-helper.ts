@@ -28,6 +28,10 @@ const Reply = z.discriminatedUnion('ok', [
     error: z.strictObject({
       code: z.string().nullable(),
       message: z.string(),
+      /** A system error's code (EACCES, ENOSPC) where the error was no SandpoolError. */
+      systemCode: z.string().max(64).optional(),
+      /** What the error's cause said (esbuild's messages, an unsafe file). */
+      cause: z.string().optional(),
       key: z.string().optional(),
       issues: z
         .array(
@@ -56,7 +60,7 @@ interface Waiting {
 export class StoreHelper {
   private child: ChildProcess | null = null;
   private readonly waiting = new Map<number, Waiting>();
-  /** Called once nothing waits: what `close()` waits for. */
+  /** Called once nothing waits: how a helper closed while busy ends. */
   private drained: Array<() => void> = [];
   private nextId = 1;
   private closed = false;
@@ -75,7 +79,7 @@ export class StoreHelper {
   run(op: 'remove', swarm: string, name: string): Promise<null>;
   run(op: Exclude<HelperOp, 'remove'>, swarm: string, name: string): Promise<SnapshotInfo>;
   run(op: HelperOp, swarm: string, name: string): Promise<SnapshotInfo | null> {
-    if (this.closed) return Promise.reject(closedError());
+    if (this.closed) return Promise.reject(closedError()); // callers check `available` first
     // One whose channel has closed is ending: its exit fails only what was sent to it.
     const child = this.child?.connected === true ? this.child : this.start();
     const request: HelperRequest = { id: this.nextId++, op, options: this.options, swarm, name };
@@ -86,12 +90,19 @@ export class StoreHelper {
     });
   }
 
-  /** Lets what runs finish, then ends the helper; later requests fail with CLOSED. */
+  /**
+   * Ends the helper: now when idle, or once what it runs has answered. close() does not wait
+   * for those, as a pool never waited for a create it ran itself; they keep the host alive
+   * until they answer, as they would in the host. After it, the store runs in the host.
+   */
   async close(): Promise<void> {
     this.closed = true;
     const child = this.child;
     if (child === null) return;
-    if (this.waiting.size > 0) await new Promise<void>((resolve) => this.drained.push(resolve));
+    if (this.waiting.size > 0) {
+      this.drained.push(() => child.disconnect());
+      return;
+    }
     if (child.exitCode === null && child.signalCode === null) {
       const exited = new Promise((resolve) => child.once('exit', resolve));
       child.ref(); // close() waits for its exit, so the exit must keep the host alive
@@ -107,7 +118,7 @@ export class StoreHelper {
       serialization: 'advanced',
     });
     this.child = child;
-    child.on('message', (raw: unknown) => this.answer(raw));
+    child.on('message', (raw: unknown) => this.answer(child, raw));
     child.on('error', (error) => this.fail(child, error));
     child.on('exit', (code, signal) => {
       if (this.child === child) this.child = null;
@@ -116,10 +127,10 @@ export class StoreHelper {
     return child;
   }
 
-  private answer(raw: unknown): void {
+  private answer(child: ChildProcess, raw: unknown): void {
     const parsed = Reply.safeParse(raw);
     if (!parsed.success) {
-      this.child?.kill('SIGKILL');
+      child.kill('SIGKILL');
       return; // its exit fails what was sent to it
     }
     const reply = parsed.data;
@@ -161,8 +172,13 @@ type ReplyError = Extract<z.infer<typeof Reply>, { ok: false }>['error'];
 
 function errorOf(error: ReplyError): Error {
   const code = ERROR_CODES.find((known) => known === error.code);
-  if (code === undefined) return new Error(error.message);
+  if (code === undefined) {
+    const plain = new Error(error.message);
+    if (error.systemCode !== undefined) Object.assign(plain, { code: error.systemCode });
+    return plain;
+  }
   return new SandpoolError(code, error.message, {
+    ...(error.cause === undefined ? {} : { cause: new Error(error.cause) }),
     ...(error.key === undefined ? {} : { key: error.key }),
     ...(error.issues === undefined
       ? {}
