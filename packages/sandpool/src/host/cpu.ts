@@ -201,7 +201,9 @@ export class CpuGovernor {
     try {
       const length = readSync(entry.fd, this.buffer, 0, this.buffer.length, 0);
       const text = this.buffer.toString('latin1', 0, length);
-      return entry.whole ? processNs(text) : Number(text.split(' ')[0]);
+      const ns = entry.whole ? processNs(text) : Number(text.split(' ')[0]);
+      // A line that does not parse must not stick as NaN and switch accounting off.
+      return Number.isFinite(ns) ? ns : entry.total;
     } catch {
       return entry.total; // the thread has gone: nothing more to count
     }

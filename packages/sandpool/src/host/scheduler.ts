@@ -147,20 +147,23 @@ export class Scheduler {
       const exiting = [...this.census.cells('exiting')].filter((cell) => cell.key.swarm === swarm).length;
       this.evict(evictionsNeeded(queue.length, exiting), (cell) => cell.key.swarm === swarm);
     }
-    this.evict(evictionsNeeded(eligible, this.census.cells('exiting').size), () => true);
+    // Slots still free are room already: a queue that waits on memory, not on a slot, is
+    // the budget's to make room for, by bytes.
+    const free = Math.max(0, this.options.maxWorkers - this.census.slotHolders);
+    this.evict(evictionsNeeded(eligible, this.census.cells('exiting').size + free), () => true);
     if (eligible > 0) this.evictForMemory();
   }
 
   /**
    * Bytes over the memory budget if one more worker started now: the workers alive (each at
-   * its last reading, unread ones at the estimate), less those already exiting, plus the
-   * estimate. Zero or less when it fits, and always when no worker is alive.
+   * its last reading, unread ones at the estimate; exiting ones too, as their memory is
+   * still held) plus the estimate. Zero or less when it fits, and always when none is alive.
    */
   private memoryDeficit(): number {
     const budget = this.options.memoryBudget;
     if (budget === null || this.census.slotHolders === 0) return 0;
-    const { used, freeing, estimate } = this.memoryInUse();
-    return used - freeing + estimate - budget;
+    const { used, estimate } = this.memoryInUse();
+    return used + estimate - budget;
   }
 
   private memoryInUse(): { used: number; freeing: number; estimate: number } {
@@ -179,15 +182,27 @@ export class Scheduler {
     return { used: read + unread * estimate, freeing, estimate };
   }
 
-  /** Evicts idle workers, by the policy, until a queued cell's worker fits the memory budget. */
+  /**
+   * Evicts idle workers, by the policy, until a queued cell's worker will fit the memory
+   * budget once those already exiting are gone.
+   */
   private evictForMemory(): void {
     let deficit = this.memoryDeficit();
+    if (deficit <= 0) return;
+    deficit -= this.memoryInUse().freeing;
+    const includeReplaced = this.mayEvictReplaced();
     while (deficit > 0) {
-      const victim = this.victim(true, () => true);
+      const victim = this.victim(includeReplaced, () => true);
       if (victim === null) return;
       deficit -= this.user.memoryOf(victim) ?? this.memoryInUse().estimate;
       this.user.evictCell(victim, 'lru');
     }
+  }
+
+  /** Whether a worker whose key is reloading may go (see evict). */
+  private mayEvictReplaced(): boolean {
+    const othersWait = [...this.queued()].some((cell) => !this.user.isCandidate(cell));
+    return othersWait || [...this.census.withThread()].every((cell) => this.user.isBeingReplaced(cell));
   }
 
   private evict(count: number, among: (cell: Cell) => boolean): void {
@@ -195,9 +210,7 @@ export class Scheduler {
     // A reload candidate does not evict the worker it is to replace: the old one keeps serving
     // until the new one is ready. Only when no other worker could ever make room (another key
     // waits, or every worker alive is being replaced) does it go first.
-    const othersWait = [...this.queued()].some((cell) => !this.user.isCandidate(cell));
-    const includeReplaced =
-      othersWait || [...this.census.withThread()].every((cell) => this.user.isBeingReplaced(cell));
+    const includeReplaced = this.mayEvictReplaced();
     for (let left = count; left > 0; left--) {
       const victim = this.victim(includeReplaced, among);
       if (victim === null) return;

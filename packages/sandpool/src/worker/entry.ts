@@ -42,16 +42,21 @@ async function dropPrivileges(request: LoadRequest): Promise<void> {
   if (index < 0) return;
   const [uid, gid] = (process.argv[index] as string).slice(DROP_TO.length).split(':').map(Number);
   process.argv.splice(index, 1);
-  await preloadFor(request);
   try {
-    if (uid === undefined || gid === undefined || process.setuid === undefined) throw new Error('no uid:gid given');
+    if (!isId(uid) || !isId(gid) || process.setuid === undefined) throw new Error('no valid uid:gid given');
+    await preloadFor(request);
     process.setgroups?.([]);
     process.setgid?.(gid);
     process.setuid(uid);
+    if (process.getuid?.() !== uid || process.geteuid?.() !== uid) throw new Error(`still uid ${process.geteuid?.()}`);
   } catch (error) {
     process.stderr.write(`sandpool: cannot drop privileges: ${(error as Error).message}\n`);
     process.exit(1);
   }
+}
+
+function isId(value: number | undefined): value is number {
+  return value !== undefined && Number.isInteger(value) && value >= 0;
 }
 
 /** The protocol's two ends in this worker, whichever kind of worker it is. */
