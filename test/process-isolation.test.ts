@@ -288,6 +288,18 @@ describe("isolation: 'process'", () => {
     expect(reasons).toEqual(['spare', 'spare']);
   });
 
+  it.runIf(root)('boots a spare process at nice 19 and raises it to 0 when a key takes it', async () => {
+    const pool = openPool({ root: await tenants(), isolation: 'process', permissions: 'none', spareWorkers: 1 });
+    await eventually(() => pool.stats().spares === 1 && childProcesses().length === 1);
+    const [spare] = childProcesses();
+    // Its threads started after the renice inherit it; the ones V8 started before get it too.
+    await eventually(() => new Set(threadNices(spare as number)).size === 1);
+    expect(new Set(threadNices(spare as number))).toEqual(new Set([19]));
+    expect(await pool.call(ESCAPEE, 'whoami')).toMatchObject({ pid: spare });
+    expect(new Set(threadNices(spare as number))).toEqual(new Set([0]));
+    expect(invariants(pool)).toEqual([]);
+  });
+
   it('bad isolation input is refused with INVALID_OPTIONS and starts nothing', async () => {
     const dir = await tenants();
     expect(() => openPool({ root: dir, isolation: 'vm' as 'thread' })).toThrow(

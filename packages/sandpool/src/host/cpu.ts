@@ -220,20 +220,25 @@ function processNs(stat: string): number {
   return (Number(fields[11]) + Number(fields[12])) * NS_PER_TICK;
 }
 
-/**
- * Sets a thread's priority, or each thread's of a child process: Linux's setpriority acts
- * on one thread. Threads the child starts later inherit the priority of the one starting them.
- */
+/** Sets a worker thread's priority, or each thread's of a child process. */
 function renice(entry: Sampled, nice: number): boolean {
-  if (!setNice(entry.tid, nice)) return false;
-  if (!entry.whole) return true;
+  return entry.whole ? reniceProcess(entry.tid, nice) : setNice(entry.tid, nice);
+}
+
+/**
+ * Sets the priority of each thread of a child process: Linux's setpriority acts on one
+ * thread, and threads the child starts later inherit the priority of the one starting them.
+ * False when its main thread's could not be set.
+ */
+export function reniceProcess(pid: number, nice: number): boolean {
+  if (!setNice(pid, nice)) return false;
   let tasks: string[];
   try {
-    tasks = readdirSync(`/proc/${entry.tid}/task`);
+    tasks = readdirSync(`/proc/${pid}/task`);
   } catch {
     return true; // it has ended meanwhile
   }
-  for (const task of tasks) if (Number(task) !== entry.tid) setNice(Number(task), nice);
+  for (const task of tasks) if (Number(task) !== pid) setNice(Number(task), nice);
   return true;
 }
 
@@ -250,6 +255,6 @@ function setNice(tid: number, nice: number): boolean {
  * Containers often drop CAP_SYS_NICE: lowering a priority still works there, raising it back
  * does not. Probed on a worker's thread once (1, then back to 0), before any demotion.
  */
-function probeRaise(tid: number): boolean {
+export function probeRaise(tid: number): boolean {
   return setNice(tid, 1) && setNice(tid, 0);
 }

@@ -1,8 +1,15 @@
 import type { AgentWorker, Isolation } from './agent-worker.js';
+import { probeRaise, reniceProcess } from './cpu.js';
+
+/** A spare process boots at the lowest priority: its start must not slow the keys that are busy. */
+const BOOT_NICE = 19;
 
 /**
  * Blank booted workers (no tenant code), each with the promise of its exit: threads, or
- * child processes when every key runs in one (`isolation: 'process'`).
+ * child processes when every key runs in one (`isolation: 'process'`). A spare process
+ * boots at nice 19 where its priority can be raised back when a key takes it (root, or
+ * CAP_SYS_NICE); elsewhere it boots at normal priority. A spare thread's kernel id is
+ * known only once it runs, after most of its boot, so threads boot at normal priority.
  */
 export class Spares {
   private readonly threads = new Map<AgentWorker, Promise<void>>();
@@ -23,6 +30,9 @@ export class Spares {
     while (!this.closed && this.threads.size < this.target) {
       const thread = this.boot();
       thread.setReferenced(false);
+      // No pid (a spawn that failed) must never reach setpriority: 0 there means the host.
+      const pid = thread.isolation === 'process' ? thread.threadId : 0;
+      if (pid > 0 && probeRaise(pid)) reniceProcess(pid, BOOT_NICE);
       this.threads.set(
         thread,
         new Promise((resolve) => {
@@ -44,6 +54,11 @@ export class Spares {
     for (const thread of this.threads.keys()) {
       this.threads.delete(thread);
       setImmediate(() => this.fill());
+      // Raised back before its key's code runs; one that cannot be raised serves no key.
+      if (thread.isolation === 'process' && thread.threadId > 0 && !reniceProcess(thread.threadId, 0)) {
+        thread.terminate('closed');
+        return null;
+      }
       return thread;
     }
     return null;
