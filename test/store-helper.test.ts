@@ -1,4 +1,5 @@
-import { readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { childProcesses, eventually, installCleanup, invariants, openPool } from './support/pool.js';
 import { counterAgent, makeRoot } from './support/root.js';
@@ -18,14 +19,37 @@ describe('the snapshot helper process', () => {
     expect(first).toBeGreaterThan(0);
     process.kill(first as number, 'SIGKILL');
     await eventually(() => helpers().length === 0);
-    // Sent before the host has seen the channel close, a request fails clearly; never hangs.
-    const meanwhile = await pool.snapshots.verify('s', 'jan').catch((error: unknown) => error);
-    if (meanwhile instanceof Error) expect(meanwhile.message).toMatch(/snapshot helper process ended \(SIGKILL\)/);
-    else expect(meanwhile).toEqual(jan);
+    // Sent before the host has seen the channel close, a request never reached it: sent again.
+    expect(await pool.snapshots.verify('s', 'jan')).toEqual(jan);
     expect(await pool.snapshots.verify('s', 'jan')).toEqual(jan);
     expect(helpers()).toHaveLength(1);
     expect(helpers()[0]).not.toBe(first);
     expect(await pool.call('s@jan/notifier_agent', 'add', [2, 3])).toBe(5);
+    expect(invariants(pool)).toEqual([]);
+  });
+
+  it('fails a create whose helper died while it ran it, never running it twice; the next create succeeds', async () => {
+    const files = await counterAgent('s');
+    // Enough files that the copy is still under way when the test sees its work folder.
+    for (let i = 0; i < 600; i++) files[`s/live/data/${i}.txt`] = 'x'.repeat(4096);
+    const root = await makeRoot({ ...files, ...(await counterAgent('n')) });
+    const pool = openPool({ root });
+    const snapshots = join(root, 's', 'snapshots');
+    const creating = pool.snapshots.create('s', 'jan').catch((error: unknown) => error);
+    await eventually(
+      () => existsSync(snapshots) && readdirSync(snapshots).some((name) => name.startsWith('.tmp-')),
+      20_000,
+    );
+    const [helper] = helpers();
+    process.kill(helper as number, 'SIGKILL');
+    expect(await pool.call('n/notifier_agent', 'add', [2, 3])).toBe(5);
+    const failed = await creating;
+    expect(failed).toBeInstanceOf(Error);
+    expect((failed as Error).message).toMatch(/snapshot helper process ended \(SIGKILL\) before it answered/);
+    expect(readdirSync(snapshots)).not.toContain('jan');
+    expect(await pool.snapshots.create('s', 'jan')).toMatchObject({ name: 'jan' });
+    // The dead create's work folder stays until a later create sweeps it by age; no name reaches it.
+    expect((await pool.snapshots.list('s')).map(({ name }) => name)).toEqual(['jan']);
     expect(invariants(pool)).toEqual([]);
   });
 

@@ -5,28 +5,16 @@
  * one pool every thread shares. Only the coordinator talks to it, over its IPC channel.
  */
 import { isSandpoolError } from '../errors.js';
-import type { HelperReply, HelperRequest } from './helper-protocol.js';
+import type { HelperReceived, HelperReply, HelperRequest } from './helper-protocol.js';
 import { SnapshotStore } from './store.js';
 
-const stores = new Map<string, SnapshotStore>();
-
-function storeFor(request: HelperRequest): SnapshotStore {
-  const id = JSON.stringify(request.options);
-  let store = stores.get(id);
-  if (store === undefined) {
-    store = new SnapshotStore(request.options);
-    stores.set(id, store);
-  }
-  return store;
-}
+/** One store: a helper serves one pool, whose options every request repeats. */
+let store: SnapshotStore | null = null;
 
 async function run(request: HelperRequest): Promise<HelperReply> {
   try {
-    const store = storeFor(request);
-    const value =
-      request.op === 'remove'
-        ? await store.remove(request.swarm, request.name)
-        : await store[request.op](request.swarm, request.name);
+    store ??= new SnapshotStore(request.options);
+    const value = await store[request.op](request.swarm, request.name);
     return { id: request.id, ok: true, value: value ?? null };
   } catch (error) {
     if (isSandpoolError(error)) {
@@ -53,6 +41,8 @@ async function run(request: HelperRequest): Promise<HelperReply> {
 }
 
 process.on('message', (request: HelperRequest) => {
+  const received: HelperReceived = { id: request.id, received: true };
+  process.send?.(received);
   void run(request).then((reply) => process.send?.(reply));
 });
 // The coordinator closed the channel, or died: nothing is left to answer.

@@ -12,6 +12,12 @@ export interface HelperRequest {
   readonly name: string;
 }
 
+/** Sent the moment a request arrives, before it runs: what a helper that died never took is safe to send again. */
+export interface HelperReceived {
+  readonly id: number;
+  readonly received: true;
+}
+
 export type HelperReply =
   | { readonly id: number; readonly ok: true; readonly value: unknown }
   | {

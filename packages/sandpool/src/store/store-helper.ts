@@ -20,6 +20,7 @@ const Info = z.strictObject({
   signed: z.boolean(),
   stems: z.array(z.string()),
 });
+const Received = z.strictObject({ id: z.number(), received: z.literal(true) });
 const Reply = z.discriminatedUnion('ok', [
   z.strictObject({ id: z.number(), ok: z.literal(true), value: z.union([Info, z.null()]) }),
   z.strictObject({
@@ -47,11 +48,18 @@ const Reply = z.discriminatedUnion('ok', [
 ]);
 
 interface Waiting {
+  readonly request: HelperRequest;
   /** The helper it was sent to: only that one's end fails it. */
   readonly child: ChildProcess;
+  /** Whether the helper said it arrived: one that never arrived is safe to send to a new helper. */
+  received: boolean;
+  /** Whether it has been sent again already: a second loss is told, never a loop. */
+  readonly resent: boolean;
   resolve(value: SnapshotInfo | null): void;
   reject(error: Error): void;
 }
+
+type Answer = Pick<Waiting, 'resolve' | 'reject'>;
 
 /**
  * The coordinator's end of the snapshot helper (see helper-entry.ts): started on first use,
@@ -80,14 +88,25 @@ export class StoreHelper {
   run(op: Exclude<HelperOp, 'remove'>, swarm: string, name: string): Promise<SnapshotInfo>;
   run(op: HelperOp, swarm: string, name: string): Promise<SnapshotInfo | null> {
     if (this.closed) return Promise.reject(closedError()); // callers check `available` first
+    const request: HelperRequest = { id: this.nextId++, op, options: this.options, swarm, name };
+    return new Promise((resolve, reject) => this.send(request, { resolve, reject }, false));
+  }
+
+  private send(request: HelperRequest, answer: Answer, resent: boolean): void {
     // One whose channel has closed is ending: its exit fails only what was sent to it.
     const child = this.child?.connected === true ? this.child : this.start();
-    const request: HelperRequest = { id: this.nextId++, op, options: this.options, swarm, name };
-    return new Promise((resolve, reject) => {
-      this.waiting.set(request.id, { child, resolve, reject });
-      this.referenced(true);
-      child.send(request);
-    });
+    const entry: Waiting = { request, child, received: false, resent, resolve: answer.resolve, reject: answer.reject };
+    this.waiting.set(request.id, entry);
+    this.referenced(true);
+    // EPIPE: the helper died before the host saw its channel close. Its close fails or resends
+    // what was sent to it; until then it must not be asked again.
+    child.send(request, (error) => error !== null && this.forget(child));
+  }
+
+  /** A helper that cannot be trusted to answer is ended, and never asked again. */
+  private forget(child: ChildProcess): void {
+    if (this.child === child) this.child = null;
+    child.kill('SIGKILL');
   }
 
   /**
@@ -119,34 +138,49 @@ export class StoreHelper {
     });
     this.child = child;
     child.on('message', (raw: unknown) => this.answer(child, raw));
-    child.on('error', (error) => this.fail(child, error));
-    child.on('exit', (code, signal) => {
-      if (this.child === child) this.child = null;
+    // A spawn that failed: no close may follow, and nothing was received.
+    child.on('error', (error) => {
+      this.forget(child);
+      this.fail(child, new Error(`the snapshot helper process failed (${error.message})`, { cause: error }));
+    });
+    child.on('exit', () => this.forget(child));
+    // Close, not exit: it comes once the channel is read to its end, so every `received` the
+    // helper sent before it died has been counted.
+    child.on('close', (code, signal) => {
       this.fail(child, new Error(`the snapshot helper process ended (${signal ?? `exit ${code}`}) before it answered`));
     });
     return child;
   }
 
   private answer(child: ChildProcess, raw: unknown): void {
-    const parsed = Reply.safeParse(raw);
+    const parsed = Received.or(Reply).safeParse(raw);
     if (!parsed.success) {
-      child.kill('SIGKILL');
-      return; // its exit fails what was sent to it
+      this.forget(child);
+      return; // its close fails what was sent to it
     }
     const reply = parsed.data;
     const waiting = this.waiting.get(reply.id);
-    if (waiting === undefined) return;
+    if (waiting?.child !== child) return;
+    if ('received' in reply) {
+      waiting.received = true;
+      return;
+    }
     this.waiting.delete(reply.id);
     if (reply.ok) waiting.resolve(reply.value);
     else waiting.reject(errorOf(reply.error));
     if (this.waiting.size === 0) this.idle();
   }
 
+  /**
+   * What was sent to a helper that ended fails, except what it never received: that goes once
+   * to a new helper, as it cannot have run.
+   */
   private fail(child: ChildProcess, error: Error): void {
     for (const [id, entry] of this.waiting) {
       if (entry.child !== child) continue;
       this.waiting.delete(id);
-      entry.reject(error);
+      if (!entry.received && !entry.resent && !this.closed) this.send(entry.request, entry, true);
+      else entry.reject(error);
     }
     if (this.waiting.size === 0) this.idle();
   }
