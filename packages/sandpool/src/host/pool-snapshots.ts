@@ -4,8 +4,8 @@ import type { StoreHelper } from '../store/store-helper.js';
 /**
  * `pool.snapshots`: the store, with its file-heavy operations run by the snapshot helper
  * process (a libuv pool of its own, so tenants' async jobs never delay them), and `remove`
- * draining the snapshot's workers first. A host that may not start processes runs them here. Listing and reading manifests stay here: they are
- * small, synchronous reads.
+ * draining the snapshot's workers first. A host that may not start processes, or a closed
+ * pool, runs them here. Listing and reading manifests stay here: small, synchronous reads.
  */
 export class PoolSnapshotStore extends SnapshotStore {
   constructor(
@@ -16,22 +16,16 @@ export class PoolSnapshotStore extends SnapshotStore {
     super(options);
   }
 
-  override async create(swarm: string, name: string): Promise<SnapshotInfo> {
-    if (!this.helper.available) return super.create(swarm, name);
-    checkSnapshotArgs(swarm, name);
-    return this.helper.run('create', swarm, name);
+  override create(swarm: string, name: string): Promise<SnapshotInfo> {
+    return this.inHelper('create', swarm, name, () => super.create(swarm, name));
   }
 
-  override async verify(swarm: string, name: string): Promise<SnapshotInfo> {
-    if (!this.helper.available) return super.verify(swarm, name);
-    checkSnapshotArgs(swarm, name);
-    return this.helper.run('verify', swarm, name);
+  override verify(swarm: string, name: string): Promise<SnapshotInfo> {
+    return this.inHelper('verify', swarm, name, () => super.verify(swarm, name));
   }
 
-  override async sign(swarm: string, name: string): Promise<SnapshotInfo> {
-    if (!this.helper.available) return super.sign(swarm, name);
-    checkSnapshotArgs(swarm, name);
-    return this.helper.run('sign', swarm, name);
+  override sign(swarm: string, name: string): Promise<SnapshotInfo> {
+    return this.inHelper('sign', swarm, name, () => super.sign(swarm, name));
   }
 
   override async remove(swarm: string, name: string): Promise<void> {
@@ -41,5 +35,17 @@ export class PoolSnapshotStore extends SnapshotStore {
       if (this.helper.available) await this.helper.run('remove', swarm, name);
       else await super.remove(swarm, name);
     });
+  }
+
+  /** Bad arguments are refused here, before the helper is asked (or started). */
+  private async inHelper(
+    op: 'create' | 'verify' | 'sign',
+    swarm: string,
+    name: string,
+    inHost: () => Promise<SnapshotInfo>,
+  ): Promise<SnapshotInfo> {
+    if (!this.helper.available) return inHost();
+    checkSnapshotArgs(swarm, name);
+    return this.helper.run(op, swarm, name);
   }
 }

@@ -160,13 +160,17 @@ export class Scheduler {
    * still held) plus the estimate. Zero or less when it fits, and always when none is alive.
    */
   private memoryDeficit(): number {
-    const budget = this.options.memoryBudget;
-    if (budget === null || this.census.slotHolders === 0) return 0;
-    const { used, estimate } = this.memoryInUse();
-    return used + estimate - budget;
+    return this.memoryPicture()?.deficit ?? 0;
   }
 
-  private memoryInUse(): { used: number; freeing: number; estimate: number } {
+  /**
+   * The memory books for the budget, read once: the deficit (see memoryDeficit), what the
+   * exiting workers will give back, and the estimate for a worker not yet read. Null with
+   * no budget, or with no worker alive (one always runs).
+   */
+  private memoryPicture(): { deficit: number; freeing: number; estimate: number } | null {
+    const budget = this.options.memoryBudget;
+    if (budget === null || this.census.slotHolders === 0) return null;
     let read = 0;
     let readCount = 0;
     for (const cell of this.census.withThread()) {
@@ -176,10 +180,10 @@ export class Scheduler {
       readCount += 1;
     }
     const estimate = readCount === 0 ? FIRST_ESTIMATE_BYTES : read / readCount;
-    const unread = this.census.slotHolders - readCount;
+    const used = read + (this.census.slotHolders - readCount) * estimate;
     let freeing = 0;
     for (const cell of this.census.cells('exiting')) freeing += this.user.memoryOf(cell) ?? estimate;
-    return { used: read + unread * estimate, freeing, estimate };
+    return { deficit: used + estimate - budget, freeing, estimate };
   }
 
   /**
@@ -187,14 +191,14 @@ export class Scheduler {
    * budget once those already exiting are gone.
    */
   private evictForMemory(): void {
-    let deficit = this.memoryDeficit();
-    if (deficit <= 0) return;
-    deficit -= this.memoryInUse().freeing;
+    const picture = this.memoryPicture();
+    if (picture === null || picture.deficit <= 0) return;
+    let deficit = picture.deficit - picture.freeing;
     const includeReplaced = this.mayEvictReplaced();
     while (deficit > 0) {
       const victim = this.victim(includeReplaced, () => true);
       if (victim === null) return;
-      deficit -= this.user.memoryOf(victim) ?? this.memoryInUse().estimate;
+      deficit -= this.user.memoryOf(victim) ?? picture.estimate;
       this.user.evictCell(victim, 'lru');
     }
   }

@@ -14,6 +14,8 @@ const BOOT_NICE = 19;
 export class Spares {
   private readonly threads = new Map<AgentWorker, Promise<void>>();
   private closed = false;
+  /** Whether a spare process's priority can be raised back here, probed on the first one. */
+  private raisable: boolean | null = null;
 
   constructor(
     private readonly target: number,
@@ -32,7 +34,10 @@ export class Spares {
       thread.setReferenced(false);
       // No pid (a spawn that failed) must never reach setpriority: 0 there means the host.
       const pid = thread.isolation === 'process' ? thread.threadId : 0;
-      if (pid > 0 && probeRaise(pid)) reniceProcess(pid, BOOT_NICE);
+      if (pid > 0) {
+        this.raisable ??= probeRaise(pid);
+        if (this.raisable) reniceProcess(pid, BOOT_NICE);
+      }
       this.threads.set(
         thread,
         new Promise((resolve) => {
