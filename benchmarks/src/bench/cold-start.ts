@@ -1,21 +1,13 @@
 import { Worker } from 'node:worker_threads';
 import { createPool, type Pool } from 'sandpool';
+import { poolVariant, type ColdVariant as Variant } from '../lib/cold-variant.js';
 import { ms, ratio } from '../lib/format.js';
 import { Latency, type LatencySummary, round } from '../lib/histogram.js';
 import type { BenchContext, Benchmark, BenchReport } from '../lib/report.js';
 import { fixture, makeRoot, type TempRoot } from '../lib/temp-root.js';
-import { now, sleep, until } from '../lib/timing.js';
+import { now, sleep } from '../lib/timing.js';
 
 const WARM_KEYS = 3;
-
-interface Variant {
-  name: string;
-  /** Time of the first call to a key never loaded before, in ms. */
-  firstCall(stem: string): Promise<number>;
-  /** Waits until the variant is back at rest, as between two new keys in real use. */
-  settle(): Promise<void>;
-  close(): Promise<void>;
-}
 
 export const coldStart: Benchmark = {
   name: 'cold-start',
@@ -131,21 +123,8 @@ function sandpool(
   permissions: 'none' | 'strict',
 ): { pool: Pool; variant: Variant } {
   const pool = createPool({ root: tree.root, maxWorkers, spareWorkers, idleTimeoutMs: 0, permissions });
-  return {
-    pool,
-    variant: {
-      name: `sandpool, spareWorkers ${spareWorkers}, permissions ${permissions}`,
-      firstCall: async (stem) => {
-        const t0 = now();
-        const value = await pool.call<number>(`cold/${stem}`, 'add', [1, 2]);
-        const elapsed = now() - t0;
-        if (value !== 3) throw new Error(`cold/${stem}: add(1, 2) gave ${value}`);
-        return elapsed;
-      },
-      settle: () => until(() => pool.stats().spares === spareWorkers, 5_000, 'the spare to come back'),
-      close: () => pool.close(),
-    },
-  };
+  const name = `sandpool, spareWorkers ${spareWorkers}, permissions ${permissions}`;
+  return { pool, variant: poolVariant(name, pool, 'cold', spareWorkers) };
 }
 
 function bareWorker(tree: TempRoot): Variant {

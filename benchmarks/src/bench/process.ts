@@ -1,7 +1,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { chmod } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
-import { createPool, type Isolation, type Pool } from 'sandpool';
+import { createPool, type Isolation } from 'sandpool';
 import {
   median,
   type Pipelined,
@@ -11,12 +11,13 @@ import {
   type Sequential,
 } from '../lib/call-loops.js';
 import { childPids, type ProcessMemory, processMemory } from '../lib/children.js';
+import { type ColdVariant, poolVariant } from '../lib/cold-variant.js';
 import { ms, num, perSecond, ratio } from '../lib/format.js';
 import { Latency, type LatencySummary, round } from '../lib/histogram.js';
 import { runPhase } from '../lib/phase.js';
 import type { BenchContext, Benchmark, BenchReport, Json } from '../lib/report.js';
 import { fixture, makeRoot, type TempRoot } from '../lib/temp-root.js';
-import { collectGarbage, eachLimited, now, rss, sleep, until } from '../lib/timing.js';
+import { collectGarbage, eachLimited, now, rss, sleep } from '../lib/timing.js';
 
 const DEPTH = 64;
 const IDLE_KEYS = 16;
@@ -29,13 +30,6 @@ const BARE_PROCESS = fileURLToPath(fixture('bare-process.mjs'));
 const POOL_CHILD = 'worker/entry.js';
 
 type Permissions = 'none' | 'strict';
-
-interface ColdVariant {
-  name: string;
-  firstCall(stem: string): Promise<number>;
-  settle(): Promise<void>;
-  close(): Promise<void>;
-}
 
 type IdleKeys = {
   keys: number;
@@ -231,7 +225,7 @@ async function coldStarts(keys: number): Promise<{
         isolation: shape.isolation,
         permissions: shape.permissions,
       });
-      variants.push(poolVariant(shape.name, pool, shape.spares));
+      variants.push(poolVariant(shape.name, pool, 'proc', shape.spares));
     }
     variants.push(bareChildVariant(tree));
     for (let i = 0; i < total; i += 1) {
@@ -248,21 +242,6 @@ async function coldStarts(keys: number): Promise<{
   }
   const summaries = new Map(names.map((name, v) => [name, (latencies[v] as Latency).summaryMs()]));
   return { summaries, p50: (name) => summaries.get(name)?.p50 ?? Number.NaN };
-}
-
-function poolVariant(name: string, pool: Pool, spares: number): ColdVariant {
-  return {
-    name,
-    firstCall: async (stem) => {
-      const t0 = now();
-      const value = await pool.call<number>(`proc/${stem}`, 'add', [1, 2]);
-      const elapsed = now() - t0;
-      if (value !== 3) throw new Error(`${name} proc/${stem}: add(1, 2) gave ${value}`);
-      return elapsed;
-    },
-    settle: () => until(() => pool.stats().spares === spares, 10_000, `${name}: its spare`),
-    close: () => pool.close(),
-  };
 }
 
 function bareChildVariant(tree: TempRoot): ColdVariant {
