@@ -15,7 +15,7 @@ import { Cell, type CellEvents, type CellPhase } from './cell.js';
 import { Census } from './census.js';
 import { CpuGovernor } from './cpu.js';
 import { settledStamp, stampFiles } from './freshness.js';
-import { MemoryGovernor, v8HeapLimitMb } from './governor.js';
+import { IDLE_POLL_MS, MemoryGovernor, v8HeapLimitMb } from './governor.js';
 import { violations } from './invariants.js';
 import { checkReadableBy, isolationFor, processSettings } from './isolation.js';
 import { collectKeyStats, KeyBook, type KeyStats } from './key-stats.js';
@@ -432,7 +432,7 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
     this.memory.watch(cell, thread, heartbeat);
     thread.post({
       t: 'load',
-      ...(heartbeat ? { heartbeatMs: HEARTBEAT_MS } : {}),
+      ...(heartbeat ? { heartbeatMs: HEARTBEAT_MS, idleHeartbeatMs: IDLE_POLL_MS } : {}),
       key: cell.key.text,
       file,
       verifyDir,

@@ -6,7 +6,7 @@ import { underPermissionModel } from './permissions.js';
 /** How often a busy worker's memory is read: objects grow at up to ~0.5 GB/s, doubling strings faster. */
 const BUSY_POLL_MS = 10;
 /** An idle worker can still allocate (timers), but reading it this often would cost more than it finds. */
-const IDLE_POLL_MS = 250;
+export const IDLE_POLL_MS = 250;
 
 export interface MemoryLimits {
   /** Heap bytes a worker may use: `resourceLimits.maxOldGenerationSizeMb`. */

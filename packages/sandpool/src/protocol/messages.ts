@@ -70,6 +70,8 @@ export interface LoadRequest {
    * inspector to attach to).
    */
   heartbeatMs?: number;
+  /** The beat's period while no call runs (default heartbeatMs). */
+  idleHeartbeatMs?: number;
 }
 
 /**

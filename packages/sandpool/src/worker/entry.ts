@@ -15,6 +15,7 @@ import {
 } from '../protocol/messages.js';
 import { toRemoteError } from '../protocol/remote-error.js';
 import { defineAgentGlobal } from './agent-global.js';
+import { Heartbeat } from './heartbeat.js';
 import { HostProxy } from './host-proxy.js';
 import { LoadFailure, loadAgent, preloadFor } from './load.js';
 import { OutputGate } from './output.js';
@@ -105,26 +106,22 @@ function openLink(): Link {
 
 const output = new OutputGate(post);
 
-/** The coordinator's view of this worker's memory where it cannot read it itself; a spin stops the beat. */
-function beatEvery(ms: number): void {
-  setInterval(() => {
-    const usage = memoryUsage();
-    post({ t: 'memory', heap: usage.heapUsed, external: usage.arrayBuffers });
-  }, ms).unref();
-}
 const runtime = new Runtime(post);
+let heartbeat: Heartbeat | null = null;
 const host = new HostProxy(post);
 let loading = false;
 
 link.listen((message) => {
   switch (message.t) {
     case 'calls':
+      heartbeat?.quicken();
       return runtime.onCalls(message.calls);
     case 'cancel':
       return runtime.cancel(message.id, message.why);
     case 'out-ack':
       return output.acknowledge(message.bytes);
     case 'stream':
+      heartbeat?.quicken();
       return runtime.onStream(message);
     case 'credit':
       return runtime.credit(message.id, message.n);
@@ -152,7 +149,11 @@ function threadId(): number {
 async function onLoad(request: LoadRequest): Promise<void> {
   if (isMainThread) await dropPrivileges(request);
   defineAgentGlobal(request.key, host.api);
-  if (request.heartbeatMs !== undefined && request.heartbeatMs > 0) beatEvery(request.heartbeatMs);
+  const { heartbeatMs, idleHeartbeatMs } = request;
+  if (heartbeatMs !== undefined && heartbeatMs > 0) {
+    const busy = (): boolean => runtime.busy;
+    heartbeat = new Heartbeat(post, memoryUsage, busy, heartbeatMs, idleHeartbeatMs ?? heartbeatMs);
+  }
   try {
     runtime.setModule(await loadAgent(request));
     post({ t: 'ready', tid });

@@ -46,6 +46,11 @@ export class Runtime {
 
   constructor(private readonly post: Post) {}
 
+  /** Whether a call or stream is still running after its message was handled. */
+  get busy(): boolean {
+    return this.running.size > 0 || this.streams.size > 0;
+  }
+
   setModule(namespace: Record<string, unknown>): void {
     this.exportsOf = namespace;
     const def = namespace.default;
