@@ -45,7 +45,7 @@ export const PoolOptionsSchema = z.strictObject({
   root: z.string().min(1),
   /** Keyed worker threads alive at most (draining and exiting ones included). */
   maxWorkers: z.number().int().positive().max(10_000).default(64),
-  /** Blank workers kept booted for the next new key; they come on top of maxWorkers. */
+  /** The most blank workers kept booted for new keys (how many follows the misses: spare-demand.ts); on top of maxWorkers. */
   spareWorkers: z.number().int().nonnegative().max(64).default(1),
   /** An idle worker is evicted after this long; 0 turns it off. */
   idleTimeoutMs: ms.default(60_000),

@@ -33,6 +33,8 @@ export type CellPhase =
       readonly thread: AgentWorker;
       readonly channel: Channel;
       readonly from: 'cold' | 'spare';
+      /** When it was given its worker (performance.now()): how long a cold start takes is what spares plan by. */
+      readonly startedAt: number;
       readonly loadTimer: NodeJS.Timeout;
       /** Retired while loading (its snapshot is being removed): it serves its waiters, then drains. */
       retiring: RetireReason | null;

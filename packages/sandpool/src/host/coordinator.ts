@@ -34,6 +34,7 @@ import { toSandpoolError } from './remote-error.js';
 import { locateModule, type ModuleLocation } from './resolve.js';
 import { type ReloadOutcome, Route } from './route.js';
 import { Scheduler, type SlotUser } from './scheduler.js';
+import { SpareDemand } from './spare-demand.js';
 import { Spares } from './spares.js';
 import { receiveChunk, type StreamSink } from './streams.js';
 import { AgentThread } from './thread.js';
@@ -122,7 +123,7 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
     const sparesUsable = options.permissions === 'none' || typeof options.permissions === 'function';
     // With isolation a function of the key, which kind the next key needs is unknown: threads.
     const spareKind = options.isolation === 'process' ? 'process' : 'thread';
-    this.spares = new Spares(sparesUsable ? options.spareWorkers : 0, spareKind, () =>
+    this.spares = new Spares(new SpareDemand(sparesUsable ? options.spareWorkers : 0), spareKind, () =>
       spareKind === 'process'
         ? new AgentProcess(this.settings, typeScriptExecArgv(), this.process)
         : new AgentThread(this.settings, typeScriptExecArgv()),
@@ -424,6 +425,7 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
       thread,
       channel,
       from,
+      startedAt: performance.now(),
       loadTimer,
       retiring: null,
     });
@@ -476,6 +478,9 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
   private cellReady(cell: Cell, phase: Extract<CellPhase, { name: 'starting' }>): void {
     clearTimeout(phase.loadTimer);
     const { thread, channel, waiting } = phase;
+    if (phase.from === 'cold' && thread.isolation === this.spares.isolation) {
+      this.spares.booted(performance.now() - phase.startedAt);
+    }
     cell.transition({ name: 'ready', thread, channel });
     const route = this.routes.get(cell.key.text);
     if (route?.candidate === cell) {

@@ -1,0 +1,55 @@
+/** A peak further back than this counts half as much: a burst raises the count, quiet lowers it. */
+const HALF_LIFE_MS = 10_000;
+/** How much one new cold start moves the boot-time estimate. */
+const BOOT_WEIGHT = 0.2;
+/** The window before any cold start was measured: about a worker's boot on a quiet machine. */
+const FIRST_BOOT_MS = 100;
+
+/**
+ * How many spares to keep booted: as many as the misses that came within one boot time of
+ * each other lately, so a burst finds them booted when it comes again; at least one, so the
+ * next new key is fast; at most `spareWorkers`. The peak fades with a half-life of 10 s. A boot
+ * time is the pool's own cold starts, averaged: on a loaded machine starts are slower, a
+ * window holds more misses, and more spares are kept. A steady rate counts too: r misses a
+ * second with boots of b seconds put about r·b of them in every window (Little's law).
+ */
+export class SpareDemand {
+  /** When the latest misses came, oldest first, those older than a boot dropped: the newest `ceiling` at most. */
+  private readonly window: number[] = [];
+  private peak = 0;
+  private peakAt: number;
+  private bootMs: number | null = null;
+
+  constructor(
+    readonly ceiling: number,
+    private readonly clock: () => number = () => performance.now(),
+  ) {
+    this.peakAt = clock();
+  }
+
+  /** A key that could take a spare needed a worker, whether or not one was there. */
+  missed(): void {
+    const now = this.clock();
+    const span = this.bootMs ?? FIRST_BOOT_MS;
+    this.window.push(now);
+    if (this.window.length > this.ceiling) this.window.shift();
+    while (this.window.length > 0 && now - (this.window[0] as number) > span) this.window.shift();
+    this.peak = Math.max(this.decayedPeak(now), this.window.length);
+    this.peakAt = now;
+  }
+
+  /** A cold start took this long, from its worker's spawn to its agent loaded. */
+  booted(ms: number): void {
+    if (!Number.isFinite(ms) || ms < 0) return;
+    this.bootMs = this.bootMs === null ? ms : this.bootMs + (ms - this.bootMs) * BOOT_WEIGHT;
+  }
+
+  target(): number {
+    if (this.ceiling === 0) return 0;
+    return Math.min(this.ceiling, Math.max(1, Math.ceil(this.decayedPeak(this.clock()))));
+  }
+
+  private decayedPeak(now: number): number {
+    return this.peak * 2 ** (-(now - this.peakAt) / HALF_LIFE_MS);
+  }
+}

@@ -1,0 +1,106 @@
+import { describe, expect, it } from 'vitest';
+import { SpareDemand } from '../packages/sandpool/dist/host/spare-demand.js';
+import { Spares } from '../packages/sandpool/dist/host/spares.js';
+import { AgentThread } from '../packages/sandpool/dist/host/thread.js';
+import { eventually, installCleanup, invariants, openPool, recordEvents } from './support/pool.js';
+import { counterAgent, makeRoot } from './support/root.js';
+
+installCleanup();
+
+/** A clock the test moves by hand. */
+function manualClock(): { now: number; read: () => number } {
+  const clock = { now: 0, read: () => clock.now };
+  return clock;
+}
+
+function missEvery(demand: SpareDemand, clock: { now: number }, count: number, gapMs: number): void {
+  for (let i = 0; i < count; i++) {
+    clock.now += gapMs;
+    demand.missed();
+  }
+}
+
+describe('how many spares a pool keeps', () => {
+  it('one while misses come further apart than a boot; as many as come within one, up to the ceiling; fading back', () => {
+    const clock = manualClock();
+    const demand = new SpareDemand(4, clock.read);
+    expect(demand.target()).toBe(1);
+    demand.booted(50);
+    missEvery(demand, clock, 10, 100);
+    expect(demand.target()).toBe(1);
+    clock.now += 1_000;
+    missEvery(demand, clock, 3, 10);
+    expect(demand.target()).toBe(3);
+    missEvery(demand, clock, 20, 1);
+    expect(demand.target()).toBe(4);
+    clock.now += 10_000; // one half-life
+    expect(demand.target()).toBe(2);
+    clock.now += 10_000;
+    expect(demand.target()).toBe(1);
+    clock.now += 600_000;
+    expect(demand.target()).toBe(1);
+  });
+
+  it('none at a ceiling of 0, whatever the misses', () => {
+    const clock = manualClock();
+    const demand = new SpareDemand(0, clock.read);
+    demand.booted(50);
+    missEvery(demand, clock, 50, 1);
+    expect(demand.target()).toBe(0);
+  });
+
+  it('reads a boot from the cold starts: slower starts put more misses in one window; nonsense is ignored', () => {
+    const clock = manualClock();
+    const fast = new SpareDemand(8, clock.read);
+    fast.booted(50);
+    missEvery(fast, clock, 6, 40);
+    expect(fast.target()).toBe(2);
+    const slow = new SpareDemand(8, clock.read);
+    for (let i = 0; i < 30; i++) slow.booted(400);
+    slow.booted(Number.NaN);
+    slow.booted(-1);
+    missEvery(slow, clock, 6, 40);
+    expect(slow.target()).toBe(6);
+  });
+
+  it('refills real threads to what the demand asks when one is taken, and trims back to one as it fades', async () => {
+    const clock = manualClock();
+    const demand = new SpareDemand(3, clock.read);
+    const settings = { env: {}, resourceLimits: {}, output: () => {}, onOutputDropped: () => {} };
+    const spares = new Spares(demand, 'thread', () => new AgentThread(settings, []));
+    spares.fill();
+    expect(spares.size).toBe(1);
+    // Three keys at once: one finds the spare, two start cold; three are kept for next time.
+    const taken = [spares.take(), spares.take(), spares.take()];
+    expect(taken.map((thread) => thread !== null)).toEqual([true, false, false]);
+    await eventually(() => spares.size === 3);
+    spares.fill();
+    expect(spares.size).toBe(3);
+    clock.now += 60_000;
+    spares.trim();
+    await eventually(() => spares.size === 1);
+    taken[0]?.terminate('closed');
+    await spares.close();
+    expect(spares.size).toBe(0);
+  });
+});
+
+describe('a pool’s spares under a burst of new keys', () => {
+  it('grow to spareWorkers after a burst, serve the next burst from spares, and never pass the ceiling', async () => {
+    const files: Record<string, string> = {};
+    for (let i = 0; i < 12; i++) Object.assign(files, await counterAgent('s', 'v1', `k${i}`));
+    const pool = openPool({ root: await makeRoot(files), permissions: 'none', spareWorkers: 4, maxWorkers: 20 });
+    const { events } = recordEvents(pool);
+    expect(pool.stats().spares).toBeLessThanOrEqual(1);
+    const burst = (from: number): Promise<number[]> =>
+      Promise.all(Array.from({ length: 4 }, (_, i) => pool.call<number>(`s/k${from + i}`, 'add', [i, 1])));
+    expect(await burst(0)).toEqual([1, 2, 3, 4]);
+    await eventually(() => pool.stats().spares === 4);
+    const before = events.filter((event) => event.type === 'spawn' && event.reason === 'spare').length;
+    expect(await burst(4)).toEqual([1, 2, 3, 4]);
+    const fromSpares = events.filter((event) => event.type === 'spawn' && event.reason === 'spare').length - before;
+    expect(fromSpares).toBe(4);
+    expect(pool.stats().spares).toBeLessThanOrEqual(4);
+    expect(invariants(pool)).toEqual([]);
+  });
+});
