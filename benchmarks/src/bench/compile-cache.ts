@@ -1,10 +1,14 @@
+import { execFile } from 'node:child_process';
 import { existsSync, realpathSync } from 'node:fs';
 import { mkdir, readdir, rm, symlink, writeFile } from 'node:fs/promises';
 import * as nodeModule from 'node:module';
 import { dirname, join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { promisify } from 'node:util';
+import { Worker } from 'node:worker_threads';
 import { createPool } from 'sandpool';
 import { abRatios } from '../lib/ab-ratios.js';
-import { mb, ms } from '../lib/format.js';
+import { mb, ms, ratio } from '../lib/format.js';
 import { Latency, type LatencySummary, round } from '../lib/histogram.js';
 import type { BenchContext, Benchmark, BenchReport } from '../lib/report.js';
 import { makeRoot } from '../lib/temp-root.js';
@@ -14,14 +18,14 @@ const SWARM = 'heavy';
 const STEM = 'compiler';
 const SNAPSHOT = 'frozen';
 const TARGET = 0.5;
-/** Permission modes, by label; the middle one is strict widened by the one grant the cache needs. */
-const MODES = ['strict', 'strict + read of the cache', 'none'] as const;
+/** Where a snapshot keeps its per-stem bundles (the store's layout). */
+const BUNDLES_DIR = '.sandpool-bundles';
+/** Permission modes: the default, where the worker may read and write only its snapshot's cache folder, and none. */
+const MODES = ['strict', 'none'] as const;
 type Mode = (typeof MODES)[number];
-type Permissions = 'strict' | 'none' | { fsRead: string[] };
 
 /** The heavy real agent: the TypeScript compiler, imported as a package from the root's node_modules. */
 const AGENT = [
-  "import './cjs-globals.mjs';",
   "import ts from 'typescript';",
   '',
   'export function add(a, b) {',
@@ -31,21 +35,6 @@ const AGENT = [
   'export function transpile(source) {',
   '  return ts.transpileModule(source, { compilerOptions: { target: ts.ScriptTarget.ES2022 } }).outputText;',
   '}',
-  '',
-].join('\n');
-
-/**
- * The compiler reads `__filename` (and `__dirname`), which CommonJS defines and the ES module
- * bundle a snapshot makes of it does not: without these the snapshot fails to load with a
- * ReferenceError. Imported first, so it runs before the compiler's module does.
- */
-const CJS_GLOBALS = [
-  "import { dirname } from 'node:path';",
-  "import { fileURLToPath } from 'node:url';",
-  '',
-  "const file = import.meta.url.startsWith('file:') ? fileURLToPath(import.meta.url) : '/';",
-  'globalThis.__filename ??= file;',
-  'globalThis.__dirname ??= dirname(file);',
   '',
 ].join('\n');
 
@@ -63,12 +52,7 @@ async function filesUnder(dir: string): Promise<number> {
 }
 
 /** A new pool's first call to the key, and a transpile to prove the compiler works. */
-function permissionsOf(mode: Mode, root: string): Permissions {
-  return mode === 'strict + read of the cache' ? { fsRead: [cacheRoot(root)] } : mode;
-}
-
-async function coldCall(root: string, key: string, mode: Mode): Promise<number> {
-  const permissions = permissionsOf(mode, root);
+async function coldCall(root: string, key: string, permissions: Mode): Promise<number> {
   const pool = createPool({ root, spareWorkers: 0, idleTimeoutMs: 0, permissions });
   try {
     const t0 = now();
@@ -83,6 +67,61 @@ async function coldCall(root: string, key: string, mode: Mode): Promise<number> 
     await pool.close();
   }
 }
+
+/** The least a start of this agent can cost with Node's compile cache, measured on the same bytes. */
+type Floor = 'node alone' | 'bare worker';
+const FLOORS: readonly Floor[] = ['node alone', 'bare worker'];
+
+/**
+ * node alone: a `node` process importing the snapshot's bundle with NODE_COMPILE_CACHE, timed
+ * inside it around the import alone. What a cache leaves is the module's evaluation.
+ */
+async function nodeAloneImport(bundle: string, cacheDir: string): Promise<number> {
+  const script = `const t0 = performance.now(); await import(${JSON.stringify(pathToFileURL(bundle).href)}); process.stdout.write(String(performance.now() - t0));`;
+  const { stdout } = await promisify(execFile)(process.execPath, ['--input-type=module', '-e', script], {
+    env: { ...process.env, NODE_COMPILE_CACHE: cacheDir },
+  });
+  const elapsed = Number(stdout);
+  if (!Number.isFinite(elapsed)) throw new Error(`node alone: the import printed ${JSON.stringify(stdout)}`);
+  return elapsed;
+}
+
+/**
+ * bare worker: `new Worker` that enables the compile cache, imports the bundle and answers:
+ * a worker's boot plus the import, with nothing of sandpool's (no channel, no verification).
+ */
+async function bareWorkerStart(bundle: string, cacheDir: string): Promise<number> {
+  const script = [
+    "const { enableCompileCache, flushCompileCache } = require('node:module');",
+    "const { parentPort } = require('node:worker_threads');",
+    `enableCompileCache(${JSON.stringify(cacheDir)});`,
+    `import(${JSON.stringify(pathToFileURL(bundle).href)}).then(() => {`,
+    "  parentPort.postMessage('imported');",
+    '  flushCompileCache?.();',
+    "  parentPort.postMessage('flushed');",
+    '});',
+  ].join('\n');
+  const t0 = now();
+  const worker = new Worker(script, { eval: true });
+  const messages: unknown[] = [];
+  let elapsed = 0;
+  await new Promise<void>((resolve, reject) => {
+    worker.on('error', reject);
+    worker.on('message', (message) => {
+      if (message === 'imported') elapsed = now() - t0;
+      messages.push(message);
+      if (message === 'flushed') resolve();
+    });
+  });
+  await worker.terminate();
+  if (messages.join() !== 'imported,flushed') throw new Error(`bare worker: it sent ${JSON.stringify(messages)}`);
+  return elapsed;
+}
+
+const FLOOR_RUN: Record<Floor, (bundle: string, cacheDir: string) => Promise<number>> = {
+  'node alone': nodeAloneImport,
+  'bare worker': bareWorkerStart,
+};
 
 export const compileCache: Benchmark = {
   name: 'compile-cache',
@@ -105,14 +144,13 @@ export const compileCache: Benchmark = {
     const summaries: Record<string, Record<string, LatencySummary>> = {};
     const cacheFiles: Record<string, number> = {};
     let snapshot = { files: 0, bytes: 0, createMs: 0 };
-    let strictWithoutFolder = 0;
+    const floors: Partial<Record<Floor, Record<'cached' | 'uncached', LatencySummary>>> = {};
     try {
       const live = join(tree.root, SWARM, 'live');
       await mkdir(live, { recursive: true });
       await mkdir(join(tree.root, 'node_modules'), { recursive: true });
       await symlink(typescriptDir, join(tree.root, 'node_modules', 'typescript'), 'dir');
       await writeFile(join(live, `${STEM}.mjs`), AGENT);
-      await writeFile(join(live, 'cjs-globals.mjs'), CJS_GLOBALS);
       context.progress(`typescript ${typescriptVersion} linked from ${typescriptDir}; creating the snapshot`);
       const store = createPool({ root: tree.root, spareWorkers: 0 });
       try {
@@ -123,12 +161,8 @@ export const compileCache: Benchmark = {
         await store.close();
       }
       const key = `${SWARM}@${SNAPSHOT}/${STEM}`;
-      // A strict start on a fresh root is what a new deployment sees: counted apart. A start
-      // under 'none' then makes the folder, which the uncached starts empty but keep.
-      await rm(cacheRoot(tree.root), { recursive: true, force: true });
+      // The coordinator makes the cache folder at the first start; uncached starts empty it.
       await coldCall(tree.root, key, 'strict');
-      strictWithoutFolder = await filesUnder(cacheRoot(tree.root));
-      await coldCall(tree.root, key, 'none');
       const [digest] = await readdir(cacheRoot(tree.root));
       if (digest === undefined) throw new Error('the snapshot worker wrote no compile cache folder');
       const folder = join(cacheRoot(tree.root), digest);
@@ -151,17 +185,42 @@ export const compileCache: Benchmark = {
         }
         summaries[mode] = { cached: latencies.cached.summaryMs(), uncached: latencies.uncached.summaryMs() };
       }
+      const bundle = join(tree.root, SWARM, 'snapshots', SNAPSHOT, BUNDLES_DIR, `${STEM}.mjs`);
+      for (const floor of FLOORS) {
+        context.progress(`${floor}: ${starts} starts each, with and without its compile cache`);
+        const cacheDir = join(tree.root, `${floor.replace(' ', '-')}-cache`);
+        const latencies = { cached: new Latency(), uncached: new Latency() };
+        await FLOOR_RUN[floor](bundle, cacheDir);
+        for (let i = 0; i < warm + starts; i += 1) {
+          for (const variant of ['cached', 'uncached'] as const) {
+            if (variant === 'uncached') await rm(cacheDir, { recursive: true, force: true });
+            await sleep(gapMs);
+            const elapsed = await FLOOR_RUN[floor](bundle, cacheDir);
+            if (i >= warm) latencies[variant].recordMs(elapsed);
+          }
+        }
+        floors[floor] = { cached: latencies.cached.summaryMs(), uncached: latencies.uncached.summaryMs() };
+      }
     } finally {
       await tree.cleanup();
     }
     const { ratios, table, groups } = abRatios(MODES, summaries, 'cached', 'uncached', TARGET);
+    for (const floor of FLOORS) {
+      const summary = floors[floor];
+      if (summary === undefined) throw new Error(`${floor} was not measured`);
+      const value = round(summary.cached.p50 / summary.uncached.p50, 3);
+      ratios[`${floor}: cached p50 / uncached p50 (a floor for this agent)`] = value;
+      table.rows.push([`${floor}: cached p50 / uncached p50`, ratio(value), '-', '-']);
+    }
+    const floorSummary = (floor: Floor): Record<'cached' | 'uncached', LatencySummary> =>
+      floors[floor] as Record<'cached' | 'uncached', LatencySummary>;
     return {
       method: [
-        `An agent that imports the TypeScript compiler (typescript ${typescriptVersion}, linked into <root>/node_modules) and exports add and transpile (a helper imported first defines __filename and __dirname, which the compiler reads and an ES module bundle lacks); a snapshot of it, created once: ${snapshot.files} file(s), ${mb(snapshot.bytes)}, in ${Math.round(snapshot.createMs)} ms.`,
+        `An agent that imports the TypeScript compiler (typescript ${typescriptVersion}, linked into <root>/node_modules) and exports add and transpile; a snapshot of it, created once: ${snapshot.files} file(s), ${mb(snapshot.bytes)}, in ${Math.round(snapshot.createMs)} ms.`,
         `Each cold start is a new pool (spareWorkers 0) and its first call, add(1, 2): spawn, verify the bundle, import it, one round trip; a transpile call after it checks the compiler works, then the pool is closed (the worker writes its compile cache as it exits).`,
         `cached: the snapshot's compile cache folder (<root>/.sandpool-cache/compile/<digest>) as the previous start left it. uncached: that folder emptied before the start, so the worker compiles the bundle from source (and writes the cache again).`,
-        `Under permissions 'strict' a worker may write that folder but not read it, and Node's compile cache needs both: a strict start wrote ${cacheFiles.strict ?? 0} cache file(s) even with the folder present (${strictWithoutFolder} with it absent), so strict starts run without a cache. 'strict + read of the cache' widens strict by fsRead of <root>/.sandpool-cache/compile, the one grant missing; 'none' has no permission model. One start under 'none' creates the folder first; uncached starts empty it rather than remove it.`,
-        `A first start populates the cache (unrecorded; files in it: cacheFiles); then ${warm} unrecorded and ${starts} recorded starts per variant, interleaved, ${gapMs} ms apart; once with permissions 'strict' (the default: the worker may write only that folder) and once with 'none'.`,
+        `A first start populates the cache (unrecorded; files in it: cacheFiles); then ${warm} unrecorded and ${starts} recorded starts per variant, interleaved, ${gapMs} ms apart; once with permissions 'strict' (the default: the worker may read and write that folder, and write nothing else) and once with 'none'.`,
+        `Floors, the same bytes with Node's compile cache and nothing of sandpool's, ${starts} of each variant interleaved after ${warm} unrecorded: 'node alone' is a plain \`node\` process importing the snapshot's bundle with NODE_COMPILE_CACHE, timed inside it around the import alone; 'bare worker' is \`new Worker\` that calls module.enableCompileCache, imports the bundle and answers, timed from the constructor to the answer. Uncached empties the floor's own cache folder first. A cache saves compilation, never the module's evaluation or a worker's boot: no start of this agent in a worker can reach below the bare worker's ratio.`,
         `Target: cached p50 <= ${TARGET}× uncached p50.`,
       ],
       parameters: {
@@ -174,19 +233,25 @@ export const compileCache: Benchmark = {
         gapMs,
         spareWorkers: 0,
       },
-      results: { ...summaries, cacheFiles, strictWithoutFolder },
+      results: { ...summaries, floors, cacheFiles },
       ratios,
       tables: [
         {
           title: 'First call of a fresh snapshot key',
-          headers: ['permissions', 'compile cache', 'p50', 'p90', 'max', 'mean'],
-          rows: MODES.flatMap((mode) =>
+          headers: ['start', 'compile cache', 'p50', 'p90', 'max', 'mean'],
+          rows: [
+            ...MODES.map((mode): [string, Record<string, LatencySummary>] => [
+              `sandpool, permissions ${mode}`,
+              summaries[mode] as Record<string, LatencySummary>,
+            ]),
+            ...FLOORS.map((floor): [string, Record<string, LatencySummary>] => [floor, floorSummary(floor)]),
+          ].flatMap(([label, summary]) =>
             (['cached', 'uncached'] as const).map((variant) => {
-              const s = (summaries[mode] as Record<string, LatencySummary>)[variant] as LatencySummary;
-              return [mode, variant === 'cached' ? 'yes' : 'removed', ms(s.p50), ms(s.p90), ms(s.max), ms(s.mean)];
+              const s = summary[variant] as LatencySummary;
+              return [label, variant === 'cached' ? 'yes' : 'removed', ms(s.p50), ms(s.p90), ms(s.max), ms(s.mean)];
             }),
           ),
-          note: `Files in the cache after the populating start: ${MODES.map((mode) => `${mode} ${cacheFiles[mode]}`).join(', ')}. Strict grants the worker write but not read of its cache folder: Node then skips the cache.`,
+          note: `Files in the cache after the populating start: ${MODES.map((mode) => `${mode} ${cacheFiles[mode]}`).join(', ')}. The floors run the same bytes with nothing of sandpool's.`,
         },
         table,
       ],
@@ -196,10 +261,21 @@ export const compileCache: Benchmark = {
           {
             title: 'First-call latency of a fresh snapshot key',
             unit: 'ms',
-            groups: groups(
-              ['cached', 'uncached'],
-              (variant, mode) => `${variant === 'cached' ? 'with cache' : 'cache removed'}, ${mode}`,
-            ),
+            groups: [
+              ...groups(
+                ['cached', 'uncached'],
+                (variant, mode) => `${variant === 'cached' ? 'with cache' : 'cache removed'}, ${mode}`,
+              ),
+              ...FLOORS.flatMap((floor) =>
+                (['cached', 'uncached'] as const).map((variant) => ({
+                  label: `${variant === 'cached' ? 'with cache' : 'cache removed'}, ${floor}`,
+                  bars: [
+                    { series: 'p50', value: floorSummary(floor)[variant].p50 },
+                    { series: 'p90', value: floorSummary(floor)[variant].p90 },
+                  ],
+                })),
+              ),
+            ],
           },
         ],
       },

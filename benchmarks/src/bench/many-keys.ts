@@ -10,6 +10,8 @@ import { now } from '../lib/timing.js';
 const KEYS = 1_000;
 const ZIPF_S = 1.1;
 const MAX_WORKERS = 100;
+/** The memory budget run: a cap on heap and external memory instead of a worker count. */
+const BUDGET_MB = 2048;
 const IN_FLIGHT = 64;
 const SEED = 0x5eed;
 const MAX_WARM_MS = 30_000;
@@ -26,6 +28,8 @@ interface Target {
   /** Past the start-up fill: for sandpool, every slot taken and evictions begun. */
   steady(): boolean;
   details(): Record<string, number>;
+  /** Workers alive now (null where the system has a fixed pool). */
+  workers(): number | null;
   close(): Promise<void>;
 }
 
@@ -36,6 +40,9 @@ type Run = {
   calls: number;
   errors: number;
   details: Record<string, number>;
+  /** At the end of the window: the benchmark process's RSS (every thread's), and workers alive. */
+  rssMb: number;
+  workers: number | null;
 };
 
 export const manyKeys: Benchmark = {
@@ -57,6 +64,7 @@ export const manyKeys: Benchmark = {
       const makers: Array<() => Target> = [
         () => sandpoolTarget(tree.root, stems, 'lru'),
         () => sandpoolTarget(tree.root, stems, 'tinylfu'),
+        () => sandpoolTarget(tree.root, stems, 'tinylfu', BUDGET_MB),
         () => {
           const piscina = new Piscina<{ url: string; fn: string; args: number[] }, { value: number; cold: boolean }>({
             filename: fixture('piscina-dispatch.mjs').href,
@@ -79,6 +87,7 @@ export const manyKeys: Benchmark = {
               cold = 0;
             },
             details: () => ({ moduleImports: cold }),
+            workers: () => null,
             close: () => piscina.close(),
           };
         },
@@ -109,7 +118,7 @@ export const manyKeys: Benchmark = {
     }
     const names = Object.keys(runs);
     const get = (name: string): Run => runs[name] as Run;
-    const [lruName, tinyName, piscinaName] = names as [string, string, string];
+    const [lruName, tinyName, budgetName, piscinaName] = names as [string, string, string, string];
     context.progress(
       `offline hit ratios over the first ${TRACE.toLocaleString('en-US')} draws of the measured sequence`,
     );
@@ -133,13 +142,14 @@ export const manyKeys: Benchmark = {
       tinylfuOverLruP99: round(get(tinyName).latency.p99 / get(lruName).latency.p99, 3),
       tinylfuHitPointsBelowBelady: round((offline.belady - get(tinyName).hitRatio) * 100, 3),
       lruHitPointsBelowBelady: round((offline.belady - get(lruName).hitRatio) * 100, 3),
+      budgetOverLruThroughput: round(get(budgetName).callsPerSecond / get(lruName).callsPerSecond, 3),
       sandpoolOverPiscinaThroughput: round(get(tinyName).callsPerSecond / get(piscinaName).callsPerSecond, 3),
     };
     return {
       method: [
         `${KEYS} keys, each its own module file; key ranks drawn from zipf(s = ${ZIPF_S}) with a seeded PRNG (the same sequence for both systems).`,
         `${IN_FLIGHT} callers in a closed loop (each awaits its call, then draws the next key): ${IN_FLIGHT} calls in flight.`,
-        `sandpool: maxWorkers ${MAX_WORKERS}, spareWorkers default, idleTimeoutMs 0, once with eviction 'lru' and once with 'tinylfu'; a miss is a spawn (stats/events): hit ratio = 1 - spawns / calls in the window.`,
+        `sandpool: maxWorkers ${MAX_WORKERS}, spareWorkers default, idleTimeoutMs 0, once with eviction 'lru' and once with 'tinylfu'; then 'tinylfu' with maxMemoryMb ${BUDGET_MB} and maxWorkers ${KEYS} (the budget, not the count, decides). A miss is a spawn (stats/events): hit ratio = 1 - spawns / calls in the window. RSS is the benchmark process's (all its threads) at the end of each window, after the previous system was closed.`,
         `Offline, one request at a time, with ${MAX_WORKERS} slots: the hit ratio of an LRU cache and of Belady's optimum (evict the key asked for again furthest in the future), over the sequence the LRU pool served (warm-up and window; hits counted in the window), and at steady state (the first ${TRACE.toLocaleString('en-US')} draws of the measured sequence). The pools run ${IN_FLIGHT} calls at once and cannot evict a busy worker, so their ratios sit below the offline ones.`,
         `piscina: one shared pool of ${cores} threads (cores); the task imports the key's module once per thread and calls it; a miss is a call whose thread had to import the module first.`,
         `Warm-up ${warmMs / 1000} s, longer if sandpool has not filled its ${MAX_WORKERS} slots and started evicting by then (at most ${MAX_WARM_MS / 1000} s; not counted), then ${measureMs / 1000} s measured. Latency from call to result.`,
@@ -163,7 +173,7 @@ export const manyKeys: Benchmark = {
       tables: [
         {
           title: `${KEYS.toLocaleString('en-US')} keys, zipf(${ZIPF_S}), ${IN_FLIGHT} in flight`,
-          headers: ['system', 'calls/s', 'hit ratio', 'p50', 'p99', 'p99.9', 'misses'],
+          headers: ['system', 'calls/s', 'hit ratio', 'p50', 'p99', 'p99.9', 'workers', 'RSS', 'misses'],
           rows: names.map((name) => {
             const r = get(name);
             const misses = Object.entries(r.details)
@@ -176,10 +186,12 @@ export const manyKeys: Benchmark = {
               ms(r.latency.p50),
               ms(r.latency.p99),
               ms(r.latency.p999),
+              r.workers === null ? '-' : String(r.workers),
+              `${r.rssMb} MB`,
               misses,
             ];
           }),
-          note: `The ${MAX_WORKERS} most popular keys draw ${percent(topShare)} of the calls. Offline over the sequence served: LRU ${percent(offline.lru)}, Belady ${percent(offline.belady)} (at steady state: ${percent(steady.lru)}, ${percent(steady.belady)}). tinylfu / lru: throughput ${ratios.tinylfuOverLruThroughput}×, p99 ${ratios.tinylfuOverLruP99}×; hit ratio ${ratios.tinylfuHitPointsBelowBelady} points below Belady's (lru: ${ratios.lruHitPointsBelowBelady}).`,
+          note: `The ${MAX_WORKERS} most popular keys draw ${percent(topShare)} of the calls. Offline over the sequence served: LRU ${percent(offline.lru)}, Belady ${percent(offline.belady)} (at steady state: ${percent(steady.lru)}, ${percent(steady.belady)}). tinylfu / lru: throughput ${ratios.tinylfuOverLruThroughput}×, p99 ${ratios.tinylfuOverLruP99}×; hit ratio ${ratios.tinylfuHitPointsBelowBelady} points below Belady's (lru: ${ratios.lruHitPointsBelowBelady}). The ${BUDGET_MB} MB budget / lru at ${MAX_WORKERS} workers: throughput ${ratios.budgetOverLruThroughput}×.`,
         },
       ],
       chart: {
@@ -224,8 +236,10 @@ function sandpoolTarget(
   root: string,
   stems: readonly string[],
   eviction: NonNullable<PoolOptions['eviction']>,
+  budgetMb?: number,
 ): Target {
-  const pool = createPool({ root, maxWorkers: MAX_WORKERS, idleTimeoutMs: 0, eviction });
+  const limits = budgetMb === undefined ? { maxWorkers: MAX_WORKERS } : { maxWorkers: KEYS, maxMemoryMb: budgetMb };
+  const pool = createPool({ root, ...limits, idleTimeoutMs: 0, eviction });
   const counts = { cold: 0, spare: 0, evicted: 0 };
   pool.on('spawn', ({ reason }) => {
     counts[reason] += 1;
@@ -234,7 +248,7 @@ function sandpoolTarget(
     counts.evicted += 1;
   });
   return {
-    name: `sandpool, ${eviction}`,
+    name: budgetMb === undefined ? `sandpool, ${eviction}` : `sandpool, ${eviction}, maxMemoryMb ${budgetMb}`,
     call: async (rank) => {
       await pool.call(`many/${stems[rank]}`, 'add', [1, 2]);
       return null;
@@ -247,6 +261,7 @@ function sandpoolTarget(
       counts.evicted = 0;
     },
     details: () => ({ spawnsCold: counts.cold, spawnsFromSpare: counts.spare, evictions: counts.evicted }),
+    workers: () => pool.stats().workers,
     close: () => pool.close(),
   };
 }
@@ -322,6 +337,8 @@ async function load(target: Target, sample: () => number, durationMs: number): P
     calls,
     errors,
     details: target.details(),
+    rssMb: Math.round(process.memoryUsage().rss / 2 ** 20),
+    workers: target.workers(),
   };
 }
 

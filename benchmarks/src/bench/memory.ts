@@ -49,7 +49,7 @@ export const memory: Benchmark = {
     const bareGrowth = growth(bareChurn);
     return {
       method: [
-        `RSS per idle warm worker: one pool (maxWorkers 128, spareWorkers 0, idleTimeoutMs 0); RSS before any worker, then after ${WARM_KEYS} distinct keys each answered one call (4 at a time) and 1 s of rest; the difference over ${WARM_KEYS}. global.gc() runs on the main thread before each reading (workers collect on their own).`,
+        `RSS per idle warm worker: one pool (maxWorkers 128, spareWorkers 0, idleTimeoutMs 0); RSS before any worker, then after ${WARM_KEYS} distinct keys each answered one call (4 at a time) and 1 s of rest; the difference over ${WARM_KEYS}. global.gc() runs on the main thread before each reading (workers collect on their own). Then, ${IDLE_SETTLE_MS / 1000} s later, the process's CPU (all threads) over ${IDLE_CPU_MS / 1000} s of rest, in % of one core: what keeping them warm costs (the pool reads each worker's CPU and memory; under strict permissions on Node 20 each worker beats its memory to the coordinator).`,
         `bare floor: the same with ${WARM_KEYS} plain new Worker threads that imported the same module and wait on their port.`,
         `Churn: a pool with maxWorkers ${CHURN_MAX_WORKERS} (spareWorkers default) and ${CHURN_LANES} callers cycling through ${CHURN_KEYS} keys, so every call evicts the least recently used worker and starts a new one; a cycle is one spawn (stats().spawned). The callers pause every ${step} cycles for a reading (gc, 200 ms rest, RSS).`,
         `bare churn: the same readings over ${CHURN_LANES} callers that each start a plain new Worker, import a module, make one round trip and terminate it: what Node itself keeps across worker churn.`,
@@ -80,19 +80,21 @@ export const memory: Benchmark = {
       tables: [
         {
           title: `RSS per idle warm worker (${WARM_KEYS} workers)`,
-          headers: ['threads', 'RSS before', 'RSS after', 'per worker'],
+          headers: ['threads', 'RSS before', 'RSS after', 'per worker', 'CPU while idle'],
           rows: [
             [
               'sandpool',
               `${num(perWorker.beforeMb)} MB`,
               `${num(perWorker.afterMb)} MB`,
               `${num(perWorker.perWorkerMb)} MB`,
+              `${num(perWorker.idleCpuPercent)}% of a core`,
             ],
             [
               'bare Worker + import',
               `${num(bare.beforeMb)} MB`,
               `${num(bare.afterMb)} MB`,
               `${num(bare.perWorkerMb)} MB`,
+              `${num(bare.idleCpuPercent)}% of a core`,
             ],
           ],
         },
@@ -165,7 +167,24 @@ type IdleFigure = {
   beforeMb: number;
   afterMb: number;
   perWorkerMb: number;
+  /** CPU of the whole process (every thread) while the workers sat idle, in % of one core. */
+  idleCpuPercent: number;
 };
+
+/**
+ * What idling costs, in % of one core, once the workers' post-boot work is over: V8 runs a
+ * memory-reducing GC in every isolate some 6 to 8 s after it starts (bare workers as much).
+ */
+const IDLE_SETTLE_MS = 10_000;
+const IDLE_CPU_MS = 3_000;
+
+async function idleCpuPercent(): Promise<number> {
+  await sleep(IDLE_SETTLE_MS);
+  const start = process.cpuUsage();
+  await sleep(IDLE_CPU_MS);
+  const used = process.cpuUsage(start);
+  return round(((used.user + used.system) / 1000 / IDLE_CPU_MS) * 100);
+}
 
 async function settledRss(restMs: number): Promise<number> {
   collectGarbage();
@@ -174,11 +193,12 @@ async function settledRss(restMs: number): Promise<number> {
   return rss();
 }
 
-function idleFigure(before: number, after: number): IdleFigure {
+async function idleFigure(before: number, after: number): Promise<IdleFigure> {
   return {
     beforeMb: round(before / 2 ** 20),
     afterMb: round(after / 2 ** 20),
     perWorkerMb: round((after - before) / WARM_KEYS / 2 ** 20),
+    idleCpuPercent: await idleCpuPercent(),
   };
 }
 
@@ -193,7 +213,7 @@ async function sandpoolIdle(tree: TempRoot): Promise<IdleFigure> {
     if (pool.stats().workers !== WARM_KEYS)
       throw new Error(`expected ${WARM_KEYS} workers, ${pool.stats().workers} alive`);
     const after = await settledRss(1_000);
-    return idleFigure(before, after);
+    return await idleFigure(before, after); // awaited here: the workers must outlive the measurement
   } finally {
     await pool.close();
   }
@@ -217,7 +237,7 @@ async function bareIdle(tree: TempRoot): Promise<IdleFigure> {
       });
     });
     const after = await settledRss(1_000);
-    return idleFigure(before, after);
+    return await idleFigure(before, after); // awaited here: the workers must outlive the measurement
   } finally {
     await Promise.all(workers.map((worker) => worker.terminate()));
   }
