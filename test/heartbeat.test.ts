@@ -9,31 +9,47 @@ describe('a worker’s memory heartbeat (Node 20 under the permission model)', (
     vi.useRealTimers();
   });
 
-  it('beats at the busy rate while calls run, at the idle rate while none does, and at once when calls arrive', () => {
-    let busy = false;
+  function beating(busy: () => boolean): { heartbeat: Heartbeat; beats: number[]; start: number } {
     const beats: number[] = [];
-    const read = () => ({ heapUsed: 7, arrayBuffers: 3 });
-    const heartbeat = new Heartbeat(
-      () => beats.push(Date.now()),
-      read,
-      () => busy,
-      20,
-      250,
-    );
     const start = Date.now();
-    vi.advanceTimersByTime(1_000);
-    expect(beats.map((at) => at - start)).toEqual([250, 500, 750, 1_000]);
-    busy = true;
-    heartbeat.quicken();
-    expect(beats.at(-1)).toBe(start + 1_000);
+    const read = () => ({ heapUsed: 7, arrayBuffers: 3 });
+    const heartbeat = new Heartbeat(() => beats.push(Date.now() - start), read, busy, 20, 250);
+    return { heartbeat, beats, start };
+  }
+
+  it('slows to the idle rate once a beat finds no call came or runs, and is brought forward when calls come', () => {
+    const { heartbeat, beats } = beating(() => false);
+    vi.advanceTimersByTime(1_020);
+    expect(beats).toEqual([20, 270, 520, 770, 1_020]);
+    vi.advanceTimersByTime(30);
+    heartbeat.quicken(); // at 1,050: the beat due at 1,270 comes at 1,070
     expect(beats).toHaveLength(5);
+    vi.advanceTimersByTime(20);
+    expect(beats.at(-1)).toBe(1_070);
+    // The beat after the calls still counts them: one more at the busy rate, then slow.
+    vi.advanceTimersByTime(20 + 250);
+    expect(beats.slice(5)).toEqual([1_070, 1_090, 1_340]);
+  });
+
+  it('stays at the busy rate while calls keep coming, and costs a call nothing but a flag', () => {
+    const { heartbeat, beats } = beating(() => false);
+    for (let t = 0; t < 200; t += 5) {
+      heartbeat.quicken();
+      vi.advanceTimersByTime(5);
+    }
+    expect(beats).toEqual([20, 40, 60, 80, 100, 120, 140, 160, 180, 200]);
+    vi.advanceTimersByTime(20 + 250);
+    expect(beats.slice(10)).toEqual([220, 470]);
+  });
+
+  it('stays at the busy rate while a call runs', () => {
+    let running = true;
+    const { beats } = beating(() => running);
     vi.advanceTimersByTime(100);
-    expect(beats.slice(5).map((at) => at - start)).toEqual([1_020, 1_040, 1_060, 1_080, 1_100]);
-    heartbeat.quicken(); // already fast: nothing extra
-    expect(beats).toHaveLength(10);
-    busy = false;
-    vi.advanceTimersByTime(20 + 250 + 250);
-    expect(beats.slice(10).map((at) => at - start)).toEqual([1_120, 1_370, 1_620]);
+    expect(beats).toEqual([20, 40, 60, 80, 100]);
+    running = false;
+    vi.advanceTimersByTime(20 + 250);
+    expect(beats.slice(5)).toEqual([120, 370]);
   });
 
   it('posts what it reads, as the coordinator expects a memory beat', () => {
@@ -45,7 +61,7 @@ describe('a worker’s memory heartbeat (Node 20 under the permission model)', (
       20,
       250,
     );
-    vi.advanceTimersByTime(250);
+    vi.advanceTimersByTime(20);
     expect(posted).toEqual([{ t: 'memory', heap: 7, external: 3 }]);
   });
 });

@@ -2,14 +2,17 @@ import type { MemoryBeat } from '../protocol/messages.js';
 
 /**
  * The coordinator's view of this worker's memory where it cannot read it itself: a beat every
- * `busyMs` while calls run, every `idleMs` while none does, as the coordinator's own probe
- * reads busy and idle workers. A spin stops the beat, which the coordinator watches for. Beating
- * fast while idle would cost every idle worker a wake-up and a message 50 times a second:
- * 300 idle workers kept 1.5 cores busy.
+ * `busyMs` while calls come or run, every `idleMs` once a beat finds none came since the last
+ * and none runs, as the coordinator's own probe reads busy and idle workers. A spin stops the
+ * beat, which the coordinator watches for. Beating fast while idle cost every idle worker a
+ * wake-up and a message 50 times a second: 300 idle workers kept 1.5 cores busy. Calls only
+ * set a flag: a beat per message would cost the call path a syscall and a message.
  */
 export class Heartbeat {
-  private timer: NodeJS.Timeout | null = null;
+  private timer: NodeJS.Timeout;
   private fast = true;
+  /** Calls came since the last beat (sync ones finish before any beat could see them run). */
+  private called = false;
 
   constructor(
     private readonly post: (beat: MemoryBeat) => void,
@@ -18,25 +21,27 @@ export class Heartbeat {
     private readonly busyMs: number,
     private readonly idleMs: number,
   ) {
-    this.schedule();
+    this.timer = this.schedule(busyMs);
   }
 
-  /** Calls arrived: an idle worker beats now, then at the busy rate. */
+  /** Calls arrived: a slow beat is brought forward to the busy rate. */
   quicken(): void {
-    if (this.fast || this.timer === null) return;
+    this.called = true;
+    if (this.fast) return;
+    this.fast = true;
     clearTimeout(this.timer);
-    this.beat();
+    this.timer = this.schedule(this.busyMs);
   }
 
   private readonly beat = (): void => {
     const usage = this.read();
     this.post({ t: 'memory', heap: usage.heapUsed, external: usage.arrayBuffers });
-    this.schedule();
+    this.fast = this.called || this.busy();
+    this.called = false;
+    this.timer = this.schedule(this.fast ? this.busyMs : this.idleMs);
   };
 
-  private schedule(): void {
-    this.fast = this.busy();
-    this.timer = setTimeout(this.beat, this.fast ? this.busyMs : this.idleMs);
-    this.timer.unref();
+  private schedule(ms: number): NodeJS.Timeout {
+    return setTimeout(this.beat, ms).unref();
   }
 }
