@@ -52,6 +52,26 @@ describe('a worker’s memory heartbeat (Node 20 under the permission model)', (
     expect(beats.slice(5)).toEqual([120, 370]);
   });
 
+  it('keeps beating after a read that throws (memoryUsage with no fd left)', () => {
+    const posted: number[] = [];
+    let reads = 0;
+    const read = () => {
+      reads += 1;
+      if (reads === 1) throw new Error('EMFILE');
+      return { heapUsed: reads, arrayBuffers: 0 };
+    };
+    new Heartbeat(
+      (beat) => posted.push(beat.heap),
+      read,
+      () => false,
+      20,
+      250,
+    );
+    expect(() => vi.advanceTimersByTime(20)).toThrow('EMFILE');
+    vi.advanceTimersByTime(250);
+    expect(posted).toEqual([2]);
+  });
+
   it('posts what it reads, as the coordinator expects a memory beat', () => {
     const posted: unknown[] = [];
     new Heartbeat(

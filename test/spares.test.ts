@@ -61,6 +61,11 @@ describe('how many spares a pool keeps', () => {
     slow.booted(-1);
     missEvery(slow, clock, 6, 40);
     expect(slow.target()).toBe(6);
+    // A tenant whose load takes a minute counts as a 1 s boot, no more.
+    const heavy = new SpareDemand(8, clock.read);
+    heavy.booted(60_000);
+    missEvery(heavy, clock, 6, 500);
+    expect(heavy.target()).toBe(3);
   });
 
   it('refills real threads to what the demand asks when one is taken, and trims back to one as it fades', async () => {
@@ -78,7 +83,11 @@ describe('how many spares a pool keeps', () => {
     expect(spares.size).toBe(3);
     clock.now += 60_000;
     spares.trim();
-    await eventually(() => spares.size === 1);
+    // Trimmed spares are gone from the pool at once, though their threads still exit: no key gets one.
+    expect(spares.size).toBe(1);
+    const next = spares.take();
+    expect(next?.terminating).toBe(false);
+    next?.terminate('closed');
     taken[0]?.terminate('closed');
     await spares.close();
     expect(spares.size).toBe(0);

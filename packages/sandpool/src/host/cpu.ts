@@ -171,10 +171,12 @@ export class CpuGovernor {
       const oldest = cell.channel?.running.values().next().value ?? null;
       if (oldest !== null) {
         // The oldest call is charged the thread's CPU since it became the oldest (to within a
-        // sample); calls running beside it share that figure.
+        // sample); calls running beside it share that figure. After an idle stretch the last
+        // read may be 250 ms old: that CPU was background work, not the call's.
         if (oldest !== entry.oldest) {
+          if (entry.oldest === null) entry.windowCpu += delta / 1e6;
+          entry.oldestStart = entry.oldest === null ? total : total - delta;
           entry.oldest = oldest;
-          entry.oldestStart = total - delta;
         }
         const callMs = (total - entry.oldestStart) / 1e6;
         if (this.options.cpuTimeoutMs > 0 && callMs > this.options.cpuTimeoutMs) {

@@ -46,6 +46,8 @@ interface Watched {
   lastRead: number;
   /** Process RSS at the last heartbeat: growth past the budget while beats are missed is this worker's. */
   rssAtBeat: number;
+  /** When the tick first saw it busy (heartbeat only): an idle worker beats slowly, so a wait counts from here. */
+  busySince: number | null;
 }
 
 /**
@@ -83,6 +85,7 @@ export class MemoryGovernor {
       reading: false,
       lastRead: performance.now(),
       rssAtBeat: process.memoryUsage.rss(),
+      busySince: null,
     });
     if (this.timer === null) {
       this.timer = setInterval(this.tick, BUSY_POLL_MS);
@@ -122,7 +125,17 @@ export class MemoryGovernor {
     let rss = -1;
     for (const [cell, entry] of this.watched) {
       if (entry.source === 'heartbeat') {
-        if (cell.busy === 0 || now - entry.lastRead < BEAT_MISSED_MS) continue;
+        if (cell.busy === 0) {
+          entry.busySince = null;
+          continue;
+        }
+        if (entry.busySince === null) {
+          // Its last beat may be 250 ms old: the wait for the next, and the growth, count from now.
+          entry.busySince = now;
+          if (rss < 0) rss = process.memoryUsage.rss();
+          entry.rssAtBeat = rss;
+        }
+        if (now - Math.max(entry.lastRead, entry.busySince) < BEAT_MISSED_MS) continue;
         // Degraded (Node 20 under the permission model): a busy worker that stopped beating
         // while the process grew past its budget is taken to be the one growing.
         if (rss < 0) rss = process.memoryUsage.rss();

@@ -4,6 +4,11 @@ const HALF_LIFE_MS = 10_000;
 const BOOT_WEIGHT = 0.2;
 /** The window before any cold start was measured: about a worker's boot on a quiet machine. */
 const FIRST_BOOT_MS = 100;
+/**
+ * A cold start counts for at most this: it runs to the agent loaded, and a tenant whose
+ * top-level code takes seconds must not hold the pool at its ceiling of spares.
+ */
+const MAX_BOOT_SAMPLE_MS = 1_000;
 
 /**
  * How many spares to keep booted: as many as the misses that came within one boot time of
@@ -41,7 +46,8 @@ export class SpareDemand {
   /** A cold start took this long, from its worker's spawn to its agent loaded. */
   booted(ms: number): void {
     if (!Number.isFinite(ms) || ms < 0) return;
-    this.bootMs = this.bootMs === null ? ms : this.bootMs + (ms - this.bootMs) * BOOT_WEIGHT;
+    const sample = Math.min(ms, MAX_BOOT_SAMPLE_MS);
+    this.bootMs = this.bootMs === null ? sample : this.bootMs + (sample - this.bootMs) * BOOT_WEIGHT;
   }
 
   target(): number {

@@ -17,6 +17,8 @@ const TRIM_MS = 5_000;
  */
 export class Spares {
   private readonly threads = new Map<AgentWorker, Promise<void>>();
+  /** Spares trimmed and not yet gone: no key may take one, and close() waits for them. */
+  private readonly ending = new Set<Promise<void>>();
   private closed = false;
   /** Whether a spare process's priority can be raised back here, probed on the first one. */
   private raisable: boolean | null = null;
@@ -87,17 +89,23 @@ export class Spares {
     this.demand.booted(ms);
   }
 
-  /** Ends the newest spares above what the miss rate asks for now. */
+  /** Ends the newest spares above what the miss rate asks for now; they are no longer takeable. */
   trim(): void {
     const extra = this.threads.size - this.demand.target();
     if (extra <= 0) return;
-    for (const thread of [...this.threads.keys()].slice(-extra)) thread.terminate('closed');
+    for (const thread of [...this.threads.keys()].slice(-extra)) {
+      const ended = this.threads.get(thread) as Promise<void>;
+      this.threads.delete(thread);
+      this.ending.add(ended);
+      void ended.then(() => this.ending.delete(ended));
+      thread.terminate('closed');
+    }
   }
 
   close(): Promise<void> {
     this.closed = true;
     if (this.trimTimer !== null) clearInterval(this.trimTimer);
-    const ended = [...this.threads.values()];
+    const ended = [...this.threads.values(), ...this.ending];
     for (const thread of this.threads.keys()) thread.terminate('closed');
     return Promise.all(ended).then(() => undefined);
   }

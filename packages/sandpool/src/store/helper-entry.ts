@@ -42,8 +42,11 @@ async function run(request: HelperRequest): Promise<HelperReply> {
 
 process.on('message', (request: HelperRequest) => {
   const received: HelperReceived = { id: request.id, received: true };
-  process.send?.(received);
-  void run(request).then((reply) => process.send?.(reply));
+  // Run once the acknowledgement is written: one still queued here when the helper dies would
+  // let the host send again a request that had begun.
+  process.send?.(received, undefined, undefined, (error) => {
+    if (error === null) void run(request).then((reply) => process.send?.(reply));
+  });
 });
 // The coordinator closed the channel, or died: nothing is left to answer.
 process.on('disconnect', () => process.exit(0));

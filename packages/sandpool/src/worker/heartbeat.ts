@@ -34,11 +34,12 @@ export class Heartbeat {
   }
 
   private readonly beat = (): void => {
-    const usage = this.read();
-    this.post({ t: 'memory', heap: usage.heapUsed, external: usage.arrayBuffers });
+    // Scheduled first: a read that throws (memoryUsage with no fd left) must not end the beat.
     this.fast = this.called || this.busy();
     this.called = false;
     this.timer = this.schedule(this.fast ? this.busyMs : this.idleMs);
+    const usage = this.read();
+    this.post({ t: 'memory', heap: usage.heapUsed, external: usage.arrayBuffers });
   };
 
   private schedule(ms: number): NodeJS.Timeout {
