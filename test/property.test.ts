@@ -83,7 +83,7 @@ describe('the coordinator under random sequences', () => {
     timeout: 60_000,
   }, async () => {
     const baseline = threadCount();
-    const tally = { okCalls: 0, okValues: 0, timedOut: 0, aborted: 0, reloaded: 0, runs: 0 };
+    const tally = { okCalls: 0, okValues: 0, cleanCalls: 0, timedOut: 0, aborted: 0, reloaded: 0, runs: 0 };
     await fc.assert(
       fc.asyncProperty(fc.array(step, { minLength: 2, maxLength: 20 }), async (steps) => {
         tally.runs += 1;
@@ -98,6 +98,11 @@ describe('the coordinator under random sequences', () => {
         const { peak } = recordEvents(pool);
         const outcomes: Promise<unknown>[] = [];
         const timers: NodeJS.Timeout[] = [];
+        // Keys whose worker a call of this run may end (an exit, or a hang stopped past its
+        // timeout): only there may a plain call meet WORKER_EXITED. Workers are per key.
+        const endangered = new Set(
+          steps.flatMap((s) => (s.op === 'call' && (s.behaviour === 'exit' || s.behaviour === 'hang') ? [s.key] : [])),
+        );
         try {
           for (const [index, s] of steps.entries()) {
             if (s.op === 'call') {
@@ -106,7 +111,9 @@ describe('the coordinator under random sequences', () => {
               const allowed = controller === null ? codes : [...codes, 'ERR_SANDPOOL_ABORTED'];
               const options = controller === null ? undefined : { signal: controller.signal };
               const plain = s.behaviour === 'ok' && controller === null;
+              const clean = plain && !endangered.has(s.key);
               if (plain) tally.okCalls += 1;
+              if (clean) tally.cleanCalls += 1;
               outcomes.push(
                 pool.call(KEYS[s.key] as string, fn, args, options).then(
                   (result) => {
@@ -114,6 +121,7 @@ describe('the coordinator under random sequences', () => {
                     if (plain) tally.okValues += 1;
                   },
                   (error: unknown) => {
+                    expect(clean, `a plain call to a key nothing endangers failed: ${String(error)}`).toBe(false);
                     expect(error).toBeInstanceOf(SandpoolError);
                     const { code } = error as SandpoolError;
                     expect(allowed, `${fn}() rejected with ${code}`).toContain(code);
@@ -163,10 +171,13 @@ describe('the coordinator under random sequences', () => {
       }),
       { numRuns: 50, interruptAfterTimeLimit: 20_000 },
     );
-    // The property is about running calls: most plain calls must have reached a worker and answered.
+    // The property is about running calls: plain calls reached workers and answered. How many
+    // of them share a worker with an exit or a hang depends on the draws; those that do not
+    // must all answer (asserted above), and there must be enough of them.
     expect(tally.runs).toBeGreaterThanOrEqual(5);
     expect(tally.okCalls).toBeGreaterThan(20);
-    expect(tally.okValues / tally.okCalls).toBeGreaterThanOrEqual(0.8);
+    expect(tally.cleanCalls).toBeGreaterThan(10);
+    expect(tally.okValues).toBeGreaterThanOrEqual(tally.cleanCalls);
     expect(tally.timedOut).toBeGreaterThan(0);
     await eventually(() => threadCount() <= baseline).catch(() => {
       throw new Error(`threads: ${threadCount()} now, ${baseline} before`);
