@@ -68,6 +68,30 @@ async function coldCall(root: string, key: string, permissions: Mode): Promise<n
   }
 }
 
+type CachedAndEmptied = Record<'cached' | 'uncached', LatencySummary>;
+
+/**
+ * `warm` unrecorded then `starts` recorded pairs, `gapMs` apart: a start as the previous one
+ * left the cache, then one after `empty()`. Interleaved, so both see the same machine; an
+ * emptied start writes the cache again, so the next cached start finds it.
+ */
+async function cachedAgainstEmptied(
+  { warm, starts, gapMs }: { warm: number; starts: number; gapMs: number },
+  empty: () => Promise<void>,
+  start: () => Promise<number>,
+): Promise<CachedAndEmptied> {
+  const latencies = { cached: new Latency(), uncached: new Latency() };
+  for (let i = 0; i < warm + starts; i += 1) {
+    for (const variant of ['cached', 'uncached'] as const) {
+      if (variant === 'uncached') await empty();
+      await sleep(gapMs);
+      const elapsed = await start();
+      if (i >= warm) latencies[variant].recordMs(elapsed);
+    }
+  }
+  return { cached: latencies.cached.summaryMs(), uncached: latencies.uncached.summaryMs() };
+}
+
 /** The least a start of this agent can cost with Node's compile cache, measured on the same bytes. */
 type Floor = 'node alone' | 'bare worker';
 const FLOORS: readonly Floor[] = ['node alone', 'bare worker'];
@@ -144,7 +168,8 @@ export const compileCache: Benchmark = {
     const summaries: Record<string, Record<string, LatencySummary>> = {};
     const cacheFiles: Record<string, number> = {};
     let snapshot = { files: 0, bytes: 0, createMs: 0 };
-    const floors: Partial<Record<Floor, Record<'cached' | 'uncached', LatencySummary>>> = {};
+    const floors: Partial<Record<Floor, CachedAndEmptied>> = {};
+    const runs = { warm, starts, gapMs };
     try {
       const live = join(tree.root, SWARM, 'live');
       await mkdir(live, { recursive: true });
@@ -167,53 +192,43 @@ export const compileCache: Benchmark = {
       if (digest === undefined) throw new Error('the snapshot worker wrote no compile cache folder');
       const folder = join(cacheRoot(tree.root), digest);
       for (const mode of MODES) {
-        const latencies = { cached: new Latency(), uncached: new Latency() };
         await emptyFolder(folder);
         context.progress(`permissions ${mode}: populating the cache`);
         await coldCall(tree.root, key, mode);
         cacheFiles[mode] = await filesUnder(cacheRoot(tree.root));
-        for (let i = 0; i < warm + starts; i += 1) {
-          if (i === warm) context.progress(`permissions ${mode}: ${starts} cold starts each`);
-          // Interleaved: the uncached start empties the folder first, and its own exit
-          // writes the cache again, so the next cached start finds it.
-          for (const variant of ['cached', 'uncached'] as const) {
-            if (variant === 'uncached') await emptyFolder(folder);
-            await sleep(gapMs);
-            const elapsed = await coldCall(tree.root, key, mode);
-            if (i >= warm) latencies[variant].recordMs(elapsed);
-          }
-        }
-        summaries[mode] = { cached: latencies.cached.summaryMs(), uncached: latencies.uncached.summaryMs() };
+        context.progress(`permissions ${mode}: ${starts} cold starts each`);
+        summaries[mode] = await cachedAgainstEmptied(
+          runs,
+          () => emptyFolder(folder),
+          () => coldCall(tree.root, key, mode),
+        );
       }
       const bundle = join(tree.root, SWARM, 'snapshots', SNAPSHOT, BUNDLES_DIR, `${STEM}.mjs`);
       for (const floor of FLOORS) {
         context.progress(`${floor}: ${starts} starts each, with and without its compile cache`);
         const cacheDir = join(tree.root, `${floor.replace(' ', '-')}-cache`);
-        const latencies = { cached: new Latency(), uncached: new Latency() };
         await FLOOR_RUN[floor](bundle, cacheDir);
-        for (let i = 0; i < warm + starts; i += 1) {
-          for (const variant of ['cached', 'uncached'] as const) {
-            if (variant === 'uncached') await rm(cacheDir, { recursive: true, force: true });
-            await sleep(gapMs);
-            const elapsed = await FLOOR_RUN[floor](bundle, cacheDir);
-            if (i >= warm) latencies[variant].recordMs(elapsed);
-          }
-        }
-        floors[floor] = { cached: latencies.cached.summaryMs(), uncached: latencies.uncached.summaryMs() };
+        floors[floor] = await cachedAgainstEmptied(
+          runs,
+          () => rm(cacheDir, { recursive: true, force: true }),
+          () => FLOOR_RUN[floor](bundle, cacheDir),
+        );
       }
     } finally {
       await tree.cleanup();
     }
     const { ratios, table, groups } = abRatios(MODES, summaries, 'cached', 'uncached', TARGET);
-    for (const floor of FLOORS) {
+    const floorSummary = (floor: Floor): CachedAndEmptied => {
       const summary = floors[floor];
       if (summary === undefined) throw new Error(`${floor} was not measured`);
+      return summary;
+    };
+    for (const floor of FLOORS) {
+      const summary = floorSummary(floor);
       const value = round(summary.cached.p50 / summary.uncached.p50, 3);
       ratios[`${floor}: cached p50 / uncached p50 (a floor for this agent)`] = value;
       table.rows.push([`${floor}: cached p50 / uncached p50`, ratio(value), '-', '-']);
     }
-    const floorSummary = (floor: Floor): Record<'cached' | 'uncached', LatencySummary> =>
-      floors[floor] as Record<'cached' | 'uncached', LatencySummary>;
     return {
       method: [
         `An agent that imports the TypeScript compiler (typescript ${typescriptVersion}, linked into <root>/node_modules) and exports add and transpile; a snapshot of it, created once: ${snapshot.files} file(s), ${mb(snapshot.bytes)}, in ${Math.round(snapshot.createMs)} ms.`,

@@ -174,8 +174,12 @@ export class CpuGovernor {
         // sample); calls running beside it share that figure. After an idle stretch the last
         // read may be 250 ms old: that CPU was background work, not the call's.
         if (oldest !== entry.oldest) {
-          if (entry.oldest === null) entry.windowCpu += delta / 1e6;
-          entry.oldestStart = entry.oldest === null ? total : total - delta;
+          if (entry.oldest === null) {
+            entry.windowCpu += delta / 1e6;
+            entry.oldestStart = total;
+          } else {
+            entry.oldestStart = total - delta;
+          }
           entry.oldest = oldest;
         }
         const callMs = (total - entry.oldestStart) / 1e6;

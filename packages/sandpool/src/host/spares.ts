@@ -93,8 +93,7 @@ export class Spares {
   trim(): void {
     const extra = this.threads.size - this.demand.target();
     if (extra <= 0) return;
-    for (const thread of [...this.threads.keys()].slice(-extra)) {
-      const ended = this.threads.get(thread) as Promise<void>;
+    for (const [thread, ended] of [...this.threads].slice(-extra)) {
       this.threads.delete(thread);
       this.ending.add(ended);
       void ended.then(() => this.ending.delete(ended));

@@ -46,6 +46,8 @@ const Reply = z.discriminatedUnion('ok', [
     }),
   }),
 ]);
+/** Everything a helper may send: an acknowledgement, or an answer. */
+const FromHelper = z.union([Received, Reply]);
 
 interface Waiting {
   readonly request: HelperRequest;
@@ -143,7 +145,9 @@ export class StoreHelper {
       this.forget(child);
       this.fail(child, new Error(`the snapshot helper process failed (${error.message})`, { cause: error }));
     });
-    child.on('exit', () => this.forget(child));
+    child.on('exit', () => {
+      if (this.child === child) this.child = null;
+    });
     // Close, not exit: it comes once the channel is read to its end, so every `received` the
     // helper sent before it died has been counted.
     child.on('close', (code, signal) => {
@@ -153,7 +157,7 @@ export class StoreHelper {
   }
 
   private answer(child: ChildProcess, raw: unknown): void {
-    const parsed = Received.or(Reply).safeParse(raw);
+    const parsed = FromHelper.safeParse(raw);
     if (!parsed.success) {
       this.forget(child);
       return; // its close fails what was sent to it
