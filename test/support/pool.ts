@@ -20,7 +20,7 @@ export function childProcesses(): number[] {
     .filter((pid) => {
       try {
         const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'latin1');
-        return cmdline.includes('worker/entry.js') || cmdline.includes('store/helper-entry.js');
+        return cmdline.includes('worker/bundle.js') || cmdline.includes('store/helper-entry.js');
       } catch {
         return false; // gone already
       }

@@ -27,7 +27,7 @@ const GOAL_ROUND_TRIP_OVER_THREAD = 3;
 const GOAL_IDLE_RSS_MB = 40;
 const BARE_PROCESS = fileURLToPath(fixture('bare-process.mjs'));
 /** What marks a pool's child in /proc/<pid>/cmdline. */
-const POOL_CHILD = 'worker/entry.js';
+const POOL_CHILD = 'worker/bundle.js';
 
 type Permissions = 'none' | 'strict';
 

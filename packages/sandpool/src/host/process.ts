@@ -6,7 +6,7 @@ import { AgentWorker, type ThreadSettings } from './agent-worker.js';
 import type { MemoryReading } from './memory-probe.js';
 
 /** The runtime a child starts: the same entry as a worker thread's. */
-const WORKER_ENTRY = fileURLToPath(new URL('../worker/entry.js', import.meta.url));
+const WORKER_ENTRY = fileURLToPath(new URL('../worker/bundle.js', import.meta.url));
 /** util-linux's prlimit sets the child's rlimits before it execs Node; Node has no setrlimit. */
 const PRLIMIT = ['/usr/bin/prlimit', '/bin/prlimit'].find((path) => existsSync(path)) ?? null;
 /** What V8 prints before it aborts on a heap it cannot grow: that abort is the child's `oom`. */

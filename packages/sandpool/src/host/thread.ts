@@ -3,7 +3,8 @@ import type { ToWorker, WorkerBoot } from '../protocol/messages.js';
 import { AgentWorker, type ThreadSettings } from './agent-worker.js';
 import type { MemoryProbe, MemoryReading } from './memory-probe.js';
 
-const ENTRY = new URL('../worker/entry.js', import.meta.url);
+/** worker/entry.ts and what it imports at start, as one file (scripts/bundle-worker.js). */
+const ENTRY = new URL('../worker/bundle.js', import.meta.url);
 
 /**
  * A key's agent in a worker thread, talking over a private MessageChannel handed to it
