@@ -75,6 +75,9 @@ describe('cooperative cancellation', () => {
     const pool = openPool({ root: await root(), abortGraceMs: 500 });
     const { events } = recordEvents(pool);
     expect(await code(pool.call(KEY, 'reasonAfterAbort', [100], { timeoutMs: 50 }))).toBe('ERR_SANDPOOL_TIMEOUT');
+    // Answered while the timed-out agent still runs: neither answer may be taken for the other.
+    expect(await pool.call(KEY, 'count', [], { timeoutMs: 1_000 })).toBe(1);
+    expect(pool.stats().busy).toBe(1);
     await eventually(() => pool.stats().busy === 0);
     expect(pool.stats().workers).toBe(1);
     expect(events.filter((event) => event.type === 'exit')).toEqual([]);

@@ -210,6 +210,37 @@ describe('Channel', () => {
     expect(violations).toEqual([]);
   });
 
+  it('gives the id of a cancelled call to no newer call until its agent settles, then reuses it', () => {
+    const { channel, violations, settled } = setup();
+    const cancelled = call();
+    channel.post(cancelled);
+    channel.cancel(cancelled, 'timeout');
+    const newer = call();
+    channel.post(newer);
+    expect(newer.id).not.toBe(cancelled.id);
+    channel.receive({ t: 'done', ok: [cancelled.id, 'late'], err: [] });
+    expect(settled).toEqual([]);
+    channel.receive({ t: 'done', ok: [newer.id, 'mine'], err: [] });
+    expect(settled).toEqual([{ call: newer, outcome: { ok: true, value: 'mine' } }]);
+    // Both ids are free again: the next calls take them, and no third is made.
+    const [next, after] = [call(), call()];
+    channel.post(next);
+    channel.post(after);
+    expect(new Set([next.id, after.id])).toEqual(new Set([cancelled.id, newer.id]));
+    expect(violations).toEqual([]);
+  });
+
+  it('names as oldest the call posted first, whatever id it holds', () => {
+    const { channel } = setup();
+    const [first, second, third] = [call(), call(), call()];
+    channel.post(first);
+    channel.post(second);
+    channel.receive({ t: 'done', ok: [first.id, 1], err: [] });
+    channel.post(third); // takes first's id, the smallest
+    expect(third.id).toBe(first.id);
+    expect(channel.running.oldest()).toBe(second);
+  });
+
   it('a serialized result past the limit ends the worker, unread', () => {
     const { channel, violations, settled } = setup();
     const c = call();

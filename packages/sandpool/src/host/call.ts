@@ -8,8 +8,10 @@ import type { StreamSink } from './streams.js';
  * decides how it settles; this object only carries the call and its clean-up.
  */
 export class PendingCall {
-  /** Assigned by the channel when the call is posted to a ready worker. */
+  /** Assigned by the channel when the call is posted to a ready worker; reused once it settles (see CallSlots). */
   id = 0;
+  /** Its place in its channel's posting order: the oldest running call has the smallest. */
+  seq = 0;
   /** The cell holding it: waiting in it, or running on its worker. */
   cell: Cell | null = null;
   /** performance.now() by which it must answer, once posted with a timeout. */

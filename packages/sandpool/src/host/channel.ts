@@ -4,6 +4,7 @@ import { CALL_HEADER, LIMITS, type Outcome, type ReplyBatch, type SerializedResu
 import { deserializeMoving } from '../protocol/transfer-codec.js';
 import type { AgentWorker } from './agent-worker.js';
 import type { PendingCall } from './call.js';
+import { CallSlots } from './call-slots.js';
 
 /** What a channel reports to its cell. */
 export interface ChannelOwner {
@@ -25,10 +26,9 @@ export interface ChannelOwner {
  * would, so a caller may reuse its objects.
  */
 export class Channel {
-  readonly running = new Map<number, PendingCall>();
+  readonly running = new CallSlots();
   /** Calls answered already (timed out, aborted) whose agent still runs, with their grace timers. */
   private readonly cancelling = new Map<number, NodeJS.Timeout>();
-  private nextId = 0;
   /** Calls of this tick not sent yet, flattened as the batch message carries them (CALL_HEADER). */
   private outbox: unknown[] = [];
   private outboxCalls = 0;
@@ -52,9 +52,8 @@ export class Channel {
    */
   post(call: PendingCall, now = performance.now()): void {
     if (call.queueTimer !== undefined) call.stopWaiting();
-    call.id = ++this.nextId;
     if (this.running.size === 0) this.thread.setReferenced(true);
-    this.running.set(call.id, call);
+    this.running.add(call);
     // The worker's sandpool.deadline is in epoch ms: the same instant, on the wall clock.
     let deadline = 0;
     if (call.timeoutMs > 0) {
@@ -77,7 +76,7 @@ export class Channel {
 
   /** The running call a worker's message names; undefined once it has settled or been cancelled. */
   callFor(id: number): PendingCall | undefined {
-    return this.isRunning(id) ? this.running.get(id) : undefined;
+    return this.isIssued(id) ? this.running.get(id) : undefined;
   }
 
   /** A stream call leaves alone: its start carries the credit the worker may use. */
@@ -86,7 +85,7 @@ export class Channel {
     try {
       this.thread.post({ t: 'stream', id: call.id, fn: call.fn, args: call.args, deadline, credit });
     } catch (error) {
-      this.running.delete(call.id);
+      this.running.settle(call);
       this.owner.callUnsendable(call, error);
       this.afterSettle();
     }
@@ -107,7 +106,7 @@ export class Channel {
    */
   cancel(call: PendingCall, why: 'timeout' | 'abort'): void {
     if (!this.has(call)) return;
-    this.running.delete(call.id);
+    this.running.cancel(call);
     if (this.abortGraceMs === 0) {
       this.owner.cancelIgnored(call);
       return;
@@ -123,7 +122,7 @@ export class Channel {
   /** Fires the signal of every running call, whose results are still wanted (the pool is closing). */
   signalAll(why: 'close'): void {
     if (this.thread.terminating) return;
-    for (const id of this.running.keys()) this.thread.post({ t: 'cancel', id, why });
+    for (const { id } of this.running.calls()) this.thread.post({ t: 'cancel', id, why });
   }
 
   /** Decodes a reply message; a reply to an id never issued is a forgery. */
@@ -149,7 +148,7 @@ export class Channel {
     this.deadlineTimer = undefined;
     for (const timer of this.cancelling.values()) clearTimeout(timer);
     this.cancelling.clear();
-    const calls = [...this.running.values()];
+    const calls = this.running.calls();
     this.running.clear();
     this.outbox = [];
     this.outboxCalls = 0;
@@ -162,7 +161,7 @@ export class Channel {
       return;
     }
     if (this.cancelling.has(id)) return this.settle(id, { ok: true, value: undefined });
-    if (!this.isRunning(id)) return;
+    if (!this.isIssued(id) || this.running.get(id) === undefined) return;
     let value: unknown;
     try {
       value = moved === undefined ? deserialize(new Uint8Array(bytes)) : deserializeMoving(bytes, moved);
@@ -179,12 +178,10 @@ export class Channel {
     this.settle(id, { ok: true, value });
   }
 
-  private isRunning(id: number): boolean {
-    if (id > this.nextId) {
-      this.thread.violate(`a reply to call ${id}, which was never made`);
-      return false;
-    }
-    return this.running.has(id);
+  private isIssued(id: number): boolean {
+    if (this.running.issued(id)) return true;
+    this.thread.violate(`a reply to call ${id}, which was never made`);
+    return false;
   }
 
   private settle(id: number, outcome: Outcome): void {
@@ -199,11 +196,12 @@ export class Channel {
       // A cancelled call settled within its grace: its answer was given already.
       clearTimeout(grace);
       this.cancelling.delete(id);
+      this.running.release(id);
       return undefined;
     }
-    if (!this.isRunning(id)) return undefined; // settled already, or a duplicate
-    const call = this.running.get(id) as PendingCall;
-    this.running.delete(id);
+    if (!this.isIssued(id)) return undefined;
+    const call = this.running.get(id);
+    if (call !== undefined) this.running.settle(call); // else settled already, or a duplicate
     return call;
   }
 
@@ -238,7 +236,7 @@ export class Channel {
       } catch (error) {
         const call = this.running.get(calls[i] as number);
         if (call === undefined) continue;
-        this.running.delete(call.id);
+        this.running.settle(call);
         this.owner.callUnsendable(call, error);
       }
     }
@@ -248,7 +246,7 @@ export class Channel {
   private unsendable(id: number, error: unknown): void {
     const call = this.running.get(id);
     if (call !== undefined) {
-      this.running.delete(id);
+      this.running.settle(call);
       this.owner.callUnsendable(call, error);
     }
     this.afterSettle();
@@ -277,7 +275,7 @@ export class Channel {
     const now = performance.now();
     const expired: PendingCall[] = [];
     let next = Number.POSITIVE_INFINITY;
-    for (const call of this.running.values()) {
+    for (const call of this.running.calls()) {
       if (call.timeoutMs <= 0) continue;
       if (call.deadline <= now) expired.push(call);
       else next = Math.min(next, call.deadline);

@@ -168,7 +168,7 @@ export class CpuGovernor {
       const delta = total - entry.total;
       entry.total = total;
       if (delta > 0) this.events.used(cell, delta / 1e6);
-      const oldest = cell.channel?.running.values().next().value ?? null;
+      const oldest = cell.channel?.running.oldest() ?? null;
       if (oldest !== null) {
         // The oldest call is charged the thread's CPU since it became the oldest (to within a
         // sample); calls running beside it share that figure. After an idle stretch the last

@@ -51,7 +51,7 @@ export function violations(view: Books): string[] {
       if (cell.key.text !== text || cell.phase.name === 'ended') {
         problems.push(`${text} counts a ${cell.phase.name} cell of ${cell.key.text}`);
       }
-      for (const call of [...(cell.waiting ?? []), ...(cell.channel?.running.values() ?? [])]) {
+      for (const call of [...(cell.waiting ?? []), ...(cell.channel?.running.calls() ?? [])]) {
         if (call.settled || call.cell !== cell || call.route !== route) {
           problems.push(`${text}: ${call.fn}() is held by a cell it does not belong to, or after it settled`);
         }
