@@ -241,6 +241,38 @@ describe('Channel', () => {
     expect(channel.running.oldest()).toBe(second);
   });
 
+  it('sends a lone call at once, and batches the calls that follow it in the same tick', async () => {
+    const { channel, sent } = setup();
+    const [lone, second, third] = [call('a'), call('b'), call('c')];
+    channel.post(lone);
+    expect(sent).toEqual([{ t: 'calls', calls: [lone.id, 'a', 0, 0] }]);
+    channel.post(second);
+    channel.post(third);
+    expect(sent).toHaveLength(1);
+    await Promise.resolve();
+    expect(sent[1]).toEqual({ t: 'calls', calls: [second.id, 'b', 0, 0, third.id, 'c', 0, 0] });
+  });
+
+  it('times out a call whose deadline comes after the timer armed for one that settled', async () => {
+    const { thread } = stubThread();
+    const timedOut: PendingCall[] = [];
+    const owner = { ...stubOwner().owner, callTimedOut: (c: PendingCall) => timedOut.push(c) };
+    const channel = new Channel(thread, owner, 250);
+    const settledFirst = { ...call(), timeoutMs: 60 } as PendingCall;
+    channel.post(settledFirst);
+    channel.receive({ t: 'done', ok: [settledFirst.id, 1], err: [] });
+    await new Promise((resolve) => setTimeout(resolve, 10));
+    const later = { ...call(), timeoutMs: 100 } as PendingCall;
+    const postedAt = performance.now();
+    channel.post(later);
+    while (timedOut.length === 0 && performance.now() - postedAt < 2_000) {
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+    expect(timedOut).toEqual([later]);
+    expect(performance.now() - postedAt).toBeGreaterThanOrEqual(99);
+    channel.drain();
+  });
+
   it('a serialized result past the limit ends the worker, unread', () => {
     const { channel, violations, settled } = setup();
     const c = call();

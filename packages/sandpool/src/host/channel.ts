@@ -20,10 +20,11 @@ export interface ChannelOwner {
 }
 
 /**
- * The calls in flight on one worker: ids, batching, deadlines, and decoding replies. Calls
- * whose arguments are all primitives wait for the end of the tick and leave together, in
- * messages of up to LIMITS.callBatch calls; any other call is cloned now, as postMessage
- * would, so a caller may reuse its objects.
+ * The calls in flight on one worker: ids, batching, deadlines, and decoding replies. A call
+ * to an idle worker leaves at once. Calls made while it works, whose arguments are all
+ * primitives, wait for the end of the tick and leave together, in messages of up to
+ * LIMITS.callBatch calls; any other call is cloned now, as postMessage would, so a caller
+ * may reuse its objects.
  */
 export class Channel {
   readonly running = new CallSlots();
@@ -52,7 +53,8 @@ export class Channel {
    */
   post(call: PendingCall, now = performance.now()): void {
     if (call.queueTimer !== undefined) call.stopWaiting();
-    if (this.running.size === 0) this.thread.setReferenced(true);
+    const idle = this.busy === 0;
+    if (idle) this.thread.setReferenced(true);
     this.running.add(call);
     // The worker's sandpool.deadline is in epoch ms: the same instant, on the wall clock.
     let deadline = 0;
@@ -61,6 +63,9 @@ export class Channel {
       deadline = performance.timeOrigin + call.deadline;
     }
     if (call.transfer === null && call.stream === null && call.args.every(isPrimitive)) {
+      // Nothing runs and nothing waits to leave: a lone call goes now, not at the end of the
+      // tick, so the worker starts on it while the caller's tick goes on.
+      if (idle) return this.send(appendCall([], call, deadline));
       if (this.outboxCalls === 0) queueMicrotask(this.flush);
       // Copied now: the caller may reuse its array before the batch leaves.
       appendCall(this.outbox, call, deadline);
@@ -206,10 +211,7 @@ export class Channel {
   }
 
   private afterSettle(): void {
-    if (this.busy > 0) return;
-    clearTimeout(this.deadlineTimer);
-    this.deadlineTimer = undefined;
-    this.owner.drained();
+    if (this.busy === 0) this.owner.drained();
   }
 
   private readonly flush = (): void => {
@@ -255,6 +257,8 @@ export class Channel {
   /**
    * One timer per channel, armed for the earliest deadline, instead of one per call: most
    * calls finish long before their timeout, and a timer per call would cost more than the call.
+   * It stays armed when the worker idles, for the calls that follow (their deadlines are
+   * later): one-at-a-time calls would otherwise arm and clear a timer each.
    */
   private watchDeadline(call: PendingCall, now: number): void {
     call.deadline = now + call.timeoutMs;
