@@ -166,7 +166,7 @@ export class Channel {
       return;
     }
     if (this.cancelling.has(id)) return this.settle(id, { ok: true, value: undefined });
-    if (!this.isIssued(id) || this.running.get(id) === undefined) return;
+    if (this.callFor(id) === undefined) return;
     let value: unknown;
     try {
       value = moved === undefined ? deserialize(new Uint8Array(bytes)) : deserializeMoving(bytes, moved);
