@@ -8,7 +8,7 @@ import {
   type Pipelined,
   type RpcSystem,
   runPipelined,
-  runSequential,
+  runSequentialInterleaved,
   type Sequential,
 } from '../lib/call-loops.js';
 import { num, perSecond, ratio, us } from '../lib/format.js';
@@ -17,6 +17,8 @@ import type { BenchContext, Benchmark, BenchReport } from '../lib/report.js';
 import { fixture, makeRoot } from '../lib/temp-root.js';
 
 const DEPTHS = [64, 1024] as const;
+/** Sequential calls run in this many turns per system, interleaved (runSequentialInterleaved). */
+const SLICES = 10;
 
 interface AddAgent {
   add(a: number, b: number): number;
@@ -31,6 +33,8 @@ export const rpc: Benchmark = {
     const repeats = context.quick ? 1 : 3;
     const tree = await makeRoot([{ swarm: 'rpc', stem: 'adder', fixture: 'agent.mjs' }]);
     const systems: RpcSystem[] = [];
+    // One call at a time by construction (a single argument slot): measured sequentially only.
+    const floors: RpcSystem[] = [];
     const sequential = new Map<string, Sequential[]>();
     const pipelined = new Map<string, Pipelined[]>();
     try {
@@ -43,16 +47,21 @@ export const rpc: Benchmark = {
         comlink(),
         piscinaPerKey(),
       );
-      for (const system of systems) {
+      floors.push(doorbell('doorbell, waitAsync', false), doorbell('doorbell, blocking worker', true));
+      for (const system of [...systems, ...floors]) {
         if ((await system.add(2, 3)) !== 5) throw new Error(`${system.name}: add(2, 3) is not 5`);
         sequential.set(system.name, []);
-        pipelined.set(system.name, []);
       }
+      for (const system of systems) pipelined.set(system.name, []);
       for (let repeat = 1; repeat <= repeats; repeat += 1) {
+        const lone = [...systems, ...floors];
+        context.progress(`round ${repeat}/${repeats}: sequential, interleaved`);
+        if (repeat === 1) await runSequentialInterleaved(lone, warmMs / SLICES, SLICES);
+        for (const [name, run] of await runSequentialInterleaved(lone, measureMs / SLICES, SLICES)) {
+          sequential.get(name)?.push(run);
+        }
         for (const system of systems) {
-          context.progress(`round ${repeat}/${repeats}: ${system.name}`);
-          if (repeat === 1) await runSequential(system, warmMs);
-          sequential.get(system.name)?.push(await runSequential(system, measureMs));
+          context.progress(`round ${repeat}/${repeats}: ${system.name}, pipelined`);
           for (const depth of DEPTHS) {
             if (repeat === 1) await runPipelined(system, depth, warmMs);
             pipelined.get(system.name)?.push(await runPipelined(system, depth, measureMs));
@@ -60,7 +69,7 @@ export const rpc: Benchmark = {
         }
       }
     } finally {
-      for (const system of [...systems].reverse()) await system.close();
+      for (const system of [...floors, ...systems].reverse()) await system.close();
       await tree.cleanup();
     }
 
@@ -81,11 +90,17 @@ export const rpc: Benchmark = {
     const raw = 'raw postMessage';
     const rawSeq = seq.get(raw) as Sequential;
     const rawPipe = pipe.get(raw) as Pipelined[];
+    const floorNames = floors.map((floor) => floor.name);
+    const floorSeq = seq.get(floorNames[0] ?? '') as Sequential;
     const ratios: Record<string, Record<string, number | null>> = {};
     for (const name of names) {
       const s = seq.get(name) as Sequential;
       const p = pipe.get(name) as Pipelined[];
-      const entry: Record<string, number | null> = { roundTripOverRaw: round(s.meanUs / rawSeq.meanUs, 3) };
+      const entry: Record<string, number | null> = {
+        roundTripOverRaw: round(s.meanUs / rawSeq.meanUs, 3),
+        roundTripP50OverRaw: round(s.latency.p50 / rawSeq.latency.p50, 3),
+        roundTripOverFloor: round(s.meanUs / floorSeq.meanUs, 3),
+      };
       DEPTHS.forEach((depth, i) => {
         entry[`throughputOverRaw@${depth}`] = round((p[i]?.callsPerSecond ?? 0) / (rawPipe[i]?.callsPerSecond ?? 1), 3);
         const cpu = p[i]?.mainCpuUsPerCall ?? null;
@@ -94,29 +109,34 @@ export const rpc: Benchmark = {
       });
       ratios[name] = entry;
     }
+    for (const name of floorNames) {
+      ratios[name] = { roundTripOverRaw: round((seq.get(name) as Sequential).meanUs / rawSeq.meanUs, 3) };
+    }
     const cpu = (value: number | null | undefined): string =>
       value === null || value === undefined ? 'n/a' : `${num(value)} µs`;
     return {
       method: [
-        'sequential: one call at a time for the measure window; mean is elapsed time over calls (µs per call).',
+        `sequential: one call at a time; every system in turn, ${SLICES} turns of a tenth of the measure window each, so that the machine's noise falls on all alike; mean is elapsed time over calls (µs per call).`,
         `pipelined: ${DEPTHS.join(' and ')} calls kept in flight (each result issues the next) for the window; calls/s counts to the last result.`,
         'main-thread CPU: the main thread\'s own run time (Linux /proc/self/task/<pid>/schedstat) over the pipelined window, divided by the calls; it includes structured clone of arguments and results on the main thread. process.cpuUsage() is process-wide (it counts the worker thread too), so it is shown apart as "process CPU".',
         'raw postMessage: a worker answering {id, a, b} with {id, value}, callers matched by a Map of pending ids: one message each way per call.',
+        "doorbell: no message at all, the floor between two threads. a, b and the result sit in a SharedArrayBuffer; the host stores a call number and Atomics.notify()s, then awaits Atomics.waitAsync() on the answer number. The waitAsync worker awaits Atomics.waitAsync() too, so its event loop keeps turning (what an agent's timers need); the blocking worker sits in Atomics.wait() and could run nothing else. One call at a time, so sequential only.",
         'comlink: wrap(nodeEndpoint(worker)) against expose(api, nodeEndpoint(parentPort)), the ESM build.',
         'piscina per key: one pool for the key, minThreads = maxThreads = 1, concurrentTasksPerWorker 64.',
         'sandpool call / remote: one pool, one key (maxWorkers 1, spareWorkers 0); remote is pool.remote<T>(key).add(a, b).',
         `Each figure is the median of ${repeats} round(s); a round runs every system in turn, ${measureMs} ms per measure (the first round after ${warmMs} ms of warm-up per measure).`,
       ],
       parameters: { measureMs, warmMs, repeats, depths: [...DEPTHS] },
-      results: Object.fromEntries(
-        names.map((name) => [
+      results: Object.fromEntries([
+        ...names.map((name) => [
           name,
           {
             sequential: { ...(seq.get(name) as Sequential) },
             pipelined: (pipe.get(name) as Pipelined[]).map((p) => ({ ...p })),
           },
         ]),
-      ),
+        ...floorNames.map((name) => [name, { sequential: { ...(seq.get(name) as Sequential) } }]),
+      ]),
       ratios,
       tables: [
         {
@@ -154,6 +174,31 @@ export const rpc: Benchmark = {
               ...DEPTHS.map((d) => show(r[`mainCpuOverRaw@${d}`])),
             ];
           }),
+        },
+        {
+          title: 'A lone call against the raw echo and the floor (lower is better)',
+          headers: [
+            'system',
+            'round trip',
+            'p50',
+            'p99',
+            'round trip / raw',
+            'p50 / raw',
+            `round trip / ${floorNames[0]}`,
+          ],
+          rows: [...names.filter((name) => name.startsWith('sandpool')), raw, ...floorNames].map((name) => {
+            const s = seq.get(name) as Sequential;
+            return [
+              name,
+              `${num(s.meanUs)} µs`,
+              us(s.latency.p50),
+              us(s.latency.p99),
+              ratio(s.meanUs / rawSeq.meanUs),
+              ratio(s.latency.p50 / rawSeq.latency.p50),
+              ratio(s.meanUs / floorSeq.meanUs),
+            ];
+          }),
+          note: 'sequential calls, one in flight. The doorbells move no message: what is left is the cost of waking the other thread.',
         },
         {
           title: 'CPU per call while pipelined',
@@ -219,6 +264,33 @@ function rawEcho(): RpcSystem {
         worker.postMessage({ id, a, b });
       }),
     close: async () => {
+      await worker.terminate();
+    },
+  };
+}
+
+function doorbell(name: string, blocking: boolean): RpcSystem {
+  const buffer = new SharedArrayBuffer(32);
+  const counts = new Int32Array(buffer, 0, 2);
+  const slots = new Float64Array(buffer, 8, 3);
+  const worker = new Worker(fixture('doorbell-worker.mjs'), { execArgv: [], workerData: { buffer, blocking } });
+  let calls = 0;
+  return {
+    name,
+    add: async (a, b) => {
+      slots[0] = a;
+      slots[1] = b;
+      calls += 1;
+      Atomics.store(counts, 0, calls);
+      Atomics.notify(counts, 0);
+      // A bound, so that a worker which died fails the run instead of hanging it.
+      const wait = Atomics.waitAsync(counts, 1, calls - 1, 5_000);
+      if ((wait.async ? await wait.value : wait.value) === 'timed-out') throw new Error(`${name}: no answer in 5 s`);
+      return slots[2] as number;
+    },
+    close: async () => {
+      Atomics.store(counts, 0, -1);
+      Atomics.notify(counts, 0);
       await worker.terminate();
     },
   };

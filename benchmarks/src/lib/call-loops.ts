@@ -33,21 +33,42 @@ export function median<T>(runs: T[], by: (run: T) => number): T {
 }
 
 export async function runSequential(system: RpcSystem, durationMs: number): Promise<Sequential> {
+  return (await runSequentialInterleaved([system], durationMs, 1)).get(system.name) as Sequential;
+}
+
+/**
+ * Sequential calls to each system in turn, `slices` times `sliceMs` each: a disturbance of the
+ * shared machine then falls on every system alike, not on whichever ran at that moment.
+ */
+export async function runSequentialInterleaved(
+  systems: readonly RpcSystem[],
+  sliceMs: number,
+  slices: number,
+): Promise<Map<string, Sequential>> {
   collectGarbage();
-  const latency = new Latency();
-  const start = now();
-  const end = start + durationMs;
-  let calls = 0;
-  let t = start;
-  while (t < end) {
-    const value = await system.add(calls, 1);
-    if (value !== calls + 1) throw new Error(`${system.name}: wrong result ${value}`);
-    const after = now();
-    latency.recordMs(after - t);
-    t = after;
-    calls += 1;
+  const runs = systems.map((system) => ({ system, latency: new Latency(), elapsedMs: 0, calls: 0 }));
+  for (let slice = 0; slice < slices; slice += 1) {
+    for (const run of runs) {
+      const start = now();
+      const end = start + sliceMs;
+      let t = start;
+      while (t < end) {
+        const value = await run.system.add(run.calls, 1);
+        if (value !== run.calls + 1) throw new Error(`${run.system.name}: wrong result ${value}`);
+        const after = now();
+        run.latency.recordMs(after - t);
+        t = after;
+        run.calls += 1;
+      }
+      run.elapsedMs += t - start;
+    }
   }
-  return { meanUs: round(((t - start) * 1000) / calls), latency: latency.summaryMs(), calls };
+  return new Map(
+    runs.map((run) => [
+      run.system.name,
+      { meanUs: round((run.elapsedMs * 1000) / run.calls), latency: run.latency.summaryMs(), calls: run.calls },
+    ]),
+  );
 }
 
 export async function runPipelined(system: RpcSystem, depth: number, durationMs: number): Promise<Pipelined> {
