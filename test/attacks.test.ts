@@ -7,7 +7,7 @@ import type { Pool, PoolStats } from 'sandpool';
 import { describe, expect, it, onTestFinished } from 'vitest';
 import { ERROR_CODES } from '../packages/sandpool/dist/errors.js';
 import { rejection } from './support/errors.js';
-import { eventually, installCleanup, invariants, openPool } from './support/pool.js';
+import { eventually, installCleanup, invariants, NO_DEATHS, openPool } from './support/pool.js';
 import { counterAgent, makeRoot } from './support/root.js';
 
 installCleanup();
@@ -113,7 +113,7 @@ describe('attacks, each with a neighbour key answering throughout', () => {
     expect(array).toHaveLength(2 ** 32 - 1);
     expect(array[7]).toBe('seven');
     expect(Object.keys(array)).toEqual(['7']);
-    await sane(pool, { crashed: 0, spawned: 2 });
+    await sane(pool, { died: NO_DEATHS, spawned: 2 });
   });
 
   it('forged error codes stay on cause and never become SandpoolError codes', async () => {
@@ -137,7 +137,7 @@ describe('attacks, each with a neighbour key answering throughout', () => {
       );
       for (const error of errors) expect(ERROR_CODES).toContain(error.code);
     });
-    await sane(pool, { crashed: 0, spawned: 2 });
+    await sane(pool, { died: NO_DEATHS, spawned: 2 });
   });
 
   it('a result too deep for the host to rebuild fails with DATA_CLONE, not a timeout', async () => {
@@ -149,7 +149,7 @@ describe('attacks, each with a neighbour key answering throughout', () => {
     expect(error.message).toMatch(/cannot be rebuilt in the host/);
     // The same shape, shallower, arrives whole: the failure was the depth alone.
     expect(await pool.call(HOSTILE, 'deep', [3])).toEqual({ a: { a: { a: { leaf: true } } } });
-    await sane(pool, { crashed: 0, spawned: 2 });
+    await sane(pool, { died: NO_DEATHS, spawned: 2 });
   });
 
   it('a result holding one 50 MB string a thousand times fails with DATA_CLONE, and nothing balloons', async () => {
@@ -161,7 +161,7 @@ describe('attacks, each with a neighbour key answering throughout', () => {
     expect(error.message).toMatch(/more than 256 MB/);
     // Serialized, it would be 50 GB; the worker's one string is 50 MB.
     expect(growth).toBeLessThan(600 * MB);
-    await sane(pool, { crashed: 0, spawned: 2 });
+    await sane(pool, { died: NO_DEATHS, spawned: 2 });
   });
 
   it('a 2 GB print flood into a slow onOutput listener: memory bounded, output dropped and counted', async () => {
@@ -188,7 +188,7 @@ describe('attacks, each with a neighbour key answering throughout', () => {
     // What was dropped and what was heard never exceed what was printed.
     expect(received + outputDropped).toBeLessThanOrEqual(2048 * MB);
     expect(growth).toBeLessThan(600 * MB);
-    await sane(pool, { crashed: 0, spawned: 2 });
+    await sane(pool, { died: NO_DEATHS, spawned: 2 });
   });
 
   it('a 2 GB print flood into a pipe nobody reads: the default writer drops, the host stays small', async () => {
@@ -230,7 +230,7 @@ describe('attacks, each with a neighbour key answering throughout', () => {
       child.once('message', (message) => resolve(message as Record<string, unknown>));
       child.once('exit', (code) => reject(new Error(`the host process exited (${code}) before reporting`)));
     });
-    expect(report).toMatchObject({ flooded: 2048, after: 'pong', wrong: 0, stats: { crashed: 0, busy: 0 } });
+    expect(report).toMatchObject({ flooded: 2048, after: 'pong', wrong: 0, stats: { died: NO_DEATHS, busy: 0 } });
     expect(report.answered).toBeGreaterThan(0);
     expect((report.stats as PoolStats).outputDropped).toBeGreaterThan(0);
     expect(report.growth).toBeLessThan(600 * MB);
@@ -270,7 +270,7 @@ describe('attacks, each with a neighbour key answering throughout', () => {
       // biome-ignore lint/suspicious/noControlCharactersInRegex: the point is to find control characters
       expect(line.slice(0, -1)).not.toMatch(/[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/);
     }
-    await sane(pool, { crashed: 0, spawned: 2 });
+    await sane(pool, { died: NO_DEATHS, spawned: 2 });
   });
 
   it('logging a remote() proxy makes no call and raises no unhandled rejection; awaiting it calls no then', async () => {
@@ -316,6 +316,6 @@ describe('attacks, each with a neighbour key answering throughout', () => {
     expect(await pool.call(HOSTILE, 'then')).toBe('then');
     expect(await pool.call(HOSTILE, 'count')).toBe(2);
     expect(await agent.ping?.()).toBe('pong');
-    await sane(pool, { crashed: 0, spawned: 2 });
+    await sane(pool, { died: NO_DEATHS, spawned: 2 });
   });
 });

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { rejection } from './support/errors.js';
-import { eventually, installCleanup, invariants, openPool } from './support/pool.js';
+import { eventually, installCleanup, invariants, NO_DEATHS, openPool } from './support/pool.js';
 import { counterAgent, fixture, makeRoot } from './support/root.js';
 
 installCleanup();
@@ -61,6 +61,6 @@ describe('memory: each pattern ends only its own worker, with oom', () => {
     const pool = openPool({ root: await root() });
     expect(await withNeighbour(pool, 'manyReferences')).toMatchObject({ code: 'ERR_SANDPOOL_DATA_CLONE' });
     expect(await pool.call('bad/hog', 'add', [2, 2])).toBe(4);
-    expect(pool.stats().crashed).toBe(0);
+    expect(pool.stats().died).toEqual(NO_DEATHS);
   });
 });

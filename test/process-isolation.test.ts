@@ -80,7 +80,7 @@ describe("isolation: 'process'", () => {
   it('serves the same API from a child process, another uid when the host is root', async () => {
     const pool = mixedPool(await tenants());
     const spawned: number[] = [];
-    pool.on('spawn', (event) => spawned.push(event.threadId));
+    pool.on('spawn', (event) => spawned.push(event.pid));
     const who = await pool.call<{ pid: number; ppid: number; uid: number; key: string }>(ESCAPEE, 'whoami');
     expect(who).toMatchObject({ ppid: process.pid, key: ESCAPEE });
     expect(who.pid).not.toBe(process.pid);

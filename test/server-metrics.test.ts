@@ -112,9 +112,7 @@ describe('worker health metrics', () => {
     const reasons = seriesOf(text)
       .filter((line) => line.startsWith('sandpool_exits_total{'))
       .map((line) => /reason="([^"]+)"/.exec(line)?.[1]);
-    expect(reasons.sort()).toEqual(
-      ['closed', 'cpu', 'crash', 'exit', 'idle', 'killed', 'lru', 'oom', 'protocol', 'reload', 'removed'].sort(),
-    );
+    expect(reasons.sort()).toEqual(['retired', 'cpu', 'crash', 'exit', 'killed', 'oom', 'protocol'].sort());
     expect(sample(text, 'sandpool_crashes_total{reason="protocol",node="node-1"}')).toBe(0);
     expect(sample(text, 'sandpool_demotions_total{reason="cpu-share",node="node-1"}')).toBe(0);
   });

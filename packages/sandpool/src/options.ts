@@ -1,11 +1,10 @@
 import { z } from 'zod';
-import { SandpoolError } from './errors.js';
-import type { Isolation } from './host/agent-worker.js';
-import { type HostOption, isHostOption } from './host/capabilities.js';
-import type { PermissionPolicy } from './host/permissions.js';
+import { invalidOptions } from './errors.js';
 import { issuesOf } from './issues.js';
-import type { AgentKey } from './key.js';
+import { type AgentKey, SnapshotNameSchema, StemSchema, SwarmSchema } from './key.js';
+import { IO_LIMITS } from './protocol/agent-io.js';
 import { DEFAULT_MAX_SNAPSHOT_BYTES, SnapshotSecretSchema } from './store/store.js';
+import type { HostOption, Isolation, PermissionPolicy } from './types.js';
 
 /** setTimeout's ceiling. */
 const MAX_MS = 2_147_483_647;
@@ -36,6 +35,23 @@ const PermissionGrantSchema = z.strictObject({
   addons: z.boolean().optional(),
   wasi: z.boolean().optional(),
 });
+
+/** Why a value cannot be a table of host capabilities, or null when it can. */
+export function hostTableProblem(value: unknown): string | null {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return 'must be an object of functions';
+  for (const [name, fn] of Object.entries(value)) {
+    if (name.length === 0 || name.length > IO_LIMITS.hostName) {
+      return `names must be 1 to ${IO_LIMITS.hostName} characters`;
+    }
+    if (typeof fn !== 'function') return `.${name} must be a function`;
+  }
+  return null;
+}
+
+/** Whether a value can be the `host` option (the schema's check; the table is built per spawn). */
+function isHostOption(value: unknown): value is HostOption {
+  return typeof value === 'function' || hostTableProblem(value) === null;
+}
 
 /** A worker's heap budget unless resourceLimits names one. */
 const DEFAULT_HEAP_MB = 256;
@@ -177,11 +193,7 @@ export function swarmCap(options: ResolvedPoolOptions): number {
 export function parsePoolOptions(options: unknown): ResolvedPoolOptions {
   const parsed = PoolOptionsSchema.safeParse(options);
   if (parsed.success) return parsed.data;
-  const issues = issuesOf(parsed.error);
-  const fields = [...new Set(issues.map((issue) => issue.path.join('.') || '(options)'))].join(', ');
-  throw new SandpoolError('ERR_SANDPOOL_INVALID_OPTIONS', `invalid pool options: ${fields}: ${issues[0]?.message}`, {
-    issues,
-  });
+  throw invalidOptions('pool options', issuesOf(parsed.error));
 }
 
 export const CallOptionsSchema = z.strictObject({
@@ -209,7 +221,7 @@ export function parseCallOptions(options: CallOptions | undefined): ParsedCallOp
   if (isWellFormed(options)) return { timeoutMs: options.timeoutMs, signal: options.signal, transfer: undefined };
   const parsed = CallOptionsSchema.safeParse(options);
   if (!parsed.success) {
-    throw new SandpoolError('ERR_SANDPOOL_INVALID_OPTIONS', 'invalid call options', { issues: issuesOf(parsed.error) });
+    throw invalidOptions('call options', issuesOf(parsed.error));
   }
   const { timeoutMs, signal, transfer } = parsed.data;
   return { timeoutMs, signal, transfer: transfer === undefined || transfer.length === 0 ? undefined : transfer };
@@ -224,3 +236,21 @@ function isWellFormed(options: CallOptions): boolean {
     (signal === undefined || signal instanceof AbortSignal)
   );
 }
+
+export const StreamOptionsSchema = z.strictObject({
+  signal: z.custom<AbortSignal>((value) => value instanceof AbortSignal, 'signal must be an AbortSignal').optional(),
+  /** Chunks the worker may produce beyond what the consumer has taken. */
+  highWaterMark: z.number().int().min(1).max(IO_LIMITS.highWaterMark).default(16),
+  /** Longest a `next()` waits for its chunk (the first one's worker start included); 0 = no limit. */
+  chunkTimeoutMs: ms.default(30_000),
+  /** Bounds the whole stream, counted from its hand-off to the worker; none unless given. */
+  timeoutMs: ms.optional(),
+});
+export type StreamOptions = z.input<typeof StreamOptionsSchema>;
+
+export const InvalidateSelectorSchema = z.strictObject({
+  swarm: SwarmSchema,
+  snapshot: SnapshotNameSchema.nullable().optional(),
+  stem: StemSchema.optional(),
+});
+export type InvalidateSelector = z.input<typeof InvalidateSelectorSchema>;

@@ -1,8 +1,7 @@
 import { createHash } from 'node:crypto';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
-import { SandpoolError } from 'sandpool';
 import type { ServerContext } from './context.js';
-import { HttpError } from './errors.js';
+import { draining, HttpError } from './errors.js';
 import type { TokenGrant } from './options.js';
 
 /** Routes a probe or a scraper reaches while the node drains; everything under /v1 is refused. */
@@ -34,7 +33,7 @@ export function installGuard(app: FastifyInstance, { options, lifecycle }: Serve
       grants.set(request, grant);
     }
     if (lifecycle.draining && (route === undefined || !OPEN_WHILE_DRAINING.has(route))) {
-      throw new SandpoolError('ERR_SANDPOOL_CLOSED', `node ${options.nodeName} is draining`);
+      throw draining(options.nodeName);
     }
   });
   // While draining, every answer closes its connection: a balancer's idle keep-alive

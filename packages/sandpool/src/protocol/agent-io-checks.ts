@@ -1,6 +1,6 @@
 /** The coordinator's checks on the agent-side messages (see agent-io.ts), in the style of checks.ts. */
 import { IO_LIMITS } from './agent-io.js';
-import { bad, type Checked, isCallId } from './checks.js';
+import { bad, type Checked, isCallId } from './check-kit.js';
 import { isPrimitive } from './clone.js';
 import { type FromWorker, LIMITS } from './messages.js';
 

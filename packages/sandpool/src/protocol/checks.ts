@@ -5,6 +5,7 @@
  * broken runtime; the caller ends that worker with reason `protocol`.
  */
 import { checkChunk, checkHostCall, checkMoved } from './agent-io-checks.js';
+import { bad, type Checked, isCallId, isCount, isDense, isPlainObject, isText } from './check-kit.js';
 import { isPrimitive } from './clone.js';
 import {
   AGENT_CODE,
@@ -15,8 +16,6 @@ import {
   type OutputChunk,
   type RemoteError,
 } from './messages.js';
-
-export type Checked = { ok: true; message: FromWorker } | { ok: false; problem: string };
 
 const CALL_CODES: ReadonlySet<unknown> = new Set(CALL_FAILURES);
 const LOAD_CODES: ReadonlySet<unknown> = new Set(LOAD_FAILURES);
@@ -92,31 +91,4 @@ export function isRemoteError(value: unknown): value is RemoteError {
       (typeof code === 'number' && Number.isFinite(code)) ||
       (typeof code === 'string' && AGENT_CODE.test(code)))
   );
-}
-
-/** An array whose length is bounded before it is walked: a sparse one with a huge length is refused unread. */
-function isDense(value: unknown, max: number): value is unknown[] {
-  return Array.isArray(value) && value.length <= max;
-}
-
-export function isCallId(value: unknown): value is number {
-  return typeof value === 'number' && Number.isSafeInteger(value) && value > 0;
-}
-
-function isCount(value: unknown): value is number {
-  return typeof value === 'number' && Number.isSafeInteger(value) && value >= 0;
-}
-
-function isText(value: unknown, max: number): value is string {
-  return typeof value === 'string' && value.length <= max;
-}
-
-export function isPlainObject(value: unknown): value is Record<string, unknown> {
-  if (typeof value !== 'object' || value === null) return false;
-  const proto = Object.getPrototypeOf(value);
-  return proto === Object.prototype || proto === null;
-}
-
-export function bad(problem: string): Checked {
-  return { ok: false, problem: `the worker sent ${problem}` };
 }

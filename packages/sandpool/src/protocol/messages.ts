@@ -1,20 +1,13 @@
 import type { MessagePort } from 'node:worker_threads';
-import type { HostCall, HostDone, StreamChunk, StreamCredit, StreamStart } from './agent-io.js';
+import type { HostCall, HostDone, RemoteError, StreamChunk, StreamCredit, StreamStart } from './agent-io.js';
+
+export type { RemoteError };
 
 /**
  * Messages between the coordinator and a worker, on the private MessageChannel handed to the
  * worker before any agent code runs. Plain objects with a one-letter tag: they are
  * structured-cloned on every call. Both sides import this file; it holds types and limits only.
  */
-
-/** An error as it crosses the thread boundary: structured clone drops an Error's `code`. */
-export interface RemoteError {
-  name: string;
-  message: string;
-  stack?: string;
-  /** The agent's own code: a short token or a number (see AGENT_CODE), never a SandpoolError code. */
-  code?: string | number;
-}
 
 /** What a call can fail with inside the worker. */
 export const CALL_FAILURES = [

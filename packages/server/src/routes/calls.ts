@@ -1,8 +1,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { SandpoolError } from 'sandpool';
 import { type CallKind, callOptionsFor, readCallInput } from '../call-input.js';
 import type { ServerContext } from '../context.js';
-import { bound, outcomeOf } from '../errors.js';
+import { bound, notJson, outcomeOf } from '../errors.js';
 import { authorize } from '../guard.js';
 
 /**
@@ -62,7 +61,7 @@ function resultJson(result: unknown, key: string): string {
     );
     return `{"result":${text}}`;
   } catch (cause) {
-    throw new SandpoolError('ERR_SANDPOOL_DATA_CLONE', `${key}: the result cannot be written as JSON`, { key, cause });
+    throw notJson('the result', key, cause);
   }
 }
 

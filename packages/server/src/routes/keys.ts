@@ -1,7 +1,8 @@
 import type { FastifyInstance } from 'fastify';
-import { type KeyStats, SandpoolError } from 'sandpool';
+import type { KeyStats } from 'sandpool';
 import { z } from 'zod';
 import type { ServerContext } from '../context.js';
+import { invalidRequest } from '../errors.js';
 import { visibleSwarms } from '../guard.js';
 
 /** The fields `?sort=` may name: each is a number where larger means "look here first". */
@@ -31,7 +32,7 @@ export function registerKeyRoutes(app: FastifyInstance, { pool, options }: Serve
     const parsed = KeysQuerySchema.safeParse(request.query ?? {});
     if (!parsed.success) {
       const issues = parsed.error.issues.map(({ path, message }) => ({ path, message }));
-      throw new SandpoolError('ERR_SANDPOOL_INVALID_OPTIONS', `invalid query: ${issues[0]?.message}`, { issues });
+      throw invalidRequest('query', issues);
     }
     const { sort, limit = DEFAULT_LIMIT } = parsed.data;
     const all = pool.keyStats();

@@ -1,9 +1,8 @@
 import { once } from 'node:events';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { SandpoolError } from 'sandpool';
 import { type CallKind, callOptionsFor, readCallInput } from '../call-input.js';
 import type { ServerContext } from '../context.js';
-import { outcomeOf, toErrorReply } from '../errors.js';
+import { notJson, outcomeOf, toErrorReply } from '../errors.js';
 import { authorize } from '../guard.js';
 
 /**
@@ -77,7 +76,7 @@ function chunkLine(value: unknown): string {
     );
     return `{"chunk":${text}}\n`;
   } catch (cause) {
-    throw new SandpoolError('ERR_SANDPOOL_DATA_CLONE', 'a chunk cannot be written as JSON', { cause });
+    throw notJson('a chunk', undefined, cause);
   }
 }
 
