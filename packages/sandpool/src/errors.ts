@@ -21,6 +21,8 @@ export const ERROR_CODES = [
   'ERR_SANDPOOL_QUEUE_TIMEOUT',
   /** An agent called `sandpool.host.<name>()` for a name the pool does not declare (seen in the agent, and as an agent error's `cause.code`). */
   'ERR_SANDPOOL_HOST_NOT_FOUND',
+  /** The `fetch` capability refused a URL: an origin the policy does not list, or an address it may not reach. */
+  'ERR_SANDPOOL_ACCESS_DENIED',
 ] as const;
 
 export type SandpoolErrorCode = (typeof ERROR_CODES)[number];
