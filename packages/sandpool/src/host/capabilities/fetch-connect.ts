@@ -23,6 +23,14 @@ function permitted(hostname: string, address: string): boolean {
   return isIP(hostname) === 0 ? isPublicAddress(address) : sameAddress(hostname, address);
 }
 
+/** The address to connect to: an IP-literal host is its own; a name's first permitted answer. */
+async function addressFor(hostname: string, origin: string, lookup: FetchLookup): Promise<string> {
+  if (isIP(hostname) !== 0) return hostname;
+  const chosen = (await lookup(hostname)).find((address) => permitted(hostname, address));
+  if (chosen === undefined) throw denied(`${origin} resolves to no public address`);
+  return chosen;
+}
+
 function denied(message: string): SandpoolError {
   return new SandpoolError('ERR_SANDPOOL_ACCESS_DENIED', `fetch: ${message}`);
 }
@@ -42,17 +50,7 @@ export function guardedConnector(
     const { hostname, protocol } = options;
     const origin = `${protocol}//${options.host ?? hostname}`;
     if (!allowed.has(origin)) return callback(denied(`${origin} is not an allowed origin`), null);
-    const target =
-      isIP(hostname) !== 0
-        ? Promise.resolve(hostname)
-        : Promise.resolve(hostname)
-            .then(lookup)
-            .then((addresses) => {
-              const chosen = addresses.find((address) => permitted(hostname, address));
-              if (chosen === undefined) throw denied(`${origin} resolves to no public address`);
-              return chosen;
-            });
-    target.then(
+    addressFor(hostname, origin, lookup).then(
       (address) =>
         connect({ ...options, hostname: address }, (error, socket) => {
           if (error !== null) return callback(error, null);

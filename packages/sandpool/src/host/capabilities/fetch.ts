@@ -134,9 +134,7 @@ async function fetchWith(
       }
       response.body.destroy();
       if (redirects === policy.maxRedirects) {
-        throw Object.assign(new Error(`fetch: more than ${policy.maxRedirects} redirects`), {
-          code: 'ERR_TOO_MANY_REDIRECTS',
-        });
+        throw new FetchFailure(`fetch: more than ${policy.maxRedirects} redirects`, 'ERR_TOO_MANY_REDIRECTS');
       }
       hop = redirectOf(policy, hop, response.statusCode, location);
     }
@@ -233,9 +231,7 @@ function redirectOf(policy: ResolvedFetchPolicy, hop: Hop, status: number, locat
   try {
     url = new URL(location, hop.url);
   } catch {
-    throw Object.assign(new Error('fetch: a redirect to a location that cannot be parsed'), {
-      code: 'ERR_INVALID_REDIRECT',
-    });
+    throw new FetchFailure('fetch: a redirect to a location that cannot be parsed', 'ERR_INVALID_REDIRECT');
   }
   if (!policy.allow.has(url.origin)) throw notAllowed(url.origin);
   url.hash = '';
@@ -301,10 +297,20 @@ function boundedBody(body: Readable, bound: number, deadline: Deadline): AsyncIt
  */
 function failure(error: unknown, deadline: Deadline, origin: string): Error {
   if (deadline.signal.aborted) return deadline.signal.reason as Error;
-  if (error instanceof SandpoolError) return error;
+  if (error instanceof SandpoolError || error instanceof FetchFailure) return error;
   const code = (error as { code?: unknown } | null)?.code;
   const known = typeof code === 'string' && NETWORK_CODE.test(code) ? code : 'ERR_FETCH_FAILED';
-  return Object.assign(new Error(`fetch: ${origin} failed (${known})`), { code: known });
+  return new FetchFailure(`fetch: ${origin} failed (${known})`, known);
+}
+
+/** A failure that is not sandpool's to name: the agent matches on `code`, as on Node's own errors. */
+class FetchFailure extends Error {
+  constructor(
+    message: string,
+    readonly code: string,
+  ) {
+    super(message);
+  }
 }
 
 /**
