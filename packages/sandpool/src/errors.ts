@@ -28,6 +28,8 @@ export const ERROR_CODES = [
   'ERR_SANDPOOL_QUEUE_TIMEOUT',
   /** An agent called `sandpool.host.<name>()` for a name the pool does not declare (seen in the agent, and as an agent error's `cause.code`). */
   'ERR_SANDPOOL_HOST_NOT_FOUND',
+  /** The `fetch` capability refused a URL: an origin the policy does not list, or an address it may not reach. */
+  'ERR_SANDPOOL_ACCESS_DENIED',
 ] as const;
 
 export type SandpoolErrorCode = (typeof ERROR_CODES)[number];
@@ -251,6 +253,31 @@ export function snapshotCorrupt(message: string, key?: string, cause?: unknown):
 
 export function snapshotBuild(message: string, cause?: unknown): SandpoolError {
   return new SandpoolError('ERR_SANDPOOL_SNAPSHOT_BUILD', message, keyed(undefined, cause));
+}
+
+// ---- the fetch capability ----------------------------------------------------------------
+
+/** An origin or an address the fetch policy does not allow. */
+export function accessDenied(message: string): SandpoolError {
+  return new SandpoolError('ERR_SANDPOOL_ACCESS_DENIED', `fetch: ${message}`);
+}
+
+/** A request or response body past its bound. */
+export function bodyTooLarge(what: 'request' | 'response', bound: number): SandpoolError {
+  return new SandpoolError('ERR_SANDPOOL_DATA_CLONE', `fetch: the ${what} body is larger than ${bound} bytes`);
+}
+
+/** An agent's request the capability refuses before sending anything. */
+export function badRequest(message: string, issues: readonly SandpoolIssue[]): SandpoolError {
+  return new SandpoolError('ERR_SANDPOOL_INVALID_OPTIONS', `fetch: ${message}`, { issues });
+}
+
+export function fetchTimeout(ms: number): SandpoolError {
+  return new SandpoolError('ERR_SANDPOOL_TIMEOUT', `fetch: not finished within ${ms} ms`);
+}
+
+export function fetchAborted(): SandpoolError {
+  return new SandpoolError('ERR_SANDPOOL_ABORTED', 'fetch: aborted');
 }
 
 // ---- across a boundary ------------------------------------------------------------------
