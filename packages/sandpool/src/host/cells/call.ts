@@ -49,6 +49,8 @@ export class Call {
   transfer: ArrayBuffer[] | null = null;
   /** Set for a `stream()` call: where its chunks go. */
   stream: StreamSink | null = null;
+  /** It never reached a worker that then ended, and was sent to the key's next one (which happens once). */
+  resent = false;
   private onAbort: (() => void) | undefined = undefined;
   /** Made by the first host call of this call: its capabilities' `ctx.signal`, aborted when the call ends. */
   private hostAbort: AbortController | null = null;

@@ -92,6 +92,8 @@ export interface CellLife {
 /** The cell's key's route (routes/route.ts): what it decides about the cells it serves from. */
 export interface CellRoute {
   readonly key: ResolvedKey;
+  /** A call for this key: it runs on the serving cell, started if there is none. */
+  accept(call: Call): void;
   /** Whether the cell is a reload candidate: never an eviction victim. */
   isCandidate(cell: Cell): boolean;
   /** Whether the cell serves a key whose candidate is loading. */
@@ -202,7 +204,8 @@ export class Cell implements ThreadOwner, ChannelOwner, CallSite {
 
   /** Calls not answered yet that this cell holds: waiting for its worker, or running on it. */
   get held(): number {
-    return (this.waiting?.length ?? 0) + (this.channel?.running.size ?? 0);
+    const { channel } = this;
+    return (this.waiting?.length ?? 0) + (channel === null ? 0 : channel.running.size + channel.waiting.length);
   }
 
   /** Calls its worker is running, cancelled ones still within their grace included. */
@@ -252,8 +255,8 @@ export class Cell implements ThreadOwner, ChannelOwner, CallSite {
 
   withdraw(call: Call, why: 'abort' | 'timeout'): void {
     const channel = this.channel;
-    if (channel?.has(call)) {
-      channel.cancel(call, why);
+    if (channel !== null && (channel.has(call) || channel.waiting.includes(call))) {
+      channel.withdraw(call, why);
       return;
     }
     const waiting = 'waiting' in this.current ? this.current.waiting : null;

@@ -32,6 +32,12 @@ export class Channel {
   private outboxCalls = 0;
   private deadlineTimer: NodeJS.Timeout | undefined = undefined;
   private deadlineAt = 0;
+  /**
+   * Calls that arrived while a cancelled call was within its grace. They wait here, not on
+   * the worker: a worker that may be terminated for ignoring its signal never takes a call it
+   * might not start, and if it is, these go to its replacement (see takeDeferred).
+   */
+  private deferred: Call[] = [];
 
   constructor(
     private readonly thread: AgentWorker,
@@ -49,6 +55,17 @@ export class Channel {
    * passed in when the caller has just read it: one clock read per call is enough).
    */
   post(call: Call, now = performance.now()): void {
+    if (this.cancelling.size > 0) {
+      try {
+        // Sent later: the caller may reuse its objects as soon as call() returns.
+        call.copyArgs();
+      } catch (error) {
+        unsendable(call, error);
+        return;
+      }
+      this.deferred.push(call);
+      return;
+    }
     if (call.queueTimer !== undefined) call.stopWaiting();
     const idle = this.busy === 0;
     if (idle) this.thread.setReferenced(true);
@@ -100,6 +117,25 @@ export class Channel {
 
   has(call: Call): boolean {
     return this.running.get(call.id) === call;
+  }
+
+  /** Calls waiting for a cancelled call's grace to end, not yet on the worker. */
+  get waiting(): readonly Call[] {
+    return this.deferred;
+  }
+
+  /** The calls that never reached the worker, taken off the channel (it is ending: they may run elsewhere). */
+  takeDeferred(): Call[] {
+    const calls = this.deferred;
+    this.deferred = [];
+    return calls;
+  }
+
+  /** Takes back a call answered early: one still waiting for a grace leaves; a running one is cancelled. */
+  withdraw(call: Call, why: 'timeout' | 'abort'): void {
+    const index = this.deferred.indexOf(call);
+    if (index >= 0) this.deferred.splice(index, 1);
+    else this.cancel(call, why);
   }
 
   /**
@@ -201,6 +237,7 @@ export class Channel {
       clearTimeout(grace);
       this.cancelling.delete(id);
       this.running.release(id);
+      if (this.cancelling.size === 0) for (const call of this.takeDeferred()) this.post(call);
       return undefined;
     }
     if (!this.isIssued(id)) return undefined;

@@ -175,6 +175,32 @@ export class Lifecycle implements CellLife {
     this.unwatch(cell);
     cell.transition({ name: 'exiting', thread: phase.thread, channel: phase.channel, end });
     phase.thread.terminate(end, cause);
+    this.resend(cell, phase.channel.takeDeferred(), end);
+  }
+
+  /**
+   * Calls that never reached a worker that is ending (they waited for a cancelled call's
+   * grace) run on the key's next worker, once; when the pool closes or the snapshot goes,
+   * they fail as the worker's other calls do.
+   */
+  private resend(cell: Cell, calls: readonly Call[], end: ThreadEnd): void {
+    if (calls.length === 0) return;
+    const { key } = cell;
+    const ends = 'retired' in end && (end.retired === 'closed' || end.retired === 'removed');
+    for (const call of calls) {
+      if (!ends && !call.resent) {
+        call.resent = true;
+        cell.route.accept(call);
+        continue;
+      }
+      const error =
+        'died' in end
+          ? workerDied(key.text, end.died, null, false)
+          : end.retired === 'removed' && key.snapshot !== null
+            ? snapshotRemoved(key.text, key.swarm, key.snapshot)
+            : closed(key.text);
+      call.settle(error);
+    }
   }
 
   /**
@@ -202,9 +228,12 @@ export class Lifecycle implements CellLife {
     cell.route.detach(cell);
     const exitError = death === null ? closed(key) : workerDied(key, death, failure, false);
     const running = cell.channel?.drain() ?? [];
+    const unsent = cell.channel?.takeDeferred() ?? [];
     cell.transition({ name: 'ended', end });
     // A kill or a cpuTimeoutMs overrun is the pool's own doing, and a failed load has backed off already.
     const own = death === 'killed' || death === 'cpu' || phase.name === 'starting' || failedLoad(phase);
+    // Before the route hears the cell is gone: a call resent keeps the route (and makes its next cell).
+    this.resend(cell, unsent, end);
     cell.route.released(cell, death !== null && !own ? exitError : null);
     answer(running, exitError);
     this.parts.scheduler.pump();

@@ -51,7 +51,9 @@ export function violations(view: Books): string[] {
       if (cell.key.text !== text || cell.phase.name === 'ended') {
         problems.push(`${text} counts a ${cell.phase.name} cell of ${cell.key.text}`);
       }
-      for (const call of [...(cell.waiting ?? []), ...(cell.channel?.running.calls() ?? [])]) {
+      const channel = cell.channel;
+      const onChannel = channel === null ? [] : [...channel.running.calls(), ...channel.waiting];
+      for (const call of [...(cell.waiting ?? []), ...onChannel]) {
         if (call.settled || call.site !== cell || call.book !== route) {
           problems.push(`${text}: ${call.fn}() is held by a cell it does not belong to, or after it settled`);
         }
