@@ -8,8 +8,12 @@ installServerCleanup();
 type Server = ReturnType<typeof openServer>;
 
 /** Any token may scrape; the tests' servers all know `t`. */
-async function scrape(server: Server): Promise<string> {
-  const response = await server.app.inject({ method: 'GET', url: '/metrics', headers: { authorization: 'Bearer t' } });
+async function scrape(server: Server, token = 't'): Promise<string> {
+  const response = await server.app.inject({
+    method: 'GET',
+    url: '/metrics',
+    headers: { authorization: `Bearer ${token}` },
+  });
   expect(response.statusCode).toBe(200);
   return response.body;
 }
@@ -91,6 +95,23 @@ describe('per-swarm metrics', () => {
     expect(sample(text, 'sandpool_swarm_calls_total{swarm="a",node="node-1"}')).toBe(2);
     expect(sample(text, 'sandpool_swarm_errors_total{swarm="a",node="node-1"}')).toBe(1);
     expect(sample(text, 'sandpool_swarm_call_duration_seconds_count{node="node-1",swarm="a"}')).toBe(2);
+    // A token scoped to swarm a reads a's series and nothing else: no other swarm, no node-wide total.
+    await request(
+      server,
+      'POST',
+      '/v1/call/b/notifier_agent',
+      { fn: 'add', args: [1, 2] },
+      { authorization: 'Bearer t' },
+    );
+    const full = await scrape(server);
+    expect(swarmLabels(full)).toContain('_other');
+    expect(sample(full, 'sandpool_calls_total{outcome="ok",node="node-1"}')).toBe(2);
+    const scoped = await scrape(server, 'ta');
+    expect([...swarmLabels(scoped)]).toEqual(['a']);
+    expect(seriesOf(scoped).every((line) => line.startsWith('sandpool_swarm_'))).toBe(true);
+    expect(sample(scoped, 'sandpool_swarm_calls_total{swarm="a",node="node-1"}')).toBe(2);
+    expect(scoped).toMatch(/^# HELP sandpool_swarm_calls_total /m);
+    expect(scoped).not.toMatch(/sandpool_calls_total|sandpool_workers_alive|process_cpu/);
     expect(thrownSync(() => openServer({ root, metricsSwarms: -1 }))).toEqual({
       code: 'ERR_SANDPOOL_INVALID_OPTIONS',
       paths: ['metricsSwarms'],

@@ -54,6 +54,11 @@ export function authorize(request: FastifyRequest, swarm: string, need: 'read' |
   }
 }
 
+/** The swarms the request's token reaches: every one (`*`), or those listed. */
+export function scopeOf(request: FastifyRequest): '*' | readonly string[] {
+  return grants.get(request)?.swarms ?? [];
+}
+
 /** The swarms of `all` the request's token reaches. */
 export function visibleSwarms(request: FastifyRequest, all: readonly string[]): string[] {
   const grant = grants.get(request);

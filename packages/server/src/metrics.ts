@@ -42,6 +42,41 @@ const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0
 /** Fewer buckets per swarm: each one is a series per labelled swarm. */
 const SWARM_LATENCY_BUCKETS = [0.001, 0.005, 0.025, 0.1, 0.5, 2.5, 10];
 
+/**
+ * The exposition text cut down to the per-swarm series of `swarms`, with their HELP and TYPE
+ * lines: what a token scoped to those swarms may read. Node-wide series are left out, since
+ * they sum every tenant's calls.
+ */
+export function swarmSeries(text: string, swarms: readonly string[]): string {
+  const labels = new Set(swarms.map((swarm) => `swarm="${swarm}"`));
+  const kept: string[] = [];
+  let family: string[] = [];
+  let keepFamily = false;
+  const flush = (): void => {
+    if (keepFamily) kept.push(...family);
+    family = [];
+    keepFamily = false;
+  };
+  for (const line of text.split('\n')) {
+    if (line.startsWith('# HELP ')) {
+      flush();
+      family.push(line);
+      continue;
+    }
+    if (line.startsWith('#') || line === '') {
+      family.push(line);
+      continue;
+    }
+    const swarm = /\bswarm="[^"]*"/.exec(line)?.[0];
+    if (swarm !== undefined && labels.has(swarm)) {
+      family.push(line);
+      keepFamily = true;
+    }
+  }
+  flush();
+  return kept.length === 0 ? '' : `${kept.join('\n')}\n`;
+}
+
 export function createMetrics(pool: Pool, nodeName: string, swarmLabelLimit: number): ServerMetrics {
   const registry = new Registry();
   registry.setDefaultLabels({ node: nodeName });
