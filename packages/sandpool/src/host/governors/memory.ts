@@ -24,8 +24,17 @@ export interface MemoryLimits {
  * governor.
  */
 export function v8HeapLimitMb(budgetMb: number): number {
-  return budgetMb * (budgetMb >= 256 ? 4 : 3);
+  return Math.max(budgetMb * (budgetMb >= 256 ? 4 : 3), budgetMb + LARGEST_ALLOCATION_MB);
 }
+
+/**
+ * The most V8 allocates in one step for agent code: a FixedArray at its maximum length
+ * (about 2^27 slots of 8 bytes) or a two-byte string at its maximum length, about 1 GB
+ * each. With V8's limit this far above the budget, one such allocation lands under it and
+ * the governor ends the worker; at 3x a 64 or 128 MB budget, `new Array(1e8).fill(0)`
+ * reached V8's limit first and aborted the whole process on Node 24 and 26.
+ */
+const LARGEST_ALLOCATION_MB = 1280;
 
 /**
  * A child process's resident memory beyond its heap and external budgets that is still its
