@@ -25,6 +25,25 @@ const HOSTILE_AGENT = `
   export function deep(depth) { let v = { leaf: true }; for (let i = 0; i < depth; i++) v = { a: v }; return v; }
   export function shared(mb, times) { const s = 'x'.repeat(mb * 2 ** 20); return new Array(times).fill(s); }
   export function print(text) { process.stdout.write(text); return true; }
+  export function bigString(mb) { return 'z'.repeat(mb * 2 ** 20); }
+  export async function* bigChunk(mb) { yield 'small'; yield 'c'.repeat(mb * 2 ** 20); }
+  export async function forgeHostArgs() {
+    // The runtime serializes host-call arguments with node:v8's serialize; an agent can swap it.
+    const v8 = (await import('node:v8')).default;
+    const { syncBuiltinESMExports } = await import('node:module');
+    const original = v8.serialize;
+    v8.serialize = () => { const sparse = []; sparse.length = 2 ** 32 - 1; return original([sparse]); };
+    syncBuiltinESMExports();
+    return sandpool.host.count(1);
+  }
+  export async function hostFlood(ms) {
+    const big = 'h'.repeat(2 ** 20 - 64);
+    const until = Date.now() + ms;
+    let made = 0;
+    const worker = async () => { while (Date.now() < until) { await sandpool.host.count(big); made += 1; } };
+    await Promise.all(Array.from({ length: 64 }, worker));
+    return made;
+  }
   export async function flood(mb) {
     const chunk = 'y'.repeat(2 ** 20 - 1) + '\\n';
     for (let i = 0; i < mb; i++) {
@@ -107,12 +126,55 @@ async function sane(pool: Pool, expected: Partial<PoolStats>): Promise<void> {
 }
 
 describe('attacks, each with a neighbour key answering throughout', () => {
-  it('a sparse array of length 2**32-1 reaches the caller, and the host never walks it', async () => {
+  it('a sparse array of length 2**32-1 is refused in the worker: its slots count, and nothing walks them', async () => {
     const pool = openPool({ root: await hostileRoot() });
-    const array = await withNeighbour(pool, () => pool.call<unknown[]>(HOSTILE, 'sparse'));
-    expect(array).toHaveLength(2 ** 32 - 1);
-    expect(array[7]).toBe('seven');
-    expect(Object.keys(array)).toEqual(['7']);
+    const error = await withNeighbour(pool, () => rejection(pool.call(HOSTILE, 'sparse')));
+    expect(error).toMatchObject({ code: 'ERR_SANDPOOL_DATA_CLONE' });
+    await sane(pool, { died: NO_DEATHS, spawned: 2 });
+  });
+
+  it('a 300 MB string result or chunk is refused in the worker, past the 256 MB result limit', async () => {
+    const pool = openPool({ root: await hostileRoot(), resourceLimits: { maxOldGenerationSizeMb: 1024 } });
+    const { value, growth } = await rssGrowth(() =>
+      withNeighbour(pool, async () => {
+        const result = await rejection(pool.call(HOSTILE, 'bigString', [300]));
+        const chunks: unknown[] = [];
+        const streamed = await (async () => {
+          for await (const chunk of pool.stream(HOSTILE, 'bigChunk', [300])) chunks.push(chunk);
+        })().catch((error: unknown) => error);
+        return { result, streamed, chunks };
+      }),
+    );
+    expect(value.result).toMatchObject({ code: 'ERR_SANDPOOL_DATA_CLONE' });
+    expect(value.streamed).toMatchObject({ code: 'ERR_SANDPOOL_DATA_CLONE' });
+    expect(value.chunks).toEqual(['small']);
+    // The strings stayed in the worker: the host never held one.
+    expect(growth).toBeLessThan(200 * MB);
+    expect(await pool.call(HOSTILE, 'bigString', [1])).toHaveLength(MB);
+    await sane(pool, { died: NO_DEATHS, spawned: 2 });
+  });
+
+  it('host-call arguments forged to a sparse array of length 2**32-1 end the worker (protocol), unwalked', async () => {
+    let counted = 0;
+    const pool = openPool({ root: await hostileRoot(), host: { count: () => (counted += 1) } });
+    const error = await withNeighbour(pool, () => rejection(pool.call(HOSTILE, 'forgeHostArgs')));
+    expect(error).toMatchObject({ code: 'ERR_SANDPOOL_WORKER_EXITED', reason: 'protocol' });
+    expect(counted).toBe(0);
+    expect(invariants(pool)).toEqual([]);
+    expect(await pool.call(HOSTILE, 'ping')).toBe('pong');
+    expect(await pool.call(NEIGHBOUR, 'add', [2, 2])).toBe(4);
+  });
+
+  it('64 host calls in flight with 1 MB arguments get the coordinator at their share: 16 MB a second', async () => {
+    let counted = 0;
+    const pool = openPool({ root: await hostileRoot(), host: { count: () => (counted += 1) } });
+    const started = performance.now();
+    const made = await withNeighbour(pool, () => pool.call<number>(HOSTILE, 'hostFlood', [1_500]));
+    const seconds = (performance.now() - started) / 1000;
+    expect(made).toBe(counted);
+    // A second's worth at the start, then 16 a second: a bound that load can only lower.
+    expect(counted).toBeLessThanOrEqual(16 + 16 * seconds + 1);
+    expect(counted).toBeGreaterThan(0);
     await sane(pool, { died: NO_DEATHS, spawned: 2 });
   });
 

@@ -81,7 +81,7 @@ describe('checkFromWorker', () => {
 
   it('refuses an object value in done.ok: objects travel only as sized bytes', () => {
     for (const value of [{ a: 1 }, [1], new Date(0), () => 1]) {
-      expect(refused({ t: 'done', ok: [1, value], err: [] })).toMatch(/object result/);
+      expect(refused({ t: 'done', ok: [1, value], err: [] })).toMatch(/object or long string result/);
     }
   });
 
@@ -155,6 +155,7 @@ function call(fn = 'f', timeoutMs = 0, settled: Settled[] = []): Call {
     keyText: 'a/x',
     settledInto: settled,
     stopWaiting() {},
+    copyArgs() {},
     settle(this: Call & { settledInto: Settled[] }, failure: SandpoolError | null, value?: unknown) {
       const outcome: Outcome =
         failure === null
@@ -213,16 +214,25 @@ describe('Channel', () => {
     expect(violations).toEqual([]);
   });
 
-  it('gives the id of a cancelled call to no newer call until its agent settles, then reuses it', () => {
-    const { channel, violations, settled, call } = setup();
-    const cancelled = call();
+  it('gives the id of a cancelled call to no newer call until its agent settles, then reuses it', async () => {
+    const { channel, violations, settled, call, sent } = setup();
+    const [cancelled, newer] = [call(), call()];
     channel.post(cancelled);
-    channel.cancel(cancelled, 'timeout');
-    const newer = call();
     channel.post(newer);
-    expect(newer.id).not.toBe(cancelled.id);
+    channel.cancel(cancelled, 'timeout');
+    // A call made while a cancelled one is within its grace waits, unsent and without an id.
+    const waiting = call('later');
+    channel.post(waiting);
+    await Promise.resolve();
+    expect(sent.flatMap((message) => (message.t === 'calls' ? message.calls : []))).not.toContain('later');
+    expect(channel.waiting).toEqual([waiting]);
     channel.receive({ t: 'done', ok: [cancelled.id, 'late'], err: [] });
     expect(settled).toEqual([]);
+    // The grace is over: it leaves now, on an id no running call holds.
+    expect(channel.waiting).toEqual([]);
+    expect(waiting.id).not.toBe(newer.id);
+    channel.receive({ t: 'done', ok: [waiting.id, 'waited'], err: [] });
+    settled.length = 0;
     channel.receive({ t: 'done', ok: [newer.id, 'mine'], err: [] });
     expect(settled).toEqual([{ call: newer, outcome: { ok: true, value: 'mine' } }]);
     // Both ids are free again: the next calls take them, and no third is made.

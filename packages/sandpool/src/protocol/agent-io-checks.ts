@@ -1,14 +1,14 @@
 /** The coordinator's checks on the agent-side messages (see agent-io.ts), in the style of checks.ts. */
 import { IO_LIMITS } from './agent-io.js';
 import { bad, type Checked, isCallId } from './check-kit.js';
-import { isPrimitive } from './clone.js';
+import { isInline } from './clone.js';
 import { type FromWorker, LIMITS } from './messages.js';
 
 export function checkChunk(raw: Record<string, unknown>): Checked {
   if (!isCallId(raw.id)) return bad('a chunk with a malformed call id');
   const { value, bytes } = raw;
   if (bytes === null) {
-    if (!isPrimitive(value)) return bad('an object chunk outside serialized bytes');
+    if (!isInline(value, LIMITS.inlineString)) return bad('an object or long string chunk outside serialized bytes');
   } else if (!(bytes instanceof ArrayBuffer) || value !== undefined) {
     return bad('a malformed chunk');
   } else if (bytes.byteLength > LIMITS.resultBytes) {

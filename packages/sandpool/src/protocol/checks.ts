@@ -6,7 +6,7 @@
  */
 import { checkChunk, checkHostCall, checkMoved } from './agent-io-checks.js';
 import { bad, type Checked, isCallId, isCount, isDense, isPlainObject, isText } from './check-kit.js';
-import { isPrimitive } from './clone.js';
+import { isInline } from './clone.js';
 import {
   AGENT_CODE,
   CALL_FAILURES,
@@ -54,7 +54,8 @@ function checkDone(raw: Record<string, unknown>): Checked {
   if (!isDense(err, LIMITS.replyBatch * 3) || err.length % 3 !== 0) return bad('a malformed error list');
   for (let i = 0; i < ok.length; i += 2) {
     if (!isCallId(ok[i])) return bad('a reply with a malformed call id');
-    if (!isPrimitive(ok[i + 1])) return bad('an object result outside a serialized result');
+    if (!isInline(ok[i + 1], LIMITS.inlineString))
+      return bad('an object or long string result outside a serialized result');
   }
   for (let i = 0; i < err.length; i += 3) {
     if (!isCallId(err[i])) return bad('a reply with a malformed call id');

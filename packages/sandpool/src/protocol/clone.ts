@@ -3,6 +3,11 @@ export function isPrimitive(value: unknown): boolean {
   return (typeof value !== 'object' && typeof value !== 'function') || value === null;
 }
 
+/** A result or chunk that travels inline: a primitive, and a string no longer than `maxString`. */
+export function isInline(value: unknown, maxString: number): boolean {
+  return isPrimitive(value) && (typeof value !== 'string' || value.length <= maxString);
+}
+
 /**
  * The arguments as they are now, for a call that must wait before it is posted: a caller
  * may reuse its objects as soon as `call()` returns. Throws DataCloneError like postMessage.

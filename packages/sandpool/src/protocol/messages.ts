@@ -38,6 +38,11 @@ export const LIMITS = {
   outputWindow: 1024 * 1024,
   /** A serialized result above this is refused with DATA_CLONE, in the worker and again here. */
   resultBytes: 256 * 1024 * 1024,
+  /**
+   * Characters of a string result or chunk sent inline, as a primitive. A longer one is
+   * serialized, so it counts toward resultBytes and the coordinator sizes it before taking it.
+   */
+  inlineString: 64 * 1024,
 } as const;
 
 /** Agent error codes kept on `cause.code`: what Node and most libraries use (`ENOENT`, `ERR_X`, `E_PROP`, `42`). */

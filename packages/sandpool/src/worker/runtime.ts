@@ -5,7 +5,7 @@
  */
 
 import type { StreamStart } from '../protocol/agent-io.js';
-import { isPrimitive } from '../protocol/clone.js';
+import { isInline } from '../protocol/clone.js';
 import {
   CALL_HEADER,
   type CancelReason,
@@ -118,7 +118,7 @@ export class Runtime {
 
   /** Sends one chunk now (its value may change after the next yield); an outcome if it cannot go. */
   private chunk(id: number, value: unknown): Outcome | null {
-    if (isPrimitive(value)) {
+    if (isInline(value, LIMITS.inlineString)) {
       this.post({ t: 'chunk', id, value, bytes: null });
       return null;
     }
@@ -145,7 +145,7 @@ export class Runtime {
    * it: the agent's next call in this tick may change an object it returned.
    */
   private reply(id: number, outcome: Outcome): void {
-    if (outcome.ok && !isPrimitive(outcome.value)) {
+    if (outcome.ok && !isInline(outcome.value, LIMITS.inlineString)) {
       this.flush();
       this.replyObject(id, outcome.value);
       return;

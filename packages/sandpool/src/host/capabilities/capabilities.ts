@@ -12,9 +12,11 @@ import { HOST_NOT_FOUND, type HostCall, type HostDone, IO_LIMITS } from '../../p
 import { isPrimitive } from '../../protocol/clone.js';
 import type { RemoteError } from '../../protocol/messages.js';
 import { toRemoteError } from '../../protocol/remote-error.js';
+import { exceedsSize } from '../../protocol/size.js';
 import type { HostCapability, HostContext, HostOption } from '../../types.js';
 import { askForKey } from '../policy/ask.js';
 import type { AgentWorker } from '../workers/agent-worker.js';
+import { HostBudget } from './budget.js';
 
 type Table = Readonly<Record<string, HostCapability>>;
 
@@ -61,16 +63,59 @@ function buildTable(declared: unknown, key: string): Table {
  */
 export class HostCalls {
   private readonly inFlight = new Map<number, () => void>();
+  /** Host calls that arrived while the worker's share of the coordinator was spent, in order. */
+  private readonly held: HostCall[] = [];
+  private resumeTimer: NodeJS.Timeout | undefined = undefined;
 
   constructor(
     private readonly table: Table,
     private readonly key: ResolvedKey,
+    private readonly budget: HostBudget = new HostBudget(),
   ) {}
 
   handle(message: HostCall, callFor: (id: number) => CallingCall | undefined, thread: AgentWorker): void {
-    const { id, name } = message;
+    const { id } = message;
     if (this.inFlight.has(id)) return thread.violate(`host call ${id} made twice`);
     if (this.inFlight.size >= IO_LIMITS.hostCalls) return thread.violate('more host calls than its runtime allows');
+    if (thread.terminating) return;
+    this.inFlight.set(id, () => {});
+    if (this.held.length === 0 && this.budget.take(message.args.byteLength)) {
+      this.timed(() => this.run(message, callFor, thread));
+      return;
+    }
+    this.held.push(message);
+    this.resumeLater(callFor, thread);
+  }
+
+  /** Runs held host calls as the budget refills; the call that made one may have ended meanwhile. */
+  private resumeLater(callFor: (id: number) => CallingCall | undefined, thread: AgentWorker): void {
+    const next = this.held[0];
+    if (next === undefined || this.resumeTimer !== undefined) return;
+    this.resumeTimer = setTimeout(() => {
+      this.resumeTimer = undefined;
+      if (thread.terminating) return;
+      for (let head = this.held[0]; head !== undefined; head = this.held[0]) {
+        if (!this.budget.take(head.args.byteLength)) break;
+        this.held.shift();
+        this.timed(() => this.run(head, callFor, thread));
+      }
+      this.resumeLater(callFor, thread);
+    }, this.budget.waitFor(next.args.byteLength));
+    this.resumeTimer.unref();
+  }
+
+  /** Charges the coordinator's time `work` takes to the worker's budget. */
+  private timed(work: () => void): void {
+    const started = performance.now();
+    try {
+      work();
+    } finally {
+      this.budget.spend(performance.now() - started);
+    }
+  }
+
+  private run(message: HostCall, callFor: (id: number) => CallingCall | undefined, thread: AgentWorker): void {
+    const { id, name } = message;
     const call = callFor(message.call);
     if (thread.terminating) return;
     const answer = (done: HostDone): void => {
@@ -80,7 +125,6 @@ export class HostCalls {
       stop();
       if (!thread.terminating) thread.post(done);
     };
-    this.inFlight.set(id, () => {});
     if (call === undefined) {
       const error = failure('ERR_SANDPOOL_ABORTED', `sandpool.host.${name}(): the agent call that made it has ended`);
       return answer({ t: 'host-done', id, ok: false, error });
@@ -96,7 +140,10 @@ export class HostCalls {
       );
       return answer({ t: 'host-done', id, ok: false, error: failed });
     }
+    // The runtime sizes them as this does before it sends them: past the bound is a forgery,
+    // refused before a capability (or a spread) walks a sparse array's every slot.
     if (!Array.isArray(args)) return thread.violate('host call arguments that are not an array');
+    if (exceedsSize(args, IO_LIMITS.hostArgsBytes)) return thread.violate('host call arguments past their bound');
     const signal = call.hostSignal();
     const ended = (): void => {
       const error = failure('ERR_SANDPOOL_ABORTED', `sandpool.host.${name}(): the agent call that made it has ended`);
@@ -120,7 +167,7 @@ export class HostCalls {
       return answer({ t: 'host-done', id, ok: false, error: hostError(error) });
     }
     void Promise.resolve(result).then(
-      (value) => answer(encode(id, value)),
+      (value) => this.timed(() => answer(encode(id, value))),
       (error: unknown) => answer({ t: 'host-done', id, ok: false, error: hostError(error) }),
     );
   }
