@@ -95,6 +95,20 @@ export function permissionArgs(policy: PermissionPolicy, folders: KeyFolders, ke
   return args;
 }
 
+/**
+ * A thread's flags as its Worker gets them. Node grants a process under the permission model
+ * reads of its entry script; a worker thread has none on its command line, so on Node 24 and
+ * 26 the empty path is granted, which resolves to the host's working directory, recursively
+ * (measured: a host started in `/` gave every strict thread the whole file system). A worker
+ * with an eval string gets no such grant; it still runs its own file, and `process._eval` is
+ * all an agent sees of the flag. Process keys have their entry on their command line.
+ */
+export function threadArgs(execArgv: readonly string[]): string[] {
+  return underPermissionModel(execArgv) ? [...execArgv, NO_ENTRY_GRANT] : [...execArgv];
+}
+
+const NO_ENTRY_GRANT = '--eval=0';
+
 /** Whether flags made by permissionArgs put the worker under the permission model. */
 export function underPermissionModel(execArgv: readonly string[]): boolean {
   return execArgv.includes(ENABLE);

@@ -2,6 +2,7 @@ import { MessageChannel, type MessagePort, Worker } from 'node:worker_threads';
 import type { ToWorker, WorkerBoot } from '../protocol/messages.js';
 import { AgentWorker, type ThreadSettings } from './agent-worker.js';
 import type { MemoryProbe, MemoryReading } from './memory-probe.js';
+import { threadArgs } from './permissions.js';
 
 /** worker/entry.ts and what it imports at start, as one file (scripts/bundle-worker.js). */
 const ENTRY = new URL('../worker/bundle.js', import.meta.url);
@@ -26,7 +27,7 @@ export class AgentThread extends AgentWorker {
     const { port1, port2 } = new MessageChannel();
     this.port = port1;
     this.worker = new Worker(ENTRY, {
-      execArgv: [...execArgv],
+      execArgv: threadArgs(execArgv),
       env: { ...settings.env },
       resourceLimits: settings.resourceLimits,
       workerData: { port: port2 } satisfies WorkerBoot,
