@@ -4,21 +4,76 @@
  * asserted absent there, never skipped in silence.
  */
 import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
+import { url as inspectorUrl } from 'node:inspector';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
+import { Worker } from 'node:worker_threads';
+import type { Pool, PoolOptions } from 'sandpool';
 import { describe, expect, it } from 'vitest';
-import { installCleanup } from './support/pool.js';
+import { AgentThread } from '../packages/sandpool/dist/host/thread.js';
+import { installCleanup, invariants, openPool } from './support/pool.js';
 import { counterAgent, makeRoot, writeFiles } from './support/root.js';
 
 installCleanup();
 
 const execFileAsync = promisify(execFile);
+const NEIGHBOUR = 'n/notifier_agent';
 const SANDPOOL = pathToFileURL(join(import.meta.dirname, '../packages/sandpool/dist/index.js')).href;
 
-/** An agent whose `attempt(name, ...args)` runs one attack and answers what it got, or the error's code. */
+/** In this test process's environment only: no agent may ever return it. */
+const SECRET = `host-secret-${process.pid}-${Date.now()}`;
+process.env.SANDPOOL_TEST_SECRET = SECRET;
+
+/** What the agent reports: the value it got, or the code (and message) of what it threw. */
+type Outcome = { got: unknown } | { code: string; message: string };
+
+/** The builtins strict denies, by id, and what an agent would do with each once loaded. */
+const BUILTINS = {
+  sqlite: "(m, path) => { const db = new m.DatabaseSync(path); db.exec('create table t(a)'); return 'opened'; }",
+  ffi: "(m) => Object.keys(m.dlopen('libc.so.6', { getpid: { result: 'i32', parameters: [] } }))",
+  inspector: '(m) => { const session = new m.Session(); session.connectToMainThread(); return "connected"; }',
+  'inspector/promises':
+    '(m) => { const session = new m.Session(); session.connectToMainThread(); return "connected"; }',
+  wasi: "(m) => typeof new m.WASI({ version: 'preview1' })",
+  trace_events: "(m) => { m.createTracing({ categories: ['v8'] }).enable(); return 'tracing'; }",
+} as const;
+type Builtin = keyof typeof BUILTINS;
+const BARE: readonly Builtin[] = ['inspector', 'inspector/promises', 'wasi', 'trace_events'];
+
+/** Whether this Node has the builtin at all (asked in this process, which runs without flags). */
+function exists(id: Builtin): boolean {
+  try {
+    return process.getBuiltinModule(`node:${id}`) !== undefined;
+  } catch {
+    return true; // it exists, and refuses to load here (trace_events in a worker)
+  }
+}
+
+/** Whether a worker thread of this Node starts with `flag` (where it does, strict passes it). */
+function workerAccepts(flag: string): boolean {
+  if (!process.allowedNodeEnvironmentFlags.has(flag)) return false;
+  try {
+    void new Worker('', { eval: true, execArgv: [flag] }).terminate();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** An agent whose `attempt(name, ...args)` runs one attack and answers what it got, or what it threw. */
 const ATTACKER = `
+import { createRequire } from 'node:module';
+import * as processModule from 'node:process';
+import * as v8 from 'node:v8';
+import * as workerThreads from 'node:worker_threads';
+const require = createRequire(import.meta.url);
+const use = { ${Object.entries(BUILTINS)
+  .map(([id, fn]) => `${JSON.stringify(id)}: ${fn}`)
+  .join(', ')} };
+
 export async function attempt(name, ...args) {
   try {
     return { got: await attacks[name](...args) };
@@ -26,22 +81,113 @@ export async function attempt(name, ...args) {
     return { code: error.code ?? error.name, message: String(error.message) };
   }
 }
+
+const load = {
+  import: (id) => import('node:' + id),
+  bare: (id) => import(id),
+  static: async (id) => (await import('./static-' + id.replace('/', '-') + '.mjs')).default,
+  require: (id) => require('node:' + id),
+  getBuiltinModule: (id) => process.getBuiltinModule('node:' + id),
+  moduleLoad: (id) => require('node:module')._load('node:' + id),
+  hookedImport: (id) => {
+    require('node:module').registerHooks({
+      resolve: (specifier, context, next) =>
+        specifier === 'evil:' + id ? { url: 'node:' + id, format: 'builtin', shortCircuit: true } : next(specifier, context),
+    });
+    return import('evil:' + id);
+  },
+  hookedRequire: (id) => {
+    require('node:module').registerHooks({
+      resolve: (specifier, context, next) =>
+        specifier === 'evil:' + id ? { url: 'node:' + id, format: 'builtin', shortCircuit: true } : next(specifier, context),
+    });
+    return require('evil:' + id);
+  },
+};
+
 const attacks = {
+  builtin: async (route, id, ...args) => {
+    const m = await load[route](id);
+    if (m === undefined) return 'absent';
+    return use[id](m, ...args);
+  },
   read: async (path) => (await import('node:fs')).readFileSync(path, 'utf8'),
+  report: () => JSON.stringify(process.report.getReport()),
+  reportNamed: () => JSON.stringify(processModule.report.getReport()),
+  reportWrite: () => process.report.writeReport(),
+  reportSettings: () => { process.report.directory = '/tmp'; return process.report.directory; },
+  commandLine: () => ({ argv: process.argv, execArgv: process.execArgv, named: [processModule.argv, processModule.execArgv] }),
+  env: () => JSON.stringify(process.env),
+  natives: () => { v8.setFlagsFromString('--allow-natives-syntax'); return new Function('return %IsBeingInterpreted()')(); },
+  nativesRequire: () => require('node:v8').setFlagsFromString('--allow-natives-syntax'),
+  heapSnapshotNearLimit: () => v8.setHeapSnapshotNearHeapLimit(1),
+  signal: (signal) => process.kill(process.pid, signal),
+  signalNamed: (signal) => processModule.kill(process.pid, signal),
+  rawSignal: () => process._kill(process.pid, 10),
+  debugProcess: () => process._debugProcess(process.ppid),
+  killParent: () => process.kill(process.ppid, 'SIGKILL'),
+  priority: async (tid) => (await import('node:os')).setPriority(tid, 19),
+  broadcast: () => { const channel = new BroadcastChannel('tenants'); channel.close(); return 'made'; },
+  broadcastModule: () => { const channel = new workerThreads.BroadcastChannel('tenants'); channel.close(); return 'made'; },
+  broadcastPrototype: () => new (Object.getPrototypeOf(BroadcastChannel))('tenants'),
+  threadMessage: (tid) => workerThreads.postMessageToThread(tid, 'hello', 1000),
+  locks: () => (globalThis.navigator === undefined ? 'absent' : navigator.locks.request('tenants', () => 'held')),
+  locksQuery: () => (globalThis.navigator === undefined ? 'absent' : navigator.locks.query()),
+  hooks: () => typeof require('node:module').registerHooks,
+  register: () => require('node:module').register('data:text/javascript,export function resolve(s, c, n) { return n(s, c); }'),
+  binding: () => Object.keys(process.binding('fs')).length,
+  loadEnvFile: (path) => { process.loadEnvFile(path); return JSON.stringify(process.env); },
+  openAsBlob: async (path) => (await (await import('node:fs')).openAsBlob(path)).text(),
 };
 `;
 
+/** One module per builtin that imports it statically: the named-import route. */
+function staticImporters(): Record<string, string> {
+  const files: Record<string, string> = {};
+  for (const id of Object.keys(BUILTINS)) {
+    files[`a/live/static-${id.replace('/', '-')}.mjs`] = `import * as m from 'node:${id}';\nexport default m;\n`;
+  }
+  return files;
+}
+
 async function tenants(extra: Record<string, string> = {}): Promise<string> {
-  return makeRoot({ 'a/live/attacker.mjs': ATTACKER, ...(await counterAgent('n')), ...extra });
+  return makeRoot({
+    'a/live/attacker.mjs': ATTACKER,
+    ...staticImporters(),
+    'b/live/.env': 'B_TOKEN=swarm-b-only',
+    ...(await counterAgent('n')),
+    ...extra,
+  });
+}
+
+/** Runs an attack with the neighbour answering at the same time; checks the neighbour's answers. */
+async function attack(pool: Pool, name: string, ...args: unknown[]): Promise<Outcome> {
+  const [outcome, sum] = await Promise.all([
+    pool.call('a/attacker', 'attempt', [name, ...args]) as Promise<Outcome>,
+    pool.call(NEIGHBOUR, 'add', [2, 3]),
+  ]);
+  expect(sum).toBe(5);
+  expect(JSON.stringify(outcome)).not.toContain(SECRET);
+  return outcome;
+}
+
+/** The neighbour answers right; the pool holds together. */
+async function neighbourAnswers(pool: Pool): Promise<void> {
+  expect(await pool.call(NEIGHBOUR, 'add', [2, 3])).toBe(5);
+  expect(invariants(pool)).toEqual([]);
+}
+
+function denied(outcome: Outcome): void {
+  expect(outcome).toEqual({ code: 'ERR_ACCESS_DENIED', message: expect.any(String) });
 }
 
 /** Runs `body` (with `pool` open) in a host process of its own, started in `cwd`; returns what it prints. */
-async function inHost(root: string, cwd: string, body: string): Promise<unknown> {
+async function inHost(root: string, cwd: string, body: string, options: Partial<PoolOptions> = {}): Promise<unknown> {
   const script = join(root, 'host.mjs');
   await writeFile(
     script,
     `import { createPool } from ${JSON.stringify(SANDPOOL)};
-    const pool = createPool({ root: ${JSON.stringify(root)}, spareWorkers: 0 });
+    const pool = createPool({ root: ${JSON.stringify(root)}, spareWorkers: 0, ...${JSON.stringify(options)} });
     const out = await (async () => { ${body} })();
     await pool.close();
     process.stdout.write(JSON.stringify(out));`,
@@ -50,7 +196,7 @@ async function inHost(root: string, cwd: string, body: string): Promise<unknown>
   return JSON.parse(stdout);
 }
 
-describe('the host’s files', () => {
+describe('the host’s files and secrets', () => {
   it('a thread reads nothing of the host’s working directory (Node 24 and 26 granted it to every strict thread)', async () => {
     const root = await tenants();
     const cwd = join(root, 'host-cwd');
@@ -62,5 +208,224 @@ describe('the host’s files', () => {
         await pool.call('n/notifier_agent', 'add', [2, 3])];`,
     );
     expect(out).toEqual([{ code: 'ERR_ACCESS_DENIED', message: expect.any(String) }, 5]);
+  });
+
+  it('process.report, by every way to it, answers nothing; its settings cannot be changed', async () => {
+    const pool = openPool({ root: await tenants() });
+    for (const name of ['report', 'reportNamed', 'reportWrite', 'reportSettings']) {
+      const outcome = await attack(pool, name);
+      denied(outcome);
+      expect((outcome as { message: string }).message).toMatch(/^process\.report\.\w+ is denied .*permissions: 'none'/);
+    }
+    await neighbourAnswers(pool);
+  });
+
+  it('argv and execArgv name no host path; the environment is the env option', async () => {
+    const root = await tenants();
+    const pool = openPool({ root });
+    const outcome = (await attack(pool, 'commandLine')) as { got: { argv: string[]; execArgv: string[] } };
+    expect(outcome.got.argv).toEqual([process.execPath, '[sandpool agent]']);
+    expect(outcome.got).toEqual({ ...outcome.got, named: [outcome.got.argv, outcome.got.execArgv] });
+    for (const flag of outcome.got.execArgv) expect(flag).not.toContain('/');
+    expect(JSON.stringify(outcome)).not.toContain(root);
+    expect(JSON.stringify(outcome)).not.toContain('sandpool/dist');
+    expect(await attack(pool, 'env')).toEqual({ got: '{}' });
+    await neighbourAnswers(pool);
+  });
+
+  it('what the permission model already holds stays held: process.binding, module.register, another swarm’s .env', async () => {
+    const root = await tenants();
+    const pool = openPool({ root });
+    denied(await attack(pool, 'binding'));
+    denied(await attack(pool, 'register'));
+    denied(await attack(pool, 'loadEnvFile', join(root, 'b/live/.env')));
+    denied(await attack(pool, 'openAsBlob', join(root, 'b/live/.env')));
+    denied(await attack(pool, 'read', join(root, 'b/live/.env')));
+    await neighbourAnswers(pool);
+  });
+});
+
+describe('builtins the permission model does not hold', () => {
+  const routes = ['import', 'static', 'require', 'getBuiltinModule', 'moduleLoad', 'hookedImport', 'hookedRequire'];
+
+  it.each(Object.keys(BUILTINS) as Builtin[])('node:%s is denied whichever way it is reached', async (id) => {
+    const root = await tenants();
+    const pool = openPool({ root });
+    const hooks = (await attack(pool, 'hooks')) as { got: string };
+    const db = join(root, 'b/live/stolen.db');
+    for (const route of [...routes, ...(BARE.includes(id) ? ['bare'] : [])]) {
+      const outcome = await attack(pool, 'builtin', route, id, db);
+      const where = `${route} ${JSON.stringify(outcome)}`;
+      expect(outcome, where).not.toHaveProperty('got');
+      const { code } = outcome as { code: string };
+      if (route.startsWith('hooked') && hooks.got !== 'function') {
+        // No in-thread hooks on this Node (20): nothing to short-circuit.
+        expect(code, where).toBe('TypeError');
+      } else if (!exists(id)) {
+        // Not in this Node at all: refused, or not found.
+        expect(['ERR_ACCESS_DENIED', 'ERR_UNKNOWN_BUILTIN_MODULE'], where).toContain(code);
+      } else if (id === 'trace_events') {
+        // Unavailable in any worker thread, denied or not.
+        expect(['ERR_ACCESS_DENIED', 'ERR_TRACE_EVENTS_UNAVAILABLE'], where).toContain(code);
+      } else {
+        expect(code, where).toBe('ERR_ACCESS_DENIED');
+      }
+    }
+    expect(existsSync(db)).toBe(false);
+    // Where a worker takes the flag that removes the builtin, that flag is the wall.
+    const flag = `--no-experimental-${id}`;
+    const { got } = (await attack(pool, 'commandLine')) as { got: { execArgv: string[] } };
+    expect(got.execArgv.includes(flag), flag).toBe(workerAccepts(flag));
+    await neighbourAnswers(pool);
+  });
+
+  it('a worker loads no agent under a denial list it cannot read', async () => {
+    const root = await tenants();
+    const thread = new AgentThread({ env: {}, resourceLimits: {}, output: () => {}, onOutputDropped: () => {} }, []);
+    let onEnd = (): void => {};
+    const ended = new Promise<void>((resolve) => {
+      onEnd = resolve;
+    });
+    const message = new Promise((onMessage) => {
+      thread.owner = { onMessage, onEnd };
+    });
+    thread.post({
+      t: 'load',
+      key: 'a/attacker',
+      file: join(root, 'a/live/attacker.mjs'),
+      verifyDir: null,
+      deny: ['node:sqlite', 'node:everything'] as never,
+    });
+    expect(await message).toMatchObject({ t: 'load-failed', error: { message: 'a malformed denial list' } });
+    thread.terminate('closed');
+    await ended;
+  });
+
+  it('says which builtin is denied and how a swarm gets it back', async () => {
+    const pool = openPool({ root: await tenants() });
+    const sqlite = (await attack(pool, 'builtin', 'getBuiltinModule', 'sqlite', '/nonexistent')) as { message: string };
+    expect(sqlite.message).toBe(
+      "node:sqlite is denied to agents under permissions 'strict'; permissions: { builtins: ['sqlite'] } allows it for a swarm",
+    );
+    const inspector = (await attack(pool, 'builtin', 'getBuiltinModule', 'inspector')) as { message: string };
+    expect(inspector.message).toMatch(/^node:inspector is denied .*only permissions: 'none' lifts it$/);
+    await neighbourAnswers(pool);
+  });
+
+  it('BroadcastChannel carries nothing between keys, from the global, the module or a prototype', async () => {
+    const pool = openPool({ root: await tenants() });
+    denied(await attack(pool, 'broadcast'));
+    denied(await attack(pool, 'broadcastModule'));
+    expect(await attack(pool, 'broadcastPrototype')).toMatchObject({ code: 'TypeError' });
+    await neighbourAnswers(pool);
+  });
+
+  it('no message reaches another thread by its id, and no Web Lock is shared', async () => {
+    const pool = openPool({ root: await tenants() });
+    const { threadId } = (await pool.call(NEIGHBOUR, 'notify', ['x'])) as { threadId: number };
+    denied(await attack(pool, 'threadMessage', threadId));
+    denied(await attack(pool, 'threadMessage', 0));
+    const webLocks = 'locks' in (await import('node:worker_threads')) || 'navigator' in globalThis;
+    for (const name of ['locks', 'locksQuery']) {
+      if (webLocks) denied(await attack(pool, name));
+      else expect(await attack(pool, name)).toEqual({ got: 'absent' });
+    }
+    await neighbourAnswers(pool);
+  });
+});
+
+describe('widening', () => {
+  it("builtins: ['sqlite'] gives one swarm node:sqlite (asserted absent where Node has none); another stays denied", async () => {
+    const root = await tenants({ 'c/live/attacker.mjs': ATTACKER });
+    const data = join(root, 'a-data');
+    await writeFiles(data, { '.keep': '' });
+    const pool = openPool({
+      root,
+      permissions: (key) => (key.swarm === 'a' ? { fsRead: [data], fsWrite: [data], builtins: ['sqlite'] } : 'strict'),
+    });
+    const opened = await attack(pool, 'builtin', 'getBuiltinModule', 'sqlite', join(data, 'a.db'));
+    if (exists('sqlite')) {
+      expect(opened).toEqual({ got: 'opened' });
+      expect(existsSync(join(data, 'a.db'))).toBe(true);
+    } else {
+      expect(opened).toEqual({ got: 'absent' });
+    }
+    const other = (await pool.call('c/attacker', 'attempt', [
+      'builtin',
+      'import',
+      'sqlite',
+      join(data, 'c.db'),
+    ])) as Outcome;
+    expect(other).toMatchObject({ code: exists('sqlite') ? 'ERR_ACCESS_DENIED' : 'ERR_UNKNOWN_BUILTIN_MODULE' });
+    expect(existsSync(join(data, 'c.db'))).toBe(false);
+    await neighbourAnswers(pool);
+  });
+
+  it('a grant that widens builtins warns that the sandbox ends there', async () => {
+    const warnings: string[] = [];
+    const listener = (warning: Error & { code?: string }) => warnings.push(`${warning.code}: ${warning.message}`);
+    process.on('warning', listener);
+    try {
+      openPool({ root: await tenants(), permissions: { builtins: ['sqlite'] } });
+      await new Promise((resolve) => setImmediate(resolve));
+      expect(warnings).toContain(
+        'SANDPOOL_SANDBOX_ENDED: permissions grant builtins sqlite: what they run is outside the sandbox',
+      );
+    } finally {
+      process.off('warning', listener);
+    }
+  });
+
+  it('refuses builtins it cannot widen', () => {
+    for (const builtins of [['inspector'], ['process.report'], ['sqlite', 'v8']]) {
+      expect(() => openPool({ root: '/nonexistent', permissions: { builtins } as never })).toThrow(
+        expect.objectContaining({ code: 'ERR_SANDPOOL_INVALID_OPTIONS' }),
+      );
+    }
+  });
+});
+
+describe('process-wide levers', () => {
+  it('V8 flags stay the host’s: no natives syntax, in the agent or the host', async () => {
+    const pool = openPool({ root: await tenants() });
+    denied(await attack(pool, 'natives'));
+    denied(await attack(pool, 'nativesRequire'));
+    denied(await attack(pool, 'heapSnapshotNearLimit'));
+    // V8's flags are the process's: had one call got through, this process would parse it too.
+    expect(() => new Function('return %IsBeingInterpreted()')).toThrow(SyntaxError);
+    await neighbourAnswers(pool);
+  });
+
+  it('no signal reaches the host: SIGUSR1 would open its inspector, SIGTERM end it', async () => {
+    const pool = openPool({ root: await tenants() });
+    for (const signal of ['SIGUSR1', 'SIGTERM']) {
+      denied(await attack(pool, 'signal', signal));
+      denied(await attack(pool, 'signalNamed', signal));
+    }
+    denied(await attack(pool, 'rawSignal'));
+    expect(inspectorUrl()).toBeUndefined();
+    await neighbourAnswers(pool);
+  });
+
+  it('no thread’s priority changes, the neighbour’s or its own', async () => {
+    const pool = openPool({ root: await tenants() });
+    const { threadId } = (await pool.call(NEIGHBOUR, 'notify', ['x'])) as { threadId: number };
+    denied(await attack(pool, 'priority', threadId));
+    denied(await attack(pool, 'priority', 0));
+    await neighbourAnswers(pool);
+  });
+
+  it('a process key signals nothing either: not the host’s inspector, not the host', async () => {
+    // The host's own uid, as when it does not run as root: its signals would reach the host.
+    const pool = openPool({
+      root: await tenants(),
+      isolation: (key) => (key.swarm === 'a' ? 'process' : 'thread'),
+      processUser: 'host',
+    });
+    denied(await attack(pool, 'debugProcess'));
+    denied(await attack(pool, 'killParent'));
+    denied(await attack(pool, 'report'));
+    expect(inspectorUrl()).toBeUndefined();
+    await neighbourAnswers(pool);
   });
 });

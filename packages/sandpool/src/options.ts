@@ -2,6 +2,7 @@ import { z } from 'zod';
 import { SandpoolError } from './errors.js';
 import type { Isolation } from './host/agent-worker.js';
 import { type HostOption, isHostOption } from './host/capabilities.js';
+import { WIDENABLE_BUILTINS } from './host/denials.js';
 import type { PermissionPolicy } from './host/permissions.js';
 import { issuesOf } from './issues.js';
 import type { AgentKey } from './key.js';
@@ -35,6 +36,8 @@ const PermissionGrantSchema = z.strictObject({
   worker: z.boolean().optional(),
   addons: z.boolean().optional(),
   wasi: z.boolean().optional(),
+  /** Builtins strict denies that the grant gives back: `sqlite`, `ffi` (see the README). */
+  builtins: z.array(z.enum(WIDENABLE_BUILTINS)).optional(),
 });
 
 /** A worker's heap budget unless resourceLimits names one. */

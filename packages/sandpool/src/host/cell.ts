@@ -1,5 +1,5 @@
 import type { ResolvedKey } from '../key.js';
-import type { Outcome } from '../protocol/messages.js';
+import type { Deniable, Outcome } from '../protocol/messages.js';
 import type { AgentWorker, Isolation, RetireReason, ThreadEnd, ThreadOwner, WorkerMessage } from './agent-worker.js';
 import type { PendingCall } from './call.js';
 import type { HostCalls } from './capabilities.js';
@@ -25,6 +25,8 @@ export type CellPhase =
       readonly location: ModuleLocation;
       /** Its worker's Node flags (permission model, type stripping), fixed before it starts. */
       readonly execArgv: readonly string[];
+      /** What its worker denies the agent (worker/lockdown.ts); null: nothing. */
+      readonly deny: Deniable[] | null;
       readonly isolation: Isolation;
     }
   | {

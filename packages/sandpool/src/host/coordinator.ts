@@ -4,7 +4,7 @@ import { SandpoolError } from '../errors.js';
 import { issuesOf } from '../issues.js';
 import { type AgentKey, type ResolvedKey, resolveKey } from '../key.js';
 import { type CallOptions, type ResolvedPoolOptions, swarmCap } from '../options.js';
-import type { Outcome } from '../protocol/messages.js';
+import type { Deniable, Outcome } from '../protocol/messages.js';
 import { liveDir } from '../store/layout.js';
 import { type AdmissionState, type AdmittedCall, admit } from './admission.js';
 import type { AgentWorker, Isolation, RetireReason, ThreadEnd, ThreadSettings, WorkerMessage } from './agent-worker.js';
@@ -20,7 +20,7 @@ import { violations } from './invariants.js';
 import { checkReadableBy, isolationFor, processSettings } from './isolation.js';
 import { collectKeyStats, KeyBook, type KeyStats } from './key-stats.js';
 import { labelledWriter } from './output.js';
-import { endsSandbox, permissionArgs, policyFor } from './permissions.js';
+import { denialsOf, permissionArgs, policyFor, sandboxEnds } from './permissions.js';
 import { aborted, closedError, deathError, isExitReason, snapshotGone } from './pool-errors.js';
 import {
   type InvalidateReport,
@@ -128,12 +128,8 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
         ? new AgentProcess(this.settings, typeScriptExecArgv(), this.process)
         : new AgentThread(this.settings, typeScriptExecArgv()),
     );
-    if (typeof options.permissions === 'object' && endsSandbox(options.permissions)) {
-      process.emitWarning(
-        'permissions grant childProcess or worker: their children run without the permission model, outside the sandbox',
-        { code: 'SANDPOOL_SANDBOX_ENDED' },
-      );
-    }
+    const sandboxEnd = typeof options.permissions === 'object' ? sandboxEnds(options.permissions) : null;
+    if (sandboxEnd !== null) process.emitWarning(sandboxEnd, { code: 'SANDPOOL_SANDBOX_ENDED' });
     this.watcher = options.watch
       ? new LiveWatcher(this.root, (swarm) => {
           if (this.closing === null) void this.invalidate({ swarm });
@@ -359,6 +355,7 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
   private async prepare(route: Route, cell: Cell): Promise<void> {
     let location: Awaited<ReturnType<typeof locateModule>>;
     let execArgv: string[];
+    let deny: Deniable[] | null;
     let isolation: Isolation;
     try {
       location = await locateModule(this.root, cell.key, { snapshotSecret: this.options.snapshotSecret });
@@ -368,7 +365,7 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
         // that they did not change under it (promoteIfFresh).
         cell.filesBefore = await settledStamp(liveDir(this.root, cell.key.swarm));
       }
-      execArgv = this.execArgvFor(cell.key, location);
+      ({ execArgv, deny } = this.launchFor(cell.key, location));
       isolation = isolationFor(this.options.isolation, cell.key);
       if (isolation === 'process' && this.process.user !== null)
         checkReadableBy(this.process.user, location.file, cell.key);
@@ -381,12 +378,12 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
     }
     const { phase } = cell;
     if (phase.name !== 'resolving') return;
-    cell.transition({ name: 'queued', waiting: phase.waiting, location, execArgv, isolation });
+    cell.transition({ name: 'queued', waiting: phase.waiting, location, execArgv, deny, isolation });
     this.scheduler.enqueue(cell);
   }
 
-  /** The key's worker flags: its permission model (see permissions.ts) and type stripping. */
-  private execArgvFor(key: ResolvedKey, location: ModuleLocation): string[] {
+  /** The key's worker flags (its permission model, see permissions.ts, and type stripping) and its denials. */
+  private launchFor(key: ResolvedKey, location: ModuleLocation): { execArgv: string[]; deny: Deniable[] | null } {
     const policy = policyFor(this.options.permissions, key);
     const cache = location.compileCacheDir;
     // Node reads and writes the compile cache, and grants nothing under a folder that does
@@ -397,7 +394,7 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
       extraRead: cache === null ? location.extraReadDirs : [...location.extraReadDirs, cache],
       write: cache === null ? [] : [cache],
     };
-    return [...typeScriptExecArgv(), ...permissionArgs(policy, folders, key)];
+    return { execArgv: [...typeScriptExecArgv(), ...permissionArgs(policy, folders, key)], deny: denialsOf(policy) };
   }
 
   /** A worker for a key: a spare if one fits (of its kind, booted without per-key flags, so only a key that needs none). */
@@ -441,6 +438,7 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
       // A child of another uid could not write the host's cache folder.
       compileCacheDir: thread.isolation === 'process' ? null : compileCacheDir,
       ...(sha256 === null ? {} : { sha256 }),
+      ...(phase.deny === null ? {} : { deny: phase.deny }),
     });
     if (cell.key.snapshot === null) this.watcher?.watch(cell.key.swarm);
   }

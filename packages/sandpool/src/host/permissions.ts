@@ -4,6 +4,8 @@ import { dirname, join, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { SandpoolError } from '../errors.js';
 import type { AgentKey, ResolvedKey } from '../key.js';
+import type { Deniable } from '../protocol/messages.js';
+import { denialsFor, removalFlags, WIDENABLE_BUILTINS, type WidenableBuiltin } from './denials.js';
 import { askForKey } from './key-option.js';
 
 /** What a widening adds to `'strict'`: absolute paths, and the process rights strict denies. */
@@ -14,6 +16,11 @@ export interface PermissionGrant {
   worker?: boolean | undefined;
   addons?: boolean | undefined;
   wasi?: boolean | undefined;
+  /**
+   * Builtins strict denies that this swarm may load. Neither is held by the permission model:
+   * `sqlite` opens any file the host's user can, `ffi` runs native code.
+   */
+  builtins?: readonly WidenableBuiltin[] | undefined;
 }
 
 /** `'strict'`: Node's permission model, reads of the key's own code only; `'none'`: only the host's own limits. */
@@ -90,6 +97,9 @@ export function permissionArgs(policy: PermissionPolicy, folders: KeyFolders, ke
   if (grant.worker === true && hostAllows('worker')) args.push('--allow-worker');
   if (grant.addons === true && FLAGS.has('--allow-addons') && hostAllows('addon')) args.push('--allow-addons');
   if (grant.wasi === true && FLAGS.has('--allow-wasi') && hostAllows('wasi')) args.push('--allow-wasi');
+  if (grant.builtins?.includes('ffi') === true && FLAGS.has('--allow-ffi') && hostAllows('ffi'))
+    args.push('--allow-ffi');
+  if (policy !== 'none') args.push(...removalFlags(denialsFor(grant)));
   // One warning per worker would flood the host's stderr.
   if (FLAGS.has('--disable-warning')) args.push('--disable-warning=ExperimentalWarning');
   return args;
@@ -109,14 +119,29 @@ export function threadArgs(execArgv: readonly string[]): string[] {
 
 const NO_ENTRY_GRANT = '--eval=0';
 
+/** What the worker denies its agent before loading it (worker/lockdown.ts); null under `'none'`. */
+export function denialsOf(policy: PermissionPolicy): Deniable[] | null {
+  if (policy === 'none') return null;
+  return denialsFor(policy === 'strict' ? {} : policy);
+}
+
 /** Whether flags made by permissionArgs put the worker under the permission model. */
 export function underPermissionModel(execArgv: readonly string[]): boolean {
   return execArgv.includes(ENABLE);
 }
 
-/** Whether a policy hands a tenant a way out of the sandbox (children and nested workers get no permission model). */
-export function endsSandbox(policy: PermissionPolicy): boolean {
-  return typeof policy === 'object' && (policy.childProcess === true || policy.worker === true);
+/**
+ * What in a policy hands a tenant a way out of the sandbox, for the pool's warning: children
+ * and nested workers get no permission model, and the builtins a grant may widen ignore it.
+ */
+export function sandboxEnds(policy: PermissionPolicy): string | null {
+  if (typeof policy !== 'object') return null;
+  const ways = [
+    ...(policy.childProcess === true ? ['childProcess'] : []),
+    ...(policy.worker === true ? ['worker'] : []),
+    ...(policy.builtins ?? []).map((name) => `builtins ${name}`),
+  ];
+  return ways.length === 0 ? null : `permissions grant ${ways.join(', ')}: what they run is outside the sandbox`;
 }
 
 function hostAllows(scope: string, path?: string): boolean {
@@ -243,13 +268,16 @@ function isGrant(value: unknown): value is PermissionGrant {
   const flag = (bit: unknown): boolean => bit === undefined || typeof bit === 'boolean';
   return (
     Object.keys(grant).every((name) =>
-      ['fsRead', 'fsWrite', 'childProcess', 'worker', 'addons', 'wasi'].includes(name),
+      ['fsRead', 'fsWrite', 'childProcess', 'worker', 'addons', 'wasi', 'builtins'].includes(name),
     ) &&
     paths(grant.fsRead) &&
     paths(grant.fsWrite) &&
     flag(grant.childProcess) &&
     flag(grant.worker) &&
     flag(grant.addons) &&
-    flag(grant.wasi)
+    flag(grant.wasi) &&
+    (grant.builtins === undefined ||
+      (Array.isArray(grant.builtins) &&
+        grant.builtins.every((name) => (WIDENABLE_BUILTINS as readonly unknown[]).includes(name))))
   );
 }

@@ -9,6 +9,8 @@ import { isPrimitive } from './clone.js';
 import {
   AGENT_CODE,
   CALL_FAILURES,
+  DENIABLE,
+  type Deniable,
   type FromWorker,
   LIMITS,
   LOAD_FAILURES,
@@ -79,6 +81,19 @@ function checkOutput(raw: Record<string, unknown>): Checked {
   if (typeof raw.text !== 'string' || raw.text.length > LIMITS.outputChunk) return bad('an output chunk too large');
   if (!isCount(raw.dropped)) return bad('a malformed dropped-output count');
   return { ok: true, message: raw as unknown as OutputChunk };
+}
+
+const DENIABLE_NAMES: ReadonlySet<unknown> = new Set(DENIABLE);
+
+/**
+ * The worker's check on the denial list of its load (it comes from the coordinator, but a
+ * worker never runs an agent under a lockdown it cannot read: it fails the load instead).
+ */
+export function isDenialList(value: unknown): value is Deniable[] {
+  if (!isDense(value, DENIABLE.length)) return false;
+  // A loop, not every(): every() skips the holes of a sparse array.
+  for (let i = 0; i < value.length; i += 1) if (!DENIABLE_NAMES.has(value[i])) return false;
+  return true;
 }
 
 export function isRemoteError(value: unknown): value is RemoteError {

@@ -50,9 +50,34 @@ export const LIMITS = {
 /** Agent error codes kept on `cause.code`: what Node and most libraries use (`ENOENT`, `ERR_X`, `E_PROP`, `42`). */
 export const AGENT_CODE = /^[A-Za-z0-9_.:-]{1,64}$/;
 
+/**
+ * What a worker denies its agent before the agent is imported (worker/lockdown.ts), by the
+ * name the agent reaches it by: the builtins Node's permission model does not cover (or
+ * covers only where it is used), the process-wide levers a thread could pull on the host, and
+ * the channels between threads. The coordinator picks them from the key's permissions.
+ */
+export const DENIABLE = [
+  'node:sqlite',
+  'node:ffi',
+  'node:inspector',
+  'node:wasi',
+  'node:trace_events',
+  'process.report',
+  'process.kill',
+  'v8.setFlagsFromString',
+  'v8.setHeapSnapshotNearHeapLimit',
+  'os.setPriority',
+  'BroadcastChannel',
+  'postMessageToThread',
+  'navigator.locks',
+] as const;
+export type Deniable = (typeof DENIABLE)[number];
+
 export interface LoadRequest {
   t: 'load';
   key: string;
+  /** Denied to the agent (see DENIABLE); absent: nothing (`permissions: 'none'`). */
+  deny?: Deniable[];
   /** Absolute real path of the agent module. */
   file: string;
   /** Snapshot folder whose manifest must hold before anything in it runs; null for live code. */
