@@ -4,9 +4,11 @@
  * asserted absent there, never skipped in silence.
  */
 import { execFile } from 'node:child_process';
+import { once } from 'node:events';
 import { existsSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { url as inspectorUrl } from 'node:inspector';
+import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
@@ -14,6 +16,7 @@ import { Worker } from 'node:worker_threads';
 import type { Pool, PoolOptions } from 'sandpool';
 import { describe, expect, it } from 'vitest';
 import { AgentThread } from '../packages/sandpool/dist/host/thread.js';
+import { thrownSync } from './support/errors.js';
 import { installCleanup, invariants, openPool } from './support/pool.js';
 import { counterAgent, makeRoot, writeFiles } from './support/root.js';
 
@@ -137,6 +140,17 @@ const attacks = {
   register: () => require('node:module').register('data:text/javascript,export function resolve(s, c, n) { return n(s, c); }'),
   binding: () => Object.keys(process.binding('fs')).length,
   loadEnvFile: (path) => { process.loadEnvFile(path); return JSON.stringify(process.env); },
+  connect: async (port) => {
+    const net = await import('node:net');
+    return new Promise((resolve, reject) => {
+      const socket = net.connect(port, '127.0.0.1', () => {
+        socket.destroy();
+        resolve('connected');
+      });
+      socket.on('error', reject);
+    });
+  },
+  lookup: async () => (await (await import('node:dns')).promises.lookup('localhost')).address,
   openAsBlob: async (path) => (await (await import('node:fs')).openAsBlob(path)).text(),
 };
 `;
@@ -382,6 +396,65 @@ describe('widening', () => {
         expect.objectContaining({ code: 'ERR_SANDPOOL_INVALID_OPTIONS' }),
       );
     }
+  });
+});
+
+/** Whether this Node's permission model holds the network (`--allow-net`, Node 25+). */
+const NET_DENIABLE = process.allowedNodeEnvironmentFlags.has('--allow-net');
+
+describe('the network', () => {
+  it(`strict ${NET_DENIABLE ? 'denies' : 'cannot deny (asserted open: no --allow-net here)'} a thread the network; net: true gives it to one swarm`, async () => {
+    let connections = 0;
+    const server = createServer((socket) => {
+      connections += 1;
+      socket.destroy();
+    }).listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    try {
+      const { port } = server.address() as { port: number };
+      const pool = openPool({
+        root: await tenants({ 'c/live/attacker.mjs': ATTACKER }),
+        permissions: (key) => (key.swarm === 'c' ? { net: true } : 'strict'),
+      });
+      const strict = await attack(pool, 'connect', port);
+      const lookup = await attack(pool, 'lookup');
+      if (NET_DENIABLE) {
+        denied(strict);
+        denied(lookup);
+      } else {
+        expect(strict).toEqual({ got: 'connected' });
+        expect(lookup).toMatchObject({ got: expect.any(String) });
+      }
+      expect(await pool.call('c/attacker', 'attempt', ['connect', port])).toEqual({ got: 'connected' });
+      expect(connections).toBe(NET_DENIABLE ? 1 : 2);
+      await neighbourAnswers(pool);
+    } finally {
+      server.close();
+    }
+  });
+
+  it(`network: 'enforce' ${NET_DENIABLE ? 'accepts strict threads here' : 'refuses strict threads here'}; processes, 'none' and net grants always pass`, () => {
+    const root = '/nonexistent';
+    const strictThreads = () => openPool({ root, network: 'enforce' });
+    if (NET_DENIABLE) {
+      expect(strictThreads().options.network).toBe('enforce');
+    } else {
+      expect(thrownSync(strictThreads).code).toBe('ERR_SANDPOOL_INVALID_OPTIONS');
+      expect(() => strictThreads()).toThrow(`on Node ${process.version}`);
+      for (const unsure of [{ permissions: () => 'none' as const }, { isolation: () => 'process' as const }]) {
+        expect(thrownSync(() => openPool({ root, network: 'enforce', ...unsure })).code).toBe(
+          'ERR_SANDPOOL_INVALID_OPTIONS',
+        );
+      }
+    }
+    for (const enforceable of [
+      { isolation: 'process' as const },
+      { permissions: 'none' as const },
+      { permissions: { net: true } },
+    ]) {
+      expect(openPool({ root, network: 'enforce', ...enforceable }).options.network).toBe('enforce');
+    }
+    expect(openPool({ root }).options.network).toBe('best-effort');
   });
 });
 

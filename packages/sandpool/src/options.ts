@@ -38,6 +38,8 @@ const PermissionGrantSchema = z.strictObject({
   wasi: z.boolean().optional(),
   /** Builtins strict denies that the grant gives back: `sqlite`, `ffi` (see the README). */
   builtins: z.array(z.enum(WIDENABLE_BUILTINS)).optional(),
+  /** The network, where Node's permission model holds it (Node 25+); before it, it is open anyway. */
+  net: z.boolean().optional(),
 });
 
 /** A worker's heap budget unless resourceLimits names one. */
@@ -103,6 +105,12 @@ export const PoolOptionsSchema = z.strictObject({
       ),
     ])
     .default('strict'),
+  /**
+   * `'enforce'`: createPool refuses a pool where a thread key could run strict (no `net` grant)
+   * on a Node whose permission model cannot deny the network (before 25), unless every key is
+   * a process. `'best-effort'`: such threads have the network (the README says so).
+   */
+  network: z.enum(['enforce', 'best-effort']).default('best-effort'),
   /** CPU time one call may use, counted on its worker's thread; past it the worker ends with \`cpu\`. 0 = off. */
   cpuTimeoutMs: ms.default(0),
   /**

@@ -21,6 +21,8 @@ export interface PermissionGrant {
    * `sqlite` opens any file the host's user can, `ffi` runs native code.
    */
   builtins?: readonly WidenableBuiltin[] | undefined;
+  /** Outbound and inbound network, where Node's permission model holds it (`--allow-net`, Node 25+). */
+  net?: boolean | undefined;
 }
 
 /** `'strict'`: Node's permission model, reads of the key's own code only; `'none'`: only the host's own limits. */
@@ -97,6 +99,7 @@ export function permissionArgs(policy: PermissionPolicy, folders: KeyFolders, ke
   if (grant.worker === true && hostAllows('worker')) args.push('--allow-worker');
   if (grant.addons === true && FLAGS.has('--allow-addons') && hostAllows('addon')) args.push('--allow-addons');
   if (grant.wasi === true && FLAGS.has('--allow-wasi') && hostAllows('wasi')) args.push('--allow-wasi');
+  if (grant.net === true && NET_DENIABLE && hostAllows('net')) args.push('--allow-net');
   if (grant.builtins?.includes('ffi') === true && FLAGS.has('--allow-ffi') && hostAllows('ffi'))
     args.push('--allow-ffi');
   if (policy !== 'none') args.push(...removalFlags(denialsFor(grant)));
@@ -118,6 +121,28 @@ export function threadArgs(execArgv: readonly string[]): string[] {
 }
 
 const NO_ENTRY_GRANT = '--eval=0';
+
+/** Whether this Node's permission model holds the network (`--allow-net`, 25+): before it, a thread's network is open. */
+const NET_DENIABLE = FLAGS.has('--allow-net');
+
+/**
+ * `network: 'enforce'`: refuses (INVALID_OPTIONS) a pool where a thread key could run without
+ * the network under a Node that cannot take it away, unless every key is a process.
+ */
+export function refuseUnenforceableNetwork(options: {
+  readonly network: 'enforce' | 'best-effort';
+  readonly permissions: PermissionsOption;
+  readonly isolation: unknown;
+}): void {
+  if (options.network !== 'enforce' || NET_DENIABLE || options.isolation === 'process') return;
+  const { permissions } = options;
+  if (permissions === 'none' || (typeof permissions === 'object' && permissions.net === true)) return;
+  throw new SandpoolError(
+    'ERR_SANDPOOL_INVALID_OPTIONS',
+    `network: 'enforce' cannot deny a thread agent the network on Node ${process.version}: its permission model has ` +
+      "no --allow-net (Node 25+); run the keys with isolation: 'process', or grant net, or use network: 'best-effort'",
+  );
+}
 
 /** What the worker denies its agent before loading it (worker/lockdown.ts); null under `'none'`. */
 export function denialsOf(policy: PermissionPolicy): Deniable[] | null {
@@ -268,7 +293,7 @@ function isGrant(value: unknown): value is PermissionGrant {
   const flag = (bit: unknown): boolean => bit === undefined || typeof bit === 'boolean';
   return (
     Object.keys(grant).every((name) =>
-      ['fsRead', 'fsWrite', 'childProcess', 'worker', 'addons', 'wasi', 'builtins'].includes(name),
+      ['fsRead', 'fsWrite', 'childProcess', 'worker', 'addons', 'wasi', 'builtins', 'net'].includes(name),
     ) &&
     paths(grant.fsRead) &&
     paths(grant.fsWrite) &&
@@ -276,6 +301,7 @@ function isGrant(value: unknown): value is PermissionGrant {
     flag(grant.worker) &&
     flag(grant.addons) &&
     flag(grant.wasi) &&
+    flag(grant.net) &&
     (grant.builtins === undefined ||
       (Array.isArray(grant.builtins) &&
         grant.builtins.every((name) => (WIDENABLE_BUILTINS as readonly unknown[]).includes(name))))

@@ -6,6 +6,7 @@ import { StoreHelper } from '../store/store-helper.js';
 import { Coordinator } from './coordinator.js';
 import { warnIfHeapCapOverridden } from './heap-warning.js';
 import type { KeyStats } from './key-stats.js';
+import { refuseUnenforceableNetwork } from './permissions.js';
 import { PoolSnapshotStore } from './pool-snapshots.js';
 import type { InvalidateReport, InvalidateSelector, PoolEvents, PoolStats, Remote } from './pool-types.js';
 import { remoteProxy } from './remote.js';
@@ -31,6 +32,7 @@ export class Pool extends EventEmitter<PoolEvents> implements AsyncDisposable {
   constructor(options: PoolOptions) {
     super();
     this.options = parsePoolOptions(options);
+    refuseUnenforceableNetwork(this.options);
     warnIfHeapCapOverridden(this.options.resourceLimits);
     const emit = this.emit.bind(this) as (event: keyof PoolEvents, ...args: unknown[]) => boolean;
     this.#core = new Coordinator(this.options, (event, ...args) => emit(event, ...args));
