@@ -15,8 +15,12 @@ import { promisify } from 'node:util';
 import { Worker } from 'node:worker_threads';
 import type { Pool, PoolOptions } from 'sandpool';
 import { describe, expect, it } from 'vitest';
+import type { PendingCall } from '../packages/sandpool/dist/host/call.js';
+import { Channel, type ChannelOwner } from '../packages/sandpool/dist/host/channel.js';
 import { AgentThread } from '../packages/sandpool/dist/host/thread.js';
-import { thrownSync } from './support/errors.js';
+import type { Outcome as CallOutcome } from '../packages/sandpool/dist/protocol/messages.js';
+import { serializeMoving } from '../packages/sandpool/dist/protocol/transfer-codec.js';
+import { code, rejection, thrownSync } from './support/errors.js';
 import { installCleanup, invariants, openPool } from './support/pool.js';
 import { counterAgent, makeRoot, writeFiles } from './support/root.js';
 
@@ -500,5 +504,151 @@ describe('process-wide levers', () => {
     denied(await attack(pool, 'report'));
     expect(inspectorUrl()).toBeUndefined();
     await neighbourAnswers(pool);
+  });
+});
+
+/** An agent that keeps what it was given or made, so a later call shows whether memory is shared. */
+const SHARER = `
+let kept = null;
+export function keep(view) {
+  kept = view;
+  Atomics.store(view, 0, 7);
+  return Atomics.load(view, 1);
+}
+export function bump() {
+  return Atomics.add(kept, 0, 1) + 1;
+}
+export function make() {
+  kept = new Int32Array(new SharedArrayBuffer(8));
+  return kept;
+}
+export function makeBare() {
+  return { buffer: new SharedArrayBuffer(8) };
+}
+export function makeMixed() {
+  const buffer = new SharedArrayBuffer(8);
+  kept = new Int32Array(buffer);
+  return { bytes: new Uint8Array(buffer, 4), plain: new Uint8Array([1, 2]) };
+}
+export function echo(value) {
+  return value;
+}
+export async function* chunks() {
+  yield new Int32Array(new SharedArrayBuffer(8));
+}
+`;
+
+describe('SharedArrayBuffer', () => {
+  const KEY = 's/sharer';
+  const shared = () => new Int32Array(new SharedArrayBuffer(8));
+
+  it('in the arguments, is refused unless the call passes { shared: true }; then only caller and key share it', async () => {
+    const pool = openPool({ root: await tenants({ 's/live/sharer.mjs': SHARER }) });
+    const sab = new SharedArrayBuffer(8);
+    const memory = new (
+      globalThis as unknown as { WebAssembly: { Memory: new (d: object) => object } }
+    ).WebAssembly.Memory({ initial: 1, maximum: 1, shared: true });
+    for (const args of [[shared()], [sab], [{ deep: [new Map([['k', new Set([sab])]])] }], [memory]]) {
+      const refused = await rejection(pool.call(KEY, 'echo', args));
+      expect(refused.code).toBe('ERR_SANDPOOL_DATA_CLONE');
+      expect(refused.message).toContain('{ shared: true }');
+    }
+    // A copy is not refused: a plain buffer, and arrays of numbers.
+    expect(await pool.call(KEY, 'echo', [new Uint8Array([1]), [1, 2, 3]])).toEqual(new Uint8Array([1]));
+    const view = shared();
+    Atomics.store(view, 1, 5);
+    expect(await pool.call(KEY, 'keep', [view], { shared: true })).toBe(5);
+    expect(Atomics.load(view, 0)).toBe(7);
+    expect(await pool.call(KEY, 'bump')).toBe(8);
+    expect(Atomics.load(view, 0)).toBe(8);
+    await neighbourAnswers(pool);
+  });
+
+  it('in a result, is refused unless the call passed { shared: true }; then the caller holds the key’s memory', async () => {
+    const pool = openPool({ root: await tenants({ 's/live/sharer.mjs': SHARER }) });
+    for (const fn of ['make', 'makeMixed', 'makeBare']) {
+      const refused = await rejection(pool.call(KEY, fn));
+      expect(refused.code).toBe('ERR_SANDPOOL_DATA_CLONE');
+      expect((refused.cause as { message: string }).message).toContain('{ shared: true }');
+    }
+    const view = (await pool.call(KEY, 'make', [], { shared: true })) as Int32Array;
+    expect(view.buffer).toBeInstanceOf(SharedArrayBuffer);
+    expect(await pool.call(KEY, 'bump')).toBe(1);
+    expect(Atomics.load(view, 0)).toBe(1);
+    const mixed = (await pool.call(KEY, 'makeMixed', [], { shared: true })) as { bytes: Uint8Array; plain: Uint8Array };
+    expect(mixed.bytes.buffer).toBeInstanceOf(SharedArrayBuffer);
+    expect([mixed.bytes.byteOffset, mixed.bytes.byteLength]).toEqual([4, 4]);
+    expect(mixed.plain).toEqual(new Uint8Array([1, 2]));
+    await pool.call(KEY, 'bump');
+    expect(new Int32Array(mixed.bytes.buffer)[0]).toBe(1);
+    // Node's deserializer takes no bare SharedArrayBuffer back: refused with what to return instead.
+    const bare = await rejection(pool.call(KEY, 'makeBare', [], { shared: true }));
+    expect([bare.code, (bare.cause as { message: string }).message]).toEqual([
+      'ERR_SANDPOOL_DATA_CLONE',
+      expect.stringContaining('return a view of it'),
+    ]);
+    // remote() passes the option on.
+    const remote = pool.remote<{ make(): Promise<Int32Array> }>(KEY, { shared: true });
+    expect((await remote.make()).buffer).toBeInstanceOf(SharedArrayBuffer);
+    await neighbourAnswers(pool);
+  });
+
+  it('never crosses a stream, nor a process key', async () => {
+    const pool = openPool({
+      root: await tenants({ 's/live/sharer.mjs': SHARER, 'p/live/sharer.mjs': SHARER }),
+      isolation: (key) => (key.swarm === 'p' ? 'process' : 'thread'),
+      processUser: 'host',
+    });
+    await expect(pool.stream(KEY, 'echo', [shared()]).next()).rejects.toMatchObject({
+      code: 'ERR_SANDPOOL_DATA_CLONE',
+    });
+    await expect(pool.stream(KEY, 'chunks').next()).rejects.toMatchObject({ code: 'ERR_SANDPOOL_DATA_CLONE' });
+    expect(await code(pool.call('p/sharer', 'keep', [shared()], { shared: true }))).toBe('ERR_SANDPOOL_DATA_CLONE');
+    expect(await code(pool.call('p/sharer', 'make', [], { shared: true }))).toBe('ERR_SANDPOOL_DATA_CLONE');
+    expect(await pool.call('p/sharer', 'echo', [1])).toBe(1);
+    await neighbourAnswers(pool);
+  });
+
+  it('a worker that sends shared memory for a call that did not allow it is ended; one allowed gets the same memory', () => {
+    const violations: string[] = [];
+    const settled: CallOutcome[] = [];
+    const thread = {
+      setReferenced() {},
+      post() {},
+      terminating: false,
+      violate: (problem: string) => violations.push(problem),
+    } as unknown as AgentThread;
+    const owner = {
+      callReturned: (_call: PendingCall, value: unknown) => settled.push({ ok: true, value }),
+      callSettled: (_call: PendingCall, outcome: CallOutcome) => settled.push(outcome),
+      drained: () => {},
+    } as unknown as ChannelOwner;
+    const channel = new Channel(thread, owner, 250);
+    const call = (sharing: boolean) =>
+      ({
+        id: 0,
+        fn: 'f',
+        args: [],
+        timeoutMs: 0,
+        stream: null,
+        transfer: null,
+        shared: sharing,
+        stopWaiting() {},
+      }) as unknown as PendingCall;
+    const memory = new SharedArrayBuffer(8);
+    const { bytes, shared: buffers } = serializeMoving({ view: new Int32Array(memory) }, [], true);
+    const allowed = call(true);
+    channel.post(allowed);
+    channel.receive({ t: 'result', id: allowed.id, bytes: bytes.slice(0), shared: buffers });
+    const value = (settled[0] as { value: { view: Int32Array } }).value.view;
+    value[0] = 3;
+    expect(new Int32Array(memory)[0]).toBe(3);
+    const refused = call(false);
+    channel.post(refused);
+    channel.receive({ t: 'result', id: refused.id, bytes, shared: buffers });
+    expect(violations).toEqual([
+      expect.stringMatching(/shared memory in the result of call \d+, which did not allow it/),
+    ]);
+    expect(settled).toHaveLength(1);
   });
 });

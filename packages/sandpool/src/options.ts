@@ -200,6 +200,11 @@ export const CallOptionsSchema = z.strictObject({
   signal: z.custom<AbortSignal>((value) => value instanceof AbortSignal, 'signal must be an AbortSignal').optional(),
   /** ArrayBuffers of the arguments to move to the worker rather than copy: the caller's are detached. */
   transfer: z.array(z.instanceof(ArrayBuffer, { message: 'transfer lists ArrayBuffers' })).optional(),
+  /**
+   * Lets a SharedArrayBuffer in the arguments or the result be shared (memory the caller and
+   * that key both see, thread keys only) rather than refused with DATA_CLONE.
+   */
+  shared: z.boolean().optional(),
 });
 
 export type CallOptions = z.input<typeof CallOptionsSchema>;
@@ -209,29 +214,48 @@ export interface ParsedCallOptions {
   timeoutMs: number | undefined;
   signal: AbortSignal | undefined;
   transfer: ArrayBuffer[] | undefined;
+  shared: boolean;
 }
 
-const NO_CALL_OPTIONS: ParsedCallOptions = { timeoutMs: undefined, signal: undefined, transfer: undefined };
+const NO_CALL_OPTIONS: ParsedCallOptions = {
+  timeoutMs: undefined,
+  signal: undefined,
+  transfer: undefined,
+  shared: false,
+};
 
 export function parseCallOptions(options: CallOptions | undefined): ParsedCallOptions {
   if (options === undefined) return NO_CALL_OPTIONS;
   // Most calls pass a well-formed object: the schema costs more than the RPC, so it only
   // runs to describe what is wrong.
-  if (isWellFormed(options)) return { timeoutMs: options.timeoutMs, signal: options.signal, transfer: undefined };
+  if (isWellFormed(options)) {
+    return {
+      timeoutMs: options.timeoutMs,
+      signal: options.signal,
+      transfer: undefined,
+      shared: options.shared === true,
+    };
+  }
   const parsed = CallOptionsSchema.safeParse(options);
   if (!parsed.success) {
     throw new SandpoolError('ERR_SANDPOOL_INVALID_OPTIONS', 'invalid call options', { issues: issuesOf(parsed.error) });
   }
-  const { timeoutMs, signal, transfer } = parsed.data;
-  return { timeoutMs, signal, transfer: transfer === undefined || transfer.length === 0 ? undefined : transfer };
+  const { timeoutMs, signal, transfer, shared } = parsed.data;
+  return {
+    timeoutMs,
+    signal,
+    transfer: transfer === undefined || transfer.length === 0 ? undefined : transfer,
+    shared: shared === true,
+  };
 }
 
 function isWellFormed(options: CallOptions): boolean {
   if (typeof options !== 'object' || options === null) return false;
-  for (const name in options) if (name !== 'timeoutMs' && name !== 'signal') return false;
-  const { timeoutMs, signal } = options;
+  for (const name in options) if (name !== 'timeoutMs' && name !== 'signal' && name !== 'shared') return false;
+  const { timeoutMs, signal, shared } = options;
   return (
     (timeoutMs === undefined || (Number.isInteger(timeoutMs) && timeoutMs >= 0 && timeoutMs <= MAX_MS)) &&
-    (signal === undefined || signal instanceof AbortSignal)
+    (signal === undefined || signal instanceof AbortSignal) &&
+    (shared === undefined || typeof shared === 'boolean')
   );
 }

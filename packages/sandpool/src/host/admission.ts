@@ -1,6 +1,7 @@
 import { SandpoolError } from '../errors.js';
 import { type AgentKey, type ResolvedKey, resolveKey } from '../key.js';
 import { type CallOptions, parseCallOptions } from '../options.js';
+import { holdsSharedMemory } from '../protocol/clone.js';
 import type { Backoff } from './backoff.js';
 import { aborted, closedError, queueFull, snapshotGone } from './pool-errors.js';
 import type { Route } from './route.js';
@@ -30,6 +31,8 @@ export interface AdmittedCall {
   readonly timeoutMs: number;
   readonly signal: AbortSignal | undefined;
   readonly transfer: ArrayBuffer[] | undefined;
+  /** A SharedArrayBuffer may be shared with the key, in the arguments and the result. */
+  readonly shared: boolean;
   /** Undefined for a key the pool holds nothing for yet. */
   readonly route: Route | undefined;
 }
@@ -58,7 +61,15 @@ export function admit(
   if (!Array.isArray(args)) {
     throw new SandpoolError('ERR_SANDPOOL_INVALID_OPTIONS', 'args must be an array', { key: key.text });
   }
-  const { timeoutMs, signal, transfer } = parseCallOptions(options);
+  const { timeoutMs, signal, transfer, shared } = parseCallOptions(options);
+  if (!shared && holdsSharedMemory(args)) {
+    throw new SandpoolError(
+      'ERR_SANDPOOL_DATA_CLONE',
+      `${key.text} ${fn.slice(0, 64)}(): a SharedArrayBuffer in the arguments would be memory the agent shares with ` +
+        'this process; pass { shared: true } to call() to share it',
+      { key: key.text },
+    );
+  }
   if (signal?.aborted) throw aborted(key.text);
   if (state.backoff.active) {
     const blocked = state.backoff.blocked(key.text, Date.now());
@@ -75,5 +86,14 @@ export function admit(
   if (needsSlot && state.waitingForSlot >= state.maxWaiting) {
     throw queueFull(key.text, `${state.waitingForSlot} calls wait for a worker`);
   }
-  return { key, fn, args: args as unknown[], timeoutMs: timeoutMs ?? state.callTimeoutMs, signal, transfer, route };
+  return {
+    key,
+    fn,
+    args: args as unknown[],
+    timeoutMs: timeoutMs ?? state.callTimeoutMs,
+    signal,
+    transfer,
+    shared,
+    route,
+  };
 }

@@ -26,6 +26,8 @@ export class PendingCall {
   hostAbort: AbortController | null = null;
   /** Buffers to move with the arguments (`transfer`); null for a copy. */
   transfer: ArrayBuffer[] | null = null;
+  /** `{ shared: true }`: SharedArrayBuffers in its arguments and result are shared with the key. */
+  shared = false;
   /** Set for a `stream()` call: where its chunks go. */
   stream: StreamSink | null = null;
 

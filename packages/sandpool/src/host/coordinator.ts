@@ -209,6 +209,7 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
       reject,
     );
     if (admitted.transfer !== undefined) call.transfer = admitted.transfer;
+    call.shared = admitted.shared;
     call.stream = sink;
     const { signal } = admitted;
     if (signal !== undefined) {

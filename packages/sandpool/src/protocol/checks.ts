@@ -4,7 +4,7 @@
  * sets, dense arrays of bounded length, bounded text. A message that fails is a forgery or a
  * broken runtime; the caller ends that worker with reason `protocol`.
  */
-import { checkChunk, checkHostCall, checkMoved } from './agent-io-checks.js';
+import { checkChunk, checkHostCall, checkMoved, checkShared } from './agent-io-checks.js';
 import { isPrimitive } from './clone.js';
 import {
   AGENT_CODE,
@@ -73,6 +73,7 @@ function checkResult(raw: Record<string, unknown>): Checked {
   if (!(raw.bytes instanceof ArrayBuffer)) return bad('a serialized result without its bytes');
   if (raw.moved !== undefined && !checkMoved(raw.moved, raw.bytes.byteLength))
     return bad('a malformed list of moved buffers');
+  if (raw.shared !== undefined && !checkShared(raw.shared)) return bad('a malformed list of shared buffers');
   return { ok: true, message: raw as unknown as FromWorker };
 }
 

@@ -106,6 +106,8 @@ export interface LoadRequest {
 export interface CallBatch {
   t: 'calls';
   calls: unknown[];
+  /** A call made with `{ shared: true }`, alone in its batch: its result may share memory too. */
+  shared?: true;
 }
 
 /** A child process's argument naming the uid:gid it drops to before agent code (worker/entry.ts). */
@@ -171,6 +173,8 @@ export interface SerializedResult {
   bytes: ArrayBuffer;
   /** Buffers the agent asked to move (`sandpool.transfer`): `bytes` refers to them by index. */
   moved?: ArrayBuffer[];
+  /** The SharedArrayBuffers of a `{ shared: true }` call's result: `bytes` refers to them by index. */
+  shared?: SharedArrayBuffer[];
 }
 
 /**

@@ -117,7 +117,7 @@ link.listen((message) => {
   switch (message.t) {
     case 'calls':
       heartbeat?.quicken();
-      return runtime.onCalls(message.calls);
+      return runtime.onCalls(message.calls, message.shared === true);
     case 'cancel':
       return runtime.cancel(message.id, message.why);
     case 'out-ack':
