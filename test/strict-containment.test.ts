@@ -125,6 +125,7 @@ const attacks = {
   reportSettings: () => { process.report.directory = '/tmp'; return process.report.directory; },
   commandLine: () => ({ argv: process.argv, execArgv: process.execArgv, named: [processModule.argv, processModule.execArgv] }),
   env: () => JSON.stringify(process.env),
+  homedir: async () => (await import('node:os')).homedir(),
   natives: () => { v8.setFlagsFromString('--allow-natives-syntax'); return new Function('return %IsBeingInterpreted()')(); },
   nativesRequire: () => require('node:v8').setFlagsFromString('--allow-natives-syntax'),
   heapSnapshotNearLimit: () => v8.setHeapSnapshotNearHeapLimit(1),
@@ -200,7 +201,13 @@ function denied(outcome: Outcome): void {
 }
 
 /** Runs `body` (with `pool` open) in a host process of its own, started in `cwd`; returns what it prints. */
-async function inHost(root: string, cwd: string, body: string, options: Partial<PoolOptions> = {}): Promise<unknown> {
+async function inHost(
+  root: string,
+  cwd: string,
+  body: string,
+  options: Partial<PoolOptions> = {},
+  env: Record<string, string> = {},
+): Promise<unknown> {
   const script = join(root, 'host.mjs');
   await writeFile(
     script,
@@ -210,7 +217,10 @@ async function inHost(root: string, cwd: string, body: string, options: Partial<
     await pool.close();
     process.stdout.write(JSON.stringify(out));`,
   );
-  const { stdout } = await execFileAsync(process.execPath, [script], { cwd, env: { PATH: process.env.PATH ?? '' } });
+  const { stdout } = await execFileAsync(process.execPath, [script], {
+    cwd,
+    env: { PATH: process.env.PATH ?? '', ...env },
+  });
   return JSON.parse(stdout);
 }
 
@@ -226,6 +236,22 @@ describe('the host’s files and secrets', () => {
         await pool.call('n/notifier_agent', 'add', [2, 3])];`,
     );
     expect(out).toEqual([{ code: 'ERR_ACCESS_DENIED', message: expect.any(String) }, 5]);
+  });
+
+  it('os.homedir() is the env option’s HOME, else the user’s, never the host’s HOME (libuv reads the process’s own)', async () => {
+    const root = await tenants();
+    const out = await inHost(
+      root,
+      root,
+      `const given = createPool({ root: ${JSON.stringify(root)}, spareWorkers: 0, env: { HOME: '/given' } });
+      const answers = [await pool.call('a/attacker', 'attempt', ['homedir']), await given.call('a/attacker', 'attempt', ['homedir'])];
+      await given.close();
+      return answers;`,
+      {},
+      { HOME: `/${SECRET}` },
+    );
+    expect(JSON.stringify(out)).not.toContain(SECRET);
+    expect(out).toEqual([{ got: expect.any(String) }, { got: '/given' }]);
   });
 
   it('process.report, by every way to it, answers nothing; its settings cannot be changed', async () => {

@@ -22,6 +22,8 @@ const getBuiltin = process.getBuiltinModule as (id: string) => unknown;
 const nodeModule = getBuiltin('node:module') as typeof NodeModule & Exports;
 const { isBuiltin, syncBuiltinESMExports } = nodeModule;
 const registerHooks = nodeModule.registerHooks as RegisterHooks | undefined;
+const os = getBuiltin('node:os') as typeof import('node:os');
+const { userInfo } = os;
 
 /** The builtin ids (what follows `node:`) each denial covers. */
 const BUILTINS: Partial<Record<Deniable, readonly string[]>> = {
@@ -50,11 +52,17 @@ const AGENT_ARGV1 = '[sandpool agent]';
 
 /**
  * Takes the host's command line out of `process` (a thread's argv names sandpool's files, its
- * execArgv the folders it may read), then denies the agent each of `deny`.
+ * execArgv the folders it may read) and its HOME out of `os.homedir()`, then denies the agent
+ * each of `deny`.
  */
 export function lockDown(deny: readonly Deniable[]): void {
   process.argv = [process.execPath, AGENT_ARGV1];
   process.execArgv = process.execArgv.filter((flag) => !flag.includes('='));
+  // libuv reads HOME from the process's own environment, not the worker's `env`: as Node
+  // does, but from the environment the agent was given.
+  os.homedir = function homedir(): string {
+    return process.env.HOME ?? userInfo().homedir;
+  };
   // Nothing denied (`'none'`, whose agent may read process.report anyway): no sync, which
   // costs a spare's load half a millisecond.
   if (deny.length === 0) return;
