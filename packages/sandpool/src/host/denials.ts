@@ -21,6 +21,10 @@ const REMOVED_BY: Partial<Record<Deniable, string>> = {
   'node:sqlite': '--no-experimental-sqlite',
   'node:ffi': '--no-experimental-ffi',
 };
+const REMOVAL_FLAGS: ReadonlySet<string> = new Set(Object.values(REMOVED_BY));
+
+/** Removal flags a worker thread of this Node refused: never passed to one again. */
+const refused = new Set<string>();
 
 /** The denials of a strict key, less what its grant gives back. */
 export function denialsFor(widening: Widening): Deniable[] {
@@ -34,31 +38,36 @@ export function removalFlags(deny: readonly Deniable[]): string[] {
   const flags: string[] = [];
   for (const name of deny) {
     const flag = REMOVED_BY[name];
-    if (flag !== undefined && workerAccepts(flag)) flags.push(flag);
+    if (flag !== undefined && process.allowedNodeEnvironmentFlags.has(flag) && !refused.has(flag)) flags.push(flag);
   }
   return flags;
 }
 
-const accepted = new Map<string, boolean>();
-
 /**
- * Whether a worker thread starts with `flag`: `allowedNodeEnvironmentFlags` lists what the
- * command line takes, and a worker refuses some of those (ERR_WORKER_INVALID_EXEC_ARGV).
- * Tried once per flag, with a blank worker that ends at once.
+ * Starts a worker thread with `execArgv`. `allowedNodeEnvironmentFlags` lists what the command
+ * line takes, and a worker refuses some of those (ERR_WORKER_INVALID_EXEC_ARGV): then each
+ * removal flag is tried alone on a blank worker, those refused are dropped for good, and the
+ * start is made again. Trying them at every start, or before the first, would cost a thread's
+ * boot where every flag is taken, as on Node 24 and 26.
  */
-function workerAccepts(flag: string): boolean {
-  let answer = accepted.get(flag);
-  if (answer !== undefined) return answer;
-  answer = process.allowedNodeEnvironmentFlags.has(flag);
-  if (answer) {
-    try {
-      const worker = new Worker('', { eval: true, execArgv: [flag], env: {} });
-      worker.unref();
-      void worker.terminate();
-    } catch {
-      answer = false;
-    }
+export function startAccepting<T>(execArgv: readonly string[], start: (execArgv: string[]) => T): T {
+  try {
+    return start([...execArgv]);
+  } catch (error) {
+    const removal = execArgv.filter((flag) => REMOVAL_FLAGS.has(flag));
+    if ((error as { code?: unknown }).code !== 'ERR_WORKER_INVALID_EXEC_ARGV' || removal.length === 0) throw error;
+    for (const flag of removal) if (!blankWorkerAccepts(flag)) refused.add(flag);
+    return start(execArgv.filter((flag) => !refused.has(flag)));
   }
-  accepted.set(flag, answer);
-  return answer;
+}
+
+function blankWorkerAccepts(flag: string): boolean {
+  try {
+    const worker = new Worker('', { eval: true, execArgv: [flag], env: {} });
+    worker.unref();
+    void worker.terminate();
+    return true;
+  } catch {
+    return false;
+  }
 }

@@ -1,6 +1,7 @@
 import { MessageChannel, type MessagePort, Worker } from 'node:worker_threads';
 import type { ToWorker, WorkerBoot } from '../protocol/messages.js';
 import { AgentWorker, type ThreadSettings } from './agent-worker.js';
+import { startAccepting } from './denials.js';
 import type { MemoryProbe, MemoryReading } from './memory-probe.js';
 import { threadArgs } from './permissions.js';
 
@@ -26,13 +27,17 @@ export class AgentThread extends AgentWorker {
     super(settings);
     const { port1, port2 } = new MessageChannel();
     this.port = port1;
-    this.worker = new Worker(ENTRY, {
-      execArgv: threadArgs(execArgv),
-      env: { ...settings.env },
-      resourceLimits: settings.resourceLimits,
-      workerData: { port: port2 } satisfies WorkerBoot,
-      transferList: [port2],
-    });
+    this.worker = startAccepting(
+      threadArgs(execArgv),
+      (flags) =>
+        new Worker(ENTRY, {
+          execArgv: flags,
+          env: { ...settings.env },
+          resourceLimits: settings.resourceLimits,
+          workerData: { port: port2 } satisfies WorkerBoot,
+          transferList: [port2],
+        }),
+    );
     this.threadId = this.worker.threadId;
     port1.on('message', (raw: unknown) => this.receive(raw));
     port1.on('messageerror', () => this.violate('a message that cannot be deserialized'));
