@@ -95,27 +95,32 @@ describe('per-swarm metrics', () => {
     expect(sample(text, 'sandpool_swarm_calls_total{swarm="a",node="node-1"}')).toBe(2);
     expect(sample(text, 'sandpool_swarm_errors_total{swarm="a",node="node-1"}')).toBe(1);
     expect(sample(text, 'sandpool_swarm_call_duration_seconds_count{node="node-1",swarm="a"}')).toBe(2);
-    // A token scoped to swarm a reads a's series and nothing else: no other swarm, no node-wide total.
-    await request(
-      server,
-      'POST',
-      '/v1/call/b/notifier_agent',
-      { fn: 'add', args: [1, 2] },
-      { authorization: 'Bearer t' },
-    );
-    const full = await scrape(server);
-    expect(swarmLabels(full)).toContain('_other');
-    expect(sample(full, 'sandpool_calls_total{outcome="ok",node="node-1"}')).toBe(2);
+    expect(thrownSync(() => openServer({ root, metricsSwarms: -1 }))).toEqual({
+      code: 'ERR_SANDPOOL_INVALID_OPTIONS',
+      paths: ['metricsSwarms'],
+    });
+  });
+  it("answers a scoped token with its swarms' series only: no other swarm, no node-wide total", async () => {
+    const root = await makeRoot({ ...(await counterAgent('a')), ...(await counterAgent('b')) });
+    const server = openServer({ root, tokens: { ta: { swarms: ['a'] }, t: { swarms: '*' } } });
+    for (const swarm of ['a', 'a', 'b']) {
+      await request(
+        server,
+        'POST',
+        `/v1/call/${swarm}/notifier_agent`,
+        { fn: 'add', args: [1, 2] },
+        { authorization: 'Bearer t' },
+      );
+    }
     const scoped = await scrape(server, 'ta');
     expect([...swarmLabels(scoped)]).toEqual(['a']);
     expect(seriesOf(scoped).every((line) => line.startsWith('sandpool_swarm_'))).toBe(true);
     expect(sample(scoped, 'sandpool_swarm_calls_total{swarm="a",node="node-1"}')).toBe(2);
     expect(scoped).toMatch(/^# HELP sandpool_swarm_calls_total /m);
     expect(scoped).not.toMatch(/sandpool_calls_total|sandpool_workers_alive|process_cpu/);
-    expect(thrownSync(() => openServer({ root, metricsSwarms: -1 }))).toEqual({
-      code: 'ERR_SANDPOOL_INVALID_OPTIONS',
-      paths: ['metricsSwarms'],
-    });
+    const full = await scrape(server);
+    expect([...swarmLabels(full)].sort()).toEqual(['a', 'b']);
+    expect(sample(full, 'sandpool_calls_total{outcome="ok",node="node-1"}')).toBe(3);
   });
 });
 

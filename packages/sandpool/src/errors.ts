@@ -194,6 +194,15 @@ export function dataClone(key: string, what: string, cause?: unknown): SandpoolE
   return new SandpoolError('ERR_SANDPOOL_DATA_CLONE', `${key}: ${what}`, keyed(key, cause));
 }
 
+/** A SharedArrayBuffer where the call did not pass `{ shared: true }`: it would be memory the key shares with the host. */
+export function sharedMemoryRefused(key: string, fn: string, where: 'arguments' | 'result'): SandpoolError {
+  const message =
+    where === 'arguments'
+      ? `${fn.slice(0, 64)}(): a SharedArrayBuffer in the arguments would be memory the agent shares with this process; pass { shared: true } to call() to share it`
+      : `${fn.slice(0, 64)}(): the result holds a SharedArrayBuffer, which the call did not allow ({ shared: true })`;
+  return new SandpoolError('ERR_SANDPOOL_DATA_CLONE', `${key}: ${message}`, { key });
+}
+
 /** The error a worker's death gives the calls it held, or its callers if it died while loading. */
 export function workerDied(key: string, end: ExitReason, failure: Error | null, loading: boolean): SandpoolError {
   const cause = failure ?? undefined;

@@ -140,7 +140,17 @@ export interface PermissionGrant {
   worker?: boolean | undefined;
   addons?: boolean | undefined;
   wasi?: boolean | undefined;
+  /**
+   * Builtins strict denies that this swarm may load. Neither is held by the permission model:
+   * `sqlite` opens any file the host's user can, `ffi` runs native code.
+   */
+  builtins?: readonly WidenableBuiltin[] | undefined;
+  /** Outbound and inbound network, where Node's permission model holds it (`--allow-net`, Node 25+). */
+  net?: boolean | undefined;
 }
+
+/** Builtins a grant may give back (`permissions.builtins`). */
+export type WidenableBuiltin = 'sqlite' | 'ffi';
 
 /** `'strict'`: Node's permission model, reads of the key's own code only; `'none'`: only the host's own limits. */
 export type PermissionPolicy = 'strict' | 'none' | PermissionGrant;

@@ -31,6 +31,13 @@ export function checkHostCall(raw: Record<string, unknown>): Checked {
   return { ok: true, message: raw as unknown as FromWorker };
 }
 
+/** Shared buffers are not copied: only their number is bounded. */
+export function checkShared(shared: unknown): boolean {
+  if (!Array.isArray(shared) || shared.length > IO_LIMITS.transfers) return false;
+  for (let i = 0; i < shared.length; i += 1) if (!(shared[i] instanceof SharedArrayBuffer)) return false;
+  return true;
+}
+
 /** Moved buffers count toward the result's size like bytes written inline. */
 export function checkMoved(moved: unknown, inline: number): boolean {
   if (!Array.isArray(moved) || moved.length > IO_LIMITS.transfers) return false;

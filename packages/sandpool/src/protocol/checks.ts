@@ -4,12 +4,14 @@
  * sets, dense arrays of bounded length, bounded text. A message that fails is a forgery or a
  * broken runtime; the caller ends that worker with reason `protocol`.
  */
-import { checkChunk, checkHostCall, checkMoved } from './agent-io-checks.js';
+import { checkChunk, checkHostCall, checkMoved, checkShared } from './agent-io-checks.js';
 import { bad, type Checked, isCallId, isCount, isDense, isPlainObject, isText } from './check-kit.js';
 import { isInline } from './clone.js';
 import {
   AGENT_CODE,
   CALL_FAILURES,
+  DENIABLE,
+  type Deniable,
   type FromWorker,
   LIMITS,
   LOAD_FAILURES,
@@ -71,6 +73,7 @@ function checkResult(raw: Record<string, unknown>): Checked {
   if (!(raw.bytes instanceof ArrayBuffer)) return bad('a serialized result without its bytes');
   if (raw.moved !== undefined && !checkMoved(raw.moved, raw.bytes.byteLength))
     return bad('a malformed list of moved buffers');
+  if (raw.shared !== undefined && !checkShared(raw.shared)) return bad('a malformed list of shared buffers');
   return { ok: true, message: raw as unknown as FromWorker };
 }
 
@@ -79,6 +82,19 @@ function checkOutput(raw: Record<string, unknown>): Checked {
   if (typeof raw.text !== 'string' || raw.text.length > LIMITS.outputChunk) return bad('an output chunk too large');
   if (!isCount(raw.dropped)) return bad('a malformed dropped-output count');
   return { ok: true, message: raw as unknown as OutputChunk };
+}
+
+const DENIABLE_NAMES: ReadonlySet<unknown> = new Set(DENIABLE);
+
+/**
+ * The worker's check on the denial list of its load (it comes from the coordinator, but a
+ * worker never runs an agent under a lockdown it cannot read: it fails the load instead).
+ */
+export function isDenialList(value: unknown): value is Deniable[] {
+  if (!isDense(value, DENIABLE.length)) return false;
+  // A loop, not every(): every() skips the holes of a sparse array.
+  for (let i = 0; i < value.length; i += 1) if (!DENIABLE_NAMES.has(value[i])) return false;
+  return true;
 }
 
 export function isRemoteError(value: unknown): value is RemoteError {

@@ -48,9 +48,34 @@ export const LIMITS = {
 /** Agent error codes kept on `cause.code`: what Node and most libraries use (`ENOENT`, `ERR_X`, `E_PROP`, `42`). */
 export const AGENT_CODE = /^[A-Za-z0-9_.:-]{1,64}$/;
 
+/**
+ * What a worker denies its agent before the agent is imported (worker/lockdown.ts), by the
+ * name the agent reaches it by: the builtins Node's permission model does not cover (or
+ * covers only where it is used), the process-wide levers a thread could pull on the host, and
+ * the channels between threads. The coordinator picks them from the key's permissions.
+ */
+export const DENIABLE = [
+  'node:sqlite',
+  'node:ffi',
+  'node:inspector',
+  'node:wasi',
+  'node:trace_events',
+  'process.report',
+  'process.kill',
+  'v8.setFlagsFromString',
+  'v8.setHeapSnapshotNearHeapLimit',
+  'os.setPriority',
+  'BroadcastChannel',
+  'postMessageToThread',
+  'navigator.locks',
+] as const;
+export type Deniable = (typeof DENIABLE)[number];
+
 export interface LoadRequest {
   t: 'load';
   key: string;
+  /** Denied to the agent (see DENIABLE); absent: nothing (`permissions: 'none'`). */
+  deny?: Deniable[];
   /** Absolute real path of the agent module. */
   file: string;
   /** Snapshot folder whose manifest must hold before anything in it runs; null for live code. */
@@ -79,6 +104,8 @@ export interface LoadRequest {
 export interface CallBatch {
   t: 'calls';
   calls: unknown[];
+  /** A call made with `{ shared: true }`, alone in its batch: its result may share memory too. */
+  shared?: true;
 }
 
 /** A child process's argument naming the uid:gid it drops to before agent code (worker/entry.ts). */
@@ -144,6 +171,8 @@ export interface SerializedResult {
   bytes: ArrayBuffer;
   /** Buffers the agent asked to move (`sandpool.transfer`): `bytes` refers to them by index. */
   moved?: ArrayBuffer[];
+  /** The SharedArrayBuffers of a `{ shared: true }` call's result: `bytes` refers to them by index. */
+  shared?: SharedArrayBuffer[];
 }
 
 /**

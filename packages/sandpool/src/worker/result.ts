@@ -4,20 +4,41 @@
  */
 import { serialize } from 'node:v8';
 import { LIMITS } from '../protocol/messages.js';
-import { exceedsSize } from '../protocol/size.js';
+import { measure } from '../protocol/size.js';
 import { serializeMoving } from '../protocol/transfer-codec.js';
 
-export type Serialized = { ok: true; bytes: ArrayBuffer } | { ok: false; reason: string; cause?: unknown };
+export type Serialized =
+  | { ok: true; bytes: ArrayBuffer; shared?: SharedArrayBuffer[] }
+  | { ok: false; reason: string; cause?: unknown };
 
-/** Counted first (see exceedsSize), before any of it is allocated. */
-export function serializeResult(value: unknown, moved?: readonly ArrayBuffer[]): Serialized {
-  if (exceedsSize(value, LIMITS.resultBytes)) {
+/**
+ * Measured first (see protocol/size.ts), before any of it is allocated. A SharedArrayBuffer
+ * (or a view of one) goes only in the result of a call made with `{ shared: true }` (`share`).
+ */
+export function serializeResult(value: unknown, moved?: readonly ArrayBuffer[], share = false): Serialized {
+  const walked = measure(value, LIMITS.resultBytes);
+  if (walked === 'too large') {
     return { ok: false, reason: `the result would serialize to more than ${LIMITS.resultBytes / 2 ** 20} MB` };
   }
-  if (moved !== undefined) {
+  if (walked !== 'fits' && !share) {
+    return {
+      ok: false,
+      reason:
+        'the result holds a SharedArrayBuffer: memory shared with the caller goes only to a call made with { shared: true }',
+    };
+  }
+  if (walked === 'bare shared') {
+    // Node's deserializer cannot take one back (on 20, 24 and 26 alike); a view of it can travel.
+    return {
+      ok: false,
+      reason: 'a bare SharedArrayBuffer cannot be returned: return a view of it (new Int32Array(buffer), say)',
+    };
+  }
+  if (moved !== undefined || walked === 'shared') {
     // Moved buffers are counted by the walk above as if written inline: the limit is the same.
     try {
-      return { ok: true, bytes: serializeMoving(value, moved) };
+      const { bytes, shared } = serializeMoving(value, moved ?? [], share);
+      return shared.length === 0 ? { ok: true, bytes } : { ok: true, bytes, shared };
     } catch (cause) {
       return { ok: false, reason: 'the result cannot be cloned', cause };
     }

@@ -1,6 +1,15 @@
-import { aborted, badFunctionName, closed, queueFull, snapshotRemoved, unusableOptions } from '../../errors.js';
+import {
+  aborted,
+  badFunctionName,
+  closed,
+  queueFull,
+  sharedMemoryRefused,
+  snapshotRemoved,
+  unusableOptions,
+} from '../../errors.js';
 import { type AgentKey, type ResolvedKey, resolveKey } from '../../key.js';
 import { type CallOptions, parseCallOptions } from '../../options.js';
+import { holdsSharedMemory } from '../../protocol/clone.js';
 import type { Backoff } from '../routes/backoff.js';
 import type { Route } from '../routes/route.js';
 
@@ -29,6 +38,8 @@ export interface AdmittedCall {
   readonly timeoutMs: number;
   readonly signal: AbortSignal | undefined;
   readonly transfer: ArrayBuffer[] | undefined;
+  /** A SharedArrayBuffer may be shared with the key, in the arguments and the result. */
+  readonly shared: boolean;
   /** Undefined for a key the pool holds nothing for yet. */
   readonly route: Route | undefined;
 }
@@ -53,7 +64,10 @@ export function admit(
   if (!Array.isArray(args)) {
     throw unusableOptions('args must be an array', { key: key.text });
   }
-  const { timeoutMs, signal, transfer } = parseCallOptions(options);
+  const { timeoutMs, signal, transfer, shared } = parseCallOptions(options);
+  if (!shared && holdsSharedMemory(args)) {
+    throw sharedMemoryRefused(key.text, fn, 'arguments');
+  }
   if (signal?.aborted) throw aborted(key.text);
   if (state.backoff.active) {
     const blocked = state.backoff.blocked(key.text, Date.now());
@@ -70,5 +84,14 @@ export function admit(
   if (needsSlot && state.waitingForSlot >= state.maxWaiting) {
     throw queueFull(key.text, `${state.waitingForSlot} calls wait for a worker`);
   }
-  return { key, fn, args: args as unknown[], timeoutMs: timeoutMs ?? state.callTimeoutMs, signal, transfer, route };
+  return {
+    key,
+    fn,
+    args: args as unknown[],
+    timeoutMs: timeoutMs ?? state.callTimeoutMs,
+    signal,
+    transfer,
+    shared,
+    route,
+  };
 }

@@ -65,6 +65,7 @@ export class Dispatch implements AdmissionState {
     const route = admitted.route ?? this.table.open(admitted.key);
     const call = new Call(route, admitted.fn, admitted.args, admitted.timeoutMs, admitted.signal, resolve, reject);
     if (admitted.transfer !== undefined) call.transfer = admitted.transfer;
+    call.shared = admitted.shared;
     call.stream = sink;
     const key = route.key.text;
     if (admitted.signal !== undefined) call.listen(admitted.signal, (): SandpoolError => aborted(key));

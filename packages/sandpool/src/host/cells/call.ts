@@ -47,6 +47,8 @@ export class Call {
 
   /** Buffers to move with the arguments (`transfer`); null for a copy. */
   transfer: ArrayBuffer[] | null = null;
+  /** `{ shared: true }`: SharedArrayBuffers in its arguments and result are shared with the key. */
+  shared = false;
   /** Set for a `stream()` call: where its chunks go. */
   stream: StreamSink | null = null;
   /** It never reached a worker that then ended, and was sent to the key's next one (which happens once). */

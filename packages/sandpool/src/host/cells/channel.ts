@@ -76,7 +76,7 @@ export class Channel {
       this.watchDeadline(call, now);
       deadline = performance.timeOrigin + call.deadline;
     }
-    if (call.transfer === null && call.stream === null && call.args.every(isPrimitive)) {
+    if (call.transfer === null && call.stream === null && !call.shared && call.args.every(isPrimitive)) {
       // Nothing runs and nothing waits to leave: a lone call goes now, not at the end of the
       // tick, so the worker starts on it while the caller's tick goes on.
       if (idle) return this.send(appendCall([], call, deadline));
@@ -90,7 +90,7 @@ export class Channel {
     }
     this.flush(); // calls made earlier in this tick must arrive first
     if (call.stream !== null) this.sendStream(call, deadline, call.stream.highWaterMark);
-    else this.send(appendCall([], call, deadline), call.transfer ?? undefined);
+    else this.send(appendCall([], call, deadline), call.transfer ?? undefined, call.shared);
   }
 
   /** The running call a worker's message names; undefined once it has settled or been cancelled. */
@@ -193,16 +193,24 @@ export class Channel {
     return calls;
   }
 
-  private settleSerialized({ id, bytes, moved }: SerializedResult): void {
+  private settleSerialized({ id, bytes, moved, shared }: SerializedResult): void {
     if (bytes.byteLength > LIMITS.resultBytes) {
       this.thread.violate(`a result of ${bytes.byteLength} bytes, past the limit its runtime keeps`);
       return;
     }
     if (this.cancelling.has(id)) return this.settle(id, { ok: true, value: undefined });
-    if (this.callFor(id) === undefined) return;
+    const call = this.callFor(id);
+    if (call === undefined) return;
+    if (shared !== undefined && !call.shared) {
+      this.thread.violate(`shared memory in the result of call ${id}, which did not allow it`);
+      return;
+    }
     let value: unknown;
     try {
-      value = moved === undefined ? deserialize(new Uint8Array(bytes)) : deserializeMoving(bytes, moved);
+      value =
+        moved === undefined && shared === undefined
+          ? deserialize(new Uint8Array(bytes))
+          : deserializeMoving(bytes, moved ?? [], shared);
     } catch (error) {
       // Too deep for this thread's stack, say: that call fails, the worker goes on.
       const message = error instanceof Error ? error.message : String(error);
@@ -258,14 +266,15 @@ export class Channel {
     this.send(calls);
   };
 
-  private send(calls: unknown[], transfer?: ArrayBuffer[]): void {
+  /** `shared`: the batch is one call of `{ shared: true }`, whose result may share memory too. */
+  private send(calls: unknown[], transfer?: ArrayBuffer[], shared = false): void {
     if (this.thread.terminating) return; // its exit rejects the calls
     try {
-      this.thread.post({ t: 'calls', calls }, transfer);
+      this.thread.post(shared ? { t: 'calls', calls, shared } : { t: 'calls', calls }, transfer);
       return;
     } catch (error) {
       // Some argument cannot be cloned: send them one by one so only its call fails.
-      if (transfer !== undefined) return this.unsendable(calls[0] as number, error); // sent alone
+      if (transfer !== undefined || shared) return this.unsendable(calls[0] as number, error); // sent alone
     }
     for (let i = 0, end = 0; i < calls.length; i = end) {
       end = i + CALL_HEADER + (calls[i + 3] as number);

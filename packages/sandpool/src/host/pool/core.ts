@@ -17,7 +17,7 @@ import { SpareDemand } from '../slots/spare-demand.js';
 import { Spares } from '../slots/spares.js';
 import { Launcher } from '../workers/launch.js';
 import { labelledWriter } from '../workers/output.js';
-import { endsSandbox } from '../workers/permissions.js';
+import { sandboxEnds } from '../workers/permissions.js';
 import { violations } from './invariants.js';
 import { collectKeyStats } from './key-stats.js';
 
@@ -111,12 +111,8 @@ export class PoolCore {
       host: options.host,
       abortGraceMs: options.abortGraceMs,
     });
-    if (typeof options.permissions === 'object' && endsSandbox(options.permissions)) {
-      process.emitWarning(
-        'permissions grant childProcess or worker: their children run without the permission model, outside the sandbox',
-        { code: 'SANDPOOL_SANDBOX_ENDED' },
-      );
-    }
+    const sandboxEnd = typeof options.permissions === 'object' ? sandboxEnds(options.permissions) : null;
+    if (sandboxEnd !== null) process.emitWarning(sandboxEnd, { code: 'SANDPOOL_SANDBOX_ENDED' });
     const watcher = options.watch
       ? new LiveWatcher(this.root, (swarm) => {
           if (this.closing === null) void this.invalidate({ swarm });

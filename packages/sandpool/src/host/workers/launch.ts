@@ -1,11 +1,11 @@
 import { mkdirSync } from 'node:fs';
 import type { ResolvedKey } from '../../key.js';
 import type { ResolvedPoolOptions } from '../../options.js';
-import type { LoadRequest } from '../../protocol/messages.js';
-import type { Isolation } from '../../types.js';
+import type { Deniable, LoadRequest } from '../../protocol/messages.js';
+import type { Isolation, PermissionPolicy } from '../../types.js';
 import type { AgentWorker, ThreadSettings } from './agent-worker.js';
 import { checkReadableBy, isolationFor, processSettings } from './isolation.js';
-import { permissionArgs, policyFor } from './permissions.js';
+import { denialsOf, permissionArgs, policyFor } from './permissions.js';
 import { AgentProcess, type ProcessSettings } from './process.js';
 import { locateModule, type ModuleLocation } from './resolve.js';
 import { AgentThread } from './thread.js';
@@ -16,6 +16,8 @@ export interface LaunchPlan {
   readonly location: ModuleLocation;
   /** Its worker's Node flags (permission model, type stripping), fixed before it starts. */
   readonly execArgv: readonly string[];
+  /** What its worker denies the agent (worker/lockdown.ts); null: nothing. */
+  readonly deny: Deniable[] | null;
   readonly isolation: Isolation;
 }
 
@@ -40,10 +42,11 @@ export class Launcher {
 
   async plan(key: ResolvedKey): Promise<LaunchPlan> {
     const location = await locateModule(this.root, key, { snapshotSecret: this.options.snapshotSecret });
-    const execArgv = this.execArgvFor(key, location);
+    const policy = policyFor(this.options.permissions, key);
+    const execArgv = this.execArgvFor(policy, key, location);
     const isolation = isolationFor(this.options.isolation, key);
     if (isolation === 'process' && this.process.user !== null) checkReadableBy(this.process.user, location.file, key);
-    return { location, execArgv, isolation };
+    return { location, execArgv, deny: denialsOf(policy), isolation };
   }
 
   /** A worker for a plan, booted now with its own flags. */
@@ -77,12 +80,12 @@ export class Launcher {
       // A child of another uid could not write the host's cache folder.
       compileCacheDir: worker.isolation === 'process' ? null : compileCacheDir,
       ...(sha256 === null ? {} : { sha256 }),
+      ...(plan.deny === null ? {} : { deny: plan.deny }),
     };
   }
 
   /** The key's worker flags: its permission model (see permissions.ts) and type stripping. */
-  private execArgvFor(key: ResolvedKey, location: ModuleLocation): string[] {
-    const policy = policyFor(this.options.permissions, key);
+  private execArgvFor(policy: PermissionPolicy, key: ResolvedKey, location: ModuleLocation): string[] {
     const cache = location.compileCacheDir;
     // Node reads and writes the compile cache, and grants nothing under a folder that does
     // not exist yet: the coordinator makes it, and the worker may read and write it.

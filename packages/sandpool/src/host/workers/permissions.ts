@@ -4,8 +4,10 @@ import { dirname, join, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { moduleNotFound, unusableOptions } from '../../errors.js';
 import type { ResolvedKey } from '../../key.js';
+import type { Deniable } from '../../protocol/messages.js';
 import type { PermissionGrant, PermissionPolicy, PermissionsOption } from '../../types.js';
 import { askForKey } from '../policy/ask.js';
+import { denialsFor, removalFlags, WIDENABLE_BUILTINS } from './denials.js';
 
 /** Entries of a key folder looked at for links that leave it, at most, per spawn. */
 const MAX_SCAN = 20_000;
@@ -75,9 +77,54 @@ export function permissionArgs(policy: PermissionPolicy, folders: KeyFolders, ke
   if (grant.worker === true && hostAllows('worker')) args.push('--allow-worker');
   if (grant.addons === true && FLAGS.has('--allow-addons') && hostAllows('addon')) args.push('--allow-addons');
   if (grant.wasi === true && FLAGS.has('--allow-wasi') && hostAllows('wasi')) args.push('--allow-wasi');
+  if (grant.net === true && NET_DENIABLE && hostAllows('net')) args.push('--allow-net');
+  if (grant.builtins?.includes('ffi') === true && FLAGS.has('--allow-ffi') && hostAllows('ffi'))
+    args.push('--allow-ffi');
+  if (policy !== 'none') args.push(...removalFlags(denialsFor(grant)));
   // One warning per worker would flood the host's stderr.
   if (FLAGS.has('--disable-warning')) args.push('--disable-warning=ExperimentalWarning');
   return args;
+}
+
+/**
+ * A thread's flags as its Worker gets them. Node grants a process under the permission model
+ * reads of its entry script; a worker thread has none on its command line, so on Node 24 and
+ * 26 the empty path is granted, which resolves to the host's working directory, recursively
+ * (measured: a host started in `/` gave every strict thread the whole file system). A worker
+ * with an eval string gets no such grant; it still runs its own file, and `process._eval` is
+ * all an agent sees of the flag. Process keys have their entry on their command line.
+ */
+export function threadArgs(execArgv: readonly string[]): string[] {
+  return underPermissionModel(execArgv) ? [...execArgv, NO_ENTRY_GRANT] : [...execArgv];
+}
+
+const NO_ENTRY_GRANT = '--eval=0';
+
+/** Whether this Node's permission model holds the network (`--allow-net`, 25+): before it, a thread's network is open. */
+const NET_DENIABLE = FLAGS.has('--allow-net');
+
+/**
+ * `network: 'enforce'`: refuses (INVALID_OPTIONS) a pool where a thread key could run without
+ * the network under a Node that cannot take it away, unless every key is a process.
+ */
+export function refuseUnenforceableNetwork(options: {
+  readonly network: 'enforce' | 'best-effort';
+  readonly permissions: PermissionsOption;
+  readonly isolation: unknown;
+}): void {
+  if (options.network !== 'enforce' || NET_DENIABLE || options.isolation === 'process') return;
+  const { permissions } = options;
+  if (permissions === 'none' || (typeof permissions === 'object' && permissions.net === true)) return;
+  throw unusableOptions(
+    `network: 'enforce' cannot deny a thread agent the network on Node ${process.version}: its permission model has ` +
+      "no --allow-net (Node 25+); run the keys with isolation: 'process', or grant net, or use network: 'best-effort'",
+  );
+}
+
+/** What the worker denies its agent before loading it (worker/lockdown.ts); null under `'none'`. */
+export function denialsOf(policy: PermissionPolicy): Deniable[] | null {
+  if (policy === 'none') return null;
+  return denialsFor(policy === 'strict' ? {} : policy);
 }
 
 /** Whether flags made by permissionArgs put the worker under the permission model. */
@@ -85,9 +132,18 @@ export function underPermissionModel(execArgv: readonly string[]): boolean {
   return execArgv.includes(ENABLE);
 }
 
-/** Whether a policy hands a tenant a way out of the sandbox (children and nested workers get no permission model). */
-export function endsSandbox(policy: PermissionPolicy): boolean {
-  return typeof policy === 'object' && (policy.childProcess === true || policy.worker === true);
+/**
+ * What in a policy hands a tenant a way out of the sandbox, for the pool's warning: children
+ * and nested workers get no permission model, and the builtins a grant may widen ignore it.
+ */
+export function sandboxEnds(policy: PermissionPolicy): string | null {
+  if (typeof policy !== 'object') return null;
+  const ways = [
+    ...(policy.childProcess === true ? ['childProcess'] : []),
+    ...(policy.worker === true ? ['worker'] : []),
+    ...(policy.builtins ?? []).map((name) => `builtins ${name}`),
+  ];
+  return ways.length === 0 ? null : `permissions grant ${ways.join(', ')}: what they run is outside the sandbox`;
 }
 
 function hostAllows(scope: string, path?: string): boolean {
@@ -207,13 +263,17 @@ function isGrant(value: unknown): value is PermissionGrant {
   const flag = (bit: unknown): boolean => bit === undefined || typeof bit === 'boolean';
   return (
     Object.keys(grant).every((name) =>
-      ['fsRead', 'fsWrite', 'childProcess', 'worker', 'addons', 'wasi'].includes(name),
+      ['fsRead', 'fsWrite', 'childProcess', 'worker', 'addons', 'wasi', 'builtins', 'net'].includes(name),
     ) &&
     paths(grant.fsRead) &&
     paths(grant.fsWrite) &&
     flag(grant.childProcess) &&
     flag(grant.worker) &&
     flag(grant.addons) &&
-    flag(grant.wasi)
+    flag(grant.wasi) &&
+    flag(grant.net) &&
+    (grant.builtins === undefined ||
+      (Array.isArray(grant.builtins) &&
+        grant.builtins.every((name) => (WIDENABLE_BUILTINS as readonly unknown[]).includes(name))))
   );
 }

@@ -93,6 +93,10 @@ export class AgentProcess extends AgentWorker {
 
   post(message: ToWorker): void {
     if (!this.child.connected) return; // it is exiting: its close settles every call
+    // The channel would copy a view of shared memory without a word: refused, as postMessage refuses what it cannot clone.
+    if (message.t === 'calls' && message.shared === true) {
+      throw Object.assign(new Error('memory cannot be shared with a process key'), { name: 'DataCloneError' });
+    }
     this.child.send(message);
   }
 

@@ -1,7 +1,9 @@
 import { MessageChannel, type MessagePort, Worker } from 'node:worker_threads';
 import type { ToWorker, WorkerBoot } from '../../protocol/messages.js';
 import { AgentWorker, type ThreadSettings } from './agent-worker.js';
+import { startAccepting } from './denials.js';
 import type { MemoryProbe, MemoryReading } from './memory-probe.js';
+import { threadArgs } from './permissions.js';
 
 /** worker/entry.ts and what it imports at start, as one file (scripts/bundle-worker.js). */
 const ENTRY = new URL('../../worker/bundle.js', import.meta.url);
@@ -26,13 +28,17 @@ export class AgentThread extends AgentWorker {
     super(settings);
     const { port1, port2 } = new MessageChannel();
     this.port = port1;
-    this.worker = new Worker(ENTRY, {
-      execArgv: [...execArgv],
-      env: { ...settings.env },
-      resourceLimits: settings.resourceLimits,
-      workerData: { port: port2 } satisfies WorkerBoot,
-      transferList: [port2],
-    });
+    this.worker = startAccepting(
+      threadArgs(execArgv),
+      (flags) =>
+        new Worker(ENTRY, {
+          execArgv: flags,
+          env: { ...settings.env },
+          resourceLimits: settings.resourceLimits,
+          workerData: { port: port2 } satisfies WorkerBoot,
+          transferList: [port2],
+        }),
+    );
     this.threadId = this.worker.threadId;
     port1.on('message', (raw: unknown) => this.receive(raw));
     port1.on('messageerror', () => this.violate('a message that cannot be deserialized'));
