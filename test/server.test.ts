@@ -1,3 +1,6 @@
+import { execFile } from 'node:child_process';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { counterAgent, fixture, makeRoot } from './support/root.js';
 import { installServerCleanup, openServer, request } from './support/server.js';
@@ -190,6 +193,38 @@ describe('the HTTP layer', () => {
     );
     expect(allowed.body).toEqual({ result: 5 });
     expect(server.pool.stats().spawned).toBe(1);
+  });
+
+  it('without logger, writes one JSON line per unexpected error (with its request id) and nothing per call', async () => {
+    const root = await agentsRoot();
+    // Its own process: the line goes to the real stdout, where an operator's collector reads it.
+    const script = join(root, 'log-check.mjs');
+    await writeFile(
+      script,
+      `const { createServer } = await import(process.argv[2]);
+const server = createServer({ root: process.argv[3], nodeName: 'n1', spareWorkers: 0 });
+const post = () => server.app.inject({ method: 'POST', url: '/v1/call/a/notifier_agent', payload: { fn: 'add', args: [1, 2] } });
+const ok = await post();
+server.pool.call = () => { throw new TypeError('boom'); };
+const failed = await post();
+await server.app.close();
+console.error(JSON.stringify([ok.statusCode, ok.body, failed.statusCode, failed.json().code]));
+`,
+    );
+    const { stdout, stderr } = await new Promise<{ stdout: string; stderr: string }>((resolve, reject) => {
+      execFile(process.execPath, [script, import.meta.resolve('@sandpool/server'), root], (error, out, err) =>
+        error === null ? resolve({ stdout: out, stderr: err }) : reject(new Error(`${error.message}\n${err}`)),
+      );
+    });
+    expect(JSON.parse(stderr)).toEqual([200, '{"result":3}', 500, 'ERR_SANDPOOL_HTTP_INTERNAL']);
+    const lines = stdout.split('\n').filter((line) => line !== '');
+    expect(lines).toHaveLength(1);
+    expect(JSON.parse(lines[0] ?? '')).toMatchObject({
+      level: 50,
+      msg: 'unexpected error',
+      reqId: expect.any(String),
+      err: { type: 'TypeError', message: 'boom' },
+    });
   });
 
   it('refuses bad server options synchronously with ERR_SANDPOOL_INVALID_OPTIONS', async () => {

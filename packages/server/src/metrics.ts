@@ -1,6 +1,7 @@
-import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
+import { Counter, collectDefaultMetrics, Gauge, Registry } from 'prom-client';
 import type { DemoteReason, EvictReason, ExitReason, Pool, SpawnReason } from 'sandpool';
 import type { CallKind } from './call-input.js';
+import { OneLabelCounter, OneLabelHistogram } from './one-label-metrics.js';
 import type { ServerErrorCode } from './status.js';
 import { SwarmLabels } from './swarm-labels.js';
 
@@ -83,19 +84,19 @@ export function createMetrics(pool: Pool, nodeName: string, swarmLabelLimit: num
   // Process metrics and nodejs_eventloop_lag_*: the event-loop delay that every call on this node shares.
   collectDefaultMetrics({ register: registry });
 
-  const calls = new Counter({
-    name: 'sandpool_calls_total',
-    help: 'Calls answered, by outcome: ok or the error code.',
-    labelNames: ['outcome'],
-    registers: [registry],
-  });
-  const latency = new Histogram({
-    name: 'sandpool_call_duration_seconds',
-    help: 'Time from a valid call request to its answer, by live or snapshot key.',
-    labelNames: ['kind'],
-    buckets: LATENCY_BUCKETS,
-    registers: [registry],
-  });
+  const calls = new OneLabelCounter(
+    'sandpool_calls_total',
+    'Calls answered, by outcome: ok or the error code.',
+    'outcome',
+    registry,
+  );
+  const latency = new OneLabelHistogram(
+    'sandpool_call_duration_seconds',
+    'Time from a valid call request to its answer, by live or snapshot key.',
+    'kind',
+    LATENCY_BUCKETS,
+    registry,
+  );
   statsGauge(
     registry,
     'sandpool_workers_alive',
@@ -174,8 +175,8 @@ export function createMetrics(pool: Pool, nodeName: string, swarmLabelLimit: num
   return {
     registry,
     observeCall(outcome, kind, seconds, swarm) {
-      calls.inc({ outcome });
-      if (kind !== null) latency.observe({ kind }, seconds);
+      calls.inc(outcome);
+      if (kind !== null) latency.observe(kind, seconds);
       if (swarm !== null) perSwarm.observe(swarm, outcome !== 'ok', seconds);
     },
   };
@@ -219,32 +220,33 @@ function swarmMetrics(
       for (const [swarm, grown] of grownBySwarm) this.inc({ swarm: labels.labelFor(swarm) }, grown / 1000);
     },
   });
-  const calls = new Counter({
-    name: 'sandpool_swarm_calls_total',
-    help: `Calls answered for the swarm; ${which}.`,
-    labelNames: ['swarm'],
-    registers: [registry],
-  });
-  const errors = new Counter({
-    name: 'sandpool_swarm_errors_total',
-    help: `Calls for the swarm that failed; ${which}.`,
-    labelNames: ['swarm'],
-    registers: [registry],
-  });
-  const latency = new Histogram({
-    name: 'sandpool_swarm_call_duration_seconds',
-    help: `Time from a call request to its answer; ${which}.`,
-    labelNames: ['swarm'],
-    buckets: SWARM_LATENCY_BUCKETS,
-    registers: [registry],
-  });
+  const calls = new OneLabelCounter(
+    'sandpool_swarm_calls_total',
+    `Calls answered for the swarm; ${which}.`,
+    'swarm',
+    registry,
+  );
+  const errors = new OneLabelCounter(
+    'sandpool_swarm_errors_total',
+    `Calls for the swarm that failed; ${which}.`,
+    'swarm',
+    registry,
+  );
+  const latency = new OneLabelHistogram(
+    'sandpool_swarm_call_duration_seconds',
+    `Time from a call request to its answer; ${which}.`,
+    'swarm',
+    SWARM_LATENCY_BUCKETS,
+    registry,
+  );
   const labels = new SwarmLabels(limit, (swarm) => {
-    for (const metric of [cpu, calls, errors, latency]) metric.remove({ swarm });
+    cpu.remove({ swarm });
+    for (const metric of [calls, errors, latency]) metric.remove(swarm);
   });
   return {
     observe(swarm, failed, seconds) {
       labels.active(swarm, 1);
-      const label = { swarm: labels.labelFor(swarm) };
+      const label = labels.labelFor(swarm);
       calls.inc(label);
       if (failed) errors.inc(label);
       latency.observe(label, seconds);

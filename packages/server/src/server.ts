@@ -5,6 +5,7 @@ import { homedir, tmpdir } from 'node:os';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
+import { pino } from 'pino';
 import { createPool, type Pool } from 'sandpool';
 import type { ServerContext } from './context.js';
 import { HttpError, makeScrub, type Scrub, toErrorReply } from './errors.js';
@@ -54,9 +55,12 @@ export function createServer(options: ServerOptions): SandpoolServer {
   // (30 s by default): keep it well under the deadlines so a slow client goes close to them.
   const headersTimeout = Math.min(server.headersTimeoutMs, server.requestTimeoutMs);
   const checkEvery = Math.max(50, Math.min(1_000, Math.floor(headersTimeout / 4)));
+  // Pino on stdout. With `logger`, fastify's own: every request, and a line per call. Without
+  // it fastify runs with no logger, which spares every request a child logger and response
+  // listeners, and the error handler writes the unexpected errors to a logger of its own.
+  const errorLog = server.logger ? null : pino({ level: 'error' });
   const app = Fastify({
-    // Pino on stdout: every request with `logger`, else only the unexpected errors the handler logs.
-    logger: { level: server.logger ? 'info' : 'error' },
+    ...(server.logger ? { logger: { level: 'info' } } : {}),
     bodyLimit: server.bodyLimit,
     // The guard answers draining requests itself, with the node header and a JSON error.
     return503OnClosing: false,
@@ -100,7 +104,10 @@ export function createServer(options: ServerOptions): SandpoolServer {
   });
   app.setErrorHandler((error: unknown, request, reply) => {
     const { status, body, unexpected } = toErrorReply(error, server.debug, scrub);
-    if (unexpected) request.log.error({ err: error }, 'unexpected error');
+    if (unexpected) {
+      if (errorLog === null) request.log.error({ err: error }, 'unexpected error');
+      else errorLog.error({ err: error, reqId: request.id }, 'unexpected error');
+    }
     return reply.code(status).send(body);
   });
   const drain = (): void => {
