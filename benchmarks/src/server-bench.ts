@@ -1,8 +1,12 @@
 /**
  * `pnpm bench:server`: the HTTP server under autocannon, warm keys, against in-process
  * `pool.call` on the same agents in the same run. Targets: one `sandpool serve` node
- * direct, and nginx (the shipped deploy/nginx.conf) in front of three. Each at 1 request
- * in flight (latency: what HTTP adds per call) and at CONNECTIONS in flight (throughput).
+ * direct (a bearer token on, as metrics and validation always are), the least a fastify
+ * route can do to call `pool.call` (fixtures/minimal-server.mjs, the baseline the server's
+ * overhead is judged by), and nginx (the shipped deploy/nginx.conf) in front of three
+ * nodes. Each at 1 request in flight (latency: what HTTP adds per call) and at CONNECTIONS
+ * in flight (throughput); the node and the baseline at CONNECTIONS take turns over several
+ * rounds, since on a shared machine one long run each would mostly measure the neighbours.
  * Writes results/server.json (and .svg) through the suite's report helpers.
  */
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
@@ -13,10 +17,11 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { createPool, type Pool } from 'sandpool';
+import { loadNow } from './lib/conditions.js';
 import { num, perSecond, ratio, us } from './lib/format.js';
 import { Latency, type LatencySummary } from './lib/histogram.js';
 import { type BenchContext, type Benchmark, type BenchReport, makeContext, publish } from './lib/report.js';
-import { makeRoot } from './lib/temp-root.js';
+import { fixture, makeRoot } from './lib/temp-root.js';
 
 const WORKSPACE = fileURLToPath(new URL('../../', import.meta.url));
 const CLI = join(WORKSPACE, 'packages/cli/dist/bin.js');
@@ -24,6 +29,10 @@ const NGINX_TEMPLATE = join(WORKSPACE, 'packages/server/deploy/nginx.conf');
 const KEYS = Array.from({ length: 24 }, (_, i) => `s${i % 3}/agent_${String(i).padStart(2, '0')}`);
 const CONNECTIONS = 32;
 const BODY = JSON.stringify({ fn: 'add', args: [1, 2] });
+const TOKEN = 'bench-token';
+const HEADERS = { 'content-type': 'application/json', authorization: `Bearer ${TOKEN}` };
+const NODE = 'HTTP, 1 node';
+const MINIMAL = 'minimal fastify route';
 
 /** The slice of autocannon's API used here; the package ships no types. */
 type Autocannon = (options: {
@@ -49,11 +58,20 @@ interface Measured {
   failures: number;
 }
 
+/** The node against the baseline at CONNECTIONS in flight, round by round. */
+interface Rounds {
+  node: number[];
+  minimal: number[];
+  /** 1-minute load average before each round. */
+  load: number[];
+}
+
 const serverBench: Benchmark = {
   name: 'server',
   title: 'HTTP server: warm keys, one node and nginx + 3 nodes, vs in-process pool.call',
   async run(context: BenchContext): Promise<BenchReport> {
     const seconds = context.quick ? 3 : 10;
+    const rounds = context.quick ? 3 : 7;
     const tree = await makeRoot(
       KEYS.map((key) => ({ swarm: key.split('/')[0]!, stem: key.split('/')[1]!, fixture: 'agent.mjs' })),
     );
@@ -63,6 +81,7 @@ const serverBench: Benchmark = {
       for (const child of children) child.kill('SIGKILL');
     });
     const results: Measured[] = [];
+    let compared: Rounds | null = null;
     const scratch = join(tree.root, '..', `${tree.root.split('/').pop()}-nginx`);
     try {
       context.progress('in-process pool.call');
@@ -72,11 +91,42 @@ const serverBench: Benchmark = {
       await pool.close();
 
       const nodes = [];
-      for (const name of ['b1', 'b2', 'b3']) nodes.push(await startNode(tree.root, name, children));
+      for (const name of ['b1', 'b2', 'b3'])
+        nodes.push(await startServer(name, ['serve', ...serveArgs(tree.root, name)], children));
+      const minimal = await startServer('minimal', [fileURLToPath(fixture('minimal-server.mjs')), tree.root], children);
       await warm(nodes[0]!);
-      for (const inFlight of [1, CONNECTIONS]) {
-        context.progress(`1 node, ${inFlight} in flight`);
-        results.push(await overHttp('HTTP, 1 node', nodes[0]!, inFlight, seconds));
+      await warm(minimal);
+      for (const [target, url] of [
+        [NODE, nodes[0]!],
+        [MINIMAL, minimal],
+      ] as const) {
+        context.progress(`${target}, 1 in flight`);
+        results.push(await overHttp(target, url, 1, seconds));
+      }
+      compared = { node: [], minimal: [], load: [] };
+      const latency = { node: new Latency(), minimal: new Latency() };
+      const failures = { node: 0, minimal: 0 };
+      for (let round = 0; round < rounds; round++) {
+        compared.load.push(Math.round(loadNow() * 10) / 10);
+        // Each goes first every other round: neither always meets the machine as the other left it.
+        const order = round % 2 === 0 ? (['node', 'minimal'] as const) : (['minimal', 'node'] as const);
+        for (const which of order) {
+          context.progress(
+            `${which === 'node' ? NODE : MINIMAL}, ${CONNECTIONS} in flight, round ${round + 1} of ${rounds}`,
+          );
+          const run = await measure(which === 'node' ? nodes[0]! : minimal, CONNECTIONS, seconds, latency[which]);
+          compared[which].push(run.callsPerSecond);
+          failures[which] += run.failures;
+        }
+      }
+      for (const which of ['node', 'minimal'] as const) {
+        results.push({
+          target: which === 'node' ? NODE : MINIMAL,
+          inFlight: CONNECTIONS,
+          callsPerSecond: median(compared[which]),
+          latency: latency[which].summaryMs(),
+          failures: failures[which],
+        });
       }
       const nginx = findNginx();
       if (nginx === null) {
@@ -93,7 +143,7 @@ const serverBench: Benchmark = {
       await rm(scratch, { recursive: true, force: true });
       await tree.cleanup();
     }
-    return report(results, seconds);
+    return report(results, compared, seconds);
   },
 };
 
@@ -125,66 +175,91 @@ async function inProcess(pool: Pool, inFlight: number, seconds: number): Promise
 
 /** autocannon for `seconds` after a 1 s warm-up, the key in the path so nginx can hash it. */
 async function overHttp(target: string, url: string, inFlight: number, seconds: number): Promise<Measured> {
-  const run = (duration: number, latency: Latency | null) => {
-    let next = 0;
-    const instance = autocannon({
-      url,
-      connections: inFlight,
-      duration,
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: BODY,
-      requests: [{ setupRequest: (request) => ({ ...request, path: `/v1/call/${KEYS[next++ % KEYS.length]}` }) }],
-    });
-    if (latency !== null) instance.on('response', (_client, _status, _bytes, ms) => latency.recordMs(ms));
-    return instance;
-  };
-  await run(1, null);
+  await measure(url, inFlight, 1, null);
   const latency = new Latency();
-  const result = await run(seconds, latency);
-  return {
-    target,
-    inFlight,
-    callsPerSecond: result.requests.total / result.duration,
-    latency: latency.summaryMs(),
-    failures: result.errors + result.non2xx,
-  };
+  const { callsPerSecond, failures } = await measure(url, inFlight, seconds, latency);
+  return { target, inFlight, callsPerSecond, latency: latency.summaryMs(), failures };
 }
 
-function report(results: Measured[], seconds: number): BenchReport {
+/** One autocannon run; each response's latency goes into `latency` when given. */
+async function measure(
+  url: string,
+  inFlight: number,
+  seconds: number,
+  latency: Latency | null,
+): Promise<{ callsPerSecond: number; failures: number }> {
+  let next = 0;
+  const instance = autocannon({
+    url,
+    connections: inFlight,
+    duration: seconds,
+    method: 'POST',
+    headers: HEADERS,
+    body: BODY,
+    requests: [{ setupRequest: (request) => ({ ...request, path: `/v1/call/${KEYS[next++ % KEYS.length]}` }) }],
+  });
+  if (latency !== null) instance.on('response', (_client, _status, _bytes, ms) => latency.recordMs(ms));
+  const result = await instance;
+  return { callsPerSecond: result.requests.total / result.duration, failures: result.errors + result.non2xx };
+}
+
+function median(values: readonly number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const middle = Math.floor(sorted.length / 2);
+  return sorted.length % 2 === 1 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2;
+}
+
+function report(results: Measured[], compared: Rounds | null, seconds: number): BenchReport {
   const find = (target: string, inFlight: number) =>
     results.find((r) => r.target === target && r.inFlight === inFlight);
   const local = find('in-process pool.call', 1);
-  const direct = find('HTTP, 1 node', 1);
+  const direct = find(NODE, 1);
   const overheadUs =
     local !== undefined && direct !== undefined ? (direct.latency.p50 - local.latency.p50) * 1000 : null;
   const localMany = find('in-process pool.call', CONNECTIONS);
-  const directMany = find('HTTP, 1 node', CONNECTIONS);
+  const directMany = find(NODE, CONNECTIONS);
   const throughputRatio =
     localMany !== undefined && directMany !== undefined ? localMany.callsPerSecond / directMany.callsPerSecond : null;
+  // Per round, then the median: a round's two runs are seconds apart and see much the same machine.
+  const roundRatios =
+    compared === null ? [] : compared.node.map((node, i) => node / (compared.minimal[i] ?? Number.NaN));
+  const overMinimal = roundRatios.length === 0 ? null : median(roundRatios);
   return {
     method: [
       `${KEYS.length} warm keys (3 swarms), each a copy of fixtures/agent.mjs; every call is add(1, 2), the keys taken in turn.`,
-      `Each row runs ${seconds} s. HTTP rows: autocannon in this process (POST /v1/call/<key>, keep-alive), after a 1 s warm-up; latency from its per-response timings.`,
+      `Each run lasts ${seconds} s. HTTP rows: autocannon in this process (POST /v1/call/<key>, keep-alive, a bearer token), after a 1 s warm-up; latency from its per-response timings.`,
       'In-process rows: loops awaiting pool.call in this process, same keys and agent, before any server starts.',
+      `Node vs ${MINIMAL} (fixtures/minimal-server.mjs: fastify's JSON parser and serializer, pool.call, nothing else) at ${CONNECTIONS} in flight: ${compared?.node.length ?? 0} rounds, each running both in turn (the first alternating); their rows give the median calls/s and the latency over all rounds, and the ratio is the median of the rounds' ratios.`,
       'nginx row: packages/server/deploy/nginx.conf with the three node ports (hash $sandpool_key consistent, keepalive), 1 worker process, and keepalive_requests raised: autocannon mis-times requests after nginx closes a client connection (by default every 1000 requests).',
       'Everything (load generator, nodes, nginx) shares the machine: on 2 cores three nodes cannot beat one.',
     ],
-    parameters: { keys: KEYS.length, connections: CONNECTIONS, seconds },
-    results: Object.fromEntries(
-      results.map((r) => [
-        `${r.target} @${r.inFlight}`,
-        {
-          inFlight: r.inFlight,
-          callsPerSecond: Math.round(r.callsPerSecond),
-          latencyMs: { ...r.latency },
-          failures: r.failures,
-        },
-      ]),
-    ),
+    parameters: { keys: KEYS.length, connections: CONNECTIONS, seconds, rounds: compared?.node.length ?? 0 },
+    results: {
+      ...Object.fromEntries(
+        results.map((r) => [
+          `${r.target} @${r.inFlight}`,
+          {
+            inFlight: r.inFlight,
+            callsPerSecond: Math.round(r.callsPerSecond),
+            latencyMs: { ...r.latency },
+            failures: r.failures,
+          },
+        ]),
+      ),
+      rounds:
+        compared === null
+          ? null
+          : {
+              node: compared.node.map(Math.round),
+              minimal: compared.minimal.map(Math.round),
+              ratio: roundRatios.map((value) => Number(value.toFixed(3))),
+              loadBefore: compared.load,
+            },
+    },
     ratios: {
       httpOverheadUsAtP50: overheadUs === null ? null : Math.round(overheadUs),
       inProcessOverHttpThroughput: throughputRatio === null ? null : Number(throughputRatio.toFixed(2)),
+      nodeOverMinimalThroughput: overMinimal === null ? null : Number(overMinimal.toFixed(3)),
     },
     tables: [
       {
@@ -200,7 +275,8 @@ function report(results: Measured[], seconds: number): BenchReport {
         ]),
         note:
           `HTTP adds ${overheadUs === null ? 'n/a' : `${num(overheadUs)} µs`} per call at p50 (1 in flight, one node vs pool.call); ` +
-          `in-process does ${throughputRatio === null ? 'n/a' : ratio(throughputRatio)} the calls/s of one node at ${CONNECTIONS} in flight.`,
+          `in-process does ${throughputRatio === null ? 'n/a' : ratio(throughputRatio)} the calls/s of one node at ${CONNECTIONS} in flight; ` +
+          `the node does ${overMinimal === null ? 'n/a' : ratio(overMinimal)} the calls/s of the ${MINIMAL} (median of ${roundRatios.length} rounds: ${roundRatios.map((value) => value.toFixed(2)).join(', ')}).`,
       },
     ],
     chart: {
@@ -221,10 +297,15 @@ function report(results: Measured[], seconds: number): BenchReport {
   };
 }
 
-async function startNode(root: string, name: string, children: ChildProcess[]): Promise<string> {
-  const child = spawn(process.execPath, [CLI, 'serve', '--root', root, '--port', '0', '--node-name', name], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
+/** `sandpool serve` as the cluster test runs it, with a bearer token: every check of the HTTP path on. */
+function serveArgs(root: string, name: string): string[] {
+  return ['--root', root, '--port', '0', '--node-name', name, '--token', TOKEN];
+}
+
+/** A server process of its own (node `script` plus `args`); resolves with the address it prints. */
+async function startServer(name: string, args: string[], children: ChildProcess[]): Promise<string> {
+  const script = args[0] === 'serve' ? [CLI, ...args] : args;
+  const child = spawn(process.execPath, script, { stdio: ['ignore', 'pipe', 'inherit'] });
   children.push(child);
   let output = '';
   const url = await new Promise<string>((resolve, reject) => {
@@ -233,7 +314,7 @@ async function startNode(root: string, name: string, children: ChildProcess[]): 
       const match = /listening on (http:\/\/\S+)/.exec(output);
       if (match?.[1] !== undefined) resolve(match[1]);
     });
-    child.on('exit', (code) => reject(new Error(`node ${name} exited (${code}): ${output}`)));
+    child.on('exit', (code) => reject(new Error(`${name} exited (${code}): ${output}`)));
   });
   child.stdout?.resume();
   return url;
@@ -281,8 +362,7 @@ async function startNginx(binary: string, dir: string, nodes: string[], children
 
 /** Every key called once, so the measured runs see no cold start. */
 async function warm(url: string): Promise<void> {
-  const call = (key: string) =>
-    fetch(`${url}/v1/call/${key}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: BODY });
+  const call = (key: string) => fetch(`${url}/v1/call/${key}`, { method: 'POST', headers: HEADERS, body: BODY });
   await Promise.all(KEYS.map(call));
 }
 
