@@ -10,8 +10,8 @@ import { describe, expect, it } from 'vitest';
  * marked as a fragment, so an example cannot rot unnoticed:
  *   <!-- fragment -->            (or `<!-- fragment: why -->`) the block is not run
  *   <!-- file: path/in/project --> the block is written there, for later blocks to use
- *   a `js` block                 runs as an ES module with `sandpool` and `@sandpool/server`
- *                                installed, in a temp folder per document, and must exit 0
+ *   a `js` block                 runs as an ES module with `sandpool`, `@sandpool/server` and
+ *                                `@sandpool/cli` installed, in a temp folder per document, and must exit 0
  */
 const WORKSPACE = fileURLToPath(new URL('../', import.meta.url));
 const DOCS = ['README.md', 'docs/running-as-a-service.md', 'packages/sandpool/README.md', 'packages/cli/README.md'];
@@ -69,6 +69,7 @@ describe.each(DOCS)('%s', (doc) => {
       await mkdir(join(project, 'node_modules', '@sandpool'));
       await symlink(join(WORKSPACE, 'packages', 'sandpool'), join(project, 'node_modules', 'sandpool'));
       await symlink(join(WORKSPACE, 'packages', 'server'), join(project, 'node_modules', '@sandpool', 'server'));
+      await symlink(join(WORKSPACE, 'packages', 'cli'), join(project, 'node_modules', '@sandpool', 'cli'));
       await writeFile(join(project, 'package.json'), '{"type":"module"}\n');
       for (const block of blocks) {
         if (block.marker?.kind === 'fragment') continue;
@@ -85,7 +86,8 @@ describe.each(DOCS)('%s', (doc) => {
     } finally {
       await rm(project, { recursive: true, force: true });
     }
-  });
+    // Each block has its own 30 s; a document runs its blocks one after another, some start a node.
+  }, 180_000);
 });
 
 describe('the block reader', () => {

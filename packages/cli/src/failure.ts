@@ -18,6 +18,7 @@ export function describeFailure(error: unknown): { status: number; lines: string
   }
   if (isSandpoolError(error)) {
     const lines = [`error ${error.code}: ${error.message}`];
+    if (usageErrors.has(error)) return { status: EXIT_USAGE, lines };
     // The agent's own error is what the operator needs to see; the wrapper only says where.
     if (error.code === 'ERR_SANDPOOL_AGENT_ERROR' && error.cause instanceof Error) {
       lines.push(`caused by ${describeCause(error.cause)}`);
@@ -31,9 +32,25 @@ export function describeFailure(error: unknown): { status: number; lines: string
   return { status: EXIT_FAILED, lines: [code === undefined ? `error: ${message}` : `error ${code}: ${message}`] };
 }
 
-/** A command-line option the CLI cannot use: the one place the CLI makes a SandpoolError. */
+// ---- the SandpoolErrors the CLI makes itself: the only place it makes one ----------------
+
+/** A command-line option the CLI cannot use. */
 export function badOption(message: string): SandpoolError {
   return new SandpoolError('ERR_SANDPOOL_INVALID_OPTIONS', message);
+}
+
+/** Errors that mean the command was given something it cannot start with: exit 2, as commander's usage errors. */
+const usageErrors = new WeakSet<SandpoolError>();
+
+/** A `--config` file that cannot be loaded or used (usage: exit 2). */
+export function badConfig(message: string, cause?: unknown): SandpoolError {
+  return asUsage(new SandpoolError('ERR_SANDPOOL_INVALID_OPTIONS', message, cause === undefined ? {} : { cause }));
+}
+
+/** Marks an error raised elsewhere (the server's config check) as a usage error: exit 2. */
+export function asUsage(error: SandpoolError): SandpoolError {
+  usageErrors.add(error);
+  return error;
 }
 
 function describeCause(cause: Error): string {

@@ -37,6 +37,15 @@ export function invalidRequest(what: string, issues: readonly SandpoolIssue[]): 
   return new SandpoolError('ERR_SANDPOOL_INVALID_OPTIONS', `invalid ${what}: ${issues[0]?.message}`, { issues });
 }
 
+/** A `sandpool serve --config` file whose default export fails its schema: each field at fault is named, with why. */
+export function invalidConfig(file: string, issues: readonly SandpoolIssue[]): SandpoolError {
+  const shown = issues
+    .slice(0, 5)
+    .map(({ path, message }) => (path.length === 0 ? message : `${path.join('.')}: ${message}`));
+  if (issues.length > shown.length) shown.push(`and ${issues.length - shown.length} more`);
+  return new SandpoolError('ERR_SANDPOOL_INVALID_OPTIONS', `invalid config ${file}: ${shown.join('; ')}`, { issues });
+}
+
 /** A key given in a path, header or body that is no valid key. */
 export function invalidKeyIn(message: string, issues: readonly SandpoolIssue[]): SandpoolError {
   return new SandpoolError('ERR_SANDPOOL_INVALID_KEY', message, { issues });

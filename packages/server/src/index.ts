@@ -1,4 +1,5 @@
+export { checkConfig, defineConfig, type ListenSettings, type SandpoolConfig } from './config.js';
 export type { CauseBody, ErrorBody } from './errors.js';
-export type { ServerOptions } from './options.js';
+export { type ServerOptions, type ServerSettings, ServerSettingsSchema } from './options.js';
 export { createServer, type SandpoolServer } from './server.js';
 export { HTTP_ERROR_CODES, type HttpErrorCode, type ServerErrorCode, statusOf } from './status.js';

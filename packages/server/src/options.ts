@@ -14,8 +14,12 @@ export const TokenGrantSchema = z.strictObject({
 export type TokenGrant = z.output<typeof TokenGrantSchema>;
 export const TokenFileSchema = z.record(z.string().min(1, 'a token must not be empty'), TokenGrantSchema);
 
-/** The server's own options; everything else is handed to `createPool`, whose strict schema checks it. */
-const ServerOnlySchema = z.strictObject({
+/**
+ * The server's own settings (what `createServer` takes beyond the pool's options, and the
+ * `server` part of a `sandpool serve --config` file); everything else is handed to
+ * `createPool`, whose strict schema checks it.
+ */
+export const ServerSettingsSchema = z.strictObject({
   // It goes out in a header on every response: keep it to characters a header carries as-is.
   nodeName: z
     .string()
@@ -39,7 +43,8 @@ const ServerOnlySchema = z.strictObject({
   metricsSwarms: z.number().int().min(0).max(1_000).default(50),
 });
 
-export interface ServerOptions extends PoolOptions {
+/** The server's own settings, as `ServerSettingsSchema` checks them. */
+export interface ServerSettings {
   /** Sent as `x-sandpool-node` on every response, so callers (and tests) see which node answered. */
   nodeName: string;
   /** Bearer token required on every route but `/healthz`; absent means no auth. */
@@ -62,12 +67,15 @@ export interface ServerOptions extends PoolOptions {
   metricsSwarms?: number;
 }
 
-export type ResolvedServerOptions = z.output<typeof ServerOnlySchema> & {
+/** What `createServer` takes: the pool's options and the server's own settings, side by side. */
+export interface ServerOptions extends PoolOptions, ServerSettings {}
+
+export type ResolvedServerOptions = z.output<typeof ServerSettingsSchema> & {
   /** The pool's `callTimeoutMs`: no client's `timeoutMs` may go past it (0 = the server sets no bound). */
   readonly callTimeoutCapMs: number;
 };
 
-const SERVER_KEYS = new Set(Object.keys(ServerOnlySchema.shape));
+const SERVER_KEYS = new Set(Object.keys(ServerSettingsSchema.shape));
 
 /** Splits and validates: server options here, pool options left for `createPool`. */
 export function splitOptions(options: ServerOptions): { server: ResolvedServerOptions; pool: PoolOptions } {
@@ -78,7 +86,7 @@ export function splitOptions(options: ServerOptions): { server: ResolvedServerOp
     if (value === undefined) continue;
     (SERVER_KEYS.has(name) ? server : pool)[name] = value;
   }
-  const parsed = ServerOnlySchema.safeParse(server);
+  const parsed = ServerSettingsSchema.safeParse(server);
   if (!parsed.success) {
     const issues = parsed.error.issues.map(({ path, message, code }) => ({ path, message, code }));
     const fields = [...new Set(issues.map((issue) => issue.path.join('.')))].join(', ');

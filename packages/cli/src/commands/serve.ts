@@ -1,40 +1,29 @@
 import { readFile, stat } from 'node:fs/promises';
-import { hostname } from 'node:os';
-import type { createServer as CreateServer } from '@sandpool/server';
+import type { SandpoolConfig } from '@sandpool/server';
 import { type Command, InvalidArgumentError } from 'commander';
+import { isSandpoolError } from 'sandpool';
 import { parseMillis } from '../args.js';
-import { badOption } from '../failure.js';
+import { loadConfig } from '../config-file.js';
+import { asUsage, badOption } from '../failure.js';
 import { type Io, printLine } from '../io.js';
+import { type ServeFlags, serveSettings } from '../serve-settings.js';
 import { cliVersion } from '../version.js';
 
-interface ServeOptions {
-  readonly root: string;
-  readonly port: number;
-  readonly host: string;
-  readonly nodeName?: string;
-  readonly token?: string;
-  readonly tokenFile?: string;
-  readonly headersTimeout?: number;
-  readonly requestTimeout?: number;
-  readonly keepAliveTimeout?: number;
-  readonly debug?: boolean;
-  readonly log?: boolean;
-  readonly watch?: boolean;
-  readonly maxWorkers?: number;
-  readonly callTimeout?: number;
-  readonly bodyLimit?: number;
-  readonly metricsSwarms?: number;
-}
+type ServerModule = typeof import('@sandpool/server');
 
 export function registerServe(program: Command, io: Io): void {
   program
     .command('serve')
     .description('serve calls, snapshots, health and metrics over HTTP until SIGTERM or SIGINT')
-    .requiredOption('--root <dir>', 'folder holding <swarm>/live and <swarm>/snapshots (the same on every node)')
-    .option('--port <n>', 'TCP port; 0 picks a free one (printed)', parsePort, 8080)
-    .option('--host <host>', 'address to listen on', '127.0.0.1')
+    .option('--config <file>', 'a module whose default export is { pool, server } (.mjs, .js, .cjs, .ts, .mts, .cts)')
+    .option('--root <dir>', 'folder holding <swarm>/live and <swarm>/snapshots (pool.root; one of the two is needed)')
+    .option('--port <n>', 'TCP port; 0 picks a free one, printed (default 8080)', parsePort)
+    .option('--host <host>', 'address to listen on (default 127.0.0.1)')
     .option('--node-name <name>', 'sent as x-sandpool-node on every response (default: the host name)')
-    .option('--token <token>', 'bearer token for every route but /healthz (default: $SANDPOOL_TOKEN)')
+    .option(
+      '--token <token>',
+      "bearer token for every route but /healthz (default: the config's, else $SANDPOOL_TOKEN)",
+    )
     .option('--token-file <file>', 'JSON: token -> { "swarms": [...] | "*", "write": bool } (scoped tokens)')
     .option('--headers-timeout <ms>', "longest wait for a request's headers (default 10000)", parsePositiveMillis)
     .option(
@@ -54,31 +43,18 @@ export function registerServe(program: Command, io: Io): void {
     .option('--call-timeout <ms>', 'default call timeout in milliseconds (0 = none)', parseMillis)
     .option('--body-limit <bytes>', 'largest request body; larger ones get 413 (default 10 MB)', parseCount)
     .option('--metrics-swarms <n>', 'swarms with their own label in /metrics, the most active (default 50)', parseCount)
-    .action(async (options: ServeOptions) => {
+    .addHelpText('after', '\nA flag given on the command line wins over the same setting in --config.')
+    .action(async (flags: ServeFlags) => {
+      const { createServer, checkConfig } = await loadServer();
+      const config = flags.config === undefined ? {} : await readConfig(flags.config, checkConfig);
+      const tokens = flags.tokenFile === undefined ? undefined : await readTokenFile(flags.tokenFile);
+      const { options, port, host } = serveSettings(config, flags, tokens);
       await checkRoot(options.root);
-      const tokens = options.tokenFile === undefined ? undefined : await readTokenFile(options.tokenFile);
-      const createServer = await loadServer();
-      const token = options.token ?? process.env.SANDPOOL_TOKEN;
-      const server = createServer({
-        root: options.root,
-        nodeName: options.nodeName ?? hostname(),
-        token: token === '' ? undefined : token,
-        tokens,
-        ...(options.headersTimeout === undefined ? {} : { headersTimeoutMs: options.headersTimeout }),
-        ...(options.requestTimeout === undefined ? {} : { requestTimeoutMs: options.requestTimeout }),
-        ...(options.keepAliveTimeout === undefined ? {} : { keepAliveTimeoutMs: options.keepAliveTimeout }),
-        debug: options.debug === true,
-        logger: options.log === true,
-        watch: options.watch === true,
-        ...(options.maxWorkers === undefined ? {} : { maxWorkers: options.maxWorkers }),
-        ...(options.callTimeout === undefined ? {} : { callTimeoutMs: options.callTimeout }),
-        ...(options.bodyLimit === undefined ? {} : { bodyLimit: options.bodyLimit }),
-        ...(options.metricsSwarms === undefined ? {} : { metricsSwarms: options.metricsSwarms }),
-      });
+      const server = createServer(options);
       // Installed before listening: a signal that arrives while the port opens still drains.
       const stop = nextSignal();
       try {
-        const address = await server.app.listen({ port: options.port, host: options.host });
+        const address = await server.app.listen({ port, host });
         printLine(io.writeOut, `sandpool serve: node ${server.nodeName} listening on ${address}`);
         const signal = await stop;
         printLine(io.writeOut, `sandpool serve: ${signal}, draining`);
@@ -94,9 +70,9 @@ export function registerServe(program: Command, io: Io): void {
  * The server (fastify, prom-client) is an optional peer: `sandpool call` and `snapshot`
  * users never install it, so it is imported only here.
  */
-async function loadServer(): Promise<typeof CreateServer> {
+async function loadServer(): Promise<ServerModule> {
   try {
-    return (await import('@sandpool/server')).createServer;
+    return await import('@sandpool/server');
   } catch (error) {
     if (!isMissing(error, '@sandpool/server')) throw error;
     const wanted = `@sandpool/server@${cliVersion()}`;
@@ -112,11 +88,21 @@ function isMissing(error: unknown, specifier: string): boolean {
   return error.message.includes(`'${specifier}'`);
 }
 
+/** The config file's default export, checked by the server's schemas; what is wrong in it is a usage error. */
+async function readConfig(file: string, check: ServerModule['checkConfig']): Promise<SandpoolConfig> {
+  const value = await loadConfig(file);
+  try {
+    return check(value, file);
+  } catch (error) {
+    throw isSandpoolError(error) ? asUsage(error) : error;
+  }
+}
+
 /** A node that answers `ready` with no agents behind it would take a balancer's traffic and fail it all. */
 async function checkRoot(root: string): Promise<void> {
   const info = await stat(root).catch(() => null);
   if (info === null || !info.isDirectory()) {
-    throw badOption(`--root ${root} is not a folder`);
+    throw badOption(`the root ${root} is not a folder`);
   }
 }
 
