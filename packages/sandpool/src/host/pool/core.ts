@@ -7,6 +7,7 @@ import { Census } from '../cells/census.js';
 import { Lifecycle } from '../cells/lifecycle.js';
 import { CpuGovernor } from '../governors/cpu.js';
 import { MemoryGovernor, v8HeapLimitMb } from '../governors/memory.js';
+import { ProcessThreads } from '../governors/threads.js';
 import { Backoff } from '../routes/backoff.js';
 import { KeyBook } from '../routes/key-book.js';
 import { reloadMatching } from '../routes/reload.js';
@@ -41,6 +42,7 @@ export class PoolCore {
   private readonly backoff = new Backoff();
   private readonly book = new KeyBook();
   private readonly watcher: LiveWatcher | null;
+  private readonly threads: ProcessThreads;
   private outputDropped = 0;
   private closing: Promise<void> | null = null;
 
@@ -142,6 +144,7 @@ export class PoolCore {
       this.census.slotWaiters,
       () => this.closing !== null,
     );
+    this.threads = new ProcessThreads(() => this.cpu.ownedThreads());
     this.spares.fill();
   }
 
@@ -197,6 +200,7 @@ export class PoolCore {
       spawned,
       retired: { ...retired },
       died: { ...died },
+      unattributedCpu: this.threads.unattributed(),
     };
   }
 
