@@ -1,5 +1,5 @@
 import { type ChildProcess, spawn } from 'node:child_process';
-import { writeFile } from 'node:fs/promises';
+import { symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
@@ -13,6 +13,7 @@ const CLEAR = '\u001b[H\u001b[2J';
 const TOKENS = {
   tok: { swarms: '*' as const, write: true },
   'read-a': { swarms: ['a'] },
+  'write-b': { swarms: ['b'], write: true },
 };
 
 interface Outcome {
@@ -181,4 +182,56 @@ describe('sandpool invalidate', () => {
     expect(forbidden.stderr).toMatch(/^error ERR_SANDPOOL_HTTP_FORBIDDEN: /);
     expect((await sandpool(['invalidate', '--url', url])).status).toBe(2);
   });
+});
+
+describe('sandpool deploy, and snapshot --url', () => {
+  it("deploys a folder as a swarm's live files and snapshots it on a running server, as --root does locally", async () => {
+    const { url, root, call } = await listening();
+    await call('a/notifier_agent', 'add');
+    const folder = await makeRoot({
+      'notifier_agent.mjs': "import { tag } from './lib/tag.mjs';\nexport const which = () => tag('v2');\n",
+      'lib/tag.mjs': "export const tag = (text) => 'deployed-' + text;\n",
+    });
+
+    const deployed = await sandpool(['deploy', 'a', folder, '--url', url, '--token', 'tok']);
+    expect(deployed).toMatchObject({ status: 0, stderr: '' });
+    expect(deployed.stdout).toMatch(/^deployed a on node node-1: 2 files, \d+ bytes\nreloaded a\/notifier_agent\n$/);
+    const server = await fetch(`${url}/v1/call/a/notifier_agent`, {
+      method: 'POST',
+      headers: { authorization: 'Bearer tok', 'content-type': 'application/json' },
+      body: JSON.stringify({ fn: 'which', args: [] }),
+    });
+    expect(await server.json()).toEqual({ result: 'deployed-v2' });
+
+    const created = await sandpool(['snapshot', 'create', 'a', 'jun', '--url', url, '--token', 'tok', '--json']);
+    expect(created.status).toBe(0);
+    // Its two files and the stem's bundle.
+    expect(JSON.parse(created.stdout)).toMatchObject({ swarm: 'a', name: 'jun', files: 3, stems: ['notifier_agent'] });
+    const listed = await sandpool(['snapshot', 'list', 'a', '--url', url, '--token', 'tok', '--json']);
+    expect((JSON.parse(listed.stdout) as { name: string }[]).map((info) => info.name)).toEqual(['jun']);
+    const verified = await sandpool(['snapshot', 'verify', 'a', 'jun', '--url', url, '--token', 'tok']);
+    expect(verified.stdout).toMatch(/^verified a@jun: 3 files/);
+    // The same store as --root on the server's own machine.
+    const local = await sandpool(['snapshot', 'list', 'a', '--root', root, '--json']);
+    expect(JSON.parse(local.stdout)).toEqual(JSON.parse(listed.stdout));
+    expect(await sandpool(['snapshot', 'remove', 'a', 'jun', '--url', url, '--token', 'tok'])).toMatchObject({
+      status: 0,
+      stdout: 'removed a@jun\n',
+    });
+
+    // A token scoped to swarm a reads it but may not deploy there; nor may a write token of another swarm.
+    const forbidden = await sandpool(['deploy', 'a', folder, '--url', url], { SANDPOOL_TOKEN: 'read-a' });
+    expect(forbidden.status).toBe(1);
+    expect(forbidden.stderr).toMatch(/^error ERR_SANDPOOL_HTTP_FORBIDDEN: /);
+    const otherSwarm = await sandpool(['deploy', 'a', folder, '--url', url, '--token', 'write-b']);
+    expect(otherSwarm.stderr).toMatch(/^error ERR_SANDPOOL_HTTP_FORBIDDEN: /);
+    // A link in the folder is refused before anything is sent.
+    await symlink('/etc/passwd', join(folder, 'passwd'));
+    const linked = await sandpool(['deploy', 'a', folder, '--url', url, '--token', 'tok']);
+    expect(linked.status).toBe(1);
+    expect(linked.stderr).toMatch(/^error ERR_SANDPOOL_HTTP_BAD_ARCHIVE: passwd is not a file or a folder/);
+    expect((await sandpool(['snapshot', 'list', 'a'])).status).toBe(2);
+    expect((await sandpool(['snapshot', 'list', 'a', '--root', root, '--url', url])).status).toBe(2);
+    // A dozen CLI processes, one after another, on a machine the suite shares.
+  }, 90_000);
 });

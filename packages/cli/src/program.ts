@@ -1,6 +1,7 @@
 import { Command } from 'commander';
 import { registerCall } from './commands/call.js';
 import { registerDemo } from './commands/demo.js';
+import { registerDeploy } from './commands/deploy.js';
 import { registerInvalidate } from './commands/invalidate.js';
 import { registerServe } from './commands/serve.js';
 import { registerSnapshot } from './commands/snapshot.js';
@@ -24,6 +25,7 @@ export function buildProgram(io: Io): Command {
   registerCall(program, io);
   registerSnapshot(program, io);
   registerServe(program, io);
+  registerDeploy(program, io);
   registerInvalidate(program, io);
   registerTop(program, io);
   registerDemo(program, io);

@@ -57,22 +57,34 @@ export interface Answer {
   readonly body: unknown;
 }
 
-/** One JSON request; connection failures become ERR_SANDPOOL_HTTP_UNREACHABLE, like the balancer's own. */
+/** A request body sent as it is, with its own content type (a deploy's tar archive). */
+export class RawBody {
+  constructor(
+    readonly type: string,
+    readonly bytes: Uint8Array,
+  ) {}
+}
+
+/**
+ * One request, its body JSON or raw; connection failures become ERR_SANDPOOL_HTTP_UNREACHABLE,
+ * like the balancer's own.
+ */
 export async function send(
   target: ServerTarget,
-  method: 'GET' | 'POST',
+  method: 'GET' | 'POST' | 'PUT' | 'DELETE',
   path: string,
   body?: unknown,
 ): Promise<Answer> {
   const headers: Record<string, string> = {};
   if (target.token !== undefined) headers.authorization = `Bearer ${target.token}`;
-  if (body !== undefined) headers['content-type'] = 'application/json';
+  if (body !== undefined) headers['content-type'] = body instanceof RawBody ? body.type : 'application/json';
+  const payload = body === undefined ? undefined : body instanceof RawBody ? body.bytes : JSON.stringify(body);
   let response: Response;
   try {
     response = await fetch(`${target.url}${path}`, {
       method,
       headers,
-      ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+      ...(payload === undefined ? {} : { body: payload }),
       signal: AbortSignal.timeout(ANSWER_TIMEOUT_MS),
     });
   } catch (error) {

@@ -51,6 +51,16 @@ export function invalidKeyIn(message: string, issues: readonly SandpoolIssue[]):
   return new SandpoolError('ERR_SANDPOOL_INVALID_KEY', message, { issues });
 }
 
+/** A deploy archive with an entry a build would not take (a link, a device, a name that leaves the folder). */
+export function archiveRefused(message: string): HttpError {
+  return new HttpError('ERR_SANDPOOL_HTTP_BAD_ARCHIVE', `deploy refused: ${message}`);
+}
+
+/** A deploy archive past the server's bounds on bytes or entries. */
+export function archiveTooLarge(message: string): HttpError {
+  return new HttpError('ERR_SANDPOOL_HTTP_BODY_TOO_LARGE', `deploy refused: ${message}`);
+}
+
 export function noSwarm(swarm: string): SandpoolError {
   return new SandpoolError('ERR_SANDPOOL_SWARM_NOT_FOUND', `no swarm ${swarm}`);
 }

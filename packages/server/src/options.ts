@@ -39,6 +39,13 @@ export const ServerSettingsSchema = z.strictObject({
   requestTimeoutMs: millis(30_000),
   // An idle keep-alive connection between requests.
   keepAliveTimeoutMs: millis(5_000),
+  // A deploy's archive as sent, and its files and folders: bounded like a snapshot build.
+  deployMaxBytes: z
+    .number()
+    .int()
+    .positive()
+    .default(64 * MEGABYTE),
+  deployMaxFiles: z.number().int().positive().max(1_000_000).default(10_000),
   // Swarms with series of their own in /metrics; the rest share one label, so callers naming swarms cannot grow a scrape.
   metricsSwarms: z.number().int().min(0).max(1_000).default(50),
 });
@@ -63,6 +70,10 @@ export interface ServerSettings {
   requestTimeoutMs?: number;
   /** How long an idle keep-alive connection stays open (5000). */
   keepAliveTimeoutMs?: number;
+  /** Largest deploy archive in bytes, as sent (default 64 MB); larger ones get 413. */
+  deployMaxBytes?: number;
+  /** Most files and folders in one deploy archive (default 10000); more get 413. */
+  deployMaxFiles?: number;
   /** Swarms that get their own `swarm` label on per-swarm metrics, the most active first (50); the rest are `_other`. */
   metricsSwarms?: number;
 }

@@ -13,6 +13,7 @@ import { installGuard } from './guard.js';
 import { createMetrics } from './metrics.js';
 import { type ServerOptions, splitOptions } from './options.js';
 import { registerCallRoutes } from './routes/calls.js';
+import { registerDeployRoutes } from './routes/deploy.js';
 import { registerHealthRoutes } from './routes/health.js';
 import { registerInvalidateRoutes } from './routes/invalidate.js';
 import { registerKeyRoutes } from './routes/keys.js';
@@ -94,6 +95,7 @@ export function createServer(options: ServerOptions): SandpoolServer {
   registerCallRoutes(app, context);
   registerStreamRoutes(app, context);
   registerSnapshotRoutes(app, context);
+  registerDeployRoutes(app, context);
   registerSwarmRoutes(app, context);
   registerKeyRoutes(app, context);
   registerInvalidateRoutes(app, context);

@@ -6,6 +6,8 @@ import type { SandpoolErrorCode } from 'sandpool';
  */
 export const HTTP_ERROR_CODES = {
   ERR_SANDPOOL_HTTP_BAD_REQUEST: 400,
+  // A deploy archive with an entry a build would not take: a link, a device, a name that leaves the folder.
+  ERR_SANDPOOL_HTTP_BAD_ARCHIVE: 400,
   ERR_SANDPOOL_HTTP_UNAUTHORIZED: 401,
   ERR_SANDPOOL_HTTP_FORBIDDEN: 403,
   ERR_SANDPOOL_HTTP_NOT_FOUND: 404,

@@ -1,10 +1,16 @@
-import type { Command } from 'commander';
+import { type Command, Option } from 'commander';
 import { type SnapshotInfo, SnapshotStore } from 'sandpool';
+import { asUsage, badOption } from '../failure.js';
 import { type Io, printLine } from '../io.js';
+import { RemoteSnapshots } from '../remote-snapshots.js';
+import { parseUrl, targetOf } from '../server-client.js';
 import { formatTable } from '../table.js';
+import { serverTokenOption } from './invalidate.js';
 
 interface StoreOptions {
-  readonly root: string;
+  readonly root?: string;
+  readonly url?: string;
+  readonly token?: string;
   readonly json?: boolean;
 }
 
@@ -72,12 +78,20 @@ export function registerSnapshot(program: Command, io: Io): void {
     });
 }
 
+/** Each verb works on a root on this machine, or on a running server's store (`--url`). */
 function withStore(command: Command): Command {
-  return command.requiredOption('--root <dir>', 'folder holding <swarm>/live and <swarm>/snapshots');
+  return command
+    .option('--root <dir>', 'folder holding <swarm>/live and <swarm>/snapshots')
+    .addOption(new Option('--url <url>', 'a running server instead of --root').argParser(parseUrl))
+    .addOption(serverTokenOption());
 }
 
-function storeOf(options: StoreOptions): SnapshotStore {
-  return new SnapshotStore({ root: options.root });
+function storeOf(options: StoreOptions): Pick<SnapshotStore, 'create' | 'list' | 'remove' | 'verify'> {
+  if ((options.root === undefined) === (options.url === undefined)) {
+    throw asUsage(badOption('give exactly one of --root <dir> and --url <url>'));
+  }
+  if (options.url !== undefined) return new RemoteSnapshots(targetOf({ ...options, url: options.url }));
+  return new SnapshotStore({ root: options.root as string });
 }
 
 function describe(verb: string, info: SnapshotInfo): string {

@@ -1,6 +1,6 @@
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyReply } from 'fastify';
 import { parseKey } from 'sandpool';
 import { z } from 'zod';
 import type { ServerContext } from '../context.js';
@@ -46,15 +46,29 @@ export function registerInvalidateRoutes(app: FastifyInstance, { pool, root, scr
       throw noSwarm(swarm);
     }
     const report = await pool.invalidate({ swarm, ...parsed.data });
-    const answer = toAnswer(report, scrub);
-    if (answer.failed.length === 0) return answer;
-    const code: ServerErrorCode = 'ERR_SANDPOOL_HTTP_RELOAD_FAILED';
-    const message = `${answer.failed.length} of ${answer.failed.length + answer.reloaded.length} keys failed to load their new code and keep serving the old`;
-    return reply.code(statusOf(code)).send({ code, message, ...answer });
+    return sendReloadReport(reply, toAnswer(report, scrub), {});
   });
 }
 
-function toAnswer(report: Awaited<ReturnType<ServerContext['pool']['invalidate']>>, scrub: Scrub): InvalidateAnswer {
+/**
+ * 200 with the report (and `extra` first), or 409 ERR_SANDPOOL_HTTP_RELOAD_FAILED with the
+ * same when some keys failed to load their new code.
+ */
+export function sendReloadReport(
+  reply: FastifyReply,
+  answer: InvalidateAnswer,
+  extra: Record<string, unknown>,
+): FastifyReply {
+  if (answer.failed.length === 0) return reply.send({ ...extra, ...answer });
+  const code: ServerErrorCode = 'ERR_SANDPOOL_HTTP_RELOAD_FAILED';
+  const message = `${answer.failed.length} of ${answer.failed.length + answer.reloaded.length} keys failed to load their new code and keep serving the old`;
+  return reply.code(statusOf(code)).send({ code, message, ...extra, ...answer });
+}
+
+export function toAnswer(
+  report: Awaited<ReturnType<ServerContext['pool']['invalidate']>>,
+  scrub: Scrub,
+): InvalidateAnswer {
   return {
     reloaded: [...report.reloaded].sort(),
     failed: report.failed
