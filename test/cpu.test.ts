@@ -53,6 +53,20 @@ describe.runIf(onLinux)('CPU, counted on the worker thread', () => {
     expect(invariants(pool)).toEqual([]);
   });
 
+  it('a call ended by cpuTimeoutMs puts its key in no back-off: after three in a row the next call starts a worker', async () => {
+    const pool = openPool({ root: await root(), cpuTimeoutMs: 100 });
+    const { events } = recordEvents(pool);
+    // Three deaths in a row under calls would back a crashing key off; these are the pool's own kills.
+    for (let i = 0; i < 3; i++) {
+      const error = await rejection(pool.call('a/burner', 'forever', [], { timeoutMs: 0 }));
+      expect(error).toMatchObject({ code: 'ERR_SANDPOOL_WORKER_EXITED', reason: 'cpu' });
+    }
+    expect(await pool.call('a/burner', 'spin', [1])).toBe('done');
+    const spawns = events.filter((event) => event.type === 'spawn' && event.key === 'a/burner');
+    expect(spawns).toHaveLength(4);
+    expect(invariants(pool)).toEqual([]);
+  });
+
   it('heavy calls on more busy keys than cores are demoted, and get their priority back once idle', async () => {
     const pool = openPool({ root: await root(), spareWorkers: 0 });
     const demoted: string[] = [];

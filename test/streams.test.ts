@@ -1,3 +1,4 @@
+import { chmod } from 'node:fs/promises';
 import { describe, expect, it } from 'vitest';
 import { code, rejection } from './support/errors.js';
 import { eventually, installCleanup, invariants, openPool, recordEvents } from './support/pool.js';
@@ -75,6 +76,23 @@ interface State {
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * A child process's agent can reach its IPC channel (see the worker entry): it forges chunks
+ * for its own stream, past the credit the consumer gave. It learns the call id from the start.
+ */
+const FLOODER = `
+let streamId = null;
+process.on('message', (message) => {
+  if (message?.t === 'stream') streamId = message.id;
+});
+export async function* flood(n) {
+  // The start reaches this listener after the runtime's: let it run before forging.
+  await new Promise((resolve) => setImmediate(resolve));
+  for (let i = 0; i < n; i++) process.send({ t: 'chunk', id: streamId, value: i, bytes: null });
+  yield 'honest';
+}
+`;
 
 describe('pool.stream()', () => {
   it('pauses the generator when the consumer is slow: it never runs more than highWaterMark ahead', async () => {
@@ -174,6 +192,23 @@ describe('pool.stream()', () => {
     controller.abort();
     expect(await code(waiting)).toBe('ERR_SANDPOOL_ABORTED');
     await eventually(() => pool.stats().busy === 0);
+    expect(invariants(pool)).toEqual([]);
+  });
+
+  it('a worker that sends more chunks than its credit is ended with protocol; a neighbour is untouched', async () => {
+    const dir = await makeRoot({ 'x/live/flooder.mjs': FLOODER, ...(await counterAgent('n')) });
+    await chmod(dir, 0o755); // the child may run under another uid
+    const pool = openPool({ root: dir, isolation: (key) => (key.swarm === 'x' ? 'process' : 'thread') });
+    const { events } = recordEvents(pool);
+    const stream = pool.stream('x/flooder', 'flood', [10], { highWaterMark: 2 });
+    expect(await stream.next()).toEqual({ done: false, value: 0 });
+    // Nothing more is taken: the window holds two more chunks, and the fourth breaks the credit.
+    await eventually(() => events.some((event) => event.type === 'exit' && event.reason === 'protocol'));
+    expect(events).toContainEqual(expect.objectContaining({ type: 'exit', key: 'x/flooder', reason: 'protocol' }));
+    expect(await stream.next()).toEqual({ done: false, value: 1 });
+    expect(await stream.next()).toEqual({ done: false, value: 2 });
+    expect(await rejection(stream.next())).toMatchObject({ code: 'ERR_SANDPOOL_WORKER_EXITED', reason: 'protocol' });
+    expect(await pool.call(NEIGHBOUR, 'add', [2, 2])).toBe(4);
     expect(invariants(pool)).toEqual([]);
   });
 
