@@ -36,7 +36,8 @@ function finish(child: ChildProcess, onOut: (text: string) => void = () => undef
       onOut(stdout);
     });
     child.stderr?.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
-    const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+    // A bound for a hung CLI, not a measure: a loaded machine takes seconds to start Node.
+    const timer = setTimeout(() => child.kill('SIGKILL'), 45_000);
     child.on('error', reject);
     child.on('close', (status) => {
       clearTimeout(timer);

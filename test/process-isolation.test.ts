@@ -212,31 +212,31 @@ describe("isolation: 'process'", () => {
     const used = process.cpuUsage(start);
     const expectedMs = ((used.user + used.system) / 1000) * (HASHES / 5);
     expect(await withNeighbour(pool, () => pool.call(ESCAPEE, 'hashTimes', [HASHES]))).toBe('hashed');
-    await new Promise((resolve) => setTimeout(resolve, 60)); // one more sample
-    const escapee = pool.keyStats().find((entry) => entry.key === ESCAPEE);
-    // All of it ran on the child's pool threads; its main thread only waited.
-    expect(escapee?.cpuMs).toBeGreaterThan(expectedMs / 2);
+    // All of it ran on the child's pool threads; its main thread only waited. CPU is read on
+    // samples: the last of it shows on the next one.
+    const cpuMs = () => pool.keyStats().find((entry) => entry.key === ESCAPEE)?.cpuMs ?? 0;
+    await eventually(() => cpuMs() > expectedMs / 2);
   });
 
-  it.runIf(root)(
-    'a child burning CPU on its pool threads with no call running is demoted whole, then evicted',
-    { timeout: 15_000 },
-    async () => {
-      const pool = mixedPool(await tenants());
-      const niceOnDemote: number[][] = [];
-      pool.on('demote', () => niceOnDemote.push(childProcesses().flatMap(threadNices)));
-      const evicted = new Promise((resolve) =>
-        pool.on('evict', ({ key, reason }) => key === ESCAPEE && resolve(reason)),
-      );
-      const reason = await withNeighbour(pool, async () => {
-        expect(await pool.call(ESCAPEE, 'hashInBackground')).toBe('hashing');
-        return evicted;
-      });
-      expect(reason).toBe('cpu');
-      expect(niceOnDemote).toHaveLength(1);
-      expect(new Set(niceOnDemote[0])).toEqual(new Set([19]));
-    },
-  );
+  // Demoted, it gets what CPU nice 19 gets: on a loaded machine too little for the second
+  // window that evicts it. That window is judged in cpu-governor.test.ts, on scripted CPU.
+  it.runIf(root)('a child burning CPU on its pool threads with no call running is demoted whole', async () => {
+    const pool = mixedPool(await tenants());
+    const niceOnDemote: number[][] = [];
+    const demoted = new Promise((resolve) =>
+      pool.on('demote', ({ key, reason }) => {
+        niceOnDemote.push(childProcesses().flatMap(threadNices));
+        if (key === ESCAPEE) resolve(reason);
+      }),
+    );
+    const reason = await withNeighbour(pool, async () => {
+      expect(await pool.call(ESCAPEE, 'hashInBackground')).toBe('hashing');
+      return demoted;
+    });
+    expect(reason).toBe('background-cpu');
+    expect(niceOnDemote).toHaveLength(1);
+    expect(new Set(niceOnDemote[0])).toEqual(new Set([19]));
+  });
 
   it('heavy calls on more busy child processes than cores are demoted, and raised back once idle', async () => {
     const dir = await tenants();
@@ -246,9 +246,13 @@ describe("isolation: 'process'", () => {
     const pool = mixedPool(dir);
     const demoted: string[] = [];
     pool.on('demote', ({ key, reason }) => demoted.push(`${key} ${reason}`));
+    // Started first, so the spins overlap whatever a cold start takes; they spin until told.
+    for (const key of crowd) expect(await pool.call(key, 'add', [1, 1])).toBe(2);
+    const release = join(dir, 'x/live/release');
     const spins = await withNeighbour(pool, async () => {
-      const running = crowd.map((key) => pool.call(key, 'spinFor', [400]));
+      const running = crowd.map((key) => pool.call(key, 'spinUntil', [release]));
       await eventually(() => demoted.length > 0);
+      await writeFile(release, '');
       return Promise.all(running);
     });
     expect(spins).toEqual(crowd.map(() => 'done'));

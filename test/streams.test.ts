@@ -106,9 +106,12 @@ describe('pool.stream()', () => {
       seen.push(chunk.i);
       expect(chunk.produced).toBeLessThanOrEqual(consumed + highWaterMark);
       if (consumed === 1 || consumed === 20) {
-        await sleep(150);
-        // Given all the time it wants, the generator filled the window and stopped there.
-        const { produced } = await pool.call<State>(KEY, 'observed');
+        // Given all the time it wants, the generator fills the window and stops there.
+        let produced = 0;
+        for (const deadline = performance.now() + 15_000; performance.now() < deadline; await sleep(10)) {
+          ({ produced } = await pool.call<State>(KEY, 'observed'));
+          if (produced >= consumed + highWaterMark) break;
+        }
         expect(produced).toBe(consumed + highWaterMark);
         // A stream holds its worker busy: not idle, so not evictable.
         expect(pool.stats()).toMatchObject({ busy: 1, idle: 0 });
@@ -165,11 +168,13 @@ describe('pool.stream()', () => {
 
   it('chunkTimeoutMs bounds the wait for a chunk: TIMEOUT, and the agent sees a TimeoutError', async () => {
     const pool = openPool({ root: await root() });
-    const stream = pool.stream(KEY, 'stalls', [], { chunkTimeoutMs: 200 });
+    // Warm first: the first next() would also wait for the worker's start.
+    expect(await pool.call(KEY, 'observed')).toMatchObject({ produced: 0 });
+    const stream = pool.stream(KEY, 'stalls', [], { chunkTimeoutMs: 1_000 });
     expect(await stream.next()).toEqual({ done: false, value: 'first' });
-    const started = Date.now();
+    const started = performance.now();
     expect(await code(stream.next())).toBe('ERR_SANDPOOL_TIMEOUT');
-    expect(Date.now() - started).toBeGreaterThanOrEqual(150);
+    expect(performance.now() - started).toBeGreaterThanOrEqual(990);
     await eventually(() => pool.stats().busy === 0);
     expect(await pool.call(KEY, 'observed')).toMatchObject({ reason: 'TimeoutError' });
     expect(await stream.next()).toEqual({ done: true, value: undefined });

@@ -97,11 +97,18 @@ export function installCleanup(): void {
   });
 }
 
-/** Waits until `predicate` holds, polling; fails the test after `timeoutMs`. */
-export async function eventually(predicate: () => boolean, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
+/**
+ * Waits until `predicate` holds, polling; fails the test after `timeoutMs`, a bound for a
+ * loaded machine, never a measure. On a clock no test fakes (some fake `Date` or `performance`).
+ */
+export async function eventually(predicate: () => boolean, timeoutMs = 15_000): Promise<void> {
+  const elapsedMs = elapsedSince(process.hrtime.bigint());
   while (!predicate()) {
-    if (Date.now() > deadline) throw new Error('condition not reached in time');
+    if (elapsedMs() > timeoutMs) throw new Error('condition not reached in time');
     await new Promise((resolve) => setTimeout(resolve, 10));
   }
+}
+
+function elapsedSince(start: bigint): () => number {
+  return () => Number(process.hrtime.bigint() - start) / 1e6;
 }
