@@ -776,9 +776,10 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
    */
   private promoteIfFresh(route: Route, candidate: Cell): void {
     if (candidate.stale || this.changedSince(candidate)) {
+      // The fresh candidate first: retiring the stale one settles reloads that see no candidate.
       route.candidate = null;
-      this.retire(candidate, 'reload');
       this.startCandidate(route);
+      this.retire(candidate, 'reload');
       this.tidy(route);
       return;
     }
