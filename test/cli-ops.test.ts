@@ -2,9 +2,12 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { counterAgent, makeRoot } from './support/root.js';
 import { installServerCleanup, openServer, request } from './support/server.js';
+
+// Each test starts several Node processes one after another: minutes on a loaded machine.
+vi.setConfig({ testTimeout: 180_000 });
 
 installServerCleanup();
 
@@ -116,8 +119,12 @@ describe('sandpool top', () => {
     expect(piped.stdout.split('\n')[0]).toMatch(/^node node-1: 1 keys/);
 
     const child = start(['top', '--url', url, '--token', 'tok', '--watch', '--interval', '100']);
+    let interrupted = false;
     const done = finish(child, (stdout) => {
-      if (stdout.split(CLEAR).length > 3) child.kill('SIGINT');
+      // Once: a second Ctrl-C while it stops would end it by the signal, as it would a user's.
+      if (interrupted || stdout.split(CLEAR).length <= 3) return;
+      interrupted = true;
+      child.kill('SIGINT');
     });
     const watched = await done;
     expect(watched.status).toBe(0);

@@ -97,8 +97,9 @@ describe('health and metrics', () => {
   it('drains: /readyz 503 and new calls refused, running calls answered, then close ends the pool', async () => {
     const server = openServer({ root: await makeRoot(await counterAgent('a')) });
     expect(await request(server, 'GET', '/readyz')).toMatchObject({ status: 200, body: { status: 'ready' } });
-    const running = request(server, 'POST', '/v1/call/a/notifier_agent', { fn: 'slow', args: [300] });
-    await expect.poll(() => server.pool.stats().busy).toBe(1);
+    // Running until the test releases it, through the pool: the server refuses calls once draining.
+    const running = request(server, 'POST', '/v1/call/a/notifier_agent', { fn: 'hold', args: ['r', 300] });
+    await expect.poll(() => server.pool.stats().busy, { timeout: 30_000 }).toBe(1);
 
     // app.close() drains first too, but once closing, fastify refuses injected requests.
     server.drain();
@@ -108,6 +109,7 @@ describe('health and metrics', () => {
     const refused = await request(server, 'POST', '/v1/call/a/notifier_agent', { fn: 'add', args: [1, 1] });
     expect(refused).toMatchObject({ status: 503, body: { code: 'ERR_SANDPOOL_CLOSED' } });
 
+    expect(await server.pool.call('a/notifier_agent', 'release', ['r'])).toBe(true);
     expect((await running).body).toEqual({ result: 300 });
     await server.app.close();
     expect(server.pool.stats()).toMatchObject({ workers: 0, spares: 0 });
