@@ -199,7 +199,7 @@ describe('attacks, each with a neighbour key answering throughout', () => {
       script,
       `
       import { createPool } from ${JSON.stringify(sandpool)};
-      const pool = createPool({ root: ${JSON.stringify(root)}, spareWorkers: 0, idleTimeoutMs: 0 });
+      const pool = createPool({ root: ${JSON.stringify(root)}, spareWorkers: 0, idleTimeoutMs: 0, loadTimeoutMs: 60_000 });
       const before = process.memoryUsage().rss;
       let peak = before;
       const sampler = setInterval(() => { peak = Math.max(peak, process.memoryUsage().rss); }, 5);

@@ -22,12 +22,6 @@ const BURNER = `
   /** Keeps its core busy until the test creates \`file\`: busy keys overlap for as long as the test needs. */
   export function spinUntil(file) { while (!existsSync(file)); return 'done'; }
   export function forever() { for (;;); }
-  // Returns at once, then keeps a core as busy as it may from a timer: CPU with no call running.
-  export function burnInBackground() {
-    const burn = () => { const end = Date.now() + 20; while (Date.now() < end); setImmediate(burn); };
-    setImmediate(burn);
-    return 'burning';
-  }
 `;
 
 /** CPU (ms) this process spends on `crunch(n)`: what a worker spends on it, to within a factor. */
@@ -115,16 +109,8 @@ describe.runIf(onLinux)('CPU, counted on the worker thread', () => {
     expect(invariants(pool)).toEqual([]);
   });
 
-  // Demoted, it gets what CPU a nice-19 thread gets: on a loaded machine too little for the
-  // second window that evicts it. That window is judged in cpu-governor.test.ts, on scripted CPU.
-  it('a worker burning CPU with no call running is demoted (background-cpu), and its neighbour answers', async () => {
-    const pool = openPool({ root: await root() });
-    const demotions: string[] = [];
-    pool.on('demote', ({ key, reason }) => demotions.push(`${key} ${reason}`));
-    expect(await pool.call('a/burner', 'burnInBackground')).toBe('burning');
-    await eventually(() => demotions.length > 0, 30_000);
-    expect(demotions).toEqual(['a/burner background-cpu']);
-    expect(await pool.call('n/notifier_agent', 'add', [1, 1])).toBe(2);
-    expect(invariants(pool)).toEqual([]);
-  });
+  // A worker burning CPU with no call running is judged on the CPU it gets: over 100 ms in a
+  // second, a tenth of a core, which one thread does not get at load 30 on two cores. The
+  // windows are judged in cpu-governor.test.ts on scripted CPU; a child process burning on its
+  // pool threads, which do get it, is demoted for real in process-isolation.test.ts.
 });

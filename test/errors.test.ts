@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { createPool, formatKey, parseKey, type SandpoolError } from 'sandpool';
 import { describe, expect, it } from 'vitest';
 import { code, rejection } from './support/errors.js';
-import { eventually, installCleanup, openPool, recordEvents } from './support/pool.js';
+import { eventually, installCleanup, openPool, recordEvents, TEST_LOAD_TIMEOUT_MS } from './support/pool.js';
 import { counterAgent, fixture, makeRoot } from './support/root.js';
 
 installCleanup();
@@ -290,7 +290,7 @@ describe('snapshots through the pool', () => {
 describe('close', () => {
   it('rejects new calls with CLOSED and leaves no worker running', async () => {
     const root = await makeRoot({ ...(await counterAgent('a')), ...(await counterAgent('b')) });
-    const pool = createPool({ root });
+    const pool = createPool({ root, loadTimeoutMs: TEST_LOAD_TIMEOUT_MS });
     const { events } = recordEvents(pool);
     await pool.call('a/notifier_agent', 'notify', ['x']);
     await pool.call('b/notifier_agent', 'notify', ['x']);
@@ -304,7 +304,7 @@ describe('close', () => {
 
   it('lets running calls finish within closeTimeoutMs, then rejects them with CLOSED', async () => {
     const root = await makeRoot(await fixture('faulty.mjs').then((text) => ({ 'a/live/faulty.mjs': text })));
-    const pool = createPool({ root, closeTimeoutMs: 100, spareWorkers: 0 });
+    const pool = createPool({ root, closeTimeoutMs: 100, spareWorkers: 0, loadTimeoutMs: TEST_LOAD_TIMEOUT_MS });
     const hanging = pool.call('a/faulty', 'hang');
     await pool.call('a/faulty', 'echo', [1]);
     const closed = pool.close();
@@ -325,7 +325,7 @@ describe('close', () => {
     const root = await makeRoot(await counterAgent('a'));
     let pool: ReturnType<typeof createPool> | undefined;
     {
-      await using scoped = createPool({ root });
+      await using scoped = createPool({ root, loadTimeoutMs: TEST_LOAD_TIMEOUT_MS });
       pool = scoped;
       await scoped.call('a/notifier_agent', 'notify', ['x']);
     }

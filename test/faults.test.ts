@@ -38,10 +38,10 @@ describe('call timeouts', () => {
 
   it('starts the clock when the call reaches its worker, not while it waits for a slot', async () => {
     const pool = openPool({ root: await root(), maxWorkers: 1 });
-    const first = pool.call('bad/faulty', 'hang', [], { timeoutMs: 1_500 });
+    const first = pool.call('bad/faulty', 'hang', [], { timeoutMs: 5_000 });
     await eventually(() => pool.stats().busy === 1);
-    // Waits over 1.5 s for the slot: longer than its own 1 s budget, which must not count.
-    const waiting = pool.call(NEIGHBOUR, 'slow', [50, 'made it'], { timeoutMs: 1_000 });
+    // Waits over 5 s for the slot: longer than its own 3 s budget, which must not count.
+    const waiting = pool.call(NEIGHBOUR, 'slow', [50, 'made it'], { timeoutMs: 3_000 });
     expect(await code(first)).toBe('ERR_SANDPOOL_TIMEOUT');
     expect(await waiting).toBe('made it');
   });
@@ -147,7 +147,7 @@ describe('crash-loop protection', () => {
 
   it('fails a module that outlives loadTimeoutMs with MODULE_LOAD', async () => {
     // Pool-wide, so it also bounds the neighbour's start: generous for a loaded machine.
-    const pool = openPool({ root: await root(), loadTimeoutMs: 5_000 });
+    const pool = openPool({ root: await root(), loadTimeoutMs: 20_000 });
     expect(await code(pool.call('bad/slow_load', 'f'))).toBe('ERR_SANDPOOL_MODULE_LOAD');
     await neighbourAnswers(pool);
     await eventually(() => pool.stats().workers === 1);

@@ -37,7 +37,7 @@ describe('the host process', () => {
     const root = await makeRoot(await counterAgent('a'));
     const script = `
       import { createPool } from 'sandpool';
-      const pool = createPool({ root: ${JSON.stringify(root)}, spareWorkers: 2 });
+      const pool = createPool({ root: ${JSON.stringify(root)}, spareWorkers: 2, loadTimeoutMs: 60_000 });
       await pool.call('a/notifier_agent', 'notify', ['x']);
       await pool.remote('a/notifier_agent').add(1, 2);
       console.log(JSON.stringify(pool.stats()));

@@ -132,7 +132,7 @@ describe('widening and turning off', () => {
     await writeFile(
       script,
       `import { createPool } from ${JSON.stringify(sandpool)};
-      const pool = createPool({ root: ${JSON.stringify(root)}, permissions: 'none', spareWorkers: 0 });
+      const pool = createPool({ root: ${JSON.stringify(root)}, permissions: 'none', spareWorkers: 0, loadTimeoutMs: 60_000 });
       const spawn = await pool.call('a/intruder', 'spawn');
       await pool.close();
       process.stdout.write(JSON.stringify({ spawn }));`,

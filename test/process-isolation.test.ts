@@ -128,7 +128,8 @@ describe("isolation: 'process'", () => {
   });
 
   it('a signal the agent sends to its own process ends only that key, which respawns', async () => {
-    const pool = mixedPool(await tenants(), { callTimeoutMs: 2_000, abortGraceMs: 100 });
+    // Every call here answers in moments; only the stopped process's call needs the limit.
+    const pool = mixedPool(await tenants(), { callTimeoutMs: 5_000, abortGraceMs: 100 });
     for (const name of ['SIGTERM', 'SIGKILL']) {
       const ended = await withNeighbour(pool, () => rejection(pool.call(ESCAPEE, 'signal', ['self', name])));
       expect(ended).toMatchObject({ code: 'ERR_SANDPOOL_WORKER_EXITED', reason: 'crash' });

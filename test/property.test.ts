@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import { AgentKeySchema, createPool, type Pool, SandpoolError } from 'sandpool';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { eventually, invariants, recordEvents, threadCount } from './support/pool.js';
+import { eventually, invariants, recordEvents, TEST_LOAD_TIMEOUT_MS, threadCount } from './support/pool.js';
 import { fixture, makeRoot, removeRoots } from './support/root.js';
 
 /** Four swarms for two slots: most steps make a key wait for another to be evicted. */
@@ -94,6 +94,7 @@ describe('the coordinator under random sequences', () => {
           // What a hang call meets; every other call has no timeout, so a loaded machine cannot time it out.
           callTimeoutMs: 400,
           idleTimeoutMs: 0,
+          loadTimeoutMs: TEST_LOAD_TIMEOUT_MS,
         });
         const { peak } = recordEvents(pool);
         const outcomes: Promise<unknown>[] = [];

@@ -61,7 +61,7 @@ describe('fair shares of the slots', () => {
 describe('queueTimeoutMs', () => {
   it('ends a wait for a slot held by calls that never end, with QUEUE_TIMEOUT, spawning nothing for it', async () => {
     // queueTimeoutMs also bounds the holder's own start: generous for a loaded machine.
-    const pool = openPool({ root: await tenants(), maxWorkers: 1, queueTimeoutMs: 5_000, closeTimeoutMs: 200 });
+    const pool = openPool({ root: await tenants(), maxWorkers: 1, queueTimeoutMs: 20_000, closeTimeoutMs: 200 });
     const { events } = recordEvents(pool);
     const holding = pool.call('noisy/faulty', 'hang', [], { timeoutMs: 0 });
     await eventually(() => pool.stats().busy === 1);
@@ -74,7 +74,7 @@ describe('queueTimeoutMs', () => {
 
   it('does not touch a call that reached its worker in time, whatever it then takes', async () => {
     // The limit must outlast a cold start on a loaded machine; the call then outlasts the limit.
-    const pool = openPool({ root: await tenants(), queueTimeoutMs: 5_000 });
-    expect(await pool.call('quiet/q', 'slow', [5_300, 'late but fine'], { timeoutMs: 0 })).toBe('late but fine');
+    const pool = openPool({ root: await tenants(), queueTimeoutMs: 20_000 });
+    expect(await pool.call('quiet/q', 'slow', [20_300, 'late but fine'], { timeoutMs: 0 })).toBe('late but fine');
   });
 });

@@ -36,9 +36,15 @@ export function invariants(pool: Pool): string[] {
   return check.call(pool);
 }
 
-/** A pool closed after the test; tests that need no spare say so to keep thread counts exact. */
+/**
+ * A pool closed after the test; tests that need no spare say so to keep thread counts exact.
+ * A worker's start may take over 10 s (the default loadTimeoutMs) on a machine at load 30: a
+ * minute bounds a hang; a test of loadTimeoutMs sets its own.
+ */
+export const TEST_LOAD_TIMEOUT_MS = 60_000;
+
 export function openPool(options: PoolOptions): Pool {
-  const pool = createPool({ spareWorkers: 0, idleTimeoutMs: 0, ...options });
+  const pool = createPool({ spareWorkers: 0, idleTimeoutMs: 0, loadTimeoutMs: TEST_LOAD_TIMEOUT_MS, ...options });
   pools.push(pool);
   return pool;
 }
