@@ -234,7 +234,7 @@ describe('attacks, each with a neighbour key answering throughout', () => {
     expect(report.answered).toBeGreaterThan(0);
     expect((report.stats as PoolStats).outputDropped).toBeGreaterThan(0);
     expect(report.growth).toBeLessThan(600 * MB);
-  }, 60_000);
+  }, 180_000);
 
   it('CR, escape sequences and line separators cannot forge another key in the labelled output', async () => {
     const pool = openPool({ root: await hostileRoot() });

@@ -107,7 +107,7 @@ describe('memory caps', () => {
   it("fails a key past its heap cap with WORKER_EXITED 'oom'; the process and other keys go on", async () => {
     const pool = openPool({ root: await root(), resourceLimits: { maxOldGenerationSizeMb: 24 } });
     await neighbourAnswers(pool);
-    const error = await rejection(pool.call('bad/faulty', 'allocate', [], { timeoutMs: 15_000 }));
+    const error = await rejection(pool.call('bad/faulty', 'allocate', [], { timeoutMs: 120_000 }));
     expect(error).toMatchObject({ code: 'ERR_SANDPOOL_WORKER_EXITED', reason: 'oom' });
     await neighbourAnswers(pool);
     expect(await pool.call('bad/faulty', 'echo', ['recovered'])).toBe('recovered');

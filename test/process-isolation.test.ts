@@ -176,20 +176,20 @@ describe("isolation: 'process'", () => {
     }
   });
 
-  it('heap patterns that abort a thread-isolated host end only the child, with oom', { timeout: 60_000 }, async () => {
+  it('heap patterns that abort a thread-isolated host end only the child, with oom', { timeout: 240_000 }, async () => {
     const pool = mixedPool(await tenants(), {
       resourceLimits: { maxOldGenerationSizeMb: 64 },
       onOutput: () => {}, // V8's report of the abort, on the child's stderr
     });
     // bigArray is the one Node 20 cannot contain in a thread (see memory.test.ts).
     for (const fn of ['growMap', 'pushObjects', 'bigArray']) {
-      const ended = await withNeighbour(pool, () => rejection(pool.call('x/hog', fn, [], { timeoutMs: 30_000 })));
+      const ended = await withNeighbour(pool, () => rejection(pool.call('x/hog', fn, [], { timeoutMs: 120_000 })));
       expect([fn, ended.code, ended.reason]).toEqual([fn, 'ERR_SANDPOOL_WORKER_EXITED', 'oom']);
       expect(await pool.call('x/hog', 'add', [1, 1])).toBe(2);
     }
   });
 
-  it('resident memory past both budgets ends the child with oom', { timeout: 30_000 }, async () => {
+  it('resident memory past both budgets ends the child with oom', { timeout: 240_000 }, async () => {
     const pool = mixedPool(await tenants(), { resourceLimits: { maxOldGenerationSizeMb: 64 }, maxExternalMb: 64 });
     const ended = await withNeighbour(pool, () => rejection(pool.call(ESCAPEE, 'touchBuffers', [2_000])));
     expect(ended).toMatchObject({ code: 'ERR_SANDPOOL_WORKER_EXITED', reason: 'oom' });

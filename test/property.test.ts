@@ -50,8 +50,8 @@ const CALLS: Record<Behaviour, { fn: string; args: unknown[]; value?: unknown; c
   exit: { fn: 'exit', args: [1], codes: SHARED_FATE },
 };
 
-/** Every call must settle by itself by then: a call left hanging fails the property, not the test timeout. */
-const SETTLE_MS = 8_000;
+/** Every call must settle by itself by then: a call left hanging fails the property, not the test timeout. A bound for a hang on a loaded machine. */
+const SETTLE_MS = 60_000;
 
 function settledInTime<T>(promise: Promise<T>, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
@@ -163,7 +163,7 @@ describe('the coordinator under random sequences', () => {
           await settledInTime(all, 'a call or invalidate');
           holds(pool, 'after every call settled');
           // A call that timed out and ignores its signal keeps its worker busy until abortGraceMs.
-          await eventually(() => pool.stats().busy === 0 && pool.stats().queued === 0, 3_000);
+          await eventually(() => pool.stats().busy === 0 && pool.stats().queued === 0);
           holds(pool, 'once the workers are idle');
         } finally {
           for (const timer of timers) clearTimeout(timer);
@@ -172,13 +172,14 @@ describe('the coordinator under random sequences', () => {
         expect(peak()).toBeLessThanOrEqual(MAX_WORKERS);
         expect(pool.stats()).toMatchObject({ workers: 0, spares: 0 });
       }),
-      // A count, not a time budget: on a loaded machine fewer runs would fit, and the tallies below depend on them.
-      { numRuns: 15 },
+      // A count, not a time budget: on a loaded machine fewer runs would fit. Enough runs that the
+      // draws give the tallies below (about 70 ok calls expected) with a wide margin.
+      { numRuns: 25 },
     );
     // The property is about running calls: plain calls reached workers and answered. How many
     // of them share a worker with an exit or a hang depends on the draws; those that do not
     // must all answer (asserted above), and there must be enough of them.
-    expect(tally.runs).toBeGreaterThanOrEqual(5);
+    expect(tally.runs).toBe(25);
     expect(tally.okCalls).toBeGreaterThan(20);
     expect(tally.cleanCalls).toBeGreaterThan(10);
     expect(tally.timedOut).toBeGreaterThan(0);

@@ -8,8 +8,8 @@ export default defineConfig({
     // files than cores run at once; on two cores vitest's default would run them one by one.
     maxWorkers: 4,
     // Bounds for a hang, not measures: a test waits for events, and a loaded machine is slow.
-    testTimeout: 60_000,
-    hookTimeout: 60_000,
+    testTimeout: 120_000,
+    hookTimeout: 120_000,
     include: ['**/*.test.ts'],
     exclude: ['**/node_modules/**', 'soak/**', 'cluster/**', 'types/**'],
   },
