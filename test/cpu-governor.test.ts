@@ -1,11 +1,16 @@
 // The CPU governor's judgement of background CPU, on a clock the test moves and CPU figures
 // it scripts: a loaded machine changes how much CPU a real worker gets, never what is judged.
 import { type ChildProcess, spawn } from 'node:child_process';
+import type { DemoteReason } from 'sandpool';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import type { Cell } from '../packages/sandpool/dist/host/cell.js';
-import { CpuGovernor, type DemoteReason } from '../packages/sandpool/dist/host/cpu.js';
+import { CpuGovernor, type CpuWatched } from '../packages/sandpool/dist/host/governors/cpu.js';
 
 const onLinux = process.platform === 'linux';
+
+/** A worker as the governor sees it, named for the test's record. */
+interface Watched extends CpuWatched {
+  readonly name: string;
+}
 
 /** A process to stand for a worker: the governor opens its /proc file and sets its priority, nothing else. */
 function stand(): ChildProcess {
@@ -29,19 +34,19 @@ describe.runIf(onLinux)('the CPU governor, on background CPU', () => {
    * the moment it is watched (its CPU in ns is what the governor reads from /proc).
    */
   function governed(shares: number[]): {
-    cells: Cell[];
+    cells: Watched[];
     judged: string[];
   } {
     const judged: string[] = [];
-    const cells = shares.map((_, i) => ({ busy: 0, channel: null, name: `w${i}` }) as unknown as Cell);
-    const name = (cell: Cell): string => (cell as unknown as { name: string }).name;
-    const governor = new CpuGovernor(
+    const cells = shares.map((_, i): Watched => ({ busy: 0, oldestCall: () => null, name: `w${i}` }));
+    const name = (cell: Watched): string => cell.name;
+    const governor = new CpuGovernor<Watched>(
       { fairness: true, cpuTimeoutMs: 0 },
       {
         used: () => {},
-        demoted: (cell: Cell, reason: DemoteReason) => judged.push(`${name(cell)} demoted ${reason}`),
+        demoted: (cell: Watched, reason: DemoteReason) => judged.push(`${name(cell)} demoted ${reason}`),
         overran: () => {},
-        idleBurner: (cell: Cell) => judged.push(`${name(cell)} evicted`),
+        idleBurner: (cell: Watched) => judged.push(`${name(cell)} evicted`),
         recycle: () => {},
       },
     );
@@ -55,7 +60,7 @@ describe.runIf(onLinux)('the CPU governor, on background CPU', () => {
       const child = stand();
       children.push(child);
       shareOf.set(child.pid as number, share);
-      expect(governor.watchProcess(cells[i] as Cell, child.pid as number)).toBe(true);
+      expect(governor.watchProcess(cells[i] as Watched, child.pid as number)).toBe(true);
     });
     return { cells, judged };
   }
@@ -76,7 +81,7 @@ describe.runIf(onLinux)('the CPU governor, on background CPU', () => {
   it('leaves alone a worker whose CPU goes to a running call', () => {
     const { cells, judged } = governed([0.9]);
     const call = {};
-    Object.assign(cells[0] as Cell, { busy: 1, channel: { running: { oldest: () => call } } });
+    Object.assign(cells[0] as Watched, { busy: 1, oldestCall: () => call });
     vi.advanceTimersByTime(5_000);
     expect(judged).toEqual([]);
   });

@@ -1,7 +1,7 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import type { AgentWorker } from '../packages/sandpool/dist/host/agent-worker.js';
-import type { Cell } from '../packages/sandpool/dist/host/cell.js';
-import { MemoryGovernor } from '../packages/sandpool/dist/host/governor.js';
+import type { Cell } from '../packages/sandpool/dist/host/cells/cell.js';
+import { MemoryGovernor } from '../packages/sandpool/dist/host/governors/memory.js';
+import type { AgentWorker } from '../packages/sandpool/dist/host/workers/agent-worker.js';
 
 describe('the governor and a worker that beats its memory (Node 20 under the permission model)', () => {
   // The governor's ticks and its clock are the test's to move: a loaded machine's late timers

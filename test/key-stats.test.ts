@@ -1,6 +1,6 @@
 // keyStats() latency, from known latencies: the percentiles it reports are the right ones.
 import { describe, expect, it } from 'vitest';
-import { KeyBook } from '../packages/sandpool/dist/host/key-stats.js';
+import { KeyBook } from '../packages/sandpool/dist/host/routes/key-book.js';
 
 /** 1..n in an order that is not sorted, so the percentiles must sort. */
 function shuffled(n: number): number[] {
