@@ -1,4 +1,5 @@
 import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
 import type { ResolvedKey } from '../../key.js';
 import type { ResolvedPoolOptions } from '../../options.js';
 import type { Deniable, LoadRequest } from '../../protocol/messages.js';
@@ -46,7 +47,7 @@ export class Launcher {
     const execArgv = this.execArgvFor(policy, key, location);
     const isolation = isolationFor(this.options.isolation, key);
     if (isolation === 'process' && this.process.user !== null) checkReadableBy(this.process.user, location.file, key);
-    return { location, execArgv, deny: denialsOf(policy), isolation };
+    return { location, execArgv, deny: denialsOf(policy, isolation), isolation };
   }
 
   /** A worker for a plan, booted now with its own flags. */
@@ -92,6 +93,8 @@ export class Launcher {
     if (cache !== null) mkdirSync(cache, { recursive: true });
     const folders = {
       folder: location.folder,
+      // live/ or snapshots/<name>/, right under the swarm's folder (resolve.ts checked it is under the root).
+      swarm: key.snapshot === null ? dirname(location.folder) : dirname(dirname(location.folder)),
       extraRead: cache === null ? location.extraReadDirs : [...location.extraReadDirs, cache],
       write: cache === null ? [] : [cache],
     };
