@@ -21,6 +21,7 @@ export type {
   Remote,
   SpawnReason,
 } from './host/pool-types.js';
+export type { SandboxLayers } from './host/sandbox/sandbox.js';
 export type { StreamOptions } from './host/streams.js';
 export { type AgentKey, AgentKeySchema, formatKey, parseKey } from './key.js';
 export { type CallOptions, type OutputListener, type PoolOptions, PoolOptionsSchema } from './options.js';

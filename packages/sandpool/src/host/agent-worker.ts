@@ -1,10 +1,12 @@
 import type { Worker } from 'node:worker_threads';
 import type { ExitReason } from '../errors.js';
+import type { ResolvedKey } from '../key.js';
 import type { OutputListener } from '../options.js';
 import { checkFromWorker } from '../protocol/checks.js';
 import type { FromWorker, OutputChunk, ToWorker } from '../protocol/messages.js';
 import type { MemoryProbe, MemoryReading } from './memory-probe.js';
 import { LineSplitter } from './output.js';
+import type { KeyAccess } from './sandbox/view.js';
 
 /** Why a worker ended: the pool's own reason when it terminated it, else what the worker did. */
 export type ThreadEnd = ExitReason | RetireReason;
@@ -66,6 +68,14 @@ export abstract class AgentWorker {
 
   /** Stops the worker now, whatever it is running. */
   protected abstract kill(): void;
+
+  /** Its key, just before the load: what a process's cage must show it and whom it runs as (a thread needs nothing). */
+  assign(_key: ResolvedKey, _access: KeyAccess | null): void {}
+
+  /** Sets the priority of a child process (see AgentProcess); a thread's is set by its TID. */
+  prioritize(_nice: number): boolean {
+    return false;
+  }
 
   /** Ends the worker for a reason of the coordinator's, with the error its calls carry as cause. */
   stop(reason: ThreadEnd, cause: Error): void {

@@ -6,6 +6,7 @@ import type { HostCalls } from './capabilities.js';
 import { Channel, type ChannelOwner } from './channel.js';
 import { keyHash } from './frequency.js';
 import type { ModuleLocation } from './resolve.js';
+import type { KeyAccess } from './sandbox/view.js';
 
 /**
  * One key's worker incarnation (a key has two during a reload: serving and candidate). Its
@@ -26,6 +27,8 @@ export type CellPhase =
       /** Its worker's Node flags (permission model, type stripping), fixed before it starts. */
       readonly execArgv: readonly string[];
       readonly isolation: Isolation;
+      /** What a process key's cell must show it (see Sandbox.access); null for a thread. */
+      readonly access: KeyAccess | null;
     }
   | {
       readonly name: 'starting';

@@ -17,10 +17,10 @@ import { CpuGovernor } from './cpu.js';
 import { settledStamp, stampFiles } from './freshness.js';
 import { IDLE_POLL_MS, MemoryGovernor, v8HeapLimitMb } from './governor.js';
 import { violations } from './invariants.js';
-import { checkReadableBy, isolationFor, processSettings } from './isolation.js';
+import { isolationFor } from './isolation.js';
 import { collectKeyStats, KeyBook, type KeyStats } from './key-stats.js';
 import { labelledWriter } from './output.js';
-import { endsSandbox, permissionArgs, policyFor } from './permissions.js';
+import { endsSandbox, type PermissionPolicy, permissionArgs, policyFor } from './permissions.js';
 import { aborted, closedError, deathError, isExitReason, snapshotGone } from './pool-errors.js';
 import {
   type InvalidateReport,
@@ -33,6 +33,8 @@ import { AgentProcess, type ProcessSettings } from './process.js';
 import { toSandpoolError } from './remote-error.js';
 import { locateModule, type ModuleLocation } from './resolve.js';
 import { type ReloadOutcome, Route } from './route.js';
+import { Sandbox } from './sandbox/sandbox.js';
+import type { KeyAccess } from './sandbox/view.js';
 import { Scheduler, type SlotUser } from './scheduler.js';
 import { SpareDemand } from './spare-demand.js';
 import { Spares } from './spares.js';
@@ -68,6 +70,7 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
   private readonly settings: ThreadSettings;
   /** How process-isolated keys run (isolation 'process'). */
   private readonly process: ProcessSettings;
+  private readonly sandbox: Sandbox;
   private readonly watcher: LiveWatcher | null;
   private readonly memory: MemoryGovernor;
   private readonly cpu: CpuGovernor;
@@ -81,6 +84,7 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
     private readonly emit: Emit,
   ) {
     this.root = resolvePath(options.root);
+    this.sandbox = new Sandbox(options);
     this.census = new Census(emit);
     this.scheduler = new Scheduler(
       this.census,
@@ -109,7 +113,7 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
       recycle: (cell) => this.retire(cell, 'cpu'),
     });
     const heapBudget = options.resourceLimits.maxOldGenerationSizeMb;
-    this.process = processSettings(options);
+    this.process = { sandbox: this.sandbox, heapMb: heapBudget };
     this.settings = {
       env: options.env,
       // The governor ends a worker at its budget; V8's own limit is the backstop above it.
@@ -120,12 +124,14 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
       onOutputDropped,
     };
     // Under a per-key permission model no key can take a spare (its flags are fixed at boot).
-    const sparesUsable = options.permissions === 'none' || typeof options.permissions === 'function';
     // With isolation a function of the key, which kind the next key needs is unknown: threads.
     const spareKind = options.isolation === 'process' ? 'process' : 'thread';
+    const sparesUsable =
+      (options.permissions === 'none' || typeof options.permissions === 'function') &&
+      (spareKind === 'thread' || this.sandbox.sparesPossible);
     this.spares = new Spares(new SpareDemand(sparesUsable ? options.spareWorkers : 0), spareKind, () =>
       spareKind === 'process'
-        ? new AgentProcess(this.settings, typeScriptExecArgv(), this.process)
+        ? new AgentProcess(this.settings, typeScriptExecArgv(), this.process, null)
         : new AgentThread(this.settings, typeScriptExecArgv()),
     );
     if (typeof options.permissions === 'object' && endsSandbox(options.permissions)) {
@@ -140,6 +146,9 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
         })
       : null;
     this.spares.fill();
+    const { layers } = this.sandbox;
+    // After createPool has returned, so a listener added then hears it.
+    if (layers !== null) queueMicrotask(() => this.emit('sandbox', layers));
   }
 
   // ---- admission state --------------------------------------------------------------------
@@ -360,6 +369,7 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
     let location: Awaited<ReturnType<typeof locateModule>>;
     let execArgv: string[];
     let isolation: Isolation;
+    let access: KeyAccess | null = null;
     try {
       location = await locateModule(this.root, cell.key, { snapshotSecret: this.options.snapshotSecret });
       cell.host = new HostCalls(capabilitiesFor(this.options.host, cell.key), cell.key);
@@ -368,10 +378,13 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
         // that they did not change under it (promoteIfFresh).
         cell.filesBefore = await settledStamp(liveDir(this.root, cell.key.swarm));
       }
-      execArgv = this.execArgvFor(cell.key, location);
+      const policy = policyFor(this.options.permissions, cell.key);
+      execArgv = this.execArgvFor(location, policy, cell.key);
       isolation = isolationFor(this.options.isolation, cell.key);
-      if (isolation === 'process' && this.process.user !== null)
-        checkReadableBy(this.process.user, location.file, cell.key);
+      if (isolation === 'process') {
+        this.sandbox.checkReadable(cell.key, location);
+        access = this.sandbox.access(cell.key, location, policy);
+      }
     } catch (error) {
       if (cell.phase.name !== 'resolving') return;
       const failure = toSandpoolError(error, cell.key.text);
@@ -381,13 +394,12 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
     }
     const { phase } = cell;
     if (phase.name !== 'resolving') return;
-    cell.transition({ name: 'queued', waiting: phase.waiting, location, execArgv, isolation });
+    cell.transition({ name: 'queued', waiting: phase.waiting, location, execArgv, isolation, access });
     this.scheduler.enqueue(cell);
   }
 
   /** The key's worker flags: its permission model (see permissions.ts) and type stripping. */
-  private execArgvFor(key: ResolvedKey, location: ModuleLocation): string[] {
-    const policy = policyFor(this.options.permissions, key);
+  private execArgvFor(location: ModuleLocation, policy: PermissionPolicy, key: ResolvedKey): string[] {
     const cache = location.compileCacheDir;
     // Node reads and writes the compile cache, and grants nothing under a folder that does
     // not exist yet: the coordinator makes it, and the worker may read and write it.
@@ -401,13 +413,17 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
   }
 
   /** A worker for a key: a spare if one fits (of its kind, booted without per-key flags, so only a key that needs none). */
-  private spawn(execArgv: readonly string[], isolation: Isolation): { thread: AgentWorker; from: 'cold' | 'spare' } {
+  private spawn(
+    execArgv: readonly string[],
+    isolation: Isolation,
+    access: KeyAccess | null,
+  ): { thread: AgentWorker; from: 'cold' | 'spare' } {
     const fits = isolation === this.spares.isolation && sameFlags(execArgv, typeScriptExecArgv());
     const spare = fits ? this.spares.take() : null;
     if (spare !== null) return { thread: spare, from: 'spare' };
     const thread =
       isolation === 'process'
-        ? new AgentProcess(this.settings, execArgv, this.process)
+        ? new AgentProcess(this.settings, execArgv, this.process, access)
         : new AgentThread(this.settings, execArgv);
     return { thread, from: 'cold' };
   }
@@ -415,7 +431,7 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
   startCell(cell: Cell): void {
     const { phase } = cell;
     if (phase.name !== 'queued') throw new Error(`sandpool: cannot start a ${phase.name} cell`);
-    const { thread, from } = this.spawn(phase.execArgv, phase.isolation);
+    const { thread, from } = this.spawn(phase.execArgv, phase.isolation, phase.access);
     const channel = cell.openChannel(thread, this.options.abortGraceMs);
     for (const call of phase.waiting) this.waitingCalls.delete(call);
     const loadTimer = setTimeout(() => this.loadTimedOut(cell), this.options.loadTimeoutMs);
@@ -432,6 +448,7 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
     const { file, verifyDir, sha256, compileCacheDir } = phase.location;
     const heartbeat = thread.isolation === 'thread' && this.memory.needsHeartbeat(phase.execArgv);
     this.memory.watch(cell, thread, heartbeat);
+    thread.assign(cell.key, phase.access);
     thread.post({
       t: 'load',
       ...(heartbeat ? { heartbeatMs: HEARTBEAT_MS, idleHeartbeatMs: IDLE_POLL_MS } : {}),
@@ -454,8 +471,10 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
     switch (message.t) {
       case 'ready':
         if (phase.name !== 'starting') return cell.thread?.violate('a ready message outside a load');
-        if (cell.thread?.isolation === 'process') this.cpu.watchProcess(cell, cell.threadId);
-        else if (message.tid > 0) this.cpu.watch(cell, message.tid);
+        if (cell.thread instanceof AgentProcess) {
+          const child = cell.thread;
+          this.cpu.watchProcess(cell, child.nodePid, (nice) => child.prioritize(nice));
+        } else if (message.tid > 0) this.cpu.watch(cell, message.tid);
         return this.cellReady(cell, phase);
       case 'load-failed':
         if (phase.name !== 'starting') return cell.thread?.violate('a load failure outside a load');
@@ -839,6 +858,7 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
       idle,
       queued,
       outputDropped: this.outputDropped,
+      sandbox: this.sandbox.layers,
       ...this.census.totals,
     };
   }

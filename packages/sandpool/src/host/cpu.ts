@@ -47,6 +47,8 @@ interface Sampled {
    * started), and a priority is set on each of its threads. Otherwise one worker thread.
    */
   readonly whole: boolean;
+  /** A child process's own way to set its priority (its cgroup's CPU weight, or each thread's nice). */
+  readonly prioritize: ((nice: number) => boolean) | null;
   readonly fd: number;
   /** Nanoseconds on CPU at the last sample. */
   total: number;
@@ -86,7 +88,7 @@ export class CpuGovernor {
     if (!Number.isSafeInteger(tid) || tid <= 0 || tid === process.pid) return false;
     for (const other of this.sampled.values()) if (other.tid === tid) return false;
     if (!existsSync(`/proc/self/task/${tid}`)) return false;
-    return this.open(cell, tid, false, `/proc/self/task/${tid}/schedstat`);
+    return this.open(cell, tid, null, `/proc/self/task/${tid}/schedstat`);
   }
 
   /**
@@ -94,11 +96,11 @@ export class CpuGovernor {
    * CPU: an agent that keeps libuv's pool busy (async `crypto.pbkdf2`, allowed under strict
    * permissions) burns CPU on threads other than its main one.
    */
-  watchProcess(cell: Cell, pid: number): boolean {
-    return pid > 0 && this.open(cell, pid, true, `/proc/${pid}/stat`);
+  watchProcess(cell: Cell, pid: number, prioritize: (nice: number) => boolean): boolean {
+    return pid > 0 && this.open(cell, pid, prioritize, `/proc/${pid}/stat`);
   }
 
-  private open(cell: Cell, tid: number, whole: boolean, path: string): boolean {
+  private open(cell: Cell, tid: number, prioritize: ((nice: number) => boolean) | null, path: string): boolean {
     let fd: number;
     try {
       fd = openSync(path, 'r');
@@ -107,7 +109,8 @@ export class CpuGovernor {
     }
     const entry: Sampled = {
       tid,
-      whole,
+      whole: prioritize !== null,
+      prioritize,
       fd,
       total: 0,
       oldest: null,
@@ -237,9 +240,9 @@ function processNs(stat: string): number {
   return (Number(fields[11]) + Number(fields[12])) * NS_PER_TICK;
 }
 
-/** Sets a worker thread's priority, or each thread's of a child process. */
+/** Sets a worker thread's priority, or a child process's. */
 function renice(entry: Sampled, nice: number): boolean {
-  return entry.whole ? reniceProcess(entry.tid, nice) : setNice(entry.tid, nice);
+  return entry.prioritize === null ? setNice(entry.tid, nice) : entry.prioritize(nice);
 }
 
 /**

@@ -33,7 +33,7 @@ export function v8HeapLimitMb(budgetMb: number): number {
  * runtime's, not the agent's: Node itself, sandpool's worker runtime, code. Measured about
  * 45 MB idle on Node 20 and 24.
  */
-const PROCESS_RUNTIME_BYTES = 96 * 2 ** 20;
+export const PROCESS_RUNTIME_BYTES = 96 * 2 ** 20;
 
 /** A heartbeat this late, from a busy worker, means it is stuck in synchronous code. */
 const BEAT_MISSED_MS = 100;

@@ -1,11 +1,8 @@
-import { statSync } from 'node:fs';
-import { dirname } from 'node:path';
 import { SandpoolError } from '../errors.js';
 import type { ResolvedKey } from '../key.js';
 import type { ResolvedPoolOptions } from '../options.js';
 import type { Isolation } from './agent-worker.js';
 import { askForKey } from './key-option.js';
-import type { ProcessSettings } from './process.js';
 
 /** Where a key's agent runs, from the `isolation` option; a function's answer is checked. */
 export function isolationFor(option: ResolvedPoolOptions['isolation'], key: ResolvedKey): Isolation {
@@ -19,55 +16,4 @@ export function isolationFor(option: ResolvedPoolOptions['isolation'], key: Reso
       key: key.text,
     },
   );
-}
-
-/**
- * How process-isolated agents run under these options. Their V8 heap limit is the budget
- * itself: past it V8 aborts the child alone. Their address space leaves room for V8's
- * reservations (about 0.8 GB at boot on Node 20, 1.4 GB on 24) above both budgets.
- */
-export function processSettings(options: ResolvedPoolOptions): ProcessSettings {
-  const heapMb = options.resourceLimits.maxOldGenerationSizeMb;
-  const { openFiles, processes, addressSpaceMb } = options.processLimits;
-  const root = process.getuid?.() === 0;
-  return {
-    user: root && options.processUser !== 'host' ? options.processUser : null,
-    heapMb,
-    limits: {
-      openFiles,
-      processes,
-      addressSpaceMb: addressSpaceMb ?? 4096 + 8 * (heapMb + options.maxExternalMb),
-    },
-  };
-}
-
-/**
- * A child running as another uid reads the agent's files with that uid's rights, and a
- * folder made with mkdtemp (mode 0700) hides them: the load would fail as "module not found".
- * Checked here from the mode bits, so the error says what to change.
- */
-export function checkReadableBy(
-  user: { readonly uid: number; readonly gid: number },
-  file: string,
-  key: ResolvedKey,
-): void {
-  const may = (path: string, bits: number): boolean => {
-    const stat = statSync(path);
-    if (stat.uid === user.uid) return (stat.mode & (bits << 6)) !== 0;
-    if (stat.gid === user.gid) return (stat.mode & (bits << 3)) !== 0;
-    return (stat.mode & bits) !== 0;
-  };
-  const refuse = (path: string, what: string): never => {
-    const mode = (statSync(path).mode & 0o777).toString(8).padStart(3, '0');
-    throw new SandpoolError(
-      'ERR_SANDPOOL_MODULE_LOAD',
-      `${key.text} runs as uid ${user.uid} (isolation 'process'), which cannot ${what} ${path} (mode ${mode}): widen its mode, or set processUser`,
-      { key: key.text },
-    );
-  };
-  if (!may(file, 0o4)) refuse(file, 'read');
-  for (let dir = dirname(file); ; dir = dirname(dir)) {
-    if (!may(dir, 0o1)) refuse(dir, 'enter');
-    if (dir === dirname(dir)) break;
-  }
 }

@@ -28,7 +28,7 @@ const FLAGS = process.allowedNodeEnvironmentFlags;
 const ENABLE = FLAGS.has('--permission') ? '--permission' : '--experimental-permission';
 
 /** The folders the worker runtime itself loads from: sandpool's build, and the packages it may load there. */
-const RUNTIME_DIRS: readonly string[] = (() => {
+export const RUNTIME_DIRS: readonly string[] = (() => {
   const dist = realpathSync(fileURLToPath(new URL('..', import.meta.url)));
   // The worker reads its own thread id there (worker/entry.ts); never grant /proc/thread-self
   // itself, which holds the host's environ.
@@ -143,7 +143,8 @@ function modulePaths(folder: string): string[] {
   }
 }
 
-function linkTargets(modules: string): string[] {
+/** The real paths the top-level links of a `node_modules` folder point to (`@scope` folders looked into). */
+export function linkTargets(modules: string): string[] {
   const targets: string[] = [];
   const visit = (dir: string, depth: number): void => {
     let entries: import('node:fs').Dirent[];

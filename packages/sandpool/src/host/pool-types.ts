@@ -3,6 +3,7 @@ import type { ExitReason, SandpoolError } from '../errors.js';
 import { SnapshotNameSchema, StemSchema, SwarmSchema } from '../key.js';
 import type { RetireReason } from './agent-worker.js';
 import type { DemoteReason } from './cpu.js';
+import type { SandboxLayers } from './sandbox/sandbox.js';
 
 export type SpawnReason = 'cold' | 'spare';
 export type EvictReason = RetireReason;
@@ -25,6 +26,8 @@ export interface PoolEvents {
   'reload-failed': [ReloadFailedEvent];
   /** fairness lowered a worker's CPU priority: a heavy call while busy keys outnumber cores, or CPU burned with no call. */
   demote: [PoolEvent<DemoteReason>];
+  /** Once, just after createPool, when keys may run in processes: the sandbox layers they get here. */
+  sandbox: [SandboxLayers];
 }
 
 export interface PoolStats {
@@ -45,6 +48,8 @@ export interface PoolStats {
   queued: number;
   /** Characters of worker output dropped because the host's writer lagged or a worker outran its window. */
   outputDropped: number;
+  /** The OS sandbox layers process keys get on this host; null when no key runs in a process. */
+  sandbox: SandboxLayers | null;
 }
 
 /** What `invalidate()` did: the keys now running the new code, and those whose new code failed to load. */

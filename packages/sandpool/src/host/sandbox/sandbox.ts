@@ -1,0 +1,176 @@
+import { existsSync, realpathSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { SandpoolError } from '../../errors.js';
+import type { ResolvedKey } from '../../key.js';
+import type { ResolvedPoolOptions } from '../../options.js';
+import { PROCESS_RUNTIME_BYTES } from '../governor.js';
+import type { PermissionPolicy } from '../permissions.js';
+import type { ModuleLocation } from '../resolve.js';
+import { Cage, type CageParts } from './cage.js';
+import type { CgroupTree } from './cgroups.js';
+import { checkReadableBy } from './readable.js';
+import { openStage } from './stage.js';
+import { hostSupport } from './support.js';
+import { SwarmIds } from './uids.js';
+import { entriesFor, type KeyAccess, moduleEntries, type ViewEntry, within } from './view.js';
+
+/** The layers of the OS sandbox around process keys, as `stats().sandbox` and the `sandbox` event report them. */
+export interface SandboxLayers {
+  /** Mount, pid, network, ipc and uts namespaces of its own per cell (bubblewrap). */
+  namespaces: boolean;
+  /** Each swarm's children run as a uid and gid of its own, from `sandbox.uidRange`. */
+  uidPerSwarm: boolean;
+  /** A cgroup per cell (memory, pids, CPU weight), and of which version; null: none. */
+  cgroups: 'v1' | 'v2' | null;
+  /** What a cell can connect to: its own loopback only, or the host's network. */
+  network: 'loopback' | 'host';
+  /** The layers `'auto'` goes without here, each with why (empty with `'require'`, which refuses to). */
+  missing: { layer: 'namespaces' | 'uidPerSwarm' | 'cgroups'; reason: string }[];
+}
+
+/** A cell's memory beyond its heap and external budgets: Node, sandpool's runtime, code (the governor's figure), and room above it. */
+const MEMORY_MARGIN_MB = 64;
+
+/**
+ * The OS sandbox of one pool's process keys: which layers this host gives them (probed once
+ * per process; `'require'` refuses a pool that would go without one), and a Cage per child.
+ */
+export class Sandbox {
+  /** Null when no key of this pool can run in a process. */
+  readonly layers: SandboxLayers | null;
+  private readonly ids: SwarmIds | null;
+  private readonly tree: CgroupTree | null;
+  private readonly bwrap: string | null;
+  private readonly runtime: readonly ViewEntry[];
+  private readonly root: boolean;
+  private readonly rootReal: string;
+
+  constructor(private readonly options: ResolvedPoolOptions) {
+    const { mode } = options.sandbox;
+    this.rootReal = realOrSelf(options.root);
+    this.root = process.getuid?.() === 0;
+    const missing: SandboxLayers['missing'] = [];
+    const perSwarm = options.processUser === 'swarm';
+    if (!perSwarm) {
+      missing.push({ layer: 'uidPerSwarm', reason: 'processUser names one user for every swarm' });
+    } else if (!this.root) {
+      missing.push({ layer: 'uidPerSwarm', reason: 'the host is not root: children keep its uid' });
+    }
+    this.ids = perSwarm && this.root ? new SwarmIds(options.sandbox.uidRange) : null;
+    if (options.isolation === 'thread') {
+      this.layers = null;
+      this.tree = null;
+      this.bwrap = null;
+      this.runtime = [];
+      return;
+    }
+    const support = mode === 'off' ? null : hostSupport();
+    this.bwrap = support !== null && 'path' in support.bwrap ? support.bwrap.path : null;
+    this.tree = support !== null && !('problem' in support.cgroups) ? support.cgroups : null;
+    this.runtime = support?.runtime ?? [];
+    if (support === null) {
+      missing.push(
+        { layer: 'namespaces', reason: "sandbox is 'off'" },
+        { layer: 'cgroups', reason: "sandbox is 'off'" },
+      );
+    } else {
+      if ('problem' in support.bwrap) missing.push({ layer: 'namespaces', reason: support.bwrap.problem });
+      if ('problem' in support.cgroups) missing.push({ layer: 'cgroups', reason: support.cgroups.problem });
+    }
+    if (mode === 'require' && missing.length > 0) {
+      const named = missing.map(({ layer, reason }) => `${layer} (${reason})`).join('; ');
+      throw new SandpoolError('ERR_SANDPOOL_INVALID_OPTIONS', `sandbox 'require': this host lacks ${named}`, {
+        issues: [{ path: ['sandbox'], message: `missing ${named}` }],
+      });
+    }
+    this.layers = Object.freeze({
+      namespaces: this.bwrap !== null,
+      uidPerSwarm: this.ids !== null,
+      cgroups: this.tree?.version ?? null,
+      network: this.bwrap !== null ? 'loopback' : 'host',
+      missing,
+    });
+  }
+
+  /**
+   * Whether a process key can take a spare: with namespaces, a spare's folders are bound in
+   * when its key comes, which needs root (see Stage); probed on first ask.
+   */
+  get sparesPossible(): boolean {
+    if (this.bwrap === null) return true;
+    return typeof openStage() !== 'string';
+  }
+
+  /** What a key's cell sees: its folder, the packages it may import, the stripped copy, and widenings. */
+  access(key: ResolvedKey, location: ModuleLocation, policy: PermissionPolicy): KeyAccess {
+    if (this.bwrap === null) return { swarm: key.swarm, entries: [] };
+    const tenantTop = join(this.rootReal, key.swarm);
+    const entries: ViewEntry[] = [
+      { kind: 'bind', source: location.folder, path: location.folder, write: false },
+      ...moduleEntries(dirname(location.folder), tenantTop),
+    ];
+    for (const dir of location.extraReadDirs) entries.push(...entriesFor(dir));
+    if (typeof policy === 'object') {
+      // The cell's /tmp is its own: a grant there names it, never the host's.
+      const granted = (paths: readonly string[] | undefined): string[] =>
+        (paths ?? []).filter((path) => !within(path, '/tmp') && existsSync(path));
+      for (const path of granted(policy.fsRead)) entries.push(...entriesFor(path));
+      for (const path of granted(policy.fsWrite)) entries.push(...entriesFor(path, true));
+    }
+    return { swarm: key.swarm, entries };
+  }
+
+  /**
+   * A child running as another uid reads the agent's files with that uid's rights. In a cell
+   * the folders above the key's are the cell's own (0755), so only the key's folder and what
+   * is inside it are checked; without namespaces, every folder up to `/`.
+   */
+  checkReadable(key: ResolvedKey, location: ModuleLocation): void {
+    const user = this.userFor(key.swarm);
+    if (user !== null) checkReadableBy(user, location.file, key, this.bwrap === null ? null : location.folder);
+  }
+
+  /** A cage for one child; `access` null for a spare, whose key comes later (see Cage.enter). */
+  cage(access: KeyAccess | null): Cage {
+    const { sandbox, resourceLimits, maxExternalMb, processLimits } = this.options;
+    const stage = access === null && this.bwrap !== null ? openStage() : null;
+    if (typeof stage === 'string') throw new Error(stage);
+    const parts: CageParts = {
+      bwrap: this.bwrap,
+      root: this.root,
+      rootReal: this.rootReal,
+      runtime: this.runtime,
+      // A spare's view of the packages above the root is made at its boot, before its key.
+      pool: stage === null ? [] : moduleEntries(this.rootReal, null),
+      stage: stage?.cell() ?? null,
+      ids: this.ids,
+      fixedUser: this.fixedUser(),
+      tree: this.tree,
+      // The governor ends a cell past heap + external + runtime with a message; the kernel is the backstop above it.
+      memoryMb:
+        resourceLimits.maxOldGenerationSizeMb + maxExternalMb + PROCESS_RUNTIME_BYTES / 2 ** 20 + MEMORY_MARGIN_MB,
+      tmpMb: sandbox.tmpMb,
+      pids: sandbox.pids,
+      limits: processLimits,
+    };
+    return new Cage(parts, access);
+  }
+
+  private userFor(swarm: string): { uid: number; gid: number } | null {
+    return this.ids?.peek(swarm) ?? this.fixedUser();
+  }
+
+  /** The one user of every swarm's children when processUser names one (and the host is root). */
+  private fixedUser(): { uid: number; gid: number } | null {
+    const user = this.options.processUser;
+    return this.root && typeof user === 'object' ? user : null;
+  }
+}
+
+function realOrSelf(path: string): string {
+  try {
+    return realpathSync(path);
+  } catch {
+    return path;
+  }
+}
