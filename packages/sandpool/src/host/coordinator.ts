@@ -892,6 +892,7 @@ export class Coordinator implements CellEvents, SlotUser, AdmissionState {
     }, this.options.closeTimeoutMs);
     await Promise.all([...released, sparesEnded]);
     clearTimeout(closeTimer);
+    await this.sandbox.close();
   }
 
   // ---- invariants (tests) -----------------------------------------------------------------

@@ -163,10 +163,7 @@ export class Cage {
       const booted = this.bootEntries();
       const missing = outside.find((entry) => !booted.some((at) => within(entry.path, at.path)));
       if (missing !== undefined) throw new Error(`a spare cell cannot show ${missing.path}, outside the pool's root`);
-      await stage.enter(
-        access.entries.filter((entry) => within(entry.path, rootReal)),
-        rootReal,
-      );
+      await stage.enter(access.entries.filter((entry) => within(entry.path, rootReal)));
     } else if (this.access !== null && this.access.swarm !== access.swarm) {
       throw new Error('a cell started for one key cannot serve another');
     }

@@ -44,6 +44,8 @@ export class Sandbox {
   private readonly runtime: readonly ViewEntry[];
   private readonly root: boolean;
   private readonly rootReal: string;
+  /** The stage's read-only mirror of the root, made for the first spare cell. */
+  private mirrored: string | null = null;
 
   constructor(private readonly options: ResolvedPoolOptions) {
     const { mode } = options.sandbox;
@@ -135,6 +137,7 @@ export class Sandbox {
     const { sandbox, resourceLimits, maxExternalMb, processLimits } = this.options;
     const stage = access === null && this.bwrap !== null ? openStage() : null;
     if (typeof stage === 'string') throw new Error(stage);
+    if (stage !== null) this.mirrored ??= stage.mirror(this.rootReal);
     const parts: CageParts = {
       bwrap: this.bwrap,
       root: this.root,
@@ -142,7 +145,7 @@ export class Sandbox {
       runtime: this.runtime,
       // A spare's view of the packages above the root is made at its boot, before its key.
       pool: stage === null ? [] : moduleEntries(this.rootReal, null),
-      stage: stage?.cell() ?? null,
+      stage: stage === null || this.mirrored === null ? null : stage.cell(this.mirrored, this.rootReal),
       ids: this.ids,
       fixedUser: this.fixedUser(),
       tree: this.tree,
@@ -154,6 +157,14 @@ export class Sandbox {
       limits: processLimits,
     };
     return new Cage(parts, access);
+  }
+
+  /** The pool is closed and its cells have ended: its read-only mirror of the root goes. */
+  async close(): Promise<void> {
+    if (this.mirrored === null) return;
+    this.mirrored = null;
+    const stage = openStage();
+    if (typeof stage !== 'string') await stage.unmirror(this.rootReal);
   }
 
   private userFor(swarm: string): { uid: number; gid: number } | null {

@@ -6,23 +6,11 @@ import { alive } from './cgroups.js';
 import { findExecutable } from './support.js';
 import type { ViewEntry } from './view.js';
 
-/**
- * Binds `$1` read-only on the private hold `$2` (so it is read-only before anyone sees it: a
- * remount does not propagate), then moves it into the shared stage at `$3`, from where it
- * propagates into the cell; per triple.
- */
-const MOUNT = `set -e
-while [ "$#" -ge 3 ]; do
-  mount --bind "$1" "$2"
-  mount -o remount,bind,ro,nosuid,nodev "$2"
-  mount --move "$2" "$3"
-  shift 3
-done`;
-const UNMOUNT = 'for target; do umount -l "$target" 2>/dev/null || true; done';
-const SETUP = `set -e
-mount --bind "$1" "$1"; mount --make-private "$1"; mount --make-shared "$1"
-mount --bind "$2" "$2"; mount --make-private "$2"`;
-const SWEEP = 'for target; do umount -R -l "$target" 2>/dev/null || true; done';
+/** The stage's folder of cells becomes a mount of its own, shared: what is bound in it propagates into the cells. */
+const SHARE = 'mount --bind "$1" "$1" && mount --make-private "$1" && mount --make-shared "$1"';
+/** A read-only, private view of a pool's root: a bind of a folder in it is read-only from its first instant. */
+const MIRROR = 'mount --bind "$1" "$2" && mount -o remount,bind,ro,nosuid,nodev "$2" && mount --make-private "$2"';
+const SWEEP = 'for target; do umount -R -l "$target" 2>/dev/null; done; true';
 
 let opened: Stage | string | null = null;
 
@@ -35,24 +23,44 @@ export function openStage(): Stage | string {
 /**
  * Where a spare cell's view of the pool root comes from. A spare boots before its key is
  * known, with an empty folder of this stage bound where the pool's root is; when a key takes
- * it, the key's folders are bound into that folder on the host, and mount propagation (the
- * stage is a shared mount; the cell's copy receives) makes them appear in the cell, at their
- * real paths, read-only. Needs root (mounting); one stage per host process, under /run.
+ * it, the key's folders are bound into that folder on the host, from the pool's read-only
+ * mirror of its root (one `mount` each, read-only before anyone sees it), and mount
+ * propagation (the stage is a shared mount; each cell's copy receives) makes them appear in
+ * the cell at their real paths. Needs root; one stage per host process, under /run.
  */
 export class Stage {
   private cells = 0;
+  private readonly mirrors = new Map<string, { dir: string; users: number }>();
 
-  constructor(
-    private readonly shared: string,
-    private readonly hold: string,
-  ) {}
+  constructor(private readonly base: string) {}
 
   /** A folder for one spare cell, bound at the pool's root in it; empty until `enter`. */
-  cell(): StagedCell {
-    const n = ++this.cells;
-    const dir = join(this.shared, String(n));
+  cell(mirror: string, root: string): StagedCell {
+    const dir = join(this.base, 'cells', String(++this.cells));
     makeFolder(dir);
-    return new StagedCell(dir, join(this.hold, String(n)));
+    return new StagedCell(dir, mirror, root);
+  }
+
+  /** The read-only mirror of a pool's root (shared by the pools on one root), until `unmirror`. */
+  mirror(root: string): string {
+    const known = this.mirrors.get(root);
+    if (known !== undefined) {
+      known.users += 1;
+      return known.dir;
+    }
+    const dir = join(this.base, 'mirrors', String(this.mirrors.size + 1));
+    makeFolder(dir);
+    const made = spawnSync('sh', ['-c', MIRROR, 'sandpool-stage', root, dir], { encoding: 'utf8' });
+    if (made.status !== 0) throw new Error(`cannot mirror ${root} read-only: ${made.stderr.trim()}`);
+    this.mirrors.set(root, { dir, users: 1 });
+    return dir;
+  }
+
+  async unmirror(root: string): Promise<void> {
+    const known = this.mirrors.get(root);
+    if (known === undefined || --known.users > 0) return;
+    this.mirrors.delete(root);
+    await run('umount', ['-l', known.dir]);
   }
 }
 
@@ -63,33 +71,30 @@ export class StagedCell {
   constructor(
     /** What the cell sees at the pool's root. */
     readonly dir: string,
-    private readonly hold: string,
+    private readonly mirror: string,
+    private readonly root: string,
   ) {
     this.made.push(dir);
   }
 
-  /** Makes `entries` (all under `root`) appear in the cell, at their paths. */
-  async enter(entries: readonly ViewEntry[], root: string): Promise<void> {
-    const triples: string[] = [];
+  /** Makes `entries` (all under the pool's root) appear in the cell, at their paths, read-only. */
+  async enter(entries: readonly ViewEntry[]): Promise<void> {
     for (const entry of [...entries].sort((a, b) => (a.path < b.path ? -1 : 1))) {
-      const staged = join(this.dir, relative(root, entry.path));
+      const staged = join(this.dir, relative(this.root, entry.path));
       this.makeFolders(dirname(staged));
       if (entry.kind === 'link') {
         symlinkSync(entry.target, staged);
         continue;
       }
       this.makeFolders(staged);
-      const hold = `${this.hold}-${this.mounted.length}`;
-      this.makeFolders(hold);
-      triples.push(entry.source, hold, staged);
       this.mounted.push(staged);
+      await run('mount', ['--bind', join(this.mirror, relative(this.root, entry.source)), staged]);
     }
-    if (triples.length > 0) await run(MOUNT, triples);
   }
 
   /** Unbinds what `enter` bound (lazily: a dying cell may still hold a file) and removes the folders it made. */
   async close(): Promise<void> {
-    if (this.mounted.length > 0) await run(UNMOUNT, this.mounted.reverse());
+    if (this.mounted.length > 0) await run('umount', ['-l', ...this.mounted.reverse()]).catch(() => {});
     for (const dir of this.made.reverse()) {
       try {
         rmdirSync(dir);
@@ -117,16 +122,11 @@ function makeStage(): Stage | string {
     makeFolder(base);
     sweep(base);
     const own = join(base, String(process.pid));
-    const shared = join(own, 'cells');
-    const hold = join(own, 'hold');
-    for (const dir of [own, shared, hold]) makeFolder(dir);
-    const setup = spawnSync('sh', ['-c', SETUP, 'sandpool-stage', shared, hold], { encoding: 'utf8' });
-    if (setup.status !== 0) return `cannot make the stage's shared mount: ${setup.stderr.trim()}`;
-    process.once('exit', () => {
-      spawnSync('sh', ['-c', SWEEP, 'sandpool-stage', shared, hold]);
-      removeEmpty(own);
-    });
-    return new Stage(shared, hold);
+    for (const dir of [own, join(own, 'cells'), join(own, 'mirrors')]) makeFolder(dir);
+    const shared = spawnSync('sh', ['-c', SHARE, 'sandpool-stage', join(own, 'cells')], { encoding: 'utf8' });
+    if (shared.status !== 0) return `cannot make the stage's shared mount: ${shared.stderr.trim()}`;
+    process.once('exit', () => unstage(own));
+    return new Stage(own);
   } catch (error) {
     return `cannot make the stage under ${base}: ${(error as Error).message}`;
   }
@@ -135,11 +135,13 @@ function makeStage(): Stage | string {
 /** Unmounts and removes the stages of hosts that ended without doing it. */
 function sweep(base: string): void {
   for (const name of readdirSync(base)) {
-    if (!/^\d+$/.test(name) || Number(name) === process.pid || alive(Number(name))) continue;
-    const own = join(base, name);
-    spawnSync('sh', ['-c', SWEEP, 'sandpool-stage', join(own, 'cells'), join(own, 'hold')]);
-    removeEmpty(own);
+    if (/^\d+$/.test(name) && Number(name) !== process.pid && !alive(Number(name))) unstage(join(base, name));
   }
+}
+
+function unstage(own: string): void {
+  spawnSync('sh', ['-c', SWEEP, 'sandpool-stage', join(own, 'cells'), join(own, 'mirrors')]);
+  removeEmpty(own);
 }
 
 /** Removes a tree of empty folders, bottom up; anything else (a mount still there) stays. */
@@ -160,9 +162,9 @@ function makeFolder(dir: string): void {
   chmodSync(dir, 0o755);
 }
 
-function run(script: string, args: readonly string[]): Promise<void> {
+function run(command: string, args: readonly string[]): Promise<void> {
   return new Promise((resolve, reject) => {
-    const child = spawn('sh', ['-c', script, 'sandpool-stage', ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const child = spawn(command, args, { stdio: ['ignore', 'ignore', 'pipe'] });
     let said = '';
     child.stderr.setEncoding('utf8');
     child.stderr.on('data', (text: string) => {
@@ -171,7 +173,7 @@ function run(script: string, args: readonly string[]): Promise<void> {
     child.on('error', reject);
     child.on('close', (code) => {
       if (code === 0) resolve();
-      else reject(new Error(`cannot bind a key’s folder into its cell: ${said.trim() || `exit ${code}`}`));
+      else reject(new Error(`${command}: ${said.trim() || `exit ${code}`}`));
     });
   });
 }
