@@ -12,8 +12,10 @@ import { cgroupFileOf } from './support/cgroup.js';
 import { childProcesses, eventually, installCleanup, invariants, openPool } from './support/pool.js';
 import { counterAgent, fixture, makeRoot } from './support/root.js';
 import { hostLayers, ON_CI } from './support/sandbox.js';
+import { installServerCleanup, openServer, request } from './support/server.js';
 
 installCleanup();
+installServerCleanup();
 
 const ATTACKER = 'x/cellmate';
 /** The neighbour in a worker thread, and one in a process of its own (another swarm). */
@@ -99,6 +101,18 @@ describe('the OS sandbox of process keys', () => {
     const off = openPool({ root: dir, isolation: 'process', sandbox: 'off' }).stats().sandbox;
     expect(off).toMatchObject({ namespaces: false, cgroups: null, network: 'host' });
     expect(off?.missing.map(({ layer }) => layer)).toEqual(expect.arrayContaining(['namespaces', 'cgroups']));
+  });
+
+  it('/healthz says which layers process keys get, without the reasons for a missing one', async () => {
+    const dir = await tenants();
+    const server = openServer({ root: dir, isolation: 'process' });
+    const { namespaces, uidPerSwarm, cgroups, network } = layers;
+    expect((await request(server, 'GET', '/healthz')).body).toEqual({
+      status: 'ok',
+      node: 'node-1',
+      sandbox: { namespaces, uidPerSwarm, cgroups, network },
+    });
+    expect((await request(openServer({ root: dir }), 'GET', '/healthz')).body.sandbox).toBeNull();
   });
 
   it("'require' refuses a pool that would go without a layer, naming it, and starts nothing", async () => {
