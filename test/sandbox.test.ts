@@ -317,6 +317,16 @@ describe('the OS sandbox of process keys', () => {
     },
   );
 
+  it.runIf(caged)('runs TypeScript and a snapshot in a cell, under a root only the host may enter', async () => {
+    // makeRoot's folder is mkdtemp's 0700: in a cell the folders above the key's are the cell's own.
+    const dir = await makeRoot({ 'x/live/typed.ts': 'export const add = (a: number, b: number): number => a + b;\n' });
+    const pool = openPool({ root: dir, isolation: 'process' });
+    expect(await pool.call('x/typed', 'add', [2, 3])).toBe(5);
+    await pool.snapshots.create('x', 'jan');
+    expect(await pool.call('x@jan/typed', 'add', [4, 5])).toBe(9);
+    expect(invariants(pool)).toEqual([]);
+  });
+
   it.runIf(root)('gives each swarm a uid of its own, the same one again, and two swarms never one', async () => {
     const dir = await tenants();
     const pool = tenantPool(dir);

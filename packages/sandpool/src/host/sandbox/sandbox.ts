@@ -129,7 +129,10 @@ export class Sandbox {
    */
   checkReadable(key: ResolvedKey, location: ModuleLocation): void {
     const user = this.userFor(key.swarm);
-    if (user !== null) checkReadableBy(user, location.file, key, this.bwrap === null ? null : location.folder);
+    if (user === null) return;
+    // The bound folder the module is in: the key's own, or its stripped copy (Node 20's TypeScript).
+    const bound = [location.folder, ...location.extraReadDirs].find((dir) => within(location.file, dir));
+    checkReadableBy(user, location.file, key, this.bwrap === null ? null : (bound ?? null));
   }
 
   /** A cage for one child; `access` null for a spare, whose key comes later (see Cage.enter). */

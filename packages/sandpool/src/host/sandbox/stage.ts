@@ -29,14 +29,14 @@ export function openStage(): Stage | string {
  * the cell at their real paths. Needs root; one stage per host process, under /run.
  */
 export class Stage {
-  private cells = 0;
+  private made = 0;
   private readonly mirrors = new Map<string, { dir: string; users: number }>();
 
   constructor(private readonly base: string) {}
 
   /** A folder for one spare cell, bound at the pool's root in it; empty until `enter`. */
   cell(mirror: string, root: string): StagedCell {
-    const dir = join(this.base, 'cells', String(++this.cells));
+    const dir = join(this.base, 'cells', String(++this.made));
     makeFolder(dir);
     return new StagedCell(dir, mirror, root);
   }
@@ -48,7 +48,7 @@ export class Stage {
       known.users += 1;
       return known.dir;
     }
-    const dir = join(this.base, 'mirrors', String(this.mirrors.size + 1));
+    const dir = join(this.base, 'mirrors', String(++this.made));
     makeFolder(dir);
     const made = spawnSync('sh', ['-c', MIRROR, 'sandpool-stage', root, dir], { encoding: 'utf8' });
     if (made.status !== 0) throw new Error(`cannot mirror ${root} read-only: ${made.stderr.trim()}`);
