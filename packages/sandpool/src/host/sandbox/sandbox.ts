@@ -28,7 +28,10 @@ export interface SandboxLayers {
   missing: { layer: 'namespaces' | 'uidPerSwarm' | 'cgroups'; reason: string }[];
 }
 
-/** A cell's memory beyond its heap and external budgets: Node, sandpool's runtime, code (the governor's figure), and room above it. */
+/**
+ * Room in a cell's memory bound above the governor's line (heap + external + runtime), so the
+ * governor ends a cell with its own message and the kernel's OOM killer is only the backstop.
+ */
 const MEMORY_MARGIN_MB = 64;
 
 /**
@@ -53,7 +56,9 @@ export class Sandbox {
     this.root = process.getuid?.() === 0;
     const missing: SandboxLayers['missing'] = [];
     const perSwarm = options.processUser === 'swarm';
-    if (!perSwarm) {
+    if (options.processUser === 'host') {
+      missing.push({ layer: 'uidPerSwarm', reason: "processUser is 'host': children keep the host's uid" });
+    } else if (!perSwarm) {
       missing.push({ layer: 'uidPerSwarm', reason: 'processUser names one user for every swarm' });
     } else if (!this.root) {
       missing.push({ layer: 'uidPerSwarm', reason: 'the host is not root: children keep its uid' });
