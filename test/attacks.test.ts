@@ -7,7 +7,7 @@ import type { Pool, PoolStats } from 'sandpool';
 import { describe, expect, it, onTestFinished } from 'vitest';
 import { ERROR_CODES } from '../packages/sandpool/dist/errors.js';
 import { rejection } from './support/errors.js';
-import { eventually, installCleanup, invariants, openPool } from './support/pool.js';
+import { eventually, installCleanup, invariants, NO_DEATHS, openPool } from './support/pool.js';
 import { counterAgent, makeRoot } from './support/root.js';
 
 installCleanup();
@@ -25,6 +25,25 @@ const HOSTILE_AGENT = `
   export function deep(depth) { let v = { leaf: true }; for (let i = 0; i < depth; i++) v = { a: v }; return v; }
   export function shared(mb, times) { const s = 'x'.repeat(mb * 2 ** 20); return new Array(times).fill(s); }
   export function print(text) { process.stdout.write(text); return true; }
+  export function bigString(mb) { return 'z'.repeat(mb * 2 ** 20); }
+  export async function* bigChunk(mb) { yield 'small'; yield 'c'.repeat(mb * 2 ** 20); }
+  export async function forgeHostArgs() {
+    // The runtime serializes host-call arguments with node:v8's serialize; an agent can swap it.
+    const v8 = (await import('node:v8')).default;
+    const { syncBuiltinESMExports } = await import('node:module');
+    const original = v8.serialize;
+    v8.serialize = () => { const sparse = []; sparse.length = 2 ** 32 - 1; return original([sparse]); };
+    syncBuiltinESMExports();
+    return sandpool.host.count(1);
+  }
+  export async function hostFlood(ms) {
+    const big = 'h'.repeat(2 ** 20 - 64);
+    const until = Date.now() + ms;
+    let made = 0;
+    const worker = async () => { while (Date.now() < until) { await sandpool.host.count(big); made += 1; } };
+    await Promise.all(Array.from({ length: 64 }, worker));
+    return made;
+  }
   export async function flood(mb) {
     const chunk = 'y'.repeat(2 ** 20 - 1) + '\\n';
     for (let i = 0; i < mb; i++) {
@@ -107,13 +126,56 @@ async function sane(pool: Pool, expected: Partial<PoolStats>): Promise<void> {
 }
 
 describe('attacks, each with a neighbour key answering throughout', () => {
-  it('a sparse array of length 2**32-1 reaches the caller, and the host never walks it', async () => {
+  it('a sparse array of length 2**32-1 is refused in the worker: its slots count, and nothing walks them', async () => {
     const pool = openPool({ root: await hostileRoot() });
-    const array = await withNeighbour(pool, () => pool.call<unknown[]>(HOSTILE, 'sparse'));
-    expect(array).toHaveLength(2 ** 32 - 1);
-    expect(array[7]).toBe('seven');
-    expect(Object.keys(array)).toEqual(['7']);
-    await sane(pool, { crashed: 0, spawned: 2 });
+    const error = await withNeighbour(pool, () => rejection(pool.call(HOSTILE, 'sparse')));
+    expect(error).toMatchObject({ code: 'ERR_SANDPOOL_DATA_CLONE' });
+    await sane(pool, { died: NO_DEATHS, spawned: 2 });
+  });
+
+  it('a 300 MB string result or chunk is refused in the worker, past the 256 MB result limit', async () => {
+    const pool = openPool({ root: await hostileRoot(), resourceLimits: { maxOldGenerationSizeMb: 1024 } });
+    const { value, growth } = await rssGrowth(() =>
+      withNeighbour(pool, async () => {
+        const result = await rejection(pool.call(HOSTILE, 'bigString', [300]));
+        const chunks: unknown[] = [];
+        const streamed = await (async () => {
+          for await (const chunk of pool.stream(HOSTILE, 'bigChunk', [300])) chunks.push(chunk);
+        })().catch((error: unknown) => error);
+        return { result, streamed, chunks };
+      }),
+    );
+    expect(value.result).toMatchObject({ code: 'ERR_SANDPOOL_DATA_CLONE' });
+    expect(value.streamed).toMatchObject({ code: 'ERR_SANDPOOL_DATA_CLONE' });
+    expect(value.chunks).toEqual(['small']);
+    // The strings stayed in the worker: the host never held one.
+    expect(growth).toBeLessThan(200 * MB);
+    expect(await pool.call(HOSTILE, 'bigString', [1])).toHaveLength(MB);
+    await sane(pool, { died: NO_DEATHS, spawned: 2 });
+  });
+
+  it('host-call arguments forged to a sparse array of length 2**32-1 end the worker (protocol), unwalked', async () => {
+    let counted = 0;
+    const pool = openPool({ root: await hostileRoot(), host: { count: () => (counted += 1) } });
+    const error = await withNeighbour(pool, () => rejection(pool.call(HOSTILE, 'forgeHostArgs')));
+    expect(error).toMatchObject({ code: 'ERR_SANDPOOL_WORKER_EXITED', reason: 'protocol' });
+    expect(counted).toBe(0);
+    expect(invariants(pool)).toEqual([]);
+    expect(await pool.call(HOSTILE, 'ping')).toBe('pong');
+    expect(await pool.call(NEIGHBOUR, 'add', [2, 2])).toBe(4);
+  });
+
+  it('64 host calls in flight with 1 MB arguments get the coordinator at their share: 16 MB a second', async () => {
+    let counted = 0;
+    const pool = openPool({ root: await hostileRoot(), host: { count: () => (counted += 1) } });
+    const started = performance.now();
+    const made = await withNeighbour(pool, () => pool.call<number>(HOSTILE, 'hostFlood', [1_500]));
+    const seconds = (performance.now() - started) / 1000;
+    expect(made).toBe(counted);
+    // A second's worth at the start, then 16 a second: a bound that load can only lower.
+    expect(counted).toBeLessThanOrEqual(16 + 16 * seconds + 1);
+    expect(counted).toBeGreaterThan(0);
+    await sane(pool, { died: NO_DEATHS, spawned: 2 });
   });
 
   it('forged error codes stay on cause and never become SandpoolError codes', async () => {
@@ -137,7 +199,7 @@ describe('attacks, each with a neighbour key answering throughout', () => {
       );
       for (const error of errors) expect(ERROR_CODES).toContain(error.code);
     });
-    await sane(pool, { crashed: 0, spawned: 2 });
+    await sane(pool, { died: NO_DEATHS, spawned: 2 });
   });
 
   it('a result too deep for the host to rebuild fails with DATA_CLONE, not a timeout', async () => {
@@ -149,7 +211,7 @@ describe('attacks, each with a neighbour key answering throughout', () => {
     expect(error.message).toMatch(/cannot be rebuilt in the host/);
     // The same shape, shallower, arrives whole: the failure was the depth alone.
     expect(await pool.call(HOSTILE, 'deep', [3])).toEqual({ a: { a: { a: { leaf: true } } } });
-    await sane(pool, { crashed: 0, spawned: 2 });
+    await sane(pool, { died: NO_DEATHS, spawned: 2 });
   });
 
   it('a result holding one 50 MB string a thousand times fails with DATA_CLONE, and nothing balloons', async () => {
@@ -161,7 +223,7 @@ describe('attacks, each with a neighbour key answering throughout', () => {
     expect(error.message).toMatch(/more than 256 MB/);
     // Serialized, it would be 50 GB; the worker's one string is 50 MB.
     expect(growth).toBeLessThan(600 * MB);
-    await sane(pool, { crashed: 0, spawned: 2 });
+    await sane(pool, { died: NO_DEATHS, spawned: 2 });
   });
 
   it('a 2 GB print flood into a slow onOutput listener: memory bounded, output dropped and counted', async () => {
@@ -188,7 +250,7 @@ describe('attacks, each with a neighbour key answering throughout', () => {
     // What was dropped and what was heard never exceed what was printed.
     expect(received + outputDropped).toBeLessThanOrEqual(2048 * MB);
     expect(growth).toBeLessThan(600 * MB);
-    await sane(pool, { crashed: 0, spawned: 2 });
+    await sane(pool, { died: NO_DEATHS, spawned: 2 });
   });
 
   it('a 2 GB print flood into a pipe nobody reads: the default writer drops, the host stays small', async () => {
@@ -230,7 +292,7 @@ describe('attacks, each with a neighbour key answering throughout', () => {
       child.once('message', (message) => resolve(message as Record<string, unknown>));
       child.once('exit', (code) => reject(new Error(`the host process exited (${code}) before reporting`)));
     });
-    expect(report).toMatchObject({ flooded: 2048, after: 'pong', wrong: 0, stats: { crashed: 0, busy: 0 } });
+    expect(report).toMatchObject({ flooded: 2048, after: 'pong', wrong: 0, stats: { died: NO_DEATHS, busy: 0 } });
     expect(report.answered).toBeGreaterThan(0);
     expect((report.stats as PoolStats).outputDropped).toBeGreaterThan(0);
     expect(report.growth).toBeLessThan(600 * MB);
@@ -270,7 +332,7 @@ describe('attacks, each with a neighbour key answering throughout', () => {
       // biome-ignore lint/suspicious/noControlCharactersInRegex: the point is to find control characters
       expect(line.slice(0, -1)).not.toMatch(/[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/);
     }
-    await sane(pool, { crashed: 0, spawned: 2 });
+    await sane(pool, { died: NO_DEATHS, spawned: 2 });
   });
 
   it('logging a remote() proxy makes no call and raises no unhandled rejection; awaiting it calls no then', async () => {
@@ -316,6 +378,6 @@ describe('attacks, each with a neighbour key answering throughout', () => {
     expect(await pool.call(HOSTILE, 'then')).toBe('then');
     expect(await pool.call(HOSTILE, 'count')).toBe(2);
     expect(await agent.ping?.()).toBe('pong');
-    await sane(pool, { crashed: 0, spawned: 2 });
+    await sane(pool, { died: NO_DEATHS, spawned: 2 });
   });
 });

@@ -72,15 +72,43 @@ describe('cooperative cancellation', () => {
   });
 
   it('a call that settles late but within its grace keeps the worker, and its late answer is dropped', async () => {
-    const pool = openPool({ root: await root(), abortGraceMs: 500 });
+    const pool = openPool({ root: await root(), abortGraceMs: 1_000 });
     const { events } = recordEvents(pool);
     expect(await code(pool.call(KEY, 'reasonAfterAbort', [100], { timeoutMs: 50 }))).toBe('ERR_SANDPOOL_TIMEOUT');
-    // Answered while the timed-out agent still runs: neither answer may be taken for the other.
-    expect(await pool.call(KEY, 'count', [], { timeoutMs: 1_000 })).toBe(1);
-    expect(pool.stats().busy).toBe(1);
+    // Made while the timed-out agent still runs: it waits for the grace to end, then runs on
+    // the same worker; neither answer may be taken for the other.
+    const count = pool.call(KEY, 'count', [], { timeoutMs: 5_000 });
+    expect(pool.keyStats().find((stats) => stats.key === KEY)).toMatchObject({ inFlight: 1 });
+    expect(await count).toBe(1);
     await eventually(() => pool.stats().busy === 0);
     expect(pool.stats().workers).toBe(1);
     expect(events.filter((event) => event.type === 'exit')).toEqual([]);
+    expect(invariants(pool)).toEqual([]);
+  });
+
+  it('a call made while a timed-out call ignores its signal runs on the worker that replaces it, once', async () => {
+    const pool = openPool({ root: await root(), abortGraceMs: 300 });
+    const { events } = recordEvents(pool);
+    expect(await pool.call(KEY, 'count')).toBe(1);
+    expect(await code(pool.call(KEY, 'spin', [], { timeoutMs: 100 }))).toBe('ERR_SANDPOOL_TIMEOUT');
+    // The worker still spins: these never reach it, and run on the next worker instead.
+    const after = [pool.call(KEY, 'count'), pool.call(KEY, 'count')];
+    const neighbour = pool.call(NEIGHBOUR, 'add', [2, 2]);
+    expect(await Promise.all(after)).toEqual([1, 2]);
+    expect(await neighbour).toBe(4);
+    expect(events).toContainEqual(expect.objectContaining({ type: 'exit', key: KEY, reason: 'killed' }));
+    expect(pool.stats().spawned).toBe(3);
+    expect(invariants(pool)).toEqual([]);
+  });
+
+  it('a call that waits for a grace can still be aborted, and never runs', async () => {
+    const pool = openPool({ root: await root(), abortGraceMs: 300 });
+    expect(await code(pool.call(KEY, 'spin', [], { timeoutMs: 100 }))).toBe('ERR_SANDPOOL_TIMEOUT');
+    const controller = new AbortController();
+    const waiting = pool.call(KEY, 'count', [], { signal: controller.signal });
+    controller.abort();
+    expect(await code(waiting)).toBe('ERR_SANDPOOL_ABORTED');
+    expect(await pool.call(KEY, 'count')).toBe(1);
     expect(invariants(pool)).toEqual([]);
   });
 

@@ -1,9 +1,19 @@
-import { chmod, symlink, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
-import { createPool, formatKey, parseKey, type SandpoolError } from 'sandpool';
+import { realpathSync } from 'node:fs';
+import { chmod, cp, symlink, writeFile } from 'node:fs/promises';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import {
+  createPool,
+  formatKey,
+  isSandpoolError,
+  parseKey,
+  type SandpoolError,
+  SandpoolError as SandpoolErrorClass,
+} from 'sandpool';
 import { describe, expect, it } from 'vitest';
 import { code, rejection } from './support/errors.js';
-import { eventually, installCleanup, openPool, recordEvents } from './support/pool.js';
+import { deaths, eventually, installCleanup, openPool, recordEvents } from './support/pool.js';
 import { counterAgent, fixture, makeRoot } from './support/root.js';
 
 installCleanup();
@@ -218,7 +228,8 @@ describe('worker death', () => {
     expect(await pool.call('a/faulty', 'echo', ['back'])).toBe('back');
     const after = await pool.call<{ threadId: number; count: number }>('a/notifier_agent', 'notify', ['x']);
     expect(after).toMatchObject({ threadId: before.threadId, count: 2 });
-    expect(pool.stats().crashed).toBe(1);
+    expect(pool.stats().died).toMatchObject({ exit: 1 });
+    expect(deaths(pool.stats())).toBe(1);
   });
 
   it("reports an uncaught error as 'crash' to every call in flight", async () => {
@@ -280,7 +291,7 @@ describe('snapshots through the pool', () => {
     await pool.snapshots.remove('a', 'jan');
     expect(await running).toBe('finished');
     expect(events).toContainEqual(
-      expect.objectContaining({ type: 'exit', key: 'a@jan/notifier_agent', reason: 'removed' }),
+      expect.objectContaining({ type: 'exit', key: 'a@jan/notifier_agent', reason: 'retired' }),
     );
     expect(await code(pool.call('a@jan/notifier_agent', 'add', [1, 1]))).toBe('ERR_SANDPOOL_SNAPSHOT_NOT_FOUND');
     expect(await pool.call('a/notifier_agent', 'add', [2, 2])).toBe(4);
@@ -330,5 +341,27 @@ describe('close', () => {
       await scoped.call('a/notifier_agent', 'notify', ['x']);
     }
     expect(pool.stats()).toMatchObject({ workers: 0, spares: 0 });
+  });
+});
+
+describe('isSandpoolError', () => {
+  it('recognises an error made by another copy of the package, which instanceof does not', async () => {
+    // A second install of the package, as two dependents with their own copies get.
+    const entry = createRequire(import.meta.url).resolve('sandpool');
+    const installed = dirname(dirname(realpathSync(entry)));
+    const copyRoot = await makeRoot();
+    await cp(join(installed, 'dist'), join(copyRoot, 'dist'), { recursive: true });
+    await cp(join(installed, 'package.json'), join(copyRoot, 'package.json'));
+    await symlink(join(installed, 'node_modules'), join(copyRoot, 'node_modules'));
+    const copy = (await import(pathToFileURL(join(copyRoot, 'dist/index.js')).href)) as typeof import('sandpool');
+    expect(copy.SandpoolError).not.toBe(SandpoolErrorClass);
+    const pool = copy.createPool({ root: copyRoot, spareWorkers: 0 });
+    const theirs: unknown = await pool.call('a/x', 'f').catch((error: unknown) => error);
+    await pool.close();
+    expect(theirs instanceof SandpoolErrorClass).toBe(false);
+    expect(isSandpoolError(theirs)).toBe(true);
+    expect(isSandpoolError(theirs, 'ERR_SANDPOOL_MODULE_NOT_FOUND')).toBe(true);
+    expect(isSandpoolError(theirs, 'ERR_SANDPOOL_TIMEOUT')).toBe(false);
+    expect(isSandpoolError(Object.assign(new Error('x'), { code: 'ERR_SANDPOOL_TIMEOUT' }))).toBe(false);
   });
 });

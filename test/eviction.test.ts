@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { FrequencySketch, keyHash } from '../packages/sandpool/dist/host/frequency.js';
+import { FrequencySketch, keyHash } from '../packages/sandpool/dist/host/slots/frequency.js';
 import { installCleanup, invariants, openPool, recordEvents } from './support/pool.js';
 import { counterAgent, makeRoot } from './support/root.js';
 

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { code, rejection } from './support/errors.js';
-import { eventually, installCleanup, openPool, recordEvents } from './support/pool.js';
+import { eventually, installCleanup, NO_DEATHS, openPool, recordEvents } from './support/pool.js';
 import { counterAgent, fixture, makeRoot } from './support/root.js';
 
 installCleanup();
@@ -76,7 +76,7 @@ describe('AbortSignal', () => {
     await neighbourAnswers(pool);
     controller.abort();
     expect(await code(looping)).toBe('ERR_SANDPOOL_ABORTED');
-    await eventually(() => pool.stats().crashed === 1);
+    await eventually(() => pool.stats().died.killed === 1);
     expect(await pool.call('bad/faulty', 'echo', ['back'])).toBe('back');
   });
 
@@ -96,7 +96,7 @@ describe('AbortSignal', () => {
     controller.abort();
     expect(await code(aborted)).toBe('ERR_SANDPOOL_ABORTED');
     expect(await kept).toBe(4);
-    expect(pool.stats()).toMatchObject({ spawned: 1, crashed: 0 });
+    expect(pool.stats()).toMatchObject({ spawned: 1, died: NO_DEATHS });
   });
 });
 

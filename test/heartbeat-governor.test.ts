@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import type { AgentWorker } from '../packages/sandpool/dist/host/agent-worker.js';
-import type { Cell } from '../packages/sandpool/dist/host/cell.js';
-import { MemoryGovernor } from '../packages/sandpool/dist/host/governor.js';
+import type { Cell } from '../packages/sandpool/dist/host/cells/cell.js';
+import { MemoryGovernor } from '../packages/sandpool/dist/host/governors/memory.js';
+import type { AgentWorker } from '../packages/sandpool/dist/host/workers/agent-worker.js';
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 

@@ -1,7 +1,7 @@
 import type { HostContext } from 'sandpool';
 import { describe, expect, it } from 'vitest';
 import { code, rejection, thrownSync } from './support/errors.js';
-import { eventually, installCleanup, invariants, openPool, recordEvents } from './support/pool.js';
+import { eventually, installCleanup, invariants, NO_DEATHS, openPool, recordEvents } from './support/pool.js';
 import { counterAgent, makeRoot } from './support/root.js';
 
 installCleanup();
@@ -232,7 +232,7 @@ describe('host capabilities', () => {
     expect(
       await pool.call(KEY, 'attempt', ['waitForAbort'], { timeoutMs: 100 }).catch((e: { code: string }) => e.code),
     ).toBe('ERR_SANDPOOL_TIMEOUT');
-    expect(pool.stats()).toMatchObject({ workers: 1, crashed: 0 });
+    expect(pool.stats()).toMatchObject({ workers: 1, died: NO_DEATHS });
     expect(invariants(pool)).toEqual([]);
   });
 

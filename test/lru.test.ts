@@ -41,7 +41,7 @@ describe('LRU with maxWorkers: 2', () => {
     // a kept its worker and its state.
     expect(await pool.call('a/notifier_agent', 'notify', ['3'])).toMatchObject({ count: 3 });
     expect(peak()).toBe(2);
-    expect(pool.stats()).toMatchObject({ workers: 2, evicted: 1, spawned: 3 });
+    expect(pool.stats()).toMatchObject({ workers: 2, retired: { lru: 1, idle: 0 }, spawned: 3 });
   });
 
   it('never evicts a busy key; a new key waits for one to go idle, then succeeds', async () => {
@@ -88,7 +88,7 @@ describe('idle timeout', () => {
     await eventually(() => pool.stats().workers === 0);
     expect(events.filter((event) => event.type !== 'spawn')).toEqual([
       expect.objectContaining({ type: 'evict', key: 'a/notifier_agent', reason: 'idle' }),
-      expect.objectContaining({ type: 'exit', key: 'a/notifier_agent', reason: 'idle' }),
+      expect.objectContaining({ type: 'exit', key: 'a/notifier_agent', reason: 'retired' }),
     ]);
     // A fresh module: its counter starts again.
     expect(await pool.call('a/notifier_agent', 'notify', ['x'])).toMatchObject({ count: 1 });
@@ -97,6 +97,6 @@ describe('idle timeout', () => {
   it('does not evict a worker while it is busy past the idle timeout', async () => {
     const pool = openPool({ root: await makeRoot(await counterAgent('a')), idleTimeoutMs: 50 });
     expect(await pool.call('a/notifier_agent', 'slow', [200, 'done'])).toBe('done');
-    expect(pool.stats()).toMatchObject({ workers: 1, evicted: 0 });
+    expect(pool.stats()).toMatchObject({ workers: 1, retired: { lru: 0, idle: 0 } });
   });
 });

@@ -61,7 +61,7 @@ describe('maxMemoryMb', () => {
     expect(await pool.call('m/a', 'add', [1, 2])).toBe(3);
     await eventually(() => (pool.keyStats()[0]?.externalBytes ?? 0) > 20 * MB);
     expect(await pool.call('m/b', 'add', [1, 2])).toBe(3);
-    expect(pool.stats()).toMatchObject({ workers: 1, evicted: 1 });
+    expect(pool.stats()).toMatchObject({ workers: 1, retired: { lru: 1 } });
     expect(invariants(pool)).toEqual([]);
   });
 

@@ -1,5 +1,5 @@
 import { describe, expect, it, onTestFinished } from 'vitest';
-import { LineSplitter, labelledWriter, neutralise } from '../packages/sandpool/dist/host/output.js';
+import { LineSplitter, labelledWriter, neutralise } from '../packages/sandpool/dist/host/workers/output.js';
 
 describe('neutralise', () => {
   it('escapes every character that could move the cursor or fake a line, and keeps the rest', () => {

@@ -14,9 +14,9 @@ installCleanup();
 const execFileAsync = promisify(execFile);
 
 /**
- * Whether this Node applies --allow-fs-read given in a worker's execArgv. Node 20 does; Node
- * 24.22 enables the permission model in the worker (child processes, workers, inspector and
- * addons are refused) but leaves its file system unrestricted (measured). Detected the way a
+ * Whether this Node applies --allow-fs-read given in a worker's execArgv (it does on 20, 24
+ * and 26; what looked unrestricted on 24 was its grant of the host's working directory to
+ * every thread, which sandpool now turns off: strict-containment.test.ts). Detected the way a
  * user would see it, not read off a version.
  */
 const fsRestrictedInThreads = await new Promise<boolean>((resolve) => {

@@ -89,7 +89,7 @@ describe("isolation: 'process'", () => {
   it('serves the same API from a child process, another uid when the host is root', async () => {
     const pool = mixedPool(await tenants());
     const spawned: number[] = [];
-    pool.on('spawn', (event) => spawned.push(event.threadId));
+    pool.on('spawn', (event) => spawned.push(event.pid));
     const who = await pool.call<{ pid: number; ppid: number; uid: number; key: string }>(ESCAPEE, 'whoami');
     expect(who.key).toBe(ESCAPEE);
     expect(who.pid).not.toBe(process.pid);
@@ -141,8 +141,10 @@ describe("isolation: 'process'", () => {
     }
   });
 
+  // Strict denies process.kill (strict-containment.test.ts): these two run what the process
+  // boundary holds once it is allowed.
   it('a signal the agent sends to its own process ends only that key, which respawns', async () => {
-    const pool = mixedPool(await tenants(), { callTimeoutMs: 2_000, abortGraceMs: 100 });
+    const pool = mixedPool(await tenants(), { callTimeoutMs: 2_000, abortGraceMs: 100, permissions: 'none' });
     for (const name of ['SIGTERM', 'SIGKILL']) {
       const ended = await withNeighbour(pool, () => rejection(pool.call(ESCAPEE, 'signal', ['self', name])));
       expect(ended).toMatchObject({ code: 'ERR_SANDPOOL_WORKER_EXITED', reason: 'crash' });
@@ -156,7 +158,7 @@ describe("isolation: 'process'", () => {
   });
 
   it.runIf(root)('cannot signal the host: it runs as another uid', async () => {
-    const pool = mixedPool(await tenants());
+    const pool = mixedPool(await tenants(), { permissions: 'none' });
     for (const name of ['SIGKILL', 'SIGSTOP', 'SIGTERM']) {
       const refused = await withNeighbour(pool, () => rejection(pool.call(ESCAPEE, 'signal', ['parent', name])));
       expect(refused.code).toBe('ERR_SANDPOOL_AGENT_ERROR');
@@ -166,7 +168,8 @@ describe("isolation: 'process'", () => {
 
   it('a descriptor flood stays in its own fd table, bounded by its rlimit, and dies with it', async () => {
     const dir = await tenants();
-    const pool = mixedPool(dir, { processLimits: { openFiles: 256 } });
+    // 'none': it ends its own process by a signal, which strict denies.
+    const pool = mixedPool(dir, { processLimits: { openFiles: 256 }, permissions: 'none' });
     const flood = await withNeighbour(pool, () => pool.call<{ opened: number; code: string }>(ESCAPEE, 'exhaustFds'));
     expect(flood.code).toBe('EMFILE');
     expect(flood.opened).toBeLessThan(256);
@@ -374,7 +377,8 @@ describe("isolation: 'process'", () => {
   });
 
   it('close() ends every child, also a stopped one', async () => {
-    const pool = mixedPool(await tenants(), { closeTimeoutMs: 200 });
+    // 'none': it stops its own process by a signal, which strict denies.
+    const pool = mixedPool(await tenants(), { closeTimeoutMs: 200, permissions: 'none' });
     expect(await pool.call(ESCAPEE, 'add', [1, 1])).toBe(2);
     void pool.call(ESCAPEE, 'signal', ['self', 'SIGSTOP']).catch(() => {});
     await new Promise((resolve) => setTimeout(resolve, 50));

@@ -1,8 +1,9 @@
 import { serialize } from 'node:v8';
+import type { SandpoolError } from 'sandpool';
 import { describe, expect, it } from 'vitest';
-import type { PendingCall } from '../packages/sandpool/dist/host/call.js';
-import { Channel, type ChannelOwner } from '../packages/sandpool/dist/host/channel.js';
-import type { AgentThread } from '../packages/sandpool/dist/host/thread.js';
+import type { Call } from '../packages/sandpool/dist/host/cells/call.js';
+import { Channel, type ChannelOwner } from '../packages/sandpool/dist/host/cells/channel.js';
+import type { AgentThread } from '../packages/sandpool/dist/host/workers/thread.js';
 import { checkFromWorker } from '../packages/sandpool/dist/protocol/checks.js';
 import { LIMITS, type Outcome, type ToWorker } from '../packages/sandpool/dist/protocol/messages.js';
 
@@ -80,7 +81,7 @@ describe('checkFromWorker', () => {
 
   it('refuses an object value in done.ok: objects travel only as sized bytes', () => {
     for (const value of [{ a: 1 }, [1], new Date(0), () => 1]) {
-      expect(refused({ t: 'done', ok: [1, value], err: [] })).toMatch(/object result/);
+      expect(refused({ t: 'done', ok: [1, value], err: [] })).toMatch(/object or long string result/);
     }
   });
 
@@ -139,45 +140,48 @@ function stubThread() {
   return { thread: thread as unknown as AgentThread, sent, violations };
 }
 
-function stubOwner() {
-  const settled: { call: PendingCall; outcome: Outcome }[] = [];
-  const owner: ChannelOwner = {
-    callReturned: (call, value) => settled.push({ call, outcome: { ok: true, value } }),
-    callSettled: (call, outcome) => settled.push({ call, outcome }),
-    callUnsendable: () => {
-      throw new Error('no call here is unsendable');
-    },
-    callTimedOut: () => {
-      throw new Error('no call here has a timeout');
-    },
-    cancelIgnored: () => {},
-    drained: () => {},
-  };
-  return { owner, settled };
-}
+const owner: ChannelOwner = { cancelIgnored: () => {}, drained: () => {} };
 
-function call(fn = 'f'): PendingCall {
+/** A call whose settlements are recorded, as the outcome the worker's reply made of it. */
+function call(fn = 'f', timeoutMs = 0, settled: Settled[] = []): Call {
   return {
     id: 0,
     fn,
     args: [],
-    timeoutMs: 0,
+    timeoutMs,
     deadline: 0,
     stream: null,
     transfer: null,
+    keyText: 'a/x',
+    settledInto: settled,
     stopWaiting() {},
-  } as unknown as PendingCall;
+    copyArgs() {},
+    settle(this: Call & { settledInto: Settled[] }, failure: SandpoolError | null, value?: unknown) {
+      const outcome: Outcome =
+        failure === null
+          ? { ok: true, value }
+          : ({ ok: false, code: failure.code, error: failure.cause } as unknown as Outcome);
+      this.settledInto.push({ call: this, outcome });
+      return true;
+    },
+  } as unknown as Call;
+}
+
+interface Settled {
+  call: Call;
+  outcome: Outcome;
 }
 
 function setup() {
   const { thread, sent, violations } = stubThread();
-  const { owner, settled } = stubOwner();
-  return { channel: new Channel(thread, owner, 250), sent, violations, settled };
+  const settled: Settled[] = [];
+  const make = (fn = 'f', timeoutMs = 0): Call => call(fn, timeoutMs, settled);
+  return { channel: new Channel(thread, owner, 250), sent, violations, settled, call: make };
 }
 
 describe('Channel', () => {
   it('settles a reply to a call it made, once', async () => {
-    const { channel, sent, violations, settled } = setup();
+    const { channel, sent, violations, settled, call } = setup();
     const c = call();
     channel.post(c);
     await Promise.resolve();
@@ -189,7 +193,7 @@ describe('Channel', () => {
   });
 
   it('a reply to an id never issued ends the worker', () => {
-    const { channel, violations, settled } = setup();
+    const { channel, violations, settled, call } = setup();
     channel.post(call());
     channel.receive({ t: 'done', ok: [99, 'forged'], err: [] });
     expect(violations).toEqual([expect.stringMatching(/never made/)]);
@@ -199,7 +203,7 @@ describe('Channel', () => {
   });
 
   it('ignores a late reply to a call cancelled off the channel', () => {
-    const { channel, violations, settled } = setup();
+    const { channel, violations, settled, call } = setup();
     const c = call();
     channel.post(c);
     channel.cancel(c, 'abort');
@@ -210,16 +214,25 @@ describe('Channel', () => {
     expect(violations).toEqual([]);
   });
 
-  it('gives the id of a cancelled call to no newer call until its agent settles, then reuses it', () => {
-    const { channel, violations, settled } = setup();
-    const cancelled = call();
+  it('gives the id of a cancelled call to no newer call until its agent settles, then reuses it', async () => {
+    const { channel, violations, settled, call, sent } = setup();
+    const [cancelled, newer] = [call(), call()];
     channel.post(cancelled);
-    channel.cancel(cancelled, 'timeout');
-    const newer = call();
     channel.post(newer);
-    expect(newer.id).not.toBe(cancelled.id);
+    channel.cancel(cancelled, 'timeout');
+    // A call made while a cancelled one is within its grace waits, unsent and without an id.
+    const waiting = call('later');
+    channel.post(waiting);
+    await Promise.resolve();
+    expect(sent.flatMap((message) => (message.t === 'calls' ? message.calls : []))).not.toContain('later');
+    expect(channel.waiting).toEqual([waiting]);
     channel.receive({ t: 'done', ok: [cancelled.id, 'late'], err: [] });
     expect(settled).toEqual([]);
+    // The grace is over: it leaves now, on an id no running call holds.
+    expect(channel.waiting).toEqual([]);
+    expect(waiting.id).not.toBe(newer.id);
+    channel.receive({ t: 'done', ok: [waiting.id, 'waited'], err: [] });
+    settled.length = 0;
     channel.receive({ t: 'done', ok: [newer.id, 'mine'], err: [] });
     expect(settled).toEqual([{ call: newer, outcome: { ok: true, value: 'mine' } }]);
     // Both ids are free again: the next calls take them, and no third is made.
@@ -231,7 +244,7 @@ describe('Channel', () => {
   });
 
   it('names as oldest the call posted first, whatever id it holds', () => {
-    const { channel } = setup();
+    const { channel, call } = setup();
     const [first, second, third] = [call(), call(), call()];
     channel.post(first);
     channel.post(second);
@@ -242,7 +255,7 @@ describe('Channel', () => {
   });
 
   it('sends a lone call at once, and batches the calls that follow it in the same tick', async () => {
-    const { channel, sent } = setup();
+    const { channel, sent, call } = setup();
     const [lone, second, third] = [call('a'), call('b'), call('c')];
     channel.post(lone);
     expect(sent).toEqual([{ t: 'calls', calls: [lone.id, 'a', 0, 0] }]);
@@ -254,27 +267,28 @@ describe('Channel', () => {
   });
 
   it('times out a call whose deadline comes after the timer armed for one that settled', async () => {
-    const { thread } = stubThread();
-    const timedOut: PendingCall[] = [];
-    const owner = { ...stubOwner().owner, callTimedOut: (c: PendingCall) => timedOut.push(c) };
-    const channel = new Channel(thread, owner, 250);
-    const settledFirst = { ...call(), timeoutMs: 60 } as PendingCall;
+    const { channel, settled, call } = setup();
+    const timedOut = (): Call[] =>
+      settled
+        .filter(({ outcome }) => !outcome.ok && (outcome.code as string) === 'ERR_SANDPOOL_TIMEOUT')
+        .map((s) => s.call);
+    const settledFirst = call('f', 60);
     channel.post(settledFirst);
     channel.receive({ t: 'done', ok: [settledFirst.id, 1], err: [] });
     await new Promise((resolve) => setTimeout(resolve, 10));
-    const later = { ...call(), timeoutMs: 100 } as PendingCall;
+    const later = call('f', 100);
     const postedAt = performance.now();
     channel.post(later);
-    while (timedOut.length === 0 && performance.now() - postedAt < 2_000) {
+    while (timedOut().length === 0 && performance.now() - postedAt < 2_000) {
       await new Promise((resolve) => setTimeout(resolve, 5));
     }
-    expect(timedOut).toEqual([later]);
+    expect(timedOut()).toEqual([later]);
     expect(performance.now() - postedAt).toBeGreaterThanOrEqual(99);
     channel.drain();
   });
 
   it('a serialized result past the limit ends the worker, unread', () => {
-    const { channel, violations, settled } = setup();
+    const { channel, violations, settled, call } = setup();
     const c = call();
     channel.post(c);
     // Zero-filled and never touched: the pages are not committed.
@@ -284,7 +298,7 @@ describe('Channel', () => {
   });
 
   it('a result that cannot be deserialized fails that call with DATA_CLONE, and the channel goes on', () => {
-    const { channel, violations, settled } = setup();
+    const { channel, violations, settled, call } = setup();
     const [bad, good] = [call(), call()];
     channel.post(bad);
     channel.post(good);

@@ -1,7 +1,7 @@
 import { mkdir, rm, symlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it, onTestFinished } from 'vitest';
-import { evictionsNeeded } from '../packages/sandpool/dist/host/scheduler.js';
+import { evictionsNeeded } from '../packages/sandpool/dist/host/slots/scheduler.js';
 import { code } from './support/errors.js';
 import { eventually, installCleanup, invariants, openPool, recordEvents } from './support/pool.js';
 import { counterAgent, fixture, makeRoot, writeFiles } from './support/root.js';
@@ -101,7 +101,7 @@ describe('the idle timer spares a busy worker', () => {
     const after = await pool.call<{ count: number; threadId: number }>('a/notifier_agent', 'notify', ['x']);
     expect(after).toMatchObject({ count: 2, threadId: first.threadId });
     expect(events.filter((event) => event.type !== 'spawn')).toEqual([]);
-    expect(pool.stats()).toMatchObject({ workers: 1, evicted: 0, spawned: 1 });
+    expect(pool.stats()).toMatchObject({ workers: 1, retired: { lru: 0, idle: 0 }, spawned: 1 });
     // Idle, it does go.
     await eventually(() => pool.stats().workers === 0);
     expect(events.filter((event) => event.type === 'evict')).toEqual([

@@ -26,7 +26,7 @@ describe('invalidate', () => {
     expect(await pool.call('a/agent', 'version')).toBe(2);
     expect(events.filter((event) => event.type !== 'spawn').map((event) => [event.type, event.reason])).toEqual([
       ['evict', 'reload'],
-      ['exit', 'reload'],
+      ['exit', 'retired'],
     ]);
   });
 

@@ -6,8 +6,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createPool, type Pool, type PoolOptions, type SandboxLayers } from 'sandpool';
 import { afterEach, describe, expect, it } from 'vitest';
-import { findCgroups } from '../packages/sandpool/dist/host/sandbox/cgroups.js';
-import { SwarmIds } from '../packages/sandpool/dist/host/sandbox/uids.js';
+import { findCgroups } from '../packages/sandpool/dist/host/governors/cgroups.js';
+import { SwarmIds } from '../packages/sandpool/dist/host/workers/sandbox/uids.js';
 import { cgroupFileOf } from './support/cgroup.js';
 import { childProcesses, eventually, installCleanup, invariants, openPool } from './support/pool.js';
 import { counterAgent, fixture, makeRoot } from './support/root.js';
@@ -80,7 +80,7 @@ async function withNeighbours<T>(pool: Pool, attack: () => Promise<T>): Promise<
 /** The process neighbour's child, as the host sees it (the pid its spawn event carried). */
 async function processNeighbourPid(pool: Pool): Promise<number> {
   const spawned = new Promise<number>((resolve) =>
-    pool.on('spawn', (event) => event.key === PROCESS_NEIGHBOUR && resolve(event.threadId)),
+    pool.on('spawn', (event) => event.key === PROCESS_NEIGHBOUR && resolve(event.pid)),
   );
   expect(await pool.call(PROCESS_NEIGHBOUR, 'add', [1, 1])).toBe(2);
   return spawned;
@@ -401,7 +401,7 @@ describe('cgroup detection', () => {
 /** The pid of the attacker's child (the cell's outer bubblewrap, in its cgroup with the rest of it). */
 async function cellOf(pool: Pool): Promise<number> {
   const spawned = new Promise<number>((resolve) =>
-    pool.on('spawn', (event) => event.key === ATTACKER && resolve(event.threadId)),
+    pool.on('spawn', (event) => event.key === ATTACKER && resolve(event.pid)),
   );
   expect(await pool.call(ATTACKER, 'add', [1, 1])).toBe(2);
   return spawned;

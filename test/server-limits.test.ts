@@ -159,6 +159,35 @@ describe('error bodies', () => {
     expect(JSON.stringify(failed.body)).toContain('<root>/a/live/fails.mjs');
   });
 
+  it('refuses a result or chunk whose JSON would pass its bound before writing any, and keeps answering', async () => {
+    const holes = 'export function holes() { const a = []; a.length = 2e7; a[0] = 1; return a; }\n';
+    const chunks = 'export async function* holes() { yield 1; const a = []; a.length = 2e7; yield a; }\n';
+    const root = await makeRoot({
+      ...(await counterAgent('n')),
+      'x/live/sparse.mjs': holes,
+      'x/live/stream.mjs': chunks,
+    });
+    const server = openServer({ root });
+    // A few bytes cloned, 100 MB of JSON: refused at once, not written for half a minute.
+    const result = await request(server, 'POST', '/v1/call/x/sparse', { fn: 'holes' });
+    expect(result.status).toBe(400);
+    expect(result.body).toMatchObject({ code: 'ERR_SANDPOOL_DATA_CLONE' });
+    const streamed = await server.app.inject({
+      method: 'POST',
+      url: '/v1/stream/x/stream',
+      headers: { 'content-type': 'application/json' },
+      payload: JSON.stringify({ fn: 'holes' }),
+    });
+    const lines = streamed.body
+      .trim()
+      .split('\n')
+      .map((line) => JSON.parse(line) as Record<string, unknown>);
+    expect(lines[0]).toEqual({ chunk: 1 });
+    expect(lines[1]).toMatchObject({ error: { code: 'ERR_SANDPOOL_DATA_CLONE' } });
+    const neighbour = await request(server, 'POST', '/v1/call/n/notifier_agent', { fn: 'add', args: [2, 3] });
+    expect(neighbour.body).toEqual({ result: 5 });
+  });
+
   it('does not echo a 9 MB key back', async () => {
     const server = openServer({ root: await makeRoot(), bodyLimit: 20 * 1024 * 1024 });
     const key = `a/${'x'.repeat(9 * 1024 * 1024)}`;

@@ -1,7 +1,7 @@
 import { request as httpRequest } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { describe, expect, it } from 'vitest';
-import { eventually } from './support/pool.js';
+import { eventually, NO_DEATHS } from './support/pool.js';
 import { counterAgent, makeRoot } from './support/root.js';
 import { installServerCleanup, openServer } from './support/server.js';
 
@@ -119,6 +119,6 @@ describe('POST /v1/stream', () => {
     await eventually(() => server.pool.stats().busy === 0);
     expect(await server.pool.call('a/gen', 'observed')).toEqual({ finallyRan: 1, aborted: true });
     expect(await server.pool.call('a/notifier_agent', 'add', [1, 1])).toBe(2);
-    expect(server.pool.stats()).toMatchObject({ workers: 2, crashed: 0 });
+    expect(server.pool.stats()).toMatchObject({ workers: 2, died: NO_DEATHS });
   });
 });

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { SpareDemand } from '../packages/sandpool/dist/host/spare-demand.js';
-import { Spares } from '../packages/sandpool/dist/host/spares.js';
-import { AgentThread } from '../packages/sandpool/dist/host/thread.js';
+import { SpareDemand } from '../packages/sandpool/dist/host/slots/spare-demand.js';
+import { Spares } from '../packages/sandpool/dist/host/slots/spares.js';
+import { AgentThread } from '../packages/sandpool/dist/host/workers/thread.js';
 import { eventually, installCleanup, invariants, openPool, recordEvents } from './support/pool.js';
 import { counterAgent, makeRoot } from './support/root.js';
 
@@ -87,8 +87,8 @@ describe('how many spares a pool keeps', () => {
     expect(spares.size).toBe(1);
     const next = spares.take();
     expect(next?.terminating).toBe(false);
-    next?.terminate('closed');
-    taken[0]?.terminate('closed');
+    next?.terminate({ retired: 'closed' });
+    taken[0]?.terminate({ retired: 'closed' });
     await spares.close();
     expect(spares.size).toBe(0);
   });

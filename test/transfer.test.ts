@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { installCleanup, invariants, openPool } from './support/pool.js';
+import { installCleanup, invariants, NO_DEATHS, openPool } from './support/pool.js';
 import { counterAgent, makeRoot } from './support/root.js';
 
 installCleanup();
@@ -119,7 +119,7 @@ describe('transfers', () => {
     if (typeof pooled === 'string') expect(pooled).toBe('ERR_SANDPOOL_DATA_CLONE');
     else expect(pooled.small.toString()).toBe('pooled');
     expect(Buffer.isBuffer(await pool.call(KEY, 'buffer'))).toBe(true);
-    expect(pool.stats().crashed).toBe(0);
+    expect(pool.stats().died).toEqual(NO_DEATHS);
     expect(invariants(pool)).toEqual([]);
   });
 });

@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { createPool, type Pool, type PoolOptions } from 'sandpool';
+import { createPool, type Pool, type PoolOptions, type PoolStats } from 'sandpool';
 import { afterEach, beforeAll, beforeEach, expect } from 'vitest';
 import { removeRoots } from './root.js';
 
@@ -47,7 +47,16 @@ export interface Recorded {
   type: 'spawn' | 'evict' | 'exit';
   key: string;
   reason: string;
-  threadId: number;
+  threadId: number | null;
+  pid: number;
+}
+
+/** stats().died when no worker died. */
+export const NO_DEATHS: PoolStats['died'] = { crash: 0, exit: 0, oom: 0, killed: 0, protocol: 0, cpu: 0 };
+
+/** Workers that died or were killed, whatever the reason (stats().died, summed). */
+export function deaths(stats: PoolStats): number {
+  return Object.values(stats.died).reduce((sum, count) => sum + count, 0);
 }
 
 /** Records every lifecycle event, and the most keyed workers ever alive at once. */

@@ -254,7 +254,7 @@ function sandpoolTarget(
       return null;
     },
     coldLoads: () => counts.cold + counts.spare,
-    steady: () => pool.stats().evicted > 0,
+    steady: () => pool.stats().retired.lru > 0,
     resetCounters: () => {
       counts.cold = 0;
       counts.spare = 0;

@@ -246,7 +246,7 @@ async function bareIdle(tree: TempRoot): Promise<IdleFigure> {
 type Churn = {
   checkpoints: Checkpoint[];
   cyclesPerSecond: number;
-  finalStats: Record<string, number>;
+  finalStats: Record<string, Json>;
 };
 
 async function churnRun(tree: TempRoot, context: BenchContext): Promise<Churn> {
@@ -260,8 +260,8 @@ async function churnRun(tree: TempRoot, context: BenchContext): Promise<Churn> {
         await pool.call(`mem/churn${next++ % CHURN_KEYS}`, 'add', [1, 2]);
       },
     );
-    const { spawned, evicted, crashed, workers, spares } = pool.stats();
-    return { ...run, finalStats: { spawned, evicted, crashed, workers, spares } };
+    const { spawned, retired, died, workers, spares } = pool.stats();
+    return { ...run, finalStats: { spawned, retired, died, workers, spares } };
   } finally {
     await pool.close();
   }

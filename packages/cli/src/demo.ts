@@ -106,7 +106,7 @@ async function showEviction(root: string, out: (line: string) => void): Promise<
       ),
     );
     const stats = Object.entries(pool.stats())
-      .map(([name, value]) => `${name} ${String(value)}`)
+      .map(([name, value]) => `${name} ${typeof value === 'number' ? value : byReason(value)}`)
       .join(', ');
     out(`stats: ${stats}`);
   } finally {
@@ -161,6 +161,12 @@ async function showPlatform(root: string, io: Io, out: (line?: string) => void):
 
 async function notify(pool: Pool, key: string): Promise<NotifyResult> {
   return asNotifyResult(await pool.call(key, 'notify', ['hello'], { timeoutMs: 5_000 }));
+}
+
+/** A count by reason, its non-zero entries only: `lru 2`, or `none`. */
+function byReason(counts: Record<string, number>): string {
+  const entries = Object.entries(counts).filter(([, count]) => count > 0);
+  return entries.length === 0 ? 'none' : `(${entries.map(([reason, count]) => `${reason} ${count}`).join(', ')})`;
 }
 
 function eventRow(name: string, event: PoolEvent<string>): string[] {

@@ -1,5 +1,5 @@
 import { CommanderError } from 'commander';
-import { SandpoolError } from 'sandpool';
+import { isSandpoolError, SandpoolError } from 'sandpool';
 
 /** The exit statuses scripts can rely on. */
 export const EXIT_OK = 0;
@@ -16,7 +16,7 @@ export function describeFailure(error: unknown): { status: number; lines: string
     // Help and --version end the parse through the same exception path, with exitCode 0.
     return { status: error.exitCode === 0 ? EXIT_OK : EXIT_USAGE, lines: [] };
   }
-  if (error instanceof SandpoolError) {
+  if (isSandpoolError(error)) {
     const lines = [`error ${error.code}: ${error.message}`];
     // The agent's own error is what the operator needs to see; the wrapper only says where.
     if (error.code === 'ERR_SANDPOOL_AGENT_ERROR' && error.cause instanceof Error) {
@@ -29,6 +29,11 @@ export function describeFailure(error: unknown): { status: number; lines: string
   const code = errorCode(error);
   const message = error instanceof Error ? error.message : String(error);
   return { status: EXIT_FAILED, lines: [code === undefined ? `error: ${message}` : `error ${code}: ${message}`] };
+}
+
+/** A command-line option the CLI cannot use: the one place the CLI makes a SandpoolError. */
+export function badOption(message: string): SandpoolError {
+  return new SandpoolError('ERR_SANDPOOL_INVALID_OPTIONS', message);
 }
 
 function describeCause(cause: Error): string {

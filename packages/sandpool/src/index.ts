@@ -5,24 +5,34 @@ export {
   type SandpoolErrorCode,
   type SandpoolIssue,
 } from './errors.js';
-export type { Isolation } from './host/agent-worker.js';
-export type { HostCapabilities, HostCapability, HostContext, HostOption } from './host/capabilities.js';
-export type { DemoteReason } from './host/cpu.js';
-export type { KeyStats } from './host/key-stats.js';
-export { createPool, Pool } from './host/pool.js';
+export { createPool, Pool } from './host/pool/pool.js';
+export { type AgentKey, AgentKeySchema, formatKey, parseKey } from './key.js';
+export {
+  type CallOptions,
+  type InvalidateSelector,
+  type OutputListener,
+  type PoolOptions,
+  PoolOptionsSchema,
+  type StreamOptions,
+} from './options.js';
+export { type SnapshotInfo, SnapshotStore } from './store/store.js';
 export type {
+  DemoteReason,
   EvictReason,
+  HostCapabilities,
+  HostCapability,
+  HostContext,
+  HostOption,
   InvalidateReport,
-  InvalidateSelector,
+  Isolation,
+  KeyStats,
+  PermissionGrant,
+  PermissionPolicy,
   PoolEvent,
   PoolEvents,
   PoolStats,
   ReloadFailedEvent,
   Remote,
+  SandboxLayers,
   SpawnReason,
-} from './host/pool-types.js';
-export type { SandboxLayers } from './host/sandbox/sandbox.js';
-export type { StreamOptions } from './host/streams.js';
-export { type AgentKey, AgentKeySchema, formatKey, parseKey } from './key.js';
-export { type CallOptions, type OutputListener, type PoolOptions, PoolOptionsSchema } from './options.js';
-export { type SnapshotInfo, SnapshotStore } from './store/store.js';
+} from './types.js';

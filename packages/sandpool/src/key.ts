@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { SandpoolError } from './errors.js';
+import { invalidKey } from './errors.js';
 import { issuesOf } from './issues.js';
 
 const SWARM = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
@@ -98,13 +98,6 @@ function fastResolve(key: unknown): ResolvedKey | null {
   if (snapshot === undefined || snapshot === null) return { swarm, snapshot: null, stem, text: `${swarm}/${stem}` };
   if (typeof snapshot !== 'string' || !SNAPSHOT.test(snapshot) || snapshot.includes('..')) return null;
   return { swarm, snapshot, stem, text: `${swarm}@${snapshot}/${stem}` };
-}
-
-function invalidKey(shown: string, issues: SandpoolError['issues'] & object): SandpoolError {
-  const fields = [...new Set(issues.map((issue) => issue.path.join('.') || 'key'))].join(', ');
-  return new SandpoolError('ERR_SANDPOOL_INVALID_KEY', `invalid agent key ${JSON.stringify(shown)}: ${fields}`, {
-    issues,
-  });
 }
 
 function safeJson(value: unknown): string {

@@ -1,11 +1,10 @@
 import { z } from 'zod';
-import { SandpoolError } from './errors.js';
-import type { Isolation } from './host/agent-worker.js';
-import { type HostOption, isHostOption } from './host/capabilities.js';
-import type { PermissionPolicy } from './host/permissions.js';
+import { invalidOptions } from './errors.js';
 import { issuesOf } from './issues.js';
-import type { AgentKey } from './key.js';
+import { type AgentKey, SnapshotNameSchema, StemSchema, SwarmSchema } from './key.js';
+import { IO_LIMITS } from './protocol/agent-io.js';
 import { DEFAULT_MAX_SNAPSHOT_BYTES, SnapshotSecretSchema } from './store/store.js';
+import type { HostOption, Isolation, PermissionPolicy, WidenableBuiltin } from './types.js';
 
 /** setTimeout's ceiling. */
 const MAX_MS = 2_147_483_647;
@@ -35,6 +34,10 @@ const PermissionGrantSchema = z.strictObject({
   worker: z.boolean().optional(),
   addons: z.boolean().optional(),
   wasi: z.boolean().optional(),
+  /** Builtins strict denies that the grant gives back: `sqlite`, `ffi` (see the README). */
+  builtins: z.array(z.enum(['sqlite', 'ffi'] as const satisfies readonly WidenableBuiltin[])).optional(),
+  /** The network, where Node's permission model holds it (Node 25+); before it, it is open anyway. */
+  net: z.boolean().optional(),
 });
 
 const SandboxModeSchema = z.enum(['auto', 'require', 'off']);
@@ -42,6 +45,23 @@ const SandboxModeSchema = z.enum(['auto', 'require', 'off']);
 const MAX_ID = 2 ** 32 - 2;
 /** Swarms' uids and gids by default: above the ranges distributions hand out, 65,536 of them. */
 const DEFAULT_UID_RANGE: [number, number] = [200_000, 265_535];
+
+/** Why a value cannot be a table of host capabilities, or null when it can. */
+export function hostTableProblem(value: unknown): string | null {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return 'must be an object of functions';
+  for (const [name, fn] of Object.entries(value)) {
+    if (name.length === 0 || name.length > IO_LIMITS.hostName) {
+      return `names must be 1 to ${IO_LIMITS.hostName} characters`;
+    }
+    if (typeof fn !== 'function') return `.${name} must be a function`;
+  }
+  return null;
+}
+
+/** Whether a value can be the `host` option (the schema's check; the table is built per spawn). */
+function isHostOption(value: unknown): value is HostOption {
+  return typeof value === 'function' || hostTableProblem(value) === null;
+}
 
 /** A worker's heap budget unless resourceLimits names one. */
 const DEFAULT_HEAP_MB = 256;
@@ -106,6 +126,12 @@ export const PoolOptionsSchema = z.strictObject({
       ),
     ])
     .default('strict'),
+  /**
+   * `'enforce'`: createPool refuses a pool where a thread key could run strict (no `net` grant)
+   * on a Node whose permission model cannot deny the network (before 25), unless every key is
+   * a process. `'best-effort'`: such threads have the network (the README says so).
+   */
+  network: z.enum(['enforce', 'best-effort']).default('best-effort'),
   /** CPU time one call may use, counted on its worker's thread; past it the worker ends with \`cpu\`. 0 = off. */
   cpuTimeoutMs: ms.default(0),
   /**
@@ -208,11 +234,7 @@ export function swarmCap(options: ResolvedPoolOptions): number {
 export function parsePoolOptions(options: unknown): ResolvedPoolOptions {
   const parsed = PoolOptionsSchema.safeParse(options);
   if (parsed.success) return parsed.data;
-  const issues = issuesOf(parsed.error);
-  const fields = [...new Set(issues.map((issue) => issue.path.join('.') || '(options)'))].join(', ');
-  throw new SandpoolError('ERR_SANDPOOL_INVALID_OPTIONS', `invalid pool options: ${fields}: ${issues[0]?.message}`, {
-    issues,
-  });
+  throw invalidOptions('pool options', issuesOf(parsed.error));
 }
 
 export const CallOptionsSchema = z.strictObject({
@@ -220,6 +242,11 @@ export const CallOptionsSchema = z.strictObject({
   signal: z.custom<AbortSignal>((value) => value instanceof AbortSignal, 'signal must be an AbortSignal').optional(),
   /** ArrayBuffers of the arguments to move to the worker rather than copy: the caller's are detached. */
   transfer: z.array(z.instanceof(ArrayBuffer, { message: 'transfer lists ArrayBuffers' })).optional(),
+  /**
+   * Lets a SharedArrayBuffer in the arguments or the result be shared (memory the caller and
+   * that key both see, thread keys only) rather than refused with DATA_CLONE.
+   */
+  shared: z.boolean().optional(),
 });
 
 export type CallOptions = z.input<typeof CallOptionsSchema>;
@@ -229,29 +256,66 @@ export interface ParsedCallOptions {
   timeoutMs: number | undefined;
   signal: AbortSignal | undefined;
   transfer: ArrayBuffer[] | undefined;
+  shared: boolean;
 }
 
-const NO_CALL_OPTIONS: ParsedCallOptions = { timeoutMs: undefined, signal: undefined, transfer: undefined };
+const NO_CALL_OPTIONS: ParsedCallOptions = {
+  timeoutMs: undefined,
+  signal: undefined,
+  transfer: undefined,
+  shared: false,
+};
 
 export function parseCallOptions(options: CallOptions | undefined): ParsedCallOptions {
   if (options === undefined) return NO_CALL_OPTIONS;
   // Most calls pass a well-formed object: the schema costs more than the RPC, so it only
   // runs to describe what is wrong.
-  if (isWellFormed(options)) return { timeoutMs: options.timeoutMs, signal: options.signal, transfer: undefined };
+  if (isWellFormed(options)) {
+    return {
+      timeoutMs: options.timeoutMs,
+      signal: options.signal,
+      transfer: undefined,
+      shared: options.shared === true,
+    };
+  }
   const parsed = CallOptionsSchema.safeParse(options);
   if (!parsed.success) {
-    throw new SandpoolError('ERR_SANDPOOL_INVALID_OPTIONS', 'invalid call options', { issues: issuesOf(parsed.error) });
+    throw invalidOptions('call options', issuesOf(parsed.error));
   }
-  const { timeoutMs, signal, transfer } = parsed.data;
-  return { timeoutMs, signal, transfer: transfer === undefined || transfer.length === 0 ? undefined : transfer };
+  const { timeoutMs, signal, transfer, shared } = parsed.data;
+  return {
+    timeoutMs,
+    signal,
+    transfer: transfer === undefined || transfer.length === 0 ? undefined : transfer,
+    shared: shared === true,
+  };
 }
 
 function isWellFormed(options: CallOptions): boolean {
   if (typeof options !== 'object' || options === null) return false;
-  for (const name in options) if (name !== 'timeoutMs' && name !== 'signal') return false;
-  const { timeoutMs, signal } = options;
+  for (const name in options) if (name !== 'timeoutMs' && name !== 'signal' && name !== 'shared') return false;
+  const { timeoutMs, signal, shared } = options;
   return (
     (timeoutMs === undefined || (Number.isInteger(timeoutMs) && timeoutMs >= 0 && timeoutMs <= MAX_MS)) &&
-    (signal === undefined || signal instanceof AbortSignal)
+    (signal === undefined || signal instanceof AbortSignal) &&
+    (shared === undefined || typeof shared === 'boolean')
   );
 }
+
+export const StreamOptionsSchema = z.strictObject({
+  signal: z.custom<AbortSignal>((value) => value instanceof AbortSignal, 'signal must be an AbortSignal').optional(),
+  /** Chunks the worker may produce beyond what the consumer has taken. */
+  highWaterMark: z.number().int().min(1).max(IO_LIMITS.highWaterMark).default(16),
+  /** Longest a `next()` waits for its chunk (the first one's worker start included); 0 = no limit. */
+  chunkTimeoutMs: ms.default(30_000),
+  /** Bounds the whole stream, counted from its hand-off to the worker; none unless given. */
+  timeoutMs: ms.optional(),
+});
+export type StreamOptions = z.input<typeof StreamOptionsSchema>;
+
+export const InvalidateSelectorSchema = z.strictObject({
+  swarm: SwarmSchema,
+  snapshot: SnapshotNameSchema.nullable().optional(),
+  stem: StemSchema.optional(),
+});
+export type InvalidateSelector = z.input<typeof InvalidateSelectorSchema>;

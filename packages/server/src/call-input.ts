@@ -1,5 +1,6 @@
-import { AgentKeySchema, formatKey, parseKey, SandpoolError, type SandpoolIssue } from 'sandpool';
+import { AgentKeySchema, formatKey, parseKey, type SandpoolError, type SandpoolIssue } from 'sandpool';
 import { z } from 'zod';
+import { invalidKeyIn, invalidRequest } from './errors.js';
 
 /**
  * The call body. `key` is checked apart, with the library's own key schema, so its failures
@@ -38,9 +39,7 @@ export interface KeySources {
 export function readCallInput(body: unknown, sources: KeySources): CallInput {
   const parsed = CallBodySchema.safeParse(body);
   if (!parsed.success) {
-    throw new SandpoolError('ERR_SANDPOOL_INVALID_OPTIONS', `invalid call body: ${parsed.error.issues[0]?.message}`, {
-      issues: issuesOf(parsed.error.issues, []),
-    });
+    throw invalidRequest('call body', issuesOf(parsed.error.issues, []));
   }
   const { fn, args, timeoutMs } = parsed.data;
   const { key, kind, swarm } = pickKey(sources, parsed.data.key);
@@ -92,7 +91,7 @@ function normalize(value: unknown, from: string): NormalKey {
   if (!parsed.success) {
     const issues = issuesOf(parsed.error.issues, ['key']);
     const fields = [...new Set(issues.map((issue) => issue.path.join('.')))].join(', ');
-    throw new SandpoolError('ERR_SANDPOOL_INVALID_KEY', `invalid agent key in the ${from}: ${fields}`, { issues });
+    throw invalidKeyIn(`invalid agent key in the ${from}: ${fields}`, issues);
   }
   return { key: formatKey(parsed.data), kind: kindOf(parsed.data.snapshot), swarm: parsed.data.swarm };
 }
@@ -102,7 +101,7 @@ function kindOf(snapshot: string | null | undefined): CallKind {
 }
 
 function invalid(message: string): SandpoolError {
-  return new SandpoolError('ERR_SANDPOOL_INVALID_KEY', message, { issues: [{ path: ['key'], message }] });
+  return invalidKeyIn(message, [{ path: ['key'], message }]);
 }
 
 function issuesOf(issues: readonly z.core.$ZodIssue[], prefix: PropertyKey[]): SandpoolIssue[] {

@@ -1,4 +1,4 @@
-import { SandpoolError, type SandpoolErrorCode } from 'sandpool';
+import { isSandpoolError, SandpoolError, type SandpoolErrorCode, type SandpoolIssue } from 'sandpool';
 import { type HttpErrorCode, type ServerErrorCode, statusOf } from './status.js';
 
 /** A failure of the HTTP layer itself (auth, routing, body), answered like a SandpoolError. */
@@ -28,6 +28,35 @@ export interface ErrorBody {
   issues?: { path: (string | number)[]; message: string }[];
   cause?: CauseBody;
   stack?: string;
+}
+
+// ---- the SandpoolErrors the server itself raises: the only place it makes one -----------------
+
+/** A request whose body, query or options failed their schema. */
+export function invalidRequest(what: string, issues: readonly SandpoolIssue[]): SandpoolError {
+  return new SandpoolError('ERR_SANDPOOL_INVALID_OPTIONS', `invalid ${what}: ${issues[0]?.message}`, { issues });
+}
+
+/** A key given in a path, header or body that is no valid key. */
+export function invalidKeyIn(message: string, issues: readonly SandpoolIssue[]): SandpoolError {
+  return new SandpoolError('ERR_SANDPOOL_INVALID_KEY', message, { issues });
+}
+
+export function noSwarm(swarm: string): SandpoolError {
+  return new SandpoolError('ERR_SANDPOOL_SWARM_NOT_FOUND', `no swarm ${swarm}`);
+}
+
+export function draining(nodeName: string): SandpoolError {
+  return new SandpoolError('ERR_SANDPOOL_CLOSED', `node ${nodeName} is draining`);
+}
+
+/** A result or chunk that JSON cannot carry. */
+export function notJson(what: string, key: string | undefined, cause: unknown): SandpoolError {
+  return new SandpoolError(
+    'ERR_SANDPOOL_DATA_CLONE',
+    key === undefined ? `${what} cannot be written as JSON` : `${key}: ${what} cannot be written as JSON`,
+    key === undefined ? { cause } : { key, cause },
+  );
 }
 
 /** Bounds on what an error body echoes: a 9 MB key must not come back in the message. */
@@ -78,7 +107,7 @@ interface StatusError extends Error {
  * `debug`: they name server paths and are no business of a remote caller.
  */
 export function toErrorReply(error: unknown, debug: boolean, scrub: Scrub): ErrorReply {
-  if (error instanceof SandpoolError)
+  if (isSandpoolError(error))
     return { status: statusOf(error.code), body: sandpoolBody(error, debug, scrub), unexpected: false };
   if (error instanceof HttpError) return reply(error.code, scrub(error.message));
   if (isClientError(error)) {
@@ -99,7 +128,7 @@ export function toErrorReply(error: unknown, debug: boolean, scrub: Scrub): Erro
 }
 
 export function outcomeOf(error: unknown): ServerErrorCode {
-  if (error instanceof SandpoolError || error instanceof HttpError) return error.code;
+  if (isSandpoolError(error) || error instanceof HttpError) return error.code;
   return isClientError(error) ? 'ERR_SANDPOOL_HTTP_BAD_REQUEST' : 'ERR_SANDPOOL_HTTP_INTERNAL';
 }
 

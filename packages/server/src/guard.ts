@@ -1,8 +1,7 @@
 import { createHash } from 'node:crypto';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
-import { SandpoolError } from 'sandpool';
 import type { ServerContext } from './context.js';
-import { HttpError } from './errors.js';
+import { draining, HttpError } from './errors.js';
 import type { TokenGrant } from './options.js';
 
 /** Routes a probe or a scraper reaches while the node drains; everything under /v1 is refused. */
@@ -34,7 +33,7 @@ export function installGuard(app: FastifyInstance, { options, lifecycle }: Serve
       grants.set(request, grant);
     }
     if (lifecycle.draining && (route === undefined || !OPEN_WHILE_DRAINING.has(route))) {
-      throw new SandpoolError('ERR_SANDPOOL_CLOSED', `node ${options.nodeName} is draining`);
+      throw draining(options.nodeName);
     }
   });
   // While draining, every answer closes its connection: a balancer's idle keep-alive
@@ -53,6 +52,11 @@ export function authorize(request: FastifyRequest, swarm: string, need: 'read' |
   if (need === 'write' && !grant.write) {
     throw new HttpError('ERR_SANDPOOL_HTTP_FORBIDDEN', `this token may not change the snapshots of swarm ${swarm}`);
   }
+}
+
+/** The swarms the request's token reaches: every one (`*`), or those listed. */
+export function scopeOf(request: FastifyRequest): '*' | readonly string[] {
+  return grants.get(request)?.swarms ?? [];
 }
 
 /** The swarms of `all` the request's token reaches. */

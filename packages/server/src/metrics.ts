@@ -37,12 +37,45 @@ const EXIT_REASONS = reasons<ExitReason>({
   cpu: true,
 });
 const DEMOTE_REASONS = reasons<DemoteReason>({ 'cpu-share': true, 'background-cpu': true });
-/** `cpu` is left out: a worker ended for cpuTimeoutMs and one retired for background CPU both exit with it. */
-const CRASH_REASONS: readonly string[] = ['crash', 'exit', 'oom', 'killed', 'protocol'];
 // From a warm in-process call (~0.1 ms) up to the default call timeout (30 s).
 const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 /** Fewer buckets per swarm: each one is a series per labelled swarm. */
 const SWARM_LATENCY_BUCKETS = [0.001, 0.005, 0.025, 0.1, 0.5, 2.5, 10];
+
+/**
+ * The exposition text cut down to the per-swarm series of `swarms`, with their HELP and TYPE
+ * lines: what a token scoped to those swarms may read. Node-wide series are left out, since
+ * they sum every tenant's calls.
+ */
+export function swarmSeries(text: string, swarms: readonly string[]): string {
+  const labels = new Set(swarms.map((swarm) => `swarm="${swarm}"`));
+  const kept: string[] = [];
+  let family: string[] = [];
+  let keepFamily = false;
+  const flush = (): void => {
+    if (keepFamily) kept.push(...family);
+    family = [];
+    keepFamily = false;
+  };
+  for (const line of text.split('\n')) {
+    if (line.startsWith('# HELP ')) {
+      flush();
+      family.push(line);
+      continue;
+    }
+    if (line.startsWith('#') || line === '') {
+      family.push(line);
+      continue;
+    }
+    const swarm = /\bswarm="[^"]*"/.exec(line)?.[0];
+    if (swarm !== undefined && labels.has(swarm)) {
+      family.push(line);
+      keepFamily = true;
+    }
+  }
+  flush();
+  return kept.length === 0 ? '' : `${kept.join('\n')}\n`;
+}
 
 export function createMetrics(pool: Pool, nodeName: string, swarmLabelLimit: number): ServerMetrics {
   const registry = new Registry();
@@ -114,14 +147,14 @@ export function createMetrics(pool: Pool, nodeName: string, swarmLabelLimit: num
   const crashes = eventCounter(
     registry,
     'sandpool_crashes_total',
-    'Keyed workers that died, by reason.',
-    CRASH_REASONS,
+    'Keyed workers that died or that the pool killed, by reason.',
+    EXIT_REASONS,
   );
   const exits = eventCounter(
     registry,
     'sandpool_exits_total',
-    'Keyed worker threads that ended, by reason: retired by the pool or died.',
-    [...new Set<string>([...EVICT_REASONS, ...EXIT_REASONS])],
+    'Keyed workers that ended: retired by the pool, or died (by reason).',
+    ['retired', ...EXIT_REASONS],
   );
   const demotions = eventCounter(
     registry,
@@ -134,8 +167,7 @@ export function createMetrics(pool: Pool, nodeName: string, swarmLabelLimit: num
   pool.on('demote', ({ reason }) => demotions.inc({ reason }));
   pool.on('exit', ({ reason }) => {
     exits.inc({ reason });
-    // `exit` also fires for retired workers; those are counted as evictions already.
-    if (CRASH_REASONS.includes(reason)) crashes.inc({ reason });
+    if (reason !== 'retired') crashes.inc({ reason });
   });
 
   const perSwarm = swarmMetrics(registry, pool, swarmLabelLimit);

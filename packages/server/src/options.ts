@@ -1,5 +1,6 @@
-import { type PoolOptions, PoolOptionsSchema, SandpoolError } from 'sandpool';
+import { type PoolOptions, PoolOptionsSchema } from 'sandpool';
 import { z } from 'zod';
+import { invalidRequest } from './errors.js';
 
 const MEGABYTE = 1024 * 1024;
 const SWARM = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
@@ -81,13 +82,7 @@ export function splitOptions(options: ServerOptions): { server: ResolvedServerOp
   if (!parsed.success) {
     const issues = parsed.error.issues.map(({ path, message, code }) => ({ path, message, code }));
     const fields = [...new Set(issues.map((issue) => issue.path.join('.')))].join(', ');
-    throw new SandpoolError(
-      'ERR_SANDPOOL_INVALID_OPTIONS',
-      `invalid server options: ${fields}: ${issues[0]?.message}`,
-      {
-        issues,
-      },
-    );
+    throw invalidRequest(`server options: ${fields}`, issues);
   }
   // The pool parses its options again in createPool; here only the resolved call timeout is wanted.
   const poolParsed = PoolOptionsSchema.safeParse(pool);

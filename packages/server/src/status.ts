@@ -32,6 +32,8 @@ const SANDPOOL_STATUS: Record<SandpoolErrorCode, number> = {
   ERR_SANDPOOL_EXPORT_NOT_FOUND: 404,
   // Seen by agents (a capability the pool does not declare); a client meets it only as an agent error's cause.
   ERR_SANDPOOL_HOST_NOT_FOUND: 404,
+  // Seen by agents (the fetch capability refused a URL); a client meets it only as an agent error's cause.
+  ERR_SANDPOOL_ACCESS_DENIED: 403,
   ERR_SANDPOOL_SNAPSHOT_NOT_FOUND: 404,
   ERR_SANDPOOL_SWARM_NOT_FOUND: 404,
   ERR_SANDPOOL_SNAPSHOT_EXISTS: 409,

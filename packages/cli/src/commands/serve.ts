@@ -2,8 +2,8 @@ import { readFile, stat } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import type { createServer as CreateServer } from '@sandpool/server';
 import { type Command, InvalidArgumentError } from 'commander';
-import { SandpoolError } from 'sandpool';
 import { parseMillis } from '../args.js';
+import { badOption } from '../failure.js';
 import { type Io, printLine } from '../io.js';
 import { cliVersion } from '../version.js';
 
@@ -116,7 +116,7 @@ function isMissing(error: unknown, specifier: string): boolean {
 async function checkRoot(root: string): Promise<void> {
   const info = await stat(root).catch(() => null);
   if (info === null || !info.isDirectory()) {
-    throw new SandpoolError('ERR_SANDPOOL_INVALID_OPTIONS', `--root ${root} is not a folder`);
+    throw badOption(`--root ${root} is not a folder`);
   }
 }
 
@@ -141,7 +141,7 @@ async function readTokenFile(file: string): Promise<Record<string, { swarms: str
     return JSON.parse(await readFile(file, 'utf8')) as Record<string, { swarms: string[] | '*'; write?: boolean }>;
   } catch (error) {
     const why = error instanceof SyntaxError ? 'not valid JSON' : 'cannot be read';
-    throw new SandpoolError('ERR_SANDPOOL_INVALID_OPTIONS', `--token-file ${file}: ${why}`);
+    throw badOption(`--token-file ${file}: ${why}`);
   }
 }
 

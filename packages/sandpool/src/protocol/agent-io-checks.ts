@@ -1,14 +1,14 @@
 /** The coordinator's checks on the agent-side messages (see agent-io.ts), in the style of checks.ts. */
 import { IO_LIMITS } from './agent-io.js';
-import { bad, type Checked, isCallId } from './checks.js';
-import { isPrimitive } from './clone.js';
+import { bad, type Checked, isCallId } from './check-kit.js';
+import { isInline } from './clone.js';
 import { type FromWorker, LIMITS } from './messages.js';
 
 export function checkChunk(raw: Record<string, unknown>): Checked {
   if (!isCallId(raw.id)) return bad('a chunk with a malformed call id');
   const { value, bytes } = raw;
   if (bytes === null) {
-    if (!isPrimitive(value)) return bad('an object chunk outside serialized bytes');
+    if (!isInline(value, LIMITS.inlineString)) return bad('an object or long string chunk outside serialized bytes');
   } else if (!(bytes instanceof ArrayBuffer) || value !== undefined) {
     return bad('a malformed chunk');
   } else if (bytes.byteLength > LIMITS.resultBytes) {
@@ -29,6 +29,13 @@ export function checkHostCall(raw: Record<string, unknown>): Checked {
     return bad('host call arguments past the limit its runtime keeps');
   }
   return { ok: true, message: raw as unknown as FromWorker };
+}
+
+/** Shared buffers are not copied: only their number is bounded. */
+export function checkShared(shared: unknown): boolean {
+  if (!Array.isArray(shared) || shared.length > IO_LIMITS.transfers) return false;
+  for (let i = 0; i < shared.length; i += 1) if (!(shared[i] instanceof SharedArrayBuffer)) return false;
+  return true;
 }
 
 /** Moved buffers count toward the result's size like bytes written inline. */

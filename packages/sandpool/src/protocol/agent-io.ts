@@ -3,7 +3,15 @@
  * back), streams (start, credit, chunks) and their bounds. Types and limits only, shared by
  * both sides like messages.ts.
  */
-import type { RemoteError } from './messages.js';
+
+/** An error as it crosses the thread boundary: structured clone drops an Error's `code`. */
+export interface RemoteError {
+  name: string;
+  message: string;
+  stack?: string;
+  /** The agent's own code: a short token or a number (see AGENT_CODE), never a SandpoolError code. */
+  code?: string | number;
+}
 
 export const IO_LIMITS = {
   /** Characters of a capability name. */

@@ -4,19 +4,20 @@
  * sets, dense arrays of bounded length, bounded text. A message that fails is a forgery or a
  * broken runtime; the caller ends that worker with reason `protocol`.
  */
-import { checkChunk, checkHostCall, checkMoved } from './agent-io-checks.js';
-import { isPrimitive } from './clone.js';
+import { checkChunk, checkHostCall, checkMoved, checkShared } from './agent-io-checks.js';
+import { bad, type Checked, isCallId, isCount, isDense, isPlainObject, isText } from './check-kit.js';
+import { isInline } from './clone.js';
 import {
   AGENT_CODE,
   CALL_FAILURES,
+  DENIABLE,
+  type Deniable,
   type FromWorker,
   LIMITS,
   LOAD_FAILURES,
   type OutputChunk,
   type RemoteError,
 } from './messages.js';
-
-export type Checked = { ok: true; message: FromWorker } | { ok: false; problem: string };
 
 const CALL_CODES: ReadonlySet<unknown> = new Set(CALL_FAILURES);
 const LOAD_CODES: ReadonlySet<unknown> = new Set(LOAD_FAILURES);
@@ -55,7 +56,8 @@ function checkDone(raw: Record<string, unknown>): Checked {
   if (!isDense(err, LIMITS.replyBatch * 3) || err.length % 3 !== 0) return bad('a malformed error list');
   for (let i = 0; i < ok.length; i += 2) {
     if (!isCallId(ok[i])) return bad('a reply with a malformed call id');
-    if (!isPrimitive(ok[i + 1])) return bad('an object result outside a serialized result');
+    if (!isInline(ok[i + 1], LIMITS.inlineString))
+      return bad('an object or long string result outside a serialized result');
   }
   for (let i = 0; i < err.length; i += 3) {
     if (!isCallId(err[i])) return bad('a reply with a malformed call id');
@@ -71,6 +73,7 @@ function checkResult(raw: Record<string, unknown>): Checked {
   if (!(raw.bytes instanceof ArrayBuffer)) return bad('a serialized result without its bytes');
   if (raw.moved !== undefined && !checkMoved(raw.moved, raw.bytes.byteLength))
     return bad('a malformed list of moved buffers');
+  if (raw.shared !== undefined && !checkShared(raw.shared)) return bad('a malformed list of shared buffers');
   return { ok: true, message: raw as unknown as FromWorker };
 }
 
@@ -79,6 +82,19 @@ function checkOutput(raw: Record<string, unknown>): Checked {
   if (typeof raw.text !== 'string' || raw.text.length > LIMITS.outputChunk) return bad('an output chunk too large');
   if (!isCount(raw.dropped)) return bad('a malformed dropped-output count');
   return { ok: true, message: raw as unknown as OutputChunk };
+}
+
+const DENIABLE_NAMES: ReadonlySet<unknown> = new Set(DENIABLE);
+
+/**
+ * The worker's check on the denial list of its load (it comes from the coordinator, but a
+ * worker never runs an agent under a lockdown it cannot read: it fails the load instead).
+ */
+export function isDenialList(value: unknown): value is Deniable[] {
+  if (!isDense(value, DENIABLE.length)) return false;
+  // A loop, not every(): every() skips the holes of a sparse array.
+  for (let i = 0; i < value.length; i += 1) if (!DENIABLE_NAMES.has(value[i])) return false;
+  return true;
 }
 
 export function isRemoteError(value: unknown): value is RemoteError {
@@ -92,31 +108,4 @@ export function isRemoteError(value: unknown): value is RemoteError {
       (typeof code === 'number' && Number.isFinite(code)) ||
       (typeof code === 'string' && AGENT_CODE.test(code)))
   );
-}
-
-/** An array whose length is bounded before it is walked: a sparse one with a huge length is refused unread. */
-function isDense(value: unknown, max: number): value is unknown[] {
-  return Array.isArray(value) && value.length <= max;
-}
-
-export function isCallId(value: unknown): value is number {
-  return typeof value === 'number' && Number.isSafeInteger(value) && value > 0;
-}
-
-function isCount(value: unknown): value is number {
-  return typeof value === 'number' && Number.isSafeInteger(value) && value >= 0;
-}
-
-function isText(value: unknown, max: number): value is string {
-  return typeof value === 'string' && value.length <= max;
-}
-
-export function isPlainObject(value: unknown): value is Record<string, unknown> {
-  if (typeof value !== 'object' || value === null) return false;
-  const proto = Object.getPrototypeOf(value);
-  return proto === Object.prototype || proto === null;
-}
-
-export function bad(problem: string): Checked {
-  return { ok: false, problem: `the worker sent ${problem}` };
 }

@@ -1,20 +1,13 @@
 import type { MessagePort } from 'node:worker_threads';
-import type { HostCall, HostDone, StreamChunk, StreamCredit, StreamStart } from './agent-io.js';
+import type { HostCall, HostDone, RemoteError, StreamChunk, StreamCredit, StreamStart } from './agent-io.js';
+
+export type { RemoteError };
 
 /**
  * Messages between the coordinator and a worker, on the private MessageChannel handed to the
  * worker before any agent code runs. Plain objects with a one-letter tag: they are
  * structured-cloned on every call. Both sides import this file; it holds types and limits only.
  */
-
-/** An error as it crosses the thread boundary: structured clone drops an Error's `code`. */
-export interface RemoteError {
-  name: string;
-  message: string;
-  stack?: string;
-  /** The agent's own code: a short token or a number (see AGENT_CODE), never a SandpoolError code. */
-  code?: string | number;
-}
 
 /** What a call can fail with inside the worker. */
 export const CALL_FAILURES = [
@@ -45,14 +38,44 @@ export const LIMITS = {
   outputWindow: 1024 * 1024,
   /** A serialized result above this is refused with DATA_CLONE, in the worker and again here. */
   resultBytes: 256 * 1024 * 1024,
+  /**
+   * Characters of a string result or chunk sent inline, as a primitive. A longer one is
+   * serialized, so it counts toward resultBytes and the coordinator sizes it before taking it.
+   */
+  inlineString: 64 * 1024,
 } as const;
 
 /** Agent error codes kept on `cause.code`: what Node and most libraries use (`ENOENT`, `ERR_X`, `E_PROP`, `42`). */
 export const AGENT_CODE = /^[A-Za-z0-9_.:-]{1,64}$/;
 
+/**
+ * What a worker denies its agent before the agent is imported (worker/lockdown.ts), by the
+ * name the agent reaches it by: the builtins Node's permission model does not cover (or
+ * covers only where it is used), the process-wide levers a thread could pull on the host, and
+ * the channels between threads. The coordinator picks them from the key's permissions.
+ */
+export const DENIABLE = [
+  'node:sqlite',
+  'node:ffi',
+  'node:inspector',
+  'node:wasi',
+  'node:trace_events',
+  'process.report',
+  'process.kill',
+  'v8.setFlagsFromString',
+  'v8.setHeapSnapshotNearHeapLimit',
+  'os.setPriority',
+  'BroadcastChannel',
+  'postMessageToThread',
+  'navigator.locks',
+] as const;
+export type Deniable = (typeof DENIABLE)[number];
+
 export interface LoadRequest {
   t: 'load';
   key: string;
+  /** Denied to the agent (see DENIABLE); absent: nothing (`permissions: 'none'`). */
+  deny?: Deniable[];
   /** Absolute real path of the agent module. */
   file: string;
   /** Snapshot folder whose manifest must hold before anything in it runs; null for live code. */
@@ -86,6 +109,8 @@ export interface LoadRequest {
 export interface CallBatch {
   t: 'calls';
   calls: unknown[];
+  /** A call made with `{ shared: true }`, alone in its batch: its result may share memory too. */
+  shared?: true;
 }
 
 /** A child process's argument: it must drop to its load's `user` before agent code (worker/entry.ts). */
@@ -151,6 +176,8 @@ export interface SerializedResult {
   bytes: ArrayBuffer;
   /** Buffers the agent asked to move (`sandpool.transfer`): `bytes` refers to them by index. */
   moved?: ArrayBuffer[];
+  /** The SharedArrayBuffers of a `{ shared: true }` call's result: `bytes` refers to them by index. */
+  shared?: SharedArrayBuffer[];
 }
 
 /**

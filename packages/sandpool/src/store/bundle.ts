@@ -6,8 +6,8 @@
  */
 import { extname, relative, sep } from 'node:path';
 import type { Message, Plugin } from 'esbuild';
-import { SandpoolError } from '../errors.js';
-import { stripTypeScript } from '../host/strip.js';
+import { type SandpoolError, snapshotBuild } from '../errors.js';
+import { stripTypeScript } from '../typescript/strip.js';
 import { readRegularFile, UnsafeFileError } from './safe-read.js';
 
 /**
@@ -171,11 +171,7 @@ function buildError(context: BundleContext, entry: string, messages: Message[], 
   });
   const more = messages.length > 5 ? `; and ${messages.length - 5} more` : '';
   const text = details.length === 0 ? 'the bundler produced no output' : details.join('; ');
-  return new SandpoolError(
-    'ERR_SANDPOOL_SNAPSHOT_BUILD',
-    `cannot snapshot ${showPath(context, entry)}: ${text}${more}`,
-    cause === undefined ? {} : { cause },
-  );
+  return snapshotBuild(`cannot snapshot ${showPath(context, entry)}: ${text}${more}`, cause);
 }
 
 function join(base: string, file: string): string {

@@ -4,7 +4,7 @@ import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
 import { constants } from 'node:fs';
 import { open, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { SandpoolError } from '../errors.js';
+import { isSandpoolError, snapshotCorrupt } from '../errors.js';
 import { readRegularFileSync } from './safe-read.js';
 
 export const MANIFEST_NAME = '.sandpool-manifest.json';
@@ -55,13 +55,6 @@ const HASH_CONCURRENCY = 8;
 const CHUNK = 64 * 1024;
 const SHA256_HEX = /^[0-9a-f]{64}$/;
 
-function corrupt(message: string, key?: string, cause?: unknown): SandpoolError {
-  const details: { key?: string; cause?: unknown } = {};
-  if (key !== undefined) details.key = key;
-  if (cause !== undefined) details.cause = cause;
-  return new SandpoolError('ERR_SANDPOOL_SNAPSHOT_CORRUPT', message, details);
-}
-
 /**
  * Digests every regular file below `dir`, sorted by path. A snapshot never holds symlinks
  * (create copies the contents of in-tree links), so a link, FIFO or device found here means
@@ -85,7 +78,7 @@ async function walk(dir: string, rel: string, out: string[]): Promise<void> {
     if (path === MANIFEST_NAME) continue;
     if (entry.isDirectory()) await walk(join(dir, entry.name), path, out);
     else if (entry.isFile()) out.push(path);
-    else throw corrupt(`snapshot holds ${path}, which is not a regular file or folder`);
+    else throw snapshotCorrupt(`snapshot holds ${path}, which is not a regular file or folder`);
   }
 }
 
@@ -94,10 +87,10 @@ async function hashFile(path: string, rel: string): Promise<FileDigest> {
   try {
     handle = await open(path, READ_FLAGS);
   } catch (cause) {
-    throw corrupt(`snapshot file ${rel} cannot be read`, undefined, cause);
+    throw snapshotCorrupt(`snapshot file ${rel} cannot be read`, undefined, cause);
   }
   try {
-    if (!(await handle.stat()).isFile()) throw corrupt(`snapshot file ${rel} is not a regular file`);
+    if (!(await handle.stat()).isFile()) throw snapshotCorrupt(`snapshot file ${rel} is not a regular file`);
     const hash = createHash('sha256');
     const buffer = Buffer.allocUnsafe(CHUNK);
     let bytes = 0;
@@ -141,7 +134,7 @@ export function parseManifest(text: string, key?: string): Manifest {
   try {
     value = JSON.parse(text);
   } catch (cause) {
-    throw corrupt('snapshot manifest is not valid JSON', key, cause);
+    throw snapshotCorrupt('snapshot manifest is not valid JSON', key, cause);
   }
   if (
     !isRecord(value) ||
@@ -152,7 +145,7 @@ export function parseManifest(text: string, key?: string): Manifest {
     Number.isNaN(Date.parse(value.createdAt)) ||
     !isRecord(value.files)
   ) {
-    throw corrupt('snapshot manifest has an unexpected shape', key);
+    throw snapshotCorrupt('snapshot manifest has an unexpected shape', key);
   }
   const files: [string, FileDigest][] = [];
   for (const [path, entry] of Object.entries(value.files)) {
@@ -164,30 +157,30 @@ export function parseManifest(text: string, key?: string): Manifest {
       !Number.isSafeInteger(entry.bytes) ||
       entry.bytes < 0
     ) {
-      throw corrupt(`snapshot manifest entry ${JSON.stringify(path)} is malformed`, key);
+      throw snapshotCorrupt(`snapshot manifest entry ${JSON.stringify(path)} is malformed`, key);
     }
     files.push([path, { sha256: entry.sha256, bytes: entry.bytes }]);
   }
   const common = { swarm: value.swarm, name: value.name, createdAt: value.createdAt, files: Object.fromEntries(files) };
   if (value.version === 1) return { version: 1, ...common };
   if (!isRecord(value.stems) || typeof value.digest !== 'string' || !SHA256_HEX.test(value.digest)) {
-    throw corrupt('snapshot manifest has an unexpected shape', key);
+    throw snapshotCorrupt('snapshot manifest has an unexpected shape', key);
   }
   const stems: [string, string][] = [];
   for (const [stem, path] of Object.entries(value.stems)) {
     if (typeof path !== 'string' || !Object.hasOwn(common.files, path)) {
-      throw corrupt(`snapshot manifest names a bundle for ${JSON.stringify(stem)} that it does not list`, key);
+      throw snapshotCorrupt(`snapshot manifest names a bundle for ${JSON.stringify(stem)} that it does not list`, key);
     }
     stems.push([stem, path]);
   }
   const manifest: ManifestV2 = { version: 2, ...common, digest: value.digest, stems: Object.fromEntries(stems) };
   // The stated digest must be the content's: it is what a signature covers.
   if (contentDigest(manifest.files, manifest.stems) !== manifest.digest) {
-    throw corrupt('snapshot manifest digest does not match its file list', key);
+    throw snapshotCorrupt('snapshot manifest digest does not match its file list', key);
   }
   if (value.hmac !== undefined) {
     if (typeof value.hmac !== 'string' || !SHA256_HEX.test(value.hmac)) {
-      throw corrupt('snapshot manifest signature is malformed', key);
+      throw snapshotCorrupt('snapshot manifest signature is malformed', key);
     }
     manifest.hmac = value.hmac;
   }
@@ -234,7 +227,7 @@ export function signManifest(manifest: ManifestV2, secret: string): string {
 export function checkSignature(manifest: Manifest, secret: string | undefined, key?: string): void {
   if (secret === undefined) return;
   if (manifest.version !== 2 || manifest.hmac === undefined) {
-    throw corrupt(
+    throw snapshotCorrupt(
       'snapshot is not signed, and snapshotSecret requires signed snapshots (verify and sign it first)',
       key,
     );
@@ -242,7 +235,7 @@ export function checkSignature(manifest: Manifest, secret: string | undefined, k
   const want = Buffer.from(signManifest(manifest, secret), 'hex');
   const got = Buffer.from(manifest.hmac, 'hex');
   if (want.length !== got.length || !timingSafeEqual(want, got)) {
-    throw corrupt('snapshot manifest signature does not match (tampered, or signed under another secret)', key);
+    throw snapshotCorrupt('snapshot manifest signature does not match (tampered, or signed under another secret)', key);
   }
 }
 
@@ -265,7 +258,7 @@ export function readManifest(dir: string, key?: string): { manifest: Manifest; t
   try {
     text = readRegularFileSync(join(dir, MANIFEST_NAME), { maxBytes: MAX_MANIFEST_BYTES }).toString('utf8');
   } catch (cause) {
-    throw corrupt('snapshot manifest is missing or unreadable', key, cause);
+    throw snapshotCorrupt('snapshot manifest is missing or unreadable', key, cause);
   }
   return { manifest: parseManifest(text, key), text };
 }
@@ -273,8 +266,8 @@ export function readManifest(dir: string, key?: string): { manifest: Manifest; t
 /** Rehashes `dir` and rejects CORRUPT if any file changed, was added or was removed. */
 export async function verifyAgainst(dir: string, manifest: Manifest, key?: string): Promise<void> {
   const actual = await hashTree(dir).catch((cause: unknown) => {
-    if (cause instanceof SandpoolError) throw key === undefined ? cause : corrupt(cause.message, key, cause);
-    throw corrupt('snapshot folder cannot be read', key, cause);
+    if (isSandpoolError(cause)) throw key === undefined ? cause : snapshotCorrupt(cause.message, key, cause);
+    throw snapshotCorrupt('snapshot folder cannot be read', key, cause);
   });
   const expected = manifest.files;
   const changed: string[] = [];
@@ -295,7 +288,7 @@ export async function verifyAgainst(dir: string, manifest: Manifest, key?: strin
     .filter(([, paths]) => paths.length > 0)
     .map(([label, paths]) => `${label}: ${paths.slice(0, 5).join(', ')}${paths.length > 5 ? ', …' : ''}`)
     .join('; ');
-  throw corrupt(`snapshot does not match its manifest (${summary})`, key);
+  throw snapshotCorrupt(`snapshot does not match its manifest (${summary})`, key);
 }
 
 /** What a snapshot worker runs before importing anything from its folder. */

@@ -1,8 +1,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
-import { ERROR_CODES, SandpoolError } from '../errors.js';
-import { closedError } from '../host/pool-errors.js';
+import { closed, isErrorCode, rebuilt } from '../errors.js';
 import type { HelperOp, HelperRequest } from './helper-protocol.js';
 import type { SnapshotInfo, SnapshotStoreOptions } from './store.js';
 
@@ -89,7 +88,7 @@ export class StoreHelper {
   run(op: 'remove', swarm: string, name: string): Promise<null>;
   run(op: Exclude<HelperOp, 'remove'>, swarm: string, name: string): Promise<SnapshotInfo>;
   run(op: HelperOp, swarm: string, name: string): Promise<SnapshotInfo | null> {
-    if (this.closed) return Promise.reject(closedError()); // callers check `available` first
+    if (this.closed) return Promise.reject(closed()); // callers check `available` first
     const request: HelperRequest = { id: this.nextId++, op, options: this.options, swarm, name };
     return new Promise((resolve, reject) => this.send(request, { resolve, reject }, false));
   }
@@ -209,13 +208,13 @@ export class StoreHelper {
 type ReplyError = Extract<z.infer<typeof Reply>, { ok: false }>['error'];
 
 function errorOf(error: ReplyError): Error {
-  const code = ERROR_CODES.find((known) => known === error.code);
-  if (code === undefined) {
+  const code = error.code;
+  if (!isErrorCode(code)) {
     const plain = new Error(error.message);
     if (error.systemCode !== undefined) Object.assign(plain, { code: error.systemCode });
     return plain;
   }
-  return new SandpoolError(code, error.message, {
+  return rebuilt(code, error.message, {
     ...(error.cause === undefined ? {} : { cause: new Error(error.cause) }),
     ...(error.key === undefined ? {} : { key: error.key }),
     ...(error.issues === undefined

@@ -3,7 +3,19 @@ import { type Dirent, lstatSync, readdirSync } from 'node:fs';
 import { chmod, lstat, mkdir, readdir, realpath, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join, resolve, sep } from 'node:path';
 import { z } from 'zod';
-import { isSandpoolError, SandpoolError } from '../errors.js';
+import {
+  invalidArguments,
+  invalidOptions,
+  isSandpoolError,
+  moduleNotFound,
+  type SandpoolError,
+  snapshotBuild,
+  snapshotCorrupt,
+  snapshotExists,
+  snapshotNotFound,
+  swarmNotFound,
+  unusableOptions,
+} from '../errors.js';
 import { issuesOf } from '../issues.js';
 import { SnapshotNameSchema, SwarmSchema } from '../key.js';
 import { bundleStem } from './bundle.js';
@@ -89,9 +101,7 @@ export class SnapshotStore {
   constructor(options: SnapshotStoreOptions) {
     const parsed = StoreOptionsSchema.safeParse(options);
     if (!parsed.success) {
-      const issues = issuesOf(parsed.error);
-      const fields = [...new Set(issues.map((issue) => issue.path.join('.') || '(options)'))].join(', ');
-      throw new SandpoolError('ERR_SANDPOOL_INVALID_OPTIONS', `invalid snapshot store options: ${fields}`, { issues });
+      throw invalidOptions('snapshot store options', issuesOf(parsed.error));
     }
     // Resolved once so a later chdir cannot move the store.
     this.root = resolve(parsed.data.root);
@@ -174,7 +184,7 @@ export class SnapshotStore {
       if (!isMissingError(error)) throw error;
       // A swarm with a folder but no snapshots yet is a valid, empty swarm.
       if (exists(swarmDir(this.root, swarm))) return [];
-      throw new SandpoolError('ERR_SANDPOOL_SWARM_NOT_FOUND', `swarm ${swarm} does not exist`);
+      throw swarmNotFound(swarm);
     }
     const infos: SnapshotInfo[] = [];
     for (const name of names) {
@@ -205,7 +215,7 @@ export class SnapshotStore {
       // One rename hides it whole; the slow recursive delete happens out of sight.
       await rename(snapshotDir(this.root, swarm, name), doomed);
     } catch (error) {
-      if (isMissingError(error)) throw notFound(swarm, name);
+      if (isMissingError(error)) throw snapshotNotFound(swarm, name);
       throw error;
     }
     await rm(doomed, { recursive: true, force: true });
@@ -228,14 +238,13 @@ export class SnapshotStore {
     checkArgs(SnapshotArgs, { swarm, name });
     const secret = this.#secret;
     if (secret === undefined) {
-      throw new SandpoolError('ERR_SANDPOOL_INVALID_OPTIONS', 'sign() needs the store to have a snapshotSecret');
+      throw unusableOptions('sign() needs the store to have a snapshotSecret');
     }
     const dir = snapshotDir(this.root, swarm, name);
-    if (!exists(dir)) throw notFound(swarm, name);
+    if (!exists(dir)) throw snapshotNotFound(swarm, name);
     const { manifest } = readManifest(dir);
     if (manifest.version !== 2) {
-      throw new SandpoolError(
-        'ERR_SANDPOOL_SNAPSHOT_CORRUPT',
+      throw snapshotCorrupt(
         `snapshot ${name} of swarm ${swarm} predates self-contained snapshots and cannot be signed; create it again`,
       );
     }
@@ -260,19 +269,19 @@ export class SnapshotStore {
     } catch (error) {
       if (!isMissingError(error)) throw error;
     }
-    throw new SandpoolError('ERR_SANDPOOL_SWARM_NOT_FOUND', `swarm ${swarm} has no live folder`);
+    throw swarmNotFound(swarm, 'has no live folder');
   }
 
   private async read(swarm: string, name: string): Promise<{ info: SnapshotInfo; manifest: Manifest }> {
     const dir = snapshotDir(this.root, swarm, name);
-    if (!exists(dir)) throw notFound(swarm, name);
+    if (!exists(dir)) throw snapshotNotFound(swarm, name);
     try {
       const { manifest, text } = readManifest(dir);
       checkSignature(manifest, this.#secret);
       return { info: infoOf(swarm, name, manifest, text), manifest };
     } catch (error) {
       // A concurrent remove renames the folder away: that is NOT_FOUND, not corruption.
-      if (isSandpoolError(error, 'ERR_SANDPOOL_SNAPSHOT_CORRUPT') && !exists(dir)) throw notFound(swarm, name);
+      if (isSandpoolError(error, 'ERR_SANDPOOL_SNAPSHOT_CORRUPT') && !exists(dir)) throw snapshotNotFound(swarm, name);
       throw error;
     }
   }
@@ -284,10 +293,10 @@ export class SnapshotStore {
       existing = await this.read(swarm, name);
     } catch (error) {
       if (isSandpoolError(error, 'ERR_SANDPOOL_SNAPSHOT_NOT_FOUND')) throw error;
-      throw taken(swarm, name, error);
+      throw snapshotExists(swarm, name, error);
     }
     if (existing.info.digest === digest) return existing.info;
-    throw taken(swarm, name);
+    throw snapshotExists(swarm, name);
   }
 }
 
@@ -299,9 +308,7 @@ export function checkSnapshotArgs(swarm: string, name: string): void {
 function checkArgs(schema: z.ZodType, args: Record<string, unknown>): void {
   const parsed = schema.safeParse(args);
   if (parsed.success) return;
-  const issues = issuesOf(parsed.error);
-  const fields = [...new Set(issues.map((issue) => issue.path.join('.')))].join(', ');
-  throw new SandpoolError('ERR_SANDPOOL_INVALID_KEY', `invalid snapshot arguments: ${fields}`, { issues });
+  throw invalidArguments('snapshot arguments', issuesOf(parsed.error));
 }
 
 /**
@@ -414,30 +421,20 @@ function infoOf(swarm: string, name: string, manifest: Manifest, text: string): 
 }
 
 function tooLarge(maxBytes: number, cause?: unknown): SandpoolError {
-  return new SandpoolError(
-    'ERR_SANDPOOL_SNAPSHOT_BUILD',
+  return snapshotBuild(
     `snapshot would take more than maxSnapshotBytes (${maxBytes} bytes, files and bundles together, sparse files at their full size)`,
-    cause === undefined ? {} : { cause },
+    cause,
   );
 }
 
 function refusedBuild(path: string, why: string, cause?: unknown): SandpoolError {
   const message = `cannot snapshot live/${path}: it ${why}`;
-  return new SandpoolError('ERR_SANDPOOL_SNAPSHOT_BUILD', message, cause === undefined ? {} : { cause });
-}
-
-function notFound(swarm: string, name: string): SandpoolError {
-  return new SandpoolError('ERR_SANDPOOL_SNAPSHOT_NOT_FOUND', `snapshot ${name} of swarm ${swarm} does not exist`);
-}
-
-function taken(swarm: string, name: string, cause?: unknown): SandpoolError {
-  const message = `snapshot ${name} of swarm ${swarm} already exists with different content`;
-  return new SandpoolError('ERR_SANDPOOL_SNAPSHOT_EXISTS', message, cause === undefined ? {} : { cause });
+  return snapshotBuild(message, cause);
 }
 
 function refused(path: string, why: string, cause?: unknown): SandpoolError {
   const message = `cannot snapshot live/${path}: it ${why}`;
-  return new SandpoolError('ERR_SANDPOOL_MODULE_NOT_FOUND', message, cause === undefined ? {} : { cause });
+  return moduleNotFound(message, undefined, cause);
 }
 
 function errnoCode(error: unknown): unknown {

@@ -5,6 +5,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { isMainThread, parentPort, workerData } from 'node:worker_threads';
+import { isDenialList } from '../protocol/checks.js';
 import {
   type FromWorker,
   type LoadRequest,
@@ -18,6 +19,7 @@ import { defineAgentGlobal } from './agent-global.js';
 import { Heartbeat } from './heartbeat.js';
 import { HostProxy } from './host-proxy.js';
 import { LoadFailure, loadAgent, preloadFor } from './load.js';
+import { lockDown } from './lockdown.js';
 import { OutputGate } from './output.js';
 import { Runtime } from './runtime.js';
 
@@ -115,7 +117,7 @@ link.listen((message) => {
   switch (message.t) {
     case 'calls':
       heartbeat?.quicken();
-      return runtime.onCalls(message.calls);
+      return runtime.onCalls(message.calls, message.shared === true);
     case 'cancel':
       return runtime.cancel(message.id, message.why);
     case 'out-ack':
@@ -148,6 +150,14 @@ function threadId(): number {
 
 async function onLoad(request: LoadRequest): Promise<void> {
   if (isMainThread) await dropPrivileges(request);
+  try {
+    if (request.deny !== undefined && !isDenialList(request.deny)) throw new Error('a malformed denial list');
+    lockDown(request.deny ?? []);
+  } catch (error) {
+    // No agent runs under a lockdown that did not take.
+    post({ t: 'load-failed', code: 'ERR_SANDPOOL_MODULE_LOAD', error: toRemoteError(error) });
+    return;
+  }
   defineAgentGlobal(request.key, host.api);
   const { heartbeatMs, idleHeartbeatMs } = request;
   if (heartbeatMs !== undefined && heartbeatMs > 0) {

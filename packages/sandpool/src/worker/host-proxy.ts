@@ -7,6 +7,7 @@
 import { deserialize, serialize } from 'node:v8';
 import { HOST_NOT_FOUND, type HostDone, IO_LIMITS } from '../protocol/agent-io.js';
 import type { FromWorker, RemoteError } from '../protocol/messages.js';
+import { exceedsSize } from '../protocol/size.js';
 import { currentCall } from './context.js';
 
 type Post = (message: FromWorker, transfer?: ArrayBuffer[]) => void;
@@ -65,6 +66,16 @@ export class HostProxy {
     if (this.waiting.size >= IO_LIMITS.hostCalls) {
       return Promise.reject(
         failure('ERR_SANDPOOL_QUEUE_FULL', `${IO_LIMITS.hostCalls} host calls are in flight already in this worker`),
+      );
+    }
+    // Sized before anything walks them: a sparse array of length 2^32−1 serializes to a few
+    // bytes, and the capability on the coordinator's thread would walk every slot.
+    if (exceedsSize(args, IO_LIMITS.hostArgsBytes)) {
+      return Promise.reject(
+        failure(
+          'ERR_SANDPOOL_DATA_CLONE',
+          `the arguments of sandpool.host.${name}() are larger than ${IO_LIMITS.hostArgsBytes} bytes (an array counts every slot)`,
+        ),
       );
     }
     let bytes: ArrayBuffer;

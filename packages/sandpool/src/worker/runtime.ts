@@ -5,7 +5,7 @@
  */
 
 import type { StreamStart } from '../protocol/agent-io.js';
-import { isPrimitive } from '../protocol/clone.js';
+import { isInline } from '../protocol/clone.js';
 import {
   CALL_HEADER,
   type CancelReason,
@@ -41,6 +41,8 @@ export class Runtime {
   private readonly running = new Map<number, CallContext>();
   /** Stream calls by id: credit and cancels reach their pumps here. */
   private readonly streams = new Map<number, StreamPump>();
+  /** Running calls made with `{ shared: true }`: their results may share memory with the caller. */
+  private readonly sharing = new Set<number>();
   private okReplies: unknown[] = [];
   private errReplies: unknown[] = [];
 
@@ -59,8 +61,12 @@ export class Runtime {
     }
   }
 
-  /** `calls` is `id, fn, deadline, argc, args…` as the coordinator flattened it (CALL_HEADER). */
-  onCalls(calls: unknown[]): void {
+  /**
+   * `calls` is `id, fn, deadline, argc, args…` as the coordinator flattened it (CALL_HEADER);
+   * `shared`: one call, made with `{ shared: true }`.
+   */
+  onCalls(calls: unknown[], shared = false): void {
+    if (shared) this.sharing.add(calls[0] as number);
     for (let i = 0; i < calls.length; ) {
       const id = calls[i] as number;
       const fn = calls[i + 1] as string;
@@ -118,7 +124,7 @@ export class Runtime {
 
   /** Sends one chunk now (its value may change after the next yield); an outcome if it cannot go. */
   private chunk(id: number, value: unknown): Outcome | null {
-    if (isPrimitive(value)) {
+    if (isInline(value, LIMITS.inlineString)) {
       this.post({ t: 'chunk', id, value, bytes: null });
       return null;
     }
@@ -145,9 +151,10 @@ export class Runtime {
    * it: the agent's next call in this tick may change an object it returned.
    */
   private reply(id: number, outcome: Outcome): void {
-    if (outcome.ok && !isPrimitive(outcome.value)) {
+    const shared = this.sharing.size > 0 && this.sharing.delete(id);
+    if (outcome.ok && !isInline(outcome.value, LIMITS.inlineString)) {
       this.flush();
-      this.replyObject(id, outcome.value);
+      this.replyObject(id, outcome.value, shared);
       return;
     }
     if (this.okReplies.length === 0 && this.errReplies.length === 0) queueMicrotask(this.flush);
@@ -158,7 +165,7 @@ export class Runtime {
     }
   }
 
-  private replyObject(id: number, value: unknown): void {
+  private replyObject(id: number, value: unknown, share: boolean): void {
     if (isStreamSource(value)) {
       closeQuietly(value);
       const message = 'the function returns a stream (an async iterable): consume it with pool.stream(), not call()';
@@ -166,19 +173,30 @@ export class Runtime {
       return;
     }
     const moved = takeTransfer(value);
-    const serialized = serializeResult(value, moved);
+    const serialized = serializeResult(value, moved, share);
     if (!serialized.ok) {
       this.reply(id, { ok: false, code: 'ERR_SANDPOOL_DATA_CLONE', error: cloneError(serialized) });
       return;
     }
-    if (moved === undefined) {
-      this.post({ t: 'result', id, bytes: serialized.bytes }, [serialized.bytes]);
+    const { bytes, shared } = serialized;
+    if (moved === undefined && shared === undefined) {
+      this.post({ t: 'result', id, bytes }, [bytes]);
       return;
     }
     try {
-      this.post({ t: 'result', id, bytes: serialized.bytes, moved }, [serialized.bytes, ...moved]);
+      this.post(
+        {
+          t: 'result',
+          id,
+          bytes,
+          ...(moved === undefined ? {} : { moved }),
+          ...(shared === undefined ? {} : { shared }),
+        },
+        [bytes, ...(moved ?? [])],
+      );
     } catch (cause) {
-      // A detached buffer, Buffer's shared pool, or the same buffer twice: nothing was moved.
+      // A detached buffer, Buffer's shared pool, the same buffer twice, or shared memory a
+      // child process cannot send: nothing was moved.
       this.reply(id, {
         ok: false,
         code: 'ERR_SANDPOOL_DATA_CLONE',

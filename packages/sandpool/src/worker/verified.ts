@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto';
 import * as nodeModule from 'node:module';
 import { dirname, join, relative, sep } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { SandpoolError } from '../errors.js';
+import { snapshotCorrupt } from '../errors.js';
 import type { LoadRequest } from '../protocol/messages.js';
 import { compileCacheDir } from '../store/layout.js';
 import { readManifest, verifyAgainst } from '../store/manifest.js';
@@ -35,7 +35,7 @@ export async function verifySnapshot(request: LoadRequest): Promise<VerifiedBund
   const rel = relative(dir, request.file).split(sep).join('/');
   const entry = Object.hasOwn(manifest.files, rel) ? manifest.files[rel] : undefined;
   if (entry === undefined || !Object.values(manifest.stems).includes(rel)) {
-    throw corrupt(`snapshot manifest lists no bundle ${rel}`, request.key);
+    throw snapshotCorrupt(`snapshot manifest lists no bundle ${rel}`, request.key);
   }
   // The coordinator's digest comes from a manifest it authenticated; the worker's own reread
   // of the manifest is the fallback when it sends none.
@@ -47,20 +47,16 @@ export async function verifySnapshot(request: LoadRequest): Promise<VerifiedBund
     bytes = readRegularFileSync(request.file, { maxBytes: entry.bytes });
   } catch (error) {
     const why = error instanceof UnsafeFileError ? error.message : 'cannot be read';
-    throw corrupt(`snapshot bundle ${rel} ${why}`, request.key, error);
+    throw snapshotCorrupt(`snapshot bundle ${rel} ${why}`, request.key, error);
   }
   if (createHash('sha256').update(bytes).digest('hex') !== expected) {
-    throw corrupt(`snapshot does not match its manifest (changed: ${rel})`, request.key);
+    throw snapshotCorrupt(`snapshot does not match its manifest (changed: ${rel})`, request.key);
   }
   const cacheDir =
     request.compileCacheDir !== undefined
       ? request.compileCacheDir
       : compileCacheDir(dirname(dirname(dirname(dir))), manifest.digest);
   return { file: request.file, bytes, cacheDir };
-}
-
-function corrupt(message: string, key: string, cause?: unknown): SandpoolError {
-  return new SandpoolError('ERR_SANDPOOL_SNAPSHOT_CORRUPT', message, cause === undefined ? { key } : { key, cause });
 }
 
 interface Hooks {

@@ -1,9 +1,9 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { SandpoolError } from 'sandpool';
 import { type CallKind, callOptionsFor, readCallInput } from '../call-input.js';
 import type { ServerContext } from '../context.js';
 import { bound, outcomeOf } from '../errors.js';
 import { authorize } from '../guard.js';
+import { toJson } from '../json.js';
 
 /**
  * `POST /v1/call` (key in the body or the x-sandpool-key header) and `POST /v1/call/<key>`
@@ -42,27 +42,12 @@ async function call(
     authorize(request, input.swarm, 'read');
     swarm = input.swarm;
     const result = await pool.call(input.key, input.fn, input.args, callOptionsFor(input, options.callTimeoutCapMs));
-    const text = resultJson(result, input.key);
+    const text = `{"result":${toJson(result, 'the result', input.key)}}`;
     finish('ok');
     return reply.type('application/json; charset=utf-8').send(text);
   } catch (error) {
     finish(outcomeOf(error));
     throw error;
-  }
-}
-
-/**
- * Results are structured clones, not JSON: undefined becomes null and a bigint its decimal
- * text, as in `sandpool call`. A cycle cannot be written at all.
- */
-function resultJson(result: unknown, key: string): string {
-  try {
-    const text = JSON.stringify(result ?? null, (_name, value: unknown) =>
-      typeof value === 'bigint' ? value.toString() : value,
-    );
-    return `{"result":${text}}`;
-  } catch (cause) {
-    throw new SandpoolError('ERR_SANDPOOL_DATA_CLONE', `${key}: the result cannot be written as JSON`, { key, cause });
   }
 }
 

@@ -1,5 +1,7 @@
 import type { FastifyInstance } from 'fastify';
 import type { ServerContext } from '../context.js';
+import { scopeOf } from '../guard.js';
+import { swarmSeries } from '../metrics.js';
 
 /** Liveness, readiness and the Prometheus scrape. */
 export function registerHealthRoutes(app: FastifyInstance, { metrics, options, lifecycle, pool }: ServerContext): void {
@@ -20,8 +22,10 @@ export function registerHealthRoutes(app: FastifyInstance, { metrics, options, l
     if (!lifecycle.draining) return { status: 'ready', node: options.nodeName };
     return reply.code(503).send({ code: 'ERR_SANDPOOL_CLOSED', message: `node ${options.nodeName} is draining` });
   });
-  app.get('/metrics', async (_request, reply) => {
+  app.get('/metrics', async (request, reply) => {
     const text = await metrics.registry.metrics();
-    return reply.type(metrics.registry.contentType).send(text);
+    const scope = scopeOf(request);
+    // A token scoped to some swarms sees their series only: nothing of another tenant, not even a total.
+    return reply.type(metrics.registry.contentType).send(scope === '*' ? text : swarmSeries(text, scope));
   });
 }

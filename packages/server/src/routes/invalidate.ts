@@ -1,10 +1,10 @@
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
-import { parseKey, SandpoolError } from 'sandpool';
+import { parseKey } from 'sandpool';
 import { z } from 'zod';
 import type { ServerContext } from '../context.js';
-import type { Scrub } from '../errors.js';
+import { invalidRequest, noSwarm, type Scrub } from '../errors.js';
 import { authorize } from '../guard.js';
 import { type ServerErrorCode, statusOf } from '../status.js';
 
@@ -37,15 +37,13 @@ export function registerInvalidateRoutes(app: FastifyInstance, { pool, root, scr
     const parsed = InvalidateBodySchema.safeParse(request.body ?? {});
     if (!parsed.success) {
       const issues = parsed.error.issues.map(({ path, message }) => ({ path, message }));
-      throw new SandpoolError('ERR_SANDPOOL_INVALID_OPTIONS', `invalid invalidate body: ${issues[0]?.message}`, {
-        issues,
-      });
+      throw invalidRequest('invalidate body', issues);
     }
     authorize(request, swarm, 'write');
     // Checked after the token, so a scoped token cannot learn which other swarms exist.
     const folder = await stat(join(root, swarm)).catch(() => null);
     if (folder === null || !folder.isDirectory()) {
-      throw new SandpoolError('ERR_SANDPOOL_SWARM_NOT_FOUND', `no swarm ${swarm}`);
+      throw noSwarm(swarm);
     }
     const report = await pool.invalidate({ swarm, ...parsed.data });
     const answer = toAnswer(report, scrub);

@@ -1,10 +1,10 @@
 import { once } from 'node:events';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { SandpoolError } from 'sandpool';
 import { type CallKind, callOptionsFor, readCallInput } from '../call-input.js';
 import type { ServerContext } from '../context.js';
 import { outcomeOf, toErrorReply } from '../errors.js';
 import { authorize } from '../guard.js';
+import { toJson } from '../json.js';
 
 /**
  * `POST /v1/stream` (and `/v1/stream/<key>`): the body of `/v1/call`, answered as NDJSON —
@@ -58,7 +58,7 @@ async function stream(
   let outcome: ReturnType<typeof outcomeOf> | 'ok' = 'ok';
   try {
     for (let step = first; step.done !== true && !gone; step = await iterator.next()) {
-      if (!raw.write(chunkLine(step.value))) await Promise.race([once(raw, 'drain'), closed]);
+      if (!raw.write(`{"chunk":${toJson(step.value, 'a chunk')}}\n`)) await Promise.race([once(raw, 'drain'), closed]);
     }
     if (!gone) raw.end('{"done":true}\n');
   } catch (error) {
@@ -67,18 +67,6 @@ async function stream(
     if (!gone) raw.end(`${JSON.stringify({ error: toErrorReply(error, options.debug, scrub).body })}\n`);
   }
   metrics.observeCall(outcome, kind, elapsed(started), swarm);
-}
-
-/** Chunks are structured clones, written as in `/v1/call`: undefined as null, a bigint as its decimal text. */
-function chunkLine(value: unknown): string {
-  try {
-    const text = JSON.stringify(value ?? null, (_name, item: unknown) =>
-      typeof item === 'bigint' ? item.toString() : item,
-    );
-    return `{"chunk":${text}}\n`;
-  } catch (cause) {
-    throw new SandpoolError('ERR_SANDPOOL_DATA_CLONE', 'a chunk cannot be written as JSON', { cause });
-  }
 }
 
 function elapsed(started: bigint): number {

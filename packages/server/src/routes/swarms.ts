@@ -1,8 +1,9 @@
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
-import { parseKey, SandpoolError } from 'sandpool';
+import { parseKey } from 'sandpool';
 import type { ServerContext } from '../context.js';
+import { noSwarm } from '../errors.js';
 import { authorize, visibleSwarms } from '../guard.js';
 
 /** The extensions a live stem may have, in the order the pool picks them. */
@@ -26,7 +27,7 @@ export function registerSwarmRoutes(app: FastifyInstance, { root }: ServerContex
     if (!validKey(`${swarm}/x`)) parseKey(`${swarm}/x`);
     authorize(request, swarm, 'read');
     const entries = await readdir(join(root, swarm, 'live'), { withFileTypes: true }).catch(() => null);
-    if (entries === null) throw new SandpoolError('ERR_SANDPOOL_SWARM_NOT_FOUND', `no swarm ${swarm}`);
+    if (entries === null) throw noSwarm(swarm);
     const stems = new Set<string>();
     for (const entry of entries) {
       const stem = AGENT_FILE.exec(entry.name)?.[1];

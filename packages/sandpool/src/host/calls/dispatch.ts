@@ -1,0 +1,101 @@
+import { aborted, type SandpoolError } from '../../errors.js';
+import type { AgentKey, ResolvedKey } from '../../key.js';
+import type { CallOptions } from '../../options.js';
+import { Call, type StreamSink } from '../cells/call.js';
+import type { Backoff } from '../routes/backoff.js';
+import type { Route } from '../routes/route.js';
+import type { RouteTable } from '../routes/table.js';
+import { type AdmissionState, type AdmittedCall, admit } from './admission.js';
+
+export interface DispatchLimits {
+  readonly maxPendingPerKey: number;
+  readonly maxWaiting: number;
+  readonly callTimeoutMs: number;
+}
+
+/**
+ * The way of a call: admitted (every refusal before it holds anything), made into a Call
+ * that carries its own completion, and handed to its key's route. From there its worker's
+ * reply, a timeout or a death settles it directly; nothing comes back through here.
+ */
+export class Dispatch implements AdmissionState {
+  /** `swarm@snapshot` of snapshots being removed: their keys fail at once rather than start a worker. */
+  readonly removing = new Set<string>();
+
+  constructor(
+    private readonly table: RouteTable,
+    readonly backoff: Backoff,
+    private readonly limits: DispatchLimits,
+    /** Calls waiting for a slot, across keys (the census's set). */
+    private readonly slotWaiters: ReadonlySet<Call>,
+    private readonly isClosed: () => boolean,
+  ) {}
+
+  /** Never throws synchronously: every refusal is a rejected promise. */
+  submit(key: AgentKey | string, fn: string, args: readonly unknown[], options?: CallOptions): Promise<unknown> {
+    try {
+      const admitted = admit(this, key, fn, args, options);
+      return new Promise((resolve, reject) => {
+        this.enter(admitted, resolve, reject, null);
+      });
+    } catch (error) {
+      return Promise.reject(error);
+    }
+  }
+
+  /** A stream call (see pool/streams.ts): admitted like a call, with no timeout unless given. Throws its refusal. */
+  openStream(
+    key: AgentKey | string,
+    fn: string,
+    args: readonly unknown[],
+    options: CallOptions,
+    sink: StreamSink,
+    resolve: (value: unknown) => void,
+    reject: (error: Error) => void,
+  ): Call {
+    return this.enter(admit(this, key, fn, args, { timeoutMs: 0, ...options }), resolve, reject, sink);
+  }
+
+  private enter(
+    admitted: AdmittedCall,
+    resolve: (value: unknown) => void,
+    reject: (error: Error) => void,
+    sink: StreamSink | null,
+  ): Call {
+    const route = admitted.route ?? this.table.open(admitted.key);
+    const call = new Call(route, admitted.fn, admitted.args, admitted.timeoutMs, admitted.signal, resolve, reject);
+    if (admitted.transfer !== undefined) call.transfer = admitted.transfer;
+    call.shared = admitted.shared;
+    call.stream = sink;
+    const key = route.key.text;
+    if (admitted.signal !== undefined) call.listen(admitted.signal, (): SandpoolError => aborted(key));
+    route.accept(call);
+    return call;
+  }
+
+  // ---- what admission reads ------------------------------------------------------------------
+
+  get closed(): boolean {
+    return this.isClosed();
+  }
+
+  get maxPendingPerKey(): number {
+    return this.limits.maxPendingPerKey;
+  }
+
+  get maxWaiting(): number {
+    return this.limits.maxWaiting;
+  }
+
+  get callTimeoutMs(): number {
+    return this.limits.callTimeoutMs;
+  }
+
+  get waitingForSlot(): number {
+    return this.slotWaiters.size;
+  }
+
+  route(key: ResolvedKey): Route | undefined {
+    return this.table.get(key);
+  }
+}

@@ -1,0 +1,290 @@
+import { closed, type ExitReason, moduleLoad, type SandpoolError, snapshotRemoved, workerDied } from '../../errors.js';
+import type { MemoryBeat } from '../../protocol/messages.js';
+import type { HostOption } from '../../types.js';
+import { capabilitiesFor, HostCalls } from '../capabilities/capabilities.js';
+import type { CpuGovernor } from '../governors/cpu.js';
+import { IDLE_POLL_MS, type MemoryGovernor } from '../governors/memory.js';
+import type { Scheduler } from '../slots/scheduler.js';
+import type { Spares } from '../slots/spares.js';
+import type { RetireReason, ThreadEnd } from '../workers/agent-worker.js';
+import type { Launcher } from '../workers/launch.js';
+import { AgentProcess } from '../workers/process.js';
+import type { Call } from './call.js';
+import type { Cell, CellLife, CellPhase } from './cell.js';
+import { toSandpoolError } from './remote-error.js';
+
+/** How often a worker the coordinator cannot probe reports its memory while calls run. */
+const HEARTBEAT_MS = 20;
+
+export interface LifecycleParts {
+  readonly scheduler: Scheduler<Cell>;
+  readonly spares: Spares;
+  readonly memory: MemoryGovernor<Cell>;
+  readonly cpu: CpuGovernor<Cell>;
+  readonly launcher: Launcher;
+  readonly host: HostOption;
+  readonly abortGraceMs: number;
+}
+
+/**
+ * What happens to cells, decided in one place: a cell is prepared (its file found, its plan
+ * made) and queued, started when the scheduler gives it a slot, and ended one of three ways:
+ * `retire` (the pool no longer wants it: an idle one ends now, a busy one drains first),
+ * `kill` (it must end now, its calls failing with the reason), or its worker ending by
+ * itself (`ended`). What that means for the key's calls and routing is its route's to decide
+ * (CellRoute); the slots are the scheduler's; the workers' memory and CPU the governors'.
+ */
+export class Lifecycle implements CellLife {
+  constructor(private readonly parts: LifecycleParts) {}
+
+  /** Finds the module and makes the cell's plan, then waits for a slot: nothing is spawned for a key that has no file. */
+  async prepare(cell: Cell): Promise<void> {
+    let plan: Awaited<ReturnType<Launcher['plan']>>;
+    try {
+      plan = await this.parts.launcher.plan(cell.key);
+      cell.host = new HostCalls(capabilitiesFor(this.parts.host, cell.key), cell.key);
+      await cell.route.beforeLoad(cell);
+    } catch (error) {
+      if (cell.phase.name !== 'resolving') return;
+      const failure = toSandpoolError(error, cell.key.text);
+      cell.route.prepareFailed(cell, failure);
+      this.abandon(cell, failure);
+      return;
+    }
+    const { phase } = cell;
+    if (phase.name !== 'resolving') return;
+    cell.transition({ name: 'queued', waiting: phase.waiting, plan });
+    this.parts.scheduler.enqueue(cell);
+  }
+
+  /** The scheduler gave the cell a slot: it gets a worker (a spare if one fits) and loads. */
+  start(cell: Cell): void {
+    const { phase } = cell;
+    if (phase.name !== 'queued') throw new Error(`sandpool: cannot start a ${phase.name} cell`);
+    const { launcher, spares, memory } = this.parts;
+    const { plan } = phase;
+    const spare = launcher.fitsBlank(plan, spares.isolation) ? spares.take() : null;
+    const thread = spare ?? launcher.boot(plan);
+    const channel = cell.openChannel(thread, this.parts.abortGraceMs);
+    cell.transition({
+      name: 'starting',
+      waiting: phase.waiting,
+      thread,
+      channel,
+      from: spare === null ? 'cold' : 'spare',
+      startedAt: performance.now(),
+      retiring: null,
+    });
+    const heartbeat = thread.isolation === 'thread' && memory.needsHeartbeat(plan.execArgv);
+    memory.watch(cell, thread, heartbeat);
+    const beat = heartbeat ? { busyMs: HEARTBEAT_MS, idleMs: IDLE_POLL_MS } : null;
+    thread.assign(cell.key, plan.access);
+    thread.post(launcher.loadRequest(cell.key, plan, thread, beat));
+    cell.route.loading(cell);
+  }
+
+  ready(cell: Cell, tid: number): void {
+    const { phase } = cell;
+    if (phase.name !== 'starting') return;
+    const { cpu, spares } = this.parts;
+    const { thread, channel, waiting } = phase;
+    if (thread instanceof AgentProcess) cpu.watchProcess(cell, thread.nodePid, (nice) => thread.prioritize(nice));
+    else if (tid > 0) cpu.watch(cell, tid);
+    if (phase.from === 'cold' && thread.isolation === spares.isolation) {
+      spares.booted(performance.now() - phase.startedAt);
+    }
+    cell.transition({ name: 'ready', thread, channel });
+    if (cell.route.promote(cell)) return;
+    for (const call of waiting) channel.post(call);
+    if (phase.retiring !== null) {
+      this.retire(cell, phase.retiring);
+      return;
+    }
+    if (channel.busy === 0) this.drained(cell);
+    cell.route.serves(cell);
+  }
+
+  loadTimedOut(cell: Cell): void {
+    const { text } = cell.key;
+    this.loadFailed(cell, moduleLoad(`${text} was still loading after ${cell.loadTimeoutMs} ms`, text));
+  }
+
+  loadFailed(cell: Cell, error: SandpoolError): void {
+    if (cell.phase.name !== 'starting') return;
+    cell.route.startFailed(cell, error);
+    this.terminate(cell, { died: 'crash' });
+  }
+
+  /** Ends a worker now; its calls reject with WORKER_EXITED `reason` (and `cause`). */
+  kill(cell: Cell, reason: Exclude<ExitReason, 'crash' | 'exit'>, cause: Error | null = null): void {
+    const { phase } = cell;
+    if (phase.name !== 'starting' && phase.name !== 'ready' && phase.name !== 'draining') return;
+    if (phase.name === 'starting') cell.route.startFailed(cell, workerDied(cell.key.text, reason, cause, true));
+    cell.route.detach(cell);
+    this.terminate(cell, { died: reason }, cause);
+  }
+
+  /** The pool retires a cell: idle ones stop now, busy ones finish their calls first. */
+  retire(cell: Cell, reason: RetireReason): void {
+    const { phase } = cell;
+    switch (phase.name) {
+      case 'resolving':
+      case 'queued': {
+        // Only `removed` and `closed` retire a cell that never started: its callers asked too late.
+        const { key } = cell;
+        const error =
+          reason === 'removed' && key.snapshot !== null
+            ? snapshotRemoved(key.text, key.swarm, key.snapshot)
+            : closed(key.text);
+        this.abandon(cell, error);
+        return;
+      }
+      case 'starting':
+        cell.route.detach(cell);
+        if (reason === 'closed') {
+          answer(cell.takeWaiting(), closed(cell.key.text));
+          this.terminate(cell, { retired: reason });
+        } else {
+          // Its callers asked before the retirement: it serves them once loaded, then drains.
+          phase.retiring = reason;
+        }
+        return;
+      case 'ready':
+        cell.route.detach(cell);
+        this.parts.scheduler.forget(cell);
+        if (phase.channel.busy === 0) {
+          this.terminate(cell, { retired: reason });
+          return;
+        }
+        cell.transition({ name: 'draining', thread: phase.thread, channel: phase.channel, reason });
+        if (reason === 'closed') phase.channel.signalAll('close');
+        return;
+      default:
+        return;
+    }
+  }
+
+  /** The scheduler makes room, or an idle worker idled out; a worker being replaced makes room for its candidate. */
+  evict(cell: Cell, reason: 'lru' | 'idle'): void {
+    if (reason === 'lru' && cell.route.yieldToCandidate(cell)) return;
+    this.retire(cell, reason);
+  }
+
+  /** Tells the worker to end (`cause`: what its calls fail with); the cell waits for it, and calls it stuck if it does not end in time. */
+  terminate(cell: Cell, end: ThreadEnd, cause: Error | null = null): void {
+    const { phase } = cell;
+    if (phase.name !== 'starting' && phase.name !== 'ready' && phase.name !== 'draining') return;
+    this.unwatch(cell);
+    cell.transition({ name: 'exiting', thread: phase.thread, channel: phase.channel, end });
+    phase.thread.terminate(end, cause);
+    this.resend(cell, phase.channel.takeDeferred(), end);
+  }
+
+  /**
+   * Calls that never reached a worker that is ending (they waited for a cancelled call's
+   * grace) run on the key's next worker, once; when the pool closes or the snapshot goes,
+   * they fail as the worker's other calls do.
+   */
+  private resend(cell: Cell, calls: readonly Call[], end: ThreadEnd): void {
+    if (calls.length === 0) return;
+    const { key } = cell;
+    const ends = 'retired' in end && (end.retired === 'closed' || end.retired === 'removed');
+    for (const call of calls) {
+      if (!ends && !call.resent) {
+        call.resent = true;
+        cell.route.accept(call);
+        continue;
+      }
+      const error =
+        'died' in end
+          ? workerDied(key.text, end.died, null, false)
+          : end.retired === 'removed' && key.snapshot !== null
+            ? snapshotRemoved(key.text, key.swarm, key.snapshot)
+            : closed(key.text);
+      call.settle(error);
+    }
+  }
+
+  /**
+   * terminate() did not end the thread (blocked in native code or a syscall). Its calls are
+   * answered now, it gives up its slot, and `exit` fires when the thread really ends.
+   */
+  stuck(cell: Cell): void {
+    const { phase } = cell;
+    if (phase.name !== 'exiting') return;
+    const key = cell.key.text;
+    const { end } = phase;
+    const error = 'died' in end ? workerDied(key, end.died, null, false) : closed(key);
+    const running = phase.channel.drain();
+    cell.transition({ name: 'stuck', thread: phase.thread, end });
+    answer(running, error);
+    this.parts.scheduler.pump();
+  }
+
+  ended(cell: Cell, end: ThreadEnd, failure: Error | null): void {
+    const { phase } = cell;
+    this.unwatch(cell);
+    const key = cell.key.text;
+    const death = 'died' in end ? end.died : null;
+    if (phase.name === 'starting') cell.route.startFailed(cell, workerDied(key, death ?? 'exit', failure, true));
+    cell.route.detach(cell);
+    const exitError = death === null ? closed(key) : workerDied(key, death, failure, false);
+    const running = cell.channel?.drain() ?? [];
+    const unsent = cell.channel?.takeDeferred() ?? [];
+    cell.transition({ name: 'ended', end });
+    // A kill or a cpuTimeoutMs overrun is the pool's own doing, and a failed load has backed off already.
+    const own = death === 'killed' || death === 'cpu' || phase.name === 'starting' || failedLoad(phase);
+    // Before the route hears the cell is gone: a call resent keeps the route (and makes its next cell).
+    this.resend(cell, unsent, end);
+    cell.route.released(cell, death !== null && !own ? exitError : null);
+    answer(running, exitError);
+    this.parts.scheduler.pump();
+  }
+
+  /** A cell with no worker yet lost its last caller. */
+  abandoned(cell: Cell): void {
+    this.abandon(cell, closed(cell.key.text));
+  }
+
+  /** A cell with no worker yet ends; its waiting calls fail with `failure`. */
+  abandon(cell: Cell, failure: SandpoolError): void {
+    this.parts.scheduler.forget(cell);
+    cell.route.detach(cell);
+    answer(cell.takeWaiting(), failure);
+    cell.transition({ name: 'ended', end: null });
+    cell.route.released(cell, null);
+  }
+
+  drained(cell: Cell): void {
+    const { phase } = cell;
+    if (phase.name === 'draining') {
+      this.terminate(cell, { retired: phase.reason });
+      return;
+    }
+    if (phase.name !== 'ready') return;
+    phase.thread.setReferenced(false);
+    this.parts.cpu.drained(cell);
+    if (cell.phase.name !== 'ready') return; // recycled to get its priority back
+    this.parts.scheduler.cellIdle(cell);
+  }
+
+  beat(cell: Cell, beat: MemoryBeat): void {
+    this.parts.memory.beat(cell, beat);
+  }
+
+  /** The slot, the memory and the CPU books no longer follow it. */
+  private unwatch(cell: Cell): void {
+    this.parts.scheduler.forget(cell);
+    this.parts.memory.unwatch(cell);
+    this.parts.cpu.unwatch(cell);
+  }
+}
+
+/** A load that failed ended its worker with `crash` and has backed its key off already. */
+function failedLoad(phase: CellPhase): boolean {
+  return phase.name === 'exiting' && 'died' in phase.end && phase.end.died === 'crash';
+}
+
+function answer(calls: readonly Call[], error: SandpoolError): void {
+  for (const call of calls) call.settle(error);
+}

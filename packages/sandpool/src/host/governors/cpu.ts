@@ -1,0 +1,260 @@
+import { closeSync, existsSync, openSync, readSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
+import type { DemoteReason } from '../../types.js';
+import { probeRaise, setNice } from '../workers/priority.js';
+
+/** How often each worker's CPU time is read (a kept-open fd, 12-18 µs a read). */
+const SAMPLE_MS = 20;
+/**
+ * How often a worker with no call running is read: often enough to judge each background
+ * window, and not 50 times a second for every idle worker (300 idle workers took 13% of the
+ * main thread at the busy rate).
+ */
+const IDLE_SAMPLE_MS = 250;
+/** A call that has used this much CPU is heavy: a candidate for demotion when busy keys outnumber cores. */
+const HEAVY_CALL_MS = 10;
+/** CPU a worker may burn with no call running, per window, before it is demoted; a second window evicts it. */
+const BACKGROUND_MS = 100;
+const BACKGROUND_WINDOW_MS = 1_000;
+const DEMOTED_NICE = 19;
+/** Linux reports a process's CPU in clock ticks of USER_HZ, 100 a second on every architecture Node runs on. */
+const NS_PER_TICK = 1e7;
+
+export interface CpuOptions {
+  /** Demote CPU-heavy threads when busy keys outnumber cores. */
+  readonly fairness: boolean;
+  /** CPU one call may use; 0 = off. */
+  readonly cpuTimeoutMs: number;
+}
+
+/** What the CPU governor reads of a worker it watches (a cell). */
+export interface CpuWatched {
+  /** Calls its worker runs, cancelled ones within their grace included. */
+  readonly busy: number;
+  /** The oldest call its worker runs, or null: the one charged with the CPU since it became the oldest. */
+  oldestCall(): object | null;
+}
+
+export interface CpuEvents<W> {
+  /** CPU a key's worker used since the last sample. */
+  used(cell: W, ms: number): void;
+  demoted(cell: W, reason: DemoteReason): void;
+  /** A call outran cpuTimeoutMs: its worker must end with `cpu`. */
+  overran(cell: W, detail: string): void;
+  /** A worker kept burning CPU with no call running: evict it. */
+  idleBurner(cell: W): void;
+  /** A demoted worker went idle and its priority cannot be raised back: recycle it. */
+  recycle(cell: W): void;
+}
+
+interface Sampled {
+  readonly tid: number;
+  /**
+   * A child process, `tid` its pid: its CPU is every thread's (V8's, libuv's pool, any it
+   * started), and its priority is set its own way (`prioritize`). Otherwise one worker thread.
+   */
+  readonly whole: boolean;
+  /** A child process's own way to set its priority (its cgroup's CPU weight, or each thread's nice). */
+  readonly prioritize: ((nice: number) => boolean) | null;
+  readonly fd: number;
+  /** Nanoseconds on CPU at the last sample. */
+  total: number;
+  /** The oldest call running at the last sample, and the CPU (ns) when it became the oldest. */
+  oldest: object | null;
+  oldestStart: number;
+  demoted: DemoteReason | null;
+  windowStart: number;
+  windowCpu: number;
+  /** When it was last read (performance.now()). */
+  sampledAt: number;
+}
+
+/**
+ * Per-worker CPU, counted on the worker's own thread from /proc (the kernel's figure, also
+ * between calls: timers, microtask loops), and what follows from it: cpuTimeoutMs, and with
+ * `fairness`, a lowered priority for heavy threads so a quiet key's latency holds.
+ */
+export class CpuGovernor<W extends CpuWatched> {
+  private readonly sampled = new Map<W, Sampled>();
+  /** Room for a /proc/<pid>/stat line (52 fields) as well as a schedstat one. */
+  private readonly buffer = Buffer.alloc(1024);
+  private timer: NodeJS.Timeout | null = null;
+  /** Whether a lowered priority can be raised back here (CAP_SYS_NICE or RLIMIT_NICE), probed on first use. */
+  private raisable: boolean | null = null;
+
+  constructor(
+    private readonly options: CpuOptions,
+    private readonly events: CpuEvents<W>,
+  ) {}
+
+  /**
+   * The TID a worker thread reported, checked: a thread of this process, not the main one,
+   * not another worker's. Anything else is refused, and the worker goes unaccounted.
+   */
+  watch(cell: W, tid: number): boolean {
+    if (!Number.isSafeInteger(tid) || tid <= 0 || tid === process.pid) return false;
+    for (const other of this.sampled.values()) if (other.tid === tid) return false;
+    if (!existsSync(`/proc/self/task/${tid}`)) return false;
+    return this.open(cell, tid, null, `/proc/self/task/${tid}/schedstat`);
+  }
+
+  /**
+   * A child process, by the pid the host spawned it with (nothing it reported). Its whole
+   * CPU: an agent that keeps libuv's pool busy (async `crypto.pbkdf2`, allowed under strict
+   * permissions) burns CPU on threads other than its main one.
+   */
+  watchProcess(cell: W, pid: number, prioritize: (nice: number) => boolean): boolean {
+    return pid > 0 && this.open(cell, pid, prioritize, `/proc/${pid}/stat`);
+  }
+
+  private open(cell: W, tid: number, prioritize: ((nice: number) => boolean) | null, path: string): boolean {
+    let fd: number;
+    try {
+      fd = openSync(path, 'r');
+    } catch {
+      return false;
+    }
+    const entry: Sampled = {
+      tid,
+      whole: prioritize !== null,
+      prioritize,
+      fd,
+      total: 0,
+      oldest: null,
+      oldestStart: 0,
+      demoted: null,
+      windowStart: 0,
+      windowCpu: 0,
+      sampledAt: performance.now(),
+    };
+    entry.total = this.read(entry);
+    entry.windowStart = performance.now();
+    this.sampled.set(cell, entry);
+    this.raisable ??= probeRaise(tid);
+    if (this.timer === null) {
+      this.timer = setInterval(this.sample, SAMPLE_MS);
+      this.timer.unref();
+    }
+    return true;
+  }
+
+  unwatch(cell: W): void {
+    const entry = this.sampled.get(cell);
+    if (entry === undefined) return;
+    this.sampled.delete(cell);
+    this.events.used(cell, (this.read(entry) - entry.total) / 1e6);
+    closeSync(entry.fd);
+    if (this.sampled.size === 0 && this.timer !== null) {
+      clearInterval(this.timer);
+      this.timer = null;
+    }
+  }
+
+  /** The worker threads it watches: their CPU is their keys'. */
+  ownedThreads(): Set<number> {
+    const tids = new Set<number>();
+    for (const entry of this.sampled.values()) if (!entry.whole) tids.add(entry.tid);
+    return tids;
+  }
+
+  isDemoted(cell: W): boolean {
+    return (this.sampled.get(cell)?.demoted ?? null) !== null;
+  }
+
+  /** The worker has no call left: a demoted one gets its priority back, or is recycled. */
+  drained(cell: W): void {
+    const entry = this.sampled.get(cell);
+    if (entry === undefined) return;
+    entry.oldest = null;
+    entry.windowStart = performance.now();
+    entry.windowCpu = 0;
+    if (entry.demoted !== 'cpu-share') return;
+    if (this.raisable === true && renice(entry, 0)) entry.demoted = null;
+    else this.events.recycle(cell);
+  }
+
+  private readonly sample = (): void => {
+    const now = performance.now();
+    let busy = 0;
+    for (const cell of this.sampled.keys()) if (cell.busy > 0) busy += 1;
+    const crowded = busy > availableParallelism();
+    for (const [cell, entry] of this.sampled) {
+      if (cell.busy === 0 && entry.oldest === null && now - entry.sampledAt < IDLE_SAMPLE_MS) continue;
+      entry.sampledAt = now;
+      const total = this.read(entry);
+      const delta = total - entry.total;
+      entry.total = total;
+      if (delta > 0) this.events.used(cell, delta / 1e6);
+      const oldest = cell.oldestCall();
+      if (oldest !== null) {
+        // The oldest call is charged the thread's CPU since it became the oldest (to within a
+        // sample); calls running beside it share that figure. After an idle stretch the last
+        // read may be 250 ms old: that CPU was background work, not the call's.
+        if (oldest !== entry.oldest) {
+          if (entry.oldest === null) {
+            entry.windowCpu += delta / 1e6;
+            entry.oldestStart = total;
+          } else {
+            entry.oldestStart = total - delta;
+          }
+          entry.oldest = oldest;
+        }
+        const callMs = (total - entry.oldestStart) / 1e6;
+        if (this.options.cpuTimeoutMs > 0 && callMs > this.options.cpuTimeoutMs) {
+          this.events.overran(
+            cell,
+            `a call used ${Math.round(callMs)} ms of CPU, past cpuTimeoutMs ${this.options.cpuTimeoutMs}`,
+          );
+          continue;
+        }
+        if (this.options.fairness && crowded && entry.demoted === null && callMs > HEAVY_CALL_MS) {
+          this.demote(cell, entry, 'cpu-share');
+        }
+        continue;
+      }
+      entry.oldest = null;
+      if (cell.busy > 0) continue; // an answered call still within its abort grace
+      entry.windowCpu += delta / 1e6;
+      if (now - entry.windowStart < BACKGROUND_WINDOW_MS) continue;
+      const burning = entry.windowCpu > BACKGROUND_MS;
+      entry.windowStart = now;
+      entry.windowCpu = 0;
+      if (!burning || !this.options.fairness) continue;
+      if (entry.demoted === 'background-cpu') this.events.idleBurner(cell);
+      else this.demote(cell, entry, 'background-cpu');
+    }
+  };
+
+  private demote(cell: W, entry: Sampled, reason: DemoteReason): void {
+    if (!renice(entry, DEMOTED_NICE)) return;
+    entry.demoted = reason;
+    this.events.demoted(cell, reason);
+  }
+
+  private read(entry: Sampled): number {
+    try {
+      const length = readSync(entry.fd, this.buffer, 0, this.buffer.length, 0);
+      const text = this.buffer.toString('latin1', 0, length);
+      const ns = entry.whole ? processNs(text) : Number(text.split(' ')[0]);
+      // A line that does not parse must not stick as NaN and switch accounting off.
+      return Number.isFinite(ns) ? ns : entry.total;
+    } catch {
+      return entry.total; // the thread has gone: nothing more to count
+    }
+  }
+}
+
+/**
+ * utime + stime of /proc/<pid>/stat (fields 14 and 15), which count every thread of the
+ * process, the ended ones too. The fields are read after the last ')': the command name
+ * before it is the agent's to set (`process.title`) and may hold spaces and parentheses.
+ */
+function processNs(stat: string): number {
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) * NS_PER_TICK;
+}
+
+/** Sets a worker thread's priority, or a child process's. */
+function renice(entry: Sampled, nice: number): boolean {
+  return entry.prioritize === null ? setNice(entry.tid, nice) : entry.prioritize(nice);
+}

@@ -1,0 +1,126 @@
+import { EventEmitter } from 'node:events';
+import type { AgentKey } from '../../key.js';
+import {
+  type CallOptions,
+  type InvalidateSelector,
+  type PoolOptions,
+  parsePoolOptions,
+  type ResolvedPoolOptions,
+  type StreamOptions,
+} from '../../options.js';
+import type { SnapshotStore } from '../../store/store.js';
+import { StoreHelper } from '../../store/store-helper.js';
+import type { InvalidateReport, KeyStats, PoolEvents, PoolStats, Remote } from '../../types.js';
+import { refuseUnenforceableNetwork } from '../workers/permissions.js';
+import { PoolCore } from './core.js';
+import { frozenCopy } from './frozen.js';
+import { warnIfHeapCapOverridden } from './heap-warning.js';
+import { remoteProxy } from './remote.js';
+import { PoolSnapshotStore } from './snapshots.js';
+import { PoolStream } from './streams.js';
+
+/**
+ * Test-only: the pool's invariants, checked from scratch (an empty list when all hold).
+ * @internal
+ */
+export const INVARIANTS = Symbol.for('sandpool.invariants');
+
+/**
+ * The public face of a pool: every key `(swarm, snapshot, stem)` is routed to a worker
+ * thread of its own, called over async RPC. The coordinator behind it is private.
+ */
+export class Pool extends EventEmitter<PoolEvents> implements AsyncDisposable {
+  /** The options in force, defaults filled in: a frozen copy (changing the pool's options takes a new pool). */
+  readonly options: Readonly<ResolvedPoolOptions>;
+  /** The snapshot store under this pool's root; `remove` drains the snapshot's workers first. */
+  readonly snapshots: SnapshotStore;
+  readonly #core: PoolCore;
+  readonly #storeHelper: StoreHelper;
+
+  constructor(options: PoolOptions) {
+    super();
+    const parsed = parsePoolOptions(options);
+    this.options = frozenCopy(parsed);
+    refuseUnenforceableNetwork(parsed);
+    warnIfHeapCapOverridden(parsed.resourceLimits);
+    const emit = this.emit.bind(this) as (event: keyof PoolEvents, ...args: unknown[]) => boolean;
+    this.#core = new PoolCore(parsed, (event, ...args) => emit(event, ...args));
+    const { snapshotSecret, maxSnapshotBytes } = parsed;
+    const storeOptions = {
+      root: this.#core.root,
+      maxSnapshotBytes,
+      ...(snapshotSecret === undefined ? {} : { snapshotSecret }),
+    };
+    this.#storeHelper = new StoreHelper(storeOptions);
+    this.snapshots = new PoolSnapshotStore(storeOptions, this.#storeHelper, (swarm, name, removeFiles) =>
+      this.#core.removeSnapshot(swarm, name, removeFiles),
+    );
+  }
+
+  /** Calls `fn` of the key's agent; never throws synchronously. */
+  call<T = unknown>(
+    key: AgentKey | string,
+    fn: string,
+    args: readonly unknown[] = [],
+    options?: CallOptions,
+  ): Promise<T> {
+    return this.#core.dispatch.submit(key, fn, args, options) as Promise<T>;
+  }
+
+  /**
+   * Streams what `fn` returns: the chunks of an async iterable (an `async function*`) or a
+   * ReadableStream, or a plain value once. Starts on the first `next()`, where every
+   * refusal surfaces; `break` ends the generator in the worker and fires its signal.
+   */
+  stream<T = unknown>(
+    key: AgentKey | string,
+    fn: string,
+    args: readonly unknown[] = [],
+    options?: StreamOptions,
+  ): AsyncIterableIterator<T, undefined> {
+    return new PoolStream<T>((...open) => this.#core.dispatch.openStream(...open), key, fn, args, options);
+  }
+
+  /**
+   * A typed proxy: every export of the agent becomes `(...args) => Promise`, with the same
+   * transport and errors as `call`. Not thenable; logging it never makes a call.
+   */
+  remote<T>(key: AgentKey | string, options?: CallOptions): Remote<T> {
+    return remoteProxy<T>((...args) => this.#core.dispatch.submit(...args), key, options);
+  }
+
+  stats(): PoolStats {
+    return this.#core.stats();
+  }
+
+  /** Per key: CPU ms, heap and external bytes, calls, errors, in flight, queued, demoted, latency. */
+  keyStats(): KeyStats[] {
+    return this.#core.keyStats();
+  }
+
+  /**
+   * Reloads the matching workers blue-green (`snapshot` omitted means live); resolves once
+   * the old ones are gone, listing the keys now on the new code and those whose new code
+   * failed to load (their old workers keep serving).
+   */
+  invalidate(selector: InvalidateSelector): Promise<InvalidateReport> {
+    return this.#core.invalidate(selector);
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([this.#core.close(), this.#storeHelper.close()]);
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+
+  /** @internal Not part of the API: what the test suite checks after every step. */
+  [INVARIANTS](): string[] {
+    return this.#core.violations();
+  }
+}
+
+export function createPool(options: PoolOptions): Pool {
+  return new Pool(options);
+}

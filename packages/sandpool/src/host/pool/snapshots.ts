@@ -1,0 +1,51 @@
+import { checkSnapshotArgs, type SnapshotInfo, SnapshotStore, type SnapshotStoreOptions } from '../../store/store.js';
+import type { StoreHelper } from '../../store/store-helper.js';
+
+/**
+ * `pool.snapshots`: the store, with its file-heavy operations run by the snapshot helper
+ * process (a libuv pool of its own, so tenants' async jobs never delay them), and `remove`
+ * draining the snapshot's workers first. A host that may not start processes, or a closed
+ * pool, runs them here. Listing and reading manifests stay here: small, synchronous reads.
+ */
+export class PoolSnapshotStore extends SnapshotStore {
+  constructor(
+    options: SnapshotStoreOptions,
+    private readonly helper: StoreHelper,
+    private readonly drainAndRemove: (swarm: string, name: string, removeFiles: () => Promise<void>) => Promise<void>,
+  ) {
+    super(options);
+  }
+
+  override create(swarm: string, name: string): Promise<SnapshotInfo> {
+    return this.inHelper('create', swarm, name, () => super.create(swarm, name));
+  }
+
+  override verify(swarm: string, name: string): Promise<SnapshotInfo> {
+    return this.inHelper('verify', swarm, name, () => super.verify(swarm, name));
+  }
+
+  override sign(swarm: string, name: string): Promise<SnapshotInfo> {
+    return this.inHelper('sign', swarm, name, () => super.sign(swarm, name));
+  }
+
+  override async remove(swarm: string, name: string): Promise<void> {
+    // Validates and proves it exists first: bad input must not touch any worker.
+    await this.get(swarm, name);
+    await this.drainAndRemove(swarm, name, async () => {
+      if (this.helper.available) await this.helper.run('remove', swarm, name);
+      else await super.remove(swarm, name);
+    });
+  }
+
+  /** Bad arguments are refused here, before the helper is asked (or started). */
+  private async inHelper(
+    op: 'create' | 'verify' | 'sign',
+    swarm: string,
+    name: string,
+    inHost: () => Promise<SnapshotInfo>,
+  ): Promise<SnapshotInfo> {
+    if (!this.helper.available) return inHost();
+    checkSnapshotArgs(swarm, name);
+    return this.helper.run(op, swarm, name);
+  }
+}

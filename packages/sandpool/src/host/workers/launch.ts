@@ -1,0 +1,128 @@
+import { mkdirSync } from 'node:fs';
+import type { ResolvedKey } from '../../key.js';
+import type { ResolvedPoolOptions } from '../../options.js';
+import type { Deniable, LoadRequest } from '../../protocol/messages.js';
+import type { Isolation, PermissionPolicy } from '../../types.js';
+import type { AgentWorker, ThreadSettings } from './agent-worker.js';
+import { isolationFor } from './isolation.js';
+import { denialsOf, permissionArgs, policyFor } from './permissions.js';
+import { AgentProcess, type ProcessSettings } from './process.js';
+import { locateModule, type ModuleLocation } from './resolve.js';
+import { Sandbox, type SandboxParts } from './sandbox/sandbox.js';
+import type { KeyAccess } from './sandbox/view.js';
+import { AgentThread } from './thread.js';
+import { typeScriptExecArgv } from './typescript.js';
+
+/** What a key's worker starts with, settled before it takes a slot. */
+export interface LaunchPlan {
+  readonly location: ModuleLocation;
+  /** Its worker's Node flags (permission model, type stripping), fixed before it starts. */
+  readonly execArgv: readonly string[];
+  /** What its worker denies the agent (worker/lockdown.ts); null: nothing. */
+  readonly deny: Deniable[] | null;
+  readonly isolation: Isolation;
+  /** What a process key's cell must show it (see Sandbox.access); null for a thread. */
+  readonly access: KeyAccess | null;
+}
+
+/**
+ * How a key's worker is launched: where its module is, which flags and which isolation it
+ * gets (all from the options, per key), and the worker itself, booted cold or blank for a
+ * spare. Every refusal (no file, a link that leaves the folder, a bad per-key answer) is
+ * thrown by `plan`, before the key holds a slot.
+ */
+export class Launcher {
+  /** The OS sandbox of this pool's process keys. */
+  readonly sandbox: Sandbox;
+  private readonly process: ProcessSettings;
+  /** The flags a blank worker boots with: only a key that needs no more may take it. */
+  private readonly blankFlags = typeScriptExecArgv();
+
+  constructor(
+    private readonly options: ResolvedPoolOptions,
+    private readonly root: string,
+    private readonly settings: ThreadSettings,
+    sandbox: SandboxParts,
+  ) {
+    this.sandbox = new Sandbox(options, sandbox);
+    // Their V8 heap limit is the budget itself: past it V8 aborts the child alone.
+    this.process = { sandbox: this.sandbox, heapMb: options.resourceLimits.maxOldGenerationSizeMb };
+  }
+
+  async plan(key: ResolvedKey): Promise<LaunchPlan> {
+    const location = await locateModule(this.root, key, { snapshotSecret: this.options.snapshotSecret });
+    const policy = policyFor(this.options.permissions, key);
+    const execArgv = this.execArgvFor(policy, key, location);
+    const isolation = isolationFor(this.options.isolation, key);
+    let access: KeyAccess | null = null;
+    if (isolation === 'process') {
+      this.sandbox.checkReadable(key, location);
+      access = this.sandbox.access(key, location, policy);
+    }
+    return { location, execArgv, deny: denialsOf(policy), isolation, access };
+  }
+
+  /** A worker for a plan, booted now with its own flags. */
+  boot(plan: LaunchPlan): AgentWorker {
+    return plan.isolation === 'process'
+      ? new AgentProcess(this.settings, plan.execArgv, this.process, plan.access)
+      : new AgentThread(this.settings, plan.execArgv);
+  }
+
+  /** A blank worker of this kind, booted before its key is known: with no per-key flags. */
+  bootBlank(isolation: Isolation): AgentWorker {
+    return isolation === 'process'
+      ? new AgentProcess(this.settings, this.blankFlags, this.process, null)
+      : new AgentThread(this.settings, this.blankFlags);
+  }
+
+  /** Whether a blank worker of `isolation` can ever take a key here (a spare cell needs a stage: see Sandbox). */
+  canBootBlank(isolation: Isolation): boolean {
+    return isolation === 'thread' || this.sandbox.sparesPossible;
+  }
+
+  /** Whether a blank worker of `isolation` can serve this plan: its flags are fixed at boot. */
+  fitsBlank(plan: LaunchPlan, isolation: Isolation): boolean {
+    return plan.isolation === isolation && sameFlags(plan.execArgv, this.blankFlags);
+  }
+
+  /** The load message for a worker about to run this plan's module. */
+  loadRequest(key: ResolvedKey, plan: LaunchPlan, worker: AgentWorker, beat: Beat | null): LoadRequest {
+    const { file, verifyDir, sha256, compileCacheDir } = plan.location;
+    return {
+      t: 'load',
+      ...(beat === null ? {} : { heartbeatMs: beat.busyMs, idleHeartbeatMs: beat.idleMs }),
+      key: key.text,
+      file,
+      verifyDir,
+      // A child of another uid could not write the host's cache folder.
+      compileCacheDir: worker.isolation === 'process' ? null : compileCacheDir,
+      ...(sha256 === null ? {} : { sha256 }),
+      ...(plan.deny === null ? {} : { deny: plan.deny }),
+    };
+  }
+
+  /** The key's worker flags: its permission model (see permissions.ts) and type stripping. */
+  private execArgvFor(policy: PermissionPolicy, key: ResolvedKey, location: ModuleLocation): string[] {
+    const cache = location.compileCacheDir;
+    // Node reads and writes the compile cache, and grants nothing under a folder that does
+    // not exist yet: the coordinator makes it, and the worker may read and write it.
+    if (cache !== null) mkdirSync(cache, { recursive: true });
+    const folders = {
+      folder: location.folder,
+      extraRead: cache === null ? location.extraReadDirs : [...location.extraReadDirs, cache],
+      write: cache === null ? [] : [cache],
+    };
+    return [...this.blankFlags, ...permissionArgs(policy, folders, key)];
+  }
+}
+
+/** How often a worker the coordinator cannot probe reports its memory: while calls run, and while idle. */
+export interface Beat {
+  readonly busyMs: number;
+  readonly idleMs: number;
+}
+
+function sameFlags(a: readonly string[], b: readonly string[]): boolean {
+  return a.length === b.length && a.every((flag, i) => flag === b[i]);
+}
