@@ -127,9 +127,10 @@ export const PoolOptionsSchema = z.strictObject({
     ])
     .default('strict'),
   /**
-   * `'enforce'`: createPool refuses a pool where a thread key could run strict (no `net` grant)
-   * on a Node whose permission model cannot deny the network (before 25), unless every key is
-   * a process. `'best-effort'`: such threads have the network (the README says so).
+   * `'enforce'`: createPool refuses a pool where a key could run strict (no `net` grant) with
+   * the network open on a Node whose permission model cannot deny it (before 25): a thread key,
+   * or a process key whose cell has no network namespace. `'best-effort'`: such keys have the
+   * network (the README says so).
    */
   network: z.enum(['enforce', 'best-effort']).default('best-effort'),
   /** CPU time one call may use, counted on its worker's thread; past it the worker ends with \`cpu\`. 0 = off. */

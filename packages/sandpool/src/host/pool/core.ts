@@ -19,7 +19,7 @@ import { SpareDemand } from '../slots/spare-demand.js';
 import { Spares } from '../slots/spares.js';
 import { Launcher } from '../workers/launch.js';
 import { labelledWriter } from '../workers/output.js';
-import { sandboxEnds } from '../workers/permissions.js';
+import { refuseUnenforceableNetwork, sandboxEnds } from '../workers/permissions.js';
 import { violations } from './invariants.js';
 import { collectKeyStats } from './key-stats.js';
 
@@ -87,6 +87,8 @@ export class PoolCore {
       { cgroups: hostCgroups, memoryBytes: kernelMemoryBound(memoryLimits) },
     );
     this.launcher = launcher;
+    // Before anything starts: a spare, or the stage a spare cell needs.
+    refuseUnenforceableNetwork(options, launcher.sandbox.layers);
     // With isolation a function of the key, which kind the next key needs is unknown: threads.
     const spareKind = options.isolation === 'process' ? 'process' : 'thread';
     // Under a per-key permission model no key can take a spare (its flags are fixed at boot).

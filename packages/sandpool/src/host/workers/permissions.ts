@@ -5,7 +5,7 @@ import { fileURLToPath } from 'node:url';
 import { moduleNotFound, unusableOptions } from '../../errors.js';
 import type { ResolvedKey } from '../../key.js';
 import type { Deniable } from '../../protocol/messages.js';
-import type { PermissionGrant, PermissionPolicy, PermissionsOption } from '../../types.js';
+import type { PermissionGrant, PermissionPolicy, PermissionsOption, SandboxLayers } from '../../types.js';
 import { askForKey } from '../policy/ask.js';
 import { denialsFor, removalFlags, WIDENABLE_BUILTINS } from './denials.js';
 
@@ -104,20 +104,32 @@ const NO_ENTRY_GRANT = '--eval=0';
 const NET_DENIABLE = FLAGS.has('--allow-net');
 
 /**
- * `network: 'enforce'`: refuses (INVALID_OPTIONS) a pool where a thread key could run without
- * the network under a Node that cannot take it away, unless every key is a process.
+ * `network: 'enforce'`: refuses (INVALID_OPTIONS) a pool where a key could run strict with the
+ * network open: a thread under a Node that cannot take it away, or a process key whose cell
+ * has no network namespace of its own (`cells`: the sandbox's layers; null for a pool of threads).
  */
-export function refuseUnenforceableNetwork(options: {
-  readonly network: 'enforce' | 'best-effort';
-  readonly permissions: PermissionsOption;
-  readonly isolation: unknown;
-}): void {
-  if (options.network !== 'enforce' || NET_DENIABLE || options.isolation === 'process') return;
+export function refuseUnenforceableNetwork(
+  options: {
+    readonly network: 'enforce' | 'best-effort';
+    readonly permissions: PermissionsOption;
+    readonly isolation: unknown;
+  },
+  cells: SandboxLayers | null,
+): void {
+  if (options.network !== 'enforce' || NET_DENIABLE) return;
   const { permissions } = options;
   if (permissions === 'none' || (typeof permissions === 'object' && permissions.net === true)) return;
+  if (options.isolation !== 'process') {
+    throw unusableOptions(
+      `network: 'enforce' cannot deny a thread agent the network on Node ${process.version}: its permission model has ` +
+        "no --allow-net (Node 25+); run the keys with isolation: 'process', or grant net, or use network: 'best-effort'",
+    );
+  }
+  if (cells?.network !== 'host') return;
+  const why = cells.missing.find(({ layer }) => layer === 'namespaces')?.reason ?? 'no namespaces';
   throw unusableOptions(
-    `network: 'enforce' cannot deny a thread agent the network on Node ${process.version}: its permission model has ` +
-      "no --allow-net (Node 25+); run the keys with isolation: 'process', or grant net, or use network: 'best-effort'",
+    `network: 'enforce' cannot deny a process agent the network on Node ${process.version}: its cell has no ` +
+      `network namespace here (${why}); give the host bubblewrap, or grant net, or use network: 'best-effort'`,
   );
 }
 
