@@ -68,6 +68,7 @@ export const DENIABLE = [
   'BroadcastChannel',
   'postMessageToThread',
   'navigator.locks',
+  'fs.fd',
 ] as const;
 export type Deniable = (typeof DENIABLE)[number];
 

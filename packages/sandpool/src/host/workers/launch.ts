@@ -1,4 +1,5 @@
 import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
 import type { ResolvedKey } from '../../key.js';
 import type { ResolvedPoolOptions } from '../../options.js';
 import type { Deniable, LoadRequest } from '../../protocol/messages.js';
@@ -59,7 +60,7 @@ export class Launcher {
       this.sandbox.checkReadable(key, location);
       access = this.sandbox.access(key, location, policy);
     }
-    return { location, execArgv, deny: denialsOf(policy), isolation, access };
+    return { location, execArgv, deny: denialsOf(policy, isolation), isolation, access };
   }
 
   /** A worker for a plan, booted now with its own flags. */
@@ -110,6 +111,8 @@ export class Launcher {
     if (cache !== null) mkdirSync(cache, { recursive: true });
     const folders = {
       folder: location.folder,
+      // live/ or snapshots/<name>/, right under the swarm's folder (resolve.ts checked it is under the root).
+      swarm: key.snapshot === null ? dirname(location.folder) : dirname(dirname(location.folder)),
       extraRead: cache === null ? location.extraReadDirs : [...location.extraReadDirs, cache],
       write: cache === null ? [] : [cache],
     };
