@@ -731,7 +731,7 @@ describe('SharedArrayBuffer', () => {
       terminating: false,
       violate: (problem: string) => violations.push(problem),
     } as unknown as AgentThread;
-    const owner: ChannelOwner = { cancelIgnored: () => {}, drained: () => {} };
+    const owner: ChannelOwner = { engaged: () => {}, cancelIgnored: () => {}, drained: () => {} };
     const channel = new Channel(thread, owner, 250);
     const call = (sharing: boolean) =>
       ({

@@ -61,8 +61,10 @@ export class PoolCore {
       heapBytes: options.resourceLimits.maxOldGenerationSizeMb * 2 ** 20,
       externalBytes: options.maxExternalMb * 2 ** 20,
     };
-    this.memory = new MemoryGovernor<Cell>(memoryLimits, (cell, detail) =>
-      this.lifecycle.kill(cell, 'oom', new Error(detail)),
+    this.memory = new MemoryGovernor<Cell>(
+      memoryLimits,
+      (cell, detail) => this.lifecycle.kill(cell, 'oom', new Error(detail)),
+      (cell, fresh) => this.cpu.threadNs(cell, fresh),
     );
     this.cpu = new CpuGovernor<Cell>(options, {
       used: (cell, ms) => this.book.cpu(cell.key.text, ms),

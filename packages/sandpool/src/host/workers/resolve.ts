@@ -55,7 +55,7 @@ export async function locateModule(
   }
   if (key.snapshot !== null) {
     const { manifest } = readManifest(realFolder, key.text);
-    checkSignature(manifest, options.snapshotSecret, key.text);
+    checkSignature(manifest, options.snapshotSecret, { swarm: key.swarm, name: key.snapshot }, key.text);
     if (manifest.version === 2) {
       const rel = Object.hasOwn(manifest.stems, key.stem) ? manifest.stems[key.stem] : undefined;
       const entry = rel !== undefined && Object.hasOwn(manifest.files, rel) ? manifest.files[rel] : undefined;
