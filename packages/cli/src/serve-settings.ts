@@ -19,6 +19,8 @@ export interface ServeFlags {
   readonly watch?: boolean;
   readonly maxWorkers?: number;
   readonly callTimeout?: number;
+  readonly isolation?: 'thread' | 'process';
+  readonly sandbox?: 'auto' | 'require' | 'off';
   readonly bodyLimit?: number;
   readonly metricsSwarms?: number;
 }
@@ -55,6 +57,8 @@ export function serveSettings(config: SandpoolConfig, flags: ServeFlags, tokens:
       watch: flags.watch,
       maxWorkers: flags.maxWorkers,
       callTimeoutMs: flags.callTimeout,
+      isolation: flags.isolation,
+      sandbox: flags.sandbox,
       headersTimeoutMs: flags.headersTimeout,
       requestTimeoutMs: flags.requestTimeout,
       keepAliveTimeoutMs: flags.keepAliveTimeout,

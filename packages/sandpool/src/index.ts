@@ -33,5 +33,6 @@ export type {
   PoolStats,
   ReloadFailedEvent,
   Remote,
+  SandboxLayers,
   SpawnReason,
 } from './types.js';

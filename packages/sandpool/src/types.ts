@@ -48,6 +48,22 @@ export interface PoolEvents {
   'reload-failed': [ReloadFailedEvent];
   /** fairness lowered a worker's CPU priority: a heavy call while busy keys outnumber cores, or CPU burned with no call. */
   demote: [PoolEvent<DemoteReason>];
+  /** Once, just after createPool, when keys may run in processes: the sandbox layers they get here. */
+  sandbox: [SandboxLayers];
+}
+
+/** The layers of the OS sandbox around process keys, as `stats().sandbox` and the `sandbox` event report them. */
+export interface SandboxLayers {
+  /** Mount, pid, network, ipc and uts namespaces of its own per cell (bubblewrap). */
+  namespaces: boolean;
+  /** Each swarm's children run as a uid and gid of its own, from `sandbox.uidRange`. */
+  uidPerSwarm: boolean;
+  /** A cgroup per cell (memory, pids, CPU weight), and of which version; null: none. */
+  cgroups: 'v1' | 'v2' | null;
+  /** What a cell can connect to: its own loopback only, or the host's network. */
+  network: 'loopback' | 'host';
+  /** The layers `'auto'` goes without here, each with why (empty with `'require'`, which refuses to). */
+  missing: { layer: 'namespaces' | 'uidPerSwarm' | 'cgroups'; reason: string }[];
 }
 
 export interface PoolStats {
@@ -79,6 +95,8 @@ export interface PoolStats {
    * all of it is `otherMs`.
    */
   unattributedCpu: { libuvMs: number; v8Ms: number; otherMs: number };
+  /** The OS sandbox layers process keys get on this host; null when no key runs in a process. */
+  sandbox: SandboxLayers | null;
 }
 
 /** What `pool.keyStats()` says of one key: the per-tenant view of who uses what. */

@@ -8,6 +8,7 @@ import type { Scheduler } from '../slots/scheduler.js';
 import type { Spares } from '../slots/spares.js';
 import type { RetireReason, ThreadEnd } from '../workers/agent-worker.js';
 import type { Launcher } from '../workers/launch.js';
+import { AgentProcess } from '../workers/process.js';
 import type { Call } from './call.js';
 import type { Cell, CellLife, CellPhase } from './cell.js';
 import { toSandpoolError } from './remote-error.js';
@@ -77,6 +78,7 @@ export class Lifecycle implements CellLife {
     const heartbeat = thread.isolation === 'thread' && memory.needsHeartbeat(plan.execArgv);
     memory.watch(cell, thread, heartbeat);
     const beat = heartbeat ? { busyMs: HEARTBEAT_MS, idleMs: IDLE_POLL_MS } : null;
+    thread.assign(cell.key, plan.access);
     thread.post(launcher.loadRequest(cell.key, plan, thread, beat));
     cell.route.loading(cell);
   }
@@ -85,9 +87,9 @@ export class Lifecycle implements CellLife {
     const { phase } = cell;
     if (phase.name !== 'starting') return;
     const { cpu, spares } = this.parts;
-    if (phase.thread.isolation === 'process') cpu.watchProcess(cell, phase.thread.pid);
-    else if (tid > 0) cpu.watch(cell, tid);
     const { thread, channel, waiting } = phase;
+    if (thread instanceof AgentProcess) cpu.watchProcess(cell, thread.nodePid, (nice) => thread.prioritize(nice));
+    else if (tid > 0) cpu.watch(cell, tid);
     if (phase.from === 'cold' && thread.isolation === spares.isolation) {
       spares.booted(performance.now() - phase.startedAt);
     }

@@ -11,7 +11,6 @@ import {
 import type { SnapshotStore } from '../../store/store.js';
 import { StoreHelper } from '../../store/store-helper.js';
 import type { InvalidateReport, KeyStats, PoolEvents, PoolStats, Remote } from '../../types.js';
-import { refuseUnenforceableNetwork } from '../workers/permissions.js';
 import { PoolCore } from './core.js';
 import { frozenCopy } from './frozen.js';
 import { warnIfHeapCapOverridden } from './heap-warning.js';
@@ -41,7 +40,6 @@ export class Pool extends EventEmitter<PoolEvents> implements AsyncDisposable {
     super();
     const parsed = parsePoolOptions(options);
     this.options = frozenCopy(parsed);
-    refuseUnenforceableNetwork(parsed);
     warnIfHeapCapOverridden(parsed.resourceLimits);
     const emit = this.emit.bind(this) as (event: keyof PoolEvents, ...args: unknown[]) => boolean;
     this.#core = new PoolCore(parsed, (event, ...args) => emit(event, ...args));

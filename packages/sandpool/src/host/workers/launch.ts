@@ -5,10 +5,12 @@ import type { ResolvedPoolOptions } from '../../options.js';
 import type { Deniable, LoadRequest } from '../../protocol/messages.js';
 import type { Isolation, PermissionPolicy } from '../../types.js';
 import type { AgentWorker, ThreadSettings } from './agent-worker.js';
-import { checkReadableBy, isolationFor, processSettings } from './isolation.js';
+import { isolationFor } from './isolation.js';
 import { denialsOf, permissionArgs, policyFor } from './permissions.js';
 import { AgentProcess, type ProcessSettings } from './process.js';
 import { locateModule, type ModuleLocation } from './resolve.js';
+import { Sandbox, type SandboxParts } from './sandbox/sandbox.js';
+import type { KeyAccess } from './sandbox/view.js';
 import { AgentThread } from './thread.js';
 import { typeScriptExecArgv } from './typescript.js';
 
@@ -20,6 +22,8 @@ export interface LaunchPlan {
   /** What its worker denies the agent (worker/lockdown.ts); null: nothing. */
   readonly deny: Deniable[] | null;
   readonly isolation: Isolation;
+  /** What a process key's cell must show it (see Sandbox.access); null for a thread. */
+  readonly access: KeyAccess | null;
 }
 
 /**
@@ -29,7 +33,9 @@ export interface LaunchPlan {
  * thrown by `plan`, before the key holds a slot.
  */
 export class Launcher {
-  readonly process: ProcessSettings;
+  /** The OS sandbox of this pool's process keys. */
+  readonly sandbox: Sandbox;
+  private readonly process: ProcessSettings;
   /** The flags a blank worker boots with: only a key that needs no more may take it. */
   private readonly blankFlags = typeScriptExecArgv();
 
@@ -37,8 +43,11 @@ export class Launcher {
     private readonly options: ResolvedPoolOptions,
     private readonly root: string,
     private readonly settings: ThreadSettings,
+    sandbox: SandboxParts,
   ) {
-    this.process = processSettings(options);
+    this.sandbox = new Sandbox(options, sandbox);
+    // Their V8 heap limit is the budget itself: past it V8 aborts the child alone.
+    this.process = { sandbox: this.sandbox, heapMb: options.resourceLimits.maxOldGenerationSizeMb };
   }
 
   async plan(key: ResolvedKey): Promise<LaunchPlan> {
@@ -46,22 +55,31 @@ export class Launcher {
     const policy = policyFor(this.options.permissions, key);
     const execArgv = this.execArgvFor(policy, key, location);
     const isolation = isolationFor(this.options.isolation, key);
-    if (isolation === 'process' && this.process.user !== null) checkReadableBy(this.process.user, location.file, key);
-    return { location, execArgv, deny: denialsOf(policy, isolation), isolation };
+    let access: KeyAccess | null = null;
+    if (isolation === 'process') {
+      this.sandbox.checkReadable(key, location);
+      access = this.sandbox.access(key, location, policy);
+    }
+    return { location, execArgv, deny: denialsOf(policy, isolation), isolation, access };
   }
 
   /** A worker for a plan, booted now with its own flags. */
   boot(plan: LaunchPlan): AgentWorker {
     return plan.isolation === 'process'
-      ? new AgentProcess(this.settings, plan.execArgv, this.process)
+      ? new AgentProcess(this.settings, plan.execArgv, this.process, plan.access)
       : new AgentThread(this.settings, plan.execArgv);
   }
 
   /** A blank worker of this kind, booted before its key is known: with no per-key flags. */
   bootBlank(isolation: Isolation): AgentWorker {
     return isolation === 'process'
-      ? new AgentProcess(this.settings, this.blankFlags, this.process)
+      ? new AgentProcess(this.settings, this.blankFlags, this.process, null)
       : new AgentThread(this.settings, this.blankFlags);
+  }
+
+  /** Whether a blank worker of `isolation` can ever take a key here (a spare cell needs a stage: see Sandbox). */
+  canBootBlank(isolation: Isolation): boolean {
+    return isolation === 'thread' || this.sandbox.sparesPossible;
   }
 
   /** Whether a blank worker of `isolation` can serve this plan: its flags are fixed at boot. */
