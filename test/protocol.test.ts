@@ -176,7 +176,7 @@ function setup() {
   const { thread, sent, violations } = stubThread();
   const settled: Settled[] = [];
   const make = (fn = 'f', timeoutMs = 0): Call => call(fn, timeoutMs, settled);
-  return { channel: new Channel(thread, owner, 250), sent, violations, settled, call: make };
+  return { channel: new Channel(thread, owner, 250, (text) => text), sent, violations, settled, call: make };
 }
 
 describe('Channel', () => {

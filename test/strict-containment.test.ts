@@ -732,7 +732,7 @@ describe('SharedArrayBuffer', () => {
       violate: (problem: string) => violations.push(problem),
     } as unknown as AgentThread;
     const owner: ChannelOwner = { engaged: () => {}, cancelIgnored: () => {}, drained: () => {} };
-    const channel = new Channel(thread, owner, 250);
+    const channel = new Channel(thread, owner, 250, (text) => text);
     const call = (sharing: boolean) =>
       ({
         id: 0,

@@ -8,6 +8,7 @@ import type { LaunchPlan } from '../workers/launch.js';
 import type { Call, CallSite } from './call.js';
 import { Channel, type ChannelOwner } from './channel.js';
 import { receiveChunk } from './chunks.js';
+import type { Redact } from './host-paths.js';
 import { toSandpoolError } from './remote-error.js';
 
 /**
@@ -185,10 +186,10 @@ export class Cell implements ThreadOwner, ChannelOwner, CallSite {
   }
 
   /** A channel for a worker this cell is about to start on. */
-  openChannel(thread: AgentWorker, abortGraceMs: number): Channel {
+  openChannel(thread: AgentWorker, abortGraceMs: number, redact: Redact): Channel {
     thread.owner = this;
     thread.label = this.key.text;
-    return new Channel(thread, this, abortGraceMs);
+    return new Channel(thread, this, abortGraceMs, redact);
   }
 
   get thread(): AgentWorker | null {
@@ -289,7 +290,10 @@ export class Cell implements ThreadOwner, ChannelOwner, CallSite {
         return this.life.ready(this, message.tid);
       case 'load-failed':
         if (current.name !== 'starting') return this.violate('a load failure outside a load');
-        return this.life.loadFailed(this, toSandpoolError({ ok: false, ...message }, this.key.text));
+        return this.life.loadFailed(
+          this,
+          toSandpoolError({ ok: false, ...message }, this.key.text, current.channel.redact),
+        );
       case 'done':
       case 'result':
         return this.channel?.receive(message);

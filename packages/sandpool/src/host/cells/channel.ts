@@ -6,6 +6,7 @@ import { deserializeMoving } from '../../protocol/transfer-codec.js';
 import type { AgentWorker } from '../workers/agent-worker.js';
 import type { Call } from './call.js';
 import { CallSlots } from './call-slots.js';
+import type { Redact } from './host-paths.js';
 import { toSandpoolError } from './remote-error.js';
 
 /** What a channel reports to its cell: only what the calls cannot settle by themselves. */
@@ -45,6 +46,8 @@ export class Channel {
     private readonly thread: AgentWorker,
     private readonly owner: ChannelOwner,
     private readonly abortGraceMs: number,
+    /** Makes what the worker's errors say fit for the caller (cells/host-paths.ts). */
+    readonly redact: Redact,
   ) {}
 
   /** Calls the worker is running, answered or not: a busy worker is never idle. */
@@ -239,7 +242,7 @@ export class Channel {
     const call = this.take(id);
     if (call === undefined) return;
     if (outcome.ok) call.settle(null, outcome.value);
-    else call.settle(toSandpoolError(outcome, call.keyText));
+    else call.settle(toSandpoolError(outcome, call.keyText, this.redact));
   }
 
   /** The running call a reply settles, off the channel; undefined when its answer was given already. */

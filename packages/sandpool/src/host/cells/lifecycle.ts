@@ -11,6 +11,7 @@ import type { Launcher } from '../workers/launch.js';
 import { AgentProcess } from '../workers/process.js';
 import type { Call } from './call.js';
 import type { Cell, CellLife, CellPhase } from './cell.js';
+import type { Redact } from './host-paths.js';
 import { toSandpoolError } from './remote-error.js';
 
 /** How often a worker the coordinator cannot probe reports its memory while calls run. */
@@ -24,6 +25,7 @@ export interface LifecycleParts {
   readonly launcher: Launcher;
   readonly host: HostOption;
   readonly abortGraceMs: number;
+  readonly redact: Redact;
 }
 
 /**
@@ -46,7 +48,7 @@ export class Lifecycle implements CellLife {
       await cell.route.beforeLoad(cell);
     } catch (error) {
       if (cell.phase.name !== 'resolving') return;
-      const failure = toSandpoolError(error, cell.key.text);
+      const failure = toSandpoolError(error, cell.key.text, this.parts.redact);
       cell.route.prepareFailed(cell, failure);
       this.abandon(cell, failure);
       return;
@@ -65,7 +67,7 @@ export class Lifecycle implements CellLife {
     const { plan } = phase;
     const spare = launcher.fitsBlank(plan, spares.isolation) ? spares.take() : null;
     const thread = spare ?? launcher.boot(plan);
-    const channel = cell.openChannel(thread, this.parts.abortGraceMs);
+    const channel = cell.openChannel(thread, this.parts.abortGraceMs, this.parts.redact);
     cell.transition({
       name: 'starting',
       waiting: phase.waiting,

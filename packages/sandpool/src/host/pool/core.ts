@@ -4,6 +4,7 @@ import type { InvalidateReport, KeyStats, PoolEvents, PoolStats } from '../../ty
 import { Dispatch } from '../calls/dispatch.js';
 import type { Cell } from '../cells/cell.js';
 import { Census } from '../cells/census.js';
+import { hostPaths } from '../cells/host-paths.js';
 import { Lifecycle } from '../cells/lifecycle.js';
 import { hostCgroups } from '../governors/cgroups.js';
 import { CpuGovernor } from '../governors/cpu.js';
@@ -125,6 +126,7 @@ export class PoolCore {
       launcher,
       host: options.host,
       abortGraceMs: options.abortGraceMs,
+      redact: hostPaths(this.root),
     });
     const sandboxEnd = typeof options.permissions === 'object' ? sandboxEnds(options.permissions) : null;
     if (sandboxEnd !== null) process.emitWarning(sandboxEnd, { code: 'SANDPOOL_SANDBOX_ENDED' });
