@@ -194,6 +194,15 @@ export function dataClone(key: string, what: string, cause?: unknown): SandpoolE
   return new SandpoolError('ERR_SANDPOOL_DATA_CLONE', `${key}: ${what}`, keyed(key, cause));
 }
 
+/** A call's `context` larger than its bound, sized before it is copied. */
+export function contextTooLarge(key: string, bound: number): SandpoolError {
+  const message = `the call's context is larger than ${bound} bytes serialized`;
+  return new SandpoolError('ERR_SANDPOOL_INVALID_OPTIONS', `${key}: ${message}`, {
+    key,
+    issues: [{ path: ['context'], message }],
+  });
+}
+
 /** A SharedArrayBuffer where the call did not pass `{ shared: true }`: it would be memory the key shares with the host. */
 export function sharedMemoryRefused(key: string, fn: string, where: 'arguments' | 'result'): SandpoolError {
   const message =

@@ -216,6 +216,12 @@ export const CallOptionsSchema = z.strictObject({
    * that key both see, thread keys only) rather than refused with DATA_CLONE.
    */
   shared: z.boolean().optional(),
+  /**
+   * What the caller wants its capabilities to know (a conversation, a user): structured-cloneable,
+   * at most 64 KB serialized, copied when the call is made; capabilities get it as
+   * `ctx.context`. The agent never sees it.
+   */
+  context: z.unknown().optional(),
 });
 
 export type CallOptions = z.input<typeof CallOptionsSchema>;
@@ -226,6 +232,8 @@ export interface ParsedCallOptions {
   signal: AbortSignal | undefined;
   transfer: ArrayBuffer[] | undefined;
   shared: boolean;
+  /** The caller's `context` as given (undefined: none); admission copies it. */
+  context: unknown;
 }
 
 const NO_CALL_OPTIONS: ParsedCallOptions = {
@@ -233,6 +241,7 @@ const NO_CALL_OPTIONS: ParsedCallOptions = {
   signal: undefined,
   transfer: undefined,
   shared: false,
+  context: undefined,
 };
 
 export function parseCallOptions(options: CallOptions | undefined): ParsedCallOptions {
@@ -245,24 +254,28 @@ export function parseCallOptions(options: CallOptions | undefined): ParsedCallOp
       signal: options.signal,
       transfer: undefined,
       shared: options.shared === true,
+      context: options.context,
     };
   }
   const parsed = CallOptionsSchema.safeParse(options);
   if (!parsed.success) {
     throw invalidOptions('call options', issuesOf(parsed.error));
   }
-  const { timeoutMs, signal, transfer, shared } = parsed.data;
+  const { timeoutMs, signal, transfer, shared, context } = parsed.data;
   return {
     timeoutMs,
     signal,
     transfer: transfer === undefined || transfer.length === 0 ? undefined : transfer,
     shared: shared === true,
+    context,
   };
 }
 
 function isWellFormed(options: CallOptions): boolean {
   if (typeof options !== 'object' || options === null) return false;
-  for (const name in options) if (name !== 'timeoutMs' && name !== 'signal' && name !== 'shared') return false;
+  for (const name in options) {
+    if (name !== 'timeoutMs' && name !== 'signal' && name !== 'shared' && name !== 'context') return false;
+  }
   const { timeoutMs, signal, shared } = options;
   return (
     (timeoutMs === undefined || (Number.isInteger(timeoutMs) && timeoutMs >= 0 && timeoutMs <= MAX_MS)) &&
@@ -279,6 +292,8 @@ export const StreamOptionsSchema = z.strictObject({
   chunkTimeoutMs: ms.default(30_000),
   /** Bounds the whole stream, counted from its hand-off to the worker; none unless given. */
   timeoutMs: ms.optional(),
+  /** As for a call: what its capabilities get as `ctx.context`. */
+  context: z.unknown().optional(),
 });
 export type StreamOptions = z.input<typeof StreamOptionsSchema>;
 

@@ -124,6 +124,8 @@ export interface HostContext {
   readonly stem: string;
   /** Aborted when the agent call that made this host call ends: settled, cancelled, timed out, or its worker gone. */
   readonly signal: AbortSignal;
+  /** The `context` the caller gave `call()`, `stream()` or `remote()` (a copy of its own), or undefined. */
+  readonly context: unknown;
 }
 
 /** `(ctx, ...args) => value | Promise<value>`; arguments and result are structured clones. */

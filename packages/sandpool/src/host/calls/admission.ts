@@ -12,6 +12,7 @@ import { type CallOptions, parseCallOptions } from '../../options.js';
 import { holdsSharedMemory } from '../../protocol/clone.js';
 import type { Backoff } from '../routes/backoff.js';
 import type { Route } from '../routes/route.js';
+import { copyContext } from './call-context.js';
 
 /** Longest function name a call may carry: names are cached in the worker. */
 const MAX_FN_NAME = 1024;
@@ -40,6 +41,8 @@ export interface AdmittedCall {
   readonly transfer: ArrayBuffer[] | undefined;
   /** A SharedArrayBuffer may be shared with the key, in the arguments and the result. */
   readonly shared: boolean;
+  /** The caller's `context`, copied as bytes; null for none. */
+  readonly context: Uint8Array | null;
   /** Undefined for a key the pool holds nothing for yet. */
   readonly route: Route | undefined;
 }
@@ -64,10 +67,11 @@ export function admit(
   if (!Array.isArray(args)) {
     throw unusableOptions('args must be an array', { key: key.text });
   }
-  const { timeoutMs, signal, transfer, shared } = parseCallOptions(options);
+  const { timeoutMs, signal, transfer, shared, context } = parseCallOptions(options);
   if (!shared && holdsSharedMemory(args)) {
     throw sharedMemoryRefused(key.text, fn, 'arguments');
   }
+  const copied = context === undefined ? null : copyContext(context, key.text);
   if (signal?.aborted) throw aborted(key.text);
   if (state.backoff.active) {
     const blocked = state.backoff.blocked(key.text, Date.now());
@@ -92,6 +96,7 @@ export function admit(
     signal,
     transfer,
     shared,
+    context: copied,
     route,
   };
 }

@@ -6,6 +6,7 @@ import type { Backoff } from '../routes/backoff.js';
 import type { Route } from '../routes/route.js';
 import type { RouteTable } from '../routes/table.js';
 import { type AdmissionState, type AdmittedCall, admit } from './admission.js';
+import { callerScope } from './call-context.js';
 
 export interface DispatchLimits {
   readonly maxPendingPerKey: number;
@@ -29,6 +30,8 @@ export class Dispatch implements AdmissionState {
     /** Calls waiting for a slot, across keys (the census's set). */
     private readonly slotWaiters: ReadonlySet<Call>,
     private readonly isClosed: () => boolean,
+    /** Whether any key may have capabilities: only then does a call keep its caller's async context. */
+    private readonly capabilities: boolean,
   ) {}
 
   /** Never throws synchronously: every refusal is a rejected promise. */
@@ -67,6 +70,8 @@ export class Dispatch implements AdmissionState {
     if (admitted.transfer !== undefined) call.transfer = admitted.transfer;
     call.shared = admitted.shared;
     call.stream = sink;
+    call.context = admitted.context;
+    call.scope = callerScope(this.capabilities);
     const key = route.key.text;
     if (admitted.signal !== undefined) call.listen(admitted.signal, (): SandpoolError => aborted(key));
     route.accept(call);

@@ -4,6 +4,7 @@
  * null-prototype table, so a worker naming `__proto__`, `constructor` or `toString` reaches
  * nothing. They run on the coordinator's thread: a CPU-heavy one delays every key.
  */
+import type { AsyncResource } from 'node:async_hooks';
 import { deserialize, serialize } from 'node:v8';
 import { unusableOptions } from '../../errors.js';
 import type { ResolvedKey } from '../../key.js';
@@ -23,6 +24,10 @@ type Table = Readonly<Record<string, HostCapability>>;
 /** The agent call a host call was made under: its signal is the capability's `ctx.signal`. */
 export interface CallingCall {
   hostSignal(): AbortSignal;
+  /** The caller's `context`, serialized; null for none. */
+  readonly context: Uint8Array | null;
+  /** The caller's async context, which the capability runs in. */
+  readonly scope: AsyncResource | null;
 }
 type Invoke = (ctx: HostContext, ...args: unknown[]) => unknown;
 
@@ -30,6 +35,11 @@ type Invoke = (ctx: HostContext, ...args: unknown[]) => unknown;
 const LISTED = 20;
 
 const tables = new WeakMap<object, Table>();
+
+/** Whether any key of a pool with these options can have a capability (a call then keeps its caller's async context). */
+export function mayHaveCapabilities(options: { readonly host: HostOption }): boolean {
+  return typeof options.host === 'function' || Object.keys(options.host).length > 0;
+}
 
 /** The capabilities of a key about to start; throws INVALID_OPTIONS, which fails that key's calls. */
 export function capabilitiesFor(option: HostOption, key: ResolvedKey): Table {
@@ -152,17 +162,19 @@ export class HostCalls {
     signal.addEventListener('abort', ended, { once: true });
     this.inFlight.set(id, () => signal.removeEventListener('abort', ended));
     const { key } = this;
-    const ctx: HostContext = Object.freeze({
-      key: key.text,
-      swarm: key.swarm,
-      snapshot: key.snapshot,
-      stem: key.stem,
-      signal,
-    });
     const fn = this.table[name] as unknown as Invoke;
     let result: unknown;
     try {
-      result = fn(ctx, ...args);
+      const ctx: HostContext = Object.freeze({
+        key: key.text,
+        swarm: key.swarm,
+        snapshot: key.snapshot,
+        stem: key.stem,
+        signal,
+        // A copy per host call: what one capability does to it, the next does not see.
+        context: call.context === null ? undefined : deserialize(call.context),
+      });
+      result = call.scope === null ? fn(ctx, ...args) : call.scope.runInAsyncScope(fn, undefined, ctx, ...args);
     } catch (error) {
       return answer({ t: 'host-done', id, ok: false, error: hostError(error) });
     }

@@ -1,3 +1,4 @@
+import type { AsyncResource } from 'node:async_hooks';
 import type { SandpoolError } from '../../errors.js';
 import type { ResolvedKey } from '../../key.js';
 import { copyArgs, moveArgs } from '../../protocol/clone.js';
@@ -51,6 +52,10 @@ export class Call {
   shared = false;
   /** Set for a `stream()` call: where its chunks go. */
   stream: StreamSink | null = null;
+  /** The caller's `context`, serialized (each capability call gets its own copy); null for none. */
+  context: Uint8Array | null = null;
+  /** The caller's async context, which its capabilities run in; null where no capability can run. */
+  scope: AsyncResource | null = null;
   /** It never reached a worker that then ended, and was sent to the key's next one (which happens once). */
   resent = false;
   private onAbort: (() => void) | undefined = undefined;

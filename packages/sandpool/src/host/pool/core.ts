@@ -2,6 +2,7 @@ import { resolve as resolvePath } from 'node:path';
 import { type InvalidateSelector, type ResolvedPoolOptions, swarmCap } from '../../options.js';
 import type { InvalidateReport, KeyStats, PoolEvents, PoolStats } from '../../types.js';
 import { Dispatch } from '../calls/dispatch.js';
+import { mayHaveCapabilities } from '../capabilities/capabilities.js';
 import type { Cell } from '../cells/cell.js';
 import { Census } from '../cells/census.js';
 import { Lifecycle } from '../cells/lifecycle.js';
@@ -141,6 +142,7 @@ export class PoolCore {
       options,
       this.census.slotWaiters,
       () => this.closing !== null,
+      mayHaveCapabilities(options),
     );
     this.spares.fill();
   }
