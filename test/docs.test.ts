@@ -85,7 +85,8 @@ describe.each(DOCS)('%s', (doc) => {
     } finally {
       await rm(project, { recursive: true, force: true });
     }
-  });
+    // A node process per block: the README's dozens take a while on a loaded machine.
+  }, 180_000);
 });
 
 describe('the block reader', () => {

@@ -19,6 +19,9 @@ export { type SnapshotInfo, SnapshotStore } from './store/store.js';
 export type {
   DemoteReason,
   EvictReason,
+  FetchOption,
+  FetchPolicy,
+  FetchSecret,
   HostCapabilities,
   HostCapability,
   HostContext,

@@ -4,7 +4,7 @@ import { issuesOf } from './issues.js';
 import { type AgentKey, SnapshotNameSchema, StemSchema, SwarmSchema } from './key.js';
 import { IO_LIMITS } from './protocol/agent-io.js';
 import { DEFAULT_MAX_SNAPSHOT_BYTES, SnapshotSecretSchema } from './store/store.js';
-import type { HostOption, Isolation, PermissionPolicy, WidenableBuiltin } from './types.js';
+import type { FetchOption, HostOption, Isolation, PermissionPolicy, WidenableBuiltin } from './types.js';
 
 /** setTimeout's ceiling. */
 const MAX_MS = 2_147_483_647;
@@ -55,6 +55,15 @@ export function hostTableProblem(value: unknown): string | null {
 /** Whether a value can be the `host` option (the schema's check; the table is built per spawn). */
 function isHostOption(value: unknown): value is HostOption {
   return typeof value === 'function' || hostTableProblem(value) === null;
+}
+
+/** Whether a value can be the `fetch` option: a function, or an object of policies by swarm (each checked at createPool). */
+function isFetchOption(value: unknown): value is FetchOption {
+  if (typeof value === 'function') return true;
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return false;
+  return Object.entries(value).every(
+    ([swarm, policy]) => SwarmSchema.safeParse(swarm).success && typeof policy === 'object' && policy !== null,
+  );
 }
 
 /** A worker's heap budget unless resourceLimits names one. */
@@ -155,6 +164,13 @@ export const PoolOptionsSchema = z.strictObject({
   host: z
     .custom<HostOption>(isHostOption, 'host must be an object of functions, or a function of the key returning one')
     .default({}),
+  /**
+   * The built-in `sandpool.host.fetch`: a policy per swarm (`{ [swarm]: { allow, secrets, … } }`)
+   * or a function of the key returning one (or null); off for keys without one.
+   */
+  fetch: z
+    .custom<FetchOption>(isFetchOption, 'fetch must be an object of policies by swarm, or a function of the key')
+    .optional(),
   /**
    * Where each key's agent runs: a worker thread of this process (`'thread'`, cheap), or a
    * child process of its own (`'process'`: its own address space, fds, signals and libuv

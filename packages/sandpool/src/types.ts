@@ -134,6 +134,37 @@ export type HostCapabilities = Readonly<Record<string, HostCapability>>;
 /** The `host` pool option: one set for every key, or a function of the key called once per spawn. */
 export type HostOption = HostCapabilities | ((key: Readonly<AgentKey>) => HostCapabilities);
 
+/** Headers the host adds to every request to one origin: the agent never sees them. */
+export interface FetchSecret {
+  readonly headers: Readonly<Record<string, string>>;
+}
+
+/**
+ * Which origins a swarm's agents may reach with `sandpool.host.fetch`, with which secrets,
+ * within which bounds (see the README, The `fetch` capability).
+ */
+export interface FetchPolicy {
+  /** Origins that may be reached, e.g. `https://api.example.com` or `http://127.0.0.1:8080`. */
+  readonly allow: readonly string[];
+  /** By listed origin: headers the host adds to each request and redirect hop to it. */
+  readonly secrets?: Readonly<Record<string, FetchSecret>> | undefined;
+  /** Bytes of one request body at most (1 MiB). */
+  readonly maxRequestBytes?: number | undefined;
+  /** Bytes of one response body at most (10 MiB). */
+  readonly maxResponseBytes?: number | undefined;
+  /** The whole request, redirects and body included (30000). */
+  readonly timeoutMs?: number | undefined;
+  /** Redirects followed at most (5). */
+  readonly maxRedirects?: number | undefined;
+  /** Name resolution in place of `dns.lookup`, for tests; what it returns is checked like a DNS answer. */
+  readonly lookup?: ((hostname: string) => Promise<readonly string[]>) | undefined;
+}
+
+/** The `fetch` pool option: a policy per swarm, or a function of the key (null or undefined: no fetch). */
+export type FetchOption =
+  | Readonly<Record<string, FetchPolicy>>
+  | ((key: Readonly<AgentKey>) => FetchPolicy | null | undefined);
+
 /** What a widening adds to `'strict'`: absolute paths, and the process rights strict denies. */
 export interface PermissionGrant {
   fsRead?: readonly string[] | undefined;

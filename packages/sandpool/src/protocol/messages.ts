@@ -1,5 +1,16 @@
 import type { MessagePort } from 'node:worker_threads';
-import type { HostCall, HostDone, RemoteError, StreamChunk, StreamCredit, StreamStart } from './agent-io.js';
+import type {
+  HostCall,
+  HostCancel,
+  HostChunk,
+  HostDone,
+  HostEnd,
+  HostPull,
+  RemoteError,
+  StreamChunk,
+  StreamCredit,
+  StreamStart,
+} from './agent-io.js';
 
 export type { RemoteError };
 
@@ -137,7 +148,16 @@ export interface OutputAck {
   bytes: number;
 }
 
-export type ToWorker = LoadRequest | CallBatch | Cancel | OutputAck | StreamStart | StreamCredit | HostDone;
+export type ToWorker =
+  | LoadRequest
+  | CallBatch
+  | Cancel
+  | OutputAck
+  | StreamStart
+  | StreamCredit
+  | HostDone
+  | HostChunk
+  | HostEnd;
 
 /**
  * The global symbol (`Symbol.for`) under which a worker keeps `process.memoryUsage` as it was
@@ -214,6 +234,8 @@ export type FromWorker =
   | SerializedResult
   | StreamChunk
   | HostCall
+  | HostPull
+  | HostCancel
   | MemoryBeat;
 
 /** How a call ended in the worker, once decoded. */

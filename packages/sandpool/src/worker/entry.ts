@@ -129,6 +129,10 @@ link.listen((message) => {
       return runtime.credit(message.id, message.n);
     case 'host-done':
       return host.answer(message);
+    case 'host-chunk':
+      return host.chunk(message);
+    case 'host-end':
+      return host.end(message);
     case 'load':
       if (loading) return;
       loading = true;

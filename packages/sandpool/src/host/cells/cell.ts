@@ -303,6 +303,12 @@ export class Cell implements ThreadOwner, ChannelOwner, CallSite {
         if (channel === null || thread === null || host === null) return;
         return host.handle(message, (id) => channel.callFor(id), thread);
       }
+      case 'host-pull':
+      case 'host-cancel': {
+        const { thread, host } = this;
+        if (thread === null || host === null) return;
+        return message.t === 'host-pull' ? host.pull(message, thread) : host.cancel(message, thread);
+      }
     }
   }
 

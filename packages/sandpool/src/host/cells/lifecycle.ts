@@ -1,7 +1,7 @@
 import { closed, type ExitReason, moduleLoad, type SandpoolError, snapshotRemoved, workerDied } from '../../errors.js';
 import type { MemoryBeat } from '../../protocol/messages.js';
-import type { HostOption } from '../../types.js';
-import { capabilitiesFor, HostCalls } from '../capabilities/capabilities.js';
+import type { FetchOption, HostOption } from '../../types.js';
+import { hostCallsFor } from '../capabilities/capabilities.js';
 import type { CpuGovernor } from '../governors/cpu.js';
 import { IDLE_POLL_MS, type MemoryGovernor } from '../governors/memory.js';
 import type { Scheduler } from '../slots/scheduler.js';
@@ -22,6 +22,7 @@ export interface LifecycleParts {
   readonly cpu: CpuGovernor<Cell>;
   readonly launcher: Launcher;
   readonly host: HostOption;
+  readonly fetch: FetchOption | undefined;
   readonly abortGraceMs: number;
 }
 
@@ -41,7 +42,7 @@ export class Lifecycle implements CellLife {
     let plan: Awaited<ReturnType<Launcher['plan']>>;
     try {
       plan = await this.parts.launcher.plan(cell.key);
-      cell.host = new HostCalls(capabilitiesFor(this.parts.host, cell.key), cell.key);
+      cell.host = hostCallsFor(this.parts.host, this.parts.fetch, cell.key);
       await cell.route.beforeLoad(cell);
     } catch (error) {
       if (cell.phase.name !== 'resolving') return;
@@ -272,6 +273,7 @@ export class Lifecycle implements CellLife {
 
   /** The slot, the memory and the CPU books no longer follow it. */
   private unwatch(cell: Cell): void {
+    cell.host?.close();
     this.parts.scheduler.forget(cell);
     this.parts.memory.unwatch(cell);
     this.parts.cpu.unwatch(cell);

@@ -110,6 +110,7 @@ export class PoolCore {
       cpu: this.cpu,
       launcher,
       host: options.host,
+      fetch: options.fetch,
       abortGraceMs: options.abortGraceMs,
     });
     const sandboxEnd = typeof options.permissions === 'object' ? sandboxEnds(options.permissions) : null;
