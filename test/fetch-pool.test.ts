@@ -203,12 +203,13 @@ describe('the fetch option', () => {
       `http://rebound.test:${internal.port}/admin`,
       `${api.origin}/redirect`,
     ];
-    for (const target of targets) {
-      expect(await pool.call('f/web', 'attempt', [target]), target).toMatchObject({
-        ok: false,
-        code: 'ERR_SANDPOOL_ACCESS_DENIED',
-      });
+    const attempts = Promise.all(targets.map((target) => pool.call('f/web', 'attempt', [target])));
+    const neighbour = neighbourAnswering(pool, attempts);
+    for (const [index, outcome] of (await attempts).entries()) {
+      expect(outcome, targets[index]).toMatchObject({ ok: false, code: 'ERR_SANDPOOL_ACCESS_DENIED' });
     }
+    const answers = await neighbour;
+    expect(answers).toEqual(answers.map((_n, index) => index + 1));
     expect(api.requests).toHaveLength(1);
     expect(internal.connections()).toBe(0);
     // Uncaught in the agent, the refusal is the call's cause.

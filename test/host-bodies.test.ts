@@ -2,6 +2,7 @@ import { serialize } from 'node:v8';
 import { describe, expect, it } from 'vitest';
 import { HostCalls } from '../packages/sandpool/dist/host/capabilities/capabilities.js';
 import { HostStream } from '../packages/sandpool/dist/host/capabilities/host-bodies.js';
+import { KeyQuota } from '../packages/sandpool/dist/host/capabilities/quotas.js';
 import type { AgentThread } from '../packages/sandpool/dist/host/workers/thread.js';
 import { resolveKey } from '../packages/sandpool/dist/key.js';
 import type { HostEnd } from '../packages/sandpool/dist/protocol/agent-io.js';
@@ -61,7 +62,7 @@ async function opened() {
   const { thread, sent, violations } = stubThread();
   const source = gatedBody();
   const table = Object.freeze({ stream: () => new HostStream({ status: 200 }, source.body) });
-  const calls = new HostCalls(table, resolveKey('a/x'));
+  const calls = new HostCalls(table, resolveKey('a/x'), new KeyQuota());
   const controller = new AbortController();
   const call = { hostSignal: () => controller.signal, context: null, scope: null };
   calls.handle({ t: 'host', id: 1, call: 1, name: 'stream', args: args([]) }, () => call, thread);

@@ -13,6 +13,7 @@ export {
   type OutputListener,
   type PoolOptions,
   PoolOptionsSchema,
+  type Quotas,
   type StreamOptions,
 } from './options.js';
 export { type SnapshotInfo, SnapshotStore } from './store/store.js';
@@ -26,6 +27,7 @@ export type {
   HostCapability,
   HostContext,
   HostOption,
+  HostUsage,
   InvalidateReport,
   Isolation,
   KeyStats,

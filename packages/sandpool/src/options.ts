@@ -66,6 +66,35 @@ function isFetchOption(value: unknown): value is FetchOption {
   );
 }
 
+const perSecond = z.number().positive().max(1_000_000);
+const burst = z.number().int().positive().max(1_000_000);
+
+/** A rate with a burst: `perSecond` on average, up to `burst` at once (default: one second's worth, at least 1). */
+const RateSchema = z.strictObject({ perSecond, burst: burst.optional() });
+
+/** One capability's quota per key: calls, like a call rate, and bytes moved (arguments, results, bodies) a second. */
+const HostQuotaSchema = z
+  .strictObject({
+    perSecond: perSecond.optional(),
+    burst: burst.optional(),
+    bytesPerSecond: z.number().positive().max(Number.MAX_SAFE_INTEGER).optional(),
+  })
+  .refine((quota) => quota.perSecond !== undefined || quota.bytesPerSecond !== undefined, {
+    message: 'a host quota names perSecond, bytesPerSecond or both',
+  })
+  .refine((quota) => quota.burst === undefined || quota.perSecond !== undefined, {
+    message: 'burst goes with perSecond',
+    path: ['burst'],
+  });
+
+/** Limits per key: its calls, and its calls of each capability (by name). */
+export const QuotasSchema = z.strictObject({
+  calls: RateSchema.optional(),
+  host: z.record(z.string().min(1).max(IO_LIMITS.hostName), HostQuotaSchema).optional(),
+});
+export type Quotas = z.input<typeof QuotasSchema>;
+export type ResolvedQuotas = z.output<typeof QuotasSchema>;
+
 /** A worker's heap budget unless resourceLimits names one. */
 const DEFAULT_HEAP_MB = 256;
 
@@ -171,6 +200,12 @@ export const PoolOptionsSchema = z.strictObject({
   fetch: z
     .custom<FetchOption>(isFetchOption, 'fetch must be an object of policies by swarm, or a function of the key')
     .optional(),
+  /**
+   * Limits per key (each key has its own): `calls` (`{ perSecond, burst }`, refused at the call)
+   * and `host` by capability name (`{ perSecond, burst, bytesPerSecond }`, refused in the agent),
+   * both with ERR_SANDPOOL_QUOTA.
+   */
+  quotas: QuotasSchema.optional(),
   /**
    * Where each key's agent runs: a worker thread of this process (`'thread'`, cheap), or a
    * child process of its own (`'process'`: its own address space, fds, signals and libuv

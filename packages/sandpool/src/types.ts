@@ -98,6 +98,20 @@ export interface KeyStats {
   demoted: boolean;
   /** Latency of its last 256 calls, from call() to settlement (ms). */
   latency: { p50: number; p99: number; max: number } | null;
+  /** Calls refused by its `quotas.calls`. */
+  quotaRefused: number;
+  /** Its use of each capability, by name. */
+  host: Record<string, HostUsage>;
+}
+
+/** One capability's use by one key, since the pool started (`keyStats().host`). */
+export interface HostUsage {
+  /** Host calls made (refused ones not included). */
+  calls: number;
+  /** Host calls refused by the key's `quotas.host`. */
+  refused: number;
+  /** Bytes moved: arguments, results and bodies. */
+  bytes: number;
 }
 
 /** What `invalidate()` did: the keys now running the new code, and those whose new code failed to load. */

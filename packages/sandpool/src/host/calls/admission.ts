@@ -3,6 +3,7 @@ import {
   badFunctionName,
   closed,
   queueFull,
+  quotaExceeded,
   sharedMemoryRefused,
   snapshotRemoved,
   unusableOptions,
@@ -10,6 +11,7 @@ import {
 import { type AgentKey, type ResolvedKey, resolveKey } from '../../key.js';
 import { type CallOptions, parseCallOptions } from '../../options.js';
 import { holdsSharedMemory } from '../../protocol/clone.js';
+import type { Quotas } from '../capabilities/quotas.js';
 import type { Backoff } from '../routes/backoff.js';
 import type { Route } from '../routes/route.js';
 import { copyContext } from './call-context.js';
@@ -30,6 +32,8 @@ export interface AdmissionState {
   route(key: ResolvedKey): Route | undefined;
   /** Calls waiting for a worker slot, across all keys. */
   readonly waitingForSlot: number;
+  /** Each key's quotas: a call over its key's is refused, last, so a call refused otherwise takes no token. */
+  readonly quotas: Quotas;
 }
 
 export interface AdmittedCall {
@@ -49,7 +53,7 @@ export interface AdmittedCall {
 
 /**
  * Every check a call passes before it holds anything: input first, then the gates (closed,
- * back-off, a snapshot being removed, the key's and the pool's queue bounds). Throws the
+ * back-off, a snapshot being removed, the key's and the pool's queue bounds, its quota). Throws the
  * SandpoolError the caller sees; a refused call changes nothing.
  */
 export function admit(
@@ -88,6 +92,7 @@ export function admit(
   if (needsSlot && state.waitingForSlot >= state.maxWaiting) {
     throw queueFull(key.text, `${state.waitingForSlot} calls wait for a worker`);
   }
+  if (state.quotas.calls && !state.quotas.admitCall(key.text)) throw quotaExceeded(key.text);
   return {
     key,
     fn,

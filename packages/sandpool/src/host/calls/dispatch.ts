@@ -1,6 +1,7 @@
 import { aborted, type SandpoolError } from '../../errors.js';
 import type { AgentKey, ResolvedKey } from '../../key.js';
 import type { CallOptions } from '../../options.js';
+import type { Quotas } from '../capabilities/quotas.js';
 import { Call, type StreamSink } from '../cells/call.js';
 import type { Backoff } from '../routes/backoff.js';
 import type { Route } from '../routes/route.js';
@@ -32,6 +33,7 @@ export class Dispatch implements AdmissionState {
     private readonly isClosed: () => boolean,
     /** Whether any key may have capabilities: only then does a call keep its caller's async context. */
     private readonly capabilities: boolean,
+    readonly quotas: Quotas,
   ) {}
 
   /** Never throws synchronously: every refusal is a rejected promise. */

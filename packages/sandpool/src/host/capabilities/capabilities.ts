@@ -27,6 +27,7 @@ import { HostBudget } from './budget.js';
 import { fetchCapability, fetchPolicyFor } from './fetch-capability.js';
 import { HostBodies, HostStream } from './host-bodies.js';
 import { failure, hostError } from './host-error.js';
+import type { KeyQuota } from './quotas.js';
 
 type Table = Readonly<Record<string, HostCapability>>;
 
@@ -58,17 +59,22 @@ export function mayHaveCapabilities(options: {
  * built-in `fetch` when the key has a fetch policy). Throws INVALID_OPTIONS, which fails that
  * key's calls: a bad per-key answer, or a `fetch` declared both ways.
  */
-export function hostCallsFor(host: HostOption, fetch: FetchOption | undefined, key: ResolvedKey): HostCalls {
+export function hostCallsFor(
+  host: HostOption,
+  fetch: FetchOption | undefined,
+  key: ResolvedKey,
+  quota: KeyQuota,
+): HostCalls {
   const table = capabilitiesFor(host, key);
   const policy = fetchPolicyFor(fetch, key);
-  if (policy === null) return new HostCalls(table, key);
+  if (policy === null) return new HostCalls(table, key, quota);
   if (Object.hasOwn(table, 'fetch')) {
     const message = `${key.text}: host declares a fetch capability and the fetch option gives the key one too`;
     throw unusableOptions(message, { key: key.text, issues: [{ path: ['host', 'fetch'], message }] });
   }
   const builtIn = fetchCapability(policy);
   const withFetch = Object.freeze(Object.assign(Object.create(null), table, { fetch: builtIn.capability })) as Table;
-  return new HostCalls(withFetch, key, builtIn.close);
+  return new HostCalls(withFetch, key, quota, builtIn.close);
 }
 
 /** The `host` option's capabilities for a key; throws INVALID_OPTIONS, which fails that key's calls. */
@@ -124,6 +130,8 @@ export class HostCalls {
   constructor(
     private readonly table: Table,
     private readonly key: ResolvedKey,
+    /** The key's quotas and usage, which outlive this worker. */
+    private readonly quota: KeyQuota,
     /** Lets go what the key's capabilities hold (its fetcher's connections) when its worker ends. */
     private readonly release: () => Promise<void> = () => Promise.resolve(),
     private readonly budget: HostBudget = new HostBudget(),
@@ -216,6 +224,10 @@ export class HostCalls {
       return answer({ t: 'host-done', id, ok: false, error });
     }
     if (!Object.hasOwn(this.table, name)) return answer({ t: 'host-done', id, ok: false, error: this.notFound(name) });
+    if (!this.quota.takeHost(name, message.args.byteLength)) {
+      const error = failure('ERR_SANDPOOL_QUOTA', `sandpool.host.${name}(): over the key's quota (quotas.host)`);
+      return answer({ t: 'host-done', id, ok: false, error });
+    }
     let args: unknown;
     try {
       args = deserialize(new Uint8Array(message.args));
@@ -259,23 +271,31 @@ export class HostCalls {
     void Promise.resolve(result).then(
       (value) =>
         this.timed(() => {
-          if (!(value instanceof HostStream)) return answer(encode(id, value));
+          if (!(value instanceof HostStream)) return answer(this.encode(id, name, value));
           // The body is held before its head leaves: the worker's first pull may follow at once.
           if (!this.inFlight.has(id)) return letGo(value.body);
-          this.bodiesOf(thread).start(id, value.body, signal);
-          answer(encode(id, value.head, true));
+          this.bodiesOf(thread).start(id, value.body, signal, (bytes) => this.quota.moved(name, bytes));
+          answer(this.encode(id, name, value.head, true));
         }),
       (error: unknown) => answer({ t: 'host-done', id, ok: false, error: hostError(error) }),
     );
   }
 
   private bodiesOf(thread: AgentWorker): HostBodies {
-    this.bodies ??= new HostBodies(
-      thread,
-      () => {},
-      () => failure('ERR_SANDPOOL_ABORTED', 'the agent call that read this body has ended'),
+    this.bodies ??= new HostBodies(thread, () =>
+      failure('ERR_SANDPOOL_ABORTED', 'the agent call that read this body has ended'),
     );
     return this.bodies;
+  }
+
+  /** A capability's result as its answer, its bytes counted toward the key's use of `name`. */
+  private encode(id: number, name: string, value: unknown, body = false): HostDone {
+    const done = encode(id, value, body);
+    if (done.ok) {
+      const bytes = done.bytes?.byteLength ?? (typeof done.value === 'string' ? done.value.length : 0);
+      this.quota.moved(name, bytes);
+    }
+    return done;
   }
 
   private notFound(name: string): RemoteError {

@@ -19,6 +19,8 @@ export class HostStream {
 
 interface Body {
   readonly iterator: AsyncIterator<Uint8Array>;
+  /** Counts bytes sent; the milliseconds to wait before the next chunk, for the key's byte rate. */
+  readonly sent: (bytes: number) => number;
   /** Chunks the worker asked for and has not been sent. */
   credit: number;
   /** A read of the source is in progress (at most one at a time). */
@@ -32,8 +34,6 @@ export class HostBodies {
 
   constructor(
     private readonly thread: AgentWorker,
-    /** Bytes sent, counted for the key. */
-    private readonly sent: (bytes: number) => void,
     /** The error a body of an agent call that has ended fails with. */
     private readonly ended: () => RemoteError,
   ) {}
@@ -43,10 +43,10 @@ export class HostBodies {
   }
 
   /** Starts holding host call `id`'s body; nothing is read before the worker asks. */
-  start(id: number, body: AsyncIterable<Uint8Array>, signal: AbortSignal): void {
+  start(id: number, body: AsyncIterable<Uint8Array>, signal: AbortSignal, sent: (bytes: number) => number): void {
     const iterator = body[Symbol.asyncIterator]();
     const onAbort = (): void => this.finish(id, this.ended());
-    const entry: Body = { iterator, credit: 0, reading: false, signal, onAbort };
+    const entry: Body = { iterator, sent, credit: 0, reading: false, signal, onAbort };
     this.open.set(id, entry);
     if (signal.aborted) onAbort();
     else signal.addEventListener('abort', onAbort, { once: true });
@@ -85,8 +85,10 @@ export class HostBodies {
         if (step.done === true) return this.finish(id, null);
         body.credit -= 1;
         const bytes = ownBuffer(step.value);
-        this.sent(bytes.byteLength);
+        const wait = body.sent(bytes.byteLength);
         if (!this.thread.terminating) this.thread.post({ t: 'host-chunk', id, bytes }, [bytes]);
+        // Past the key's byte rate the body waits, and the connection with it.
+        if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait).unref());
       }
     } catch (error) {
       if (this.open.get(id) === body) this.finish(id, hostError(error));

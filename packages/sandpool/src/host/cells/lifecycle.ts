@@ -2,6 +2,7 @@ import { closed, type ExitReason, moduleLoad, type SandpoolError, snapshotRemove
 import type { MemoryBeat } from '../../protocol/messages.js';
 import type { FetchOption, HostOption } from '../../types.js';
 import { hostCallsFor } from '../capabilities/capabilities.js';
+import type { Quotas } from '../capabilities/quotas.js';
 import type { CpuGovernor } from '../governors/cpu.js';
 import { IDLE_POLL_MS, type MemoryGovernor } from '../governors/memory.js';
 import type { Scheduler } from '../slots/scheduler.js';
@@ -23,6 +24,7 @@ export interface LifecycleParts {
   readonly launcher: Launcher;
   readonly host: HostOption;
   readonly fetch: FetchOption | undefined;
+  readonly quotas: Quotas;
   readonly abortGraceMs: number;
 }
 
@@ -42,7 +44,7 @@ export class Lifecycle implements CellLife {
     let plan: Awaited<ReturnType<Launcher['plan']>>;
     try {
       plan = await this.parts.launcher.plan(cell.key);
-      cell.host = hostCallsFor(this.parts.host, this.parts.fetch, cell.key);
+      cell.host = hostCallsFor(this.parts.host, this.parts.fetch, cell.key, this.parts.quotas.of(cell.key.text));
       await cell.route.beforeLoad(cell);
     } catch (error) {
       if (cell.phase.name !== 'resolving') return;

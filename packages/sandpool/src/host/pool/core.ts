@@ -3,6 +3,7 @@ import { type InvalidateSelector, type ResolvedPoolOptions, swarmCap } from '../
 import type { InvalidateReport, KeyStats, PoolEvents, PoolStats } from '../../types.js';
 import { Dispatch } from '../calls/dispatch.js';
 import { mayHaveCapabilities } from '../capabilities/capabilities.js';
+import { Quotas } from '../capabilities/quotas.js';
 import type { Cell } from '../cells/cell.js';
 import { Census } from '../cells/census.js';
 import { Lifecycle } from '../cells/lifecycle.js';
@@ -41,6 +42,7 @@ export class PoolCore {
   private readonly table: RouteTable;
   private readonly backoff = new Backoff();
   private readonly book = new KeyBook();
+  private readonly quotas: Quotas;
   private readonly watcher: LiveWatcher | null;
   private outputDropped = 0;
   private closing: Promise<void> | null = null;
@@ -50,6 +52,7 @@ export class PoolCore {
     emit: Emit,
   ) {
     this.root = resolvePath(options.root);
+    this.quotas = new Quotas(options.quotas);
     this.census = new Census(emit);
     const onOutputDropped = (chars: number): void => {
       this.outputDropped += chars;
@@ -111,6 +114,7 @@ export class PoolCore {
       launcher,
       host: options.host,
       fetch: options.fetch,
+      quotas: this.quotas,
       abortGraceMs: options.abortGraceMs,
     });
     const sandboxEnd = typeof options.permissions === 'object' ? sandboxEnds(options.permissions) : null;
@@ -144,6 +148,7 @@ export class PoolCore {
       this.census.slotWaiters,
       () => this.closing !== null,
       mayHaveCapabilities(options),
+      this.quotas,
     );
     this.spares.fill();
   }
@@ -211,6 +216,7 @@ export class PoolCore {
       cells: this.census.withThread(),
       memory: (cell) => this.memory.lastReading(cell),
       demoted: (cell) => this.cpu.isDemoted(cell),
+      quotas: this.quotas,
     });
   }
 
