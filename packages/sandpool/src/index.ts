@@ -10,6 +10,8 @@ export { type AgentKey, AgentKeySchema, formatKey, parseKey } from './key.js';
 export {
   type CallOptions,
   type InvalidateSelector,
+  type KeyPolicy,
+  KeyPolicySchema,
   type OutputListener,
   type PoolOptions,
   PoolOptionsSchema,

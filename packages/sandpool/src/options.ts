@@ -4,7 +4,15 @@ import { issuesOf } from './issues.js';
 import { type AgentKey, SnapshotNameSchema, StemSchema, SwarmSchema } from './key.js';
 import { IO_LIMITS } from './protocol/agent-io.js';
 import { DEFAULT_MAX_SNAPSHOT_BYTES, SnapshotSecretSchema } from './store/store.js';
-import type { FetchOption, HostOption, Isolation, PermissionPolicy, WidenableBuiltin } from './types.js';
+import type {
+  FetchOption,
+  FetchPolicy,
+  HostCapabilities,
+  HostOption,
+  Isolation,
+  PermissionPolicy,
+  WidenableBuiltin,
+} from './types.js';
 
 /** setTimeout's ceiling. */
 const MAX_MS = 2_147_483_647;
@@ -51,6 +59,12 @@ export function hostTableProblem(value: unknown): string | null {
   }
   return null;
 }
+
+/** A key's permission policy as given (not a function): strict, none, or a widening of strict. */
+const PermissionPolicySchema = z.union([z.literal('strict'), z.literal('none'), PermissionGrantSchema]);
+const IsolationSchema = z.union([z.literal('thread'), z.literal('process')]);
+const MaxExternalMb = z.number().positive().max(1_048_576);
+const Env = z.record(z.string(), z.string());
 
 /** Whether a value can be the `host` option (the schema's check; the table is built per spawn). */
 function isHostOption(value: unknown): value is HostOption {
@@ -124,9 +138,9 @@ export const PoolOptionsSchema = z.strictObject({
    * ArrayBuffers and other memory outside the JS heap, per worker: past it the worker ends
    * with \`oom\`. Enforced by the coordinator, as is the heap cap (see the README for Node 20).
    */
-  maxExternalMb: z.number().positive().max(1_048_576).default(256),
+  maxExternalMb: MaxExternalMb.default(256),
   /** The whole environment agents see: the host's is never passed on. */
-  env: z.record(z.string(), z.string()).default({}),
+  env: Env.default({}),
   /** Reload live workers when files under their swarm's `live/` change. */
   watch: z.boolean().default(false),
   /** How long `close()` lets running calls finish. */
@@ -149,9 +163,7 @@ export const PoolOptionsSchema = z.strictObject({
    */
   permissions: z
     .union([
-      z.literal('strict'),
-      z.literal('none'),
-      PermissionGrantSchema,
+      PermissionPolicySchema,
       z.custom<(key: Readonly<AgentKey>) => PermissionPolicy>(
         (value) => typeof value === 'function',
         'permissions must be strict, none, a grant or a function',
@@ -213,8 +225,7 @@ export const PoolOptionsSchema = z.strictObject({
    */
   isolation: z
     .union([
-      z.literal('thread'),
-      z.literal('process'),
+      IsolationSchema,
       z.custom<(key: Readonly<AgentKey>) => Isolation>(
         (value) => typeof value === 'function',
         'isolation must be thread, process or a function of the key',
@@ -239,9 +250,45 @@ export const PoolOptionsSchema = z.strictObject({
       addressSpaceMb: z.number().int().min(1024).max(1_048_576).optional(),
     })
     .default({ openFiles: 1024, processes: 8192 }),
+  /**
+   * Every per-tenant setting in one function of the key, called once per spawn: what it
+   * returns (checked with KeyPolicySchema) overrides the options above for that key.
+   */
+  policy: z
+    .custom<(key: Readonly<AgentKey>) => KeyPolicy>(
+      (value) => typeof value === 'function',
+      'policy must be a function of the key',
+    )
+    .optional(),
   /** Receives worker output; by default it goes to the host's streams prefixed with the key. */
   onOutput: z.custom<OutputListener>((value) => typeof value === 'function', 'onOutput must be a function').optional(),
 });
+
+/**
+ * What `policy(key)` may return: the per-tenant options, each checked with the pool option's
+ * own schema, each optional (absent: the pool's). `resourceLimits` merges over the pool's; a
+ * `fetch` policy is the key's own (null: none), checked when its capabilities are made.
+ */
+export const KeyPolicySchema = z.strictObject({
+  resourceLimits: ResourceLimitsSchema.optional(),
+  maxExternalMb: MaxExternalMb.optional(),
+  cpuTimeoutMs: ms.optional(),
+  env: Env.optional(),
+  quotas: QuotasSchema.optional(),
+  permissions: PermissionPolicySchema.optional(),
+  isolation: IsolationSchema.optional(),
+  host: z
+    .custom<HostCapabilities>((value) => hostTableProblem(value) === null, 'host must be an object of functions')
+    .optional(),
+  fetch: z
+    .custom<FetchPolicy | null>(
+      (value) => value === null || (typeof value === 'object' && !Array.isArray(value)),
+      'fetch must be a policy or null',
+    )
+    .optional(),
+});
+export type KeyPolicy = z.input<typeof KeyPolicySchema>;
+export type ResolvedKeyPolicy = z.output<typeof KeyPolicySchema>;
 
 export type PoolOptions = z.input<typeof PoolOptionsSchema>;
 export type ResolvedPoolOptions = z.output<typeof PoolOptionsSchema>;

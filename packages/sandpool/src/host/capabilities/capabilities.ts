@@ -20,7 +20,7 @@ import {
 import { isPrimitive } from '../../protocol/clone.js';
 import type { RemoteError } from '../../protocol/messages.js';
 import { exceedsSize } from '../../protocol/size.js';
-import type { FetchOption, HostCapability, HostContext, HostOption } from '../../types.js';
+import type { FetchOption, FetchPolicy, HostCapability, HostContext, HostOption } from '../../types.js';
 import { askForKey } from '../policy/ask.js';
 import type { AgentWorker } from '../workers/agent-worker.js';
 import { HostBudget } from './budget.js';
@@ -55,18 +55,20 @@ export function mayHaveCapabilities(options: {
 }
 
 /**
- * The host calls of a key about to start: its capabilities (the `host` option's, and the
- * built-in `fetch` when the key has a fetch policy). Throws INVALID_OPTIONS, which fails that
- * key's calls: a bad per-key answer, or a `fetch` declared both ways.
+ * The host calls of a key about to start: its capabilities (the `host` option's or its
+ * policy's, and the built-in `fetch` when the key has a fetch policy: `ownFetch`, its
+ * policy's, where given). Throws INVALID_OPTIONS, which fails that key's calls: a bad per-key
+ * answer, or a `fetch` declared both ways.
  */
 export function hostCallsFor(
   host: HostOption,
   fetch: FetchOption | undefined,
+  ownFetch: FetchPolicy | null | undefined,
   key: ResolvedKey,
   quota: KeyQuota,
 ): HostCalls {
   const table = capabilitiesFor(host, key);
-  const policy = fetchPolicyFor(fetch, key);
+  const policy = fetchPolicyFor(fetch, key, ownFetch);
   if (policy === null) return new HostCalls(table, key, quota);
   if (Object.hasOwn(table, 'fetch')) {
     const message = `${key.text}: host declares a fetch capability and the fetch option gives the key one too`;

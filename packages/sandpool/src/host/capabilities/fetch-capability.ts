@@ -30,22 +30,31 @@ export function checkFetchOption(option: FetchOption | undefined): void {
   }
 }
 
-/** The key's fetch policy, checked, or null when it has none; throws INVALID_OPTIONS, which fails that key's calls. */
-export function fetchPolicyFor(option: FetchOption | undefined, key: ResolvedKey): FetchPolicy | null {
-  if (option === undefined) return null;
-  const policy =
-    typeof option === 'function'
-      ? askForKey('fetch', option, key)
-      : Object.hasOwn(option, key.swarm)
-        ? option[key.swarm]
-        : undefined;
+/**
+ * The key's fetch policy, checked, or null when it has none: `own` (its `policy` answer's)
+ * where given, else the `fetch` option's. Throws INVALID_OPTIONS, which fails that key's calls.
+ */
+export function fetchPolicyFor(
+  option: FetchOption | undefined,
+  key: ResolvedKey,
+  own: FetchPolicy | null | undefined,
+): FetchPolicy | null {
+  const policy = own !== undefined ? own : optionFor(option, key);
   if (policy === undefined || policy === null) return null;
   try {
     parseFetchPolicy(policy);
   } catch (error) {
-    throw unusableOptions(`fetch(${key.text}) returned an invalid policy`, { key: key.text, cause: error });
+    const from = own === undefined ? 'fetch' : 'policy';
+    throw unusableOptions(`${from}(${key.text}) gave an invalid fetch policy`, { key: key.text, cause: error });
   }
   return policy as FetchPolicy;
+}
+
+/** The `fetch` option's answer for a key: its swarm's policy, or the function's. */
+function optionFor(option: FetchOption | undefined, key: ResolvedKey): unknown {
+  if (option === undefined) return null;
+  if (typeof option === 'function') return askForKey('fetch', option, key);
+  return Object.hasOwn(option, key.swarm) ? option[key.swarm] : null;
 }
 
 /**

@@ -52,6 +52,11 @@ export class KeyQuota {
     );
   }
 
+  /** Whether the key's calls are limited. */
+  get limitsCalls(): boolean {
+    return this.calls !== null;
+  }
+
   /** Takes a call's token; false (counted) when the key is over its calls quota. */
   takeCall(): boolean {
     if (this.calls === null || this.calls.take()) return true;

@@ -2,6 +2,7 @@ import { queueTimeout, type SandpoolError } from '../../errors.js';
 import type { ResolvedKey } from '../../key.js';
 import type { MemoryBeat } from '../../protocol/messages.js';
 import type { HostCalls } from '../capabilities/capabilities.js';
+import type { KeyPolicy } from '../policy/key-policy.js';
 import { keyHash } from '../slots/frequency.js';
 import type { AgentWorker, RetireReason, ThreadEnd, ThreadOwner, WorkerMessage } from '../workers/agent-worker.js';
 import type { LaunchPlan } from '../workers/launch.js';
@@ -132,6 +133,8 @@ export class Cell implements ThreadOwner, ChannelOwner, CallSite {
   filesBefore: string | null = null;
   /** Its key's host capabilities, resolved before it starts (the `host` option may be a function of the key). */
   host: HostCalls | null = null;
+  /** Its key's settings for this spawn, resolved before it starts. */
+  policy: KeyPolicy | null = null;
   /** Resolves once the cell holds no slot: its worker has exited, or is stuck beyond reach. */
   readonly released: Promise<void>;
   private markReleased!: () => void;

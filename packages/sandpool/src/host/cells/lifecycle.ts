@@ -1,10 +1,19 @@
-import { closed, type ExitReason, moduleLoad, type SandpoolError, snapshotRemoved, workerDied } from '../../errors.js';
+import {
+  closed,
+  type ExitReason,
+  moduleLoad,
+  quotaExceeded,
+  type SandpoolError,
+  snapshotRemoved,
+  workerDied,
+} from '../../errors.js';
 import type { MemoryBeat } from '../../protocol/messages.js';
 import type { FetchOption, HostOption } from '../../types.js';
 import { hostCallsFor } from '../capabilities/capabilities.js';
-import type { Quotas } from '../capabilities/quotas.js';
+import type { KeyQuota, Quotas } from '../capabilities/quotas.js';
 import type { CpuGovernor } from '../governors/cpu.js';
 import { IDLE_POLL_MS, type MemoryGovernor } from '../governors/memory.js';
+import type { KeyPolicy } from '../policy/key-policy.js';
 import type { Scheduler } from '../slots/scheduler.js';
 import type { Spares } from '../slots/spares.js';
 import type { RetireReason, ThreadEnd } from '../workers/agent-worker.js';
@@ -25,6 +34,8 @@ export interface LifecycleParts {
   readonly host: HostOption;
   readonly fetch: FetchOption | undefined;
   readonly quotas: Quotas;
+  /** The key's settings for a spawn (the `policy` option over the pool's); throws INVALID_OPTIONS. */
+  readonly policy: (key: Cell['key']) => KeyPolicy;
   readonly abortGraceMs: number;
 }
 
@@ -43,8 +54,11 @@ export class Lifecycle implements CellLife {
   async prepare(cell: Cell): Promise<void> {
     let plan: Awaited<ReturnType<Launcher['plan']>>;
     try {
-      plan = await this.parts.launcher.plan(cell.key);
-      cell.host = hostCallsFor(this.parts.host, this.parts.fetch, cell.key, this.parts.quotas.of(cell.key.text));
+      plan = await this.parts.launcher.plan(cell.key, this.parts.policy);
+      const { policy } = plan;
+      const { host, fetch } = this.parts;
+      cell.host = hostCallsFor(policy.host ?? host, fetch, policy.fetch, cell.key, this.quotaOf(cell, policy));
+      cell.policy = policy;
       await cell.route.beforeLoad(cell);
     } catch (error) {
       if (cell.phase.name !== 'resolving') return;
@@ -57,6 +71,22 @@ export class Lifecycle implements CellLife {
     if (phase.name !== 'resolving') return;
     cell.transition({ name: 'queued', waiting: phase.waiting, plan });
     this.parts.scheduler.enqueue(cell);
+  }
+
+  /**
+   * The key's quotas, its policy's from this spawn on. Calls that came before its first calls
+   * quota are charged now: the first ones pass, those past its burst fail.
+   */
+  private quotaOf(cell: Cell, policy: KeyPolicy): KeyQuota {
+    const { quotas } = this.parts;
+    if (policy.quotas === undefined) return quotas.of(cell.key.text);
+    const limited = quotas.of(cell.key.text).limitsCalls;
+    const quota = quotas.configure(cell.key.text, policy.quotas);
+    if (limited || !quota.limitsCalls) return quota;
+    for (const call of [...(cell.waiting ?? [])]) {
+      if (!quota.takeCall()) call.interrupt(quotaExceeded(cell.key.text), 'abort');
+    }
+    return quota;
   }
 
   /** The scheduler gave the cell a slot: it gets a worker (a spare if one fits) and loads. */
@@ -78,7 +108,11 @@ export class Lifecycle implements CellLife {
       retiring: null,
     });
     const heartbeat = thread.isolation === 'thread' && memory.needsHeartbeat(plan.execArgv);
-    memory.watch(cell, thread, heartbeat);
+    const { resourceLimits, maxExternalMb } = plan.policy;
+    memory.watch(cell, thread, heartbeat, {
+      heapBytes: resourceLimits.maxOldGenerationSizeMb * 2 ** 20,
+      externalBytes: maxExternalMb * 2 ** 20,
+    });
     const beat = heartbeat ? { busyMs: HEARTBEAT_MS, idleMs: IDLE_POLL_MS } : null;
     thread.post(launcher.loadRequest(cell.key, plan, thread, beat));
     cell.route.loading(cell);
@@ -88,8 +122,9 @@ export class Lifecycle implements CellLife {
     const { phase } = cell;
     if (phase.name !== 'starting') return;
     const { cpu, spares } = this.parts;
-    if (phase.thread.isolation === 'process') cpu.watchProcess(cell, phase.thread.pid);
-    else if (tid > 0) cpu.watch(cell, tid);
+    const cpuTimeoutMs = cell.policy?.cpuTimeoutMs;
+    if (phase.thread.isolation === 'process') cpu.watchProcess(cell, phase.thread.pid, cpuTimeoutMs);
+    else if (tid > 0) cpu.watch(cell, tid, cpuTimeoutMs);
     const { thread, channel, waiting } = phase;
     if (phase.from === 'cold' && thread.isolation === spares.isolation) {
       spares.booted(performance.now() - phase.startedAt);

@@ -9,6 +9,7 @@ import { Census } from '../cells/census.js';
 import { Lifecycle } from '../cells/lifecycle.js';
 import { CpuGovernor } from '../governors/cpu.js';
 import { MemoryGovernor, v8HeapLimitMb } from '../governors/memory.js';
+import { type KeyPolicy, keyPolicy } from '../policy/key-policy.js';
 import { Backoff } from '../routes/backoff.js';
 import { KeyBook } from '../routes/key-book.js';
 import { reloadMatching } from '../routes/reload.js';
@@ -17,6 +18,7 @@ import { LiveWatcher } from '../routes/watch.js';
 import { Scheduler } from '../slots/scheduler.js';
 import { SpareDemand } from '../slots/spare-demand.js';
 import { Spares } from '../slots/spares.js';
+import type { ThreadSettings } from '../workers/agent-worker.js';
 import { Launcher } from '../workers/launch.js';
 import { labelledWriter } from '../workers/output.js';
 import { sandboxEnds } from '../workers/permissions.js';
@@ -71,18 +73,20 @@ export class PoolCore {
       idleBurner: (cell) => this.lifecycle.retire(cell, 'cpu'),
       recycle: (cell) => this.lifecycle.retire(cell, 'cpu'),
     });
-    const heapBudget = options.resourceLimits.maxOldGenerationSizeMb;
-    const launcher = new Launcher(options, this.root, {
-      env: options.env,
+    const output = options.onOutput ?? labelledWriter(() => onOutputDropped(1));
+    const settingsFor = ({ env, resourceLimits }: Pick<KeyPolicy, 'env' | 'resourceLimits'>): ThreadSettings => ({
+      env,
       // The governor ends a worker at its budget; V8's own limit is the backstop above it.
       resourceLimits: this.memory.active
-        ? { ...options.resourceLimits, maxOldGenerationSizeMb: v8HeapLimitMb(heapBudget) }
-        : options.resourceLimits,
-      output: options.onOutput ?? labelledWriter(() => onOutputDropped(1)),
+        ? { ...resourceLimits, maxOldGenerationSizeMb: v8HeapLimitMb(resourceLimits.maxOldGenerationSizeMb) }
+        : resourceLimits,
+      output,
       onOutputDropped,
     });
+    const launcher = new Launcher(options, this.root, settingsFor(options), settingsFor);
     // Under a per-key permission model no key can take a spare (its flags are fixed at boot).
-    const sparesUsable = options.permissions === 'none' || typeof options.permissions === 'function';
+    const sparesUsable =
+      options.permissions === 'none' || typeof options.permissions === 'function' || options.policy !== undefined;
     // With isolation a function of the key, which kind the next key needs is unknown: threads.
     const spareKind = options.isolation === 'process' ? 'process' : 'thread';
     this.spares = new Spares(new SpareDemand(sparesUsable ? options.spareWorkers : 0), spareKind, () =>
@@ -115,6 +119,7 @@ export class PoolCore {
       host: options.host,
       fetch: options.fetch,
       quotas: this.quotas,
+      policy: (key) => keyPolicy(options, key),
       abortGraceMs: options.abortGraceMs,
     });
     const sandboxEnd = typeof options.permissions === 'object' ? sandboxEnds(options.permissions) : null;

@@ -3,9 +3,10 @@ import type { ResolvedKey } from '../../key.js';
 import type { ResolvedPoolOptions } from '../../options.js';
 import type { Deniable, LoadRequest } from '../../protocol/messages.js';
 import type { Isolation, PermissionPolicy } from '../../types.js';
+import type { KeyPolicy } from '../policy/key-policy.js';
 import type { AgentWorker, ThreadSettings } from './agent-worker.js';
 import { checkReadableBy, isolationFor, processSettings } from './isolation.js';
-import { denialsOf, permissionArgs, policyFor } from './permissions.js';
+import { denialsOf, permissionArgs, policyFor, refuseUnenforceableNetwork } from './permissions.js';
 import { AgentProcess, type ProcessSettings } from './process.js';
 import { locateModule, type ModuleLocation } from './resolve.js';
 import { AgentThread } from './thread.js';
@@ -19,6 +20,8 @@ export interface LaunchPlan {
   /** What its worker denies the agent (worker/lockdown.ts); null: nothing. */
   readonly deny: Deniable[] | null;
   readonly isolation: Isolation;
+  /** The key's settings for this spawn (the `policy` option's answer over the pool's). */
+  readonly policy: KeyPolicy;
 }
 
 /**
@@ -36,24 +39,33 @@ export class Launcher {
     private readonly options: ResolvedPoolOptions,
     private readonly root: string,
     private readonly settings: ThreadSettings,
+    /** A key's worker settings where its policy gives it heap, external or env settings of its own. */
+    private readonly settingsFor: (policy: KeyPolicy) => ThreadSettings = () => settings,
   ) {
     this.process = processSettings(options);
   }
 
-  async plan(key: ResolvedKey): Promise<LaunchPlan> {
+  /** `policyOf` gives the key's settings for this spawn, asked once its module is found. */
+  async plan(key: ResolvedKey, policyOf: (key: ResolvedKey) => KeyPolicy): Promise<LaunchPlan> {
     const location = await locateModule(this.root, key, { snapshotSecret: this.options.snapshotSecret });
-    const policy = policyFor(this.options.permissions, key);
+    const keyPolicy = policyOf(key);
+    const policy = keyPolicy.permissions ?? policyFor(this.options.permissions, key);
     const execArgv = this.execArgvFor(policy, key, location);
-    const isolation = isolationFor(this.options.isolation, key);
+    const isolation = keyPolicy.isolation ?? isolationFor(this.options.isolation, key);
+    // createPool checked the pool's options; a key's own (its policy's) are checked here.
+    refuseUnenforceableNetwork({ network: this.options.network, permissions: policy, isolation });
     if (isolation === 'process' && this.process.user !== null) checkReadableBy(this.process.user, location.file, key);
-    return { location, execArgv, deny: denialsOf(policy), isolation };
+    return { location, execArgv, deny: denialsOf(policy), isolation, policy: keyPolicy };
   }
 
-  /** A worker for a plan, booted now with its own flags. */
+  /** A worker for a plan, booted now with its own flags, and its own settings where its policy gives some. */
   boot(plan: LaunchPlan): AgentWorker {
-    return plan.isolation === 'process'
-      ? new AgentProcess(this.settings, plan.execArgv, this.process)
-      : new AgentThread(this.settings, plan.execArgv);
+    const own = plan.policy.ownSettings;
+    const settings = own ? this.settingsFor(plan.policy) : this.settings;
+    if (plan.isolation === 'thread') return new AgentThread(settings, plan.execArgv);
+    const { resourceLimits, maxExternalMb } = plan.policy;
+    const child = own ? processSettings({ ...this.options, resourceLimits, maxExternalMb }) : this.process;
+    return new AgentProcess(settings, plan.execArgv, child);
   }
 
   /** A blank worker of this kind, booted before its key is known: with no per-key flags. */
@@ -65,7 +77,7 @@ export class Launcher {
 
   /** Whether a blank worker of `isolation` can serve this plan: its flags are fixed at boot. */
   fitsBlank(plan: LaunchPlan, isolation: Isolation): boolean {
-    return plan.isolation === isolation && sameFlags(plan.execArgv, this.blankFlags);
+    return plan.isolation === isolation && !plan.policy.ownSettings && sameFlags(plan.execArgv, this.blankFlags);
   }
 
   /** The load message for a worker about to run this plan's module. */
