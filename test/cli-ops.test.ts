@@ -77,7 +77,9 @@ describe('sandpool top', () => {
     expect(top.status).toBe(0);
     expect(top.stdout).not.toContain(CLEAR);
     const lines = top.stdout.trim().split('\n');
-    expect(lines[0]).toMatch(/^node node-1: 2 keys, by calls, \d\d:\d\d:\d\d UTC$/);
+    expect(lines[0]).toMatch(
+      /^node node-1: 2 keys, by calls, \d\d:\d\d:\d\d UTC; unattributed cpu s: libuv \d+\.\d\d, v8 \d+\.\d\d, other \d+\.\d\d$/,
+    );
     expect(lines[1]?.split(/ {2,}/)).toEqual([
       'key',
       'state',

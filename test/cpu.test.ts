@@ -1,3 +1,4 @@
+import { readdirSync, readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { describe, expect, it } from 'vitest';
 import { rejection } from './support/errors.js';
@@ -13,6 +14,15 @@ const BURNER = `
   export function burnInBackground() {
     setInterval(() => { const end = Date.now() + 45; while (Date.now() < end); }, 50);
     return 'burning';
+  }
+  // Returns at once, leaving chains of async pbkdf2 jobs on the libuv pool: CPU on threads no key owns.
+  export function poolChains(rounds) {
+    const crypto = process.getBuiltinModule('node:crypto');
+    for (let chain = 0; chain < 4; chain++) {
+      const next = (left) => { if (left > 0) crypto.pbkdf2('p', 's', 2e5, 32, 'sha256', () => next(left - 1)); };
+      next(rounds);
+    }
+    return 'queued';
   }
 `;
 
@@ -39,6 +49,27 @@ describe.runIf(onLinux)('CPU, counted on the worker thread', () => {
     expect(stats['n/notifier_agent']).toMatchObject({ calls: 2, errors: 1, inFlight: 0, queued: 0 });
     expect(stats['n/notifier_agent']?.cpuMs).toBeLessThan(stats['a/burner']?.cpuMs ?? 0);
     expect(stats['a/burner']?.latency?.max).toBeGreaterThanOrEqual(150);
+  });
+
+  it('CPU a key causes on the libuv pool is counted as the process unattributed CPU, not lost', async () => {
+    const pool = openPool({ root: await root() });
+    const before = pool.stats().unattributedCpu;
+    expect(await pool.call('a/burner', 'poolChains', [10])).toBe('queued');
+    const unattributed = (): number => {
+      const { libuvMs, v8Ms, otherMs } = pool.stats().unattributedCpu;
+      return libuvMs + v8Ms + otherMs - (before.libuvMs + before.v8Ms + before.otherMs);
+    };
+    await eventually(() => unattributed() > 500, 30_000);
+    // Node 22+ names its pool's threads libuv-worker (this process has them by now); Node 20 names none.
+    const named = readdirSync('/proc/self/task').some((tid) =>
+      readFileSync(`/proc/self/task/${tid}/comm`, 'utf8').includes('libuv'),
+    );
+    if (named) expect(pool.stats().unattributedCpu.libuvMs - before.libuvMs).toBeGreaterThan(300);
+    // The key's own thread did not do that work: its CPU stays far below what the pool burned.
+    const key = pool.keyStats().find((stats) => stats.key === 'a/burner');
+    expect(key?.cpuMs ?? 0).toBeLessThan(unattributed());
+    expect(await pool.call('n/notifier_agent', 'add', [1, 1])).toBe(2);
+    expect(invariants(pool)).toEqual([]);
   });
 
   it('cpuTimeoutMs ends a call by the CPU it used, with WORKER_EXITED cpu; a neighbour answers', async () => {

@@ -47,7 +47,7 @@ function blocksOf(text: string): Block[] {
 
 function node(file: string, cwd: string): Promise<{ status: number | null; output: string }> {
   return new Promise((resolve) => {
-    execFile(process.execPath, [file], { cwd, timeout: 30_000 }, (error, stdout, stderr) => {
+    execFile(process.execPath, [file], { cwd, timeout: 120_000 }, (error, stdout, stderr) => {
       resolve({
         status: error === null ? 0 : typeof error.code === 'number' ? error.code : null,
         output: stdout + stderr,
@@ -57,7 +57,10 @@ function node(file: string, cwd: string): Promise<{ status: number | null; outpu
 }
 
 describe.each(DOCS)('%s', (doc) => {
-  it('has every code block run, written as a file, or marked as a fragment; the runnable ones exit 0', async () => {
+  // Each runnable block is a node process of its own, run one after another: on a loaded machine that takes a while.
+  it('has every code block run, written as a file, or marked as a fragment; the runnable ones exit 0', {
+    timeout: 180_000,
+  }, async () => {
     const blocks = blocksOf(await readFile(join(WORKSPACE, doc), 'utf8'));
     expect(blocks.length).toBeGreaterThan(0);
     const unmarked = blocks.filter((block) => block.marker === null && block.lang !== 'js');
@@ -85,8 +88,7 @@ describe.each(DOCS)('%s', (doc) => {
     } finally {
       await rm(project, { recursive: true, force: true });
     }
-    // A node process per block: the README's dozens take a while on a loaded machine.
-  }, 180_000);
+  });
 });
 
 describe('the block reader', () => {

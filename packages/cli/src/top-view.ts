@@ -23,6 +23,8 @@ export const KeysAnswerSchema = z.object({
   sort: z.string(),
   total: z.number(),
   keys: z.array(KeyRowSchema),
+  /** Given to a token that reaches every swarm (and by servers that have it). */
+  unattributedCpu: z.object({ libuvMs: z.number(), v8Ms: z.number(), otherMs: z.number() }).optional(),
 });
 export type KeysAnswer = z.infer<typeof KeysAnswerSchema>;
 
@@ -66,7 +68,7 @@ export function renderTop(answer: KeysAnswer, previous: CpuSample | null, now: C
   });
   const shown = answer.keys.length === answer.total ? `${answer.total}` : `${answer.keys.length} of ${answer.total}`;
   const clock = new Date(now.at).toISOString().slice(11, 19);
-  const summary = `node ${answer.node}: ${shown} keys, by ${answer.sort}, ${clock} UTC`;
+  const summary = `node ${answer.node}: ${shown} keys, by ${answer.sort}, ${clock} UTC${unattributed(answer)}`;
   if (rows.length === 0) return `${summary}\n(no keys yet: none has been called)`;
   const right = 'right' as const;
   const table = formatTable(
@@ -89,6 +91,13 @@ export function renderTop(answer: KeysAnswer, previous: CpuSample | null, now: C
     rows,
   );
   return `${summary}\n${table}`;
+}
+
+/** The process's CPU no key owns, in seconds since the pool started: the libuv pool, V8's threads, the rest. */
+function unattributed({ unattributedCpu: cpu }: KeysAnswer): string {
+  if (cpu === undefined) return '';
+  const seconds = (ms: number): string => (ms / 1000).toFixed(2);
+  return `; unattributed cpu s: libuv ${seconds(cpu.libuvMs)}, v8 ${seconds(cpu.v8Ms)}, other ${seconds(cpu.otherMs)}`;
 }
 
 function megabytes(bytes: number | null): string {

@@ -71,6 +71,14 @@ export interface PoolStats {
   retired: Record<EvictReason, number>;
   /** Workers that died, or that the pool killed, by reason (`exit` events other than `retired`). */
   died: Record<ExitReason, number>;
+  /**
+   * CPU (ms, since the pool started) of this process's threads no key owns: the libuv pool
+   * (async crypto, zlib, dns and file work, the keys' included, which nothing attributes to a
+   * key), V8's platform threads (garbage collection and compilation for every isolate), and
+   * the rest. Read from Linux's /proc at most once a second; Node 20 names no thread, so there
+   * all of it is `otherMs`.
+   */
+  unattributedCpu: { libuvMs: number; v8Ms: number; otherMs: number };
 }
 
 /** What `pool.keyStats()` says of one key: the per-tenant view of who uses what. */

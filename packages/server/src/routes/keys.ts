@@ -3,7 +3,7 @@ import type { KeyStats } from 'sandpool';
 import { z } from 'zod';
 import type { ServerContext } from '../context.js';
 import { invalidRequest } from '../errors.js';
-import { visibleSwarms } from '../guard.js';
+import { scopeOf, visibleSwarms } from '../guard.js';
 
 /** The fields `?sort=` may name: each is a number where larger means "look here first". */
 export const KEY_SORTS = ['cpuMs', 'calls', 'errors', 'inFlight', 'heapBytes'] as const;
@@ -38,7 +38,9 @@ export function registerKeyRoutes(app: FastifyInstance, { pool, options }: Serve
     const all = pool.keyStats();
     const allowed = new Set(visibleSwarms(request, [...new Set(all.map((stats) => stats.swarm))]));
     const keys = all.filter((stats) => allowed.has(stats.swarm)).sort(byField(sort));
-    return { node: options.nodeName, sort, total: keys.length, keys: keys.slice(0, limit) };
+    const answer = { node: options.nodeName, sort, total: keys.length, keys: keys.slice(0, limit) };
+    // The process's CPU no key owns sums every tenant's pool work: for a token that reaches all.
+    return scopeOf(request) === '*' ? { ...answer, unattributedCpu: pool.stats().unattributedCpu } : answer;
   });
 }
 

@@ -149,6 +149,13 @@ export class CpuGovernor<W extends CpuWatched> {
     }
   }
 
+  /** The worker threads it watches: their CPU is their keys'. */
+  ownedThreads(): Set<number> {
+    const tids = new Set<number>();
+    for (const entry of this.sampled.values()) if (!entry.whole) tids.add(entry.tid);
+    return tids;
+  }
+
   isDemoted(cell: W): boolean {
     return (this.sampled.get(cell)?.demoted ?? null) !== null;
   }

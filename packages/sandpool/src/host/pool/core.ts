@@ -9,6 +9,7 @@ import { Census } from '../cells/census.js';
 import { Lifecycle } from '../cells/lifecycle.js';
 import { CpuGovernor } from '../governors/cpu.js';
 import { MemoryGovernor, v8HeapLimitMb } from '../governors/memory.js';
+import { ProcessThreads } from '../governors/threads.js';
 import { type KeyPolicy, keyPolicy } from '../policy/key-policy.js';
 import { Backoff } from '../routes/backoff.js';
 import { KeyBook } from '../routes/key-book.js';
@@ -46,6 +47,7 @@ export class PoolCore {
   private readonly book = new KeyBook();
   private readonly quotas: Quotas;
   private readonly watcher: LiveWatcher | null;
+  private readonly threads: ProcessThreads;
   private outputDropped = 0;
   private closing: Promise<void> | null = null;
 
@@ -155,6 +157,7 @@ export class PoolCore {
       mayHaveCapabilities(options),
       this.quotas,
     );
+    this.threads = new ProcessThreads(() => this.cpu.ownedThreads());
     this.spares.fill();
   }
 
@@ -210,6 +213,7 @@ export class PoolCore {
       spawned,
       retired: { ...retired },
       died: { ...died },
+      unattributedCpu: this.threads.unattributed(),
     };
   }
 
