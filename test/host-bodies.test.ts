@@ -64,7 +64,7 @@ async function opened() {
   const table = Object.freeze({ stream: () => new HostStream({ status: 200 }, source.body) });
   const calls = new HostCalls(table, resolveKey('a/x'), new KeyQuota());
   const controller = new AbortController();
-  const call = { hostSignal: () => controller.signal, context: null, scope: null };
+  const call = { hostSignal: () => controller.signal, context: null, scope: null, observed: null };
   calls.handle({ t: 'host', id: 1, call: 1, name: 'stream', args: args([]) }, () => call, thread);
   await new Promise((resolve) => setImmediate(resolve));
   return { calls, thread, sent, violations, source, end: () => controller.abort() };

@@ -667,8 +667,8 @@ describe('SharedArrayBuffer', () => {
       terminating: false,
       violate: (problem: string) => violations.push(problem),
     } as unknown as AgentThread;
-    const owner: ChannelOwner = { cancelIgnored: () => {}, drained: () => {} };
-    const channel = new Channel(thread, owner, 250);
+    const owner: ChannelOwner = { cancelIgnored: () => {}, drained: () => {}, cpuNs: () => Number.NaN };
+    const channel = new Channel(thread, owner, 250, { measuring: false });
     const call = (sharing: boolean) =>
       ({
         id: 0,
@@ -678,6 +678,7 @@ describe('SharedArrayBuffer', () => {
         stream: null,
         transfer: null,
         shared: sharing,
+        observed: null,
         keyText: 'p/sharer',
         stopWaiting() {},
         settle(error: { code: string } | null, value?: unknown) {

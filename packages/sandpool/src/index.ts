@@ -20,6 +20,7 @@ export {
 } from './options.js';
 export { type SnapshotInfo, SnapshotStore } from './store/store.js';
 export type {
+  CallRecord,
   DemoteReason,
   EvictReason,
   FetchOption,

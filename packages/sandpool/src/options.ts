@@ -260,6 +260,12 @@ export const PoolOptionsSchema = z.strictObject({
       'policy must be a function of the key',
     )
     .optional(),
+  /**
+   * Spans for calls (`sandpool.call`, and `sandpool.host <name>` for capability calls) when
+   * the application has `@opentelemetry/api` and registered a tracer provider; false: none,
+   * whatever is registered. Without a provider a call costs nothing for it either way.
+   */
+  tracing: z.boolean().default(true),
   /** Receives worker output; by default it goes to the host's streams prefixed with the key. */
   onOutput: z.custom<OutputListener>((value) => typeof value === 'function', 'onOutput must be a function').optional(),
 });

@@ -3,7 +3,7 @@
  * module that imports nothing but other types: the parts of the library import from here,
  * never from each other, for what callers see.
  */
-import type { ExitReason, SandpoolError } from './errors.js';
+import type { ExitReason, SandpoolError, SandpoolErrorCode } from './errors.js';
 import type { AgentKey } from './key.js';
 
 /** Where a key's agent runs: a worker thread of this process, or a child process of its own. */
@@ -48,6 +48,31 @@ export interface PoolEvents {
   'reload-failed': [ReloadFailedEvent];
   /** fairness lowered a worker's CPU priority: a heavy call while busy keys outnumber cores, or CPU burned with no call. */
   demote: [PoolEvent<DemoteReason>];
+  /** A call settled, or was refused for a valid key: once per call, for logs and billing. */
+  call: [CallRecord];
+}
+
+/** What one call did (the `call` event): made when it settles, or when it is refused for a valid key. */
+export interface CallRecord {
+  /** The key in text form, and its parts. */
+  key: string;
+  swarm: string;
+  snapshot: string | null;
+  stem: string;
+  fn: string;
+  /** From `call()` (or a stream's first `next()`) to its settlement, in ms; 0 for a call refused at once. */
+  durationMs: number;
+  /**
+   * CPU its worker used while it ran, in ms: the worker's thread (a process key's whole
+   * process, in 10 ms ticks), shared evenly among the calls it ran at once, so the calls of a
+   * worker add up to its CPU. 0 for a call that never reached a worker.
+   */
+  cpuMs: number;
+  outcome: 'ok' | 'error';
+  /** A failed call's code. */
+  code?: SandpoolErrorCode;
+  /** The capability calls it made, by name, counting those that ran (not those a quota refused). */
+  host: Record<string, number>;
 }
 
 export interface PoolStats {

@@ -94,6 +94,8 @@ export interface StreamStart {
   args: unknown[];
   deadline: number;
   credit: number;
+  /** A traced stream: its span's W3C traceparent, the agent's `sandpool.traceparent`. */
+  trace?: string;
 }
 
 /** The consumer took `n` more chunks: the worker may send that many more. */

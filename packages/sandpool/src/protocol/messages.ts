@@ -117,6 +117,8 @@ export interface CallBatch {
   calls: unknown[];
   /** A call made with `{ shared: true }`, alone in its batch: its result may share memory too. */
   shared?: true;
+  /** A traced call, alone in its batch: its span's W3C traceparent, the agent's `sandpool.traceparent`. */
+  trace?: string;
 }
 
 /** A child process's argument naming the uid:gid it drops to before agent code (worker/entry.ts). */

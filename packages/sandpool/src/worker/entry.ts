@@ -117,7 +117,7 @@ link.listen((message) => {
   switch (message.t) {
     case 'calls':
       heartbeat?.quicken();
-      return runtime.onCalls(message.calls, message.shared === true);
+      return runtime.onCalls(message.calls, message.shared === true, message.trace ?? null);
     case 'cancel':
       return runtime.cancel(message.id, message.why);
     case 'out-ack':

@@ -22,6 +22,7 @@ import type { RemoteError } from '../../protocol/messages.js';
 import { exceedsSize } from '../../protocol/size.js';
 import type { FetchOption, FetchPolicy, HostCapability, HostContext, HostOption } from '../../types.js';
 import { askForKey } from '../policy/ask.js';
+import type { CallObservation, HostTrace } from '../telemetry/observation.js';
 import type { AgentWorker } from '../workers/agent-worker.js';
 import { HostBudget } from './budget.js';
 import { fetchCapability, fetchPolicyFor } from './fetch-capability.js';
@@ -38,6 +39,8 @@ export interface CallingCall {
   readonly context: Uint8Array | null;
   /** The caller's async context, which the capability runs in. */
   readonly scope: AsyncResource | null;
+  /** Its span and record, when it is observed: a host call is a child span, and counts in the record. */
+  readonly observed: CallObservation | null;
 }
 type Invoke = (ctx: HostContext, ...args: unknown[]) => unknown;
 
@@ -214,22 +217,26 @@ export class HostCalls {
     const { id, name } = message;
     const call = callFor(message.call);
     if (thread.terminating) return;
+    let trace: HostTrace | null = null;
     const answer = (done: HostDone): void => {
       const running = this.inFlight.get(id);
       if (running === undefined) return;
       this.inFlight.delete(id);
       running.stop();
+      trace?.end(done.ok ? null : done.error);
       if (!thread.terminating) thread.post(done);
     };
     if (call === undefined) {
       const error = failure('ERR_SANDPOOL_ABORTED', `sandpool.host.${name}(): the agent call that made it has ended`);
       return answer({ t: 'host-done', id, ok: false, error });
     }
+    trace = call.observed === null ? null : call.observed.hostCall(name);
     if (!Object.hasOwn(this.table, name)) return answer({ t: 'host-done', id, ok: false, error: this.notFound(name) });
     if (!this.quota.takeHost(name, message.args.byteLength)) {
       const error = failure('ERR_SANDPOOL_QUOTA', `sandpool.host.${name}(): over the key's quota (quotas.host)`);
       return answer({ t: 'host-done', id, ok: false, error });
     }
+    call.observed?.usedHost(name);
     let args: unknown;
     try {
       args = deserialize(new Uint8Array(message.args));
@@ -266,7 +273,9 @@ export class HostCalls {
         // A copy per host call: what one capability does to it, the next does not see.
         context: call.context === null ? undefined : deserialize(call.context),
       });
-      result = call.scope === null ? fn(ctx, ...args) : call.scope.runInAsyncScope(fn, undefined, ctx, ...args);
+      // Within its span, where it has one: the capability's own spans are the host call's children.
+      const invoke: Invoke = trace === null ? fn : (...all) => (trace as HostTrace).run(fn as never, all);
+      result = call.scope === null ? invoke(ctx, ...args) : call.scope.runInAsyncScope(invoke, undefined, ctx, ...args);
     } catch (error) {
       return answer({ t: 'host-done', id, ok: false, error: hostError(error) });
     }

@@ -4,6 +4,7 @@ import type { MemoryBeat } from '../../protocol/messages.js';
 import type { HostCalls } from '../capabilities/capabilities.js';
 import type { KeyPolicy } from '../policy/key-policy.js';
 import { keyHash } from '../slots/frequency.js';
+import type { Telemetry } from '../telemetry/telemetry.js';
 import type { AgentWorker, RetireReason, ThreadEnd, ThreadOwner, WorkerMessage } from '../workers/agent-worker.js';
 import type { LaunchPlan } from '../workers/launch.js';
 import type { Call, CallSite } from './call.js';
@@ -88,6 +89,8 @@ export interface CellLife {
   abandoned(cell: Cell): void;
   /** Its worker's own report of its memory (where the coordinator cannot read it). */
   beat(cell: Cell, beat: MemoryBeat): void;
+  /** Its worker's CPU in nanoseconds now; NaN where it is not read. */
+  cpuNs(cell: Cell): number;
 }
 
 /** The cell's key's route (routes/route.ts): what it decides about the cells it serves from. */
@@ -135,6 +138,8 @@ export class Cell implements ThreadOwner, ChannelOwner, CallSite {
   host: HostCalls | null = null;
   /** Its key's settings for this spawn, resolved before it starts. */
   policy: KeyPolicy | null = null;
+  /** The digest of the snapshot it loads, known once its module is located; null for live code. */
+  digest: string | null = null;
   /** Resolves once the cell holds no slot: its worker has exited, or is stuck beyond reach. */
   readonly released: Promise<void>;
   private markReleased!: () => void;
@@ -186,10 +191,10 @@ export class Cell implements ThreadOwner, ChannelOwner, CallSite {
   }
 
   /** A channel for a worker this cell is about to start on. */
-  openChannel(thread: AgentWorker, abortGraceMs: number): Channel {
+  openChannel(thread: AgentWorker, abortGraceMs: number, observers: Pick<Telemetry, 'measuring'>): Channel {
     thread.owner = this;
     thread.label = this.key.text;
-    return new Channel(thread, this, abortGraceMs);
+    return new Channel(thread, this, abortGraceMs, observers);
   }
 
   get thread(): AgentWorker | null {
@@ -276,6 +281,10 @@ export class Cell implements ThreadOwner, ChannelOwner, CallSite {
     this.channel?.credit(call, n);
   }
 
+  cpuShare(): number {
+    return this.channel?.cpuShare() ?? Number.NaN;
+  }
+
   violate(problem: string): void {
     this.thread?.violate(problem);
   }
@@ -329,5 +338,9 @@ export class Cell implements ThreadOwner, ChannelOwner, CallSite {
 
   drained(): void {
     this.life.drained(this);
+  }
+
+  cpuNs(): number {
+    return this.life.cpuNs(this);
   }
 }

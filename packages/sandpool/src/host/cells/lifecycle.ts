@@ -16,6 +16,7 @@ import { IDLE_POLL_MS, type MemoryGovernor } from '../governors/memory.js';
 import type { KeyPolicy } from '../policy/key-policy.js';
 import type { Scheduler } from '../slots/scheduler.js';
 import type { Spares } from '../slots/spares.js';
+import type { Telemetry } from '../telemetry/telemetry.js';
 import type { RetireReason, ThreadEnd } from '../workers/agent-worker.js';
 import type { Launcher } from '../workers/launch.js';
 import type { Call } from './call.js';
@@ -37,6 +38,8 @@ export interface LifecycleParts {
   /** The key's settings for a spawn (the `policy` option over the pool's); throws INVALID_OPTIONS. */
   readonly policy: (key: Cell['key']) => KeyPolicy;
   readonly abortGraceMs: number;
+  /** Whether calls are observed now (their workers' CPU is read for them then). */
+  readonly telemetry: Pick<Telemetry, 'measuring'>;
 }
 
 /**
@@ -59,6 +62,7 @@ export class Lifecycle implements CellLife {
       const { host, fetch } = this.parts;
       cell.host = hostCallsFor(policy.host ?? host, fetch, policy.fetch, cell.key, this.quotaOf(cell, policy));
       cell.policy = policy;
+      cell.digest = plan.location.digest;
       await cell.route.beforeLoad(cell);
     } catch (error) {
       if (cell.phase.name !== 'resolving') return;
@@ -97,7 +101,7 @@ export class Lifecycle implements CellLife {
     const { plan } = phase;
     const spare = launcher.fitsBlank(plan, spares.isolation) ? spares.take() : null;
     const thread = spare ?? launcher.boot(plan);
-    const channel = cell.openChannel(thread, this.parts.abortGraceMs);
+    const channel = cell.openChannel(thread, this.parts.abortGraceMs, this.parts.telemetry);
     cell.transition({
       name: 'starting',
       waiting: phase.waiting,
@@ -306,6 +310,10 @@ export class Lifecycle implements CellLife {
 
   beat(cell: Cell, beat: MemoryBeat): void {
     this.parts.memory.beat(cell, beat);
+  }
+
+  cpuNs(cell: Cell): number {
+    return this.parts.cpu.cpuNs(cell);
   }
 
   /** The slot, the memory and the CPU books no longer follow it. */

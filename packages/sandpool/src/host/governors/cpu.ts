@@ -149,6 +149,12 @@ export class CpuGovernor<W extends CpuWatched> {
     }
   }
 
+  /** The worker's CPU now (ns), read apart from the samples; NaN when it is not watched. */
+  cpuNs(cell: W): number {
+    const entry = this.sampled.get(cell);
+    return entry === undefined ? Number.NaN : this.read(entry);
+  }
+
   /** The worker threads it watches: their CPU is their keys'. */
   ownedThreads(): Set<number> {
     const tids = new Set<number>();

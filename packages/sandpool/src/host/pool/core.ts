@@ -19,6 +19,7 @@ import { LiveWatcher } from '../routes/watch.js';
 import { Scheduler } from '../slots/scheduler.js';
 import { SpareDemand } from '../slots/spare-demand.js';
 import { Spares } from '../slots/spares.js';
+import { Telemetry } from '../telemetry/telemetry.js';
 import type { ThreadSettings } from '../workers/agent-worker.js';
 import { Launcher } from '../workers/launch.js';
 import { labelledWriter } from '../workers/output.js';
@@ -27,6 +28,13 @@ import { violations } from './invariants.js';
 import { collectKeyStats } from './key-stats.js';
 
 type Emit = <E extends keyof PoolEvents>(event: E, ...args: PoolEvents[E]) => void;
+
+/** What the pool's facade tells the core about its events. */
+export interface PoolEmitter {
+  emit: Emit;
+  /** Whether the event has listeners now. */
+  listens(event: keyof PoolEvents): boolean;
+}
 
 /**
  * The parts of one pool, wired: who tells whom is decided here, once, and the parts then
@@ -53,9 +61,14 @@ export class PoolCore {
 
   constructor(
     private readonly options: ResolvedPoolOptions,
-    emit: Emit,
+    { emit, listens }: PoolEmitter,
   ) {
     this.root = resolvePath(options.root);
+    const telemetry = new Telemetry(
+      options.tracing,
+      () => listens('call'),
+      (record) => emit('call', record),
+    );
     this.quotas = new Quotas(options.quotas);
     this.census = new Census(emit);
     const onOutputDropped = (chars: number): void => {
@@ -123,6 +136,7 @@ export class PoolCore {
       quotas: this.quotas,
       policy: (key) => keyPolicy(options, key),
       abortGraceMs: options.abortGraceMs,
+      telemetry,
     });
     const sandboxEnd = typeof options.permissions === 'object' ? sandboxEnds(options.permissions) : null;
     if (sandboxEnd !== null) process.emitWarning(sandboxEnd, { code: 'SANDPOOL_SANDBOX_ENDED' });
@@ -156,6 +170,7 @@ export class PoolCore {
       () => this.closing !== null,
       mayHaveCapabilities(options),
       this.quotas,
+      telemetry,
     );
     this.threads = new ProcessThreads(() => this.cpu.ownedThreads());
     this.spares.fill();

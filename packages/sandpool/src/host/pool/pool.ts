@@ -46,7 +46,10 @@ export class Pool extends EventEmitter<PoolEvents> implements AsyncDisposable {
     checkFetchOption(parsed.fetch);
     warnIfHeapCapOverridden(parsed.resourceLimits);
     const emit = this.emit.bind(this) as (event: keyof PoolEvents, ...args: unknown[]) => boolean;
-    this.#core = new PoolCore(parsed, (event, ...args) => emit(event, ...args));
+    this.#core = new PoolCore(parsed, {
+      emit: (event, ...args) => emit(event, ...args),
+      listens: (event) => this.listenerCount(event) > 0,
+    });
     const { snapshotSecret, maxSnapshotBytes } = parsed;
     const storeOptions = {
       root: this.#core.root,
