@@ -248,7 +248,7 @@ describe('usage', () => {
 });
 
 describe('sandpool demo', () => {
-  it('exits 0 and shows all five keys, a streamed answer, a host capability and fetch under a policy', async () => {
+  it('exits 0 and shows all five keys, a streamed answer, a host capability, fetch under a policy and the call records', async () => {
     const result = await sandpool('demo');
     expect(result.status).toBe(0);
     for (const key of ['a1b2@jan', 'a1b2@jun', 'a1b2', 'c3d4@jan', 'c3d4']) {
@@ -264,5 +264,8 @@ describe('sandpool demo', () => {
     expect(result.stdout).toMatch(
       /probe\(http:\/\/169\.254\.169\.254\/latest\/meta-data\/\) +ERR_SANDPOOL_ACCESS_DENIED/,
     );
+    // The call records: one per call, with its CPU and the capabilities it used.
+    expect(result.stdout).toMatch(/^greet +ok +[\d.]+ +[\d.]+ +lookupUser 1$/m);
+    expect(result.stdout).toMatch(/^orders +ok +[\d.]+ +[\d.]+ +fetch 1$/m);
   });
 });

@@ -3,7 +3,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createPool, type HostContext, type Pool, type PoolEvent } from 'sandpool';
+import { type CallRecord, createPool, type HostContext, type Pool, type PoolEvent } from 'sandpool';
 import {
   ASSISTANT,
   asGreetResult,
@@ -150,6 +150,8 @@ async function showPlatform(root: string, io: Io, out: (line?: string) => void):
       },
     },
   });
+  const records: CallRecord[] = [];
+  pool.on('call', (record) => records.push(record));
   try {
     out(`a streamed answer: pool.stream('${key}', 'answer', ['${QUESTION}'])`);
     io.writeOut('  ');
@@ -180,6 +182,28 @@ async function showPlatform(root: string, io: Io, out: (line?: string) => void):
           [`orders(${api.origin})`, `${orders.status}: ${orders.orders.join(', ')} (token seen by the agent: ${seen})`],
           [`probe(${METADATA})`, String(refused)],
         ],
+      ),
+    );
+    out();
+    out("what each call did (pool.on('call')): the record a platform logs and bills from");
+    out(
+      formatTable(
+        [
+          { header: 'fn' },
+          { header: 'outcome' },
+          { header: 'ms', align: 'right' },
+          { header: 'cpu ms', align: 'right' },
+          { header: 'capabilities' },
+        ],
+        records.map((record) => [
+          record.fn,
+          record.code ?? record.outcome,
+          record.durationMs.toFixed(1),
+          record.cpuMs.toFixed(2),
+          Object.entries(record.host)
+            .map(([name, count]) => `${name} ${count}`)
+            .join(', ') || '-',
+        ]),
       ),
     );
   } finally {
