@@ -3,9 +3,13 @@ import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { inspect } from 'node:util';
+import { serialize } from 'node:v8';
 import type { Pool, PoolStats } from 'sandpool';
 import { describe, expect, it, onTestFinished } from 'vitest';
 import { ERROR_CODES } from '../packages/sandpool/dist/errors.js';
+import { hostCallsFor } from '../packages/sandpool/dist/host/capabilities/capabilities.js';
+import { KeyQuota } from '../packages/sandpool/dist/host/capabilities/quotas.js';
+import { resolveKey } from '../packages/sandpool/dist/key.js';
 import { rejection } from './support/errors.js';
 import { eventually, installCleanup, invariants, NO_DEATHS, openPool } from './support/pool.js';
 import { counterAgent, makeRoot } from './support/root.js';
@@ -35,6 +39,15 @@ const HOSTILE_AGENT = `
     v8.serialize = () => { const sparse = []; sparse.length = 2 ** 32 - 1; return original([sparse]); };
     syncBuiltinESMExports();
     return sandpool.host.count(1);
+  }
+  export async function forgeResult() {
+    // As forgeHostArgs: the bytes of a result are whatever serialize answers.
+    const v8 = (await import('node:v8')).default;
+    const { syncBuiltinESMExports } = await import('node:module');
+    const original = v8.serialize;
+    v8.serialize = () => { const sparse = []; sparse.length = 2 ** 32 - 1; return original(sparse); };
+    syncBuiltinESMExports();
+    return { honest: true };
   }
   export async function hostFlood(ms) {
     const big = 'h'.repeat(2 ** 20 - 64);
@@ -154,15 +167,38 @@ describe('attacks, each with a neighbour key answering throughout', () => {
     await sane(pool, { died: NO_DEATHS, spawned: 2 });
   });
 
-  it('host-call arguments forged to a sparse array of length 2**32-1 end the worker (protocol), unwalked', async () => {
+  it('host-call arguments cannot be forged by swapping node:v8 serialize: the capability gets what was passed', async () => {
+    const seen: unknown[] = [];
+    const pool = openPool({ root: await hostileRoot(), host: { count: (_ctx, n: unknown) => seen.push(n) } });
+    expect(await withNeighbour(pool, () => pool.call(HOSTILE, 'forgeHostArgs'))).toBe(1);
+    expect(seen).toEqual([1]);
+    await sane(pool, { died: NO_DEATHS, spawned: 2 });
+  });
+
+  it('host-call arguments that are a sparse array of length 2**32-1 end their worker (protocol), unwalked', () => {
     let counted = 0;
-    const pool = openPool({ root: await hostileRoot(), host: { count: () => (counted += 1) } });
-    const error = await withNeighbour(pool, () => rejection(pool.call(HOSTILE, 'forgeHostArgs')));
-    expect(error).toMatchObject({ code: 'ERR_SANDPOOL_WORKER_EXITED', reason: 'protocol' });
+    const violations: string[] = [];
+    const calls = hostCallsFor(
+      { count: () => (counted += 1) },
+      undefined,
+      undefined,
+      resolveKey(HOSTILE),
+      new KeyQuota(),
+    );
+    const thread = { terminating: false, post() {}, violate: (problem: string) => violations.push(problem) };
+    const sparse: unknown[] = [];
+    sparse.length = 2 ** 32 - 1;
+    const bytes = new Uint8Array(serialize(sparse)).buffer;
+    const caller = { hostSignal: () => new AbortController().signal, context: null, scope: null, observed: null };
+    calls.handle({ t: 'host', id: 1, call: 1, name: 'count', args: bytes }, () => caller, thread as never);
+    expect(violations).toEqual(['host call arguments past their bound']);
     expect(counted).toBe(0);
-    expect(invariants(pool)).toEqual([]);
-    expect(await pool.call(HOSTILE, 'ping')).toBe('pong');
-    expect(await pool.call(NEIGHBOUR, 'add', [2, 2])).toBe(4);
+  });
+
+  it('an agent that swaps node:v8 serialize chooses no bytes the host receives: the runtime took its own', async () => {
+    const pool = openPool({ root: await hostileRoot() });
+    expect(await withNeighbour(pool, () => pool.call(HOSTILE, 'forgeResult'))).toEqual({ honest: true });
+    await sane(pool, { died: NO_DEATHS, spawned: 2 });
   });
 
   it('64 host calls in flight with 1 MB arguments get the coordinator at their share: 16 MB a second', async () => {
@@ -261,7 +297,7 @@ describe('attacks, each with a neighbour key answering throughout', () => {
       script,
       `
       import { createPool } from ${JSON.stringify(sandpool)};
-      const pool = createPool({ root: ${JSON.stringify(root)}, spareWorkers: 0, idleTimeoutMs: 0 });
+      const pool = createPool({ root: ${JSON.stringify(root)}, spareWorkers: 0, idleTimeoutMs: 0, loadTimeoutMs: 60_000 });
       const before = process.memoryUsage().rss;
       let peak = before;
       const sampler = setInterval(() => { peak = Math.max(peak, process.memoryUsage().rss); }, 5);
@@ -296,7 +332,7 @@ describe('attacks, each with a neighbour key answering throughout', () => {
     expect(report.answered).toBeGreaterThan(0);
     expect((report.stats as PoolStats).outputDropped).toBeGreaterThan(0);
     expect(report.growth).toBeLessThan(600 * MB);
-  }, 60_000);
+  }, 180_000);
 
   it('CR, escape sequences and line separators cannot forge another key in the labelled output', async () => {
     const pool = openPool({ root: await hostileRoot() });

@@ -2,9 +2,12 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { counterAgent, makeRoot } from './support/root.js';
 import { installServerCleanup, openServer, request } from './support/server.js';
+
+// Each test starts several Node processes one after another: minutes on a loaded machine.
+vi.setConfig({ testTimeout: 180_000 });
 
 installServerCleanup();
 
@@ -36,7 +39,8 @@ function finish(child: ChildProcess, onOut: (text: string) => void = () => undef
       onOut(stdout);
     });
     child.stderr?.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
-    const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+    // A bound for a hung CLI, not a measure: a loaded machine takes seconds to start Node.
+    const timer = setTimeout(() => child.kill('SIGKILL'), 45_000);
     child.on('error', reject);
     child.on('close', (status) => {
       clearTimeout(timer);
@@ -117,8 +121,12 @@ describe('sandpool top', () => {
     expect(piped.stdout.split('\n')[0]).toMatch(/^node node-1: 1 keys/);
 
     const child = start(['top', '--url', url, '--token', 'tok', '--watch', '--interval', '100']);
+    let interrupted = false;
     const done = finish(child, (stdout) => {
-      if (stdout.split(CLEAR).length > 3) child.kill('SIGINT');
+      // Once: a second Ctrl-C while it stops would end it by the signal, as it would a user's.
+      if (interrupted || stdout.split(CLEAR).length <= 3) return;
+      interrupted = true;
+      child.kill('SIGINT');
     });
     const watched = await done;
     expect(watched.status).toBe(0);

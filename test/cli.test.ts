@@ -3,12 +3,16 @@ import { chmod, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { startServe } from './support/packed.js';
+
+// Each test starts several Node processes one after another: minutes on a loaded machine.
+vi.setConfig({ testTimeout: 180_000 });
 
 // The built binary, as a user runs it: `pnpm run build` comes first.
 const BIN = fileURLToPath(new URL('../packages/cli/dist/bin.js', import.meta.url));
-const KILL_AFTER_MS = 10_000;
+/** A bound for a hung CLI, not a measure: a loaded machine takes seconds to start Node and a pool. */
+const KILL_AFTER_MS = 45_000;
 
 interface Outcome {
   status: number | null;

@@ -13,7 +13,7 @@ import {
 } from 'sandpool';
 import { describe, expect, it } from 'vitest';
 import { code, rejection } from './support/errors.js';
-import { deaths, eventually, installCleanup, openPool, recordEvents } from './support/pool.js';
+import { deaths, eventually, installCleanup, openPool, recordEvents, TEST_LOAD_TIMEOUT_MS } from './support/pool.js';
 import { counterAgent, fixture, makeRoot } from './support/root.js';
 
 installCleanup();
@@ -301,7 +301,7 @@ describe('snapshots through the pool', () => {
 describe('close', () => {
   it('rejects new calls with CLOSED and leaves no worker running', async () => {
     const root = await makeRoot({ ...(await counterAgent('a')), ...(await counterAgent('b')) });
-    const pool = createPool({ root });
+    const pool = createPool({ root, loadTimeoutMs: TEST_LOAD_TIMEOUT_MS });
     const { events } = recordEvents(pool);
     await pool.call('a/notifier_agent', 'notify', ['x']);
     await pool.call('b/notifier_agent', 'notify', ['x']);
@@ -315,7 +315,7 @@ describe('close', () => {
 
   it('lets running calls finish within closeTimeoutMs, then rejects them with CLOSED', async () => {
     const root = await makeRoot(await fixture('faulty.mjs').then((text) => ({ 'a/live/faulty.mjs': text })));
-    const pool = createPool({ root, closeTimeoutMs: 100, spareWorkers: 0 });
+    const pool = createPool({ root, closeTimeoutMs: 100, spareWorkers: 0, loadTimeoutMs: TEST_LOAD_TIMEOUT_MS });
     const hanging = pool.call('a/faulty', 'hang');
     await pool.call('a/faulty', 'echo', [1]);
     const closed = pool.close();
@@ -336,7 +336,7 @@ describe('close', () => {
     const root = await makeRoot(await counterAgent('a'));
     let pool: ReturnType<typeof createPool> | undefined;
     {
-      await using scoped = createPool({ root });
+      await using scoped = createPool({ root, loadTimeoutMs: TEST_LOAD_TIMEOUT_MS });
       pool = scoped;
       await scoped.call('a/notifier_agent', 'notify', ['x']);
     }

@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, onTestFinished, vi } from 'vitest';
 import { code, rejection } from './support/errors.js';
 import { eventually, installCleanup, NO_DEATHS, openPool, recordEvents } from './support/pool.js';
 import { counterAgent, fixture, makeRoot } from './support/root.js';
@@ -9,7 +9,8 @@ async function root(): Promise<string> {
   return makeRoot({
     'bad/live/faulty.mjs': await fixture('faulty.mjs'),
     'bad/live/on_import.mjs': await fixture('throws-on-import.mjs'),
-    'bad/live/slow_load.mjs': 'await new Promise((r) => setTimeout(r, 10_000)); export const f = () => 1;',
+    // Loads for ten minutes: far past any loadTimeoutMs under test, however loaded the machine.
+    'bad/live/slow_load.mjs': 'await new Promise((r) => setTimeout(r, 600_000)); export const f = () => 1;',
     ...(await counterAgent('good')),
   });
 }
@@ -18,28 +19,29 @@ const NEIGHBOUR = 'good/notifier_agent';
 
 /** The unrelated key answers while its neighbour misbehaves. */
 async function neighbourAnswers(pool: ReturnType<typeof openPool>): Promise<void> {
-  expect(await pool.call(NEIGHBOUR, 'add', [2, 3], { timeoutMs: 2_000 })).toBe(5);
+  expect(await pool.call(NEIGHBOUR, 'add', [2, 3], { timeoutMs: 10_000 })).toBe(5);
 }
 
 describe('call timeouts', () => {
   it('TIMEOUT kills the worker, rejects its other calls as killed, and the next call respawns', async () => {
-    const pool = openPool({ root: await root(), callTimeoutMs: 200 });
+    const pool = openPool({ root: await root() });
     const { events } = recordEvents(pool);
-    const other = pool.call('bad/faulty', 'hang', [], { timeoutMs: 0 });
-    const looping = pool.call('bad/faulty', 'spin');
+    // Their rejections are taken at once: they may come while the neighbour still starts.
+    const other = rejection(pool.call('bad/faulty', 'hang', [], { timeoutMs: 0 }));
+    const looping = rejection(pool.call('bad/faulty', 'spin', [], { timeoutMs: 200 }));
     await neighbourAnswers(pool); // while its neighbour loops forever
-    expect(await rejection(looping)).toMatchObject({ code: 'ERR_SANDPOOL_TIMEOUT', key: 'bad/faulty' });
-    expect(await rejection(other)).toMatchObject({ code: 'ERR_SANDPOOL_WORKER_EXITED', reason: 'killed' });
+    expect(await looping).toMatchObject({ code: 'ERR_SANDPOOL_TIMEOUT', key: 'bad/faulty' });
+    expect(await other).toMatchObject({ code: 'ERR_SANDPOOL_WORKER_EXITED', reason: 'killed' });
     expect(events).toContainEqual(expect.objectContaining({ type: 'exit', key: 'bad/faulty', reason: 'killed' }));
     expect(await pool.call('bad/faulty', 'echo', ['again'])).toBe('again');
   });
 
   it('starts the clock when the call reaches its worker, not while it waits for a slot', async () => {
     const pool = openPool({ root: await root(), maxWorkers: 1 });
-    const first = pool.call('bad/faulty', 'hang', [], { timeoutMs: 300 });
+    const first = pool.call('bad/faulty', 'hang', [], { timeoutMs: 5_000 });
     await eventually(() => pool.stats().busy === 1);
-    // Waits about 300 ms for the slot: longer than its own 200 ms budget, which must not count.
-    const waiting = pool.call(NEIGHBOUR, 'slow', [50, 'made it'], { timeoutMs: 200 });
+    // Waits over 5 s for the slot: longer than its own 3 s budget, which must not count.
+    const waiting = pool.call(NEIGHBOUR, 'slow', [50, 'made it'], { timeoutMs: 3_000 });
     expect(await code(first)).toBe('ERR_SANDPOOL_TIMEOUT');
     expect(await waiting).toBe('made it');
   });
@@ -55,7 +57,7 @@ describe('AbortSignal', () => {
   it('removes a waiting call from its queue and leaves the worker alone', async () => {
     const pool = openPool({ root: await root(), maxWorkers: 1 });
     const { events } = recordEvents(pool);
-    const busy = pool.call(NEIGHBOUR, 'slow', [200, 'first']);
+    const busy = pool.call(NEIGHBOUR, 'hold', ['first']);
     await eventually(() => pool.stats().busy === 1);
     const controller = new AbortController();
     const waiting = pool.call('bad/faulty', 'echo', [1], { signal: controller.signal });
@@ -63,6 +65,7 @@ describe('AbortSignal', () => {
     controller.abort();
     expect(await code(waiting)).toBe('ERR_SANDPOOL_ABORTED');
     expect(pool.stats().queued).toBe(0);
+    expect(await pool.call(NEIGHBOUR, 'release', ['first'])).toBe(true);
     expect(await busy).toBe('first');
     expect(events.filter((event) => event.type === 'exit')).toEqual([]);
   });
@@ -104,7 +107,7 @@ describe('memory caps', () => {
   it("fails a key past its heap cap with WORKER_EXITED 'oom'; the process and other keys go on", async () => {
     const pool = openPool({ root: await root(), resourceLimits: { maxOldGenerationSizeMb: 24 } });
     await neighbourAnswers(pool);
-    const error = await rejection(pool.call('bad/faulty', 'allocate', [], { timeoutMs: 15_000 }));
+    const error = await rejection(pool.call('bad/faulty', 'allocate', [], { timeoutMs: 120_000 }));
     expect(error).toMatchObject({ code: 'ERR_SANDPOOL_WORKER_EXITED', reason: 'oom' });
     await neighbourAnswers(pool);
     expect(await pool.call('bad/faulty', 'echo', ['recovered'])).toBe('recovered');
@@ -113,6 +116,16 @@ describe('memory caps', () => {
 
 describe('crash-loop protection', () => {
   it('fails fast after a load failure, retries after the back-off, and invalidate resets it', async () => {
+    // The back-off reads Date.now(): a clock the test moves, so no slow timer on a loaded machine opens a window early.
+    vi.useFakeTimers({ toFake: ['Date'] });
+    onTestFinished(() => {
+      vi.useRealTimers();
+    });
+    let now = Date.now();
+    const advance = (ms: number): void => {
+      now += ms;
+      vi.setSystemTime(now);
+    };
     const pool = openPool({ root: await root() });
     const { events } = recordEvents(pool);
     const spawns = () => events.filter((event) => event.type === 'spawn' && event.key === 'bad/on_import').length;
@@ -120,11 +133,11 @@ describe('crash-loop protection', () => {
     expect(await code(pool.call('bad/on_import', 'f'))).toBe('ERR_SANDPOOL_MODULE_LOAD');
     expect(spawns()).toBe(1); // the second failed fast
     await neighbourAnswers(pool);
-    await new Promise((resolve) => setTimeout(resolve, 120));
+    advance(120);
     expect(await code(pool.call('bad/on_import', 'f'))).toBe('ERR_SANDPOOL_MODULE_LOAD');
     expect(spawns()).toBe(2);
     // The window doubled to 200 ms: still closed after 120 ms.
-    await new Promise((resolve) => setTimeout(resolve, 120));
+    advance(120);
     expect(await code(pool.call('bad/on_import', 'f'))).toBe('ERR_SANDPOOL_MODULE_LOAD');
     expect(spawns()).toBe(2);
     await pool.invalidate({ swarm: 'bad', stem: 'on_import' });
@@ -133,7 +146,8 @@ describe('crash-loop protection', () => {
   });
 
   it('fails a module that outlives loadTimeoutMs with MODULE_LOAD', async () => {
-    const pool = openPool({ root: await root(), loadTimeoutMs: 200 });
+    // Pool-wide, so it also bounds the neighbour's start: generous for a loaded machine.
+    const pool = openPool({ root: await root(), loadTimeoutMs: 20_000 });
     expect(await code(pool.call('bad/slow_load', 'f'))).toBe('ERR_SANDPOOL_MODULE_LOAD');
     await neighbourAnswers(pool);
     await eventually(() => pool.stats().workers === 1);
@@ -173,12 +187,15 @@ describe('backpressure', () => {
 
   it('maxWaiting bounds the calls waiting for a worker slot', async () => {
     const pool = openPool({ root: await root(), maxWorkers: 1, maxWaiting: 2 });
-    const busy = pool.call('bad/faulty', 'hang', [], { timeoutMs: 300 });
+    const controller = new AbortController();
+    const busy = pool.call('bad/faulty', 'hang', [], { signal: controller.signal });
     await eventually(() => pool.stats().busy === 1);
     const waiting = [pool.call(NEIGHBOUR, 'add', [1, 1]), pool.call(NEIGHBOUR, 'add', [1, 2])];
     await eventually(() => pool.stats().queued === 2);
     expect(await code(pool.call(NEIGHBOUR, 'add', [1, 3]))).toBe('ERR_SANDPOOL_QUEUE_FULL');
-    expect(await code(busy)).toBe('ERR_SANDPOOL_TIMEOUT');
+    // The slot frees when the test says, not when a timer does.
+    controller.abort();
+    expect(await code(busy)).toBe('ERR_SANDPOOL_ABORTED');
     expect(await Promise.all(waiting)).toEqual([2, 3]);
   });
 });

@@ -1,4 +1,5 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import type { MemoryBeat } from '../packages/sandpool/dist/protocol/messages.js';
 import { Heartbeat } from '../packages/sandpool/dist/worker/heartbeat.js';
 
 describe('a worker’s memory heartbeat (Node 20 under the permission model)', () => {
@@ -12,7 +13,12 @@ describe('a worker’s memory heartbeat (Node 20 under the permission model)', (
   function beating(busy: () => boolean): { heartbeat: Heartbeat; beats: number[]; start: number } {
     const beats: number[] = [];
     const start = Date.now();
-    const read = () => ({ heapUsed: 7, arrayBuffers: 3 });
+    // It grows at every read: an idle worker whose memory stays put beats less (see below).
+    let reads = 0;
+    const read = () => {
+      reads += 1;
+      return { heapUsed: reads * 2 ** 21, arrayBuffers: 3 };
+    };
     const heartbeat = new Heartbeat(() => beats.push(Date.now() - start), read, busy, 20, 250);
     return { heartbeat, beats, start };
   }
@@ -83,5 +89,30 @@ describe('a worker’s memory heartbeat (Node 20 under the permission model)', (
     );
     vi.advanceTimersByTime(20);
     expect(posted).toEqual([{ t: 'memory', heap: 7, external: 3 }]);
+  });
+
+  it('says nothing while its memory stays put, beats less and less often, and speaks up when it grows', () => {
+    const posted: MemoryBeat[] = [];
+    let heap = 10 * 2 ** 20;
+    const beat = new Heartbeat(
+      (message) => posted.push(message),
+      () => ({ heapUsed: heap, arrayBuffers: 0 }),
+      () => false,
+      10,
+      250,
+    );
+    vi.advanceTimersByTime(10 + 250); // the busy beat, then the first idle one
+    const spoken = posted.length;
+    expect(spoken).toBeGreaterThan(0);
+    vi.advanceTimersByTime(20_000);
+    expect(posted).toHaveLength(spoken); // 20 s idle and unchanged: nothing posted
+    expect(vi.getTimerCount()).toBe(1); // still beating, at most every 2 s
+    heap += 4 * 2 ** 20;
+    vi.advanceTimersByTime(2_000);
+    expect(posted.at(-1)).toMatchObject({ t: 'memory', heap });
+    beat.quicken(); // a call came: the busy rate again at once
+    const after = posted.length;
+    vi.advanceTimersByTime(10);
+    expect(posted.length).toBe(after + 1);
   });
 });

@@ -217,6 +217,8 @@ describe('host capabilities', () => {
     const reasons: unknown[] = [];
     const pool = openPool({
       root: await root(),
+      // The agent settles as soon as it hears; the longest grace lets a loaded machine carry that back.
+      abortGraceMs: 1_000,
       host: {
         // Ignores its signal on purpose: the agent must not wait for it.
         waitForAbort: (ctx: HostContext) =>

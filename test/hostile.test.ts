@@ -1,7 +1,7 @@
-import { mkdir, symlink } from 'node:fs/promises';
+import { mkdir, readdir, readFile, symlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { code } from './support/errors.js';
+import { code, rejection } from './support/errors.js';
 import { eventually, installCleanup, invariants, openPool, recordEvents } from './support/pool.js';
 import { counterAgent, fixture, makeRoot, writeFiles } from './support/root.js';
 
@@ -31,6 +31,79 @@ describe('hostile input', () => {
     await symlink(join(root, 'b/live/notifier_agent.mjs'), join(root, 'a/live/borrowed.mjs'));
     const pool = openPool({ root });
     expect(await code(pool.call('a/borrowed', 'notify', ['x']))).toBe('ERR_SANDPOOL_MODULE_NOT_FOUND');
+  });
+
+  it("refuses a node_modules of the tenant's that leads out of its swarm, however deep, and reads nothing", async () => {
+    const reader = `
+      import { readFileSync } from 'node:fs';
+      export function read(path) { return readFileSync(path, 'utf8'); }
+    `;
+    const forms: Array<(root: string) => Promise<void>> = [
+      // live/node_modules itself a link to /
+      async (root) => symlink('/', join(root, 'a/live/node_modules')),
+      // a package inside it a link to /
+      async (root) => {
+        await mkdir(join(root, 'a/live/node_modules'), { recursive: true });
+        await symlink('/', join(root, 'a/live/node_modules/x'));
+      },
+      // deeper, as pnpm lays packages out
+      async (root) => {
+        await mkdir(join(root, 'a/live/node_modules/.pnpm/x@1/node_modules'), { recursive: true });
+        await symlink('/etc', join(root, 'a/live/node_modules/.pnpm/x@1/node_modules/x'));
+      },
+      // the swarm's own node_modules, above live/
+      async (root) => {
+        await mkdir(join(root, 'a/node_modules'), { recursive: true });
+        await symlink('/', join(root, 'a/node_modules/x'));
+      },
+    ];
+    for (const plant of forms) {
+      const root = await makeRoot({
+        ...(await counterAgent('n')),
+        'a/live/reader.mjs': reader,
+        'b/live/secret.txt': 'B',
+      });
+      await plant(root);
+      const pool = openPool({ root });
+      const neighbour = pool.call('n/notifier_agent', 'add', [1, 1]);
+      const error = await rejection(pool.call('a/reader', 'read', [join(root, 'b/live/secret.txt')]));
+      expect(error).toMatchObject({ code: 'ERR_SANDPOOL_MODULE_NOT_FOUND' });
+      expect(String((error as Error).message)).toMatch(/is a link that leaves the (swarm|key)'s folder/);
+      expect(await neighbour).toBe(2);
+      expect(invariants(pool)).toEqual([]);
+      await pool.close();
+    }
+  });
+
+  it("a node_modules that stays inside the tenant's folder still loads, pnpm's links and all", async () => {
+    const root = await makeRoot({
+      'a/live/uses.mjs': "import { twice } from 'dep'; export const run = (n) => twice(n);",
+      'a/live/node_modules/.pnpm/dep@1/node_modules/dep/package.json':
+        '{ "name": "dep", "type": "module", "main": "index.js" }',
+      'a/live/node_modules/.pnpm/dep@1/node_modules/dep/index.js': 'export const twice = (n) => n * 2;',
+    });
+    await symlink('.pnpm/dep@1/node_modules/dep', join(root, 'a/live/node_modules/dep'));
+    const pool = openPool({ root });
+    expect(await pool.call('a/uses', 'run', [21])).toBe(42);
+  });
+
+  it('never copies a file a link leads to outside live/, not even into a type-stripped copy', async () => {
+    // What /proc/self/environ holds is the environment this process started with.
+    const environ = (await readFile('/proc/self/environ', 'latin1')).split('\0');
+    const marker = environ.reduce((longest, entry) => (entry.length > longest.length ? entry : longest), '');
+    expect(marker.length).toBeGreaterThan(8);
+    const root = await makeRoot({
+      ...(await counterAgent('n')),
+      'a/live/agent.ts': 'export const f = (): number => 1;\n',
+    });
+    await symlink('/proc/self/environ', join(root, 'a/live/leak.txt'));
+    const pool = openPool({ root });
+    expect(await code(pool.call('a/agent', 'f'))).toBe('ERR_SANDPOOL_MODULE_NOT_FOUND');
+    expect(await pool.call('n/notifier_agent', 'add', [1, 1])).toBe(2);
+    const files = await readdir(root, { recursive: true, withFileTypes: true });
+    for (const file of files.filter((entry) => entry.isFile())) {
+      expect(await readFile(join(file.parentPath, file.name), 'latin1')).not.toContain(marker);
+    }
   });
 
   it('follows a link that stays inside its own folder', async () => {

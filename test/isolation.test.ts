@@ -1,4 +1,8 @@
-import { describe, expect, it } from 'vitest';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { SnapshotStore } from 'sandpool';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { installCleanup, openPool } from './support/pool.js';
 import { counterAgent, fixture, makeRoot, writeFiles } from './support/root.js';
 
@@ -11,16 +15,25 @@ interface Answer {
   threadId: number;
 }
 
-/** Builds swarm `a` with a `jan` and a `jun` snapshot and a third live version, as in the demo. */
-async function threeVersions(): Promise<string> {
-  const root = await makeRoot(await counterAgent('a', 'v1'));
-  const pool = openPool({ root });
-  await pool.snapshots.create('a', 'jan');
-  await writeFiles(root, await counterAgent('a', 'v2'));
-  await pool.snapshots.create('a', 'jun');
-  await writeFiles(root, await counterAgent('a', 'v3'));
-  return root;
-}
+/**
+ * Swarm `a` with a `jan` and a `jun` snapshot and a third live version, as in the demo. Built
+ * once for the file (no test changes it): snapshots are the costly part of these tests.
+ */
+let threeVersions = '';
+
+beforeAll(async () => {
+  threeVersions = await mkdtemp(join(tmpdir(), 'sandpool-test-'));
+  const store = new SnapshotStore({ root: threeVersions });
+  await writeFiles(threeVersions, await counterAgent('a', 'v1'));
+  await store.create('a', 'jan');
+  await writeFiles(threeVersions, await counterAgent('a', 'v2'));
+  await store.create('a', 'jun');
+  await writeFiles(threeVersions, await counterAgent('a', 'v3'));
+});
+
+afterAll(async () => {
+  await rm(threeVersions, { recursive: true, force: true });
+});
 
 const KEYS = ['a@jan/notifier_agent', 'a@jun/notifier_agent', 'a/notifier_agent'] as const;
 const VERSIONS = ['v1', 'v2', 'v3'] as const;
@@ -30,8 +43,7 @@ describe('the stale-module bug cannot happen', () => {
     ['January, June, live', [0, 1, 2]],
     ['live, June, January', [2, 1, 0]],
   ])('each key answers with its own code and helper, called %s', async (_order, order) => {
-    const root = await threeVersions();
-    const pool = openPool({ root });
+    const pool = openPool({ root: threeVersions });
     for (const index of order) {
       const answer = await pool.call<Answer>(KEYS[index] as string, 'notify', ['hi']);
       expect(answer.version).toBe(VERSIONS[index]);
@@ -42,8 +54,7 @@ describe('the stale-module bug cannot happen', () => {
   });
 
   it('keeps module-level state separate per key', async () => {
-    const root = await threeVersions();
-    const pool = openPool({ root });
+    const pool = openPool({ root: threeVersions });
     for (let round = 1; round <= 3; round++) {
       const answers = await Promise.all(KEYS.map((key) => pool.call<Answer>(key, 'notify', ['x'])));
       expect(answers.map((answer) => answer.count)).toEqual([round, round, round]);

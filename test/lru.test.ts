@@ -47,14 +47,16 @@ describe('LRU with maxWorkers: 2', () => {
   it('never evicts a busy key; a new key waits for one to go idle, then succeeds', async () => {
     const pool = openPool({ root: await threeSwarms(), maxWorkers: 2 });
     const { events, peak } = recordEvents(pool);
-    const slowA = pool.call('a/notifier_agent', 'slow', [300, 'a']);
-    const slowB = pool.call('b/notifier_agent', 'slow', [150, 'b']);
+    const slowA = pool.call('a/notifier_agent', 'hold', ['a']);
+    const slowB = pool.call('b/notifier_agent', 'hold', ['b']);
     await eventually(() => pool.stats().busy === 2);
     const c = pool.call('c/notifier_agent', 'slow', [0, 'c']);
     await eventually(() => pool.stats().queued === 1);
     expect(events.filter((event) => event.type === 'evict')).toEqual([]);
+    await pool.call('b/notifier_agent', 'release', ['b']);
     expect(await c).toBe('c');
     // b finished first, so b made room; a was busy throughout and kept its worker.
+    await pool.call('a/notifier_agent', 'release', ['a']);
     expect(events.filter((event) => event.type === 'evict')).toEqual([
       expect.objectContaining({ key: 'b/notifier_agent', reason: 'lru' }),
     ]);
@@ -71,10 +73,12 @@ describe('LRU with maxWorkers: 2', () => {
     });
     const pool = openPool({ root, maxWorkers: 1 });
     const order: string[] = [];
-    const a = pool.call('a/notifier_agent', 'slow', [100, 'a']).then((value) => order.push(value as string));
+    const a = pool.call('a/notifier_agent', 'hold', ['a']).then((value) => order.push(value as string));
     await eventually(() => pool.stats().busy === 1);
     const b = pool.call('b/notifier_agent', 'slow', [0, 'b']).then((value) => order.push(value as string));
     const c = pool.call('c/notifier_agent', 'slow', [0, 'c']).then((value) => order.push(value as string));
+    await eventually(() => pool.stats().queued === 2);
+    await pool.call('a/notifier_agent', 'release', ['a']);
     await Promise.all([a, b, c]);
     expect(order).toEqual(['a', 'b', 'c']);
   });

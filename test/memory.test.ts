@@ -19,12 +19,12 @@ async function withNeighbour(
   let answered = 0;
   const neighbour = (async () => {
     while (!stop) {
-      expect(await pool.call('n/notifier_agent', 'add', [answered, 1], { timeoutMs: 10_000 })).toBe(answered + 1);
+      expect(await pool.call('n/notifier_agent', 'add', [answered, 1], { timeoutMs: 60_000 })).toBe(answered + 1);
       answered += 1;
       await new Promise((resolve) => setTimeout(resolve, 5));
     }
   })();
-  const call = pool.call('bad/hog', fn, [], { timeoutMs: 30_000 });
+  const call = pool.call('bad/hog', fn, [], { timeoutMs: 120_000 });
   const outcome = may === 'reject' ? await rejection(call) : await call.catch((error: unknown) => error);
   stop = true;
   await neighbour;
@@ -34,7 +34,7 @@ async function withNeighbour(
 
 describe('memory: each pattern ends only its own worker, with oom', () => {
   for (const fn of ['growMap', 'pushObjects', 'doubleString', 'concatString']) {
-    it(`${fn} at a 64 MB heap budget`, { timeout: 60_000 }, async () => {
+    it(`${fn} at a 64 MB heap budget`, { timeout: 240_000 }, async () => {
       const pool = openPool({ root: await root(), resourceLimits: { maxOldGenerationSizeMb: 64 } });
       expect(await withNeighbour(pool, fn)).toMatchObject({ code: 'ERR_SANDPOOL_WORKER_EXITED', reason: 'oom' });
       expect(await pool.call('bad/hog', 'add', [1, 1])).toBe(2);
@@ -49,7 +49,7 @@ describe('memory: each pattern ends only its own worker, with oom', () => {
   for (const budget of [64, 128, 256]) {
     it.runIf(fillInterruptible)(
       `new Array(1e8).fill(0) at a ${budget} MB budget: one 800 MB allocation lands under V8's limit`,
-      { timeout: 90_000 },
+      { timeout: 240_000 },
       async () => {
         const pool = openPool({ root: await root(), resourceLimits: { maxOldGenerationSizeMb: budget } });
         // One synchronous allocation the governor cannot interrupt: it may even finish (and
@@ -66,7 +66,7 @@ describe('memory: each pattern ends only its own worker, with oom', () => {
     );
   }
 
-  it('ArrayBuffers past maxExternalMb', { timeout: 60_000 }, async () => {
+  it('ArrayBuffers past maxExternalMb', { timeout: 240_000 }, async () => {
     const pool = openPool({ root: await root(), maxExternalMb: 64 });
     for (const fn of ['buffers', 'buffersSlowly']) {
       expect(await withNeighbour(pool, fn)).toMatchObject({ code: 'ERR_SANDPOOL_WORKER_EXITED', reason: 'oom' });

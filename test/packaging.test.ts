@@ -23,11 +23,39 @@ import { CONSUMER, CONSUMER_JS, HELLO_AGENT, STRICT } from './support/consumer.j
 
 let scratch: Awaited<ReturnType<typeof tempDir>>;
 let tarballs: Record<PackageDir, string>;
+/** Both projects install at once, while the tarballs are checked: each describe awaits its own. */
+let installs: { lean: Promise<string>; full: Promise<string> };
 
 beforeAll(async () => {
   scratch = await tempDir('sandpool-packaging-');
   tarballs = await packAll(join(scratch.path, 'tarballs'));
-}, 60_000);
+  installs = { lean: installLean(), full: installFull() };
+  // Awaited by their describes; a failure before then must not surface as unhandled.
+  for (const install of Object.values(installs)) install.catch(() => {});
+}, 240_000);
+
+async function installLean(): Promise<string> {
+  const project = await freshProject(scratch.path, 'lean');
+  await npmInstall(project, [
+    tarballs.sandpool,
+    tarballs.cli,
+    // Whatever @types/node a new user gets today; test:types checks each major.
+    '@types/node',
+  ]);
+  await writeFile(join(project, 'consumer.mts'), CONSUMER);
+  await writeFile(join(project, 'consumer-js.mts'), CONSUMER_JS);
+  await mkdir(join(project, 'agents', 'a', 'live'), { recursive: true });
+  await writeFile(join(project, 'agents', 'a', 'live', 'hello.mjs'), HELLO_AGENT);
+  return project;
+}
+
+async function installFull(): Promise<string> {
+  const project = await freshProject(scratch.path, 'full');
+  await npmInstall(project, [tarballs.sandpool, tarballs.server, tarballs.cli]);
+  await mkdir(join(project, 'agents', 'a', 'live'), { recursive: true });
+  await writeFile(join(project, 'agents', 'a', 'live', 'hello.mjs'), HELLO_AGENT);
+  return project;
+}
 
 afterAll(async () => {
   await scratch?.remove();
@@ -67,18 +95,8 @@ describe('sandpool and the CLI without the server', () => {
   let project: string;
 
   beforeAll(async () => {
-    project = await freshProject(scratch.path, 'lean');
-    await npmInstall(project, [
-      tarballs.sandpool,
-      tarballs.cli,
-      // Whatever @types/node a new user gets today; test:types checks each major.
-      '@types/node',
-    ]);
-    await writeFile(join(project, 'consumer.mts'), CONSUMER);
-    await writeFile(join(project, 'consumer-js.mts'), CONSUMER_JS);
-    await mkdir(join(project, 'agents', 'a', 'live'), { recursive: true });
-    await writeFile(join(project, 'agents', 'a', 'live', 'hello.mjs'), HELLO_AGENT);
-  }, 90_000);
+    project = await installs.lean;
+  }, 240_000);
 
   it('installs neither the server nor fastify nor prom-client', async () => {
     const installed = await readdir(join(project, 'node_modules'));
@@ -99,7 +117,7 @@ describe('sandpool and the CLI without the server', () => {
     expect(compiled.status).toBe(0);
     const output = await mustRun(process.execPath, [join('out', 'consumer.mjs'), './agents'], project);
     expect(JSON.parse(output)).toEqual({ text: 'hello types', code: 'ERR_SANDPOOL_EXPORT_NOT_FOUND' });
-  }, 60_000);
+  }, 240_000);
 
   it('runs `sandpool call` from the installed bin', async () => {
     const result = await run(
@@ -126,11 +144,8 @@ describe('the CLI with the server', () => {
   let project: string;
 
   beforeAll(async () => {
-    project = await freshProject(scratch.path, 'full');
-    await npmInstall(project, [tarballs.sandpool, tarballs.server, tarballs.cli]);
-    await mkdir(join(project, 'agents', 'a', 'live'), { recursive: true });
-    await writeFile(join(project, 'agents', 'a', 'live', 'hello.mjs'), HELLO_AGENT);
-  }, 90_000);
+    project = await installs.full;
+  }, 240_000);
 
   it('`sandpool serve` answers a call over HTTP and stops on SIGTERM', async () => {
     const bin = join(project, 'node_modules', '@sandpool', 'cli', 'dist', 'bin.js');

@@ -1,12 +1,12 @@
 import { execFile } from 'node:child_process';
-import { symlink, writeFile } from 'node:fs/promises';
+import { mkdir, rm, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
 import { Worker } from 'node:worker_threads';
 import { describe, expect, it } from 'vitest';
-import { code } from './support/errors.js';
-import { installCleanup, invariants, openPool } from './support/pool.js';
+import { code, rejection } from './support/errors.js';
+import { eventually, installCleanup, invariants, openPool, recordEvents } from './support/pool.js';
 import { counterAgent, fixture, makeRoot } from './support/root.js';
 
 installCleanup();
@@ -72,6 +72,24 @@ describe("permissions: 'strict' (the default)", () => {
     expect(await pool.call(NEIGHBOUR, 'add', [1, 2])).toBe(3);
     expect(pool.stats().spawned).toBe(1);
   });
+
+  it('refuses a link into a sibling folder whose name starts with the key folder’s (live → live-evil)', async () => {
+    const root = await tenants();
+    await mkdir(join(root, 'a/live-evil'));
+    await writeFile(join(root, 'a/live-evil/loot.txt'), 'outside live/');
+    await symlink(join(root, 'a/live-evil/loot.txt'), join(root, 'a/live/loot.txt'));
+    await symlink(join(root, 'a/live-evil'), join(root, 'a/live/evil'));
+    const pool = openPool({ root });
+    const error = await rejection(pool.call('a/intruder', 'read', [join(root, 'a/live/loot.txt')]));
+    expect(error.code).toBe('ERR_SANDPOOL_MODULE_NOT_FOUND');
+    expect(error.message).toContain('leaves the key');
+    expect(await pool.call(NEIGHBOUR, 'add', [1, 2])).toBe(3);
+    // A link that stays inside is fine.
+    await rm(join(root, 'a/live/loot.txt'));
+    await rm(join(root, 'a/live/evil'));
+    await symlink(join(root, 'a/live/intruder.mjs'), join(root, 'a/live/alias.mjs'));
+    expect(await pool.call('a/alias', 'read', [join(root, 'a/live/intruder.mjs')])).toBe('allowed');
+  });
 });
 
 describe('widening and turning off', () => {
@@ -90,6 +108,23 @@ describe('widening and turning off', () => {
     expect(await open.call('a/intruder', 'spawn')).toBe('allowed');
   });
 
+  it('a strict key never gets a spare (spares boot without per-key flags), though its pool keeps spares for others', async () => {
+    const root = await tenants();
+    const pool = openPool({ root, spareWorkers: 2, permissions: (key) => (key.swarm === 'a' ? 'strict' : 'none') });
+    const { events } = recordEvents(pool);
+    expect(await pool.call(NEIGHBOUR, 'add', [1, 2])).toBe(3);
+    await eventually(() => pool.stats().spares > 0);
+    expect(await pool.call('a/intruder', 'spawn')).toBe('ERR_ACCESS_DENIED');
+    expect(await pool.call('a/intruder', 'nestedWorker')).toBe('ERR_ACCESS_DENIED');
+    if (fsRestrictedInThreads) {
+      expect(await pool.call('a/intruder', 'read', [join(root, 'b/live/secret.txt')])).toBe('ERR_ACCESS_DENIED');
+    }
+    const spawns = events.filter((event) => event.type === 'spawn').map((event) => `${event.key} ${event.reason}`);
+    expect(spawns).toContain('a/intruder cold');
+    expect(pool.stats().spares).toBeGreaterThan(0);
+    expect(invariants(pool)).toEqual([]);
+  });
+
   it("'none' under a host that itself runs under the permission model gives workers no right the host lacks", async () => {
     const root = await tenants();
     const script = join(root, 'limited-host.mjs');
@@ -97,7 +132,7 @@ describe('widening and turning off', () => {
     await writeFile(
       script,
       `import { createPool } from ${JSON.stringify(sandpool)};
-      const pool = createPool({ root: ${JSON.stringify(root)}, permissions: 'none', spareWorkers: 0 });
+      const pool = createPool({ root: ${JSON.stringify(root)}, permissions: 'none', spareWorkers: 0, loadTimeoutMs: 60_000 });
       const spawn = await pool.call('a/intruder', 'spawn');
       await pool.close();
       process.stdout.write(JSON.stringify({ spawn }));`,

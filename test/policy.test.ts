@@ -55,7 +55,10 @@ async function root(): Promise<string> {
 }
 
 describe('the policy option', () => {
-  it("sets each key's limits in one place, over the pool's options, and they reach its worker and governors", async () => {
+  // Its spins end only when cpuTimeoutMs ends them: on a loaded machine that takes a while.
+  it("sets each key's limits in one place, over the pool's options, and they reach its worker and governors", {
+    timeout: 120_000,
+  }, async () => {
     const policy = (key: Readonly<AgentKey>): KeyPolicy =>
       key.swarm === 'small'
         ? {
@@ -78,14 +81,15 @@ describe('the policy option', () => {
     const outcomes = await Promise.all([
       pool.call('small/agent', 'external', [64]).catch((error) => [error.code, error.reason]),
       pool.call('big/agent', 'external', [64]),
-      pool.call('small/agent', 'spin', [5_000], { timeoutMs: 20_000 }).catch((error) => [error.code, error.reason]),
+      // Spins until its worker ends (a minute at most): on a loaded machine 5 s of wall time can be under 300 ms of CPU.
+      pool.call('small/agent', 'spin', [60_000], { timeoutMs: 90_000 }).catch((error) => [error.code, error.reason]),
       pool.call(NEIGHBOUR, 'notify', ['x']),
     ]);
     expect(outcomes.slice(0, 2)).toEqual([['ERR_SANDPOOL_WORKER_EXITED', 'oom'], 'kept']);
     // The spin either ran on the worker the oom ended, or on the next one, which cpuTimeoutMs ends.
     expect(outcomes[2]).toEqual(['ERR_SANDPOOL_WORKER_EXITED', expect.stringMatching(/^(oom|cpu)$/)]);
     expect(outcomes[3]).toMatchObject({ count: 1 });
-    expect(await pool.call('small/agent', 'spin', [5_000], { timeoutMs: 20_000 }).catch((e) => e.reason)).toBe('cpu');
+    expect(await pool.call('small/agent', 'spin', [60_000], { timeoutMs: 90_000 }).catch((e) => e.reason)).toBe('cpu');
     expect(await pool.call('big/agent', 'spin', [400])).toBe('spun');
     expect(invariants(pool)).toEqual([]);
   });

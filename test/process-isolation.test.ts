@@ -130,7 +130,8 @@ describe("isolation: 'process'", () => {
   // Strict denies process.kill (strict-containment.test.ts): these two run what the process
   // boundary holds once it is allowed.
   it('a signal the agent sends to its own process ends only that key, which respawns', async () => {
-    const pool = mixedPool(await tenants(), { callTimeoutMs: 2_000, abortGraceMs: 100, permissions: 'none' });
+    // Every call here answers in moments; only the stopped process's call needs the limit.
+    const pool = mixedPool(await tenants(), { callTimeoutMs: 5_000, abortGraceMs: 100, permissions: 'none' });
     for (const name of ['SIGTERM', 'SIGKILL']) {
       const ended = await withNeighbour(pool, () => rejection(pool.call(ESCAPEE, 'signal', ['self', name])));
       expect(ended).toMatchObject({ code: 'ERR_SANDPOOL_WORKER_EXITED', reason: 'crash' });
@@ -178,20 +179,20 @@ describe("isolation: 'process'", () => {
     }
   });
 
-  it('heap patterns that abort a thread-isolated host end only the child, with oom', { timeout: 60_000 }, async () => {
+  it('heap patterns that abort a thread-isolated host end only the child, with oom', { timeout: 240_000 }, async () => {
     const pool = mixedPool(await tenants(), {
       resourceLimits: { maxOldGenerationSizeMb: 64 },
       onOutput: () => {}, // V8's report of the abort, on the child's stderr
     });
     // bigArray is the one Node 20 cannot contain in a thread (see memory.test.ts).
     for (const fn of ['growMap', 'pushObjects', 'bigArray']) {
-      const ended = await withNeighbour(pool, () => rejection(pool.call('x/hog', fn, [], { timeoutMs: 30_000 })));
+      const ended = await withNeighbour(pool, () => rejection(pool.call('x/hog', fn, [], { timeoutMs: 120_000 })));
       expect([fn, ended.code, ended.reason]).toEqual([fn, 'ERR_SANDPOOL_WORKER_EXITED', 'oom']);
       expect(await pool.call('x/hog', 'add', [1, 1])).toBe(2);
     }
   });
 
-  it('resident memory past both budgets ends the child with oom', { timeout: 30_000 }, async () => {
+  it('resident memory past both budgets ends the child with oom', { timeout: 240_000 }, async () => {
     const pool = mixedPool(await tenants(), { resourceLimits: { maxOldGenerationSizeMb: 64 }, maxExternalMb: 64 });
     const ended = await withNeighbour(pool, () => rejection(pool.call(ESCAPEE, 'touchBuffers', [2_000])));
     expect(ended).toMatchObject({ code: 'ERR_SANDPOOL_WORKER_EXITED', reason: 'oom' });
@@ -215,31 +216,31 @@ describe("isolation: 'process'", () => {
     const used = process.cpuUsage(start);
     const expectedMs = ((used.user + used.system) / 1000) * (HASHES / 5);
     expect(await withNeighbour(pool, () => pool.call(ESCAPEE, 'hashTimes', [HASHES]))).toBe('hashed');
-    await new Promise((resolve) => setTimeout(resolve, 60)); // one more sample
-    const escapee = pool.keyStats().find((entry) => entry.key === ESCAPEE);
-    // All of it ran on the child's pool threads; its main thread only waited.
-    expect(escapee?.cpuMs).toBeGreaterThan(expectedMs / 2);
+    // All of it ran on the child's pool threads; its main thread only waited. CPU is read on
+    // samples: the last of it shows on the next one.
+    const cpuMs = () => pool.keyStats().find((entry) => entry.key === ESCAPEE)?.cpuMs ?? 0;
+    await eventually(() => cpuMs() > expectedMs / 2);
   });
 
-  it.runIf(root)(
-    'a child burning CPU on its pool threads with no call running is demoted whole, then evicted',
-    { timeout: 15_000 },
-    async () => {
-      const pool = mixedPool(await tenants());
-      const niceOnDemote: number[][] = [];
-      pool.on('demote', () => niceOnDemote.push(childProcesses().flatMap(threadNices)));
-      const evicted = new Promise((resolve) =>
-        pool.on('evict', ({ key, reason }) => key === ESCAPEE && resolve(reason)),
-      );
-      const reason = await withNeighbour(pool, async () => {
-        expect(await pool.call(ESCAPEE, 'hashInBackground')).toBe('hashing');
-        return evicted;
-      });
-      expect(reason).toBe('cpu');
-      expect(niceOnDemote).toHaveLength(1);
-      expect(new Set(niceOnDemote[0])).toEqual(new Set([19]));
-    },
-  );
+  // Demoted, it gets what CPU nice 19 gets: on a loaded machine too little for the second
+  // window that evicts it. That window is judged in cpu-governor.test.ts, on scripted CPU.
+  it.runIf(root)('a child burning CPU on its pool threads with no call running is demoted whole', async () => {
+    const pool = mixedPool(await tenants());
+    const niceOnDemote: number[][] = [];
+    const demoted = new Promise((resolve) =>
+      pool.on('demote', ({ key, reason }) => {
+        niceOnDemote.push(childProcesses().flatMap(threadNices));
+        if (key === ESCAPEE) resolve(reason);
+      }),
+    );
+    const reason = await withNeighbour(pool, async () => {
+      expect(await pool.call(ESCAPEE, 'hashInBackground')).toBe('hashing');
+      return demoted;
+    });
+    expect(reason).toBe('background-cpu');
+    expect(niceOnDemote).toHaveLength(1);
+    expect(new Set(niceOnDemote[0])).toEqual(new Set([19]));
+  });
 
   it('heavy calls on more busy child processes than cores are demoted, and raised back once idle', async () => {
     const dir = await tenants();
@@ -249,9 +250,13 @@ describe("isolation: 'process'", () => {
     const pool = mixedPool(dir);
     const demoted: string[] = [];
     pool.on('demote', ({ key, reason }) => demoted.push(`${key} ${reason}`));
+    // Started first, so the spins overlap whatever a cold start takes; they spin until told.
+    for (const key of crowd) expect(await pool.call(key, 'add', [1, 1])).toBe(2);
+    const release = join(dir, 'x/live/release');
     const spins = await withNeighbour(pool, async () => {
-      const running = crowd.map((key) => pool.call(key, 'spinFor', [400]));
+      const running = crowd.map((key) => pool.call(key, 'spinUntil', [release]));
       await eventually(() => demoted.length > 0);
+      await writeFile(release, '');
       return Promise.all(running);
     });
     expect(spins).toEqual(crowd.map(() => 'done'));

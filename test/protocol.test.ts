@@ -140,7 +140,7 @@ function stubThread() {
   return { thread: thread as unknown as AgentThread, sent, violations };
 }
 
-const owner: ChannelOwner = { cancelIgnored: () => {}, drained: () => {}, cpuNs: () => Number.NaN };
+const owner: ChannelOwner = { engaged: () => {}, cancelIgnored: () => {}, drained: () => {}, cpuNs: () => Number.NaN };
 
 /** A call whose settlements are recorded, as the outcome the worker's reply made of it. */
 function call(fn = 'f', timeoutMs = 0, settled: Settled[] = []): Call {

@@ -40,7 +40,7 @@ describe('eviction counts the workers already exiting', () => {
     const { events } = recordEvents(pool);
     expect(await pool.call('a/slowexit', 'block')).toBe('blocked');
     expect(await pool.call('b/notifier_agent', 'notify', ['1'])).toMatchObject({ count: 1 });
-    const slowC = pool.call('c/notifier_agent', 'slow', [400, 'c']);
+    const slowC = pool.call('c/notifier_agent', 'hold', ['c']);
     await eventually(() => pool.stats().busy === 1);
     // d needs a slot: a, the least recently used idle worker, is evicted and starts exiting.
     const d = pool.call('d/notifier_agent', 'notify', ['1']);
@@ -49,6 +49,7 @@ describe('eviction counts the workers already exiting', () => {
     await eventually(() => events.some((event) => event.type === 'evict'));
     expect(invariants(pool)).toEqual([]);
     // c goes idle while a is still exiting: the pump that follows must not evict b for d.
+    await pool.call('c/notifier_agent', 'release', ['c']);
     expect(await slowC).toBe('c');
     expect(events.some((event) => event.type === 'exit')).toBe(false);
     expect(await d).toMatchObject({ count: 1 });
@@ -58,7 +59,7 @@ describe('eviction counts the workers already exiting', () => {
     // b kept its worker and its state.
     expect(await pool.call('b/notifier_agent', 'notify', ['2'])).toMatchObject({ count: 2 });
     expect(invariants(pool)).toEqual([]);
-  }, 15_000);
+  });
 });
 
 describe('module containment needs the path separator', () => {

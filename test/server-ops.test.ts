@@ -1,4 +1,6 @@
 import { spawn } from 'node:child_process';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { counterAgent, fixture, makeRoot, writeFiles } from './support/root.js';
@@ -95,8 +97,9 @@ describe('health and metrics', () => {
   it('drains: /readyz 503 and new calls refused, running calls answered, then close ends the pool', async () => {
     const server = openServer({ root: await makeRoot(await counterAgent('a')) });
     expect(await request(server, 'GET', '/readyz')).toMatchObject({ status: 200, body: { status: 'ready' } });
-    const running = request(server, 'POST', '/v1/call/a/notifier_agent', { fn: 'slow', args: [300] });
-    await expect.poll(() => server.pool.stats().busy).toBe(1);
+    // Running until the test releases it, through the pool: the server refuses calls once draining.
+    const running = request(server, 'POST', '/v1/call/a/notifier_agent', { fn: 'hold', args: ['r', 300] });
+    await expect.poll(() => server.pool.stats().busy, { timeout: 30_000 }).toBe(1);
 
     // app.close() drains first too, but once closing, fastify refuses injected requests.
     server.drain();
@@ -106,6 +109,7 @@ describe('health and metrics', () => {
     const refused = await request(server, 'POST', '/v1/call/a/notifier_agent', { fn: 'add', args: [1, 1] });
     expect(refused).toMatchObject({ status: 503, body: { code: 'ERR_SANDPOOL_CLOSED' } });
 
+    expect(await server.pool.call('a/notifier_agent', 'release', ['r'])).toBe(true);
     expect((await running).body).toEqual({ result: 300 });
     await server.app.close();
     expect(server.pool.stats()).toMatchObject({ workers: 0, spares: 0 });
@@ -114,7 +118,17 @@ describe('health and metrics', () => {
 
 describe('sandpool serve', () => {
   it('serves until SIGTERM, finishes the running call, then exits 0', async () => {
-    const root = await makeRoot(await counterAgent('a'));
+    const root = await makeRoot({
+      ...(await counterAgent('a')),
+      // Says it runs, then answers once the test creates the file: running for as long as the test needs.
+      'a/live/gate.mjs': `import { existsSync } from 'node:fs';
+export async function hold(file) {
+  console.log('holding');
+  while (!existsSync(file)) await new Promise((resolve) => setTimeout(resolve, 10));
+  return 'released';
+}
+`,
+    });
     const { NODE_OPTIONS: _ignored, ...env } = process.env;
     const child = spawn(process.execPath, [BIN, 'serve', '--root', root, '--port', '0', '--node-name', 'cli-1'], {
       env: { ...env, SANDPOOL_TOKEN: 'tok' },
@@ -125,11 +139,12 @@ describe('sandpool serve', () => {
       child.stdout.setEncoding('utf8').on('data', (chunk: string) => (output += chunk));
       child.stderr.setEncoding('utf8').on('data', (chunk: string) => (output += chunk));
       const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-      await expect.poll(() => /listening on (\S+)/.exec(output)?.[1], { timeout: 10_000 }).toBeDefined();
+      const seen = (pattern: RegExp) => expect.poll(() => pattern.test(output), { timeout: 30_000 }).toBe(true);
+      await seen(/listening on (\S+)/);
       const base = /listening on (\S+)/.exec(output)?.[1] ?? '';
 
-      const call = (fn: string, args: unknown[], token = 'tok'): Promise<Response> =>
-        fetch(`${base}/v1/call/a/notifier_agent`, {
+      const call = (fn: string, args: unknown[], token = 'tok', stem = 'notifier_agent'): Promise<Response> =>
+        fetch(`${base}/v1/call/a/${stem}`, {
           method: 'POST',
           headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` },
           body: JSON.stringify({ fn, args }),
@@ -139,12 +154,15 @@ describe('sandpool serve', () => {
       expect(denied.headers.get('x-sandpool-node')).toBe('cli-1');
       expect(await (await call('add', [1, 2])).json()).toEqual({ result: 3 });
 
-      const running = call('slow', [400]);
-      await new Promise((resolve) => setTimeout(resolve, 100));
+      const release = join(root, 'a/live/release');
+      const running = call('hold', [release], 'tok', 'gate');
+      await seen(/\[a\/gate\] holding/);
       child.kill('SIGTERM');
+      await seen(/SIGTERM, draining/);
+      await writeFile(release, '');
       const answer = await running;
       expect(answer.status).toBe(200);
-      expect(await answer.json()).toEqual({ result: 400 });
+      expect(await answer.json()).toEqual({ result: 'released' });
       expect(await exited).toBe(0);
       expect(output).toContain('node cli-1 stopped');
     } finally {

@@ -17,13 +17,15 @@ describe('fair shares of the slots', () => {
   it('serves waiting swarms round-robin: a quiet tenant does not queue behind a noisy one', async () => {
     const pool = openPool({ root: await tenants(), maxWorkers: 1 });
     const order: string[] = [];
-    const track = (key: string, ms: number) =>
-      pool.call(key, 'slow', [ms, key]).then((value) => order.push(value as string));
-    const first = track('noisy/a', 150);
+    const track = (call: Promise<unknown>) => call.then((value) => order.push(value as string));
+    // noisy/a holds the only slot until every other call waits.
+    const first = track(pool.call('noisy/a', 'hold', ['noisy/a']));
     await eventually(() => pool.stats().busy === 1);
-    const noisy = ['noisy/b', 'noisy/c', 'noisy/d'].map((key) => track(key, 30));
+    const noisy = ['noisy/b', 'noisy/c', 'noisy/d'].map((key) => track(pool.call(key, 'slow', [0, key])));
     await eventually(() => pool.stats().queued === 3);
-    const quiet = track('quiet/q', 0);
+    const quiet = track(pool.call('quiet/q', 'slow', [0, 'quiet/q']));
+    await eventually(() => pool.stats().queued === 4);
+    await pool.call('noisy/a', 'release', ['noisy/a']);
     await Promise.all([first, ...noisy, quiet]);
     // FIFO would serve quiet/q last; round-robin gives it the turn after noisy's next one.
     expect(order).toEqual(['noisy/a', 'noisy/b', 'quiet/q', 'noisy/c', 'noisy/d']);
@@ -40,10 +42,13 @@ describe('fair shares of the slots', () => {
       noisyPeak = Math.max(noisyPeak, [...alive.keys()].filter((k) => k.startsWith('noisy/')).length);
     });
     pool.on('exit', ({ key }) => alive.delete(key));
-    const noisy = ['a', 'b', 'c', 'd'].map((stem) => pool.call(`noisy/${stem}`, 'slow', [80, stem]));
-    await eventually(() => pool.stats().busy === 2);
+    // Each noisy call holds its worker until released: two run, two wait for noisy's share.
+    const noisy = ['a', 'b', 'c', 'd'].map((stem) => pool.call(`noisy/${stem}`, 'hold', [stem]));
+    await eventually(() => pool.stats().busy === 2 && pool.stats().queued === 2);
     // A slot is still free for the other tenant: it starts at once, while noisy keys wait.
     expect(await pool.call('quiet/q', 'add', [1, 2])).toBe(3);
+    // A release reaches its key's worker, running or still to start, after the call it ends.
+    for (const stem of ['a', 'b', 'c', 'd']) void pool.call(`noisy/${stem}`, 'release', [stem]);
     expect(await Promise.all(noisy)).toEqual(['a', 'b', 'c', 'd']);
     expect(noisyPeak).toBe(2);
     // noisy made room from its own idle workers, never from quiet's.
@@ -55,7 +60,8 @@ describe('fair shares of the slots', () => {
 
 describe('queueTimeoutMs', () => {
   it('ends a wait for a slot held by calls that never end, with QUEUE_TIMEOUT, spawning nothing for it', async () => {
-    const pool = openPool({ root: await tenants(), maxWorkers: 1, queueTimeoutMs: 200, closeTimeoutMs: 200 });
+    // queueTimeoutMs also bounds the holder's own start: generous for a loaded machine.
+    const pool = openPool({ root: await tenants(), maxWorkers: 1, queueTimeoutMs: 20_000, closeTimeoutMs: 200 });
     const { events } = recordEvents(pool);
     const holding = pool.call('noisy/faulty', 'hang', [], { timeoutMs: 0 });
     await eventually(() => pool.stats().busy === 1);
@@ -67,7 +73,8 @@ describe('queueTimeoutMs', () => {
   });
 
   it('does not touch a call that reached its worker in time, whatever it then takes', async () => {
-    const pool = openPool({ root: await tenants(), queueTimeoutMs: 2_000 });
-    expect(await pool.call('quiet/q', 'slow', [2_300, 'late but fine'], { timeoutMs: 0 })).toBe('late but fine');
+    // The limit must outlast a cold start on a loaded machine; the call then outlasts the limit.
+    const pool = openPool({ root: await tenants(), queueTimeoutMs: 20_000 });
+    expect(await pool.call('quiet/q', 'slow', [20_300, 'late but fine'], { timeoutMs: 0 })).toBe('late but fine');
   });
 });

@@ -1,7 +1,7 @@
 // Self-contained snapshots: packages and out-of-live imports pinned at create, what cannot be
 // pinned refused at create, the worker running exactly the bytes it checked, signed manifests.
 import { createHash } from 'node:crypto';
-import { chmod, copyFile, link, mkdir, readFile, rename, rm, symlink, truncate, writeFile } from 'node:fs/promises';
+import { chmod, copyFile, cp, link, mkdir, readFile, rename, rm, symlink, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { SnapshotStore } from 'sandpool';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -215,6 +215,52 @@ describe('manifests', () => {
     );
     // Without a secret a consistent rewrite is indistinguishable from the real thing: documented.
     await expect(new SnapshotStore({ root }).verify('a', 'jan')).resolves.toMatchObject({ name: 'jan' });
+  });
+
+  it('with snapshotSecret, refuse a signed snapshot moved to another swarm or name, its manifest renamed or not', async () => {
+    const root = await makeRoot({
+      'a/live/notifier_agent.mjs': "export const f = () => 'a';\n",
+      'b/live/notifier_agent.mjs': "export const f = () => 'b';\n",
+    });
+    const store = new SnapshotStore({ root, snapshotSecret: SECRET });
+    await store.create('a', 'jan');
+    const pool = openPool({ root, snapshotSecret: SECRET });
+    expect(await pool.call('a@jan/notifier_agent', 'f')).toBe('a');
+
+    /** Copies a/jan to `swarm`/`name`, its manifest saying `says` (the copy's own place, or a/jan). */
+    const replay = async (swarm: string, name: string, says: { swarm: string; name: string }): Promise<void> => {
+      const to = join(root, swarm, 'snapshots', name);
+      await cp(join(root, 'a/snapshots/jan'), to, { recursive: true });
+      const manifest = JSON.parse(await readFile(join(to, MANIFEST), 'utf8'));
+      Object.assign(manifest, says);
+      await chmod(join(to, MANIFEST), 0o644);
+      await writeFile(join(to, MANIFEST), JSON.stringify(manifest));
+    };
+    await replay('b', 'jan', { swarm: 'a', name: 'jan' });
+    await replay('b', 'feb', { swarm: 'b', name: 'feb' });
+    await replay('a', 'mar', { swarm: 'a', name: 'jan' });
+    await replay('a', 'apr', { swarm: 'a', name: 'apr' });
+    for (const [swarm, name] of [
+      ['b', 'jan'],
+      ['b', 'feb'],
+      ['a', 'mar'],
+      ['a', 'apr'],
+    ] as const) {
+      const where = `${swarm}@${name}`;
+      const outcome = (promise: Promise<unknown>): Promise<unknown> =>
+        promise.then(
+          () => 'accepted',
+          (error: { code?: unknown }) => error.code,
+        );
+      expect([where, await outcome(store.get(swarm, name))]).toEqual([where, 'ERR_SANDPOOL_SNAPSHOT_CORRUPT']);
+      expect([where, await outcome(pool.call(`${where}/notifier_agent`, 'f'))]).toEqual([
+        where,
+        'ERR_SANDPOOL_SNAPSHOT_CORRUPT',
+      ]);
+    }
+    // sign() vouches for content where it lies, not for a manifest made for another place.
+    expect(await code(store.sign('b', 'jan'))).toBe('ERR_SANDPOOL_SNAPSHOT_CORRUPT');
+    expect(await pool.call('a@jan/notifier_agent', 'f')).toBe('a');
   });
 
   it('with snapshotSecret, refuse unsigned snapshots until sign() verified them', async () => {

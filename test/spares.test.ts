@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, onTestFinished, vi } from 'vitest';
 import { SpareDemand } from '../packages/sandpool/dist/host/slots/spare-demand.js';
 import { Spares } from '../packages/sandpool/dist/host/slots/spares.js';
 import { AgentThread } from '../packages/sandpool/dist/host/workers/thread.js';
@@ -96,6 +96,12 @@ describe('how many spares a pool keeps', () => {
 
 describe('a pool’s spares under a burst of new keys', () => {
   it('grow to spareWorkers after a burst, serve the next burst from spares, and never pass the ceiling', async () => {
+    // The demand fades with a 10 s half-life on performance.now(): held still here, so spares
+    // that a loaded machine boots slowly are not trimmed before the next burst comes.
+    vi.useFakeTimers({ toFake: ['performance'] });
+    onTestFinished(() => {
+      vi.useRealTimers();
+    });
     const files: Record<string, string> = {};
     for (let i = 0; i < 12; i++) Object.assign(files, await counterAgent('s', 'v1', `k${i}`));
     const pool = openPool({ root: await makeRoot(files), permissions: 'none', spareWorkers: 4, maxWorkers: 20 });

@@ -1,3 +1,4 @@
+import { chmod } from 'node:fs/promises';
 import { describe, expect, it } from 'vitest';
 import { code, rejection } from './support/errors.js';
 import { eventually, installCleanup, invariants, openPool, recordEvents } from './support/pool.js';
@@ -76,6 +77,23 @@ interface State {
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
+/**
+ * A child process's agent can reach its IPC channel (see the worker entry): it forges chunks
+ * for its own stream, past the credit the consumer gave. It learns the call id from the start.
+ */
+const FLOODER = `
+let streamId = null;
+process.on('message', (message) => {
+  if (message?.t === 'stream') streamId = message.id;
+});
+export async function* flood(n) {
+  // The start reaches this listener after the runtime's: let it run before forging.
+  await new Promise((resolve) => setImmediate(resolve));
+  for (let i = 0; i < n; i++) process.send({ t: 'chunk', id: streamId, value: i, bytes: null });
+  yield 'honest';
+}
+`;
+
 describe('pool.stream()', () => {
   it('pauses the generator when the consumer is slow: it never runs more than highWaterMark ahead', async () => {
     const pool = openPool({ root: await root() });
@@ -88,9 +106,12 @@ describe('pool.stream()', () => {
       seen.push(chunk.i);
       expect(chunk.produced).toBeLessThanOrEqual(consumed + highWaterMark);
       if (consumed === 1 || consumed === 20) {
-        await sleep(150);
-        // Given all the time it wants, the generator filled the window and stopped there.
-        const { produced } = await pool.call<State>(KEY, 'observed');
+        // Given all the time it wants, the generator fills the window and stops there.
+        let produced = 0;
+        for (const deadline = performance.now() + 15_000; performance.now() < deadline; await sleep(10)) {
+          ({ produced } = await pool.call<State>(KEY, 'observed'));
+          if (produced >= consumed + highWaterMark) break;
+        }
         expect(produced).toBe(consumed + highWaterMark);
         // A stream holds its worker busy: not idle, so not evictable.
         expect(pool.stats()).toMatchObject({ busy: 1, idle: 0 });
@@ -147,11 +168,13 @@ describe('pool.stream()', () => {
 
   it('chunkTimeoutMs bounds the wait for a chunk: TIMEOUT, and the agent sees a TimeoutError', async () => {
     const pool = openPool({ root: await root() });
-    const stream = pool.stream(KEY, 'stalls', [], { chunkTimeoutMs: 200 });
+    // Warm first: the first next() would also wait for the worker's start.
+    expect(await pool.call(KEY, 'observed')).toMatchObject({ produced: 0 });
+    const stream = pool.stream(KEY, 'stalls', [], { chunkTimeoutMs: 1_000 });
     expect(await stream.next()).toEqual({ done: false, value: 'first' });
-    const started = Date.now();
+    const started = performance.now();
     expect(await code(stream.next())).toBe('ERR_SANDPOOL_TIMEOUT');
-    expect(Date.now() - started).toBeGreaterThanOrEqual(150);
+    expect(performance.now() - started).toBeGreaterThanOrEqual(990);
     await eventually(() => pool.stats().busy === 0);
     expect(await pool.call(KEY, 'observed')).toMatchObject({ reason: 'TimeoutError' });
     expect(await stream.next()).toEqual({ done: true, value: undefined });
@@ -174,6 +197,23 @@ describe('pool.stream()', () => {
     controller.abort();
     expect(await code(waiting)).toBe('ERR_SANDPOOL_ABORTED');
     await eventually(() => pool.stats().busy === 0);
+    expect(invariants(pool)).toEqual([]);
+  });
+
+  it('a worker that sends more chunks than its credit is ended with protocol; a neighbour is untouched', async () => {
+    const dir = await makeRoot({ 'x/live/flooder.mjs': FLOODER, ...(await counterAgent('n')) });
+    await chmod(dir, 0o755); // the child may run under another uid
+    const pool = openPool({ root: dir, isolation: (key) => (key.swarm === 'x' ? 'process' : 'thread') });
+    const { events } = recordEvents(pool);
+    const stream = pool.stream('x/flooder', 'flood', [10], { highWaterMark: 2 });
+    expect(await stream.next()).toEqual({ done: false, value: 0 });
+    // Nothing more is taken: the window holds two more chunks, and the fourth breaks the credit.
+    await eventually(() => events.some((event) => event.type === 'exit' && event.reason === 'protocol'));
+    expect(events).toContainEqual(expect.objectContaining({ type: 'exit', key: 'x/flooder', reason: 'protocol' }));
+    expect(await stream.next()).toEqual({ done: false, value: 1 });
+    expect(await stream.next()).toEqual({ done: false, value: 2 });
+    expect(await rejection(stream.next())).toMatchObject({ code: 'ERR_SANDPOOL_WORKER_EXITED', reason: 'protocol' });
+    expect(await pool.call(NEIGHBOUR, 'add', [2, 2])).toBe(4);
     expect(invariants(pool)).toEqual([]);
   });
 

@@ -158,6 +158,36 @@ const attacks = {
   },
   lookup: async () => (await (await import('node:dns')).promises.lookup('localhost')).address,
   openAsBlob: async (path) => (await (await import('node:fs')).openAsBlob(path)).text(),
+  // Every descriptor of the process, by number: what could be read, written or closed.
+  foreignFds: async (own) => {
+    const fs = await import('node:fs');
+    const reached = [];
+    for (let fd = 0; fd < 256; fd++) {
+      for (const [api, act] of [
+        ['fstatSync', () => fs.fstatSync(fd)],
+        ['readSync', () => fs.readSync(fd, Buffer.alloc(64), 0, 64, 0)],
+        ['readFileSync', () => fs.readFileSync(fd, 'latin1')],
+        ['writeSync', () => fs.writeSync(fd, '')],
+        ['closeSync', () => fs.closeSync(fd)],
+      ]) {
+        try {
+          act();
+          reached.push(api + ' ' + fd);
+        } catch (error) {
+          if (error.code !== 'ERR_ACCESS_DENIED') reached.push(api + ' ' + fd + ' ' + error.code);
+        }
+      }
+    }
+    // Its own descriptors still work, open to close.
+    const fd = fs.openSync(own, 'r');
+    const text = fs.readFileSync(fd, 'utf8');
+    fs.closeSync(fd);
+    const streamed = await new Promise((resolve, reject) => {
+      let data = '';
+      fs.createReadStream(own, { encoding: 'utf8' }).on('data', (chunk) => (data += chunk)).on('end', () => resolve(data)).on('error', reject);
+    });
+    return { reached, text, streamed };
+  },
 };
 `;
 
@@ -196,6 +226,26 @@ async function neighbourAnswers(pool: Pool): Promise<void> {
   expect(await pool.call(NEIGHBOUR, 'add', [2, 3])).toBe(5);
   expect(invariants(pool)).toEqual([]);
 }
+
+describe('file descriptors', () => {
+  it('a strict agent reaches no descriptor it did not open: none read, written or closed; its own work', async () => {
+    const root = await tenants({ 'a/live/own.txt': 'mine' });
+    // A descriptor the host holds open on a secret, as a server holds its logs and sockets.
+    const { openSync, closeSync, readFileSync } = await import('node:fs');
+    await writeFiles(root, { 'host-secret.txt': SECRET });
+    const held = openSync(join(root, 'host-secret.txt'), 'r+');
+    try {
+      const pool = openPool({ root });
+      const outcome = await attack(pool, 'foreignFds', join(root, 'a/live/own.txt'));
+      expect(outcome).toEqual({ got: { reached: [], text: 'mine', streamed: 'mine' } });
+      // The host's descriptor is open and untouched.
+      expect(readFileSync(held, 'utf8')).toBe(SECRET);
+      await neighbourAnswers(pool);
+    } finally {
+      closeSync(held);
+    }
+  });
+});
 
 function denied(outcome: Outcome): void {
   expect(outcome).toEqual({ code: 'ERR_ACCESS_DENIED', message: expect.any(String) });
@@ -667,7 +717,12 @@ describe('SharedArrayBuffer', () => {
       terminating: false,
       violate: (problem: string) => violations.push(problem),
     } as unknown as AgentThread;
-    const owner: ChannelOwner = { cancelIgnored: () => {}, drained: () => {}, cpuNs: () => Number.NaN };
+    const owner: ChannelOwner = {
+      engaged: () => {},
+      cancelIgnored: () => {},
+      drained: () => {},
+      cpuNs: () => Number.NaN,
+    };
     const channel = new Channel(thread, owner, 250, { measuring: false });
     const call = (sharing: boolean) =>
       ({

@@ -53,28 +53,19 @@ function pattern(size: number): { buffer: ArrayBuffer; sum: number } {
   return { buffer, sum };
 }
 
-async function timed<T>(run: () => Promise<T>): Promise<[T, number]> {
-  const started = performance.now();
-  const value = await run();
-  return [value, performance.now() - started];
-}
-
 describe('transfers', () => {
   it('call(..., { transfer }) moves the buffers: the caller is detached at once and the bytes arrive', async () => {
     const pool = openPool({ root: await root() });
     await pool.call(KEY, 'fill', [16, false]); // a warm worker
     const moved = pattern(SIZE);
     const copied = pattern(SIZE);
-    const [movedSeen, movedMs] = await timed(() =>
-      pool.call(KEY, 'describe', [new Uint8Array(moved.buffer)], { transfer: [moved.buffer] }),
-    );
+    // Moved, not copied: the caller's buffer is detached at once (which is faster is the benchmark's to say).
+    const movedSeen = await pool.call(KEY, 'describe', [new Uint8Array(moved.buffer)], { transfer: [moved.buffer] });
     expect(moved.buffer.byteLength).toBe(0); // detached
     expect(movedSeen).toEqual({ kind: 'Uint8Array', isBuffer: false, length: SIZE, sum: moved.sum });
-    const [copiedSeen, copiedMs] = await timed(() => pool.call(KEY, 'describe', [new Uint8Array(copied.buffer)]));
+    const copiedSeen = await pool.call(KEY, 'describe', [new Uint8Array(copied.buffer)]);
     expect(copied.buffer.byteLength).toBe(SIZE);
     expect(copiedSeen).toEqual(movedSeen);
-    console.log(`64 MB argument: moved ${movedMs.toFixed(1)} ms, copied ${copiedMs.toFixed(1)} ms`);
-    expect(movedMs).toBeLessThan(copiedMs);
     expect(invariants(pool)).toEqual([]);
   });
 
@@ -90,10 +81,10 @@ describe('transfers', () => {
   it('sandpool.transfer() moves a result out of band: same bytes and views, the agent keeps nothing', async () => {
     const pool = openPool({ root: await root() });
     type Filled = { bytes: Uint8Array; head: Buffer; raw: ArrayBuffer };
-    await pool.call(KEY, 'fill', [16, true]); // a warm worker: the timings compare transports only
-    const [moved, movedMs] = await timed(() => pool.call<Filled>(KEY, 'fill', [SIZE, true]));
+    // Moved, not copied: the agent keeps nothing, and the views share one buffer.
+    const moved = await pool.call<Filled>(KEY, 'fill', [SIZE, true]);
     expect(await pool.call(KEY, 'keptLength')).toBe(0);
-    const [copied, copiedMs] = await timed(() => pool.call<Filled>(KEY, 'fill', [SIZE, false]));
+    const copied = await pool.call<Filled>(KEY, 'fill', [SIZE, false]);
     expect(await pool.call(KEY, 'keptLength')).toBe(SIZE);
     for (const result of [moved, copied]) {
       expect(result.bytes.byteLength).toBe(SIZE);
@@ -104,8 +95,6 @@ describe('transfers', () => {
     // Moved, the views share the one buffer, as they did in the agent.
     expect(moved.bytes.buffer).toBe(moved.raw);
     expect(moved.head.buffer).toBe(moved.raw);
-    console.log(`64 MB result: moved ${movedMs.toFixed(1)} ms, copied ${copiedMs.toFixed(1)} ms`);
-    expect(movedMs).toBeLessThan(copiedMs);
     expect(invariants(pool)).toEqual([]);
   });
 

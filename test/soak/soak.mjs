@@ -98,7 +98,7 @@ function report() {
   if (rssAfterFirst === 0) rssAfterFirst = rss;
   const errorText = [...errors].map(([code, n]) => `${code}=${n}`).join(' ') || 'none';
   console.log(
-    `${String(elapsed).padStart(4)}s  calls ${done}  errors ${errorText}  workers ${stats.workers} (spawned ${stats.spawned}, evicted ${stats.evicted})  ` +
+    `${String(elapsed).padStart(4)}s  calls ${done}  errors ${errorText}  workers ${stats.workers} (spawned ${stats.spawned}, retired ${Object.values(stats.retired).reduce((a, b) => a + b, 0)})  ` +
       `rss median ${mb(rss)} MB  loop delay p99 ${(delay.percentile(99) / 1e6).toFixed(1)} ms`,
   );
   delay.reset();

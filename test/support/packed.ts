@@ -25,7 +25,7 @@ export function childEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv 
   return { ...process.env, PATH: `${dirname(process.execPath)}:${process.env.PATH ?? ''}`, ...extra };
 }
 
-export function run(command: string, args: readonly string[], cwd: string, timeoutMs = 120_000): Promise<Run> {
+export function run(command: string, args: readonly string[], cwd: string, timeoutMs = 240_000): Promise<Run> {
   return new Promise((resolve) => {
     execFile(
       command,
@@ -47,18 +47,24 @@ export async function mustRun(command: string, args: readonly string[], cwd: str
   return result.stdout;
 }
 
-/** Packs each package as a user would get it (`workspace:` ranges rewritten) and returns the tarball paths. */
+/**
+ * Packs each package as a user would get it (`workspace:` ranges rewritten) and returns the
+ * tarball paths. All at once, each into a folder of its own, where it is the only tarball.
+ */
 export async function packAll(destination: string): Promise<Record<PackageDir, string>> {
-  await mkdir(destination, { recursive: true });
-  const found: Partial<Record<PackageDir, string>> = {};
-  for (const name of PACKAGES) {
-    const before = new Set(await readdir(destination));
-    await mustRun('pnpm', ['pack', '--pack-destination', destination], join(WORKSPACE, 'packages', name));
-    const added = (await readdir(destination)).filter((file) => !before.has(file) && file.endsWith('.tgz'));
-    if (added.length !== 1 || added[0] === undefined) throw new Error(`pnpm pack of ${name} wrote ${added.join(', ')}`);
-    found[name] = join(destination, added[0]);
-  }
-  return found as Record<PackageDir, string>;
+  const packed = await Promise.all(
+    PACKAGES.map(async (name): Promise<[PackageDir, string]> => {
+      const folder = join(destination, name);
+      await mkdir(folder, { recursive: true });
+      await mustRun('pnpm', ['pack', '--pack-destination', folder], join(WORKSPACE, 'packages', name));
+      const written = (await readdir(folder)).filter((file) => file.endsWith('.tgz'));
+      if (written.length !== 1 || written[0] === undefined) {
+        throw new Error(`pnpm pack of ${name} wrote ${written.join(', ')}`);
+      }
+      return [name, join(folder, written[0])];
+    }),
+  );
+  return Object.fromEntries(packed) as Record<PackageDir, string>;
 }
 
 /** A fresh npm project (no workspace above it that npm could mistake for its root). */
@@ -97,7 +103,7 @@ export function startServe(
     const timer = setTimeout(() => {
       child.kill('SIGKILL');
       reject(new Error(`serve did not start\n${stdout}\n${stderr}`));
-    }, 20_000);
+    }, 60_000);
     child.stderr.on('data', (chunk: Buffer) => {
       stderr += chunk.toString();
     });

@@ -36,9 +36,15 @@ export function invariants(pool: Pool): string[] {
   return check.call(pool);
 }
 
-/** A pool closed after the test; tests that need no spare say so to keep thread counts exact. */
+/**
+ * A pool closed after the test; tests that need no spare say so to keep thread counts exact.
+ * A worker's start may take over 10 s (the default loadTimeoutMs) on a machine at load 30: a
+ * minute bounds a hang; a test of loadTimeoutMs sets its own.
+ */
+export const TEST_LOAD_TIMEOUT_MS = 60_000;
+
 export function openPool(options: PoolOptions): Pool {
-  const pool = createPool({ spareWorkers: 0, idleTimeoutMs: 0, ...options });
+  const pool = createPool({ spareWorkers: 0, idleTimeoutMs: 0, loadTimeoutMs: TEST_LOAD_TIMEOUT_MS, ...options });
   pools.push(pool);
   return pool;
 }
@@ -106,11 +112,18 @@ export function installCleanup(): void {
   });
 }
 
-/** Waits until `predicate` holds, polling; fails the test after `timeoutMs`. */
-export async function eventually(predicate: () => boolean, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
+/**
+ * Waits until `predicate` holds, polling; fails the test after `timeoutMs`, a bound for a
+ * loaded machine, never a measure. On a clock no test fakes (some fake `Date` or `performance`).
+ */
+export async function eventually(predicate: () => boolean, timeoutMs = 15_000): Promise<void> {
+  const elapsedMs = elapsedSince(process.hrtime.bigint());
   while (!predicate()) {
-    if (Date.now() > deadline) throw new Error('condition not reached in time');
+    if (elapsedMs() > timeoutMs) throw new Error('condition not reached in time');
     await new Promise((resolve) => setTimeout(resolve, 10));
   }
+}
+
+function elapsedSince(start: bigint): () => number {
+  return () => Number(process.hrtime.bigint() - start) / 1e6;
 }

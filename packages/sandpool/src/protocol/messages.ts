@@ -79,6 +79,7 @@ export const DENIABLE = [
   'BroadcastChannel',
   'postMessageToThread',
   'navigator.locks',
+  'fs.fd',
 ] as const;
 export type Deniable = (typeof DENIABLE)[number];
 

@@ -26,9 +26,6 @@ const BANNER = [
   "const require = ((load) => (id) => { if (__sandpoolIsBuiltin(id)) return load(id); const error = new Error('Cannot find module ' + JSON.stringify(id) + ': a snapshot holds only what was bundled when it was made'); error.code = 'MODULE_NOT_FOUND'; throw error; })(__sandpoolCreateRequire('/'));",
 ].join('\n');
 
-/** Warnings that mean a module would be looked up at run time, outside the snapshot. */
-const UNPINNABLE = new Set(['unsupported-require-call', 'unsupported-dynamic-import', 'require-resolve-not-external']);
-
 /**
  * `import(x)` or `require(x)` whose argument is not one plain string: the module is chosen at
  * run time, so no bundle can hold it. esbuild bundles what it can and says nothing about the
@@ -155,8 +152,6 @@ export async function bundleStem(entry: string, context: BundleContext): Promise
     const errors = (error as { errors?: Message[] }).errors;
     throw buildError(context, entry, errors ?? [], error);
   }
-  const unpinnable = result.warnings.filter((warning) => warning.id !== undefined && UNPINNABLE.has(warning.id));
-  if (unpinnable.length > 0) throw buildError(context, entry, unpinnable);
   const output = result.outputFiles?.[0];
   if (output === undefined) throw buildError(context, entry, []);
   return Buffer.from(output.contents.buffer, output.contents.byteOffset, output.contents.byteLength);

@@ -220,12 +220,26 @@ export function signManifest(manifest: ManifestV2, secret: string): string {
   return createHmac('sha256', secret).update(signingText(manifest)).digest('hex');
 }
 
+/** Where a snapshot lies: its swarm and name, read from its folder, never from its manifest. */
+export interface SnapshotPlace {
+  swarm: string;
+  name: string;
+}
+
 /**
  * With a secret, only a manifest signed under it passes: rewriting files and manifest together
- * is then caught, and so is an unsigned (older or forged) snapshot.
+ * is then caught, and so is an unsigned (older or forged) snapshot. The signature covers the
+ * swarm and name the manifest states, which must be where it lies: a signed snapshot copied
+ * under another swarm or name is refused, its manifest edited to match or not.
  */
-export function checkSignature(manifest: Manifest, secret: string | undefined, key?: string): void {
+export function checkSignature(
+  manifest: Manifest,
+  secret: string | undefined,
+  place: SnapshotPlace,
+  key?: string,
+): void {
   if (secret === undefined) return;
+  checkPlace(manifest, place, key);
   if (manifest.version !== 2 || manifest.hmac === undefined) {
     throw snapshotCorrupt(
       'snapshot is not signed, and snapshotSecret requires signed snapshots (verify and sign it first)',
@@ -236,6 +250,16 @@ export function checkSignature(manifest: Manifest, secret: string | undefined, k
   const got = Buffer.from(manifest.hmac, 'hex');
   if (want.length !== got.length || !timingSafeEqual(want, got)) {
     throw snapshotCorrupt('snapshot manifest signature does not match (tampered, or signed under another secret)', key);
+  }
+}
+
+/** A manifest states the swarm and name it was made for; a copy elsewhere is not that snapshot. */
+export function checkPlace(manifest: Manifest, place: SnapshotPlace, key?: string): void {
+  if (manifest.swarm !== place.swarm || manifest.name !== place.name) {
+    throw snapshotCorrupt(
+      `snapshot manifest was made for ${manifest.swarm}@${manifest.name}, not ${place.swarm}@${place.name}`,
+      key,
+    );
   }
 }
 

@@ -22,6 +22,7 @@ import { bundleStem } from './bundle.js';
 import { liveDir, REMOVING_PREFIX, snapshotDir, snapshotsDir, swarmDir, TEMP_PREFIX } from './layout.js';
 import {
   BUNDLES_DIR,
+  checkPlace,
   checkSignature,
   contentDigest,
   hashTree,
@@ -248,6 +249,7 @@ export class SnapshotStore {
         `snapshot ${name} of swarm ${swarm} predates self-contained snapshots and cannot be signed; create it again`,
       );
     }
+    checkPlace(manifest, { swarm, name });
     await verifyAgainst(dir, manifest);
     const signed: ManifestV2 = { ...manifest, hmac: signManifest(manifest, secret) };
     const text = serializeManifest(signed);
@@ -277,7 +279,7 @@ export class SnapshotStore {
     if (!exists(dir)) throw snapshotNotFound(swarm, name);
     try {
       const { manifest, text } = readManifest(dir);
-      checkSignature(manifest, this.#secret);
+      checkSignature(manifest, this.#secret, { swarm, name });
       return { info: infoOf(swarm, name, manifest, text), manifest };
     } catch (error) {
       // A concurrent remove renames the folder away: that is NOT_FOUND, not corruption.

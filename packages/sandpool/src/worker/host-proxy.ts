@@ -4,13 +4,16 @@
  * coordinator decides what exists. Refusals the runtime can make itself (outside a call, a
  * name or arguments too large, too many in flight) never leave the worker.
  */
-import { deserialize, serialize } from 'node:v8';
+import v8 from 'node:v8';
 import { HOST_NOT_FOUND, type HostChunk, type HostDone, type HostEnd, IO_LIMITS } from '../protocol/agent-io.js';
 import type { FromWorker, RemoteError } from '../protocol/messages.js';
 import { exceedsSize } from '../protocol/size.js';
 import { currentCall } from './context.js';
 import { fetchRequest, hasBody, toResponse } from './fetch-client.js';
 import { HostBodyStreams } from './host-bodies.js';
+
+/** Taken before any agent code: see worker/result.ts. */
+const { deserialize, serialize } = v8;
 
 type Post = (message: FromWorker, transfer?: ArrayBuffer[]) => void;
 type HostFunction = (...args: unknown[]) => Promise<unknown>;

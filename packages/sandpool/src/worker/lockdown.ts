@@ -79,6 +79,7 @@ export function lockDown(deny: readonly Deniable[]): void {
     lock(globalThis, 'BroadcastChannel', denier('BroadcastChannel', 'BroadcastChannel'));
   }
   if (denied.has('navigator.locks')) denyLocks();
+  if (denied.has('fs.fd')) denyForeignFds();
   // ESM named imports of a builtin (`import { kill } from 'node:process'`) are copies: they
   // see the replacements only once synced.
   syncBuiltinESMExports();
@@ -98,6 +99,8 @@ function widening(name: Deniable): string {
       return "permissions: { builtins: ['ffi'] } allows it for a swarm";
     case 'node:wasi':
       return 'permissions: { wasi: true } allows it for a swarm';
+    case 'fs.fd':
+      return "a file descriptor this agent did not open is another tenant's or the host's; only permissions: 'none' lifts it";
     default:
       return "only permissions: 'none' lifts it";
   }
@@ -197,6 +200,92 @@ function deniedReport(): object {
     else Object.defineProperty(report, key, { get: deny, set: deny });
   }
   return Object.freeze(report);
+}
+
+/** fs functions whose first argument is a file descriptor. */
+const FD_FIRST = [
+  'close',
+  'closeSync',
+  'fchmod',
+  'fchmodSync',
+  'fchown',
+  'fchownSync',
+  'fdatasync',
+  'fdatasyncSync',
+  'fstat',
+  'fstatSync',
+  'fsync',
+  'fsyncSync',
+  'ftruncate',
+  'ftruncateSync',
+  'futimes',
+  'futimesSync',
+  'read',
+  'readSync',
+  'readv',
+  'readvSync',
+  'write',
+  'writeSync',
+  'writev',
+  'writevSync',
+] as const;
+/** fs functions whose first argument may be a file descriptor instead of a path. */
+const FD_OR_PATH = ['readFile', 'readFileSync', 'writeFile', 'writeFileSync', 'appendFile', 'appendFileSync'] as const;
+
+/**
+ * Threads share the process's descriptor table, and fs calls on a descriptor skip the
+ * permission model: an agent could read and write the files and sockets the host and other
+ * keys hold open, or close them under libuv (which aborts the process). In a strict worker
+ * an fs call takes only a descriptor this worker opened through fs; 0, 1 and 2 included,
+ * which are the process's own (an agent prints through `console` and `process.stdout`).
+ */
+function denyForeignFds(): void {
+  const fs = getBuiltin('node:fs') as Exports;
+  const own = new Set<number>();
+  const refuse = (fd: unknown, api: string): void => {
+    if (typeof fd === 'number' && !own.has(fd)) throw accessDenied(`fs.${api}(${fd})`, 'fs.fd');
+  };
+  const original = (name: string) => fs[name] as (...args: unknown[]) => unknown;
+  const openSync = original('openSync');
+  lock(fs, 'openSync', function openSync_(...args: unknown[]): unknown {
+    const fd = openSync(...args);
+    if (typeof fd === 'number') own.add(fd);
+    return fd;
+  });
+  const open = original('open');
+  lock(fs, 'open', function open_(...args: unknown[]): unknown {
+    const done = args.at(-1);
+    if (typeof done !== 'function') return open(...args); // Node throws its own error
+    return open(...args.slice(0, -1), (error: unknown, fd: unknown) => {
+      if (error === null && typeof fd === 'number') own.add(fd);
+      (done as (error: unknown, fd: unknown) => void)(error, fd);
+    });
+  });
+  for (const name of FD_FIRST) {
+    const call = original(name);
+    if (typeof call !== 'function') continue;
+    const closes = name === 'close' || name === 'closeSync';
+    lock(fs, name, function fdCall(...args: unknown[]): unknown {
+      refuse(args[0], name);
+      // Forgotten before the close: once closed, the number may be the host's next.
+      if (closes) own.delete(args[0] as number);
+      return call(...args);
+    });
+  }
+  for (const name of FD_OR_PATH) {
+    const call = original(name);
+    lock(fs, name, function fdOrPath(...args: unknown[]): unknown {
+      refuse(args[0], name);
+      return call(...args);
+    });
+  }
+  for (const name of ['createReadStream', 'createWriteStream']) {
+    const make = original(name);
+    lock(fs, name, function stream(path: unknown, options: unknown): unknown {
+      if (typeof options === 'object' && options !== null) refuse((options as { fd?: unknown }).fd, name);
+      return make(path, options);
+    });
+  }
 }
 
 /**

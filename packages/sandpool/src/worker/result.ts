@@ -2,10 +2,17 @@
  * The worker's side of a non-primitive result: bounded, then serialized into bytes the
  * coordinator can size before it deserializes anything.
  */
-import { serialize } from 'node:v8';
+import v8 from 'node:v8';
 import { LIMITS } from '../protocol/messages.js';
 import { measure } from '../protocol/size.js';
 import { serializeMoving } from '../protocol/transfer-codec.js';
+
+/**
+ * Taken when the runtime loads, before any agent code: a named import of a builtin is a live
+ * binding, and an agent that replaces `v8.serialize` and calls `syncBuiltinESMExports()`
+ * would choose the bytes the coordinator receives, past every check made on the value.
+ */
+const { serialize } = v8;
 
 export type Serialized =
   | { ok: true; bytes: ArrayBuffer; shared?: SharedArrayBuffer[] }

@@ -83,6 +83,8 @@ export interface CellLife {
   ended(cell: Cell, end: ThreadEnd, failure: Error | null): void;
   /** It must end now: a protocol breach, or a cancelled call that ignored its signal. */
   kill(cell: Cell, reason: 'killed' | 'protocol'): void;
+  /** Its idle worker took a call. */
+  engaged(cell: Cell): void;
   /** Its last running call has settled. */
   drained(cell: Cell): void;
   /** A cell with no worker yet lost its last waiting call: nobody wants its start. */
@@ -334,6 +336,10 @@ export class Cell implements ThreadOwner, ChannelOwner, CallSite {
 
   cancelIgnored(): void {
     this.life.kill(this, 'killed');
+  }
+
+  engaged(): void {
+    this.life.engaged(this);
   }
 
   drained(): void {

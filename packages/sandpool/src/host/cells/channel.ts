@@ -12,6 +12,8 @@ import { toSandpoolError } from './remote-error.js';
 
 /** What a channel reports to its cell: only what the calls cannot settle by themselves. */
 export interface ChannelOwner {
+  /** The idle worker took a call: it is busy until drained. */
+  engaged(): void;
   /** A cancelled call did not settle within abortGraceMs: its worker must go. */
   cancelIgnored(): void;
   /** The last running call has settled, and every cancelled one too. */
@@ -78,13 +80,16 @@ export class Channel {
     }
     if (call.queueTimer !== undefined) call.stopWaiting();
     const idle = this.busy === 0;
-    if (idle) this.thread.setReferenced(true);
     let trace: string | null = null;
     if (call.observed !== null) {
       call.observed.cpuFrom = this.cpu.start(this.busy);
       trace = call.observed.traceparent;
     }
     this.running.add(call);
+    if (idle) {
+      this.thread.setReferenced(true);
+      this.owner.engaged();
+    }
     // The worker's sandpool.deadline is in epoch ms: the same instant, on the wall clock.
     let deadline = 0;
     if (call.timeoutMs > 0) {

@@ -295,6 +295,11 @@ export class Lifecycle implements CellLife {
     cell.route.released(cell, null);
   }
 
+  engaged(cell: Cell): void {
+    this.parts.memory.engaged(cell);
+    this.parts.cpu.engaged(cell);
+  }
+
   drained(cell: Cell): void {
     const { phase } = cell;
     if (phase.name === 'draining') {

@@ -1,6 +1,7 @@
 import { closeSync, existsSync, openSync, readdirSync, readSync } from 'node:fs';
 import { availableParallelism, setPriority } from 'node:os';
 import type { DemoteReason } from '../../types.js';
+import { Sweep, type Swept } from './sweep.js';
 
 /** How often each worker's CPU time is read (a kept-open fd, 12-18 µs a read). */
 const SAMPLE_MS = 20;
@@ -10,6 +11,17 @@ const SAMPLE_MS = 20;
  * main thread at the busy rate).
  */
 const IDLE_SAMPLE_MS = 250;
+/**
+ * A quiet idle worker is read half as often each time it is found quiet, down to this: an
+ * idle pool then costs a read per worker every few seconds, and a worker that starts burning
+ * in the background is seen within this long, then read at IDLE_SAMPLE_MS again.
+ */
+const QUIET_SAMPLE_MS = 2_000;
+/**
+ * CPU under which an idle worker counts as quiet between two reads. Never zero: V8 and
+ * libuv wake an idle thread now and then (a bare idle worker uses about 30 µs a second).
+ */
+export const QUIET_NS = 1_000_000;
 /** A call that has used this much CPU is heavy: a candidate for demotion when busy keys outnumber cores. */
 const HEAVY_CALL_MS = 10;
 /** CPU a worker may burn with no call running, per window, before it is demoted; a second window evicts it. */
@@ -27,9 +39,7 @@ export interface CpuOptions {
 }
 
 /** What the CPU governor reads of a worker it watches (a cell). */
-export interface CpuWatched {
-  /** Calls its worker runs, cancelled ones within their grace included. */
-  readonly busy: number;
+export interface CpuWatched extends Swept {
   /** The oldest call its worker runs, or null: the one charged with the CPU since it became the oldest. */
   oldestCall(): object | null;
 }
@@ -66,6 +76,8 @@ interface Sampled {
   windowCpu: number;
   /** When it was last read (performance.now()). */
   sampledAt: number;
+  /** How long it may go unread while idle: doubles while it stays quiet. */
+  idleInterval: number;
 }
 
 /**
@@ -77,7 +89,10 @@ export class CpuGovernor<W extends CpuWatched> {
   private readonly sampled = new Map<W, Sampled>();
   /** Room for a /proc/<pid>/stat line (52 fields) as well as a schedstat one. */
   private readonly buffer = Buffer.alloc(1024);
-  private timer: NodeJS.Timeout | null = null;
+  private readonly sweep = new Sweep<W>(SAMPLE_MS, IDLE_SAMPLE_MS, {
+    busy: (cells, now) => this.visitBusy(cells, now),
+    idle: (cell, now) => this.visitIdle(cell, now),
+  });
   /** Whether a lowered priority can be raised back here (CAP_SYS_NICE or RLIMIT_NICE), probed on first use. */
   private raisable: boolean | null = null;
 
@@ -125,15 +140,13 @@ export class CpuGovernor<W extends CpuWatched> {
       windowStart: 0,
       windowCpu: 0,
       sampledAt: performance.now(),
+      idleInterval: IDLE_SAMPLE_MS,
     };
     entry.total = this.read(entry);
     entry.windowStart = performance.now();
     this.sampled.set(cell, entry);
     this.raisable ??= probeRaise(tid);
-    if (this.timer === null) {
-      this.timer = setInterval(this.sample, SAMPLE_MS);
-      this.timer.unref();
-    }
+    this.sweep.add(cell);
     return true;
   }
 
@@ -141,12 +154,24 @@ export class CpuGovernor<W extends CpuWatched> {
     const entry = this.sampled.get(cell);
     if (entry === undefined) return;
     this.sampled.delete(cell);
+    this.sweep.delete(cell);
     this.events.used(cell, (this.read(entry) - entry.total) / 1e6);
     closeSync(entry.fd);
-    if (this.sampled.size === 0 && this.timer !== null) {
-      clearInterval(this.timer);
-      this.timer = null;
-    }
+  }
+
+  /** The worker took a call: it is read at the busy rate until it is idle. */
+  engaged(cell: W): void {
+    this.sweep.engaged(cell);
+  }
+
+  /**
+   * The CPU a worker thread has used, in ns: as of its last sample, or read afresh (kept out of
+   * the accounting); null for a child process (its figure moves in 10 ms ticks) or one not watched.
+   */
+  threadNs(cell: W, fresh: boolean): number | null {
+    const entry = this.sampled.get(cell);
+    if (entry === undefined || entry.whole) return null;
+    return fresh ? this.read(entry) : entry.total;
   }
 
   /** The worker's CPU now (ns), read apart from the samples; NaN when it is not watched. */
@@ -178,57 +203,69 @@ export class CpuGovernor<W extends CpuWatched> {
     else this.events.recycle(cell);
   }
 
-  private readonly sample = (): void => {
-    const now = performance.now();
-    let busy = 0;
-    for (const cell of this.sampled.keys()) if (cell.busy > 0) busy += 1;
-    const crowded = busy > availableParallelism();
-    for (const [cell, entry] of this.sampled) {
-      if (cell.busy === 0 && entry.oldest === null && now - entry.sampledAt < IDLE_SAMPLE_MS) continue;
-      entry.sampledAt = now;
-      const total = this.read(entry);
-      const delta = total - entry.total;
-      entry.total = total;
-      if (delta > 0) this.events.used(cell, delta / 1e6);
-      const oldest = cell.oldestCall();
-      if (oldest !== null) {
-        // The oldest call is charged the thread's CPU since it became the oldest (to within a
-        // sample); calls running beside it share that figure. After an idle stretch the last
-        // read may be 250 ms old: that CPU was background work, not the call's.
-        if (oldest !== entry.oldest) {
-          if (entry.oldest === null) {
-            entry.windowCpu += delta / 1e6;
-            entry.oldestStart = total;
-          } else {
-            entry.oldestStart = total - delta;
-          }
-          entry.oldest = oldest;
-        }
-        const callMs = (total - entry.oldestStart) / 1e6;
-        if (entry.cpuTimeoutMs > 0 && callMs > entry.cpuTimeoutMs) {
-          this.events.overran(
-            cell,
-            `a call used ${Math.round(callMs)} ms of CPU, past cpuTimeoutMs ${entry.cpuTimeoutMs}`,
-          );
-          continue;
-        }
-        if (this.options.fairness && crowded && entry.demoted === null && callMs > HEAVY_CALL_MS) {
-          this.demote(cell, entry, 'cpu-share');
-        }
-        continue;
-      }
-      entry.oldest = null;
-      if (cell.busy > 0) continue; // an answered call still within its abort grace
-      entry.windowCpu += delta / 1e6;
-      if (now - entry.windowStart < BACKGROUND_WINDOW_MS) continue;
-      const burning = entry.windowCpu > BACKGROUND_MS;
-      entry.windowStart = now;
-      entry.windowCpu = 0;
-      if (!burning || !this.options.fairness) continue;
-      if (entry.demoted === 'background-cpu') this.events.idleBurner(cell);
-      else this.demote(cell, entry, 'background-cpu');
+  private visitIdle(cell: W, now: number): void {
+    const entry = this.sampled.get(cell);
+    // Half a visit's slack: a worker due at the next visit is read at this one.
+    if (entry !== undefined && now - entry.sampledAt >= entry.idleInterval - IDLE_SAMPLE_MS / 2)
+      this.sample(cell, entry, now, false);
+  }
+
+  private visitBusy(cells: ReadonlySet<W>, now: number): void {
+    const crowded = cells.size > availableParallelism();
+    for (const cell of cells) {
+      const entry = this.sampled.get(cell);
+      if (entry !== undefined) this.sample(cell, entry, now, crowded);
     }
-  };
+  }
+
+  private sample(cell: W, entry: Sampled, now: number, crowded: boolean): void {
+    entry.sampledAt = now;
+    const total = this.read(entry);
+    const delta = total - entry.total;
+    entry.total = total;
+    const oldest = cell.oldestCall();
+    entry.idleInterval =
+      oldest === null && cell.busy === 0 && delta < QUIET_NS
+        ? Math.min(entry.idleInterval * 2, QUIET_SAMPLE_MS)
+        : IDLE_SAMPLE_MS;
+    if (delta > 0) this.events.used(cell, delta / 1e6);
+    if (oldest !== null) {
+      // The oldest call is charged the thread's CPU since it became the oldest (to within a
+      // sample); calls running beside it share that figure. After an idle stretch the last
+      // read may be seconds old: that CPU was background work, not the call's.
+      if (oldest !== entry.oldest) {
+        if (entry.oldest === null) {
+          entry.windowCpu += delta / 1e6;
+          entry.oldestStart = total;
+        } else {
+          entry.oldestStart = total - delta;
+        }
+        entry.oldest = oldest;
+      }
+      const callMs = (total - entry.oldestStart) / 1e6;
+      if (entry.cpuTimeoutMs > 0 && callMs > entry.cpuTimeoutMs) {
+        this.events.overran(
+          cell,
+          `a call used ${Math.round(callMs)} ms of CPU, past cpuTimeoutMs ${entry.cpuTimeoutMs}`,
+        );
+        return;
+      }
+      if (this.options.fairness && crowded && entry.demoted === null && callMs > HEAVY_CALL_MS) {
+        this.demote(cell, entry, 'cpu-share');
+      }
+      return;
+    }
+    entry.oldest = null;
+    if (cell.busy > 0) return; // an answered call still within its abort grace
+    entry.windowCpu += delta / 1e6;
+    if (now - entry.windowStart < BACKGROUND_WINDOW_MS) return;
+    const burning = entry.windowCpu > BACKGROUND_MS;
+    entry.windowStart = now;
+    entry.windowCpu = 0;
+    if (!burning || !this.options.fairness) return;
+    if (entry.demoted === 'background-cpu') this.events.idleBurner(cell);
+    else this.demote(cell, entry, 'background-cpu');
+  }
 
   private demote(cell: W, entry: Sampled, reason: DemoteReason): void {
     if (!renice(entry, DEMOTED_NICE)) return;

@@ -1,6 +1,8 @@
 import type { AgentWorker } from '../workers/agent-worker.js';
 import { type MemoryProbe, type MemoryReading, memoryProbe } from '../workers/memory-probe.js';
 import { underPermissionModel } from '../workers/permissions.js';
+import { QUIET_NS } from './cpu.js';
+import { Sweep, type Swept } from './sweep.js';
 
 /** How often a busy worker's memory is read: objects grow at up to ~0.5 GB/s, doubling strings faster. */
 const BUSY_POLL_MS = 10;
@@ -56,8 +58,10 @@ interface Watched {
   lastRead: number;
   /** Process RSS at the last heartbeat: growth past the budget while beats are missed is this worker's. */
   rssAtBeat: number;
-  /** When the tick first saw it busy (heartbeat only): an idle worker beats slowly, so a wait counts from here. */
+  /** When a busy visit first saw it busy (heartbeat only): an idle worker beats slowly, so a wait counts from here. */
   busySince: number | null;
+  /** The thread's CPU (ns) once its last reading was in, or null where it cannot be read. */
+  cpuAtRead: number | null;
 }
 
 /**
@@ -65,20 +69,24 @@ interface Watched {
  * coordinator (the worker's cooperation is not needed, and the reads answer while it spins)
  * and ends it with `oom` past its budget.
  */
-/** What the memory governor reads of a worker it watches (a cell). */
-export interface MemoryWatched {
-  /** Calls its worker runs: an idle worker is read less often. */
-  readonly busy: number;
-}
-
-export class MemoryGovernor<W extends MemoryWatched> {
+export class MemoryGovernor<W extends Swept> {
   readonly probe: MemoryProbe | null = memoryProbe();
   private readonly watched = new Map<W, Watched>();
-  private timer: NodeJS.Timeout | null = null;
+  private readonly sweep = new Sweep<W>(BUSY_POLL_MS, IDLE_POLL_MS, {
+    busy: (cells, now) => this.visitBusy(cells, now),
+    idle: (cell, now) => this.visitIdle(cell, now),
+  });
 
   constructor(
     private readonly limits: MemoryLimits,
     private readonly onBreach: (cell: W, detail: string) => void,
+    /**
+     * A worker thread's CPU (ns) as of the CPU governor's last sample, or read afresh; null
+     * where it cannot be read. A thread that ran no code since its last reading cannot have
+     * grown, so an idle one is read only once it ran: reading every idle worker interrupts
+     * each, and 300 idle workers cost 4x the CPU of 300 bare ones.
+     */
+    private readonly cpuNs: (cell: W, fresh: boolean) => number | null,
   ) {}
 
   get active(): boolean {
@@ -104,19 +112,19 @@ export class MemoryGovernor<W extends MemoryWatched> {
       lastRead: performance.now(),
       rssAtBeat: process.memoryUsage.rss(),
       busySince: null,
+      cpuAtRead: null,
     });
-    if (this.timer === null) {
-      this.timer = setInterval(this.tick, BUSY_POLL_MS);
-      this.timer.unref();
-    }
+    this.sweep.add(cell);
   }
 
   unwatch(cell: W): void {
     this.watched.delete(cell);
-    if (this.watched.size === 0 && this.timer !== null) {
-      clearInterval(this.timer);
-      this.timer = null;
-    }
+    this.sweep.delete(cell);
+  }
+
+  /** The worker took a call: its memory is read at the busy rate until it is idle. */
+  engaged(cell: W): void {
+    this.sweep.engaged(cell);
   }
 
   /** The last figures read for a cell's worker, for keyStats(). */
@@ -136,53 +144,65 @@ export class MemoryGovernor<W extends MemoryWatched> {
     this.check(cell, entry.limits, reading);
   }
 
-  private readonly tick = (): void => {
-    const probe = this.probe;
-    if (probe === null) return;
-    const now = performance.now();
+  private visitBusy(cells: ReadonlySet<W>, now: number): void {
     let rss = -1;
-    for (const [cell, entry] of this.watched) {
-      if (entry.source === 'heartbeat') {
-        if (cell.busy === 0) {
-          entry.busySince = null;
-          continue;
-        }
-        if (entry.busySince === null) {
-          // Its last beat may be 250 ms old: the wait for the next, and the growth, count from now.
-          entry.busySince = now;
-          if (rss < 0) rss = process.memoryUsage.rss();
-          entry.rssAtBeat = rss;
-        }
-        if (now - Math.max(entry.lastRead, entry.busySince) < BEAT_MISSED_MS) continue;
-        // Degraded (Node 20 under the permission model): a busy worker that stopped beating
-        // while the process grew past its budget is taken to be the one growing.
-        if (rss < 0) rss = process.memoryUsage.rss();
-        if (rss - entry.rssAtBeat > entry.limits.heapBytes) {
-          this.unwatch(cell);
-          this.onBreach(cell, `missed its heartbeat while the process grew ${mb(rss - entry.rssAtBeat)} MB`);
-        }
+    for (const cell of cells) {
+      const entry = this.watched.get(cell);
+      if (entry === undefined) continue;
+      if (entry.source === 'probe') {
+        this.read(cell, entry, now);
         continue;
       }
-      if (entry.reading) continue;
-      if (cell.busy === 0 && now - entry.lastRead < IDLE_POLL_MS) continue;
-      entry.reading = true;
-      entry.lastRead = now;
-      entry.thread
-        .readMemory(probe)
-        .then((reading) => {
-          this.last.set(cell, reading);
-          if (this.watched.get(cell) !== entry) return;
-          if (entry.thread.isolation === 'process') this.checkProcess(cell, entry.limits, reading);
-          else this.check(cell, entry.limits, reading);
-        })
-        .catch(() => {
-          // The worker is exiting, or the probe lost it: its exit settles everything.
-        })
-        .finally(() => {
-          entry.reading = false;
-        });
+      if (entry.busySince === null) {
+        // Its last beat may be seconds old: the wait for the next, and the growth, count from now.
+        entry.busySince = now;
+        if (rss < 0) rss = process.memoryUsage.rss();
+        entry.rssAtBeat = rss;
+      }
+      if (now - Math.max(entry.lastRead, entry.busySince) < BEAT_MISSED_MS) continue;
+      // Degraded (Node 20 under the permission model): a busy worker that stopped beating
+      // while the process grew past its budget is taken to be the one growing.
+      if (rss < 0) rss = process.memoryUsage.rss();
+      if (rss - entry.rssAtBeat > entry.limits.heapBytes) {
+        this.unwatch(cell);
+        this.onBreach(cell, `missed its heartbeat while the process grew ${mb(rss - entry.rssAtBeat)} MB`);
+      }
     }
-  };
+  }
+
+  private visitIdle(cell: W, now: number): void {
+    const entry = this.watched.get(cell);
+    if (entry === undefined) return;
+    if (entry.source === 'heartbeat') {
+      entry.busySince = null;
+      return;
+    }
+    if (entry.cpuAtRead !== null && (this.cpuNs(cell, false) ?? Infinity) - entry.cpuAtRead < QUIET_NS) return;
+    this.read(cell, entry, now);
+  }
+
+  private read(cell: W, entry: Watched, now: number): void {
+    const probe = this.probe;
+    if (probe === null || entry.reading) return;
+    entry.reading = true;
+    entry.lastRead = now;
+    entry.thread
+      .readMemory(probe)
+      .then((reading) => {
+        // Taken after the read, whose own cost on the worker must not count as the worker running.
+        entry.cpuAtRead = this.cpuNs(cell, true);
+        this.last.set(cell, reading);
+        if (this.watched.get(cell) !== entry) return;
+        if (entry.thread.isolation === 'process') this.checkProcess(cell, entry.limits, reading);
+        else this.check(cell, entry.limits, reading);
+      })
+      .catch(() => {
+        // The worker is exiting, or the probe lost it: its exit settles everything.
+      })
+      .finally(() => {
+        entry.reading = false;
+      });
+  }
 
   /** A process's one figure is its RSS (see AgentProcess.readMemory): held to both budgets and its runtime. */
   private checkProcess(cell: W, limits: MemoryLimits, { heap: rss }: MemoryReading): void {

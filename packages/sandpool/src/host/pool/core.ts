@@ -80,6 +80,7 @@ export class PoolCore {
         externalBytes: options.maxExternalMb * 2 ** 20,
       },
       (cell, detail) => this.lifecycle.kill(cell, 'oom', new Error(detail)),
+      (cell, fresh) => this.cpu.threadNs(cell, fresh),
     );
     this.cpu = new CpuGovernor<Cell>(options, {
       used: (cell, ms) => this.book.cpu(cell.key.text, ms),

@@ -237,9 +237,10 @@ export class Route implements CellRoute, CallBook {
    */
   private promoteIfFresh(candidate: Cell): void {
     if (candidate.stale || this.changedSince(candidate)) {
+      // The fresh candidate first: retiring the stale one settles reloads that see no candidate.
       this.candidate = null;
-      this.ctx.lifecycle.retire(candidate, 'reload');
       this.startCandidate();
+      this.ctx.lifecycle.retire(candidate, 'reload');
       this.tidy();
       return;
     }

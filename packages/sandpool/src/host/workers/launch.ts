@@ -1,4 +1,5 @@
 import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
 import type { ResolvedKey } from '../../key.js';
 import type { ResolvedPoolOptions } from '../../options.js';
 import type { Deniable, LoadRequest } from '../../protocol/messages.js';
@@ -55,7 +56,7 @@ export class Launcher {
     // createPool checked the pool's options; a key's own (its policy's) are checked here.
     refuseUnenforceableNetwork({ network: this.options.network, permissions: policy, isolation });
     if (isolation === 'process' && this.process.user !== null) checkReadableBy(this.process.user, location.file, key);
-    return { location, execArgv, deny: denialsOf(policy), isolation, policy: keyPolicy };
+    return { location, execArgv, deny: denialsOf(policy, isolation), isolation, policy: keyPolicy };
   }
 
   /** A worker for a plan, booted now with its own flags, and its own settings where its policy gives some. */
@@ -104,6 +105,8 @@ export class Launcher {
     if (cache !== null) mkdirSync(cache, { recursive: true });
     const folders = {
       folder: location.folder,
+      // live/ or snapshots/<name>/, right under the swarm's folder (resolve.ts checked it is under the root).
+      swarm: key.snapshot === null ? dirname(location.folder) : dirname(dirname(location.folder)),
       extraRead: cache === null ? location.extraReadDirs : [...location.extraReadDirs, cache],
       write: cache === null ? [] : [cache],
     };

@@ -2,15 +2,15 @@ import { existsSync, readdirSync, realpathSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { moduleNotFound, unusableOptions } from '../../errors.js';
+import { moduleNotFound, type SandpoolError, unusableOptions } from '../../errors.js';
 import type { ResolvedKey } from '../../key.js';
 import type { Deniable } from '../../protocol/messages.js';
-import type { PermissionGrant, PermissionPolicy, PermissionsOption } from '../../types.js';
+import type { Isolation, PermissionGrant, PermissionPolicy, PermissionsOption } from '../../types.js';
 import { askForKey } from '../policy/ask.js';
 import { denialsFor, removalFlags, WIDENABLE_BUILTINS } from './denials.js';
 
-/** Entries of a key folder looked at for links that leave it, at most, per spawn. */
-const MAX_SCAN = 20_000;
+/** Entries of a tenant's folders looked at for links that leave them, at most, per spawn. */
+const MAX_SCAN = 100_000;
 
 const FLAGS = process.allowedNodeEnvironmentFlags;
 /** `--permission` from 22.13 and 24; `--experimental-permission` before. Detected, not read off a version. */
@@ -36,6 +36,8 @@ const RUNTIME_DIRS: readonly string[] = (() => {
 export interface KeyFolders {
   /** Real path of the key's folder (live/ or the snapshot). */
   readonly folder: string;
+  /** Real path of its swarm's folder: everything in it is the tenant's to make, links included. */
+  readonly swarm: string;
   /** Further folders its worker must read (a type-stripped copy). */
   readonly extraRead: readonly string[];
   /** Folders its worker may write (a snapshot's compile cache). */
@@ -58,7 +60,8 @@ export function permissionArgs(policy: PermissionPolicy, folders: KeyFolders, ke
   const hostLimited = process.permission !== undefined;
   if (policy === 'none' && !hostLimited) return [];
   const grant: PermissionGrant = policy === 'none' ? hostGrant() : policy === 'strict' ? {} : policy;
-  if (policy !== 'none') refuseEscapingLinks(folders.folder, key);
+  if (policy !== 'none')
+    refuseLinksLeaving(folders.folder, folders.folder, key, "the key's", new Set(['node_modules']));
   const reads =
     policy === 'none'
       ? (grant.fsRead ?? [])
@@ -66,7 +69,7 @@ export function permissionArgs(policy: PermissionPolicy, folders: KeyFolders, ke
           folders.folder,
           ...folders.extraRead,
           ...RUNTIME_DIRS,
-          ...modulePaths(folders.folder),
+          ...modulePaths(folders.folder, folders.swarm, key),
           ...(grant.fsRead ?? []),
         ];
   const writes = [...folders.write, ...(grant.fsWrite ?? [])];
@@ -121,10 +124,15 @@ export function refuseUnenforceableNetwork(options: {
   );
 }
 
-/** What the worker denies its agent before loading it (worker/lockdown.ts); null under `'none'`. */
-export function denialsOf(policy: PermissionPolicy): Deniable[] | null {
+/**
+ * What the worker denies its agent before loading it (worker/lockdown.ts); null under
+ * `'none'`. A child process has descriptors of its own: only a thread is denied the
+ * process's (`fs.fd`).
+ */
+export function denialsOf(policy: PermissionPolicy, isolation: Isolation): Deniable[] | null {
   if (policy === 'none') return null;
-  return denialsFor(policy === 'strict' ? {} : policy);
+  const deny = denialsFor(policy === 'strict' ? {} : policy);
+  return isolation === 'thread' ? deny : deny.filter((name) => name !== 'fs.fd');
 }
 
 /** Whether flags made by permissionArgs put the worker under the permission model. */
@@ -171,17 +179,33 @@ function hostGrant(): PermissionGrant {
  * Every `node_modules` on the resolution path from the folder up to `/`, and the real
  * folders their top-level links point to (pnpm's layout links into `.pnpm`, or further).
  */
-function modulePaths(folder: string): string[] {
+function modulePaths(folder: string, swarm: string, key: ResolvedKey): string[] {
   const paths: string[] = [];
   for (let dir = folder; ; dir = dirname(dir)) {
     const modules = join(dir, 'node_modules');
     if (existsSync(modules)) {
       const real = realpathSync(modules);
-      paths.push(real);
-      for (const target of linkTargets(real)) if (!target.startsWith(real + sep)) paths.push(target);
+      if (inside(dir, swarm)) {
+        // The tenant's own: granted, links and all, only if nothing in it leads out of the
+        // swarm's folder (a link `node_modules/x -> /` would grant the whole file system).
+        if (!inside(real, swarm)) throw leaves(key, modules.slice(swarm.length + 1), "the swarm's");
+        refuseLinksLeaving(real, swarm, key, "the swarm's", new Set());
+        paths.push(real);
+      } else {
+        paths.push(real);
+        for (const target of linkTargets(real)) if (!target.startsWith(real + sep)) paths.push(target);
+      }
     }
     if (dirname(dir) === dir) return paths;
   }
+}
+
+function inside(path: string, folder: string): boolean {
+  return path === folder || path.startsWith(folder + sep);
+}
+
+function leaves(key: ResolvedKey, shown: string, whose: string): SandpoolError {
+  return moduleNotFound(`${key.text}: ${shown} is a link that leaves ${whose} folder`, key.text);
 }
 
 function linkTargets(modules: string): string[] {
@@ -214,7 +238,13 @@ function linkTargets(modules: string): string[] {
  * The permission model follows links: a link inside the key's folder that leads out of it
  * would grant whatever it points to. Such a folder is refused at spawn, as at snapshot time.
  */
-function refuseEscapingLinks(folder: string, key: ResolvedKey): void {
+function refuseLinksLeaving(
+  start: string,
+  boundary: string,
+  key: ResolvedKey,
+  whose: string,
+  skip: ReadonlySet<string>,
+): void {
   let seen = 0;
   const walk = (dir: string): void => {
     for (const entry of readdirSync(dir, { withFileTypes: true })) {
@@ -222,7 +252,8 @@ function refuseEscapingLinks(folder: string, key: ResolvedKey): void {
         throw moduleNotFound(`${key.text}: its folder holds over ${MAX_SCAN} entries`, key.text);
       }
       const path = join(dir, entry.name);
-      if (entry.name === 'node_modules') continue; // granted through modulePaths, links and all
+      // The key's own node_modules is checked with the swarm's folder as its bound (modulePaths).
+      if (skip.has(entry.name) && dir === start) continue;
       if (entry.isDirectory()) walk(path);
       else if (entry.isSymbolicLink()) {
         let real: string;
@@ -231,16 +262,11 @@ function refuseEscapingLinks(folder: string, key: ResolvedKey): void {
         } catch {
           continue; // dangling: grants nothing
         }
-        if (real !== folder && !real.startsWith(folder + sep)) {
-          throw moduleNotFound(
-            `${key.text}: ${path.slice(folder.length + 1)} is a link that leaves the key's folder`,
-            key.text,
-          );
-        }
+        if (!inside(real, boundary)) throw leaves(key, path.slice(boundary.length + 1), whose);
       }
     }
   };
-  walk(folder);
+  walk(start);
 }
 
 function packageRoot(entry: string): string {

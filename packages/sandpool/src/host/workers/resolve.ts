@@ -58,7 +58,7 @@ export async function locateModule(
   let digest: string | null = null;
   if (key.snapshot !== null) {
     const { manifest, text } = readManifest(realFolder, key.text);
-    checkSignature(manifest, options.snapshotSecret, key.text);
+    checkSignature(manifest, options.snapshotSecret, { swarm: key.swarm, name: key.snapshot }, key.text);
     digest = snapshotDigest(manifest, text);
     if (manifest.version === 2) {
       const rel = Object.hasOwn(manifest.stems, key.stem) ? manifest.stems[key.stem] : undefined;

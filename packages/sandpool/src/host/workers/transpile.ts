@@ -11,8 +11,9 @@
  * digest covers every file, so a second start with the same files does no work.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, readdir, readFile, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { mkdir, readdir, readFile, realpath, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import { join, sep } from 'node:path';
+import { moduleNotFound } from '../../errors.js';
 import { transpileCacheDir } from '../../store/layout.js';
 import { stripTypeScript } from '../../typescript/strip.js';
 
@@ -48,7 +49,7 @@ export async function stripLiveTree(
   entry: string,
 ): Promise<StrippedTree> {
   const entries: Entry[] = [];
-  await collect(liveReal, '', entries);
+  await collect(liveReal, liveReal, '', entries);
   const hash = createHash('sha256');
   for (const item of entries) {
     hash.update(`${item.kind}\0${item.rel}\0`);
@@ -97,7 +98,7 @@ function rewriteSpecifiers(code: string): string {
   });
 }
 
-async function collect(dir: string, rel: string, out: Entry[]): Promise<void> {
+async function collect(live: string, dir: string, rel: string, out: Entry[]): Promise<void> {
   const names = (await readdir(dir, { withFileTypes: true })).sort((a, b) => (a.name < b.name ? -1 : 1));
   for (const dirent of names) {
     const path = rel === '' ? dirent.name : `${rel}/${dirent.name}`;
@@ -105,9 +106,18 @@ async function collect(dir: string, rel: string, out: Entry[]): Promise<void> {
     if (dirent.name === 'node_modules') {
       out.push({ rel: path, kind: 'node_modules' });
     } else if (dirent.isDirectory()) {
-      await collect(full, path, out);
-    } else if (dirent.isFile() || (dirent.isSymbolicLink() && (await stat(full)).isFile())) {
+      await collect(live, full, path, out);
+    } else if (dirent.isFile()) {
       out.push({ rel: path, kind: 'file', bytes: await readFile(full) });
+    } else if (dirent.isSymbolicLink()) {
+      // Read where it leads only inside live/: copied, a link to /proc/self/environ would put
+      // the host's environment in the cache (the key is refused later, the copy would stay).
+      const real = await realpath(full).catch(() => null);
+      if (real === null) continue; // dangling
+      if (real !== live && !real.startsWith(live + sep)) {
+        throw moduleNotFound(`live/${path} is a link that leaves the key's folder`);
+      }
+      if ((await stat(real)).isFile()) out.push({ rel: path, kind: 'file', bytes: await readFile(real) });
     }
   }
 }
