@@ -2,7 +2,10 @@ import { readFileSync } from 'node:fs';
 import { Session } from 'node:inspector';
 import { Worker } from 'node:worker_threads';
 import type { Pool } from 'sandpool';
-import { describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import type { Cell } from '../packages/sandpool/dist/host/cells/cell.js';
+import { MemoryGovernor } from '../packages/sandpool/dist/host/governors/memory.js';
+import type { AgentWorker } from '../packages/sandpool/dist/host/workers/agent-worker.js';
 import { eventually, installCleanup, invariants, openPool } from './support/pool.js';
 import { makeRoot } from './support/root.js';
 
@@ -65,15 +68,54 @@ describe('an idle worker costs nothing', () => {
     await sleep(seconds * 1_000);
     const perSecond = tids.map((tid, i) => (wakeups(tid) - (before[i] ?? 0)) / seconds);
     reads.stop();
-    // The pool read each idle worker's heap 4 times a second; now it reads none that ran no code.
-    expect(reads.count).toBe(0);
+    // The pool read each idle worker's heap 4 times a second; now it reads none that ran no
+    // code, unless the process grew by 32 MB (then each once: see the next test).
+    expect(reads.count).toBeLessThanOrEqual(tids.length);
     // Those reads woke each idle worker 4 to 7 times a second; a bare idle worker wakes about
-    // once a second or less. Timers in an agent would wake it: this one has none.
-    for (const rate of perSecond) expect(rate).toBeLessThan(2);
+    // once a second or less, a read costs a few wake-ups, and a loaded machine splits a run in
+    // more: the bound is loose, the reads above are the precise check.
+    for (const rate of perSecond) expect(rate).toBeLessThan(4);
     // An idle worker that runs code is read again: growth between calls is seen.
     const heapBefore = heapOf(pool) ?? 0;
     await pool.call('s/t0', 'growLater');
     await eventually(() => (heapOf(pool) ?? 0) > heapBefore + 8 * 2 ** 20, 30_000);
     expect(invariants(pool)).toEqual([]);
+  });
+});
+
+describe('the memory governor and quiet idle workers', () => {
+  beforeEach(() => {
+    vi.useFakeTimers({ toFake: ['setInterval', 'clearInterval', 'performance'] });
+  });
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
+  it('reads a quiet idle worker again once the process grew: memory can grow off its thread', async () => {
+    const governor = new MemoryGovernor(
+      { heapBytes: 2 ** 30, externalBytes: 2 ** 30 },
+      () => {},
+      () => 0, // its thread never runs
+    );
+    if (!governor.active) return; // no probe on this Node: nothing reads
+    let reads = 0;
+    const thread = {
+      isolation: 'thread',
+      readMemory: () => {
+        reads += 1;
+        return Promise.resolve({ heap: 1, external: 1 });
+      },
+    } as unknown as AgentWorker;
+    const cell = { busy: 0 } as unknown as Cell;
+    governor.watch(cell, thread, false);
+    await vi.advanceTimersByTimeAsync(250);
+    expect(reads).toBe(1); // never read: read once
+    await vi.advanceTimersByTimeAsync(2_500);
+    expect(reads).toBe(1); // quiet, and the process did not grow
+    const growth = Buffer.alloc(96 * 2 ** 20, 1); // as libuv's pool filling a buffer would
+    await vi.advanceTimersByTimeAsync(250);
+    expect(reads).toBe(2);
+    governor.unwatch(cell);
+    expect(growth.length).toBeGreaterThan(0);
   });
 });

@@ -45,6 +45,13 @@ const LARGEST_ALLOCATION_MB = 1280;
  */
 const PROCESS_RUNTIME_BYTES = 96 * 2 ** 20;
 
+/**
+ * Growth of the process's RSS after which every idle worker is read, quiet or not: memory can
+ * grow on a thread other than the worker's own (libuv's pool fills a buffer an agent asked
+ * for), so a quiet worker thread does not prove a worker that did not grow.
+ */
+const RSS_GROWTH_BYTES = 32 * 2 ** 20;
+
 /** A heartbeat this late, from a busy worker, means it is stuck in synchronous code. */
 const BEAT_MISSED_MS = 100;
 
@@ -72,6 +79,10 @@ interface Watched {
 export class MemoryGovernor<W extends Swept> {
   readonly probe: MemoryProbe | null = memoryProbe();
   private readonly watched = new Map<W, Watched>();
+  /** The process's RSS when idle workers were last all read, and the visit that decided (its `now`). */
+  private rssMark = process.memoryUsage.rss();
+  private rssVisit = -1;
+  private rssGrew = false;
   private readonly sweep = new Sweep<W>(BUSY_POLL_MS, IDLE_POLL_MS, {
     busy: (cells, now) => this.visitBusy(cells, now),
     idle: (cell, now) => this.visitIdle(cell, now),
@@ -177,8 +188,19 @@ export class MemoryGovernor<W extends Swept> {
       entry.busySince = null;
       return;
     }
-    if (entry.cpuAtRead !== null && (this.cpuNs(cell, false) ?? Infinity) - entry.cpuAtRead < QUIET_NS) return;
+    const quiet = entry.cpuAtRead !== null && (this.cpuNs(cell, false) ?? Infinity) - entry.cpuAtRead < QUIET_NS;
+    if (quiet && !this.processGrew(now)) return;
     this.read(cell, entry, now);
+  }
+
+  /** Whether the process grew by RSS_GROWTH_BYTES since the last time it did: asked once per idle sweep. */
+  private processGrew(now: number): boolean {
+    if (this.rssVisit === now) return this.rssGrew;
+    this.rssVisit = now;
+    const rss = process.memoryUsage.rss();
+    this.rssGrew = rss - this.rssMark > RSS_GROWTH_BYTES;
+    if (this.rssGrew || rss < this.rssMark) this.rssMark = rss;
+    return this.rssGrew;
   }
 
   private read(cell: W, entry: Watched, now: number): void {
