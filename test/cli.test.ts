@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { startServe } from './support/packed.js';
+import { hostLayers } from './support/sandbox.js';
 
 // Each test starts several Node processes one after another: minutes on a loaded machine.
 vi.setConfig({ testTimeout: 180_000 });
@@ -227,6 +228,41 @@ describe('sandpool serve', () => {
     ]);
     for (const line of calls) expect(line.durationMs).toEqual(expect.any(Number));
   });
+
+  it('--isolation process says which sandbox layers process keys get; --sandbox require exits without one', async () => {
+    await writeLive('a1b2', 'v1');
+    // Where the host is root the children run as their swarm's uid, which mkdtemp's 0700 would keep out.
+    await chmod(root, 0o755);
+    const serve = (sandbox: string) => ['--root', root, '--port', '0', '--isolation', 'process', '--sandbox', sandbox];
+    const bare = await startServe(BIN, serve('off'), root);
+    let stopped: { status: number | null; stdout: string } | undefined;
+    try {
+      const call = await fetch(`${bare.url}/v1/call/a1b2/notifier_agent`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ fn: 'notify', args: ['hi'] }),
+      });
+      expect(call.status).toBe(200);
+    } finally {
+      stopped = await bare.stop();
+    }
+    expect(stopped.stdout).toMatch(
+      /sandpool serve: process keys run with .*network host; without namespaces \(sandbox is 'off'\); cgroups \(sandbox is 'off'\)/,
+    );
+    const layers = hostLayers();
+    if (layers.missing.length === 0) {
+      const whole = await (await startServe(BIN, serve('require'), root)).stop();
+      expect(whole.stdout).toContain(
+        `sandpool serve: process keys run with namespaces, a uid per swarm, cgroups ${layers.cgroups}, network loopback\n`,
+      );
+    } else {
+      const refused = await sandpool('serve', ...serve('require'));
+      expect(refused.status).toBe(1);
+      expect(errorCode(refused.stderr)).toBe('ERR_SANDPOOL_INVALID_OPTIONS');
+      for (const { layer } of layers.missing) expect(refused.stderr).toContain(layer);
+      expect(refused.stdout).not.toContain('listening');
+    }
+  });
 });
 
 describe('usage', () => {
@@ -238,6 +274,10 @@ describe('usage', () => {
     ['a missing --root', ['call', 'a1b2/notifier_agent', 'notify']],
     ['a bad --timeout', ['call', 'a1b2/notifier_agent', 'notify', '--timeout', 'soon', '--root', '.']],
     ['an unknown option', ['snapshot', 'list', 'a1b2', '--root', '.', '--bogus']],
+    [
+      'a sandbox mode that does not exist',
+      ['serve', '--root', '.', '--isolation', 'process', '--sandbox', 'sometimes'],
+    ],
   ])('exits 2 on %s', async (_case, args) => {
     const result = await sandpool(...args);
     expect(result.status).toBe(2);

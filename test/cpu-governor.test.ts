@@ -4,6 +4,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import type { DemoteReason } from 'sandpool';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { CpuGovernor, type CpuWatched } from '../packages/sandpool/dist/host/governors/cpu.js';
+import { reniceProcess } from '../packages/sandpool/dist/host/workers/priority.js';
 
 const onLinux = process.platform === 'linux';
 
@@ -59,8 +60,10 @@ describe.runIf(onLinux)('the CPU governor, on background CPU', () => {
     shares.forEach((share, i) => {
       const child = stand();
       children.push(child);
-      shareOf.set(child.pid as number, share);
-      expect(governor.watchProcess(cells[i] as Watched, child.pid as number)).toBe(true);
+      const pid = child.pid as number;
+      shareOf.set(pid, share);
+      // As a child process without a cgroup sets its priority: each of its threads' nice.
+      expect(governor.watchProcess(cells[i] as Watched, pid, (nice) => reniceProcess(pid, nice))).toBe(true);
     });
     return { cells, judged };
   }

@@ -5,9 +5,11 @@ import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import type { Pool } from 'sandpool';
 import { describe, expect, it } from 'vitest';
+import { cpuWeightOf } from './support/cgroup.js';
 import { code, rejection } from './support/errors.js';
 import { childProcesses, eventually, installCleanup, invariants, openPool } from './support/pool.js';
 import { counterAgent, fixture, makeRoot } from './support/root.js';
+import { hostLayers } from './support/sandbox.js';
 
 installCleanup();
 
@@ -16,6 +18,7 @@ const NEIGHBOUR = 'n/notifier_agent';
 const HASHES = 40;
 const ESCAPEE = 'x/escapee';
 const root = process.getuid?.() === 0;
+const layers = hostLayers();
 
 /** A root the children's uid may read: makeRoot's temp folder is 0700, as mkdtemp makes it. */
 async function tenants(): Promise<string> {
@@ -68,13 +71,19 @@ async function withNeighbour<T>(pool: Pool, attack: () => Promise<T>): Promise<T
 describe("isolation: 'process'", () => {
   it.runIf(root)('refuses, with what to change, a key whose files the children’s uid cannot read', async () => {
     const dir = await tenants();
+    // Without namespaces the child walks the host's folders: a 0700 root hides the key.
     await chmod(dir, 0o700);
-    const pool = mixedPool(dir);
-    const refused = await rejection(pool.call(ESCAPEE, 'add', [1, 1]));
+    const bare = mixedPool(dir, { sandbox: 'off' });
+    const refused = await rejection(bare.call(ESCAPEE, 'add', [1, 1]));
     expect(refused.code).toBe('ERR_SANDPOOL_MODULE_LOAD');
-    expect(refused.message).toMatch(/uid 65534 .* cannot enter .*mode 700.*processUser/);
-    expect(await pool.call(NEIGHBOUR, 'add', [1, 2])).toBe(3);
-    expect(await mixedPool(dir, { processUser: 'host' }).call(ESCAPEE, 'add', [1, 1])).toBe(2);
+    expect(refused.message).toMatch(/uid \d+ .* cannot enter .*mode 700.*processUser/);
+    expect(await bare.call(NEIGHBOUR, 'add', [1, 2])).toBe(3);
+    expect(await mixedPool(dir, { sandbox: 'off', processUser: 'host' }).call(ESCAPEE, 'add', [1, 1])).toBe(2);
+    // In a cell the folders above the key's are the cell's own: only the key's folder counts.
+    if (layers.namespaces) expect(await mixedPool(dir).call(ESCAPEE, 'add', [1, 1])).toBe(2);
+    await chmod(join(dir, 'x/live'), 0o700);
+    const hidden = await rejection(mixedPool(dir).call(ESCAPEE, 'add', [1, 1]));
+    expect(hidden.message).toMatch(/uid \d+ .* cannot enter .*x\/live \(mode 700\)/);
   });
 
   it('serves the same API from a child process, another uid when the host is root', async () => {
@@ -82,11 +91,16 @@ describe("isolation: 'process'", () => {
     const spawned: number[] = [];
     pool.on('spawn', (event) => spawned.push(event.pid));
     const who = await pool.call<{ pid: number; ppid: number; uid: number; key: string }>(ESCAPEE, 'whoami');
-    expect(who).toMatchObject({ ppid: process.pid, key: ESCAPEE });
+    expect(who.key).toBe(ESCAPEE);
     expect(who.pid).not.toBe(process.pid);
-    expect(spawned).toContain(who.pid); // events carry the child's pid
+    // Events carry the pid of the child the pool spawned (bubblewrap's, where it makes a cell).
+    expect(spawned).toEqual(childProcesses());
+    if (layers.namespaces) expect(who).toMatchObject({ pid: 2, ppid: 1 });
+    else expect(who).toMatchObject({ pid: spawned[0], ppid: process.pid });
     if (root) {
-      expect(who.uid).toBe(65534);
+      // Its swarm's own uid, from the default sandbox.uidRange.
+      expect(who.uid).toBeGreaterThanOrEqual(200_000);
+      expect(who.uid).toBeLessThanOrEqual(265_535);
       // It started as root and dropped before any agent code: there is no way back.
       expect(await pool.call(ESCAPEE, 'regainRoot')).toBe('EPERM');
     }
@@ -224,8 +238,9 @@ describe("isolation: 'process'", () => {
 
   // Demoted, it gets what CPU nice 19 gets: on a loaded machine too little for the second
   // window that evicts it. That window is judged in cpu-governor.test.ts, on scripted CPU.
+  // Without a cgroup each of its threads is reniced; a demoted cell's weight is the next test's.
   it.runIf(root)('a child burning CPU on its pool threads with no call running is demoted whole', async () => {
-    const pool = mixedPool(await tenants());
+    const pool = mixedPool(await tenants(), { sandbox: 'off' });
     const niceOnDemote: number[][] = [];
     const demoted = new Promise((resolve) =>
       pool.on('demote', ({ key, reason }) => {
@@ -241,6 +256,24 @@ describe("isolation: 'process'", () => {
     expect(niceOnDemote).toHaveLength(1);
     expect(new Set(niceOnDemote[0])).toEqual(new Set([19]));
   });
+
+  it.runIf(root && layers.cgroups !== null)(
+    'in a cgroup, a child burning CPU with no call running is demoted by its cell’s CPU weight',
+    async () => {
+      const pool = mixedPool(await tenants());
+      // Renicing would only order the cell's own threads among themselves: its cgroup's weight is what counts.
+      const weightOnDemote = new Promise<(number | null)[]>((resolve) =>
+        pool.on('demote', ({ key }) => key === ESCAPEE && resolve(childProcesses().map(cpuWeightOf))),
+      );
+      const weights = await withNeighbour(pool, async () => {
+        expect(await pool.call(ESCAPEE, 'hashInBackground')).toBe('hashing');
+        return weightOnDemote;
+      });
+      // A demoted cell starved by other work on the machine may burn too little to be evicted
+      // within a test's bound: eviction is judged in cpu-governor.test.ts, on scripted CPU.
+      expect(weights).toEqual([lowest(layers.cgroups)]);
+    },
+  );
 
   it('heavy calls on more busy child processes than cores are demoted, and raised back once idle', async () => {
     const dir = await tenants();
@@ -297,7 +330,13 @@ describe("isolation: 'process'", () => {
   });
 
   it.runIf(root)('boots a spare process at nice 19 and raises it to 0 when a key takes it', async () => {
-    const pool = openPool({ root: await tenants(), isolation: 'process', permissions: 'none', spareWorkers: 1 });
+    const pool = openPool({
+      root: await tenants(),
+      isolation: 'process',
+      permissions: 'none',
+      spareWorkers: 1,
+      sandbox: 'off',
+    });
     await eventually(() => pool.stats().spares === 1 && childProcesses().length === 1);
     const [spare] = childProcesses();
     // Its threads started after the renice inherit it; the ones V8 started before get it too.
@@ -310,6 +349,20 @@ describe("isolation: 'process'", () => {
     expect(new Set(threadNices(spare as number))).toEqual(new Set([0]));
     expect(invariants(pool)).toEqual([]);
   });
+
+  it.runIf(root && layers.cgroups !== null)(
+    'in a cgroup, a spare boots at the CPU weight of nice 19, raised when a key takes it',
+    async () => {
+      const pool = openPool({ root: await tenants(), isolation: 'process', permissions: 'none', spareWorkers: 1 });
+      const cgroups = layers.cgroups;
+      await eventually(() => pool.stats().spares === 1 && childProcesses().length === 1);
+      const [spare] = childProcesses() as [number];
+      expect(cpuWeightOf(spare)).toBe(lowest(cgroups));
+      await pool.call(ESCAPEE, 'add', [1, 1]);
+      expect(cpuWeightOf(spare)).toBe(cgroups === 'v1' ? 1024 : 100);
+      expect(invariants(pool)).toEqual([]);
+    },
+  );
 
   it('bad isolation input is refused with INVALID_OPTIONS and starts nothing', async () => {
     const dir = await tenants();
@@ -338,6 +391,11 @@ describe("isolation: 'process'", () => {
     await eventually(() => childProcesses().length === 0);
   });
 });
+
+/** What nice 19 becomes in a cgroup: the kernel's weight for it as cpu.shares (v1) or cpu.weight (v2); nice itself without one. */
+function lowest(cgroups: 'v1' | 'v2' | null): number {
+  return cgroups === null ? 19 : cgroups === 'v1' ? 15 : 1;
+}
 
 /** The nice value of each thread of a process (field 19 of /proc/<pid>/task/<tid>/stat). */
 function threadNices(pid: number): number[] {

@@ -24,6 +24,7 @@ import { serializeMoving } from '../packages/sandpool/dist/protocol/transfer-cod
 import { code, rejection, thrownSync } from './support/errors.js';
 import { eventually, installCleanup, invariants, openPool } from './support/pool.js';
 import { counterAgent, makeRoot, writeFiles } from './support/root.js';
+import { hostLayers } from './support/sandbox.js';
 
 installCleanup();
 
@@ -536,7 +537,7 @@ describe('the network', () => {
     }
   });
 
-  it(`network: 'enforce' ${NET_DENIABLE ? 'accepts strict threads here' : 'refuses strict threads here'}; processes, 'none' and net grants always pass`, () => {
+  it(`network: 'enforce' ${NET_DENIABLE ? 'accepts strict threads here' : 'refuses strict threads here'}; processes in cells, 'none' and net grants always pass`, () => {
     const root = '/nonexistent';
     const strictThreads = () => openPool({ root, network: 'enforce' });
     if (NET_DENIABLE) {
@@ -551,13 +552,26 @@ describe('the network', () => {
       }
     }
     for (const enforceable of [
-      { isolation: 'process' as const },
+      ...(hostLayers().namespaces ? [{ isolation: 'process' as const }] : []),
+      { isolation: 'process' as const, sandbox: 'off' as const, permissions: { net: true } },
       { permissions: 'none' as const },
       { permissions: { net: true } },
     ]) {
       expect(openPool({ root, network: 'enforce', ...enforceable }).options.network).toBe('enforce');
     }
     expect(openPool({ root }).options.network).toBe('best-effort');
+  });
+
+  it("network: 'enforce' refuses process keys whose cells have no network namespace where Node cannot deny it", () => {
+    const root = '/nonexistent';
+    const uncaged = () => openPool({ root, network: 'enforce', isolation: 'process', sandbox: 'off', spareWorkers: 0 });
+    if (NET_DENIABLE) {
+      // Node's permission model denies a strict child the network itself.
+      expect(uncaged().options.network).toBe('enforce');
+      return;
+    }
+    expect(thrownSync(uncaged).code).toBe('ERR_SANDPOOL_INVALID_OPTIONS');
+    expect(uncaged).toThrow(/cannot deny a process agent the network .*no network namespace here \(sandbox is 'off'\)/);
   });
 });
 

@@ -1,7 +1,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { chmod } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
-import { createPool, type Isolation } from 'sandpool';
+import { createPool, type Isolation, type SandboxLayers } from 'sandpool';
 import {
   median,
   type Pipelined,
@@ -10,7 +10,7 @@ import {
   runSequential,
   type Sequential,
 } from '../lib/call-loops.js';
-import { childPids, type ProcessMemory, processMemory } from '../lib/children.js';
+import { childPids, type ProcessMemory, processMemory, processTree } from '../lib/children.js';
 import { type ColdVariant, poolVariant } from '../lib/cold-variant.js';
 import { ms, num, perSecond, ratio } from '../lib/format.js';
 import { Latency, type LatencySummary, round } from '../lib/histogram.js';
@@ -22,18 +22,24 @@ import { collectGarbage, eachLimited, now, rss, sleep } from '../lib/timing.js';
 const DEPTH = 64;
 const IDLE_KEYS = 16;
 const WARM_KEYS = 2;
-/** The issue's goals for a process key. */
-const GOAL_ROUND_TRIP_OVER_THREAD = 3;
-const GOAL_IDLE_RSS_MB = 40;
+/** The OS sandbox issue's goals for a process key (in its sandbox), each against a figure of the same run. */
+const GOAL_SPARE_START_OVER_THREAD = 2;
+const GOAL_ROUND_TRIP_OVER_THREAD = 1.5;
+const GOAL_IDLE_RSS_OVER_BARE = 1.2;
 const BARE_PROCESS = fileURLToPath(fixture('bare-process.mjs'));
 /** What marks a pool's child in /proc/<pid>/cmdline. */
 const POOL_CHILD = 'worker/bundle.js';
 
 type Permissions = 'none' | 'strict';
+/** A process key in the OS sandbox this host offers (`'auto'`), or with none (`'off'`). */
+type Sandbox = 'auto' | 'off';
 
 type IdleKeys = {
   keys: number;
-  /** Means over the keys' processes (null for threads, which have none of their own). */
+  /**
+   * Means over the keys (null for threads, which have no process of their own), each key's
+   * processes summed: in a sandbox, bubblewrap, its init and Node.
+   */
   child: ProcessMemory | null;
   /** The host's own RSS growth per key (MB): a thread key's whole cost, a process key's pipes and records. */
   hostMbPerKey: number;
@@ -44,6 +50,7 @@ export const processIsolation: Benchmark = {
   title: 'Process isolation beside thread isolation: cold start, round trip, throughput, idle memory',
   async run(context: BenchContext): Promise<BenchReport> {
     const keys = context.quick ? 8 : 20;
+    const layers = hostLayers();
     const measureMs = context.quick ? 400 : 1_500;
     const repeats = context.quick ? 1 : 3;
 
@@ -56,29 +63,42 @@ export const processIsolation: Benchmark = {
     context.progress(`idle memory: ${IDLE_KEYS} keys per mode, each in a fresh Node process`);
     const idleThread = (await runPhase('process', 'idle-thread', context.quick)) as IdleKeys;
     const idleProcess = (await runPhase('process', 'idle-process', context.quick)) as IdleKeys;
+    const idleUnboxed = (await runPhase('process', 'idle-process-off', context.quick)) as IdleKeys;
     const idleBare = (await runPhase('process', 'idle-bare', context.quick)) as IdleKeys;
 
-    const thread = calls.get('thread key') as { seq: Sequential; pipe: Pipelined };
-    const proc = calls.get('process key') as { seq: Sequential; pipe: Pipelined };
-    const bare = calls.get('bare child over IPC') as { seq: Sequential; pipe: Pipelined };
+    const figures = (name: string) => calls.get(name) as { seq: Sequential; pipe: Pipelined };
+    const thread = figures('thread key');
+    const proc = figures('process key');
+    const unboxed = figures('process key, sandbox off');
+    const bare = figures('bare child over IPC');
     const processChild = idleProcess.child as ProcessMemory;
+    const unboxedChild = idleUnboxed.child as ProcessMemory;
     const bareChild = idleBare.child as ProcessMemory;
     const ratios = {
+      processSpareStartOverThreadSpare: round(cold.p50('process, spare') / cold.p50('thread, spare'), 3),
       processRoundTripOverThread: round(proc.seq.meanUs / thread.seq.meanUs, 3),
+      processIdleRssOverBareProcess: round(processChild.rssMb / bareChild.rssMb, 3),
+      sandboxSpareStartOverOff: round(cold.p50('process, spare') / cold.p50('process, spare, sandbox off'), 3),
+      sandboxColdStartOverOff: round(cold.p50('process, no spare') / cold.p50('process, no spare, sandbox off'), 3),
+      sandboxRoundTripOverOff: round(proc.seq.meanUs / unboxed.seq.meanUs, 3),
+      sandboxIdleRssOverOff: round(processChild.rssMb / unboxedChild.rssMb, 3),
       processRoundTripOverBareIpc: round(proc.seq.meanUs / bare.seq.meanUs, 3),
       processThroughputOverThread: round(proc.pipe.callsPerSecond / thread.pipe.callsPerSecond, 3),
       processThroughputOverBareIpc: round(proc.pipe.callsPerSecond / bare.pipe.callsPerSecond, 3),
-      processIdleRssOverBareProcess: round(processChild.rssMb / bareChild.rssMb, 3),
       processIdlePrivateOverBareProcess: round(processChild.privateMb / bareChild.privateMb, 3),
       processIdlePssOverThreadKey: round((processChild.pssMb + idleProcess.hostMbPerKey) / idleThread.hostMbPerKey, 3),
       coldProcessOverThread: round(cold.p50('process, no spare') / cold.p50('thread, no spare'), 3),
       coldProcessSpareOverNoSpare: round(cold.p50('process, spare') / cold.p50('process, no spare'), 3),
     };
     const goals = {
-      [`process round trip ≤ ${GOAL_ROUND_TRIP_OVER_THREAD}× a thread's`]:
+      [`process key's first call with a spare ≤ ${GOAL_SPARE_START_OVER_THREAD}× a thread key's`]:
+        ratios.processSpareStartOverThreadSpare <= GOAL_SPARE_START_OVER_THREAD,
+      [`process key's round trip ≤ ${GOAL_ROUND_TRIP_OVER_THREAD}× a thread key's`]:
         ratios.processRoundTripOverThread <= GOAL_ROUND_TRIP_OVER_THREAD,
-      [`process idle RSS ≤ ${GOAL_IDLE_RSS_MB} MB`]: processChild.rssMb <= GOAL_IDLE_RSS_MB,
+      [`idle process key's RSS ≤ ${GOAL_IDLE_RSS_OVER_BARE}× a bare node child's`]:
+        ratios.processIdleRssOverBareProcess <= GOAL_IDLE_RSS_OVER_BARE,
     };
+    const met = (goal: boolean): string => (goal ? 'met' : 'not met');
     const memoryRow = (name: string, idle: IdleKeys): string[] => [
       name,
       idle.child === null ? '—' : `${num(idle.child.rssMb)} MB`,
@@ -88,17 +108,19 @@ export const processIsolation: Benchmark = {
     ];
     return {
       method: [
-        `Cold start: ${keys} keys per variant (after ${WARM_KEYS} unrecorded), each a module file never loaded before, variants interleaved key by key; from pool.call(key, "add", [1, 2]) to its result. Each variant rests 200 ms before a key, and a spare variant first waits for its spare. Spares need permissions 'none' (a spare boots before its key, so before its per-key flags are known), so the spare comparison runs with 'none'; the default, strict, is measured beside it.`,
+        `Process keys run in the OS sandbox this host offers (sandbox 'auto': ${describeLayers(layers)}) unless a variant says "sandbox off" (none of it: the host's file system and network, uid per swarm still).`,
+        `Cold start: ${keys} keys per variant (after ${WARM_KEYS} unrecorded), each a module file never loaded before, variants interleaved key by key; from pool.call(key, "add", [1, 2]) to its result. Each variant rests 200 ms before a key, and a spare variant first waits for its spare. Spares need permissions 'none' (a spare boots before its key, so before its per-key flags are known), so the spare comparison runs with 'none'; the default, strict, is measured beside it. A sandboxed spare is a booted cell whose key's folder is bound in (one mount) when a key takes it.`,
         'bare child: spawn(node, [a module that imports the key and answers over IPC]) with serialization "advanced", to its first answer: what a hand-written child-process pool pays.',
-        `Round trip: one call at a time for ${measureMs} ms, mean µs per call; pipelined: ${DEPTH} calls kept in flight (each result issues the next). Median of ${repeats} round(s), systems in turn; the first round warms up each. thread key and process key: one pool each (maxWorkers 1, spareWorkers 0, permissions strict, the default); bare child over IPC: the same plain child as above, {id, a, b} out and {id, value} back.`,
-        `Idle memory: ${IDLE_KEYS} keys that each answered one call, then 1 s of rest, in a fresh Node process per mode (--expose-gc, gc before each reading). Per child, from /proc/<pid>/smaps_rollup: RSS (counts the Node binary's pages, which every process shares), PSS (shared pages split between the processes mapping them) and private (what the machine frees when the child ends). Host per key: the host's RSS growth over the keys, divided by them: for a thread key that is its whole cost.`,
-        'Process keys run as uid 65534 when the benchmark runs as root, so the temp root is made world-readable.',
+        `Round trip: one call at a time for ${measureMs} ms, mean µs per call; pipelined: ${DEPTH} calls kept in flight (each result issues the next). Median of ${repeats} round(s), systems in turn; the first round warms up each. thread key and process keys: one pool each (maxWorkers 1, spareWorkers 0, permissions strict, the default); bare child over IPC: the same plain child as above, {id, a, b} out and {id, value} back.`,
+        `Idle memory: ${IDLE_KEYS} keys that each answered one call, then 1 s of rest, in a fresh Node process per mode (--expose-gc, gc before each reading). Per key, summed over its processes (in a sandbox: bubblewrap, its init and Node), from /proc/<pid>/smaps_rollup: RSS (counts the Node binary's pages, which every process shares), PSS (shared pages split between the processes mapping them) and private (what the machine frees when the key ends). Host per key: the host's RSS growth over the keys, divided by them: for a thread key that is its whole cost.`,
+        'Process keys run as their swarm’s uid when the benchmark runs as root, so the temp root is made world-readable.',
       ],
       parameters: { keys, warmKeys: WARM_KEYS, measureMs, repeats, depth: DEPTH, idleKeys: IDLE_KEYS },
       results: {
+        sandbox: { ...layers, missing: layers.missing.map((entry) => ({ ...entry })) },
         coldStart: Object.fromEntries(cold.summaries),
-        calls: Object.fromEntries([...calls].map(([name, figures]) => [name, { ...figures }])),
-        idle: { thread: idleThread, process: idleProcess, bareProcess: idleBare },
+        calls: Object.fromEntries([...calls].map(([name, entry]) => [name, { ...entry }])),
+        idle: { thread: idleThread, process: idleProcess, processSandboxOff: idleUnboxed, bareProcess: idleBare },
         goals,
       },
       ratios,
@@ -107,7 +129,7 @@ export const processIsolation: Benchmark = {
           title: 'First call to a new key',
           headers: ['variant', 'p50', 'p90', 'p99', 'mean'],
           rows: [...cold.summaries].map(([name, s]) => [name, ms(s.p50), ms(s.p90), ms(s.p99), ms(s.mean)]),
-          note: `process / thread, no spare: ${ratio(ratios.coldProcessOverThread)}; process with a spare / without: ${ratio(ratios.coldProcessSpareOverNoSpare)}.`,
+          note: `process key with a spare / thread key with a spare: ${ratio(ratios.processSpareStartOverThreadSpare)} (goal ≤ ${GOAL_SPARE_START_OVER_THREAD}×: ${met(goals[`process key's first call with a spare ≤ ${GOAL_SPARE_START_OVER_THREAD}× a thread key's`] as boolean)}); sandbox / off: ${ratio(ratios.sandboxSpareStartOverOff)} with a spare, ${ratio(ratios.sandboxColdStartOverOff)} without; process / thread, no spare: ${ratio(ratios.coldProcessOverThread)}.`,
         },
         {
           title: 'Warm calls on one key',
@@ -118,17 +140,18 @@ export const processIsolation: Benchmark = {
             `${num(seq.latency.p99 * 1000)} µs`,
             perSecond(pipe.callsPerSecond),
           ]),
-          note: `process key round trip: ${ratio(ratios.processRoundTripOverThread)} a thread key's (goal ≤ ${GOAL_ROUND_TRIP_OVER_THREAD}×), ${ratio(ratios.processRoundTripOverBareIpc)} the bare child's; throughput ${ratio(ratios.processThroughputOverThread)} a thread key's, ${ratio(ratios.processThroughputOverBareIpc)} the bare child's.`,
+          note: `process key round trip: ${ratio(ratios.processRoundTripOverThread)} a thread key's (goal ≤ ${GOAL_ROUND_TRIP_OVER_THREAD}×: ${met(goals[`process key's round trip ≤ ${GOAL_ROUND_TRIP_OVER_THREAD}× a thread key's`] as boolean)}), ${ratio(ratios.sandboxRoundTripOverOff)} the same without a sandbox, ${ratio(ratios.processRoundTripOverBareIpc)} the bare child's; throughput ${ratio(ratios.processThroughputOverThread)} a thread key's, ${ratio(ratios.processThroughputOverBareIpc)} the bare child's.`,
         },
         {
           title: `Idle key memory (${IDLE_KEYS} keys per mode)`,
-          headers: ['mode', 'RSS per child', 'PSS per child', 'private per child', 'host RSS per key'],
+          headers: ['mode', 'RSS per key', 'PSS per key', 'private per key', 'host RSS per key'],
           rows: [
             memoryRow('thread key', idleThread),
             memoryRow('process key', idleProcess),
+            memoryRow('process key, sandbox off', idleUnboxed),
             memoryRow('bare child process', idleBare),
           ],
-          note: `process key RSS / bare child's: ${ratio(ratios.processIdleRssOverBareProcess)} (goal ≤ ${GOAL_IDLE_RSS_MB} MB: ${goals[`process idle RSS ≤ ${GOAL_IDLE_RSS_MB} MB`] ? 'met' : 'not met'}); private / bare child's: ${ratio(ratios.processIdlePrivateOverBareProcess)}; a process key's PSS plus its host share over a thread key's: ${ratio(ratios.processIdlePssOverThreadKey)}.`,
+          note: `process key RSS / bare child's: ${ratio(ratios.processIdleRssOverBareProcess)} (goal ≤ ${GOAL_IDLE_RSS_OVER_BARE}×: ${met(goals[`idle process key's RSS ≤ ${GOAL_IDLE_RSS_OVER_BARE}× a bare node child's`] as boolean)}); sandbox / off: ${ratio(ratios.sandboxIdleRssOverOff)}; private / bare child's: ${ratio(ratios.processIdlePrivateOverBareProcess)}; a process key's PSS plus its host share over a thread key's: ${ratio(ratios.processIdlePssOverThreadKey)}.`,
         },
       ],
       chart: {
@@ -152,22 +175,20 @@ export const processIsolation: Benchmark = {
             unit: 'MB',
             groups: [
               { label: 'thread key', bars: [{ series: 'host RSS per key', value: idleThread.hostMbPerKey }] },
-              {
-                label: 'process key',
+              ...(
+                [
+                  ['process key', processChild],
+                  ['process key, sandbox off', unboxedChild],
+                  ['bare child', bareChild],
+                ] as const
+              ).map(([label, child]) => ({
+                label,
                 bars: [
-                  { series: 'RSS per child', value: processChild.rssMb },
-                  { series: 'PSS per child', value: processChild.pssMb },
-                  { series: 'private per child', value: processChild.privateMb },
+                  { series: 'RSS per key', value: child.rssMb },
+                  { series: 'PSS per key', value: child.pssMb },
+                  { series: 'private per key', value: child.privateMb },
                 ],
-              },
-              {
-                label: 'bare child',
-                bars: [
-                  { series: 'RSS per child', value: bareChild.rssMb },
-                  { series: 'PSS per child', value: bareChild.pssMb },
-                  { series: 'private per child', value: bareChild.privateMb },
-                ],
-              },
+              })),
             ],
           },
         ],
@@ -175,13 +196,32 @@ export const processIsolation: Benchmark = {
     };
   },
   phases: {
-    'idle-thread': () => withRoot(IDLE_STEMS, (tree) => idleKeys(tree, 'thread')),
-    'idle-process': () => withRoot(IDLE_STEMS, (tree) => idleKeys(tree, 'process')),
+    'idle-thread': () => withRoot(IDLE_STEMS, (tree) => idleKeys(tree, 'thread', 'auto')),
+    'idle-process': () => withRoot(IDLE_STEMS, (tree) => idleKeys(tree, 'process', 'auto')),
+    'idle-process-off': () => withRoot(IDLE_STEMS, (tree) => idleKeys(tree, 'process', 'off')),
     'idle-bare': () => withRoot(IDLE_STEMS, idleBareChildren),
   },
 };
 
 const IDLE_STEMS = Array.from({ length: IDLE_KEYS }, (_, i) => `idle${i}`);
+
+/** The layers a process key gets here, as a pool reports them. */
+function hostLayers(): SandboxLayers {
+  const pool = createPool({ root: '/', isolation: 'process', spareWorkers: 0 });
+  const layers = pool.stats().sandbox as SandboxLayers;
+  void pool.close();
+  return layers;
+}
+
+function describeLayers(layers: SandboxLayers): string {
+  const on = [
+    layers.namespaces ? 'namespaces (network: loopback)' : null,
+    layers.uidPerSwarm ? 'a uid per swarm' : null,
+    layers.cgroups === null ? null : `cgroup ${layers.cgroups}`,
+  ].filter((layer) => layer !== null);
+  const off = layers.missing.map(({ layer, reason }) => `${layer} missing: ${reason}`);
+  return [...on, ...off].join(', ') || 'none';
+}
 
 /** A root every child can read: process keys drop to another uid when the host is root. */
 async function openRoot(stems: readonly string[]): Promise<TempRoot> {
@@ -203,12 +243,20 @@ async function coldStarts(keys: number): Promise<{
   summaries: Map<string, LatencySummary>;
   p50(name: string): number;
 }> {
-  const shapes: Array<{ name: string; isolation: Isolation; spares: number; permissions: Permissions }> = [
-    { name: 'thread, no spare', isolation: 'thread', spares: 0, permissions: 'none' },
-    { name: 'thread, spare', isolation: 'thread', spares: 1, permissions: 'none' },
-    { name: 'process, no spare', isolation: 'process', spares: 0, permissions: 'none' },
-    { name: 'process, spare', isolation: 'process', spares: 1, permissions: 'none' },
-    { name: 'process, strict', isolation: 'process', spares: 0, permissions: 'strict' },
+  const shapes: Array<{
+    name: string;
+    isolation: Isolation;
+    spares: number;
+    permissions: Permissions;
+    sandbox: Sandbox;
+  }> = [
+    { name: 'thread, no spare', isolation: 'thread', spares: 0, permissions: 'none', sandbox: 'auto' },
+    { name: 'thread, spare', isolation: 'thread', spares: 1, permissions: 'none', sandbox: 'auto' },
+    { name: 'process, no spare', isolation: 'process', spares: 0, permissions: 'none', sandbox: 'auto' },
+    { name: 'process, spare', isolation: 'process', spares: 1, permissions: 'none', sandbox: 'auto' },
+    { name: 'process, no spare, sandbox off', isolation: 'process', spares: 0, permissions: 'none', sandbox: 'off' },
+    { name: 'process, spare, sandbox off', isolation: 'process', spares: 1, permissions: 'none', sandbox: 'off' },
+    { name: 'process, strict', isolation: 'process', spares: 0, permissions: 'strict', sandbox: 'auto' },
   ];
   const total = keys + WARM_KEYS;
   const names = [...shapes.map((shape) => shape.name), 'bare child'];
@@ -224,6 +272,7 @@ async function coldStarts(keys: number): Promise<{
         idleTimeoutMs: 0,
         isolation: shape.isolation,
         permissions: shape.permissions,
+        sandbox: shape.sandbox,
       });
       variants.push(poolVariant(shape.name, pool, 'proc', shape.spares));
     }
@@ -302,15 +351,27 @@ async function callCosts(
   measureMs: number,
   repeats: number,
 ): Promise<Map<string, { seq: Sequential; pipe: Pipelined }>> {
-  const tree = await openRoot(['thread', 'process', 'bare']);
+  const tree = await openRoot(['thread', 'process', 'unboxed', 'bare']);
   const systems: RpcSystem[] = [];
   const runs = new Map<string, { seq: Sequential[]; pipe: Pipelined[] }>();
+  const pools = [
+    { name: 'thread key', stem: 'thread', isolation: 'thread', sandbox: 'auto' },
+    { name: 'process key', stem: 'process', isolation: 'process', sandbox: 'auto' },
+    { name: 'process key, sandbox off', stem: 'unboxed', isolation: 'process', sandbox: 'off' },
+  ] as const;
   try {
-    for (const isolation of ['thread', 'process'] as const) {
-      const pool = createPool({ root: tree.root, maxWorkers: 1, spareWorkers: 0, idleTimeoutMs: 0, isolation });
+    for (const { name, stem, isolation, sandbox } of pools) {
+      const pool = createPool({
+        root: tree.root,
+        maxWorkers: 1,
+        spareWorkers: 0,
+        idleTimeoutMs: 0,
+        isolation,
+        sandbox,
+      });
       systems.push({
-        name: `${isolation} key`,
-        add: (a, b) => pool.call<number>(`proc/${isolation}`, 'add', [a, b]),
+        name,
+        add: (a, b) => pool.call<number>(`proc/${stem}`, 'add', [a, b]),
         close: () => pool.close(),
       });
     }
@@ -348,15 +409,27 @@ async function settledRss(): Promise<number> {
   return rss();
 }
 
+/** Means over the keys, each key's processes (the child and all below it) summed. */
 function meanMemory(pids: readonly number[]): ProcessMemory {
-  const readings = pids.map(processMemory);
+  const readings = pids.map((pid) => {
+    const each = processTree(pid).map(processMemory);
+    const sum = (field: keyof ProcessMemory): number => each.reduce((total, reading) => total + reading[field], 0);
+    return { rssMb: sum('rssMb'), pssMb: sum('pssMb'), privateMb: sum('privateMb') };
+  });
   const mean = (field: keyof ProcessMemory): number =>
     round(readings.reduce((sum, reading) => sum + reading[field], 0) / readings.length, 3);
   return { rssMb: mean('rssMb'), pssMb: mean('pssMb'), privateMb: mean('privateMb') };
 }
 
-async function idleKeys(tree: TempRoot, isolation: Isolation): Promise<IdleKeys> {
-  const pool = createPool({ root: tree.root, maxWorkers: IDLE_KEYS + 1, spareWorkers: 0, idleTimeoutMs: 0, isolation });
+async function idleKeys(tree: TempRoot, isolation: Isolation, sandbox: Sandbox): Promise<IdleKeys> {
+  const pool = createPool({
+    root: tree.root,
+    maxWorkers: IDLE_KEYS + 1,
+    spareWorkers: 0,
+    idleTimeoutMs: 0,
+    isolation,
+    sandbox,
+  });
   try {
     const before = await settledRss();
     await eachLimited(IDLE_STEMS, 4, async (stem) => {

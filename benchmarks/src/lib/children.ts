@@ -16,6 +16,21 @@ export function childPids(marker: string): number[] {
     });
 }
 
+/** A process and every process below it (a sandboxed cell is bubblewrap, its init, and Node). */
+export function processTree(pid: number): number[] {
+  let children: number[] = [];
+  try {
+    children = readFileSync(`/proc/${pid}/task/${pid}/children`, 'latin1')
+      .trim()
+      .split(' ')
+      .filter(Boolean)
+      .map(Number);
+  } catch {
+    // Gone already.
+  }
+  return [pid, ...children.flatMap(processTree)];
+}
+
 /** What one process holds, in MB: resident, proportional (shared pages split), and private. */
 export type ProcessMemory = { rssMb: number; pssMb: number; privateMb: number };
 

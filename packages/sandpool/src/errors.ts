@@ -155,6 +155,14 @@ export function unusableOptions(
   return new SandpoolError('ERR_SANDPOOL_INVALID_OPTIONS', message, details);
 }
 
+/** `sandbox: 'require'` on a host that lacks a layer of the OS sandbox: each named with why. */
+export function sandboxMissing(missing: readonly { readonly layer: string; readonly reason: string }[]): SandpoolError {
+  const named = missing.map(({ layer, reason }) => `${layer} (${reason})`).join('; ');
+  return new SandpoolError('ERR_SANDPOOL_INVALID_OPTIONS', `sandbox 'require': this host lacks ${named}`, {
+    issues: [{ path: ['sandbox'], message: `missing ${named}` }],
+  });
+}
+
 export function badFunctionName(key: string, max: number): SandpoolError {
   return new SandpoolError(
     'ERR_SANDPOOL_EXPORT_NOT_FOUND',

@@ -41,5 +41,6 @@ export type {
   PoolStats,
   ReloadFailedEvent,
   Remote,
+  SandboxLayers,
   SpawnReason,
 } from './types.js';

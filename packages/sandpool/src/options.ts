@@ -48,6 +48,12 @@ const PermissionGrantSchema = z.strictObject({
   net: z.boolean().optional(),
 });
 
+const SandboxModeSchema = z.enum(['auto', 'require', 'off']);
+/** The highest uid or gid Linux gives out ((uid_t)-1 means "unchanged"). */
+const MAX_ID = 2 ** 32 - 2;
+/** Swarms' uids and gids by default: above the ranges distributions hand out, 65,536 of them. */
+const DEFAULT_UID_RANGE: [number, number] = [200_000, 265_535];
+
 /** Why a value cannot be a table of host capabilities, or null when it can. */
 export function hostTableProblem(value: unknown): string | null {
   if (typeof value !== 'object' || value === null || Array.isArray(value)) return 'must be an object of functions';
@@ -171,9 +177,10 @@ export const PoolOptionsSchema = z.strictObject({
     ])
     .default('strict'),
   /**
-   * `'enforce'`: createPool refuses a pool where a thread key could run strict (no `net` grant)
-   * on a Node whose permission model cannot deny the network (before 25), unless every key is
-   * a process. `'best-effort'`: such threads have the network (the README says so).
+   * `'enforce'`: createPool refuses a pool where a key could run strict (no `net` grant) with
+   * the network open on a Node whose permission model cannot deny it (before 25): a thread key,
+   * or a process key whose cell has no network namespace. `'best-effort'`: such keys have the
+   * network (the README says so).
    */
   network: z.enum(['enforce', 'best-effort']).default('best-effort'),
   /** CPU time one call may use, counted on its worker's thread; past it the worker ends with \`cpu\`. 0 = off. */
@@ -221,7 +228,7 @@ export const PoolOptionsSchema = z.strictObject({
   /**
    * Where each key's agent runs: a worker thread of this process (`'thread'`, cheap), or a
    * child process of its own (`'process'`: its own address space, fds, signals and libuv
-   * pool, another uid when the host is root, rlimits); or a function of the key.
+   * pool, in the OS sandbox of `sandbox`, rlimits); or a function of the key.
    */
   isolation: z
     .union([
@@ -233,21 +240,22 @@ export const PoolOptionsSchema = z.strictObject({
     ])
     .default('thread'),
   /**
-   * The uid and gid of process-isolated agents when the host runs as root (default nobody,
-   * 65534), or `'host'` to keep the host's. Ignored when the host is not root: it cannot change them.
+   * Whom process-isolated agents run as when the host is root: `'swarm'` (default), a uid and
+   * gid of each swarm's own from `sandbox.uidRange`; one `{ uid, gid }` for every swarm; or
+   * `'host'` to keep the host's. Ignored when the host is not root: it cannot change them.
    */
   processUser: z
     .union([
+      z.literal('swarm'),
       z.literal('host'),
       z.strictObject({ uid: z.number().int().nonnegative(), gid: z.number().int().nonnegative() }),
     ])
-    .default({ uid: 65534, gid: 65534 }),
+    .default('swarm'),
   /** rlimits of each process-isolated agent (applied with prlimit where the host has it). */
   processLimits: z
     .strictObject({
       openFiles: z.number().int().min(64).max(1_048_576).default(1024),
       processes: z.number().int().min(64).max(4_194_304).default(8192),
-      addressSpaceMb: z.number().int().min(1024).max(1_048_576).optional(),
     })
     .default({ openFiles: 1024, processes: 8192 }),
   /**
@@ -266,6 +274,30 @@ export const PoolOptionsSchema = z.strictObject({
    * whatever is registered. Without a provider a call costs nothing for it either way.
    */
   tracing: z.boolean().default(true),
+  /**
+   * The OS sandbox around process-isolated agents (see the README's security stance):
+   * `'auto'` uses the layers this host offers and reports them (`stats().sandbox`, the
+   * `sandbox` event), `'require'` refuses to create a pool that would go without one, `'off'`
+   * uses none (the child then runs on the host's file system and network). As an object:
+   * `mode`, the `uidRange` swarms' uids come from, `pids` a cell may hold, `tmpMb` of its /tmp.
+   */
+  sandbox: z
+    .union([
+      SandboxModeSchema,
+      z.strictObject({
+        mode: SandboxModeSchema.default('auto'),
+        uidRange: z
+          .tuple([z.number().int().min(1).max(MAX_ID), z.number().int().min(1).max(MAX_ID)])
+          .refine(([low, high]) => low <= high, 'uidRange is [lowest, highest]')
+          .default(DEFAULT_UID_RANGE),
+        pids: z.number().int().min(16).max(4_194_304).default(64),
+        tmpMb: z.number().int().min(1).max(1_048_576).default(64),
+      }),
+    ])
+    .default('auto')
+    .transform((sandbox) =>
+      typeof sandbox === 'string' ? { mode: sandbox, uidRange: DEFAULT_UID_RANGE, pids: 64, tmpMb: 64 } : sandbox,
+    ),
   /** Receives worker output; by default it goes to the host's streams prefixed with the key. */
   onOutput: z.custom<OutputListener>((value) => typeof value === 'function', 'onOutput must be a function').optional(),
 });

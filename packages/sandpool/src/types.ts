@@ -50,6 +50,8 @@ export interface PoolEvents {
   demote: [PoolEvent<DemoteReason>];
   /** A call settled, or was refused for a valid key: once per call, for logs and billing. */
   call: [CallRecord];
+  /** Once, just after createPool, when keys may run in processes: the sandbox layers they get here. */
+  sandbox: [SandboxLayers];
 }
 
 /** What one call did (the `call` event): made when it settles, or when it is refused for a valid key. */
@@ -73,6 +75,20 @@ export interface CallRecord {
   code?: SandpoolErrorCode;
   /** The capability calls it made, by name, counting those that ran (not those a quota refused). */
   host: Record<string, number>;
+}
+
+/** The layers of the OS sandbox around process keys, as `stats().sandbox` and the `sandbox` event report them. */
+export interface SandboxLayers {
+  /** Mount, pid, network, ipc and uts namespaces of its own per cell (bubblewrap). */
+  namespaces: boolean;
+  /** Each swarm's children run as a uid and gid of its own, from `sandbox.uidRange`. */
+  uidPerSwarm: boolean;
+  /** A cgroup per cell (memory, pids, CPU weight), and of which version; null: none. */
+  cgroups: 'v1' | 'v2' | null;
+  /** What a cell can connect to: its own loopback only, or the host's network. */
+  network: 'loopback' | 'host';
+  /** The layers `'auto'` goes without here, each with why (empty with `'require'`, which refuses to). */
+  missing: { layer: 'namespaces' | 'uidPerSwarm' | 'cgroups'; reason: string }[];
 }
 
 export interface PoolStats {
@@ -104,6 +120,8 @@ export interface PoolStats {
    * all of it is `otherMs`.
    */
   unattributedCpu: { libuvMs: number; v8Ms: number; otherMs: number };
+  /** The OS sandbox layers process keys get on this host; null when no key runs in a process. */
+  sandbox: SandboxLayers | null;
 }
 
 /** What `pool.keyStats()` says of one key: the per-tenant view of who uses what. */

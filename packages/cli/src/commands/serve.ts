@@ -1,7 +1,8 @@
 import { readFile, stat } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import type { createServer as CreateServer } from '@sandpool/server';
-import { type Command, InvalidArgumentError } from 'commander';
+import { type Command, InvalidArgumentError, Option } from 'commander';
+import type { SandboxLayers } from 'sandpool';
 import { parseMillis } from '../args.js';
 import { badOption } from '../failure.js';
 import { type Io, printLine } from '../io.js';
@@ -22,6 +23,8 @@ interface ServeOptions {
   readonly watch?: boolean;
   readonly maxWorkers?: number;
   readonly callTimeout?: number;
+  readonly isolation?: 'thread' | 'process';
+  readonly sandbox?: 'auto' | 'require' | 'off';
   readonly bodyLimit?: number;
   readonly metricsSwarms?: number;
 }
@@ -52,6 +55,18 @@ export function registerServe(program: Command, io: Io): void {
     .option('--watch', "reload live workers when their swarm's live/ folder changes")
     .option('--max-workers <n>', 'keyed worker threads alive at most', parseCount)
     .option('--call-timeout <ms>', 'default call timeout in milliseconds (0 = none)', parseMillis)
+    .addOption(
+      new Option(
+        '--isolation <where>',
+        "where each key's agent runs: a worker thread, or a child process in a cell",
+      ).choices(['thread', 'process']),
+    )
+    .addOption(
+      new Option(
+        '--sandbox <mode>',
+        "the OS sandbox of process keys; 'require' exits when this host lacks a layer",
+      ).choices(['auto', 'require', 'off']),
+    )
     .option('--body-limit <bytes>', 'largest request body; larger ones get 413 (default 10 MB)', parseCount)
     .option('--metrics-swarms <n>', 'swarms with their own label in /metrics, the most active (default 50)', parseCount)
     .action(async (options: ServeOptions) => {
@@ -72,9 +87,13 @@ export function registerServe(program: Command, io: Io): void {
         watch: options.watch === true,
         ...(options.maxWorkers === undefined ? {} : { maxWorkers: options.maxWorkers }),
         ...(options.callTimeout === undefined ? {} : { callTimeoutMs: options.callTimeout }),
+        ...(options.isolation === undefined ? {} : { isolation: options.isolation }),
+        ...(options.sandbox === undefined ? {} : { sandbox: options.sandbox }),
         ...(options.bodyLimit === undefined ? {} : { bodyLimit: options.bodyLimit }),
         ...(options.metricsSwarms === undefined ? {} : { metricsSwarms: options.metricsSwarms }),
       });
+      const layers = server.pool.stats().sandbox;
+      if (layers !== null) printLine(io.writeOut, `sandpool serve: ${describeSandbox(layers)}`);
       // Installed before listening: a signal that arrives while the port opens still drains.
       const stop = nextSignal();
       try {
@@ -88,6 +107,20 @@ export function registerServe(program: Command, io: Io): void {
       }
       printLine(io.writeOut, `sandpool serve: node ${server.nodeName} stopped`);
     });
+}
+
+/** What the OS sandbox gives process keys on this host, and each layer it goes without, with why. */
+function describeSandbox(layers: SandboxLayers): string {
+  const held = [
+    layers.namespaces ? 'namespaces' : null,
+    layers.uidPerSwarm ? 'a uid per swarm' : null,
+    layers.cgroups === null ? null : `cgroups ${layers.cgroups}`,
+  ].filter((layer) => layer !== null);
+  const missing = layers.missing.map(({ layer, reason }) => `${layer} (${reason})`);
+  return (
+    `process keys run with ${held.length === 0 ? 'no sandbox layer' : held.join(', ')}, network ${layers.network}` +
+    (missing.length === 0 ? '' : `; without ${missing.join('; ')}`)
+  );
 }
 
 /**

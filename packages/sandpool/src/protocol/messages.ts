@@ -93,6 +93,11 @@ export interface LoadRequest {
   /** Snapshot folder whose manifest must hold before anything in it runs; null for live code. */
   verifyDir: string | null;
   /**
+   * The uid and gid of the key's swarm, which a child started with MUST_DROP drops to before
+   * the agent is imported: a spare learns its swarm only with its load.
+   */
+  user?: readonly [uid: number, gid: number];
+  /**
    * sha256 of the snapshot bundle `file`, from the manifest the coordinator authenticated:
    * the worker checks the bytes it imports against this rather than a manifest it rereads.
    */
@@ -122,8 +127,8 @@ export interface CallBatch {
   trace?: string;
 }
 
-/** A child process's argument naming the uid:gid it drops to before agent code (worker/entry.ts). */
-export const DROP_TO = '--sandpool-drop-to=';
+/** A child process's argument: it must drop to its load's `user` before agent code (worker/entry.ts). */
+export const MUST_DROP = '--sandpool-must-drop';
 
 /**
  * A call in a CallBatch is `id, fn, deadline, argc`, then its `argc` arguments, flat: one

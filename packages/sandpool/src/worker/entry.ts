@@ -7,10 +7,10 @@ import { readFileSync } from 'node:fs';
 import { isMainThread, parentPort, workerData } from 'node:worker_threads';
 import { isDenialList } from '../protocol/checks.js';
 import {
-  DROP_TO,
   type FromWorker,
   type LoadRequest,
   MEMORY_USAGE_SYMBOL,
+  MUST_DROP,
   type ToWorker,
   type WorkerBoot,
 } from '../protocol/messages.js';
@@ -34,17 +34,17 @@ const post = link.post;
 
 /**
  * A child process of a root host starts as root, so Node and this runtime load wherever they
- * are installed, and drops to the uid:gid its argument names when its load arrives, before
- * the agent is imported: no agent code runs as root, and none can regain it. What the load
- * will import is loaded first, while it can still be read (amaro, which explains syntax
- * errors on Node 20, is not: past the drop that explanation may be missing). A child that
- * cannot drop exits before any agent code runs.
+ * are installed, and drops to the uid:gid its load names (its swarm's) when the load arrives,
+ * before the agent is imported: no agent code runs as root, and none can regain it. What the
+ * load will import is loaded first, while it can still be read (amaro, which explains syntax
+ * errors on Node 20, is not: past the drop that explanation may be missing). A child started
+ * with MUST_DROP whose load names no user, or that cannot drop, exits before any agent code runs.
  */
 async function dropPrivileges(request: LoadRequest): Promise<void> {
-  const index = process.argv.findIndex((arg) => arg.startsWith(DROP_TO));
+  const index = process.argv.indexOf(MUST_DROP);
   if (index < 0) return;
-  const [uid, gid] = (process.argv[index] as string).slice(DROP_TO.length).split(':').map(Number);
   process.argv.splice(index, 1);
+  const [uid, gid] = request.user ?? [];
   try {
     if (!isId(uid) || !isId(gid) || process.setuid === undefined) throw new Error('no valid uid:gid given');
     await preloadFor(request);

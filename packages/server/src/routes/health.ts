@@ -4,9 +4,20 @@ import { scopeOf } from '../guard.js';
 import { swarmSeries } from '../metrics.js';
 
 /** Liveness, readiness and the Prometheus scrape. */
-export function registerHealthRoutes(app: FastifyInstance, { metrics, options, lifecycle }: ServerContext): void {
+export function registerHealthRoutes(app: FastifyInstance, { metrics, options, lifecycle, pool }: ServerContext): void {
+  // Which sandbox layers process keys get here, without the reasons one is missing: the route is open.
+  const layers = pool.stats().sandbox;
+  const sandbox =
+    layers === null
+      ? null
+      : {
+          namespaces: layers.namespaces,
+          uidPerSwarm: layers.uidPerSwarm,
+          cgroups: layers.cgroups,
+          network: layers.network,
+        };
   // Alive as long as the process answers, draining included: a probe must not kill a node mid-drain.
-  app.get('/healthz', async () => ({ status: 'ok', node: options.nodeName }));
+  app.get('/healthz', async () => ({ status: 'ok', node: options.nodeName, sandbox }));
   app.get('/readyz', async (_request, reply) => {
     if (!lifecycle.draining) return { status: 'ready', node: options.nodeName };
     return reply.code(503).send({ code: 'ERR_SANDPOOL_CLOSED', message: `node ${options.nodeName} is draining` });

@@ -19,6 +19,7 @@ import type { Spares } from '../slots/spares.js';
 import type { Telemetry } from '../telemetry/telemetry.js';
 import type { RetireReason, ThreadEnd } from '../workers/agent-worker.js';
 import type { Launcher } from '../workers/launch.js';
+import { AgentProcess } from '../workers/process.js';
 import type { Call } from './call.js';
 import type { Cell, CellLife, CellPhase } from './cell.js';
 import { toSandpoolError } from './remote-error.js';
@@ -118,6 +119,7 @@ export class Lifecycle implements CellLife {
       externalBytes: maxExternalMb * 2 ** 20,
     });
     const beat = heartbeat ? { busyMs: HEARTBEAT_MS, idleMs: IDLE_POLL_MS } : null;
+    thread.assign(cell.key, plan.access);
     thread.post(launcher.loadRequest(cell.key, plan, thread, beat));
     cell.route.loading(cell);
   }
@@ -126,10 +128,11 @@ export class Lifecycle implements CellLife {
     const { phase } = cell;
     if (phase.name !== 'starting') return;
     const { cpu, spares } = this.parts;
-    const cpuTimeoutMs = cell.policy?.cpuTimeoutMs;
-    if (phase.thread.isolation === 'process') cpu.watchProcess(cell, phase.thread.pid, cpuTimeoutMs);
-    else if (tid > 0) cpu.watch(cell, tid, cpuTimeoutMs);
     const { thread, channel, waiting } = phase;
+    const cpuTimeoutMs = cell.policy?.cpuTimeoutMs;
+    if (thread instanceof AgentProcess) {
+      cpu.watchProcess(cell, thread.nodePid, (nice) => thread.prioritize(nice), cpuTimeoutMs);
+    } else if (tid > 0) cpu.watch(cell, tid, cpuTimeoutMs);
     if (phase.from === 'cold' && thread.isolation === spares.isolation) {
       spares.booted(performance.now() - phase.startedAt);
     }

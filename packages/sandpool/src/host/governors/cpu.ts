@@ -1,6 +1,7 @@
-import { closeSync, existsSync, openSync, readdirSync, readSync } from 'node:fs';
-import { availableParallelism, setPriority } from 'node:os';
+import { closeSync, existsSync, openSync, readSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import type { DemoteReason } from '../../types.js';
+import { probeRaise, setNice } from '../workers/priority.js';
 import { Sweep, type Swept } from './sweep.js';
 
 /** How often each worker's CPU time is read (a kept-open fd, 12-18 µs a read). */
@@ -62,9 +63,11 @@ interface Sampled {
   readonly cpuTimeoutMs: number;
   /**
    * A child process, `tid` its pid: its CPU is every thread's (V8's, libuv's pool, any it
-   * started), and a priority is set on each of its threads. Otherwise one worker thread.
+   * started), and its priority is set its own way (`prioritize`). Otherwise one worker thread.
    */
   readonly whole: boolean;
+  /** A child process's own way to set its priority (its cgroup's CPU weight, or each thread's nice). */
+  readonly prioritize: ((nice: number) => boolean) | null;
   readonly fd: number;
   /** Nanoseconds on CPU at the last sample. */
   total: number;
@@ -109,7 +112,7 @@ export class CpuGovernor<W extends CpuWatched> {
     if (!Number.isSafeInteger(tid) || tid <= 0 || tid === process.pid) return false;
     for (const other of this.sampled.values()) if (other.tid === tid) return false;
     if (!existsSync(`/proc/self/task/${tid}`)) return false;
-    return this.open(cell, tid, false, `/proc/self/task/${tid}/schedstat`, cpuTimeoutMs);
+    return this.open(cell, tid, null, `/proc/self/task/${tid}/schedstat`, cpuTimeoutMs);
   }
 
   /**
@@ -117,11 +120,22 @@ export class CpuGovernor<W extends CpuWatched> {
    * CPU: an agent that keeps libuv's pool busy (async `crypto.pbkdf2`, allowed under strict
    * permissions) burns CPU on threads other than its main one.
    */
-  watchProcess(cell: W, pid: number, cpuTimeoutMs = this.options.cpuTimeoutMs): boolean {
-    return pid > 0 && this.open(cell, pid, true, `/proc/${pid}/stat`, cpuTimeoutMs);
+  watchProcess(
+    cell: W,
+    pid: number,
+    prioritize: (nice: number) => boolean,
+    cpuTimeoutMs = this.options.cpuTimeoutMs,
+  ): boolean {
+    return pid > 0 && this.open(cell, pid, prioritize, `/proc/${pid}/stat`, cpuTimeoutMs);
   }
 
-  private open(cell: W, tid: number, whole: boolean, path: string, cpuTimeoutMs: number): boolean {
+  private open(
+    cell: W,
+    tid: number,
+    prioritize: ((nice: number) => boolean) | null,
+    path: string,
+    cpuTimeoutMs: number,
+  ): boolean {
     let fd: number;
     try {
       fd = openSync(path, 'r');
@@ -131,7 +145,8 @@ export class CpuGovernor<W extends CpuWatched> {
     const entry: Sampled = {
       tid,
       cpuTimeoutMs,
-      whole,
+      whole: prioritize !== null,
+      prioritize,
       fd,
       total: 0,
       oldest: null,
@@ -296,41 +311,7 @@ function processNs(stat: string): number {
   return (Number(fields[11]) + Number(fields[12])) * NS_PER_TICK;
 }
 
-/** Sets a worker thread's priority, or each thread's of a child process. */
+/** Sets a worker thread's priority, or a child process's. */
 function renice(entry: Sampled, nice: number): boolean {
-  return entry.whole ? reniceProcess(entry.tid, nice) : setNice(entry.tid, nice);
-}
-
-/**
- * Sets the priority of each thread of a child process: Linux's setpriority acts on one
- * thread, and threads the child starts later inherit the priority of the one starting them.
- * False when its main thread's could not be set.
- */
-export function reniceProcess(pid: number, nice: number): boolean {
-  if (!setNice(pid, nice)) return false;
-  let tasks: string[];
-  try {
-    tasks = readdirSync(`/proc/${pid}/task`);
-  } catch {
-    return true; // it has ended meanwhile
-  }
-  for (const task of tasks) if (Number(task) !== pid) setNice(Number(task), nice);
-  return true;
-}
-
-function setNice(tid: number, nice: number): boolean {
-  try {
-    setPriority(tid, nice);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/**
- * Containers often drop CAP_SYS_NICE: lowering a priority still works there, raising it back
- * does not. Probed on a worker's thread once (1, then back to 0), before any demotion.
- */
-export function probeRaise(tid: number): boolean {
-  return setNice(tid, 1) && setNice(tid, 0);
+  return entry.prioritize === null ? setNice(entry.tid, nice) : entry.prioritize(nice);
 }

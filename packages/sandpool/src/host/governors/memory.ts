@@ -46,6 +46,22 @@ const LARGEST_ALLOCATION_MB = 1280;
 const PROCESS_RUNTIME_BYTES = 96 * 2 ** 20;
 
 /**
+ * Room in a process cell's kernel bound above the governor's line (heap + external + runtime),
+ * so the governor ends a cell with its own message and the kernel is only the backstop.
+ */
+const KERNEL_MARGIN_BYTES = 64 * 2 ** 20;
+
+/** What the kernel holds a process cell to (its cgroup, else RLIMIT_DATA): the governor's line, and a margin above it. */
+export function kernelMemoryBound(limits: MemoryLimits): number {
+  return processLine(limits) + KERNEL_MARGIN_BYTES;
+}
+
+/** Where the governor ends a process: both budgets and its runtime. */
+function processLine({ heapBytes, externalBytes }: MemoryLimits): number {
+  return heapBytes + externalBytes + PROCESS_RUNTIME_BYTES;
+}
+
+/**
  * Growth of the process's RSS after which every idle worker is read, quiet or not: memory can
  * grow on a thread other than the worker's own (libuv's pool fills a buffer an agent asked
  * for), so a quiet worker thread does not prove a worker that did not grow.
@@ -228,7 +244,7 @@ export class MemoryGovernor<W extends Swept> {
 
   /** A process's one figure is its RSS (see AgentProcess.readMemory): held to both budgets and its runtime. */
   private checkProcess(cell: W, limits: MemoryLimits, { heap: rss }: MemoryReading): void {
-    const limit = limits.heapBytes + limits.externalBytes + PROCESS_RUNTIME_BYTES;
+    const limit = processLine(limits);
     if (rss <= limit) return;
     this.unwatch(cell);
     this.onBreach(cell, `resident memory ${mb(rss)} MB past its ${mb(limit)} MB budget`);

@@ -7,8 +7,9 @@ import { Quotas } from '../capabilities/quotas.js';
 import type { Cell } from '../cells/cell.js';
 import { Census } from '../cells/census.js';
 import { Lifecycle } from '../cells/lifecycle.js';
+import { hostCgroups } from '../governors/cgroups.js';
 import { CpuGovernor } from '../governors/cpu.js';
-import { MemoryGovernor, v8HeapLimitMb } from '../governors/memory.js';
+import { kernelMemoryBound, MemoryGovernor, v8HeapLimitMb } from '../governors/memory.js';
 import { ProcessThreads } from '../governors/threads.js';
 import { type KeyPolicy, keyPolicy } from '../policy/key-policy.js';
 import { Backoff } from '../routes/backoff.js';
@@ -23,7 +24,7 @@ import { Telemetry } from '../telemetry/telemetry.js';
 import type { ThreadSettings } from '../workers/agent-worker.js';
 import { Launcher } from '../workers/launch.js';
 import { labelledWriter } from '../workers/output.js';
-import { sandboxEnds } from '../workers/permissions.js';
+import { refuseUnenforceableNetwork, sandboxEnds } from '../workers/permissions.js';
 import { violations } from './invariants.js';
 import { collectKeyStats } from './key-stats.js';
 
@@ -48,6 +49,7 @@ export class PoolCore {
   private readonly scheduler: Scheduler<Cell>;
   private readonly spares: Spares;
   private readonly lifecycle: Lifecycle;
+  private readonly launcher: Launcher;
   private readonly memory: MemoryGovernor<Cell>;
   private readonly cpu: CpuGovernor<Cell>;
   private readonly table: RouteTable;
@@ -74,11 +76,12 @@ export class PoolCore {
     const onOutputDropped = (chars: number): void => {
       this.outputDropped += chars;
     };
+    const memoryLimits = {
+      heapBytes: options.resourceLimits.maxOldGenerationSizeMb * 2 ** 20,
+      externalBytes: options.maxExternalMb * 2 ** 20,
+    };
     this.memory = new MemoryGovernor<Cell>(
-      {
-        heapBytes: options.resourceLimits.maxOldGenerationSizeMb * 2 ** 20,
-        externalBytes: options.maxExternalMb * 2 ** 20,
-      },
+      memoryLimits,
       (cell, detail) => this.lifecycle.kill(cell, 'oom', new Error(detail)),
       (cell, fresh) => this.cpu.threadNs(cell, fresh),
     );
@@ -99,12 +102,23 @@ export class PoolCore {
       output,
       onOutputDropped,
     });
-    const launcher = new Launcher(options, this.root, settingsFor(options), settingsFor);
-    // Under a per-key permission model no key can take a spare (its flags are fixed at boot).
-    const sparesUsable =
-      options.permissions === 'none' || typeof options.permissions === 'function' || options.policy !== undefined;
+    const launcher = new Launcher(
+      options,
+      this.root,
+      settingsFor(options),
+      { cgroups: hostCgroups, memoryBytes: kernelMemoryBound(memoryLimits) },
+      settingsFor,
+      kernelMemoryBound,
+    );
+    this.launcher = launcher;
+    // Before anything starts: a spare, or the stage a spare cell needs.
+    refuseUnenforceableNetwork(options, launcher.sandbox.layers);
     // With isolation a function of the key, which kind the next key needs is unknown: threads.
     const spareKind = options.isolation === 'process' ? 'process' : 'thread';
+    // Under a per-key permission model no key can take a spare (its flags are fixed at boot).
+    const sparesUsable =
+      (options.permissions === 'none' || typeof options.permissions === 'function' || options.policy !== undefined) &&
+      launcher.canBootBlank(spareKind);
     this.spares = new Spares(new SpareDemand(sparesUsable ? options.spareWorkers : 0), spareKind, () =>
       launcher.bootBlank(spareKind),
     );
@@ -175,6 +189,9 @@ export class PoolCore {
     );
     this.threads = new ProcessThreads(() => this.cpu.ownedThreads());
     this.spares.fill();
+    const { layers } = launcher.sandbox;
+    // After createPool has returned, so a listener added then hears it.
+    if (layers !== null) queueMicrotask(() => emit('sandbox', layers));
   }
 
   invalidate(selector: InvalidateSelector): Promise<InvalidateReport> {
@@ -230,6 +247,7 @@ export class PoolCore {
       retired: { ...retired },
       died: { ...died },
       unattributedCpu: this.threads.unattributed(),
+      sandbox: this.launcher.sandbox.layers,
     };
   }
 
@@ -263,6 +281,7 @@ export class PoolCore {
     }, this.options.closeTimeoutMs);
     await Promise.all([...released, sparesEnded]);
     clearTimeout(closeTimer);
+    await this.launcher.sandbox.close();
   }
 
   /** Every rule the books must obey, checked from scratch; empty when all hold. */

@@ -12,7 +12,6 @@ import type { SnapshotStore } from '../../store/store.js';
 import { StoreHelper } from '../../store/store-helper.js';
 import type { InvalidateReport, KeyStats, PoolEvents, PoolStats, Remote } from '../../types.js';
 import { checkFetchOption } from '../capabilities/fetch-capability.js';
-import { refuseUnenforceableNetwork } from '../workers/permissions.js';
 import { PoolCore } from './core.js';
 import { frozenCopy } from './frozen.js';
 import { warnIfHeapCapOverridden } from './heap-warning.js';
@@ -42,7 +41,6 @@ export class Pool extends EventEmitter<PoolEvents> implements AsyncDisposable {
     super();
     const parsed = parsePoolOptions(options);
     this.options = frozenCopy(parsed);
-    refuseUnenforceableNetwork(parsed);
     checkFetchOption(parsed.fetch);
     warnIfHeapCapOverridden(parsed.resourceLimits);
     const emit = this.emit.bind(this) as (event: keyof PoolEvents, ...args: unknown[]) => boolean;

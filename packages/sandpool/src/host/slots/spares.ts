@@ -1,5 +1,4 @@
 import type { Isolation } from '../../types.js';
-import { probeRaise, reniceProcess } from '../governors/cpu.js';
 import type { AgentWorker } from '../workers/agent-worker.js';
 import type { SpareDemand } from './spare-demand.js';
 
@@ -12,9 +11,10 @@ const TRIM_MS = 5_000;
  * Blank booted workers (no tenant code), each with the promise of its exit: threads, or
  * child processes when every key runs in one (`isolation: 'process'`). As many as `demand`
  * asks for: refilled when one is taken, trimmed while the misses fade. A spare process
- * boots at nice 19 where its priority can be raised back when a key takes it (root, or
- * CAP_SYS_NICE); elsewhere it boots at normal priority. A spare thread's kernel id is
- * known only once it runs, after most of its boot, so threads boot at normal priority.
+ * boots at nice 19 (the CPU weight of nice 19 where it has a cgroup) where its priority can
+ * be raised back when a key takes it (root, CAP_SYS_NICE, or a cgroup); elsewhere it boots at
+ * normal priority. A spare thread's kernel id is known only once it runs, after most of its
+ * boot, so threads boot at normal priority.
  */
 export class Spares {
   private readonly threads = new Map<AgentWorker, Promise<void>>();
@@ -44,11 +44,9 @@ export class Spares {
     while (!this.closed && this.threads.size < target) {
       const thread = this.boot();
       thread.setReferenced(false);
-      // No pid (a spawn that failed) must never reach setpriority: 0 there means the host.
-      const pid = thread.isolation === 'process' ? thread.pid : 0;
-      if (pid > 0) {
-        this.raisable ??= probeRaise(pid);
-        if (this.raisable) reniceProcess(pid, BOOT_NICE);
+      if (thread.isolation === 'process') {
+        this.raisable ??= thread.prioritize(1) && thread.prioritize(0);
+        if (this.raisable) thread.prioritize(BOOT_NICE);
       }
       this.threads.set(
         thread,
@@ -76,7 +74,7 @@ export class Spares {
     for (const thread of this.threads.keys()) {
       this.threads.delete(thread);
       // Raised back before its key's code runs; one that cannot be raised serves no key.
-      if (thread.isolation === 'process' && thread.pid > 0 && !reniceProcess(thread.pid, 0)) {
+      if (thread.isolation === 'process' && !thread.prioritize(0)) {
         thread.terminate({ retired: 'closed' });
         return null;
       }

@@ -1,11 +1,13 @@
 import type { Worker } from 'node:worker_threads';
 import type { ExitReason } from '../../errors.js';
+import type { ResolvedKey } from '../../key.js';
 import type { OutputListener } from '../../options.js';
 import { checkFromWorker } from '../../protocol/checks.js';
 import type { FromWorker, OutputChunk, ToWorker } from '../../protocol/messages.js';
 import type { EvictReason, Isolation } from '../../types.js';
 import type { MemoryProbe, MemoryReading } from './memory-probe.js';
 import { LineSplitter } from './output.js';
+import type { KeyAccess } from './sandbox/view.js';
 
 /** Why the pool retires a worker (the public EvictReason). */
 export type RetireReason = EvictReason;
@@ -70,6 +72,14 @@ export abstract class AgentWorker {
 
   /** Stops the worker now, whatever it is running. */
   protected abstract kill(): void;
+
+  /** Its key, just before the load: what a process's cage must show it and whom it runs as (a thread needs nothing). */
+  assign(_key: ResolvedKey, _access: KeyAccess | null): void {}
+
+  /** Sets the priority of a child process (see AgentProcess); a thread's is set by its TID. */
+  prioritize(_nice: number): boolean {
+    return false;
+  }
 
   /** Ends the worker now, whatever it runs; the first reason (and `cause`, the error its calls carry) is the one kept. */
   terminate(end: ThreadEnd, cause: Error | null = null): void {

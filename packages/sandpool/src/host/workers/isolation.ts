@@ -5,7 +5,6 @@ import type { ResolvedKey } from '../../key.js';
 import type { ResolvedPoolOptions } from '../../options.js';
 import type { Isolation } from '../../types.js';
 import { askForKey } from '../policy/ask.js';
-import type { ProcessSettings } from './process.js';
 
 /** Where a key's agent runs, from the `isolation` option; a function's answer is checked. */
 export function isolationFor(option: ResolvedPoolOptions['isolation'], key: ResolvedKey): Isolation {
@@ -16,34 +15,15 @@ export function isolationFor(option: ResolvedPoolOptions['isolation'], key: Reso
 }
 
 /**
- * How process-isolated agents run under these options. Their V8 heap limit is the budget
- * itself: past it V8 aborts the child alone. Their address space leaves room for V8's
- * reservations (about 0.8 GB at boot on Node 20, 1.4 GB on 24) above both budgets.
- */
-export function processSettings(options: ResolvedPoolOptions): ProcessSettings {
-  const heapMb = options.resourceLimits.maxOldGenerationSizeMb;
-  const { openFiles, processes, addressSpaceMb } = options.processLimits;
-  const root = process.getuid?.() === 0;
-  return {
-    user: root && options.processUser !== 'host' ? options.processUser : null,
-    heapMb,
-    limits: {
-      openFiles,
-      processes,
-      addressSpaceMb: addressSpaceMb ?? 4096 + 8 * (heapMb + options.maxExternalMb),
-    },
-  };
-}
-
-/**
  * A child running as another uid reads the agent's files with that uid's rights, and a
  * folder made with mkdtemp (mode 0700) hides them: the load would fail as "module not found".
- * Checked here from the mode bits, so the error says what to change.
+ * Checked here from the mode bits, up to `top` (else `/`), so the error says what to change.
  */
 export function checkReadableBy(
   user: { readonly uid: number; readonly gid: number },
   file: string,
   key: ResolvedKey,
+  top: string | null,
 ): void {
   const may = (path: string, bits: number): boolean => {
     const stat = statSync(path);
@@ -61,6 +41,6 @@ export function checkReadableBy(
   if (!may(file, 0o4)) refuse(file, 'read');
   for (let dir = dirname(file); ; dir = dirname(dir)) {
     if (!may(dir, 0o1)) refuse(dir, 'enter');
-    if (dir === dirname(dir)) break;
+    if (dir === top || dir === dirname(dir)) break;
   }
 }

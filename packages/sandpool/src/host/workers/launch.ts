@@ -6,10 +6,12 @@ import type { Deniable, LoadRequest } from '../../protocol/messages.js';
 import type { Isolation, PermissionPolicy } from '../../types.js';
 import type { KeyPolicy } from '../policy/key-policy.js';
 import type { AgentWorker, ThreadSettings } from './agent-worker.js';
-import { checkReadableBy, isolationFor, processSettings } from './isolation.js';
+import { isolationFor } from './isolation.js';
 import { denialsOf, permissionArgs, policyFor, refuseUnenforceableNetwork } from './permissions.js';
 import { AgentProcess, type ProcessSettings } from './process.js';
 import { locateModule, type ModuleLocation } from './resolve.js';
+import { Sandbox, type SandboxParts } from './sandbox/sandbox.js';
+import type { KeyAccess } from './sandbox/view.js';
 import { AgentThread } from './thread.js';
 import { typeScriptExecArgv } from './typescript.js';
 
@@ -21,6 +23,8 @@ export interface LaunchPlan {
   /** What its worker denies the agent (worker/lockdown.ts); null: nothing. */
   readonly deny: Deniable[] | null;
   readonly isolation: Isolation;
+  /** What a process key's cell must show it (see Sandbox.access); null for a thread. */
+  readonly access: KeyAccess | null;
   /** The key's settings for this spawn (the `policy` option's answer over the pool's). */
   readonly policy: KeyPolicy;
 }
@@ -32,7 +36,9 @@ export interface LaunchPlan {
  * thrown by `plan`, before the key holds a slot.
  */
 export class Launcher {
-  readonly process: ProcessSettings;
+  /** The OS sandbox of this pool's process keys. */
+  readonly sandbox: Sandbox;
+  private readonly process: ProcessSettings;
   /** The flags a blank worker boots with: only a key that needs no more may take it. */
   private readonly blankFlags = typeScriptExecArgv();
 
@@ -40,10 +46,16 @@ export class Launcher {
     private readonly options: ResolvedPoolOptions,
     private readonly root: string,
     private readonly settings: ThreadSettings,
+    sandbox: SandboxParts,
     /** A key's worker settings where its policy gives it heap, external or env settings of its own. */
     private readonly settingsFor: (policy: KeyPolicy) => ThreadSettings = () => settings,
+    /** The kernel's memory bound of a process key's cell, from its budgets (see kernelMemoryBound). */
+    private readonly memoryBoundFor: (limits: { heapBytes: number; externalBytes: number }) => number = () =>
+      sandbox.memoryBytes,
   ) {
-    this.process = processSettings(options);
+    this.sandbox = new Sandbox(options, sandbox);
+    // Their V8 heap limit is the budget itself: past it V8 aborts the child alone.
+    this.process = { sandbox: this.sandbox, heapMb: options.resourceLimits.maxOldGenerationSizeMb, memoryBytes: null };
   }
 
   /** `policyOf` gives the key's settings for this spawn, asked once its module is found. */
@@ -54,9 +66,13 @@ export class Launcher {
     const execArgv = this.execArgvFor(policy, key, location);
     const isolation = keyPolicy.isolation ?? isolationFor(this.options.isolation, key);
     // createPool checked the pool's options; a key's own (its policy's) are checked here.
-    refuseUnenforceableNetwork({ network: this.options.network, permissions: policy, isolation });
-    if (isolation === 'process' && this.process.user !== null) checkReadableBy(this.process.user, location.file, key);
-    return { location, execArgv, deny: denialsOf(policy, isolation), isolation, policy: keyPolicy };
+    refuseUnenforceableNetwork({ network: this.options.network, permissions: policy, isolation }, this.sandbox.layers);
+    let access: KeyAccess | null = null;
+    if (isolation === 'process') {
+      this.sandbox.checkReadable(key, location);
+      access = this.sandbox.access(key, location, policy);
+    }
+    return { location, execArgv, deny: denialsOf(policy, isolation), isolation, access, policy: keyPolicy };
   }
 
   /** A worker for a plan, booted now with its own flags, and its own settings where its policy gives some. */
@@ -65,15 +81,27 @@ export class Launcher {
     const settings = own ? this.settingsFor(plan.policy) : this.settings;
     if (plan.isolation === 'thread') return new AgentThread(settings, plan.execArgv);
     const { resourceLimits, maxExternalMb } = plan.policy;
-    const child = own ? processSettings({ ...this.options, resourceLimits, maxExternalMb }) : this.process;
-    return new AgentProcess(settings, plan.execArgv, child);
+    const heapMb = resourceLimits.maxOldGenerationSizeMb;
+    const child: ProcessSettings = own
+      ? {
+          sandbox: this.sandbox,
+          heapMb,
+          memoryBytes: this.memoryBoundFor({ heapBytes: heapMb * 2 ** 20, externalBytes: maxExternalMb * 2 ** 20 }),
+        }
+      : this.process;
+    return new AgentProcess(settings, plan.execArgv, child, plan.access);
   }
 
   /** A blank worker of this kind, booted before its key is known: with no per-key flags. */
   bootBlank(isolation: Isolation): AgentWorker {
     return isolation === 'process'
-      ? new AgentProcess(this.settings, this.blankFlags, this.process)
+      ? new AgentProcess(this.settings, this.blankFlags, this.process, null)
       : new AgentThread(this.settings, this.blankFlags);
+  }
+
+  /** Whether a blank worker of `isolation` can ever take a key here (a spare cell needs a stage: see Sandbox). */
+  canBootBlank(isolation: Isolation): boolean {
+    return isolation === 'thread' || this.sandbox.sparesPossible;
   }
 
   /** Whether a blank worker of `isolation` can serve this plan: its flags are fixed at boot. */

@@ -5,7 +5,7 @@ import { fileURLToPath } from 'node:url';
 import { moduleNotFound, type SandpoolError, unusableOptions } from '../../errors.js';
 import type { ResolvedKey } from '../../key.js';
 import type { Deniable } from '../../protocol/messages.js';
-import type { Isolation, PermissionGrant, PermissionPolicy, PermissionsOption } from '../../types.js';
+import type { Isolation, PermissionGrant, PermissionPolicy, PermissionsOption, SandboxLayers } from '../../types.js';
 import { askForKey } from '../policy/ask.js';
 import { denialsFor, removalFlags, WIDENABLE_BUILTINS } from './denials.js';
 
@@ -17,7 +17,7 @@ const FLAGS = process.allowedNodeEnvironmentFlags;
 const ENABLE = FLAGS.has('--permission') ? '--permission' : '--experimental-permission';
 
 /** The folders the worker runtime itself loads from: sandpool's build, and the packages it may load there. */
-const RUNTIME_DIRS: readonly string[] = (() => {
+export const RUNTIME_DIRS: readonly string[] = (() => {
   const dist = realpathSync(fileURLToPath(new URL('../..', import.meta.url)));
   // The worker reads its own thread id there (worker/entry.ts); never grant /proc/thread-self
   // itself, which holds the host's environ.
@@ -107,20 +107,32 @@ const NO_ENTRY_GRANT = '--eval=0';
 const NET_DENIABLE = FLAGS.has('--allow-net');
 
 /**
- * `network: 'enforce'`: refuses (INVALID_OPTIONS) a pool where a thread key could run without
- * the network under a Node that cannot take it away, unless every key is a process.
+ * `network: 'enforce'`: refuses (INVALID_OPTIONS) a pool where a key could run strict with the
+ * network open: a thread under a Node that cannot take it away, or a process key whose cell
+ * has no network namespace of its own (`cells`: the sandbox's layers; null for a pool of threads).
  */
-export function refuseUnenforceableNetwork(options: {
-  readonly network: 'enforce' | 'best-effort';
-  readonly permissions: PermissionsOption;
-  readonly isolation: unknown;
-}): void {
-  if (options.network !== 'enforce' || NET_DENIABLE || options.isolation === 'process') return;
+export function refuseUnenforceableNetwork(
+  options: {
+    readonly network: 'enforce' | 'best-effort';
+    readonly permissions: PermissionsOption;
+    readonly isolation: unknown;
+  },
+  cells: SandboxLayers | null,
+): void {
+  if (options.network !== 'enforce' || NET_DENIABLE) return;
   const { permissions } = options;
   if (permissions === 'none' || (typeof permissions === 'object' && permissions.net === true)) return;
+  if (options.isolation !== 'process') {
+    throw unusableOptions(
+      `network: 'enforce' cannot deny a thread agent the network on Node ${process.version}: its permission model has ` +
+        "no --allow-net (Node 25+); run the keys with isolation: 'process', or grant net, or use network: 'best-effort'",
+    );
+  }
+  if (cells?.network !== 'host') return;
+  const why = cells.missing.find(({ layer }) => layer === 'namespaces')?.reason ?? 'no namespaces';
   throw unusableOptions(
-    `network: 'enforce' cannot deny a thread agent the network on Node ${process.version}: its permission model has ` +
-      "no --allow-net (Node 25+); run the keys with isolation: 'process', or grant net, or use network: 'best-effort'",
+    `network: 'enforce' cannot deny a process agent the network on Node ${process.version}: its cell has no ` +
+      `network namespace here (${why}); give the host bubblewrap, or grant net, or use network: 'best-effort'`,
   );
 }
 
@@ -208,7 +220,8 @@ function leaves(key: ResolvedKey, shown: string, whose: string): SandpoolError {
   return moduleNotFound(`${key.text}: ${shown} is a link that leaves ${whose} folder`, key.text);
 }
 
-function linkTargets(modules: string): string[] {
+/** The real paths the top-level links of a `node_modules` folder point to (`@scope` folders looked into). */
+export function linkTargets(modules: string): string[] {
   const targets: string[] = [];
   const visit = (dir: string, depth: number): void => {
     let entries: import('node:fs').Dirent[];

@@ -1,78 +1,82 @@
 import { type ChildProcess, spawn } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { DROP_TO, type ToWorker } from '../../protocol/messages.js';
+import type { ResolvedKey } from '../../key.js';
+import { MUST_DROP, type ToWorker } from '../../protocol/messages.js';
 import { AgentWorker, type ThreadSettings } from './agent-worker.js';
 import type { MemoryReading } from './memory-probe.js';
+import { reniceProcess } from './priority.js';
+import type { Cage } from './sandbox/cage.js';
+import type { Sandbox } from './sandbox/sandbox.js';
+import type { KeyAccess } from './sandbox/view.js';
 
 /** The runtime a child starts: the same entry as a worker thread's. */
 const WORKER_ENTRY = fileURLToPath(new URL('../../worker/bundle.js', import.meta.url));
-/** util-linux's prlimit sets the child's rlimits before it execs Node; Node has no setrlimit. */
-const PRLIMIT = ['/usr/bin/prlimit', '/bin/prlimit'].find((path) => existsSync(path)) ?? null;
 /** What V8 prints before it aborts on a heap it cannot grow: that abort is the child's `oom`. */
 const HEAP_OOM = /JavaScript heap out of memory|Fatal JavaScript invalid size error/;
 
 export interface ProcessSettings {
-  /** The uid and gid the child runs as; null keeps the host's (a host that is not root cannot change them). */
-  readonly user: { readonly uid: number; readonly gid: number } | null;
+  /** The OS sandbox its children run in (namespaces, uid, cgroup, rlimits: see sandbox/). */
+  readonly sandbox: Sandbox;
   /** V8's own heap limit in the child: past it V8 aborts the child alone. */
   readonly heapMb: number;
-  readonly limits: ProcessLimits;
+  /** The kernel's memory bound of its cell where its key's budgets are its own (its policy's); null: the pool's. */
+  readonly memoryBytes: number | null;
 }
-
-/** rlimits of a child, applied with prlimit where it exists (see `limitsApplied`). */
-export interface ProcessLimits {
-  /** RLIMIT_NOFILE: descriptors it may hold open. */
-  readonly openFiles: number;
-  /** RLIMIT_NPROC: processes and threads of its uid (shared by every child of that uid). */
-  readonly processes: number;
-  /** RLIMIT_AS, in MB: its address space (V8 reserves far more than it uses). */
-  readonly addressSpaceMb: number;
-}
-
-/** Whether this host can apply ProcessLimits: without prlimit the children run unlimited. */
-export const limitsApplied = PRLIMIT !== null;
 
 /**
- * A key's agent in a child process of its own (isolation 'process'): its own address space,
- * fd table, libuv pool and signals, under the same permission flags as a thread, another uid
- * when the host is root, and rlimits. It speaks the same protocol over its IPC channel
- * (v8-serialized, so values copy as structured clone does; nothing is transferred). Its
- * stdout and stderr are pipes the host labels line by line, so even a raw write to fd 1 or
- * `process._rawDebug` reaches the host's output as this key's. Stopped with SIGKILL.
+ * A key's agent in a child process of its own (isolation 'process'), in its Cage: its own
+ * address space, fd table, libuv pool and signals, and where the host offers them its own
+ * namespaces, its swarm's uid and a cgroup, under the same permission flags as a thread. It
+ * speaks the same protocol over its IPC channel (v8-serialized, so values copy as structured
+ * clone does; nothing is transferred). Its stdout and stderr are pipes the host labels line by
+ * line, so even a raw write to fd 1 or `process._rawDebug` reaches the host's output as this
+ * key's. Stopped with SIGKILL. Messages wait until its cage is ready, and a load until its
+ * key's folders and uid are in place.
  */
 export class AgentProcess extends AgentWorker {
   readonly isolation = 'process' as const;
   readonly threadId = null;
-  readonly pid: number;
-  private readonly child: ChildProcess;
+  /** The pid of the child the pool spawned (bubblewrap's, where the cell has namespaces): what events carry. */
+  readonly pid: number = 0;
+  private readonly child: ChildProcess | null = null;
+  private readonly cage: Cage | null = null;
+  /** Messages held while a gate (the cage starting, the key entering) is open. */
+  private held: ToWorker[] = [];
+  private gates = 0;
+  private user: readonly [number, number] | null = null;
   private referenced = true;
   private outOfMemory = false;
 
-  constructor(settings: ThreadSettings, execArgv: readonly string[], child: ProcessSettings) {
+  constructor(settings: ThreadSettings, execArgv: readonly string[], child: ProcessSettings, access: KeyAccess | null) {
     super(settings);
-    // The child starts as the host's user, so Node and sandpool's runtime load wherever they
-    // are installed (a 0700 checkout, say); the entry drops to `user` before any agent code.
-    const user = child.user === null ? [] : [`${DROP_TO}${child.user.uid}:${child.user.gid}`];
-    const node = [...execArgv, `--max-old-space-size=${child.heapMb}`, WORKER_ENTRY, ...user];
-    const { openFiles, processes, addressSpaceMb } = child.limits;
-    const limited = [
-      `--nofile=${openFiles}:${openFiles}`,
-      `--nproc=${processes}:${processes}`,
-      `--as=${addressSpaceMb * 2 ** 20}:${addressSpaceMb * 2 ** 20}`,
-      '--',
-      process.execPath,
-      ...node,
-    ];
-    this.child = spawn(PRLIMIT ?? process.execPath, PRLIMIT === null ? node : limited, {
-      // Nothing else is inherited: Node opens every other descriptor close-on-exec.
-      stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
-      serialization: 'advanced',
-      env: { ...settings.env },
-    });
-    this.pid = this.child.pid ?? 0;
-    this.child.on('message', (raw: unknown) => this.receive(raw));
-    const { stdout, stderr } = this.child;
+    try {
+      this.cage = child.sandbox.cage(access, child.memoryBytes);
+      // The child starts as the host's user, so Node and sandpool's runtime load wherever they
+      // are installed (a 0700 checkout, say); the entry drops to its swarm's user before any agent code.
+      const node = [
+        ...execArgv,
+        `--max-old-space-size=${child.heapMb}`,
+        WORKER_ENTRY,
+        ...(this.cage.dropsPrivileges ? [MUST_DROP] : []),
+      ];
+      const { file, args, extraFds } = this.cage.command(node);
+      this.child = spawn(file, args, {
+        // Nothing else is inherited: Node opens every other descriptor close-on-exec.
+        stdio: ['ignore', 'pipe', 'pipe', 'ipc', ...Array.from({ length: extraFds }, () => 'pipe' as const)],
+        serialization: 'advanced',
+        env: { ...settings.env },
+      });
+    } catch (error) {
+      this.failure = error as Error;
+      setImmediate(() => this.ended('crash'));
+      return;
+    }
+    const { child: spawned, cage } = this;
+    this.pid = spawned.pid ?? 0;
+    this.gate(cage.started(spawned));
+    spawned.on('message', (raw: unknown) => this.receive(raw));
+    const { stdout, stderr } = spawned;
     stdout?.setEncoding('utf8');
     stderr?.setEncoding('utf8');
     stdout?.on('data', (text: string) => this.lines.stdout.push(text));
@@ -80,28 +84,50 @@ export class AgentProcess extends AgentWorker {
       if (!this.outOfMemory && HEAP_OOM.test(text)) this.outOfMemory = true;
       this.lines.stderr.push(text);
     });
-    this.child.on('error', (error: Error) => {
+    spawned.on('error', (error: Error) => {
       this.failure ??= error;
     });
-    // After its pipes have closed too: its last lines are in.
-    this.child.on('close', (code: number | null) => {
-      if (this.outOfMemory) this.failure ??= new Error('the process ran out of heap');
-      this.ended(this.outOfMemory ? 'oom' : code === 0 && this.failure === null ? 'exit' : 'crash');
+    // After its pipes have closed too: its last lines are in. A child that could not be
+    // spawned (EAGAIN under RLIMIT_NPROC, say) emits `close` too.
+    spawned.on('close', (code: number | null) => {
+      if (cage.oomKilled()) this.outOfMemory = true;
+      if (this.outOfMemory) this.failure ??= new Error('the process ran out of memory');
+      const end = this.outOfMemory ? 'oom' : code === 0 && this.failure === null ? 'exit' : 'crash';
+      // Its cgroup and binds are gone before its end is told: a closed pool leaves nothing behind.
+      void cage.release().finally(() => this.ended(end));
     });
-    // A child that could not be spawned (EAGAIN under RLIMIT_NPROC, say) emits `close` too.
+  }
+
+  /** Its Node's pid on the host (under bubblewrap's init, in a cell): whose CPU and memory are read. */
+  get nodePid(): number {
+    return this.cage?.pid || this.pid;
+  }
+
+  /** Its key has come: a spare's folders are bound in and the uid taken before its load goes. */
+  override assign(key: ResolvedKey, access: KeyAccess | null): void {
+    if (this.cage === null) return;
+    this.gate(
+      this.cage.enter(access ?? { swarm: key.swarm, entries: [] }).then((user) => {
+        this.user = user === null ? null : [user.uid, user.gid];
+      }),
+    );
   }
 
   post(message: ToWorker): void {
-    if (!this.child.connected) return; // it is exiting: its close settles every call
     // The channel would copy a view of shared memory without a word: refused, as postMessage refuses what it cannot clone.
     if (message.t === 'calls' && message.shared === true) {
       throw Object.assign(new Error('memory cannot be shared with a process key'), { name: 'DataCloneError' });
     }
-    this.child.send(message);
+    if (this.gates > 0) {
+      this.held.push(message);
+      return;
+    }
+    if (this.child === null || !this.child.connected) return; // it is exiting: its close settles every call
+    this.child.send(message.t === 'load' && this.user !== null ? { ...message, user: this.user } : message);
   }
 
   setReferenced(referenced: boolean): void {
-    if (referenced === this.referenced) return;
+    if (referenced === this.referenced || this.child === null) return;
     this.referenced = referenced;
     const handles = [this.child, this.child.channel, this.child.stdout, this.child.stderr];
     for (const handle of handles) {
@@ -111,17 +137,45 @@ export class AgentProcess extends AgentWorker {
   }
 
   /**
-   * Its resident memory, read from /proc by the host (the child cannot fake it): one figure
-   * for heap, external memory and the runtime together, given as `heap`.
+   * Its memory, read by the host (the child cannot fake it): its cgroup's count (page cache
+   * and /tmp included) where it has one, else its resident memory from /proc. One figure for
+   * heap, external memory and the runtime together, given as `heap`.
    */
   async readMemory(): Promise<MemoryReading> {
-    const status = readFileSync(`/proc/${this.pid}/status`, 'latin1');
+    const counted = this.cage?.memoryBytes() ?? null;
+    if (counted !== null) return { heap: counted, external: 0 };
+    const status = readFileSync(`/proc/${this.nodePid}/status`, 'latin1');
     const kb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
     return { heap: kb * 1024, external: 0 };
   }
 
+  /** Its CPU weight among the cells where it has a cgroup (renicing its threads would only order them among themselves), else each thread's nice. */
+  override prioritize(nice: number): boolean {
+    // No pid (a spawn that failed) must never reach setpriority: 0 there means the host.
+    const pid = this.nodePid;
+    return this.cage?.prioritize(nice) ?? (pid > 0 && reniceProcess(pid, nice));
+  }
+
   protected kill(): void {
-    // A process cannot be asked to stop as a thread can; SIGKILL cannot be ignored.
-    this.child.kill('SIGKILL');
+    // A process cannot be asked to stop as a thread can; SIGKILL cannot be ignored. In a cell,
+    // bubblewrap's init dies with it, and with the init every task of the cell.
+    this.child?.kill('SIGKILL');
+    this.cage?.kill();
+  }
+
+  /** Holds messages until `opening` settles; a cage that fails ends the child with that error. */
+  private gate(opening: Promise<void>): void {
+    this.gates += 1;
+    opening.then(
+      () => {
+        this.gates -= 1;
+        if (this.gates > 0) return;
+        for (const message of this.held.splice(0)) this.post(message);
+      },
+      (error: unknown) => {
+        this.failure ??= error instanceof Error ? error : new Error(String(error));
+        this.kill();
+      },
+    );
   }
 }

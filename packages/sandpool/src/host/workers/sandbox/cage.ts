@@ -1,0 +1,256 @@
+import type { ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import type { Readable, Writable } from 'node:stream';
+import type { StagedCell } from './stage.js';
+import { findExecutable, NAMESPACE_DIRS, namespaceArgs } from './support.js';
+import type { SwarmIds, SwarmUser } from './uids.js';
+import { bwrapArgs, type KeyAccess, type ViewEntry, within } from './view.js';
+
+/** util-linux's prlimit sets the child's rlimits before it execs on; Node has no setrlimit. */
+const PRLIMIT = findExecutable('prlimit');
+/** bubblewrap's descriptors in the child's stdio: it writes its child's pid on one, and waits on the other. */
+const INFO_FD = 4;
+const BLOCK_FD = 5;
+/** bubblewrap's report of its child, as `--info-fd` writes it. */
+const CHILD_PID = /"child-pid":\s*(\d+)/;
+
+/** A cell's cgroup, as its cage uses it (made by governors/cgroups.ts). */
+export interface CageGroup {
+  /** Moves a process (every thread of it) into the cell; what it starts from then on is born there. */
+  attach(pid: number): void;
+  /** Bytes the cell's tasks hold now, page cache and /tmp included; null when unreadable. */
+  memoryBytes(): number | null;
+  /** Sets the cell's CPU weight to match a nice value; false when the kernel refused. */
+  prioritize(nice: number): boolean;
+  /** Whether the kernel's OOM killer ended a task of the cell. */
+  oomKilled(): boolean;
+  /** SIGKILL to every task in the cell. */
+  kill(): void;
+  /** Ends every task still in the cell, then removes it. */
+  remove(): Promise<void>;
+}
+
+/** Where this host makes cells' cgroups (governors/cgroups.ts). */
+export interface CageGroups {
+  readonly version: 'v1' | 'v2';
+  /** A cgroup for one cell, limits set, empty until `attach`. Throws when the kernel refuses. */
+  create(limits: { readonly memoryBytes: number; readonly pids: number }): CageGroup;
+}
+
+/** What a Cage is made of: the pool's sandbox, resolved (see Sandbox.cage). */
+export interface CageParts {
+  /** bubblewrap's path; null: no namespaces. */
+  readonly bwrap: string | null;
+  readonly root: boolean;
+  readonly rootReal: string;
+  /** The Node binary, its libraries, sandpool's runtime. */
+  readonly runtime: readonly ViewEntry[];
+  /** A spare's packages above the pool's root. */
+  readonly pool: readonly ViewEntry[];
+  /** A spare's folder standing for the pool's root; null for a cell that knows its key. */
+  readonly stage: StagedCell | null;
+  readonly ids: SwarmIds | null;
+  readonly fixedUser: SwarmUser | null;
+  readonly groups: CageGroups | null;
+  /** What the kernel holds the cell's memory to: its cgroup's bound, else RLIMIT_DATA. */
+  readonly memoryBytes: number;
+  readonly tmpMb: number;
+  readonly pids: number;
+  readonly limits: { readonly openFiles: number; readonly processes: number };
+}
+
+/** How to start a child in its cage: the program, its arguments, and how many descriptors past the IPC one it needs. */
+export interface CageCommand {
+  readonly file: string;
+  readonly args: readonly string[];
+  readonly extraFds: number;
+}
+
+/**
+ * One child's OS sandbox, from its spawn to its end: the command that starts Node in it
+ * (rlimits with prlimit, namespaces and binds with bubblewrap), its cgroup (which it enters
+ * before Node runs: bubblewrap waits on BLOCK_FD until the host has moved it there), its
+ * swarm's uid, and for a spare, its key's folders bound in when the key comes. Everything it
+ * holds is given back at `release`.
+ */
+export class Cage {
+  private readonly group: CageGroup | null;
+  private swarm: string | null = null;
+  private nodePid = 0;
+  /** bubblewrap's init, pid 1 of the cell's namespace, seen from the host. */
+  private initPid = 0;
+  private released = false;
+  private killed = false;
+
+  constructor(
+    private readonly parts: CageParts,
+    private readonly access: KeyAccess | null,
+  ) {
+    this.group = parts.groups?.create({ memoryBytes: parts.memoryBytes, pids: parts.pids }) ?? null;
+  }
+
+  /** Whether Node must drop to a user sent with its load (see MUST_DROP). */
+  get dropsPrivileges(): boolean {
+    return this.parts.ids !== null || this.parts.fixedUser !== null;
+  }
+
+  /**
+   * Node's pid on the host: the child's own, or in a cell the one child of bubblewrap's init
+   * (found once it has started; 0 until then).
+   */
+  get pid(): number {
+    if (this.nodePid === 0 && this.initPid > 0) {
+      try {
+        this.nodePid =
+          Number(readFileSync(`/proc/${this.initPid}/task/${this.initPid}/children`, 'latin1').split(' ')[0]) || 0;
+      } catch {
+        // Ended, or not started yet.
+      }
+    }
+    return this.nodePid;
+  }
+
+  command(node: readonly string[]): CageCommand {
+    const { bwrap, limits, groups, memoryBytes } = this.parts;
+    const inner =
+      bwrap === null ? [process.execPath, ...node] : [bwrap, ...this.bwrapArgs(), '--', process.execPath, ...node];
+    const extraFds = bwrap === null ? 0 : 2;
+    if (PRLIMIT === null) return { file: inner[0] as string, args: inner.slice(1), extraFds };
+    const rlimits = [
+      `--nofile=${limits.openFiles}:${limits.openFiles}`,
+      `--nproc=${limits.processes}:${limits.processes}`,
+    ];
+    // Without a memory cgroup, RLIMIT_DATA bounds what it can commit; unlike RLIMIT_AS, it
+    // leaves V8's and WebAssembly's reservations alone.
+    if (groups === null) rlimits.push(`--data=${memoryBytes}:${memoryBytes}`);
+    return { file: PRLIMIT, args: [...rlimits, '--', ...inner], extraFds };
+  }
+
+  /**
+   * The child was spawned: its cell is moved into the cgroup before Node runs (bubblewrap says
+   * its init's pid on INFO_FD and waits on BLOCK_FD; Node, started by the init, is born in
+   * the cgroup). Rejects when the child never gets that far.
+   */
+  started(child: ChildProcess): Promise<void> {
+    // Moved in at once: what it starts is born in the cell (with namespaces, bubblewrap's init
+    // too, unless it was quicker: then the init is moved below, before Node starts).
+    if (child.pid !== undefined) this.group?.attach(child.pid);
+    if (this.parts.bwrap === null) {
+      this.nodePid = child.pid ?? 0;
+      return Promise.resolve();
+    }
+    const stdio = child.stdio as readonly unknown[];
+    const info = (stdio[INFO_FD] ?? null) as Readable | null;
+    const block = (stdio[BLOCK_FD] ?? null) as Writable | null;
+    return new Promise((resolve, reject) => {
+      if (info === null || block === null) return reject(new Error('bubblewrap has no descriptors to report on'));
+      let said = '';
+      info.setEncoding('utf8');
+      info.on('data', (text: string) => {
+        said += text;
+        const pid = Number(CHILD_PID.exec(said)?.[1] ?? 0);
+        if (pid <= 0 || this.initPid > 0) return;
+        this.initPid = pid;
+        if (this.killed) {
+          // Told to end before it said who its init is: the init waits on BLOCK_FD, without
+          // the parent-death signal it sets only later, and must not go on alone.
+          this.kill();
+          reject(new Error('ended before its cell started'));
+          return;
+        }
+        try {
+          this.group?.attach(pid);
+        } catch (error) {
+          reject(error);
+          return;
+        }
+        block.end('go');
+        resolve();
+      });
+      info.on('end', () => reject(new Error('bubblewrap ended before its cell started')));
+      // Nothing useful follows the pid; a child that has ended cannot take the byte.
+      info.on('error', () => {});
+      block.on('error', () => {});
+    });
+  }
+
+  /**
+   * The cell's key has come: a spare's folders are bound into its stage, and the swarm's uid
+   * is taken (held until `release`). Resolves to the user its Node drops to, null for none.
+   */
+  async enter(access: KeyAccess): Promise<SwarmUser | null> {
+    if (this.swarm !== null) throw new Error('a cell serves one key only');
+    const { stage, rootReal } = this.parts;
+    if (stage !== null) {
+      const outside = access.entries.filter((entry) => !within(entry.path, rootReal));
+      const booted = this.bootEntries();
+      const missing = outside.find((entry) => !booted.some((at) => within(entry.path, at.path)));
+      if (missing !== undefined) throw new Error(`a spare cell cannot show ${missing.path}, outside the pool's root`);
+      await stage.enter(access.entries.filter((entry) => within(entry.path, rootReal)));
+    } else if (this.access !== null && this.access.swarm !== access.swarm) {
+      throw new Error('a cell started for one key cannot serve another');
+    }
+    this.swarm = access.swarm;
+    return this.parts.ids?.acquire(access.swarm) ?? this.parts.fixedUser;
+  }
+
+  /**
+   * Ends every task of the cell: besides the child (which the caller kills), bubblewrap's init,
+   * which outlives it while it waits on BLOCK_FD, and anything left in the cgroup.
+   */
+  kill(): void {
+    this.killed = true;
+    if (this.initPid > 0) {
+      try {
+        process.kill(this.initPid, 'SIGKILL');
+      } catch {
+        // Gone already.
+      }
+    }
+    this.group?.kill();
+  }
+
+  /** Bytes the cell holds now, as its cgroup counts them; null without one. */
+  memoryBytes(): number | null {
+    return this.group?.memoryBytes() ?? null;
+  }
+
+  /** Lowers or restores the cell's CPU weight among the cells; null without a cgroup (renice instead). */
+  prioritize(nice: number): boolean | null {
+    return this.group?.prioritize(nice) ?? null;
+  }
+
+  /** Whether the kernel's OOM killer ended a task of the cell. */
+  oomKilled(): boolean {
+    return this.group?.oomKilled() ?? false;
+  }
+
+  /** The child has ended: its uid, stage binds and cgroup (and anything left in it) go. */
+  async release(): Promise<void> {
+    if (this.released) return;
+    this.released = true;
+    if (this.swarm !== null) this.parts.ids?.release(this.swarm);
+    await Promise.all([this.parts.stage?.close(), this.group?.remove()]);
+  }
+
+  private bwrapArgs(): string[] {
+    const { root, tmpMb, stage, rootReal } = this.parts;
+    const entries: ViewEntry[] = [...this.bootEntries()];
+    if (stage !== null) entries.push({ kind: 'bind', source: stage.dir, path: rootReal, write: false });
+    else entries.push(...(this.access?.entries ?? []));
+    return [
+      ...namespaceArgs(root, tmpMb * 2 ** 20),
+      '--info-fd',
+      String(INFO_FD),
+      '--block-fd',
+      String(BLOCK_FD),
+      ...bwrapArgs(entries, new Set(NAMESPACE_DIRS)),
+    ];
+  }
+
+  /** What a cell sees from its start: the runtime, and for a spare the packages above the pool's root. */
+  private bootEntries(): ViewEntry[] {
+    const { runtime, pool, rootReal } = this.parts;
+    return [...runtime, ...pool.filter((entry) => !within(entry.path, rootReal))];
+  }
+}

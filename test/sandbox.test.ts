@@ -1,0 +1,434 @@
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmod, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
+import { createServer, type Server } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createPool, type Pool, type PoolOptions, type SandboxLayers } from 'sandpool';
+import { afterEach, describe, expect, it } from 'vitest';
+import { findCgroups } from '../packages/sandpool/dist/host/governors/cgroups.js';
+import { SwarmIds } from '../packages/sandpool/dist/host/workers/sandbox/uids.js';
+import { cgroupFileOf } from './support/cgroup.js';
+import { childProcesses, eventually, installCleanup, invariants, openPool } from './support/pool.js';
+import { counterAgent, fixture, makeRoot } from './support/root.js';
+import { hostLayers, ON_CI } from './support/sandbox.js';
+import { installServerCleanup, openServer, request } from './support/server.js';
+
+installCleanup();
+installServerCleanup();
+
+const ATTACKER = 'x/cellmate';
+/** The neighbour in a worker thread, and one in a process of its own (another swarm). */
+const THREAD_NEIGHBOUR = 'n/notifier_agent';
+const PROCESS_NEIGHBOUR = 'm/notifier_agent';
+const root = process.getuid?.() === 0;
+const layers = hostLayers();
+const caged = layers.namespaces;
+
+/** Swarms x (the attacker) and m in processes, n in threads; x runs with no permission model, so only the OS sandbox holds it. */
+async function tenants(): Promise<string> {
+  const dir = await makeRoot({
+    'x/live/cellmate.mjs': await fixture('cellmate.mjs'),
+    'b/live/secret.txt': 'b only',
+    ...(await counterAgent('n')),
+    ...(await counterAgent('m')),
+  });
+  await chmod(dir, 0o755);
+  return dir;
+}
+
+/**
+ * The attacks' pool. Its neighbours keep more keys busy than there are cores, so fairness
+ * would demote a heavy attack; a demoted cell's CPU weight ranks it below every task of the
+ * machine, and on a machine loaded with other work (load 40-60 here) that starved a fork bomb
+ * or a WebAssembly call past a minute: the time the attack took would measure the machine's
+ * load, not the sandbox. Demotion by cgroup weight is process-isolation.test.ts's.
+ */
+function tenantPool(dir: string, options: Partial<PoolOptions> = {}): Pool {
+  return openPool({
+    root: dir,
+    isolation: (key) => (key.swarm === 'n' ? 'thread' : 'process'),
+    permissions: (key) => (key.swarm === 'x' ? 'none' : 'strict'),
+    fairness: false,
+    ...options,
+  });
+}
+
+/**
+ * Runs `attack` while both neighbours are called in a loop, every answer checked: they keep
+ * answering, right, during it and once more after it; the host lives, and the books hold.
+ */
+async function withNeighbours<T>(pool: Pool, attack: () => Promise<T>): Promise<T> {
+  const neighbours = [THREAD_NEIGHBOUR, PROCESS_NEIGHBOUR];
+  for (const key of neighbours) expect(await pool.call(key, 'add', [0, 1])).toBe(1);
+  let stop = false;
+  const answered = new Map(neighbours.map((key) => [key, 0]));
+  const wrong: unknown[] = [];
+  const loops = neighbours.map(async (key) => {
+    for (let i = 0; !stop; i++) {
+      const value = await pool.call(key, 'add', [i, 1]).catch((error: unknown) => error);
+      if (value === i + 1) answered.set(key, (answered.get(key) ?? 0) + 1);
+      else wrong.push([key, value]);
+      await new Promise((resolve) => setTimeout(resolve, 2));
+    }
+  });
+  try {
+    const result = await attack();
+    const atEnd = new Map(answered);
+    await eventually(() => neighbours.every((key) => (answered.get(key) ?? 0) > (atEnd.get(key) ?? 0)));
+    return result;
+  } finally {
+    stop = true;
+    await Promise.all(loops);
+    expect(wrong).toEqual([]);
+    expect(invariants(pool)).toEqual([]);
+  }
+}
+
+/** The process neighbour's child, as the host sees it (the pid its spawn event carried). */
+async function processNeighbourPid(pool: Pool): Promise<number> {
+  const spawned = new Promise<number>((resolve) =>
+    pool.on('spawn', (event) => event.key === PROCESS_NEIGHBOUR && resolve(event.pid)),
+  );
+  expect(await pool.call(PROCESS_NEIGHBOUR, 'add', [1, 1])).toBe(2);
+  return spawned;
+}
+
+describe('the OS sandbox of process keys', () => {
+  it('reports its layers in stats() and a sandbox event, and none for a pool of threads', async () => {
+    const dir = await tenants();
+    const pool = createPool({ root: dir, isolation: 'process', spareWorkers: 0 });
+    const heard = await new Promise<SandboxLayers>((resolve) => pool.once('sandbox', resolve));
+    expect(heard).toEqual(pool.stats().sandbox);
+    expect(heard).toEqual(layers);
+    expect(heard.network).toBe(heard.namespaces ? 'loopback' : 'host');
+    for (const { layer } of heard.missing) expect(heard[layer]).toBeFalsy();
+    await pool.close();
+    const threads = openPool({ root: dir });
+    expect(threads.stats().sandbox).toBeNull();
+    const off = openPool({ root: dir, isolation: 'process', sandbox: 'off' }).stats().sandbox;
+    expect(off).toMatchObject({ namespaces: false, cgroups: null, network: 'host' });
+    expect(off?.missing.map(({ layer }) => layer)).toEqual(expect.arrayContaining(['namespaces', 'cgroups']));
+  });
+
+  it('/healthz says which layers process keys get, without the reasons for a missing one', async () => {
+    const dir = await tenants();
+    const server = openServer({ root: dir, isolation: 'process' });
+    const { namespaces, uidPerSwarm, cgroups, network } = layers;
+    expect((await request(server, 'GET', '/healthz')).body).toEqual({
+      status: 'ok',
+      node: 'node-1',
+      sandbox: { namespaces, uidPerSwarm, cgroups, network },
+    });
+    expect((await request(openServer({ root: dir }), 'GET', '/healthz')).body.sandbox).toBeNull();
+  });
+
+  it("'require' refuses a pool that would go without a layer, naming it, and starts nothing", async () => {
+    const dir = await tenants();
+    const before = childProcesses().length;
+    const refuse = (options: Partial<PoolOptions>) => () =>
+      createPool({ root: dir, isolation: 'process', sandbox: 'require', ...options });
+    expect(refuse({ processUser: 'host' })).toThrow(
+      expect.objectContaining({ code: 'ERR_SANDPOOL_INVALID_OPTIONS', message: expect.stringMatching(/uidPerSwarm/) }),
+    );
+    expect(refuse({ processUser: { uid: 65534, gid: 65534 } })).toThrow(/uidPerSwarm \(processUser names one user/);
+    expect(() => createPool({ root: dir, isolation: 'process', sandbox: 'sometimes' as 'auto' })).toThrow(
+      expect.objectContaining({ code: 'ERR_SANDPOOL_INVALID_OPTIONS' }),
+    );
+    expect(childProcesses()).toHaveLength(before);
+    if (layers.missing.length === 0) {
+      const pool = openPool({ root: dir, isolation: 'process', sandbox: 'require' });
+      expect(await pool.call('m/notifier_agent', 'add', [2, 2])).toBe(4);
+    } else {
+      expect(refuse({})).toThrow(new RegExp(layers.missing.map(({ layer }) => layer).join('.*')));
+    }
+  });
+
+  it.runIf(ON_CI)('has every layer on CI, where .ci/run installs bubblewrap', () => {
+    expect(layers.missing).toEqual([]);
+  });
+
+  it.runIf(caged)('a pid scan finds only its own cell, and another tenant’s child cannot be signalled', async () => {
+    const pool = tenantPool(await tenants());
+    const victim = await processNeighbourPid(pool);
+    const found = await withNeighbours(pool, async () => {
+      // A new pid namespace numbers from 1: the first 4096 and the host's own pids are enough to look at.
+      const pids = await pool.call<{ found: number[]; own: number[] }>(ATTACKER, 'scanPids', [
+        4096,
+        [process.pid, victim],
+      ]);
+      for (const name of ['SIGKILL', 'SIGSTOP']) {
+        expect(await pool.call(ATTACKER, 'signal', [victim, name])).toBe('ESRCH');
+        expect(await pool.call(ATTACKER, 'signal', [process.pid, name])).toBe('ESRCH');
+      }
+      return pids;
+    });
+    // bubblewrap's init (pid 1) and the agent's own Node (2) and its threads: nothing of the host or the neighbours.
+    expect(found.own).toContain(2);
+    expect(found.found).toEqual([1, ...found.own].sort((a, b) => a - b));
+    expect(await pool.call(PROCESS_NEIGHBOUR, 'add', [2, 3])).toBe(5);
+  });
+
+  it.runIf(root)('without namespaces, its swarm’s own uid still keeps it from signalling another swarm', async () => {
+    const pool = tenantPool(await tenants(), { sandbox: 'off' });
+    const victim = await processNeighbourPid(pool);
+    const me = await pool.call<{ uid: number; gid: number }>(ATTACKER, 'whoami');
+    expect(me.uid).toBe(me.gid);
+    expect(me.uid).toBeGreaterThanOrEqual(200_000);
+    const refused = await withNeighbours(pool, async () => [
+      await pool.call(ATTACKER, 'signal', [victim, 'SIGKILL']),
+      await pool.call(ATTACKER, 'signal', [victim, 'SIGSTOP']),
+      await pool.call(ATTACKER, 'signal', [process.pid, 'SIGKILL']),
+    ]);
+    expect(refused).toEqual(['EPERM', 'EPERM', 'EPERM']);
+    expect(await pool.call(PROCESS_NEIGHBOUR, 'add', [2, 3])).toBe(5);
+  });
+
+  it.runIf(caged)('reads nothing outside its binds, not even through a node_modules link to /', async () => {
+    const dir = await tenants();
+    await symlink('/', join(dir, 'x/live/node_modules'));
+    const pool = tenantPool(dir);
+    const secret = join(dir, 'b/live/secret.txt');
+    const reads = await withNeighbours(pool, async () => ({
+      throughLink: await pool.call(ATTACKER, 'readThroughModules', [secret]),
+      direct: await pool.call(ATTACKER, 'readFile', [secret]),
+      neighbourCode: await pool.call(ATTACKER, 'readFile', [join(dir, 'm/live/notifier_agent.mjs')]),
+      hostEnviron: await pool.call(ATTACKER, 'readFile', ['/proc/self/environ']),
+      ownCode: typeof (await pool.call(ATTACKER, 'readFile', [join(dir, 'x/live/cellmate.mjs')])),
+    }));
+    expect(reads).toEqual({
+      throughLink: 'ENOENT',
+      direct: 'ENOENT',
+      neighbourCode: 'ENOENT',
+      // Its own (the pool's `env`, empty here), never the host's; after the drop to its uid, not even that.
+      hostEnviron: root ? 'EACCES' : '',
+      ownCode: 'string',
+    });
+  });
+
+  it.runIf(caged)('cannot read another pid’s /proc: the host’s and its neighbours’ are not there', async () => {
+    const pool = tenantPool(await tenants());
+    const victim = await processNeighbourPid(pool);
+    const reads = await withNeighbours(pool, async () => [
+      await pool.call(ATTACKER, 'readFile', [`/proc/${process.pid}/environ`]),
+      await pool.call(ATTACKER, 'readFile', [`/proc/${victim}/cmdline`]),
+      await pool.call(ATTACKER, 'readFile', [`/proc/${process.pid}/root/etc/hostname`]),
+      // Its cell's init runs as root: its uid may not read it.
+      await pool.call(ATTACKER, 'readFile', ['/proc/1/environ']),
+    ]);
+    expect(reads).toEqual(['ENOENT', 'ENOENT', 'ENOENT', root ? 'EACCES' : expect.any(String)]);
+  });
+
+  it.runIf(caged)('reaches neither a loopback TCP service nor a Unix socket of the host', async () => {
+    const servers: Server[] = [];
+    const listen = (target: number | string): Promise<Server> =>
+      new Promise((resolve) => {
+        const server = createServer((socket) => socket.end('hello'));
+        servers.push(server);
+        server.listen(target, () => resolve(server));
+      });
+    const socketDir = await mkdtemp(join(tmpdir(), 'sandpool-sock-'));
+    try {
+      const tcp = await listen(0);
+      const port = (tcp.address() as { port: number }).port;
+      const unixPath = join(socketDir, 'host.sock');
+      await listen(unixPath as unknown as number);
+      const abstract = `\0sandpool-test-${process.pid}`;
+      await listen(abstract as unknown as number);
+      const pool = tenantPool(await tenants());
+      const tries = await withNeighbours(pool, async () => [
+        await pool.call(ATTACKER, 'connectTo', [{ host: '127.0.0.1', port }]),
+        await pool.call(ATTACKER, 'connectTo', [{ path: unixPath }]),
+        await pool.call(ATTACKER, 'connectTo', [{ path: abstract }]),
+      ]);
+      expect(tries).toEqual(['ECONNREFUSED', 'ENOENT', 'ECONNREFUSED']);
+    } finally {
+      for (const server of servers) server.close();
+      await rm(socketDir, { recursive: true, force: true });
+    }
+  });
+
+  it.runIf(layers.cgroups !== null)(
+    'a fork bomb stops at its cell’s pids.max; the host still starts processes',
+    { timeout: 60_000 },
+    async () => {
+      // A bound of 32 tasks (the default is 64) fills sooner on a loaded machine; its Node holds about a dozen.
+      const pool = tenantPool(await tenants(), { callTimeoutMs: 60_000, sandbox: { pids: 32 } });
+      const cell = await cellOf(pool);
+      const bomb = await withNeighbours(pool, async () => {
+        const result = await pool.call<{ spawned: number; code: string | null }>(ATTACKER, 'forkBomb', [200]);
+        // While the bomb's children hold the cell full, the host (and a new key) still start processes.
+        expect(spawnSync(process.execPath, ['-e', '0']).status).toBe(0);
+        expect(Number(cgroupFileOf(cell, 'pids', 'pids.current'))).toBeLessThanOrEqual(32);
+        return result;
+      });
+      expect(bomb.code).toBe('EAGAIN');
+      expect(bomb.spawned).toBeLessThan(32);
+      expect(cgroupFileOf(cell, 'pids', 'pids.max')).toBe('32');
+      expect(Number(/max (\d+)/.exec(cgroupFileOf(cell, 'pids', 'pids.events') ?? '')?.[1])).toBeGreaterThan(0);
+    },
+  );
+
+  it.runIf(caged)('a disk fill of /tmp stops at its bound, in its own /tmp, and hurts no one', async () => {
+    const pool = tenantPool(await tenants(), { sandbox: { tmpMb: 16 } });
+    const marker = `sandpool-fill-${process.pid}`;
+    const fill = await withNeighbours(pool, () =>
+      pool.call<{ bytes: number; code: string }>(ATTACKER, 'fillTmp', [marker]),
+    );
+    expect(fill.code).toBe('ENOSPC');
+    expect(fill.bytes).toBeLessThanOrEqual(16 * 2 ** 20);
+    expect(fill.bytes).toBeGreaterThan(8 * 2 ** 20);
+    expect(existsSync(join('/tmp', `${marker}-0`))).toBe(false);
+    // Another cell's /tmp is its own, empty.
+    writeFileSync(join(tmpdir(), `${marker}-host`), 'host');
+    try {
+      expect(await pool.call(ATTACKER, 'readFile', [join('/tmp', `${marker}-host`)])).toBe('ENOENT');
+    } finally {
+      await rm(join(tmpdir(), `${marker}-host`), { force: true });
+    }
+  });
+
+  // One test per mode: each starts three workers and a fetch, which on a loaded machine takes a while.
+  it.each(['auto', 'off'] as const)(
+    "WebAssembly works in a process key, and fetch on it (undici is WebAssembly on Node 20), sandbox '%s'",
+    async (sandbox) => {
+      const pool = tenantPool(await tenants(), { sandbox });
+      const server = createServer((socket) => socket.end('HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n'));
+      await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+      try {
+        const url = `http://127.0.0.1:${(server.address() as { port: number }).port}/`;
+        const result = await withNeighbours(pool, () => pool.call(ATTACKER, 'wasmThenFetch', [url]));
+        // In a cell the host's loopback is not its loopback: the fetch fails as a fetch does, the child lives.
+        const fetched = sandbox === 'auto' && caged ? 'ECONNREFUSED' : '204';
+        expect(result).toEqual({ bytes: 512 * 65_536, fetched });
+        expect(await pool.call(ATTACKER, 'add', [1, 1])).toBe(2);
+      } finally {
+        server.close();
+      }
+    },
+    40_000,
+  );
+
+  it.runIf(layers.cgroups !== null)(
+    'a cell’s cgroup holds its memory bound, feeds keyStats(), and goes when the cell does',
+    async () => {
+      const pool = tenantPool(await tenants(), { resourceLimits: { maxOldGenerationSizeMb: 64 }, maxExternalMb: 32 });
+      const cell = await cellOf(pool);
+      const limit = cgroupFileOf(cell, 'memory', 'memory.max') ?? cgroupFileOf(cell, 'memory', 'memory.limit_in_bytes');
+      // Heap and external budgets, the runtime's 96 MB, and 64 MB of room above the governor's line.
+      expect(Number(limit)).toBe((64 + 32 + 96 + 64) * 2 ** 20);
+      expect(cgroupFileOf(cell, 'pids', 'pids.max')).toBe('64');
+      await eventually(() => (pool.keyStats().find((entry) => entry.key === ATTACKER)?.heapBytes ?? 0) > 0);
+      const membership = readFileSync(`/proc/${cell}/cgroup`, 'latin1');
+      await pool.close();
+      // Every sandpool cgroup the cell was in is gone.
+      for (const line of membership.split('\n').filter((entry) => entry.includes('sandpool-'))) {
+        expect(cgroupExists(line)).toBe(false);
+      }
+    },
+  );
+
+  it.runIf(caged)('runs TypeScript and a snapshot in a cell, under a root only the host may enter', async () => {
+    // makeRoot's folder is mkdtemp's 0700: in a cell the folders above the key's are the cell's own.
+    const dir = await makeRoot({ 'x/live/typed.ts': 'export const add = (a: number, b: number): number => a + b;\n' });
+    const pool = openPool({ root: dir, isolation: 'process' });
+    expect(await pool.call('x/typed', 'add', [2, 3])).toBe(5);
+    await pool.snapshots.create('x', 'jan');
+    expect(await pool.call('x@jan/typed', 'add', [4, 5])).toBe(9);
+    expect(invariants(pool)).toEqual([]);
+  });
+
+  it.runIf(root)('gives each swarm a uid of its own, the same one again, and two swarms never one', async () => {
+    const dir = await tenants();
+    const pool = tenantPool(dir);
+    const x = await pool.call<{ uid: number }>(ATTACKER, 'whoami');
+    await writeFile(join(dir, 'x/live/second.mjs'), await fixture('cellmate.mjs'));
+    expect(await pool.call('x/second', 'whoami')).toMatchObject({ uid: x.uid });
+    const again = tenantPool(dir);
+    expect(await again.call(ATTACKER, 'whoami')).toMatchObject({ uid: x.uid });
+    // Within a pool, a swarm whose uid another holds gets the next free one up.
+    const ids = new SwarmIds([300_000, 300_002]);
+    const [first, second, third] = ['a', 'b', 'c'].map((swarm) => ids.acquire(swarm).uid);
+    expect(new Set([first, second, third]).size).toBe(3);
+    expect(() => ids.acquire('d')).toThrow(/every uid of sandbox.uidRange/);
+    ids.release('b');
+    expect(ids.acquire('d').uid).toBe(second);
+    expect(ids.acquire('a').uid).toBe(first);
+  });
+});
+
+describe('cgroup detection', () => {
+  const hierarchies: string[] = [];
+  afterEach(async () => {
+    for (const dir of hierarchies.splice(0)) await rm(dir, { recursive: true, force: true });
+  });
+
+  /** A cgroup v2 file tree in a temp folder, as the kernel lays it out, with `controllers` offered. */
+  async function fakeV2(controllers: string, subtree: string): Promise<string> {
+    const mount = await mkdtemp(join(tmpdir(), 'sandpool-cgroup-'));
+    hierarchies.push(mount);
+    mkdirSync(join(mount, 'service'));
+    writeFileSync(join(mount, 'cgroup.controllers'), controllers);
+    writeFileSync(join(mount, 'cgroup.subtree_control'), subtree);
+    writeFileSync(join(mount, 'service/cgroup.controllers'), controllers);
+    writeFileSync(join(mount, 'service/cgroup.subtree_control'), '');
+    return mount;
+  }
+
+  it('uses cgroup v2 where memory, pids and cpu can be enabled, with its limits and weights', async () => {
+    const mount = await fakeV2('cpuset cpu io memory pids', 'cpu memory pids');
+    const tree = findCgroups({
+      mountinfo: `40 30 0:37 / ${mount} rw,relatime - cgroup2 cgroup2 rw\n`,
+      membership: '0::/service\n',
+      pid: 4242,
+    });
+    if (typeof tree === 'string') throw new Error(tree);
+    expect(tree.version).toBe('v2');
+    const group = tree.create({ memoryBytes: 300 * 2 ** 20, pids: 64 });
+    const cell = join(mount, 'service', 'sandpool-4242-1');
+    expect(readFileSync(join(cell, 'memory.max'), 'latin1')).toBe(String(300 * 2 ** 20));
+    expect(readFileSync(join(cell, 'pids.max'), 'latin1')).toBe('64');
+    expect(readFileSync(join(mount, 'service/cgroup.subtree_control'), 'latin1')).toBe('+memory +pids +cpu');
+    expect(group.prioritize(19)).toBe(true);
+    expect(readFileSync(join(cell, 'cpu.weight'), 'latin1')).toBe('1');
+    group.attach(777);
+    expect(readFileSync(join(cell, 'cgroup.procs'), 'latin1')).toBe('777');
+    writeFileSync(join(cell, 'memory.events'), 'low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n');
+    expect(group.oomKilled()).toBe(true);
+  });
+
+  it('says why when v2 lacks a controller and no v1 hierarchy has it', async () => {
+    const mount = await fakeV2('cpuset io hugetlb', '');
+    const found = findCgroups({
+      mountinfo: `40 30 0:37 / ${mount} rw,relatime - cgroup2 cgroup2 rw\n`,
+      membership: '0::/service\n',
+      pid: 4242,
+    });
+    expect(found).toMatch(/no memory, pids, cpu controller/);
+    expect(found).toMatch(/v1 memory: not mounted/);
+  });
+});
+
+/** The pid of the attacker's child (the cell's outer bubblewrap, in its cgroup with the rest of it). */
+async function cellOf(pool: Pool): Promise<number> {
+  const spawned = new Promise<number>((resolve) =>
+    pool.on('spawn', (event) => event.key === ATTACKER && resolve(event.pid)),
+  );
+  expect(await pool.call(ATTACKER, 'add', [1, 1])).toBe(2);
+  return spawned;
+}
+
+/** Whether the cgroup named by a /proc/<pid>/cgroup line still exists. */
+function cgroupExists(line: string): boolean {
+  const [, controllers = '', path = ''] = /^\d+:([^:]*):(.*)$/.exec(line) ?? [];
+  const mounts = readFileSync('/proc/self/mountinfo', 'latin1').split('\n');
+  const mount = mounts.find((entry) => {
+    const [, after = ''] = entry.split(' - ');
+    const [type, , options = ''] = after.split(' ');
+    return controllers === ''
+      ? type === 'cgroup2'
+      : type === 'cgroup' && options.split(',').includes(controllers.split(',')[0] as string);
+  });
+  const point = mount?.split(' ')[4];
+  return point !== undefined && existsSync(join(point, path));
+}
