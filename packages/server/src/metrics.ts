@@ -1,6 +1,5 @@
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
 import type { DemoteReason, EvictReason, ExitReason, Pool, SpawnReason } from 'sandpool';
-import type { CallKind } from './call-input.js';
 import type { ServerErrorCode } from './status.js';
 import { SwarmLabels } from './swarm-labels.js';
 
@@ -8,11 +7,11 @@ export interface ServerMetrics {
   /** A registry of the server's own: several servers in one process (tests) must not collide. */
   readonly registry: Registry;
   /**
-   * One finished call: `outcome` is `ok` or the error code; latency only when the key was
-   * valid; `swarm` once the token was found to reach it (so a scoped token cannot put
-   * another tenant's name on a series).
+   * A request refused before it reached the pool (a bad body, a token that does not reach the
+   * swarm): node-wide only, with no swarm, so a caller cannot put a tenant's name on a series.
+   * Calls that reach the pool are counted from its `call` records.
    */
-  observeCall(outcome: 'ok' | ServerErrorCode, kind: CallKind | null, seconds: number, swarm: string | null): void;
+  observeRefused(code: ServerErrorCode): void;
 }
 
 /**
@@ -85,13 +84,13 @@ export function createMetrics(pool: Pool, nodeName: string, swarmLabelLimit: num
 
   const calls = new Counter({
     name: 'sandpool_calls_total',
-    help: 'Calls answered, by outcome: ok or the error code.',
+    help: 'Calls the pool answered, by outcome (ok or the error code), and requests refused before they reached it, by code.',
     labelNames: ['outcome'],
     registers: [registry],
   });
   const latency = new Histogram({
     name: 'sandpool_call_duration_seconds',
-    help: 'Time from a valid call request to its answer, by live or snapshot key.',
+    help: 'Time from call() to its answer in the pool, by live or snapshot key.',
     labelNames: ['kind'],
     buckets: LATENCY_BUCKETS,
     registers: [registry],
@@ -171,12 +170,17 @@ export function createMetrics(pool: Pool, nodeName: string, swarmLabelLimit: num
   });
 
   const perSwarm = swarmMetrics(registry, pool, swarmLabelLimit);
+  // Every call the pool answers, the HTTP routes' and those the embedding service makes itself.
+  pool.on('call', ({ swarm, snapshot, durationMs, code }) => {
+    const seconds = durationMs / 1000;
+    calls.inc({ outcome: code ?? 'ok' });
+    latency.observe({ kind: snapshot === null ? 'live' : 'snapshot' }, seconds);
+    perSwarm.observe(swarm, code !== undefined, seconds);
+  });
   return {
     registry,
-    observeCall(outcome, kind, seconds, swarm) {
-      calls.inc({ outcome });
-      if (kind !== null) latency.observe({ kind }, seconds);
-      if (swarm !== null) perSwarm.observe(swarm, outcome !== 'ok', seconds);
+    observeRefused(code) {
+      calls.inc({ outcome: code });
     },
   };
 }
@@ -233,7 +237,7 @@ function swarmMetrics(
   });
   const latency = new Histogram({
     name: 'sandpool_swarm_call_duration_seconds',
-    help: `Time from a call request to its answer; ${which}.`,
+    help: `Time from call() to its answer in the pool; ${which}.`,
     labelNames: ['swarm'],
     buckets: SWARM_LATENCY_BUCKETS,
     registers: [registry],

@@ -20,6 +20,8 @@ export interface ProcessSettings {
   readonly sandbox: Sandbox;
   /** V8's own heap limit in the child: past it V8 aborts the child alone. */
   readonly heapMb: number;
+  /** The kernel's memory bound of its cell where its key's budgets are its own (its policy's); null: the pool's. */
+  readonly memoryBytes: number | null;
 }
 
 /**
@@ -49,7 +51,7 @@ export class AgentProcess extends AgentWorker {
   constructor(settings: ThreadSettings, execArgv: readonly string[], child: ProcessSettings, access: KeyAccess | null) {
     super(settings);
     try {
-      this.cage = child.sandbox.cage(access);
+      this.cage = child.sandbox.cage(access, child.memoryBytes);
       // The child starts as the host's user, so Node and sandpool's runtime load wherever they
       // are installed (a 0700 checkout, say); the entry drops to its swarm's user before any agent code.
       const node = [
