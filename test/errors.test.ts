@@ -116,7 +116,7 @@ describe('options', () => {
 });
 
 describe('modules and exports', () => {
-  it('names no folder of the host in what an agent’s failure says: paths are the swarm’s own', async () => {
+  it('names no folder of the host in what an agent’s failure says: paths read from <root>', async () => {
     const root = await makeRoot({
       'h/live/syntax.mjs': 'export function f( { return 1 }',
       'h/live/missing.mjs': "import './nope.mjs';\nexport const g = 1;",
@@ -134,9 +134,9 @@ describe('modules and exports', () => {
       'ERR_SANDPOOL_MODULE_LOAD',
       'ERR_SANDPOOL_AGENT_ERROR',
     ]);
-    expect(failures[0]?.message).toContain('h/live/syntax.mjs:1');
-    expect(failures[1]?.message).toContain("'h/live/nope.mjs'");
-    expect(String((failures[2]?.cause as Error | undefined)?.stack)).toContain('h/live/throws.mjs:1');
+    expect(failures[0]?.message).toContain('<root>/h/live/syntax.mjs:1');
+    expect(failures[1]?.message).toContain("'<root>/h/live/nope.mjs'");
+    expect(String((failures[2]?.cause as Error | undefined)?.stack)).toContain('<root>/h/live/throws.mjs:1');
     for (const error of failures) {
       const said = `${error.message}\n${String((error.cause as Error | undefined)?.stack)}`;
       for (const folder of host) expect(said).not.toContain(folder);
