@@ -7,7 +7,8 @@ import { serialize } from 'node:v8';
 import type { Pool, PoolStats } from 'sandpool';
 import { describe, expect, it, onTestFinished } from 'vitest';
 import { ERROR_CODES } from '../packages/sandpool/dist/errors.js';
-import { capabilitiesFor, HostCalls } from '../packages/sandpool/dist/host/capabilities/capabilities.js';
+import { hostCallsFor } from '../packages/sandpool/dist/host/capabilities/capabilities.js';
+import { KeyQuota } from '../packages/sandpool/dist/host/capabilities/quotas.js';
 import { resolveKey } from '../packages/sandpool/dist/key.js';
 import { rejection } from './support/errors.js';
 import { eventually, installCleanup, invariants, NO_DEATHS, openPool } from './support/pool.js';
@@ -177,15 +178,18 @@ describe('attacks, each with a neighbour key answering throughout', () => {
   it('host-call arguments that are a sparse array of length 2**32-1 end their worker (protocol), unwalked', () => {
     let counted = 0;
     const violations: string[] = [];
-    const calls = new HostCalls(
-      capabilitiesFor({ count: () => (counted += 1) }, resolveKey(HOSTILE)),
+    const calls = hostCallsFor(
+      { count: () => (counted += 1) },
+      undefined,
+      undefined,
       resolveKey(HOSTILE),
+      new KeyQuota(),
     );
     const thread = { terminating: false, post() {}, violate: (problem: string) => violations.push(problem) };
     const sparse: unknown[] = [];
     sparse.length = 2 ** 32 - 1;
     const bytes = new Uint8Array(serialize(sparse)).buffer;
-    const caller = { hostSignal: () => new AbortController().signal };
+    const caller = { hostSignal: () => new AbortController().signal, context: null, scope: null, observed: null };
     calls.handle({ t: 'host', id: 1, call: 1, name: 'count', args: bytes }, () => caller, thread as never);
     expect(violations).toEqual(['host call arguments past their bound']);
     expect(counted).toBe(0);

@@ -292,7 +292,7 @@ describe('usage', () => {
 });
 
 describe('sandpool demo', () => {
-  it('exits 0 and shows all five keys, a streamed answer and a host capability', async () => {
+  it('exits 0 and shows all five keys, a streamed answer, a host capability, fetch under a policy and the call records', async () => {
     const result = await sandpool('demo');
     expect(result.status).toBe(0);
     for (const key of ['a1b2@jan', 'a1b2@jun', 'a1b2', 'c3d4@jan', 'c3d4']) {
@@ -301,5 +301,15 @@ describe('sandpool demo', () => {
     expect(result.stdout).toContain('  Each key runs on a worker of its own.   (9 tokens, each printed as it arrived)');
     expect(result.stdout).toMatch(/greet\(7\) +lookupUser\(7\) from e5f6\/assistant +hello Ada, your plan is team/);
     expect(result.stdout).toMatch(/greet\(9\) +lookupUser\(9\) from e5f6\/assistant +hello Linus, your plan is free/);
+    // The API answers only requests carrying the host's token; the agent never saw it.
+    expect(result.stdout).toMatch(
+      /orders\(http:\/\/127\.0\.0\.1:\d+\) +200: #1041 tea, #1042 books \(token seen by the agent: no\)/,
+    );
+    expect(result.stdout).toMatch(
+      /probe\(http:\/\/169\.254\.169\.254\/latest\/meta-data\/\) +ERR_SANDPOOL_ACCESS_DENIED/,
+    );
+    // The call records: one per call, with its CPU and the capabilities it used.
+    expect(result.stdout).toMatch(/^greet +ok +[\d.]+ +[\d.]+ +lookupUser 1$/m);
+    expect(result.stdout).toMatch(/^orders +ok +[\d.]+ +[\d.]+ +fetch 1$/m);
   });
 });

@@ -73,6 +73,12 @@ describe.each(DOCS)('%s', (doc) => {
       await symlink(join(WORKSPACE, 'packages', 'sandpool'), join(project, 'node_modules', 'sandpool'));
       await symlink(join(WORKSPACE, 'packages', 'server'), join(project, 'node_modules', '@sandpool', 'server'));
       await symlink(join(WORKSPACE, 'packages', 'cli'), join(project, 'node_modules', '@sandpool', 'cli'));
+      // The Telemetry example sets OpenTelemetry up as an application does, with the SDK the tests use.
+      await mkdir(join(project, 'node_modules', '@opentelemetry'));
+      for (const name of ['api', 'context-async-hooks', 'sdk-trace-base']) {
+        const from = join(WORKSPACE, 'test', 'node_modules', '@opentelemetry', name);
+        await symlink(from, join(project, 'node_modules', '@opentelemetry', name));
+      }
       await writeFile(join(project, 'package.json'), '{"type":"module"}\n');
       for (const block of blocks) {
         if (block.marker?.kind === 'fragment') continue;

@@ -18,6 +18,8 @@ import { counterAgent, fixture, makeRoot } from './support/root.js';
 
 installCleanup();
 
+const require = createRequire(import.meta.url);
+
 async function faultyRoot(): Promise<string> {
   return makeRoot({
     'a/live/faulty.mjs': await fixture('faulty.mjs'),
@@ -114,6 +116,33 @@ describe('options', () => {
 });
 
 describe('modules and exports', () => {
+  it('names no folder of the host in what an agent’s failure says: paths read from <root>', async () => {
+    const root = await makeRoot({
+      'h/live/syntax.mjs': 'export function f( { return 1 }',
+      'h/live/missing.mjs': "import './nope.mjs';\nexport const g = 1;",
+      'h/live/throws.mjs': "export function boom() { throw new Error('boom'); }",
+    });
+    const pool = openPool({ root });
+    const host = [realpathSync(root), root, realpathSync(join(dirname(require.resolve('sandpool')), '..'))];
+    const failures = [
+      await rejection(pool.call('h/syntax', 'f')),
+      await rejection(pool.call('h/missing', 'g')),
+      await rejection(pool.call('h/throws', 'boom')),
+    ];
+    expect(failures.map((error) => error.code)).toEqual([
+      'ERR_SANDPOOL_MODULE_LOAD',
+      'ERR_SANDPOOL_MODULE_LOAD',
+      'ERR_SANDPOOL_AGENT_ERROR',
+    ]);
+    expect(failures[0]?.message).toContain('<root>/h/live/syntax.mjs:1');
+    expect(failures[1]?.message).toContain("'<root>/h/live/nope.mjs'");
+    expect(String((failures[2]?.cause as Error | undefined)?.stack)).toContain('<root>/h/live/throws.mjs:1');
+    for (const error of failures) {
+      const said = `${error.message}\n${String((error.cause as Error | undefined)?.stack)}`;
+      for (const folder of host) expect(said).not.toContain(folder);
+    }
+  });
+
   it('MODULE_NOT_FOUND for a missing file, a missing swarm and a missing file in a snapshot', async () => {
     const root = await makeRoot(await counterAgent('a'));
     const pool = openPool({ root });

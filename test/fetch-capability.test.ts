@@ -1,4 +1,4 @@
-import { createServer, type IncomingHttpHeaders, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import { connect as netConnect, type Socket } from 'node:net';
 import { SandpoolError } from 'sandpool';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -7,6 +7,7 @@ import { isPublicAddress } from '../packages/sandpool/dist/host/capabilities/fet
 import { guardedConnector } from '../packages/sandpool/dist/host/capabilities/fetch-connect.js';
 import type { FetchPolicy } from '../packages/sandpool/dist/host/capabilities/fetch-policy.js';
 import { code, rejection, thrownSync } from './support/errors.js';
+import { closeServers, endless, serve } from './support/http.js';
 import { eventually } from './support/pool.js';
 
 /**
@@ -15,88 +16,18 @@ import { eventually } from './support/pool.js';
  * loopback): the other internal ranges are proved on the classification alone.
  */
 
-interface Seen {
-  method: string;
-  url: string;
-  headers: IncomingHttpHeaders;
-  body: string;
-}
-
-interface Served {
-  origin: string;
-  port: number;
-  /** Requests whose body was read to the end. */
-  readonly requests: Seen[];
-  /** TCP connections accepted. */
-  connections(): number;
-  /** Responses whose connection closed before they were finished. */
-  cutOff(): number;
-}
-
-const servers: ReturnType<typeof createServer>[] = [];
 const fetchers: Fetcher[] = [];
 
 afterEach(async () => {
   await Promise.all(fetchers.splice(0).map((fetcher) => fetcher.close()));
-  for (const server of servers.splice(0)) {
-    server.closeAllConnections();
-    await new Promise((resolve) => server.close(resolve));
-  }
+  await closeServers();
 });
-
-async function serve(
-  handler: (request: IncomingMessage, response: ServerResponse, seen: Seen) => void,
-): Promise<Served> {
-  const requests: Seen[] = [];
-  let connections = 0;
-  let cutOff = 0;
-  const server = createServer((request, response) => {
-    response.on('close', () => {
-      if (!response.writableFinished) cutOff += 1;
-    });
-    const chunks: Buffer[] = [];
-    request.on('data', (chunk: Buffer) => chunks.push(chunk));
-    request.on('end', () => {
-      const seen = { method: request.method ?? '', url: request.url ?? '', headers: request.headers, body: '' };
-      seen.body = Buffer.concat(chunks).toString('utf8');
-      requests.push(seen);
-      handler(request, response, seen);
-    });
-  });
-  server.on('connection', () => {
-    connections += 1;
-  });
-  servers.push(server);
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const address = server.address();
-  if (address === null || typeof address === 'string') throw new Error('no port');
-  return {
-    origin: `http://127.0.0.1:${address.port}`,
-    port: address.port,
-    requests,
-    connections: () => connections,
-    cutOff: () => cutOff,
-  };
-}
 
 function answer(text = 'hello'): (request: IncomingMessage, response: ServerResponse) => void {
   return (_request, response) => {
     response.setHeader('content-type', 'text/plain');
     response.end(text);
   };
-}
-
-/** Sends 1 KiB chunks until the client goes away (bounded, should it never). */
-function endless(_request: IncomingMessage, response: ServerResponse): void {
-  let sent = 0;
-  const more = (): void => {
-    while (sent < 100_000 && !response.destroyed) {
-      sent += 1;
-      if (!response.write(Buffer.alloc(1024, 120))) return void response.once('drain', more);
-    }
-    response.end();
-  };
-  more();
 }
 
 function fetcher(policy: FetchPolicy): Fetcher {

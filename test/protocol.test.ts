@@ -140,7 +140,7 @@ function stubThread() {
   return { thread: thread as unknown as AgentThread, sent, violations };
 }
 
-const owner: ChannelOwner = { engaged: () => {}, cancelIgnored: () => {}, drained: () => {} };
+const owner: ChannelOwner = { engaged: () => {}, cancelIgnored: () => {}, drained: () => {}, cpuNs: () => Number.NaN };
 
 /** A call whose settlements are recorded, as the outcome the worker's reply made of it. */
 function call(fn = 'f', timeoutMs = 0, settled: Settled[] = []): Call {
@@ -152,6 +152,7 @@ function call(fn = 'f', timeoutMs = 0, settled: Settled[] = []): Call {
     deadline: 0,
     stream: null,
     transfer: null,
+    observed: null,
     keyText: 'a/x',
     settledInto: settled,
     stopWaiting() {},
@@ -176,7 +177,13 @@ function setup() {
   const { thread, sent, violations } = stubThread();
   const settled: Settled[] = [];
   const make = (fn = 'f', timeoutMs = 0): Call => call(fn, timeoutMs, settled);
-  return { channel: new Channel(thread, owner, 250), sent, violations, settled, call: make };
+  return {
+    channel: new Channel(thread, owner, 250, { measuring: false }, (text) => text),
+    sent,
+    violations,
+    settled,
+    call: make,
+  };
 }
 
 describe('Channel', () => {

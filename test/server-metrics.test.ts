@@ -124,6 +124,45 @@ describe('per-swarm metrics', () => {
   });
 });
 
+describe('metrics from the pool', () => {
+  it("counts the embedding service's own calls beside the HTTP ones, and requests refused before the pool", async () => {
+    const root = await makeRoot({ ...(await counterAgent('a')), ...(await counterAgent('b')) });
+    const server = openServer({ root, tokens: { ta: { swarms: ['a'] }, t: { swarms: '*' } } });
+    await request(
+      server,
+      'POST',
+      '/v1/call/a/notifier_agent',
+      { fn: 'add', args: [1, 2] },
+      { authorization: 'Bearer ta' },
+    );
+    // The service calls its pool directly: no HTTP request, the same metrics.
+    await server.pool.call('a/notifier_agent', 'add', [1, 2]);
+    await server.pool.call('a@none/notifier_agent', 'add', [1, 2]).catch(() => {});
+    await server.pool.call('b/notifier_agent', 'add', [1, 2]);
+    // Refused before the pool: no swarm of its own, counted node-wide by its code.
+    const refused = await request(
+      server,
+      'POST',
+      '/v1/call/b/notifier_agent',
+      { fn: 'add' },
+      { authorization: 'Bearer ta' },
+    );
+    expect(refused.status).toBe(403);
+
+    const text = await scrape(server);
+    expect(sample(text, 'sandpool_swarm_calls_total{swarm="a",node="node-1"}')).toBe(3);
+    expect(sample(text, 'sandpool_swarm_errors_total{swarm="a",node="node-1"}')).toBe(1);
+    expect(sample(text, 'sandpool_swarm_calls_total{swarm="b",node="node-1"}')).toBe(1);
+    expect(sample(text, 'sandpool_calls_total{outcome="ok",node="node-1"}')).toBe(3);
+    expect(sample(text, 'sandpool_calls_total{outcome="ERR_SANDPOOL_SNAPSHOT_NOT_FOUND",node="node-1"}')).toBe(1);
+    expect(sample(text, 'sandpool_calls_total{outcome="ERR_SANDPOOL_HTTP_FORBIDDEN",node="node-1"}')).toBe(1);
+    expect(sample(text, 'sandpool_call_duration_seconds_count{node="node-1",kind="live"}')).toBe(3);
+    expect(sample(text, 'sandpool_call_duration_seconds_count{node="node-1",kind="snapshot"}')).toBe(1);
+    // A token scoped to a still sees its swarm's series only.
+    expect([...swarmLabels(await scrape(server, 'ta'))]).toEqual(['a']);
+  });
+});
+
 describe('worker health metrics', () => {
   it('exposes stuck workers, dropped output and exits by a closed set of reasons', async () => {
     const root = await makeRoot({ 'a/live/faulty.mjs': await fixture('faulty.mjs') });

@@ -731,8 +731,13 @@ describe('SharedArrayBuffer', () => {
       terminating: false,
       violate: (problem: string) => violations.push(problem),
     } as unknown as AgentThread;
-    const owner: ChannelOwner = { engaged: () => {}, cancelIgnored: () => {}, drained: () => {} };
-    const channel = new Channel(thread, owner, 250);
+    const owner: ChannelOwner = {
+      engaged: () => {},
+      cancelIgnored: () => {},
+      drained: () => {},
+      cpuNs: () => Number.NaN,
+    };
+    const channel = new Channel(thread, owner, 250, { measuring: false }, (text) => text);
     const call = (sharing: boolean) =>
       ({
         id: 0,
@@ -742,6 +747,7 @@ describe('SharedArrayBuffer', () => {
         stream: null,
         transfer: null,
         shared: sharing,
+        observed: null,
         keyText: 'p/sharer',
         stopWaiting() {},
         settle(error: { code: string } | null, value?: unknown) {

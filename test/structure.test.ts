@@ -22,6 +22,7 @@ const HOST_LAYERS = [
   'governors',
   'workers',
   'policy',
+  'telemetry',
 ] as const;
 
 interface Source {

@@ -1,3 +1,4 @@
+import { createRequire } from 'node:module';
 import { Worker } from 'node:worker_threads';
 import { releaseProxy, wrap } from 'comlink/dist/esm/comlink.mjs';
 import nodeEndpoint from 'comlink/dist/esm/node-adapter.mjs';
@@ -8,6 +9,7 @@ import {
   type Pipelined,
   type RpcSystem,
   runPipelined,
+  runPipelinedInterleaved,
   runSequentialInterleaved,
   type Sequential,
 } from '../lib/call-loops.js';
@@ -17,6 +19,12 @@ import type { BenchContext, Benchmark, BenchReport } from '../lib/report.js';
 import { fixture, makeRoot } from '../lib/temp-root.js';
 
 const DEPTHS = [64, 1024] as const;
+/** The default pool: tracing on, @opentelemetry/api loaded, no provider registered. */
+const TRACED = 'sandpool call';
+/** The same calls on a pool with tracing off: what a call costs with no telemetry at all. */
+const UNTRACED = 'sandpool call, tracing off';
+/** The same calls with a `call` listener: every call observed, its record made and its CPU read. */
+const RECORDED = 'sandpool call, call records';
 /** Sequential calls run in this many turns per system, interleaved (runSequentialInterleaved). */
 const SLICES = 10;
 
@@ -33,28 +41,61 @@ export const rpc: Benchmark = {
     const repeats = context.quick ? 1 : 3;
     const tree = await makeRoot([{ swarm: 'rpc', stem: 'adder', fixture: 'agent.mjs' }]);
     const systems: RpcSystem[] = [];
+    /** The default pool's calls beside the same calls with tracing off, and with call records. */
+    const telemetrySystems: RpcSystem[] = [];
     // One call at a time by construction (a single argument slot): measured sequentially only.
     const floors: RpcSystem[] = [];
     const sequential = new Map<string, Sequential[]>();
     const pipelined = new Map<string, Pipelined[]>();
+    const telemetryPipelined = new Map<string, Pipelined[]>();
     try {
-      const pool = createPool({ root: tree.root, maxWorkers: 1, spareWorkers: 0, idleTimeoutMs: 0 });
+      const options = { root: tree.root, maxWorkers: 1, spareWorkers: 0, idleTimeoutMs: 0 };
+      const pool = createPool(options);
       const agent = pool.remote<AddAgent>('rpc/adder');
+      const untraced = createPool({ ...options, tracing: false });
+      const recorded = createPool({ ...options, tracing: false });
+      let records = 0;
+      recorded.on('call', () => {
+        records += 1;
+      });
+      const traced: RpcSystem = {
+        name: TRACED,
+        add: (a, b) => pool.call<number>('rpc/adder', 'add', [a, b]),
+        close: async () => {},
+      };
+      telemetrySystems.push(
+        traced,
+        {
+          name: UNTRACED,
+          add: (a, b) => untraced.call<number>('rpc/adder', 'add', [a, b]),
+          close: () => untraced.close(),
+        },
+        {
+          name: RECORDED,
+          add: (a, b) => recorded.call<number>('rpc/adder', 'add', [a, b]),
+          close: async () => {
+            await recorded.close();
+            if (records === 0) throw new Error(`${RECORDED}: no record was made`);
+          },
+        },
+      );
       systems.push(
-        { name: 'sandpool call', add: (a, b) => pool.call<number>('rpc/adder', 'add', [a, b]), close: async () => {} },
+        traced,
         { name: 'sandpool remote', add: (a, b) => agent.add(a, b), close: () => pool.close() },
         rawEcho(),
         comlink(),
         piscinaPerKey(),
       );
       floors.push(doorbell('doorbell, waitAsync', false), doorbell('doorbell, blocking worker', true));
-      for (const system of [...systems, ...floors]) {
+      const extra = telemetrySystems.slice(1);
+      for (const system of [...systems, ...extra, ...floors]) {
         if ((await system.add(2, 3)) !== 5) throw new Error(`${system.name}: add(2, 3) is not 5`);
         sequential.set(system.name, []);
       }
       for (const system of systems) pipelined.set(system.name, []);
+      for (const system of telemetrySystems) telemetryPipelined.set(system.name, []);
       for (let repeat = 1; repeat <= repeats; repeat += 1) {
-        const lone = [...systems, ...floors];
+        const lone = [...systems, ...extra, ...floors];
         context.progress(`round ${repeat}/${repeats}: sequential, interleaved`);
         if (repeat === 1) await runSequentialInterleaved(lone, warmMs / SLICES, SLICES);
         for (const [name, run] of await runSequentialInterleaved(lone, measureMs / SLICES, SLICES)) {
@@ -67,9 +108,15 @@ export const rpc: Benchmark = {
             pipelined.get(system.name)?.push(await runPipelined(system, depth, measureMs));
           }
         }
+        context.progress(`round ${repeat}/${repeats}: telemetry, pipelined, interleaved`);
+        for (const depth of DEPTHS) {
+          if (repeat === 1) await runPipelinedInterleaved(telemetrySystems, depth, warmMs / SLICES, SLICES);
+          const runs = await runPipelinedInterleaved(telemetrySystems, depth, measureMs / SLICES, SLICES);
+          for (const [name, run] of runs) telemetryPipelined.get(name)?.push(run);
+        }
       }
     } finally {
-      for (const system of [...floors, ...systems].reverse()) await system.close();
+      for (const system of [...floors, ...telemetrySystems.slice(1), ...systems].reverse()) await system.close();
       await tree.cleanup();
     }
 
@@ -112,6 +159,39 @@ export const rpc: Benchmark = {
     for (const name of floorNames) {
       ratios[name] = { roundTripOverRaw: round((seq.get(name) as Sequential).meanUs / rawSeq.meanUs, 3) };
     }
+    // Telemetry's cost, each as a cost ratio against tracing off (1.0 = free; above 1 costs).
+    const telemetryPipe = new Map(
+      [...telemetryPipelined].map(([name, runs]) => [
+        name,
+        DEPTHS.map((depth) =>
+          median(
+            runs.filter((r) => r.depth === depth),
+            (r) => r.callsPerSecond,
+          ),
+        ),
+      ]),
+    );
+    const telemetry = (name: string): Record<string, number | null> => {
+      const s = seq.get(name) as Sequential;
+      const p = telemetryPipe.get(name) as Pipelined[];
+      const off = seq.get(UNTRACED) as Sequential;
+      const offPipe = telemetryPipe.get(UNTRACED) as Pipelined[];
+      const entry: Record<string, number | null> = {
+        roundTrip: round(s.meanUs / off.meanUs, 3),
+        roundTripP50: round(s.latency.p50 / off.latency.p50, 3),
+      };
+      DEPTHS.forEach((depth, i) => {
+        entry[`throughput@${depth}`] = round((offPipe[i]?.callsPerSecond ?? 0) / (p[i]?.callsPerSecond ?? 1), 3);
+        const cpu = p[i]?.mainCpuUsPerCall ?? null;
+        const offCpu = offPipe[i]?.mainCpuUsPerCall ?? null;
+        entry[`mainCpu@${depth}`] = cpu === null || offCpu === null ? null : round(cpu / offCpu, 3);
+      });
+      return entry;
+    };
+    const telemetryCost: Record<string, Record<string, number | null>> = {
+      [TRACED]: telemetry(TRACED),
+      [RECORDED]: telemetry(RECORDED),
+    };
     const cpu = (value: number | null | undefined): string =>
       value === null || value === undefined ? 'n/a' : `${num(value)} µs`;
     return {
@@ -124,6 +204,7 @@ export const rpc: Benchmark = {
         'comlink: wrap(nodeEndpoint(worker)) against expose(api, nodeEndpoint(parentPort)), the ESM build.',
         'piscina per key: one pool for the key, minThreads = maxThreads = 1, concurrentTasksPerWorker 64.',
         'sandpool call / remote: one pool, one key (maxWorkers 1, spareWorkers 0); remote is pool.remote<T>(key).add(a, b).',
+        `telemetry: "${TRACED}" is the default pool, which looks for a registered OpenTelemetry provider (the API is installed; none is registered); "${UNTRACED}" is the same key on a pool with tracing: false; "${RECORDED}" a pool with a \`call\` listener. Their sequential calls are interleaved with every system's; their pipelined windows with each other's (${SLICES} turns of a tenth of the measure window each), so that the machine's noise falls on the three alike.`,
         `Each figure is the median of ${repeats} round(s); a round runs every system in turn, ${measureMs} ms per measure (the first round after ${warmMs} ms of warm-up per measure).`,
       ],
       parameters: { measureMs, warmMs, repeats, depths: [...DEPTHS] },
@@ -136,9 +217,44 @@ export const rpc: Benchmark = {
           },
         ]),
         ...floorNames.map((name) => [name, { sequential: { ...(seq.get(name) as Sequential) } }]),
+        [
+          'telemetry',
+          Object.fromEntries(
+            [TRACED, UNTRACED, RECORDED].map((name) => [
+              name,
+              {
+                sequential: { ...(seq.get(name) as Sequential) },
+                pipelinedInterleaved: (telemetryPipe.get(name) as Pipelined[]).map((p) => ({ ...p })),
+              },
+            ]),
+          ),
+        ],
       ]),
-      ratios,
+      ratios: { ...ratios, telemetryCost, otelApiLoaded: apiLoaded() },
       tables: [
+        {
+          title: 'Telemetry: cost against the same calls with tracing off (1.00× is free; lower is better)',
+          headers: [
+            'system',
+            'round trip',
+            'p50',
+            ...DEPTHS.map((d) => `time per call @${d}`),
+            ...DEPTHS.map((d) => `main CPU @${d}`),
+          ],
+          rows: [TRACED, RECORDED].map((name) => {
+            const r = telemetryCost[name] as Record<string, number | null>;
+            const show = (value: number | null | undefined): string =>
+              value === null || value === undefined ? 'n/a' : ratio(value);
+            return [
+              name,
+              show(r.roundTrip),
+              show(r.roundTripP50),
+              ...DEPTHS.map((d) => show(r[`throughput@${d}`])),
+              ...DEPTHS.map((d) => show(r[`mainCpu@${d}`])),
+            ];
+          }),
+          note: `${TRACED}: the default, @opentelemetry/api ${apiLoaded() ? 'loaded' : 'NOT loadable'}, no provider registered. ${RECORDED}: a call listener, so every call is observed (record, CPU read as replies arrive). Time per call: the inverse of calls/s.`,
+        },
         {
           title: 'Round trip and pipelined throughput',
           headers: ['system', 'round trip', 'p50', 'p99', ...DEPTHS.map((d) => `${d} in flight`)],
@@ -283,9 +399,13 @@ function doorbell(name: string, blocking: boolean): RpcSystem {
       calls += 1;
       Atomics.store(counts, 0, calls);
       Atomics.notify(counts, 0);
-      // A bound, so that a worker which died fails the run instead of hanging it.
-      const wait = Atomics.waitAsync(counts, 1, calls - 1, 5_000);
-      if ((wait.async ? await wait.value : wait.value) === 'timed-out') throw new Error(`${name}: no answer in 5 s`);
+      // Until the worker has answered this call: a wake-up alone does not say it has (with more
+      // threads in the run, one came back early and read the call before's result). A bound, so
+      // that a worker which died fails the run instead of hanging it.
+      for (let answered = Atomics.load(counts, 1); answered !== calls; answered = Atomics.load(counts, 1)) {
+        const wait = Atomics.waitAsync(counts, 1, answered, 5_000);
+        if ((wait.async ? await wait.value : wait.value) === 'timed-out') throw new Error(`${name}: no answer in 5 s`);
+      }
       return slots[2] as number;
     },
     close: async () => {
@@ -322,4 +442,14 @@ function piscinaPerKey(): RpcSystem {
     add: (a, b) => piscina.run({ a, b }),
     close: () => piscina.close(),
   };
+}
+
+/** Whether sandpool finds @opentelemetry/api where it looks for it: else "tracing on" would measure nothing. */
+function apiLoaded(): boolean {
+  try {
+    createRequire(import.meta.resolve('sandpool'))('@opentelemetry/api');
+    return true;
+  } catch {
+    return false;
+  }
 }

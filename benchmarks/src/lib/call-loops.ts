@@ -73,6 +73,56 @@ export async function runSequentialInterleaved(
 
 export async function runPipelined(system: RpcSystem, depth: number, durationMs: number): Promise<Pipelined> {
   collectGarbage();
+  return pipelinedFigures(depth, await pipelinedWindow(system, depth, durationMs));
+}
+
+/**
+ * Pipelined windows of each system in turn, `slices` times `sliceMs` each, summed per system:
+ * as for sequential calls, a disturbance of the shared machine falls on every system alike.
+ */
+export async function runPipelinedInterleaved(
+  systems: readonly RpcSystem[],
+  depth: number,
+  sliceMs: number,
+  slices: number,
+): Promise<Map<string, Pipelined>> {
+  collectGarbage();
+  const totals = new Map<string, Window>(
+    systems.map((system) => [system.name, { done: 0, elapsedMs: 0, mainCpuMs: 0, processCpuMs: 0 }]),
+  );
+  for (let slice = 0; slice < slices; slice += 1) {
+    for (const system of systems) {
+      const window = await pipelinedWindow(system, depth, sliceMs);
+      const total = totals.get(system.name) as Window;
+      total.done += window.done;
+      total.elapsedMs += window.elapsedMs;
+      total.mainCpuMs =
+        total.mainCpuMs === null || window.mainCpuMs === null ? null : total.mainCpuMs + window.mainCpuMs;
+      total.processCpuMs += window.processCpuMs;
+    }
+  }
+  return new Map([...totals].map(([name, total]) => [name, pipelinedFigures(depth, total)]));
+}
+
+interface Window {
+  done: number;
+  elapsedMs: number;
+  mainCpuMs: number | null;
+  processCpuMs: number;
+}
+
+function pipelinedFigures(depth: number, { done, elapsedMs, mainCpuMs, processCpuMs }: Window): Pipelined {
+  return {
+    depth,
+    callsPerSecond: round((done * 1000) / elapsedMs),
+    mainCpuUsPerCall: mainCpuMs === null ? null : round((mainCpuMs * 1000) / done),
+    processCpuUsPerCall: round((processCpuMs * 1000) / done),
+    calls: done,
+  };
+}
+
+/** `depth` calls kept in flight for `durationMs` (each result issues the next), counted to the last result. */
+async function pipelinedWindow(system: RpcSystem, depth: number, durationMs: number): Promise<Window> {
   const cpu0 = mainThreadCpuMs();
   const process0 = processCpuMs();
   const start = now();
@@ -99,12 +149,10 @@ export async function runPipelined(system: RpcSystem, depth: number, durationMs:
     for (let i = 0; i < depth; i += 1) issue();
   });
   const cpu1 = mainThreadCpuMs();
-  const process1 = processCpuMs();
   return {
-    depth,
-    callsPerSecond: round((done * 1000) / (last - start)),
-    mainCpuUsPerCall: cpu0 === null || cpu1 === null ? null : round(((cpu1 - cpu0) * 1000) / done),
-    processCpuUsPerCall: round(((process1 - process0) * 1000) / done),
-    calls: done,
+    done,
+    elapsedMs: last - start,
+    mainCpuMs: cpu0 === null || cpu1 === null ? null : cpu1 - cpu0,
+    processCpuMs: processCpuMs() - process0,
   };
 }

@@ -74,8 +74,9 @@ export const ASSISTANT = 'assistant';
 
 /**
  * An agent as platforms write them: an `async function*` whose chunks the host reads with
- * `pool.stream()`, and a function that reaches data only through a host capability (under
- * strict permissions it has no other way out of its folder).
+ * `pool.stream()`, a function that reaches data only through a host capability (under
+ * strict permissions it has no other way out of its folder), and functions that reach an
+ * HTTP API only through the built-in `fetch`, under its swarm's allowlist.
  */
 export async function writeAssistant(root: string, swarm: string): Promise<void> {
   const live = join(root, swarm, 'live');
@@ -96,6 +97,22 @@ export async function writeAssistant(root: string, swarm: string): Promise<void>
       'export async function greet(userId) {',
       '  const user = await sandpool.host.lookupUser(userId);',
       "  return { key: sandpool.key, text: 'hello ' + user.name + ', your plan is ' + user.plan };",
+      '}',
+      '',
+      '// The host adds the API token: this code never has it, and reaches no other origin.',
+      'export async function orders(api) {',
+      "  const response = await sandpool.host.fetch(api + '/orders', { headers: { accept: 'application/json' } });",
+      '  const { orders } = await response.json();',
+      '  return { status: response.status, orders, headers: [...response.headers] };',
+      '}',
+      '',
+      'export async function probe(url) {',
+      '  try {',
+      '    const response = await sandpool.host.fetch(url);',
+      "    return 'reached: ' + response.status;",
+      '  } catch (error) {',
+      '    return error.code;',
+      '  }',
       '}',
       '',
     ].join('\n'),
@@ -124,4 +141,21 @@ export function asGreetResult(value: unknown): GreetResult {
     throw new TypeError(`greet returned an unexpected shape: ${JSON.stringify(value)}`);
   }
   return { key, text };
+}
+
+export interface OrdersResult {
+  readonly status: number;
+  readonly orders: readonly string[];
+  readonly headers: readonly (readonly [string, string])[];
+}
+
+export function asOrdersResult(value: unknown): OrdersResult {
+  const { status, orders, headers } = (typeof value === 'object' && value !== null ? value : {}) as Record<
+    string,
+    unknown
+  >;
+  if (typeof status !== 'number' || !Array.isArray(orders) || !Array.isArray(headers)) {
+    throw new TypeError(`orders returned an unexpected shape: ${JSON.stringify(value)}`);
+  }
+  return { status, orders: orders.map(String), headers: headers as [string, string][] };
 }

@@ -1,11 +1,14 @@
+import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
+import { createServer, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createPool, type HostContext, type Pool, type PoolEvent } from 'sandpool';
+import { type CallRecord, createPool, type HostContext, type Pool, type PoolEvent } from 'sandpool';
 import {
   ASSISTANT,
   asGreetResult,
   asNotifyResult,
+  asOrdersResult,
   type NotifyResult,
   STEM,
   USERS,
@@ -121,13 +124,24 @@ async function showEviction(root: string, out: (line: string) => void): Promise<
 
 const PLATFORM_SWARM = 'e5f6';
 const QUESTION = 'what is a key?';
+/** Where cloud machines answer with their credentials: never on an allowlist. */
+const METADATA = 'http://169.254.169.254/latest/meta-data/';
 
 async function showPlatform(root: string, io: Io, out: (line?: string) => void): Promise<void> {
   await writeAssistant(root, PLATFORM_SWARM);
   const key = `${PLATFORM_SWARM}/${ASSISTANT}`;
   const looked: string[] = [];
+  // A secret of the host's, made fresh: the agent uses it without ever holding it.
+  const token = randomBytes(12).toString('hex');
+  const api = await ordersApi(token);
   const pool = createPool({
     root,
+    fetch: {
+      [PLATFORM_SWARM]: {
+        allow: [api.origin],
+        secrets: { [api.origin]: { headers: { authorization: `Bearer ${token}` } } },
+      },
+    },
     host: {
       // Runs on the host: the agent asks, the host decides what it may see.
       lookupUser: (ctx: HostContext, id: number) => {
@@ -138,6 +152,8 @@ async function showPlatform(root: string, io: Io, out: (line?: string) => void):
       },
     },
   });
+  const records: CallRecord[] = [];
+  pool.on('call', (record) => records.push(record));
   try {
     out(`a streamed answer: pool.stream('${key}', 'answer', ['${QUESTION}'])`);
     io.writeOut('  ');
@@ -156,9 +172,62 @@ async function showPlatform(root: string, io: Io, out: (line?: string) => void):
       rows.push([`greet(${id})`, looked.shift() ?? '-', result.text]);
     }
     out(formatTable([{ header: 'call' }, { header: 'host saw' }, { header: 'answer' }], rows));
+    out();
+    out(`egress under a policy: ${key} may fetch ${api.origin} only; the host adds the API's token`);
+    const orders = asOrdersResult(await pool.call(key, 'orders', [api.origin], { timeoutMs: 5_000 }));
+    const seen = JSON.stringify(orders).includes(token) ? 'yes' : 'no';
+    const refused = await pool.call(key, 'probe', [METADATA], { timeoutMs: 5_000 });
+    out(
+      formatTable(
+        [{ header: 'call' }, { header: 'answer' }],
+        [
+          [`orders(${api.origin})`, `${orders.status}: ${orders.orders.join(', ')} (token seen by the agent: ${seen})`],
+          [`probe(${METADATA})`, String(refused)],
+        ],
+      ),
+    );
+    out();
+    out("what each call did (pool.on('call')): the record a platform logs and bills from");
+    out(
+      formatTable(
+        [
+          { header: 'fn' },
+          { header: 'outcome' },
+          { header: 'ms', align: 'right' },
+          { header: 'cpu ms', align: 'right' },
+          { header: 'capabilities' },
+        ],
+        records.map((record) => [
+          record.fn,
+          record.code ?? record.outcome,
+          record.durationMs.toFixed(1),
+          record.cpuMs.toFixed(2),
+          Object.entries(record.host)
+            .map(([name, count]) => `${name} ${count}`)
+            .join(', ') || '-',
+        ]),
+      ),
+    );
   } finally {
     await pool.close();
+    await api.close();
   }
+}
+
+/** An HTTP API on 127.0.0.1 that answers only requests carrying its token. */
+async function ordersApi(token: string): Promise<{ origin: string; close(): Promise<void> }> {
+  const server: Server = createServer((request, response) => {
+    const authorized = request.headers.authorization === `Bearer ${token}`;
+    response.writeHead(authorized ? 200 : 401, { 'content-type': 'application/json' });
+    response.end(JSON.stringify(authorized ? { orders: ['#1041 tea', '#1042 books'] } : { error: 'no token' }));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const address = server.address();
+  const port = typeof address === 'object' && address !== null ? address.port : 0;
+  return {
+    origin: `http://127.0.0.1:${port}`,
+    close: () => new Promise((resolve) => server.close(() => resolve())),
+  };
 }
 
 async function notify(pool: Pool, key: string): Promise<NotifyResult> {

@@ -35,6 +35,12 @@ declare global {
     /** Epoch ms by which the call running now must settle, or null. */
     readonly deadline: number | null;
     /**
+     * The W3C `traceparent` of the call running now (its `sandpool.call` span in the host),
+     * or null when the host traces nothing: an agent's own spans join the caller's trace by
+     * taking it as their parent (`propagation.extract(context.active(), { traceparent })`).
+     */
+    readonly traceparent: string | null;
+    /**
      * The capabilities the pool declared (`createPool({ host })`), each async. A name it does
      * not declare rejects with code `ERR_SANDPOOL_HOST_NOT_FOUND`; a call outside a running
      * agent call rejects with `ERR_SANDPOOL_ABORTED`.

@@ -30,6 +30,8 @@ export const ERROR_CODES = [
   'ERR_SANDPOOL_HOST_NOT_FOUND',
   /** The `fetch` capability refused a URL: an origin the policy does not list, or an address it may not reach. */
   'ERR_SANDPOOL_ACCESS_DENIED',
+  /** A key's call, or a capability call of its agent (seen in the agent), over its quota. */
+  'ERR_SANDPOOL_QUOTA',
 ] as const;
 
 export type SandpoolErrorCode = (typeof ERROR_CODES)[number];
@@ -200,6 +202,20 @@ export function chunkTimeout(key: string, fn: string, ms: number): SandpoolError
 /** Arguments, a result or a chunk that cannot be cloned or rebuilt on this side. */
 export function dataClone(key: string, what: string, cause?: unknown): SandpoolError {
   return new SandpoolError('ERR_SANDPOOL_DATA_CLONE', `${key}: ${what}`, keyed(key, cause));
+}
+
+/** A call over its key's `quotas.calls`. */
+export function quotaExceeded(key: string): SandpoolError {
+  return new SandpoolError('ERR_SANDPOOL_QUOTA', `${key}: over its calls quota (quotas.calls)`, { key });
+}
+
+/** A call's `context` larger than its bound, sized before it is copied. */
+export function contextTooLarge(key: string, bound: number): SandpoolError {
+  const message = `the call's context is larger than ${bound} bytes serialized`;
+  return new SandpoolError('ERR_SANDPOOL_INVALID_OPTIONS', `${key}: ${message}`, {
+    key,
+    issues: [{ path: ['context'], message }],
+  });
 }
 
 /** A SharedArrayBuffer where the call did not pass `{ shared: true }`: it would be memory the key shares with the host. */

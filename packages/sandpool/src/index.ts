@@ -10,19 +10,27 @@ export { type AgentKey, AgentKeySchema, formatKey, parseKey } from './key.js';
 export {
   type CallOptions,
   type InvalidateSelector,
+  type KeyPolicy,
+  KeyPolicySchema,
   type OutputListener,
   type PoolOptions,
   PoolOptionsSchema,
+  type Quotas,
   type StreamOptions,
 } from './options.js';
 export { type SnapshotInfo, SnapshotStore } from './store/store.js';
 export type {
+  CallRecord,
   DemoteReason,
   EvictReason,
+  FetchOption,
+  FetchPolicy,
+  FetchSecret,
   HostCapabilities,
   HostCapability,
   HostContext,
   HostOption,
+  HostUsage,
   InvalidateReport,
   Isolation,
   KeyStats,

@@ -4,7 +4,15 @@ import { issuesOf } from './issues.js';
 import { type AgentKey, SnapshotNameSchema, StemSchema, SwarmSchema } from './key.js';
 import { IO_LIMITS } from './protocol/agent-io.js';
 import { DEFAULT_MAX_SNAPSHOT_BYTES, SnapshotSecretSchema } from './store/store.js';
-import type { HostOption, Isolation, PermissionPolicy, WidenableBuiltin } from './types.js';
+import type {
+  FetchOption,
+  FetchPolicy,
+  HostCapabilities,
+  HostOption,
+  Isolation,
+  PermissionPolicy,
+  WidenableBuiltin,
+} from './types.js';
 
 /** setTimeout's ceiling. */
 const MAX_MS = 2_147_483_647;
@@ -58,10 +66,54 @@ export function hostTableProblem(value: unknown): string | null {
   return null;
 }
 
+/** A key's permission policy as given (not a function): strict, none, or a widening of strict. */
+const PermissionPolicySchema = z.union([z.literal('strict'), z.literal('none'), PermissionGrantSchema]);
+const IsolationSchema = z.union([z.literal('thread'), z.literal('process')]);
+const MaxExternalMb = z.number().positive().max(1_048_576);
+const Env = z.record(z.string(), z.string());
+
 /** Whether a value can be the `host` option (the schema's check; the table is built per spawn). */
 function isHostOption(value: unknown): value is HostOption {
   return typeof value === 'function' || hostTableProblem(value) === null;
 }
+
+/** Whether a value can be the `fetch` option: a function, or an object of policies by swarm (each checked at createPool). */
+function isFetchOption(value: unknown): value is FetchOption {
+  if (typeof value === 'function') return true;
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return false;
+  return Object.entries(value).every(
+    ([swarm, policy]) => SwarmSchema.safeParse(swarm).success && typeof policy === 'object' && policy !== null,
+  );
+}
+
+const perSecond = z.number().positive().max(1_000_000);
+const burst = z.number().int().positive().max(1_000_000);
+
+/** A rate with a burst: `perSecond` on average, up to `burst` at once (default: one second's worth, at least 1). */
+const RateSchema = z.strictObject({ perSecond, burst: burst.optional() });
+
+/** One capability's quota per key: calls, like a call rate, and bytes moved (arguments, results, bodies) a second. */
+const HostQuotaSchema = z
+  .strictObject({
+    perSecond: perSecond.optional(),
+    burst: burst.optional(),
+    bytesPerSecond: z.number().positive().max(Number.MAX_SAFE_INTEGER).optional(),
+  })
+  .refine((quota) => quota.perSecond !== undefined || quota.bytesPerSecond !== undefined, {
+    message: 'a host quota names perSecond, bytesPerSecond or both',
+  })
+  .refine((quota) => quota.burst === undefined || quota.perSecond !== undefined, {
+    message: 'burst goes with perSecond',
+    path: ['burst'],
+  });
+
+/** Limits per key: its calls, and its calls of each capability (by name). */
+export const QuotasSchema = z.strictObject({
+  calls: RateSchema.optional(),
+  host: z.record(z.string().min(1).max(IO_LIMITS.hostName), HostQuotaSchema).optional(),
+});
+export type Quotas = z.input<typeof QuotasSchema>;
+export type ResolvedQuotas = z.output<typeof QuotasSchema>;
 
 /** A worker's heap budget unless resourceLimits names one. */
 const DEFAULT_HEAP_MB = 256;
@@ -92,9 +144,9 @@ export const PoolOptionsSchema = z.strictObject({
    * ArrayBuffers and other memory outside the JS heap, per worker: past it the worker ends
    * with \`oom\`. Enforced by the coordinator, as is the heap cap (see the README for Node 20).
    */
-  maxExternalMb: z.number().positive().max(1_048_576).default(256),
+  maxExternalMb: MaxExternalMb.default(256),
   /** The whole environment agents see: the host's is never passed on. */
-  env: z.record(z.string(), z.string()).default({}),
+  env: Env.default({}),
   /** Reload live workers when files under their swarm's `live/` change. */
   watch: z.boolean().default(false),
   /** How long `close()` lets running calls finish. */
@@ -117,9 +169,7 @@ export const PoolOptionsSchema = z.strictObject({
    */
   permissions: z
     .union([
-      z.literal('strict'),
-      z.literal('none'),
-      PermissionGrantSchema,
+      PermissionPolicySchema,
       z.custom<(key: Readonly<AgentKey>) => PermissionPolicy>(
         (value) => typeof value === 'function',
         'permissions must be strict, none, a grant or a function',
@@ -163,14 +213,26 @@ export const PoolOptionsSchema = z.strictObject({
     .custom<HostOption>(isHostOption, 'host must be an object of functions, or a function of the key returning one')
     .default({}),
   /**
+   * The built-in `sandpool.host.fetch`: a policy per swarm (`{ [swarm]: { allow, secrets, … } }`)
+   * or a function of the key returning one (or null); off for keys without one.
+   */
+  fetch: z
+    .custom<FetchOption>(isFetchOption, 'fetch must be an object of policies by swarm, or a function of the key')
+    .optional(),
+  /**
+   * Limits per key (each key has its own): `calls` (`{ perSecond, burst }`, refused at the call)
+   * and `host` by capability name (`{ perSecond, burst, bytesPerSecond }`, refused in the agent),
+   * both with ERR_SANDPOOL_QUOTA.
+   */
+  quotas: QuotasSchema.optional(),
+  /**
    * Where each key's agent runs: a worker thread of this process (`'thread'`, cheap), or a
    * child process of its own (`'process'`: its own address space, fds, signals and libuv
    * pool, in the OS sandbox of `sandbox`, rlimits); or a function of the key.
    */
   isolation: z
     .union([
-      z.literal('thread'),
-      z.literal('process'),
+      IsolationSchema,
       z.custom<(key: Readonly<AgentKey>) => Isolation>(
         (value) => typeof value === 'function',
         'isolation must be thread, process or a function of the key',
@@ -196,6 +258,22 @@ export const PoolOptionsSchema = z.strictObject({
       processes: z.number().int().min(64).max(4_194_304).default(8192),
     })
     .default({ openFiles: 1024, processes: 8192 }),
+  /**
+   * Every per-tenant setting in one function of the key, called once per spawn: what it
+   * returns (checked with KeyPolicySchema) overrides the options above for that key.
+   */
+  policy: z
+    .custom<(key: Readonly<AgentKey>) => KeyPolicy>(
+      (value) => typeof value === 'function',
+      'policy must be a function of the key',
+    )
+    .optional(),
+  /**
+   * Spans for calls (`sandpool.call`, and `sandpool.host <name>` for capability calls) when
+   * the application has `@opentelemetry/api` and registered a tracer provider; false: none,
+   * whatever is registered. Without a provider a call costs nothing for it either way.
+   */
+  tracing: z.boolean().default(true),
   /**
    * The OS sandbox around process-isolated agents (see the README's security stance):
    * `'auto'` uses the layers this host offers and reports them (`stats().sandbox`, the
@@ -224,6 +302,32 @@ export const PoolOptionsSchema = z.strictObject({
   onOutput: z.custom<OutputListener>((value) => typeof value === 'function', 'onOutput must be a function').optional(),
 });
 
+/**
+ * What `policy(key)` may return: the per-tenant options, each checked with the pool option's
+ * own schema, each optional (absent: the pool's). `resourceLimits` merges over the pool's; a
+ * `fetch` policy is the key's own (null: none), checked when its capabilities are made.
+ */
+export const KeyPolicySchema = z.strictObject({
+  resourceLimits: ResourceLimitsSchema.optional(),
+  maxExternalMb: MaxExternalMb.optional(),
+  cpuTimeoutMs: ms.optional(),
+  env: Env.optional(),
+  quotas: QuotasSchema.optional(),
+  permissions: PermissionPolicySchema.optional(),
+  isolation: IsolationSchema.optional(),
+  host: z
+    .custom<HostCapabilities>((value) => hostTableProblem(value) === null, 'host must be an object of functions')
+    .optional(),
+  fetch: z
+    .custom<FetchPolicy | null>(
+      (value) => value === null || (typeof value === 'object' && !Array.isArray(value)),
+      'fetch must be a policy or null',
+    )
+    .optional(),
+});
+export type KeyPolicy = z.input<typeof KeyPolicySchema>;
+export type ResolvedKeyPolicy = z.output<typeof KeyPolicySchema>;
+
 export type PoolOptions = z.input<typeof PoolOptionsSchema>;
 export type ResolvedPoolOptions = z.output<typeof PoolOptionsSchema>;
 
@@ -248,6 +352,12 @@ export const CallOptionsSchema = z.strictObject({
    * that key both see, thread keys only) rather than refused with DATA_CLONE.
    */
   shared: z.boolean().optional(),
+  /**
+   * What the caller wants its capabilities to know (a conversation, a user): structured-cloneable,
+   * at most 64 KB serialized, copied when the call is made; capabilities get it as
+   * `ctx.context`. The agent never sees it.
+   */
+  context: z.unknown().optional(),
 });
 
 export type CallOptions = z.input<typeof CallOptionsSchema>;
@@ -258,6 +368,8 @@ export interface ParsedCallOptions {
   signal: AbortSignal | undefined;
   transfer: ArrayBuffer[] | undefined;
   shared: boolean;
+  /** The caller's `context` as given (undefined: none); admission copies it. */
+  context: unknown;
 }
 
 const NO_CALL_OPTIONS: ParsedCallOptions = {
@@ -265,6 +377,7 @@ const NO_CALL_OPTIONS: ParsedCallOptions = {
   signal: undefined,
   transfer: undefined,
   shared: false,
+  context: undefined,
 };
 
 export function parseCallOptions(options: CallOptions | undefined): ParsedCallOptions {
@@ -277,24 +390,28 @@ export function parseCallOptions(options: CallOptions | undefined): ParsedCallOp
       signal: options.signal,
       transfer: undefined,
       shared: options.shared === true,
+      context: options.context,
     };
   }
   const parsed = CallOptionsSchema.safeParse(options);
   if (!parsed.success) {
     throw invalidOptions('call options', issuesOf(parsed.error));
   }
-  const { timeoutMs, signal, transfer, shared } = parsed.data;
+  const { timeoutMs, signal, transfer, shared, context } = parsed.data;
   return {
     timeoutMs,
     signal,
     transfer: transfer === undefined || transfer.length === 0 ? undefined : transfer,
     shared: shared === true,
+    context,
   };
 }
 
 function isWellFormed(options: CallOptions): boolean {
   if (typeof options !== 'object' || options === null) return false;
-  for (const name in options) if (name !== 'timeoutMs' && name !== 'signal' && name !== 'shared') return false;
+  for (const name in options) {
+    if (name !== 'timeoutMs' && name !== 'signal' && name !== 'shared' && name !== 'context') return false;
+  }
   const { timeoutMs, signal, shared } = options;
   return (
     (timeoutMs === undefined || (Number.isInteger(timeoutMs) && timeoutMs >= 0 && timeoutMs <= MAX_MS)) &&
@@ -311,6 +428,8 @@ export const StreamOptionsSchema = z.strictObject({
   chunkTimeoutMs: ms.default(30_000),
   /** Bounds the whole stream, counted from its hand-off to the worker; none unless given. */
   timeoutMs: ms.optional(),
+  /** As for a call: what its capabilities get as `ctx.context`. */
+  context: z.unknown().optional(),
 });
 export type StreamOptions = z.input<typeof StreamOptionsSchema>;
 

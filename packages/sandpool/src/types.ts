@@ -3,7 +3,7 @@
  * module that imports nothing but other types: the parts of the library import from here,
  * never from each other, for what callers see.
  */
-import type { ExitReason, SandpoolError } from './errors.js';
+import type { ExitReason, SandpoolError, SandpoolErrorCode } from './errors.js';
 import type { AgentKey } from './key.js';
 
 /** Where a key's agent runs: a worker thread of this process, or a child process of its own. */
@@ -48,8 +48,33 @@ export interface PoolEvents {
   'reload-failed': [ReloadFailedEvent];
   /** fairness lowered a worker's CPU priority: a heavy call while busy keys outnumber cores, or CPU burned with no call. */
   demote: [PoolEvent<DemoteReason>];
+  /** A call settled, or was refused for a valid key: once per call, for logs and billing. */
+  call: [CallRecord];
   /** Once, just after createPool, when keys may run in processes: the sandbox layers they get here. */
   sandbox: [SandboxLayers];
+}
+
+/** What one call did (the `call` event): made when it settles, or when it is refused for a valid key. */
+export interface CallRecord {
+  /** The key in text form, and its parts. */
+  key: string;
+  swarm: string;
+  snapshot: string | null;
+  stem: string;
+  fn: string;
+  /** From `call()` (or a stream's first `next()`) to its settlement, in ms; 0 for a call refused at once. */
+  durationMs: number;
+  /**
+   * CPU its worker used while it ran, in ms: the worker's thread (a process key's whole
+   * process, in 10 ms ticks), shared evenly among the calls it ran at once, so the calls of a
+   * worker add up to its CPU. 0 for a call that never reached a worker.
+   */
+  cpuMs: number;
+  outcome: 'ok' | 'error';
+  /** A failed call's code. */
+  code?: SandpoolErrorCode;
+  /** The capability calls it made, by name, counting those that ran (not those a quota refused). */
+  host: Record<string, number>;
 }
 
 /** The layers of the OS sandbox around process keys, as `stats().sandbox` and the `sandbox` event report them. */
@@ -124,6 +149,20 @@ export interface KeyStats {
   demoted: boolean;
   /** Latency of its last 256 calls, from call() to settlement (ms). */
   latency: { p50: number; p99: number; max: number } | null;
+  /** Calls refused by its `quotas.calls`. */
+  quotaRefused: number;
+  /** Its use of each capability, by name. */
+  host: Record<string, HostUsage>;
+}
+
+/** One capability's use by one key, since the pool started (`keyStats().host`). */
+export interface HostUsage {
+  /** Host calls made (refused ones not included). */
+  calls: number;
+  /** Host calls refused by the key's `quotas.host`. */
+  refused: number;
+  /** Bytes moved: arguments, results and bodies. */
+  bytes: number;
 }
 
 /** What `invalidate()` did: the keys now running the new code, and those whose new code failed to load. */
@@ -150,6 +189,8 @@ export interface HostContext {
   readonly stem: string;
   /** Aborted when the agent call that made this host call ends: settled, cancelled, timed out, or its worker gone. */
   readonly signal: AbortSignal;
+  /** The `context` the caller gave `call()`, `stream()` or `remote()` (a copy of its own), or undefined. */
+  readonly context: unknown;
 }
 
 /** `(ctx, ...args) => value | Promise<value>`; arguments and result are structured clones. */
@@ -157,6 +198,37 @@ export type HostCapability = (ctx: HostContext, ...args: never[]) => unknown;
 export type HostCapabilities = Readonly<Record<string, HostCapability>>;
 /** The `host` pool option: one set for every key, or a function of the key called once per spawn. */
 export type HostOption = HostCapabilities | ((key: Readonly<AgentKey>) => HostCapabilities);
+
+/** Headers the host adds to every request to one origin: the agent never sees them. */
+export interface FetchSecret {
+  readonly headers: Readonly<Record<string, string>>;
+}
+
+/**
+ * Which origins a swarm's agents may reach with `sandpool.host.fetch`, with which secrets,
+ * within which bounds (see the README, The `fetch` capability).
+ */
+export interface FetchPolicy {
+  /** Origins that may be reached, e.g. `https://api.example.com` or `http://127.0.0.1:8080`. */
+  readonly allow: readonly string[];
+  /** By listed origin: headers the host adds to each request and redirect hop to it. */
+  readonly secrets?: Readonly<Record<string, FetchSecret>> | undefined;
+  /** Bytes of one request body at most (1 MiB). */
+  readonly maxRequestBytes?: number | undefined;
+  /** Bytes of one response body at most (10 MiB). */
+  readonly maxResponseBytes?: number | undefined;
+  /** The whole request, redirects and body included (30000). */
+  readonly timeoutMs?: number | undefined;
+  /** Redirects followed at most (5). */
+  readonly maxRedirects?: number | undefined;
+  /** Name resolution in place of `dns.lookup`, for tests; what it returns is checked like a DNS answer. */
+  readonly lookup?: ((hostname: string) => Promise<readonly string[]>) | undefined;
+}
+
+/** The `fetch` pool option: a policy per swarm, or a function of the key (null or undefined: no fetch). */
+export type FetchOption =
+  | Readonly<Record<string, FetchPolicy>>
+  | ((key: Readonly<AgentKey>) => FetchPolicy | null | undefined);
 
 /** What a widening adds to `'strict'`: absolute paths, and the process rights strict denies. */
 export interface PermissionGrant {

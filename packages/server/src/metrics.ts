@@ -1,6 +1,5 @@
 import { Counter, collectDefaultMetrics, Gauge, Registry } from 'prom-client';
 import type { DemoteReason, EvictReason, ExitReason, Pool, SpawnReason } from 'sandpool';
-import type { CallKind } from './call-input.js';
 import { OneLabelCounter, OneLabelHistogram } from './one-label-metrics.js';
 import type { ServerErrorCode } from './status.js';
 import { SwarmLabels } from './swarm-labels.js';
@@ -9,11 +8,11 @@ export interface ServerMetrics {
   /** A registry of the server's own: several servers in one process (tests) must not collide. */
   readonly registry: Registry;
   /**
-   * One finished call: `outcome` is `ok` or the error code; latency only when the key was
-   * valid; `swarm` once the token was found to reach it (so a scoped token cannot put
-   * another tenant's name on a series).
+   * A request refused before it reached the pool (a bad body, a token that does not reach the
+   * swarm): node-wide only, with no swarm, so a caller cannot put a tenant's name on a series.
+   * Calls that reach the pool are counted from its `call` records.
    */
-  observeCall(outcome: 'ok' | ServerErrorCode, kind: CallKind | null, seconds: number, swarm: string | null): void;
+  observeRefused(code: ServerErrorCode): void;
 }
 
 /**
@@ -86,13 +85,13 @@ export function createMetrics(pool: Pool, nodeName: string, swarmLabelLimit: num
 
   const calls = new OneLabelCounter(
     'sandpool_calls_total',
-    'Calls answered, by outcome: ok or the error code.',
+    'Calls the pool answered, by outcome (ok or the error code), and requests refused before they reached it, by code.',
     'outcome',
     registry,
   );
   const latency = new OneLabelHistogram(
     'sandpool_call_duration_seconds',
-    'Time from a valid call request to its answer, by live or snapshot key.',
+    'Time from call() to its answer in the pool, by live or snapshot key.',
     'kind',
     LATENCY_BUCKETS,
     registry,
@@ -172,12 +171,17 @@ export function createMetrics(pool: Pool, nodeName: string, swarmLabelLimit: num
   });
 
   const perSwarm = swarmMetrics(registry, pool, swarmLabelLimit);
+  // Every call the pool answers, the HTTP routes' and those the embedding service makes itself.
+  pool.on('call', ({ swarm, snapshot, durationMs, code }) => {
+    const seconds = durationMs / 1000;
+    calls.inc(code ?? 'ok');
+    latency.observe(snapshot === null ? 'live' : 'snapshot', seconds);
+    perSwarm.observe(swarm, code !== undefined, seconds);
+  });
   return {
     registry,
-    observeCall(outcome, kind, seconds, swarm) {
-      calls.inc(outcome);
-      if (kind !== null) latency.observe(kind, seconds);
-      if (swarm !== null) perSwarm.observe(swarm, outcome !== 'ok', seconds);
+    observeRefused(code) {
+      calls.inc(code);
     },
   };
 }
@@ -234,7 +238,7 @@ function swarmMetrics(
   );
   const latency = new OneLabelHistogram(
     'sandpool_swarm_call_duration_seconds',
-    `Time from a call request to its answer; ${which}.`,
+    `Time from call() to its answer in the pool; ${which}.`,
     'swarm',
     SWARM_LATENCY_BUCKETS,
     registry,

@@ -1,6 +1,6 @@
 /** The coordinator's checks on the agent-side messages (see agent-io.ts), in the style of checks.ts. */
 import { IO_LIMITS } from './agent-io.js';
-import { bad, type Checked, isCallId } from './check-kit.js';
+import { bad, type Checked, isCallId, isCount } from './check-kit.js';
 import { isInline } from './clone.js';
 import { type FromWorker, LIMITS } from './messages.js';
 
@@ -29,6 +29,18 @@ export function checkHostCall(raw: Record<string, unknown>): Checked {
     return bad('host call arguments past the limit its runtime keeps');
   }
   return { ok: true, message: raw as unknown as FromWorker };
+}
+
+/** Credit for a host call's body: at most the window the runtime keeps (more is checked against what was sent, where it is known). */
+export function checkHostPull(raw: Record<string, unknown>): Checked {
+  if (!isCallId(raw.id)) return bad('a body pull with a malformed id');
+  if (!isCount(raw.n) || raw.n === 0 || raw.n > IO_LIMITS.hostBodyWindow) return bad('a body pull past its window');
+  return { ok: true, message: { t: 'host-pull', id: raw.id, n: raw.n } };
+}
+
+export function checkHostCancel(raw: Record<string, unknown>): Checked {
+  if (!isCallId(raw.id)) return bad('a host cancel with a malformed id');
+  return { ok: true, message: { t: 'host-cancel', id: raw.id } };
 }
 
 /** Shared buffers are not copied: only their number is bounded. */

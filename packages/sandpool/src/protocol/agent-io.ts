@@ -24,6 +24,8 @@ export const IO_LIMITS = {
   highWaterMark: 1024,
   /** ArrayBuffers one result may move out of band. */
   transfers: 1024,
+  /** Chunks of a host call's body the worker may ask for beyond those it has received. */
+  hostBodyWindow: 16,
 } as const;
 
 /** The code a call to an undeclared capability rejects with in the agent. */
@@ -42,10 +44,44 @@ export interface HostCall {
   args: ArrayBuffer;
 }
 
-/** The capability's outcome: a primitive value, serialized bytes, or an error with its code. */
+/**
+ * The capability's outcome: a primitive value, serialized bytes, or an error with its code.
+ * With `body`, the value is a head (a `fetch` response's status and headers) whose body
+ * follows as HostChunks the worker asks for with HostPull, and ends with a HostEnd.
+ */
 export type HostDone =
-  | { t: 'host-done'; id: number; ok: true; value: unknown; bytes: ArrayBuffer | null }
+  | { t: 'host-done'; id: number; ok: true; value: unknown; bytes: ArrayBuffer | null; body?: true }
   | { t: 'host-done'; id: number; ok: false; error: RemoteError };
+
+/** The worker may receive `n` more chunks of host call `id`'s body (at most hostBodyWindow ahead of what it has). */
+export interface HostPull {
+  t: 'host-pull';
+  id: number;
+  n: number;
+}
+
+/**
+ * The agent gave up on host call `id` (its `fetch` signal fired, or it cancelled the body):
+ * the host stops the capability, or closes the body (and the connection behind it).
+ */
+export interface HostCancel {
+  t: 'host-cancel';
+  id: number;
+}
+
+/** One chunk of a host call's body, moved. */
+export interface HostChunk {
+  t: 'host-chunk';
+  id: number;
+  bytes: ArrayBuffer;
+}
+
+/** A host call's body has ended: at its end (`error` null), or failed. */
+export interface HostEnd {
+  t: 'host-end';
+  id: number;
+  error: RemoteError | null;
+}
 
 /**
  * Starts a stream call: like a call in a batch, plus the chunks the worker may send before
@@ -58,6 +94,8 @@ export interface StreamStart {
   args: unknown[];
   deadline: number;
   credit: number;
+  /** A traced stream: its span's W3C traceparent, the agent's `sandpool.traceparent`. */
+  trace?: string;
 }
 
 /** The consumer took `n` more chunks: the worker may send that many more. */

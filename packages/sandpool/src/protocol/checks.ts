@@ -4,7 +4,14 @@
  * sets, dense arrays of bounded length, bounded text. A message that fails is a forgery or a
  * broken runtime; the caller ends that worker with reason `protocol`.
  */
-import { checkChunk, checkHostCall, checkMoved, checkShared } from './agent-io-checks.js';
+import {
+  checkChunk,
+  checkHostCall,
+  checkHostCancel,
+  checkHostPull,
+  checkMoved,
+  checkShared,
+} from './agent-io-checks.js';
 import { bad, type Checked, isCallId, isCount, isDense, isPlainObject, isText } from './check-kit.js';
 import { isInline } from './clone.js';
 import {
@@ -35,6 +42,10 @@ export function checkFromWorker(raw: unknown): Checked {
       return checkChunk(raw);
     case 'host':
       return checkHostCall(raw);
+    case 'host-pull':
+      return checkHostPull(raw);
+    case 'host-cancel':
+      return checkHostCancel(raw);
     case 'ready':
       if (!isCount(raw.tid)) return bad('a ready message with a malformed thread id');
       return { ok: true, message: { t: 'ready', tid: raw.tid } };

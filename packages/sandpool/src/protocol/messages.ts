@@ -1,5 +1,16 @@
 import type { MessagePort } from 'node:worker_threads';
-import type { HostCall, HostDone, RemoteError, StreamChunk, StreamCredit, StreamStart } from './agent-io.js';
+import type {
+  HostCall,
+  HostCancel,
+  HostChunk,
+  HostDone,
+  HostEnd,
+  HostPull,
+  RemoteError,
+  StreamChunk,
+  StreamCredit,
+  StreamStart,
+} from './agent-io.js';
 
 export type { RemoteError };
 
@@ -112,6 +123,8 @@ export interface CallBatch {
   calls: unknown[];
   /** A call made with `{ shared: true }`, alone in its batch: its result may share memory too. */
   shared?: true;
+  /** A traced call, alone in its batch: its span's W3C traceparent, the agent's `sandpool.traceparent`. */
+  trace?: string;
 }
 
 /** A child process's argument: it must drop to its load's `user` before agent code (worker/entry.ts). */
@@ -143,7 +156,16 @@ export interface OutputAck {
   bytes: number;
 }
 
-export type ToWorker = LoadRequest | CallBatch | Cancel | OutputAck | StreamStart | StreamCredit | HostDone;
+export type ToWorker =
+  | LoadRequest
+  | CallBatch
+  | Cancel
+  | OutputAck
+  | StreamStart
+  | StreamCredit
+  | HostDone
+  | HostChunk
+  | HostEnd;
 
 /**
  * The global symbol (`Symbol.for`) under which a worker keeps `process.memoryUsage` as it was
@@ -220,6 +242,8 @@ export type FromWorker =
   | SerializedResult
   | StreamChunk
   | HostCall
+  | HostPull
+  | HostCancel
   | MemoryBeat;
 
 /** How a call ended in the worker, once decoded. */

@@ -17,6 +17,9 @@ export function defineAgentGlobal(key: string, host: Readonly<Record<string, unk
     get deadline(): number | null {
       return currentCall()?.deadline ?? null;
     },
+    get traceparent(): string | null {
+      return currentCall()?.traceparent ?? null;
+    },
   });
   Object.defineProperty(globalThis, 'sandpool', {
     value: api,

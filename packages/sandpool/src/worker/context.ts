@@ -23,6 +23,8 @@ export class CallContext {
     readonly id: number,
     /** Epoch ms by which the call must settle, or null. */
     readonly deadline: number | null,
+    /** The W3C traceparent of the call's span in the host, or null when it has none. */
+    readonly traceparent: string | null = null,
   ) {}
 
   get signal(): AbortSignal {

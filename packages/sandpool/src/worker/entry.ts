@@ -117,7 +117,7 @@ link.listen((message) => {
   switch (message.t) {
     case 'calls':
       heartbeat?.quicken();
-      return runtime.onCalls(message.calls, message.shared === true);
+      return runtime.onCalls(message.calls, message.shared === true, message.trace ?? null);
     case 'cancel':
       return runtime.cancel(message.id, message.why);
     case 'out-ack':
@@ -129,6 +129,10 @@ link.listen((message) => {
       return runtime.credit(message.id, message.n);
     case 'host-done':
       return host.answer(message);
+    case 'host-chunk':
+      return host.chunk(message);
+    case 'host-end':
+      return host.end(message);
     case 'load':
       if (loading) return;
       loading = true;

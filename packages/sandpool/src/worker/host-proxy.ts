@@ -5,10 +5,12 @@
  * name or arguments too large, too many in flight) never leave the worker.
  */
 import v8 from 'node:v8';
-import { HOST_NOT_FOUND, type HostDone, IO_LIMITS } from '../protocol/agent-io.js';
+import { HOST_NOT_FOUND, type HostChunk, type HostDone, type HostEnd, IO_LIMITS } from '../protocol/agent-io.js';
 import type { FromWorker, RemoteError } from '../protocol/messages.js';
 import { exceedsSize } from '../protocol/size.js';
 import { currentCall } from './context.js';
+import { fetchRequest, hasBody, toResponse } from './fetch-client.js';
+import { HostBodyStreams } from './host-bodies.js';
 
 /** Taken before any agent code: see worker/result.ts. */
 const { deserialize, serialize } = v8;
@@ -19,15 +21,23 @@ type HostFunction = (...args: unknown[]) => Promise<unknown>;
 interface Waiting {
   resolve: (value: unknown) => void;
   reject: (error: Error) => void;
+  /** The agent's own signal (a `fetch` init's): it rejects the call at once, and cancels it on the host. */
+  readonly signal: AbortSignal | null;
+  readonly onAbort: (() => void) | null;
+  /** The agent has its answer already (its signal fired): the host's only frees the slot. */
+  answered: boolean;
 }
 
 export class HostProxy {
   private nextId = 0;
   /** Host calls sent and not answered: their count is what the coordinator bounds. */
   private readonly waiting = new Map<number, Waiting>();
+  /** Bodies of answers being read: they count with the calls in flight, as the coordinator counts them. */
+  private readonly bodies: HostBodyStreams;
   readonly api: Readonly<Record<string, HostFunction>>;
 
   constructor(private readonly post: Post) {
+    this.bodies = new HostBodyStreams(post, rebuild);
     this.api = new Proxy(Object.freeze(Object.create(null)) as Record<string, HostFunction>, {
       // `then` stays undefined so `await sandpool.host` does not call a capability named then.
       get: (_target, name) =>
@@ -39,21 +49,40 @@ export class HostProxy {
   }
 
   answer(message: HostDone): void {
-    const waiting = this.waiting.get(message.id);
+    const { id } = message;
+    const waiting = this.waiting.get(id);
     if (waiting === undefined) return;
-    this.waiting.delete(message.id);
+    this.waiting.delete(id);
+    if (waiting.onAbort !== null) waiting.signal?.removeEventListener('abort', waiting.onAbort);
+    const body = message.ok && message.body === true;
+    if (waiting.answered) {
+      if (body) this.bodies.discard(id);
+      return;
+    }
     if (!message.ok) {
       waiting.reject(rebuild(message.error));
       return;
     }
     try {
-      waiting.resolve(message.bytes === null ? message.value : deserialize(new Uint8Array(message.bytes)));
+      const value = message.bytes === null ? message.value : deserialize(new Uint8Array(message.bytes));
+      if (!body) return waiting.resolve(value);
+      if (!hasBody(value)) this.bodies.discard(id);
+      waiting.resolve(toResponse(value, hasBody(value) ? this.bodies.stream(id, waiting.signal) : null));
     } catch (error) {
+      if (body) this.bodies.discard(id);
       waiting.reject(failure('ERR_SANDPOOL_DATA_CLONE', `the capability's result cannot be rebuilt: ${String(error)}`));
     }
   }
 
-  private call(name: string, args: unknown[]): Promise<unknown> {
+  chunk(message: HostChunk): void {
+    this.bodies.chunk(message.id, message.bytes);
+  }
+
+  end(message: HostEnd): void {
+    this.bodies.end(message);
+  }
+
+  private call(name: string, given: unknown[]): Promise<unknown> {
     const context = currentCall();
     if (context === undefined || context.ended) {
       return Promise.reject(
@@ -66,7 +95,13 @@ export class HostProxy {
     if (name.length > IO_LIMITS.hostName) {
       return Promise.reject(failure(HOST_NOT_FOUND, `no host capability ${JSON.stringify(name.slice(0, 64))}…`));
     }
-    if (this.waiting.size >= IO_LIMITS.hostCalls) {
+    let args = given;
+    let signal: AbortSignal | null = null;
+    if (name === 'fetch') {
+      ({ args, signal } = fetchRequest(given));
+      if (signal?.aborted === true) return Promise.reject(signal.reason);
+    }
+    if (this.waiting.size + this.bodies.size >= IO_LIMITS.hostCalls) {
       return Promise.reject(
         failure('ERR_SANDPOOL_QUEUE_FULL', `${IO_LIMITS.hostCalls} host calls are in flight already in this worker`),
       );
@@ -103,8 +138,19 @@ export class HostProxy {
     }
     const id = ++this.nextId;
     return new Promise((resolve, reject) => {
-      this.waiting.set(id, { resolve, reject });
+      const onAbort =
+        signal === null
+          ? null
+          : (): void => {
+              const waiting = this.waiting.get(id);
+              if (waiting === undefined || waiting.answered) return;
+              waiting.answered = true;
+              reject(signal.reason);
+              this.post({ t: 'host-cancel', id });
+            };
+      this.waiting.set(id, { resolve, reject, signal, onAbort, answered: false });
       this.post({ t: 'host', id, call: context.id, name, args: bytes }, [bytes]);
+      if (onAbort !== null) signal?.addEventListener('abort', onAbort, { once: true });
     });
   }
 }

@@ -63,9 +63,9 @@ export class Runtime {
 
   /**
    * `calls` is `id, fn, deadline, argc, args…` as the coordinator flattened it (CALL_HEADER);
-   * `shared`: one call, made with `{ shared: true }`.
+   * `shared`: one call, made with `{ shared: true }`; `trace`: one call, with its traceparent.
    */
-  onCalls(calls: unknown[], shared = false): void {
+  onCalls(calls: unknown[], shared = false, trace: string | null = null): void {
     if (shared) this.sharing.add(calls[0] as number);
     for (let i = 0; i < calls.length; ) {
       const id = calls[i] as number;
@@ -73,7 +73,7 @@ export class Runtime {
       const deadline = calls[i + 2] as number;
       const start = i + CALL_HEADER;
       i = start + (calls[i + 3] as number);
-      const context = new CallContext(id, deadline > 0 ? deadline : null);
+      const context = new CallContext(id, deadline > 0 ? deadline : null, trace);
       const result = runInCall(context, this.runCall, fn, calls.slice(start, i));
       if (result instanceof Promise) {
         this.running.set(id, context);
@@ -99,8 +99,8 @@ export class Runtime {
    * A stream call: the function's async iterable is pumped within the consumer's credit; a
    * plain value is its one chunk. The stream's end is an ordinary reply.
    */
-  onStream({ id, fn, args, deadline, credit }: StreamStart): void {
-    const context = new CallContext(id, deadline > 0 ? deadline : null);
+  onStream({ id, fn, args, deadline, credit, trace }: StreamStart): void {
+    const context = new CallContext(id, deadline > 0 ? deadline : null, trace ?? null);
     const pump = new StreamPump(credit, (value) => this.chunk(id, value));
     this.running.set(id, context);
     this.streams.set(id, pump);

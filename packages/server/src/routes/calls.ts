@@ -1,5 +1,5 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { type CallKind, callOptionsFor, readCallInput } from '../call-input.js';
+import { callOptionsFor, readCallInput } from '../call-input.js';
 import type { ServerContext } from '../context.js';
 import { bound, outcomeOf } from '../errors.js';
 import { authorize } from '../guard.js';
@@ -23,12 +23,12 @@ async function call(
   pathKey: string | undefined,
 ): Promise<FastifyReply> {
   const started = performance.now();
-  let kind: CallKind | null = null;
   let key: string | null = null;
-  let swarm: string | null = null;
+  // Once the call is the pool's, the pool's record counts it in the metrics.
+  let reached = false;
   const finish = (outcome: ReturnType<typeof outcomeOf> | 'ok'): void => {
     const seconds = (performance.now() - started) / 1000;
-    metrics.observeCall(outcome, kind, seconds, swarm);
+    if (!reached && outcome !== 'ok') metrics.observeRefused(outcome);
     // One line per call when logging: which key, how it ended, how long it took.
     if (options.logger) {
       request.log.info(
@@ -39,10 +39,9 @@ async function call(
   };
   try {
     const input = readCallInput(request.body, { path: pathKey, header: request.headers['x-sandpool-key'] });
-    kind = input.kind;
     key = bound(input.key, 300);
     authorize(request, input.swarm, 'read');
-    swarm = input.swarm;
+    reached = true;
     const result = await pool.call(input.key, input.fn, input.args, callOptionsFor(input, options.callTimeoutCapMs));
     const text = `{"result":${toJson(result, 'the result', input.key)}}`;
     finish('ok');

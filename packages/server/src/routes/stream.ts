@@ -1,6 +1,6 @@
 import { once } from 'node:events';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { type CallKind, callOptionsFor, readCallInput } from '../call-input.js';
+import { callOptionsFor, readCallInput } from '../call-input.js';
 import type { ServerContext } from '../context.js';
 import { outcomeOf, toErrorReply } from '../errors.js';
 import { authorize } from '../guard.js';
@@ -26,20 +26,18 @@ async function stream(
   reply: FastifyReply,
   pathKey: string | undefined,
 ): Promise<void> {
-  const started = process.hrtime.bigint();
-  let kind: CallKind | null = null;
-  let swarm: string | null = null;
+  // Once the stream is the pool's, the pool's record counts it in the metrics.
+  let reached = false;
   let iterator: AsyncIterableIterator<unknown, undefined> | null = null;
   let first: IteratorResult<unknown, undefined>;
   try {
     const input = readCallInput(request.body, { path: pathKey, header: request.headers['x-sandpool-key'] });
-    kind = input.kind;
     authorize(request, input.swarm, 'read');
-    swarm = input.swarm;
+    reached = true;
     iterator = pool.stream(input.key, input.fn, input.args, callOptionsFor(input, options.callTimeoutCapMs));
     first = await iterator.next();
   } catch (error) {
-    metrics.observeCall(outcomeOf(error), kind, elapsed(started), swarm);
+    if (!reached) metrics.observeRefused(outcomeOf(error));
     throw error;
   }
   const raw = reply.raw;
@@ -55,20 +53,13 @@ async function stream(
     // A next() waiting for the agent returns at once: the loop below ends.
     if (gone) void iterator?.return?.();
   });
-  let outcome: ReturnType<typeof outcomeOf> | 'ok' = 'ok';
   try {
     for (let step = first; step.done !== true && !gone; step = await iterator.next()) {
       if (!raw.write(`{"chunk":${toJson(step.value, 'a chunk')}}\n`)) await Promise.race([once(raw, 'drain'), closed]);
     }
     if (!gone) raw.end('{"done":true}\n');
   } catch (error) {
-    outcome = outcomeOf(error);
     void iterator.return?.();
     if (!gone) raw.end(`${JSON.stringify({ error: toErrorReply(error, options.debug, scrub).body })}\n`);
   }
-  metrics.observeCall(outcome, kind, elapsed(started), swarm);
-}
-
-function elapsed(started: bigint): number {
-  return Number(process.hrtime.bigint() - started) / 1e9;
 }

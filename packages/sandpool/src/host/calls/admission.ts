@@ -3,6 +3,7 @@ import {
   badFunctionName,
   closed,
   queueFull,
+  quotaExceeded,
   sharedMemoryRefused,
   snapshotRemoved,
   unusableOptions,
@@ -10,8 +11,10 @@ import {
 import { type AgentKey, type ResolvedKey, resolveKey } from '../../key.js';
 import { type CallOptions, parseCallOptions } from '../../options.js';
 import { holdsSharedMemory } from '../../protocol/clone.js';
+import type { Quotas } from '../capabilities/quotas.js';
 import type { Backoff } from '../routes/backoff.js';
 import type { Route } from '../routes/route.js';
+import { copyContext } from './call-context.js';
 
 /** Longest function name a call may carry: names are cached in the worker. */
 const MAX_FN_NAME = 1024;
@@ -29,6 +32,8 @@ export interface AdmissionState {
   route(key: ResolvedKey): Route | undefined;
   /** Calls waiting for a worker slot, across all keys. */
   readonly waitingForSlot: number;
+  /** Each key's quotas: a call over its key's is refused, last, so a call refused otherwise takes no token. */
+  readonly quotas: Quotas;
 }
 
 export interface AdmittedCall {
@@ -40,13 +45,15 @@ export interface AdmittedCall {
   readonly transfer: ArrayBuffer[] | undefined;
   /** A SharedArrayBuffer may be shared with the key, in the arguments and the result. */
   readonly shared: boolean;
+  /** The caller's `context`, copied as bytes; null for none. */
+  readonly context: Uint8Array | null;
   /** Undefined for a key the pool holds nothing for yet. */
   readonly route: Route | undefined;
 }
 
 /**
  * Every check a call passes before it holds anything: input first, then the gates (closed,
- * back-off, a snapshot being removed, the key's and the pool's queue bounds). Throws the
+ * back-off, a snapshot being removed, the key's and the pool's queue bounds, its quota). Throws the
  * SandpoolError the caller sees; a refused call changes nothing.
  */
 export function admit(
@@ -64,10 +71,11 @@ export function admit(
   if (!Array.isArray(args)) {
     throw unusableOptions('args must be an array', { key: key.text });
   }
-  const { timeoutMs, signal, transfer, shared } = parseCallOptions(options);
+  const { timeoutMs, signal, transfer, shared, context } = parseCallOptions(options);
   if (!shared && holdsSharedMemory(args)) {
     throw sharedMemoryRefused(key.text, fn, 'arguments');
   }
+  const copied = context === undefined ? null : copyContext(context, key.text);
   if (signal?.aborted) throw aborted(key.text);
   if (state.backoff.active) {
     const blocked = state.backoff.blocked(key.text, Date.now());
@@ -84,6 +92,7 @@ export function admit(
   if (needsSlot && state.waitingForSlot >= state.maxWaiting) {
     throw queueFull(key.text, `${state.waitingForSlot} calls wait for a worker`);
   }
+  if (state.quotas.calls && !state.quotas.admitCall(key.text)) throw quotaExceeded(key.text);
   return {
     key,
     fn,
@@ -92,6 +101,7 @@ export function admit(
     signal,
     transfer,
     shared,
+    context: copied,
     route,
   };
 }

@@ -1,11 +1,14 @@
 import { aborted, type SandpoolError } from '../../errors.js';
 import type { AgentKey, ResolvedKey } from '../../key.js';
 import type { CallOptions } from '../../options.js';
+import type { Quotas } from '../capabilities/quotas.js';
 import { Call, type StreamSink } from '../cells/call.js';
 import type { Backoff } from '../routes/backoff.js';
 import type { Route } from '../routes/route.js';
 import type { RouteTable } from '../routes/table.js';
+import type { Telemetry } from '../telemetry/telemetry.js';
 import { type AdmissionState, type AdmittedCall, admit } from './admission.js';
+import { callerScope } from './call-context.js';
 
 export interface DispatchLimits {
   readonly maxPendingPerKey: number;
@@ -29,6 +32,10 @@ export class Dispatch implements AdmissionState {
     /** Calls waiting for a slot, across keys (the census's set). */
     private readonly slotWaiters: ReadonlySet<Call>,
     private readonly isClosed: () => boolean,
+    /** Whether any key may have capabilities: only then does a call keep its caller's async context. */
+    private readonly capabilities: boolean,
+    readonly quotas: Quotas,
+    private readonly telemetry: Telemetry,
   ) {}
 
   /** Never throws synchronously: every refusal is a rejected promise. */
@@ -39,6 +46,7 @@ export class Dispatch implements AdmissionState {
         this.enter(admitted, resolve, reject, null);
       });
     } catch (error) {
+      this.telemetry.refused(key, fn, error);
       return Promise.reject(error);
     }
   }
@@ -53,7 +61,14 @@ export class Dispatch implements AdmissionState {
     resolve: (value: unknown) => void,
     reject: (error: Error) => void,
   ): Call {
-    return this.enter(admit(this, key, fn, args, { timeoutMs: 0, ...options }), resolve, reject, sink);
+    let admitted: AdmittedCall;
+    try {
+      admitted = admit(this, key, fn, args, { timeoutMs: 0, ...options });
+    } catch (error) {
+      this.telemetry.refused(key, fn, error);
+      throw error;
+    }
+    return this.enter(admitted, resolve, reject, sink);
   }
 
   private enter(
@@ -67,6 +82,9 @@ export class Dispatch implements AdmissionState {
     if (admitted.transfer !== undefined) call.transfer = admitted.transfer;
     call.shared = admitted.shared;
     call.stream = sink;
+    call.context = admitted.context;
+    call.scope = callerScope(this.capabilities);
+    call.observed = this.telemetry.begin(route.key, admitted.fn, call.acceptedAt);
     const key = route.key.text;
     if (admitted.signal !== undefined) call.listen(admitted.signal, (): SandpoolError => aborted(key));
     route.accept(call);

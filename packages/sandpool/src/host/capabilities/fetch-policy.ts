@@ -7,6 +7,7 @@
 import { z } from 'zod';
 import { invalidOptions } from '../../errors.js';
 import { issuesOf } from '../../issues.js';
+import type { FetchPolicy as PublicFetchPolicy } from '../../types.js';
 
 /**
  * Resolves a host name to the addresses to try, in order. Every address it returns is
@@ -129,8 +130,8 @@ export const FetchPolicySchema = z
     return { ...policy, allow, secrets };
   });
 
-/** The policy as given to the pool, one per swarm. */
-export type FetchPolicy = z.input<typeof FetchPolicySchema>;
+/** The policy as given to the pool, one per swarm (the public type; the schema is its check). */
+export type FetchPolicy = PublicFetchPolicy;
 export type ResolvedFetchPolicy = z.output<typeof FetchPolicySchema>;
 
 export function parseFetchPolicy(policy: unknown): ResolvedFetchPolicy {

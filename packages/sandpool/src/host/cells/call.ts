@@ -1,6 +1,8 @@
+import type { AsyncResource } from 'node:async_hooks';
 import type { SandpoolError } from '../../errors.js';
 import type { ResolvedKey } from '../../key.js';
 import { copyArgs, moveArgs } from '../../protocol/clone.js';
+import type { CallObservation } from '../telemetry/observation.js';
 
 /** Where a stream call's chunks go (pool.stream()'s consumer). */
 export interface StreamSink {
@@ -19,6 +21,10 @@ export interface CallBook {
 export interface CallSite {
   /** Takes back a call answered early: a waiting call leaves; a running one's signal fires in the agent. */
   withdraw(call: Call, why: 'abort' | 'timeout'): void;
+  /** Its worker's CPU share of the calls it runs, now (see CpuShare); NaN with no worker. */
+  cpuShare(): number;
+  /** The digest of the snapshot its worker runs; null for live code. */
+  readonly digest: string | null;
   /** A stream's consumer took `n` chunks: the worker may send as many more. */
   credit(call: Call, n: number): void;
   /** The worker broke the protocol on this call: it ends, with `protocol`. */
@@ -51,8 +57,14 @@ export class Call {
   shared = false;
   /** Set for a `stream()` call: where its chunks go. */
   stream: StreamSink | null = null;
+  /** The caller's `context`, serialized (each capability call gets its own copy); null for none. */
+  context: Uint8Array | null = null;
+  /** The caller's async context, which its capabilities run in; null where no capability can run. */
+  scope: AsyncResource | null = null;
   /** It never reached a worker that then ended, and was sent to the key's next one (which happens once). */
   resent = false;
+  /** Its span and record, when a tracer provider is registered or the pool has `call` listeners; null otherwise. */
+  observed: CallObservation | null = null;
   private onAbort: (() => void) | undefined = undefined;
   /** Made by the first host call of this call: its capabilities' `ctx.signal`, aborted when the call ends. */
   private hostAbort: AbortController | null = null;
@@ -111,6 +123,7 @@ export class Call {
     if (error === null) this.resolveFn(value);
     else this.rejectFn(error);
     this.book.settled(this, error !== null);
+    if (this.observed !== null) this.observed.end(this, error);
     return true;
   }
 

@@ -2,12 +2,15 @@ import { queueTimeout, type SandpoolError } from '../../errors.js';
 import type { ResolvedKey } from '../../key.js';
 import type { MemoryBeat } from '../../protocol/messages.js';
 import type { HostCalls } from '../capabilities/capabilities.js';
+import type { KeyPolicy } from '../policy/key-policy.js';
 import { keyHash } from '../slots/frequency.js';
+import type { Telemetry } from '../telemetry/telemetry.js';
 import type { AgentWorker, RetireReason, ThreadEnd, ThreadOwner, WorkerMessage } from '../workers/agent-worker.js';
 import type { LaunchPlan } from '../workers/launch.js';
 import type { Call, CallSite } from './call.js';
 import { Channel, type ChannelOwner } from './channel.js';
 import { receiveChunk } from './chunks.js';
+import type { Redact } from './host-paths.js';
 import { toSandpoolError } from './remote-error.js';
 
 /**
@@ -89,6 +92,8 @@ export interface CellLife {
   abandoned(cell: Cell): void;
   /** Its worker's own report of its memory (where the coordinator cannot read it). */
   beat(cell: Cell, beat: MemoryBeat): void;
+  /** Its worker's CPU in nanoseconds now; NaN where it is not read. */
+  cpuNs(cell: Cell): number;
 }
 
 /** The cell's key's route (routes/route.ts): what it decides about the cells it serves from. */
@@ -134,6 +139,10 @@ export class Cell implements ThreadOwner, ChannelOwner, CallSite {
   filesBefore: string | null = null;
   /** Its key's host capabilities, resolved before it starts (the `host` option may be a function of the key). */
   host: HostCalls | null = null;
+  /** Its key's settings for this spawn, resolved before it starts. */
+  policy: KeyPolicy | null = null;
+  /** The digest of the snapshot it loads, known once its module is located; null for live code. */
+  digest: string | null = null;
   /** Resolves once the cell holds no slot: its worker has exited, or is stuck beyond reach. */
   readonly released: Promise<void>;
   private markReleased!: () => void;
@@ -185,10 +194,15 @@ export class Cell implements ThreadOwner, ChannelOwner, CallSite {
   }
 
   /** A channel for a worker this cell is about to start on. */
-  openChannel(thread: AgentWorker, abortGraceMs: number): Channel {
+  openChannel(
+    thread: AgentWorker,
+    abortGraceMs: number,
+    observers: Pick<Telemetry, 'measuring'>,
+    redact: Redact,
+  ): Channel {
     thread.owner = this;
     thread.label = this.key.text;
-    return new Channel(thread, this, abortGraceMs);
+    return new Channel(thread, this, abortGraceMs, observers, redact);
   }
 
   get thread(): AgentWorker | null {
@@ -275,6 +289,10 @@ export class Cell implements ThreadOwner, ChannelOwner, CallSite {
     this.channel?.credit(call, n);
   }
 
+  cpuShare(): number {
+    return this.channel?.cpuShare() ?? Number.NaN;
+  }
+
   violate(problem: string): void {
     this.thread?.violate(problem);
   }
@@ -289,7 +307,10 @@ export class Cell implements ThreadOwner, ChannelOwner, CallSite {
         return this.life.ready(this, message.tid);
       case 'load-failed':
         if (current.name !== 'starting') return this.violate('a load failure outside a load');
-        return this.life.loadFailed(this, toSandpoolError({ ok: false, ...message }, this.key.text));
+        return this.life.loadFailed(
+          this,
+          toSandpoolError({ ok: false, ...message }, this.key.text, current.channel.redact),
+        );
       case 'done':
       case 'result':
         return this.channel?.receive(message);
@@ -304,6 +325,12 @@ export class Cell implements ThreadOwner, ChannelOwner, CallSite {
         const { channel, thread, host } = this;
         if (channel === null || thread === null || host === null) return;
         return host.handle(message, (id) => channel.callFor(id), thread);
+      }
+      case 'host-pull':
+      case 'host-cancel': {
+        const { thread, host } = this;
+        if (thread === null || host === null) return;
+        return message.t === 'host-pull' ? host.pull(message, thread) : host.cancel(message, thread);
       }
     }
   }
@@ -326,5 +353,9 @@ export class Cell implements ThreadOwner, ChannelOwner, CallSite {
 
   drained(): void {
     this.life.drained(this);
+  }
+
+  cpuNs(): number {
+    return this.life.cpuNs(this);
   }
 }

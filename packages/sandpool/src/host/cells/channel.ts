@@ -3,9 +3,12 @@ import { callTimeout, dataClone } from '../../errors.js';
 import { isPrimitive } from '../../protocol/clone.js';
 import { CALL_HEADER, LIMITS, type Outcome, type ReplyBatch, type SerializedResult } from '../../protocol/messages.js';
 import { deserializeMoving } from '../../protocol/transfer-codec.js';
+import { CpuShare } from '../telemetry/cpu-share.js';
+import type { Telemetry } from '../telemetry/telemetry.js';
 import type { AgentWorker } from '../workers/agent-worker.js';
 import type { Call } from './call.js';
 import { CallSlots } from './call-slots.js';
+import type { Redact } from './host-paths.js';
 import { toSandpoolError } from './remote-error.js';
 
 /** What a channel reports to its cell: only what the calls cannot settle by themselves. */
@@ -16,6 +19,8 @@ export interface ChannelOwner {
   cancelIgnored(): void;
   /** The last running call has settled, and every cancelled one too. */
   drained(): void;
+  /** Its worker's CPU in nanoseconds now; NaN where it cannot be read. */
+  cpuNs(): number;
 }
 
 /**
@@ -40,12 +45,20 @@ export class Channel {
    * might not start, and if it is, these go to its replacement (see takeDeferred).
    */
   private deferred: Call[] = [];
+  /** The CPU of the calls someone observes. */
+  private readonly cpu: CpuShare;
 
   constructor(
     private readonly thread: AgentWorker,
     private readonly owner: ChannelOwner,
     private readonly abortGraceMs: number,
-  ) {}
+    /** Whether calls are observed now: only then is the worker's CPU read as replies come. */
+    private readonly observers: Pick<Telemetry, 'measuring'>,
+    /** Makes what the worker's errors say fit for the caller (cells/host-paths.ts). */
+    readonly redact: Redact,
+  ) {
+    this.cpu = new CpuShare(() => owner.cpuNs());
+  }
 
   /** Calls the worker is running, answered or not: a busy worker is never idle. */
   get busy(): number {
@@ -70,6 +83,11 @@ export class Channel {
     }
     if (call.queueTimer !== undefined) call.stopWaiting();
     const idle = this.busy === 0;
+    let trace: string | null = null;
+    if (call.observed !== null) {
+      call.observed.cpuFrom = this.cpu.start(this.busy);
+      trace = call.observed.traceparent;
+    }
     this.running.add(call);
     if (idle) {
       this.thread.setReferenced(true);
@@ -81,7 +99,13 @@ export class Channel {
       this.watchDeadline(call, now);
       deadline = performance.timeOrigin + call.deadline;
     }
-    if (call.transfer === null && call.stream === null && !call.shared && call.args.every(isPrimitive)) {
+    if (
+      call.transfer === null &&
+      call.stream === null &&
+      !call.shared &&
+      trace === null &&
+      call.args.every(isPrimitive)
+    ) {
       // Nothing runs and nothing waits to leave: a lone call goes now, not at the end of the
       // tick, so the worker starts on it while the caller's tick goes on.
       if (idle) return this.send(appendCall([], call, deadline));
@@ -94,8 +118,13 @@ export class Channel {
       return;
     }
     this.flush(); // calls made earlier in this tick must arrive first
-    if (call.stream !== null) this.sendStream(call, deadline, call.stream.highWaterMark);
-    else this.send(appendCall([], call, deadline), call.transfer ?? undefined, call.shared);
+    if (call.stream !== null) this.sendStream(call, deadline, call.stream.highWaterMark, trace);
+    else this.send(appendCall([], call, deadline), call.transfer ?? undefined, call.shared, trace);
+  }
+
+  /** The CPU share of the calls it runs now (see CpuShare). */
+  cpuShare(): number {
+    return this.cpu.now(this.busy);
   }
 
   /** The running call a worker's message names; undefined once it has settled or been cancelled. */
@@ -104,10 +133,15 @@ export class Channel {
   }
 
   /** A stream call leaves alone: its start carries the credit the worker may use. */
-  private sendStream(call: Call, deadline: number, credit: number): void {
+  private sendStream(call: Call, deadline: number, credit: number, trace: string | null): void {
     if (this.thread.terminating) return;
     try {
-      this.thread.post({ t: 'stream', id: call.id, fn: call.fn, args: call.args, deadline, credit });
+      const { id, fn, args } = call;
+      this.thread.post(
+        trace === null
+          ? { t: 'stream', id, fn, args, deadline, credit }
+          : { t: 'stream', id, fn, args, deadline, credit, trace },
+      );
     } catch (error) {
       this.running.settle(call);
       unsendable(call, error);
@@ -170,6 +204,8 @@ export class Channel {
 
   /** Decodes a reply message; a reply to an id never issued is a forgery. */
   receive(message: ReplyBatch | SerializedResult): void {
+    if (this.observers.measuring) this.cpu.replies(this.busy);
+    else this.cpu.lapse();
     if (message.t === 'result') {
       this.settleSerialized(message);
     } else {
@@ -182,6 +218,7 @@ export class Channel {
         this.settle(err[i] as number, { ok: false, code: err[i + 1], error: err[i + 2] } as Outcome);
       }
     }
+    this.cpu.settled();
     this.afterSettle();
   }
 
@@ -239,7 +276,7 @@ export class Channel {
     const call = this.take(id);
     if (call === undefined) return;
     if (outcome.ok) call.settle(null, outcome.value);
-    else call.settle(toSandpoolError(outcome, call.keyText));
+    else call.settle(toSandpoolError(outcome, call.keyText, this.redact));
   }
 
   /** The running call a reply settles, off the channel; undefined when its answer was given already. */
@@ -271,15 +308,23 @@ export class Channel {
     this.send(calls);
   };
 
-  /** `shared`: the batch is one call of `{ shared: true }`, whose result may share memory too. */
-  private send(calls: unknown[], transfer?: ArrayBuffer[], shared = false): void {
+  /**
+   * `shared`: the batch is one call of `{ shared: true }`, whose result may share memory too;
+   * `trace`: the batch is one call, with its traceparent.
+   */
+  private send(calls: unknown[], transfer?: ArrayBuffer[], shared = false, trace: string | null = null): void {
     if (this.thread.terminating) return; // its exit rejects the calls
     try {
-      this.thread.post(shared ? { t: 'calls', calls, shared } : { t: 'calls', calls }, transfer);
+      this.thread.post(
+        shared || trace !== null
+          ? { t: 'calls', calls, ...(shared ? { shared: true as const } : {}), ...(trace === null ? {} : { trace }) }
+          : { t: 'calls', calls },
+        transfer,
+      );
       return;
     } catch (error) {
       // Some argument cannot be cloned: send them one by one so only its call fails.
-      if (transfer !== undefined || shared) return this.unsendable(calls[0] as number, error); // sent alone
+      if (transfer !== undefined || shared || trace !== null) return this.unsendable(calls[0] as number, error); // sent alone
     }
     for (let i = 0, end = 0; i < calls.length; i = end) {
       end = i + CALL_HEADER + (calls[i + 3] as number);

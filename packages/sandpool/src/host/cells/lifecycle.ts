@@ -1,16 +1,28 @@
-import { closed, type ExitReason, moduleLoad, type SandpoolError, snapshotRemoved, workerDied } from '../../errors.js';
+import {
+  closed,
+  type ExitReason,
+  moduleLoad,
+  quotaExceeded,
+  type SandpoolError,
+  snapshotRemoved,
+  workerDied,
+} from '../../errors.js';
 import type { MemoryBeat } from '../../protocol/messages.js';
-import type { HostOption } from '../../types.js';
-import { capabilitiesFor, HostCalls } from '../capabilities/capabilities.js';
+import type { FetchOption, HostOption } from '../../types.js';
+import { hostCallsFor } from '../capabilities/capabilities.js';
+import type { KeyQuota, Quotas } from '../capabilities/quotas.js';
 import type { CpuGovernor } from '../governors/cpu.js';
 import { IDLE_POLL_MS, type MemoryGovernor } from '../governors/memory.js';
+import type { KeyPolicy } from '../policy/key-policy.js';
 import type { Scheduler } from '../slots/scheduler.js';
 import type { Spares } from '../slots/spares.js';
+import type { Telemetry } from '../telemetry/telemetry.js';
 import type { RetireReason, ThreadEnd } from '../workers/agent-worker.js';
 import type { Launcher } from '../workers/launch.js';
 import { AgentProcess } from '../workers/process.js';
 import type { Call } from './call.js';
 import type { Cell, CellLife, CellPhase } from './cell.js';
+import type { Redact } from './host-paths.js';
 import { toSandpoolError } from './remote-error.js';
 
 /** How often a worker the coordinator cannot probe reports its memory while calls run. */
@@ -23,7 +35,14 @@ export interface LifecycleParts {
   readonly cpu: CpuGovernor<Cell>;
   readonly launcher: Launcher;
   readonly host: HostOption;
+  readonly fetch: FetchOption | undefined;
+  readonly quotas: Quotas;
+  /** The key's settings for a spawn (the `policy` option over the pool's); throws INVALID_OPTIONS. */
+  readonly policy: (key: Cell['key']) => KeyPolicy;
   readonly abortGraceMs: number;
+  /** Whether calls are observed now (their workers' CPU is read for them then). */
+  readonly telemetry: Pick<Telemetry, 'measuring'>;
+  readonly redact: Redact;
 }
 
 /**
@@ -41,12 +60,16 @@ export class Lifecycle implements CellLife {
   async prepare(cell: Cell): Promise<void> {
     let plan: Awaited<ReturnType<Launcher['plan']>>;
     try {
-      plan = await this.parts.launcher.plan(cell.key);
-      cell.host = new HostCalls(capabilitiesFor(this.parts.host, cell.key), cell.key);
+      plan = await this.parts.launcher.plan(cell.key, this.parts.policy);
+      const { policy } = plan;
+      const { host, fetch } = this.parts;
+      cell.host = hostCallsFor(policy.host ?? host, fetch, policy.fetch, cell.key, this.quotaOf(cell, policy));
+      cell.policy = policy;
+      cell.digest = plan.location.digest;
       await cell.route.beforeLoad(cell);
     } catch (error) {
       if (cell.phase.name !== 'resolving') return;
-      const failure = toSandpoolError(error, cell.key.text);
+      const failure = toSandpoolError(error, cell.key.text, this.parts.redact);
       cell.route.prepareFailed(cell, failure);
       this.abandon(cell, failure);
       return;
@@ -57,6 +80,22 @@ export class Lifecycle implements CellLife {
     this.parts.scheduler.enqueue(cell);
   }
 
+  /**
+   * The key's quotas, its policy's from this spawn on. Calls that came before its first calls
+   * quota are charged now: the first ones pass, those past its burst fail.
+   */
+  private quotaOf(cell: Cell, policy: KeyPolicy): KeyQuota {
+    const { quotas } = this.parts;
+    if (policy.quotas === undefined) return quotas.of(cell.key.text);
+    const limited = quotas.of(cell.key.text).limitsCalls;
+    const quota = quotas.configure(cell.key.text, policy.quotas);
+    if (limited || !quota.limitsCalls) return quota;
+    for (const call of [...(cell.waiting ?? [])]) {
+      if (!quota.takeCall()) call.interrupt(quotaExceeded(cell.key.text), 'abort');
+    }
+    return quota;
+  }
+
   /** The scheduler gave the cell a slot: it gets a worker (a spare if one fits) and loads. */
   start(cell: Cell): void {
     const { phase } = cell;
@@ -65,7 +104,7 @@ export class Lifecycle implements CellLife {
     const { plan } = phase;
     const spare = launcher.fitsBlank(plan, spares.isolation) ? spares.take() : null;
     const thread = spare ?? launcher.boot(plan);
-    const channel = cell.openChannel(thread, this.parts.abortGraceMs);
+    const channel = cell.openChannel(thread, this.parts.abortGraceMs, this.parts.telemetry, this.parts.redact);
     cell.transition({
       name: 'starting',
       waiting: phase.waiting,
@@ -76,7 +115,11 @@ export class Lifecycle implements CellLife {
       retiring: null,
     });
     const heartbeat = thread.isolation === 'thread' && memory.needsHeartbeat(plan.execArgv);
-    memory.watch(cell, thread, heartbeat);
+    const { resourceLimits, maxExternalMb } = plan.policy;
+    memory.watch(cell, thread, heartbeat, {
+      heapBytes: resourceLimits.maxOldGenerationSizeMb * 2 ** 20,
+      externalBytes: maxExternalMb * 2 ** 20,
+    });
     const beat = heartbeat ? { busyMs: HEARTBEAT_MS, idleMs: IDLE_POLL_MS } : null;
     thread.assign(cell.key, plan.access);
     thread.post(launcher.loadRequest(cell.key, plan, thread, beat));
@@ -88,8 +131,10 @@ export class Lifecycle implements CellLife {
     if (phase.name !== 'starting') return;
     const { cpu, spares } = this.parts;
     const { thread, channel, waiting } = phase;
-    if (thread instanceof AgentProcess) cpu.watchProcess(cell, thread.nodePid, (nice) => thread.prioritize(nice));
-    else if (tid > 0) cpu.watch(cell, tid);
+    const cpuTimeoutMs = cell.policy?.cpuTimeoutMs;
+    if (thread instanceof AgentProcess) {
+      cpu.watchProcess(cell, thread.nodePid, (nice) => thread.prioritize(nice), cpuTimeoutMs);
+    } else if (tid > 0) cpu.watch(cell, tid, cpuTimeoutMs);
     if (phase.from === 'cold' && thread.isolation === spares.isolation) {
       spares.booted(performance.now() - phase.startedAt);
     }
@@ -277,8 +322,13 @@ export class Lifecycle implements CellLife {
     this.parts.memory.beat(cell, beat);
   }
 
+  cpuNs(cell: Cell): number {
+    return this.parts.cpu.cpuNs(cell);
+  }
+
   /** The slot, the memory and the CPU books no longer follow it. */
   private unwatch(cell: Cell): void {
+    cell.host?.close();
     this.parts.scheduler.forget(cell);
     this.parts.memory.unwatch(cell);
     this.parts.cpu.unwatch(cell);

@@ -59,6 +59,8 @@ export interface CpuEvents<W> {
 
 interface Sampled {
   readonly tid: number;
+  /** CPU one call may use (its key's, or the pool's); 0 = off. */
+  readonly cpuTimeoutMs: number;
   /**
    * A child process, `tid` its pid: its CPU is every thread's (V8's, libuv's pool, any it
    * started), and its priority is set its own way (`prioritize`). Otherwise one worker thread.
@@ -106,11 +108,11 @@ export class CpuGovernor<W extends CpuWatched> {
    * The TID a worker thread reported, checked: a thread of this process, not the main one,
    * not another worker's. Anything else is refused, and the worker goes unaccounted.
    */
-  watch(cell: W, tid: number): boolean {
+  watch(cell: W, tid: number, cpuTimeoutMs = this.options.cpuTimeoutMs): boolean {
     if (!Number.isSafeInteger(tid) || tid <= 0 || tid === process.pid) return false;
     for (const other of this.sampled.values()) if (other.tid === tid) return false;
     if (!existsSync(`/proc/self/task/${tid}`)) return false;
-    return this.open(cell, tid, null, `/proc/self/task/${tid}/schedstat`);
+    return this.open(cell, tid, null, `/proc/self/task/${tid}/schedstat`, cpuTimeoutMs);
   }
 
   /**
@@ -118,11 +120,22 @@ export class CpuGovernor<W extends CpuWatched> {
    * CPU: an agent that keeps libuv's pool busy (async `crypto.pbkdf2`, allowed under strict
    * permissions) burns CPU on threads other than its main one.
    */
-  watchProcess(cell: W, pid: number, prioritize: (nice: number) => boolean): boolean {
-    return pid > 0 && this.open(cell, pid, prioritize, `/proc/${pid}/stat`);
+  watchProcess(
+    cell: W,
+    pid: number,
+    prioritize: (nice: number) => boolean,
+    cpuTimeoutMs = this.options.cpuTimeoutMs,
+  ): boolean {
+    return pid > 0 && this.open(cell, pid, prioritize, `/proc/${pid}/stat`, cpuTimeoutMs);
   }
 
-  private open(cell: W, tid: number, prioritize: ((nice: number) => boolean) | null, path: string): boolean {
+  private open(
+    cell: W,
+    tid: number,
+    prioritize: ((nice: number) => boolean) | null,
+    path: string,
+    cpuTimeoutMs: number,
+  ): boolean {
     let fd: number;
     try {
       fd = openSync(path, 'r');
@@ -131,6 +144,7 @@ export class CpuGovernor<W extends CpuWatched> {
     }
     const entry: Sampled = {
       tid,
+      cpuTimeoutMs,
       whole: prioritize !== null,
       prioritize,
       fd,
@@ -173,6 +187,12 @@ export class CpuGovernor<W extends CpuWatched> {
     const entry = this.sampled.get(cell);
     if (entry === undefined || entry.whole) return null;
     return fresh ? this.read(entry) : entry.total;
+  }
+
+  /** The worker's CPU now (ns), read apart from the samples; NaN when it is not watched. */
+  cpuNs(cell: W): number {
+    const entry = this.sampled.get(cell);
+    return entry === undefined ? Number.NaN : this.read(entry);
   }
 
   /** The worker threads it watches: their CPU is their keys'. */
@@ -238,10 +258,10 @@ export class CpuGovernor<W extends CpuWatched> {
         entry.oldest = oldest;
       }
       const callMs = (total - entry.oldestStart) / 1e6;
-      if (this.options.cpuTimeoutMs > 0 && callMs > this.options.cpuTimeoutMs) {
+      if (entry.cpuTimeoutMs > 0 && callMs > entry.cpuTimeoutMs) {
         this.events.overran(
           cell,
-          `a call used ${Math.round(callMs)} ms of CPU, past cpuTimeoutMs ${this.options.cpuTimeoutMs}`,
+          `a call used ${Math.round(callMs)} ms of CPU, past cpuTimeoutMs ${entry.cpuTimeoutMs}`,
         );
         return;
       }

@@ -73,6 +73,8 @@ const BEAT_MISSED_MS = 100;
 
 interface Watched {
   readonly thread: AgentWorker;
+  /** Its key's budgets (its policy's, or the pool's). */
+  readonly limits: MemoryLimits;
   /** Read by the coordinator's probe, or reported by the worker's heartbeat. */
   readonly source: 'probe' | 'heartbeat';
   reading: boolean;
@@ -126,10 +128,12 @@ export class MemoryGovernor<W extends Swept> {
     return this.probe?.kind === 'inspector' && underPermissionModel(execArgv);
   }
 
-  watch(cell: W, thread: AgentWorker, heartbeat: boolean): void {
+  /** Watches a cell's worker against `limits` (a key's own, from its policy), or the pool's. */
+  watch(cell: W, thread: AgentWorker, heartbeat: boolean, limits: MemoryLimits = this.limits): void {
     if (this.probe === null) return;
     this.watched.set(cell, {
       thread,
+      limits,
       source: heartbeat ? 'heartbeat' : 'probe',
       reading: false,
       lastRead: performance.now(),
@@ -164,7 +168,7 @@ export class MemoryGovernor<W extends Swept> {
     entry.lastRead = performance.now();
     entry.rssAtBeat = process.memoryUsage.rss();
     this.last.set(cell, reading);
-    this.check(cell, reading);
+    this.check(cell, entry.limits, reading);
   }
 
   private visitBusy(cells: ReadonlySet<W>, now: number): void {
@@ -186,7 +190,7 @@ export class MemoryGovernor<W extends Swept> {
       // Degraded (Node 20 under the permission model): a busy worker that stopped beating
       // while the process grew past its budget is taken to be the one growing.
       if (rss < 0) rss = process.memoryUsage.rss();
-      if (rss - entry.rssAtBeat > this.limits.heapBytes) {
+      if (rss - entry.rssAtBeat > entry.limits.heapBytes) {
         this.unwatch(cell);
         this.onBreach(cell, `missed its heartbeat while the process grew ${mb(rss - entry.rssAtBeat)} MB`);
       }
@@ -227,8 +231,8 @@ export class MemoryGovernor<W extends Swept> {
         entry.cpuAtRead = this.cpuNs(cell, true);
         this.last.set(cell, reading);
         if (this.watched.get(cell) !== entry) return;
-        if (entry.thread.isolation === 'process') this.checkProcess(cell, reading);
-        else this.check(cell, reading);
+        if (entry.thread.isolation === 'process') this.checkProcess(cell, entry.limits, reading);
+        else this.check(cell, entry.limits, reading);
       })
       .catch(() => {
         // The worker is exiting, or the probe lost it: its exit settles everything.
@@ -239,15 +243,15 @@ export class MemoryGovernor<W extends Swept> {
   }
 
   /** A process's one figure is its RSS (see AgentProcess.readMemory): held to both budgets and its runtime. */
-  private checkProcess(cell: W, { heap: rss }: MemoryReading): void {
-    const limit = processLine(this.limits);
+  private checkProcess(cell: W, limits: MemoryLimits, { heap: rss }: MemoryReading): void {
+    const limit = processLine(limits);
     if (rss <= limit) return;
     this.unwatch(cell);
     this.onBreach(cell, `resident memory ${mb(rss)} MB past its ${mb(limit)} MB budget`);
   }
 
-  private check(cell: W, { heap, external }: MemoryReading): void {
-    const { heapBytes, externalBytes } = this.limits;
+  private check(cell: W, limits: MemoryLimits, { heap, external }: MemoryReading): void {
+    const { heapBytes, externalBytes } = limits;
     if (heap > heapBytes) {
       this.unwatch(cell);
       this.onBreach(cell, `heap ${mb(heap)} MB past its ${mb(heapBytes)} MB budget`);

@@ -2,13 +2,17 @@ import { resolve as resolvePath } from 'node:path';
 import { type InvalidateSelector, type ResolvedPoolOptions, swarmCap } from '../../options.js';
 import type { InvalidateReport, KeyStats, PoolEvents, PoolStats } from '../../types.js';
 import { Dispatch } from '../calls/dispatch.js';
+import { mayHaveCapabilities } from '../capabilities/capabilities.js';
+import { Quotas } from '../capabilities/quotas.js';
 import type { Cell } from '../cells/cell.js';
 import { Census } from '../cells/census.js';
+import { hostPaths } from '../cells/host-paths.js';
 import { Lifecycle } from '../cells/lifecycle.js';
 import { hostCgroups } from '../governors/cgroups.js';
 import { CpuGovernor } from '../governors/cpu.js';
 import { kernelMemoryBound, MemoryGovernor, v8HeapLimitMb } from '../governors/memory.js';
 import { ProcessThreads } from '../governors/threads.js';
+import { type KeyPolicy, keyPolicy } from '../policy/key-policy.js';
 import { Backoff } from '../routes/backoff.js';
 import { KeyBook } from '../routes/key-book.js';
 import { reloadMatching } from '../routes/reload.js';
@@ -17,6 +21,8 @@ import { LiveWatcher } from '../routes/watch.js';
 import { Scheduler } from '../slots/scheduler.js';
 import { SpareDemand } from '../slots/spare-demand.js';
 import { Spares } from '../slots/spares.js';
+import { Telemetry } from '../telemetry/telemetry.js';
+import type { ThreadSettings } from '../workers/agent-worker.js';
 import { Launcher } from '../workers/launch.js';
 import { labelledWriter } from '../workers/output.js';
 import { refuseUnenforceableNetwork, sandboxEnds } from '../workers/permissions.js';
@@ -24,6 +30,13 @@ import { violations } from './invariants.js';
 import { collectKeyStats } from './key-stats.js';
 
 type Emit = <E extends keyof PoolEvents>(event: E, ...args: PoolEvents[E]) => void;
+
+/** What the pool's facade tells the core about its events. */
+export interface PoolEmitter {
+  emit: Emit;
+  /** Whether the event has listeners now. */
+  listens(event: keyof PoolEvents): boolean;
+}
 
 /**
  * The parts of one pool, wired: who tells whom is decided here, once, and the parts then
@@ -43,6 +56,7 @@ export class PoolCore {
   private readonly table: RouteTable;
   private readonly backoff = new Backoff();
   private readonly book = new KeyBook();
+  private readonly quotas: Quotas;
   private readonly watcher: LiveWatcher | null;
   private readonly threads: ProcessThreads;
   private outputDropped = 0;
@@ -50,9 +64,15 @@ export class PoolCore {
 
   constructor(
     private readonly options: ResolvedPoolOptions,
-    emit: Emit,
+    { emit, listens }: PoolEmitter,
   ) {
     this.root = resolvePath(options.root);
+    const telemetry = new Telemetry(
+      options.tracing,
+      () => listens('call'),
+      (record) => emit('call', record),
+    );
+    this.quotas = new Quotas(options.quotas);
     this.census = new Census(emit);
     const onOutputDropped = (chars: number): void => {
       this.outputDropped += chars;
@@ -73,20 +93,23 @@ export class PoolCore {
       idleBurner: (cell) => this.lifecycle.retire(cell, 'cpu'),
       recycle: (cell) => this.lifecycle.retire(cell, 'cpu'),
     });
-    const heapBudget = options.resourceLimits.maxOldGenerationSizeMb;
+    const output = options.onOutput ?? labelledWriter(() => onOutputDropped(1));
+    const settingsFor = ({ env, resourceLimits }: Pick<KeyPolicy, 'env' | 'resourceLimits'>): ThreadSettings => ({
+      env,
+      // The governor ends a worker at its budget; V8's own limit is the backstop above it.
+      resourceLimits: this.memory.active
+        ? { ...resourceLimits, maxOldGenerationSizeMb: v8HeapLimitMb(resourceLimits.maxOldGenerationSizeMb) }
+        : resourceLimits,
+      output,
+      onOutputDropped,
+    });
     const launcher = new Launcher(
       options,
       this.root,
-      {
-        env: options.env,
-        // The governor ends a worker at its budget; V8's own limit is the backstop above it.
-        resourceLimits: this.memory.active
-          ? { ...options.resourceLimits, maxOldGenerationSizeMb: v8HeapLimitMb(heapBudget) }
-          : options.resourceLimits,
-        output: options.onOutput ?? labelledWriter(() => onOutputDropped(1)),
-        onOutputDropped,
-      },
+      settingsFor(options),
       { cgroups: hostCgroups, memoryBytes: kernelMemoryBound(memoryLimits) },
+      settingsFor,
+      kernelMemoryBound,
     );
     this.launcher = launcher;
     // Before anything starts: a spare, or the stage a spare cell needs.
@@ -95,7 +118,8 @@ export class PoolCore {
     const spareKind = options.isolation === 'process' ? 'process' : 'thread';
     // Under a per-key permission model no key can take a spare (its flags are fixed at boot).
     const sparesUsable =
-      (options.permissions === 'none' || typeof options.permissions === 'function') && launcher.canBootBlank(spareKind);
+      (options.permissions === 'none' || typeof options.permissions === 'function' || options.policy !== undefined) &&
+      launcher.canBootBlank(spareKind);
     this.spares = new Spares(new SpareDemand(sparesUsable ? options.spareWorkers : 0), spareKind, () =>
       launcher.bootBlank(spareKind),
     );
@@ -124,7 +148,12 @@ export class PoolCore {
       cpu: this.cpu,
       launcher,
       host: options.host,
+      fetch: options.fetch,
+      quotas: this.quotas,
+      policy: (key) => keyPolicy(options, key),
       abortGraceMs: options.abortGraceMs,
+      telemetry,
+      redact: hostPaths(this.root),
     });
     const sandboxEnd = typeof options.permissions === 'object' ? sandboxEnds(options.permissions) : null;
     if (sandboxEnd !== null) process.emitWarning(sandboxEnd, { code: 'SANDPOOL_SANDBOX_ENDED' });
@@ -156,6 +185,9 @@ export class PoolCore {
       options,
       this.census.slotWaiters,
       () => this.closing !== null,
+      mayHaveCapabilities(options),
+      this.quotas,
+      telemetry,
     );
     this.threads = new ProcessThreads(() => this.cpu.ownedThreads());
     this.spares.fill();
@@ -229,6 +261,7 @@ export class PoolCore {
       cells: this.census.withThread(),
       memory: (cell) => this.memory.lastReading(cell),
       demoted: (cell) => this.cpu.isDemoted(cell),
+      quotas: this.quotas,
     });
   }
 

@@ -1,5 +1,6 @@
 import { resolveKey } from '../../key.js';
 import type { KeyStats } from '../../types.js';
+import type { Quotas } from '../capabilities/quotas.js';
 import type { Cell } from '../cells/cell.js';
 import type { KeyBook } from '../routes/key-book.js';
 import type { Route } from '../routes/route.js';
@@ -12,10 +13,11 @@ export interface KeySources {
   readonly cells: Iterable<Cell>;
   memory(cell: Cell): MemoryReading | null;
   demoted(cell: Cell): boolean;
+  readonly quotas: Quotas;
 }
 
 /** One entry per key the pool routes, runs or has totals for. */
-export function collectKeyStats({ book, routes, cells, memory, demoted }: KeySources): KeyStats[] {
+export function collectKeyStats({ book, routes, cells, memory, demoted, quotas }: KeySources): KeyStats[] {
   const texts = new Set<string>([...book.keys(), ...routes.keys()]);
   const byKey = new Map<string, Cell[]>();
   for (const cell of cells) {
@@ -46,6 +48,7 @@ export function collectKeyStats({ book, routes, cells, memory, demoted }: KeySou
       queued,
       demoted: keyCells.some(demoted),
       ...book.read(text),
+      ...quotas.read(text),
     });
   }
   return stats;

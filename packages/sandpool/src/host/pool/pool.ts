@@ -11,6 +11,7 @@ import {
 import type { SnapshotStore } from '../../store/store.js';
 import { StoreHelper } from '../../store/store-helper.js';
 import type { InvalidateReport, KeyStats, PoolEvents, PoolStats, Remote } from '../../types.js';
+import { checkFetchOption } from '../capabilities/fetch-capability.js';
 import { PoolCore } from './core.js';
 import { frozenCopy } from './frozen.js';
 import { warnIfHeapCapOverridden } from './heap-warning.js';
@@ -40,9 +41,13 @@ export class Pool extends EventEmitter<PoolEvents> implements AsyncDisposable {
     super();
     const parsed = parsePoolOptions(options);
     this.options = frozenCopy(parsed);
+    checkFetchOption(parsed.fetch);
     warnIfHeapCapOverridden(parsed.resourceLimits);
     const emit = this.emit.bind(this) as (event: keyof PoolEvents, ...args: unknown[]) => boolean;
-    this.#core = new PoolCore(parsed, (event, ...args) => emit(event, ...args));
+    this.#core = new PoolCore(parsed, {
+      emit: (event, ...args) => emit(event, ...args),
+      listens: (event) => this.listenerCount(event) > 0,
+    });
     const { snapshotSecret, maxSnapshotBytes } = parsed;
     const storeOptions = {
       root: this.#core.root,

@@ -15,7 +15,7 @@ export type OpenStream = (
   key: AgentKey | string,
   fn: string,
   args: readonly unknown[],
-  options: { signal?: AbortSignal; timeoutMs?: number },
+  options: { signal?: AbortSignal; timeoutMs?: number; context?: unknown },
   sink: StreamSink,
   resolve: (value: unknown) => void,
   reject: (error: Error) => void,
@@ -39,7 +39,7 @@ export class PoolStream<T> implements AsyncIterableIterator<T, undefined>, Strea
   private unsentCredit = 0;
   private chunkTimer: NodeJS.Timeout | undefined = undefined;
   private readonly chunkTimeoutMs: number;
-  private readonly callOptions: { signal?: AbortSignal; timeoutMs?: number } = {};
+  private readonly callOptions: { signal?: AbortSignal; timeoutMs?: number; context?: unknown } = {};
 
   constructor(
     private readonly open: OpenStream,
@@ -56,11 +56,12 @@ export class PoolStream<T> implements AsyncIterableIterator<T, undefined>, Strea
       this.failure = invalidOptions('stream options', issuesOf(parsed.error));
       return;
     }
-    const { highWaterMark, chunkTimeoutMs, timeoutMs, signal } = parsed.data;
+    const { highWaterMark, chunkTimeoutMs, timeoutMs, signal, context } = parsed.data;
     this.highWaterMark = highWaterMark;
     this.chunkTimeoutMs = chunkTimeoutMs;
     if (signal !== undefined) this.callOptions.signal = signal;
     if (timeoutMs !== undefined) this.callOptions.timeoutMs = timeoutMs;
+    if (context !== undefined) this.callOptions.context = context;
   }
 
   [Symbol.asyncIterator](): this {

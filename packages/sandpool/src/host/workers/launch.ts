@@ -4,9 +4,10 @@ import type { ResolvedKey } from '../../key.js';
 import type { ResolvedPoolOptions } from '../../options.js';
 import type { Deniable, LoadRequest } from '../../protocol/messages.js';
 import type { Isolation, PermissionPolicy } from '../../types.js';
+import type { KeyPolicy } from '../policy/key-policy.js';
 import type { AgentWorker, ThreadSettings } from './agent-worker.js';
 import { isolationFor } from './isolation.js';
-import { denialsOf, permissionArgs, policyFor } from './permissions.js';
+import { denialsOf, permissionArgs, policyFor, refuseUnenforceableNetwork } from './permissions.js';
 import { AgentProcess, type ProcessSettings } from './process.js';
 import { locateModule, type ModuleLocation } from './resolve.js';
 import { Sandbox, type SandboxParts } from './sandbox/sandbox.js';
@@ -24,6 +25,8 @@ export interface LaunchPlan {
   readonly isolation: Isolation;
   /** What a process key's cell must show it (see Sandbox.access); null for a thread. */
   readonly access: KeyAccess | null;
+  /** The key's settings for this spawn (the `policy` option's answer over the pool's). */
+  readonly policy: KeyPolicy;
 }
 
 /**
@@ -44,30 +47,49 @@ export class Launcher {
     private readonly root: string,
     private readonly settings: ThreadSettings,
     sandbox: SandboxParts,
+    /** A key's worker settings where its policy gives it heap, external or env settings of its own. */
+    private readonly settingsFor: (policy: KeyPolicy) => ThreadSettings = () => settings,
+    /** The kernel's memory bound of a process key's cell, from its budgets (see kernelMemoryBound). */
+    private readonly memoryBoundFor: (limits: { heapBytes: number; externalBytes: number }) => number = () =>
+      sandbox.memoryBytes,
   ) {
     this.sandbox = new Sandbox(options, sandbox);
     // Their V8 heap limit is the budget itself: past it V8 aborts the child alone.
-    this.process = { sandbox: this.sandbox, heapMb: options.resourceLimits.maxOldGenerationSizeMb };
+    this.process = { sandbox: this.sandbox, heapMb: options.resourceLimits.maxOldGenerationSizeMb, memoryBytes: null };
   }
 
-  async plan(key: ResolvedKey): Promise<LaunchPlan> {
+  /** `policyOf` gives the key's settings for this spawn, asked once its module is found. */
+  async plan(key: ResolvedKey, policyOf: (key: ResolvedKey) => KeyPolicy): Promise<LaunchPlan> {
     const location = await locateModule(this.root, key, { snapshotSecret: this.options.snapshotSecret });
-    const policy = policyFor(this.options.permissions, key);
+    const keyPolicy = policyOf(key);
+    const policy = keyPolicy.permissions ?? policyFor(this.options.permissions, key);
     const execArgv = this.execArgvFor(policy, key, location);
-    const isolation = isolationFor(this.options.isolation, key);
+    const isolation = keyPolicy.isolation ?? isolationFor(this.options.isolation, key);
+    // createPool checked the pool's options; a key's own (its policy's) are checked here.
+    refuseUnenforceableNetwork({ network: this.options.network, permissions: policy, isolation }, this.sandbox.layers);
     let access: KeyAccess | null = null;
     if (isolation === 'process') {
       this.sandbox.checkReadable(key, location);
       access = this.sandbox.access(key, location, policy);
     }
-    return { location, execArgv, deny: denialsOf(policy, isolation), isolation, access };
+    return { location, execArgv, deny: denialsOf(policy, isolation), isolation, access, policy: keyPolicy };
   }
 
-  /** A worker for a plan, booted now with its own flags. */
+  /** A worker for a plan, booted now with its own flags, and its own settings where its policy gives some. */
   boot(plan: LaunchPlan): AgentWorker {
-    return plan.isolation === 'process'
-      ? new AgentProcess(this.settings, plan.execArgv, this.process, plan.access)
-      : new AgentThread(this.settings, plan.execArgv);
+    const own = plan.policy.ownSettings;
+    const settings = own ? this.settingsFor(plan.policy) : this.settings;
+    if (plan.isolation === 'thread') return new AgentThread(settings, plan.execArgv);
+    const { resourceLimits, maxExternalMb } = plan.policy;
+    const heapMb = resourceLimits.maxOldGenerationSizeMb;
+    const child: ProcessSettings = own
+      ? {
+          sandbox: this.sandbox,
+          heapMb,
+          memoryBytes: this.memoryBoundFor({ heapBytes: heapMb * 2 ** 20, externalBytes: maxExternalMb * 2 ** 20 }),
+        }
+      : this.process;
+    return new AgentProcess(settings, plan.execArgv, child, plan.access);
   }
 
   /** A blank worker of this kind, booted before its key is known: with no per-key flags. */
@@ -84,7 +106,7 @@ export class Launcher {
 
   /** Whether a blank worker of `isolation` can serve this plan: its flags are fixed at boot. */
   fitsBlank(plan: LaunchPlan, isolation: Isolation): boolean {
-    return plan.isolation === isolation && sameFlags(plan.execArgv, this.blankFlags);
+    return plan.isolation === isolation && !plan.policy.ownSettings && sameFlags(plan.execArgv, this.blankFlags);
   }
 
   /** The load message for a worker about to run this plan's module. */

@@ -20,6 +20,8 @@ export interface ProcessSettings {
   readonly sandbox: Sandbox;
   /** V8's own heap limit in the child: past it V8 aborts the child alone. */
   readonly heapMb: number;
+  /** The kernel's memory bound of its cell where its key's budgets are its own (its policy's); null: the pool's. */
+  readonly memoryBytes: number | null;
 }
 
 /**
@@ -49,7 +51,7 @@ export class AgentProcess extends AgentWorker {
   constructor(settings: ThreadSettings, execArgv: readonly string[], child: ProcessSettings, access: KeyAccess | null) {
     super(settings);
     try {
-      this.cage = child.sandbox.cage(access);
+      this.cage = child.sandbox.cage(access, child.memoryBytes);
       // The child starts as the host's user, so Node and sandpool's runtime load wherever they
       // are installed (a 0700 checkout, say); the entry drops to its swarm's user before any agent code.
       const node = [
@@ -73,7 +75,12 @@ export class AgentProcess extends AgentWorker {
     const { child: spawned, cage } = this;
     this.pid = spawned.pid ?? 0;
     this.gate(cage.started(spawned));
-    spawned.on('message', (raw: unknown) => this.receive(raw));
+    this.guardChannel(spawned);
+    spawned.on('message', (raw: unknown, handle: unknown) => {
+      // A handle is nothing the protocol sends: close it, and the child is breaking the protocol.
+      if (handle !== undefined) return this.refuseHandle(handle);
+      this.receive(raw);
+    });
     const { stdout, stderr } = spawned;
     stdout?.setEncoding('utf8');
     stderr?.setEncoding('utf8');
@@ -94,6 +101,41 @@ export class AgentProcess extends AgentWorker {
       // Its cgroup and binds are gone before its end is told: a closed pool leaves nothing behind.
       void cage.release().finally(() => this.ended(end));
     });
+  }
+
+  /**
+   * Node's IPC channel parses and acts on what the child writes (its own `NODE_` commands,
+   * handles, frames it cannot deserialize) with no guard: a throw there is the host's uncaught
+   * exception, and one `process.send({ cmd: 'NODE_HANDLE_ACK' })` ended the host. Node's
+   * internal commands are never delivered, and a throw in the channel's read callback (a frame
+   * that does not deserialize) ends this child with `protocol` instead.
+   */
+  private guardChannel(child: ChildProcess): void {
+    // Node's own commands (handle acknowledgements, cluster) are nothing sandpool's runtime
+    // sends: one from the child is dropped before Node's listeners see it, and ends the child.
+    const emit = child.emit as (event: string | symbol, ...args: unknown[]) => boolean;
+    child.emit = (event: string | symbol, ...args: unknown[]): boolean => {
+      if (event !== 'internalMessage') return emit.call(child, event, ...args);
+      this.violate('it sent one of Node’s internal IPC commands');
+      return true;
+    };
+    const channel = channelHandle(child);
+    const read = channel?.onread;
+    if (channel === null || typeof read !== 'function') return;
+    channel.onread = (...args: unknown[]) => {
+      try {
+        return read.apply(channel, args);
+      } catch (error) {
+        this.violate(`its IPC channel failed: ${(error as Error).message}`);
+        return undefined;
+      }
+    };
+  }
+
+  private refuseHandle(handle: unknown): void {
+    (handle as { close?: () => void; destroy?: () => void }).close?.();
+    (handle as { destroy?: () => void }).destroy?.();
+    this.violate('it sent a handle over its channel');
   }
 
   /** Its Node's pid on the host (under bubblewrap's init, in a cell): whose CPU and memory are read. */
@@ -176,4 +218,17 @@ export class AgentProcess extends AgentWorker {
       },
     );
   }
+}
+
+/**
+ * The pipe under a child's IPC channel, whose `onread` Node calls with what the child wrote:
+ * `child.channel` is a wrapper around it on the Node lines that have one, the pipe itself on
+ * the others; the wrapper keeps it under Node's own `kChannelHandle` symbol.
+ */
+function channelHandle(child: ChildProcess): { onread?: (...args: unknown[]) => unknown } | null {
+  const symbol = Object.getOwnPropertySymbols(child).find((own) => own.description === 'kChannelHandle');
+  const handle = symbol === undefined ? child.channel : (child as unknown as Record<symbol, unknown>)[symbol];
+  return typeof handle === 'object' && handle !== null
+    ? (handle as { onread?: (...args: unknown[]) => unknown })
+    : null;
 }

@@ -3,7 +3,7 @@ import { join, sep } from 'node:path';
 import { moduleNotFound, type SandpoolError, snapshotNotFound } from '../../errors.js';
 import type { ResolvedKey } from '../../key.js';
 import { compileCacheDir, liveDir, snapshotDir } from '../../store/layout.js';
-import { checkSignature, readManifest } from '../../store/manifest.js';
+import { checkSignature, readManifest, snapshotDigest } from '../../store/manifest.js';
 import { typeScriptInWorker } from './typescript.js';
 
 export interface ModuleLocation {
@@ -19,6 +19,8 @@ export interface ModuleLocation {
   readonly compileCacheDir: string | null;
   /** Folders the worker must read beyond its key's folder (type-stripped copies); see readPathsFor. */
   readonly extraReadDirs: readonly string[];
+  /** The snapshot's digest (SnapshotInfo.digest); null for live code. */
+  readonly digest: string | null;
 }
 
 export interface LocateOptions {
@@ -53,9 +55,11 @@ export async function locateModule(
     }
     throw notFound(key, `swarm ${key.swarm} has no live folder`);
   }
+  let digest: string | null = null;
   if (key.snapshot !== null) {
-    const { manifest } = readManifest(realFolder, key.text);
+    const { manifest, text } = readManifest(realFolder, key.text);
     checkSignature(manifest, options.snapshotSecret, { swarm: key.swarm, name: key.snapshot }, key.text);
+    digest = snapshotDigest(manifest, text);
     if (manifest.version === 2) {
       const rel = Object.hasOwn(manifest.stems, key.stem) ? manifest.stems[key.stem] : undefined;
       const entry = rel !== undefined && Object.hasOwn(manifest.files, rel) ? manifest.files[rel] : undefined;
@@ -71,6 +75,7 @@ export async function locateModule(
         sha256: entry.sha256,
         compileCacheDir: compileCacheDir(realRoot as string, manifest.digest),
         extraReadDirs: [],
+        digest,
       };
     }
   }
@@ -92,6 +97,7 @@ export async function locateModule(
         sha256: null,
         compileCacheDir: null,
         extraReadDirs: [stripped.dir],
+        digest,
       };
     }
     return {
@@ -101,6 +107,7 @@ export async function locateModule(
       sha256: null,
       compileCacheDir: null,
       extraReadDirs: [],
+      digest,
     };
   }
   throw notFound(key, `no ${key.stem}.mjs, .js, .cjs, .mts, .ts or .cts`);

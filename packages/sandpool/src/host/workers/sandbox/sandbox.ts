@@ -125,8 +125,11 @@ export class Sandbox {
     checkReadableBy(user, location.file, key, this.bwrap === null ? null : (bound ?? null));
   }
 
-  /** A cage for one child; `access` null for a spare, whose key comes later (see Cage.enter). */
-  cage(access: KeyAccess | null): Cage {
+  /**
+   * A cage for one child; `access` null for a spare, whose key comes later (see Cage.enter).
+   * `memoryBytes`: its memory bound, where its key's budgets are its own (its policy's); null: the pool's.
+   */
+  cage(access: KeyAccess | null, memoryBytes: number | null = null): Cage {
     const { sandbox, processLimits } = this.options;
     const stage = access === null && this.bwrap !== null ? openStage() : null;
     if (typeof stage === 'string') throw new Error(stage);
@@ -142,7 +145,7 @@ export class Sandbox {
       ids: this.ids,
       fixedUser: this.fixedUser(),
       groups: this.groups,
-      memoryBytes: this.parts.memoryBytes,
+      memoryBytes: memoryBytes ?? this.parts.memoryBytes,
       tmpMb: sandbox.tmpMb,
       pids: sandbox.pids,
       limits: processLimits,
