@@ -1,17 +1,7 @@
-import type { SnapshotInfo } from 'sandpool';
+import { type SnapshotInfo, SnapshotInfoSchema } from 'sandpool';
 import { z } from 'zod';
 import { answerError, expectBody, type ServerTarget, send } from './server-client.js';
 
-const SnapshotInfoSchema = z.object({
-  swarm: z.string(),
-  name: z.string(),
-  createdAt: z.string(),
-  files: z.number(),
-  bytes: z.number(),
-  digest: z.string(),
-  signed: z.boolean(),
-  stems: z.array(z.string()),
-});
 const OneSchema = z.object({ snapshot: SnapshotInfoSchema });
 const ListSchema = z.object({ snapshots: z.array(SnapshotInfoSchema) });
 

@@ -19,6 +19,7 @@ export {
   type StreamOptions,
 } from './options.js';
 export { type SnapshotInfo, SnapshotStore } from './store/store.js';
+export { SnapshotInfoSchema } from './store/store-helper.js';
 export type {
   CallRecord,
   DemoteReason,

@@ -9,7 +9,8 @@ const HELPER_ENTRY = fileURLToPath(new URL('./helper-entry.js', import.meta.url)
 /** The host's permission flags, which the helper keeps: it never has more rights than its host. */
 const PERMISSION_FLAG = /^--(experimental-)?permission$|^--allow-/;
 
-const Info = z.strictObject({
+/** A SnapshotInfo as it crosses a process boundary (the store's helper, the server's answers). */
+export const SnapshotInfoSchema = z.strictObject({
   swarm: z.string(),
   name: z.string(),
   createdAt: z.string(),
@@ -21,7 +22,7 @@ const Info = z.strictObject({
 });
 const Received = z.strictObject({ id: z.number(), received: z.literal(true) });
 const Reply = z.discriminatedUnion('ok', [
-  z.strictObject({ id: z.number(), ok: z.literal(true), value: z.union([Info, z.null()]) }),
+  z.strictObject({ id: z.number(), ok: z.literal(true), value: z.union([SnapshotInfoSchema, z.null()]) }),
   z.strictObject({
     id: z.number(),
     ok: z.literal(false),
