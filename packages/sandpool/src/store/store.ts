@@ -340,6 +340,11 @@ export function checkSnapshotArgs(swarm: string, name: string): void {
   checkArgs(SnapshotArgs, { swarm, name });
 }
 
+/** The arguments of point (INVALID_KEY, nothing touched). */
+export function checkPointArgs(swarm: string, name: string, target: string): void {
+  checkArgs(PointArgs, { swarm, name, target });
+}
+
 function checkArgs(schema: z.ZodType, args: Record<string, unknown>): void {
   const parsed = schema.safeParse(args);
   if (parsed.success) return;

@@ -4,7 +4,7 @@ import { moduleNotFound, type SandpoolError, snapshotNotFound } from '../../erro
 import type { ResolvedKey } from '../../key.js';
 import { compileCacheDir, liveDir } from '../../store/layout.js';
 import { type ArtifactManifest, type ManifestV2, snapshotDigest } from '../../store/manifest.js';
-import { readSnapshotName } from '../../store/names.js';
+import { readSnapshotName, type SnapshotRef } from '../../store/names.js';
 import { typeScriptInWorker } from './typescript.js';
 
 export interface ModuleLocation {
@@ -33,6 +33,8 @@ export interface ModuleLocation {
 export interface LocateOptions {
   /** With it, a snapshot's manifest must carry a valid HMAC (SNAPSHOT_CORRUPT otherwise). */
   readonly snapshotSecret?: string | undefined;
+  /** What a snapshot key's name resolved to when its route opened: the route serves that digest only. */
+  readonly snapshot?: SnapshotRef | null;
 }
 
 export const EXTENSIONS = ['.mjs', '.js', '.cjs', '.mts', '.ts', '.cts'] as const;
@@ -51,7 +53,7 @@ export async function locateModule(
 ): Promise<ModuleLocation> {
   const realRoot = realpathOrNull(root);
   if (key.snapshot !== null) {
-    const ref = readSnapshotName(root, key.swarm, key.snapshot, options.snapshotSecret, key.text);
+    const ref = options.snapshot ?? readSnapshotName(root, key.swarm, key.snapshot, options.snapshotSecret, key.text);
     if (ref.kind === 'pointer')
       return bundleOf(key, ref.artifact.dir, dirname(ref.artifact.dir), ref.artifact.manifest, realRoot as string);
     const realFolder = realpathOrNull(ref.dir);
