@@ -159,6 +159,53 @@ describe('OpenTelemetry', () => {
     expect(chunks).toEqual([traceparentOf(stream)]);
   });
 
+  it('gives every call it refuses or runs one span and one record, by call, stream and remote alike', async () => {
+    const pool = openPool({ root: await makeRoot({ 'a/live/agent.mjs': AGENT }) });
+    const records: CallRecord[] = [];
+    pool.on('call', (record) => records.push(record));
+    const drain = async (stream: AsyncIterable<unknown>): Promise<unknown[]> => {
+      const chunks: unknown[] = [];
+      for await (const chunk of stream) chunks.push(chunk);
+      return chunks;
+    };
+    const bad = { highWaterMark: 0 } as never;
+
+    expect(await code(pool.call('a/agent', 'traceparent', [], bad))).toBe('ERR_SANDPOOL_INVALID_OPTIONS');
+    // A stream is made at its first next(): that is where its refusal surfaces and is recorded.
+    const refusedStream = pool.stream('a/agent', 'tokens', [], bad);
+    expect(records).toHaveLength(1);
+    expect(await code(drain(refusedStream))).toBe('ERR_SANDPOOL_INVALID_OPTIONS');
+    const remote = pool.remote<{ traceparent(): Promise<string> }>('a/agent', bad);
+    expect(await code(remote.traceparent())).toBe('ERR_SANDPOOL_INVALID_OPTIONS');
+    expect(await code(pool.stream('a/agent', 'tokens', [], { signal: AbortSignal.abort() }).next())).toBe(
+      'ERR_SANDPOOL_ABORTED',
+    );
+    expect(await drain(pool.stream('a/agent', 'tokens'))).toHaveLength(1);
+    expect(await pool.remote<{ traceparent(): Promise<string> }>('a/agent').traceparent()).toMatch(/^00-/);
+    // A call naming no valid key is no tenant's: it has neither.
+    expect(await code(pool.call('../x', 'traceparent'))).toBe('ERR_SANDPOOL_INVALID_KEY');
+    // A stream dropped before its first next() was never made.
+    await pool.stream('a/agent', 'tokens', [], bad).return?.();
+
+    await eventually(() => records.length === 6);
+    const outcomes = records.map(({ fn, outcome, code }) => [fn, outcome, code ?? null]);
+    expect(outcomes).toEqual([
+      ['traceparent', 'error', 'ERR_SANDPOOL_INVALID_OPTIONS'],
+      ['tokens', 'error', 'ERR_SANDPOOL_INVALID_OPTIONS'],
+      ['traceparent', 'error', 'ERR_SANDPOOL_INVALID_OPTIONS'],
+      ['tokens', 'error', 'ERR_SANDPOOL_ABORTED'],
+      ['tokens', 'ok', null],
+      ['traceparent', 'ok', null],
+    ]);
+    const spans = spansNamed('sandpool.call').map((span) => [
+      span.attributes['sandpool.function'],
+      span.attributes['sandpool.outcome'],
+      span.attributes['error.type'] ?? null,
+    ]);
+    expect(spans).toEqual(outcomes);
+    expect(invariants(pool)).toEqual([]);
+  });
+
   it('gives a process key its traceparent over its own channel', async () => {
     const pool = openPool({
       root: await makeRoot({ 'a/live/agent.mjs': AGENT }),

@@ -71,6 +71,11 @@ export class Dispatch implements AdmissionState {
     return this.enter(admitted, resolve, reject, sink);
   }
 
+  /** A call refused before admission (a stream's options): recorded as a refusal in admission is. */
+  refuse(key: AgentKey | string, fn: string, error: SandpoolError): void {
+    this.telemetry.refused(key, fn, error);
+  }
+
   private enter(
     admitted: AdmittedCall,
     resolve: (value: unknown) => void,

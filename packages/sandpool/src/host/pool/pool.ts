@@ -81,7 +81,7 @@ export class Pool extends EventEmitter<PoolEvents> implements AsyncDisposable {
     args: readonly unknown[] = [],
     options?: StreamOptions,
   ): AsyncIterableIterator<T, undefined> {
-    return new PoolStream<T>((...open) => this.#core.dispatch.openStream(...open), key, fn, args, options);
+    return new PoolStream<T>(this.#core.dispatch, key, fn, args, options);
   }
 
   /**
