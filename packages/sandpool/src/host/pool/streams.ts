@@ -4,7 +4,7 @@
  * evicted) until it ends, and fails with the codes a call fails with. Credit-based: the
  * worker sends at most `highWaterMark` chunks beyond what the consumer has taken.
  */
-import { chunkTimeout, invalidOptions, type SandpoolError } from '../../errors.js';
+import { chunkTimeout, dataClone, invalidOptions, isSandpoolError, type SandpoolError } from '../../errors.js';
 import { issuesOf } from '../../issues.js';
 import type { AgentKey } from '../../key.js';
 import { type StreamOptions, StreamOptionsSchema } from '../../options.js';
@@ -54,6 +54,11 @@ export class PoolStream<T> implements AsyncIterableIterator<T, undefined>, Strea
     private readonly fn: string,
     private readonly args: readonly unknown[],
     options: StreamOptions | undefined,
+    /**
+     * What the consumer makes of each chunk (the server's JSON), as the chunk arrives: one it
+     * cannot deliver fails the stream's call, so the consumer and the record see one outcome.
+     */
+    private readonly deliver: ((chunk: unknown) => unknown) | null = null,
   ) {
     const parsed = StreamOptionsSchema.safeParse(options ?? {});
     if (!parsed.success) {
@@ -103,12 +108,22 @@ export class PoolStream<T> implements AsyncIterableIterator<T, undefined>, Strea
 
   // ---- the sink -------------------------------------------------------------------------
 
-  push(value: unknown): void {
+  push(chunk: unknown): void {
     if (this.state !== 'open') return;
     this.received += 1;
     if (this.received - this.taken > this.highWaterMark) {
       this.call?.site?.violate('a chunk beyond the credit it was given');
       return;
+    }
+    let value = chunk;
+    if (this.deliver !== null) {
+      try {
+        value = this.deliver(chunk);
+      } catch (thrown) {
+        const key = this.call?.keyText ?? '';
+        this.fail(isSandpoolError(thrown) ? thrown : dataClone(key, 'a chunk cannot be delivered', thrown));
+        return;
+      }
     }
     const waiter = this.waiter;
     if (waiter === null) {
