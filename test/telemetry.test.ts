@@ -8,6 +8,7 @@ import {
 } from '@opentelemetry/sdk-trace-base';
 import type { CallRecord, HostContext } from 'sandpool';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { CpuShare } from '../packages/sandpool/dist/host/telemetry/cpu-share.js';
 import { code } from './support/errors.js';
 import { eventually, installCleanup, invariants, openPool } from './support/pool.js';
 import { makeRoot } from './support/root.js';
@@ -281,5 +282,44 @@ describe('call records', () => {
     const sum = calls.reduce((total, record) => total + record.cpuMs, 0);
     expect(sum).toBeGreaterThan(10);
     expect(sum).toBeLessThanOrEqual(worker + 1);
+  });
+});
+
+describe("a worker's CPU for call records", () => {
+  /** A worker whose CPU grows by 1 ms a reading, on a clock the test moves. */
+  function worker(): { share: CpuShare; reads: () => number; tick: (ms: number) => number } {
+    let reads = 0;
+    let now = 0;
+    const share = new CpuShare(
+      () => ++reads * 1e6,
+      () => now,
+    );
+    return { share, reads: () => reads, tick: (ms) => (now += ms) };
+  }
+
+  it('reads once per batch of replies, and once per call when each call answers the last reply at once', () => {
+    const { share, reads, tick } = worker();
+    // Four calls start together on an idle worker: one reading.
+    const from = [0, 1, 2, 3].map((running) => share.start(running, tick(0)));
+    expect(reads()).toBe(1);
+    // Their four replies arrive in one batch: one reading, shared.
+    share.replies(4);
+    const ends = [4, 3, 2, 1].map((running) => share.now(running));
+    share.settled();
+    expect(reads()).toBe(2);
+    expect(ends.map((end, i) => end - (from[i] ?? 0))).toEqual([0.25e6, 0.25e6, 0.25e6, 0.25e6]);
+    // Sequential calls, each made as the last reply settles: the reply's reading serves the start.
+    for (let call = 0; call < 10; call += 1) {
+      const start = share.start(0, tick(0.1));
+      share.replies(1);
+      expect(share.now(1) - start).toBe(1e6);
+      share.settled();
+    }
+    expect(reads()).toBe(12);
+    // After an idle stretch the worker is read again first: what it ran meanwhile is no call's.
+    const late = share.start(0, tick(5));
+    expect(reads()).toBe(13);
+    share.replies(1);
+    expect(share.now(1) - late).toBe(1e6);
   });
 });

@@ -85,7 +85,7 @@ export class Channel {
     const idle = this.busy === 0;
     let trace: string | null = null;
     if (call.observed !== null) {
-      call.observed.cpuFrom = this.cpu.start(this.busy);
+      call.observed.cpuFrom = this.cpu.start(this.busy, now);
       trace = call.observed.traceparent;
     }
     this.running.add(call);
