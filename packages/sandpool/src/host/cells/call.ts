@@ -1,5 +1,5 @@
 import type { AsyncResource } from 'node:async_hooks';
-import { dataClone, isSandpoolError, type SandpoolError } from '../../errors.js';
+import { type SandpoolError, undelivered } from '../../errors.js';
 import type { ResolvedKey } from '../../key.js';
 import { copyArgs, moveArgs } from '../../protocol/clone.js';
 import type { CallObservation } from '../telemetry/observation.js';
@@ -128,7 +128,7 @@ export class Call {
       try {
         value = this.deliver(value);
       } catch (thrown) {
-        error = isSandpoolError(thrown) ? thrown : dataClone(this.keyText, 'its result cannot be delivered', thrown);
+        error = undelivered(this.keyText, 'its result', thrown);
       }
     }
     if (this.queueTimer !== undefined) this.stopWaiting();

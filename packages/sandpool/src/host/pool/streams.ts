@@ -4,7 +4,7 @@
  * evicted) until it ends, and fails with the codes a call fails with. Credit-based: the
  * worker sends at most `highWaterMark` chunks beyond what the consumer has taken.
  */
-import { chunkTimeout, dataClone, invalidOptions, isSandpoolError, type SandpoolError } from '../../errors.js';
+import { chunkTimeout, invalidOptions, type SandpoolError, undelivered } from '../../errors.js';
 import { issuesOf } from '../../issues.js';
 import type { AgentKey } from '../../key.js';
 import { type StreamOptions, StreamOptionsSchema } from '../../options.js';
@@ -120,8 +120,7 @@ export class PoolStream<T> implements AsyncIterableIterator<T, undefined>, Strea
       try {
         value = this.deliver(chunk);
       } catch (thrown) {
-        const key = this.call?.keyText ?? '';
-        this.fail(isSandpoolError(thrown) ? thrown : dataClone(key, 'a chunk cannot be delivered', thrown));
+        this.fail(undelivered(this.call?.keyText ?? '', 'a chunk', thrown));
         return;
       }
     }
