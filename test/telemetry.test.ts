@@ -303,7 +303,7 @@ describe("a worker's CPU for call records", () => {
     const from = [0, 1, 2, 3].map((running) => share.start(running, tick(0)));
     expect(reads()).toBe(1);
     // Their four replies arrive in one batch: one reading, shared.
-    share.replies(4);
+    share.replies(4, 4);
     const ends = [4, 3, 2, 1].map((running) => share.now(running));
     share.settled();
     expect(reads()).toBe(2);
@@ -311,7 +311,7 @@ describe("a worker's CPU for call records", () => {
     // Sequential calls, each made as the last reply settles: the reply's reading serves the start.
     for (let call = 0; call < 10; call += 1) {
       const start = share.start(0, tick(0.1));
-      share.replies(1);
+      share.replies(1, 1);
       expect(share.now(1) - start).toBe(1e6);
       share.settled();
     }
@@ -319,7 +319,37 @@ describe("a worker's CPU for call records", () => {
     // After an idle stretch the worker is read again first: what it ran meanwhile is no call's.
     const late = share.start(0, tick(5));
     expect(reads()).toBe(13);
-    share.replies(1);
+    share.replies(1, 1);
     expect(share.now(1) - late).toBe(1e6);
+    share.settled();
+  });
+
+  it('lets batches that follow a reading closely share it while calls go on running, and reads when the run ends', () => {
+    const { share, reads, tick } = worker();
+    const from = [0, 1, 2, 3].map((running) => share.start(running, tick(0)));
+    // Two of four answer 20 µs after the reading: the others run on, so that reading serves.
+    tick(0.02);
+    share.replies(4, 2);
+    const early = [share.now(4), share.now(3)];
+    share.settled();
+    expect(reads()).toBe(1);
+    // The last two end the run: read, and the CPU since the first reading is shared by them.
+    tick(0.02);
+    share.replies(2, 2);
+    const late = [share.now(2), share.now(1)];
+    share.settled();
+    expect(reads()).toBe(2);
+    const cpu = [...early, ...late].map((end, i) => end - (from[i] ?? 0));
+    expect(cpu).toEqual([0, 0, 0.5e6, 0.5e6]);
+    // Every nanosecond the worker ran is some call's.
+    expect(cpu.reduce((sum, ns) => sum + ns, 0)).toBe(1e6);
+    // A batch after a longer gap reads, though calls run on.
+    const more = [0, 1, 2].map((running) => share.start(running, tick(5)));
+    expect(reads()).toBe(3);
+    tick(0.2);
+    share.replies(3, 1);
+    expect(share.now(3) - (more[0] ?? 0)).toBeCloseTo(1e6 / 3);
+    share.settled();
+    expect(reads()).toBe(4);
   });
 });

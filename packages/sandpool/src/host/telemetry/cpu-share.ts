@@ -6,10 +6,12 @@
  * from the call's start to its end. Calls of one worker that run together each get their
  * part, never the whole, so the calls' CPU adds up to the worker's.
  *
- * A reading costs a system call, so one serves as long as it can: every reply of a batch
- * shares it, and a call that starts on a worker idle since a reading at most REUSE_MS old
- * starts from that one (a caller answering a reply with its next call, in the same tick, costs
- * one reading per call, not two). What the worker ran in that gap counts as the call's.
+ * A reading costs a system call (some 2 µs of the main thread's time), so one serves as long
+ * as it can: every reply of a batch shares it, so do batches that follow it closely while
+ * calls go on running (see replies), and a call that starts on a worker idle since a reading
+ * at most REUSE_MS old starts from that one (a caller answering a reply with its next call,
+ * in the same tick, costs one reading per call, not two; what the worker ran in that gap
+ * counts as the call's).
  */
 export class CpuShare {
   /** Nanoseconds per running call, summed since the worker started. */
@@ -41,9 +43,15 @@ export class CpuShare {
     return this.share;
   }
 
-  /** Replies arrive while `running` calls run: the CPU since the last reading is theirs, evenly. */
-  replies(running: number): void {
-    this.advance(running);
+  /**
+   * `settling` replies arrive while `running` calls run: the CPU since the last reading is
+   * theirs, evenly. While calls go on running after these (a pipelined caller's replies come
+   * in batches some 10 to 40 µs apart), a reading at most BATCH_MS old serves these too: the
+   * CPU since then goes to the calls running at the next reading, which a call that ends the
+   * worker's run always makes.
+   */
+  replies(running: number, settling: number): void {
+    if (running <= settling || this.clock() - this.readAt > BATCH_MS) this.advance(running);
     this.fresh = true;
   }
 
@@ -75,3 +83,5 @@ export class CpuShare {
 
 /** How old a reading a call starting on an idle worker may start from: the worker's CPU in that gap is the call's. */
 const REUSE_MS = 1;
+/** How old a reading replies may share while calls go on running: the CPU in it moves among calls running together. */
+const BATCH_MS = 0.1;
