@@ -1,7 +1,7 @@
 // A name's pointer moves (point, sign, remove) one at a time across every process on the store:
 // a move reads what the name holds and replaces it, and without a lock a slow one (sign
 // verifies the content first) would put back what a faster one had just moved away from.
-import { link, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { link, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { snapshotBuild } from '../errors.js';
@@ -16,10 +16,10 @@ const POLL_MS = 2;
 /**
  * Runs `move` holding `<snapshots>/.lock-<name>`: a file made whole under this process's
  * token and linked into place (link fails if the lock exists), so the lock always names its
- * owner and a lock whose owner died is taken over (see removeAbandonedLock).
+ * owner and a lock whose owner died is taken over (see removeAbandonedLock). `parent` must
+ * exist (ENOENT otherwise): a lock never makes a swarm's folders.
  */
 export async function withNameLock<T>(parent: string, name: string, move: () => Promise<T>): Promise<T> {
-  await mkdir(parent, { recursive: true });
   const lock = join(parent, `${LOCK_PREFIX}${name}`);
   const token = ownerToken();
   const temp = join(parent, `${TEMP_PREFIX}${token}`);

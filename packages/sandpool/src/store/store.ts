@@ -201,17 +201,19 @@ export class SnapshotStore {
     checkArgs(SnapshotArgs, { swarm, name });
     const parent = snapshotsDir(this.root, swarm);
     const doomed = join(parent, workFolderName(REMOVING_PREFIX));
-    const digest = await withNameLock(parent, name, async () => {
-      const held = pointedDigest(this.root, swarm, name);
-      try {
+    let digest: string | null;
+    try {
+      digest = await withNameLock(parent, name, async () => {
+        const held = pointedDigest(this.root, swarm, name);
         // One rename hides it whole; the slow recursive delete of an old folder happens out of sight.
         await rename(snapshotDir(this.root, swarm, name), doomed);
-      } catch (error) {
-        if (isMissingError(error)) throw snapshotNotFound(swarm, name);
-        throw error;
-      }
-      return held;
-    });
+        return held;
+      });
+    } catch (error) {
+      // No name, or no snapshots folder to lock it in.
+      if (isMissingError(error)) throw snapshotNotFound(swarm, name);
+      throw error;
+    }
     await removeTree(doomed);
     if (digest !== null) await this.unnamed(swarm, digest);
   }
