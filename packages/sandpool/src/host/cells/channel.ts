@@ -37,6 +37,8 @@ export class Channel {
   /** Calls of this tick not sent yet, flattened as the batch message carries them (CALL_HEADER). */
   private outbox: unknown[] = [];
   private outboxCalls = 0;
+  /** In endOfTick: its outbox leaves with every other channel's, in the tick's one microtask. */
+  private awaitingTick = false;
   private deadlineTimer: NodeJS.Timeout | undefined = undefined;
   private deadlineAt = 0;
   /**
@@ -109,7 +111,11 @@ export class Channel {
       // Nothing runs and nothing waits to leave: a lone call goes now, not at the end of the
       // tick, so the worker starts on it while the caller's tick goes on.
       if (idle) return this.send(appendCall([], call, deadline));
-      if (this.outboxCalls === 0) queueMicrotask(this.flush);
+      if (!this.awaitingTick) {
+        this.awaitingTick = true;
+        endOfTick.push(this);
+        if (endOfTick.length === 1) queueMicrotask(flushEndOfTick);
+      }
       // Copied now: the caller may reuse its array before the batch leaves.
       appendCall(this.outbox, call, deadline);
       // One huge batch makes the two threads take turns (the worker idles while the
@@ -300,6 +306,12 @@ export class Channel {
     if (this.busy === 0) this.owner.drained();
   }
 
+  /** The end of the tick in which calls were put in its outbox. */
+  tickEnded(): void {
+    this.awaitingTick = false;
+    this.flush();
+  }
+
   private readonly flush = (): void => {
     if (this.outboxCalls === 0) return;
     const calls = this.outbox;
@@ -387,6 +399,20 @@ export class Channel {
     if (next !== Number.POSITIVE_INFINITY && this.running.size > 0) this.armDeadline(next);
     if (expired.length > 0) this.afterSettle();
   };
+}
+
+/**
+ * Channels with calls in their outbox this tick. One microtask sends them all: calls spread
+ * over many keys put one call in each of many outboxes, and a microtask per channel (an
+ * async resource each, on Node 20) cost more than the call's message.
+ */
+let endOfTick: Channel[] = [];
+
+function flushEndOfTick(): void {
+  // A send that fails settles calls, whose records may make calls: those go in a new list.
+  const channels = endOfTick;
+  endOfTick = [];
+  for (const channel of channels) channel.tickEnded();
 }
 
 /** Arguments or a result that cannot be cloned fail only their own call. */
