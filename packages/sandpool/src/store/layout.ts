@@ -31,11 +31,6 @@ export const REMOVING_PREFIX = '.rm-';
  */
 export const CACHE_DIR = '.sandpool-cache';
 
-/** V8 compile cache of one snapshot's workers, per content digest: identical snapshots share it. */
-export function compileCacheDir(root: string, digest: string): string {
-  return join(root, CACHE_DIR, 'compile', digest);
-}
-
 /** Type-stripped copies of one swarm's live TypeScript, for Nodes that cannot strip in the worker. */
 export function transpileCacheDir(root: string, swarm: string): string {
   return join(root, CACHE_DIR, 'ts', swarm);

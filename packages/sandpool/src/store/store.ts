@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { type Dirent, lstatSync, readdirSync } from 'node:fs';
-import { chmod, lstat, mkdir, readdir, realpath, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readdir, realpath, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join, resolve, sep } from 'node:path';
 import { z } from 'zod';
 import {
@@ -20,6 +20,7 @@ import { issuesOf } from '../issues.js';
 import { SnapshotNameSchema, SwarmSchema } from '../key.js';
 import { bundleStem } from './bundle.js';
 import { liveDir, REMOVING_PREFIX, snapshotDir, snapshotsDir, swarmDir, TEMP_PREFIX } from './layout.js';
+import { sweepWorkFolders, workFolderName } from './leftovers.js';
 import {
   BUNDLES_DIR,
   checkPlace,
@@ -82,11 +83,6 @@ const SwarmArgs = z.strictObject({ swarm: SwarmSchema });
 const SnapshotArgs = z.strictObject({ swarm: SwarmSchema, name: SnapshotNameSchema });
 
 const FROZEN_FILE = 0o444;
-/**
- * Work folders older than this were left by a crash mid-create or mid-remove. Younger ones
- * may belong to a create still running, here or on another node sharing the root.
- */
-const LEFTOVER_AGE_MS = 60 * 60 * 1000;
 const CREATE_ATTEMPTS = 3;
 
 /**
@@ -121,8 +117,8 @@ export class SnapshotStore {
     const rootReal = await realpath(this.root);
     const parent = snapshotsDir(this.root, swarm);
     await mkdir(parent, { recursive: true });
-    await sweepLeftovers(parent);
-    const temp = join(parent, `${TEMP_PREFIX}${randomBytes(8).toString('hex')}`);
+    await sweepWorkFolders(parent);
+    const temp = join(parent, workFolderName(TEMP_PREFIX));
     const target = snapshotDir(this.root, swarm, name);
     let published = false;
     try {
@@ -211,7 +207,7 @@ export class SnapshotStore {
   async remove(swarm: string, name: string): Promise<void> {
     checkArgs(SnapshotArgs, { swarm, name });
     const parent = snapshotsDir(this.root, swarm);
-    const doomed = join(parent, `${REMOVING_PREFIX}${randomBytes(8).toString('hex')}`);
+    const doomed = join(parent, workFolderName(REMOVING_PREFIX));
     try {
       // One rename hides it whole; the slow recursive delete happens out of sight.
       await rename(snapshotDir(this.root, swarm, name), doomed);
@@ -460,18 +456,4 @@ function isTakenError(error: unknown): boolean {
  */
 function exists(path: string): boolean {
   return lstatSync(path, { throwIfNoEntry: false }) !== undefined;
-}
-
-/** Best effort: a sweep that fails leaves the folders for the next create. */
-async function sweepLeftovers(parent: string): Promise<void> {
-  try {
-    const now = Date.now();
-    for (const name of await readdir(parent)) {
-      if (!name.startsWith(TEMP_PREFIX) && !name.startsWith(REMOVING_PREFIX)) continue;
-      const path = join(parent, name);
-      if (now - (await lstat(path)).mtimeMs > LEFTOVER_AGE_MS) await rm(path, { recursive: true, force: true });
-    }
-  } catch {
-    // Nothing depends on it.
-  }
 }

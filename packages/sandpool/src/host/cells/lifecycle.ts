@@ -122,7 +122,7 @@ export class Lifecycle implements CellLife {
     });
     const beat = heartbeat ? { busyMs: HEARTBEAT_MS, idleMs: IDLE_POLL_MS } : null;
     thread.assign(cell.key, plan.access);
-    thread.post(launcher.loadRequest(cell.key, plan, thread, beat));
+    thread.post(launcher.loadRequest(cell.key, plan, beat));
     cell.route.loading(cell);
   }
 

@@ -1,4 +1,3 @@
-import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { ResolvedKey } from '../../key.js';
 import type { ResolvedPoolOptions } from '../../options.js';
@@ -110,16 +109,14 @@ export class Launcher {
   }
 
   /** The load message for a worker about to run this plan's module. */
-  loadRequest(key: ResolvedKey, plan: LaunchPlan, worker: AgentWorker, beat: Beat | null): LoadRequest {
-    const { file, verifyDir, sha256, compileCacheDir } = plan.location;
+  loadRequest(key: ResolvedKey, plan: LaunchPlan, beat: Beat | null): LoadRequest {
+    const { file, verifyDir, sha256 } = plan.location;
     return {
       t: 'load',
       ...(beat === null ? {} : { heartbeatMs: beat.busyMs, idleHeartbeatMs: beat.idleMs }),
       key: key.text,
       file,
       verifyDir,
-      // A child of another uid could not write the host's cache folder.
-      compileCacheDir: worker.isolation === 'process' ? null : compileCacheDir,
       ...(sha256 === null ? {} : { sha256 }),
       ...(plan.deny === null ? {} : { deny: plan.deny }),
     };
@@ -127,16 +124,11 @@ export class Launcher {
 
   /** The key's worker flags: its permission model (see permissions.ts) and type stripping. */
   private execArgvFor(policy: PermissionPolicy, key: ResolvedKey, location: ModuleLocation): string[] {
-    const cache = location.compileCacheDir;
-    // Node reads and writes the compile cache, and grants nothing under a folder that does
-    // not exist yet: the coordinator makes it, and the worker may read and write it.
-    if (cache !== null) mkdirSync(cache, { recursive: true });
     const folders = {
       folder: location.folder,
       // live/ or snapshots/<name>/, right under the swarm's folder (resolve.ts checked it is under the root).
       swarm: key.snapshot === null ? dirname(location.folder) : dirname(dirname(location.folder)),
-      extraRead: cache === null ? location.extraReadDirs : [...location.extraReadDirs, cache],
-      write: cache === null ? [] : [cache],
+      extraRead: location.extraReadDirs,
     };
     return [...this.blankFlags, ...permissionArgs(policy, folders, key)];
   }

@@ -2,7 +2,7 @@ import { realpathSync, statSync } from 'node:fs';
 import { join, sep } from 'node:path';
 import { moduleNotFound, type SandpoolError, snapshotNotFound } from '../../errors.js';
 import type { ResolvedKey } from '../../key.js';
-import { compileCacheDir, liveDir, snapshotDir } from '../../store/layout.js';
+import { liveDir, snapshotDir } from '../../store/layout.js';
 import { checkSignature, readManifest, snapshotDigest } from '../../store/manifest.js';
 import { typeScriptInWorker } from './typescript.js';
 
@@ -15,8 +15,6 @@ export interface ModuleLocation {
   readonly verifyDir: string | null;
   /** sha256 of a snapshot bundle, from the manifest checked here (LoadRequest.sha256); null for live code. */
   readonly sha256: string | null;
-  /** Compile cache of a snapshot's workers (LoadRequest.compileCacheDir); null for live code. */
-  readonly compileCacheDir: string | null;
   /** Folders the worker must read beyond its key's folder (type-stripped copies); see readPathsFor. */
   readonly extraReadDirs: readonly string[];
   /** The snapshot's digest (SnapshotInfo.digest); null for live code. */
@@ -73,7 +71,6 @@ export async function locateModule(
         folder: realFolder,
         verifyDir: realFolder,
         sha256: entry.sha256,
-        compileCacheDir: compileCacheDir(realRoot as string, manifest.digest),
         extraReadDirs: [],
         digest,
       };
@@ -95,7 +92,6 @@ export async function locateModule(
         folder: realFolder,
         verifyDir: null,
         sha256: null,
-        compileCacheDir: null,
         extraReadDirs: [stripped.dir],
         digest,
       };
@@ -105,7 +101,6 @@ export async function locateModule(
       folder: realFolder,
       verifyDir: key.snapshot === null ? null : realFolder,
       sha256: null,
-      compileCacheDir: null,
       extraReadDirs: [],
       digest,
     };
