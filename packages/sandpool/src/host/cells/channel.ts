@@ -26,19 +26,19 @@ export interface ChannelOwner {
 /**
  * The calls in flight on one worker: ids, batching, deadlines, and decoding replies. A call
  * to an idle worker leaves at once. Calls made while it works, whose arguments are all
- * primitives, wait for the end of the tick and leave together, in messages of up to
- * LIMITS.callBatch calls; any other call is cloned now, as postMessage would, so a caller
- * may reuse its objects.
+ * primitives, wait for the end of the event loop's turn and leave together, in messages of
+ * up to LIMITS.callBatch calls; any other call is cloned now, as postMessage would, so a
+ * caller may reuse its objects.
  */
 export class Channel {
   readonly running = new CallSlots();
   /** Calls answered already (timed out, aborted) whose agent still runs, with their grace timers. */
   private readonly cancelling = new Map<number, NodeJS.Timeout>();
-  /** Calls of this tick not sent yet, flattened as the batch message carries them (CALL_HEADER). */
+  /** Calls of this turn not sent yet, flattened as the batch message carries them (CALL_HEADER). */
   private outbox: unknown[] = [];
   private outboxCalls = 0;
-  /** In endOfTick: its outbox leaves with every other channel's, in the tick's one microtask. */
-  private awaitingTick = false;
+  /** In endOfTurn: its outbox leaves with every other channel's at the end of the turn. */
+  private awaitingTurn = false;
   private deadlineTimer: NodeJS.Timeout | undefined = undefined;
   private deadlineAt = 0;
   /**
@@ -109,12 +109,12 @@ export class Channel {
       call.args.every(isPrimitive)
     ) {
       // Nothing runs and nothing waits to leave: a lone call goes now, not at the end of the
-      // tick, so the worker starts on it while the caller's tick goes on.
+      // turn, so the worker starts on it while the caller's code goes on.
       if (idle) return this.send(appendCall([], call, deadline));
-      if (!this.awaitingTick) {
-        this.awaitingTick = true;
-        endOfTick.push(this);
-        if (endOfTick.length === 1) queueMicrotask(flushEndOfTick);
+      if (!this.awaitingTurn) {
+        this.awaitingTurn = true;
+        endOfTurn.push(this);
+        if (endOfTurn.length === 1) setImmediate(flushEndOfTurn);
       }
       // Copied now: the caller may reuse its array before the batch leaves.
       appendCall(this.outbox, call, deadline);
@@ -123,7 +123,7 @@ export class Channel {
       if (++this.outboxCalls >= LIMITS.callBatch) this.flush();
       return;
     }
-    this.flush(); // calls made earlier in this tick must arrive first
+    this.flush(); // calls made earlier in this turn must arrive first
     if (call.stream !== null) this.sendStream(call, deadline, call.stream.highWaterMark, trace);
     else this.send(appendCall([], call, deadline), call.transfer ?? undefined, call.shared, trace);
   }
@@ -306,9 +306,9 @@ export class Channel {
     if (this.busy === 0) this.owner.drained();
   }
 
-  /** The end of the tick in which calls were put in its outbox. */
-  tickEnded(): void {
-    this.awaitingTick = false;
+  /** The end of the event loop's turn in which calls were put in its outbox. */
+  turnEnded(): void {
+    this.awaitingTurn = false;
     this.flush();
   }
 
@@ -402,17 +402,21 @@ export class Channel {
 }
 
 /**
- * Channels with calls in their outbox this tick. One microtask sends them all: calls spread
- * over many keys put one call in each of many outboxes, and a microtask per channel (an
- * async resource each, on Node 20) cost more than the call's message.
+ * Channels with calls in their outbox this turn of the event loop; one setImmediate sends
+ * them all, once every message that arrived in the turn has been handled. With calls spread
+ * over many keys a tick carries one call per key: sent at the end of each tick, every call
+ * was a message and a wake-up of its worker. At the end of the turn, the calls that the
+ * replies of all the workers made leave together, a message per worker: over 64 keys at
+ * 1,024 in flight this took the coordinator's CPU per call from 14 to 3.2 µs. A lone call to
+ * an idle worker still leaves at once.
  */
-let endOfTick: Channel[] = [];
+let endOfTurn: Channel[] = [];
 
-function flushEndOfTick(): void {
+function flushEndOfTurn(): void {
   // A send that fails settles calls, whose records may make calls: those go in a new list.
-  const channels = endOfTick;
-  endOfTick = [];
-  for (const channel of channels) channel.tickEnded();
+  const channels = endOfTurn;
+  endOfTurn = [];
+  for (const channel of channels) channel.turnEnded();
 }
 
 /** Arguments or a result that cannot be cloned fail only their own call. */
