@@ -1,6 +1,7 @@
+import { setImmediate as realSetImmediate } from 'node:timers';
 import { serialize } from 'node:v8';
 import type { SandpoolError } from 'sandpool';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import type { Call } from '../packages/sandpool/dist/host/cells/call.js';
 import { Channel, type ChannelOwner } from '../packages/sandpool/dist/host/cells/channel.js';
 import type { AgentThread } from '../packages/sandpool/dist/host/workers/thread.js';
@@ -273,6 +274,20 @@ describe('Channel', () => {
     expect(sent).toHaveLength(1);
     await new Promise((resolve) => setImmediate(resolve));
     expect(sent[1]).toEqual({ t: 'calls', calls: [second.id, 'b', 0, 0, third.id, 'c', 0, 0] });
+  });
+
+  it('sends the batch while the application fakes the global timers', async () => {
+    const { channel, sent, call } = setup();
+    vi.useFakeTimers();
+    try {
+      const [lone, second] = [call('a'), call('b')];
+      channel.post(lone);
+      channel.post(second);
+      await new Promise((resolve) => realSetImmediate(resolve));
+      expect(sent[1]).toEqual({ t: 'calls', calls: [second.id, 'b', 0, 0] });
+    } finally {
+      vi.useRealTimers();
+    }
   });
 
   it('times out a call whose deadline comes after the timer armed for one that settled', async () => {

@@ -1,3 +1,5 @@
+// The module's own: an application's tests that fake the global timers must not hold calls back.
+import { setImmediate } from 'node:timers';
 import { deserialize } from 'node:v8';
 import { callTimeout, dataClone } from '../../errors.js';
 import { isPrimitive } from '../../protocol/clone.js';
