@@ -50,16 +50,18 @@ describe('leftovers of interrupted builds', () => {
     for (let i = 0; i < 600; i++) files[`s/live/data/${i}.txt`] = 'x'.repeat(4096);
     const root = await makeRoot({ ...files, ...(await counterAgent('n')) });
     const snapshots = join(root, 's', 'snapshots');
+    // Where a create builds the content before it names it.
+    const building = join(root, '.sandpool-cache', 'artifacts', 's');
 
     const first = openPool({ root });
     await first.snapshots.create('n', 'jan');
     const creating = first.snapshots.create('s', 'jan').catch((error: unknown) => error);
-    await eventually(() => existsSync(snapshots) && readdirSync(snapshots).some((name) => OWNED.test(name)), 20_000);
+    await eventually(() => existsSync(building) && readdirSync(building).some((name) => OWNED.test(name)), 20_000);
     const [helper] = helpers();
     process.kill(helper as number, 'SIGKILL');
     expect(await creating).toBeInstanceOf(Error);
     await first.close();
-    const killed = readdirSync(snapshots).filter((name) => OWNED.test(name));
+    const killed = readdirSync(building).filter((name) => OWNED.test(name));
     expect(killed).toHaveLength(1);
     const [, pid, machine] = OWNED.exec(killed[0] as string) as unknown as [string, string, string];
     // The work folder names its owner: the helper that was killed.
@@ -72,10 +74,11 @@ describe('leftovers of interrupted builds', () => {
       await folder(path, old);
       list.push(path);
     };
+    await mkdir(snapshots, { recursive: true });
     // A build running in another process on this machine, however old its folder looks.
-    const building = join(snapshots, owned('.tmp-', builder.pid as number, machine));
+    const other = join(snapshots, owned('.tmp-', builder.pid as number, machine));
     const removing = join(snapshots, owned('.rm-', builder.pid as number, machine));
-    await add(keep, building, true);
+    await add(keep, other, true);
     await add(keep, removing, true);
     // Another machine's: only age tells.
     await add(keep, join(snapshots, owned('.tmp-', 42, '0'.repeat(12))));
@@ -99,7 +102,7 @@ describe('leftovers of interrupted builds', () => {
     expect(await restarted.call('n/notifier_agent', 'add', [1, 1])).toBe(2);
     expect(invariants(restarted)).toEqual([]);
     await restarted.close();
-    expect(existsSync(join(snapshots, killed[0] as string))).toBe(false);
+    expect(existsSync(join(building, killed[0] as string))).toBe(false);
     for (const path of gone) expect(existsSync(path), path).toBe(false);
     for (const path of keep) expect(existsSync(path), path).toBe(true);
     expect(readdirSync(join(root, 'n', 'snapshots'))).toEqual(['jan']);
@@ -108,8 +111,8 @@ describe('leftovers of interrupted builds', () => {
     builder.kill('SIGKILL');
     await new Promise((resolve) => builder.once('exit', resolve));
     await openPool({ root }).close();
-    expect(existsSync(building)).toBe(false);
+    expect(existsSync(other)).toBe(false);
     expect(existsSync(removing)).toBe(false);
-    for (const path of keep) if (path !== building && path !== removing) expect(existsSync(path), path).toBe(true);
+    for (const path of keep) if (path !== other && path !== removing) expect(existsSync(path), path).toBe(true);
   });
 });

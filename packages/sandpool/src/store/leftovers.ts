@@ -11,7 +11,7 @@ import { lstat, readdir, rename, rm } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { SwarmSchema } from '../key.js';
-import { REMOVING_PREFIX, snapshotsDir, TEMP_PREFIX } from './layout.js';
+import { artifactsDir, REMOVING_PREFIX, snapshotsDir, TEMP_PREFIX } from './layout.js';
 
 /**
  * A folder this old whose owner cannot be asked was left by a crash: no create or remove
@@ -77,9 +77,11 @@ export async function sweepStore(root: string): Promise<void> {
   for (const entry of entries) {
     // A link in the root is no swarm of this store: its folders are someone else's.
     if (!entry.isDirectory() || !SwarmSchema.safeParse(entry.name).success) continue;
-    const parent = snapshotsDir(root, entry.name);
-    const info = await lstat(parent).catch(() => null);
-    if (info?.isDirectory() === true) await sweepWorkFolders(parent, now);
+    // Its names, and the artifacts its creates build.
+    for (const parent of [snapshotsDir(root, entry.name), artifactsDir(root, entry.name)]) {
+      const info = await lstat(parent).catch(() => null);
+      if (info?.isDirectory() === true) await sweepWorkFolders(parent, now);
+    }
   }
 }
 

@@ -1,9 +1,11 @@
 import { aborted, type SandpoolError } from '../../errors.js';
 import type { AgentKey, ResolvedKey } from '../../key.js';
 import type { CallOptions } from '../../options.js';
+import type { SnapshotRef } from '../../store/names.js';
 import type { Quotas } from '../capabilities/quotas.js';
 import { Call, type StreamSink } from '../cells/call.js';
 import type { Backoff } from '../routes/backoff.js';
+import type { PointerBook } from '../routes/pointers.js';
 import type { Route } from '../routes/route.js';
 import type { RouteTable } from '../routes/table.js';
 import type { Telemetry } from '../telemetry/telemetry.js';
@@ -36,14 +38,24 @@ export class Dispatch implements AdmissionState {
     private readonly capabilities: boolean,
     readonly quotas: Quotas,
     private readonly telemetry: Telemetry,
+    private readonly pointers: PointerBook,
   ) {}
 
-  /** Never throws synchronously: every refusal is a rejected promise. */
-  submit(key: AgentKey | string, fn: string, args: readonly unknown[], options?: CallOptions): Promise<unknown> {
+  /**
+   * Never throws synchronously: every refusal is a rejected promise. `deliver` makes the
+   * value what the caller gets, as part of the call (see Call.deliver).
+   */
+  submit(
+    key: AgentKey | string,
+    fn: string,
+    args: readonly unknown[],
+    options?: CallOptions,
+    deliver?: (value: unknown) => unknown,
+  ): Promise<unknown> {
     try {
       const admitted = admit(this, key, fn, args, options);
       return new Promise((resolve, reject) => {
-        this.enter(admitted, resolve, reject, null);
+        this.enter(admitted, resolve, reject, null, deliver ?? null);
       });
     } catch (error) {
       this.telemetry.refused(key, fn, error);
@@ -68,7 +80,12 @@ export class Dispatch implements AdmissionState {
       this.telemetry.refused(key, fn, error);
       throw error;
     }
-    return this.enter(admitted, resolve, reject, sink);
+    return this.enter(admitted, resolve, reject, sink, null);
+  }
+
+  /** A call refused before admission (a stream's options): recorded as a refusal in admission is. */
+  refuse(key: AgentKey | string, fn: string, error: SandpoolError): void {
+    this.telemetry.refused(key, fn, error);
   }
 
   private enter(
@@ -76,12 +93,14 @@ export class Dispatch implements AdmissionState {
     resolve: (value: unknown) => void,
     reject: (error: Error) => void,
     sink: StreamSink | null,
+    deliver: ((value: unknown) => unknown) | null,
   ): Call {
-    const route = admitted.route ?? this.table.open(admitted.key);
+    const route = admitted.route ?? this.table.open(admitted.key, admitted.snapshot);
     const call = new Call(route, admitted.fn, admitted.args, admitted.timeoutMs, admitted.signal, resolve, reject);
     if (admitted.transfer !== undefined) call.transfer = admitted.transfer;
     call.shared = admitted.shared;
     call.stream = sink;
+    call.deliver = deliver;
     call.context = admitted.context;
     call.scope = callerScope(this.capabilities);
     call.observed = this.telemetry.begin(route.key, admitted.fn, call.acceptedAt);
@@ -115,5 +134,9 @@ export class Dispatch implements AdmissionState {
 
   route(key: ResolvedKey): Route | undefined {
     return this.table.get(key);
+  }
+
+  resolveSnapshot(key: ResolvedKey): SnapshotRef {
+    return this.pointers.resolve(key);
   }
 }

@@ -60,7 +60,7 @@ export class Lifecycle implements CellLife {
   async prepare(cell: Cell): Promise<void> {
     let plan: Awaited<ReturnType<Launcher['plan']>>;
     try {
-      plan = await this.parts.launcher.plan(cell.key, this.parts.policy);
+      plan = await this.parts.launcher.plan(cell.key, this.parts.policy, cell.route.snapshot);
       const { policy } = plan;
       const { host, fetch } = this.parts;
       cell.host = hostCallsFor(policy.host ?? host, fetch, policy.fetch, cell.key, this.quotaOf(cell, policy));

@@ -1,7 +1,7 @@
-import { dirname } from 'node:path';
 import type { ResolvedKey } from '../../key.js';
 import type { ResolvedPoolOptions } from '../../options.js';
 import type { Deniable, LoadRequest } from '../../protocol/messages.js';
+import type { SnapshotRef } from '../../store/names.js';
 import type { Isolation, PermissionPolicy } from '../../types.js';
 import type { KeyPolicy } from '../policy/key-policy.js';
 import type { AgentWorker, ThreadSettings } from './agent-worker.js';
@@ -57,9 +57,16 @@ export class Launcher {
     this.process = { sandbox: this.sandbox, heapMb: options.resourceLimits.maxOldGenerationSizeMb, memoryBytes: null };
   }
 
-  /** `policyOf` gives the key's settings for this spawn, asked once its module is found. */
-  async plan(key: ResolvedKey, policyOf: (key: ResolvedKey) => KeyPolicy): Promise<LaunchPlan> {
-    const location = await locateModule(this.root, key, { snapshotSecret: this.options.snapshotSecret });
+  /**
+   * `policyOf` gives the key's settings for this spawn, asked once its module is found;
+   * `snapshot`, what a snapshot key's route serves (null: read the name now).
+   */
+  async plan(
+    key: ResolvedKey,
+    policyOf: (key: ResolvedKey) => KeyPolicy,
+    snapshot: SnapshotRef | null = null,
+  ): Promise<LaunchPlan> {
+    const location = await locateModule(this.root, key, { snapshotSecret: this.options.snapshotSecret, snapshot });
     const keyPolicy = policyOf(key);
     const policy = keyPolicy.permissions ?? policyFor(this.options.permissions, key);
     const execArgv = this.execArgvFor(policy, key, location);
@@ -126,8 +133,7 @@ export class Launcher {
   private execArgvFor(policy: PermissionPolicy, key: ResolvedKey, location: ModuleLocation): string[] {
     const folders = {
       folder: location.folder,
-      // live/ or snapshots/<name>/, right under the swarm's folder (resolve.ts checked it is under the root).
-      swarm: key.snapshot === null ? dirname(location.folder) : dirname(dirname(location.folder)),
+      swarm: location.swarmFolder,
       extraRead: location.extraReadDirs,
     };
     return [...this.blankFlags, ...permissionArgs(policy, folders, key)];
