@@ -1,13 +1,12 @@
 import { randomBytes } from 'node:crypto';
 import { type Dirent, lstatSync, readdirSync } from 'node:fs';
 import { chmod, lstat, mkdir, readdir, realpath, rename, rm, stat, writeFile } from 'node:fs/promises';
-import { join, resolve, sep } from 'node:path';
+import { join, resolve } from 'node:path';
 import { z } from 'zod';
 import {
   invalidArguments,
   invalidOptions,
   isSandpoolError,
-  moduleNotFound,
   type SandpoolError,
   snapshotBuild,
   snapshotCorrupt,
@@ -19,6 +18,7 @@ import {
 import { issuesOf } from '../issues.js';
 import { SnapshotNameSchema, SwarmSchema } from '../key.js';
 import { bundleStem } from './bundle.js';
+import { buildInputs, isInside, placeOf, readInput } from './confine.js';
 import { liveDir, REMOVING_PREFIX, snapshotDir, snapshotsDir, swarmDir, TEMP_PREFIX } from './layout.js';
 import {
   BUNDLES_DIR,
@@ -35,7 +35,7 @@ import {
   snapshotDigest,
   verifyAgainst,
 } from './manifest.js';
-import { readRegularFile, UnsafeFileError } from './safe-read.js';
+import { UnsafeFileError } from './safe-read.js';
 
 export interface SnapshotInfo {
   readonly swarm: string;
@@ -118,7 +118,9 @@ export class SnapshotStore {
   async create(swarm: string, name: string): Promise<SnapshotInfo> {
     checkArgs(SnapshotArgs, { swarm, name });
     const live = await this.liveReal(swarm);
-    const rootReal = await realpath(this.root);
+    const inputs = await buildInputs(await realpath(this.root), swarm);
+    if (placeOf(inputs, live) !== 'swarm')
+      throw snapshotBuild("cannot snapshot live/: it leads out of the swarm's folder");
     const parent = snapshotsDir(this.root, swarm);
     await mkdir(parent, { recursive: true });
     await sweepLeftovers(parent);
@@ -133,7 +135,7 @@ export class SnapshotStore {
       const stemPaths: Record<string, string> = {};
       if (stems.length > 0) await mkdir(join(temp, BUNDLES_DIR));
       for (const [stem, file] of stems) {
-        const bundle = await bundleStem(file, { liveReal: live, rootReal, swarm, budget });
+        const bundle = await bundleStem(file, { liveReal: live, inputs, budget });
         if (bundle.length > budget.left) throw tooLarge(this.#maxBytes);
         budget.left -= bundle.length;
         const rel = `${BUNDLES_DIR}/${stem}.mjs`;
@@ -318,11 +320,9 @@ function checkArgs(schema: z.ZodType, args: Record<string, unknown>): void {
  * use from them is in the bundles, and pnpm's links could not be copied anyway). Symlinks are
  * never copied as links: one whose real target is a regular file inside live/ is copied as
  * that file's contents; one that escapes live/, dangles, or points at a folder (which could
- * loop) is refused, as is any FIFO, socket or device. A regular file with more than one name
- * is refused too: its other name may be another swarm's file or a system file, and finding
- * it would take a walk of the whole disk. Each file is read through one descriptor opened
- * without following links or blocking, and checked (type, links, size) on that descriptor,
- * so a file swapped mid-copy is refused rather than followed or waited on.
+ * loop) is refused, as is any FIFO, socket or device (by its type, never opened). Each file is
+ * read as confine.ts reads a build input: proven to sit in live/ with one name when its bytes
+ * are read, so a file or folder swapped mid-copy is refused rather than followed or waited on.
  */
 async function copyLive(
   liveRoot: string,
@@ -349,11 +349,12 @@ async function copyLive(
       await mkdir(dest);
       await copyLive(liveRoot, dest, path, budget, maxBytes);
     } else if (entry.isFile()) {
-      await freeze(source, dest, path, budget, maxBytes);
+      await freeze(liveRoot, source, dest, path, budget, maxBytes);
     } else if (entry.isSymbolicLink()) {
-      await freeze(await linkTarget(liveRoot, source, path), dest, path, budget, maxBytes);
+      await freeze(liveRoot, await linkTarget(liveRoot, source, path), dest, path, budget, maxBytes);
     } else {
-      throw refused(path, 'is not a regular file, folder or symlink');
+      // Refused by its type alone: a FIFO is never opened.
+      throw refusedBuild(path, 'is not a regular file, folder or symlink');
     }
   }
 }
@@ -363,14 +364,18 @@ async function linkTarget(liveRoot: string, source: string, path: string): Promi
   try {
     real = await realpath(source);
   } catch (cause) {
-    throw refused(path, 'is a dangling symlink', cause);
+    throw refusedBuild(path, 'is a dangling symlink', cause);
   }
-  if (!real.startsWith(liveRoot + sep)) throw refused(path, 'is a symlink that leaves the live folder');
-  if (!(await stat(real)).isFile()) throw refused(path, 'is a symlink to something other than a regular file');
+  if (!isInside(liveRoot, real)) throw refusedBuild(path, 'is a symlink that leaves the live folder');
+  const target = await lstat(real).catch((cause: unknown) => {
+    throw refusedBuild(path, 'disappeared while the snapshot was being made', cause);
+  });
+  if (!target.isFile()) throw refusedBuild(path, 'is a symlink to something other than a regular file');
   return real;
 }
 
 async function freeze(
+  liveRoot: string,
   source: string,
   dest: string,
   path: string,
@@ -379,7 +384,8 @@ async function freeze(
 ): Promise<void> {
   let bytes: Buffer;
   try {
-    bytes = await readRegularFile(source, { maxBytes: budget.left, singleLink: true });
+    // Proven to sit in live/ when read: a folder on the way swapped for a link is caught.
+    ({ bytes } = await readInput(source, (real) => (isInside(liveRoot, real) ? 'swarm' : null), budget.left));
   } catch (error) {
     if (!(error instanceof UnsafeFileError)) throw error;
     if (error.reason === 'too-large') throw tooLarge(maxBytes, error);
@@ -432,11 +438,6 @@ function tooLarge(maxBytes: number, cause?: unknown): SandpoolError {
 function refusedBuild(path: string, why: string, cause?: unknown): SandpoolError {
   const message = `cannot snapshot live/${path}: it ${why}`;
   return snapshotBuild(message, cause);
-}
-
-function refused(path: string, why: string, cause?: unknown): SandpoolError {
-  const message = `cannot snapshot live/${path}: it ${why}`;
-  return moduleNotFound(message, undefined, cause);
 }
 
 function errnoCode(error: unknown): unknown {
