@@ -22,10 +22,16 @@ const BANNER = [
   "import { createRequire as __sandpoolCreateRequire, isBuiltin as __sandpoolIsBuiltin } from 'node:module';",
   "import { fileURLToPath as __sandpoolFileURLToPath } from 'node:url';",
   "import { dirname as __sandpoolDirnameOf } from 'node:path';",
+  // The bundle's own file. Where a worker imports it as a data: URL (Node 20), the worker names
+  // the file beside it.
+  "const __sandpoolUrl = import.meta.url.startsWith('file:') ? import.meta.url : (globalThis[Symbol.for('sandpool.bundleUrl')] ?? 'file:///sandpool-snapshot.mjs');",
   // CommonJS packages read __filename and __dirname (the TypeScript compiler does); in the
-  // bundle they name the bundle itself (a data: URL on Node 20 has no file: a fixed name).
-  "const __sandpoolFilename = import.meta.url.startsWith('file:') ? __sandpoolFileURLToPath(import.meta.url) : '/sandpool-snapshot.mjs';",
+  // bundle they name the bundle itself.
+  'const __sandpoolFilename = __sandpoolFileURLToPath(__sandpoolUrl);',
   'const __sandpoolDirname = __sandpoolDirnameOf(__sandpoolFilename);',
+  // Each module's import.meta names its own file's place in the snapshot, which holds live/'s
+  // files at the same paths, one folder up from the bundle: reads next to a module still work.
+  "const __sandpoolMetaOf = (rel) => { const url = rel === null ? __sandpoolUrl : new URL('../' + rel, __sandpoolUrl).href; const filename = __sandpoolFileURLToPath(url); return { url, filename, dirname: __sandpoolDirnameOf(filename), resolve: (specifier) => new URL(specifier, url).href }; };",
   "const require = ((load) => (id) => { if (__sandpoolIsBuiltin(id)) return load(id); const error = new Error('Cannot find module ' + JSON.stringify(id) + ': a snapshot holds only what was bundled when it was made'); error.code = 'MODULE_NOT_FOUND'; throw error; })(__sandpoolCreateRequire('/'));",
 ].join('\n');
 
@@ -115,10 +121,28 @@ function guardPlugin(context: BundleContext): Plugin {
           const computed = computedLoad(code ?? bytes.toString('utf8'), shown);
           if (computed !== null) return refuse(computed);
         }
-        return code === null ? { contents: bytes, loader } : { contents: code, loader: 'js' as const };
+        if (loader === 'json') return { contents: bytes, loader };
+        const text = code ?? bytes.toString('utf8');
+        if (!text.includes('import.meta')) {
+          return code === null ? { contents: bytes, loader } : { contents: code, loader: 'js' as const };
+        }
+        // Declared on the first line, so every other line keeps its number in traces and messages.
+        const meta = `const __sandpoolMeta = __sandpoolMetaOf(${JSON.stringify(copiedAs(context, args.path))}); `;
+        // A hashbang must stay first: it becomes a comment after the declaration.
+        const body = text.startsWith('#!') ? `//${text.slice(2)}` : text;
+        return { contents: meta + body, loader: code === null ? loader : ('js' as const) };
       });
     },
   };
+}
+
+/** Where the copy of live/ holds this file (see the banner's __sandpoolMetaOf); null: the copy has no such file. */
+function copiedAs(context: BundleContext, path: string): string | null {
+  if (!path.startsWith(context.liveReal + sep) || isInNodeModules(path.slice(context.liveReal.length))) return null;
+  return path
+    .slice(context.liveReal.length + 1)
+    .split(sep)
+    .join('/');
 }
 
 function isInNodeModules(path: string): boolean {
@@ -143,7 +167,9 @@ export async function bundleStem(entry: string, context: BundleContext): Promise
       legalComments: 'eof',
       banner: { js: BANNER },
       // Only free references are replaced: a module's own `const __filename` stays its own.
-      define: { __filename: '__sandpoolFilename', __dirname: '__sandpoolDirname' },
+      // `import.meta` is each module's own __sandpoolMeta (declared by the plugin; esbuild
+      // renames one module's apart from another's).
+      define: { __filename: '__sandpoolFilename', __dirname: '__sandpoolDirname', 'import.meta': '__sandpoolMeta' },
       plugins: [guardPlugin(context)],
     });
   } catch (error) {
