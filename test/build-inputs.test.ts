@@ -13,7 +13,7 @@ import type { Pool } from 'sandpool';
 import { afterEach, describe, expect, it } from 'vitest';
 import { rejection } from './support/errors.js';
 import { installCleanup, invariants, openPool } from './support/pool.js';
-import { counterAgent, makeRoot, writeFiles } from './support/root.js';
+import { counterAgent, makeRoot, snapshotContent, writeFiles } from './support/root.js';
 
 installCleanup();
 
@@ -73,7 +73,9 @@ async function refusedCreate(pool: Pool, root: string, token: string): Promise<s
   expect(error.code).toBe('ERR_SANDPOOL_SNAPSHOT_BUILD');
   for (const leak of [root, token, TOKEN, SECRET, '/etc/']) expect(error.message).not.toContain(leak);
   expect(await pool.snapshots.list('a')).toEqual([]);
-  expect(await readdir(join(root, 'a/snapshots'))).toEqual([]);
+  // No content was kept either: the store's folder holds no artifact of the swarm.
+  const kept = await readdir(join(root, '.sandpool-cache/artifacts/a')).catch(() => []);
+  expect(kept.filter((name) => /^[0-9a-f]{64}$/.test(name))).toEqual([]);
   return error.message;
 }
 
@@ -197,7 +199,7 @@ describe('a build reads only the swarm and its packages', () => {
       );
       if (!created) continue;
       made += 1;
-      const dir = join(root, 'a/snapshots', name);
+      const dir = await snapshotContent(root, 'a', name);
       for (const file of await readdir(dir, { recursive: true })) {
         const path = join(dir, file);
         if (lstatSync(path).isFile()) expect(await readFile(path, 'utf8')).not.toContain(SECRET);

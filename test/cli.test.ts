@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { startServe } from './support/packed.js';
+import { snapshotContent } from './support/root.js';
 import { hostLayers } from './support/sandbox.js';
 
 // Each test starts several Node processes one after another: minutes on a loaded machine.
@@ -159,7 +160,7 @@ describe('sandpool snapshot', () => {
     expect(intact.status).toBe(0);
     expect(JSON.parse(intact.stdout)).toMatchObject({ swarm: 'a1b2', name: 'jan' });
 
-    const helper = join(root, 'a1b2', 'snapshots', 'jan', 'format.mjs');
+    const helper = join(await snapshotContent(root, 'a1b2', 'jan'), 'format.mjs');
     // Snapshot files are 0o444; root could write anyway, but do not rely on that.
     await chmod(helper, 0o644);
     await writeFile(helper, "export const VERSION = 'tampered';\n");

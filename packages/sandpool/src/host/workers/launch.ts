@@ -1,5 +1,4 @@
 import { mkdirSync } from 'node:fs';
-import { dirname } from 'node:path';
 import type { ResolvedKey } from '../../key.js';
 import type { ResolvedPoolOptions } from '../../options.js';
 import type { Deniable, LoadRequest } from '../../protocol/messages.js';
@@ -133,8 +132,7 @@ export class Launcher {
     if (cache !== null) mkdirSync(cache, { recursive: true });
     const folders = {
       folder: location.folder,
-      // live/ or snapshots/<name>/, right under the swarm's folder (resolve.ts checked it is under the root).
-      swarm: key.snapshot === null ? dirname(location.folder) : dirname(dirname(location.folder)),
+      swarm: location.swarmFolder,
       extraRead: cache === null ? location.extraReadDirs : [...location.extraReadDirs, cache],
       write: cache === null ? [] : [cache],
     };
