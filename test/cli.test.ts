@@ -101,12 +101,16 @@ describe('sandpool call', () => {
   });
 
   it('exits 1 with ERR_SANDPOOL_INVALID_KEY for a bad key, printing nothing on stdout', async () => {
-    for (const key of ['no-slash', 'a1b2@/notifier_agent', '../etc/passwd']) {
+    for (const key of ['no-slash', 'a1b2@/notifier_agent', '../etc/passwd', 'node_modules/notifier_agent']) {
       const result = await sandpool('call', key, 'notify', '--root', root);
       expect(result.status).toBe(1);
       expect(errorCode(result.stderr)).toBe('ERR_SANDPOOL_INVALID_KEY');
       expect(result.stdout).toBe('');
     }
+    // A swarm named node_modules would sit on every other swarm's resolution path.
+    const reserved = await sandpool('snapshot', 'create', 'node_modules', 'jan', '--root', root);
+    expect(reserved.status).toBe(1);
+    expect(errorCode(reserved.stderr)).toBe('ERR_SANDPOOL_INVALID_KEY');
   });
 
   it("exits 1 with ERR_SANDPOOL_AGENT_ERROR and the cause's code when the agent throws", async () => {

@@ -341,6 +341,38 @@ describe('manifests', () => {
   });
 });
 
+describe('snapshot folders made before artifacts', () => {
+  it('stay readable where they lie: get, verify, sign, calls and remove', async () => {
+    const root = await makeRoot({ 'a/live/notifier_agent.mjs': "export const f = () => 'old';\n" });
+    const info = await new SnapshotStore({ root }).create('a', 'jan');
+    // The folder layout of earlier releases: the content in snapshots/<name>/, its manifest naming it.
+    const content = await snapshotContent(root, 'a', 'jan');
+    const manifest = JSON.parse(await readFile(join(content, MANIFEST), 'utf8'));
+    await rm(join(root, 'a/snapshots/jan'));
+    const folder = join(root, 'a/snapshots/jan');
+    await cp(content, folder, { recursive: true });
+    await chmod(folder, 0o755);
+    await chmod(join(folder, MANIFEST), 0o644);
+    const { swarm, digest, files, stems } = manifest;
+    const old = { version: 2, swarm, name: 'jan', createdAt: info.createdAt, digest, files, stems };
+    await writeFile(join(folder, MANIFEST), JSON.stringify(old));
+
+    const store = new SnapshotStore({ root });
+    expect(await store.get('a', 'jan')).toEqual(info);
+    await expect(store.verify('a', 'jan')).resolves.toEqual(info);
+    const pool = openPool({ root });
+    expect(await pool.call('a@jan/notifier_agent', 'f')).toBe('old');
+    // Its content is not an artifact: a channel cannot point at it until it is made again.
+    expect(await code(store.point('a', 'prod', 'jan'))).toBe('ERR_SANDPOOL_INVALID_OPTIONS');
+    const signed = new SnapshotStore({ root, snapshotSecret: SECRET });
+    expect((await rejection(signed.get('a', 'jan'))).message).toContain('not signed');
+    expect(await signed.sign('a', 'jan')).toMatchObject({ signed: true, digest: info.digest });
+    await pool.snapshots.remove('a', 'jan');
+    expect(await code(store.get('a', 'jan'))).toBe('ERR_SANDPOOL_SNAPSHOT_NOT_FOUND');
+    expect(invariants(pool)).toEqual([]);
+  });
+});
+
 describe('create guards what it copies', () => {
   it('refuses a hard link in live/ (its other name may be anyone’s file)', async () => {
     const root = await makeRoot({

@@ -4,14 +4,14 @@
  * read-only once built. Names (pointers) live elsewhere; this module only builds, finds,
  * verifies and collects content.
  */
-import { randomBytes } from 'node:crypto';
 import { type Dirent, lstatSync, realpathSync } from 'node:fs';
-import { chmod, lstat, mkdir, readdir, realpath, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readdir, realpath, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { join, sep } from 'node:path';
 import { type SandpoolError, snapshotBuild, snapshotCorrupt, swarmNotFound } from '../errors.js';
 import { bundleStem } from './bundle.js';
 import { buildInputs, isInside, placeOf, readInput } from './confine.js';
 import { artifactDir, artifactsDir, liveDir, REMOVING_PREFIX, TEMP_PREFIX } from './layout.js';
+import { sweepWorkFolders, workFolderName } from './leftovers.js';
 import {
   type ArtifactManifest,
   BUNDLES_DIR,
@@ -26,11 +26,6 @@ import { UnsafeFileError } from './safe-read.js';
 
 const FROZEN_FILE = 0o444;
 const FROZEN_DIR = 0o555;
-/**
- * Work folders older than this were left by a crash mid-build or mid-remove. Younger ones
- * may belong to a build still running, here or on another node sharing the root.
- */
-const LEFTOVER_AGE_MS = 60 * 60 * 1000;
 /**
  * How long content no name points to is kept (from when it was built, or last named or
  * unnamed): a pool elsewhere that admitted a call just before a name moved may still be
@@ -65,8 +60,8 @@ export async function buildArtifact(
     throw snapshotBuild("cannot snapshot live/: it leads out of the swarm's folder");
   const parent = artifactsDir(root, swarm);
   await mkdir(parent, { recursive: true });
-  await sweepLeftovers(parent);
-  const temp = join(parent, `${TEMP_PREFIX}${randomBytes(8).toString('hex')}`);
+  await sweepWorkFolders(parent);
+  const temp = join(parent, workFolderName(TEMP_PREFIX));
   let published = false;
   try {
     await mkdir(temp);
@@ -183,7 +178,7 @@ export async function sweepUnused(root: string, swarm: string, named: () => Read
   };
   for (const digest of entries) {
     if (!DIGEST.test(digest) || !unused(digest, join(parent, digest))) continue;
-    const doomed = join(parent, `${REMOVING_PREFIX}${randomBytes(8).toString('hex')}`);
+    const doomed = join(parent, workFolderName(REMOVING_PREFIX));
     try {
       await rename(join(parent, digest), doomed);
     } catch {
@@ -357,18 +352,4 @@ export function isMissingError(error: unknown): boolean {
 export function isTakenError(error: unknown): boolean {
   const code = errnoCode(error);
   return code === 'ENOTEMPTY' || code === 'EEXIST' || code === 'ENOTDIR';
-}
-
-/** Best effort: a sweep that fails leaves the folders for the next build. */
-export async function sweepLeftovers(parent: string): Promise<void> {
-  try {
-    const now = Date.now();
-    for (const name of await readdir(parent)) {
-      if (!name.startsWith(TEMP_PREFIX) && !name.startsWith(REMOVING_PREFIX)) continue;
-      const path = join(parent, name);
-      if (now - (await lstat(path)).mtimeMs > LEFTOVER_AGE_MS) await removeTree(path);
-    }
-  } catch {
-    // Nothing depends on it.
-  }
 }

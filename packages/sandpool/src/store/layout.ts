@@ -42,11 +42,6 @@ export function artifactDir(root: string, swarm: string, digest: string): string
   return join(root, CACHE_DIR, 'artifacts', swarm, digest);
 }
 
-/** V8 compile cache of one snapshot's workers, per content digest: identical snapshots share it. */
-export function compileCacheDir(root: string, digest: string): string {
-  return join(root, CACHE_DIR, 'compile', digest);
-}
-
 /** Type-stripped copies of one swarm's live TypeScript, for Nodes that cannot strip in the worker. */
 export function transpileCacheDir(root: string, swarm: string): string {
   return join(root, CACHE_DIR, 'ts', swarm);

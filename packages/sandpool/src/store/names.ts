@@ -5,12 +5,17 @@ import { join } from 'node:path';
 import { isSandpoolError, snapshotCorrupt, snapshotNotFound } from '../errors.js';
 import { type BuiltArtifact, locateArtifact } from './artifact.js';
 import { snapshotDir, snapshotsDir } from './layout.js';
-import { checkPlace, checkSignature, type LegacyManifest, readManifest } from './manifest.js';
+import { checkPlace, checkSignature, type LegacyManifest, readManifest, snapshotDigest } from './manifest.js';
 import { checkPointer, checkPointerPlace, type Pointer, readPointer } from './pointer.js';
 
 export type SnapshotRef =
   | { readonly kind: 'pointer'; readonly pointer: Pointer; readonly artifact: BuiltArtifact }
   | { readonly kind: 'folder'; readonly dir: string; readonly manifest: LegacyManifest; readonly text: string };
+
+/** The content digest a name resolved to (SnapshotInfo.digest). */
+export function digestOf(ref: SnapshotRef): string {
+  return ref.kind === 'pointer' ? ref.pointer.digest : snapshotDigest(ref.manifest, ref.text);
+}
 
 /** A pointer that moved or went while it was read is read again, this many times at most. */
 const ATTEMPTS = 3;

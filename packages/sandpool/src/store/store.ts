@@ -22,12 +22,12 @@ import {
   isMissingError,
   isTakenError,
   removeTree,
-  sweepLeftovers,
   sweepUnused,
   touchArtifact,
   verifyArtifact,
 } from './artifact.js';
 import { REMOVING_PREFIX, snapshotDir, snapshotsDir, swarmDir, TEMP_PREFIX } from './layout.js';
+import { sweepWorkFolders, workFolderName } from './leftovers.js';
 import {
   type ArtifactManifest,
   MANIFEST_NAME,
@@ -122,7 +122,7 @@ export class SnapshotStore {
     const artifact = await this.build(swarm);
     const parent = snapshotsDir(this.root, swarm);
     await mkdir(parent, { recursive: true });
-    await sweepLeftovers(parent);
+    await sweepWorkFolders(parent);
     const pointer = this.pointerTo(swarm, name, artifact.digest, artifact.manifest);
     for (let attempt = 1; ; attempt++) {
       if (await this.publish(pointer, 'new')) return infoOfPointer(pointer, artifact.manifest);
@@ -196,7 +196,7 @@ export class SnapshotStore {
   async remove(swarm: string, name: string): Promise<void> {
     checkArgs(SnapshotArgs, { swarm, name });
     const parent = snapshotsDir(this.root, swarm);
-    const doomed = join(parent, `${REMOVING_PREFIX}${randomBytes(8).toString('hex')}`);
+    const doomed = join(parent, workFolderName(REMOVING_PREFIX));
     const digest = pointedDigest(this.root, swarm, name);
     try {
       // One rename hides it whole; the slow recursive delete of an old folder happens out of sight.
@@ -289,7 +289,7 @@ export class SnapshotStore {
   private async publish(pointer: Pointer, how: 'new' | 'replace'): Promise<boolean> {
     const parent = snapshotsDir(this.root, pointer.swarm);
     await mkdir(parent, { recursive: true });
-    const temp = join(parent, `${TEMP_PREFIX}${randomBytes(8).toString('hex')}`);
+    const temp = join(parent, workFolderName(TEMP_PREFIX));
     const target = snapshotDir(this.root, pointer.swarm, pointer.name);
     await writeFile(temp, serializePointer(pointer), { flag: 'wx', mode: FROZEN_FILE });
     try {
@@ -338,6 +338,11 @@ export class SnapshotStore {
 /** The arguments every per-snapshot operation checks first (INVALID_KEY, nothing touched). */
 export function checkSnapshotArgs(swarm: string, name: string): void {
   checkArgs(SnapshotArgs, { swarm, name });
+}
+
+/** The arguments of point (INVALID_KEY, nothing touched). */
+export function checkPointArgs(swarm: string, name: string, target: string): void {
+  checkArgs(PointArgs, { swarm, name, target });
 }
 
 function checkArgs(schema: z.ZodType, args: Record<string, unknown>): void {

@@ -2,9 +2,9 @@ import { realpathSync, statSync } from 'node:fs';
 import { dirname, join, sep } from 'node:path';
 import { moduleNotFound, type SandpoolError, snapshotNotFound } from '../../errors.js';
 import type { ResolvedKey } from '../../key.js';
-import { compileCacheDir, liveDir } from '../../store/layout.js';
+import { liveDir } from '../../store/layout.js';
 import { type ArtifactManifest, type ManifestV2, snapshotDigest } from '../../store/manifest.js';
-import { readSnapshotName } from '../../store/names.js';
+import { readSnapshotName, type SnapshotRef } from '../../store/names.js';
 import { typeScriptInWorker } from './typescript.js';
 
 export interface ModuleLocation {
@@ -22,8 +22,6 @@ export interface ModuleLocation {
   readonly verifyDir: string | null;
   /** sha256 of a snapshot bundle, from the manifest checked here (LoadRequest.sha256); null for live code. */
   readonly sha256: string | null;
-  /** Compile cache of a snapshot's workers (LoadRequest.compileCacheDir); null for live code. */
-  readonly compileCacheDir: string | null;
   /** Folders the worker must read beyond its key's folder (type-stripped copies); see readPathsFor. */
   readonly extraReadDirs: readonly string[];
   /** The snapshot's digest (SnapshotInfo.digest); null for live code. */
@@ -33,6 +31,8 @@ export interface ModuleLocation {
 export interface LocateOptions {
   /** With it, a snapshot's manifest must carry a valid HMAC (SNAPSHOT_CORRUPT otherwise). */
   readonly snapshotSecret?: string | undefined;
+  /** What a snapshot key's name resolved to when its route opened: the route serves that digest only. */
+  readonly snapshot?: SnapshotRef | null;
 }
 
 export const EXTENSIONS = ['.mjs', '.js', '.cjs', '.mts', '.ts', '.cts'] as const;
@@ -51,17 +51,16 @@ export async function locateModule(
 ): Promise<ModuleLocation> {
   const realRoot = realpathOrNull(root);
   if (key.snapshot !== null) {
-    const ref = readSnapshotName(root, key.swarm, key.snapshot, options.snapshotSecret, key.text);
+    const ref = options.snapshot ?? readSnapshotName(root, key.swarm, key.snapshot, options.snapshotSecret, key.text);
     if (ref.kind === 'pointer')
-      return bundleOf(key, ref.artifact.dir, dirname(ref.artifact.dir), ref.artifact.manifest, realRoot as string);
+      return bundleOf(key, ref.artifact.dir, dirname(ref.artifact.dir), ref.artifact.manifest);
     const realFolder = realpathOrNull(ref.dir);
     if (realFolder === null) throw snapshotNotFound(key.swarm, key.snapshot, key.text);
     if (realRoot === null || !realFolder.startsWith(realRoot + sep)) {
       // A swarm folder linked to somewhere else would let a key read outside the root.
       throw notFound(key, 'its folder resolves outside the root');
     }
-    if (ref.manifest.version === 2)
-      return bundleOf(key, realFolder, dirname(dirname(realFolder)), ref.manifest, realRoot);
+    if (ref.manifest.version === 2) return bundleOf(key, realFolder, dirname(dirname(realFolder)), ref.manifest);
     return fileIn(key, ref.dir, realFolder, realRoot, snapshotDigest(ref.manifest, ref.text));
   }
   const folder = liveDir(root, key.swarm);
@@ -79,7 +78,6 @@ function bundleOf(
   realFolder: string,
   swarmFolder: string,
   manifest: ManifestV2 | ArtifactManifest,
-  realRoot: string,
 ): ModuleLocation {
   const rel = Object.hasOwn(manifest.stems, key.stem) ? manifest.stems[key.stem] : undefined;
   const entry = rel !== undefined && Object.hasOwn(manifest.files, rel) ? manifest.files[rel] : undefined;
@@ -94,7 +92,6 @@ function bundleOf(
     swarmFolder,
     verifyDir: realFolder,
     sha256: entry.sha256,
-    compileCacheDir: compileCacheDir(realRoot, manifest.digest),
     extraReadDirs: [],
     digest: manifest.digest,
   };
@@ -127,7 +124,6 @@ async function fileIn(
         swarmFolder,
         verifyDir: null,
         sha256: null,
-        compileCacheDir: null,
         extraReadDirs: [stripped.dir],
         digest,
       };
@@ -138,7 +134,6 @@ async function fileIn(
       swarmFolder,
       verifyDir: key.snapshot === null ? null : realFolder,
       sha256: null,
-      compileCacheDir: null,
       extraReadDirs: [],
       digest,
     };
