@@ -11,16 +11,13 @@ import { SwarmIds } from '../packages/sandpool/dist/host/workers/sandbox/uids.js
 import { cgroupFileOf } from './support/cgroup.js';
 import { childProcesses, eventually, installCleanup, invariants, openPool } from './support/pool.js';
 import { counterAgent, fixture, makeRoot } from './support/root.js';
-import { hostLayers, ON_CI } from './support/sandbox.js';
+import { hostLayers, ON_CI, PROCESS_NEIGHBOUR, withNeighbours } from './support/sandbox.js';
 import { installServerCleanup, openServer, request } from './support/server.js';
 
 installCleanup();
 installServerCleanup();
 
 const ATTACKER = 'x/cellmate';
-/** The neighbour in a worker thread, and one in a process of its own (another swarm). */
-const THREAD_NEIGHBOUR = 'n/notifier_agent';
-const PROCESS_NEIGHBOUR = 'm/notifier_agent';
 const root = process.getuid?.() === 0;
 const layers = hostLayers();
 const caged = layers.namespaces;
@@ -52,37 +49,6 @@ function tenantPool(dir: string, options: Partial<PoolOptions> = {}): Pool {
     fairness: false,
     ...options,
   });
-}
-
-/**
- * Runs `attack` while both neighbours are called in a loop, every answer checked: they keep
- * answering, right, during it and once more after it; the host lives, and the books hold.
- */
-async function withNeighbours<T>(pool: Pool, attack: () => Promise<T>): Promise<T> {
-  const neighbours = [THREAD_NEIGHBOUR, PROCESS_NEIGHBOUR];
-  for (const key of neighbours) expect(await pool.call(key, 'add', [0, 1])).toBe(1);
-  let stop = false;
-  const answered = new Map(neighbours.map((key) => [key, 0]));
-  const wrong: unknown[] = [];
-  const loops = neighbours.map(async (key) => {
-    for (let i = 0; !stop; i++) {
-      const value = await pool.call(key, 'add', [i, 1]).catch((error: unknown) => error);
-      if (value === i + 1) answered.set(key, (answered.get(key) ?? 0) + 1);
-      else wrong.push([key, value]);
-      await new Promise((resolve) => setTimeout(resolve, 2));
-    }
-  });
-  try {
-    const result = await attack();
-    const atEnd = new Map(answered);
-    await eventually(() => neighbours.every((key) => (answered.get(key) ?? 0) > (atEnd.get(key) ?? 0)));
-    return result;
-  } finally {
-    stop = true;
-    await Promise.all(loops);
-    expect(wrong).toEqual([]);
-    expect(invariants(pool)).toEqual([]);
-  }
 }
 
 /** The process neighbour's child, as the host sees it (the pid its spawn event carried). */

@@ -3,9 +3,11 @@
  * agent code runs (see openLink), then a blank runtime until `load` names its key's module.
  * No zod here: it would cost every worker megabytes.
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeSync } from 'node:fs';
+import { Socket } from 'node:net';
 import { isMainThread, parentPort, workerData } from 'node:worker_threads';
 import { isDenialList } from '../protocol/checks.js';
+import { encodeFrame, FROM_CHILD_FD, FrameReader, TO_CHILD_FD } from '../protocol/frames.js';
 import {
   type FromWorker,
   type LoadRequest,
@@ -71,10 +73,9 @@ interface Link {
 /**
  * A thread takes its private port out of `workerData` and closes `parentPort`, so agent
  * code can neither forge protocol messages nor read the coordinator's. A child process
- * (isolation 'process') talks over its IPC channel, which agent code in the same process
- * could reach: there the process boundary, and the checks on every message, are the
- * guard, and what it could forge is only its own key's answers. The child ends when the
- * channel does, so a host that dies leaves no agent running.
+ * (isolation 'process') talks over its private pipes (in protocol/frames.ts's frames), which agent code in the same process could reach: there the process boundary, and
+ * the checks on every message, are the guard, and what it could forge is only its own key's
+ * answers. The child ends when the channel does, so a host that dies leaves no agent running.
  */
 function openLink(): Link {
   if (!isMainThread) {
@@ -94,17 +95,40 @@ function openLink(): Link {
       listen: (listener) => port.on('message', listener),
     };
   }
-  const send = process.send?.bind(process);
-  if (send === undefined) throw new Error('sandpool worker entry must run in a sandpool worker or child process');
-  process.on('disconnect', () => process.exit(0));
+  const channel = new Socket({ fd: TO_CHILD_FD, readable: true, writable: false });
+  const exit = (): never => process.exit(0);
+  channel.on('end', exit);
+  channel.on('error', exit);
   return {
     // A channel copies what it sends: there is nothing to transfer.
-    post: (message) => {
-      send(message);
+    post: (message) => writeFrame(encodeFrame(message)),
+    listen: (listener) => {
+      const reader = new FrameReader(listener as (message: unknown) => void);
+      channel.on('data', (chunk: Buffer) => {
+        try {
+          reader.push(chunk);
+        } catch {
+          exit();
+        }
+      });
     },
-    listen: (listener) => process.on('message', listener as (message: unknown) => void),
   };
 }
+
+/** A whole frame out, in order; a host that has gone ends the child. */
+function writeFrame(frame: Buffer): void {
+  for (let at = 0; at < frame.length; ) {
+    try {
+      at += writeSync(FROM_CHILD_FD, frame, at);
+    } catch (error) {
+      // Agent code may have made the pipe non-blocking: wait for room as a blocking write would.
+      if ((error as NodeJS.ErrnoException).code !== 'EAGAIN') process.exit(0);
+      Atomics.wait(PAUSE, 0, 0, 1);
+    }
+  }
+}
+
+const PAUSE = new Int32Array(new SharedArrayBuffer(4));
 
 const output = new OutputGate(post);
 
