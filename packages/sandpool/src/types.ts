@@ -151,6 +151,8 @@ export interface KeyStats {
   latency: { p50: number; p99: number; max: number } | null;
   /** Calls refused by its `quotas.calls`. */
   quotaRefused: number;
+  /** Output characters it printed that never reached the host's output: past its 1 MB window, its output budget, or a full host stream. */
+  outputDropped: number;
   /** Its use of each capability, by name. */
   host: Record<string, HostUsage>;
 }
