@@ -4,6 +4,7 @@ import { chmod, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { createPool, type Pool, type PoolOptions, type SandboxLayers } from 'sandpool';
 import { afterEach, describe, expect, it } from 'vitest';
 import { findCgroups } from '../packages/sandpool/dist/host/governors/cgroups.js';
@@ -18,6 +19,8 @@ installCleanup();
 installServerCleanup();
 
 const ATTACKER = 'x/cellmate';
+/** sandpool's build, for a host run in a process of its own. */
+const DIST = fileURLToPath(new URL('../packages/sandpool/dist/', import.meta.url));
 const root = process.getuid?.() === 0;
 const layers = hostLayers();
 const caged = layers.namespaces;
@@ -302,6 +305,41 @@ describe('the OS sandbox of process keys', () => {
     await pool.snapshots.create('x', 'jan');
     expect(await pool.call('x@jan/typed', 'add', [4, 5])).toBe(9);
     expect(invariants(pool)).toEqual([]);
+  });
+
+  it('a descriptor the host holds without close-on-exec reaches no cell', async () => {
+    const dir = await makeRoot({
+      'x/live/leak.mjs': `
+        import { readdirSync, readlinkSync } from 'node:fs';
+        /** What each of its descriptors is, past stdio. */
+        export const openFds = () =>
+          readdirSync('/proc/self/fd').filter((fd) => Number(fd) > 2).map((fd) => {
+            try {
+              return readlinkSync(\`/proc/self/fd/\${fd}\`);
+            } catch (error) {
+              return error.code;
+            }
+          });
+      `,
+      'b/live/secret.txt': 'b only',
+      ...(await counterAgent('n')),
+      ...(await counterAgent('m')),
+    });
+    await chmod(dir, 0o755);
+    const secret = join(dir, 'b/live/secret.txt');
+    // The host is a child holding the secret open as fd 30, as a shell's redirection leaves it: not close-on-exec (Node marks a low one such as 9 at its start, not 30).
+    const hostScript = fileURLToPath(new URL('fixtures/leaky-host.mjs', import.meta.url));
+    const host = spawnSync('bash', ['-c', 'exec 30<"$0"; exec "$@"', secret, process.execPath, hostScript, DIST, dir], {
+      encoding: 'utf8',
+      timeout: 120_000,
+    });
+    expect(host.status, host.stderr).toBe(0);
+    const seen = JSON.parse(host.stdout) as { fds: string[]; wrong: unknown[]; answered: number; invariants: string[] };
+    expect(seen.wrong).toEqual([]);
+    expect(seen.answered).toBeGreaterThan(0);
+    expect(seen.invariants).toEqual([]);
+    expect(seen.fds.length).toBeGreaterThan(0);
+    expect(seen.fds.some((target) => target.includes('secret'))).toBe(false);
   });
 
   it.runIf(root)('gives each swarm a uid of its own, the same one again, and two swarms never one', async () => {

@@ -8,6 +8,17 @@ import { bwrapArgs, type KeyAccess, type ViewEntry, within } from './view.js';
 
 /** util-linux's prlimit sets the child's rlimits before it execs on; Node has no setrlimit. */
 const PRLIMIT = findExecutable('prlimit');
+/**
+ * A descriptor the host holds without close-on-exec (one it inherited, or a native addon's)
+ * would reach the child, and bubblewrap passes every one on to the command it runs: bash,
+ * between prlimit and bubblewrap, closes every descriptor past the protocol's ($0) and execs
+ * the rest. Neither Node, libuv nor bubblewrap has a way to do that.
+ */
+const BASH = findExecutable('bash');
+// biome-ignore lint/suspicious/noTemplateCurlyInString: a shell's parameter expansion, not a template
+const CLOSE_FDS = 'for fd in /proc/self/fd/*; do fd=${fd##*/}; [ "$fd" -gt "$0" ] && exec {fd}>&-; done; exec "$@"';
+/** The child's last descriptor of the protocol without bubblewrap's two: stdio, then the channel's (protocol/frames.ts). */
+const LAST_PROTOCOL_FD = 3;
 /** bubblewrap's descriptors in the child's stdio: it writes its child's pid on one, and waits on the other. */
 const INFO_FD = 4;
 const BLOCK_FD = 5;
@@ -115,7 +126,8 @@ export class Cage {
     const inner =
       bwrap === null ? [process.execPath, ...node] : [bwrap, ...this.bwrapArgs(), '--', process.execPath, ...node];
     const extraFds = bwrap === null ? 0 : 2;
-    if (PRLIMIT === null) return { file: inner[0] as string, args: inner.slice(1), extraFds };
+    const closed = BASH === null ? inner : [BASH, '-c', CLOSE_FDS, String(LAST_PROTOCOL_FD + extraFds), ...inner];
+    if (PRLIMIT === null) return { file: closed[0] as string, args: closed.slice(1), extraFds };
     const rlimits = [
       `--nofile=${limits.openFiles}:${limits.openFiles}`,
       `--nproc=${limits.processes}:${limits.processes}`,
@@ -123,7 +135,7 @@ export class Cage {
     // Without a memory cgroup, RLIMIT_DATA bounds what it can commit; unlike RLIMIT_AS, it
     // leaves V8's and WebAssembly's reservations alone.
     if (groups === null) rlimits.push(`--data=${memoryBytes}:${memoryBytes}`);
-    return { file: PRLIMIT, args: [...rlimits, '--', ...inner], extraFds };
+    return { file: PRLIMIT, args: [...rlimits, '--', ...closed], extraFds };
   }
 
   /**
