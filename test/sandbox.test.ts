@@ -1,6 +1,6 @@
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { chmod, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
+import { chmod, copyFile, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -83,11 +83,11 @@ describe('the OS sandbox of process keys', () => {
   it('/healthz says which layers process keys get, without the reasons for a missing one', async () => {
     const dir = await tenants();
     const server = openServer({ root: dir, isolation: 'process' });
-    const { namespaces, uidPerSwarm, cgroups, network } = layers;
+    const { namespaces, uidPerSwarm, cgroups, network, userns } = layers;
     expect((await request(server, 'GET', '/healthz')).body).toEqual({
       status: 'ok',
       node: 'node-1',
-      sandbox: { namespaces, uidPerSwarm, cgroups, network },
+      sandbox: { namespaces, uidPerSwarm, cgroups, network, userns },
     });
     expect((await request(openServer({ root: dir }), 'GET', '/healthz')).body.sandbox).toBeNull();
   });
@@ -340,6 +340,27 @@ describe('the OS sandbox of process keys', () => {
     expect(seen.invariants).toEqual([]);
     expect(seen.fds.length).toBeGreaterThan(0);
     expect(seen.fds.some((target) => target.includes('secret'))).toBe(false);
+  });
+
+  it.runIf(caged)('cannot make a user namespace, even with child processes granted', async () => {
+    expect(layers.userns).toBe(root ? 'seccomp' : 'disabled');
+    const dir = await tenants();
+    // A tenant may ship any program in its folder: here util-linux's unshare (it needs only the libc every cell has).
+    await copyFile('/usr/bin/unshare', join(dir, 'x/live/unshare'));
+    await chmod(join(dir, 'x/live/unshare'), 0o755);
+    const pool = tenantPool(dir);
+    const unshare = join(dir, 'x/live/unshare');
+    // The cell has no shell and no coreutils: the one program to run is its Node.
+    const node = [process.execPath, '-e', '0'];
+    const tries = await withNeighbours(pool, async () => [
+      await pool.call(ATTACKER, 'run', [unshare, ['--user', ...node]]),
+      await pool.call(ATTACKER, 'run', [unshare, ['--user', '--map-root-user', ...node]]),
+      // The same program, asking for no namespace, runs.
+      await pool.call(ATTACKER, 'run', [unshare, ['--fork', ...node]]),
+    ]);
+    expect(tries[0]).toMatchObject({ status: 1, said: expect.stringMatching(/Operation not permitted/) });
+    expect(tries[1]).toMatchObject({ status: 1, said: expect.stringMatching(/Operation not permitted/) });
+    expect(tries[2]).toMatchObject({ status: 0 });
   });
 
   it.runIf(root)('gives each swarm a uid of its own, the same one again, and two swarms never one', async () => {

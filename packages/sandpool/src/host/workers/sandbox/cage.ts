@@ -1,8 +1,9 @@
 import type { ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import type { Readable, Writable } from 'node:stream';
+import { usernsFilter } from './seccomp.js';
 import type { StagedCell } from './stage.js';
-import { findExecutable, NAMESPACE_DIRS, namespaceArgs } from './support.js';
+import { findExecutable, NAMESPACE_DIRS, namespaceArgs, type UsernsGuard } from './support.js';
 import type { SwarmIds, SwarmUser } from './uids.js';
 import { bwrapArgs, type KeyAccess, type ViewEntry, within } from './view.js';
 
@@ -22,6 +23,8 @@ const LAST_PROTOCOL_FD = 3;
 /** bubblewrap's descriptors in the child's stdio: it writes its child's pid on one, and waits on the other. */
 const INFO_FD = 4;
 const BLOCK_FD = 5;
+/** Where bubblewrap reads the cell's seccomp filter from (support.ts's UsernsGuard). */
+const SECCOMP_FD = 6;
 /** bubblewrap's report of its child, as `--info-fd` writes it. */
 const CHILD_PID = /"child-pid":\s*(\d+)/;
 
@@ -52,6 +55,8 @@ export interface CageGroups {
 export interface CageParts {
   /** bubblewrap's path; null: no namespaces. */
   readonly bwrap: string | null;
+  /** How the cell is kept from making user namespaces; null: it is not. */
+  readonly userns: UsernsGuard | null;
   readonly root: boolean;
   readonly rootReal: string;
   /** The Node binary, its libraries, sandpool's runtime. */
@@ -125,7 +130,7 @@ export class Cage {
     const { bwrap, limits, groups, memoryBytes } = this.parts;
     const inner =
       bwrap === null ? [process.execPath, ...node] : [bwrap, ...this.bwrapArgs(), '--', process.execPath, ...node];
-    const extraFds = bwrap === null ? 0 : 2;
+    const extraFds = bwrap === null ? 0 : this.parts.userns === 'seccomp' ? 3 : 2;
     const closed = BASH === null ? inner : [BASH, '-c', CLOSE_FDS, String(LAST_PROTOCOL_FD + extraFds), ...inner];
     if (PRLIMIT === null) return { file: closed[0] as string, args: closed.slice(1), extraFds };
     const rlimits = [
@@ -154,6 +159,10 @@ export class Cage {
     const stdio = child.stdio as readonly unknown[];
     const info = (stdio[INFO_FD] ?? null) as Readable | null;
     const block = (stdio[BLOCK_FD] ?? null) as Writable | null;
+    const seccomp = (stdio[SECCOMP_FD] ?? null) as Writable | null;
+    // bubblewrap reads the filter to its end once it may go on: it is all in the pipe by then.
+    seccomp?.on('error', () => {});
+    seccomp?.end(usernsFilter());
     return new Promise((resolve, reject) => {
       if (info === null || block === null) return reject(new Error('bubblewrap has no descriptors to report on'));
       let said = '';
@@ -251,7 +260,7 @@ export class Cage {
     if (stage !== null) entries.push({ kind: 'bind', source: stage.dir, path: rootReal, write: false });
     else entries.push(...(this.access?.entries ?? []));
     return [
-      ...namespaceArgs(root, tmpMb * 2 ** 20),
+      ...namespaceArgs(root, tmpMb * 2 ** 20, this.parts.userns, SECCOMP_FD),
       '--info-fd',
       String(INFO_FD),
       '--block-fd',
