@@ -297,6 +297,21 @@ describe('the OS sandbox of process keys', () => {
     },
   );
 
+  it.runIf(layers.cgroups !== null)(
+    'the CPU of a cell’s child processes counts toward its key while they run, not once they are reaped',
+    { timeout: 120_000 },
+    async () => {
+      // No idle-burn limit: the key must live to be read.
+      const pool = tenantPool(await tenants(), { cpuTimeoutMs: 0 });
+      const cpuOf = (): number => pool.keyStats().find((entry) => entry.key === ATTACKER)?.cpuMs ?? 0;
+      await withNeighbours(pool, async () => {
+        expect(await pool.call(ATTACKER, 'burnInChild', [1_500])).toBe('started');
+        // The child never ends while the cell lives: only the cell's cgroup counts it.
+        await eventually(() => cpuOf() >= 1_000, 90_000);
+      });
+    },
+  );
+
   it.runIf(caged)('runs TypeScript and a snapshot in a cell, under a root only the host may enter', async () => {
     // makeRoot's folder is mkdtemp's 0700: in a cell the folders above the key's are the cell's own.
     const dir = await makeRoot({ 'x/live/typed.ts': 'export const add = (a: number, b: number): number => a + b;\n' });

@@ -8,7 +8,7 @@ import { MUST_DROP, type ToWorker } from '../../protocol/messages.js';
 import { AgentWorker, type ThreadSettings } from './agent-worker.js';
 import type { MemoryReading } from './memory-probe.js';
 import { reniceProcess } from './priority.js';
-import type { Cage } from './sandbox/cage.js';
+import type { Cage, CellCpu } from './sandbox/cage.js';
 import type { Sandbox } from './sandbox/sandbox.js';
 import type { KeyAccess } from './sandbox/view.js';
 
@@ -184,6 +184,11 @@ export class AgentProcess extends AgentWorker {
     const status = readFileSync(`/proc/${this.nodePid}/status`, 'latin1');
     const kb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
     return { heap: kb * 1024, external: 0 };
+  }
+
+  /** Where its cell's CPU is counted (its every task's), null without a cgroup that counts it: see Cage.cpuUsage. */
+  cpuUsage(): CellCpu | null {
+    return this.cage?.cpuUsage() ?? null;
   }
 
   /** Its CPU weight among the cells where it has a cgroup (renicing its threads would only order them among themselves), else each thread's nice. */

@@ -28,8 +28,16 @@ const SECCOMP_FD = 6;
 /** bubblewrap's report of its child, as `--info-fd` writes it. */
 const CHILD_PID = /"child-pid":\s*(\d+)/;
 
+/** A file where the kernel counts a cell's CPU: nanoseconds alone (v1's cpuacct.usage), or v2's cpu.stat (usage_usec). */
+export interface CellCpu {
+  readonly path: string;
+  readonly format: 'ns' | 'cpu.stat';
+}
+
 /** A cell's cgroup, as its cage uses it (made by governors/cgroups.ts). */
 export interface CageGroup {
+  /** Where its CPU is counted, every task's; null where the host does not count it. */
+  cpuUsage(): CellCpu | null;
   /** Moves a process (every thread of it) into the cell; what it starts from then on is born there. */
   attach(pid: number): void;
   /** Bytes the cell's tasks hold now, page cache and /tmp included; null when unreadable. */
@@ -229,6 +237,11 @@ export class Cage {
       }
     }
     this.group?.kill();
+  }
+
+  /** Where the cell's CPU is counted, its children's included before they are reaped; null without a cgroup that counts it. */
+  cpuUsage(): CellCpu | null {
+    return this.group?.cpuUsage() ?? null;
   }
 
   /** Bytes the cell holds now, as its cgroup counts them; null without one. */
