@@ -13,7 +13,9 @@ const PRLIMIT = findExecutable('prlimit');
  * A descriptor the host holds without close-on-exec (one it inherited, or a native addon's)
  * would reach the child, and bubblewrap passes every one on to the command it runs: bash,
  * between prlimit and bubblewrap, closes every descriptor past the protocol's ($0) and execs
- * the rest. Neither Node, libuv nor bubblewrap has a way to do that.
+ * the rest. Neither Node, libuv nor bubblewrap has a way to do that. POSIX mode and no rc
+ * files: bash would otherwise run `BASH_ENV` (the key's env is the child's), and `~/.bashrc`
+ * when its stdin is a socket, as the channel is (its guess that sshd started it).
  */
 const BASH = findExecutable('bash');
 // biome-ignore lint/suspicious/noTemplateCurlyInString: a shell's parameter expansion, not a template
@@ -139,7 +141,10 @@ export class Cage {
     const inner =
       bwrap === null ? [process.execPath, ...node] : [bwrap, ...this.bwrapArgs(), '--', process.execPath, ...node];
     const extraFds = bwrap === null ? 0 : this.parts.userns === 'seccomp' ? 3 : 2;
-    const closed = BASH === null ? inner : [BASH, '-c', CLOSE_FDS, String(LAST_PROTOCOL_FD + extraFds), ...inner];
+    const closed =
+      BASH === null
+        ? inner
+        : [BASH, '--posix', '--norc', '--noprofile', '-c', CLOSE_FDS, String(LAST_PROTOCOL_FD + extraFds), ...inner];
     if (PRLIMIT === null) return { file: closed[0] as string, args: closed.slice(1), extraFds };
     const rlimits = [
       `--nofile=${limits.openFiles}:${limits.openFiles}`,
