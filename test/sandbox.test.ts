@@ -169,8 +169,8 @@ describe('the OS sandbox of process keys', () => {
       throughLink: 'ENOENT',
       direct: 'ENOENT',
       neighbourCode: 'ENOENT',
-      // Its own (the pool's `env`, empty here), never the host's; after the drop to its uid, not even that.
-      hostEnviron: root ? 'EACCES' : '',
+      // Its own (the pool's `env`, empty here, and its Node's flags), never the host's; after the drop to its uid, not even that.
+      hostEnviron: root ? 'EACCES' : expect.stringMatching(/^(NODE_OPTIONS=[^\0]*\0)?$/),
       ownCode: 'string',
     });
   });
@@ -355,6 +355,20 @@ describe('the OS sandbox of process keys', () => {
     expect(seen.invariants).toEqual([]);
     expect(seen.fds.length).toBeGreaterThan(0);
     expect(seen.fds.some((target) => target.includes('secret'))).toBe(false);
+  });
+
+  it.runIf(caged)('finds no host path on its cell’s command lines: neither the root nor sandpool’s', async () => {
+    const dir = await tenants();
+    const pool = tenantPool(dir);
+    const lines = await withNeighbours(pool, async () => [
+      await pool.call<string>(ATTACKER, 'readFile', ['/proc/1/cmdline']),
+      await pool.call<string>(ATTACKER, 'readFile', ['/proc/self/cmdline']),
+    ]);
+    for (const line of lines) {
+      // Read, and what it holds: bubblewrap and Node by name, nothing of where things are on the host.
+      expect(line).toMatch(/node\0bundle\.js\0/);
+      for (const path of [dir, DIST, '/run/sandpool', join(DIST, 'worker')]) expect(line).not.toContain(path);
+    }
   });
 
   it.runIf(caged)('cannot make a user namespace, even with child processes granted', async () => {

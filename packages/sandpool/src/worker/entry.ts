@@ -25,6 +25,7 @@ import { lockDown } from './lockdown.js';
 import { OutputGate } from './output.js';
 import { Runtime } from './runtime.js';
 
+if (isMainThread) leaveLaunch();
 const tid = threadId();
 const link = openLink();
 delete (process as { _getActiveHandles?: unknown })._getActiveHandles;
@@ -113,6 +114,20 @@ function openLink(): Link {
       });
     },
   };
+}
+
+/**
+ * A child in a cell was started from its entry's folder, its flags in NODE_OPTIONS (so that no
+ * host path is on its command line: see the host's Cage.command): it goes back to `/`, and the
+ * flags stay out of the environment agent code and its children see.
+ */
+function leaveLaunch(): void {
+  delete process.env.NODE_OPTIONS;
+  try {
+    process.chdir('/');
+  } catch {
+    // Not in a cell's folder tree (a child without one started at `/` already).
+  }
 }
 
 /** A whole frame out, in order; a host that has gone ends the child. */

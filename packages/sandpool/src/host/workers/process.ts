@@ -59,12 +59,11 @@ export class AgentProcess extends AgentWorker {
       this.cage = child.sandbox.cage(access, child.memoryBytes);
       // The child starts as the host's user, so Node and sandpool's runtime load wherever they
       // are installed (a 0700 checkout, say); the entry drops to its swarm's user before any agent code.
-      const node = [
-        ...execArgv,
-        `--max-old-space-size=${child.heapMb}`,
-        WORKER_ENTRY,
-        ...(this.cage.dropsPrivileges ? [MUST_DROP] : []),
-      ];
+      const node = {
+        flags: [...execArgv, `--max-old-space-size=${child.heapMb}`],
+        entry: WORKER_ENTRY,
+        args: this.cage.dropsPrivileges ? [MUST_DROP] : [],
+      };
       const { file, args, extraFds } = this.cage.command(node);
       this.child = spawn(file, args, {
         // Nothing else is inherited: Node opens every other descriptor close-on-exec.

@@ -1,5 +1,6 @@
 import type { ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import { basename, dirname } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import { usernsFilter } from './seccomp.js';
 import type { StagedCell } from './stage.js';
@@ -25,8 +26,13 @@ const LAST_PROTOCOL_FD = 3;
 /** bubblewrap's descriptors in the child's stdio: it writes its child's pid on one, and waits on the other. */
 const INFO_FD = 4;
 const BLOCK_FD = 5;
+/**
+ * Where bubblewrap reads its options (`--args`): on its command line they would be the cell's
+ * /proc/1/cmdline (its init is a fork of it), naming the pool's root and every bind.
+ */
+const ARGS_FD = 6;
 /** Where bubblewrap reads the cell's seccomp filter from (support.ts's UsernsGuard). */
-const SECCOMP_FD = 6;
+const SECCOMP_FD = 7;
 /** bubblewrap's report of its child, as `--info-fd` writes it. */
 const CHILD_PID = /"child-pid":\s*(\d+)/;
 
@@ -85,7 +91,14 @@ export interface CageParts {
   readonly limits: { readonly openFiles: number; readonly processes: number };
 }
 
-/** How to start a child in its cage: the program, its arguments, and how many descriptors past the IPC one it needs. */
+/** What Node is started with: its flags, the entry module, the entry's arguments. */
+export interface NodeCommand {
+  readonly flags: readonly string[];
+  readonly entry: string;
+  readonly args: readonly string[];
+}
+
+/** How to start a child in its cage: the program, its arguments, and how many descriptors past the channel's it needs. */
 export interface CageCommand {
   readonly file: string;
   readonly args: readonly string[];
@@ -107,6 +120,8 @@ export class Cage {
   private initPid = 0;
   private released = false;
   private killed = false;
+  /** bubblewrap's options, NUL-separated, for ARGS_FD (see command). */
+  private argsData = '';
 
   constructor(
     private readonly parts: CageParts,
@@ -136,11 +151,17 @@ export class Cage {
     return this.nodePid;
   }
 
-  command(node: readonly string[]): CageCommand {
+  command(node: NodeCommand): CageCommand {
     const { bwrap, limits, groups, memoryBytes } = this.parts;
     const inner =
-      bwrap === null ? [process.execPath, ...node] : [bwrap, ...this.bwrapArgs(), '--', process.execPath, ...node];
-    const extraFds = bwrap === null ? 0 : this.parts.userns === 'seccomp' ? 3 : 2;
+      bwrap === null
+        ? [process.execPath, ...node.flags, node.entry, ...node.args]
+        : // Nothing of the host's paths on the command line, which is the cell's pid 1's and its
+          // Node's: bubblewrap's options come on ARGS_FD, and with them Node's flags (in
+          // NODE_OPTIONS) and the folder the entry is named from.
+          [bwrap, '--args', String(ARGS_FD), '--', process.execPath, basename(node.entry), ...node.args];
+    if (bwrap !== null) this.argsData = [...this.bwrapArgs(), ...nodeArgs(node)].map((arg) => `${arg}\0`).join('');
+    const extraFds = bwrap === null ? 0 : this.parts.userns === 'seccomp' ? 4 : 3;
     const closed =
       BASH === null
         ? inner
@@ -173,9 +194,15 @@ export class Cage {
     const info = (stdio[INFO_FD] ?? null) as Readable | null;
     const block = (stdio[BLOCK_FD] ?? null) as Writable | null;
     const seccomp = (stdio[SECCOMP_FD] ?? null) as Writable | null;
-    // bubblewrap reads the filter to its end once it may go on: it is all in the pipe by then.
-    seccomp?.on('error', () => {});
-    seccomp?.end(usernsFilter());
+    const options = (stdio[ARGS_FD] ?? null) as Writable | null;
+    // bubblewrap reads its options first, and the filter once it may go on: each to its end.
+    for (const [pipe, data] of [
+      [options, this.argsData],
+      [seccomp, usernsFilter()],
+    ] as const) {
+      pipe?.on('error', () => {});
+      pipe?.end(data);
+    }
     return new Promise((resolve, reject) => {
       if (info === null || block === null) return reject(new Error('bubblewrap has no descriptors to report on'));
       let said = '';
@@ -292,4 +319,14 @@ export class Cage {
     const { runtime, pool, rootReal } = this.parts;
     return [...runtime, ...pool.filter((entry) => !within(entry.path, rootReal))];
   }
+}
+
+/**
+ * bubblewrap's options that start Node as `node.flags` would: the flags in NODE_OPTIONS (each
+ * quoted, as Node splits it on spaces), and the entry's folder as the working directory, so the
+ * command names the entry by its file name alone. The entry goes back to `/` first thing.
+ */
+function nodeArgs(node: NodeCommand): string[] {
+  const options = node.flags.map((flag) => `"${flag.replace(/["\\]/g, '\\$&')}"`).join(' ');
+  return ['--setenv', 'NODE_OPTIONS', options, '--chdir', dirname(node.entry)];
 }

@@ -88,8 +88,6 @@ export function namespaceArgs(
     String(tmpBytes),
     '--tmpfs',
     '/tmp',
-    '--chdir',
-    '/',
     ...(root ? ['--cap-drop', 'ALL', '--cap-add', 'CAP_SETUID', '--cap-add', 'CAP_SETGID'] : []),
   ];
 }
