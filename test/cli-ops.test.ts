@@ -242,3 +242,49 @@ describe('sandpool deploy, and snapshot --url', () => {
     expect((await sandpool(['snapshot', 'list', 'a', '--root', root, '--url', url])).status).toBe(2);
   });
 });
+
+describe('sandpool snapshot point', () => {
+  it('points a channel at a snapshot through a server (--url, a write token), and the channel serves it', async () => {
+    const { url, root } = await listening();
+    const created = await sandpool(['snapshot', 'create', 'a', 'jan', '--url', url, '--token', 'tok', '--json']);
+    expect(created.status).toBe(0);
+    const jan = JSON.parse(created.stdout) as { digest: string };
+    const pointed = await sandpool(['snapshot', 'point', 'a', 'prod', 'jan', '--url', url, '--json'], {
+      SANDPOOL_TOKEN: 'tok',
+    });
+    expect(pointed.status).toBe(0);
+    expect(JSON.parse(pointed.stdout)).toMatchObject({ swarm: 'a', name: 'prod', digest: jan.digest });
+    // A token without write on the swarm is refused, and nothing moves.
+    const denied = await sandpool(['snapshot', 'point', 'a', 'prod', 'jan', '--url', url], {
+      SANDPOOL_TOKEN: 'read-a',
+    });
+    expect(denied.status).toBe(1);
+    expect(denied.stderr).toMatch(/^error ERR_SANDPOOL_/m);
+    const missing = await sandpool(['snapshot', 'point', 'a', 'prod', 'nope', '--url', url, '--token', 'tok']);
+    expect(missing.status).toBe(1);
+    expect(missing.stderr).toMatch(/^error ERR_SANDPOOL_SNAPSHOT_NOT_FOUND:/m);
+    const local = await sandpool(['call', 'a@prod/notifier_agent', 'add', '2', '3', '--root', root]);
+    expect(local).toMatchObject({ status: 0, stdout: '5\n' });
+  });
+
+  it('with --root signs the pointer with $SANDPOOL_SNAPSHOT_SECRET, which a pool with that secret accepts', async () => {
+    const root = await makeRoot(await counterAgent('a'));
+    const secret = { SANDPOOL_SNAPSHOT_SECRET: 'a-secret-of-at-least-16-chars' };
+    expect((await sandpool(['snapshot', 'create', 'a', 'jan', '--root', root], secret)).status).toBe(0);
+    const pointed = await sandpool(['snapshot', 'point', 'a', 'prod', 'jan', '--root', root, '--json'], secret);
+    expect(pointed.status).toBe(0);
+    expect(JSON.parse(pointed.stdout)).toMatchObject({ name: 'prod', signed: true });
+    const server = openServer({ root, snapshotSecret: secret.SANDPOOL_SNAPSHOT_SECRET });
+    const call = await request(server, 'POST', '/v1/call/a@prod/notifier_agent', { fn: 'add', args: [2, 3] });
+    expect(call).toMatchObject({ status: 200, body: { result: 5 } });
+    // Without the secret the CLI writes an unsigned pointer, which that server refuses.
+    expect((await sandpool(['snapshot', 'point', 'a', 'beta', 'jan', '--root', root])).status).toBe(0);
+    const beta = await request(server, 'POST', '/v1/call/a@beta/notifier_agent', { fn: 'add', args: [2, 3] });
+    expect(beta).toMatchObject({ body: { code: 'ERR_SANDPOOL_SNAPSHOT_CORRUPT' } });
+    expect((await request(server, 'POST', '/v1/call/a@prod/notifier_agent', { fn: 'add', args: [2, 3] })).body).toEqual(
+      {
+        result: 5,
+      },
+    );
+  });
+});

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { startServe } from './support/packed.js';
+import { snapshotContent } from './support/root.js';
 import { hostLayers } from './support/sandbox.js';
 
 // Each test starts several Node processes one after another: minutes on a loaded machine.
@@ -100,12 +101,16 @@ describe('sandpool call', () => {
   });
 
   it('exits 1 with ERR_SANDPOOL_INVALID_KEY for a bad key, printing nothing on stdout', async () => {
-    for (const key of ['no-slash', 'a1b2@/notifier_agent', '../etc/passwd']) {
+    for (const key of ['no-slash', 'a1b2@/notifier_agent', '../etc/passwd', 'node_modules/notifier_agent']) {
       const result = await sandpool('call', key, 'notify', '--root', root);
       expect(result.status).toBe(1);
       expect(errorCode(result.stderr)).toBe('ERR_SANDPOOL_INVALID_KEY');
       expect(result.stdout).toBe('');
     }
+    // A swarm named node_modules would sit on every other swarm's resolution path.
+    const reserved = await sandpool('snapshot', 'create', 'node_modules', 'jan', '--root', root);
+    expect(reserved.status).toBe(1);
+    expect(errorCode(reserved.stderr)).toBe('ERR_SANDPOOL_INVALID_KEY');
   });
 
   it("exits 1 with ERR_SANDPOOL_AGENT_ERROR and the cause's code when the agent throws", async () => {
@@ -159,7 +164,7 @@ describe('sandpool snapshot', () => {
     expect(intact.status).toBe(0);
     expect(JSON.parse(intact.stdout)).toMatchObject({ swarm: 'a1b2', name: 'jan' });
 
-    const helper = join(root, 'a1b2', 'snapshots', 'jan', 'format.mjs');
+    const helper = join(await snapshotContent(root, 'a1b2', 'jan'), 'format.mjs');
     // Snapshot files are 0o444; root could write anyway, but do not rely on that.
     await chmod(helper, 0o644);
     await writeFile(helper, "export const VERSION = 'tampered';\n");

@@ -14,7 +14,7 @@ import {
 import { describe, expect, it } from 'vitest';
 import { code, rejection } from './support/errors.js';
 import { deaths, eventually, installCleanup, openPool, recordEvents, TEST_LOAD_TIMEOUT_MS } from './support/pool.js';
-import { counterAgent, fixture, makeRoot } from './support/root.js';
+import { counterAgent, fixture, makeRoot, snapshotContent } from './support/root.js';
 
 installCleanup();
 
@@ -299,7 +299,7 @@ describe('snapshots through the pool', () => {
     const first = openPool({ root });
     await first.snapshots.create('a', 'jan');
     expect(await first.call('a@jan/notifier_agent', 'add', [1, 1])).toBe(2);
-    const file = join(root, 'a/snapshots/jan/.sandpool-bundles/notifier_agent.mjs');
+    const file = join(await snapshotContent(root, 'a', 'jan'), '.sandpool-bundles/notifier_agent.mjs');
     await chmod(file, 0o644);
     await writeFile(file, 'process.exit(3); export const add = () => "tampered";');
     const second = openPool({ root });

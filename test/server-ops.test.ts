@@ -46,6 +46,44 @@ describe('snapshot routes', () => {
     expect((await request(server, 'GET', '/v1/swarms/a/snapshots')).body).toEqual({ snapshots: [] });
   });
 
+  it('points a channel at a snapshot (PUT /v1/swarms/:swarm/channels/:name), and the channel follows deploys', async () => {
+    const root = await makeRoot(await counterAgent('a'));
+    const server = openServer({ root });
+    const jan = await request(server, 'POST', '/v1/swarms/a/snapshots/jan');
+    await writeFiles(root, await counterAgent('a', 'v2'));
+    const jun = await request(server, 'POST', '/v1/swarms/a/snapshots/jun');
+    const prod = await request(server, 'PUT', '/v1/swarms/a/channels/prod', { target: 'jan' });
+    expect(prod).toMatchObject({
+      status: 200,
+      body: { snapshot: { swarm: 'a', name: 'prod', digest: jan.body.snapshot.digest } },
+    });
+    const notify = { fn: 'notify', args: ['hi'] };
+    expect((await request(server, 'POST', '/v1/call/a@prod/notifier_agent', notify)).body).toMatchObject({
+      result: { version: 'v1' },
+    });
+    await request(server, 'PUT', '/v1/swarms/a/channels/prod', { target: 'jun' });
+    expect((await request(server, 'GET', '/v1/swarms/a/snapshots/prod')).body).toMatchObject({
+      snapshot: { digest: jun.body.snapshot.digest },
+    });
+    expect((await request(server, 'POST', '/v1/call/a@prod/notifier_agent', notify)).body).toMatchObject({
+      result: { version: 'v2' },
+    });
+    for (const [body, status, code] of [
+      [{}, 400, 'ERR_SANDPOOL_INVALID_OPTIONS'],
+      [{ target: 1 }, 400, 'ERR_SANDPOOL_INVALID_OPTIONS'],
+      [{ target: '../x' }, 400, 'ERR_SANDPOOL_INVALID_KEY'],
+      [{ target: 'nope' }, 404, 'ERR_SANDPOOL_SNAPSHOT_NOT_FOUND'],
+    ] as const) {
+      expect(await request(server, 'PUT', '/v1/swarms/a/channels/prod', body)).toMatchObject({
+        status,
+        body: { code },
+      });
+    }
+    expect((await request(server, 'GET', '/v1/swarms/a/snapshots/prod')).body).toMatchObject({
+      snapshot: { digest: jun.body.snapshot.digest },
+    });
+  });
+
   it('answers a swarm without live code with 404 and bad names with 400', async () => {
     const server = openServer({ root: await makeRoot() });
     expect(await request(server, 'POST', '/v1/swarms/ghost/snapshots/jan')).toMatchObject({

@@ -6,8 +6,8 @@ import { join } from 'node:path';
 import { SnapshotStore } from 'sandpool';
 import { afterEach, describe, expect, it } from 'vitest';
 import { code, rejection } from './support/errors.js';
-import { installCleanup, openPool } from './support/pool.js';
-import { makeRoot, removeRoots, writeFiles } from './support/root.js';
+import { installCleanup, invariants, openPool } from './support/pool.js';
+import { makeRoot, removeRoots, snapshotContent, writeFiles } from './support/root.js';
 
 installCleanup();
 afterEach(removeRoots);
@@ -69,10 +69,9 @@ describe('self-contained snapshots', () => {
     expect(await second.call('a/notifier_agent', 'hello', ['ann'])).toBe('[2.0.0] hello ann from 2.0.0 sdk-2.0.0');
     expect(await second.call('a@jan/notifier_agent', 'hello', ['ann'])).toBe(before);
     // No node_modules was copied: the bundle holds what the stem uses.
-    expect(Object.keys(JSON.parse(await readFile(join(root, 'a/snapshots/jan', MANIFEST), 'utf8')).files)).toEqual([
-      '.sandpool-bundles/notifier_agent.mjs',
-      'notifier_agent.mjs',
-    ]);
+    expect(
+      Object.keys(JSON.parse(await readFile(join(await snapshotContent(root, 'a', 'jan'), MANIFEST), 'utf8')).files),
+    ).toEqual(['.sandpool-bundles/notifier_agent.mjs', 'notifier_agent.mjs']);
   });
 
   it('gives equal content an equal digest, whatever the name and date', async () => {
@@ -121,7 +120,7 @@ describe('the worker runs exactly the bytes it verified', () => {
   it('never runs a bundle swapped in while workers start (each load is the good code or SNAPSHOT_CORRUPT)', async () => {
     const root = await makeRoot({ 'a/live/notifier_agent.mjs': "export const who = () => 'good';\n" });
     await new SnapshotStore({ root }).create('a', 'jan');
-    const bundle = join(root, 'a/snapshots/jan/.sandpool-bundles/notifier_agent.mjs');
+    const bundle = join(await snapshotContent(root, 'a', 'jan'), '.sandpool-bundles/notifier_agent.mjs');
     const good = join(root, 'good.mjs');
     const evil = join(root, 'evil.mjs');
     await copyFile(bundle, good);
@@ -166,7 +165,7 @@ describe('manifests', () => {
     });
     const store = new SnapshotStore({ root });
     await store.create('a', 'jan');
-    const dir = join(root, 'a/snapshots/jan');
+    const dir = await snapshotContent(root, 'a', 'jan');
     const files = Object.keys(JSON.parse(await readFile(join(dir, MANIFEST), 'utf8')).files);
     expect(files.length).toBe(6);
     for (const file of files) {
@@ -181,16 +180,19 @@ describe('manifests', () => {
     await expect(store.verify('a', 'jan')).resolves.toMatchObject({ name: 'jan' });
   });
 
-  it('with snapshotSecret, catch a file and the manifest rewritten together; without one, cannot', async () => {
+  it('with snapshotSecret, catch a file, the manifest and the pointer rewritten together; without one, cannot', async () => {
     const root = await makeRoot({ 'a/live/notifier_agent.mjs': "export const f = () => 'good';\n" });
     const signed = new SnapshotStore({ root, snapshotSecret: SECRET });
     expect((await signed.create('a', 'jan')).signed).toBe(true);
     await expect(signed.verify('a', 'jan')).resolves.toMatchObject({ signed: true });
 
-    // Rewrite the bundle, then the manifest to match it, digest included.
-    const dir = join(root, 'a/snapshots/jan');
+    // Rewrite the bundle, then the manifest to match it, digest included; move the content to
+    // its new digest's folder and point the name there, keeping its old signature.
+    const dir = await snapshotContent(root, 'a', 'jan');
     const rel = '.sandpool-bundles/notifier_agent.mjs';
     const evil = "export const f = () => 'evil';\n";
+    await chmod(dir, 0o755);
+    await chmod(join(dir, '.sandpool-bundles'), 0o755);
     await chmod(join(dir, rel), 0o644);
     await writeFile(join(dir, rel), evil);
     const manifest = JSON.parse(await readFile(join(dir, MANIFEST), 'utf8'));
@@ -207,6 +209,13 @@ describe('manifests', () => {
     manifest.digest = sha256(JSON.stringify(['sandpool-snapshot', 2, fileList, list(manifest.stems)]));
     await chmod(join(dir, MANIFEST), 0o644);
     await writeFile(join(dir, MANIFEST), JSON.stringify(manifest));
+    // Only the content moved: its folder's name is its old digest, which the pointer names.
+    expect(await code(new SnapshotStore({ root }).get('a', 'jan'))).toBe('ERR_SANDPOOL_SNAPSHOT_CORRUPT');
+    await rename(dir, join(dir, '..', manifest.digest));
+    const pointerPath = join(root, 'a/snapshots/jan');
+    const pointer = JSON.parse(await readFile(pointerPath, 'utf8'));
+    await writeFile(`${pointerPath}.new`, JSON.stringify({ ...pointer, digest: manifest.digest }));
+    await rename(`${pointerPath}.new`, pointerPath);
 
     expect(await code(signed.verify('a', 'jan'))).toBe('ERR_SANDPOOL_SNAPSHOT_CORRUPT');
     expect(await code(signed.get('a', 'jan'))).toBe('ERR_SANDPOOL_SNAPSHOT_CORRUPT');
@@ -217,50 +226,76 @@ describe('manifests', () => {
     await expect(new SnapshotStore({ root }).verify('a', 'jan')).resolves.toMatchObject({ name: 'jan' });
   });
 
-  it('with snapshotSecret, refuse a signed snapshot moved to another swarm or name, its manifest renamed or not', async () => {
+  it('refuse a snapshot copied to another swarm or name, edited or not, while a neighbour answers', async () => {
     const root = await makeRoot({
       'a/live/notifier_agent.mjs': "export const f = () => 'a';\n",
       'b/live/notifier_agent.mjs': "export const f = () => 'b';\n",
     });
     const store = new SnapshotStore({ root, snapshotSecret: SECRET });
-    await store.create('a', 'jan');
+    const jan = await store.create('a', 'jan');
     const pool = openPool({ root, snapshotSecret: SECRET });
+    const unsigned = openPool({ root });
     expect(await pool.call('a@jan/notifier_agent', 'f')).toBe('a');
+    let answering = true;
+    const answers: unknown[] = [];
+    const neighbour = (async () => {
+      while (answering) answers.push(await pool.call('a@jan/notifier_agent', 'f').catch((e: Error) => e));
+    })();
 
-    /** Copies a/jan to `swarm`/`name`, its manifest saying `says` (the copy's own place, or a/jan). */
-    const replay = async (swarm: string, name: string, says: { swarm: string; name: string }): Promise<void> => {
-      const to = join(root, swarm, 'snapshots', name);
-      await cp(join(root, 'a/snapshots/jan'), to, { recursive: true });
-      const manifest = JSON.parse(await readFile(join(to, MANIFEST), 'utf8'));
-      Object.assign(manifest, says);
-      await chmod(join(to, MANIFEST), 0o644);
-      await writeFile(join(to, MANIFEST), JSON.stringify(manifest));
+    const artifacts = (swarm: string): string => join(root, '.sandpool-cache/artifacts', swarm);
+    /** Copies a/jan's pointer to `swarm`/`name`, saying `says`, and (`withContent`) its content to that swarm. */
+    const replay = async (swarm: string, name: string, says: object, withContent: boolean): Promise<void> => {
+      const pointer = JSON.parse(await readFile(join(root, 'a/snapshots/jan'), 'utf8'));
+      await mkdir(join(root, swarm, 'snapshots'), { recursive: true });
+      await writeFile(join(root, swarm, 'snapshots', name), JSON.stringify({ ...pointer, ...says }));
+      if (!withContent || swarm === 'a') return;
+      const copy = join(artifacts(swarm), jan.digest);
+      await cp(join(artifacts('a'), jan.digest), copy, { recursive: true });
+      // Its manifest made to say it is b's: the digest covers content, not place; the signature does.
+      const manifest = JSON.parse(await readFile(join(copy, MANIFEST), 'utf8'));
+      await chmod(copy, 0o755);
+      await chmod(join(copy, MANIFEST), 0o644);
+      await writeFile(join(copy, MANIFEST), JSON.stringify({ ...manifest, swarm }));
     };
-    await replay('b', 'jan', { swarm: 'a', name: 'jan' });
-    await replay('b', 'feb', { swarm: 'b', name: 'feb' });
-    await replay('a', 'mar', { swarm: 'a', name: 'jan' });
-    await replay('a', 'apr', { swarm: 'a', name: 'apr' });
-    for (const [swarm, name] of [
-      ['b', 'jan'],
-      ['b', 'feb'],
-      ['a', 'mar'],
-      ['a', 'apr'],
-    ] as const) {
+    const places = [
+      ['b', 'feb', {}, false],
+      ['b', 'mar', { swarm: 'b', name: 'mar' }, true],
+      ['a', 'apr', {}, false],
+      ['a', 'may', { name: 'may' }, false],
+    ] as const;
+    for (const [swarm, name, says, withContent] of places) await replay(swarm, name, says, withContent);
+    const outcome = (promise: Promise<unknown>): Promise<unknown> =>
+      promise.then(
+        (value) => `accepted ${String(value)}`,
+        (error: { code?: unknown }) => error.code,
+      );
+    for (const [swarm, name, says] of places) {
       const where = `${swarm}@${name}`;
-      const outcome = (promise: Promise<unknown>): Promise<unknown> =>
-        promise.then(
-          () => 'accepted',
-          (error: { code?: unknown }) => error.code,
-        );
+      // A copy that says where it was made is refused with or without a secret; one edited to
+      // say where it lies is refused by its signature.
+      const edited = Object.keys(says).length > 0;
       expect([where, await outcome(store.get(swarm, name))]).toEqual([where, 'ERR_SANDPOOL_SNAPSHOT_CORRUPT']);
       expect([where, await outcome(pool.call(`${where}/notifier_agent`, 'f'))]).toEqual([
         where,
         'ERR_SANDPOOL_SNAPSHOT_CORRUPT',
       ]);
+      if (!edited) {
+        expect([where, await outcome(unsigned.call(`${where}/notifier_agent`, 'f'))]).toEqual([
+          where,
+          'ERR_SANDPOOL_SNAPSHOT_CORRUPT',
+        ]);
+      }
     }
-    // sign() vouches for content where it lies, not for a manifest made for another place.
-    expect(await code(store.sign('b', 'jan'))).toBe('ERR_SANDPOOL_SNAPSHOT_CORRUPT');
+    // sign() vouches for content where it lies, not for a pointer made for another place.
+    expect(await code(store.sign('b', 'feb'))).toBe('ERR_SANDPOOL_SNAPSHOT_CORRUPT');
+    answering = false;
+    await neighbour;
+    expect(answers.length).toBeGreaterThan(0);
+    expect(answers.filter((answer) => answer !== 'a')).toEqual([]);
     expect(await pool.call('a@jan/notifier_agent', 'f')).toBe('a');
+    expect(await pool.call('b/notifier_agent', 'f')).toBe('b');
+    expect(invariants(pool)).toEqual([]);
+    expect(invariants(unsigned)).toEqual([]);
   });
 
   it('with snapshotSecret, refuse unsigned snapshots until sign() verified them', async () => {
@@ -270,6 +305,38 @@ describe('manifests', () => {
     expect((await rejection(store.get('a', 'jan'))).message).toContain('not signed');
     expect(await store.sign('a', 'jan')).toMatchObject({ signed: true });
     await expect(store.verify('a', 'jan')).resolves.toMatchObject({ signed: true });
+  });
+});
+
+describe('snapshot folders made before artifacts', () => {
+  it('stay readable where they lie: get, verify, sign, calls and remove', async () => {
+    const root = await makeRoot({ 'a/live/notifier_agent.mjs': "export const f = () => 'old';\n" });
+    const info = await new SnapshotStore({ root }).create('a', 'jan');
+    // The folder layout of earlier releases: the content in snapshots/<name>/, its manifest naming it.
+    const content = await snapshotContent(root, 'a', 'jan');
+    const manifest = JSON.parse(await readFile(join(content, MANIFEST), 'utf8'));
+    await rm(join(root, 'a/snapshots/jan'));
+    const folder = join(root, 'a/snapshots/jan');
+    await cp(content, folder, { recursive: true });
+    await chmod(folder, 0o755);
+    await chmod(join(folder, MANIFEST), 0o644);
+    const { swarm, digest, files, stems } = manifest;
+    const old = { version: 2, swarm, name: 'jan', createdAt: info.createdAt, digest, files, stems };
+    await writeFile(join(folder, MANIFEST), JSON.stringify(old));
+
+    const store = new SnapshotStore({ root });
+    expect(await store.get('a', 'jan')).toEqual(info);
+    await expect(store.verify('a', 'jan')).resolves.toEqual(info);
+    const pool = openPool({ root });
+    expect(await pool.call('a@jan/notifier_agent', 'f')).toBe('old');
+    // Its content is not an artifact: a channel cannot point at it until it is made again.
+    expect(await code(store.point('a', 'prod', 'jan'))).toBe('ERR_SANDPOOL_INVALID_OPTIONS');
+    const signed = new SnapshotStore({ root, snapshotSecret: SECRET });
+    expect((await rejection(signed.get('a', 'jan'))).message).toContain('not signed');
+    expect(await signed.sign('a', 'jan')).toMatchObject({ signed: true, digest: info.digest });
+    await pool.snapshots.remove('a', 'jan');
+    expect(await code(store.get('a', 'jan'))).toBe('ERR_SANDPOOL_SNAPSHOT_NOT_FOUND');
+    expect(invariants(pool)).toEqual([]);
   });
 });
 

@@ -35,9 +35,10 @@ describe('the snapshot helper process', () => {
     const root = await makeRoot({ ...files, ...(await counterAgent('n')) });
     const pool = openPool({ root });
     const snapshots = join(root, 's', 'snapshots');
+    const building = join(root, '.sandpool-cache', 'artifacts', 's');
     const creating = pool.snapshots.create('s', 'jan').catch((error: unknown) => error);
     await eventually(
-      () => existsSync(snapshots) && readdirSync(snapshots).some((name) => name.startsWith('.tmp-')),
+      () => existsSync(building) && readdirSync(building).some((name) => name.startsWith('.tmp-')),
       20_000,
     );
     const [helper] = helpers();
@@ -46,9 +47,10 @@ describe('the snapshot helper process', () => {
     const failed = await creating;
     expect(failed).toBeInstanceOf(Error);
     expect((failed as Error).message).toMatch(/snapshot helper process ended \(SIGKILL\) before it answered/);
-    expect(readdirSync(snapshots)).not.toContain('jan');
+    expect(existsSync(join(snapshots, 'jan'))).toBe(false);
     expect(await pool.snapshots.create('s', 'jan')).toMatchObject({ name: 'jan' });
-    // The dead create's work folder stays until a later create sweeps it by age; no name reaches it.
+    // The next create swept the dead helper's work folder: its owner is gone.
+    expect(readdirSync(snapshots)).toEqual(['jan']);
     expect((await pool.snapshots.list('s')).map(({ name }) => name)).toEqual(['jan']);
     expect(invariants(pool)).toEqual([]);
   });

@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import {
   chmod,
   lstat,
@@ -33,7 +34,12 @@ async function tree(dir: string): Promise<string[]> {
 let root: string;
 let store: SnapshotStore;
 const live = (...parts: string[]): string => join(root, 'acme', 'live', ...parts);
-const snap = (name: string, ...parts: string[]): string => join(root, 'acme', 'snapshots', name, ...parts);
+const pointerPath = (name: string, swarm = 'acme'): string => join(root, swarm, 'snapshots', name);
+const pointerOf = (name: string, swarm = 'acme'): Record<string, unknown> =>
+  JSON.parse(readFileSync(pointerPath(name, swarm), 'utf8'));
+const artifacts = (swarm = 'acme'): string => join(root, '.sandpool-cache', 'artifacts', swarm);
+/** A path inside the artifact the name points to now. */
+const snap = (name: string, ...parts: string[]): string => join(artifacts(), String(pointerOf(name).digest), ...parts);
 
 beforeEach(async () => {
   root = await mkdtemp(join(tmpdir(), 'sandpool-store-'));
@@ -64,7 +70,7 @@ describe('SnapshotStore options', () => {
 });
 
 describe('create', () => {
-  it('copies live/ with helpers and subfolders, read-only, plus one bundle per stem, with a manifest of digests', async () => {
+  it('copies live/ with helpers and subfolders into a read-only artifact, plus one bundle per stem, with a manifest of digests', async () => {
     const info = await store.create('acme', 'jan');
     expect(info).toMatchObject({ swarm: 'acme', name: 'jan', files: 4, stems: ['notifier_agent'], signed: false });
     expect(Number.isNaN(Date.parse(info.createdAt))).toBe(false);
@@ -89,8 +95,22 @@ describe('create', () => {
     }
     const manifestBytes = await readFile(snap('jan', MANIFEST));
     const manifest = JSON.parse(manifestBytes.toString('utf8'));
-    expect(manifest).toMatchObject({ version: 2, swarm: 'acme', name: 'jan', createdAt: info.createdAt });
+    expect(manifest).toMatchObject({ version: 3, swarm: 'acme' });
+    expect(manifest).not.toHaveProperty('name');
     expect(info.digest).toBe(manifest.digest);
+    // The artifact is named by its digest, and its folders are read-only too.
+    expect(snap('jan')).toBe(join(artifacts(), info.digest));
+    for (const dir of ['', 'lib', 'lib/deep', BUNDLES]) expect((await stat(snap('jan', dir))).mode & 0o777).toBe(0o555);
+    // The name is a small read-only pointer to that digest.
+    expect((await stat(pointerPath('jan'))).mode & 0o777).toBe(0o444);
+    expect(pointerOf('jan')).toEqual({
+      sandpool: 'snapshot-pointer',
+      version: 1,
+      swarm: 'acme',
+      name: 'jan',
+      digest: info.digest,
+      createdAt: info.createdAt,
+    });
     expect(manifest.stems).toEqual({ notifier_agent: `${BUNDLES}/notifier_agent.mjs` });
     const helper = await readFile(live('lib', 'helper.mjs'));
     expect(manifest.files['lib/helper.mjs']).toEqual({ sha256: sha256(helper), bytes: helper.length });
@@ -179,7 +199,7 @@ describe('create', () => {
   ])('refuses a symlink to %s and creates nothing', async (_label, arrange) => {
     await arrange();
     expect(await code(store.create('acme', 'jan'))).toBe('ERR_SANDPOOL_MODULE_NOT_FOUND');
-    expect(await readdir(join(root, 'acme', 'snapshots'))).toEqual([]);
+    expect(await tree(artifacts())).toEqual([]);
     expect(await store.list('acme')).toEqual([]);
   });
 });
@@ -234,6 +254,68 @@ describe('list, get, remove', () => {
   });
 });
 
+describe('names and content', () => {
+  const digests = async (): Promise<string[]> => (await readdir(artifacts())).filter((n) => !n.startsWith('.')).sort();
+  const age = async (digest: string): Promise<void> => {
+    const twoHoursAgo = new Date(Date.now() - 2 * 60 * 60 * 1000);
+    await utimes(join(artifacts(), digest), twoHoursAgo, twoHoursAgo);
+  };
+
+  it('gives two names of the same content one artifact', async () => {
+    const jan = await store.create('acme', 'jan');
+    const feb = await store.create('acme', 'feb');
+    expect(feb.digest).toBe(jan.digest);
+    expect(await digests()).toEqual([jan.digest]);
+  });
+
+  it('points a name at the content another names, and moves it again (deploy, rollback)', async () => {
+    const jan = await store.create('acme', 'jan');
+    await writeFile(live('lib', 'helper.mjs'), 'export const h = () => "feb";\n');
+    const feb = await store.create('acme', 'feb');
+    expect(feb.digest).not.toBe(jan.digest);
+    const prod = await store.point('acme', 'prod', 'jan');
+    expect(prod).toMatchObject({ swarm: 'acme', name: 'prod', digest: jan.digest, stems: jan.stems });
+    expect(await store.get('acme', 'prod')).toEqual(prod);
+    expect((await store.point('acme', 'prod', 'feb')).digest).toBe(feb.digest);
+    expect((await store.get('acme', 'prod')).digest).toBe(feb.digest);
+    expect((await store.point('acme', 'prod', 'jan')).digest).toBe(jan.digest);
+    await expect(store.verify('acme', 'prod')).resolves.toMatchObject({ digest: jan.digest });
+    expect((await store.list('acme')).map(({ name }) => name).sort()).toEqual(['feb', 'jan', 'prod']);
+    expect((await readdir(join(root, 'acme', 'snapshots'))).sort()).toEqual(['feb', 'jan', 'prod']);
+  });
+
+  it('refuses to point at a name that does not exist, or with bad names, and changes nothing', async () => {
+    await store.create('acme', 'jan');
+    const before = await tree(root);
+    expect(await code(store.point('acme', 'prod', 'nope'))).toBe('ERR_SANDPOOL_SNAPSHOT_NOT_FOUND');
+    expect(await code(store.point('acme', '../x', 'jan'))).toBe('ERR_SANDPOOL_INVALID_KEY');
+    expect(await code(store.point('acme', 'prod', '.tmp-x'))).toBe('ERR_SANDPOOL_INVALID_KEY');
+    expect(await code(store.point('ghost', 'prod', 'jan'))).toBe('ERR_SANDPOOL_SNAPSHOT_NOT_FOUND');
+    expect(await tree(root)).toEqual(before);
+  });
+
+  it('removes a name but never content another name points to; unused content goes after its grace', async () => {
+    const jan = await store.create('acme', 'jan');
+    await store.point('acme', 'prod', 'jan');
+    await age(jan.digest);
+    await store.remove('acme', 'jan');
+    // prod still names it, however old it is.
+    await expect(store.verify('acme', 'prod')).resolves.toMatchObject({ digest: jan.digest });
+    await writeFile(live('lib', 'helper.mjs'), 'export const h = () => "feb";\n');
+    const feb = await store.create('acme', 'feb');
+    await store.point('acme', 'prod', 'feb');
+    // jan's content is named by nobody now, but was just unnamed: a pool elsewhere may still start it.
+    expect(await digests()).toEqual([jan.digest, feb.digest].sort());
+    await age(jan.digest);
+    await age(feb.digest);
+    await store.remove('acme', 'feb');
+    expect(await digests()).toEqual([feb.digest]);
+    await expect(store.verify('acme', 'prod')).resolves.toMatchObject({ digest: feb.digest });
+    await store.remove('acme', 'prod');
+    expect(await readdir(join(root, 'acme', 'snapshots'))).toEqual([]);
+  });
+});
+
 describe('verify', () => {
   beforeEach(async () => {
     await store.create('acme', 'jan');
@@ -251,7 +333,13 @@ describe('verify', () => {
         await writeFile(snap('jan', 'lib', 'helper.mjs'), 'export const h = () => "evil";\n');
       },
     ],
-    ['a file is added', async () => writeFile(snap('jan', 'lib', 'new.mjs'), 'export {};\n')],
+    [
+      'a file is added',
+      async () => {
+        await chmod(snap('jan', 'lib'), 0o755);
+        await writeFile(snap('jan', 'lib', 'new.mjs'), 'export {};\n');
+      },
+    ],
     ['a file is removed', async () => unlink(snap('jan', 'lib', 'deep', 'data.json'))],
     [
       'a file becomes a symlink',

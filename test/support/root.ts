@@ -39,3 +39,9 @@ export async function counterAgent(
   const helper = (await fixture('format.mjs')).replace('format-v1', `format-${version}`);
   return { [`${swarm}/live/${stem}.mjs`]: agent, [`${swarm}/live/format.mjs`]: helper };
 }
+
+/** The artifact folder a snapshot name points to now (`<root>/.sandpool-cache/artifacts/<swarm>/<digest>`). */
+export async function snapshotContent(root: string, swarm: string, name: string): Promise<string> {
+  const pointer = JSON.parse(await readFile(join(root, swarm, 'snapshots', name), 'utf8')) as { digest: string };
+  return join(root, '.sandpool-cache', 'artifacts', swarm, pointer.digest);
+}

@@ -30,7 +30,7 @@ export interface Reply {
 /** One injected request, JSON in and out. */
 export async function request(
   server: SandpoolServer,
-  method: 'GET' | 'POST' | 'DELETE',
+  method: 'GET' | 'POST' | 'PUT' | 'DELETE',
   url: string,
   payload?: unknown,
   headers: Record<string, string> = {},

@@ -1,13 +1,12 @@
 import { execFile } from 'node:child_process';
 import { existsSync, realpathSync } from 'node:fs';
-import { mkdir, readdir, rm, symlink, writeFile } from 'node:fs/promises';
+import { mkdir, rm, symlink, writeFile } from 'node:fs/promises';
 import * as nodeModule from 'node:module';
 import { dirname, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
 import { Worker } from 'node:worker_threads';
 import { createPool } from 'sandpool';
-import { abRatios } from '../lib/ab-ratios.js';
 import { mb, ms, ratio } from '../lib/format.js';
 import { Latency, type LatencySummary, round } from '../lib/histogram.js';
 import type { BenchContext, Benchmark, BenchReport } from '../lib/report.js';
@@ -17,10 +16,8 @@ import { now, sleep } from '../lib/timing.js';
 const SWARM = 'heavy';
 const STEM = 'compiler';
 const SNAPSHOT = 'frozen';
-const TARGET = 0.5;
 /** Where a snapshot keeps its per-stem bundles (the store's layout). */
 const BUNDLES_DIR = '.sandpool-bundles';
-/** Permission modes: the default, where the worker may read and write only its snapshot's cache folder, and none. */
 const MODES = ['strict', 'none'] as const;
 type Mode = (typeof MODES)[number];
 
@@ -38,18 +35,8 @@ const AGENT = [
   '',
 ].join('\n');
 
-/** Where sandpool keeps a snapshot's compile cache: the coordinator-owned cache folder of the root. */
+/** Where earlier releases kept a snapshot's compile cache: no worker may write there now. */
 const cacheRoot = (root: string): string => join(root, '.sandpool-cache', 'compile');
-
-async function emptyFolder(dir: string): Promise<void> {
-  for (const entry of await readdir(dir)) await rm(join(dir, entry), { recursive: true, force: true });
-}
-
-async function filesUnder(dir: string): Promise<number> {
-  if (!existsSync(dir)) return 0;
-  const entries = await readdir(dir, { recursive: true, withFileTypes: true });
-  return entries.filter((entry) => entry.isFile()).length;
-}
 
 /** A new pool's first call to the key, and a transpile to prove the compiler works. */
 async function coldCall(root: string, key: string, permissions: Mode): Promise<number> {
@@ -63,34 +50,11 @@ async function coldCall(root: string, key: string, permissions: Mode): Promise<n
     if (!out.includes('const x = 1')) throw new Error(`${key}: transpile gave ${JSON.stringify(out)}`);
     return elapsed;
   } finally {
-    // The worker writes its compile cache as it exits: close() waits for that.
     await pool.close();
   }
 }
 
 type CachedAndEmptied = Record<'cached' | 'uncached', LatencySummary>;
-
-/**
- * `warm` unrecorded then `starts` recorded pairs, `gapMs` apart: a start as the previous one
- * left the cache, then one after `empty()`. Interleaved, so both see the same machine; an
- * emptied start writes the cache again, so the next cached start finds it.
- */
-async function cachedAgainstEmptied(
-  { warm, starts, gapMs }: { warm: number; starts: number; gapMs: number },
-  empty: () => Promise<void>,
-  start: () => Promise<number>,
-): Promise<CachedAndEmptied> {
-  const latencies = { cached: new Latency(), uncached: new Latency() };
-  for (let i = 0; i < warm + starts; i += 1) {
-    for (const variant of ['cached', 'uncached'] as const) {
-      if (variant === 'uncached') await empty();
-      await sleep(gapMs);
-      const elapsed = await start();
-      if (i >= warm) latencies[variant].recordMs(elapsed);
-    }
-  }
-  return { cached: latencies.cached.summaryMs(), uncached: latencies.uncached.summaryMs() };
-}
 
 /** The least a start of this agent can cost with Node's compile cache, measured on the same bytes. */
 type Floor = 'node alone' | 'bare worker';
@@ -149,7 +113,8 @@ const FLOOR_RUN: Record<Floor, (bundle: string, cacheDir: string) => Promise<num
 
 export const compileCache: Benchmark = {
   name: 'compile-cache',
-  title: 'Compile cache: a snapshot of an agent importing the TypeScript compiler, cold start with and without it',
+  title:
+    'Compile cache: a snapshot of an agent importing the TypeScript compiler, cold start without one against Node with one',
   async run(context: BenchContext): Promise<BenchReport | null> {
     if (typeof (nodeModule as { enableCompileCache?: unknown }).enableCompileCache !== 'function') {
       context.progress(`Node ${process.version} has no compile cache (module.enableCompileCache, 22.1+): skipped`);
@@ -165,11 +130,11 @@ export const compileCache: Benchmark = {
       nodeModule.createRequire(import.meta.url)('typescript/package.json') as { version: string }
     ).version;
     const tree = await makeRoot([]);
-    const summaries: Record<string, Record<string, LatencySummary>> = {};
-    const cacheFiles: Record<string, number> = {};
+    const sandpool = { strict: new Latency(), none: new Latency() };
+    const floorLatency = Object.fromEntries(
+      FLOORS.map((floor) => [floor, { cached: new Latency(), uncached: new Latency() }]),
+    ) as Record<Floor, Record<'cached' | 'uncached', Latency>>;
     let snapshot = { files: 0, bytes: 0, createMs: 0 };
-    const floors: Partial<Record<Floor, CachedAndEmptied>> = {};
-    const runs = { warm, starts, gapMs };
     try {
       const live = join(tree.root, SWARM, 'live');
       await mkdir(live, { recursive: true });
@@ -186,57 +151,69 @@ export const compileCache: Benchmark = {
         await store.close();
       }
       const key = `${SWARM}@${SNAPSHOT}/${STEM}`;
-      // The coordinator makes the cache folder at the first start; uncached starts empty it.
-      await coldCall(tree.root, key, 'strict');
-      const [digest] = await readdir(cacheRoot(tree.root));
-      if (digest === undefined) throw new Error('the snapshot worker wrote no compile cache folder');
-      const folder = join(cacheRoot(tree.root), digest);
-      for (const mode of MODES) {
-        await emptyFolder(folder);
-        context.progress(`permissions ${mode}: populating the cache`);
-        await coldCall(tree.root, key, mode);
-        cacheFiles[mode] = await filesUnder(cacheRoot(tree.root));
-        context.progress(`permissions ${mode}: ${starts} cold starts each`);
-        summaries[mode] = await cachedAgainstEmptied(
-          runs,
-          () => emptyFolder(folder),
-          () => coldCall(tree.root, key, mode),
-        );
-      }
       const bundle = join(tree.root, SWARM, 'snapshots', SNAPSHOT, BUNDLES_DIR, `${STEM}.mjs`);
-      for (const floor of FLOORS) {
-        context.progress(`${floor}: ${starts} starts each, with and without its compile cache`);
-        const cacheDir = join(tree.root, `${floor.replace(' ', '-')}-cache`);
-        await FLOOR_RUN[floor](bundle, cacheDir);
-        floors[floor] = await cachedAgainstEmptied(
-          runs,
-          () => rm(cacheDir, { recursive: true, force: true }),
-          () => FLOOR_RUN[floor](bundle, cacheDir),
-        );
+      const cacheDir = (floor: Floor): string => join(tree.root, `${floor.replace(' ', '-')}-cache`);
+      for (const floor of FLOORS) await FLOOR_RUN[floor](bundle, cacheDir(floor));
+      context.progress(`${warm} unrecorded and ${starts} recorded rounds, every start of a round interleaved`);
+      for (let i = 0; i < warm + starts; i += 1) {
+        const record = (latency: Latency, elapsed: number): void => {
+          if (i >= warm) latency.recordMs(elapsed);
+        };
+        for (const mode of MODES) {
+          await sleep(gapMs);
+          record(sandpool[mode], await coldCall(tree.root, key, mode));
+        }
+        for (const floor of FLOORS) {
+          await sleep(gapMs);
+          record(floorLatency[floor].cached, await FLOOR_RUN[floor](bundle, cacheDir(floor)));
+          await rm(cacheDir(floor), { recursive: true, force: true });
+          await sleep(gapMs);
+          // Writes the cache again for the next round's cached start.
+          record(floorLatency[floor].uncached, await FLOOR_RUN[floor](bundle, cacheDir(floor)));
+        }
       }
+      if (existsSync(cacheRoot(tree.root))) throw new Error('a snapshot worker made a compile cache folder');
     } finally {
       await tree.cleanup();
     }
-    const { ratios, table, groups } = abRatios(MODES, summaries, 'cached', 'uncached', TARGET);
-    const floorSummary = (floor: Floor): CachedAndEmptied => {
-      const summary = floors[floor];
-      if (summary === undefined) throw new Error(`${floor} was not measured`);
-      return summary;
+    const summaries = { strict: sandpool.strict.summaryMs(), none: sandpool.none.summaryMs() };
+    const floors = Object.fromEntries(
+      FLOORS.map((floor) => [
+        floor,
+        { cached: floorLatency[floor].cached.summaryMs(), uncached: floorLatency[floor].uncached.summaryMs() },
+      ]),
+    ) as Record<Floor, CachedAndEmptied>;
+    const bare = floors['bare worker'];
+    const ratios: Record<string, number> = {};
+    const ratioRows: string[][] = [];
+    const add = (label: string, value: number): void => {
+      ratios[label] = round(value, 3);
+      ratioRows.push([label, ratio(round(value, 3))]);
     };
-    for (const floor of FLOORS) {
-      const summary = floorSummary(floor);
-      const value = round(summary.cached.p50 / summary.uncached.p50, 3);
-      ratios[`${floor}: cached p50 / uncached p50 (a floor for this agent)`] = value;
-      table.rows.push([`${floor}: cached p50 / uncached p50`, ratio(value), '-', '-']);
+    for (const mode of MODES) {
+      add(`sandpool ${mode} p50 / bare worker without cache p50`, summaries[mode].p50 / bare.uncached.p50);
+      add(`sandpool ${mode} p50 / bare worker with cache p50`, summaries[mode].p50 / bare.cached.p50);
     }
+    for (const floor of FLOORS) {
+      add(
+        `${floor}: with cache p50 / without p50 (what a cache saves)`,
+        floors[floor].cached.p50 / floors[floor].uncached.p50,
+      );
+    }
+    const row = (label: string, cache: string, s: LatencySummary): string[] => [
+      label,
+      cache,
+      ms(s.p50),
+      ms(s.p90),
+      ms(s.max),
+      ms(s.mean),
+    ];
     return {
       method: [
         `An agent that imports the TypeScript compiler (typescript ${typescriptVersion}, linked into <root>/node_modules) and exports add and transpile; a snapshot of it, created once: ${snapshot.files} file(s), ${mb(snapshot.bytes)}, in ${Math.round(snapshot.createMs)} ms.`,
-        `Each cold start is a new pool (spareWorkers 0) and its first call, add(1, 2): spawn, verify the bundle, import it, one round trip; a transpile call after it checks the compiler works, then the pool is closed (the worker writes its compile cache as it exits).`,
-        `cached: the snapshot's compile cache folder (<root>/.sandpool-cache/compile/<digest>) as the previous start left it. uncached: that folder emptied before the start, so the worker compiles the bundle from source (and writes the cache again).`,
-        `A first start populates the cache (unrecorded; files in it: cacheFiles); then ${warm} unrecorded and ${starts} recorded starts per variant, interleaved, ${gapMs} ms apart; once with permissions 'strict' (the default: the worker may read and write that folder, and write nothing else) and once with 'none'.`,
-        `Floors, the same bytes with Node's compile cache and nothing of sandpool's, ${starts} of each variant interleaved after ${warm} unrecorded: 'node alone' is a plain \`node\` process importing the snapshot's bundle with NODE_COMPILE_CACHE, timed inside it around the import alone; 'bare worker' is \`new Worker\` that calls module.enableCompileCache, imports the bundle and answers, timed from the constructor to the answer. Uncached empties the floor's own cache folder first. A cache saves compilation, never the module's evaluation or a worker's boot: no start of this agent in a worker can reach below the bare worker's ratio.`,
-        `Target: cached p50 <= ${TARGET}× uncached p50.`,
+        `Each sandpool cold start is a new pool (spareWorkers 0) and its first call, add(1, 2): spawn, verify the bundle, import it, one round trip; a transpile call after it checks the compiler works, then the pool is closed. Sandpool uses no compile cache (a worker could write one that later starts would run; Node enables one only where its worker may write): the run fails if any worker made one.`,
+        `Floors, the same bytes with nothing of sandpool's: 'node alone' is a plain \`node\` process importing the snapshot's bundle with NODE_COMPILE_CACHE, timed inside it around the import alone; 'bare worker' is \`new Worker\` that calls module.enableCompileCache, imports the bundle and answers, timed from the constructor to the answer. Each with its cache as its previous start left it, and with its cache folder removed first.`,
+        `${warm} unrecorded and ${starts} recorded rounds; in each, every start (sandpool strict, none, then each floor with and without its cache) runs once, ${gapMs} ms apart, so all see the same machine. The bare worker with its cache is what a start could reach with one.`,
       ],
       parameters: {
         typescript: typescriptVersion,
@@ -248,27 +225,21 @@ export const compileCache: Benchmark = {
         gapMs,
         spareWorkers: 0,
       },
-      results: { ...summaries, floors, cacheFiles },
+      results: { ...summaries, floors },
       ratios,
       tables: [
         {
           title: 'First call of a fresh snapshot key',
           headers: ['start', 'compile cache', 'p50', 'p90', 'max', 'mean'],
           rows: [
-            ...MODES.map((mode): [string, Record<string, LatencySummary>] => [
-              `sandpool, permissions ${mode}`,
-              summaries[mode] as Record<string, LatencySummary>,
+            ...MODES.map((mode) => row(`sandpool, permissions ${mode}`, 'none', summaries[mode])),
+            ...FLOORS.flatMap((floor) => [
+              row(floor, 'yes', floors[floor].cached),
+              row(floor, 'removed', floors[floor].uncached),
             ]),
-            ...FLOORS.map((floor): [string, Record<string, LatencySummary>] => [floor, floorSummary(floor)]),
-          ].flatMap(([label, summary]) =>
-            (['cached', 'uncached'] as const).map((variant) => {
-              const s = summary[variant] as LatencySummary;
-              return [label, variant === 'cached' ? 'yes' : 'removed', ms(s.p50), ms(s.p90), ms(s.max), ms(s.mean)];
-            }),
-          ),
-          note: `Files in the cache after the populating start: ${MODES.map((mode) => `${mode} ${cacheFiles[mode]}`).join(', ')}. The floors run the same bytes with nothing of sandpool's.`,
+          ],
         },
-        table,
+        { title: 'Ratios', headers: ['comparison', 'ratio'], rows: ratioRows },
       ],
       chart: {
         title: 'Compile cache: snapshot cold start of an agent importing the TypeScript compiler',
@@ -277,16 +248,19 @@ export const compileCache: Benchmark = {
             title: 'First-call latency of a fresh snapshot key',
             unit: 'ms',
             groups: [
-              ...groups(
-                ['cached', 'uncached'],
-                (variant, mode) => `${variant === 'cached' ? 'with cache' : 'cache removed'}, ${mode}`,
-              ),
+              ...MODES.map((mode) => ({
+                label: `sandpool, ${mode}`,
+                bars: [
+                  { series: 'p50', value: summaries[mode].p50 },
+                  { series: 'p90', value: summaries[mode].p90 },
+                ],
+              })),
               ...FLOORS.flatMap((floor) =>
                 (['cached', 'uncached'] as const).map((variant) => ({
                   label: `${variant === 'cached' ? 'with cache' : 'cache removed'}, ${floor}`,
                   bars: [
-                    { series: 'p50', value: floorSummary(floor)[variant].p50 },
-                    { series: 'p90', value: floorSummary(floor)[variant].p90 },
+                    { series: 'p50', value: floors[floor][variant].p50 },
+                    { series: 'p90', value: floors[floor][variant].p90 },
                   ],
                 })),
               ),

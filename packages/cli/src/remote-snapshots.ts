@@ -22,6 +22,11 @@ export class RemoteSnapshots {
     if (answer.status !== 204) throw answerError(answer);
   }
 
+  async point(swarm: string, name: string, target: string): Promise<SnapshotInfo> {
+    const path = `/v1/swarms/${encodeURIComponent(swarm)}/channels/${encodeURIComponent(name)}`;
+    return expectBody(OneSchema, await send(this.target, 'PUT', path, { target })).snapshot;
+  }
+
   async verify(swarm: string, name: string): Promise<SnapshotInfo> {
     return expectBody(OneSchema, await send(this.target, 'POST', `${pathOf(swarm, name)}/verify`)).snapshot;
   }

@@ -6,7 +6,19 @@ const SWARM = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
 const SNAPSHOT = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
 const STEM = /^[A-Za-z0-9_][A-Za-z0-9_-]{0,127}$/;
 
-export const SwarmSchema = z.string().regex(SWARM, 'swarm must match ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$');
+/**
+ * A swarm's folder sits in the root, where Node's resolution from every other swarm's files
+ * looks for packages: a swarm named `node_modules` would be imported by its neighbours. Any
+ * case, for file systems that ignore it. (Dot names, the store's own, fail the pattern.)
+ */
+export function isReservedSwarm(name: string): boolean {
+  return name.length === 12 && name.toLowerCase() === 'node_modules';
+}
+
+export const SwarmSchema = z
+  .string()
+  .regex(SWARM, 'swarm must match ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$')
+  .refine((name) => !isReservedSwarm(name), 'swarm must not be node_modules, a folder name Node reserves');
 export const SnapshotNameSchema = z
   .string()
   .regex(SNAPSHOT, 'snapshot must match ^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$')
@@ -94,7 +106,8 @@ function fastResolve(key: unknown): ResolvedKey | null {
   if (typeof key !== 'object' || key === null || Object.getPrototypeOf(key) !== Object.prototype) return null;
   for (const name in key) if (name !== 'swarm' && name !== 'snapshot' && name !== 'stem') return null;
   const { swarm, snapshot, stem } = key as Record<string, unknown>;
-  if (typeof swarm !== 'string' || !SWARM.test(swarm) || typeof stem !== 'string' || !STEM.test(stem)) return null;
+  if (typeof swarm !== 'string' || !SWARM.test(swarm) || isReservedSwarm(swarm)) return null;
+  if (typeof stem !== 'string' || !STEM.test(stem)) return null;
   if (snapshot === undefined || snapshot === null) return { swarm, snapshot: null, stem, text: `${swarm}/${stem}` };
   if (typeof snapshot !== 'string' || !SNAPSHOT.test(snapshot) || snapshot.includes('..')) return null;
   return { swarm, snapshot, stem, text: `${swarm}@${snapshot}/${stem}` };

@@ -1,14 +1,13 @@
-import { type PoolOptions, PoolOptionsSchema } from 'sandpool';
+import { AgentKeySchema, type PoolOptions, PoolOptionsSchema } from 'sandpool';
 import { z } from 'zod';
 import { invalidRequest } from './errors.js';
 
 const MEGABYTE = 1024 * 1024;
-const SWARM = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
 const millis = (fallback: number) => z.number().int().positive().max(2_147_483_647).default(fallback);
 
 /** What one bearer token may do: call and read the listed swarms (or all), and with `write` change their snapshots. */
 export const TokenGrantSchema = z.strictObject({
-  swarms: z.union([z.literal('*'), z.array(z.string().regex(SWARM, 'each swarm must be a valid swarm name'))]),
+  swarms: z.union([z.literal('*'), z.array(AgentKeySchema.shape.swarm)]),
   write: z.boolean().default(false),
 });
 export type TokenGrant = z.output<typeof TokenGrantSchema>;

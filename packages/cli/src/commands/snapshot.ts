@@ -17,7 +17,9 @@ interface StoreOptions {
 const DIGEST_PREFIX = 12;
 
 export function registerSnapshot(program: Command, io: Io): void {
-  const snapshot = program.command('snapshot').description('create, list, remove or verify snapshots of a swarm');
+  const snapshot = program
+    .command('snapshot')
+    .description('create, list, point, remove or verify snapshots of a swarm');
   const out = (line: string): void => printLine(io.writeOut, line);
   const print = (info: SnapshotInfo, verb: string, options: StoreOptions): void =>
     out(options.json === true ? JSON.stringify(info) : describe(verb, info));
@@ -59,6 +61,16 @@ export function registerSnapshot(program: Command, io: Io): void {
       );
     });
 
+  withStore(snapshot.command('point'))
+    .description('point a name (a channel such as prod) at the content another snapshot names: a deploy or a rollback')
+    .argument('<swarm>')
+    .argument('<name>')
+    .argument('<target>')
+    .option('--json', 'print the snapshot info as JSON')
+    .action(async (swarm: string, name: string, target: string, options: StoreOptions) => {
+      print(await storeOf(options).point(swarm, name, target), `pointed at ${target}:`, options);
+    });
+
   withStore(snapshot.command('remove'))
     .description('remove a snapshot')
     .argument('<swarm>')
@@ -86,12 +98,17 @@ function withStore(command: Command): Command {
     .addOption(serverTokenOption());
 }
 
-function storeOf(options: StoreOptions): Pick<SnapshotStore, 'create' | 'list' | 'remove' | 'verify'> {
+function storeOf(options: StoreOptions): Pick<SnapshotStore, 'create' | 'list' | 'remove' | 'verify' | 'point'> {
   if ((options.root === undefined) === (options.url === undefined)) {
     throw asUsage(badOption('give exactly one of --root <dir> and --url <url>'));
   }
   if (options.url !== undefined) return new RemoteSnapshots(targetOf({ ...options, url: options.url }));
-  return new SnapshotStore({ root: options.root as string });
+  // From the environment, never a flag: a secret on the command line is visible to every user.
+  const secret = process.env.SANDPOOL_SNAPSHOT_SECRET;
+  return new SnapshotStore({
+    root: options.root as string,
+    ...(secret === undefined || secret === '' ? {} : { snapshotSecret: secret }),
+  });
 }
 
 function describe(verb: string, info: SnapshotInfo): string {

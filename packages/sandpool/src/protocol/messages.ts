@@ -102,8 +102,6 @@ export interface LoadRequest {
    * the worker checks the bytes it imports against this rather than a manifest it rereads.
    */
   sha256?: string;
-  /** Folder for the V8 compile cache of this snapshot (writable by its workers only); null: none. */
-  compileCacheDir?: string | null;
   /**
    * Report heap and external memory this often (ms), 0 for never: where the coordinator
    * cannot read them itself (Node 20 under the permission model, whose workers have no

@@ -14,7 +14,10 @@ let store: SnapshotStore | null = null;
 async function run(request: HelperRequest): Promise<HelperReply> {
   try {
     store ??= new SnapshotStore(request.options);
-    const value = await store[request.op](request.swarm, request.name);
+    const value =
+      request.op === 'point'
+        ? await store.point(request.swarm, request.name, request.target ?? '')
+        : await store[request.op](request.swarm, request.name);
     return { id: request.id, ok: true, value: value ?? null };
   } catch (error) {
     if (isSandpoolError(error)) {

@@ -2,7 +2,7 @@ import type { SandpoolIssue } from '../errors.js';
 import type { SnapshotStoreOptions } from './store.js';
 
 /** What the snapshot helper runs for the coordinator. */
-export type HelperOp = 'create' | 'verify' | 'sign' | 'remove';
+export type HelperOp = 'create' | 'verify' | 'sign' | 'remove' | 'point';
 
 export interface HelperRequest {
   readonly id: number;
@@ -10,6 +10,8 @@ export interface HelperRequest {
   readonly options: SnapshotStoreOptions;
   readonly swarm: string;
   readonly name: string;
+  /** `point` only: the snapshot whose content `name` is pointed at. */
+  readonly target?: string;
 }
 
 /** Sent the moment a request arrives, before it runs: what a helper that died never took is safe to send again. */

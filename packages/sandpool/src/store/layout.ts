@@ -14,6 +14,7 @@ export function snapshotsDir(root: string, swarm: string): string {
   return join(root, swarm, 'snapshots');
 }
 
+/** A snapshot name: a small read-only pointer file to an artifact (or, made before artifacts, a whole folder). */
 export function snapshotDir(root: string, swarm: string, name: string): string {
   return join(root, swarm, 'snapshots', name);
 }
@@ -31,9 +32,14 @@ export const REMOVING_PREFIX = '.rm-';
  */
 export const CACHE_DIR = '.sandpool-cache';
 
-/** V8 compile cache of one snapshot's workers, per content digest: identical snapshots share it. */
-export function compileCacheDir(root: string, digest: string): string {
-  return join(root, CACHE_DIR, 'compile', digest);
+/** One swarm's artifacts: coordinator-owned, so nothing in the tenant's folder can reach or replace them. */
+export function artifactsDir(root: string, swarm: string): string {
+  return join(root, CACHE_DIR, 'artifacts', swarm);
+}
+
+/** One immutable artifact, named by its content digest: `.sandpool-manifest.json`, its files and bundles. */
+export function artifactDir(root: string, swarm: string, digest: string): string {
+  return join(root, CACHE_DIR, 'artifacts', swarm, digest);
 }
 
 /** Type-stripped copies of one swarm's live TypeScript, for Nodes that cannot strip in the worker. */

@@ -41,7 +41,23 @@ export interface ManifestV2 {
   hmac?: string;
 }
 
-export type Manifest = ManifestV1 | ManifestV2;
+/**
+ * An artifact's manifest: content only. It names its swarm (an artifact is read for that swarm
+ * alone) but no snapshot name or date: those are the pointer's, which any number of names share.
+ */
+export interface ArtifactManifest {
+  version: 3;
+  swarm: string;
+  /** contentDigest of `files` and `stems`, and the name of the artifact's folder. */
+  digest: string;
+  files: Record<string, FileDigest>;
+  stems: Record<string, string>;
+}
+
+/** A snapshot folder made before artifacts: content, name and date in one manifest. */
+export type LegacyManifest = ManifestV1 | ManifestV2;
+
+export type Manifest = LegacyManifest | ArtifactManifest;
 
 /** Where bundles live inside a snapshot; a dot name, so no stem or live/ file can take it. */
 export const BUNDLES_DIR = '.sandpool-bundles';
@@ -136,19 +152,39 @@ export function parseManifest(text: string, key?: string): Manifest {
   } catch (cause) {
     throw snapshotCorrupt('snapshot manifest is not valid JSON', key, cause);
   }
+  if (!isRecord(value) || (value.version !== 1 && value.version !== 2 && value.version !== 3)) {
+    throw snapshotCorrupt('snapshot manifest has an unexpected shape', key);
+  }
+  if (typeof value.swarm !== 'string' || !isRecord(value.files)) {
+    throw snapshotCorrupt('snapshot manifest has an unexpected shape', key);
+  }
+  const files = parseFiles(value.files, key);
+  if (value.version === 3) {
+    const { digest, stems } = parseContent(value, files, key);
+    return { version: 3, swarm: value.swarm, digest, files, stems };
+  }
   if (
-    !isRecord(value) ||
-    (value.version !== 1 && value.version !== 2) ||
-    typeof value.swarm !== 'string' ||
     typeof value.name !== 'string' ||
     typeof value.createdAt !== 'string' ||
-    Number.isNaN(Date.parse(value.createdAt)) ||
-    !isRecord(value.files)
+    Number.isNaN(Date.parse(value.createdAt))
   ) {
     throw snapshotCorrupt('snapshot manifest has an unexpected shape', key);
   }
+  const common = { swarm: value.swarm, name: value.name, createdAt: value.createdAt, files };
+  if (value.version === 1) return { version: 1, ...common };
+  const manifest: ManifestV2 = { version: 2, ...common, ...parseContent(value, files, key) };
+  if (value.hmac !== undefined) {
+    if (typeof value.hmac !== 'string' || !SHA256_HEX.test(value.hmac)) {
+      throw snapshotCorrupt('snapshot manifest signature is malformed', key);
+    }
+    manifest.hmac = value.hmac;
+  }
+  return manifest;
+}
+
+function parseFiles(raw: Record<string, unknown>, key: string | undefined): Manifest['files'] {
   const files: [string, FileDigest][] = [];
-  for (const [path, entry] of Object.entries(value.files)) {
+  for (const [path, entry] of Object.entries(raw)) {
     if (
       !isRecord(entry) ||
       typeof entry.sha256 !== 'string' ||
@@ -161,30 +197,31 @@ export function parseManifest(text: string, key?: string): Manifest {
     }
     files.push([path, { sha256: entry.sha256, bytes: entry.bytes }]);
   }
-  const common = { swarm: value.swarm, name: value.name, createdAt: value.createdAt, files: Object.fromEntries(files) };
-  if (value.version === 1) return { version: 1, ...common };
+  // fromEntries defines own properties, so a file named `__proto__` stays an ordinary entry.
+  return Object.fromEntries(files);
+}
+
+/** The stems and the stated digest, which must be the content's: it is what a signature covers. */
+function parseContent(
+  value: Record<string, unknown>,
+  files: Manifest['files'],
+  key: string | undefined,
+): { digest: string; stems: Record<string, string> } {
   if (!isRecord(value.stems) || typeof value.digest !== 'string' || !SHA256_HEX.test(value.digest)) {
     throw snapshotCorrupt('snapshot manifest has an unexpected shape', key);
   }
   const stems: [string, string][] = [];
   for (const [stem, path] of Object.entries(value.stems)) {
-    if (typeof path !== 'string' || !Object.hasOwn(common.files, path)) {
+    if (typeof path !== 'string' || !Object.hasOwn(files, path)) {
       throw snapshotCorrupt(`snapshot manifest names a bundle for ${JSON.stringify(stem)} that it does not list`, key);
     }
     stems.push([stem, path]);
   }
-  const manifest: ManifestV2 = { version: 2, ...common, digest: value.digest, stems: Object.fromEntries(stems) };
-  // The stated digest must be the content's: it is what a signature covers.
-  if (contentDigest(manifest.files, manifest.stems) !== manifest.digest) {
+  const parsed = Object.fromEntries(stems);
+  if (contentDigest(files, parsed) !== value.digest) {
     throw snapshotCorrupt('snapshot manifest digest does not match its file list', key);
   }
-  if (value.hmac !== undefined) {
-    if (typeof value.hmac !== 'string' || !SHA256_HEX.test(value.hmac)) {
-      throw snapshotCorrupt('snapshot manifest signature is malformed', key);
-    }
-    manifest.hmac = value.hmac;
-  }
-  return manifest;
+  return { digest: value.digest, stems: parsed };
 }
 
 /** Code-unit order, not locale order: the same bytes on every node. */
@@ -233,7 +270,7 @@ export interface SnapshotPlace {
  * under another swarm or name is refused, its manifest edited to match or not.
  */
 export function checkSignature(
-  manifest: Manifest,
+  manifest: LegacyManifest,
   secret: string | undefined,
   place: SnapshotPlace,
   key?: string,
@@ -254,7 +291,7 @@ export function checkSignature(
 }
 
 /** A manifest states the swarm and name it was made for; a copy elsewhere is not that snapshot. */
-export function checkPlace(manifest: Manifest, place: SnapshotPlace, key?: string): void {
+export function checkPlace(manifest: LegacyManifest, place: SnapshotPlace, key?: string): void {
   if (manifest.swarm !== place.swarm || manifest.name !== place.name) {
     throw snapshotCorrupt(
       `snapshot manifest was made for ${manifest.swarm}@${manifest.name}, not ${place.swarm}@${place.name}`,
@@ -265,7 +302,7 @@ export function checkPlace(manifest: Manifest, place: SnapshotPlace, key?: strin
 
 /** The manifest's expected identity of a snapshot: the content digest, or for v1 the manifest bytes' hash. */
 export function snapshotDigest(manifest: Manifest, text: string): string {
-  return manifest.version === 2 ? manifest.digest : manifestDigest(text);
+  return manifest.version === 1 ? manifestDigest(text) : manifest.digest;
 }
 
 function isRecord(value: unknown): value is Record<string, unknown> {

@@ -87,10 +87,18 @@ export class StoreHelper {
   }
 
   run(op: 'remove', swarm: string, name: string): Promise<null>;
-  run(op: Exclude<HelperOp, 'remove'>, swarm: string, name: string): Promise<SnapshotInfo>;
-  run(op: HelperOp, swarm: string, name: string): Promise<SnapshotInfo | null> {
+  run(op: 'point', swarm: string, name: string, target: string): Promise<SnapshotInfo>;
+  run(op: Exclude<HelperOp, 'remove' | 'point'>, swarm: string, name: string): Promise<SnapshotInfo>;
+  run(op: HelperOp, swarm: string, name: string, target?: string): Promise<SnapshotInfo | null> {
     if (this.closed) return Promise.reject(closed()); // callers check `available` first
-    const request: HelperRequest = { id: this.nextId++, op, options: this.options, swarm, name };
+    const request: HelperRequest = {
+      id: this.nextId++,
+      op,
+      options: this.options,
+      swarm,
+      name,
+      ...(target === undefined ? {} : { target }),
+    };
     return new Promise((resolve, reject) => this.send(request, { resolve, reject }, false));
   }
 

@@ -1,14 +1,12 @@
 import { randomBytes } from 'node:crypto';
-import { type Dirent, lstatSync, readdirSync } from 'node:fs';
-import { chmod, lstat, mkdir, readdir, realpath, rename, rm, stat, writeFile } from 'node:fs/promises';
-import { join, resolve, sep } from 'node:path';
+import { lstatSync, readdirSync } from 'node:fs';
+import { link, mkdir, rename, rm, writeFile } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
 import { z } from 'zod';
 import {
   invalidArguments,
   invalidOptions,
   isSandpoolError,
-  moduleNotFound,
-  type SandpoolError,
   snapshotBuild,
   snapshotCorrupt,
   snapshotExists,
@@ -18,29 +16,35 @@ import {
 } from '../errors.js';
 import { issuesOf } from '../issues.js';
 import { SnapshotNameSchema, SwarmSchema } from '../key.js';
-import { bundleStem } from './bundle.js';
-import { liveDir, REMOVING_PREFIX, snapshotDir, snapshotsDir, swarmDir, TEMP_PREFIX } from './layout.js';
 import {
-  BUNDLES_DIR,
-  checkPlace,
-  checkSignature,
-  contentDigest,
-  hashTree,
+  type BuiltArtifact,
+  buildArtifact,
+  isMissingError,
+  isTakenError,
+  removeTree,
+  sweepUnused,
+  touchArtifact,
+  verifyArtifact,
+} from './artifact.js';
+import { REMOVING_PREFIX, snapshotDir, snapshotsDir, swarmDir, TEMP_PREFIX } from './layout.js';
+import { sweepWorkFolders, workFolderName } from './leftovers.js';
+import {
+  type ArtifactManifest,
   MANIFEST_NAME,
   type Manifest,
   type ManifestV2,
-  readManifest,
   serializeManifest,
   signManifest,
   snapshotDigest,
   verifyAgainst,
 } from './manifest.js';
-import { readRegularFile, UnsafeFileError } from './safe-read.js';
+import { namedDigests, readSnapshotName, type SnapshotRef } from './names.js';
+import { type Pointer, readPointer, serializePointer, signPointer } from './pointer.js';
 
 export interface SnapshotInfo {
   readonly swarm: string;
   readonly name: string;
-  /** ISO 8601, from the manifest. */
+  /** ISO 8601: when the name was given its content (create, or point). */
   readonly createdAt: string;
   /** Number of files, the manifest excluded. */
   readonly files: number;
@@ -51,7 +55,7 @@ export interface SnapshotInfo {
    * of the same code have the same digest. For snapshots made before bundling, the manifest's hash.
    */
   readonly digest: string;
-  /** Whether the manifest carries an HMAC (see `snapshotSecret`). */
+  /** Whether the name's pointer (or an older snapshot's manifest) carries an HMAC (see `snapshotSecret`). */
   readonly signed: boolean;
   /** Stems runnable from this snapshot, each from its own bundle; empty for older snapshots. */
   readonly stems: readonly string[];
@@ -81,18 +85,17 @@ export type SnapshotStoreOptions = z.input<typeof StoreOptionsSchema>;
 const SwarmArgs = z.strictObject({ swarm: SwarmSchema });
 const SnapshotArgs = z.strictObject({ swarm: SwarmSchema, name: SnapshotNameSchema });
 
+const PointArgs = z.strictObject({ swarm: SwarmSchema, name: SnapshotNameSchema, target: SnapshotNameSchema });
+
 const FROZEN_FILE = 0o444;
-/**
- * Work folders older than this were left by a crash mid-create or mid-remove. Younger ones
- * may belong to a create still running, here or on another node sharing the root.
- */
-const LEFTOVER_AGE_MS = 60 * 60 * 1000;
 const CREATE_ATTEMPTS = 3;
 
 /**
- * The embedded snapshot store: `<root>/<swarm>/snapshots/<name>/`, each a read-only copy
- * of `live/` plus a manifest. Snapshots appear and disappear by one `rename`, so readers on
- * this or another node see a whole snapshot or none.
+ * The embedded snapshot store. A snapshot's content is an immutable artifact,
+ * `<root>/.sandpool-cache/artifacts/<swarm>/<digest>/`, and its name a small read-only pointer
+ * `<root>/<swarm>/snapshots/<name>` to that digest. A name appears, moves or goes by one
+ * link or rename, so readers on this or another node see one pointer or none. Snapshot
+ * folders made before artifacts stay readable (get, list, verify, sign, remove and calls).
  */
 export class SnapshotStore {
   readonly root: string;
@@ -111,69 +114,50 @@ export class SnapshotStore {
   }
 
   /**
-   * Freezes live/: a copy of the swarm's own files (node_modules left out) plus one bundle per
-   * stem holding everything it imports, so the snapshot answers the same whatever later
-   * happens to packages on disk. Same content under the same name resolves to that snapshot.
+   * Freezes live/ into an artifact (see buildArtifact) and names it. Same content under the
+   * same name resolves to that snapshot; a name held by other content is EXISTS.
    */
   async create(swarm: string, name: string): Promise<SnapshotInfo> {
     checkArgs(SnapshotArgs, { swarm, name });
-    const live = await this.liveReal(swarm);
-    const rootReal = await realpath(this.root);
+    const artifact = await this.build(swarm);
     const parent = snapshotsDir(this.root, swarm);
     await mkdir(parent, { recursive: true });
-    await sweepLeftovers(parent);
-    const temp = join(parent, `${TEMP_PREFIX}${randomBytes(8).toString('hex')}`);
-    const target = snapshotDir(this.root, swarm, name);
-    let published = false;
-    try {
-      await mkdir(temp);
-      const budget = { left: this.#maxBytes };
-      await copyLive(live, temp, '', budget, this.#maxBytes);
-      const stems = await findStems(live);
-      const stemPaths: Record<string, string> = {};
-      if (stems.length > 0) await mkdir(join(temp, BUNDLES_DIR));
-      for (const [stem, file] of stems) {
-        const bundle = await bundleStem(file, { liveReal: live, rootReal, swarm, budget });
-        if (bundle.length > budget.left) throw tooLarge(this.#maxBytes);
-        budget.left -= bundle.length;
-        const rel = `${BUNDLES_DIR}/${stem}.mjs`;
-        await writeFile(join(temp, BUNDLES_DIR, `${stem}.mjs`), bundle, { flag: 'wx', mode: FROZEN_FILE });
-        stemPaths[stem] = rel;
+    await sweepWorkFolders(parent);
+    const pointer = this.pointerTo(swarm, name, artifact.digest, artifact.manifest);
+    for (let attempt = 1; ; attempt++) {
+      if (await this.publish(pointer, 'new')) return infoOfPointer(pointer, artifact.manifest);
+      try {
+        return await this.sameOrExists(swarm, name, artifact.digest);
+      } catch (error) {
+        // The holder of the name was removed between our link and our read: try again.
+        if (!isSandpoolError(error, 'ERR_SANDPOOL_SNAPSHOT_NOT_FOUND') || attempt >= CREATE_ATTEMPTS) throw error;
       }
-      // Hash the copy, not live/: the manifest must describe exactly what was frozen,
-      // even if live/ changes while we copy.
-      const files = await hashTree(temp);
-      const manifest: ManifestV2 = {
-        version: 2,
-        swarm,
-        name,
-        createdAt: new Date().toISOString(),
-        digest: contentDigest(files, stemPaths),
-        files,
-        stems: stemPaths,
-      };
-      if (this.#secret !== undefined) manifest.hmac = signManifest(manifest, this.#secret);
-      const text = serializeManifest(manifest);
-      await writeFile(join(temp, MANIFEST_NAME), text, { flag: 'wx', mode: FROZEN_FILE });
-      await chmod(join(temp, MANIFEST_NAME), FROZEN_FILE);
-      for (let attempt = 1; ; attempt++) {
-        try {
-          await rename(temp, target);
-          published = true;
-          return infoOf(swarm, name, manifest, text);
-        } catch (error) {
-          if (!isTakenError(error)) throw error;
-        }
-        try {
-          return await this.sameOrExists(swarm, name, manifest.digest);
-        } catch (error) {
-          // The holder of the name was removed between our rename and our read: try again.
-          if (!isSandpoolError(error, 'ERR_SANDPOOL_SNAPSHOT_NOT_FOUND') || attempt >= CREATE_ATTEMPTS) throw error;
-        }
-      }
-    } finally {
-      if (!published) await rm(temp, { recursive: true, force: true });
     }
+  }
+
+  /**
+   * Points `name` at the content `target` names now, in one rename (a deploy or a rollback:
+   * `point('a1', 'prod', 'jun')`); `name` is made if it does not exist. With a secret, the
+   * target must verify and the new pointer is signed. Content no name uses any more is
+   * removed later (see UNUSED_ARTIFACT_MS).
+   */
+  async point(swarm: string, name: string, target: string): Promise<SnapshotInfo> {
+    checkArgs(PointArgs, { swarm, name, target });
+    const ref = this.read(swarm, target);
+    if (ref.kind === 'folder') {
+      throw unusableOptions(
+        `snapshot ${target} of swarm ${swarm} was made before artifacts; create it again to point names at it`,
+      );
+    }
+    const { digest, manifest } = ref.artifact;
+    if (!(await touchArtifact(this.root, swarm, digest))) {
+      throw snapshotCorrupt(`snapshot ${target} lost its content while ${name} was pointed at it`);
+    }
+    const before = pointedDigest(this.root, swarm, name);
+    const pointer = this.pointerTo(swarm, name, digest, manifest);
+    await this.publish(pointer, 'replace');
+    if (before !== null && before !== digest) await this.unnamed(swarm, before);
+    return infoOfPointer(pointer, manifest);
   }
 
   async list(swarm: string): Promise<SnapshotInfo[]> {
@@ -189,10 +173,10 @@ export class SnapshotStore {
     }
     const infos: SnapshotInfo[] = [];
     for (const name of names) {
-      // Temp and half-removed folders start with a dot and never pass the name schema.
+      // Work files start with a dot and never pass the name schema.
       if (!SnapshotNameSchema.safeParse(name).success) continue;
       try {
-        infos.push((await this.read(swarm, name)).info);
+        infos.push(infoOf(swarm, name, this.read(swarm, name)));
       } catch (error) {
         // Removed while we listed: it is simply no longer there.
         if (!isSandpoolError(error, 'ERR_SANDPOOL_SNAPSHOT_NOT_FOUND')) throw error;
@@ -205,29 +189,33 @@ export class SnapshotStore {
 
   async get(swarm: string, name: string): Promise<SnapshotInfo> {
     checkArgs(SnapshotArgs, { swarm, name });
-    return (await this.read(swarm, name)).info;
+    return infoOf(swarm, name, this.read(swarm, name));
   }
 
+  /** Removes the name; its content goes later if no other name points to it (see UNUSED_ARTIFACT_MS). */
   async remove(swarm: string, name: string): Promise<void> {
     checkArgs(SnapshotArgs, { swarm, name });
     const parent = snapshotsDir(this.root, swarm);
-    const doomed = join(parent, `${REMOVING_PREFIX}${randomBytes(8).toString('hex')}`);
+    const doomed = join(parent, workFolderName(REMOVING_PREFIX));
+    const digest = pointedDigest(this.root, swarm, name);
     try {
-      // One rename hides it whole; the slow recursive delete happens out of sight.
+      // One rename hides it whole; the slow recursive delete of an old folder happens out of sight.
       await rename(snapshotDir(this.root, swarm, name), doomed);
     } catch (error) {
       if (isMissingError(error)) throw snapshotNotFound(swarm, name);
       throw error;
     }
-    await rm(doomed, { recursive: true, force: true });
+    await removeTree(doomed);
+    if (digest !== null) await this.unnamed(swarm, digest);
   }
 
-  /** Rehashes every file against the manifest (and checks its signature when a secret is set). */
+  /** Rehashes every file against the manifest (and checks the signature when a secret is set). */
   async verify(swarm: string, name: string): Promise<SnapshotInfo> {
     checkArgs(SnapshotArgs, { swarm, name });
-    const { info, manifest } = await this.read(swarm, name);
-    await verifyAgainst(snapshotDir(this.root, swarm, name), manifest);
-    return info;
+    const ref = this.read(swarm, name);
+    if (ref.kind === 'pointer') await verifyArtifact(this.root, swarm, ref.pointer.digest);
+    else await verifyAgainst(ref.dir, ref.manifest);
+    return infoOf(swarm, name, ref);
   }
 
   /**
@@ -241,15 +229,19 @@ export class SnapshotStore {
     if (secret === undefined) {
       throw unusableOptions('sign() needs the store to have a snapshotSecret');
     }
-    const dir = snapshotDir(this.root, swarm, name);
-    if (!exists(dir)) throw snapshotNotFound(swarm, name);
-    const { manifest } = readManifest(dir);
+    const ref = readSnapshotName(this.root, swarm, name, undefined);
+    if (ref.kind === 'pointer') {
+      const { manifest } = await verifyArtifact(this.root, swarm, ref.pointer.digest);
+      const pointer = this.pointerTo(swarm, name, ref.pointer.digest, manifest, ref.pointer.createdAt);
+      await this.publish(pointer, 'replace');
+      return infoOfPointer(pointer, manifest);
+    }
+    const { manifest, dir } = ref;
     if (manifest.version !== 2) {
       throw snapshotCorrupt(
         `snapshot ${name} of swarm ${swarm} predates self-contained snapshots and cannot be signed; create it again`,
       );
     }
-    checkPlace(manifest, { swarm, name });
     await verifyAgainst(dir, manifest);
     const signed: ManifestV2 = { ...manifest, hmac: signManifest(manifest, secret) };
     const text = serializeManifest(signed);
@@ -261,43 +253,84 @@ export class SnapshotStore {
     } finally {
       await rm(next, { force: true });
     }
-    return infoOf(swarm, name, signed, text);
+    return infoOf(swarm, name, { kind: 'folder', dir, manifest: signed, text });
   }
 
-  private async liveReal(swarm: string): Promise<string> {
-    try {
-      const real = await realpath(liveDir(this.root, swarm));
-      if ((await stat(real)).isDirectory()) return real;
-    } catch (error) {
-      if (!isMissingError(error)) throw error;
-    }
-    throw swarmNotFound(swarm, 'has no live folder');
+  private read(swarm: string, name: string): SnapshotRef {
+    return readSnapshotName(this.root, swarm, name, this.#secret);
   }
 
-  private async read(swarm: string, name: string): Promise<{ info: SnapshotInfo; manifest: Manifest }> {
-    const dir = snapshotDir(this.root, swarm, name);
-    if (!exists(dir)) throw snapshotNotFound(swarm, name);
-    try {
-      const { manifest, text } = readManifest(dir);
-      checkSignature(manifest, this.#secret, { swarm, name });
-      return { info: infoOf(swarm, name, manifest, text), manifest };
-    } catch (error) {
-      // A concurrent remove renames the folder away: that is NOT_FOUND, not corruption.
-      if (isSandpoolError(error, 'ERR_SANDPOOL_SNAPSHOT_CORRUPT') && !exists(dir)) throw snapshotNotFound(swarm, name);
-      throw error;
+  /** An artifact of live/ that no sweep can take before it is named (it was touched). */
+  private async build(swarm: string): Promise<BuiltArtifact> {
+    for (let attempt = 1; ; attempt++) {
+      const artifact = await buildArtifact(this.root, swarm, { maxBytes: this.#maxBytes });
+      if (await touchArtifact(this.root, swarm, artifact.digest)) return artifact;
+      if (attempt >= CREATE_ATTEMPTS) throw snapshotBuild('the content was removed as fast as it was built; try again');
     }
+  }
+
+  private pointerTo(
+    swarm: string,
+    name: string,
+    digest: string,
+    manifest: ArtifactManifest,
+    createdAt = new Date().toISOString(),
+  ): Pointer {
+    const pointer: Pointer = { sandpool: 'snapshot-pointer', version: 1, swarm, name, digest, createdAt };
+    const secret = this.#secret;
+    return secret === undefined ? pointer : { ...pointer, hmac: signPointer(pointer, manifest, secret) };
+  }
+
+  /**
+   * Writes the pointer beside its place, read-only, then links it there (`new`: false if the
+   * name is taken) or renames it over what is there (`replace`). Either way a reader sees the
+   * old pointer or the new one, whole.
+   */
+  private async publish(pointer: Pointer, how: 'new' | 'replace'): Promise<boolean> {
+    const parent = snapshotsDir(this.root, pointer.swarm);
+    await mkdir(parent, { recursive: true });
+    const temp = join(parent, workFolderName(TEMP_PREFIX));
+    const target = snapshotDir(this.root, pointer.swarm, pointer.name);
+    await writeFile(temp, serializePointer(pointer), { flag: 'wx', mode: FROZEN_FILE });
+    try {
+      if (how === 'replace') {
+        try {
+          await rename(temp, target);
+        } catch (error) {
+          if (!isTakenError(error) && errnoCode(error) !== 'EISDIR') throw error;
+          // A folder made before artifacts holds the name: it is removed, not replaced.
+          throw snapshotExists(pointer.swarm, pointer.name, error);
+        }
+        return true;
+      }
+      try {
+        await link(temp, target);
+        return true;
+      } catch (error) {
+        if (isTakenError(error)) return false;
+        throw error;
+      }
+    } finally {
+      await rm(temp, { force: true });
+    }
+  }
+
+  /** A name left `digest`: its grace starts now, and content no name uses past its grace goes. */
+  private async unnamed(swarm: string, digest: string): Promise<void> {
+    await touchArtifact(this.root, swarm, digest);
+    await sweepUnused(this.root, swarm, () => namedDigests(this.root, swarm));
   }
 
   /** Same content digest as the holder of the name: resolve to it, so retries and other nodes agree. */
   private async sameOrExists(swarm: string, name: string, digest: string): Promise<SnapshotInfo> {
-    let existing: { info: SnapshotInfo; manifest: Manifest };
+    let existing: SnapshotInfo;
     try {
-      existing = await this.read(swarm, name);
+      existing = infoOf(swarm, name, this.read(swarm, name));
     } catch (error) {
       if (isSandpoolError(error, 'ERR_SANDPOOL_SNAPSHOT_NOT_FOUND')) throw error;
       throw snapshotExists(swarm, name, error);
     }
-    if (existing.info.digest === digest) return existing.info;
+    if (existing.digest === digest) return existing;
     throw snapshotExists(swarm, name);
   }
 }
@@ -307,151 +340,59 @@ export function checkSnapshotArgs(swarm: string, name: string): void {
   checkArgs(SnapshotArgs, { swarm, name });
 }
 
+/** The arguments of point (INVALID_KEY, nothing touched). */
+export function checkPointArgs(swarm: string, name: string, target: string): void {
+  checkArgs(PointArgs, { swarm, name, target });
+}
+
 function checkArgs(schema: z.ZodType, args: Record<string, unknown>): void {
   const parsed = schema.safeParse(args);
   if (parsed.success) return;
   throw invalidArguments('snapshot arguments', issuesOf(parsed.error));
 }
 
-/**
- * Copies `live/` file by file, read-only; node_modules folders are left out (what the stems
- * use from them is in the bundles, and pnpm's links could not be copied anyway). Symlinks are
- * never copied as links: one whose real target is a regular file inside live/ is copied as
- * that file's contents; one that escapes live/, dangles, or points at a folder (which could
- * loop) is refused, as is any FIFO, socket or device. A regular file with more than one name
- * is refused too: its other name may be another swarm's file or a system file, and finding
- * it would take a walk of the whole disk. Each file is read through one descriptor opened
- * without following links or blocking, and checked (type, links, size) on that descriptor,
- * so a file swapped mid-copy is refused rather than followed or waited on.
- */
-async function copyLive(
-  liveRoot: string,
-  to: string,
-  rel: string,
-  budget: { left: number },
-  maxBytes: number,
-): Promise<void> {
-  const from = rel === '' ? liveRoot : join(liveRoot, ...rel.split('/'));
-  let entries: Dirent[];
-  try {
-    entries = await readdir(from, { withFileTypes: true });
-  } catch (cause) {
-    throw refusedBuild(rel === '' ? '' : rel, 'disappeared while the snapshot was being made', cause);
-  }
-  for (const entry of entries) {
-    const path = rel === '' ? entry.name : `${rel}/${entry.name}`;
-    // Reserved names: a stray one in live/ would be overwritten anyway.
-    if (path === MANIFEST_NAME || path === BUNDLES_DIR) continue;
-    const source = join(from, entry.name);
-    const dest = join(to, entry.name);
-    if (entry.isDirectory()) {
-      if (entry.name === 'node_modules') continue;
-      await mkdir(dest);
-      await copyLive(liveRoot, dest, path, budget, maxBytes);
-    } else if (entry.isFile()) {
-      await freeze(source, dest, path, budget, maxBytes);
-    } else if (entry.isSymbolicLink()) {
-      await freeze(await linkTarget(liveRoot, source, path), dest, path, budget, maxBytes);
-    } else {
-      throw refused(path, 'is not a regular file, folder or symlink');
-    }
-  }
-}
-
-async function linkTarget(liveRoot: string, source: string, path: string): Promise<string> {
-  let real: string;
-  try {
-    real = await realpath(source);
-  } catch (cause) {
-    throw refused(path, 'is a dangling symlink', cause);
-  }
-  if (!real.startsWith(liveRoot + sep)) throw refused(path, 'is a symlink that leaves the live folder');
-  if (!(await stat(real)).isFile()) throw refused(path, 'is a symlink to something other than a regular file');
-  return real;
-}
-
-async function freeze(
-  source: string,
-  dest: string,
-  path: string,
-  budget: { left: number },
-  maxBytes: number,
-): Promise<void> {
-  let bytes: Buffer;
-  try {
-    bytes = await readRegularFile(source, { maxBytes: budget.left, singleLink: true });
-  } catch (error) {
-    if (!(error instanceof UnsafeFileError)) throw error;
-    if (error.reason === 'too-large') throw tooLarge(maxBytes, error);
-    throw refusedBuild(path, error.message, error);
-  }
-  budget.left -= bytes.length;
-  await writeFile(dest, bytes, { flag: 'wx', mode: FROZEN_FILE });
-  await chmod(dest, FROZEN_FILE);
-}
-
-const STEM_FILE = /^([A-Za-z0-9_][A-Za-z0-9_-]{0,127})(\.mjs|\.js|\.cjs|\.mts|\.ts|\.cts)$/;
-const EXTENSION_ORDER = ['.mjs', '.js', '.cjs', '.mts', '.ts', '.cts'];
-
-/** Every `<stem>.<ext>` at the top of live/ is a key's module; the first extension found wins, as at load. */
-async function findStems(liveRoot: string): Promise<[string, string][]> {
-  const chosen = new Map<string, { rank: number; file: string }>();
-  for (const entry of await readdir(liveRoot, { withFileTypes: true })) {
-    if (!entry.isFile() && !entry.isSymbolicLink()) continue;
-    const match = STEM_FILE.exec(entry.name);
-    if (match === null) continue;
-    const [, stem, extension] = match as unknown as [string, string, string];
-    const rank = EXTENSION_ORDER.indexOf(extension);
-    const held = chosen.get(stem);
-    if (held === undefined || rank < held.rank) chosen.set(stem, { rank, file: join(liveRoot, entry.name) });
-  }
-  return [...chosen.entries()].sort(([a], [b]) => (a < b ? -1 : 1)).map(([stem, { file }]) => [stem, file]);
-}
-
-function infoOf(swarm: string, name: string, manifest: Manifest, text: string): SnapshotInfo {
-  const entries = Object.values(manifest.files);
+function infoOf(swarm: string, name: string, ref: SnapshotRef): SnapshotInfo {
+  if (ref.kind === 'pointer') return infoOfPointer(ref.pointer, ref.artifact.manifest);
+  const { manifest, text } = ref;
   return {
+    ...sizeOf(manifest),
     swarm,
     name,
     createdAt: manifest.createdAt,
-    files: entries.length,
-    bytes: entries.reduce((sum, file) => sum + file.bytes, 0),
     digest: snapshotDigest(manifest, text),
     signed: manifest.version === 2 && manifest.hmac !== undefined,
     stems: manifest.version === 2 ? Object.keys(manifest.stems).sort() : [],
   };
 }
 
-function tooLarge(maxBytes: number, cause?: unknown): SandpoolError {
-  return snapshotBuild(
-    `snapshot would take more than maxSnapshotBytes (${maxBytes} bytes, files and bundles together, sparse files at their full size)`,
-    cause,
-  );
+function infoOfPointer(pointer: Pointer, manifest: ArtifactManifest): SnapshotInfo {
+  return {
+    ...sizeOf(manifest),
+    swarm: pointer.swarm,
+    name: pointer.name,
+    createdAt: pointer.createdAt,
+    digest: pointer.digest,
+    signed: pointer.hmac !== undefined,
+    stems: Object.keys(manifest.stems).sort(),
+  };
 }
 
-function refusedBuild(path: string, why: string, cause?: unknown): SandpoolError {
-  const message = `cannot snapshot live/${path}: it ${why}`;
-  return snapshotBuild(message, cause);
+function sizeOf(manifest: Manifest): { files: number; bytes: number } {
+  const entries = Object.values(manifest.files);
+  return { files: entries.length, bytes: entries.reduce((sum, file) => sum + file.bytes, 0) };
 }
 
-function refused(path: string, why: string, cause?: unknown): SandpoolError {
-  const message = `cannot snapshot live/${path}: it ${why}`;
-  return moduleNotFound(message, undefined, cause);
+/** The digest a name's pointer holds now, unchecked; null for none (or a folder made before artifacts). */
+function pointedDigest(root: string, swarm: string, name: string): string | null {
+  try {
+    return readPointer(snapshotDir(root, swarm, name)).pointer.digest;
+  } catch {
+    return null;
+  }
 }
 
 function errnoCode(error: unknown): unknown {
   return typeof error === 'object' && error !== null && 'code' in error ? error.code : undefined;
-}
-
-function isMissingError(error: unknown): boolean {
-  const code = errnoCode(error);
-  return code === 'ENOENT' || code === 'ENOTDIR';
-}
-
-/** rename(2) onto a non-empty folder fails with ENOTEMPTY (EEXIST on some systems); onto a file, ENOTDIR. */
-function isTakenError(error: unknown): boolean {
-  const code = errnoCode(error);
-  return code === 'ENOTEMPTY' || code === 'EEXIST' || code === 'ENOTDIR';
 }
 
 /**
@@ -460,18 +401,4 @@ function isTakenError(error: unknown): boolean {
  */
 function exists(path: string): boolean {
   return lstatSync(path, { throwIfNoEntry: false }) !== undefined;
-}
-
-/** Best effort: a sweep that fails leaves the folders for the next create. */
-async function sweepLeftovers(parent: string): Promise<void> {
-  try {
-    const now = Date.now();
-    for (const name of await readdir(parent)) {
-      if (!name.startsWith(TEMP_PREFIX) && !name.startsWith(REMOVING_PREFIX)) continue;
-      const path = join(parent, name);
-      if (now - (await lstat(path)).mtimeMs > LEFTOVER_AGE_MS) await rm(path, { recursive: true, force: true });
-    }
-  } catch {
-    // Nothing depends on it.
-  }
 }

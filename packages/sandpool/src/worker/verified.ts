@@ -5,19 +5,16 @@
  */
 import { createHash } from 'node:crypto';
 import * as nodeModule from 'node:module';
-import { dirname, join, relative, sep } from 'node:path';
+import { relative, sep } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { snapshotCorrupt } from '../errors.js';
 import type { LoadRequest } from '../protocol/messages.js';
-import { compileCacheDir } from '../store/layout.js';
 import { readManifest, verifyAgainst } from '../store/manifest.js';
 import { readRegularFileSync, UnsafeFileError } from '../store/safe-read.js';
 
 export interface VerifiedBundle {
   readonly file: string;
   readonly bytes: Buffer;
-  /** Where the compile cache lives, or null for none. */
-  readonly cacheDir: string | null;
 }
 
 /**
@@ -52,11 +49,7 @@ export async function verifySnapshot(request: LoadRequest): Promise<VerifiedBund
   if (createHash('sha256').update(bytes).digest('hex') !== expected) {
     throw snapshotCorrupt(`snapshot does not match its manifest (changed: ${rel})`, request.key);
   }
-  const cacheDir =
-    request.compileCacheDir !== undefined
-      ? request.compileCacheDir
-      : compileCacheDir(dirname(dirname(dirname(dir))), manifest.digest);
-  return { file: request.file, bytes, cacheDir };
+  return { file: request.file, bytes };
 }
 
 interface Hooks {
@@ -67,31 +60,12 @@ type RegisterHooks = (hooks: {
   load?: (url: string, context: unknown, next: (u: string, c?: unknown) => unknown) => unknown;
 }) => Hooks;
 
-let compileCacheOn = false;
-
-/**
- * Turns on V8's compile cache for this worker's snapshot (Node 22.1+; a no-op elsewhere).
- * The cache is checked against the source by Node, and only this snapshot's workers share
- * the folder, so one snapshot's workers can never feed another's.
- */
-export function enableSnapshotCompileCache(dir: string | null): void {
-  const enable = (nodeModule as { enableCompileCache?: (dir: string) => unknown }).enableCompileCache;
-  if (dir === null || compileCacheOn || typeof enable !== 'function') return;
-  compileCacheOn = true;
-  try {
-    enable(join(dir));
-  } catch {
-    // A cache that cannot be opened costs speed, not correctness.
-  }
-}
-
 /**
  * Imports exactly `bundle.bytes`. Where Node has in-thread module hooks (22.15+, 24), the
  * bundle keeps its own file URL, so stack traces and the compile cache name the real file;
  * on older Nodes it goes in as a `data:` URL, with a sourceURL so traces still name the file.
  */
 export async function importVerified(bundle: VerifiedBundle): Promise<Record<string, unknown>> {
-  enableSnapshotCompileCache(bundle.cacheDir);
   const url = pathToFileURL(bundle.file).href;
   const register = (nodeModule as { registerHooks?: RegisterHooks }).registerHooks;
   if (typeof register === 'function') {

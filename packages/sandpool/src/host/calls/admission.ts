@@ -11,6 +11,7 @@ import {
 import { type AgentKey, type ResolvedKey, resolveKey } from '../../key.js';
 import { type CallOptions, parseCallOptions } from '../../options.js';
 import { holdsSharedMemory } from '../../protocol/clone.js';
+import { digestOf, type SnapshotRef } from '../../store/names.js';
 import type { Quotas } from '../capabilities/quotas.js';
 import type { Backoff } from '../routes/backoff.js';
 import type { Route } from '../routes/route.js';
@@ -30,6 +31,8 @@ export interface AdmissionState {
   readonly callTimeoutMs: number;
   /** The key's route, if it has one. */
   route(key: ResolvedKey): Route | undefined;
+  /** What a snapshot key's name points to now (a cached read, redone when its pointer changed); throws NOT_FOUND or CORRUPT. */
+  resolveSnapshot(key: ResolvedKey): SnapshotRef;
   /** Calls waiting for a worker slot, across all keys. */
   readonly waitingForSlot: number;
   /** Each key's quotas: a call over its key's is refused, last, so a call refused otherwise takes no token. */
@@ -47,8 +50,10 @@ export interface AdmittedCall {
   readonly shared: boolean;
   /** The caller's `context`, copied as bytes; null for none. */
   readonly context: Uint8Array | null;
-  /** Undefined for a key the pool holds nothing for yet. */
+  /** Undefined for a key the pool holds nothing for yet, or whose route serves content its name no longer points to. */
   readonly route: Route | undefined;
+  /** What a snapshot key's name pointed to when the call was admitted: it runs that content or newer. Null for live. */
+  readonly snapshot: SnapshotRef | null;
 }
 
 /**
@@ -84,7 +89,10 @@ export function admit(
   if (state.removing.size > 0 && key.snapshot !== null && state.removing.has(`${key.swarm}@${key.snapshot}`)) {
     throw snapshotRemoved(key.text, key.swarm, key.snapshot);
   }
-  const route = state.route(key);
+  // The name is read here, at admission: the call runs the content it points to now, never older.
+  const snapshot = key.snapshot === null ? null : state.resolveSnapshot(key);
+  const held = state.route(key);
+  const route = held === undefined || snapshot === null || held.digest === digestOf(snapshot) ? held : undefined;
   const pending = route?.pending ?? 0;
   if (pending >= state.maxPendingPerKey) throw queueFull(key.text, `${pending} calls pending`);
   const serving = route?.serving ?? null;
@@ -103,5 +111,6 @@ export function admit(
     shared,
     context: copied,
     route,
+    snapshot,
   };
 }

@@ -1,9 +1,11 @@
 import { aborted, type SandpoolError } from '../../errors.js';
 import type { AgentKey, ResolvedKey } from '../../key.js';
 import type { CallOptions } from '../../options.js';
+import type { SnapshotRef } from '../../store/names.js';
 import type { Quotas } from '../capabilities/quotas.js';
 import { Call, type StreamSink } from '../cells/call.js';
 import type { Backoff } from '../routes/backoff.js';
+import type { PointerBook } from '../routes/pointers.js';
 import type { Route } from '../routes/route.js';
 import type { RouteTable } from '../routes/table.js';
 import type { Telemetry } from '../telemetry/telemetry.js';
@@ -36,6 +38,7 @@ export class Dispatch implements AdmissionState {
     private readonly capabilities: boolean,
     readonly quotas: Quotas,
     private readonly telemetry: Telemetry,
+    private readonly pointers: PointerBook,
   ) {}
 
   /** Never throws synchronously: every refusal is a rejected promise. */
@@ -77,7 +80,7 @@ export class Dispatch implements AdmissionState {
     reject: (error: Error) => void,
     sink: StreamSink | null,
   ): Call {
-    const route = admitted.route ?? this.table.open(admitted.key);
+    const route = admitted.route ?? this.table.open(admitted.key, admitted.snapshot);
     const call = new Call(route, admitted.fn, admitted.args, admitted.timeoutMs, admitted.signal, resolve, reject);
     if (admitted.transfer !== undefined) call.transfer = admitted.transfer;
     call.shared = admitted.shared;
@@ -115,5 +118,9 @@ export class Dispatch implements AdmissionState {
 
   route(key: ResolvedKey): Route | undefined {
     return this.table.get(key);
+  }
+
+  resolveSnapshot(key: ResolvedKey): SnapshotRef {
+    return this.pointers.resolve(key);
   }
 }

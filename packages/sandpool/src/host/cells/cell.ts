@@ -1,6 +1,7 @@
 import { queueTimeout, type SandpoolError } from '../../errors.js';
 import type { ResolvedKey } from '../../key.js';
 import type { MemoryBeat } from '../../protocol/messages.js';
+import type { SnapshotRef } from '../../store/names.js';
 import type { HostCalls } from '../capabilities/capabilities.js';
 import type { KeyPolicy } from '../policy/key-policy.js';
 import { keyHash } from '../slots/frequency.js';
@@ -99,6 +100,8 @@ export interface CellLife {
 /** The cell's key's route (routes/route.ts): what it decides about the cells it serves from. */
 export interface CellRoute {
   readonly key: ResolvedKey;
+  /** What a snapshot key's name pointed to when the route opened: its cells load that content only. Null for live. */
+  readonly snapshot: SnapshotRef | null;
   /** A call for this key: it runs on the serving cell, started if there is none. */
   accept(call: Call): void;
   /** Whether the cell is a reload candidate: never an eviction victim. */

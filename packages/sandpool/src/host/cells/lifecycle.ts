@@ -60,7 +60,7 @@ export class Lifecycle implements CellLife {
   async prepare(cell: Cell): Promise<void> {
     let plan: Awaited<ReturnType<Launcher['plan']>>;
     try {
-      plan = await this.parts.launcher.plan(cell.key, this.parts.policy);
+      plan = await this.parts.launcher.plan(cell.key, this.parts.policy, cell.route.snapshot);
       const { policy } = plan;
       const { host, fetch } = this.parts;
       cell.host = hostCallsFor(policy.host ?? host, fetch, policy.fetch, cell.key, this.quotaOf(cell, policy));
@@ -122,7 +122,7 @@ export class Lifecycle implements CellLife {
     });
     const beat = heartbeat ? { busyMs: HEARTBEAT_MS, idleMs: IDLE_POLL_MS } : null;
     thread.assign(cell.key, plan.access);
-    thread.post(launcher.loadRequest(cell.key, plan, thread, beat));
+    thread.post(launcher.loadRequest(cell.key, plan, beat));
     cell.route.loading(cell);
   }
 

@@ -1,5 +1,6 @@
 import { resolve as resolvePath } from 'node:path';
 import { type InvalidateSelector, type ResolvedPoolOptions, swarmCap } from '../../options.js';
+import { digestOf } from '../../store/names.js';
 import type { InvalidateReport, KeyStats, PoolEvents, PoolStats } from '../../types.js';
 import { Dispatch } from '../calls/dispatch.js';
 import { mayHaveCapabilities } from '../capabilities/capabilities.js';
@@ -15,6 +16,7 @@ import { ProcessThreads } from '../governors/threads.js';
 import { type KeyPolicy, keyPolicy } from '../policy/key-policy.js';
 import { Backoff } from '../routes/backoff.js';
 import { KeyBook } from '../routes/key-book.js';
+import { PointerBook } from '../routes/pointers.js';
 import { reloadMatching } from '../routes/reload.js';
 import { RouteTable } from '../routes/table.js';
 import { LiveWatcher } from '../routes/watch.js';
@@ -28,6 +30,9 @@ import { labelledWriter } from '../workers/output.js';
 import { refuseUnenforceableNetwork, sandboxEnds } from '../workers/permissions.js';
 import { violations } from './invariants.js';
 import { collectKeyStats } from './key-stats.js';
+
+/** How often the pool looks at the snapshot names it serves for a move it did not see in a call (the bound it documents). */
+const POINTER_CHECK_MS = 200;
 
 type Emit = <E extends keyof PoolEvents>(event: E, ...args: PoolEvents[E]) => void;
 
@@ -59,6 +64,8 @@ export class PoolCore {
   private readonly quotas: Quotas;
   private readonly watcher: LiveWatcher | null;
   private readonly threads: ProcessThreads;
+  private readonly pointers: PointerBook;
+  private readonly pointerCheck: NodeJS.Timeout;
   private outputDropped = 0;
   private closing: Promise<void> | null = null;
 
@@ -67,6 +74,7 @@ export class PoolCore {
     { emit, listens }: PoolEmitter,
   ) {
     this.root = resolvePath(options.root);
+    this.pointers = new PointerBook(this.root, options.snapshotSecret);
     const telemetry = new Telemetry(
       options.tracing,
       () => listens('call'),
@@ -189,7 +197,10 @@ export class PoolCore {
       mayHaveCapabilities(options),
       this.quotas,
       telemetry,
+      this.pointers,
     );
+    this.pointerCheck = setInterval(() => this.checkPointers(), POINTER_CHECK_MS);
+    this.pointerCheck.unref();
     this.threads = new ProcessThreads(() => this.cpu.ownedThreads());
     this.spares.fill();
     const { layers } = launcher.sandbox;
@@ -199,6 +210,28 @@ export class PoolCore {
 
   invalidate(selector: InvalidateSelector): Promise<InvalidateReport> {
     return reloadMatching(this.table, this.backoff, selector, () => this.closing !== null);
+  }
+
+  /**
+   * A snapshot name any process sharing the store moved (point, or remove and create): its
+   * routes of the old content take no new call and drain. Calls see a move at once (admission
+   * reads the name); this check retires routes no call reaches, within POINTER_CHECK_MS.
+   */
+  private checkPointers(): void {
+    const served = new Set<string>();
+    for (const route of [...this.table.values()]) {
+      const { key } = route;
+      if (key.snapshot === null) continue;
+      served.add(`${key.swarm}@${key.snapshot}`);
+      let digest: string | null;
+      try {
+        digest = digestOf(this.pointers.resolve(key));
+      } catch {
+        digest = null; // removed, or no longer readable: its workers must not serve it
+      }
+      if (digest !== route.digest) this.table.supersede(route);
+    }
+    this.pointers.keepOnly(served);
   }
 
   private hasLiveCell(swarm: string): boolean {
@@ -272,6 +305,7 @@ export class PoolCore {
   }
 
   private async shutdown(): Promise<void> {
+    clearInterval(this.pointerCheck);
     this.watcher?.close();
     for (const phase of ['resolving', 'queued'] as const) {
       for (const cell of [...this.census.cells(phase)]) this.lifecycle.retire(cell, 'closed');
@@ -293,6 +327,7 @@ export class PoolCore {
       census: this.census,
       queued: [...this.scheduler.queued()],
       routes: this.table.byKey,
+      superseded: this.table.draining,
       maxWorkers: this.options.maxWorkers,
     });
   }

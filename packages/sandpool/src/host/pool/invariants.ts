@@ -8,6 +8,8 @@ export interface Books {
   readonly census: Census;
   readonly queued: readonly Cell[];
   readonly routes: ReadonlyMap<string, Route>;
+  /** Routes of content their snapshot name no longer points to, draining. */
+  readonly superseded: ReadonlySet<Route>;
   readonly maxWorkers: number;
 }
 
@@ -39,7 +41,12 @@ export function violations(view: Books): string[] {
   if (waiting.size !== slotWaiters.size || [...waiting].some((call) => !slotWaiters.has(call))) {
     problems.push(`waitingForSlot holds ${slotWaiters.size} calls; cells without a worker hold ${waiting.size}`);
   }
-  for (const [text, route] of view.routes) {
+  for (const route of view.superseded) {
+    if (view.routes.get(route.key.text) === route)
+      problems.push(`${route.key.text}: a superseded route is still routed`);
+    if (route.unused) problems.push(`${route.key.text}: a superseded route holds nothing but is still kept`);
+  }
+  for (const [text, route] of [...view.routes].concat([...view.superseded].map((r) => [r.key.text, r] as const))) {
     if (route.unused) problems.push(`${text} holds nothing but is still routed`);
     for (const cell of [route.serving, route.candidate]) {
       if (cell === null) continue;
@@ -63,7 +70,9 @@ export function violations(view: Books): string[] {
   // A cell its route does not count would hold calls nobody counts.
   for (const phase of ['resolving', 'queued', 'starting', 'ready', 'draining', 'exiting', 'stuck'] as const) {
     for (const cell of census.cells(phase)) {
-      if (!view.routes.get(cell.key.text)?.cells.has(cell)) {
+      const route = view.routes.get(cell.key.text);
+      const counted = route?.cells.has(cell) === true || [...view.superseded].some((r) => r.cells.has(cell));
+      if (!counted) {
         problems.push(`${cell.key.text}: a ${phase} cell that no route counts`);
       }
     }

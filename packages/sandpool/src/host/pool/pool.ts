@@ -8,6 +8,7 @@ import {
   type ResolvedPoolOptions,
   type StreamOptions,
 } from '../../options.js';
+import { sweepStore } from '../../store/leftovers.js';
 import type { SnapshotStore } from '../../store/store.js';
 import { StoreHelper } from '../../store/store-helper.js';
 import type { InvalidateReport, KeyStats, PoolEvents, PoolStats, Remote } from '../../types.js';
@@ -36,6 +37,8 @@ export class Pool extends EventEmitter<PoolEvents> implements AsyncDisposable {
   readonly snapshots: SnapshotStore;
   readonly #core: PoolCore;
   readonly #storeHelper: StoreHelper;
+  /** The leftovers of builds a crash interrupted, removed in the background from the start. */
+  readonly #sweep: Promise<void>;
 
   constructor(options: PoolOptions) {
     super();
@@ -58,6 +61,7 @@ export class Pool extends EventEmitter<PoolEvents> implements AsyncDisposable {
     this.snapshots = new PoolSnapshotStore(storeOptions, this.#storeHelper, (swarm, name, removeFiles) =>
       this.#core.removeSnapshot(swarm, name, removeFiles),
     );
+    this.#sweep = sweepStore(this.#core.root);
   }
 
   /** Calls `fn` of the key's agent; never throws synchronously. */
@@ -111,7 +115,7 @@ export class Pool extends EventEmitter<PoolEvents> implements AsyncDisposable {
   }
 
   async close(): Promise<void> {
-    await Promise.all([this.#core.close(), this.#storeHelper.close()]);
+    await Promise.all([this.#core.close(), this.#storeHelper.close(), this.#sweep]);
   }
 
   [Symbol.asyncDispose](): Promise<void> {

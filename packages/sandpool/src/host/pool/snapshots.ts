@@ -1,4 +1,10 @@
-import { checkSnapshotArgs, type SnapshotInfo, SnapshotStore, type SnapshotStoreOptions } from '../../store/store.js';
+import {
+  checkPointArgs,
+  checkSnapshotArgs,
+  type SnapshotInfo,
+  SnapshotStore,
+  type SnapshotStoreOptions,
+} from '../../store/store.js';
 import type { StoreHelper } from '../../store/store-helper.js';
 
 /**
@@ -26,6 +32,13 @@ export class PoolSnapshotStore extends SnapshotStore {
 
   override sign(swarm: string, name: string): Promise<SnapshotInfo> {
     return this.inHelper('sign', swarm, name, () => super.sign(swarm, name));
+  }
+
+  /** Every pool on the store sees the move within its pointer check (see PoolCore): the old content drains. */
+  override point(swarm: string, name: string, target: string): Promise<SnapshotInfo> {
+    if (!this.helper.available) return super.point(swarm, name, target);
+    checkPointArgs(swarm, name, target);
+    return this.helper.run('point', swarm, name, target);
   }
 
   override async remove(swarm: string, name: string): Promise<void> {

@@ -1,6 +1,7 @@
 import type { SandpoolError } from '../../errors.js';
 import type { ResolvedKey } from '../../key.js';
 import { liveDir } from '../../store/layout.js';
+import { digestOf, type SnapshotRef } from '../../store/names.js';
 import type { PoolEvents } from '../../types.js';
 import type { Call, CallBook } from '../cells/call.js';
 import { Cell, type CellObserver, type CellRoute } from '../cells/cell.js';
@@ -57,13 +58,37 @@ export class Route implements CellRoute, CallBook {
   private waiters: Array<(outcome: ReloadOutcome) => void> = [];
   /** Why the reload in flight did not take, if it did not. */
   private failure: SandpoolError | null = null;
+  /**
+   * Its snapshot name points elsewhere now: it takes no new call (the table no longer routes
+   * to it), its cells finish what they hold and end, and none is started for a new call.
+   */
+  superseded = false;
 
   constructor(
     readonly key: ResolvedKey,
     /** Its totals for keyStats(), looked up once per route rather than once per call. */
     readonly totals: KeyTotals,
     private readonly ctx: RouteContext,
+    /** The content a snapshot key's route serves, resolved when it opened; null for live. */
+    readonly snapshot: SnapshotRef | null = null,
   ) {}
+
+  /** The one content digest this route serves (SnapshotInfo.digest); null for live. */
+  get digest(): string | null {
+    return this.snapshot === null ? null : digestOf(this.snapshot);
+  }
+
+  /** Its name moved: its cells finish what they hold and end (one still loading serves its callers first). */
+  supersede(): void {
+    this.superseded = true;
+    for (const cell of [this.serving, this.candidate]) {
+      if (cell === null) continue;
+      const phase = cell.phase.name;
+      // A cell not started yet holds calls admitted before the move: it serves them, then ends (see serves).
+      if (phase === 'starting' || phase === 'ready') this.ctx.lifecycle.retire(cell, 'reload');
+    }
+    this.tidy();
+  }
 
   // ---- calls ------------------------------------------------------------------------------
 
@@ -150,6 +175,11 @@ export class Route implements CellRoute, CallBook {
   }
 
   serves(cell: Cell): void {
+    if (this.superseded) {
+      this.ctx.lifecycle.retire(cell, 'reload');
+      this.tidy();
+      return;
+    }
     if (this.serving === cell && (cell.stale || this.changedSince(cell))) {
       // Files changed while it loaded: it may hold the old code.
       cell.stale = false;

@@ -1,4 +1,5 @@
 import type { ResolvedKey } from '../../key.js';
+import type { SnapshotRef } from '../../store/names.js';
 import { Route, type RouteContext } from './route.js';
 
 /**
@@ -7,6 +8,8 @@ import { Route, type RouteContext } from './route.js';
  */
 export class RouteTable {
   private readonly routes = new Map<string, Route>();
+  /** Routes of a snapshot name that has moved since: they hold calls until those settle. */
+  private readonly superseded = new Set<Route>();
   private arrivals = 0;
   /** What every route shares; `forget` and `nextArrival` are this table's. */
   readonly context: RouteContext;
@@ -16,6 +19,7 @@ export class RouteTable {
       ...context,
       forget: (route: Route) => {
         if (this.routes.get(route.key.text) === route) this.routes.delete(route.key.text);
+        this.superseded.delete(route);
       },
       nextArrival: () => ++this.arrivals,
     };
@@ -25,11 +29,29 @@ export class RouteTable {
     return this.routes.get(key.text);
   }
 
-  /** A new route for a key that has none. */
-  open(key: ResolvedKey): Route {
-    const route = new Route(key, this.context.book.of(key.text), this.context);
+  /**
+   * A new route for a key, serving `snapshot` (what its name points to now; null for live).
+   * A route the key had for other content is superseded: it takes no call from now on.
+   */
+  open(key: ResolvedKey, snapshot: SnapshotRef | null = null): Route {
+    const held = this.routes.get(key.text);
+    if (held !== undefined) this.supersede(held);
+    const route = new Route(key, this.context.book.of(key.text), this.context, snapshot);
     this.routes.set(key.text, route);
     return route;
+  }
+
+  /** The route's name points elsewhere: no call is routed to it again, and it drains. */
+  supersede(route: Route): void {
+    if (this.routes.get(route.key.text) !== route) return;
+    this.routes.delete(route.key.text);
+    this.superseded.add(route);
+    route.supersede();
+  }
+
+  /** Routes draining content their name no longer points to. */
+  get draining(): ReadonlySet<Route> {
+    return this.superseded;
   }
 
   values(): IterableIterator<Route> {

@@ -1,8 +1,7 @@
-import { mkdirSync } from 'node:fs';
-import { dirname } from 'node:path';
 import type { ResolvedKey } from '../../key.js';
 import type { ResolvedPoolOptions } from '../../options.js';
 import type { Deniable, LoadRequest } from '../../protocol/messages.js';
+import type { SnapshotRef } from '../../store/names.js';
 import type { Isolation, PermissionPolicy } from '../../types.js';
 import type { KeyPolicy } from '../policy/key-policy.js';
 import type { AgentWorker, ThreadSettings } from './agent-worker.js';
@@ -58,9 +57,16 @@ export class Launcher {
     this.process = { sandbox: this.sandbox, heapMb: options.resourceLimits.maxOldGenerationSizeMb, memoryBytes: null };
   }
 
-  /** `policyOf` gives the key's settings for this spawn, asked once its module is found. */
-  async plan(key: ResolvedKey, policyOf: (key: ResolvedKey) => KeyPolicy): Promise<LaunchPlan> {
-    const location = await locateModule(this.root, key, { snapshotSecret: this.options.snapshotSecret });
+  /**
+   * `policyOf` gives the key's settings for this spawn, asked once its module is found;
+   * `snapshot`, what a snapshot key's route serves (null: read the name now).
+   */
+  async plan(
+    key: ResolvedKey,
+    policyOf: (key: ResolvedKey) => KeyPolicy,
+    snapshot: SnapshotRef | null = null,
+  ): Promise<LaunchPlan> {
+    const location = await locateModule(this.root, key, { snapshotSecret: this.options.snapshotSecret, snapshot });
     const keyPolicy = policyOf(key);
     const policy = keyPolicy.permissions ?? policyFor(this.options.permissions, key);
     const execArgv = this.execArgvFor(policy, key, location);
@@ -110,16 +116,14 @@ export class Launcher {
   }
 
   /** The load message for a worker about to run this plan's module. */
-  loadRequest(key: ResolvedKey, plan: LaunchPlan, worker: AgentWorker, beat: Beat | null): LoadRequest {
-    const { file, verifyDir, sha256, compileCacheDir } = plan.location;
+  loadRequest(key: ResolvedKey, plan: LaunchPlan, beat: Beat | null): LoadRequest {
+    const { file, verifyDir, sha256 } = plan.location;
     return {
       t: 'load',
       ...(beat === null ? {} : { heartbeatMs: beat.busyMs, idleHeartbeatMs: beat.idleMs }),
       key: key.text,
       file,
       verifyDir,
-      // A child of another uid could not write the host's cache folder.
-      compileCacheDir: worker.isolation === 'process' ? null : compileCacheDir,
       ...(sha256 === null ? {} : { sha256 }),
       ...(plan.deny === null ? {} : { deny: plan.deny }),
     };
@@ -127,16 +131,10 @@ export class Launcher {
 
   /** The key's worker flags: its permission model (see permissions.ts) and type stripping. */
   private execArgvFor(policy: PermissionPolicy, key: ResolvedKey, location: ModuleLocation): string[] {
-    const cache = location.compileCacheDir;
-    // Node reads and writes the compile cache, and grants nothing under a folder that does
-    // not exist yet: the coordinator makes it, and the worker may read and write it.
-    if (cache !== null) mkdirSync(cache, { recursive: true });
     const folders = {
       folder: location.folder,
-      // live/ or snapshots/<name>/, right under the swarm's folder (resolve.ts checked it is under the root).
-      swarm: key.snapshot === null ? dirname(location.folder) : dirname(dirname(location.folder)),
-      extraRead: cache === null ? location.extraReadDirs : [...location.extraReadDirs, cache],
-      write: cache === null ? [] : [cache],
+      swarm: location.swarmFolder,
+      extraRead: location.extraReadDirs,
     };
     return [...this.blankFlags, ...permissionArgs(policy, folders, key)];
   }

@@ -40,8 +40,6 @@ export interface KeyFolders {
   readonly swarm: string;
   /** Further folders its worker must read (a type-stripped copy). */
   readonly extraRead: readonly string[];
-  /** Folders its worker may write (a snapshot's compile cache). */
-  readonly write: readonly string[];
 }
 
 /** The policy in force for a key: the option, or what its function returns (checked). */
@@ -72,7 +70,7 @@ export function permissionArgs(policy: PermissionPolicy, folders: KeyFolders, ke
           ...modulePaths(folders.folder, folders.swarm, key),
           ...(grant.fsRead ?? []),
         ];
-  const writes = [...folders.write, ...(grant.fsWrite ?? [])];
+  const writes = grant.fsWrite ?? [];
   const args = [ENABLE];
   for (const path of unique(reads)) if (hostAllows('fs.read', path)) args.push(`--allow-fs-read=${path}`);
   for (const path of unique(writes)) if (hostAllows('fs.write', path)) args.push(`--allow-fs-write=${path}`);

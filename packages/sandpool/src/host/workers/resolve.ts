@@ -1,22 +1,27 @@
 import { realpathSync, statSync } from 'node:fs';
-import { join, sep } from 'node:path';
+import { dirname, join, sep } from 'node:path';
 import { moduleNotFound, type SandpoolError, snapshotNotFound } from '../../errors.js';
 import type { ResolvedKey } from '../../key.js';
-import { compileCacheDir, liveDir, snapshotDir } from '../../store/layout.js';
-import { checkSignature, readManifest, snapshotDigest } from '../../store/manifest.js';
+import { liveDir } from '../../store/layout.js';
+import { type ArtifactManifest, type ManifestV2, snapshotDigest } from '../../store/manifest.js';
+import { readSnapshotName, type SnapshotRef } from '../../store/names.js';
 import { typeScriptInWorker } from './typescript.js';
 
 export interface ModuleLocation {
   /** Real path of the module the worker imports: the agent, its stripped copy, or a snapshot bundle. */
   readonly file: string;
-  /** Real path of the key's folder (live/ or the snapshot). */
+  /** Real path of the key's folder: live/, the snapshot's artifact, or a snapshot folder made before artifacts. */
   readonly folder: string;
+  /**
+   * Real path of the folder whose contents (links included) are the tenant's to make: the
+   * swarm's folder for live/ and old snapshot folders; for an artifact, its swarm's artifact
+   * folder, which only the store writes.
+   */
+  readonly swarmFolder: string;
   /** The snapshot folder to verify before loading; null for live code. */
   readonly verifyDir: string | null;
   /** sha256 of a snapshot bundle, from the manifest checked here (LoadRequest.sha256); null for live code. */
   readonly sha256: string | null;
-  /** Compile cache of a snapshot's workers (LoadRequest.compileCacheDir); null for live code. */
-  readonly compileCacheDir: string | null;
   /** Folders the worker must read beyond its key's folder (type-stripped copies); see readPathsFor. */
   readonly extraReadDirs: readonly string[];
   /** The snapshot's digest (SnapshotInfo.digest); null for live code. */
@@ -26,6 +31,8 @@ export interface ModuleLocation {
 export interface LocateOptions {
   /** With it, a snapshot's manifest must carry a valid HMAC (SNAPSHOT_CORRUPT otherwise). */
   readonly snapshotSecret?: string | undefined;
+  /** What a snapshot key's name resolved to when its route opened: the route serves that digest only. */
+  readonly snapshot?: SnapshotRef | null;
 }
 
 export const EXTENSIONS = ['.mjs', '.js', '.cjs', '.mts', '.ts', '.cts'] as const;
@@ -42,43 +49,64 @@ export async function locateModule(
   key: ResolvedKey,
   options: LocateOptions = {},
 ): Promise<ModuleLocation> {
-  const folder = key.snapshot === null ? liveDir(root, key.swarm) : snapshotDir(root, key.swarm, key.snapshot);
-  const realFolder = realpathOrNull(folder);
   const realRoot = realpathOrNull(root);
+  if (key.snapshot !== null) {
+    const ref = options.snapshot ?? readSnapshotName(root, key.swarm, key.snapshot, options.snapshotSecret, key.text);
+    if (ref.kind === 'pointer')
+      return bundleOf(key, ref.artifact.dir, dirname(ref.artifact.dir), ref.artifact.manifest);
+    const realFolder = realpathOrNull(ref.dir);
+    if (realFolder === null) throw snapshotNotFound(key.swarm, key.snapshot, key.text);
+    if (realRoot === null || !realFolder.startsWith(realRoot + sep)) {
+      // A swarm folder linked to somewhere else would let a key read outside the root.
+      throw notFound(key, 'its folder resolves outside the root');
+    }
+    if (ref.manifest.version === 2) return bundleOf(key, realFolder, dirname(dirname(realFolder)), ref.manifest);
+    return fileIn(key, ref.dir, realFolder, realRoot, snapshotDigest(ref.manifest, ref.text));
+  }
+  const folder = liveDir(root, key.swarm);
+  const realFolder = realpathOrNull(folder);
   if (realFolder !== null && (realRoot === null || !realFolder.startsWith(realRoot + sep))) {
-    // A swarm folder linked to somewhere else would let a key read outside the root.
     throw notFound(key, 'its folder resolves outside the root');
   }
-  if (realFolder === null) {
-    if (key.snapshot !== null) {
-      throw snapshotNotFound(key.swarm, key.snapshot, key.text);
-    }
-    throw notFound(key, `swarm ${key.swarm} has no live folder`);
+  if (realFolder === null) throw notFound(key, `swarm ${key.swarm} has no live folder`);
+  return fileIn(key, folder, realFolder, realRoot as string, null);
+}
+
+/** A self-contained snapshot answers from its manifest: the stem's bundle, with the digest the worker must find. */
+function bundleOf(
+  key: ResolvedKey,
+  realFolder: string,
+  swarmFolder: string,
+  manifest: ManifestV2 | ArtifactManifest,
+): ModuleLocation {
+  const rel = Object.hasOwn(manifest.stems, key.stem) ? manifest.stems[key.stem] : undefined;
+  const entry = rel !== undefined && Object.hasOwn(manifest.files, rel) ? manifest.files[rel] : undefined;
+  if (rel === undefined || entry === undefined) {
+    const stems = Object.keys(manifest.stems).sort();
+    const have = stems.length === 0 ? 'it has no stems' : `its stems are ${stems.slice(0, 20).join(', ')}`;
+    throw notFound(key, `snapshot ${key.snapshot} has no stem ${key.stem} (${have})`);
   }
-  let digest: string | null = null;
-  if (key.snapshot !== null) {
-    const { manifest, text } = readManifest(realFolder, key.text);
-    checkSignature(manifest, options.snapshotSecret, { swarm: key.swarm, name: key.snapshot }, key.text);
-    digest = snapshotDigest(manifest, text);
-    if (manifest.version === 2) {
-      const rel = Object.hasOwn(manifest.stems, key.stem) ? manifest.stems[key.stem] : undefined;
-      const entry = rel !== undefined && Object.hasOwn(manifest.files, rel) ? manifest.files[rel] : undefined;
-      if (rel === undefined || entry === undefined) {
-        const stems = Object.keys(manifest.stems).sort();
-        const have = stems.length === 0 ? 'it has no stems' : `its stems are ${stems.slice(0, 20).join(', ')}`;
-        throw notFound(key, `snapshot ${key.snapshot} has no stem ${key.stem} (${have})`);
-      }
-      return {
-        file: join(realFolder, ...rel.split('/')),
-        folder: realFolder,
-        verifyDir: realFolder,
-        sha256: entry.sha256,
-        compileCacheDir: compileCacheDir(realRoot as string, manifest.digest),
-        extraReadDirs: [],
-        digest,
-      };
-    }
-  }
+  return {
+    file: join(realFolder, ...rel.split('/')),
+    folder: realFolder,
+    swarmFolder,
+    verifyDir: realFolder,
+    sha256: entry.sha256,
+    extraReadDirs: [],
+    digest: manifest.digest,
+  };
+}
+
+/** `<stem>.<ext>` in live/ or in a snapshot made before bundling; its real path must stay in the folder. */
+async function fileIn(
+  key: ResolvedKey,
+  folder: string,
+  realFolder: string,
+  realRoot: string,
+  digest: string | null,
+): Promise<ModuleLocation> {
+  // live/, or snapshots/<name>/, right under the swarm's folder.
+  const swarmFolder = key.snapshot === null ? dirname(realFolder) : dirname(dirname(realFolder));
   for (const extension of EXTENSIONS) {
     const real = realpathOrNull(join(folder, key.stem + extension));
     if (real === null) continue;
@@ -89,13 +117,13 @@ export async function locateModule(
     if (key.snapshot === null && TYPESCRIPT.has(extension) && !typeScriptInWorker()) {
       // Loaded on first use: only Nodes without type stripping (20) need it.
       const { stripLiveTree } = await import('./transpile.js');
-      const stripped = await stripLiveTree(realRoot as string, key.swarm, realFolder, real);
+      const stripped = await stripLiveTree(realRoot, key.swarm, realFolder, real);
       return {
         file: stripped.file,
         folder: realFolder,
+        swarmFolder,
         verifyDir: null,
         sha256: null,
-        compileCacheDir: null,
         extraReadDirs: [stripped.dir],
         digest,
       };
@@ -103,9 +131,9 @@ export async function locateModule(
     return {
       file: real,
       folder: realFolder,
+      swarmFolder,
       verifyDir: key.snapshot === null ? null : realFolder,
       sha256: null,
-      compileCacheDir: null,
       extraReadDirs: [],
       digest,
     };

@@ -1,0 +1,115 @@
+/**
+ * Work folders (`.tmp-*` of a create, `.rm-*` of a remove) and their removal after a crash.
+ * Each carries its owner in its name, `<prefix><pid>.<machine>.<random>`, so a sweep can
+ * tell a folder whose process died (removed at once) from one a build is still filling,
+ * in this process or another on the same store. An owner on another machine cannot be
+ * asked: its folders, and those of releases that named no owner, go only when old.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { type Dirent, readlinkSync } from 'node:fs';
+import { lstat, readdir, rename, rm } from 'node:fs/promises';
+import { hostname } from 'node:os';
+import { join } from 'node:path';
+import { SwarmSchema } from '../key.js';
+import { artifactsDir, REMOVING_PREFIX, snapshotsDir, TEMP_PREFIX } from './layout.js';
+
+/**
+ * A folder this old whose owner cannot be asked was left by a crash: no create or remove
+ * runs that long. Younger ones may belong to one still running on another machine.
+ */
+export const LEFTOVER_AGE_MS = 60 * 60 * 1000;
+
+/**
+ * This machine, as process ids see it: the host name and the pid namespace, so two
+ * containers sharing a store and a host name never judge each other's pids.
+ */
+const MACHINE = createHash('sha256').update(`${hostname()}\0${pidNamespace()}`).digest('hex').slice(0, 12);
+const OWNED = /^([1-9][0-9]{0,9})\.([0-9a-f]{12})\.[0-9a-f]{16}$/;
+const MAX_PID = 2 ** 31 - 1;
+
+/** A fresh work folder name under `prefix`, owned by this process. */
+export function workFolderName(prefix: typeof TEMP_PREFIX | typeof REMOVING_PREFIX): string {
+  return `${prefix}${process.pid}.${MACHINE}.${randomBytes(8).toString('hex')}`;
+}
+
+/**
+ * Removes the abandoned work folders of one `snapshots/` folder and nothing else. Each is
+ * first renamed to a name of this process's own, so a sweep never deletes under a build
+ * that is still publishing (its rename then fails whole) nor two sweeps under each other.
+ * Best effort: what fails stays for the next sweep.
+ */
+export async function sweepWorkFolders(parent: string, now = Date.now()): Promise<void> {
+  let names: string[];
+  try {
+    names = await readdir(parent);
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    const prefix = name.startsWith(TEMP_PREFIX)
+      ? TEMP_PREFIX
+      : name.startsWith(REMOVING_PREFIX)
+        ? REMOVING_PREFIX
+        : null;
+    if (prefix === null) continue;
+    const path = join(parent, name);
+    try {
+      const info = await lstat(path);
+      if (!info.isDirectory() || !abandoned(name.slice(prefix.length), info.mtimeMs, now)) continue;
+      const claimed = join(parent, workFolderName(REMOVING_PREFIX));
+      await rename(path, claimed);
+      await rm(claimed, { recursive: true, force: true });
+    } catch {
+      // Gone already (its build published it, or another sweep took it), or not ours to remove.
+    }
+  }
+}
+
+/** On a restart: the leftovers of every swarm's interrupted creates and removes. */
+export async function sweepStore(root: string): Promise<void> {
+  let entries: Dirent[];
+  try {
+    entries = await readdir(root, { withFileTypes: true });
+  } catch {
+    return;
+  }
+  const now = Date.now();
+  for (const entry of entries) {
+    // A link in the root is no swarm of this store: its folders are someone else's.
+    if (!entry.isDirectory() || !SwarmSchema.safeParse(entry.name).success) continue;
+    // Its names, and the artifacts its creates build.
+    for (const parent of [snapshotsDir(root, entry.name), artifactsDir(root, entry.name)]) {
+      const info = await lstat(parent).catch(() => null);
+      if (info?.isDirectory() === true) await sweepWorkFolders(parent, now);
+    }
+  }
+}
+
+function abandoned(owner: string, mtimeMs: number, now: number): boolean {
+  const match = OWNED.exec(owner);
+  if (match !== null && match[2] === MACHINE) {
+    // A reused pid keeps the folder until that process ends too: late, never wrong.
+    const pid = Number(match[1]);
+    if (pid <= MAX_PID) return !alive(pid);
+  }
+  return now - mtimeMs > LEFTOVER_AGE_MS;
+}
+
+/** Whether a process of this pid exists; a reused pid errs on the safe side (kept until old). */
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    // EPERM: it exists under another user. Anything else unexpected: assume it runs.
+    return (error as { code?: unknown }).code !== 'ESRCH';
+  }
+}
+
+function pidNamespace(): string {
+  try {
+    return readlinkSync('/proc/self/ns/pid');
+  } catch {
+    return '';
+  }
+}

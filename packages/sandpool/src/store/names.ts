@@ -1,0 +1,102 @@
+// What a snapshot name means now: the artifact its pointer names, or (made before artifacts)
+// the folder it is. No zod here; synchronous, small reads: it runs when a call is admitted.
+import { lstatSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { isSandpoolError, snapshotCorrupt, snapshotNotFound } from '../errors.js';
+import { type BuiltArtifact, locateArtifact } from './artifact.js';
+import { snapshotDir, snapshotsDir } from './layout.js';
+import { checkPlace, checkSignature, type LegacyManifest, readManifest, snapshotDigest } from './manifest.js';
+import { checkPointer, checkPointerPlace, type Pointer, readPointer } from './pointer.js';
+
+export type SnapshotRef =
+  | { readonly kind: 'pointer'; readonly pointer: Pointer; readonly artifact: BuiltArtifact }
+  | { readonly kind: 'folder'; readonly dir: string; readonly manifest: LegacyManifest; readonly text: string };
+
+/** The content digest a name resolved to (SnapshotInfo.digest). */
+export function digestOf(ref: SnapshotRef): string {
+  return ref.kind === 'pointer' ? ref.pointer.digest : snapshotDigest(ref.manifest, ref.text);
+}
+
+/** A pointer that moved or went while it was read is read again, this many times at most. */
+const ATTEMPTS = 3;
+
+/**
+ * Reads `<root>/<swarm>/snapshots/<name>`: NOT_FOUND when there is none; CORRUPT when it is
+ * not what the store wrote there (another place's pointer or manifest, a bad or missing
+ * signature under `secret`, content missing or not its swarm's). A name moved or removed
+ * while it was read is read again, or is NOT_FOUND.
+ */
+export function readSnapshotName(
+  root: string,
+  swarm: string,
+  name: string,
+  secret: string | undefined,
+  key?: string,
+): SnapshotRef {
+  const path = snapshotDir(root, swarm, name);
+  for (let attempt = 1; ; attempt++) {
+    const info = lstatSync(path, { throwIfNoEntry: false });
+    if (info === undefined) throw snapshotNotFound(swarm, name, key);
+    let seen: string | null = null;
+    try {
+      if (info.isDirectory()) return readFolder(path, swarm, name, secret, key);
+      if (!info.isFile()) throw snapshotCorrupt(`snapshot ${name} is neither a pointer nor a snapshot folder`, key);
+      const { pointer, text } = readPointer(path, key);
+      seen = text;
+      // Its place first: a pointer copied from elsewhere is named as such, whatever it points to.
+      checkPointerPlace(pointer, { swarm, name }, key);
+      const artifact = locateArtifact(root, swarm, pointer.digest, key);
+      checkPointer(pointer, artifact.manifest, secret, { swarm, name }, key);
+      return { kind: 'pointer', pointer, artifact };
+    } catch (error) {
+      if (!isSandpoolError(error, 'ERR_SANDPOOL_SNAPSHOT_CORRUPT')) throw error;
+      // A concurrent remove or point: that is NOT_FOUND, or the new pointer; not corruption.
+      if (lstatSync(path, { throwIfNoEntry: false }) === undefined) throw snapshotNotFound(swarm, name, key);
+      if (attempt >= ATTEMPTS || seen === null || !changed(path, seen)) throw error;
+    }
+  }
+}
+
+function changed(path: string, seen: string): boolean {
+  try {
+    return readPointer(path).text !== seen;
+  } catch {
+    return true;
+  }
+}
+
+function readFolder(
+  dir: string,
+  swarm: string,
+  name: string,
+  secret: string | undefined,
+  key: string | undefined,
+): SnapshotRef {
+  const { manifest, text } = readManifest(dir, key);
+  if (manifest.version === 3) throw snapshotCorrupt(`snapshot ${name} is an artifact in place of a snapshot`, key);
+  checkPlace(manifest, { swarm, name }, key);
+  checkSignature(manifest, secret, { swarm, name }, key);
+  return { kind: 'folder', dir, manifest, text };
+}
+
+/**
+ * The digests the swarm's names point to now, read without checks (a damaged pointer's
+ * content is kept): what a sweep of unused artifacts must leave.
+ */
+export function namedDigests(root: string, swarm: string): Set<string> {
+  const digests = new Set<string>();
+  let names: string[];
+  try {
+    names = readdirSync(snapshotsDir(root, swarm));
+  } catch {
+    return digests;
+  }
+  for (const name of names) {
+    try {
+      digests.add(readPointer(join(snapshotsDir(root, swarm), name)).pointer.digest);
+    } catch {
+      // A folder, a work file, or not a pointer: it names no artifact.
+    }
+  }
+  return digests;
+}

@@ -1,0 +1,118 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { mkdir, mkdtemp, rm, symlink, utimes, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { childProcesses, eventually, installCleanup, invariants, openPool } from './support/pool.js';
+import { counterAgent, makeRoot } from './support/root.js';
+
+installCleanup();
+
+const TWO_HOURS_AGO = new Date(Date.now() - 2 * 60 * 60 * 1000);
+/** A work folder's name: `<prefix><pid>.<machine>.<random>`. */
+const OWNED = /^\.tmp-([0-9]+)\.([0-9a-f]{12})\.[0-9a-f]{16}$/;
+
+const spawned: ChildProcess[] = [];
+const outside: string[] = [];
+
+afterEach(async () => {
+  for (const child of spawned.splice(0)) child.kill('SIGKILL');
+  for (const dir of outside.splice(0)) await rm(dir, { recursive: true, force: true });
+});
+
+function helpers(): number[] {
+  return childProcesses().filter((pid) => readFileSync(`/proc/${pid}/cmdline`, 'latin1').includes('helper-entry'));
+}
+
+/** A process that lives until the test ends it: another process's build, as the store sees it. */
+async function otherProcess(): Promise<ChildProcess> {
+  const child = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1 << 30)'], { stdio: 'ignore' });
+  spawned.push(child);
+  await new Promise((resolve) => child.once('spawn', resolve));
+  return child;
+}
+
+const owned = (prefix: string, pid: number, machine: string): string =>
+  `${prefix}${pid}.${machine}.${randomBytes(8).toString('hex')}`;
+
+async function folder(path: string, old = false): Promise<void> {
+  await mkdir(path, { recursive: true });
+  await writeFile(join(path, 'part.mjs'), 'export {};\n');
+  if (old) await utimes(path, TWO_HOURS_AGO, TWO_HOURS_AGO);
+}
+
+describe('leftovers of interrupted builds', () => {
+  it("a restart removes a killed create's work folder and only what no live build can own", async () => {
+    const files = await counterAgent('s');
+    // Enough files that the copy is still under way when the test sees its work folder.
+    for (let i = 0; i < 600; i++) files[`s/live/data/${i}.txt`] = 'x'.repeat(4096);
+    const root = await makeRoot({ ...files, ...(await counterAgent('n')) });
+    const snapshots = join(root, 's', 'snapshots');
+    // Where a create builds the content before it names it.
+    const building = join(root, '.sandpool-cache', 'artifacts', 's');
+
+    const first = openPool({ root });
+    await first.snapshots.create('n', 'jan');
+    const creating = first.snapshots.create('s', 'jan').catch((error: unknown) => error);
+    await eventually(() => existsSync(building) && readdirSync(building).some((name) => OWNED.test(name)), 20_000);
+    const [helper] = helpers();
+    process.kill(helper as number, 'SIGKILL');
+    expect(await creating).toBeInstanceOf(Error);
+    await first.close();
+    const killed = readdirSync(building).filter((name) => OWNED.test(name));
+    expect(killed).toHaveLength(1);
+    const [, pid, machine] = OWNED.exec(killed[0] as string) as unknown as [string, string, string];
+    // The work folder names its owner: the helper that was killed.
+    expect(Number(pid)).toBe(helper);
+
+    const builder = await otherProcess();
+    const keep: string[] = [];
+    const gone: string[] = [];
+    const add = async (list: string[], path: string, old = false): Promise<void> => {
+      await folder(path, old);
+      list.push(path);
+    };
+    await mkdir(snapshots, { recursive: true });
+    // A build running in another process on this machine, however old its folder looks.
+    const other = join(snapshots, owned('.tmp-', builder.pid as number, machine));
+    const removing = join(snapshots, owned('.rm-', builder.pid as number, machine));
+    await add(keep, other, true);
+    await add(keep, removing, true);
+    // Another machine's: only age tells.
+    await add(keep, join(snapshots, owned('.tmp-', 42, '0'.repeat(12))));
+    await add(gone, join(snapshots, owned('.rm-', 42, '0'.repeat(12))), true);
+    // An older release's, named by no owner.
+    await add(keep, join(snapshots, '.tmp-cafe'));
+    await add(gone, join(snapshots, '.rm-deadbeef'), true);
+    // Not work folders: another dot folder, a tenant's live folder, a file, a swarm folder that is a link.
+    await add(keep, join(snapshots, '.other'), true);
+    await add(keep, join(root, 'n', 'live', owned('.tmp-', helper as number, machine)), true);
+    const file = join(snapshots, owned('.tmp-', helper as number, machine));
+    await writeFile(file, 'not a folder');
+    keep.push(file);
+    const elsewhere = await mkdtemp(join(tmpdir(), 'sandpool-elsewhere-'));
+    outside.push(elsewhere);
+    await symlink(elsewhere, join(root, 'linked'));
+    await add(keep, join(elsewhere, 'snapshots', owned('.tmp-', helper as number, machine)), true);
+
+    const restarted = openPool({ root });
+    expect(await restarted.call('n@jan/notifier_agent', 'add', [2, 3])).toBe(5);
+    expect(await restarted.call('n/notifier_agent', 'add', [1, 1])).toBe(2);
+    expect(invariants(restarted)).toEqual([]);
+    await restarted.close();
+    expect(existsSync(join(building, killed[0] as string))).toBe(false);
+    for (const path of gone) expect(existsSync(path), path).toBe(false);
+    for (const path of keep) expect(existsSync(path), path).toBe(true);
+    expect(readdirSync(join(root, 'n', 'snapshots'))).toEqual(['jan']);
+
+    // Once that other process has ended, its folders are leftovers too.
+    builder.kill('SIGKILL');
+    await new Promise((resolve) => builder.once('exit', resolve));
+    await openPool({ root }).close();
+    expect(existsSync(other)).toBe(false);
+    expect(existsSync(removing)).toBe(false);
+    for (const path of keep) if (path !== other && path !== removing) expect(existsSync(path), path).toBe(true);
+  });
+});
