@@ -5,6 +5,7 @@
  */
 import { readFileSync, writeSync } from 'node:fs';
 import { Socket } from 'node:net';
+import { Readable } from 'node:stream';
 import { isMainThread, parentPort, workerData } from 'node:worker_threads';
 import { isDenialList } from '../protocol/checks.js';
 import { encodeFrame, FROM_CHILD_FD, FrameReader, TO_CHILD_FD } from '../protocol/frames.js';
@@ -97,6 +98,10 @@ function openLink(): Link {
     };
   }
   const channel = new Socket({ fd: TO_CHILD_FD, readable: true, writable: false });
+  // Its stdin is the channel: `process.stdin` would open it a second time (EEXIST, in agent
+  // code that only looked). It is what an ignored stdin was, a stream at its end.
+  const stdin = new Readable({ read: () => stdin.push(null) });
+  Object.defineProperty(process, 'stdin', { configurable: true, enumerable: true, get: () => stdin });
   const exit = (): never => process.exit(0);
   channel.on('end', exit);
   channel.on('error', exit);
