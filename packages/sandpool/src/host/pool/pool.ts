@@ -12,6 +12,7 @@ import { sweepStore } from '../../store/leftovers.js';
 import type { SnapshotStore } from '../../store/store.js';
 import { StoreHelper } from '../../store/store-helper.js';
 import type { InvalidateReport, KeyStats, PoolEvents, PoolStats, Remote } from '../../types.js';
+import type { Dispatch } from '../calls/dispatch.js';
 import { checkFetchOption } from '../capabilities/fetch-capability.js';
 import { PoolCore } from './core.js';
 import { frozenCopy } from './frozen.js';
@@ -25,6 +26,13 @@ import { PoolStream } from './streams.js';
  * @internal
  */
 export const INVARIANTS = Symbol.for('sandpool.invariants');
+
+/**
+ * sandpool/internal's way to the pool's calls: a symbol of this module's own, so only code
+ * that imports it reaches them.
+ * @internal
+ */
+export const DISPATCH = Symbol('sandpool.dispatch');
 
 /**
  * The public face of a pool: every key `(swarm, snapshot, stem)` is routed to a worker
@@ -85,7 +93,7 @@ export class Pool extends EventEmitter<PoolEvents> implements AsyncDisposable {
     args: readonly unknown[] = [],
     options?: StreamOptions,
   ): AsyncIterableIterator<T, undefined> {
-    return new PoolStream<T>((...open) => this.#core.dispatch.openStream(...open), key, fn, args, options);
+    return new PoolStream<T>(this.#core.dispatch, key, fn, args, options);
   }
 
   /**
@@ -125,6 +133,11 @@ export class Pool extends EventEmitter<PoolEvents> implements AsyncDisposable {
   /** @internal Not part of the API: what the test suite checks after every step. */
   [INVARIANTS](): string[] {
     return this.#core.violations();
+  }
+
+  /** @internal */
+  [DISPATCH](): Dispatch {
+    return this.#core.dispatch;
   }
 }
 
