@@ -87,8 +87,10 @@ export interface SandboxLayers {
   cgroups: 'v1' | 'v2' | null;
   /** What a cell can connect to: its own loopback only, or the host's network. */
   network: 'loopback' | 'host';
+  /** What keeps a cell from making user namespaces: bubblewrap's `--disable-userns`, or a seccomp filter; null: nothing. */
+  userns: 'disabled' | 'seccomp' | null;
   /** The layers `'auto'` goes without here, each with why (empty with `'require'`, which refuses to). */
-  missing: { layer: 'namespaces' | 'uidPerSwarm' | 'cgroups'; reason: string }[];
+  missing: { layer: 'namespaces' | 'uidPerSwarm' | 'cgroups' | 'userns'; reason: string }[];
 }
 
 export interface PoolStats {
@@ -151,6 +153,8 @@ export interface KeyStats {
   latency: { p50: number; p99: number; max: number } | null;
   /** Calls refused by its `quotas.calls`. */
   quotaRefused: number;
+  /** Output characters it printed that never reached the host's output: past its 1 MB window, its output budget, or a full host stream. */
+  outputDropped: number;
   /** Its use of each capability, by name. */
   host: Record<string, HostUsage>;
 }
