@@ -1,3 +1,4 @@
+import type { PostgresMirror } from '../../store/postgres.js';
 import {
   checkPointArgs,
   checkSnapshotArgs,
@@ -18,12 +19,20 @@ export class PoolSnapshotStore extends SnapshotStore {
     options: SnapshotStoreOptions,
     private readonly helper: StoreHelper,
     private readonly drainAndRemove: (swarm: string, name: string, removeFiles: () => Promise<void>) => Promise<void>,
+    private readonly mirror: Promise<PostgresMirror> | null,
   ) {
     super(options);
   }
 
-  override create(swarm: string, name: string): Promise<SnapshotInfo> {
-    return this.inHelper('create', swarm, name, () => super.create(swarm, name));
+  /** With a database, the name is taken there too, in one transaction with the content's upload. */
+  override async create(swarm: string, name: string): Promise<SnapshotInfo> {
+    if (this.mirror === null) return this.inHelper('create', swarm, name, () => super.create(swarm, name));
+    checkSnapshotArgs(swarm, name);
+    const mirror = await this.mirror;
+    await mirror.sync(swarm, name);
+    const info = await this.inHelper('create', swarm, name, () => super.create(swarm, name));
+    await mirror.publish(this.root, swarm, name, null);
+    return info;
   }
 
   override verify(swarm: string, name: string): Promise<SnapshotInfo> {
@@ -35,15 +44,22 @@ export class PoolSnapshotStore extends SnapshotStore {
   }
 
   /** Every pool on the store sees the move within its pointer check (see PoolCore): the old content drains. */
-  override point(swarm: string, name: string, target: string): Promise<SnapshotInfo> {
-    if (!this.helper.available) return super.point(swarm, name, target);
+  override async point(swarm: string, name: string, target: string): Promise<SnapshotInfo> {
     checkPointArgs(swarm, name, target);
-    return this.helper.run('point', swarm, name, target);
+    const mirror = this.mirror === null ? null : await this.mirror;
+    // The target as the database names it now; the move is taken only if it still does.
+    await mirror?.sync(swarm, target);
+    const info = this.helper.available
+      ? await this.helper.run('point', swarm, name, target)
+      : await super.point(swarm, name, target);
+    await mirror?.publish(this.root, swarm, name, target);
+    return info;
   }
 
   override async remove(swarm: string, name: string): Promise<void> {
     // Validates and proves it exists first: bad input must not touch any worker.
     await this.get(swarm, name);
+    if (this.mirror !== null) await (await this.mirror).remove(swarm, name);
     await this.drainAndRemove(swarm, name, async () => {
       if (this.helper.available) await this.helper.run('remove', swarm, name);
       else await super.remove(swarm, name);
