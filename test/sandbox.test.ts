@@ -9,6 +9,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { findCgroups } from '../packages/sandpool/dist/host/governors/cgroups.js';
 import { SwarmIds } from '../packages/sandpool/dist/host/workers/sandbox/uids.js';
 import { cgroupFileOf } from './support/cgroup.js';
+import { rejection } from './support/errors.js';
 import { childProcesses, eventually, installCleanup, invariants, openPool } from './support/pool.js';
 import { counterAgent, fixture, makeRoot } from './support/root.js';
 import { hostLayers, ON_CI } from './support/sandbox.js';
@@ -325,6 +326,46 @@ describe('the OS sandbox of process keys', () => {
       for (const line of membership.split('\n').filter((entry) => entry.includes('sandpool-'))) {
         expect(cgroupExists(line)).toBe(false);
       }
+    },
+  );
+
+  // On CI the layers are required (see 'has every layer on CI'): there this runs, and fails without cgroups.
+  it.runIf(layers.cgroups !== null || ON_CI)(
+    "a process key's own budgets from policy bound its cell: over them it ends with oom, a neighbour on the pool's answers",
+    { timeout: 120_000 },
+    async () => {
+      const dir = await tenants();
+      // A second process key, on the pool's budgets.
+      mkdirSync(join(dir, 'y/live'), { recursive: true });
+      await writeFile(join(dir, 'y/live/cellmate.mjs'), await fixture('cellmate.mjs'));
+      const pool = tenantPool(dir, {
+        resourceLimits: { maxOldGenerationSizeMb: 128 },
+        maxExternalMb: 384,
+        policy: (key) =>
+          key.swarm === 'x' ? { resourceLimits: { maxOldGenerationSizeMb: 32 }, maxExternalMb: 16 } : {},
+      });
+      const cell = await cellOf(pool);
+      const spawned = new Promise<number>((resolve) =>
+        pool.on('spawn', (event) => event.key === 'y/cellmate' && resolve(event.pid)),
+      );
+      expect(await pool.call('y/cellmate', 'add', [1, 1])).toBe(2);
+      const roomy = await spawned;
+      const bound = (pid: number): number =>
+        Number(cgroupFileOf(pid, 'memory', 'memory.max') ?? cgroupFileOf(pid, 'memory', 'memory.limit_in_bytes'));
+      // Each cell's bound is its own budgets, the runtime's 96 MB and 64 MB of room above the governor's line.
+      expect(bound(cell)).toBe((32 + 16 + 96 + 64) * 2 ** 20);
+      expect(bound(roomy)).toBe((128 + 384 + 96 + 64) * 2 ** 20);
+      // 250 MB touched outside the heap: past the attacker's cell, well within the pool's budgets.
+      const ended = await withNeighbours(pool, () => rejection(pool.call(ATTACKER, 'touchBuffers', [250])));
+      expect(ended).toMatchObject({ code: 'ERR_SANDPOOL_WORKER_EXITED', reason: 'oom' });
+      expect(await pool.call('y/cellmate', 'touchBuffers', [250])).toBe(250);
+      // The attacker's key starts again, in a cell with the same bound.
+      const again = new Promise<number>((resolve) =>
+        pool.on('spawn', (event) => event.key === ATTACKER && resolve(event.pid)),
+      );
+      expect(await pool.call(ATTACKER, 'add', [2, 2])).toBe(4);
+      expect(bound(await again)).toBe((32 + 16 + 96 + 64) * 2 ** 20);
+      expect(invariants(pool)).toEqual([]);
     },
   );
 

@@ -163,6 +163,57 @@ describe('metrics from the pool', () => {
   });
 });
 
+describe('metrics and the HTTP answer agree', () => {
+  it('counts a result or chunk that JSON cannot carry as the error the client got, not as ok', async () => {
+    const agent = [
+      'export function cycle() { const a = { n: 1 }; a.self = a; return a; }',
+      'export function big() { return { n: 2n ** 70n }; }',
+      'export async function* chunks() { yield 1; const a = []; a.push(a); yield a; yield 3; }',
+    ].join('\n');
+    const root = await makeRoot({ ...(await counterAgent('n')), 'x/live/odd.mjs': `${agent}\n` });
+    const server = openServer({ root, tokens: { t: { swarms: '*' } } });
+    const auth = { authorization: 'Bearer t' };
+    const records: { fn: string; code?: string }[] = [];
+    server.pool.on('call', ({ fn, code }) => records.push(code === undefined ? { fn } : { fn, code }));
+
+    const cycle = await request(server, 'POST', '/v1/call/x/odd', { fn: 'cycle' }, auth);
+    expect(cycle.status).toBe(400);
+    expect(cycle.body).toMatchObject({ code: 'ERR_SANDPOOL_DATA_CLONE' });
+    // A bigint is written as its decimal text: that call did succeed.
+    const big = await request(server, 'POST', '/v1/call/x/odd', { fn: 'big' }, auth);
+    expect(big.body).toEqual({ result: { n: (2n ** 70n).toString() } });
+    const streamed = await server.app.inject({
+      method: 'POST',
+      url: '/v1/stream/x/odd',
+      headers: { 'content-type': 'application/json', ...auth },
+      payload: JSON.stringify({ fn: 'chunks' }),
+    });
+    const lines = streamed.body
+      .trim()
+      .split('\n')
+      .map((line) => JSON.parse(line) as Record<string, unknown>);
+    expect(lines).toEqual([{ chunk: 1 }, { error: expect.objectContaining({ code: 'ERR_SANDPOOL_DATA_CLONE' }) }]);
+    // The neighbour keeps answering, and the stream's worker too.
+    const neighbour = await request(server, 'POST', '/v1/call/n/notifier_agent', { fn: 'add', args: [2, 3] }, auth);
+    expect(neighbour.body).toEqual({ result: 5 });
+
+    await expect.poll(() => records.length).toBe(4);
+    expect(records).toEqual([
+      { fn: 'cycle', code: 'ERR_SANDPOOL_DATA_CLONE' },
+      { fn: 'big' },
+      { fn: 'chunks', code: 'ERR_SANDPOOL_DATA_CLONE' },
+      { fn: 'add' },
+    ]);
+    const text = await scrape(server);
+    expect(sample(text, 'sandpool_calls_total{outcome="ok",node="node-1"}')).toBe(2);
+    expect(sample(text, 'sandpool_calls_total{outcome="ERR_SANDPOOL_DATA_CLONE",node="node-1"}')).toBe(2);
+    expect(sample(text, 'sandpool_swarm_calls_total{swarm="x",node="node-1"}')).toBe(3);
+    expect(sample(text, 'sandpool_swarm_errors_total{swarm="x",node="node-1"}')).toBe(2);
+    const [stats] = server.pool.keyStats().filter((key) => key.key === 'x/odd');
+    expect(stats).toMatchObject({ calls: 3, errors: 2 });
+  });
+});
+
 describe('worker health metrics', () => {
   it('exposes stuck workers, dropped output and exits by a closed set of reasons', async () => {
     const root = await makeRoot({ 'a/live/faulty.mjs': await fixture('faulty.mjs') });

@@ -205,8 +205,8 @@ describe('the HTTP layer', () => {
 const server = createServer({ root: process.argv[3], nodeName: 'n1', spareWorkers: 0 });
 const post = () => server.app.inject({ method: 'POST', url: '/v1/call/a/notifier_agent', payload: { fn: 'add', args: [1, 2] } });
 const ok = await post();
-server.pool.call = () => { throw new TypeError('boom'); };
-const failed = await post();
+server.pool.keyStats = () => { throw new TypeError('boom'); };
+const failed = await server.app.inject({ method: 'GET', url: '/v1/keys' });
 await server.app.close();
 console.error(JSON.stringify([ok.statusCode, ok.body, failed.statusCode, failed.json().code]));
 `,

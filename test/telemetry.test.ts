@@ -8,6 +8,7 @@ import {
 } from '@opentelemetry/sdk-trace-base';
 import type { CallRecord, HostContext } from 'sandpool';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { CpuShare } from '../packages/sandpool/dist/host/telemetry/cpu-share.js';
 import { code } from './support/errors.js';
 import { eventually, installCleanup, invariants, openPool } from './support/pool.js';
 import { makeRoot } from './support/root.js';
@@ -159,6 +160,53 @@ describe('OpenTelemetry', () => {
     expect(chunks).toEqual([traceparentOf(stream)]);
   });
 
+  it('gives every call it refuses or runs one span and one record, by call, stream and remote alike', async () => {
+    const pool = openPool({ root: await makeRoot({ 'a/live/agent.mjs': AGENT }) });
+    const records: CallRecord[] = [];
+    pool.on('call', (record) => records.push(record));
+    const drain = async (stream: AsyncIterable<unknown>): Promise<unknown[]> => {
+      const chunks: unknown[] = [];
+      for await (const chunk of stream) chunks.push(chunk);
+      return chunks;
+    };
+    const bad = { highWaterMark: 0 } as never;
+
+    expect(await code(pool.call('a/agent', 'traceparent', [], bad))).toBe('ERR_SANDPOOL_INVALID_OPTIONS');
+    // A stream is made at its first next(): that is where its refusal surfaces and is recorded.
+    const refusedStream = pool.stream('a/agent', 'tokens', [], bad);
+    expect(records).toHaveLength(1);
+    expect(await code(drain(refusedStream))).toBe('ERR_SANDPOOL_INVALID_OPTIONS');
+    const remote = pool.remote<{ traceparent(): Promise<string> }>('a/agent', bad);
+    expect(await code(remote.traceparent())).toBe('ERR_SANDPOOL_INVALID_OPTIONS');
+    expect(await code(pool.stream('a/agent', 'tokens', [], { signal: AbortSignal.abort() }).next())).toBe(
+      'ERR_SANDPOOL_ABORTED',
+    );
+    expect(await drain(pool.stream('a/agent', 'tokens'))).toHaveLength(1);
+    expect(await pool.remote<{ traceparent(): Promise<string> }>('a/agent').traceparent()).toMatch(/^00-/);
+    // A call naming no valid key is no tenant's: it has neither.
+    expect(await code(pool.call('../x', 'traceparent'))).toBe('ERR_SANDPOOL_INVALID_KEY');
+    // A stream dropped before its first next() was never made.
+    await pool.stream('a/agent', 'tokens', [], bad).return?.();
+
+    await eventually(() => records.length === 6);
+    const outcomes = records.map(({ fn, outcome, code }) => [fn, outcome, code ?? null]);
+    expect(outcomes).toEqual([
+      ['traceparent', 'error', 'ERR_SANDPOOL_INVALID_OPTIONS'],
+      ['tokens', 'error', 'ERR_SANDPOOL_INVALID_OPTIONS'],
+      ['traceparent', 'error', 'ERR_SANDPOOL_INVALID_OPTIONS'],
+      ['tokens', 'error', 'ERR_SANDPOOL_ABORTED'],
+      ['tokens', 'ok', null],
+      ['traceparent', 'ok', null],
+    ]);
+    const spans = spansNamed('sandpool.call').map((span) => [
+      span.attributes['sandpool.function'],
+      span.attributes['sandpool.outcome'],
+      span.attributes['error.type'] ?? null,
+    ]);
+    expect(spans).toEqual(outcomes);
+    expect(invariants(pool)).toEqual([]);
+  });
+
   it('gives a process key its traceparent over its own channel', async () => {
     const pool = openPool({
       root: await makeRoot({ 'a/live/agent.mjs': AGENT }),
@@ -234,5 +282,74 @@ describe('call records', () => {
     const sum = calls.reduce((total, record) => total + record.cpuMs, 0);
     expect(sum).toBeGreaterThan(10);
     expect(sum).toBeLessThanOrEqual(worker + 1);
+  });
+});
+
+describe("a worker's CPU for call records", () => {
+  /** A worker whose CPU grows by 1 ms a reading, on a clock the test moves. */
+  function worker(): { share: CpuShare; reads: () => number; tick: (ms: number) => number } {
+    let reads = 0;
+    let now = 0;
+    const share = new CpuShare(
+      () => ++reads * 1e6,
+      () => now,
+    );
+    return { share, reads: () => reads, tick: (ms) => (now += ms) };
+  }
+
+  it('reads once per batch of replies, and once per call when each call answers the last reply at once', () => {
+    const { share, reads, tick } = worker();
+    // Four calls start together on an idle worker: one reading.
+    const from = [0, 1, 2, 3].map((running) => share.start(running, tick(0)));
+    expect(reads()).toBe(1);
+    // Their four replies arrive in one batch: one reading, shared.
+    share.replies(4, 4);
+    const ends = [4, 3, 2, 1].map((running) => share.now(running));
+    share.settled();
+    expect(reads()).toBe(2);
+    expect(ends.map((end, i) => end - (from[i] ?? 0))).toEqual([0.25e6, 0.25e6, 0.25e6, 0.25e6]);
+    // Sequential calls, each made as the last reply settles: the reply's reading serves the start.
+    for (let call = 0; call < 10; call += 1) {
+      const start = share.start(0, tick(0.1));
+      share.replies(1, 1);
+      expect(share.now(1) - start).toBe(1e6);
+      share.settled();
+    }
+    expect(reads()).toBe(12);
+    // After an idle stretch the worker is read again first: what it ran meanwhile is no call's.
+    const late = share.start(0, tick(5));
+    expect(reads()).toBe(13);
+    share.replies(1, 1);
+    expect(share.now(1) - late).toBe(1e6);
+    share.settled();
+  });
+
+  it('lets batches that follow a reading closely share it while calls go on running, and reads when the run ends', () => {
+    const { share, reads, tick } = worker();
+    const from = [0, 1, 2, 3].map((running) => share.start(running, tick(0)));
+    // Two of four answer 20 µs after the reading: the others run on, so that reading serves.
+    tick(0.02);
+    share.replies(4, 2);
+    const early = [share.now(4), share.now(3)];
+    share.settled();
+    expect(reads()).toBe(1);
+    // The last two end the run: read, and the CPU since the first reading is shared by them.
+    tick(0.02);
+    share.replies(2, 2);
+    const late = [share.now(2), share.now(1)];
+    share.settled();
+    expect(reads()).toBe(2);
+    const cpu = [...early, ...late].map((end, i) => end - (from[i] ?? 0));
+    expect(cpu).toEqual([0, 0, 0.5e6, 0.5e6]);
+    // Every nanosecond the worker ran is some call's.
+    expect(cpu.reduce((sum, ns) => sum + ns, 0)).toBe(1e6);
+    // A batch after a longer gap reads, though calls run on.
+    const more = [0, 1, 2].map((running) => share.start(running, tick(5)));
+    expect(reads()).toBe(3);
+    tick(0.2);
+    share.replies(3, 1);
+    expect(share.now(3) - (more[0] ?? 0)).toBeCloseTo(1e6 / 3);
+    share.settled();
+    expect(reads()).toBe(4);
   });
 });

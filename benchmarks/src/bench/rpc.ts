@@ -179,6 +179,10 @@ export const rpc: Benchmark = {
       const entry: Record<string, number | null> = {
         roundTrip: round(s.meanUs / off.meanUs, 3),
         roundTripP50: round(s.latency.p50 / off.latency.p50, 3),
+        mainCpuSequential:
+          s.mainCpuUsPerCall === null || off.mainCpuUsPerCall === null
+            ? null
+            : round(s.mainCpuUsPerCall / off.mainCpuUsPerCall, 3),
       };
       DEPTHS.forEach((depth, i) => {
         entry[`throughput@${depth}`] = round((offPipe[i]?.callsPerSecond ?? 0) / (p[i]?.callsPerSecond ?? 1), 3);
@@ -198,7 +202,7 @@ export const rpc: Benchmark = {
       method: [
         `sequential: one call at a time; every system in turn, ${SLICES} turns of a tenth of the measure window each, so that the machine's noise falls on all alike; mean is elapsed time over calls (µs per call).`,
         `pipelined: ${DEPTHS.join(' and ')} calls kept in flight (each result issues the next) for the window; calls/s counts to the last result.`,
-        'main-thread CPU: the main thread\'s own run time (Linux /proc/self/task/<pid>/schedstat) over the pipelined window, divided by the calls; it includes structured clone of arguments and results on the main thread. process.cpuUsage() is process-wide (it counts the worker thread too), so it is shown apart as "process CPU".',
+        'main-thread CPU: the main thread\'s own run time (Linux /proc/self/task/<pid>/schedstat) over the pipelined window (for the telemetry table\'s @1, over the sequential calls), divided by the calls; it includes structured clone of arguments and results on the main thread. process.cpuUsage() is process-wide (it counts the worker thread too), so it is shown apart as "process CPU".',
         'raw postMessage: a worker answering {id, a, b} with {id, value}, callers matched by a Map of pending ids: one message each way per call.',
         "doorbell: no message at all, the floor between two threads. a, b and the result sit in a SharedArrayBuffer; the host stores a call number and Atomics.notify()s, then awaits Atomics.waitAsync() on the answer number. The waitAsync worker awaits Atomics.waitAsync() too, so its event loop keeps turning (what an agent's timers need); the blocking worker sits in Atomics.wait() and could run nothing else. One call at a time, so sequential only.",
         'comlink: wrap(nodeEndpoint(worker)) against expose(api, nodeEndpoint(parentPort)), the ESM build.',
@@ -239,6 +243,7 @@ export const rpc: Benchmark = {
             'round trip',
             'p50',
             ...DEPTHS.map((d) => `time per call @${d}`),
+            'main CPU @1',
             ...DEPTHS.map((d) => `main CPU @${d}`),
           ],
           rows: [TRACED, RECORDED].map((name) => {
@@ -250,10 +255,11 @@ export const rpc: Benchmark = {
               show(r.roundTrip),
               show(r.roundTripP50),
               ...DEPTHS.map((d) => show(r[`throughput@${d}`])),
+              show(r.mainCpuSequential),
               ...DEPTHS.map((d) => show(r[`mainCpu@${d}`])),
             ];
           }),
-          note: `${TRACED}: the default, @opentelemetry/api ${apiLoaded() ? 'loaded' : 'NOT loadable'}, no provider registered. ${RECORDED}: a call listener, so every call is observed (record, CPU read as replies arrive). Time per call: the inverse of calls/s.`,
+          note: `${TRACED}: the default, @opentelemetry/api ${apiLoaded() ? 'loaded' : 'NOT loadable'}, no provider registered. ${RECORDED}: a call listener, so every call is observed (record, CPU read as replies arrive). Time per call: the inverse of calls/s. Main CPU @1: of the sequential calls (one in flight), each with a CPU reading of its own.`,
         },
         {
           title: 'Round trip and pipelined throughput',

@@ -13,6 +13,8 @@ export type Sequential = {
   meanUs: number;
   latency: LatencySummary;
   calls: number;
+  /** Main-thread CPU per call, µs (null where schedstat cannot be read): what one call at a time costs the coordinator. */
+  mainCpuUsPerCall: number | null;
 };
 
 export type Pipelined = {
@@ -46,9 +48,16 @@ export async function runSequentialInterleaved(
   slices: number,
 ): Promise<Map<string, Sequential>> {
   collectGarbage();
-  const runs = systems.map((system) => ({ system, latency: new Latency(), elapsedMs: 0, calls: 0 }));
+  const runs = systems.map((system) => ({
+    system,
+    latency: new Latency(),
+    elapsedMs: 0,
+    calls: 0,
+    mainCpuMs: 0 as number | null,
+  }));
   for (let slice = 0; slice < slices; slice += 1) {
     for (const run of runs) {
+      const cpu0 = mainThreadCpuMs();
       const start = now();
       const end = start + sliceMs;
       let t = start;
@@ -61,12 +70,19 @@ export async function runSequentialInterleaved(
         run.calls += 1;
       }
       run.elapsedMs += t - start;
+      const cpu1 = mainThreadCpuMs();
+      run.mainCpuMs = run.mainCpuMs === null || cpu0 === null || cpu1 === null ? null : run.mainCpuMs + cpu1 - cpu0;
     }
   }
   return new Map(
     runs.map((run) => [
       run.system.name,
-      { meanUs: round((run.elapsedMs * 1000) / run.calls), latency: run.latency.summaryMs(), calls: run.calls },
+      {
+        meanUs: round((run.elapsedMs * 1000) / run.calls),
+        latency: run.latency.summaryMs(),
+        calls: run.calls,
+        mainCpuUsPerCall: run.mainCpuMs === null ? null : round((run.mainCpuMs * 1000) / run.calls),
+      },
     ]),
   );
 }

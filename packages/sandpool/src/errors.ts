@@ -204,6 +204,11 @@ export function dataClone(key: string, what: string, cause?: unknown): SandpoolE
   return new SandpoolError('ERR_SANDPOOL_DATA_CLONE', `${key}: ${what}`, keyed(key, cause));
 }
 
+/** What a caller's `deliver` (sandpool/internal) threw for a result or chunk: its own SandpoolError, else DATA_CLONE. */
+export function undelivered(key: string, what: 'its result' | 'a chunk', thrown: unknown): SandpoolError {
+  return isSandpoolError(thrown) ? thrown : dataClone(key, `${what} cannot be delivered`, thrown);
+}
+
 /** A call over its key's `quotas.calls`. */
 export function quotaExceeded(key: string): SandpoolError {
   return new SandpoolError('ERR_SANDPOOL_QUOTA', `${key}: over its calls quota (quotas.calls)`, { key });

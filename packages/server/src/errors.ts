@@ -87,21 +87,9 @@ const MAX_PATH_PART = 100;
 /** Rewrites text for a remote caller: no absolute server paths, and nothing unbounded. */
 export type Scrub = (text: string, limit?: number) => string;
 
-/**
- * Paths the server knows to be its own (the agents' root, real and as given, the working,
- * home and temp folders) become `<root>`, `<cwd>`…, so a load error still names the file,
- * line and column relative to the root, without telling a client where the server lives.
- */
-export function makeScrub(places: readonly (readonly [label: string, path: string])[]): Scrub {
-  const known = places
-    .filter(([, path]) => path.length > 1)
-    .sort(([, a], [, b]) => b.length - a.length)
-    .map(([label, path]) => [label, path.replace(/\/+$/, '')] as const);
-  return (text, limit = MAX_MESSAGE) => {
-    let out = text.replaceAll('file://', '');
-    for (const [label, path] of known) out = out.replaceAll(path, label);
-    return bound(out, limit);
-  };
+/** A rewrite of paths (sandpool/internal's hostPaths) made into a Scrub: and bounded, too. */
+export function makeScrub(redact: (text: string) => string): Scrub {
+  return (text, limit = MAX_MESSAGE) => bound(redact(text), limit);
 }
 
 export function bound(text: string, limit: number): string {

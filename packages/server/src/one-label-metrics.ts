@@ -26,23 +26,22 @@ interface Sample {
   metricName?: string;
 }
 
-/** A monotonic count per value of one label. */
-export class OneLabelCounter {
-  readonly type = 'counter';
+/**
+ * What both kinds share: a series per value of the one label, registered as prom-client
+ * metrics are, and removed or reset by label value.
+ */
+abstract class OneLabelMetric<S, T extends 'counter' | 'histogram'> {
+  abstract readonly type: T;
   readonly aggregator = 'sum';
-  private readonly series = new Map<string, number>();
+  protected readonly series = new Map<string, S>();
 
   constructor(
     readonly name: string,
     readonly help: string,
-    private readonly label: string,
+    protected readonly label: string,
     registry: Registry,
   ) {
     registry.registerMetric(this as unknown as Metric);
-  }
-
-  inc(labelValue: string): void {
-    this.series.set(labelValue, (this.series.get(labelValue) ?? 0) + 1);
   }
 
   /** The series of one label value goes (it starts again at 0 if it comes back). */
@@ -55,26 +54,38 @@ export class OneLabelCounter {
     this.series.clear();
   }
 
-  async get(): Promise<{ name: string; help: string; type: 'counter'; aggregator: 'sum'; values: Sample[] }> {
-    const values = [...this.series].map(([labelValue, value]) => ({ value, labels: { [this.label]: labelValue } }));
-    return { name: this.name, help: this.help, type: this.type, aggregator: this.aggregator, values };
+  async get(): Promise<{ name: string; help: string; type: T; aggregator: 'sum'; values: Sample[] }> {
+    return { name: this.name, help: this.help, type: this.type, aggregator: this.aggregator, values: this.samples() };
+  }
+
+  protected abstract samples(): Sample[];
+}
+
+/** A monotonic count per value of one label. */
+export class OneLabelCounter extends OneLabelMetric<number, 'counter'> {
+  readonly type = 'counter';
+
+  inc(labelValue: string): void {
+    this.series.set(labelValue, (this.series.get(labelValue) ?? 0) + 1);
+  }
+
+  protected samples(): Sample[] {
+    return [...this.series].map(([labelValue, value]) => ({ value, labels: { [this.label]: labelValue } }));
   }
 }
 
 /** A histogram per value of one label. */
-export class OneLabelHistogram {
+export class OneLabelHistogram extends OneLabelMetric<Series, 'histogram'> {
   readonly type = 'histogram';
-  readonly aggregator = 'sum';
-  private readonly series = new Map<string, Series>();
 
   constructor(
-    readonly name: string,
-    readonly help: string,
-    private readonly label: string,
+    name: string,
+    help: string,
+    label: string,
     private readonly bounds: readonly number[],
     registry: Registry,
   ) {
-    registry.registerMetric(this as unknown as Metric);
+    super(name, help, label, registry);
   }
 
   observe(labelValue: string, value: number): void {
@@ -90,17 +101,7 @@ export class OneLabelHistogram {
     series.count += 1;
   }
 
-  /** The series of one label value goes (its counts start again at 0 if it comes back). */
-  remove(labelValue: string): void {
-    this.series.delete(labelValue);
-  }
-
-  /** For the registry's resetMetrics(). */
-  reset(): void {
-    this.series.clear();
-  }
-
-  async get(): Promise<{ name: string; help: string; type: 'histogram'; aggregator: 'sum'; values: Sample[] }> {
+  protected samples(): Sample[] {
     const values: Sample[] = [];
     const bucket = `${this.name}_bucket`;
     for (const [labelValue, { counts, sum, count }] of this.series) {
@@ -114,6 +115,6 @@ export class OneLabelHistogram {
       values.push({ value: sum, labels: {}, sharedLabels, metricName: `${this.name}_sum` });
       values.push({ value: count, labels: {}, sharedLabels, metricName: `${this.name}_count` });
     }
-    return { name: this.name, help: this.help, type: this.type, aggregator: this.aggregator, values };
+    return values;
   }
 }

@@ -1,4 +1,3 @@
-import { realpathSync } from 'node:fs';
 import { createServer as createHttpServer, type IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import { homedir, tmpdir } from 'node:os';
@@ -7,6 +6,7 @@ import { fileURLToPath } from 'node:url';
 import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
 import { pino } from 'pino';
 import { createPool, type Pool } from 'sandpool';
+import { hostPaths } from 'sandpool/internal';
 import type { ServerContext } from './context.js';
 import { HttpError, makeScrub, type Scrub, toErrorReply } from './errors.js';
 import { installGuard } from './guard.js';
@@ -169,20 +169,14 @@ function packageDir(url: string): string {
 }
 
 function scrubFor(root: string): Scrub {
-  let real = root;
-  try {
-    real = realpathSync(root);
-  } catch {
-    // A root that does not exist yet has no other name.
-  }
-  return makeScrub([
-    // Where the packages themselves are installed: they show in --debug stacks.
-    ['<sandpool>', packageDir(import.meta.resolve('sandpool'))],
-    ['<sandpool-server>', packageDir(import.meta.url)],
-    ['<root>', real],
-    ['<root>', root],
-    ['<cwd>', process.cwd()],
-    ['<tmp>', tmpdir()],
-    ['<home>', homedir()],
-  ]);
+  // The library's own places (the root, sandpool's install folder), and the server's.
+  return makeScrub(
+    hostPaths(root, [
+      // Where the server is installed: it shows in --debug stacks.
+      ['<sandpool-server>', packageDir(import.meta.url)],
+      ['<cwd>', process.cwd()],
+      ['<tmp>', tmpdir()],
+      ['<home>', homedir()],
+    ]),
+  );
 }

@@ -1,4 +1,5 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { deliveredCall } from 'sandpool/internal';
 import { callOptionsFor, readCallInput } from '../call-input.js';
 import type { ServerContext } from '../context.js';
 import { bound, outcomeOf } from '../errors.js';
@@ -42,8 +43,17 @@ async function call(
     key = bound(input.key, 300);
     authorize(request, input.swarm, 'read');
     reached = true;
-    const result = await pool.call(input.key, input.fn, input.args, callOptionsFor(input, options.callTimeoutCapMs));
-    const text = `{"result":${toJson(result, 'the result', input.key)}}`;
+    // Written as JSON inside the call: a result JSON cannot carry fails the call itself, so
+    // the pool's record (the metrics) says what the client is told.
+    const json = await deliveredCall(
+      pool,
+      input.key,
+      input.fn,
+      input.args,
+      callOptionsFor(input, options.callTimeoutCapMs),
+      (result) => toJson(result, 'the result', input.key),
+    );
+    const text = `{"result":${json}}`;
     finish('ok');
     return reply.type('application/json; charset=utf-8').send(text);
   } catch (error) {

@@ -1,5 +1,6 @@
 import { once } from 'node:events';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { deliveredStream } from 'sandpool/internal';
 import { callOptionsFor, readCallInput } from '../call-input.js';
 import type { ServerContext } from '../context.js';
 import { outcomeOf, toErrorReply } from '../errors.js';
@@ -28,13 +29,16 @@ async function stream(
 ): Promise<void> {
   // Once the stream is the pool's, the pool's record counts it in the metrics.
   let reached = false;
-  let iterator: AsyncIterableIterator<unknown, undefined> | null = null;
-  let first: IteratorResult<unknown, undefined>;
+  let iterator: AsyncIterableIterator<string, undefined> | null = null;
+  let first: IteratorResult<string, undefined>;
   try {
     const input = readCallInput(request.body, { path: pathKey, header: request.headers['x-sandpool-key'] });
     authorize(request, input.swarm, 'read');
     reached = true;
-    iterator = pool.stream(input.key, input.fn, input.args, callOptionsFor(input, options.callTimeoutCapMs));
+    // Each chunk is written as JSON as it arrives, inside the stream's call: one JSON cannot
+    // carry fails the call, so the pool's record (the metrics) says what the client is told.
+    const callOptions = callOptionsFor(input, options.callTimeoutCapMs);
+    iterator = deliveredStream(pool, input.key, input.fn, input.args, callOptions, (chunk) => toJson(chunk, 'a chunk'));
     first = await iterator.next();
   } catch (error) {
     if (!reached) metrics.observeRefused(outcomeOf(error));
@@ -55,7 +59,7 @@ async function stream(
   });
   try {
     for (let step = first; step.done !== true && !gone; step = await iterator.next()) {
-      if (!raw.write(`{"chunk":${toJson(step.value, 'a chunk')}}\n`)) await Promise.race([once(raw, 'drain'), closed]);
+      if (!raw.write(`{"chunk":${step.value}}\n`)) await Promise.race([once(raw, 'drain'), closed]);
     }
     if (!gone) raw.end('{"done":true}\n');
   } catch (error) {

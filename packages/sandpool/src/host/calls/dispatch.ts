@@ -41,12 +41,21 @@ export class Dispatch implements AdmissionState {
     private readonly pointers: PointerBook,
   ) {}
 
-  /** Never throws synchronously: every refusal is a rejected promise. */
-  submit(key: AgentKey | string, fn: string, args: readonly unknown[], options?: CallOptions): Promise<unknown> {
+  /**
+   * Never throws synchronously: every refusal is a rejected promise. `deliver` makes the
+   * value what the caller gets, as part of the call (see Call.deliver).
+   */
+  submit(
+    key: AgentKey | string,
+    fn: string,
+    args: readonly unknown[],
+    options?: CallOptions,
+    deliver?: (value: unknown) => unknown,
+  ): Promise<unknown> {
     try {
       const admitted = admit(this, key, fn, args, options);
       return new Promise((resolve, reject) => {
-        this.enter(admitted, resolve, reject, null);
+        this.enter(admitted, resolve, reject, null, deliver ?? null);
       });
     } catch (error) {
       this.telemetry.refused(key, fn, error);
@@ -71,7 +80,12 @@ export class Dispatch implements AdmissionState {
       this.telemetry.refused(key, fn, error);
       throw error;
     }
-    return this.enter(admitted, resolve, reject, sink);
+    return this.enter(admitted, resolve, reject, sink, null);
+  }
+
+  /** A call refused before admission (a stream's options): recorded as a refusal in admission is. */
+  refuse(key: AgentKey | string, fn: string, error: SandpoolError): void {
+    this.telemetry.refused(key, fn, error);
   }
 
   private enter(
@@ -79,12 +93,14 @@ export class Dispatch implements AdmissionState {
     resolve: (value: unknown) => void,
     reject: (error: Error) => void,
     sink: StreamSink | null,
+    deliver: ((value: unknown) => unknown) | null,
   ): Call {
     const route = admitted.route ?? this.table.open(admitted.key, admitted.snapshot);
     const call = new Call(route, admitted.fn, admitted.args, admitted.timeoutMs, admitted.signal, resolve, reject);
     if (admitted.transfer !== undefined) call.transfer = admitted.transfer;
     call.shared = admitted.shared;
     call.stream = sink;
+    call.deliver = deliver;
     call.context = admitted.context;
     call.scope = callerScope(this.capabilities);
     call.observed = this.telemetry.begin(route.key, admitted.fn, call.acceptedAt);

@@ -1,5 +1,5 @@
 import type { AsyncResource } from 'node:async_hooks';
-import type { SandpoolError } from '../../errors.js';
+import { type SandpoolError, undelivered } from '../../errors.js';
 import type { ResolvedKey } from '../../key.js';
 import { copyArgs, moveArgs } from '../../protocol/clone.js';
 import type { CallObservation } from '../telemetry/observation.js';
@@ -65,6 +65,12 @@ export class Call {
   resent = false;
   /** Its span and record, when a tracer provider is registered or the pool has `call` listeners; null otherwise. */
   observed: CallObservation | null = null;
+  /**
+   * What its caller makes of its value before it counts as answered (the server's JSON): a
+   * value it cannot deliver fails the call, so the caller, the key's totals and the record
+   * all see the same outcome. Null for a plain call.
+   */
+  deliver: ((value: unknown) => unknown) | null = null;
   private onAbort: (() => void) | undefined = undefined;
   /** Made by the first host call of this call: its capabilities' `ctx.signal`, aborted when the call ends. */
   private hostAbort: AbortController | null = null;
@@ -114,9 +120,17 @@ export class Call {
   }
 
   /** Answers the caller; returns false when the call had already settled. */
-  settle(error: SandpoolError | null, value?: unknown): boolean {
+  settle(failure: SandpoolError | null, value?: unknown): boolean {
     if (this.settled) return false;
     this.settled = true;
+    let error = failure;
+    if (error === null && this.deliver !== null) {
+      try {
+        value = this.deliver(value);
+      } catch (thrown) {
+        error = undelivered(this.keyText, 'its result', thrown);
+      }
+    }
     if (this.queueTimer !== undefined) this.stopWaiting();
     if (this.onAbort !== undefined) this.signal?.removeEventListener('abort', this.onAbort);
     if (this.hostAbort !== null) this.hostAbort.abort(error ?? new Error('the call has settled'));

@@ -85,7 +85,7 @@ export class Channel {
     const idle = this.busy === 0;
     let trace: string | null = null;
     if (call.observed !== null) {
-      call.observed.cpuFrom = this.cpu.start(this.busy);
+      call.observed.cpuFrom = this.cpu.start(this.busy, now);
       trace = call.observed.traceparent;
     }
     this.running.add(call);
@@ -204,7 +204,7 @@ export class Channel {
 
   /** Decodes a reply message; a reply to an id never issued is a forgery. */
   receive(message: ReplyBatch | SerializedResult): void {
-    if (this.observers.measuring) this.cpu.replies(this.busy);
+    if (this.observers.measuring) this.cpu.replies(this.busy, message.t === 'result' ? 1 : repliesIn(message));
     else this.cpu.lapse();
     if (message.t === 'result') {
       this.settleSerialized(message);
@@ -400,4 +400,9 @@ function appendCall(batch: unknown[], call: Call, deadline: number): unknown[] {
   batch.push(call.id, call.fn, deadline, args.length);
   for (let i = 0; i < args.length; i += 1) batch.push(args[i]);
   return batch;
+}
+
+/** How many calls a reply batch answers. */
+function repliesIn({ ok, err }: ReplyBatch): number {
+  return ok.length / 2 + err.length / 3;
 }

@@ -6,23 +6,31 @@ import { RUNTIME_DIRS } from '../workers/permissions.js';
 /** Rewrites a text a caller will read so that it names no folder of the host's. */
 export type Redact = (text: string) => string;
 
+/** A folder of the host's and the label a caller reads in its place. */
+export type HostPlace = readonly [label: string, path: string];
+
 /**
  * What an agent's errors say goes to whoever called it, often an HTTP client: a module's
  * path under the pool's root, sandpool's install folder in a stack. They are rewritten as
- * `<root>/a1b2/live/agent.mjs` and `<sandpool>/dist/…`, the labels the server's own scrub
- * uses, as paths and as file: URLs, longest first so a folder inside another is taken whole.
+ * `<root>/a1b2/live/agent.mjs` and `<sandpool>/dist/…`, with `more` places after them (the
+ * server adds its working, temp and home folders), so a path reads the same from the
+ * library and from the server. Each place counts as given, by its real path and as a
+ * file: URL; longest first, so a folder inside another is taken whole; where two places are
+ * one folder, the first listed names it. A place of one character (a home of `/`) is no place.
  */
-export function hostPaths(root: string): Redact {
-  const folders = new Map<string, string>();
-  const add = (folder: string, as: string): void => {
-    for (const form of [folder, safeRealpath(folder)]) {
-      folders.set(pathToFileURL(form).href, as);
-      folders.set(form, as);
-    }
-  };
-  add(root, '<root>');
+export function hostPaths(root: string, more: readonly HostPlace[] = []): Redact {
+  const places: HostPlace[] = [['<root>', root]];
   const dist = RUNTIME_DIRS[0];
-  if (dist !== undefined) add(dirname(dist), '<sandpool>');
+  if (dist !== undefined) places.push(['<sandpool>', dirname(dist)]);
+  const folders = new Map<string, string>();
+  for (const [label, path] of [...places, ...more]) {
+    for (const form of new Set([path, safeRealpath(path)])) {
+      const folder = form.replace(/\/+$/, '');
+      if (folder.length <= 1) continue;
+      for (const written of [folder, pathToFileURL(folder).href])
+        if (!folders.has(written)) folders.set(written, label);
+    }
+  }
   const prefixes = [...folders].sort(([a], [b]) => b.length - a.length);
   return (text) => {
     let out = text;
@@ -35,6 +43,7 @@ function safeRealpath(folder: string): string {
   try {
     return realpathSync(folder);
   } catch {
+    // A folder that does not exist yet has no other name.
     return folder;
   }
 }

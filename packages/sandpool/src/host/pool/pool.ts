@@ -13,6 +13,7 @@ import type { PostgresMirror } from '../../store/postgres.js';
 import type { SnapshotStore } from '../../store/store.js';
 import { StoreHelper } from '../../store/store-helper.js';
 import type { InvalidateReport, KeyStats, PoolEvents, PoolStats, Remote } from '../../types.js';
+import type { Dispatch } from '../calls/dispatch.js';
 import { checkFetchOption } from '../capabilities/fetch-capability.js';
 import { PoolCore } from './core.js';
 import { frozenCopy } from './frozen.js';
@@ -26,6 +27,13 @@ import { PoolStream } from './streams.js';
  * @internal
  */
 export const INVARIANTS = Symbol.for('sandpool.invariants');
+
+/**
+ * sandpool/internal's way to the pool's calls: a symbol of this module's own, so only code
+ * that imports it reaches them.
+ * @internal
+ */
+export const DISPATCH = Symbol('sandpool.dispatch');
 
 /**
  * The public face of a pool: every key `(swarm, snapshot, stem)` is routed to a worker
@@ -105,7 +113,7 @@ export class Pool extends EventEmitter<PoolEvents> implements AsyncDisposable {
     args: readonly unknown[] = [],
     options?: StreamOptions,
   ): AsyncIterableIterator<T, undefined> {
-    return new PoolStream<T>((...open) => this.#core.dispatch.openStream(...open), key, fn, args, options);
+    return new PoolStream<T>(this.#core.dispatch, key, fn, args, options);
   }
 
   /**
@@ -150,6 +158,11 @@ export class Pool extends EventEmitter<PoolEvents> implements AsyncDisposable {
   /** @internal Not part of the API: what the test suite checks after every step. */
   [INVARIANTS](): string[] {
     return this.#core.violations();
+  }
+
+  /** @internal */
+  [DISPATCH](): Dispatch {
+    return this.#core.dispatch;
   }
 }
 

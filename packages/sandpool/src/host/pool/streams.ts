@@ -4,22 +4,27 @@
  * evicted) until it ends, and fails with the codes a call fails with. Credit-based: the
  * worker sends at most `highWaterMark` chunks beyond what the consumer has taken.
  */
-import { chunkTimeout, invalidOptions, type SandpoolError } from '../../errors.js';
+import { chunkTimeout, invalidOptions, type SandpoolError, undelivered } from '../../errors.js';
 import { issuesOf } from '../../issues.js';
 import type { AgentKey } from '../../key.js';
 import { type StreamOptions, StreamOptionsSchema } from '../../options.js';
 import type { Call, StreamSink } from '../cells/call.js';
 
-/** Opens the stream's call: admitted like a call, it throws its refusal. */
-export type OpenStream = (
-  key: AgentKey | string,
-  fn: string,
-  args: readonly unknown[],
-  options: { signal?: AbortSignal; timeoutMs?: number; context?: unknown },
-  sink: StreamSink,
-  resolve: (value: unknown) => void,
-  reject: (error: Error) => void,
-) => Call;
+/** Where a stream's call goes: the pool's dispatch. */
+export interface StreamDispatch {
+  /** Opens the stream's call: admitted like a call, it throws its refusal. */
+  openStream(
+    key: AgentKey | string,
+    fn: string,
+    args: readonly unknown[],
+    options: { signal?: AbortSignal; timeoutMs?: number; context?: unknown },
+    sink: StreamSink,
+    resolve: (value: unknown) => void,
+    reject: (error: Error) => void,
+  ): Call;
+  /** A call refused before admission: its span and record, as any refused call has. */
+  refuse(key: AgentKey | string, fn: string, error: SandpoolError): void;
+}
 
 type State = 'unstarted' | 'open' | 'ended' | 'failed' | 'closed';
 
@@ -40,20 +45,26 @@ export class PoolStream<T> implements AsyncIterableIterator<T, undefined>, Strea
   private chunkTimer: NodeJS.Timeout | undefined = undefined;
   private readonly chunkTimeoutMs: number;
   private readonly callOptions: { signal?: AbortSignal; timeoutMs?: number; context?: unknown } = {};
+  /** Options the schema refused: the stream's call is refused with it when it would start. */
+  private readonly invalid: SandpoolError | null = null;
 
   constructor(
-    private readonly open: OpenStream,
+    private readonly dispatch: StreamDispatch,
     private readonly keyInput: AgentKey | string,
     private readonly fn: string,
     private readonly args: readonly unknown[],
     options: StreamOptions | undefined,
+    /**
+     * What the consumer makes of each chunk (the server's JSON), as the chunk arrives: one it
+     * cannot deliver fails the stream's call, so the consumer and the record see one outcome.
+     */
+    private readonly deliver: ((chunk: unknown) => unknown) | null = null,
   ) {
     const parsed = StreamOptionsSchema.safeParse(options ?? {});
     if (!parsed.success) {
       this.highWaterMark = 1;
       this.chunkTimeoutMs = 0;
-      this.state = 'failed';
-      this.failure = invalidOptions('stream options', issuesOf(parsed.error));
+      this.invalid = invalidOptions('stream options', issuesOf(parsed.error));
       return;
     }
     const { highWaterMark, chunkTimeoutMs, timeoutMs, signal, context } = parsed.data;
@@ -97,12 +108,21 @@ export class PoolStream<T> implements AsyncIterableIterator<T, undefined>, Strea
 
   // ---- the sink -------------------------------------------------------------------------
 
-  push(value: unknown): void {
+  push(chunk: unknown): void {
     if (this.state !== 'open') return;
     this.received += 1;
     if (this.received - this.taken > this.highWaterMark) {
       this.call?.site?.violate('a chunk beyond the credit it was given');
       return;
+    }
+    let value = chunk;
+    if (this.deliver !== null) {
+      try {
+        value = this.deliver(chunk);
+      } catch (thrown) {
+        this.fail(undelivered(this.call?.keyText ?? '', 'a chunk', thrown));
+        return;
+      }
     }
     const waiter = this.waiter;
     if (waiter === null) {
@@ -124,10 +144,17 @@ export class PoolStream<T> implements AsyncIterableIterator<T, undefined>, Strea
 
   // ---- internals --------------------------------------------------------------------------
 
+  /** The call is made here, at the first `next()`: a refusal of any kind surfaces, and is recorded, once. */
   private start(): void {
+    if (this.invalid !== null) {
+      this.state = 'failed';
+      this.failure = this.invalid;
+      this.dispatch.refuse(this.keyInput, this.fn, this.invalid);
+      return;
+    }
     this.state = 'open';
     try {
-      this.call = this.open(
+      this.call = this.dispatch.openStream(
         this.keyInput,
         this.fn,
         this.args,

@@ -5,6 +5,13 @@
  * the CPU one running call has had since the worker started, and a call's CPU is its growth
  * from the call's start to its end. Calls of one worker that run together each get their
  * part, never the whole, so the calls' CPU adds up to the worker's.
+ *
+ * A reading costs a system call (some 2 µs of the main thread's time), so one serves as long
+ * as it can: every reply of a batch shares it, so do batches that follow it closely while
+ * calls go on running (see replies), and a call that starts on a worker idle since a reading
+ * at most REUSE_MS old starts from that one (a caller answering a reply with its next call,
+ * in the same tick, costs one reading per call, not two; what the worker ran in that gap
+ * counts as the call's).
  */
 export class CpuShare {
   /** Nanoseconds per running call, summed since the worker started. */
@@ -13,24 +20,38 @@ export class CpuShare {
   private at = Number.NaN;
   /** Set while a batch of replies settles: the reading made for it holds for each of them. */
   private fresh = false;
+  /** performance.now() at the last reading. */
+  private readAt = Number.NEGATIVE_INFINITY;
 
   constructor(
     /** The worker's CPU in nanoseconds now, or NaN where it cannot be read. */
     private readonly read: () => number,
+    /** performance.now(), or a test's clock. */
+    private readonly clock: () => number = () => performance.now(),
   ) {}
 
   /**
-   * A call starts on the worker, beside `running` others: its share counts from here. An idle
-   * worker is read first, so the CPU it used between calls is no call's.
+   * A call starts on the worker at `now` (performance.now()), beside `running` others: its
+   * share counts from here. An idle worker is read first, unless its last reading is recent,
+   * so the CPU it used between calls is no call's.
    */
-  start(running: number): number {
-    if (running === 0 || Number.isNaN(this.at)) this.at = this.read();
+  start(running: number, now: number): number {
+    if (Number.isNaN(this.at) || (running === 0 && now - this.readAt > REUSE_MS)) {
+      this.at = this.read();
+      this.readAt = now;
+    }
     return this.share;
   }
 
-  /** Replies arrive while `running` calls run: the CPU since the last reading is theirs, evenly. */
-  replies(running: number): void {
-    this.advance(running);
+  /**
+   * `settling` replies arrive while `running` calls run: the CPU since the last reading is
+   * theirs, evenly. While calls go on running after these (a pipelined caller's replies come
+   * in batches some 10 to 40 µs apart), a reading at most BATCH_MS old serves these too: the
+   * CPU since then goes to the calls running at the next reading, which a call that ends the
+   * worker's run always makes.
+   */
+  replies(running: number, settling: number): void {
+    if (running <= settling || this.clock() - this.readAt > BATCH_MS) this.advance(running);
     this.fresh = true;
   }
 
@@ -52,9 +73,15 @@ export class CpuShare {
 
   private advance(running: number): void {
     if (Number.isNaN(this.at)) return;
-    const now = this.read();
-    if (Number.isNaN(now)) return;
-    if (running > 0 && now > this.at) this.share += (now - this.at) / running;
-    this.at = now;
+    const ns = this.read();
+    if (Number.isNaN(ns)) return;
+    if (running > 0 && ns > this.at) this.share += (ns - this.at) / running;
+    this.at = ns;
+    this.readAt = this.clock();
   }
 }
+
+/** How old a reading a call starting on an idle worker may start from: the worker's CPU in that gap is the call's. */
+const REUSE_MS = 1;
+/** How old a reading replies may share while calls go on running: the CPU in it moves among calls running together. */
+const BATCH_MS = 0.1;
