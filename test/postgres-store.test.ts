@@ -154,6 +154,7 @@ describe.skipIf(URL_ENV === undefined)('the PostgreSQL store, two nodes and no s
         // Made on A, served on B: fetched from the database, verified, cached under B's root.
         child.send({ t: 'await', key: KEY, version: 0 });
         expect(await next('awaited')).toHaveProperty('at');
+        await until(async () => (await readdir(join(rootB, 'a/snapshots'))).includes('altered'));
         child.send({ t: 'call', key: 'a@altered/notifier_agent' });
         const refused = await next('called');
         expect(refused).toMatchObject({ error: 'ERR_SANDPOOL_SNAPSHOT_CORRUPT' });
@@ -205,6 +206,10 @@ describe.skipIf(URL_ENV === undefined)('the PostgreSQL store, two nodes and no s
           expect(await next('called')).toEqual({ t: 'called', value: 2 });
         }
         // Reconnected, it sees a move made after.
+        await until(async () => {
+          child.send({ t: 'states' });
+          return ((await next('states')).states as string[]).at(-1) === 'connected';
+        });
         await poolA.snapshots.point('a', 'prod', 'v1');
         const movedAt = Date.now();
         child.send({ t: 'await', key: KEY, version: 1 });
@@ -229,6 +234,27 @@ describe.skipIf(URL_ENV === undefined)('the PostgreSQL store, two nodes and no s
       await admin.end();
     }
   }, 240_000);
+
+  it('refuses writes while the database cannot be reached, changes nothing, and keeps serving', async () => {
+    // A closed port: every connection fails at once.
+    const url = 'postgres://sandpool:hunter2-secret@127.0.0.1:1/sandpool';
+    const root = await makeRoot({ ...(await counterAgent('n')), 'a/live/notifier_agent.mjs': agent(1) });
+    const pool = openPool({ root, store: { postgres: url } });
+    const states: string[] = [];
+    pool.on('store', ({ state }) => states.push(state));
+    for (const attempt of [() => pool.snapshots.create('a', 'v1'), () => pool.snapshots.point('a', 'prod', 'v1')]) {
+      const error = await attempt().then(
+        () => null,
+        (caught: unknown) => caught,
+      );
+      expect(error).toMatchObject({ code: 'ERR_SANDPOOL_SNAPSHOT_BUILD' });
+      expect(JSON.stringify(error, Object.getOwnPropertyNames(error))).not.toContain('hunter2');
+      await expect(pool.call('n/notifier_agent', 'add', [2, 3])).resolves.toBe(5);
+    }
+    await expect(pool.snapshots.get('a', 'v1')).rejects.toMatchObject({ code: 'ERR_SANDPOOL_SNAPSHOT_NOT_FOUND' });
+    await until(async () => states.includes('lost'));
+    expect(invariants(pool)).toEqual([]);
+  });
 
   it('refuses a malformed store option without showing the connection string', async () => {
     const { createPool } = await import('sandpool');

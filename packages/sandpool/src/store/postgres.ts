@@ -108,11 +108,12 @@ export class PostgresMirror {
    * that content. When the database refuses or cannot be reached, the local name is put back
    * as the database has it (or at the next recheck) and the error is thrown: nothing changed.
    */
-  async publish(root: string, swarm: string, name: string, target: string | null): Promise<void> {
+  async #publish(swarm: string, name: string, target: string | null): Promise<void> {
+    const root = this.#options.root;
     const { pointer, text } = readPointer(snapshotDir(root, swarm, name));
     const artifact = locateArtifact(root, swarm, pointer.digest);
     try {
-      await this.ready();
+      await this.#tables();
       await this.#transaction(async (client) => {
         await this.#upload(client, artifact);
         if (target !== null) {
@@ -147,14 +148,14 @@ export class PostgresMirror {
       await this.#undo(swarm, name, text);
       throw error;
     }
-    await this.sync(swarm, name);
+    await this.#syncNow(swarm, name);
   }
 
   /** A local write the database did not take: made what the database says, or (unreachable) hidden until it says. */
   async #undo(swarm: string, name: string, text: string): Promise<void> {
     this.#applied.delete(`${swarm}/${name}`);
     try {
-      await this.sync(swarm, name);
+      await this.#syncNow(swarm, name);
     } catch {
       const path = snapshotDir(this.#options.root, swarm, name);
       let now: string | null = null;
@@ -178,25 +179,50 @@ export class PostgresMirror {
 
   /** Makes the local pointer of one name what the database says (fetching its artifact first). */
   sync(swarm: string, name: string): Promise<void> {
+    return this.#inTurn(swarm, name, () => this.#syncNow(swarm, name));
+  }
+
+  /**
+   * A create (`target` null) or point of this node: `local` writes under the root as the file
+   * system store does, then `publish` takes it to the database. In the name's turn, so no sync
+   * of the name lands between the local write and its publication.
+   */
+  async write<T>(swarm: string, name: string, target: string | null, local: () => Promise<T>): Promise<T> {
+    // Outside the name's turn: the first full sync takes every name's turn in its own.
+    await this.ready();
+    return this.#inTurn(swarm, name, async () => {
+      // The target as the database names it now; the move is taken only if it still does.
+      if (target !== null && target !== name) await this.sync(swarm, target);
+      await this.#syncNow(swarm, name);
+      const value = await local();
+      await this.#publish(swarm, name, target);
+      return value;
+    });
+  }
+
+  /** One sync or write per name at a time, in the order asked. */
+  #inTurn<T>(swarm: string, name: string, body: () => Promise<T>): Promise<T> {
     const id = `${swarm}/${name}`;
     const before = this.#syncing.get(id) ?? Promise.resolve();
-    const run = before
-      .catch(() => {})
-      .then(async () => {
-        await this.#tables();
-        const result = await this.#query(
-          'SELECT swarm, name, pointer FROM sandpool_pointers WHERE swarm = $1 AND name = $2',
-          [swarm, name],
-        );
-        await this.#apply(swarm, name, (result.rows[0] as Row | undefined) ?? null);
-      });
-    this.#syncing.set(id, run);
-    void run
-      .finally(() => {
-        if (this.#syncing.get(id) === run) this.#syncing.delete(id);
-      })
-      .catch(() => {});
+    const run = before.catch(() => {}).then(body);
+    const settled = run.then(
+      () => {},
+      () => {},
+    );
+    this.#syncing.set(id, settled);
+    void settled.then(() => {
+      if (this.#syncing.get(id) === settled) this.#syncing.delete(id);
+    });
     return run;
+  }
+
+  async #syncNow(swarm: string, name: string): Promise<void> {
+    await this.#tables();
+    const result = await this.#query(
+      'SELECT swarm, name, pointer FROM sandpool_pointers WHERE swarm = $1 AND name = $2',
+      [swarm, name],
+    );
+    await this.#apply(swarm, name, (result.rows[0] as Row | undefined) ?? null);
   }
 
   /** Every pointer read again: what a lost notification, or a reconnection, needs. */

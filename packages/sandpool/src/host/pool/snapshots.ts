@@ -1,3 +1,4 @@
+import { isSandpoolError } from '../../errors.js';
 import type { PostgresMirror } from '../../store/postgres.js';
 import {
   checkPointArgs,
@@ -28,11 +29,9 @@ export class PoolSnapshotStore extends SnapshotStore {
   override async create(swarm: string, name: string): Promise<SnapshotInfo> {
     if (this.mirror === null) return this.inHelper('create', swarm, name, () => super.create(swarm, name));
     checkSnapshotArgs(swarm, name);
-    const mirror = await this.mirror;
-    await mirror.sync(swarm, name);
-    const info = await this.inHelper('create', swarm, name, () => super.create(swarm, name));
-    await mirror.publish(this.root, swarm, name, null);
-    return info;
+    return (await this.mirror).write(swarm, name, null, () =>
+      this.inHelper('create', swarm, name, () => super.create(swarm, name)),
+    );
   }
 
   override verify(swarm: string, name: string): Promise<SnapshotInfo> {
@@ -46,14 +45,9 @@ export class PoolSnapshotStore extends SnapshotStore {
   /** Every pool on the store sees the move within its pointer check (see PoolCore): the old content drains. */
   override async point(swarm: string, name: string, target: string): Promise<SnapshotInfo> {
     checkPointArgs(swarm, name, target);
-    const mirror = this.mirror === null ? null : await this.mirror;
-    // The target as the database names it now; the move is taken only if it still does.
-    await mirror?.sync(swarm, target);
-    const info = this.helper.available
-      ? await this.helper.run('point', swarm, name, target)
-      : await super.point(swarm, name, target);
-    await mirror?.publish(this.root, swarm, name, target);
-    return info;
+    const local = (): Promise<SnapshotInfo> =>
+      this.helper.available ? this.helper.run('point', swarm, name, target) : super.point(swarm, name, target);
+    return this.mirror === null ? local() : (await this.mirror).write(swarm, name, target, local);
   }
 
   override async remove(swarm: string, name: string): Promise<void> {
@@ -61,8 +55,13 @@ export class PoolSnapshotStore extends SnapshotStore {
     await this.get(swarm, name);
     if (this.mirror !== null) await (await this.mirror).remove(swarm, name);
     await this.drainAndRemove(swarm, name, async () => {
-      if (this.helper.available) await this.helper.run('remove', swarm, name);
-      else await super.remove(swarm, name);
+      try {
+        if (this.helper.available) await this.helper.run('remove', swarm, name);
+        else await super.remove(swarm, name);
+      } catch (error) {
+        // The database's NOTIFY reached this node's mirror first, which removed the name already.
+        if (this.mirror === null || !isSandpoolError(error, 'ERR_SANDPOOL_SNAPSHOT_NOT_FOUND')) throw error;
+      }
     });
   }
 
