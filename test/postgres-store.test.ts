@@ -3,6 +3,7 @@
 // content on the other within a measured bound; a tampered cached file is refused; a lost
 // connection leaves cached keys serving, and the node reconnects and sees a later move.
 import { type ChildProcess, spawn } from 'node:child_process';
+import { lstatSync } from 'node:fs';
 import { chmod, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -145,6 +146,10 @@ describe.skipIf(URL_ENV === undefined)('the PostgreSQL store, two nodes and no s
         [altered.digest],
       );
       expect(flipped.rowCount).toBeGreaterThan(0);
+      // A row under a name no store writes, aimed out of the snapshots folder: no node follows it.
+      await admin.query(
+        `INSERT INTO sandpool_pointers (swarm, name, digest, pointer) SELECT swarm, '../escape', digest, replace(pointer, '"name": "v0"', '"name": "../escape"') FROM sandpool_pointers WHERE name = 'v0'`,
+      );
 
       const script = join(rootB, 'node-b.mjs');
       await writeFile(script, childScript(rootB, withApp(url, NODE_B)));
@@ -216,6 +221,7 @@ describe.skipIf(URL_ENV === undefined)('the PostgreSQL store, two nodes and no s
         expect(await next('awaited')).toHaveProperty('at');
         console.log(`a move seen after reconnection in ${Date.now() - movedAt} ms`);
 
+        expect(lstatSync(join(rootB, 'a/escape'), { throwIfNoEntry: false })).toBeUndefined();
         child.send({ t: 'stop' });
         const summary = await next('summary');
         expect(summary.wrong).toEqual([]);

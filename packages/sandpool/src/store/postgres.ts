@@ -46,7 +46,7 @@ export interface MirrorOptions {
   /** What one artifact may hold (maxSnapshotBytes): a larger one from the database is refused. */
   readonly maxBytes: number;
   /** Told (without the connection string) when the database is lost or back. */
-  readonly onState?: (state: 'lost' | 'connected', error?: SandpoolError) => void;
+  readonly onState?: (state: 'lost' | 'connected') => void;
 }
 
 /**
@@ -67,7 +67,6 @@ export class PostgresMirror {
   readonly #syncing = new Map<string, Promise<void>>();
   #ready: Promise<void> | null = null;
   #schema: Promise<void> | null = null;
-  #connected = false;
 
   constructor(options: MirrorOptions) {
     this.#options = options;
@@ -81,7 +80,13 @@ export class PostgresMirror {
 
   /** Resolves once the schema exists and the first full sync is done (or rejects when the database cannot be reached). */
   ready(): Promise<void> {
-    this.#ready ??= this.#tables().then(() => this.syncAll());
+    this.#ready ??= this.#tables()
+      .then(() => this.syncAll())
+      .catch((error: unknown) => {
+        // Tried again by the next write, or when the listener connects.
+        this.#ready = null;
+        throw error;
+      });
     return this.#ready;
   }
 
@@ -95,10 +100,6 @@ export class PostgresMirror {
       },
     );
     return this.#schema;
-  }
-
-  get connected(): boolean {
-    return this.#connected;
   }
 
   /**
@@ -257,20 +258,19 @@ export class PostgresMirror {
     const client = new pg.Client({ connectionString: this.#options.store.postgres });
     this.#listener = client;
     let lost = false;
-    const onLost = (error?: unknown): void => {
+    const onLost = (): void => {
       if (lost) return;
       lost = true;
-      this.#connected = false;
       if (this.#listener === client) this.#listener = null;
       void client.end().catch(() => {});
       if (this.#closed) return;
-      this.#options.onState?.('lost', unreachable('the listening connection was lost', error));
+      this.#options.onState?.('lost');
       this.#retry = setTimeout(() => this.#listen(), this.#backoffMs);
       this.#retry.unref();
       this.#backoffMs = Math.min(this.#backoffMs * 2, BACKOFF_MAX_MS);
     };
     client.on('error', onLost);
-    client.on('end', () => onLost());
+    client.on('end', onLost);
     client.on('notification', (message) => {
       const payload = message.payload ?? '';
       const at = payload.indexOf('/');
@@ -284,7 +284,6 @@ export class PostgresMirror {
       .then(() => client.query(`LISTEN ${CHANNEL}`))
       .then(async () => {
         if (lost || this.#closed) return;
-        this.#connected = true;
         this.#backoffMs = BACKOFF_FIRST_MS;
         // Moves made while we did not listen: read everything once.
         this.#ready = null;
@@ -343,6 +342,10 @@ export class PostgresMirror {
 
   /** Writes (or removes) the local pointer; an artifact not cached yet is fetched and verified first. */
   async #apply(swarm: string, name: string, row: Row | null): Promise<void> {
+    // Names from the database become paths under the root: only valid ones do.
+    if (!SwarmSchema.safeParse(swarm).success || !SnapshotNameSchema.safeParse(name).success) {
+      throw snapshotCorrupt('the database holds a pointer under an invalid swarm or snapshot name');
+    }
     const id = `${swarm}/${name}`;
     const path = snapshotDir(this.#options.root, swarm, name);
     if (row === null) {
