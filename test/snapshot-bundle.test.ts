@@ -105,6 +105,38 @@ describe('self-contained snapshots', () => {
     expect(await store.list('a')).toEqual([]);
   });
 
+  it("give each module its own import.meta: files next to the stem, or next to a helper, read from the snapshot's copy", async () => {
+    const root = await makeRoot({
+      'a/live/notifier_agent.mjs': [
+        "import { readFileSync } from 'node:fs';",
+        "import { join } from 'node:path';",
+        "import { fromLib, libDir } from './lib/reader.mjs';",
+        'export const read = () => [',
+        "  readFileSync(new URL('./data.txt', import.meta.url), 'utf8'),",
+        "  readFileSync(join(import.meta.dirname, 'data.txt'), 'utf8'),",
+        '  fromLib(),',
+        '  libDir(),',
+        "  import.meta.resolve('./data.txt') === new URL('./data.txt', import.meta.url).href,",
+        '];',
+      ].join('\n'),
+      'a/live/data.txt': 'beside the stem',
+      'a/live/lib/reader.mjs':
+        "import { readFileSync } from 'node:fs';\nexport const fromLib = () => readFileSync(new URL('./data.txt', import.meta.url), 'utf8');\nexport const libDir = () => import.meta.filename.endsWith('/lib/reader.mjs');\n",
+      'a/live/lib/data.txt': 'beside the helper',
+    });
+    const pool = openPool({ root });
+    await pool.snapshots.create('a', 'jan');
+    // The live files change: the snapshot reads its own copies.
+    await writeFiles(root, { 'a/live/data.txt': 'changed', 'a/live/lib/data.txt': 'changed' });
+    expect(await pool.call('a@jan/notifier_agent', 'read')).toEqual([
+      'beside the stem',
+      'beside the stem',
+      'beside the helper',
+      true,
+      true,
+    ]);
+  });
+
   it('refuse to bundle another swarm’s files', async () => {
     const root = await makeRoot({
       'b/live/secret.json': '{"token":"b-only"}',
@@ -112,7 +144,8 @@ describe('self-contained snapshots', () => {
     });
     const error = await rejection(new SnapshotStore({ root }).create('a', 'jan'));
     expect(error.code).toBe('ERR_SANDPOOL_SNAPSHOT_BUILD');
-    expect(error.message).toContain('another swarm');
+    expect(error.message).toContain("live/notifier_agent.mjs:1:15: the import leads outside the swarm's folder");
+    expect(error.message).not.toContain(root);
   });
 });
 

@@ -198,7 +198,7 @@ describe('create', () => {
     ],
   ])('refuses a symlink to %s and creates nothing', async (_label, arrange) => {
     await arrange();
-    expect(await code(store.create('acme', 'jan'))).toBe('ERR_SANDPOOL_MODULE_NOT_FOUND');
+    expect(await code(store.create('acme', 'jan'))).toBe('ERR_SANDPOOL_SNAPSHOT_BUILD');
     expect(await tree(artifacts())).toEqual([]);
     expect(await store.list('acme')).toEqual([]);
   });

@@ -5,10 +5,11 @@
  * verifies and collects content.
  */
 import { type Dirent, lstatSync, realpathSync } from 'node:fs';
-import { chmod, mkdir, readdir, realpath, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { chmod, lstat, mkdir, readdir, realpath, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { join, sep } from 'node:path';
-import { moduleNotFound, type SandpoolError, snapshotBuild, snapshotCorrupt, swarmNotFound } from '../errors.js';
+import { type SandpoolError, snapshotBuild, snapshotCorrupt, swarmNotFound } from '../errors.js';
 import { bundleStem } from './bundle.js';
+import { buildInputs, isInside, placeOf, readInput } from './confine.js';
 import { artifactDir, artifactsDir, liveDir, REMOVING_PREFIX, TEMP_PREFIX } from './layout.js';
 import { sweepWorkFolders, workFolderName } from './leftovers.js';
 import {
@@ -21,7 +22,7 @@ import {
   serializeManifest,
   verifyAgainst,
 } from './manifest.js';
-import { readRegularFile, UnsafeFileError } from './safe-read.js';
+import { UnsafeFileError } from './safe-read.js';
 
 const FROZEN_FILE = 0o444;
 const FROZEN_DIR = 0o555;
@@ -54,7 +55,9 @@ export async function buildArtifact(
   options: { maxBytes: number },
 ): Promise<BuiltArtifact> {
   const live = await liveReal(root, swarm);
-  const rootReal = await realpath(root);
+  const inputs = await buildInputs(await realpath(root), swarm);
+  if (placeOf(inputs, live) !== 'swarm')
+    throw snapshotBuild("cannot snapshot live/: it leads out of the swarm's folder");
   const parent = artifactsDir(root, swarm);
   await mkdir(parent, { recursive: true });
   await sweepWorkFolders(parent);
@@ -68,7 +71,7 @@ export async function buildArtifact(
     const stemPaths: Record<string, string> = {};
     if (stems.length > 0) await mkdir(join(temp, BUNDLES_DIR));
     for (const [stem, file] of stems) {
-      const bundle = await bundleStem(file, { liveReal: live, rootReal, swarm, budget });
+      const bundle = await bundleStem(file, { liveReal: live, inputs, budget });
       if (bundle.length > budget.left) throw tooLarge(options.maxBytes);
       budget.left -= bundle.length;
       const rel = `${BUNDLES_DIR}/${stem}.mjs`;
@@ -232,11 +235,9 @@ async function liveReal(root: string, swarm: string): Promise<string> {
  * use from them is in the bundles, and pnpm's links could not be copied anyway). Symlinks are
  * never copied as links: one whose real target is a regular file inside live/ is copied as
  * that file's contents; one that escapes live/, dangles, or points at a folder (which could
- * loop) is refused, as is any FIFO, socket or device. A regular file with more than one name
- * is refused too: its other name may be another swarm's file or a system file, and finding
- * it would take a walk of the whole disk. Each file is read through one descriptor opened
- * without following links or blocking, and checked (type, links, size) on that descriptor,
- * so a file swapped mid-copy is refused rather than followed or waited on.
+ * loop) is refused, as is any FIFO, socket or device (by its type, never opened). Each file is
+ * read as confine.ts reads a build input: proven to sit in live/ with one name when its bytes
+ * are read, so a file or folder swapped mid-copy is refused rather than followed or waited on.
  */
 async function copyLive(
   liveRoot: string,
@@ -263,11 +264,12 @@ async function copyLive(
       await mkdir(dest);
       await copyLive(liveRoot, dest, path, budget, maxBytes);
     } else if (entry.isFile()) {
-      await freeze(source, dest, path, budget, maxBytes);
+      await freeze(liveRoot, source, dest, path, budget, maxBytes);
     } else if (entry.isSymbolicLink()) {
-      await freeze(await linkTarget(liveRoot, source, path), dest, path, budget, maxBytes);
+      await freeze(liveRoot, await linkTarget(liveRoot, source, path), dest, path, budget, maxBytes);
     } else {
-      throw refused(path, 'is not a regular file, folder or symlink');
+      // Refused by its type alone: a FIFO is never opened.
+      throw refusedBuild(path, 'is not a regular file, folder or symlink');
     }
   }
 }
@@ -277,14 +279,18 @@ async function linkTarget(liveRoot: string, source: string, path: string): Promi
   try {
     real = await realpath(source);
   } catch (cause) {
-    throw refused(path, 'is a dangling symlink', cause);
+    throw refusedBuild(path, 'is a dangling symlink', cause);
   }
-  if (!real.startsWith(liveRoot + sep)) throw refused(path, 'is a symlink that leaves the live folder');
-  if (!(await stat(real)).isFile()) throw refused(path, 'is a symlink to something other than a regular file');
+  if (!isInside(liveRoot, real)) throw refusedBuild(path, 'is a symlink that leaves the live folder');
+  const target = await lstat(real).catch((cause: unknown) => {
+    throw refusedBuild(path, 'disappeared while the snapshot was being made', cause);
+  });
+  if (!target.isFile()) throw refusedBuild(path, 'is a symlink to something other than a regular file');
   return real;
 }
 
 async function freeze(
+  liveRoot: string,
   source: string,
   dest: string,
   path: string,
@@ -293,7 +299,8 @@ async function freeze(
 ): Promise<void> {
   let bytes: Buffer;
   try {
-    bytes = await readRegularFile(source, { maxBytes: budget.left, singleLink: true });
+    // Proven to sit in live/ when read: a folder on the way swapped for a link is caught.
+    ({ bytes } = await readInput(source, (real) => (isInside(liveRoot, real) ? 'swarm' : null), budget.left));
   } catch (error) {
     if (!(error instanceof UnsafeFileError)) throw error;
     if (error.reason === 'too-large') throw tooLarge(maxBytes, error);
@@ -331,10 +338,6 @@ function tooLarge(maxBytes: number, cause?: unknown): SandpoolError {
 
 function refusedBuild(path: string, why: string, cause?: unknown): SandpoolError {
   return snapshotBuild(`cannot snapshot live/${path}: it ${why}`, cause);
-}
-
-function refused(path: string, why: string, cause?: unknown): SandpoolError {
-  return moduleNotFound(`cannot snapshot live/${path}: it ${why}`, undefined, cause);
 }
 
 function errnoCode(error: unknown): unknown {

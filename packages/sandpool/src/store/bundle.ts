@@ -1,14 +1,17 @@
 /**
  * Bundles one stem into one self-contained ES module at snapshot time: its helpers, the
- * packages it imports from any node_modules up the tree (pnpm's links included) and relative
- * imports out of live/. What cannot be pinned fails here, with ERR_SANDPOOL_SNAPSHOT_BUILD,
- * rather than at a call months later. Runs on the coordinator only.
+ * packages it imports from the node_modules folders on its resolution path (pnpm's links
+ * included) and the swarm's files out of live/. What cannot be pinned, or comes from anywhere
+ * else, fails here with ERR_SANDPOOL_SNAPSHOT_BUILD rather than at a call months later. Runs in
+ * the store's helper process (or the caller's, for a SnapshotStore of its own), never on the
+ * pool's coordinator thread.
  */
-import { extname, relative, sep } from 'node:path';
-import type { Message, Plugin } from 'esbuild';
+import { extname, join, sep } from 'node:path';
+import type { Message, PartialMessage, Plugin } from 'esbuild';
 import { type SandpoolError, snapshotBuild } from '../errors.js';
 import { stripTypeScript } from '../typescript/strip.js';
-import { readRegularFile, UnsafeFileError } from './safe-read.js';
+import { type BuildInputs, placeOf, readInput, shownPath } from './confine.js';
+import { UnsafeFileError } from './safe-read.js';
 
 /**
  * Defined before the bundled code: CommonJS dependencies call `require` for node builtins,
@@ -19,10 +22,16 @@ const BANNER = [
   "import { createRequire as __sandpoolCreateRequire, isBuiltin as __sandpoolIsBuiltin } from 'node:module';",
   "import { fileURLToPath as __sandpoolFileURLToPath } from 'node:url';",
   "import { dirname as __sandpoolDirnameOf } from 'node:path';",
+  // The bundle's own file. Where a worker imports it as a data: URL (Node 20), the worker names
+  // the file beside it.
+  "const __sandpoolUrl = import.meta.url.startsWith('file:') ? import.meta.url : (globalThis[Symbol.for('sandpool.bundleUrl')] ?? 'file:///sandpool-snapshot.mjs');",
   // CommonJS packages read __filename and __dirname (the TypeScript compiler does); in the
-  // bundle they name the bundle itself (a data: URL on Node 20 has no file: a fixed name).
-  "const __sandpoolFilename = import.meta.url.startsWith('file:') ? __sandpoolFileURLToPath(import.meta.url) : '/sandpool-snapshot.mjs';",
+  // bundle they name the bundle itself.
+  'const __sandpoolFilename = __sandpoolFileURLToPath(__sandpoolUrl);',
   'const __sandpoolDirname = __sandpoolDirnameOf(__sandpoolFilename);',
+  // Each module's import.meta names its own file's place in the snapshot, which holds live/'s
+  // files at the same paths, one folder up from the bundle: reads next to a module still work.
+  "const __sandpoolMetaOf = (rel) => { const url = rel === null ? __sandpoolUrl : new URL('../' + rel, __sandpoolUrl).href; const filename = __sandpoolFileURLToPath(url); return { url, filename, dirname: __sandpoolDirnameOf(filename), resolve: (specifier) => new URL(specifier, url).href }; };",
   "const require = ((load) => (id) => { if (__sandpoolIsBuiltin(id)) return load(id); const error = new Error('Cannot find module ' + JSON.stringify(id) + ': a snapshot holds only what was bundled when it was made'); error.code = 'MODULE_NOT_FOUND'; throw error; })(__sandpoolCreateRequire('/'));",
 ].join('\n');
 
@@ -61,70 +70,83 @@ const LOADERS: Readonly<Record<string, 'js' | 'json' | 'ts'>> = {
 export interface BundleContext {
   /** Real path of the swarm's live/ folder. */
   liveReal: string;
-  /** Real path of the store root. */
-  rootReal: string;
-  swarm: string;
+  /** Where inputs may come from. */
+  inputs: BuildInputs;
   /** Bytes the whole snapshot may still take; decremented as inputs are read. */
   budget: { left: number };
 }
 
+/** A module named by a host path: a build takes only what the swarm and its packages hold. */
+const ABSOLUTE = /^(\/|file:)/;
+
 /**
- * Reads every input itself rather than letting esbuild do it: the same guards as the copy
- * (no FIFO hangs, byte bound, hard links), and no file of another swarm ends up in this one.
+ * Reads every input itself rather than letting esbuild do it: each is proven to come from the
+ * swarm's folder or a package folder on its resolution path (see confine.ts), with the same
+ * guards as the copy (no FIFO opened, byte bound, hard links), whatever links or swaps say.
+ * Refusals are returned, not thrown: esbuild then names the import that led here, and no stack
+ * of the host's.
  */
 function guardPlugin(context: BundleContext): Plugin {
+  const accept = (real: string) => placeOf(context.inputs, real);
+  const refuse = (text: string) => ({ errors: [{ text }] satisfies PartialMessage[] });
   return {
     name: 'sandpool',
     setup(build) {
+      build.onResolve({ filter: ABSOLUTE }, (args) =>
+        args.kind === 'entry-point'
+          ? undefined
+          : refuse("an absolute import: a build reads only the swarm's folder and its package folders"),
+      );
       build.onLoad({ filter: /.*/ }, async (args) => {
-        const shown = showPath(context, args.path);
+        const shown = shownPath(context.inputs, args.path);
         const extension = extname(args.path);
-        if (extension === '.node') {
-          throw new Error(`${shown} is a native addon, which a snapshot cannot hold`);
-        }
+        if (extension === '.node') return refuse(`${shown} is a native addon, which a snapshot cannot hold`);
         const loader = LOADERS[extension];
         if (loader === undefined) {
-          throw new Error(`${shown} is not a JavaScript, TypeScript or JSON module, which is all a snapshot holds`);
+          return refuse(`${shown} is not a JavaScript, TypeScript or JSON module, which is all a snapshot holds`);
         }
-        checkPlace(context, args.path, shown);
-        const inLive = args.path.startsWith(context.liveReal + sep) && !isInNodeModules(args.path);
-        let bytes: Buffer;
+        let read: Awaited<ReturnType<typeof readInput>>;
         try {
-          // pnpm hard-links packages from its store: only the swarm's own files must have one name.
-          bytes = await readRegularFile(args.path, { maxBytes: context.budget.left, singleLink: inLive });
+          read = await readInput(args.path, accept, context.budget.left);
         } catch (error) {
-          if (error instanceof UnsafeFileError) throw new Error(`${shown} ${error.message}`);
-          throw error;
+          if (!(error instanceof UnsafeFileError)) throw error;
+          // Where it leads is the host's business: the import's place in the tenant's code names it.
+          return refuse(error.reason === 'outside' ? `the import ${error.message}` : `${shown} ${error.message}`);
         }
+        const { bytes, place } = read;
         context.budget.left -= bytes.length;
         // Node's own stripper, not esbuild's TypeScript: one rule (erasable syntax only) live and frozen.
         const code = loader === 'ts' ? await stripTypeScript(bytes.toString('utf8'), shown) : null;
-        if (loader !== 'json' && !isInNodeModules(args.path)) {
+        if (loader !== 'json' && place === 'swarm' && !isInNodeModules(args.path)) {
           const computed = computedLoad(code ?? bytes.toString('utf8'), shown);
-          if (computed !== null) throw new Error(computed);
+          if (computed !== null) return refuse(computed);
         }
-        return code === null ? { contents: bytes, loader } : { contents: code, loader: 'js' };
+        if (loader === 'json') return { contents: bytes, loader };
+        const text = code ?? bytes.toString('utf8');
+        if (!text.includes('import.meta')) {
+          return code === null ? { contents: bytes, loader } : { contents: code, loader: 'js' as const };
+        }
+        // Declared on the first line, so every other line keeps its number in traces and messages.
+        const meta = `const __sandpoolMeta = __sandpoolMetaOf(${JSON.stringify(copiedAs(context, args.path))}); `;
+        // A hashbang must stay first: it becomes a comment after the declaration.
+        const body = text.startsWith('#!') ? `//${text.slice(2)}` : text;
+        return { contents: meta + body, loader: code === null ? loader : ('js' as const) };
       });
     },
   };
 }
 
+/** Where the copy of live/ holds this file (see the banner's __sandpoolMetaOf); null: the copy has no such file. */
+function copiedAs(context: BundleContext, path: string): string | null {
+  if (!path.startsWith(context.liveReal + sep) || isInNodeModules(path.slice(context.liveReal.length))) return null;
+  return path
+    .slice(context.liveReal.length + 1)
+    .split(sep)
+    .join('/');
+}
+
 function isInNodeModules(path: string): boolean {
   return path.split(sep).includes('node_modules');
-}
-
-/** Inputs may come from the swarm's folder, packages, or outside the root; never from another swarm. */
-function checkPlace(context: BundleContext, path: string, shown: string): void {
-  if (!path.startsWith(context.rootReal + sep) || isInNodeModules(path)) return;
-  const [swarm, area] = path.slice(context.rootReal.length + 1).split(sep);
-  if (swarm !== context.swarm) throw new Error(`${shown} belongs to another swarm`);
-  if (area === 'snapshots') throw new Error(`${shown} is inside a snapshot`);
-}
-
-/** Paths in messages and in the bundle are relative to live/: no absolute path leaks or pins the bytes. */
-function showPath(context: BundleContext, path: string): string {
-  const rel = relative(context.liveReal, path).split(sep).join('/');
-  return rel.startsWith('../') ? rel : `live/${rel}`;
 }
 
 /** One ES module holding the stem and everything it imports but node builtins. */
@@ -145,31 +167,44 @@ export async function bundleStem(entry: string, context: BundleContext): Promise
       legalComments: 'eof',
       banner: { js: BANNER },
       // Only free references are replaced: a module's own `const __filename` stays its own.
-      define: { __filename: '__sandpoolFilename', __dirname: '__sandpoolDirname' },
+      // `import.meta` is each module's own __sandpoolMeta (declared by the plugin; esbuild
+      // renames one module's apart from another's).
+      define: { __filename: '__sandpoolFilename', __dirname: '__sandpoolDirname', 'import.meta': '__sandpoolMeta' },
       plugins: [guardPlugin(context)],
     });
   } catch (error) {
     const errors = (error as { errors?: Message[] }).errors;
-    throw buildError(context, entry, errors ?? [], error);
+    throw buildError(context, entry, errors ?? []);
   }
   const output = result.outputFiles?.[0];
   if (output === undefined) throw buildError(context, entry, []);
   return Buffer.from(output.contents.buffer, output.contents.byteOffset, output.contents.byteLength);
 }
 
-function buildError(context: BundleContext, entry: string, messages: Message[], cause?: unknown): SandpoolError {
+function buildError(context: BundleContext, entry: string, messages: Message[]): SandpoolError {
   const details = messages.slice(0, 5).map((message) => {
-    const at = message.location;
-    const where =
-      at === null ? '' : `${showPath(context, join(context.liveReal, at.file))}:${at.line}:${at.column + 1}: `;
-    return `${where}${message.text}`;
+    const at = importAt(message);
+    // The place, not the specifier: a tenant's specifier may spell a host path.
+    if (at === null) return message.text;
+    return `${shownPath(context.inputs, locate(context.liveReal, at.file))}:${at.line}:${at.column + 1}: ${message.text}`;
   });
   const more = messages.length > 5 ? `; and ${messages.length - 5} more` : '';
   const text = details.length === 0 ? 'the bundler produced no output' : details.join('; ');
-  return snapshotBuild(`cannot snapshot ${showPath(context, entry)}: ${text}${more}`, cause);
+  // No cause: esbuild's own error holds host paths, and the helper passes a cause's message on.
+  return snapshotBuild(`cannot snapshot ${shownPath(context.inputs, entry)}: ${text}${more}`);
 }
 
-function join(base: string, file: string): string {
+/**
+ * Where the message points in the tenant's code. A refusal returned by our plugin points at the
+ * import; one thrown points at a line of esbuild on the host, and its note at the import.
+ */
+function importAt(message: Message): Message['location'] {
+  const triggered = message.notes.find((note) => /triggered by this import/.test(note.text));
+  if (triggered !== undefined) return triggered.location;
+  return message.notes.length === 0 ? message.location : null;
+}
+
+function locate(base: string, file: string): string {
   // esbuild reports locations relative to absWorkingDir.
-  return file.startsWith('/') ? file : `${base}${sep}${file}`;
+  return file.startsWith('/') ? file : join(base, file);
 }

@@ -1,6 +1,6 @@
 // Reading a file whose path a tenant controls. No zod here: worker threads load this module.
-import { closeSync, constants, fstatSync, openSync, readSync, type Stats } from 'node:fs';
-import { type FileHandle, open } from 'node:fs/promises';
+import { closeSync, constants, fstatSync, lstatSync, openSync, readSync, type Stats } from 'node:fs';
+import { type FileHandle, lstat, open } from 'node:fs/promises';
 
 /**
  * O_NOFOLLOW: a file swapped for a link after the walk is not read through.
@@ -9,7 +9,7 @@ import { type FileHandle, open } from 'node:fs/promises';
  */
 const FLAGS = constants.O_RDONLY | (constants.O_NOFOLLOW ?? 0) | (constants.O_NONBLOCK ?? 0);
 
-export type UnsafeReason = 'missing' | 'not-regular' | 'hard-link' | 'too-large' | 'changed' | 'unreadable';
+export type UnsafeReason = 'missing' | 'not-regular' | 'hard-link' | 'too-large' | 'changed' | 'unreadable' | 'outside';
 
 /** Why a file could not be read safely; callers turn it into the SandpoolError their context needs. */
 export class UnsafeFileError extends Error {
@@ -27,6 +27,11 @@ export interface ReadLimits {
   maxBytes: number;
   /** Refuse a regular file with more than one name (a hard link may be another tenant's file). */
   singleLink?: boolean;
+  /**
+   * Called with the open descriptor's stats before a byte is read: where the caller proves the
+   * inode it holds is one it may read (a swap of a folder on the path is caught here).
+   */
+  verify?: (stats: Stats) => Promise<void>;
 }
 
 /**
@@ -37,6 +42,8 @@ export interface ReadLimits {
 export async function readRegularFile(path: string, limits: ReadLimits): Promise<Buffer> {
   let handle: FileHandle;
   try {
+    // A FIFO is never opened for reading (that alone can release a writer waiting on it).
+    checkKind(await lstat(path));
     handle = await open(path, FLAGS);
   } catch (cause) {
     throw openError(cause);
@@ -44,6 +51,7 @@ export async function readRegularFile(path: string, limits: ReadLimits): Promise
   try {
     const stats = await handle.stat();
     checkStats(stats, limits);
+    await limits.verify?.(stats);
     const buffer = Buffer.allocUnsafe(stats.size);
     let filled = 0;
     while (filled < stats.size) {
@@ -65,9 +73,10 @@ export async function readRegularFile(path: string, limits: ReadLimits): Promise
  * The same read with synchronous calls, for the coordinator's own small reads (a manifest
  * when a key resolves): they must not queue in the libuv pool behind a tenant's async jobs.
  */
-export function readRegularFileSync(path: string, limits: ReadLimits): Buffer {
+export function readRegularFileSync(path: string, limits: Omit<ReadLimits, 'verify'>): Buffer {
   let fd: number;
   try {
+    checkKind(lstatSync(path));
     fd = openSync(path, FLAGS);
   } catch (cause) {
     throw openError(cause);
@@ -93,7 +102,13 @@ export function readRegularFileSync(path: string, limits: ReadLimits): Buffer {
   }
 }
 
+function checkKind(stats: Stats): void {
+  if (stats.isSymbolicLink()) throw new UnsafeFileError('not-regular', 'is a symlink');
+  if (!stats.isFile()) throw new UnsafeFileError('not-regular', 'is not a regular file');
+}
+
 function openError(cause: unknown): UnsafeFileError {
+  if (cause instanceof UnsafeFileError) return cause;
   const code = (cause as { code?: unknown }).code;
   if (code === 'ENOENT' || code === 'ENOTDIR') {
     return new UnsafeFileError('missing', 'disappeared while it was being read (renamed or removed)', { cause });

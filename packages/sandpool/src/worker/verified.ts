@@ -52,6 +52,9 @@ export async function verifySnapshot(request: LoadRequest): Promise<VerifiedBund
   return { file: request.file, bytes };
 }
 
+/** Read by the bundle's banner (store/bundle.ts) while it is evaluated. */
+const BUNDLE_URL = Symbol.for('sandpool.bundleUrl');
+
 interface Hooks {
   deregister(): void;
 }
@@ -82,5 +85,12 @@ export async function importVerified(bundle: VerifiedBundle): Promise<Record<str
     }
   }
   const source = Buffer.concat([bundle.bytes, Buffer.from(`\n//# sourceURL=${url}\n`)]);
-  return (await import(`data:text/javascript;base64,${source.toString('base64')}`)) as Record<string, unknown>;
+  // A data: URL names no file: the bundle's banner reads its own here, for import.meta and __dirname.
+  const named = globalThis as Record<symbol, unknown>;
+  named[BUNDLE_URL] = url;
+  try {
+    return (await import(`data:text/javascript;base64,${source.toString('base64')}`)) as Record<string, unknown>;
+  } finally {
+    delete named[BUNDLE_URL];
+  }
 }
