@@ -52,6 +52,15 @@ export interface PoolEvents {
   call: [CallRecord];
   /** Once, just after createPool, when keys may run in processes: the sandbox layers they get here. */
   sandbox: [SandboxLayers];
+  /**
+   * With `store: { postgres }`: the database was lost (cached snapshots keep serving; the pool
+   * reconnects with backoff) or is connected again (every name is read again).
+   */
+  store: [StoreEvent];
+}
+
+export interface StoreEvent {
+  state: 'lost' | 'connected';
 }
 
 /** What one call did (the `call` event): made when it settles, or when it is refused for a valid key. */

@@ -212,7 +212,8 @@ export async function removeTree(path: string): Promise<void> {
   await rm(path, { recursive: true, force: true });
 }
 
-async function freezeFolders(dir: string): Promise<void> {
+/** Makes every folder of a finished artifact read-only, deepest first. */
+export async function freezeFolders(dir: string): Promise<void> {
   for (const entry of await readdir(dir, { withFileTypes: true })) {
     if (entry.isDirectory()) await freezeFolders(join(dir, entry.name));
   }
