@@ -54,9 +54,17 @@ export interface ServeNode extends Started {
  * `sandpool serve` on a port the kernel picks; resolves once it prints where it listens.
  * `maxWorkers` must hold every key a node may get, or cycling through them evicts on every call.
  */
-export async function startNode(root: string, name: string, maxWorkers: number): Promise<ServeNode> {
-  const args = ['serve', '--root', root, '--port', '0', '--node-name', name, '--max-workers', String(maxWorkers)];
-  const proc = launch(process.execPath, [BIN, ...args]);
+export function startNode(root: string, name: string, maxWorkers: number): Promise<ServeNode> {
+  return serve(name, ['--root', root, '--port', '0', '--node-name', name, '--max-workers', String(maxWorkers)]);
+}
+
+/** `sandpool serve --config <file>`: the file holds everything, the port the kernel picks. */
+export function startConfiguredNode(config: string, name: string): Promise<ServeNode> {
+  return serve(name, ['--config', config, '--port', '0', '--node-name', name]);
+}
+
+async function serve(name: string, args: readonly string[]): Promise<ServeNode> {
+  const proc = launch(process.execPath, [BIN, 'serve', ...args]);
   const url = await new Promise<string>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`${name} did not start:\n${proc.output()}`)), 15_000);
     proc.child.stdout?.on('data', () => {
