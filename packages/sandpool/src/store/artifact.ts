@@ -33,6 +33,12 @@ const FROZEN_DIR = 0o555;
  */
 export const UNUSED_ARTIFACT_MS = 10 * 60 * 1000;
 const DIGEST = /^[0-9a-f]{64}$/;
+/**
+ * What one file or folder of live/ costs beyond its bytes: its inode, and its entry in the
+ * manifest the coordinator parses when a name resolves. Without it, many empty files cost
+ * nothing against maxSnapshotBytes yet fill the disk's inodes and swell the manifest.
+ */
+const ENTRY_BYTES = 256;
 
 export interface BuiltArtifact {
   /** Its content digest, which is also its folder's name. */
@@ -256,6 +262,9 @@ async function copyLive(
     const path = rel === '' ? entry.name : `${rel}/${entry.name}`;
     // Reserved names: a stray one in live/ would be overwritten anyway.
     if (path === MANIFEST_NAME || path === BUNDLES_DIR) continue;
+    const cost = ENTRY_BYTES + Buffer.byteLength(path);
+    if (cost > budget.left) throw tooLarge(maxBytes);
+    budget.left -= cost;
     const source = join(from, entry.name);
     const dest = join(to, entry.name);
     if (entry.isDirectory()) {
