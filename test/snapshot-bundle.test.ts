@@ -1,6 +1,7 @@
 // Self-contained snapshots: packages and out-of-live imports pinned at create, what cannot be
 // pinned refused at create, the worker running exactly the bytes it checked, signed manifests.
 import { createHash } from 'node:crypto';
+import { readdirSync } from 'node:fs';
 import {
   chmod,
   copyFile,
@@ -434,6 +435,36 @@ describe('create guards what it copies', () => {
     const kept = await readdir(join(root, '.sandpool-cache/artifacts/a'));
     expect(kept.filter((name) => /^[0-9a-f]{64}$/.test(name))).toEqual([]);
     expect((await new SnapshotStore({ root }).create('a', 'jan')).files).toBeGreaterThan(2000);
+  });
+
+  it('runs one build of a swarm at a time, however many creates arrive at once', async () => {
+    const root = await makeRoot({
+      ...(await counterAgent('n')),
+      'a/live/notifier_agent.mjs': 'export const f = () => 1;\n',
+    });
+    await writeFile(join(root, 'a/live/blob.bin'), Buffer.alloc(8 * 1024 * 1024, 1));
+    const pool = openPool({ root });
+    let running = true;
+    const answers: unknown[] = [];
+    const neighbour = (async () => {
+      for (let i = 0; running; i++) answers.push(await pool.call('n/notifier_agent', 'add', [i, 1]));
+    })();
+    const building = join(root, '.sandpool-cache/artifacts/a');
+    await mkdir(building, { recursive: true });
+    let most = 0;
+    const watch = setInterval(() => {
+      const temps = readdirSync(building, { withFileTypes: true }).filter((entry) => entry.name.startsWith('.tmp-'));
+      most = Math.max(most, temps.length);
+    }, 1);
+    const made = await Promise.all(Array.from({ length: 8 }, (_, i) => pool.snapshots.create('a', `n${i}`)));
+    clearInterval(watch);
+    running = false;
+    await neighbour;
+    expect(answers.length).toBeGreaterThan(0);
+    expect(answers).toEqual(answers.map((_, i) => i + 1));
+    expect(invariants(pool)).toEqual([]);
+    expect(new Set(made.map((info) => info.digest)).size).toBe(1);
+    expect(most).toBeLessThanOrEqual(1);
   });
 
   it('never blocks on a FIFO, and names a file renamed away mid-copy', async () => {
