@@ -5,13 +5,13 @@
  * verifies and collects content.
  */
 import { type Dirent, lstatSync, realpathSync } from 'node:fs';
-import { chmod, lstat, mkdir, readdir, realpath, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { chmod, lstat, mkdir, readdir, realpath, rename, stat, utimes, writeFile } from 'node:fs/promises';
 import { join, sep } from 'node:path';
 import { type SandpoolError, snapshotBuild, snapshotCorrupt, swarmNotFound } from '../errors.js';
 import { bundleStem } from './bundle.js';
 import { buildInputs, isInside, placeOf, readInput } from './confine.js';
 import { artifactDir, artifactsDir, liveDir, REMOVING_PREFIX, TEMP_PREFIX } from './layout.js';
-import { sweepWorkFolders, workFolderName } from './leftovers.js';
+import { removeTree, sweepWorkFolders, workFolderName } from './leftovers.js';
 import {
   type ArtifactManifest,
   BUNDLES_DIR,
@@ -200,22 +200,6 @@ export async function sweepUnused(root: string, swarm: string, named: () => Read
     }
     await removeTree(doomed);
   }
-}
-
-/** Removes a folder the store froze: its folders are made writable again first (a non-root owner could not empty them). */
-export async function removeTree(path: string): Promise<void> {
-  const thaw = async (dir: string): Promise<void> => {
-    await chmod(dir, 0o755);
-    for (const entry of await readdir(dir, { withFileTypes: true })) {
-      if (entry.isDirectory()) await thaw(join(dir, entry.name));
-    }
-  };
-  try {
-    await thaw(path);
-  } catch {
-    // Gone already, or partly: rm below says what is left.
-  }
-  await rm(path, { recursive: true, force: true });
 }
 
 async function freezeFolders(dir: string): Promise<void> {

@@ -21,13 +21,12 @@ import {
   buildArtifact,
   isMissingError,
   isTakenError,
-  removeTree,
   sweepUnused,
   touchArtifact,
   verifyArtifact,
 } from './artifact.js';
 import { REMOVING_PREFIX, snapshotDir, snapshotsDir, swarmDir, TEMP_PREFIX } from './layout.js';
-import { sweepWorkFolders, workFolderName } from './leftovers.js';
+import { removeTree, sweepWorkFolders, workFolderName } from './leftovers.js';
 import {
   type ArtifactManifest,
   MANIFEST_NAME,
