@@ -252,13 +252,13 @@ describe('sandpool serve', () => {
       stopped = await bare.stop();
     }
     expect(stopped.stdout).toMatch(
-      /sandpool serve: process keys run with .*network host; without namespaces \(sandbox is 'off'\); cgroups \(sandbox is 'off'\)/,
+      /sandpool serve: process keys run with .*network host; without namespaces \(sandbox is 'off'\); cgroups \(sandbox is 'off'\); userns \(sandbox is 'off'\)/,
     );
     const layers = hostLayers();
     if (layers.missing.length === 0) {
       const whole = await (await startServe(BIN, serve('require'), root)).stop();
       expect(whole.stdout).toContain(
-        `sandpool serve: process keys run with namespaces, a uid per swarm, cgroups ${layers.cgroups}, network loopback\n`,
+        `sandpool serve: process keys run with namespaces, a uid per swarm, cgroups ${layers.cgroups}, no user namespaces (${layers.userns}), network loopback\n`,
       );
     } else {
       const refused = await sandpool('serve', ...serve('require'));

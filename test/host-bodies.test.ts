@@ -142,8 +142,14 @@ describe("a host call's body", () => {
     const pool = openPool({
       root: await makeRoot({
         'p/live/forger.mjs': `
+          import { writeSync } from 'node:fs';
+          import { serialize } from 'node:v8';
           export async function forge() {
-            process.send({ t: 'host-pull', id: 1, n: 1000 });
+            // One frame of the protocol on its channel to the host (fd 3): a length, then v8.serialize.
+            const body = serialize({ t: 'host-pull', id: 1, n: 1000 });
+            const head = Buffer.alloc(4);
+            head.writeUInt32BE(body.length);
+            writeSync(3, Buffer.concat([head, body]));
             await new Promise(() => {});
           }
         `,

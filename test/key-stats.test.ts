@@ -31,6 +31,6 @@ describe('keyStats() latency', () => {
   });
 
   it('is null for a key with no settled call', () => {
-    expect(new KeyBook().read('s/k')).toEqual({ calls: 0, errors: 0, cpuMs: 0, latency: null });
+    expect(new KeyBook().read('s/k')).toEqual({ calls: 0, errors: 0, cpuMs: 0, latency: null, outputDropped: 0 });
   });
 });

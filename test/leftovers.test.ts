@@ -1,12 +1,12 @@
 import { type ChildProcess, spawn } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
-import { chmod, mkdir, mkdtemp, rm, symlink, utimes, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { chmod, copyFile, mkdir, mkdtemp, rm, symlink, utimes, writeFile } from 'node:fs/promises';
+import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { childProcesses, eventually, installCleanup, invariants, openPool } from './support/pool.js';
-import { counterAgent, makeRoot } from './support/root.js';
+import { counterAgent, makeRoot, writeFiles } from './support/root.js';
 
 installCleanup();
 
@@ -86,12 +86,13 @@ describe('leftovers of interrupted builds', () => {
     // An older release's, named by no owner.
     await add(keep, join(snapshots, '.tmp-cafe'));
     await add(gone, join(snapshots, '.rm-deadbeef'), true);
-    // Not work folders: another dot folder, a tenant's live folder, a file, a swarm folder that is a link.
+    // A work file (a pointer being written) whose owner died goes like a folder.
+    const file = join(snapshots, owned('.tmp-', helper as number, machine));
+    await writeFile(file, 'a pointer half published');
+    gone.push(file);
+    // Not work folders: another dot folder, a tenant's live folder, a swarm folder that is a link.
     await add(keep, join(snapshots, '.other'), true);
     await add(keep, join(root, 'n', 'live', owned('.tmp-', helper as number, machine)), true);
-    const file = join(snapshots, owned('.tmp-', helper as number, machine));
-    await writeFile(file, 'not a folder');
-    keep.push(file);
     const elsewhere = await mkdtemp(join(tmpdir(), 'sandpool-elsewhere-'));
     outside.push(elsewhere);
     await symlink(elsewhere, join(root, 'linked'));
@@ -132,5 +133,60 @@ describe('leftovers of interrupted builds', () => {
     expect(invariants(pool)).toEqual([]);
     await pool.close();
     expect(readdirSync(join(root, '.sandpool-cache', 'artifacts', 'n'))).toEqual([]);
+  });
+
+  it('a restart removes the pointer files and name locks a kill -9 left, and the content they named then goes', async () => {
+    const root = await makeRoot(await counterAgent('n'));
+    const snapshots = join(root, 'n', 'snapshots');
+    // This machine as the store names it (leftovers.ts): a dead pid here is judged at once.
+    const machine = createHash('sha256')
+      .update(`${hostname()}\0${readlinkSync('/proc/self/ns/pid')}`)
+      .digest('hex')
+      .slice(0, 12);
+    const dead = await otherProcess();
+    dead.kill('SIGKILL');
+    await new Promise((resolve) => dead.once('exit', resolve));
+    const deadPid = dead.pid as number;
+
+    const first = openPool({ root });
+    const { digest } = await first.snapshots.create('n', 'jan');
+    // What a kill -9 leaves mid-create, mid-point or mid-sign (the pointer written beside its
+    // place, or a lock held), and mid-remove (the pointer renamed away): each still names jan's content.
+    const leftovers = [
+      join(snapshots, owned('.tmp-', deadPid, machine)),
+      join(snapshots, owned('.rm-', deadPid, machine)),
+    ];
+    for (const path of leftovers) await copyFile(join(snapshots, 'jan'), path);
+    // A lock held by a live process stays.
+    const held = join(snapshots, '.lock-feb');
+    await writeFile(held, `${process.pid}.${machine}.${randomBytes(8).toString('hex')}`);
+    // A dead holder's lock is taken over by the next move of its name...
+    const lock = join(snapshots, '.lock-jan');
+    const deadLock = `${deadPid}.${machine}.${randomBytes(8).toString('hex')}`;
+    await writeFile(lock, deadLock);
+    await first.snapshots.remove('n', 'jan');
+    await first.close();
+    expect(existsSync(lock)).toBe(false);
+    // ...and a restart removes one whose name never moves again.
+    await writeFile(lock, deadLock);
+    const content = join(root, '.sandpool-cache', 'artifacts', 'n', digest);
+    // Past its grace: only the leftovers keep it.
+    await utimes(content, TWO_HOURS_AGO, TWO_HOURS_AGO);
+
+    const restarted = openPool({ root });
+    expect(await restarted.call('n/notifier_agent', 'add', [2, 3])).toBe(5);
+    expect(invariants(restarted)).toEqual([]);
+    await restarted.close();
+    for (const path of [...leftovers, lock]) expect(existsSync(path), path).toBe(false);
+    expect(existsSync(held)).toBe(true);
+
+    // The next sweep of unused content (a name leaving other content) takes jan's.
+    const after = openPool({ root });
+    await writeFiles(root, { 'n/live/notifier_agent.mjs': 'export const add = (a, b) => a + b + 0;\n' });
+    const mar = await after.snapshots.create('n', 'mar');
+    await after.snapshots.remove('n', 'mar');
+    await after.close();
+    expect(existsSync(content)).toBe(false);
+    expect(existsSync(join(root, '.sandpool-cache', 'artifacts', 'n', mar.digest))).toBe(true);
   });
 });

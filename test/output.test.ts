@@ -1,5 +1,11 @@
 import { describe, expect, it, onTestFinished } from 'vitest';
-import { LineSplitter, labelledWriter, neutralise } from '../packages/sandpool/dist/host/workers/output.js';
+import {
+  LineSplitter,
+  labelledWriter,
+  neutralise,
+  OUTPUT_BUDGET,
+  OutputAllowance,
+} from '../packages/sandpool/dist/host/workers/output.js';
 
 describe('neutralise', () => {
   it('escapes every character that could move the cursor or fake a line, and keeps the rest', () => {
@@ -18,6 +24,10 @@ describe('LineSplitter', () => {
       'stdout',
       () => 'a/x',
       (_key, _stream, text) => lines.push(text),
+      new OutputAllowance(),
+      () => {
+        throw new Error('nothing is dropped within the budget');
+      },
     );
     splitter.push('one\ntw');
     splitter.push('o\n');
@@ -27,6 +37,39 @@ describe('LineSplitter', () => {
     expect(lines.every((line) => line.length <= 64 * 1024)).toBe(true);
     splitter.end();
     expect(lines.join('')).toBe('z'.repeat(200 * 1024));
+  });
+
+  it('holds a worker to its lines and characters per second over both streams, dropping the rest unread', () => {
+    let now = 0;
+    const allowance = new OutputAllowance(OUTPUT_BUDGET, () => now);
+    let lines = 0;
+    const dropped: [number, string][] = [];
+    const splitter = (stream: 'stdout' | 'stderr') =>
+      new LineSplitter(
+        stream,
+        () => 'a/x',
+        () => {
+          lines += 1;
+        },
+        allowance,
+        (chars, key) => dropped.push([chars, key]),
+      );
+    const [stdout, stderr] = [splitter('stdout'), splitter('stderr')];
+    // A million empty lines on each stream: a budget's worth goes out, the rest is one drop.
+    stdout.push('\n'.repeat(1_000_000));
+    stderr.push('\n'.repeat(1_000_000));
+    expect(lines).toBe(OUTPUT_BUDGET.linesPerSecond);
+    expect(dropped.reduce((sum, [chars]) => sum + chars, 0)).toBe(2_000_000 - OUTPUT_BUDGET.linesPerSecond);
+    expect(dropped.every(([, key]) => key === 'a/x')).toBe(true);
+    // Half a second later, half a budget more.
+    now += 500;
+    stdout.push('\n'.repeat(1_000_000));
+    expect(lines).toBe(OUTPUT_BUDGET.linesPerSecond * 1.5);
+    // Characters: past a second's worth, the chunk is not read at all.
+    now += 10_000;
+    dropped.length = 0;
+    stdout.push('x'.repeat(OUTPUT_BUDGET.charsPerSecond + 10));
+    expect(dropped).toEqual([[10, 'a/x']]);
   });
 });
 

@@ -3,7 +3,7 @@
 // a call, no worker of the old content starts again, and a call never runs older content than
 // its name pointed to when the call was admitted. The move-to-retire bound is measured here.
 import { type ChildProcess, spawn } from 'node:child_process';
-import { writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -170,6 +170,73 @@ describe('a snapshot name moved by another process', () => {
     } finally {
       if (child.exitCode === null) child.kill('SIGKILL');
     }
+    expect(invariants(pool)).toEqual([]);
+  }, 240_000);
+
+  it('a sign in another process never puts back content a point moved the name away from', async () => {
+    const secret = 'a secret of sixteen characters or more';
+    const root = await makeRoot({ ...(await counterAgent('n')), 'a/live/notifier_agent.mjs': agent(1) });
+    const pool = openPool({ root, snapshotSecret: secret });
+    const digests = [(await pool.snapshots.create('a', 'jan')).digest];
+    await writeFiles(root, { 'a/live/notifier_agent.mjs': agent(2) });
+    digests.push((await pool.snapshots.create('a', 'feb')).digest);
+    await pool.snapshots.point('a', 'prod', 'jan');
+
+    // Signs prod over and over while this process moves it: each sign reads the pointer,
+    // verifies its content, then replaces the pointer.
+    const sandpool = pathToFileURL(join(import.meta.dirname, '../packages/sandpool/dist/index.js')).href;
+    const script = join(root, 'signer.mjs');
+    await writeFile(
+      script,
+      `
+import { SnapshotStore } from ${JSON.stringify(sandpool)};
+const store = new SnapshotStore({ root: ${JSON.stringify(root)}, snapshotSecret: ${JSON.stringify(secret)} });
+let stop = false, signed = 0;
+const refused = [];
+process.on('message', () => { stop = true; });
+process.send({ t: 'signing' });
+while (!stop) {
+  await store.sign('a', 'prod').then(() => { signed += 1; }, (error) => { refused.push(error.code); });
+  await new Promise((resolve) => setImmediate(resolve));
+}
+process.send({ t: 'summary', signed, refused }, () => process.disconnect());
+`,
+    );
+    const child = spawn(process.execPath, [script], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], env: {} });
+    const next = inbox(child);
+    let stop = false;
+    let answered = 0;
+    const neighbour = (async () => {
+      for (let i = 0; !stop; i++) {
+        expect(await pool.call('n/notifier_agent', 'add', [i, 1])).toBe(i + 1);
+        answered += 1;
+      }
+    })();
+    try {
+      await next('signing');
+      const undone: number[] = [];
+      for (let move = 0; move < 300; move++) {
+        const target = move % 2;
+        await pool.snapshots.point('a', 'prod', target === 0 ? 'feb' : 'jan');
+        // A sign that read the name before this point lands now, if it can.
+        await new Promise((resolve) => setTimeout(resolve, move % 3));
+        const pointer = JSON.parse(await readFile(join(root, 'a/snapshots/prod'), 'utf8')) as { digest: string };
+        if (pointer.digest !== digests[target === 0 ? 1 : 0]) undone.push(move);
+      }
+      child.send({ t: 'stop' });
+      const summary = await next('summary', 60_000);
+      expect(undone).toEqual([]);
+      expect(summary.signed as number).toBeGreaterThan(0);
+      // A sign refuses only when the name kept moving under it (never NOT_FOUND or CORRUPT).
+      for (const code of summary.refused as string[]) expect(code).toBe('ERR_SANDPOOL_SNAPSHOT_BUILD');
+      const info = await pool.snapshots.verify('a', 'prod');
+      expect(info).toMatchObject({ digest: digests[0], signed: true });
+    } finally {
+      stop = true;
+      await neighbour;
+      if (child.exitCode === null) child.kill('SIGKILL');
+    }
+    expect(answered).toBeGreaterThan(0);
     expect(invariants(pool)).toEqual([]);
   }, 240_000);
 });

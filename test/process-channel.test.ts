@@ -1,52 +1,87 @@
 import { describe, expect, it } from 'vitest';
 import { rejection } from './support/errors.js';
-import { installCleanup, invariants, openPool } from './support/pool.js';
+import { installCleanup, openPool } from './support/pool.js';
 import { counterAgent, makeRoot } from './support/root.js';
+import { withNeighbours } from './support/sandbox.js';
 
 installCleanup();
 
-/** What a process key can write on its IPC channel besides sandpool's own messages. */
+/** What a process key can write on its channel to the host (fd 3) besides sandpool's own frames. */
 const ATTACKER = `
-import tty from 'node:tty';
-import net from 'node:net';
-export function nodeCommand() {
-  process.send({ cmd: 'NODE_HANDLE_ACK' });
-  return 'sent';
+import { writeSync } from 'node:fs';
+
+/** Writes all of \`bytes\` to the channel (a blocking pipe); false once the host has closed its end. */
+function write(bytes) {
+  try {
+    for (let at = 0; at < bytes.length; ) at += writeSync(3, bytes, at);
+    return true;
+  } catch {
+    return false;
+  }
 }
+
 export function garbage() {
   // A frame's length, then bytes that are no serialized value.
   const frame = Buffer.alloc(12);
   frame.writeUInt32BE(8, 0);
   frame.fill(0xff, 4);
-  new tty.WriteStream(process.channel.fd).write(frame);
-  return 'sent';
+  return write(frame);
 }
-export async function handle() {
-  const server = net.createServer().listen(0, '127.0.0.1');
-  await new Promise((resolve) => server.once('listening', resolve));
-  for (let i = 0; i < 50; i++) process.send({ t: 'output', stream: 'stdout', text: '' }, server);
-  return 'sent';
+
+/** A frame that announces 4 GB, then 320 MB of it: Node 20's IPC channel buffered all it was sent. */
+export async function huge() {
+  const header = Buffer.alloc(4);
+  header.writeUInt32BE(0xfffffff0, 0);
+  write(header);
+  const piece = Buffer.alloc(2 ** 20, 1);
+  for (let i = 0; i < 320; i++) if (!write(piece)) return 'closed';
+  return 'all written';
 }
+
+/** What Node's own IPC would have offered: a channel with commands and handles. */
+export const nodeIpc = () => [typeof process.send, typeof process.channel];
 `;
 
-describe('a process key’s IPC channel, written by a hostile agent', () => {
-  for (const fn of ['nodeCommand', 'garbage', 'handle']) {
-    it(`${fn}: ends that key with protocol; the host lives and a neighbour answers`, async () => {
-      const root = await makeRoot({ 'x/live/attacker.mjs': ATTACKER, ...(await counterAgent('n')) });
-      const pool = openPool({
-        root,
-        isolation: (key) => (key.swarm === 'x' ? 'process' : 'thread'),
-        permissions: 'none',
-      });
-      expect(await pool.call('n/notifier_agent', 'notify', ['before'])).toMatchObject({ version: 'v1' });
-      const neighbour = (async () => {
-        for (let i = 0; i < 20; i++) await pool.call('n/notifier_agent', 'notify', [`during ${i}`]);
-      })();
-      const error = await rejection(pool.call('x/attacker', fn));
+async function attackPool() {
+  const root = await makeRoot({
+    'x/live/attacker.mjs': ATTACKER,
+    ...(await counterAgent('n')),
+    ...(await counterAgent('m')),
+  });
+  return openPool({
+    root,
+    isolation: (key) => (key.swarm === 'n' ? 'thread' : 'process'),
+    permissions: (key) => (key.swarm === 'x' ? 'none' : 'strict'),
+    callTimeoutMs: 30_000,
+  });
+}
+
+describe('a process key’s channel, written by a hostile agent', () => {
+  it('is no Node IPC channel: no commands, no handles to send', async () => {
+    const pool = await attackPool();
+    expect(await withNeighbours(pool, () => pool.call('x/attacker', 'nodeIpc'))).toEqual(['undefined', 'undefined']);
+  });
+
+  it('a frame that does not deserialize ends that key with protocol; the neighbours answer', async () => {
+    const pool = await attackPool();
+    const error = await withNeighbours(pool, () => rejection(pool.call('x/attacker', 'garbage')));
+    expect(error).toMatchObject({ code: 'ERR_SANDPOOL_WORKER_EXITED', reason: 'protocol' });
+  });
+
+  it('a frame announced past the bound ends that key with protocol before the host keeps any of it', async () => {
+    const pool = await attackPool();
+    const before = process.memoryUsage().rss;
+    let peak = before;
+    const sampler = setInterval(() => {
+      peak = Math.max(peak, process.memoryUsage().rss);
+    }, 5);
+    try {
+      const error = await withNeighbours(pool, () => rejection(pool.call('x/attacker', 'huge')));
       expect(error).toMatchObject({ code: 'ERR_SANDPOOL_WORKER_EXITED', reason: 'protocol' });
-      await neighbour;
-      expect(await pool.call('n/notifier_agent', 'notify', ['after'])).toMatchObject({ version: 'v1' });
-      expect(invariants(pool)).toEqual([]);
-    });
-  }
+    } finally {
+      clearInterval(sampler);
+    }
+    // Unbounded, the host kept all 320 MB; bounded, it read one pipe's worth past the header.
+    expect(peak - before).toBeLessThan(96 * 2 ** 20);
+  });
 });

@@ -1,6 +1,7 @@
+import { setImmediate as realSetImmediate } from 'node:timers';
 import { serialize } from 'node:v8';
 import type { SandpoolError } from 'sandpool';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import type { Call } from '../packages/sandpool/dist/host/cells/call.js';
 import { Channel, type ChannelOwner } from '../packages/sandpool/dist/host/cells/channel.js';
 import type { AgentThread } from '../packages/sandpool/dist/host/workers/thread.js';
@@ -261,16 +262,32 @@ describe('Channel', () => {
     expect(channel.running.oldest()).toBe(second);
   });
 
-  it('sends a lone call at once, and batches the calls that follow it in the same tick', async () => {
+  it('sends a lone call at once, and batches the calls that follow it in the same turn of the event loop', async () => {
     const { channel, sent, call } = setup();
     const [lone, second, third] = [call('a'), call('b'), call('c')];
     channel.post(lone);
     expect(sent).toEqual([{ t: 'calls', calls: [lone.id, 'a', 0, 0] }]);
     channel.post(second);
+    // A later tick of the same turn (a caller woken by another worker's reply, say) joins the batch.
+    await Promise.resolve();
     channel.post(third);
     expect(sent).toHaveLength(1);
-    await Promise.resolve();
+    await new Promise((resolve) => setImmediate(resolve));
     expect(sent[1]).toEqual({ t: 'calls', calls: [second.id, 'b', 0, 0, third.id, 'c', 0, 0] });
+  });
+
+  it('sends the batch while the application fakes the global timers', async () => {
+    const { channel, sent, call } = setup();
+    vi.useFakeTimers();
+    try {
+      const [lone, second] = [call('a'), call('b')];
+      channel.post(lone);
+      channel.post(second);
+      await new Promise((resolve) => realSetImmediate(resolve));
+      expect(sent[1]).toEqual({ t: 'calls', calls: [second.id, 'b', 0, 0] });
+    } finally {
+      vi.useRealTimers();
+    }
   });
 
   it('times out a call whose deadline comes after the timer armed for one that settled', async () => {

@@ -1,9 +1,10 @@
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { chmod, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
+import { chmod, copyFile, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { createPool, type Pool, type PoolOptions, type SandboxLayers } from 'sandpool';
 import { afterEach, describe, expect, it } from 'vitest';
 import { findCgroups } from '../packages/sandpool/dist/host/governors/cgroups.js';
@@ -12,16 +13,15 @@ import { cgroupFileOf } from './support/cgroup.js';
 import { rejection } from './support/errors.js';
 import { childProcesses, eventually, installCleanup, invariants, openPool } from './support/pool.js';
 import { counterAgent, fixture, makeRoot } from './support/root.js';
-import { hostLayers, ON_CI } from './support/sandbox.js';
+import { hostLayers, ON_CI, PROCESS_NEIGHBOUR, withNeighbours } from './support/sandbox.js';
 import { installServerCleanup, openServer, request } from './support/server.js';
 
 installCleanup();
 installServerCleanup();
 
 const ATTACKER = 'x/cellmate';
-/** The neighbour in a worker thread, and one in a process of its own (another swarm). */
-const THREAD_NEIGHBOUR = 'n/notifier_agent';
-const PROCESS_NEIGHBOUR = 'm/notifier_agent';
+/** sandpool's build, for a host run in a process of its own. */
+const DIST = fileURLToPath(new URL('../packages/sandpool/dist/', import.meta.url));
 const root = process.getuid?.() === 0;
 const layers = hostLayers();
 const caged = layers.namespaces;
@@ -55,37 +55,6 @@ function tenantPool(dir: string, options: Partial<PoolOptions> = {}): Pool {
   });
 }
 
-/**
- * Runs `attack` while both neighbours are called in a loop, every answer checked: they keep
- * answering, right, during it and once more after it; the host lives, and the books hold.
- */
-async function withNeighbours<T>(pool: Pool, attack: () => Promise<T>): Promise<T> {
-  const neighbours = [THREAD_NEIGHBOUR, PROCESS_NEIGHBOUR];
-  for (const key of neighbours) expect(await pool.call(key, 'add', [0, 1])).toBe(1);
-  let stop = false;
-  const answered = new Map(neighbours.map((key) => [key, 0]));
-  const wrong: unknown[] = [];
-  const loops = neighbours.map(async (key) => {
-    for (let i = 0; !stop; i++) {
-      const value = await pool.call(key, 'add', [i, 1]).catch((error: unknown) => error);
-      if (value === i + 1) answered.set(key, (answered.get(key) ?? 0) + 1);
-      else wrong.push([key, value]);
-      await new Promise((resolve) => setTimeout(resolve, 2));
-    }
-  });
-  try {
-    const result = await attack();
-    const atEnd = new Map(answered);
-    await eventually(() => neighbours.every((key) => (answered.get(key) ?? 0) > (atEnd.get(key) ?? 0)));
-    return result;
-  } finally {
-    stop = true;
-    await Promise.all(loops);
-    expect(wrong).toEqual([]);
-    expect(invariants(pool)).toEqual([]);
-  }
-}
-
 /** The process neighbour's child, as the host sees it (the pid its spawn event carried). */
 async function processNeighbourPid(pool: Pool): Promise<number> {
   const spawned = new Promise<number>((resolve) =>
@@ -115,11 +84,11 @@ describe('the OS sandbox of process keys', () => {
   it('/healthz says which layers process keys get, without the reasons for a missing one', async () => {
     const dir = await tenants();
     const server = openServer({ root: dir, isolation: 'process' });
-    const { namespaces, uidPerSwarm, cgroups, network } = layers;
+    const { namespaces, uidPerSwarm, cgroups, network, userns } = layers;
     expect((await request(server, 'GET', '/healthz')).body).toEqual({
       status: 'ok',
       node: 'node-1',
-      sandbox: { namespaces, uidPerSwarm, cgroups, network },
+      sandbox: { namespaces, uidPerSwarm, cgroups, network, userns },
     });
     expect((await request(openServer({ root: dir }), 'GET', '/healthz')).body.sandbox).toBeNull();
   });
@@ -201,8 +170,8 @@ describe('the OS sandbox of process keys', () => {
       throughLink: 'ENOENT',
       direct: 'ENOENT',
       neighbourCode: 'ENOENT',
-      // Its own (the pool's `env`, empty here), never the host's; after the drop to its uid, not even that.
-      hostEnviron: root ? 'EACCES' : '',
+      // Its own (the pool's `env`, empty here, and its Node's flags), never the host's; after the drop to its uid, not even that.
+      hostEnviron: root ? 'EACCES' : expect.stringMatching(/^(NODE_OPTIONS=[^\0]*\0)?$/),
       ownCode: 'string',
     });
   });
@@ -329,6 +298,21 @@ describe('the OS sandbox of process keys', () => {
     },
   );
 
+  it.runIf(layers.cgroups !== null)(
+    'the CPU of a cell’s child processes counts toward its key while they run, not once they are reaped',
+    { timeout: 120_000 },
+    async () => {
+      // No idle-burn limit: the key must live to be read.
+      const pool = tenantPool(await tenants(), { cpuTimeoutMs: 0 });
+      const cpuOf = (): number => pool.keyStats().find((entry) => entry.key === ATTACKER)?.cpuMs ?? 0;
+      await withNeighbours(pool, async () => {
+        expect(await pool.call(ATTACKER, 'burnInChild', [1_500])).toBe('started');
+        // The child never ends while the cell lives: only the cell's cgroup counts it.
+        await eventually(() => cpuOf() >= 1_000, 90_000);
+      });
+    },
+  );
+
   // On CI the layers are required (see 'has every layer on CI'): there this runs, and fails without cgroups.
   it.runIf(layers.cgroups !== null || ON_CI)(
     "a process key's own budgets from policy bound its cell: over them it ends with oom, a neighbour on the pool's answers",
@@ -377,6 +361,76 @@ describe('the OS sandbox of process keys', () => {
     await pool.snapshots.create('x', 'jan');
     expect(await pool.call('x@jan/typed', 'add', [4, 5])).toBe(9);
     expect(invariants(pool)).toEqual([]);
+  });
+
+  it('a descriptor the host holds without close-on-exec reaches no cell', async () => {
+    const dir = await makeRoot({
+      'x/live/leak.mjs': `
+        import { readdirSync, readlinkSync } from 'node:fs';
+        /** What each of its descriptors is, past stdio. */
+        export const openFds = () =>
+          readdirSync('/proc/self/fd').filter((fd) => Number(fd) > 2).map((fd) => {
+            try {
+              return readlinkSync(\`/proc/self/fd/\${fd}\`);
+            } catch (error) {
+              return error.code;
+            }
+          });
+      `,
+      'b/live/secret.txt': 'b only',
+      ...(await counterAgent('n')),
+      ...(await counterAgent('m')),
+    });
+    await chmod(dir, 0o755);
+    const secret = join(dir, 'b/live/secret.txt');
+    // The host is a child holding the secret open as fd 30, as a shell's redirection leaves it: not close-on-exec (Node marks a low one such as 9 at its start, not 30).
+    const hostScript = fileURLToPath(new URL('fixtures/leaky-host.mjs', import.meta.url));
+    const host = spawnSync('bash', ['-c', 'exec 30<"$0"; exec "$@"', secret, process.execPath, hostScript, DIST, dir], {
+      encoding: 'utf8',
+      timeout: 120_000,
+    });
+    expect(host.status, host.stderr).toBe(0);
+    const seen = JSON.parse(host.stdout) as { fds: string[]; wrong: unknown[]; answered: number; invariants: string[] };
+    expect(seen.wrong).toEqual([]);
+    expect(seen.answered).toBeGreaterThan(0);
+    expect(seen.invariants).toEqual([]);
+    expect(seen.fds.length).toBeGreaterThan(0);
+    expect(seen.fds.some((target) => target.includes('secret'))).toBe(false);
+  });
+
+  it.runIf(caged)('finds no host path on its cell’s command lines: neither the root nor sandpool’s', async () => {
+    const dir = await tenants();
+    const pool = tenantPool(dir);
+    const lines = await withNeighbours(pool, async () => [
+      await pool.call<string>(ATTACKER, 'readFile', ['/proc/1/cmdline']),
+      await pool.call<string>(ATTACKER, 'readFile', ['/proc/self/cmdline']),
+    ]);
+    for (const line of lines) {
+      // Read, and what it holds: bubblewrap and Node by name, nothing of where things are on the host.
+      expect(line).toMatch(/node\0bundle\.js\0/);
+      for (const path of [dir, DIST, '/run/sandpool', join(DIST, 'worker')]) expect(line).not.toContain(path);
+    }
+  });
+
+  it.runIf(caged)('cannot make a user namespace, even with child processes granted', async () => {
+    expect(layers.userns).toBe(root ? 'seccomp' : 'disabled');
+    const dir = await tenants();
+    // A tenant may ship any program in its folder: here util-linux's unshare (it needs only the libc every cell has).
+    await copyFile('/usr/bin/unshare', join(dir, 'x/live/unshare'));
+    await chmod(join(dir, 'x/live/unshare'), 0o755);
+    const pool = tenantPool(dir);
+    const unshare = join(dir, 'x/live/unshare');
+    // The cell has no shell and no coreutils: the one program to run is its Node.
+    const node = [process.execPath, '-e', '0'];
+    const tries = await withNeighbours(pool, async () => [
+      await pool.call(ATTACKER, 'run', [unshare, ['--user', ...node]]),
+      await pool.call(ATTACKER, 'run', [unshare, ['--user', '--map-root-user', ...node]]),
+      // The same program, asking for no namespace, runs.
+      await pool.call(ATTACKER, 'run', [unshare, ['--fork', ...node]]),
+    ]);
+    expect(tries[0]).toMatchObject({ status: 1, said: expect.stringMatching(/Operation not permitted/) });
+    expect(tries[1]).toMatchObject({ status: 1, said: expect.stringMatching(/Operation not permitted/) });
+    expect(tries[2]).toMatchObject({ status: 0 });
   });
 
   it.runIf(root)('gives each swarm a uid of its own, the same one again, and two swarms never one', async () => {

@@ -8,6 +8,13 @@ import { installServerCleanup, openServer, request } from './support/server.js';
 
 installServerCleanup();
 
+/** The digest a snapshot reply names, or a failure saying what came instead. */
+function digestOf(reply: { body: unknown }): string {
+  const digest = (reply.body as { snapshot?: { digest?: unknown } } | null)?.snapshot?.digest;
+  if (typeof digest !== 'string') throw new Error(`no snapshot digest in ${JSON.stringify(reply.body)}`);
+  return digest;
+}
+
 const BIN = fileURLToPath(new URL('../packages/cli/dist/bin.js', import.meta.url));
 
 describe('snapshot routes', () => {
@@ -49,13 +56,13 @@ describe('snapshot routes', () => {
   it('points a channel at a snapshot (PUT /v1/swarms/:swarm/channels/:name), and the channel follows deploys', async () => {
     const root = await makeRoot(await counterAgent('a'));
     const server = openServer({ root });
-    const jan = await request(server, 'POST', '/v1/swarms/a/snapshots/jan');
+    const jan = digestOf(await request(server, 'POST', '/v1/swarms/a/snapshots/jan'));
     await writeFiles(root, await counterAgent('a', 'v2'));
-    const jun = await request(server, 'POST', '/v1/swarms/a/snapshots/jun');
+    const jun = digestOf(await request(server, 'POST', '/v1/swarms/a/snapshots/jun'));
     const prod = await request(server, 'PUT', '/v1/swarms/a/channels/prod', { target: 'jan' });
     expect(prod).toMatchObject({
       status: 200,
-      body: { snapshot: { swarm: 'a', name: 'prod', digest: jan.body.snapshot.digest } },
+      body: { snapshot: { swarm: 'a', name: 'prod', digest: jan } },
     });
     const notify = { fn: 'notify', args: ['hi'] };
     expect((await request(server, 'POST', '/v1/call/a@prod/notifier_agent', notify)).body).toMatchObject({
@@ -63,7 +70,7 @@ describe('snapshot routes', () => {
     });
     await request(server, 'PUT', '/v1/swarms/a/channels/prod', { target: 'jun' });
     expect((await request(server, 'GET', '/v1/swarms/a/snapshots/prod')).body).toMatchObject({
-      snapshot: { digest: jun.body.snapshot.digest },
+      snapshot: { digest: jun },
     });
     expect((await request(server, 'POST', '/v1/call/a@prod/notifier_agent', notify)).body).toMatchObject({
       result: { version: 'v2' },
@@ -80,7 +87,7 @@ describe('snapshot routes', () => {
       });
     }
     expect((await request(server, 'GET', '/v1/swarms/a/snapshots/prod')).body).toMatchObject({
-      snapshot: { digest: jun.body.snapshot.digest },
+      snapshot: { digest: jun },
     });
   });
 

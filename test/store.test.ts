@@ -251,6 +251,13 @@ describe('list, get, remove', () => {
   it.each(['get', 'remove', 'verify'] as const)('%s rejects SNAPSHOT_NOT_FOUND', async (method) => {
     expect(await code(store[method]('acme', 'nope'))).toBe('ERR_SANDPOOL_SNAPSHOT_NOT_FOUND');
     expect(await code(store[method]('ghost', 'nope'))).toBe('ERR_SANDPOOL_SNAPSHOT_NOT_FOUND');
+    // Nothing made on the way: not the swarm's folders, not a name lock.
+    expect(await lstat(join(root, 'ghost')).catch(() => null)).toBeNull();
+    expect(
+      (await readdir(join(root, 'acme', 'snapshots')).catch(() => [] as string[])).filter((name) =>
+        name.startsWith('.'),
+      ),
+    ).toEqual([]);
   });
 });
 

@@ -78,18 +78,21 @@ interface State {
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 /**
- * A child process's agent can reach its IPC channel (see the worker entry): it forges chunks
- * for its own stream, past the credit the consumer gave. It learns the call id from the start.
+ * A child process's agent can reach its channel (see the worker entry): it forges chunks for
+ * its own stream, past the credit the consumer gave, as frames on fd 3 (a length, then
+ * v8.serialize). The stream's id is the call's: the first a worker takes is its slot 1.
  */
 const FLOODER = `
-let streamId = null;
-process.on('message', (message) => {
-  if (message?.t === 'stream') streamId = message.id;
-});
+import { writeSync } from 'node:fs';
+import { serialize } from 'node:v8';
+function forge(message) {
+  const body = serialize(message);
+  const head = Buffer.alloc(4);
+  head.writeUInt32BE(body.length);
+  writeSync(3, Buffer.concat([head, body]));
+}
 export async function* flood(n) {
-  // The start reaches this listener after the runtime's: let it run before forging.
-  await new Promise((resolve) => setImmediate(resolve));
-  for (let i = 0; i < n; i++) process.send({ t: 'chunk', id: streamId, value: i, bytes: null });
+  for (let i = 0; i < n; i++) forge({ t: 'chunk', id: 1, value: i, bytes: null });
   yield 'honest';
 }
 `;

@@ -11,8 +11,10 @@ import { coldStart } from './bench/cold-start.js';
 import { compileCache } from './bench/compile-cache.js';
 import { fairness } from './bench/fairness.js';
 import { isolation } from './bench/isolation.js';
+import { keyStart } from './bench/key-start.js';
 import { manyKeys } from './bench/many-keys.js';
 import { memory } from './bench/memory.js';
+import { pointerMove } from './bench/pointer-move.js';
 import { processIsolation } from './bench/process.js';
 import { rpc } from './bench/rpc.js';
 import { snapshotStart } from './bench/snapshot-start.js';
@@ -25,10 +27,12 @@ const BENCHMARKS: readonly Benchmark[] = [
   rpc,
   coldStart,
   snapshotStart,
+  keyStart,
   compileCache,
   memory,
   processIsolation,
   manyKeys,
+  pointerMove,
 ];
 
 const { values } = parseArgs({

@@ -20,7 +20,8 @@ export function childProcesses(): number[] {
     .filter((pid) => {
       try {
         const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'latin1');
-        return cmdline.includes('worker/bundle.js') || cmdline.includes('store/helper-entry.js');
+        // In a cell the entry is named by its file name alone (no host path on a cell's command line).
+        return /(^|[\0/])bundle\.js\0/.test(cmdline) || cmdline.includes('store/helper-entry.js');
       } catch {
         return false; // gone already
       }

@@ -27,8 +27,8 @@ const GOAL_SPARE_START_OVER_THREAD = 2;
 const GOAL_ROUND_TRIP_OVER_THREAD = 1.5;
 const GOAL_IDLE_RSS_OVER_BARE = 1.2;
 const BARE_PROCESS = fileURLToPath(fixture('bare-process.mjs'));
-/** What marks a pool's child in /proc/<pid>/cmdline. */
-const POOL_CHILD = 'worker/bundle.js';
+/** What marks a pool's child in /proc/<pid>/cmdline (in a cell its entry is named by file name alone). */
+const POOL_CHILD = 'bundle.js\0';
 
 type Permissions = 'none' | 'strict';
 /** A process key in the OS sandbox this host offers (`'auto'`), or with none (`'off'`). */

@@ -19,6 +19,10 @@ import type { BenchContext, Benchmark, BenchReport } from '../lib/report.js';
 import { fixture, makeRoot } from '../lib/temp-root.js';
 
 const DEPTHS = [64, 1024] as const;
+/** Calls spread over this many keys, against the raw echo over as many workers. */
+const SPREADS = [8, 64] as const;
+/** In flight while calls spread: each result issues the next call, to the next key. */
+const SPREAD_DEPTH = 1024;
 /** The default pool: tracing on, @opentelemetry/api loaded, no provider registered. */
 const TRACED = 'sandpool call';
 /** The same calls on a pool with tracing off: what a call costs with no telemetry at all. */
@@ -39,7 +43,14 @@ export const rpc: Benchmark = {
     const measureMs = context.quick ? 400 : 1_500;
     const warmMs = context.quick ? 200 : 500;
     const repeats = context.quick ? 1 : 3;
-    const tree = await makeRoot([{ swarm: 'rpc', stem: 'adder', fixture: 'agent.mjs' }]);
+    const spreadKeys = Array.from({ length: Math.max(...SPREADS) }, (_, i) => `spread/k${i}`);
+    const tree = await makeRoot([
+      { swarm: 'rpc', stem: 'adder', fixture: 'agent.mjs' },
+      ...spreadKeys.map((key) => ({ swarm: 'spread', stem: key.slice('spread/'.length), fixture: 'agent.mjs' })),
+    ]);
+    /** Per spread: sandpool's calls over its keys, and the raw echo over as many workers. */
+    const spreads = new Map<number, RpcSystem[]>();
+    const spreadPipelined = new Map<string, Pipelined[]>();
     const systems: RpcSystem[] = [];
     /** The default pool's calls beside the same calls with tracing off, and with call records. */
     const telemetrySystems: RpcSystem[] = [];
@@ -87,6 +98,24 @@ export const rpc: Benchmark = {
         piscinaPerKey(),
       );
       floors.push(doorbell('doorbell, waitAsync', false), doorbell('doorbell, blocking worker', true));
+      for (const keys of SPREADS) {
+        const spread = createPool({ ...options, maxWorkers: keys });
+        const pair: RpcSystem[] = [
+          {
+            name: spreadName('sandpool call', keys),
+            add: (a, b) => spread.call<number>(spreadKeys[a % keys] as string, 'add', [a, b]),
+            close: () => spread.close(),
+          },
+          rawEcho(keys),
+        ];
+        spreads.set(keys, pair);
+        for (const system of pair) {
+          // Every key started before any window: a window measures calls, not starts.
+          const sums = await Promise.all(Array.from({ length: keys }, (_, i) => system.add(i, 1)));
+          if (sums.some((sum, i) => sum !== i + 1)) throw new Error(`${system.name}: a wrong sum`);
+          spreadPipelined.set(system.name, []);
+        }
+      }
       const extra = telemetrySystems.slice(1);
       for (const system of [...systems, ...extra, ...floors]) {
         if ((await system.add(2, 3)) !== 5) throw new Error(`${system.name}: add(2, 3) is not 5`);
@@ -108,6 +137,12 @@ export const rpc: Benchmark = {
             pipelined.get(system.name)?.push(await runPipelined(system, depth, measureMs));
           }
         }
+        for (const [keys, pair] of spreads) {
+          context.progress(`round ${repeat}/${repeats}: spread over ${keys} keys, interleaved`);
+          if (repeat === 1) await runPipelinedInterleaved(pair, SPREAD_DEPTH, warmMs / SLICES, SLICES);
+          const runs = await runPipelinedInterleaved(pair, SPREAD_DEPTH, measureMs / SLICES, SLICES);
+          for (const [name, run] of runs) spreadPipelined.get(name)?.push(run);
+        }
         context.progress(`round ${repeat}/${repeats}: telemetry, pipelined, interleaved`);
         for (const depth of DEPTHS) {
           if (repeat === 1) await runPipelinedInterleaved(telemetrySystems, depth, warmMs / SLICES, SLICES);
@@ -116,7 +151,10 @@ export const rpc: Benchmark = {
         }
       }
     } finally {
-      for (const system of [...floors, ...telemetrySystems.slice(1), ...systems].reverse()) await system.close();
+      const spreadSystems = [...spreads.values()].flat();
+      for (const system of [...floors, ...telemetrySystems.slice(1), ...systems, ...spreadSystems].reverse()) {
+        await system.close();
+      }
       await tree.cleanup();
     }
 
@@ -196,6 +234,22 @@ export const rpc: Benchmark = {
       [TRACED]: telemetry(TRACED),
       [RECORDED]: telemetry(RECORDED),
     };
+    // Calls spread over many keys against the raw echo over as many workers.
+    const spreadMedian = (name: string): Pipelined =>
+      median(spreadPipelined.get(name) as Pipelined[], (r) => r.callsPerSecond);
+    const spreadRatios: Record<string, Record<string, number | null>> = {};
+    for (const keys of SPREADS) {
+      const mine = spreadMedian(spreadName('sandpool call', keys));
+      const raw = spreadMedian(spreadName('raw postMessage', keys));
+      spreadRatios[`${keys} keys`] = {
+        throughputOverRaw: round(mine.callsPerSecond / raw.callsPerSecond, 3),
+        mainCpuOverRaw:
+          mine.mainCpuUsPerCall === null || raw.mainCpuUsPerCall === null
+            ? null
+            : round(mine.mainCpuUsPerCall / raw.mainCpuUsPerCall, 3),
+        processCpuOverRaw: round(mine.processCpuUsPerCall / raw.processCpuUsPerCall, 3),
+      };
+    }
     const cpu = (value: number | null | undefined): string =>
       value === null || value === undefined ? 'n/a' : `${num(value)} µs`;
     return {
@@ -209,9 +263,10 @@ export const rpc: Benchmark = {
         'piscina per key: one pool for the key, minThreads = maxThreads = 1, concurrentTasksPerWorker 64.',
         'sandpool call / remote: one pool, one key (maxWorkers 1, spareWorkers 0); remote is pool.remote<T>(key).add(a, b).',
         `telemetry: "${TRACED}" is the default pool, which looks for a registered OpenTelemetry provider (the API is installed; none is registered); "${UNTRACED}" is the same key on a pool with tracing: false; "${RECORDED}" a pool with a \`call\` listener. Their sequential calls are interleaved with every system's; their pipelined windows with each other's (${SLICES} turns of a tenth of the measure window each), so that the machine's noise falls on the three alike.`,
+        `spread: ${SPREAD_DEPTH} calls in flight, each to the next of ${SPREADS.join(' or ')} keys in turn (a pool with maxWorkers = keys, every key started first), against the raw echo over as many workers (each call to the next worker); the two take turns, ${SLICES} slices of a tenth of the measure window each. CPU per call as for pipelined calls.`,
         `Each figure is the median of ${repeats} round(s); a round runs every system in turn, ${measureMs} ms per measure (the first round after ${warmMs} ms of warm-up per measure).`,
       ],
-      parameters: { measureMs, warmMs, repeats, depths: [...DEPTHS] },
+      parameters: { measureMs, warmMs, repeats, depths: [...DEPTHS], spreads: [...SPREADS], spreadDepth: SPREAD_DEPTH },
       results: Object.fromEntries([
         ...names.map((name) => [
           name,
@@ -221,6 +276,12 @@ export const rpc: Benchmark = {
           },
         ]),
         ...floorNames.map((name) => [name, { sequential: { ...(seq.get(name) as Sequential) } }]),
+        [
+          'spread',
+          Object.fromEntries(
+            [...spreadPipelined.keys()].map((name) => [name, { pipelinedInterleaved: { ...spreadMedian(name) } }]),
+          ),
+        ],
         [
           'telemetry',
           Object.fromEntries(
@@ -234,7 +295,7 @@ export const rpc: Benchmark = {
           ),
         ],
       ]),
-      ratios: { ...ratios, telemetryCost, otelApiLoaded: apiLoaded() },
+      ratios: { ...ratios, spread: spreadRatios, telemetryCost, otelApiLoaded: apiLoaded() },
       tables: [
         {
           title: 'Telemetry: cost against the same calls with tracing off (1.00× is free; lower is better)',
@@ -323,6 +384,37 @@ export const rpc: Benchmark = {
           note: 'sequential calls, one in flight. The doorbells move no message: what is left is the cost of waking the other thread.',
         },
         {
+          title: `Calls spread over many keys, ${SPREAD_DEPTH} in flight, against the raw echo over as many workers`,
+          headers: [
+            'keys',
+            'sandpool calls/s',
+            'raw calls/s',
+            'calls/s / raw',
+            'main CPU',
+            'raw main CPU',
+            'process CPU',
+            'raw process CPU',
+            'process CPU / raw',
+          ],
+          rows: SPREADS.map((keys) => {
+            const mine = spreadMedian(spreadName('sandpool call', keys));
+            const raw = spreadMedian(spreadName('raw postMessage', keys));
+            const r = spreadRatios[`${keys} keys`] as Record<string, number | null>;
+            return [
+              String(keys),
+              perSecond(mine.callsPerSecond),
+              perSecond(raw.callsPerSecond),
+              ratio(r.throughputOverRaw as number),
+              cpu(mine.mainCpuUsPerCall),
+              cpu(raw.mainCpuUsPerCall),
+              cpu(mine.processCpuUsPerCall),
+              cpu(raw.processCpuUsPerCall),
+              ratio(r.processCpuOverRaw as number),
+            ];
+          }),
+          note: 'CPU per call: main thread (the coordinator) and process (every thread, the workers included). Calls/s: higher is better; CPU: lower is better.',
+        },
+        {
           title: 'CPU per call while pipelined',
           headers: ['system', ...DEPTHS.map((d) => `main thread @${d}`), ...DEPTHS.map((d) => `process @${d}`)],
           rows: names.map((name) => {
@@ -368,25 +460,32 @@ export const rpc: Benchmark = {
   },
 };
 
-function rawEcho(): RpcSystem {
-  const worker = new Worker(fixture('echo-worker.mjs'), { execArgv: [] });
+function spreadName(system: string, keys: number): string {
+  return `${system}, ${keys} keys`;
+}
+
+/** The raw echo over `workers` workers (a call goes to worker a % workers), or over one. */
+function rawEcho(workers?: number): RpcSystem {
+  const threads = Array.from({ length: workers ?? 1 }, () => new Worker(fixture('echo-worker.mjs'), { execArgv: [] }));
   const pending = new Map<number, (value: number) => void>();
   let nextId = 0;
-  worker.on('message', (message: { id: number; value: number }) => {
-    const resolve = pending.get(message.id);
-    pending.delete(message.id);
-    resolve?.(message.value);
-  });
+  for (const worker of threads) {
+    worker.on('message', (message: { id: number; value: number }) => {
+      const resolve = pending.get(message.id);
+      pending.delete(message.id);
+      resolve?.(message.value);
+    });
+  }
   return {
-    name: 'raw postMessage',
+    name: workers === undefined ? 'raw postMessage' : spreadName('raw postMessage', workers),
     add: (a, b) =>
       new Promise((resolve) => {
         const id = nextId++;
         pending.set(id, resolve);
-        worker.postMessage({ id, a, b });
+        (threads[a % threads.length] as Worker).postMessage({ id, a, b });
       }),
     close: async () => {
-      await worker.terminate();
+      await Promise.all(threads.map((worker) => worker.terminate()));
     },
   };
 }

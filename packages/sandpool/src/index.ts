@@ -44,4 +44,5 @@ export type {
   Remote,
   SandboxLayers,
   SpawnReason,
+  StoreEvent,
 } from './types.js';

@@ -3,6 +3,7 @@ import { invalidOptions } from './errors.js';
 import { issuesOf } from './issues.js';
 import { type AgentKey, SnapshotNameSchema, StemSchema, SwarmSchema } from './key.js';
 import { IO_LIMITS } from './protocol/agent-io.js';
+import { PostgresStoreSchema } from './store/postgres-options.js';
 import { DEFAULT_MAX_SNAPSHOT_BYTES, SnapshotSecretSchema } from './store/store.js';
 import type {
   FetchOption,
@@ -162,6 +163,11 @@ export const PoolOptionsSchema = z.strictObject({
   snapshotSecret: SnapshotSecretSchema,
   /** Bytes one snapshot create may read and write. */
   maxSnapshotBytes: z.number().int().positive().max(Number.MAX_SAFE_INTEGER).default(DEFAULT_MAX_SNAPSHOT_BYTES),
+  /**
+   * Where snapshots and their names are kept: omitted, under `root` alone; `{ postgres: url }`,
+   * in a PostgreSQL database every node of a fleet shares, mirrored onto each node's `root`.
+   */
+  store: PostgresStoreSchema.optional(),
   /**
    * Node's permission model per worker: `'strict'` (reads of the key's folder, the packages
    * its imports resolve to and sandpool's runtime; no writes, child processes, nested

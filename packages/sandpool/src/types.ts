@@ -52,6 +52,15 @@ export interface PoolEvents {
   call: [CallRecord];
   /** Once, just after createPool, when keys may run in processes: the sandbox layers they get here. */
   sandbox: [SandboxLayers];
+  /**
+   * With `store: { postgres }`: the database was lost (cached snapshots keep serving; the pool
+   * reconnects with backoff) or is connected again (every name is read again).
+   */
+  store: [StoreEvent];
+}
+
+export interface StoreEvent {
+  state: 'lost' | 'connected';
 }
 
 /** What one call did (the `call` event): made when it settles, or when it is refused for a valid key. */
@@ -87,8 +96,10 @@ export interface SandboxLayers {
   cgroups: 'v1' | 'v2' | null;
   /** What a cell can connect to: its own loopback only, or the host's network. */
   network: 'loopback' | 'host';
+  /** What keeps a cell from making user namespaces: bubblewrap's `--disable-userns`, or a seccomp filter; null: nothing. */
+  userns: 'disabled' | 'seccomp' | null;
   /** The layers `'auto'` goes without here, each with why (empty with `'require'`, which refuses to). */
-  missing: { layer: 'namespaces' | 'uidPerSwarm' | 'cgroups'; reason: string }[];
+  missing: { layer: 'namespaces' | 'uidPerSwarm' | 'cgroups' | 'userns'; reason: string }[];
 }
 
 export interface PoolStats {
@@ -151,6 +162,8 @@ export interface KeyStats {
   latency: { p50: number; p99: number; max: number } | null;
   /** Calls refused by its `quotas.calls`. */
   quotaRefused: number;
+  /** Output characters it printed that never reached the host's output: past its 1 MB window, its output budget, or a full host stream. */
+  outputDropped: number;
   /** Its use of each capability, by name. */
   host: Record<string, HostUsage>;
 }

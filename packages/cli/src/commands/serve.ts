@@ -86,6 +86,7 @@ function describeSandbox(layers: SandboxLayers): string {
     layers.namespaces ? 'namespaces' : null,
     layers.uidPerSwarm ? 'a uid per swarm' : null,
     layers.cgroups === null ? null : `cgroups ${layers.cgroups}`,
+    layers.userns === null ? null : `no user namespaces (${layers.userns})`,
   ].filter((layer) => layer !== null);
   const missing = layers.missing.map(({ layer, reason }) => `${layer} (${reason})`);
   return (

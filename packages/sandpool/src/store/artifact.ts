@@ -202,7 +202,8 @@ export async function sweepUnused(root: string, swarm: string, named: () => Read
   }
 }
 
-async function freezeFolders(dir: string): Promise<void> {
+/** Makes every folder of a finished artifact read-only, deepest first. */
+export async function freezeFolders(dir: string): Promise<void> {
   for (const entry of await readdir(dir, { withFileTypes: true })) {
     if (entry.isDirectory()) await freezeFolders(join(dir, entry.name));
   }

@@ -25,6 +25,8 @@ export function snapshotDir(root: string, swarm: string, name: string): string {
  */
 export const TEMP_PREFIX = '.tmp-';
 export const REMOVING_PREFIX = '.rm-';
+/** `.lock-<name>`: held while a name's pointer is moved, so moves of one name never interleave. */
+export const LOCK_PREFIX = '.lock-';
 
 /**
  * Coordinator-owned caches under the root: a dot name, which no swarm name can take. Shared by

@@ -1,17 +1,18 @@
 /**
- * Work folders (`.tmp-*` of a create, `.rm-*` of a remove) and their removal after a crash.
- * Each carries its owner in its name, `<prefix><pid>.<machine>.<random>`, so a sweep can
- * tell a folder whose process died (removed at once) from one a build is still filling,
- * in this process or another on the same store. An owner on another machine cannot be
- * asked: its folders, and those of releases that named no owner, go only when old.
+ * Work folders and files (`.tmp-*` of a create or a pointer write, `.rm-*` of a remove) and
+ * name locks (`.lock-<name>`), and their removal after a crash. Each names its owner,
+ * `<pid>.<machine>.<random>` (a work item in its name, a lock in its content), so a sweep
+ * can tell one whose process died (removed at once) from one still in use, in this process
+ * or another on the same store. An owner on another machine cannot be asked: its work
+ * items, and those of releases that named no owner, go only when old.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { type Dirent, readlinkSync } from 'node:fs';
-import { chmod, lstat, readdir, rename, rm } from 'node:fs/promises';
+import { chmod, link, lstat, readdir, readFile, rename, rm } from 'node:fs/promises';
 import { hostname } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { SwarmSchema } from '../key.js';
-import { artifactsDir, REMOVING_PREFIX, snapshotsDir, TEMP_PREFIX } from './layout.js';
+import { artifactsDir, LOCK_PREFIX, REMOVING_PREFIX, snapshotsDir, TEMP_PREFIX } from './layout.js';
 
 /**
  * A folder this old whose owner cannot be asked was left by a crash: no create or remove
@@ -27,13 +28,20 @@ const MACHINE = createHash('sha256').update(`${hostname()}\0${pidNamespace()}`).
 const OWNED = /^([1-9][0-9]{0,9})\.([0-9a-f]{12})\.[0-9a-f]{16}$/;
 const MAX_PID = 2 ** 31 - 1;
 
-/** A fresh work folder name under `prefix`, owned by this process. */
+/** A fresh work folder (or file) name under `prefix`, owned by this process. */
 export function workFolderName(prefix: typeof TEMP_PREFIX | typeof REMOVING_PREFIX): string {
-  return `${prefix}${process.pid}.${MACHINE}.${randomBytes(8).toString('hex')}`;
+  return `${prefix}${ownerToken()}`;
+}
+
+/** A fresh `<pid>.<machine>.<random>`: this process, as a sweep can ask after it. */
+export function ownerToken(): string {
+  return `${process.pid}.${MACHINE}.${randomBytes(8).toString('hex')}`;
 }
 
 /**
- * Removes the abandoned work folders of one `snapshots/` folder and nothing else. Each is
+ * Removes the abandoned work folders, work files and name locks of one `snapshots/` folder
+ * and nothing else. A pointer left half-published (`.tmp-*`) or half-removed (`.rm-*`) still
+ * names its content, which no sweep of unused content takes while it is there. Each is
  * first renamed to a name of this process's own, so a sweep never deletes under a build
  * that is still publishing (its rename then fails whole) nor two sweeps under each other.
  * Best effort: what fails stays for the next sweep.
@@ -46,6 +54,10 @@ export async function sweepWorkFolders(parent: string, now = Date.now()): Promis
     return;
   }
   for (const name of names) {
+    if (name.startsWith(LOCK_PREFIX)) {
+      await removeAbandonedLock(join(parent, name), now);
+      continue;
+    }
     const prefix = name.startsWith(TEMP_PREFIX)
       ? TEMP_PREFIX
       : name.startsWith(REMOVING_PREFIX)
@@ -55,7 +67,7 @@ export async function sweepWorkFolders(parent: string, now = Date.now()): Promis
     const path = join(parent, name);
     try {
       const info = await lstat(path);
-      if (!info.isDirectory() || !abandoned(name.slice(prefix.length), info.mtimeMs, now)) continue;
+      if (!(info.isDirectory() || info.isFile()) || !abandoned(name.slice(prefix.length), info.mtimeMs, now)) continue;
       const claimed = join(parent, workFolderName(REMOVING_PREFIX));
       await rename(path, claimed);
       // A build that died after freezing its copy left read-only folders.
@@ -83,6 +95,41 @@ export async function sweepStore(root: string): Promise<void> {
       const info = await lstat(parent).catch(() => null);
       if (info?.isDirectory() === true) await sweepWorkFolders(parent, now);
     }
+  }
+}
+
+/** A lock's content is its owner's token: a few dozen bytes; more is not a lock of ours. */
+const MAX_TOKEN_BYTES = 64;
+
+/**
+ * Removes a name lock whose owner is gone (see `abandoned`); true if it did, false if it is
+ * held, gone already, or not a lock. The lock is renamed away and read again: a second
+ * remover that raced to the same dead lock may have taken it and made its own meanwhile,
+ * and that live lock is linked back.
+ */
+export async function removeAbandonedLock(path: string, now = Date.now()): Promise<boolean> {
+  let token: string;
+  try {
+    const info = await lstat(path);
+    if (!info.isFile() || info.size > MAX_TOKEN_BYTES) return false;
+    token = await readFile(path, 'utf8');
+    if (!abandoned(token, info.mtimeMs, now)) return false;
+  } catch {
+    return false;
+  }
+  const claimed = join(dirname(path), workFolderName(REMOVING_PREFIX));
+  try {
+    await rename(path, claimed);
+  } catch {
+    return false;
+  }
+  try {
+    const took = await readFile(claimed, 'utf8').catch(() => null);
+    if (took === token) return true;
+    await link(claimed, path).catch(() => undefined);
+    return false;
+  } finally {
+    await rm(claimed, { force: true });
   }
 }
 

@@ -37,6 +37,7 @@ import {
   snapshotDigest,
   verifyAgainst,
 } from './manifest.js';
+import { withNameLock } from './name-lock.js';
 import { namedDigests, readSnapshotName, type SnapshotRef } from './names.js';
 import { type Pointer, readPointer, serializePointer, signPointer } from './pointer.js';
 
@@ -153,9 +154,12 @@ export class SnapshotStore {
     if (!(await touchArtifact(this.root, swarm, digest))) {
       throw snapshotCorrupt(`snapshot ${target} lost its content while ${name} was pointed at it`);
     }
-    const before = pointedDigest(this.root, swarm, name);
     const pointer = this.pointerTo(swarm, name, digest, manifest);
-    await this.publish(pointer, 'replace');
+    const before = await withNameLock(snapshotsDir(this.root, swarm), name, async () => {
+      const held = pointedDigest(this.root, swarm, name);
+      await this.publish(pointer, 'replace');
+      return held;
+    });
     if (before !== null && before !== digest) await this.unnamed(swarm, before);
     return infoOfPointer(pointer, manifest);
   }
@@ -197,11 +201,16 @@ export class SnapshotStore {
     checkArgs(SnapshotArgs, { swarm, name });
     const parent = snapshotsDir(this.root, swarm);
     const doomed = join(parent, workFolderName(REMOVING_PREFIX));
-    const digest = pointedDigest(this.root, swarm, name);
+    let digest: string | null;
     try {
-      // One rename hides it whole; the slow recursive delete of an old folder happens out of sight.
-      await rename(snapshotDir(this.root, swarm, name), doomed);
+      digest = await withNameLock(parent, name, async () => {
+        const held = pointedDigest(this.root, swarm, name);
+        // One rename hides it whole; the slow recursive delete of an old folder happens out of sight.
+        await rename(snapshotDir(this.root, swarm, name), doomed);
+        return held;
+      });
     } catch (error) {
+      // No name, or no snapshots folder to lock it in.
       if (isMissingError(error)) throw snapshotNotFound(swarm, name);
       throw error;
     }
@@ -229,13 +238,30 @@ export class SnapshotStore {
     if (secret === undefined) {
       throw unusableOptions('sign() needs the store to have a snapshotSecret');
     }
-    const ref = readSnapshotName(this.root, swarm, name, undefined);
-    if (ref.kind === 'pointer') {
+    for (let attempt = 1; ; attempt++) {
+      const ref = readSnapshotName(this.root, swarm, name, undefined);
+      if (ref.kind === 'folder') return await this.signFolder(swarm, name, ref, secret);
       const { manifest } = await verifyArtifact(this.root, swarm, ref.pointer.digest);
       const pointer = this.pointerTo(swarm, name, ref.pointer.digest, manifest, ref.pointer.createdAt);
-      await this.publish(pointer, 'replace');
-      return infoOfPointer(pointer, manifest);
+      // Replaced only if the name still holds what was verified: a point meanwhile is never undone.
+      const signed = await withNameLock(snapshotsDir(this.root, swarm), name, async () => {
+        if (!samePointing(pointedPointer(this.root, swarm, name), ref.pointer)) return false;
+        await this.publish(pointer, 'replace');
+        return true;
+      });
+      if (signed) return infoOfPointer(pointer, manifest);
+      if (attempt >= CREATE_ATTEMPTS) {
+        throw snapshotBuild(`snapshot ${name} of swarm ${swarm} kept moving while it was signed; try again`);
+      }
     }
+  }
+
+  private async signFolder(
+    swarm: string,
+    name: string,
+    ref: Extract<SnapshotRef, { kind: 'folder' }>,
+    secret: string,
+  ): Promise<SnapshotInfo> {
     const { manifest, dir } = ref;
     if (manifest.version !== 2) {
       throw snapshotCorrupt(
@@ -402,11 +428,20 @@ function sizeOf(manifest: Manifest): { files: number; bytes: number } {
 
 /** The digest a name's pointer holds now, unchecked; null for none (or a folder made before artifacts). */
 function pointedDigest(root: string, swarm: string, name: string): string | null {
+  return pointedPointer(root, swarm, name)?.digest ?? null;
+}
+
+function pointedPointer(root: string, swarm: string, name: string): Pointer | null {
   try {
-    return readPointer(snapshotDir(root, swarm, name)).pointer.digest;
+    return readPointer(snapshotDir(root, swarm, name)).pointer;
   } catch {
     return null;
   }
+}
+
+/** The same move of the name (a point to the same content made later is another one). */
+function samePointing(now: Pointer | null, read: Pointer): boolean {
+  return now !== null && now.digest === read.digest && now.createdAt === read.createdAt;
 }
 
 function errnoCode(error: unknown): unknown {

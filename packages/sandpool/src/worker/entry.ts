@@ -3,9 +3,12 @@
  * agent code runs (see openLink), then a blank runtime until `load` names its key's module.
  * No zod here: it would cost every worker megabytes.
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeSync } from 'node:fs';
+import { Socket } from 'node:net';
+import { Readable } from 'node:stream';
 import { isMainThread, parentPort, workerData } from 'node:worker_threads';
 import { isDenialList } from '../protocol/checks.js';
+import { encodeFrame, FROM_CHILD_FD, FrameReader, TO_CHILD_FD } from '../protocol/frames.js';
 import {
   type FromWorker,
   type LoadRequest,
@@ -23,6 +26,7 @@ import { lockDown } from './lockdown.js';
 import { OutputGate } from './output.js';
 import { Runtime } from './runtime.js';
 
+if (isMainThread) leaveLaunch();
 const tid = threadId();
 const link = openLink();
 delete (process as { _getActiveHandles?: unknown })._getActiveHandles;
@@ -71,10 +75,9 @@ interface Link {
 /**
  * A thread takes its private port out of `workerData` and closes `parentPort`, so agent
  * code can neither forge protocol messages nor read the coordinator's. A child process
- * (isolation 'process') talks over its IPC channel, which agent code in the same process
- * could reach: there the process boundary, and the checks on every message, are the
- * guard, and what it could forge is only its own key's answers. The child ends when the
- * channel does, so a host that dies leaves no agent running.
+ * (isolation 'process') talks over its private pipes (in protocol/frames.ts's frames), which agent code in the same process could reach: there the process boundary, and
+ * the checks on every message, are the guard, and what it could forge is only its own key's
+ * answers. The child ends when the channel does, so a host that dies leaves no agent running.
  */
 function openLink(): Link {
   if (!isMainThread) {
@@ -94,17 +97,58 @@ function openLink(): Link {
       listen: (listener) => port.on('message', listener),
     };
   }
-  const send = process.send?.bind(process);
-  if (send === undefined) throw new Error('sandpool worker entry must run in a sandpool worker or child process');
-  process.on('disconnect', () => process.exit(0));
+  const channel = new Socket({ fd: TO_CHILD_FD, readable: true, writable: false });
+  // Its stdin is the channel: `process.stdin` would open it a second time (EEXIST, in agent
+  // code that only looked). It is what an ignored stdin was, a stream at its end.
+  const stdin = new Readable({ read: () => stdin.push(null) });
+  Object.defineProperty(process, 'stdin', { configurable: true, enumerable: true, get: () => stdin });
+  const exit = (): never => process.exit(0);
+  channel.on('end', exit);
+  channel.on('error', exit);
   return {
     // A channel copies what it sends: there is nothing to transfer.
-    post: (message) => {
-      send(message);
+    post: (message) => writeFrame(encodeFrame(message)),
+    listen: (listener) => {
+      const reader = new FrameReader(listener as (message: unknown) => void);
+      channel.on('data', (chunk: Buffer) => {
+        try {
+          reader.push(chunk);
+        } catch {
+          exit();
+        }
+      });
     },
-    listen: (listener) => process.on('message', listener as (message: unknown) => void),
   };
 }
+
+/**
+ * A child in a cell was started from its entry's folder, its flags in NODE_OPTIONS (so that no
+ * host path is on its command line: see the host's Cage.command): it goes back to `/`, and the
+ * flags stay out of the environment agent code and its children see.
+ */
+function leaveLaunch(): void {
+  delete process.env.NODE_OPTIONS;
+  try {
+    process.chdir('/');
+  } catch {
+    // Not in a cell's folder tree (a child without one started at `/` already).
+  }
+}
+
+/** A whole frame out, in order; a host that has gone ends the child. */
+function writeFrame(frame: Buffer): void {
+  for (let at = 0; at < frame.length; ) {
+    try {
+      at += writeSync(FROM_CHILD_FD, frame, at);
+    } catch (error) {
+      // Agent code may have made the pipe non-blocking: wait for room as a blocking write would.
+      if ((error as NodeJS.ErrnoException).code !== 'EAGAIN') process.exit(0);
+      Atomics.wait(PAUSE, 0, 0, 1);
+    }
+  }
+}
+
+const PAUSE = new Int32Array(new SharedArrayBuffer(4));
 
 const output = new OutputGate(post);
 

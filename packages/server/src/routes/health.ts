@@ -15,6 +15,7 @@ export function registerHealthRoutes(app: FastifyInstance, { metrics, options, l
           uidPerSwarm: layers.uidPerSwarm,
           cgroups: layers.cgroups,
           network: layers.network,
+          userns: layers.userns,
         };
   // Alive as long as the process answers, draining included: a probe must not kill a node mid-drain.
   app.get('/healthz', async () => ({ status: 'ok', node: options.nodeName, sandbox }));

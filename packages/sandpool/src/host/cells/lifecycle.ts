@@ -133,7 +133,7 @@ export class Lifecycle implements CellLife {
     const { thread, channel, waiting } = phase;
     const cpuTimeoutMs = cell.policy?.cpuTimeoutMs;
     if (thread instanceof AgentProcess) {
-      cpu.watchProcess(cell, thread.nodePid, (nice) => thread.prioritize(nice), cpuTimeoutMs);
+      cpu.watchProcess(cell, thread.nodePid, (nice) => thread.prioritize(nice), cpuTimeoutMs, thread.cpuUsage());
     } else if (tid > 0) cpu.watch(cell, tid, cpuTimeoutMs);
     if (phase.from === 'cold' && thread.isolation === spares.isolation) {
       spares.booted(performance.now() - phase.startedAt);

@@ -1,11 +1,13 @@
 import { appendFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { alive } from '../workers/sandbox/alive.js';
-import type { CageGroup, CageGroups } from '../workers/sandbox/cage.js';
+import type { CageGroup, CageGroups, CellCpu } from '../workers/sandbox/cage.js';
 
 /** The controllers a cell needs, all or none: its memory, its number of tasks, its CPU weight. */
 const CONTROLLERS = ['memory', 'pids', 'cpu'] as const;
 type Controller = (typeof CONTROLLERS)[number];
+/** Where a cell's cgroups are: one per controller, and on v1 the cpuacct one where it is mounted (its CPU count). */
+type CellDirs = Readonly<Record<Controller, string>> & { readonly cpuacct?: string };
 /** A cell's cgroup is named after the host's pid, so a later host can remove what a crashed one left. */
 const NAME = /^sandpool-(\d+)-\d+$/;
 /** How long removing a cgroup waits for its last task to be reaped (EBUSY until then). */
@@ -76,7 +78,11 @@ export function findCgroups(host: CgroupHost): CgroupTree | string {
   }
   const { memory, pids, cpu } = dirs;
   if (memory !== undefined && pids !== undefined && cpu !== undefined) {
-    return new CgroupTree('v1', { memory, pids, cpu }, host.pid);
+    // The cell's CPU usage (its children's too, before they are reaped) is cpuacct's: often mounted with cpu, not always.
+    const mount = mounts.find((entry) => entry.type === 'cgroup' && entry.options.includes('cpuacct'));
+    const cpuacct = mount === undefined ? null : ownDir(mount, membership.get('cpuacct') ?? null);
+    const counted = cpuacct !== null && writable(cpuacct, host.pid) === null ? { cpuacct } : {};
+    return new CgroupTree('v1', { memory, pids, cpu, ...counted }, host.pid);
   }
   return problems.length === 0 ? 'no cgroup hierarchy is mounted' : problems.join('; ');
 }
@@ -87,7 +93,7 @@ export class CgroupTree implements CageGroups {
 
   constructor(
     readonly version: 'v1' | 'v2',
-    private readonly parents: Readonly<Record<Controller, string>>,
+    private readonly parents: CellDirs,
     private readonly pid: number,
   ) {
     this.sweep();
@@ -96,13 +102,16 @@ export class CgroupTree implements CageGroups {
   /** A cgroup for one cell, limits set, empty until `attach`. Throws when the kernel refuses. */
   create(limits: CellLimits): CellGroup {
     const name = `sandpool-${this.pid}-${++this.made}`;
-    const dirs = unique(CONTROLLERS.map((controller) => join(this.parents[controller], name)));
-    for (const dir of dirs) mkdirSync(dir);
-    const group = new CellGroup(this.version, {
+    const { cpuacct } = this.parents;
+    const cell: CellDirs = {
       memory: join(this.parents.memory, name),
       pids: join(this.parents.pids, name),
       cpu: join(this.parents.cpu, name),
-    });
+      ...(cpuacct === undefined ? {} : { cpuacct: join(cpuacct, name) }),
+    };
+    const dirs = unique(Object.values(cell));
+    for (const dir of dirs) mkdirSync(dir);
+    const group = new CellGroup(this.version, cell);
     try {
       group.limit(limits);
     } catch (error) {
@@ -138,7 +147,7 @@ export class CgroupTree implements CageGroups {
 export class CellGroup implements CageGroup {
   constructor(
     readonly version: 'v1' | 'v2',
-    private readonly dirs: Readonly<Record<Controller, string>>,
+    private readonly dirs: CellDirs,
   ) {}
 
   limit({ memoryBytes, pids }: CellLimits): void {
@@ -158,6 +167,13 @@ export class CellGroup implements CageGroup {
   /** Moves a process (every thread of it) into the cell; what it starts from then on is born there. */
   attach(pid: number): void {
     for (const dir of unique(Object.values(this.dirs))) writeFileSync(join(dir, 'cgroup.procs'), String(pid));
+  }
+
+  /** Where the kernel counts the CPU of every task of the cell, ended ones included: v2's cpu.stat, v1's cpuacct.usage; null on a v1 host without cpuacct. */
+  cpuUsage(): CellCpu | null {
+    if (this.version === 'v2') return { path: join(this.dirs.cpu, 'cpu.stat'), format: 'cpu.stat' };
+    const { cpuacct } = this.dirs;
+    return cpuacct === undefined ? null : { path: join(cpuacct, 'cpuacct.usage'), format: 'ns' };
   }
 
   /** Bytes the cell's tasks hold now, page cache and /tmp included; null when unreadable. */

@@ -2,6 +2,7 @@ import { closeSync, existsSync, openSync, readSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import type { DemoteReason } from '../../types.js';
 import { probeRaise, setNice } from '../workers/priority.js';
+import type { CellCpu } from '../workers/sandbox/cage.js';
 import { Sweep, type Swept } from './sweep.js';
 
 /** How often each worker's CPU time is read (a kept-open fd, 12-18 µs a read). */
@@ -69,6 +70,8 @@ interface Sampled {
   /** A child process's own way to set its priority (its cgroup's CPU weight, or each thread's nice). */
   readonly prioritize: ((nice: number) => boolean) | null;
   readonly fd: number;
+  /** What `fd` reads: see parseCpu. */
+  readonly format: CpuFormat;
   /** Nanoseconds on CPU at the last sample. */
   total: number;
   /** The oldest call running at the last sample, and the CPU (ns) when it became the oldest. */
@@ -125,8 +128,13 @@ export class CpuGovernor<W extends CpuWatched> {
     pid: number,
     prioritize: (nice: number) => boolean,
     cpuTimeoutMs = this.options.cpuTimeoutMs,
+    cellCpu: CellCpu | null = null,
   ): boolean {
-    return pid > 0 && this.open(cell, pid, prioritize, `/proc/${pid}/stat`, cpuTimeoutMs);
+    if (pid <= 0) return false;
+    // In a cgroup, the kernel counts the cell's every task: the processes a granted
+    // childProcess starts are counted as they run, not only once they are reaped.
+    if (cellCpu !== null && this.open(cell, pid, prioritize, cellCpu.path, cpuTimeoutMs, cellCpu.format)) return true;
+    return this.open(cell, pid, prioritize, `/proc/${pid}/stat`, cpuTimeoutMs, 'stat');
   }
 
   private open(
@@ -135,6 +143,7 @@ export class CpuGovernor<W extends CpuWatched> {
     prioritize: ((nice: number) => boolean) | null,
     path: string,
     cpuTimeoutMs: number,
+    format: CpuFormat = 'schedstat',
   ): boolean {
     let fd: number;
     try {
@@ -148,6 +157,7 @@ export class CpuGovernor<W extends CpuWatched> {
       whole: prioritize !== null,
       prioritize,
       fd,
+      format,
       total: 0,
       oldest: null,
       oldestStart: 0,
@@ -292,12 +302,31 @@ export class CpuGovernor<W extends CpuWatched> {
     try {
       const length = readSync(entry.fd, this.buffer, 0, this.buffer.length, 0);
       const text = this.buffer.toString('latin1', 0, length);
-      const ns = entry.whole ? processNs(text) : Number(text.split(' ')[0]);
+      const ns = parseCpu(entry.format, text);
       // A line that does not parse must not stick as NaN and switch accounting off.
       return Number.isFinite(ns) ? ns : entry.total;
     } catch {
       return entry.total; // the thread has gone: nothing more to count
     }
+  }
+}
+
+/**
+ * Nanoseconds on CPU, from a thread's schedstat (the first field), a process's stat, a v1
+ * cgroup's cpuacct.usage (one number) or a v2 cgroup's cpu.stat (usage_usec).
+ */
+type CpuFormat = 'schedstat' | 'stat' | CellCpu['format'];
+
+function parseCpu(format: CpuFormat, text: string): number {
+  switch (format) {
+    case 'schedstat':
+      return Number(text.split(' ')[0]);
+    case 'stat':
+      return processNs(text);
+    case 'ns':
+      return Number(text.trim());
+    case 'cpu.stat':
+      return Number(/^usage_usec (\d+)$/m.exec(text)?.[1] ?? Number.NaN) * 1000;
   }
 }
 

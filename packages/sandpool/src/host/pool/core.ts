@@ -24,7 +24,7 @@ import { Scheduler } from '../slots/scheduler.js';
 import { SpareDemand } from '../slots/spare-demand.js';
 import { Spares } from '../slots/spares.js';
 import { Telemetry } from '../telemetry/telemetry.js';
-import type { ThreadSettings } from '../workers/agent-worker.js';
+import { SPARE_LABEL, type ThreadSettings } from '../workers/agent-worker.js';
 import { Launcher } from '../workers/launch.js';
 import { labelledWriter } from '../workers/output.js';
 import { refuseUnenforceableNetwork, sandboxEnds } from '../workers/permissions.js';
@@ -82,8 +82,9 @@ export class PoolCore {
     );
     this.quotas = new Quotas(options.quotas);
     this.census = new Census(emit);
-    const onOutputDropped = (chars: number): void => {
+    const onOutputDropped = (chars: number, key: string): void => {
       this.outputDropped += chars;
+      if (key !== SPARE_LABEL) this.book.outputDropped(key, chars);
     };
     const memoryLimits = {
       heapBytes: options.resourceLimits.maxOldGenerationSizeMb * 2 ** 20,
@@ -101,7 +102,7 @@ export class PoolCore {
       idleBurner: (cell) => this.lifecycle.retire(cell, 'cpu'),
       recycle: (cell) => this.lifecycle.retire(cell, 'cpu'),
     });
-    const output = options.onOutput ?? labelledWriter(() => onOutputDropped(1));
+    const output = options.onOutput ?? labelledWriter((key) => onOutputDropped(1, key));
     const settingsFor = ({ env, resourceLimits }: Pick<KeyPolicy, 'env' | 'resourceLimits'>): ThreadSettings => ({
       env,
       // The governor ends a worker at its budget; V8's own limit is the backstop above it.

@@ -9,6 +9,7 @@ import {
   type StreamOptions,
 } from '../../options.js';
 import { sweepStore } from '../../store/leftovers.js';
+import type { PostgresMirror } from '../../store/postgres.js';
 import type { SnapshotStore } from '../../store/store.js';
 import { StoreHelper } from '../../store/store-helper.js';
 import type { InvalidateReport, KeyStats, PoolEvents, PoolStats, Remote } from '../../types.js';
@@ -45,6 +46,8 @@ export class Pool extends EventEmitter<PoolEvents> implements AsyncDisposable {
   readonly snapshots: SnapshotStore;
   readonly #core: PoolCore;
   readonly #storeHelper: StoreHelper;
+  /** The fleet's database, mirrored onto the root; null when the root alone is the store. */
+  readonly #mirror: Promise<PostgresMirror> | null;
   /** The leftovers of builds a crash interrupted, removed in the background from the start. */
   readonly #sweep: Promise<void>;
 
@@ -66,8 +69,25 @@ export class Pool extends EventEmitter<PoolEvents> implements AsyncDisposable {
       ...(snapshotSecret === undefined ? {} : { snapshotSecret }),
     };
     this.#storeHelper = new StoreHelper(storeOptions);
-    this.snapshots = new PoolSnapshotStore(storeOptions, this.#storeHelper, (swarm, name, removeFiles) =>
-      this.#core.removeSnapshot(swarm, name, removeFiles),
+    const { store } = parsed;
+    // Loaded only by a pool that names a database: the client stays off every other pool's load path.
+    this.#mirror =
+      store === undefined
+        ? null
+        : import('../../store/postgres.js').then(
+            ({ PostgresMirror }) =>
+              new PostgresMirror({
+                root: this.#core.root,
+                store,
+                maxBytes: maxSnapshotBytes,
+                onState: (state) => this.emit('store', { state }),
+              }),
+          );
+    this.snapshots = new PoolSnapshotStore(
+      storeOptions,
+      this.#storeHelper,
+      (swarm, name, removeFiles) => this.#core.removeSnapshot(swarm, name, removeFiles),
+      this.#mirror,
     );
     this.#sweep = sweepStore(this.#core.root);
   }
@@ -123,7 +143,12 @@ export class Pool extends EventEmitter<PoolEvents> implements AsyncDisposable {
   }
 
   async close(): Promise<void> {
-    await Promise.all([this.#core.close(), this.#storeHelper.close(), this.#sweep]);
+    await Promise.all([
+      this.#core.close(),
+      this.#storeHelper.close(),
+      this.#sweep,
+      this.#mirror?.then((m) => m.close()),
+    ]);
   }
 
   [Symbol.asyncDispose](): Promise<void> {

@@ -1,3 +1,5 @@
+import { isSandpoolError } from '../../errors.js';
+import type { PostgresMirror } from '../../store/postgres.js';
 import {
   checkPointArgs,
   checkSnapshotArgs,
@@ -18,12 +20,18 @@ export class PoolSnapshotStore extends SnapshotStore {
     options: SnapshotStoreOptions,
     private readonly helper: StoreHelper,
     private readonly drainAndRemove: (swarm: string, name: string, removeFiles: () => Promise<void>) => Promise<void>,
+    private readonly mirror: Promise<PostgresMirror> | null,
   ) {
     super(options);
   }
 
-  override create(swarm: string, name: string): Promise<SnapshotInfo> {
-    return this.inHelper('create', swarm, name, () => super.create(swarm, name));
+  /** With a database, the name is taken there too, in one transaction with the content's upload. */
+  override async create(swarm: string, name: string): Promise<SnapshotInfo> {
+    if (this.mirror === null) return this.inHelper('create', swarm, name, () => super.create(swarm, name));
+    checkSnapshotArgs(swarm, name);
+    return (await this.mirror).write(swarm, name, null, () =>
+      this.inHelper('create', swarm, name, () => super.create(swarm, name)),
+    );
   }
 
   override verify(swarm: string, name: string): Promise<SnapshotInfo> {
@@ -35,18 +43,25 @@ export class PoolSnapshotStore extends SnapshotStore {
   }
 
   /** Every pool on the store sees the move within its pointer check (see PoolCore): the old content drains. */
-  override point(swarm: string, name: string, target: string): Promise<SnapshotInfo> {
-    if (!this.helper.available) return super.point(swarm, name, target);
+  override async point(swarm: string, name: string, target: string): Promise<SnapshotInfo> {
     checkPointArgs(swarm, name, target);
-    return this.helper.run('point', swarm, name, target);
+    const local = (): Promise<SnapshotInfo> =>
+      this.helper.available ? this.helper.run('point', swarm, name, target) : super.point(swarm, name, target);
+    return this.mirror === null ? local() : (await this.mirror).write(swarm, name, target, local);
   }
 
   override async remove(swarm: string, name: string): Promise<void> {
     // Validates and proves it exists first: bad input must not touch any worker.
     await this.get(swarm, name);
+    if (this.mirror !== null) await (await this.mirror).remove(swarm, name);
     await this.drainAndRemove(swarm, name, async () => {
-      if (this.helper.available) await this.helper.run('remove', swarm, name);
-      else await super.remove(swarm, name);
+      try {
+        if (this.helper.available) await this.helper.run('remove', swarm, name);
+        else await super.remove(swarm, name);
+      } catch (error) {
+        // The database's NOTIFY reached this node's mirror first, which removed the name already.
+        if (this.mirror === null || !isSandpoolError(error, 'ERR_SANDPOOL_SNAPSHOT_NOT_FOUND')) throw error;
+      }
     });
   }
 

@@ -9,6 +9,8 @@ export interface KeyTotals {
   calls: number;
   errors: number;
   cpuMs: number;
+  /** Output characters dropped (see KeyStats.outputDropped). */
+  outputDropped: number;
   latencies: Float64Array;
   next: number;
 }
@@ -31,13 +33,17 @@ export class KeyBook {
     this.of(key).cpuMs += ms;
   }
 
+  outputDropped(key: string, chars: number): void {
+    this.of(key).outputDropped += chars;
+  }
+
   keys(): IterableIterator<string> {
     return this.totals.keys();
   }
 
-  read(key: string): Pick<KeyStats, 'calls' | 'errors' | 'cpuMs' | 'latency'> {
+  read(key: string): Pick<KeyStats, 'calls' | 'errors' | 'cpuMs' | 'latency' | 'outputDropped'> {
     const totals = this.totals.get(key);
-    if (totals === undefined) return { calls: 0, errors: 0, cpuMs: 0, latency: null };
+    if (totals === undefined) return { calls: 0, errors: 0, cpuMs: 0, latency: null, outputDropped: 0 };
     const count = Math.min(totals.next, LATENCY_WINDOW);
     let latency: KeyStats['latency'] = null;
     if (count > 0) {
@@ -45,13 +51,21 @@ export class KeyBook {
       const at = (q: number): number => round(sorted[Math.min(count - 1, Math.floor(q * count))] as number);
       latency = { p50: at(0.5), p99: at(0.99), max: round(sorted[count - 1] as number) };
     }
-    return { calls: totals.calls, errors: totals.errors, cpuMs: round(totals.cpuMs), latency };
+    const { calls, errors, outputDropped } = totals;
+    return { calls, errors, cpuMs: round(totals.cpuMs), latency, outputDropped };
   }
 
   of(key: string): KeyTotals {
     const known = this.totals.get(key);
     if (known !== undefined) return known;
-    const totals: KeyTotals = { calls: 0, errors: 0, cpuMs: 0, latencies: new Float64Array(LATENCY_WINDOW), next: 0 };
+    const totals: KeyTotals = {
+      calls: 0,
+      errors: 0,
+      cpuMs: 0,
+      outputDropped: 0,
+      latencies: new Float64Array(LATENCY_WINDOW),
+      next: 0,
+    };
     this.totals.set(key, totals);
     if (this.totals.size > MAX_KEYS) {
       // Reordering on every call would cost the hot path more than an early-seen key is worth.

@@ -6,7 +6,7 @@ import { checkFromWorker } from '../../protocol/checks.js';
 import type { FromWorker, OutputChunk, ToWorker } from '../../protocol/messages.js';
 import type { EvictReason, Isolation } from '../../types.js';
 import type { MemoryProbe, MemoryReading } from './memory-probe.js';
-import { LineSplitter } from './output.js';
+import { LineSplitter, OutputAllowance } from './output.js';
 import type { KeyAccess } from './sandbox/view.js';
 
 /** Why the pool retires a worker (the public EvictReason). */
@@ -31,9 +31,12 @@ export interface ThreadSettings {
   readonly env: Readonly<Record<string, string>>;
   readonly resourceLimits: NonNullable<ConstructorParameters<typeof Worker>[1]>['resourceLimits'];
   readonly output: OutputListener;
-  /** Output characters lost: dropped by the worker while its window was full, or by a lagging writer. */
-  readonly onOutputDropped: (chars: number) => void;
+  /** Output characters of a key lost: dropped by the worker while its window was full, past its output budget, or by a lagging writer. */
+  readonly onOutputDropped: (chars: number, key: string) => void;
 }
+
+/** What a worker's output is labelled with before it has a key. */
+export const SPARE_LABEL = '(spare)';
 
 /**
  * One worker, thread or process, born blank (a spare, or about to load), then owned by the
@@ -48,16 +51,18 @@ export abstract class AgentWorker {
   /** The process the agent runs in: this one for a thread, the child's (0 if it could not be spawned). */
   abstract readonly pid: number;
   owner: ThreadOwner | null = null;
-  label = '(spare)';
+  label = SPARE_LABEL;
   protected readonly lines: Record<OutputChunk['stream'], LineSplitter>;
   protected terminatedFor: ThreadEnd | null = null;
   protected failure: Error | null = null;
   private unacknowledged = 0;
 
   constructor(protected readonly settings: ThreadSettings) {
+    const allowance = new OutputAllowance();
+    const label = (): string => this.label;
     this.lines = {
-      stdout: new LineSplitter('stdout', () => this.label, settings.output),
-      stderr: new LineSplitter('stderr', () => this.label, settings.output),
+      stdout: new LineSplitter('stdout', label, settings.output, allowance, settings.onOutputDropped),
+      stderr: new LineSplitter('stderr', label, settings.output, allowance, settings.onOutputDropped),
     };
   }
 
@@ -123,7 +128,7 @@ export abstract class AgentWorker {
   }
 
   private print(chunk: OutputChunk): void {
-    if (chunk.dropped > 0) this.settings.onOutputDropped(chunk.dropped);
+    if (chunk.dropped > 0) this.settings.onOutputDropped(chunk.dropped, this.label);
     if (chunk.text !== '') this.lines[chunk.stream].push(chunk.text);
     // One acknowledgement per turn of the event loop, not per chunk.
     if (this.unacknowledged === 0) setImmediate(this.acknowledge);

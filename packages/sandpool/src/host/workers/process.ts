@@ -1,12 +1,14 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import type { Readable, Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import type { ResolvedKey } from '../../key.js';
+import { encodeFrame, FROM_CHILD_FD, FrameReader } from '../../protocol/frames.js';
 import { MUST_DROP, type ToWorker } from '../../protocol/messages.js';
 import { AgentWorker, type ThreadSettings } from './agent-worker.js';
 import type { MemoryReading } from './memory-probe.js';
 import { reniceProcess } from './priority.js';
-import type { Cage } from './sandbox/cage.js';
+import type { Cage, CellCpu } from './sandbox/cage.js';
 import type { Sandbox } from './sandbox/sandbox.js';
 import type { KeyAccess } from './sandbox/view.js';
 
@@ -28,8 +30,9 @@ export interface ProcessSettings {
  * A key's agent in a child process of its own (isolation 'process'), in its Cage: its own
  * address space, fd table, libuv pool and signals, and where the host offers them its own
  * namespaces, its swarm's uid and a cgroup, under the same permission flags as a thread. It
- * speaks the same protocol over its IPC channel (v8-serialized, so values copy as structured
- * clone does; nothing is transferred). Its stdout and stderr are pipes the host labels line by
+ * speaks the same protocol over private pipes in sandpool's own frames (protocol/frames.ts:
+ * v8-serialized, so values copy as structured clone does; nothing is transferred, no handle
+ * can pass, and a frame's length is checked before it is read). Its stdout and stderr are pipes the host labels line by
  * line, so even a raw write to fd 1 or `process._rawDebug` reaches the host's output as this
  * key's. Stopped with SIGKILL. Messages wait until its cage is ready, and a load until its
  * key's folders and uid are in place.
@@ -40,6 +43,8 @@ export class AgentProcess extends AgentWorker {
   /** The pid of the child the pool spawned (bubblewrap's, where the cell has namespaces): what events carry. */
   readonly pid: number = 0;
   private readonly child: ChildProcess | null = null;
+  /** Its ends of the channel (what the child reads, what it writes); null once it has ended or broken the protocol. */
+  private channel: { readonly toChild: Writable; readonly fromChild: Readable } | null = null;
   private readonly cage: Cage | null = null;
   /** Messages held while a gate (the cage starting, the key entering) is open. */
   private held: ToWorker[] = [];
@@ -54,17 +59,15 @@ export class AgentProcess extends AgentWorker {
       this.cage = child.sandbox.cage(access, child.memoryBytes);
       // The child starts as the host's user, so Node and sandpool's runtime load wherever they
       // are installed (a 0700 checkout, say); the entry drops to its swarm's user before any agent code.
-      const node = [
-        ...execArgv,
-        `--max-old-space-size=${child.heapMb}`,
-        WORKER_ENTRY,
-        ...(this.cage.dropsPrivileges ? [MUST_DROP] : []),
-      ];
+      const node = {
+        flags: [...execArgv, `--max-old-space-size=${child.heapMb}`],
+        entry: WORKER_ENTRY,
+        args: this.cage.dropsPrivileges ? [MUST_DROP] : [],
+      };
       const { file, args, extraFds } = this.cage.command(node);
       this.child = spawn(file, args, {
         // Nothing else is inherited: Node opens every other descriptor close-on-exec.
-        stdio: ['ignore', 'pipe', 'pipe', 'ipc', ...Array.from({ length: extraFds }, () => 'pipe' as const)],
-        serialization: 'advanced',
+        stdio: ['pipe', 'pipe', 'pipe', 'pipe', ...Array.from({ length: extraFds }, () => 'pipe' as const)],
         env: { ...settings.env },
       });
     } catch (error) {
@@ -75,12 +78,8 @@ export class AgentProcess extends AgentWorker {
     const { child: spawned, cage } = this;
     this.pid = spawned.pid ?? 0;
     this.gate(cage.started(spawned));
-    this.guardChannel(spawned);
-    spawned.on('message', (raw: unknown, handle: unknown) => {
-      // A handle is nothing the protocol sends: close it, and the child is breaking the protocol.
-      if (handle !== undefined) return this.refuseHandle(handle);
-      this.receive(raw);
-    });
+    const stdio = spawned.stdio as readonly unknown[];
+    this.openChannel(stdio[0] as Writable, stdio[FROM_CHILD_FD] as Readable);
     const { stdout, stderr } = spawned;
     stdout?.setEncoding('utf8');
     stderr?.setEncoding('utf8');
@@ -104,38 +103,33 @@ export class AgentProcess extends AgentWorker {
   }
 
   /**
-   * Node's IPC channel parses and acts on what the child writes (its own `NODE_` commands,
-   * handles, frames it cannot deserialize) with no guard: a throw there is the host's uncaught
-   * exception, and one `process.send({ cmd: 'NODE_HANDLE_ACK' })` ended the host. Node's
-   * internal commands are never delivered, and a throw in the channel's read callback (a frame
-   * that does not deserialize) ends this child with `protocol` instead.
+   * Reads the child's frames as they come; the first that breaks the protocol (a length past
+   * the bound, bytes that do not deserialize) ends it, and nothing more of it is read.
    */
-  private guardChannel(child: ChildProcess): void {
-    // Node's own commands (handle acknowledgements, cluster) are nothing sandpool's runtime
-    // sends: one from the child is dropped before Node's listeners see it, and ends the child.
-    const emit = child.emit as (event: string | symbol, ...args: unknown[]) => boolean;
-    child.emit = (event: string | symbol, ...args: unknown[]): boolean => {
-      if (event !== 'internalMessage') return emit.call(child, event, ...args);
-      this.violate('it sent one of Node’s internal IPC commands');
-      return true;
-    };
-    const channel = channelHandle(child);
-    const read = channel?.onread;
-    if (channel === null || typeof read !== 'function') return;
-    channel.onread = (...args: unknown[]) => {
+  private openChannel(toChild: Writable, fromChild: Readable): void {
+    this.channel = { toChild, fromChild };
+    const reader = new FrameReader((message) => this.receive(message));
+    fromChild.on('data', (chunk: Buffer) => {
+      if (this.channel === null) return;
       try {
-        return read.apply(channel, args);
+        reader.push(chunk);
       } catch (error) {
-        this.violate(`its IPC channel failed: ${(error as Error).message}`);
-        return undefined;
+        this.closeChannel();
+        this.violate(`its channel failed: ${(error as Error).message}`);
       }
-    };
+    });
+    // A child that ends mid-write: its close settles every call.
+    for (const end of [toChild, fromChild]) {
+      end.on('error', () => this.closeChannel());
+      end.on('close', () => this.closeChannel());
+    }
   }
 
-  private refuseHandle(handle: unknown): void {
-    (handle as { close?: () => void; destroy?: () => void }).close?.();
-    (handle as { destroy?: () => void }).destroy?.();
-    this.violate('it sent a handle over its channel');
+  private closeChannel(): void {
+    const channel = this.channel;
+    this.channel = null;
+    channel?.toChild.destroy();
+    channel?.fromChild.destroy();
   }
 
   /** Its Node's pid on the host (under bubblewrap's init, in a cell): whose CPU and memory are read. */
@@ -162,14 +156,16 @@ export class AgentProcess extends AgentWorker {
       this.held.push(message);
       return;
     }
-    if (this.child === null || !this.child.connected) return; // it is exiting: its close settles every call
-    this.child.send(message.t === 'load' && this.user !== null ? { ...message, user: this.user } : message);
+    if (this.channel === null) return; // it is exiting: its close settles every call
+    this.channel.toChild.write(
+      encodeFrame(message.t === 'load' && this.user !== null ? { ...message, user: this.user } : message),
+    );
   }
 
   setReferenced(referenced: boolean): void {
     if (referenced === this.referenced || this.child === null) return;
     this.referenced = referenced;
-    const handles = [this.child, this.child.channel, this.child.stdout, this.child.stderr];
+    const handles = [this.child, this.channel?.toChild, this.channel?.fromChild, this.child.stdout, this.child.stderr];
     for (const handle of handles) {
       if (referenced) (handle as { ref?: () => void } | null | undefined)?.ref?.();
       else (handle as { unref?: () => void } | null | undefined)?.unref?.();
@@ -187,6 +183,11 @@ export class AgentProcess extends AgentWorker {
     const status = readFileSync(`/proc/${this.nodePid}/status`, 'latin1');
     const kb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
     return { heap: kb * 1024, external: 0 };
+  }
+
+  /** Where its cell's CPU is counted (its every task's), null without a cgroup that counts it: see Cage.cpuUsage. */
+  cpuUsage(): CellCpu | null {
+    return this.cage?.cpuUsage() ?? null;
   }
 
   /** Its CPU weight among the cells where it has a cgroup (renicing its threads would only order them among themselves), else each thread's nice. */
@@ -218,17 +219,4 @@ export class AgentProcess extends AgentWorker {
       },
     );
   }
-}
-
-/**
- * The pipe under a child's IPC channel, whose `onread` Node calls with what the child wrote:
- * `child.channel` is a wrapper around it on the Node lines that have one, the pipe itself on
- * the others; the wrapper keeps it under Node's own `kChannelHandle` symbol.
- */
-function channelHandle(child: ChildProcess): { onread?: (...args: unknown[]) => unknown } | null {
-  const symbol = Object.getOwnPropertySymbols(child).find((own) => own.description === 'kChannelHandle');
-  const handle = symbol === undefined ? child.channel : (child as unknown as Record<symbol, unknown>)[symbol];
-  return typeof handle === 'object' && handle !== null
-    ? (handle as { onread?: (...args: unknown[]) => unknown })
-    : null;
 }

@@ -1,21 +1,51 @@
 import type { ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import { basename, dirname } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
+import { usernsFilter } from './seccomp.js';
 import type { StagedCell } from './stage.js';
-import { findExecutable, NAMESPACE_DIRS, namespaceArgs } from './support.js';
+import { findExecutable, NAMESPACE_DIRS, namespaceArgs, type UsernsGuard } from './support.js';
 import type { SwarmIds, SwarmUser } from './uids.js';
 import { bwrapArgs, type KeyAccess, type ViewEntry, within } from './view.js';
 
 /** util-linux's prlimit sets the child's rlimits before it execs on; Node has no setrlimit. */
 const PRLIMIT = findExecutable('prlimit');
+/**
+ * A descriptor the host holds without close-on-exec (one it inherited, or a native addon's)
+ * would reach the child, and bubblewrap passes every one on to the command it runs: bash,
+ * between prlimit and bubblewrap, closes every descriptor past the protocol's ($0) and execs
+ * the rest. Neither Node, libuv nor bubblewrap has a way to do that. POSIX mode and no rc
+ * files: bash would otherwise run `BASH_ENV` (the key's env is the child's), and `~/.bashrc`
+ * when its stdin is a socket, as the channel is (its guess that sshd started it).
+ */
+const BASH = findExecutable('bash');
+// biome-ignore lint/suspicious/noTemplateCurlyInString: a shell's parameter expansion, not a template
+const CLOSE_FDS = 'for fd in /proc/self/fd/*; do fd=${fd##*/}; [ "$fd" -gt "$0" ] && exec {fd}>&-; done; exec "$@"';
+/** The child's last descriptor of the protocol without bubblewrap's two: stdio, then the channel's (protocol/frames.ts). */
+const LAST_PROTOCOL_FD = 3;
 /** bubblewrap's descriptors in the child's stdio: it writes its child's pid on one, and waits on the other. */
 const INFO_FD = 4;
 const BLOCK_FD = 5;
+/**
+ * Where bubblewrap reads its options (`--args`): on its command line they would be the cell's
+ * /proc/1/cmdline (its init is a fork of it), naming the pool's root and every bind.
+ */
+const ARGS_FD = 6;
+/** Where bubblewrap reads the cell's seccomp filter from (support.ts's UsernsGuard). */
+const SECCOMP_FD = 7;
 /** bubblewrap's report of its child, as `--info-fd` writes it. */
 const CHILD_PID = /"child-pid":\s*(\d+)/;
 
+/** A file where the kernel counts a cell's CPU: nanoseconds alone (v1's cpuacct.usage), or v2's cpu.stat (usage_usec). */
+export interface CellCpu {
+  readonly path: string;
+  readonly format: 'ns' | 'cpu.stat';
+}
+
 /** A cell's cgroup, as its cage uses it (made by governors/cgroups.ts). */
 export interface CageGroup {
+  /** Where its CPU is counted, every task's; null where the host does not count it. */
+  cpuUsage(): CellCpu | null;
   /** Moves a process (every thread of it) into the cell; what it starts from then on is born there. */
   attach(pid: number): void;
   /** Bytes the cell's tasks hold now, page cache and /tmp included; null when unreadable. */
@@ -41,6 +71,8 @@ export interface CageGroups {
 export interface CageParts {
   /** bubblewrap's path; null: no namespaces. */
   readonly bwrap: string | null;
+  /** How the cell is kept from making user namespaces; null: it is not. */
+  readonly userns: UsernsGuard | null;
   readonly root: boolean;
   readonly rootReal: string;
   /** The Node binary, its libraries, sandpool's runtime. */
@@ -59,7 +91,14 @@ export interface CageParts {
   readonly limits: { readonly openFiles: number; readonly processes: number };
 }
 
-/** How to start a child in its cage: the program, its arguments, and how many descriptors past the IPC one it needs. */
+/** What Node is started with: its flags, the entry module, the entry's arguments. */
+export interface NodeCommand {
+  readonly flags: readonly string[];
+  readonly entry: string;
+  readonly args: readonly string[];
+}
+
+/** How to start a child in its cage: the program, its arguments, and how many descriptors past the channel's it needs. */
 export interface CageCommand {
   readonly file: string;
   readonly args: readonly string[];
@@ -81,6 +120,8 @@ export class Cage {
   private initPid = 0;
   private released = false;
   private killed = false;
+  /** bubblewrap's options, NUL-separated, for ARGS_FD (see command). */
+  private argsData = '';
 
   constructor(
     private readonly parts: CageParts,
@@ -110,12 +151,22 @@ export class Cage {
     return this.nodePid;
   }
 
-  command(node: readonly string[]): CageCommand {
+  command(node: NodeCommand): CageCommand {
     const { bwrap, limits, groups, memoryBytes } = this.parts;
     const inner =
-      bwrap === null ? [process.execPath, ...node] : [bwrap, ...this.bwrapArgs(), '--', process.execPath, ...node];
-    const extraFds = bwrap === null ? 0 : 2;
-    if (PRLIMIT === null) return { file: inner[0] as string, args: inner.slice(1), extraFds };
+      bwrap === null
+        ? [process.execPath, ...node.flags, node.entry, ...node.args]
+        : // Nothing of the host's paths on the command line, which is the cell's pid 1's and its
+          // Node's: bubblewrap's options come on ARGS_FD, and with them Node's flags (in
+          // NODE_OPTIONS) and the folder the entry is named from.
+          [bwrap, '--args', String(ARGS_FD), '--', process.execPath, basename(node.entry), ...node.args];
+    if (bwrap !== null) this.argsData = [...this.bwrapArgs(), ...nodeArgs(node)].map((arg) => `${arg}\0`).join('');
+    const extraFds = bwrap === null ? 0 : this.parts.userns === 'seccomp' ? 4 : 3;
+    const closed =
+      BASH === null
+        ? inner
+        : [BASH, '--posix', '--norc', '--noprofile', '-c', CLOSE_FDS, String(LAST_PROTOCOL_FD + extraFds), ...inner];
+    if (PRLIMIT === null) return { file: closed[0] as string, args: closed.slice(1), extraFds };
     const rlimits = [
       `--nofile=${limits.openFiles}:${limits.openFiles}`,
       `--nproc=${limits.processes}:${limits.processes}`,
@@ -123,7 +174,7 @@ export class Cage {
     // Without a memory cgroup, RLIMIT_DATA bounds what it can commit; unlike RLIMIT_AS, it
     // leaves V8's and WebAssembly's reservations alone.
     if (groups === null) rlimits.push(`--data=${memoryBytes}:${memoryBytes}`);
-    return { file: PRLIMIT, args: [...rlimits, '--', ...inner], extraFds };
+    return { file: PRLIMIT, args: [...rlimits, '--', ...closed], extraFds };
   }
 
   /**
@@ -142,6 +193,16 @@ export class Cage {
     const stdio = child.stdio as readonly unknown[];
     const info = (stdio[INFO_FD] ?? null) as Readable | null;
     const block = (stdio[BLOCK_FD] ?? null) as Writable | null;
+    const seccomp = (stdio[SECCOMP_FD] ?? null) as Writable | null;
+    const options = (stdio[ARGS_FD] ?? null) as Writable | null;
+    // bubblewrap reads its options first, and the filter once it may go on: each to its end.
+    for (const [pipe, data] of [
+      [options, this.argsData],
+      [seccomp, usernsFilter()],
+    ] as const) {
+      pipe?.on('error', () => {});
+      pipe?.end(data);
+    }
     return new Promise((resolve, reject) => {
       if (info === null || block === null) return reject(new Error('bubblewrap has no descriptors to report on'));
       let said = '';
@@ -210,6 +271,11 @@ export class Cage {
     this.group?.kill();
   }
 
+  /** Where the cell's CPU is counted, its children's included before they are reaped; null without a cgroup that counts it. */
+  cpuUsage(): CellCpu | null {
+    return this.group?.cpuUsage() ?? null;
+  }
+
   /** Bytes the cell holds now, as its cgroup counts them; null without one. */
   memoryBytes(): number | null {
     return this.group?.memoryBytes() ?? null;
@@ -239,7 +305,7 @@ export class Cage {
     if (stage !== null) entries.push({ kind: 'bind', source: stage.dir, path: rootReal, write: false });
     else entries.push(...(this.access?.entries ?? []));
     return [
-      ...namespaceArgs(root, tmpMb * 2 ** 20),
+      ...namespaceArgs(root, tmpMb * 2 ** 20, this.parts.userns, SECCOMP_FD),
       '--info-fd',
       String(INFO_FD),
       '--block-fd',
@@ -253,4 +319,14 @@ export class Cage {
     const { runtime, pool, rootReal } = this.parts;
     return [...runtime, ...pool.filter((entry) => !within(entry.path, rootReal))];
   }
+}
+
+/**
+ * bubblewrap's options that start Node as `node.flags` would: the flags in NODE_OPTIONS (each
+ * quoted, as Node splits it on spaces), and the entry's folder as the working directory, so the
+ * command names the entry by its file name alone. The entry goes back to `/` first thing.
+ */
+function nodeArgs(node: NodeCommand): string[] {
+  const options = node.flags.map((flag) => `"${flag.replace(/["\\]/g, '\\$&')}"`).join(' ');
+  return ['--setenv', 'NODE_OPTIONS', options, '--chdir', dirname(node.entry)];
 }

@@ -8,7 +8,7 @@ import { checkReadableBy } from '../isolation.js';
 import type { ModuleLocation } from '../resolve.js';
 import { Cage, type CageGroups, type CageParts } from './cage.js';
 import { openStage } from './stage.js';
-import { hostSupport } from './support.js';
+import { hostSupport, type UsernsGuard } from './support.js';
 import { SwarmIds } from './uids.js';
 import { entriesFor, type KeyAccess, moduleEntries, type ViewEntry, within } from './view.js';
 
@@ -30,6 +30,7 @@ export class Sandbox {
   private readonly ids: SwarmIds | null;
   private readonly groups: CageGroups | null;
   private readonly bwrap: string | null;
+  private readonly userns: UsernsGuard | null;
   private readonly runtime: readonly ViewEntry[];
   private readonly root: boolean;
   private readonly rootReal: string;
@@ -57,21 +58,32 @@ export class Sandbox {
       this.layers = null;
       this.groups = null;
       this.bwrap = null;
+      this.userns = null;
       this.runtime = [];
       return;
     }
     const support = mode === 'off' ? null : hostSupport();
     const cgroups = mode === 'off' ? null : parts.cgroups();
-    this.bwrap = support !== null && 'path' in support.bwrap ? support.bwrap.path : null;
+    const cell = support !== null && 'path' in support.bwrap ? support.bwrap : null;
+    this.bwrap = cell?.path ?? null;
+    this.userns = cell === null || typeof cell.userns !== 'string' ? null : cell.userns;
     this.groups = typeof cgroups === 'string' ? null : cgroups;
     this.runtime = support?.runtime ?? [];
     if (support === null) {
       missing.push(
         { layer: 'namespaces', reason: "sandbox is 'off'" },
         { layer: 'cgroups', reason: "sandbox is 'off'" },
+        { layer: 'userns', reason: "sandbox is 'off'" },
       );
     } else {
-      if ('problem' in support.bwrap) missing.push({ layer: 'namespaces', reason: support.bwrap.problem });
+      if ('problem' in support.bwrap) {
+        missing.push(
+          { layer: 'namespaces', reason: support.bwrap.problem },
+          { layer: 'userns', reason: 'a cell needs bubblewrap to be kept from making user namespaces' },
+        );
+      } else if (typeof support.bwrap.userns !== 'string') {
+        missing.push({ layer: 'userns', reason: support.bwrap.userns.problem });
+      }
       if (typeof cgroups === 'string') missing.push({ layer: 'cgroups', reason: cgroups });
     }
     if (mode === 'require' && missing.length > 0) throw sandboxMissing(missing);
@@ -80,6 +92,7 @@ export class Sandbox {
       uidPerSwarm: this.ids !== null,
       cgroups: this.groups?.version ?? null,
       network: this.bwrap !== null ? 'loopback' : 'host',
+      userns: this.userns,
       missing,
     });
   }
@@ -136,6 +149,7 @@ export class Sandbox {
     if (stage !== null) this.mirrored ??= stage.mirror(this.rootReal);
     const parts: CageParts = {
       bwrap: this.bwrap,
+      userns: this.userns,
       root: this.root,
       rootReal: this.rootReal,
       runtime: this.runtime,

@@ -2,14 +2,25 @@ import { spawnSync } from 'node:child_process';
 import { accessSync, constants, existsSync } from 'node:fs';
 import { delimiter, join } from 'node:path';
 import { RUNTIME_DIRS } from '../permissions.js';
+import { usernsFilter } from './seccomp.js';
 import { bwrapArgs, entriesFor, type ViewEntry } from './view.js';
+
+/**
+ * How a cell is kept from making a user namespace (where a tenant could map itself root and
+ * reach kernel code written for root): bubblewrap's `--disable-userns` (it needs a user
+ * namespace of the cell's own, so not for a root host, whose cells drop to the swarm's uid),
+ * else a seccomp filter (seccomp.ts).
+ */
+export type UsernsGuard = 'disabled' | 'seccomp';
 
 /** What this host offers a sandbox, probed once per process (see hostSupport). */
 export interface HostSupport {
   /** Root may change a child's uid and mount. */
   readonly root: boolean;
   /** A bubblewrap that made every namespace here and ran Node inside, or why none did. */
-  readonly bwrap: { readonly path: string } | { readonly problem: string };
+  readonly bwrap:
+    | { readonly path: string; readonly userns: UsernsGuard | { readonly problem: string } }
+    | { readonly problem: string };
   /** What every cell sees of the host: the Node binary and its libraries, sandpool's runtime. */
   readonly runtime: readonly ViewEntry[];
 }
@@ -48,8 +59,15 @@ export function hostSupport(): HostSupport {
  * two the runtime needs to drop to the swarm's uid (after which it has none); elsewhere
  * bubblewrap runs in a user namespace and the cell keeps the host's uid.
  */
-export function namespaceArgs(root: boolean, tmpBytes: number): string[] {
+export function namespaceArgs(
+  root: boolean,
+  tmpBytes: number,
+  userns: UsernsGuard | null,
+  seccompFd: number,
+): string[] {
   return [
+    ...(userns === 'disabled' ? ['--unshare-user', '--disable-userns'] : []),
+    ...(userns === 'seccomp' ? ['--seccomp', String(seccompFd)] : []),
     '--die-with-parent',
     '--new-session',
     '--unshare-pid',
@@ -70,8 +88,6 @@ export function namespaceArgs(root: boolean, tmpBytes: number): string[] {
     String(tmpBytes),
     '--tmpfs',
     '/tmp',
-    '--chdir',
-    '/',
     ...(root ? ['--cap-drop', 'ALL', '--cap-add', 'CAP_SETUID', '--cap-add', 'CAP_SETGID'] : []),
   ];
 }
@@ -82,17 +98,54 @@ export const NAMESPACE_DIRS: readonly string[] = ['/', '/proc', '/dev', '/tmp'];
 function probeBwrap(root: boolean, runtime: readonly ViewEntry[]): HostSupport['bwrap'] {
   const path = findExecutable('bwrap');
   if (path === null) return { problem: 'bubblewrap (bwrap) is not installed' };
+  const guard = usernsGuard(path, root);
+  if (guard !== null) {
+    const problem = probeCell(path, root, runtime, guard);
+    if (problem === null) return { path, userns: guard };
+    const without = probeCell(path, root, runtime, null);
+    if (without !== null) return { problem: without };
+    return {
+      path,
+      userns: { problem: `${guard === 'seccomp' ? 'a seccomp filter' : '--disable-userns'}: ${problem}` },
+    };
+  }
+  const problem = probeCell(path, root, runtime, null);
+  if (problem !== null) return { problem };
+  return {
+    path,
+    userns: { problem: `this bubblewrap has no --disable-userns and ${process.arch} no seccomp filter here` },
+  };
+}
+
+/** The guard this host can give: bubblewrap's own flag (when not root, and its --help lists it), else seccomp. */
+function usernsGuard(bwrap: string, root: boolean): UsernsGuard | null {
+  if (!root) {
+    const help = spawnSync(bwrap, ['--help'], { encoding: 'utf8', timeout: PROBE_TIMEOUT_MS, env: {} });
+    if (`${help.stdout}${help.stderr}`.includes('--disable-userns')) return 'disabled';
+  }
+  return usernsFilter() === null ? null : 'seccomp';
+}
+
+/** Runs `node --version` in a cell as every cell is made; null when it answered, else bubblewrap's complaint. */
+function probeCell(
+  path: string,
+  root: boolean,
+  runtime: readonly ViewEntry[],
+  guard: UsernsGuard | null,
+): string | null {
   const args = [
-    ...namespaceArgs(root, 2 ** 20),
+    // The probe hands bubblewrap its filter on stdin.
+    ...namespaceArgs(root, 2 ** 20, guard, 0),
     ...bwrapArgs(runtime, new Set(NAMESPACE_DIRS)),
     '--',
     process.execPath,
     '--version',
   ];
-  const probe = spawnSync(path, args, { encoding: 'utf8', timeout: PROBE_TIMEOUT_MS, env: {} });
-  if (probe.status === 0 && probe.stdout.trim() === process.version) return { path };
+  const input = guard === 'seccomp' ? (usernsFilter() ?? undefined) : undefined;
+  const probe = spawnSync(path, args, { encoding: 'utf8', timeout: PROBE_TIMEOUT_MS, env: {}, input });
+  if (probe.status === 0 && probe.stdout.trim() === process.version) return null;
   const said = (probe.stderr || probe.error?.message || `exit ${probe.status}`).trim().split('\n')[0];
-  return { problem: `bubblewrap cannot make a cell here: ${said}` };
+  return `bubblewrap cannot make a cell here: ${said}`;
 }
 
 /**
