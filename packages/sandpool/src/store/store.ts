@@ -165,7 +165,7 @@ export class SnapshotStore {
   }
 
   async list(swarm: string): Promise<SnapshotInfo[]> {
-    checkArgs(SwarmArgs, { swarm });
+    checkSwarmArgs(swarm);
     let names: string[];
     try {
       names = readdirSync(snapshotsDir(this.root, swarm));
@@ -380,6 +380,10 @@ export class SnapshotStore {
 }
 
 /** The arguments every per-snapshot operation checks first (INVALID_KEY, nothing touched). */
+export function checkSwarmArgs(swarm: string): void {
+  checkArgs(SwarmArgs, { swarm });
+}
+
 export function checkSnapshotArgs(swarm: string, name: string): void {
   checkArgs(SnapshotArgs, { swarm, name });
 }
