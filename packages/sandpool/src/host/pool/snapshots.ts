@@ -37,7 +37,7 @@ export class PoolSnapshotStore extends SnapshotStore {
     );
   }
 
-  override list(swarm: string): Promise<SnapshotInfo[]> {
+  override async list(swarm: string): Promise<SnapshotInfo[]> {
     if (!this.helper.available) return super.list(swarm);
     checkSwarmArgs(swarm);
     return this.helper.run('list', swarm, '');
