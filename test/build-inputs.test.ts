@@ -109,6 +109,37 @@ describe('a build reads only the swarm and its packages', () => {
     expect(await refusedCreate(pool, root, token)).toContain('live/node_modules/x/index.mjs has 2 hard links');
   });
 
+  it("never quotes a host file or another swarm's file that esbuild reads itself (tsconfig extends, a linked package.json)", async () => {
+    // Identifiers, not JSON: a parse error would quote them whole.
+    const hostWord = `hostword_${process.pid}_${Date.now()}`;
+    const swarmWord = `bword_${process.pid}_${Date.now()}`;
+    const host = await makeRoot({ 'etc/token.txt': `${hostWord} not json\n` });
+    const hostFile = join(host, 'etc/token.txt');
+    for (const extend of [hostFile, '../../b/live/words.txt']) {
+      const { pool } = await arena({
+        'b/live/words.txt': `${swarmWord} not json\n`,
+        'a/live/tsconfig.json': JSON.stringify({ extends: extend }),
+        'a/live/notifier_agent.ts': 'export const f = (): number => 1;\n',
+      });
+      const calls = keepCalling(pool);
+      const outcome = await pool.snapshots.create('a', 'jan').then(
+        () => 'made',
+        (error: Error) => error.message,
+      );
+      await assertNeighbourAnswered(pool, await calls.stop());
+      for (const leak of [hostWord, swarmWord, host]) expect(outcome).not.toContain(leak);
+      // A tsconfig.json is the swarm's file like any other; the build never follows it.
+      expect(outcome).toBe('made');
+    }
+    const { root, token, pool } = await arena({
+      'b/live/package.json': `{ "name": "b", ${swarmWord} }`,
+      'a/live/notifier_agent.mjs': "import b from 'b';\nexport const f = () => b;\n",
+    });
+    await mkdir(join(root, 'a/live/node_modules'), { recursive: true });
+    await symlink(join(root, 'b/live'), join(root, 'a/live/node_modules/b'));
+    expect(await refusedCreate(pool, root, token)).not.toContain(swarmWord);
+  });
+
   it('refuses a live/node_modules link to / (a package, or the folder itself), however the import reaches through it', async () => {
     const plants: Array<(root: string) => Promise<void>> = [
       async (root) => {

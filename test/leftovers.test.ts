@@ -1,7 +1,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
-import { copyFile, mkdir, mkdtemp, rm, symlink, utimes, writeFile } from 'node:fs/promises';
+import { chmod, copyFile, mkdir, mkdtemp, rm, symlink, utimes, writeFile } from 'node:fs/promises';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -115,6 +115,24 @@ describe('leftovers of interrupted builds', () => {
     expect(existsSync(other)).toBe(false);
     expect(existsSync(removing)).toBe(false);
     for (const path of keep) if (path !== other && path !== removing) expect(existsSync(path), path).toBe(true);
+  });
+
+  it('removes a leftover whose build froze its folders before it died', async () => {
+    const root = await makeRoot(await counterAgent('n'));
+    // An older release's work folder (no owner in its name): only its age tells.
+    const frozen = join(root, '.sandpool-cache', 'artifacts', 'n', '.tmp-cafe');
+    await folder(join(frozen, 'bundles'));
+    await chmod(join(frozen, 'bundles'), 0o555);
+    await chmod(frozen, 0o555);
+    await utimes(frozen, TWO_HOURS_AGO, TWO_HOURS_AGO);
+    const pool = openPool({ root });
+    const answers = await Promise.all(
+      Array.from({ length: 20 }, (_, i) => pool.call('n/notifier_agent', 'add', [i, 1])),
+    );
+    expect(answers).toEqual(answers.map((_, i) => i + 1));
+    expect(invariants(pool)).toEqual([]);
+    await pool.close();
+    expect(readdirSync(join(root, '.sandpool-cache', 'artifacts', 'n'))).toEqual([]);
   });
 
   it('a restart removes the pointer files and name locks a kill -9 left, and the content they named then goes', async () => {

@@ -1,8 +1,8 @@
-import { rename, writeFile } from 'node:fs/promises';
+import { mkdir, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { eventually, installCleanup, openPool, recordEvents } from './support/pool.js';
-import { counterAgent, makeRoot } from './support/root.js';
+import { eventually, installCleanup, invariants, openPool, recordEvents } from './support/pool.js';
+import { counterAgent, makeRoot, writeFiles } from './support/root.js';
 
 installCleanup();
 
@@ -46,6 +46,43 @@ ${versioned(2)}`;
     expect(await pool.call('a/agent', 'version')).toBe(2);
     // The stale candidate and the first worker went for the reload; the second candidate serves.
     expect(events.filter((event) => event.type === 'spawn')).toHaveLength(3);
+  });
+
+  it('a call made after its worker died during a reload runs on the new code, not CLOSED', async () => {
+    const root = await makeRoot();
+    const gates = join(root, 'gates');
+    await mkdir(gates);
+    // Waits, at load or in a call, for a gate file the test makes: the test decides when.
+    const gated = (version: number, loadGate: string | null) => `import { existsSync } from 'node:fs';
+const until = async (file) => { while (!existsSync(file)) await new Promise((r) => setTimeout(r, 5)); };
+${loadGate === null ? '' : `await until(${JSON.stringify(join(gates, loadGate))});`}
+export const version = () => ${version};
+export const exit = () => process.exit(1);
+export const hold = async (gate) => { await until(${JSON.stringify(gates)} + '/' + gate); return 'held'; };
+`;
+    await writeFiles(root, { 'a/live/agent.mjs': gated(1, null), 'n/live/agent.mjs': gated(1, null) });
+    // Two slots: the neighbour's busy worker holds one, so a third cell of a/ waits for a slot.
+    const pool = openPool({ root, maxWorkers: 2, spareWorkers: 0, permissions: 'none' });
+    const { events } = recordEvents(pool);
+    expect(await pool.call('a/agent', 'version')).toBe(1);
+    const neighbour = pool.call('n/agent', 'hold', ['n']);
+    await eventually(() => pool.stats().busy === 1);
+    // Version 2 loads only once its gate opens: the old worker is still serving meanwhile.
+    await writeFile(join(root, 'a/live/agent.mjs'), gated(2, 'load'));
+    const reload = pool.invalidate({ swarm: 'a' });
+    // The serving worker dies before the new code has loaded (the new code takes its slot);
+    // the next call finds no worker serving the key, and its cell waits for a slot.
+    await expect(pool.call('a/agent', 'exit')).rejects.toMatchObject({ code: 'ERR_SANDPOOL_WORKER_EXITED' });
+    await eventually(() => events.filter((event) => event.type === 'spawn').length === 3);
+    const next = pool.call('a/agent', 'version');
+    await eventually(() => pool.stats().queued === 1);
+    await writeFile(join(gates, 'load'), '');
+    // The new code took over the key: the waiting call runs on it.
+    expect(await next).toBe(2);
+    expect(await reload).toMatchObject({ failed: [] });
+    await writeFile(join(gates, 'n'), '');
+    expect(await neighbour).toBe('held');
+    expect(invariants(pool)).toEqual([]);
   });
 
   it('keeps the old worker serving when the new code fails to load, and emits reload-failed', async () => {

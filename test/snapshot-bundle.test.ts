@@ -1,13 +1,27 @@
 // Self-contained snapshots: packages and out-of-live imports pinned at create, what cannot be
 // pinned refused at create, the worker running exactly the bytes it checked, signed manifests.
 import { createHash } from 'node:crypto';
-import { chmod, copyFile, cp, link, mkdir, readFile, rename, rm, symlink, truncate, writeFile } from 'node:fs/promises';
+import { readdirSync } from 'node:fs';
+import {
+  chmod,
+  copyFile,
+  cp,
+  link,
+  mkdir,
+  readdir,
+  readFile,
+  rename,
+  rm,
+  symlink,
+  truncate,
+  writeFile,
+} from 'node:fs/promises';
 import { join } from 'node:path';
 import { SnapshotStore } from 'sandpool';
 import { afterEach, describe, expect, it } from 'vitest';
 import { code, rejection } from './support/errors.js';
 import { installCleanup, invariants, openPool } from './support/pool.js';
-import { makeRoot, removeRoots, snapshotContent, writeFiles } from './support/root.js';
+import { counterAgent, makeRoot, removeRoots, snapshotContent, writeFiles } from './support/root.js';
 
 installCleanup();
 afterEach(removeRoots);
@@ -395,6 +409,62 @@ describe('create guards what it copies', () => {
     expect(error.message).toContain('maxSnapshotBytes');
     expect(performance.now() - started).toBeLessThan(5_000);
     expect(await code(new SnapshotStore({ root }).create('a', 'jan'))).toBe('ERR_SANDPOOL_SNAPSHOT_BUILD');
+  });
+
+  it('bounds many empty files too: each costs its inode and manifest entry', async () => {
+    const root = await makeRoot({
+      ...(await counterAgent('n')),
+      'a/live/notifier_agent.mjs': 'export const f = () => 1;\n',
+    });
+    await mkdir(join(root, 'a/live/many'));
+    for (let i = 0; i < 2000; i++) await writeFile(join(root, 'a/live/many', `${'f'.repeat(100)}${i}`), '');
+    const pool = openPool({ root, maxSnapshotBytes: 256 * 1024 });
+    let running = true;
+    const answers: unknown[] = [];
+    const neighbour = (async () => {
+      for (let i = 0; running; i++) answers.push(await pool.call('n/notifier_agent', 'add', [i, 1]));
+    })();
+    const error = await rejection(pool.snapshots.create('a', 'jan'));
+    running = false;
+    await neighbour;
+    expect(answers.length).toBeGreaterThan(0);
+    expect(answers).toEqual(answers.map((_, i) => i + 1));
+    expect(invariants(pool)).toEqual([]);
+    expect(error.code).toBe('ERR_SANDPOOL_SNAPSHOT_BUILD');
+    expect(error.message).toContain('maxSnapshotBytes');
+    const kept = await readdir(join(root, '.sandpool-cache/artifacts/a'));
+    expect(kept.filter((name) => /^[0-9a-f]{64}$/.test(name))).toEqual([]);
+    expect((await new SnapshotStore({ root }).create('a', 'jan')).files).toBeGreaterThan(2000);
+  });
+
+  it('runs one build of a swarm at a time, however many creates arrive at once', async () => {
+    const root = await makeRoot({
+      ...(await counterAgent('n')),
+      'a/live/notifier_agent.mjs': 'export const f = () => 1;\n',
+    });
+    await writeFile(join(root, 'a/live/blob.bin'), Buffer.alloc(8 * 1024 * 1024, 1));
+    const pool = openPool({ root });
+    let running = true;
+    const answers: unknown[] = [];
+    const neighbour = (async () => {
+      for (let i = 0; running; i++) answers.push(await pool.call('n/notifier_agent', 'add', [i, 1]));
+    })();
+    const building = join(root, '.sandpool-cache/artifacts/a');
+    await mkdir(building, { recursive: true });
+    let most = 0;
+    const watch = setInterval(() => {
+      const temps = readdirSync(building, { withFileTypes: true }).filter((entry) => entry.name.startsWith('.tmp-'));
+      most = Math.max(most, temps.length);
+    }, 1);
+    const made = await Promise.all(Array.from({ length: 8 }, (_, i) => pool.snapshots.create('a', `n${i}`)));
+    clearInterval(watch);
+    running = false;
+    await neighbour;
+    expect(answers.length).toBeGreaterThan(0);
+    expect(answers).toEqual(answers.map((_, i) => i + 1));
+    expect(invariants(pool)).toEqual([]);
+    expect(new Set(made.map((info) => info.digest)).size).toBe(1);
+    expect(most).toBeLessThanOrEqual(1);
   });
 
   it('never blocks on a FIFO, and names a file renamed away mid-copy', async () => {

@@ -85,3 +85,37 @@ describe('the snapshot helper process', () => {
     expect(helpers()).toEqual([helper]);
   });
 });
+
+describe('reads of names and manifests', () => {
+  it('list() and get() parse no manifest on the coordinator: a tenant with many names and a large manifest stalls no key', async () => {
+    // A large manifest (4,000 files) under 60 names: parsed on the coordinator, the list took
+    // one unbroken turn of its event loop for all of them.
+    const files: Record<string, string> = {};
+    for (let i = 0; i < 4000; i++) files[`t/live/data/file-${i}.txt`] = String(i);
+    const root = await makeRoot({ ...files, ...(await counterAgent('t')), ...(await counterAgent('n')) });
+    const pool = openPool({ root });
+    await pool.snapshots.create('t', 'base');
+    await Promise.all(Array.from({ length: 60 }, (_, i) => pool.snapshots.point('t', `n${i}`, 'base')));
+    expect(await pool.call('n/notifier_agent', 'notify', ['x'])).toMatchObject({ count: 1 });
+    // The longest the coordinator's event loop went without turning while the reads ran.
+    let last = performance.now();
+    let longest = 0;
+    const ticker = setInterval(() => {
+      const now = performance.now();
+      longest = Math.max(longest, now - last);
+      last = now;
+    }, 5);
+    const started = performance.now();
+    const [listed, got] = await Promise.all([pool.snapshots.list('t'), pool.snapshots.get('t', 'n7')]);
+    const tookMs = performance.now() - started;
+    await new Promise((resolve) => setTimeout(resolve, 10));
+    clearInterval(ticker);
+    expect(listed).toHaveLength(61);
+    expect(got.name).toBe('n7');
+    expect(got.files).toBeGreaterThan(4000);
+    // The longest the coordinator could not turn is a small part of what the reads took.
+    expect(longest).toBeLessThan(Math.max(tookMs / 3, 60));
+    expect(await pool.call('n/notifier_agent', 'notify', ['x'])).toMatchObject({ count: 2 });
+    expect(invariants(pool)).toEqual([]);
+  });
+});

@@ -5,13 +5,13 @@
  * verifies and collects content.
  */
 import { type Dirent, lstatSync, realpathSync } from 'node:fs';
-import { chmod, lstat, mkdir, readdir, realpath, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { chmod, lstat, mkdir, readdir, realpath, rename, stat, utimes, writeFile } from 'node:fs/promises';
 import { join, sep } from 'node:path';
 import { type SandpoolError, snapshotBuild, snapshotCorrupt, swarmNotFound } from '../errors.js';
 import { bundleStem } from './bundle.js';
 import { buildInputs, isInside, placeOf, readInput } from './confine.js';
 import { artifactDir, artifactsDir, liveDir, REMOVING_PREFIX, TEMP_PREFIX } from './layout.js';
-import { sweepWorkFolders, workFolderName } from './leftovers.js';
+import { removeTree, sweepWorkFolders, workFolderName } from './leftovers.js';
 import {
   type ArtifactManifest,
   BUNDLES_DIR,
@@ -33,6 +33,12 @@ const FROZEN_DIR = 0o555;
  */
 export const UNUSED_ARTIFACT_MS = 10 * 60 * 1000;
 const DIGEST = /^[0-9a-f]{64}$/;
+/**
+ * What one file or folder of live/ costs beyond its bytes: its inode, and its entry in the
+ * manifest the coordinator parses when a name resolves. Without it, many empty files cost
+ * nothing against maxSnapshotBytes yet fill the disk's inodes and swell the manifest.
+ */
+const ENTRY_BYTES = 256;
 
 export interface BuiltArtifact {
   /** Its content digest, which is also its folder's name. */
@@ -196,22 +202,6 @@ export async function sweepUnused(root: string, swarm: string, named: () => Read
   }
 }
 
-/** Removes a folder the store froze: its folders are made writable again first (a non-root owner could not empty them). */
-export async function removeTree(path: string): Promise<void> {
-  const thaw = async (dir: string): Promise<void> => {
-    await chmod(dir, 0o755);
-    for (const entry of await readdir(dir, { withFileTypes: true })) {
-      if (entry.isDirectory()) await thaw(join(dir, entry.name));
-    }
-  };
-  try {
-    await thaw(path);
-  } catch {
-    // Gone already, or partly: rm below says what is left.
-  }
-  await rm(path, { recursive: true, force: true });
-}
-
 /** Makes every folder of a finished artifact read-only, deepest first. */
 export async function freezeFolders(dir: string): Promise<void> {
   for (const entry of await readdir(dir, { withFileTypes: true })) {
@@ -257,6 +247,9 @@ async function copyLive(
     const path = rel === '' ? entry.name : `${rel}/${entry.name}`;
     // Reserved names: a stray one in live/ would be overwritten anyway.
     if (path === MANIFEST_NAME || path === BUNDLES_DIR) continue;
+    const cost = ENTRY_BYTES + Buffer.byteLength(path);
+    if (cost > budget.left) throw tooLarge(maxBytes);
+    budget.left -= cost;
     const source = join(from, entry.name);
     const dest = join(to, entry.name);
     if (entry.isDirectory()) {

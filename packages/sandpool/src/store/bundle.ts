@@ -6,6 +6,7 @@
  * the store's helper process (or the caller's, for a SnapshotStore of its own), never on the
  * pool's coordinator thread.
  */
+import { realpathSync } from 'node:fs';
 import { extname, join, sep } from 'node:path';
 import type { Message, PartialMessage, Plugin } from 'esbuild';
 import { type SandpoolError, snapshotBuild } from '../errors.js';
@@ -164,6 +165,7 @@ export async function bundleStem(entry: string, context: BundleContext): Promise
       // The code runs as written: the Node that loads the snapshot is the one it was written for.
       target: 'esnext',
       logLevel: 'silent',
+      tsconfigRaw: '{}',
       legalComments: 'eof',
       banner: { js: BANNER },
       // Only free references are replaced: a module's own `const __filename` stays its own.
@@ -185,8 +187,9 @@ function buildError(context: BundleContext, entry: string, messages: Message[]):
   const details = messages.slice(0, 5).map((message) => {
     const at = importAt(message);
     // The place, not the specifier: a tenant's specifier may spell a host path.
-    if (at === null) return message.text;
-    return `${shownPath(context.inputs, locate(context.liveReal, at.file))}:${at.line}:${at.column + 1}: ${message.text}`;
+    const text = readOutside(context, message) ? OUTSIDE_TEXT : message.text;
+    if (at === null) return text;
+    return `${shownPath(context.inputs, locate(context.liveReal, at.file))}:${at.line}:${at.column + 1}: ${text}`;
   });
   const more = messages.length > 5 ? `; and ${messages.length - 5} more` : '';
   const text = details.length === 0 ? 'the bundler produced no output' : details.join('; ');
@@ -202,6 +205,23 @@ function importAt(message: Message): Message['location'] {
   const triggered = message.notes.find((note) => /triggered by this import/.test(note.text));
   if (triggered !== undefined) return triggered.location;
   return message.notes.length === 0 ? message.location : null;
+}
+
+const OUTSIDE_TEXT = "a file outside the swarm's folder and its package folders cannot be read";
+
+/**
+ * esbuild reads package.json files itself (a link in node_modules may lead to another swarm's
+ * folder), and its parse errors quote their text: a message about a file outside the accepted
+ * places says only that.
+ */
+function readOutside(context: BundleContext, message: Message): boolean {
+  const file = message.location?.file;
+  if (file === undefined) return false;
+  try {
+    return placeOf(context.inputs, realpathSync(locate(context.liveReal, file))) === null;
+  } catch {
+    return true;
+  }
 }
 
 function locate(base: string, file: string): string {

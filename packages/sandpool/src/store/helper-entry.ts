@@ -1,6 +1,7 @@
 /**
  * The snapshot helper: a child process of the coordinator that runs the store's file-heavy
- * operations (create, verify, sign, remove) on a libuv pool of its own. In the host's
+ * operations (create, verify, sign, remove, point, and the reads of get and list) on a libuv
+ * pool and a thread of its own. In the host's
  * process they would queue behind tenants' async jobs (`crypto.pbkdf2`, `fs` reads) in the
  * one pool every thread shares. Only the coordinator talks to it, over its IPC channel.
  */
@@ -17,7 +18,9 @@ async function run(request: HelperRequest): Promise<HelperReply> {
     const value =
       request.op === 'point'
         ? await store.point(request.swarm, request.name, request.target ?? '')
-        : await store[request.op](request.swarm, request.name);
+        : request.op === 'list'
+          ? await store.list(request.swarm)
+          : await store[request.op](request.swarm, request.name);
     return { id: request.id, ok: true, value: value ?? null };
   } catch (error) {
     if (isSandpoolError(error)) {

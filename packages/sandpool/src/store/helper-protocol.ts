@@ -2,13 +2,14 @@ import type { SandpoolIssue } from '../errors.js';
 import type { SnapshotStoreOptions } from './store.js';
 
 /** What the snapshot helper runs for the coordinator. */
-export type HelperOp = 'create' | 'verify' | 'sign' | 'remove' | 'point';
+export type HelperOp = 'create' | 'verify' | 'sign' | 'remove' | 'point' | 'get' | 'list';
 
 export interface HelperRequest {
   readonly id: number;
   readonly op: HelperOp;
   readonly options: SnapshotStoreOptions;
   readonly swarm: string;
+  /** `list`: empty. */
   readonly name: string;
   /** `point` only: the snapshot whose content `name` is pointed at. */
   readonly target?: string;

@@ -8,7 +8,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { type Dirent, readlinkSync } from 'node:fs';
-import { link, lstat, readdir, readFile, rename, rm } from 'node:fs/promises';
+import { chmod, link, lstat, readdir, readFile, rename, rm } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { dirname, join } from 'node:path';
 import { SwarmSchema } from '../key.js';
@@ -70,7 +70,8 @@ export async function sweepWorkFolders(parent: string, now = Date.now()): Promis
       if (!(info.isDirectory() || info.isFile()) || !abandoned(name.slice(prefix.length), info.mtimeMs, now)) continue;
       const claimed = join(parent, workFolderName(REMOVING_PREFIX));
       await rename(path, claimed);
-      await rm(claimed, { recursive: true, force: true });
+      // A build that died after freezing its copy left read-only folders.
+      await removeTree(claimed);
     } catch {
       // Gone already (its build published it, or another sweep took it), or not ours to remove.
     }
@@ -159,4 +160,20 @@ function pidNamespace(): string {
   } catch {
     return '';
   }
+}
+
+/** Removes a folder the store froze: its folders are made writable again first (a non-root owner could not empty them). */
+export async function removeTree(path: string): Promise<void> {
+  const thaw = async (dir: string): Promise<void> => {
+    await chmod(dir, 0o755);
+    for (const entry of await readdir(dir, { withFileTypes: true })) {
+      if (entry.isDirectory()) await thaw(join(dir, entry.name));
+    }
+  };
+  try {
+    await thaw(path);
+  } catch {
+    // Gone already, or partly: rm below says what is left.
+  }
+  await rm(path, { recursive: true, force: true });
 }

@@ -22,7 +22,11 @@ export const SnapshotInfoSchema = z.strictObject({
 });
 const Received = z.strictObject({ id: z.number(), received: z.literal(true) });
 const Reply = z.discriminatedUnion('ok', [
-  z.strictObject({ id: z.number(), ok: z.literal(true), value: z.union([SnapshotInfoSchema, z.null()]) }),
+  z.strictObject({
+    id: z.number(),
+    ok: z.literal(true),
+    value: z.union([SnapshotInfoSchema, z.array(SnapshotInfoSchema), z.null()]),
+  }),
   z.strictObject({
     id: z.number(),
     ok: z.literal(false),
@@ -57,7 +61,7 @@ interface Waiting {
   received: boolean;
   /** Whether it has been sent again already: a second loss is told, never a loop. */
   readonly resent: boolean;
-  resolve(value: SnapshotInfo | null): void;
+  resolve(value: SnapshotInfo | SnapshotInfo[] | null): void;
   reject(error: Error): void;
 }
 
@@ -88,8 +92,9 @@ export class StoreHelper {
 
   run(op: 'remove', swarm: string, name: string): Promise<null>;
   run(op: 'point', swarm: string, name: string, target: string): Promise<SnapshotInfo>;
-  run(op: Exclude<HelperOp, 'remove' | 'point'>, swarm: string, name: string): Promise<SnapshotInfo>;
-  run(op: HelperOp, swarm: string, name: string, target?: string): Promise<SnapshotInfo | null> {
+  run(op: 'list', swarm: string, name: ''): Promise<SnapshotInfo[]>;
+  run(op: Exclude<HelperOp, 'remove' | 'point' | 'list'>, swarm: string, name: string): Promise<SnapshotInfo>;
+  run(op: HelperOp, swarm: string, name: string, target?: string): Promise<SnapshotInfo | SnapshotInfo[] | null> {
     if (this.closed) return Promise.reject(closed()); // callers check `available` first
     const request: HelperRequest = {
       id: this.nextId++,

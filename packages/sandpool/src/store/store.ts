@@ -21,13 +21,12 @@ import {
   buildArtifact,
   isMissingError,
   isTakenError,
-  removeTree,
   sweepUnused,
   touchArtifact,
   verifyArtifact,
 } from './artifact.js';
 import { REMOVING_PREFIX, snapshotDir, snapshotsDir, swarmDir, TEMP_PREFIX } from './layout.js';
-import { sweepWorkFolders, workFolderName } from './leftovers.js';
+import { removeTree, sweepWorkFolders, workFolderName } from './leftovers.js';
 import {
   type ArtifactManifest,
   MANIFEST_NAME,
@@ -102,6 +101,7 @@ export class SnapshotStore {
   readonly root: string;
   readonly #secret: string | undefined;
   readonly #maxBytes: number;
+  readonly #building = new Map<string, Promise<void>>();
 
   constructor(options: SnapshotStoreOptions) {
     const parsed = StoreOptionsSchema.safeParse(options);
@@ -165,7 +165,7 @@ export class SnapshotStore {
   }
 
   async list(swarm: string): Promise<SnapshotInfo[]> {
-    checkArgs(SwarmArgs, { swarm });
+    checkSwarmArgs(swarm);
     let names: string[];
     try {
       names = readdirSync(snapshotsDir(this.root, swarm));
@@ -287,7 +287,25 @@ export class SnapshotStore {
   }
 
   /** An artifact of live/ that no sweep can take before it is named (it was touched). */
+  /**
+   * One swarm's builds run one at a time: each may hold maxSnapshotBytes on disk and in memory,
+   * and a burst of creates (a tenant's retries, or a loop over the API) must not multiply that.
+   */
   private async build(swarm: string): Promise<BuiltArtifact> {
+    const mine = (this.#building.get(swarm) ?? Promise.resolve()).then(() => this.buildOne(swarm));
+    const settled = mine.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.#building.set(swarm, settled);
+    try {
+      return await mine;
+    } finally {
+      if (this.#building.get(swarm) === settled) this.#building.delete(swarm);
+    }
+  }
+
+  private async buildOne(swarm: string): Promise<BuiltArtifact> {
     for (let attempt = 1; ; attempt++) {
       const artifact = await buildArtifact(this.root, swarm, { maxBytes: this.#maxBytes });
       if (await touchArtifact(this.root, swarm, artifact.digest)) return artifact;
@@ -362,6 +380,10 @@ export class SnapshotStore {
 }
 
 /** The arguments every per-snapshot operation checks first (INVALID_KEY, nothing touched). */
+export function checkSwarmArgs(swarm: string): void {
+  checkArgs(SwarmArgs, { swarm });
+}
+
 export function checkSnapshotArgs(swarm: string, name: string): void {
   checkArgs(SnapshotArgs, { swarm, name });
 }

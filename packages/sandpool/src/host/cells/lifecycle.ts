@@ -175,7 +175,15 @@ export class Lifecycle implements CellLife {
     switch (phase.name) {
       case 'resolving':
       case 'queued': {
-        // Only `removed` and `closed` retire a cell that never started: its callers asked too late.
+        if (reason === 'reload') {
+          // New code took over before it got a slot (its key's worker died during a reload, and
+          // a call opened it): its callers run on what now serves the key, as they would have.
+          const calls = cell.takeWaiting();
+          this.abandon(cell, closed(cell.key.text));
+          for (const call of calls) cell.route.accept(call);
+          return;
+        }
+        // Removed or closed: its callers asked too late.
         const { key } = cell;
         const error =
           reason === 'removed' && key.snapshot !== null
