@@ -50,7 +50,9 @@ async function snapshotRoot(): Promise<{ root: string; digest: string; bundle: s
   const pool = openPool({ root });
   const { digest } = await pool.snapshots.create('a', 'jan');
   await pool.close();
-  return { root, digest, bundle: join(root, 'a', 'snapshots', 'jan', '.sandpool-bundles', 'victim.mjs') };
+  // The bundle a@jan's workers import: in the content-addressed artifact its name points to.
+  const bundle = join(root, '.sandpool-cache', 'artifacts', 'a', digest, '.sandpool-bundles', 'victim.mjs');
+  return { root, digest, bundle };
 }
 
 const MODES: readonly PoolOptions['permissions'][] = ['strict', 'none'];

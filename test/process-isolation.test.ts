@@ -357,6 +357,8 @@ describe("isolation: 'process'", () => {
       const cgroups = layers.cgroups;
       await eventually(() => pool.stats().spares === 1 && childProcesses().length === 1);
       const [spare] = childProcesses() as [number];
+      // Moved into its cell off the host's event loop: in its cgroup shortly after its spawn.
+      await eventually(() => cpuWeightOf(spare) !== null);
       expect(cpuWeightOf(spare)).toBe(lowest(cgroups));
       await pool.call(ESCAPEE, 'add', [1, 1]);
       expect(cpuWeightOf(spare)).toBe(cgroups === 'v1' ? 1024 : 100);

@@ -486,7 +486,7 @@ describe('cgroup detection', () => {
     expect(readFileSync(join(mount, 'service/cgroup.subtree_control'), 'latin1')).toBe('+memory +pids +cpu');
     expect(group.prioritize(19)).toBe(true);
     expect(readFileSync(join(cell, 'cpu.weight'), 'latin1')).toBe('1');
-    group.attach(777);
+    await group.attach(777);
     expect(readFileSync(join(cell, 'cgroup.procs'), 'latin1')).toBe('777');
     writeFileSync(join(cell, 'memory.events'), 'low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n');
     expect(group.oomKilled()).toBe(true);

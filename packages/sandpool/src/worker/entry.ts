@@ -21,7 +21,7 @@ import { toRemoteError } from '../protocol/remote-error.js';
 import { defineAgentGlobal } from './agent-global.js';
 import { Heartbeat } from './heartbeat.js';
 import { HostProxy } from './host-proxy.js';
-import { LoadFailure, loadAgent, preloadFor } from './load.js';
+import { LoadFailure, loadAgent, preloadFor, preloadSyntax } from './load.js';
 import { lockDown } from './lockdown.js';
 import { OutputGate } from './output.js';
 import { Runtime } from './runtime.js';
@@ -35,6 +35,7 @@ delete (process as { _getActiveHandles?: unknown })._getActiveHandles;
 const memoryUsage = process.memoryUsage.bind(process);
 Object.defineProperty(globalThis, Symbol.for(MEMORY_USAGE_SYMBOL), { value: memoryUsage });
 const post = link.post;
+if (isMainThread && process.argv.includes(MUST_DROP)) preloadSyntax();
 
 /**
  * A child process of a root host starts as root, so Node and this runtime load wherever they

@@ -32,6 +32,16 @@ export async function preloadFor(request: LoadRequest): Promise<void> {
   await Promise.all([request.verifyDir === null ? null : verifierModule(), syntaxModule()]);
 }
 
+/**
+ * Loads the syntax locator now, in a child that will drop its uid: at boot, so a spare has it
+ * before its key comes (its load then waits for nothing it could have done while idle).
+ */
+export function preloadSyntax(): void {
+  syntaxModule().catch(() => {
+    // preloadFor awaits the same promise at the load, and fails loudly there.
+  });
+}
+
 export async function loadAgent(request: LoadRequest): Promise<Record<string, unknown>> {
   if (request.verifyDir !== null) {
     let bundle: Awaited<ReturnType<typeof import('./verified.js').verifySnapshot>>;

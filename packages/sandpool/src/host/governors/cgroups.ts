@@ -1,4 +1,5 @@
 import { appendFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { alive } from '../workers/sandbox/alive.js';
 import type { CageGroup, CageGroups, CellCpu } from '../workers/sandbox/cage.js';
@@ -164,9 +165,13 @@ export class CellGroup implements CageGroup {
     writeFileSync(join(this.dirs.pids, 'pids.max'), String(pids));
   }
 
-  /** Moves a process (every thread of it) into the cell; what it starts from then on is born there. */
-  attach(pid: number): void {
-    for (const dir of unique(Object.values(this.dirs))) writeFileSync(join(dir, 'cgroup.procs'), String(pid));
+  /**
+   * Moves a process (every thread of it) into the cell; what it starts from then on is born
+   * there. Off the event loop: the kernel can take milliseconds over a move (v1 waits for an
+   * RCU grace period), which would hold up every other key's messages.
+   */
+  async attach(pid: number): Promise<void> {
+    for (const dir of unique(Object.values(this.dirs))) await writeFile(join(dir, 'cgroup.procs'), String(pid));
   }
 
   /** Where the kernel counts the CPU of every task of the cell, ended ones included: v2's cpu.stat, v1's cpuacct.usage; null on a v1 host without cpuacct. */

@@ -47,7 +47,7 @@ export interface CageGroup {
   /** Where its CPU is counted, every task's; null where the host does not count it. */
   cpuUsage(): CellCpu | null;
   /** Moves a process (every thread of it) into the cell; what it starts from then on is born there. */
-  attach(pid: number): void;
+  attach(pid: number): Promise<void>;
   /** Bytes the cell's tasks hold now, page cache and /tmp included; null when unreadable. */
   memoryBytes(): number | null;
   /** Sets the cell's CPU weight to match a nice value; false when the kernel refused. */
@@ -180,15 +180,16 @@ export class Cage {
   /**
    * The child was spawned: its cell is moved into the cgroup before Node runs (bubblewrap says
    * its init's pid on INFO_FD and waits on BLOCK_FD; Node, started by the init, is born in
-   * the cgroup). Rejects when the child never gets that far.
+   * the cgroup), and before its load goes. Rejects when the child never gets that far.
    */
   started(child: ChildProcess): Promise<void> {
     // Moved in at once: what it starts is born in the cell (with namespaces, bubblewrap's init
     // too, unless it was quicker: then the init is moved below, before Node starts).
-    if (child.pid !== undefined) this.group?.attach(child.pid);
+    const { group } = this;
+    const moved = group === null || child.pid === undefined ? Promise.resolve() : group.attach(child.pid);
     if (this.parts.bwrap === null) {
       this.nodePid = child.pid ?? 0;
-      return Promise.resolve();
+      return moved;
     }
     const stdio = child.stdio as readonly unknown[];
     const info = (stdio[INFO_FD] ?? null) as Readable | null;
@@ -219,16 +220,19 @@ export class Cage {
           reject(new Error('ended before its cell started'));
           return;
         }
-        try {
-          this.group?.attach(pid);
-        } catch (error) {
-          reject(error);
-          return;
-        }
-        block.end('go');
-        resolve();
+        void Promise.all([moved, group?.attach(pid)]).then(() => {
+          if (this.killed) {
+            reject(new Error('ended before its cell started'));
+            return;
+          }
+          block.end('go');
+          resolve();
+        }, reject);
       });
-      info.on('end', () => reject(new Error('bubblewrap ended before its cell started')));
+      // bubblewrap closes it once it has said the pid, maybe while the init is still being moved.
+      info.on('end', () => {
+        if (this.initPid === 0) reject(new Error('bubblewrap ended before its cell started'));
+      });
       // Nothing useful follows the pid; a child that has ended cannot take the byte.
       info.on('error', () => {});
       block.on('error', () => {});

@@ -1,8 +1,9 @@
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { chmodSync, existsSync, mkdirSync, readdirSync, rmdirSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, relative } from 'node:path';
 import { alive } from './alive.js';
+import { Binder } from './binder.js';
 import { findExecutable } from './support.js';
 import type { ViewEntry } from './view.js';
 
@@ -26,11 +27,13 @@ export function openStage(): Stage | string {
  * it, the key's folders are bound into that folder on the host, from the pool's read-only
  * mirror of its root (one `mount` each, read-only before anyone sees it), and mount
  * propagation (the stage is a shared mount; each cell's copy receives) makes them appear in
- * the cell at their real paths. Needs root; one stage per host process, under /run.
+ * the cell at their real paths. Needs root; one stage per host process, under /run, its binds
+ * made by one shell while a pool uses it (see Binder).
  */
 export class Stage {
   private made = 0;
   private readonly mirrors = new Map<string, { dir: string; users: number }>();
+  private readonly binder = new Binder();
 
   constructor(private readonly base: string) {}
 
@@ -38,7 +41,7 @@ export class Stage {
   cell(mirror: string, root: string): StagedCell {
     const dir = join(this.base, 'cells', String(++this.made));
     makeFolder(dir);
-    return new StagedCell(dir, mirror, root);
+    return new StagedCell(dir, mirror, root, this.binder);
   }
 
   /** The read-only mirror of a pool's root (shared by the pools on one root), until `unmirror`. */
@@ -60,7 +63,10 @@ export class Stage {
     const known = this.mirrors.get(root);
     if (known === undefined || --known.users > 0) return;
     this.mirrors.delete(root);
-    await run('umount', ['-l', known.dir]);
+    const unbound = this.binder.unbind(known.dir);
+    // No pool uses the stage now: its shell ends once this is done.
+    if (this.mirrors.size === 0) this.binder.close();
+    await unbound;
   }
 }
 
@@ -73,6 +79,7 @@ export class StagedCell {
     readonly dir: string,
     private readonly mirror: string,
     private readonly root: string,
+    private readonly binder: Binder,
   ) {
     this.made.push(dir);
   }
@@ -88,13 +95,13 @@ export class StagedCell {
       }
       this.makeFolders(staged);
       this.mounted.push(staged);
-      await run('mount', ['--bind', join(this.mirror, relative(this.root, entry.source)), staged]);
+      await this.binder.bind(join(this.mirror, relative(this.root, entry.source)), staged);
     }
   }
 
   /** Unbinds what `enter` bound (lazily: a dying cell may still hold a file) and removes the folders it made. */
   async close(): Promise<void> {
-    if (this.mounted.length > 0) await run('umount', ['-l', ...this.mounted.reverse()]).catch(() => {});
+    await Promise.all(this.mounted.reverse().map((path) => this.binder.unbind(path).catch(() => {})));
     for (const dir of this.made.reverse()) {
       try {
         rmdirSync(dir);
@@ -160,20 +167,4 @@ function makeFolder(dir: string): void {
   mkdirSync(dir, { recursive: true });
   // The cell's uid walks through it; a host umask must not narrow it.
   chmodSync(dir, 0o755);
-}
-
-function run(command: string, args: readonly string[]): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(command, args, { stdio: ['ignore', 'ignore', 'pipe'] });
-    let said = '';
-    child.stderr.setEncoding('utf8');
-    child.stderr.on('data', (text: string) => {
-      said += text;
-    });
-    child.on('error', reject);
-    child.on('close', (code) => {
-      if (code === 0) resolve();
-      else reject(new Error(`${command}: ${said.trim() || `exit ${code}`}`));
-    });
-  });
 }
