@@ -2,11 +2,12 @@
 // is seen by a pool in another process on the same store; its old workers drain without losing
 // a call, no worker of the old content starts again, and a call never runs older content than
 // its name pointed to when the call was admitted. The move-to-retire bound is measured here.
-import { type ChildProcess, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
+import { inbox, percentile } from './support/child.js';
 import { installCleanup, invariants, openPool } from './support/pool.js';
 import { counterAgent, makeRoot, removeRoots, writeFiles } from './support/root.js';
 
@@ -73,39 +74,6 @@ process.on('message', async (message) => {
 `;
 }
 
-type Message = { t: string; [field: string]: unknown };
-
-/** Messages from the child, awaited in order by type. */
-function inbox(child: ChildProcess): (type: string, timeoutMs?: number) => Promise<Message> {
-  const queue: Message[] = [];
-  const waiters: Array<{ type: string; resolve: (m: Message) => void }> = [];
-  child.on('message', (raw) => {
-    const message = raw as Message;
-    const waiter = waiters.findIndex((w) => w.type === message.t);
-    if (waiter >= 0) waiters.splice(waiter, 1)[0]?.resolve(message);
-    else queue.push(message);
-  });
-  return (type, timeoutMs = 30_000) => {
-    const queued = queue.findIndex((m) => m.t === type);
-    if (queued >= 0) return Promise.resolve(queue.splice(queued, 1)[0] as Message);
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`no ${type} from the child in ${timeoutMs} ms`)), timeoutMs);
-      waiters.push({
-        type,
-        resolve: (m) => {
-          clearTimeout(timer);
-          resolve(m);
-        },
-      });
-    });
-  };
-}
-
-function percentile(values: readonly number[], p: number): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)] as number;
-}
-
 describe('a snapshot name moved by another process', () => {
   it('retires the old content within the bound, drains it without losing a call, and never runs older content', async () => {
     const root = await makeRoot({ ...(await counterAgent('n')), 'a/live/notifier_agent.mjs': agent(0) });
@@ -122,7 +90,7 @@ describe('a snapshot name moved by another process', () => {
     const script = join(root, 'other-pool.mjs');
     await writeFile(script, childScript(root));
     const child = spawn(process.execPath, [script], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], env: {} });
-    const next = inbox(child);
+    const next = inbox(child, 'the child', 30_000);
     try {
       child.send({ t: 'versions', versions });
       expect(await next('ready', 60_000)).toMatchObject({ value: 0 });
@@ -203,7 +171,7 @@ process.send({ t: 'summary', signed, refused }, () => process.disconnect());
 `,
     );
     const child = spawn(process.execPath, [script], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], env: {} });
-    const next = inbox(child);
+    const next = inbox(child, 'the child', 30_000);
     let stop = false;
     let answered = 0;
     const neighbour = (async () => {

@@ -2,13 +2,14 @@
 // its own root. A snapshot made on one node serves on the other; a move on one drains the old
 // content on the other within a measured bound; a tampered cached file is refused; a lost
 // connection leaves cached keys serving, and the node reconnects and sees a later move.
-import { type ChildProcess, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { lstatSync } from 'node:fs';
 import { chmod, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
+import { inbox, percentile } from './support/child.js';
 import { installCleanup, invariants, openPool } from './support/pool.js';
 import { counterAgent, makeRoot, removeRoots, writeFiles } from './support/root.js';
 
@@ -74,38 +75,6 @@ process.on('message', async (message) => {
 `;
 }
 
-type Message = { t: string; [field: string]: unknown };
-
-function inbox(child: ChildProcess): (type: string, timeoutMs?: number) => Promise<Message> {
-  const queue: Message[] = [];
-  const waiters: Array<{ type: string; resolve: (m: Message) => void }> = [];
-  child.on('message', (raw) => {
-    const message = raw as Message;
-    const waiter = waiters.findIndex((w) => w.type === message.t);
-    if (waiter >= 0) waiters.splice(waiter, 1)[0]?.resolve(message);
-    else queue.push(message);
-  });
-  return (type, timeoutMs = 60_000) => {
-    const queued = queue.findIndex((m) => m.t === type);
-    if (queued >= 0) return Promise.resolve(queue.splice(queued, 1)[0] as Message);
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`no ${type} from node B in ${timeoutMs} ms`)), timeoutMs);
-      waiters.push({
-        type,
-        resolve: (m) => {
-          clearTimeout(timer);
-          resolve(m);
-        },
-      });
-    });
-  };
-}
-
-function percentile(values: readonly number[], p: number): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)] as number;
-}
-
 async function connections(admin: pg.Client, app: string): Promise<number> {
   const result = await admin.query(
     'SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND application_name LIKE $1',
@@ -154,7 +123,7 @@ describe.skipIf(URL_ENV === undefined)('the PostgreSQL store, two nodes and no s
       const script = join(rootB, 'node-b.mjs');
       await writeFile(script, childScript(rootB, withApp(url, NODE_B)));
       const child = spawn(process.execPath, [script], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], env: {} });
-      const next = inbox(child);
+      const next = inbox(child, 'node B', 60_000);
       try {
         // Made on A, served on B: fetched from the database, verified, cached under B's root.
         child.send({ t: 'await', key: KEY, version: 0 });

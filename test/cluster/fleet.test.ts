@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import pg from 'pg';
 import { pack } from 'tar-stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { percentile } from '../support/child.js';
 import { countBy, sleep, waitUntilServing } from './calls.js';
 import { findHaproxy, startHaproxy, writeConfig as writeHaproxyConfig } from './haproxy.js';
 import { findNginx, startNginx, writeConfig as writeNginxConfig } from './nginx.js';
@@ -127,11 +128,6 @@ const appFiles = (version: string): Record<string, string> =>
   Object.fromEntries(
     STEMS.map((stem) => [`${stem}.mjs`, `export const version = () => ({ v: '${version}', pid: process.pid });\n`]),
   );
-
-function percentile(values: readonly number[], p: number): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)] as number;
-}
 
 /** Polls `check` until it holds (at most BOUND_MS): the pace of the poll is no assertion. */
 async function until(what: string, check: () => Promise<boolean>): Promise<void> {
