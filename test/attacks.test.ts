@@ -11,7 +11,7 @@ import { hostCallsFor } from '../packages/sandpool/dist/host/capabilities/capabi
 import { KeyQuota } from '../packages/sandpool/dist/host/capabilities/quotas.js';
 import { resolveKey } from '../packages/sandpool/dist/key.js';
 import { rejection } from './support/errors.js';
-import { eventually, installCleanup, invariants, NO_DEATHS, openPool } from './support/pool.js';
+import { eventually, installCleanup, invariants, NO_DEATHS, openPool, rssGrowth } from './support/pool.js';
 import { counterAgent, makeRoot } from './support/root.js';
 
 installCleanup();
@@ -115,21 +115,6 @@ async function withNeighbour<T>(pool: Pool, attack: () => Promise<T>): Promise<T
 }
 
 /** The books balance, the host still serves both keys, and the counters say what happened. */
-/** Runs `fn` while sampling this process's RSS every 5 ms; how far it rose above where it started. */
-async function rssGrowth<T>(fn: () => Promise<T>): Promise<{ value: T; growth: number }> {
-  const before = process.memoryUsage().rss;
-  let peak = before;
-  const sampler = setInterval(() => {
-    peak = Math.max(peak, process.memoryUsage().rss);
-  }, 5);
-  try {
-    const value = await fn();
-    return { value, growth: Math.max(peak, process.memoryUsage().rss) - before };
-  } finally {
-    clearInterval(sampler);
-  }
-}
-
 async function sane(pool: Pool, expected: Partial<PoolStats>): Promise<void> {
   expect(invariants(pool)).toEqual([]);
   expect(await pool.call(NEIGHBOUR, 'add', [2, 2])).toBe(4);

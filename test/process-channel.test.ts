@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { rejection } from './support/errors.js';
-import { installCleanup, openPool } from './support/pool.js';
+import { installCleanup, openPool, rssGrowth } from './support/pool.js';
 import { counterAgent, makeRoot } from './support/root.js';
 import { withNeighbours } from './support/sandbox.js';
 
@@ -70,18 +70,11 @@ describe('a process key’s channel, written by a hostile agent', () => {
 
   it('a frame announced past the bound ends that key with protocol before the host keeps any of it', async () => {
     const pool = await attackPool();
-    const before = process.memoryUsage().rss;
-    let peak = before;
-    const sampler = setInterval(() => {
-      peak = Math.max(peak, process.memoryUsage().rss);
-    }, 5);
-    try {
-      const error = await withNeighbours(pool, () => rejection(pool.call('x/attacker', 'huge')));
-      expect(error).toMatchObject({ code: 'ERR_SANDPOOL_WORKER_EXITED', reason: 'protocol' });
-    } finally {
-      clearInterval(sampler);
-    }
+    const { value: error, growth } = await rssGrowth(() =>
+      withNeighbours(pool, () => rejection(pool.call('x/attacker', 'huge'))),
+    );
+    expect(error).toMatchObject({ code: 'ERR_SANDPOOL_WORKER_EXITED', reason: 'protocol' });
     // Unbounded, the host kept all 320 MB; bounded, it read one pipe's worth past the header.
-    expect(peak - before).toBeLessThan(96 * 2 ** 20);
+    expect(growth).toBeLessThan(96 * 2 ** 20);
   });
 });

@@ -128,3 +128,18 @@ export async function eventually(predicate: () => boolean, timeoutMs = 15_000): 
 function elapsedSince(start: bigint): () => number {
   return () => Number(process.hrtime.bigint() - start) / 1e6;
 }
+
+/** Runs `fn` while sampling this process's RSS every 5 ms; how far it rose above where it started. */
+export async function rssGrowth<T>(fn: () => Promise<T>): Promise<{ value: T; growth: number }> {
+  const before = process.memoryUsage().rss;
+  let peak = before;
+  const sampler = setInterval(() => {
+    peak = Math.max(peak, process.memoryUsage().rss);
+  }, 5);
+  try {
+    const value = await fn();
+    return { value, growth: Math.max(peak, process.memoryUsage().rss) - before };
+  } finally {
+    clearInterval(sampler);
+  }
+}
