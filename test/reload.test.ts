@@ -152,7 +152,15 @@ describe('watch', () => {
     await eventually(() => answers.at(-1) === 20, 30_000);
     writing = false;
     await stream;
-    expect(failures).toEqual([]);
+    if (inPlace) {
+      // A writer descheduled between its truncation and its write for longer than the 100 ms
+      // window leaves a file that looks finished: only an atomic write is guaranteed (README,
+      // the fault table). What such a load can do is serve a module without the export.
+      const codes = failures.map((failure) => (failure as { code?: unknown }).code);
+      expect(codes.filter((code) => code !== 'ERR_SANDPOOL_EXPORT_NOT_FOUND')).toEqual([]);
+    } else {
+      expect(failures).toEqual([]);
+    }
     expect(answers.every((answer) => Number.isInteger(answer) && answer >= 0 && answer <= 20)).toBe(true);
   });
 
