@@ -349,7 +349,10 @@ describe('manifests', () => {
     const root = await makeRoot({ 'a/live/notifier_agent.mjs': "export const f = () => 'good';\n" });
     await new SnapshotStore({ root }).create('a', 'jan');
     const store = new SnapshotStore({ root, snapshotSecret: SECRET });
-    expect((await rejection(store.get('a', 'jan'))).message).toContain('not signed');
+    expect(await rejection(store.get('a', 'jan'))).toMatchObject({
+      code: 'ERR_SANDPOOL_SNAPSHOT_CORRUPT',
+      message: expect.stringContaining('not signed'),
+    });
     expect(await store.sign('a', 'jan')).toMatchObject({ signed: true });
     await expect(store.verify('a', 'jan')).resolves.toMatchObject({ signed: true });
   });
@@ -379,7 +382,10 @@ describe('snapshot folders made before artifacts', () => {
     // Its content is not an artifact: a channel cannot point at it until it is made again.
     expect(await code(store.point('a', 'prod', 'jan'))).toBe('ERR_SANDPOOL_INVALID_OPTIONS');
     const signed = new SnapshotStore({ root, snapshotSecret: SECRET });
-    expect((await rejection(signed.get('a', 'jan'))).message).toContain('not signed');
+    expect(await rejection(signed.get('a', 'jan'))).toMatchObject({
+      code: 'ERR_SANDPOOL_SNAPSHOT_CORRUPT',
+      message: expect.stringContaining('not signed'),
+    });
     expect(await signed.sign('a', 'jan')).toMatchObject({ signed: true, digest: info.digest });
     await pool.snapshots.remove('a', 'jan');
     expect(await code(store.get('a', 'jan'))).toBe('ERR_SANDPOOL_SNAPSHOT_NOT_FOUND');
