@@ -470,13 +470,18 @@ describe('cgroup detection', () => {
     return mount;
   }
 
-  it('uses cgroup v2 where memory, pids and cpu can be enabled, with its limits and weights', async () => {
-    const mount = await fakeV2('cpuset cpu io memory pids', 'cpu memory pids');
-    const tree = findCgroups({
+  /** What the host finds with only that v2 mount, the pool's process (4242) in its `service` group. */
+  function findV2(mount: string) {
+    return findCgroups({
       mountinfo: `40 30 0:37 / ${mount} rw,relatime - cgroup2 cgroup2 rw\n`,
       membership: '0::/service\n',
       pid: 4242,
     });
+  }
+
+  it('uses cgroup v2 where memory, pids and cpu can be enabled, with its limits and weights', async () => {
+    const mount = await fakeV2('cpuset cpu io memory pids', 'cpu memory pids');
+    const tree = findV2(mount);
     if (typeof tree === 'string') throw new Error(tree);
     expect(tree.version).toBe('v2');
     const group = tree.create({ memoryBytes: 300 * 2 ** 20, pids: 64 });
@@ -494,11 +499,7 @@ describe('cgroup detection', () => {
 
   it('says why when v2 lacks a controller and no v1 hierarchy has it', async () => {
     const mount = await fakeV2('cpuset io hugetlb', '');
-    const found = findCgroups({
-      mountinfo: `40 30 0:37 / ${mount} rw,relatime - cgroup2 cgroup2 rw\n`,
-      membership: '0::/service\n',
-      pid: 4242,
-    });
+    const found = findV2(mount);
     expect(found).toMatch(/no memory, pids, cpu controller/);
     expect(found).toMatch(/v1 memory: not mounted/);
   });
