@@ -10,19 +10,13 @@ import {
   send,
   targetOf,
 } from '../server-client.js';
-import { serverTokenOption, serverUrlOption } from './invalidate.js';
+import { ReportSchema, serverTokenOption, serverUrlOption } from './invalidate.js';
 
 interface DeployOptions extends ServerOptionsOfCommand {
   readonly json?: boolean;
 }
 
-const DeployAnswerSchema = z.object({
-  swarm: z.string(),
-  files: z.number(),
-  bytes: z.number(),
-  reloaded: z.array(z.string()),
-  failed: z.array(z.object({ key: z.string(), code: z.string(), message: z.string() })),
-});
+const DeployAnswerSchema = ReportSchema.extend({ swarm: z.string(), files: z.number(), bytes: z.number() });
 
 /** `sandpool deploy <swarm> <folder>`: the folder becomes the swarm's live files on a running server. */
 export function registerDeploy(program: Command, io: Io): void {

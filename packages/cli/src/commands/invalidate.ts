@@ -17,7 +17,8 @@ interface InvalidateOptions extends ServerOptionsOfCommand {
   readonly json?: boolean;
 }
 
-const ReportSchema = z.object({
+/** What a reload reports (invalidate, and deploy after its swap): each key reloaded or failed. */
+export const ReportSchema = z.object({
   reloaded: z.array(z.string()),
   failed: z.array(z.object({ key: z.string(), code: z.string(), message: z.string() })),
 });
