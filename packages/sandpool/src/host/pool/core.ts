@@ -9,7 +9,7 @@ import type { Cell } from '../cells/cell.js';
 import { Census } from '../cells/census.js';
 import { hostPaths } from '../cells/host-paths.js';
 import { Lifecycle } from '../cells/lifecycle.js';
-import { hostCgroups } from '../governors/cgroups.js';
+import { poolCgroups } from '../governors/cgroups.js';
 import { CpuGovernor } from '../governors/cpu.js';
 import { kernelMemoryBound, MemoryGovernor, v8HeapLimitMb } from '../governors/memory.js';
 import { ProcessThreads } from '../governors/threads.js';
@@ -116,7 +116,7 @@ export class PoolCore {
       options,
       this.root,
       settingsFor(options),
-      { cgroups: hostCgroups, memoryBytes: kernelMemoryBound(memoryLimits) },
+      { cgroups: poolCgroups, memoryBytes: kernelMemoryBound(memoryLimits) },
       settingsFor,
       kernelMemoryBound,
     );

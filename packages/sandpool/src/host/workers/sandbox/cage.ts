@@ -60,11 +60,21 @@ export interface CageGroup {
   remove(): Promise<void>;
 }
 
-/** Where this host makes cells' cgroups (governors/cgroups.ts). */
+/** The CPU of a pool's cells together, as `sandbox.cpuWeight` and `sandbox.cpuMax` set it; null: the kernel's default. */
+export interface PoolCpu {
+  /** Among the host's other cgroups, on cgroup v2's scale (1-10000, 100 the default). */
+  readonly weight: number | null;
+  /** Cores the pool's cells may use together. */
+  readonly maxCores: number | null;
+}
+
+/** A pool's cgroup, where its cells' are made (governors/cgroups.ts). */
 export interface CageGroups {
   readonly version: 'v1' | 'v2';
   /** A cgroup for one cell, limits set, empty until `attach`. Throws when the kernel refuses. */
   create(limits: { readonly memoryBytes: number; readonly pids: number }): CageGroup;
+  /** The pool is closed and its cells' cgroups are gone: its own goes. */
+  remove(): Promise<void>;
 }
 
 /** What a Cage is made of: the pool's sandbox, resolved (see Sandbox.cage). */
