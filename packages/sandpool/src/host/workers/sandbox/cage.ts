@@ -197,6 +197,9 @@ export class Cage {
     // too, unless it was quicker: then the init is moved below, before Node starts).
     const { group } = this;
     const moved = group === null || child.pid === undefined ? Promise.resolve() : group.attach(child.pid);
+    // A cell ended before bubblewrap said its init's pid never waits for this move: its cgroup
+    // may be gone under it (ENODEV), which nothing is left to hear.
+    moved.catch(() => {});
     if (this.parts.bwrap === null) {
       this.nodePid = child.pid ?? 0;
       return moved;
