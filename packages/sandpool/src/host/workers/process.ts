@@ -52,6 +52,8 @@ export class AgentProcess extends AgentWorker {
   private user: readonly [number, number] | null = null;
   private referenced = true;
   private outOfMemory = false;
+  /** Its end of the channel holds this tick's frames (see post). */
+  private corked = false;
 
   constructor(settings: ThreadSettings, execArgv: readonly string[], child: ProcessSettings, access: KeyAccess | null) {
     super(settings);
@@ -157,10 +159,20 @@ export class AgentProcess extends AgentWorker {
       return;
     }
     if (this.channel === null) return; // it is exiting: its close settles every call
-    this.channel.toChild.write(
-      encodeFrame(message.t === 'load' && this.user !== null ? { ...message, user: this.user } : message),
-    );
+    const { toChild } = this.channel;
+    if (!this.corked) {
+      // What the rest of this tick posts leaves with it, in one write: one wake-up of the child.
+      this.corked = true;
+      toChild.cork();
+      process.nextTick(this.uncork);
+    }
+    toChild.write(encodeFrame(message.t === 'load' && this.user !== null ? { ...message, user: this.user } : message));
   }
+
+  private readonly uncork = (): void => {
+    this.corked = false;
+    this.channel?.toChild.uncork();
+  };
 
   setReferenced(referenced: boolean): void {
     if (referenced === this.referenced || this.child === null) return;
