@@ -288,6 +288,10 @@ describe('the OS sandbox of process keys', () => {
       expect(Number(limit)).toBe((64 + 32 + 96 + 64) * 2 ** 20);
       expect(cgroupFileOf(cell, 'pids', 'pids.max')).toBe('64');
       await eventually(() => (pool.keyStats().find((entry) => entry.key === ATTACKER)?.heapBytes ?? 0) > 0);
+      expect(pool.keyStats().find((entry) => entry.key === ATTACKER)).toMatchObject({
+        isolation: 'process',
+        cgroup: { memoryMaxBytes: Number(limit) },
+      });
       const membership = readFileSync(`/proc/${cell}/cgroup`, 'latin1');
       await pool.close();
       // Every sandpool cgroup the cell was in is gone.

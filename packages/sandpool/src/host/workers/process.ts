@@ -5,6 +5,7 @@ import { fileURLToPath } from 'node:url';
 import type { ResolvedKey } from '../../key.js';
 import { encodeFrame, FROM_CHILD_FD, FrameReader } from '../../protocol/frames.js';
 import { MUST_DROP, type ToWorker } from '../../protocol/messages.js';
+import type { KeyStats } from '../../types.js';
 import { AgentWorker, type ThreadSettings } from './agent-worker.js';
 import type { MemoryReading } from './memory-probe.js';
 import { reniceProcess } from './priority.js';
@@ -195,6 +196,11 @@ export class AgentProcess extends AgentWorker {
     const status = readFileSync(`/proc/${this.nodePid}/status`, 'latin1');
     const kb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
     return { heap: kb * 1024, external: 0 };
+  }
+
+  /** The memory its cgroup bounds its cell to, null without one. */
+  override cgroupBounds(): KeyStats['cgroup'] {
+    return this.cage?.bounds() ?? null;
   }
 
   /** Where its cell's CPU is counted (its every task's), null without a cgroup that counts it: see Cage.cpuUsage. */

@@ -293,6 +293,11 @@ export class Cage {
     return this.group?.cpuUsage() ?? null;
   }
 
+  /** The memory its cgroup bounds the cell to; null without one. */
+  bounds(): { memoryMaxBytes: number } | null {
+    return this.group === null ? null : { memoryMaxBytes: this.parts.memoryBytes };
+  }
+
   /** Bytes the cell holds now, as its cgroup counts them; null without one. */
   memoryBytes(): number | null {
     return this.group?.memoryBytes() ?? null;
