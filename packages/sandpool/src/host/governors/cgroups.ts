@@ -125,14 +125,14 @@ export class CgroupTree {
    */
   pool(cpu: PoolCpu): PoolGroup {
     for (;;) {
-      const dirs = this.dirsOf(this.parents, `sandpool-${this.pid}-${++this.made}`);
+      const dirs = dirsOf(this.parents, `sandpool-${this.pid}-${++this.made}`);
       const made: string[] = [];
       try {
         for (const dir of unique(Object.values(dirs))) {
           mkdirSync(dir);
           made.push(dir);
         }
-        const group = new PoolGroup(this.version, dirs, this.dirsOf);
+        const group = new PoolGroup(this.version, dirs);
         group.limit(cpu);
         return group;
       } catch (error) {
@@ -143,17 +143,6 @@ export class CgroupTree {
       }
     }
   }
-
-  /** The directories of a cgroup named `name` under `parents`, one per controller. */
-  private readonly dirsOf = (parents: CellDirs, name: string): CellDirs => {
-    const { cpuacct } = parents;
-    return {
-      memory: join(parents.memory, name),
-      pids: join(parents.pids, name),
-      cpu: join(parents.cpu, name),
-      ...(cpuacct === undefined ? {} : { cpuacct: join(cpuacct, name) }),
-    };
-  };
 
   /** Removes the cgroups (a pool's, with its cells') of hosts that ended without removing theirs. */
   private sweep(): void {
@@ -180,7 +169,6 @@ export class PoolGroup implements CageGroups {
   constructor(
     readonly version: 'v1' | 'v2',
     private readonly dirs: CellDirs,
-    private readonly dirsOf: (parents: CellDirs, name: string) => CellDirs,
   ) {}
 
   /** The pool's CPU among the host's cgroups; on v2, its cells get the three controllers. */
@@ -202,7 +190,7 @@ export class PoolGroup implements CageGroups {
 
   /** A cgroup for one cell, limits set, empty until `attach`. Throws when the kernel refuses. */
   create(limits: CellLimits): CellGroup {
-    const cell = this.dirsOf(this.dirs, `cell-${++this.made}`);
+    const cell = dirsOf(this.dirs, `cell-${++this.made}`);
     const dirs = unique(Object.values(cell));
     for (const dir of dirs) mkdirSync(dir);
     const group = new CellGroup(this.version, cell);
@@ -416,6 +404,17 @@ function writeIfExists(file: string, value: string): boolean {
   } catch {
     return false;
   }
+}
+
+/** The directories of a cgroup named `name` under `parents`, one per controller. */
+function dirsOf(parents: CellDirs, name: string): CellDirs {
+  const { cpuacct } = parents;
+  return {
+    memory: join(parents.memory, name),
+    pids: join(parents.pids, name),
+    cpu: join(parents.cpu, name),
+    ...(cpuacct === undefined ? {} : { cpuacct: join(cpuacct, name) }),
+  };
 }
 
 /** v1's cpu.shares for a v2 weight: 1024 is 100's, between the kernel's bounds. */
