@@ -1,4 +1,4 @@
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -50,6 +50,31 @@ export function cgroupDirOf(pid: number, controller: string): string | null {
     if (mount !== null) return join(mount, path);
   }
   return null;
+}
+
+/**
+ * The cgroups this process's pools hold now (`sandpool-<pid>-<n>`), where sandpool makes them:
+ * under this process's own cgroup or at the hierarchy's root, of v1's pids hierarchy or v2's.
+ */
+export function poolGroupsOfThisProcess(): string[] {
+  const name = new RegExp(`^sandpool-${process.pid}-\\d+$`);
+  const membership = readFileSync('/proc/self/cgroup', 'latin1').split('\n');
+  const found = new Set<string>();
+  for (const controller of ['pids', null]) {
+    const mount = mountOf(controller);
+    const line = membership.find((entry) =>
+      controller === null ? entry.startsWith('0::') : entry.split(':')[1]?.split(',').includes(controller),
+    );
+    if (mount === null || line === undefined) continue;
+    for (const dir of [join(mount, line.slice(line.indexOf(':', line.indexOf(':') + 1) + 1)), mount]) {
+      try {
+        for (const entry of readdirSync(dir)) if (name.test(entry)) found.add(join(dir, entry));
+      } catch {
+        // Not there, or not ours to read.
+      }
+    }
+  }
+  return [...found];
 }
 
 /** Where this machine mounts the cgroup hierarchy of a v1 controller, or v2's (null). */

@@ -122,7 +122,13 @@ export class PoolCore {
     );
     this.launcher = launcher;
     // Before anything starts: a spare, or the stage a spare cell needs.
-    refuseUnenforceableNetwork(options, launcher.sandbox.layers);
+    try {
+      refuseUnenforceableNetwork(options, launcher.sandbox.layers);
+    } catch (error) {
+      // No pool will close its sandbox: its cgroup goes now.
+      void launcher.sandbox.close();
+      throw error;
+    }
     // With isolation a function of the key, which kind the next key needs is unknown: threads.
     const spareKind = options.isolation === 'process' ? 'process' : 'thread';
     // Under a per-key permission model no key can take a spare (its flags are fixed at boot).

@@ -87,7 +87,11 @@ export class Sandbox {
       }
       if (typeof cgroups === 'string') missing.push({ layer: 'cgroups', reason: cgroups });
     }
-    if (mode === 'require' && missing.length > 0) throw sandboxMissing(missing);
+    if (mode === 'require' && missing.length > 0) {
+      // No pool will close it.
+      void this.groups?.remove();
+      throw sandboxMissing(missing);
+    }
     this.layers = Object.freeze({
       namespaces: this.bwrap !== null,
       uidPerSwarm: this.ids !== null,
