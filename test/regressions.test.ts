@@ -66,15 +66,18 @@ describe('module containment needs the path separator', () => {
   it('a stem linked into a sibling folder with the same prefix is not found', async () => {
     const root = await makeRoot({
       ...(await counterAgent('a')),
+      ...(await counterAgent('n')),
       'a/live-evil/x.mjs': 'export const f = () => "evil";',
     });
     await symlink(join(root, 'a/live-evil/x.mjs'), join(root, 'a/live/x.mjs'));
-    // The resolver's own check, apart from the permission model's refusal of links that leave.
+    // The build's own check, apart from the permission model's refusal of links that leave.
     const pool = openPool({ root, permissions: 'none' });
     const { events } = recordEvents(pool);
     expect(await code(pool.call('a/x', 'f'))).toBe('ERR_SANDPOOL_MODULE_NOT_FOUND');
+    // The folder is refused whole: nothing of swarm a runs until the link goes.
+    expect(await code(pool.call('a/notifier_agent', 'add', [1, 1]))).toBe('ERR_SANDPOOL_MODULE_NOT_FOUND');
     expect(events).toEqual([]);
-    expect(await pool.call('a/notifier_agent', 'add', [1, 1])).toBe(2);
+    expect(await pool.call('n/notifier_agent', 'add', [1, 1])).toBe(2);
   });
 
   it('a live folder linked into a sibling of the root with the same prefix is not found', async () => {

@@ -43,8 +43,3 @@ export function artifactsDir(root: string, swarm: string): string {
 export function artifactDir(root: string, swarm: string, digest: string): string {
   return join(root, CACHE_DIR, 'artifacts', swarm, digest);
 }
-
-/** Type-stripped copies of one swarm's live TypeScript, for Nodes that cannot strip in the worker. */
-export function transpileCacheDir(root: string, swarm: string): string {
-  return join(root, CACHE_DIR, 'ts', swarm);
-}

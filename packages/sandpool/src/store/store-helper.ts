@@ -3,6 +3,7 @@ import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
 import { closed, isErrorCode, rebuilt } from '../errors.js';
 import type { HelperOp, HelperRequest } from './helper-protocol.js';
+import { type LiveArtifact, LiveArtifactSchema } from './live.js';
 import type { SnapshotInfo, SnapshotStoreOptions } from './store.js';
 
 const HELPER_ENTRY = fileURLToPath(new URL('./helper-entry.js', import.meta.url));
@@ -25,7 +26,7 @@ const Reply = z.discriminatedUnion('ok', [
   z.strictObject({
     id: z.number(),
     ok: z.literal(true),
-    value: z.union([SnapshotInfoSchema, z.array(SnapshotInfoSchema), z.null()]),
+    value: z.union([SnapshotInfoSchema, z.array(SnapshotInfoSchema), LiveArtifactSchema, z.null()]),
   }),
   z.strictObject({
     id: z.number(),
@@ -61,11 +62,12 @@ interface Waiting {
   received: boolean;
   /** Whether it has been sent again already: a second loss is told, never a loop. */
   readonly resent: boolean;
-  resolve(value: SnapshotInfo | SnapshotInfo[] | null): void;
+  resolve(value: Answered): void;
   reject(error: Error): void;
 }
 
 type Answer = Pick<Waiting, 'resolve' | 'reject'>;
+type Answered = SnapshotInfo | SnapshotInfo[] | LiveArtifact | null;
 
 /**
  * The coordinator's end of the snapshot helper (see helper-entry.ts): started on first use,
@@ -93,8 +95,9 @@ export class StoreHelper {
   run(op: 'remove', swarm: string, name: string): Promise<null>;
   run(op: 'point', swarm: string, name: string, target: string): Promise<SnapshotInfo>;
   run(op: 'list', swarm: string, name: ''): Promise<SnapshotInfo[]>;
-  run(op: Exclude<HelperOp, 'remove' | 'point' | 'list'>, swarm: string, name: string): Promise<SnapshotInfo>;
-  run(op: HelperOp, swarm: string, name: string, target?: string): Promise<SnapshotInfo | SnapshotInfo[] | null> {
+  run(op: 'live', swarm: string, name: ''): Promise<LiveArtifact>;
+  run(op: Exclude<HelperOp, 'remove' | 'point' | 'list' | 'live'>, swarm: string, name: string): Promise<SnapshotInfo>;
+  run(op: HelperOp, swarm: string, name: string, target?: string): Promise<Answered> {
     if (this.closed) return Promise.reject(closed()); // callers check `available` first
     const request: HelperRequest = {
       id: this.nextId++,
