@@ -43,3 +43,8 @@ export function artifactsDir(root: string, swarm: string): string {
 export function artifactDir(root: string, swarm: string, digest: string): string {
   return join(root, CACHE_DIR, 'artifacts', swarm, digest);
 }
+
+/** What each swarm's last live build made and read (`<swarm>.json`), so the next process may reuse it. */
+export function liveRecordsDir(root: string): string {
+  return join(root, CACHE_DIR, 'live');
+}

@@ -12,7 +12,7 @@ import { chmod, link, lstat, readdir, readFile, rename, rm } from 'node:fs/promi
 import { hostname } from 'node:os';
 import { dirname, join } from 'node:path';
 import { SwarmSchema } from '../key.js';
-import { artifactsDir, LOCK_PREFIX, REMOVING_PREFIX, snapshotsDir, TEMP_PREFIX } from './layout.js';
+import { artifactsDir, LOCK_PREFIX, liveRecordsDir, REMOVING_PREFIX, snapshotsDir, TEMP_PREFIX } from './layout.js';
 
 /**
  * A folder this old whose owner cannot be asked was left by a crash: no create or remove
@@ -87,6 +87,9 @@ export async function sweepStore(root: string): Promise<void> {
     return;
   }
   const now = Date.now();
+  // The records of live builds (see live.ts), written beside their place and renamed in.
+  const live = await lstat(liveRecordsDir(root)).catch(() => null);
+  if (live?.isDirectory() === true) await sweepWorkFolders(liveRecordsDir(root), now);
   for (const entry of entries) {
     // A link in the root is no swarm of this store: its folders are someone else's.
     if (!entry.isDirectory() || !SwarmSchema.safeParse(entry.name).success) continue;

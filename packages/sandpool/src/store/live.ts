@@ -1,11 +1,11 @@
 /**
  * The artifacts live keys run from: a live key is a snapshot that follows its folder. Each
  * swarm's live/ is built into an artifact as a snapshot is (see buildArtifact), rebuilt when
- * something it was built from changed (see live-stamp.ts) and reused while nothing did. Runs
- * where the store's heavy work runs: the snapshot helper process, never the coordinator's
- * thread.
+ * something it was built from changed (see live-stamp.ts) and reused while nothing did, by
+ * this process and, through a record in the store's cache, by the next one. Runs where the
+ * store's heavy work runs: the snapshot helper process, never the coordinator's thread.
  */
-import { realpath } from 'node:fs/promises';
+import { mkdir, realpath, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { invalidArguments, snapshotBuild } from '../errors.js';
@@ -13,8 +13,11 @@ import { issuesOf } from '../issues.js';
 import { SwarmSchema } from '../key.js';
 import { buildArtifact, sweepUnused, touchArtifact } from './artifact.js';
 import { buildInputs } from './confine.js';
+import { liveRecordsDir, TEMP_PREFIX } from './layout.js';
+import { workFolderName } from './leftovers.js';
 import { inputsStamp, treeStamp } from './live-stamp.js';
 import { namedDigests } from './names.js';
+import { readRegularFile } from './safe-read.js';
 
 /** The artifact a swarm's live keys run from now. */
 export interface LiveArtifact {
@@ -37,8 +40,17 @@ interface Held {
   readonly anchors: readonly string[];
 }
 
+const HeldSchema = z.strictObject({
+  artifact: LiveArtifactSchema,
+  stamp: z.string().max(200),
+  read: z.array(z.string().max(4096)).max(100_000),
+  anchors: z.array(z.string().max(4096)).max(64),
+});
+
 /** Tries of a build whose content a sweep elsewhere removed as it was made. */
 const BUILD_ATTEMPTS = 3;
+/** A record past this is not read (one lists the files a build read: 100,000 paths at most). */
+const MAX_RECORD_BYTES = 64 * 1024 * 1024;
 
 export class LiveArtifacts {
   private readonly held = new Map<string, Held>();
@@ -70,7 +82,7 @@ export class LiveArtifacts {
 
   private async now(swarm: string): Promise<LiveArtifact> {
     const live = join(this.root, swarm, 'live');
-    const held = this.held.get(swarm);
+    const held = this.held.get(swarm) ?? (await this.recorded(swarm));
     if (held !== undefined) {
       const stamp = await stampOf(live, held.read, held.anchors);
       if (stamp === held.stamp && (await touchArtifact(this.root, swarm, held.artifact.digest))) return held.artifact;
@@ -91,13 +103,40 @@ export class LiveArtifacts {
       const used = await inputsStamp(read, anchors);
       const artifact: LiveArtifact = { digest: built.digest, failures: built.failures };
       if (tree === null || used === null) this.held.delete(swarm);
-      else this.held.set(swarm, { artifact, stamp: `${tree}:${used}`, read, anchors });
+      else await this.hold(swarm, { artifact, stamp: `${tree}:${used}`, read, anchors });
       if (held !== undefined && held.artifact.digest !== built.digest) {
         // The old content's grace starts now: a worker still draining from it keeps its files.
         await touchArtifact(this.root, swarm, held.artifact.digest);
         await sweepUnused(this.root, swarm, () => namedDigests(this.root, swarm));
       }
       return artifact;
+    }
+  }
+
+  /** Kept here, and recorded for the next process on this root (best effort: without it, that one builds). */
+  private async hold(swarm: string, held: Held): Promise<void> {
+    this.held.set(swarm, held);
+    const dir = liveRecordsDir(this.root);
+    const temp = join(dir, workFolderName(TEMP_PREFIX));
+    try {
+      await mkdir(dir, { recursive: true });
+      await writeFile(temp, JSON.stringify(held), { flag: 'wx', mode: 0o600 });
+      await rename(temp, join(dir, `${swarm}.json`));
+    } catch {
+      await rm(temp, { force: true });
+    }
+  }
+
+  /** What an earlier process on this root built last, if its record is whole; it is reused only if its stamp still holds. */
+  private async recorded(swarm: string): Promise<Held | undefined> {
+    try {
+      const bytes = await readRegularFile(join(liveRecordsDir(this.root), `${swarm}.json`), {
+        maxBytes: MAX_RECORD_BYTES,
+      });
+      const parsed = HeldSchema.safeParse(JSON.parse(bytes.toString('utf8')));
+      return parsed.success ? parsed.data : undefined;
+    } catch {
+      return undefined;
     }
   }
 }

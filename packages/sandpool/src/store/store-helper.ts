@@ -129,8 +129,9 @@ export class StoreHelper {
 
   /**
    * Ends the helper: now when idle, or once what it runs has answered. close() does not wait
-   * for those, as a pool never waited for a create it ran itself; they keep the host alive
-   * until they answer, as they would in the host. After it, the store runs in the host.
+   * for a create, as a pool never waited for one it ran itself (it keeps the host alive until
+   * it answers, as it would in the host); it waits for a live key's build. After it, the
+   * store runs in the host.
    */
   async close(): Promise<void> {
     this.closed = true;
@@ -138,6 +139,9 @@ export class StoreHelper {
     if (child === null) return;
     if (this.waiting.size > 0) {
       this.drained.push(() => child.disconnect());
+      // A live key's build is the pool's own work, not a caller's: it is done, writes and all, when close() is.
+      const building = [...this.waiting.values()].some((entry) => entry.request.op === 'live');
+      if (building) await new Promise<void>((resolve) => this.drained.push(resolve));
       return;
     }
     if (child.exitCode === null && child.signalCode === null) {
