@@ -136,12 +136,15 @@ describe('live keys run from an artifact', () => {
     expect(await pool.call(NEIGHBOUR, 'add', [1, 1])).toBe(2);
     const delay = monitorEventLoopDelay({ resolution: 10 });
     delay.enable();
+    const started = performance.now();
     const { value, answered } = await withNeighbour(pool, () => pool.call('a/big', 'last'));
+    const took = performance.now() - started;
     delay.disable();
     expect(value).toBe(99_999);
     expect(answered).toBeGreaterThan(0);
-    // Generous: a stall of the strip is tens of seconds; a loaded machine's longest turn is far below.
-    expect(delay.max / 1e6).toBeLessThan(2_000);
+    // Stripped on this thread, the longest turn was most of the call (1.4 s of 2 s); in the
+    // helper, 37 ms. A ratio of the same run, so a loaded machine slows both alike.
+    expect(delay.max / 1e6).toBeLessThan(took / 4);
   });
 });
 
