@@ -72,7 +72,7 @@ export class Pool extends EventEmitter<PoolEvents> implements AsyncDisposable {
         emit: (event, ...args) => emit(event, ...args),
         listens: (event) => this.listenerCount(event) > 0,
       },
-      liveArtifacts(this.#storeHelper, storeOptions),
+      liveArtifacts(this.#storeHelper),
     );
     const { store } = parsed;
     // Loaded only by a pool that names a database: the client stays off every other pool's load path.

@@ -1,11 +1,10 @@
 import { isSandpoolError, moduleLoad } from '../../errors.js';
-import { type LiveArtifact, LiveArtifacts } from '../../store/live.js';
+import type { LiveArtifact } from '../../store/live.js';
 import type { PostgresMirror } from '../../store/postgres.js';
 import {
   checkPointArgs,
   checkSnapshotArgs,
   checkSwarmArgs,
-  DEFAULT_MAX_SNAPSHOT_BYTES,
   type SnapshotInfo,
   SnapshotStore,
   type SnapshotStoreOptions,
@@ -94,18 +93,14 @@ export class PoolSnapshotStore extends SnapshotStore {
 }
 
 /**
- * How a pool gets its live keys' artifacts: built by the snapshot helper; in the host only
- * once the pool is closing. A host under the permission model without the right to start
- * processes has no helper and no bundler (esbuild runs as a process of its own), so its live
- * keys cannot be built: they fail to load, saying so; its snapshot keys (made elsewhere) run.
+ * How a pool gets its live keys' artifacts: built by the snapshot helper, never in the host
+ * (a closed pool's helper refuses with CLOSED, and writes nothing after close). A host under
+ * the permission model without the right to start processes has no helper and no bundler
+ * (esbuild runs as a process of its own), so its live keys cannot be built: they fail to
+ * load, saying so; its snapshot keys (made elsewhere) run.
  */
-export function liveArtifacts(
-  helper: StoreHelper,
-  options: SnapshotStoreOptions,
-): (swarm: string) => Promise<LiveArtifact> {
-  let inHost: LiveArtifacts | null = null;
+export function liveArtifacts(helper: StoreHelper): (swarm: string) => Promise<LiveArtifact> {
   return (swarm) => {
-    if (helper.available) return helper.run('live', swarm, '');
     if (!mayStartProcesses()) {
       return Promise.reject(
         moduleLoad(
@@ -114,8 +109,7 @@ export function liveArtifacts(
         ),
       );
     }
-    inHost ??= new LiveArtifacts(options.root, options.maxSnapshotBytes ?? DEFAULT_MAX_SNAPSHOT_BYTES);
-    return inHost.get(swarm);
+    return helper.run('live', swarm, '');
   };
 }
 
