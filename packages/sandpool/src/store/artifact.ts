@@ -24,6 +24,9 @@ import {
 } from './manifest.js';
 import { UnsafeFileError } from './safe-read.js';
 
+/** Default bound on the bytes one build reads and writes (copies, bundle inputs and bundles). */
+export const DEFAULT_MAX_SNAPSHOT_BYTES = 256 * 1024 * 1024;
+
 const FROZEN_FILE = 0o444;
 const FROZEN_DIR = 0o555;
 /**

@@ -7,10 +7,8 @@
  */
 import { mkdir, realpath, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { z } from 'zod';
-import { invalidArguments, snapshotBuild } from '../errors.js';
-import { issuesOf } from '../issues.js';
-import { SwarmSchema } from '../key.js';
+import { invalidKey, snapshotBuild } from '../errors.js';
+import { isSwarmName } from '../swarm-name.js';
 import { buildArtifact, sweepUnused, touchArtifact } from './artifact.js';
 import { buildInputs } from './confine.js';
 import { liveRecordsDir, TEMP_PREFIX } from './layout.js';
@@ -26,11 +24,6 @@ export interface LiveArtifact {
   readonly failures: Readonly<Record<string, string>>;
 }
 
-export const LiveArtifactSchema = z.strictObject({
-  digest: z.string().regex(/^[0-9a-f]{64}$/),
-  failures: z.record(z.string().max(256), z.string().max(64 * 1024)),
-});
-
 /** What the last live build of a swarm made, and what its reuse is stamped by. */
 interface Held {
   readonly artifact: LiveArtifact;
@@ -39,13 +32,6 @@ interface Held {
   readonly read: readonly string[];
   readonly anchors: readonly string[];
 }
-
-const HeldSchema = z.strictObject({
-  artifact: LiveArtifactSchema,
-  stamp: z.string().max(200),
-  read: z.array(z.string().max(4096)).max(100_000),
-  anchors: z.array(z.string().max(4096)).max(64),
-});
 
 /** Tries of a build whose content a sweep elsewhere removed as it was made. */
 const BUILD_ATTEMPTS = 3;
@@ -69,8 +55,9 @@ export class LiveArtifacts {
    * build replaced goes once unused (see UNUSED_ARTIFACT_MS).
    */
   get(swarm: string): Promise<LiveArtifact> {
-    const parsed = z.strictObject({ swarm: SwarmSchema }).safeParse({ swarm });
-    if (!parsed.success) return Promise.reject(invalidArguments('live swarm', issuesOf(parsed.error)));
+    if (!isSwarmName(swarm)) {
+      return Promise.reject(invalidKey(swarm, [{ path: ['swarm'], message: 'not a swarm name' }]));
+    }
     const turn = (this.turns.get(swarm) ?? Promise.resolve()).then(() => this.now(swarm));
     const settled = turn.catch(() => undefined);
     this.turns.set(swarm, settled);
@@ -133,8 +120,8 @@ export class LiveArtifacts {
       const bytes = await readRegularFile(join(liveRecordsDir(this.root), `${swarm}.json`), {
         maxBytes: MAX_RECORD_BYTES,
       });
-      const parsed = HeldSchema.safeParse(JSON.parse(bytes.toString('utf8')));
-      return parsed.success ? parsed.data : undefined;
+      const held: unknown = JSON.parse(bytes.toString('utf8'));
+      return isHeld(held) ? held : undefined;
     } catch {
       return undefined;
     }
@@ -144,4 +131,25 @@ export class LiveArtifacts {
 async function stampOf(live: string, read: readonly string[], anchors: readonly string[]): Promise<string | null> {
   const [tree, used] = await Promise.all([treeStamp(live), inputsStamp(read, anchors)]);
   return tree === null || used === null ? null : `${tree}:${used}`;
+}
+
+/** A record's shape, checked by hand: the helper loads no schema library on its way to a live key's start. */
+function isHeld(value: unknown): value is Held {
+  const record = value as Partial<Record<keyof Held, unknown>> | null;
+  const artifact = record?.artifact as { digest?: unknown; failures?: unknown } | undefined;
+  const strings = (list: unknown): boolean => Array.isArray(list) && list.every((item) => typeof item === 'string');
+  return (
+    typeof record === 'object' &&
+    record !== null &&
+    typeof record.stamp === 'string' &&
+    strings(record.read) &&
+    strings(record.anchors) &&
+    typeof artifact === 'object' &&
+    artifact !== null &&
+    typeof artifact.digest === 'string' &&
+    /^[0-9a-f]{64}$/.test(artifact.digest) &&
+    typeof artifact.failures === 'object' &&
+    artifact.failures !== null &&
+    Object.values(artifact.failures).every((why) => typeof why === 'string')
+  );
 }

@@ -3,7 +3,7 @@ import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
 import { closed, isErrorCode, rebuilt } from '../errors.js';
 import type { HelperOp, HelperRequest } from './helper-protocol.js';
-import { type LiveArtifact, LiveArtifactSchema } from './live.js';
+import type { LiveArtifact } from './live.js';
 import type { SnapshotInfo, SnapshotStoreOptions } from './store.js';
 
 const HELPER_ENTRY = fileURLToPath(new URL('./helper-entry.js', import.meta.url));
@@ -20,6 +20,10 @@ export const SnapshotInfoSchema = z.strictObject({
   digest: z.string(),
   signed: z.boolean(),
   stems: z.array(z.string()),
+});
+const LiveArtifactSchema = z.strictObject({
+  digest: z.string().regex(/^[0-9a-f]{64}$/),
+  failures: z.record(z.string().max(256), z.string().max(64 * 1024)),
 });
 const Received = z.strictObject({ id: z.number(), received: z.literal(true) });
 const Reply = z.discriminatedUnion('ok', [

@@ -19,6 +19,7 @@ import { SnapshotNameSchema, SwarmSchema } from '../key.js';
 import {
   type BuiltArtifact,
   buildArtifact,
+  DEFAULT_MAX_SNAPSHOT_BYTES,
   isMissingError,
   isTakenError,
   sweepUnused,
@@ -61,8 +62,7 @@ export interface SnapshotInfo {
   readonly stems: readonly string[];
 }
 
-/** Default bound on the bytes one create reads and writes (copies, bundle inputs and bundles). */
-export const DEFAULT_MAX_SNAPSHOT_BYTES = 256 * 1024 * 1024;
+export { DEFAULT_MAX_SNAPSHOT_BYTES } from './artifact.js';
 
 export const SnapshotSecretSchema = z
   .string()
