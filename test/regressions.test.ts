@@ -23,7 +23,8 @@ describe('eviction counts the workers already exiting', () => {
 
   it('a second pump while the first victim is still exiting evicts nobody else', async () => {
     // `slowexit` keeps its thread in a blocking native call after its last reply, so its exit
-    // takes about two seconds however it is terminated: long enough to be seen exiting.
+    // takes about six seconds however it is terminated: long enough to be seen exiting, even
+    // while d's artifact is built on a loaded machine.
     const root = await makeRoot({
       ...(await counterAgent('b')),
       ...(await counterAgent('c')),
@@ -31,7 +32,7 @@ describe('eviction counts the workers already exiting', () => {
       'a/live/slowexit.mjs': `
         import { spawnSync } from 'node:child_process';
         export function block() {
-          setTimeout(() => spawnSync('/bin/sleep', ['2']), 0);
+          setTimeout(() => spawnSync('/bin/sleep', ['6']), 0);
           return 'blocked';
         }`,
     });
