@@ -1,4 +1,4 @@
-import { type ChildProcess, spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import type { Readable, Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
@@ -67,12 +67,7 @@ export class AgentProcess extends AgentWorker {
         entry: WORKER_ENTRY,
         args: this.cage.dropsPrivileges ? [MUST_DROP] : [],
       };
-      const { file, args, extraFds } = this.cage.command(node);
-      this.child = spawn(file, args, {
-        // Nothing else is inherited: Node opens every other descriptor close-on-exec.
-        stdio: ['pipe', 'pipe', 'pipe', 'pipe', ...Array.from({ length: extraFds }, () => 'pipe' as const)],
-        env: { ...settings.env },
-      });
+      this.child = this.cage.spawn(node, { ...settings.env });
     } catch (error) {
       this.failure = error as Error;
       setImmediate(() => this.ended('crash'));

@@ -1,4 +1,4 @@
-import type { ChildProcess } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { basename, dirname } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
@@ -109,7 +109,7 @@ export interface NodeCommand {
 }
 
 /** How to start a child in its cage: the program, its arguments, and how many descriptors past the channel's it needs. */
-export interface CageCommand {
+interface CageCommand {
   readonly file: string;
   readonly args: readonly string[];
   readonly extraFds: number;
@@ -130,6 +130,8 @@ export class Cage {
   private initPid = 0;
   private released = false;
   private killed = false;
+  /** The child the host spawned (prlimit, then bubblewrap), leader of the cell's process group. */
+  private spawned: ChildProcess | null = null;
   /** bubblewrap's options, NUL-separated, for ARGS_FD (see command). */
   private argsData = '';
 
@@ -161,7 +163,18 @@ export class Cage {
     return this.nodePid;
   }
 
-  command(node: NodeCommand): CageCommand {
+  /**
+   * Starts Node in the cage: the child's stdio, then the channel's and bubblewrap's pipes, and
+   * nothing else (Node opens every other descriptor close-on-exec), in a process group of its
+   * own, which `kill` ends whole.
+   */
+  spawn(node: NodeCommand, env: Record<string, string>): ChildProcess {
+    const { file, args, extraFds } = this.command(node);
+    const pipes = Array.from({ length: 4 + extraFds }, () => 'pipe' as const);
+    return spawn(file, args, { stdio: pipes, env, detached: true });
+  }
+
+  private command(node: NodeCommand): CageCommand {
     const { bwrap, limits, groups, memoryBytes } = this.parts;
     const inner =
       bwrap === null
@@ -195,6 +208,7 @@ export class Cage {
   started(child: ChildProcess): Promise<void> {
     // Moved in at once: what it starts is born in the cell (with namespaces, bubblewrap's init
     // too, unless it was quicker: then the init is moved below, before Node starts).
+    this.spawned = child;
     const { group } = this;
     const moved = group === null || child.pid === undefined ? Promise.resolve() : group.attach(child.pid);
     // A cell ended before bubblewrap said its init's pid never waits for this move: its cgroup
@@ -278,6 +292,18 @@ export class Cage {
    */
   kill(): void {
     this.killed = true;
+    // Its process group, while its leader is not reaped (so the group's id is no one else's):
+    // whatever started before the cell's cgroup could hold it, and bubblewrap's init before
+    // bubblewrap named it. Killed with its bubblewrap before that bubblewrap signalled it, such
+    // an init waits for it forever, holding the cell's channel (and so the pool's close).
+    const leader = this.spawned;
+    if (leader?.pid !== undefined && leader.exitCode === null && leader.signalCode === null) {
+      try {
+        process.kill(-leader.pid, 'SIGKILL');
+      } catch {
+        // Gone already.
+      }
+    }
     if (this.initPid > 0) {
       try {
         process.kill(this.initPid, 'SIGKILL');
