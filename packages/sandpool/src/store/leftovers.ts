@@ -12,7 +12,7 @@ import { chmod, link, lstat, readdir, readFile, rename, rm } from 'node:fs/promi
 import { hostname, networkInterfaces } from 'node:os';
 import { dirname, join } from 'node:path';
 import { SwarmSchema } from '../key.js';
-import { artifactsDir, LOCK_PREFIX, REMOVING_PREFIX, snapshotsDir, TEMP_PREFIX } from './layout.js';
+import { artifactsDir, generationsDir, LOCK_PREFIX, REMOVING_PREFIX, snapshotsDir, TEMP_PREFIX } from './layout.js';
 
 /**
  * A folder this old whose owner cannot be asked was left by a crash: no create or remove
@@ -92,8 +92,12 @@ export async function sweepStore(root: string): Promise<void> {
   for (const entry of entries) {
     // A link in the root is no swarm of this store: its folders are someone else's.
     if (!entry.isDirectory() || !SwarmSchema.safeParse(entry.name).success) continue;
-    // Its names, and the artifacts its creates build.
-    for (const parent of [snapshotsDir(root, entry.name), artifactsDir(root, entry.name)]) {
+    // Its names, the artifacts its creates build, and the records of its names' generations.
+    for (const parent of [
+      snapshotsDir(root, entry.name),
+      artifactsDir(root, entry.name),
+      generationsDir(root, entry.name),
+    ]) {
       const info = await lstat(parent).catch(() => null);
       if (info?.isDirectory() === true) await sweepWorkFolders(parent, now);
     }

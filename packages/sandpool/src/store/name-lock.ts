@@ -1,6 +1,7 @@
-// A name's pointer moves (point, sign, remove) one at a time across every process on the store:
-// a move reads what the name holds and replaces it, and without a lock a slow one (sign
-// verifies the content first) would put back what a faster one had just moved away from.
+// A name's pointer moves (create, point, sign, remove) one at a time across every process on the
+// store: a move reads what the name holds and its generation and replaces them, and without a
+// lock a slow one (sign verifies the content first) would put back what a faster one had just
+// moved away from, or two would take one generation.
 import { link, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';

@@ -21,10 +21,12 @@ import {
   buildArtifact,
   isMissingError,
   isTakenError,
+  locateArtifact,
   sweepUnused,
   touchArtifact,
   verifyArtifact,
 } from './artifact.js';
+import { recordedGeneration, recordGeneration } from './generations.js';
 import { REMOVING_PREFIX, snapshotDir, snapshotsDir, swarmDir, TEMP_PREFIX } from './layout.js';
 import { removeTree, sweepWorkFolders, workFolderName } from './leftovers.js';
 import {
@@ -39,7 +41,7 @@ import {
 } from './manifest.js';
 import { withNameLock } from './name-lock.js';
 import { namedDigests, readSnapshotName, type SnapshotRef } from './names.js';
-import { type Pointer, readPointer, serializePointer, signPointer } from './pointer.js';
+import { checkPointer, type Pointer, readPointer, serializePointer, signPointer } from './pointer.js';
 
 export interface SnapshotInfo {
   readonly swarm: string;
@@ -124,9 +126,19 @@ export class SnapshotStore {
     const parent = snapshotsDir(this.root, swarm);
     await mkdir(parent, { recursive: true });
     await sweepWorkFolders(parent);
-    const pointer = this.pointerTo(swarm, name, artifact.digest, artifact.manifest);
     for (let attempt = 1; ; attempt++) {
-      if (await this.publish(pointer, 'new')) return infoOfPointer(pointer, artifact.manifest);
+      // Under the name's lock, as every move: its generation follows the last the store gave it.
+      const made = await withNameLock(parent, name, async () => {
+        const pointer = this.pointerTo(
+          swarm,
+          name,
+          artifact.digest,
+          artifact.manifest,
+          this.nextGeneration(swarm, name),
+        );
+        return (await this.publish(pointer, 'new')) ? pointer : null;
+      });
+      if (made !== null) return infoOfPointer(made, artifact.manifest);
       try {
         return await this.sameOrExists(swarm, name, artifact.digest);
       } catch (error) {
@@ -154,11 +166,11 @@ export class SnapshotStore {
     if (!(await touchArtifact(this.root, swarm, digest))) {
       throw snapshotCorrupt(`snapshot ${target} lost its content while ${name} was pointed at it`);
     }
-    const pointer = this.pointerTo(swarm, name, digest, manifest);
-    const before = await withNameLock(snapshotsDir(this.root, swarm), name, async () => {
+    const { pointer, before } = await withNameLock(snapshotsDir(this.root, swarm), name, async () => {
       const held = pointedDigest(this.root, swarm, name);
-      await this.publish(pointer, 'replace');
-      return held;
+      const next = this.pointerTo(swarm, name, digest, manifest, this.nextGeneration(swarm, name));
+      await this.publish(next, 'replace');
+      return { pointer: next, before: held };
     });
     if (before !== null && before !== digest) await this.unnamed(swarm, before);
     return infoOfPointer(pointer, manifest);
@@ -205,8 +217,11 @@ export class SnapshotStore {
     try {
       digest = await withNameLock(parent, name, async () => {
         const held = pointedDigest(this.root, swarm, name);
+        const gone = this.nextGeneration(swarm, name);
         // One rename hides it whole; the slow recursive delete of an old folder happens out of sight.
         await rename(snapshotDir(this.root, swarm, name), doomed);
+        // A removal is a move too: the pointer it took away can never be put back.
+        await recordGeneration(this.root, swarm, name, gone);
         return held;
       });
     } catch (error) {
@@ -242,14 +257,15 @@ export class SnapshotStore {
       const ref = readSnapshotName(this.root, swarm, name, undefined);
       if (ref.kind === 'folder') return await this.signFolder(swarm, name, ref, secret);
       const { manifest } = await verifyArtifact(this.root, swarm, ref.pointer.digest);
-      const pointer = this.pointerTo(swarm, name, ref.pointer.digest, manifest, ref.pointer.createdAt);
       // Replaced only if the name still holds what was verified: a point meanwhile is never undone.
       const signed = await withNameLock(snapshotsDir(this.root, swarm), name, async () => {
-        if (!samePointing(pointedPointer(this.root, swarm, name), ref.pointer)) return false;
+        if (!samePointing(pointedPointer(this.root, swarm, name), ref.pointer)) return null;
+        const generation = this.nextGeneration(swarm, name);
+        const pointer = this.pointerTo(swarm, name, ref.pointer.digest, manifest, generation, ref.pointer.createdAt);
         await this.publish(pointer, 'replace');
-        return true;
+        return pointer;
       });
-      if (signed) return infoOfPointer(pointer, manifest);
+      if (signed !== null) return infoOfPointer(signed, manifest);
       if (attempt >= CREATE_ATTEMPTS) {
         throw snapshotBuild(`snapshot ${name} of swarm ${swarm} kept moving while it was signed; try again`);
       }
@@ -318,17 +334,42 @@ export class SnapshotStore {
     name: string,
     digest: string,
     manifest: ArtifactManifest,
+    generation: number,
     createdAt = new Date().toISOString(),
   ): Pointer {
-    const pointer: Pointer = { sandpool: 'snapshot-pointer', version: 1, swarm, name, digest, createdAt };
+    const pointer: Pointer = { sandpool: 'snapshot-pointer', version: 2, swarm, name, generation, digest, createdAt };
     const secret = this.#secret;
     return secret === undefined ? pointer : { ...pointer, hmac: signPointer(pointer, manifest, secret) };
   }
 
   /**
+   * The generation a name's next move takes, asked holding its lock: one more than the store's
+   * record, or than the pointer in place if it is signed under this store's secret (a crash
+   * between a move's pointer and its record leaves the record one behind). An unsigned
+   * pointer's generation is whoever wrote it's say, not the store's, and is not taken.
+   */
+  private nextGeneration(swarm: string, name: string): number {
+    let held = 0;
+    const pointer = this.#secret === undefined ? null : pointedPointer(this.root, swarm, name);
+    if (pointer !== null) {
+      try {
+        const { manifest } = locateArtifact(this.root, swarm, pointer.digest);
+        checkPointer(pointer, manifest, this.#secret, { swarm, name });
+        held = pointer.generation;
+      } catch {
+        // Not a pointer this store signed: its generation counts for nothing.
+      }
+    }
+    const next = Math.max(recordedGeneration(this.root, swarm, name), held) + 1;
+    if (!Number.isSafeInteger(next)) throw snapshotCorrupt(`snapshot ${name} of swarm ${swarm} has no generation left`);
+    return next;
+  }
+
+  /**
    * Writes the pointer beside its place, read-only, then links it there (`new`: false if the
-   * name is taken) or renames it over what is there (`replace`). Either way a reader sees the
-   * old pointer or the new one, whole.
+   * name is taken) or renames it over what is there (`replace`), then records its generation
+   * (see generations.ts). Either way a reader sees the old pointer or the new one, whole.
+   * Called holding the name's lock.
    */
   private async publish(pointer: Pointer, how: 'new' | 'replace'): Promise<boolean> {
     const parent = snapshotsDir(this.root, pointer.swarm);
@@ -345,18 +386,19 @@ export class SnapshotStore {
           // A folder made before artifacts holds the name: it is removed, not replaced.
           throw snapshotExists(pointer.swarm, pointer.name, error);
         }
-        return true;
-      }
-      try {
-        await link(temp, target);
-        return true;
-      } catch (error) {
-        if (isTakenError(error)) return false;
-        throw error;
+      } else {
+        try {
+          await link(temp, target);
+        } catch (error) {
+          if (isTakenError(error)) return false;
+          throw error;
+        }
       }
     } finally {
       await rm(temp, { force: true });
     }
+    await recordGeneration(this.root, pointer.swarm, pointer.name, pointer.generation);
+    return true;
   }
 
   /** A name left `digest`: its grace starts now, and content no name uses past its grace goes. */
@@ -445,7 +487,9 @@ function pointedPointer(root: string, swarm: string, name: string): Pointer | nu
 
 /** The same move of the name (a point to the same content made later is another one). */
 function samePointing(now: Pointer | null, read: Pointer): boolean {
-  return now !== null && now.digest === read.digest && now.createdAt === read.createdAt;
+  return (
+    now !== null && now.digest === read.digest && now.generation === read.generation && now.createdAt === read.createdAt
+  );
 }
 
 function errnoCode(error: unknown): unknown {
