@@ -14,14 +14,29 @@ import { ownerToken, removeAbandonedLock } from './leftovers.js';
 const WAIT_MS = 30_000;
 const POLL_MS = 2;
 
+/** Runs `move` holding `<snapshots>/.lock-<name>` (see withLock). */
+export function withNameLock<T>(parent: string, name: string, move: () => Promise<T>): Promise<T> {
+  return withLock(parent, `${LOCK_PREFIX}${name}`, `snapshot ${name} is being moved by another process`, move);
+}
+
 /**
- * Runs `move` holding `<snapshots>/.lock-<name>`: a file made whole under this process's
- * token and linked into place (link fails if the lock exists), so the lock always names its
- * owner and a lock whose owner died is taken over (see removeAbandonedLock). `parent` must
- * exist (ENOENT otherwise): a lock never makes a swarm's folders.
+ * Runs `body` holding `<parent>/.lock-.swarm`, where the swarm's names or content are counted
+ * against their bound and one more is added, so two additions never both take the last room.
+ * No snapshot name starts with a dot: it is no name's lock. Taken inside a name's lock, never
+ * around one.
  */
-export async function withNameLock<T>(parent: string, name: string, move: () => Promise<T>): Promise<T> {
-  const lock = join(parent, `${LOCK_PREFIX}${name}`);
+export function withSwarmLock<T>(parent: string, body: () => Promise<T>): Promise<T> {
+  return withLock(parent, `${LOCK_PREFIX}.swarm`, "the swarm's snapshots are being counted by another process", body);
+}
+
+/**
+ * Runs `body` holding `<parent>/<name>`: a file made whole under this process's token and
+ * linked into place (link fails if the lock exists), so the lock always names its owner and a
+ * lock whose owner died is taken over (see removeAbandonedLock). `parent` must exist (ENOENT
+ * otherwise): a lock never makes a swarm's folders.
+ */
+async function withLock<T>(parent: string, name: string, busy: string, body: () => Promise<T>): Promise<T> {
+  const lock = join(parent, name);
   const token = ownerToken();
   const temp = join(parent, `${TEMP_PREFIX}${token}`);
   await writeFile(temp, token, { flag: 'wx', mode: 0o444 });
@@ -36,7 +51,7 @@ export async function withNameLock<T>(parent: string, name: string, move: () => 
       }
       if (await removeAbandonedLock(lock)) continue;
       if (Date.now() > deadline) {
-        throw snapshotBuild(`snapshot ${name} is being moved by another process; try again`);
+        throw snapshotBuild(`${busy}; try again`);
       }
       await sleep(POLL_MS);
     }
@@ -44,7 +59,7 @@ export async function withNameLock<T>(parent: string, name: string, move: () => 
     await rm(temp, { force: true });
   }
   try {
-    return await move();
+    return await body();
   } finally {
     // Ours unless we were taken for dead (another machine, after LEFTOVER_AGE_MS): then not ours to remove.
     if ((await readFile(lock, 'utf8').catch(() => null)) === token) await rm(lock, { force: true });

@@ -42,6 +42,7 @@ import {
 import { withNameLock } from './name-lock.js';
 import { namedDigests, readSnapshotName, type SnapshotRef } from './names.js';
 import { checkPointer, type Pointer, readPointer, serializePointer, signPointer } from './pointer.js';
+import { addingName, admitName, withinSwarmBytes } from './quota.js';
 
 export interface SnapshotInfo {
   readonly swarm: string;
@@ -64,7 +65,26 @@ export interface SnapshotInfo {
 }
 
 /** Default bound on the bytes one create reads and writes (copies, bundle inputs and bundles). */
-export const DEFAULT_MAX_SNAPSHOT_BYTES = 256 * 1024 * 1024;
+const DEFAULT_MAX_SNAPSHOT_BYTES = 256 * 1024 * 1024;
+/** Default bound on one swarm's snapshot names. */
+const DEFAULT_MAX_SNAPSHOTS_PER_SWARM = 1_000;
+/** Default bound on one swarm's snapshot content on disk: sixteen creates at the default maxSnapshotBytes. */
+const DEFAULT_MAX_SNAPSHOT_BYTES_PER_SWARM = 4 * 1024 * 1024 * 1024;
+
+const bytes = z.number().int().positive().max(Number.MAX_SAFE_INTEGER);
+
+/** The store's bounds, as the store and the pool's options both take them. */
+export const SnapshotBoundsShape = {
+  /** Bytes one create may read and write; over it, ERR_SANDPOOL_SNAPSHOT_BUILD. */
+  maxSnapshotBytes: bytes.default(DEFAULT_MAX_SNAPSHOT_BYTES),
+  /** Names one swarm may have; a new one past it is ERR_SANDPOOL_QUOTA. */
+  maxSnapshotsPerSwarm: z.number().int().positive().max(1_000_000).default(DEFAULT_MAX_SNAPSHOTS_PER_SWARM),
+  /**
+   * Bytes of content one swarm's snapshots may hold on disk, shared content once and content
+   * no name uses until it is removed; a create past it is ERR_SANDPOOL_SNAPSHOT_BUILD.
+   */
+  maxSnapshotBytesPerSwarm: bytes.default(DEFAULT_MAX_SNAPSHOT_BYTES_PER_SWARM),
+};
 
 export const SnapshotSecretSchema = z
   .string()
@@ -79,8 +99,7 @@ const StoreOptionsSchema = z.strictObject({
     .refine((root) => !root.includes('\0'), 'root must not contain a NUL byte'),
   /** Key for manifest HMACs: with it, unsigned or badly signed snapshots are CORRUPT. */
   snapshotSecret: SnapshotSecretSchema,
-  /** Bytes one create may read and write; over it, ERR_SANDPOOL_SNAPSHOT_BUILD. */
-  maxSnapshotBytes: z.number().int().positive().max(Number.MAX_SAFE_INTEGER).default(DEFAULT_MAX_SNAPSHOT_BYTES),
+  ...SnapshotBoundsShape,
 });
 export type SnapshotStoreOptions = z.input<typeof StoreOptionsSchema>;
 
@@ -103,6 +122,8 @@ export class SnapshotStore {
   readonly root: string;
   readonly #secret: string | undefined;
   readonly #maxBytes: number;
+  readonly #maxNames: number;
+  readonly #maxSwarmBytes: number;
   readonly #building = new Map<string, Promise<void>>();
 
   constructor(options: SnapshotStoreOptions) {
@@ -114,6 +135,8 @@ export class SnapshotStore {
     this.root = resolve(parsed.data.root);
     this.#secret = parsed.data.snapshotSecret;
     this.#maxBytes = parsed.data.maxSnapshotBytes;
+    this.#maxNames = parsed.data.maxSnapshotsPerSwarm;
+    this.#maxSwarmBytes = parsed.data.maxSnapshotBytesPerSwarm;
   }
 
   /**
@@ -122,6 +145,8 @@ export class SnapshotStore {
    */
   async create(swarm: string, name: string): Promise<SnapshotInfo> {
     checkArgs(SnapshotArgs, { swarm, name });
+    // A name the swarm has no room for is refused before anything is built.
+    admitName(this.root, swarm, name, this.#maxNames);
     const artifact = await this.build(swarm);
     const parent = snapshotsDir(this.root, swarm);
     await mkdir(parent, { recursive: true });
@@ -323,7 +348,10 @@ export class SnapshotStore {
 
   private async buildOne(swarm: string): Promise<BuiltArtifact> {
     for (let attempt = 1; ; attempt++) {
-      const artifact = await buildArtifact(this.root, swarm, { maxBytes: this.#maxBytes });
+      const artifact = await buildArtifact(this.root, swarm, {
+        maxBytes: this.#maxBytes,
+        admit: (build, publish) => withinSwarmBytes(this.root, swarm, this.#maxSwarmBytes, build, publish),
+      });
       if (await touchArtifact(this.root, swarm, artifact.digest)) return artifact;
       if (attempt >= CREATE_ATTEMPTS) throw snapshotBuild('the content was removed as fast as it was built; try again');
     }
@@ -366,14 +394,26 @@ export class SnapshotStore {
   }
 
   /**
+   * Gives the name its pointer (see place). A name the swarm does not have yet must fit under
+   * maxSnapshotsPerSwarm (QUOTA otherwise, nothing written), counted and added under the
+   * swarm's lock. Called holding the name's lock.
+   */
+  private async publish(pointer: Pointer, how: 'new' | 'replace'): Promise<boolean> {
+    const { swarm, name } = pointer;
+    await mkdir(snapshotsDir(this.root, swarm), { recursive: true });
+    if (lstatSync(snapshotDir(this.root, swarm, name), { throwIfNoEntry: false }) === undefined) {
+      return addingName(this.root, swarm, name, this.#maxNames, () => this.place(pointer, how));
+    }
+    return this.place(pointer, how);
+  }
+
+  /**
    * Writes the pointer beside its place, read-only, then links it there (`new`: false if the
    * name is taken) or renames it over what is there (`replace`), then records its generation
    * (see generations.ts). Either way a reader sees the old pointer or the new one, whole.
-   * Called holding the name's lock.
    */
-  private async publish(pointer: Pointer, how: 'new' | 'replace'): Promise<boolean> {
+  private async place(pointer: Pointer, how: 'new' | 'replace'): Promise<boolean> {
     const parent = snapshotsDir(this.root, pointer.swarm);
-    await mkdir(parent, { recursive: true });
     const temp = join(parent, workFolderName(TEMP_PREFIX));
     const target = snapshotDir(this.root, pointer.swarm, pointer.name);
     await writeFile(temp, serializePointer(pointer), { flag: 'wx', mode: FROZEN_FILE });

@@ -62,10 +62,12 @@ export class Pool extends EventEmitter<PoolEvents> implements AsyncDisposable {
       emit: (event, ...args) => emit(event, ...args),
       listens: (event) => this.listenerCount(event) > 0,
     });
-    const { snapshotSecret, maxSnapshotBytes } = parsed;
+    const { snapshotSecret, maxSnapshotBytes, maxSnapshotsPerSwarm, maxSnapshotBytesPerSwarm } = parsed;
     const storeOptions = {
       root: this.#core.root,
       maxSnapshotBytes,
+      maxSnapshotsPerSwarm,
+      maxSnapshotBytesPerSwarm,
       ...(snapshotSecret === undefined ? {} : { snapshotSecret }),
     };
     this.#storeHelper = new StoreHelper(storeOptions);
