@@ -6,11 +6,12 @@
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { existsSync, lstatSync } from 'node:fs';
+import { existsSync, lstatSync, realpathSync } from 'node:fs';
 import { link, mkdir, readdir, readFile, rename, symlink, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Pool } from 'sandpool';
 import { afterEach, describe, expect, it } from 'vitest';
+import { readInput } from '../packages/sandpool/dist/store/confine.js';
 import { rejection } from './support/errors.js';
 import { installCleanup, invariants, openPool } from './support/pool.js';
 import { counterAgent, makeRoot, snapshotContent, writeFiles } from './support/root.js';
@@ -227,6 +228,52 @@ describe('a build reads only the swarm and its packages', () => {
       expect(await pool.call('c/notifier_agent', 'add', [2, 3])).toBe(5);
       writer.kill('SIGKILL');
     }
+  });
+
+  it('never reads another swarm’s file through a folder swapped for a link, however the swap is timed', async () => {
+    // Every read of a build goes through readInput: here alone, 10,000 times, against a racer
+    // that swaps a/live/lib for a link to b/live/lib and back every millisecond or so. Proving
+    // the place by the path (its real path, then a stat of it) lost the race about once in a
+    // thousand reads: the open and the stat went through the link, the real path did not.
+    const root = realpathSync(
+      await makeRoot({
+        'b/live/lib/helper.mjs': `export const value = '${SECRET}';\n`,
+        'a/live/lib/helper.mjs': "export const value = 'mine';\n",
+      }),
+    );
+    const live = join(root, 'a/live');
+    const racer = spawn(
+      process.execPath,
+      [
+        '-e',
+        `const fs = require('node:fs');
+         const [lib, real, theirs] = process.argv.slice(1);
+         const pause = (ms) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+         for (;;) {
+           try { fs.renameSync(lib, real); fs.symlinkSync(theirs, lib); pause(Math.random()); fs.unlinkSync(lib); fs.renameSync(real, lib); } catch {}
+           pause(Math.random());
+         }`,
+        join(live, 'lib'),
+        join(live, 'lib-real'),
+        join(root, 'b/live/lib'),
+      ],
+      { stdio: 'ignore' },
+    );
+    children.push(racer);
+    const accept = (real: string) => (real.startsWith(`${live}/`) ? ('swarm' as const) : null);
+    let read = 0;
+    for (let i = 0; i < 10_000; i++) {
+      const bytes = await readInput(join(live, 'lib/helper.mjs'), accept, 1024).then(
+        (input) => input.bytes.toString('utf8'),
+        () => null,
+      );
+      if (bytes === null) continue;
+      read += 1;
+      expect(bytes).toBe("export const value = 'mine';\n");
+    }
+    racer.kill('SIGKILL');
+    await once(racer, 'exit');
+    expect(read).toBeGreaterThan(0);
   });
 
   it('never bundles or copies another swarm’s file when a folder is swapped for a link during create', async () => {
