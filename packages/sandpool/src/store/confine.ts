@@ -50,15 +50,12 @@ export function isInside(folder: string, path: string): boolean {
 
 /**
  * Reads one build input and proves where its bytes came from: after the descriptor is open
- * (without following a final link, without blocking on a FIFO), the opened file's real
- * location must be an accepted place. Where the kernel names the file a descriptor holds
- * (Linux's `/proc/self/fd`), that name is the location: the opened file's own, which no swap
- * of a folder on the path for a link, before the open or after it, can change. Elsewhere the
- * path's real location must hold the very inode that was opened, which a swap timed between
- * the two looks (real path, then stat) could still pass. A file of the tenant's with a second
- * name is refused: that name may be another swarm's file or a host secret, and proving
- * otherwise would take a walk of the whole disk. Package folders the operator installed keep
- * their hard links (pnpm makes them).
+ * (without following a final link, without blocking on a FIFO), the path's real location must
+ * be an accepted place and hold the very inode that was opened. A folder on the path swapped
+ * for a link before the open is caught by the real path; one swapped back after it, by the
+ * inode. A file of the tenant's with a second name is refused: that name may be another
+ * swarm's file or a host secret, and proving otherwise would take a walk of the whole disk.
+ * Package folders the operator installed keep their hard links (pnpm makes them).
  */
 export async function readInput(
   path: string,
@@ -67,11 +64,24 @@ export async function readInput(
 ): Promise<{ bytes: Buffer; place: Place }> {
   const found: { place: Place | null } = { place: null };
   const verify = async (opened: Stats, fd: number): Promise<void> => {
-    const real = (await openedPath(fd)) ?? (await sameInodeAt(path, opened));
+    let real: string;
+    let now: Stats;
+    try {
+      // Where Linux says the open descriptor's file is: the path it was opened by can change
+      // between a realpath and a stat of it (a folder on it swapped for a link and back), the
+      // descriptor's cannot.
+      real = (await readlink(`/proc/self/fd/${fd}`).catch(() => null)) ?? (await realpath(path));
+      now = await stat(real);
+    } catch (cause) {
+      throw new UnsafeFileError('changed', 'moved while it was being read', { cause });
+    }
     const place = accept(real);
     found.place = place;
     if (place === null) {
       throw new UnsafeFileError('outside', "leads outside the swarm's folder and its package folders");
+    }
+    if (now.dev !== opened.dev || now.ino !== opened.ino) {
+      throw new UnsafeFileError('changed', 'was swapped for another file while it was being read');
     }
     if (place === 'swarm' && opened.nlink > 1) {
       throw new UnsafeFileError(
@@ -83,37 +93,6 @@ export async function readInput(
   const bytes = await readRegularFile(path, { maxBytes, verify });
   // verify() ran and accepted it, or the read threw.
   return { bytes, place: found.place ?? 'swarm' };
-}
-
-/**
- * Where the file an open descriptor holds lies, by the kernel's name for it
- * (`/proc/self/fd/<fd>`: the real path of the file itself, whatever links led to it, with a
- * " (deleted)" suffix once unlinked); null where there is no such name (another OS, /proc not
- * mounted or denied).
- */
-async function openedPath(fd: number): Promise<string | null> {
-  try {
-    const target = await readlink(`/proc/self/fd/${fd}`);
-    return target.startsWith('/') ? target : null;
-  } catch {
-    return null;
-  }
-}
-
-/** The path's real location, if it holds the inode that was opened; a swap seen is refused. */
-async function sameInodeAt(path: string, opened: Stats): Promise<string> {
-  let real: string;
-  let now: Stats;
-  try {
-    real = await realpath(path);
-    now = await stat(real);
-  } catch (cause) {
-    throw new UnsafeFileError('changed', 'moved while it was being read', { cause });
-  }
-  if (now.dev !== opened.dev || now.ino !== opened.ino) {
-    throw new UnsafeFileError('changed', 'was swapped for another file while it was being read');
-  }
-  return real;
 }
 
 /** A path as a message may show it: relative to the swarm's folder or its package folder, never the host's. */

@@ -11,8 +11,16 @@ import { type Dirent, readFileSync, readlinkSync } from 'node:fs';
 import { chmod, link, lstat, readdir, readFile, rename, rm } from 'node:fs/promises';
 import { hostname, networkInterfaces } from 'node:os';
 import { dirname, join } from 'node:path';
-import { SwarmSchema } from '../key.js';
-import { artifactsDir, generationsDir, LOCK_PREFIX, REMOVING_PREFIX, snapshotsDir, TEMP_PREFIX } from './layout.js';
+import { isSwarmName } from '../swarm-name.js';
+import {
+  artifactsDir,
+  generationsDir,
+  LOCK_PREFIX,
+  liveRecordsDir,
+  REMOVING_PREFIX,
+  snapshotsDir,
+  TEMP_PREFIX,
+} from './layout.js';
 
 /**
  * A folder this old whose owner cannot be asked was left by a crash: no create or remove
@@ -89,9 +97,12 @@ export async function sweepStore(root: string): Promise<void> {
     return;
   }
   const now = Date.now();
+  // The records of live builds (see live.ts), written beside their place and renamed in.
+  const live = await lstat(liveRecordsDir(root)).catch(() => null);
+  if (live?.isDirectory() === true) await sweepWorkFolders(liveRecordsDir(root), now);
   for (const entry of entries) {
     // A link in the root is no swarm of this store: its folders are someone else's.
-    if (!entry.isDirectory() || !SwarmSchema.safeParse(entry.name).success) continue;
+    if (!entry.isDirectory() || !isSwarmName(entry.name)) continue;
     // Its names, the artifacts its creates build, and the records of its names' generations.
     for (const parent of [
       snapshotsDir(root, entry.name),

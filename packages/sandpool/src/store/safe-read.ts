@@ -28,9 +28,8 @@ export interface ReadLimits {
   /** Refuse a regular file with more than one name (a hard link may be another tenant's file). */
   singleLink?: boolean;
   /**
-   * Called with the open descriptor's stats, and the descriptor, before a byte is read: where
-   * the caller proves the inode it holds is one it may read (a swap of a folder on the path is
-   * caught here).
+   * Called with the open descriptor and its stats before a byte is read: where the caller
+   * proves the inode it holds is one it may read (a swap of a folder on the path is caught here).
    */
   verify?: (stats: Stats, fd: number) => Promise<void>;
 }

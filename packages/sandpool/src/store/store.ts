@@ -19,6 +19,7 @@ import { SnapshotNameSchema, SwarmSchema } from '../key.js';
 import {
   type BuiltArtifact,
   buildArtifact,
+  DEFAULT_MAX_SNAPSHOT_BYTES,
   isMissingError,
   isTakenError,
   locateArtifact,
@@ -64,8 +65,6 @@ export interface SnapshotInfo {
   readonly stems: readonly string[];
 }
 
-/** Default bound on the bytes one create reads and writes (copies, bundle inputs and bundles). */
-const DEFAULT_MAX_SNAPSHOT_BYTES = 256 * 1024 * 1024;
 /** Default bound on one swarm's snapshot names. */
 const DEFAULT_MAX_SNAPSHOTS_PER_SWARM = 1_000;
 /** Default bound on one swarm's snapshot content on disk: sixteen creates at the default maxSnapshotBytes. */
@@ -327,7 +326,6 @@ export class SnapshotStore {
     return readSnapshotName(this.root, swarm, name, this.#secret);
   }
 
-  /** An artifact of live/ that no sweep can take before it is named (it was touched). */
   /**
    * One swarm's builds run one at a time: each may hold maxSnapshotBytes on disk and in memory,
    * and a burst of creates (a tenant's retries, or a loop over the API) must not multiply that.
@@ -350,6 +348,7 @@ export class SnapshotStore {
     for (let attempt = 1; ; attempt++) {
       const artifact = await buildArtifact(this.root, swarm, {
         maxBytes: this.#maxBytes,
+        making: 'snapshot',
         admit: (build, publish) => withinSwarmBytes(this.root, swarm, this.#maxSwarmBytes, build, publish),
       });
       if (await touchArtifact(this.root, swarm, artifact.digest)) return artifact;
