@@ -4,7 +4,7 @@ import { issuesOf } from './issues.js';
 import { type AgentKey, SnapshotNameSchema, StemSchema, SwarmSchema } from './key.js';
 import { IO_LIMITS } from './protocol/agent-io.js';
 import { PostgresStoreSchema } from './store/postgres-options.js';
-import { DEFAULT_MAX_SNAPSHOT_BYTES, SnapshotSecretSchema } from './store/store.js';
+import { SnapshotBoundsShape, SnapshotSecretSchema } from './store/store.js';
 import type {
   FetchOption,
   FetchPolicy,
@@ -161,8 +161,8 @@ export const PoolOptionsSchema = z.strictObject({
   queueTimeoutMs: ms.default(30_000),
   /** Key for authenticated snapshot manifests (HMAC-SHA256): unsigned or badly signed snapshots are CORRUPT. */
   snapshotSecret: SnapshotSecretSchema,
-  /** Bytes one snapshot create may read and write. */
-  maxSnapshotBytes: z.number().int().positive().max(Number.MAX_SAFE_INTEGER).default(DEFAULT_MAX_SNAPSHOT_BYTES),
+  /** Bytes one snapshot create may read and write; names and bytes of content one swarm's snapshots may hold. */
+  ...SnapshotBoundsShape,
   /**
    * Where snapshots and their names are kept: omitted, under `root` alone; `{ postgres: url }`,
    * in a PostgreSQL database every node of a fleet shares, mirrored onto each node's `root`.

@@ -48,3 +48,11 @@ export function artifactDir(root: string, swarm: string, digest: string): string
 export function liveRecordsDir(root: string): string {
   return join(root, CACHE_DIR, 'live');
 }
+
+/**
+ * The highest generation the store gave each name of a swarm (see generations.ts): in the
+ * store's own folder, which a tenant who can write `<swarm>/snapshots/` cannot.
+ */
+export function generationsDir(root: string, swarm: string): string {
+  return join(root, CACHE_DIR, 'generations', swarm);
+}
