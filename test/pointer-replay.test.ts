@@ -5,7 +5,7 @@
 // (SNAPSHOT_CORRUPT) by this process, another process on the store, and after a restart; the
 // neighbour answers throughout and the attacker never gets the old content.
 import { spawn } from 'node:child_process';
-import { readFile, rm, writeFile } from 'node:fs/promises';
+import { readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import type { Pool } from 'sandpool';
@@ -135,6 +135,35 @@ describe('an older genuine pointer put back', () => {
     expect(await stop()).toBeGreaterThan(0);
     expect(invariants(pool)).toEqual([]);
   }, 180_000);
+
+  it('a pointer put back between a move and its record is judged again once the record lands', async () => {
+    const root = await makeRoot({ ...(await counterAgent('n')), 'a/live/notifier_agent.mjs': agent(1) });
+    const pool = openPool({ root, snapshotSecret: SECRET });
+    await pool.snapshots.create('a', 'jan');
+    await writeFiles(root, { 'a/live/notifier_agent.mjs': agent(2) });
+    await pool.snapshots.create('a', 'jun');
+    await pool.snapshots.point('a', 'prod', 'jan');
+    const janProd = await readFile(join(root, 'a/snapshots/prod'));
+    await pool.snapshots.point('a', 'prod', 'jun');
+    expect(await outcome(pool)).toBe(2);
+    const stop = neighbour(pool);
+    // The window a move leaves between its pointer and its record (two file operations), held
+    // open: the record as it was before the move, and the old pointer put back in it.
+    const record = join(root, '.sandpool-cache/generations/a/prod');
+    const landed = await readFile(record, 'utf8');
+    const setRecord = async (text: string): Promise<void> => {
+      await writeFile(`${record}.next`, text);
+      await rename(`${record}.next`, record);
+    };
+    await setRecord(`${(JSON.parse(janProd.toString('utf8')) as { generation: number }).generation}\n`);
+    await putBack(root, janProd);
+    expect(await outcome(pool)).toBe(1);
+    // The record lands: the pointer read in the window is not served from memory again.
+    await setRecord(landed);
+    expect(await outcome(pool)).toBe('ERR_SANDPOOL_SNAPSHOT_CORRUPT');
+    await stop();
+    expect(invariants(pool)).toEqual([]);
+  }, 120_000);
 
   it('without a secret, a verbatim copy of an old pointer is refused too', async () => {
     const root = await makeRoot({ ...(await counterAgent('n')), 'a/live/notifier_agent.mjs': agent(1) });

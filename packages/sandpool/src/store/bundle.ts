@@ -7,11 +7,11 @@
  * pool's coordinator thread.
  */
 import { realpathSync } from 'node:fs';
-import { extname, join, sep } from 'node:path';
+import { extname, join, resolve, sep } from 'node:path';
 import type { Message, PartialMessage, Plugin } from 'esbuild';
 import { isSandpoolError, type SandpoolError, snapshotBuild } from '../errors.js';
 import { stripTypeScript } from '../typescript/strip.js';
-import { type BuildInputs, placeOf, readInput, shownPath } from './confine.js';
+import { type BuildInputs, isInside, placeOf, readInput, shownPath } from './confine.js';
 import { UnsafeFileError } from './safe-read.js';
 
 /**
@@ -87,15 +87,31 @@ const ABSOLUTE = /^(\/|file:)/;
 /** The package a bare specifier names (`x`, `@scope/x`, before any subpath); a relative or absolute one names none. */
 const PACKAGE_NAME = /^(?:@[A-Za-z0-9][\w.~-]*\/)?[A-Za-z0-9][\w.~-]*(?=\/|$)/;
 
+/** A relative specifier: `./x`, `../x`, `.` or `..`. */
+const RELATIVE = /^\.\.?(\/|$)/;
+/** Longest specifier a message quotes. */
+const MAX_SHOWN_SPECIFIER = 200;
+
 /**
  * What every import that cannot be bundled from an accepted place says, whether its target is
  * missing or exists elsewhere: were the two told apart (esbuild's "Could not resolve" against a
- * refusal), a tenant could probe which host files exist by importing them. A package's name is
- * said (one word of the tenant's own, never a path); a path is not, as it may spell a host's.
+ * refusal), a tenant could probe which host files exist by importing them. What it says is
+ * worked out from the tenant's own text alone, never from the disk: a package's name (one word),
+ * or a relative specifier that, as written, stays in the swarm's folder; not one that climbs
+ * out of it, which may spell a host's path.
  */
-function unreachable(specifier: string | null): string {
+function unreachable(context: BundleContext, specifier: string | null, resolveDir = ''): string {
+  let what = 'the import';
   const name = specifier === null ? undefined : PACKAGE_NAME.exec(specifier)?.[0];
-  const what = name === undefined ? 'the import' : `the import of package ${JSON.stringify(name)}`;
+  if (name !== undefined) what = `the import of package ${JSON.stringify(name)}`;
+  else if (
+    specifier !== null &&
+    specifier.length <= MAX_SHOWN_SPECIFIER &&
+    RELATIVE.test(specifier) &&
+    isInside(context.inputs.swarmReal, resolve(resolveDir, specifier))
+  ) {
+    what = `the import ${JSON.stringify(specifier)}`;
+  }
   return `${what} is missing, or leads outside the swarm's folder and its package folders`;
 }
 
@@ -136,13 +152,13 @@ function guardPlugin(context: BundleContext): Plugin {
           pluginData: OWN_LOOKUP,
         });
         if (found.errors.length > 0 || (!found.external && accept(found.path) === null))
-          return refuse(unreachable(args.path));
+          return refuse(unreachable(context, args.path, args.resolveDir));
         const { path, external, sideEffects, namespace, suffix, pluginData, warnings } = found;
         return { path, external, sideEffects, namespace, suffix, pluginData, warnings };
       });
       build.onLoad({ filter: /.*/ }, async (args) => {
         // Its place first: nothing of a file outside (its type, its size) may shape the answer.
-        if (accept(args.path) === null) return refuse(unreachable(null));
+        if (accept(args.path) === null) return refuse(unreachable(context, null));
         const shown = shownPath(context.inputs, args.path);
         const extension = extname(args.path);
         if (extension === '.node') return refuse(`${shown} is a native addon, which a snapshot cannot hold`);
@@ -156,7 +172,7 @@ function guardPlugin(context: BundleContext): Plugin {
         } catch (error) {
           if (!(error instanceof UnsafeFileError)) throw error;
           // Where it leads is the host's business: the import's place in the tenant's code names it.
-          return refuse(error.reason === 'outside' ? unreachable(null) : `${shown} ${error.message}`);
+          return refuse(error.reason === 'outside' ? unreachable(context, null) : `${shown} ${error.message}`);
         }
         const { bytes, place } = read;
         context.budget.left -= bytes.length;
@@ -241,7 +257,7 @@ function buildError(context: BundleContext, entry: string, messages: Message[]):
   const details = messages.slice(0, 5).map((message) => {
     const at = importAt(message);
     // The place, not the specifier: a tenant's specifier may spell a host path.
-    const text = readOutside(context, message) ? unreachable(null) : message.text;
+    const text = readOutside(context, message) ? unreachable(context, null) : message.text;
     if (at === null) return text;
     return `${shownPath(context.inputs, locate(context.liveReal, at.file))}:${at.line}:${at.column + 1}: ${text}`;
   });

@@ -3,7 +3,7 @@
 import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { snapshotCorrupt } from '../errors.js';
-import { generationsDir, TEMP_PREFIX } from './layout.js';
+import { generationFile, generationsDir, TEMP_PREFIX } from './layout.js';
 import { workFolderName } from './leftovers.js';
 import type { Pointer } from './pointer.js';
 import { readRegularFileSync, UnsafeFileError } from './safe-read.js';
@@ -20,9 +20,7 @@ const RECORD = /^(0|[1-9][0-9]{0,15})\n?$/;
 export function recordedGeneration(root: string, swarm: string, name: string, key?: string): number {
   let text: string;
   try {
-    text = readRegularFileSync(join(generationsDir(root, swarm), name), { maxBytes: MAX_RECORD_BYTES }).toString(
-      'utf8',
-    );
+    text = readRegularFileSync(generationFile(root, swarm, name), { maxBytes: MAX_RECORD_BYTES }).toString('utf8');
   } catch (error) {
     if (error instanceof UnsafeFileError && error.reason === 'missing') return 0;
     throw snapshotCorrupt(`the store's record of snapshot ${name}'s generation is unreadable`, key, error);
@@ -36,9 +34,9 @@ export function recordedGeneration(root: string, swarm: string, name: string, ke
 
 /**
  * Sets the record, written beside it and renamed over it, so a reader sees the old value or the
- * new one. A store writes it holding the name's lock, after the pointer it counts: a reader
- * never sees a record ahead of the pointer in place (which it would refuse), only, after a
- * crash between the two, one a move behind.
+ * new one. A store writes it holding the name's lock: after the pointer a move writes, so a
+ * reader never finds the record ahead of the pointer in place (which it would refuse), and
+ * before a remove takes the pointer away, so no pointer put back once the name is gone passes.
  */
 export async function recordGeneration(root: string, swarm: string, name: string, generation: number): Promise<void> {
   const dir = generationsDir(root, swarm);
@@ -46,7 +44,7 @@ export async function recordGeneration(root: string, swarm: string, name: string
   const temp = join(dir, workFolderName(TEMP_PREFIX));
   try {
     await writeFile(temp, `${generation}\n`, { flag: 'wx', mode: 0o644 });
-    await rename(temp, join(dir, name));
+    await rename(temp, generationFile(root, swarm, name));
   } finally {
     await rm(temp, { force: true });
   }

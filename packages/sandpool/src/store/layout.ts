@@ -56,3 +56,8 @@ export function liveRecordsDir(root: string): string {
 export function generationsDir(root: string, swarm: string): string {
   return join(root, CACHE_DIR, 'generations', swarm);
 }
+
+/** One name's record: the highest generation the store gave it. */
+export function generationFile(root: string, swarm: string, name: string): string {
+  return join(generationsDir(root, swarm), name);
+}

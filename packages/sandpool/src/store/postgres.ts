@@ -393,8 +393,9 @@ export class PostgresMirror {
     const path = snapshotDir(root, swarm, name);
     const generation = generationOf(row, id);
     if (row.pointer === null) {
-      if (lstatSync(path, { throwIfNoEntry: false })?.isFile() === true) await this.#unlink(swarm, path);
+      // The record first, as a remove writes it: no pointer put back once the name is gone passes.
       if (generation > 0) await recordGeneration(root, swarm, name, generation);
+      if (lstatSync(path, { throwIfNoEntry: false })?.isFile() === true) await this.#unlink(swarm, path);
       // A name the database never had is not watched; one it removed is, by its generation.
       if (row.generation === null) this.#applied.delete(id);
       else this.#applied.set(id, stateOf(row));

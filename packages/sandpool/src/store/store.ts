@@ -241,11 +241,12 @@ export class SnapshotStore {
     try {
       digest = await withNameLock(parent, name, async () => {
         const held = pointedDigest(this.root, swarm, name);
-        const gone = this.nextGeneration(swarm, name);
+        const there = lstatSync(snapshotDir(this.root, swarm, name), { throwIfNoEntry: false }) !== undefined;
+        // A removal is a move too, recorded before the pointer goes: the last pointer, put back
+        // the moment the name is gone, is already older than the record.
+        if (there) await recordGeneration(this.root, swarm, name, this.nextGeneration(swarm, name));
         // One rename hides it whole; the slow recursive delete of an old folder happens out of sight.
         await rename(snapshotDir(this.root, swarm, name), doomed);
-        // A removal is a move too: the pointer it took away can never be put back.
-        await recordGeneration(this.root, swarm, name, gone);
         return held;
       });
     } catch (error) {
