@@ -27,6 +27,32 @@ afterEach(() => {
   for (const child of children.splice(0)) child.kill('SIGKILL');
 });
 
+/**
+ * A process that swaps `a/live/lib` for a link to `b/live/lib` and back until killed: at
+ * random moments (a few ms held, up to 30 ms apart), or as fast as it can.
+ */
+function swapLibForTheirs(root: string, pace: 'at random moments' | 'as fast as it can'): ChildProcess {
+  const [hold, gap] =
+    pace === 'at random moments' ? ['pause(Math.random() * 3);', 'pause(Math.random() * 30);'] : ['', ''];
+  return spawn(
+    process.execPath,
+    [
+      '-e',
+      `const fs = require('node:fs');
+       const [lib, real, theirs] = process.argv.slice(1);
+       const pause = (ms) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+       for (;;) {
+         try { fs.renameSync(lib, real); fs.symlinkSync(theirs, lib); ${hold} fs.unlinkSync(lib); fs.renameSync(real, lib); } catch {}
+         ${gap}
+       }`,
+      join(root, 'a/live/lib'),
+      join(root, 'a/live/lib-real'),
+      join(root, 'b/live/lib'),
+    ],
+    { stdio: 'ignore' },
+  );
+}
+
 /** Calls the neighbour until `stop()`; resolves to every answer it got, each checked by the caller. */
 function keepCalling(pool: Pool): { stop: () => Promise<unknown[]> } {
   const answers: unknown[] = [];
@@ -235,23 +261,7 @@ describe('a build reads only the swarm and its packages', () => {
       'a/live/lib/helper.mjs': "export const value = 'mine';\n",
     });
     // Another process swaps a/live/lib for a link to b/live/lib and back, at random moments.
-    const racer = spawn(
-      process.execPath,
-      [
-        '-e',
-        `const fs = require('node:fs');
-         const [lib, real, theirs] = process.argv.slice(1);
-         const pause = (ms) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
-         for (;;) {
-           try { fs.renameSync(lib, real); fs.symlinkSync(theirs, lib); pause(Math.random() * 3); fs.unlinkSync(lib); fs.renameSync(real, lib); } catch {}
-           pause(Math.random() * 30);
-         }`,
-        join(root, 'a/live/lib'),
-        join(root, 'a/live/lib-real'),
-        join(root, 'b/live/lib'),
-      ],
-      { stdio: 'ignore' },
-    );
+    const racer = swapLibForTheirs(root, 'at random moments');
     children.push(racer);
     const calls = keepCalling(pool);
     let made = 0;
@@ -296,19 +306,7 @@ describe('a build reads only the swarm and its packages', () => {
     const { root, pool } = await arena({ 'a/live/lib/helper.mjs': "export const value = 'mine';\n" });
     const { buildInputs, placeOf, readInput } = await import('../packages/sandpool/dist/store/confine.js');
     const inputs = await buildInputs(root, 'a');
-    const racer = spawn(
-      process.execPath,
-      [
-        '-e',
-        `const fs = require('node:fs');
-         const [lib, real, theirs] = process.argv.slice(1);
-         for (;;) { try { fs.renameSync(lib, real); fs.symlinkSync(theirs, lib); fs.unlinkSync(lib); fs.renameSync(real, lib); } catch {} }`,
-        join(root, 'a/live/lib'),
-        join(root, 'a/live/lib-real'),
-        join(root, 'b/live/lib'),
-      ],
-      { stdio: 'ignore' },
-    );
+    const racer = swapLibForTheirs(root, 'as fast as it can');
     children.push(racer);
     const calls = keepCalling(pool);
     const read = { mine: 0, leaked: 0, refused: 0 };
