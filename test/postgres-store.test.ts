@@ -333,6 +333,34 @@ describe.skipIf(URL_ENV === undefined)('the PostgreSQL store, two nodes and no s
     }
   }, 180_000);
 
+  it('makes its tables once when several nodes start together on an empty database', async () => {
+    const url = URL_ENV as string;
+    const admin = new pg.Client({ connectionString: url });
+    await admin.connect();
+    try {
+      await admin.query(DROP_TABLES);
+      const nodes = await Promise.all(
+        [1, 2, 3].map(async (version) =>
+          openPool({
+            root: await makeRoot({ 'a/live/notifier_agent.mjs': agent(version) }),
+            store: { postgres: withApp(url, 'sandpool-test-tables'), recheckMs: 1000 },
+          }),
+        ),
+      );
+      // Each node makes its own swarm's snapshot at the same moment, each its first query.
+      const made = await Promise.allSettled(nodes.map((pool, i) => pool.snapshots.create('a', `v${i + 1}`)));
+      expect(made.map((outcome) => (outcome.status === 'fulfilled' ? 'made' : outcome.reason))).toEqual([
+        'made',
+        'made',
+        'made',
+      ]);
+      for (const pool of nodes) expect(invariants(pool)).toEqual([]);
+      await Promise.all(nodes.map((pool) => pool.close()));
+    } finally {
+      await admin.end();
+    }
+  });
+
   it('refuses writes while the database cannot be reached, changes nothing, and keeps serving', async () => {
     // A closed port: every connection fails at once.
     const url = 'postgres://sandpool:hunter2-secret@127.0.0.1:1/sandpool';

@@ -37,6 +37,9 @@ CREATE TABLE IF NOT EXISTS sandpool_pointers (
 CREATE TABLE IF NOT EXISTS sandpool_generations (
   swarm text NOT NULL, name text NOT NULL, generation bigint NOT NULL, PRIMARY KEY (swarm, name));`;
 
+/** The advisory lock key the nodes making the tables take in turn ("sandpool" in ASCII). */
+const SCHEMA_LOCK = 0x73616e64706f6f6cn.toString();
+
 /**
  * A name as the database has it: its pointer (null once removed) and the highest generation
  * it was given (kept after a remove; null for a name the database never moved since it had
@@ -107,9 +110,16 @@ export class PostgresMirror {
     return this.#ready;
   }
 
-  /** The tables, made once per database (a failed attempt is tried again on the next use). */
+  /**
+   * The tables, made once per database (a failed attempt is tried again on the next use). Two
+   * nodes making them at once would race in PostgreSQL's catalog (CREATE TABLE IF NOT EXISTS
+   * is not safe against itself: 23505 on pg_type), so each takes a lock held to its commit.
+   */
   #tables(): Promise<void> {
-    this.#schema ??= this.#query(SCHEMA).then(
+    this.#schema ??= this.#transaction(async (client) => {
+      await client.query('SELECT pg_advisory_xact_lock($1)', [SCHEMA_LOCK]);
+      await client.query(SCHEMA);
+    }).then(
       () => {},
       (error: unknown) => {
         this.#schema = null;
