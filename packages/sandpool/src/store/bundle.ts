@@ -12,6 +12,7 @@ import type { Message, PartialMessage, Plugin } from 'esbuild';
 import { isSandpoolError, type SandpoolError, snapshotBuild } from '../errors.js';
 import { stripTypeScript } from '../typescript/strip.js';
 import { type BuildInputs, placeOf, readInput, shownPath } from './confine.js';
+import type { InputProbe } from './live-stamp.js';
 import { UnsafeFileError } from './safe-read.js';
 
 /**
@@ -77,8 +78,8 @@ export interface BundleContext {
   budget: { left: number };
   /** What is being made, for messages: a snapshot, or the artifact a live key runs from. */
   making: 'snapshot' | 'live';
-  /** Real paths of the inputs read, added to as they are: what a live build's reuse stamps. */
-  read?: Set<string>;
+  /** A live build's: what it looks at, stamped before it looks (what its reuse is stamped by). */
+  probe?: InputProbe;
 }
 
 /** A module named by a host path: a build takes only what the swarm and its packages hold. */
@@ -102,6 +103,14 @@ function guardPlugin(context: BundleContext): Plugin {
           ? undefined
           : refuse("an absolute import: a build reads only the swarm's folder and its package folders"),
       );
+      const { probe } = context;
+      if (probe !== undefined) {
+        // Before esbuild resolves it: where the resolution will look is stamped as it was then.
+        build.onResolve({ filter: /.*/ }, async (args) => {
+          if (args.kind !== 'entry-point') await probe.beforeResolve(args.resolveDir, args.path);
+          return undefined;
+        });
+      }
       build.onLoad({ filter: /.*/ }, async (args) => {
         const shown = shownPath(context.inputs, args.path);
         const extension = extname(args.path);
@@ -111,6 +120,7 @@ function guardPlugin(context: BundleContext): Plugin {
           return refuse(`${shown} is not a JavaScript, TypeScript or JSON module, which is all a snapshot holds`);
         }
         let read: Awaited<ReturnType<typeof readInput>>;
+        await context.probe?.beforeRead(args.path);
         try {
           read = await readInput(args.path, accept, context.budget.left);
         } catch (error) {
@@ -120,7 +130,6 @@ function guardPlugin(context: BundleContext): Plugin {
         }
         const { bytes, place } = read;
         context.budget.left -= bytes.length;
-        context.read?.add(args.path);
         // Node's own stripper, not esbuild's TypeScript: one rule (erasable syntax only) live and frozen.
         let code: string | null = null;
         if (loader === 'ts') {

@@ -5,12 +5,11 @@
  * this process and, through a record in the store's cache, by the next one. Runs where the
  * store's heavy work runs: the snapshot helper process, never the coordinator's thread.
  */
-import { mkdir, realpath, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { invalidKey, snapshotBuild } from '../errors.js';
 import { isSwarmName } from '../swarm-name.js';
 import { buildArtifact, sweepUnused, touchArtifact } from './artifact.js';
-import { buildInputs } from './confine.js';
 import { liveRecordsDir, TEMP_PREFIX } from './layout.js';
 import { workFolderName } from './leftovers.js';
 import { inputsStamp, treeStamp } from './live-stamp.js';
@@ -28,14 +27,13 @@ export interface LiveArtifact {
 interface Held {
   readonly artifact: LiveArtifact;
   readonly stamp: string;
-  /** Real paths of what the build read, and the folders they sit in (the swarm's, the package folders). */
-  readonly read: readonly string[];
-  readonly anchors: readonly string[];
+  /** What the build looked at besides live/'s entries (see InputProbe), stamped again at each look. */
+  readonly probed: readonly string[];
 }
 
 /** Tries of a build whose content a sweep elsewhere removed as it was made. */
 const BUILD_ATTEMPTS = 3;
-/** A record past this is not read (one lists the files a build read: 100,000 paths at most). */
+/** A record past this is not read (one lists the paths a build looked at). */
 const MAX_RECORD_BYTES = 64 * 1024 * 1024;
 
 export class LiveArtifacts {
@@ -71,7 +69,7 @@ export class LiveArtifacts {
     const live = join(this.root, swarm, 'live');
     const held = this.held.get(swarm) ?? (await this.recorded(swarm));
     if (held !== undefined) {
-      const stamp = await stampOf(live, held.read, held.anchors);
+      const stamp = await stampOf(live, held.probed);
       if (stamp === held.stamp && (await touchArtifact(this.root, swarm, held.artifact.digest))) return held.artifact;
     }
     // Stamped before it is read: a write during the build makes the next look build again.
@@ -84,13 +82,11 @@ export class LiveArtifacts {
           throw snapshotBuild('the content was removed as fast as it was built; try again');
         continue;
       }
-      const inputs = await buildInputs(await realpath(this.root), swarm);
-      const anchors = [inputs.swarmReal, ...inputs.packages];
-      const read = built.read;
-      const used = await inputsStamp(read, anchors);
+      // As the build found them, before it looked: a change since makes the next look build.
+      const used = built.probe?.stamp() ?? null;
       const artifact: LiveArtifact = { digest: built.digest, failures: built.failures };
       if (tree === null || used === null) this.held.delete(swarm);
-      else await this.hold(swarm, { artifact, stamp: `${tree}:${used}`, read, anchors });
+      else await this.hold(swarm, { artifact, stamp: `${tree}:${used}`, probed: built.probe?.paths() ?? [] });
       if (held !== undefined && held.artifact.digest !== built.digest) {
         // The old content's grace starts now: a worker still draining from it keeps its files.
         await touchArtifact(this.root, swarm, held.artifact.digest);
@@ -128,8 +124,8 @@ export class LiveArtifacts {
   }
 }
 
-async function stampOf(live: string, read: readonly string[], anchors: readonly string[]): Promise<string | null> {
-  const [tree, used] = await Promise.all([treeStamp(live), inputsStamp(read, anchors)]);
+async function stampOf(live: string, probed: readonly string[]): Promise<string | null> {
+  const [tree, used] = await Promise.all([treeStamp(live), inputsStamp(probed)]);
   return tree === null || used === null ? null : `${tree}:${used}`;
 }
 
@@ -142,8 +138,7 @@ function isHeld(value: unknown): value is Held {
     typeof record === 'object' &&
     record !== null &&
     typeof record.stamp === 'string' &&
-    strings(record.read) &&
-    strings(record.anchors) &&
+    strings(record.probed) &&
     typeof artifact === 'object' &&
     artifact !== null &&
     typeof artifact.digest === 'string' &&
