@@ -1,6 +1,7 @@
 import { execFileSync } from 'node:child_process';
-import { existsSync, readdirSync } from 'node:fs';
+import fs, { existsSync, readdirSync } from 'node:fs';
 import { link, symlink, writeFile } from 'node:fs/promises';
+import { syncBuiltinESMExports } from 'node:module';
 import { join } from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import type { Pool } from 'sandpool';
@@ -145,6 +146,44 @@ describe('live keys run from an artifact', () => {
     // Stripped on this thread, the longest turn was most of the call (1.4 s of 2 s); in the
     // helper, 37 ms. A ratio of the same run, so a loaded machine slows both alike.
     expect(delay.max / 1e6).toBeLessThan(took / 4);
+  });
+  it('starts a live key without the coordinator reading its manifest or walking its files', async () => {
+    // Both cost this thread in proportion to the tenant's files: at each start of a swarm of
+    // 3,000 files under long folder names and 10,000 folders (a 13 MB manifest), 1.5 s on a
+    // loaded machine, the neighbour waiting. Counted here, not timed: the thread's own calls.
+    const stems = Array.from({ length: 8 }, (_, i) => [`a/live/s${i}.mjs`, `export const v = () => ${i};\n`]);
+    const root = await tenants({
+      ...Object.fromEntries(stems),
+      'a/live/data/one/x.txt': 'x',
+      'a/live/data/two/y.txt': 'y',
+    });
+    const pool = openPool({ root });
+    expect(await pool.call('a/s0', 'v')).toBe(0);
+    const artifacts = join(root, '.sandpool-cache/artifacts/');
+    const seen = { manifests: 0, listings: 0 };
+    const { openSync, readdirSync: listSync } = fs;
+    fs.openSync = ((path: unknown, ...rest: unknown[]) => {
+      if (String(path).endsWith('/.sandpool-manifest.json')) seen.manifests += 1;
+      return (openSync as (...args: unknown[]) => number)(path, ...rest);
+    }) as typeof fs.openSync;
+    fs.readdirSync = ((path: unknown, ...rest: unknown[]) => {
+      if (String(path).startsWith(artifacts)) seen.listings += 1;
+      return (listSync as (...args: unknown[]) => unknown)(path, ...rest);
+    }) as typeof fs.readdirSync;
+    syncBuiltinESMExports();
+    try {
+      const { value } = await withNeighbour(pool, async () => {
+        const answers: unknown[] = [];
+        for (let i = 1; i < 8; i++) answers.push(await pool.call(`a/s${i}`, 'v'));
+        return answers;
+      });
+      expect(value).toEqual([1, 2, 3, 4, 5, 6, 7]);
+    } finally {
+      fs.openSync = openSync;
+      fs.readdirSync = listSync;
+      syncBuiltinESMExports();
+    }
+    expect(seen).toEqual({ manifests: 0, listings: 0 });
   });
 });
 

@@ -9,7 +9,7 @@ import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { invalidKey, snapshotBuild } from '../errors.js';
 import { isSwarmName } from '../swarm-name.js';
-import { buildArtifact, sweepUnused, touchArtifact } from './artifact.js';
+import { type Build, buildArtifact, sweepUnused, touchArtifact } from './artifact.js';
 import { liveRecordsDir, TEMP_PREFIX } from './layout.js';
 import { workFolderName } from './leftovers.js';
 import { inputsStamp, treeStamp } from './live-stamp.js';
@@ -21,6 +21,29 @@ export interface LiveArtifact {
   readonly digest: string;
   /** Stems whose bundle failed, with the build's message (its place relative to the swarm, no host path). */
   readonly failures: Readonly<Record<string, string>>;
+  /** Each stem's bundle by the sha256 of its bytes, which its worker checks before running it. */
+  readonly bundles: Readonly<Record<string, string>>;
+}
+
+/**
+ * What one live key's start needs of its swarm's artifact, and nothing more: the coordinator
+ * reads no manifest (a swarm's may take megabytes to parse) and no other stem's failure.
+ */
+export interface LiveStem {
+  readonly digest: string;
+  /** Why the stem failed to bundle (its place relative to the swarm); null if it did not. */
+  readonly failure: string | null;
+  /** The sha256 of its bundle, `.sandpool-bundles/<stem>.mjs`; null when live/ has no such stem. */
+  readonly sha256: string | null;
+}
+
+/** How a pool asks for a live key's artifact (built off its thread, see SnapshotStore's helper). */
+export type LiveSource = (swarm: string, stem: string) => Promise<LiveStem>;
+
+export function stemOf(artifact: LiveArtifact, stem: string): LiveStem {
+  const failure = Object.hasOwn(artifact.failures, stem) ? artifact.failures[stem] : undefined;
+  const sha256 = Object.hasOwn(artifact.bundles, stem) ? artifact.bundles[stem] : undefined;
+  return { digest: artifact.digest, failure: failure ?? null, sha256: sha256 ?? null };
 }
 
 /** What the last live build of a swarm made, and what its reuse is stamped by. */
@@ -84,7 +107,7 @@ export class LiveArtifacts {
       }
       // As the build found them, before it looked: a change since makes the next look build.
       const used = built.probe?.stamp() ?? null;
-      const artifact: LiveArtifact = { digest: built.digest, failures: built.failures };
+      const artifact: LiveArtifact = { digest: built.digest, failures: built.failures, bundles: bundlesOf(built) };
       if (tree === null || used === null) this.held.delete(swarm);
       else await this.hold(swarm, { artifact, stamp: `${tree}:${used}`, probed: built.probe?.paths() ?? [] });
       if (held !== undefined && held.artifact.digest !== built.digest) {
@@ -129,11 +152,22 @@ async function stampOf(live: string, probed: readonly string[]): Promise<string 
   return tree === null || used === null ? null : `${tree}:${used}`;
 }
 
+function bundlesOf({ manifest }: Build): Record<string, string> {
+  const bundles: Record<string, string> = {};
+  for (const [stem, rel] of Object.entries(manifest.stems)) {
+    const file = Object.hasOwn(manifest.files, rel) ? manifest.files[rel] : undefined;
+    if (file !== undefined) bundles[stem] = file.sha256;
+  }
+  return bundles;
+}
+
 /** A record's shape, checked by hand: the helper loads no schema library on its way to a live key's start. */
 function isHeld(value: unknown): value is Held {
   const record = value as Partial<Record<keyof Held, unknown>> | null;
-  const artifact = record?.artifact as { digest?: unknown; failures?: unknown } | undefined;
+  const artifact = record?.artifact as { digest?: unknown; failures?: unknown; bundles?: unknown } | undefined;
   const strings = (list: unknown): boolean => Array.isArray(list) && list.every((item) => typeof item === 'string');
+  const table = (value: unknown, valid: (item: unknown) => boolean): boolean =>
+    typeof value === 'object' && value !== null && Object.values(value).every(valid);
   return (
     typeof record === 'object' &&
     record !== null &&
@@ -141,10 +175,12 @@ function isHeld(value: unknown): value is Held {
     strings(record.probed) &&
     typeof artifact === 'object' &&
     artifact !== null &&
-    typeof artifact.digest === 'string' &&
-    /^[0-9a-f]{64}$/.test(artifact.digest) &&
-    typeof artifact.failures === 'object' &&
-    artifact.failures !== null &&
-    Object.values(artifact.failures).every((why) => typeof why === 'string')
+    isDigest(artifact.digest) &&
+    table(artifact.failures, (why) => typeof why === 'string') &&
+    table(artifact.bundles, isDigest)
   );
+}
+
+function isDigest(value: unknown): value is string {
+  return typeof value === 'string' && /^[0-9a-f]{64}$/.test(value);
 }

@@ -3,7 +3,7 @@ import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
 import { closed, isErrorCode, rebuilt } from '../errors.js';
 import type { HelperOp, HelperRequest } from './helper-protocol.js';
-import type { LiveArtifact } from './live.js';
+import type { LiveStem } from './live.js';
 import type { SnapshotInfo, SnapshotStoreOptions } from './store.js';
 
 const HELPER_ENTRY = fileURLToPath(new URL('./helper-entry.js', import.meta.url));
@@ -21,16 +21,21 @@ export const SnapshotInfoSchema = z.strictObject({
   signed: z.boolean(),
   stems: z.array(z.string()),
 });
-const LiveArtifactSchema = z.strictObject({
-  digest: z.string().regex(/^[0-9a-f]{64}$/),
-  failures: z.record(z.string().max(256), z.string().max(64 * 1024)),
+const Digest = z.string().regex(/^[0-9a-f]{64}$/);
+const LiveStemSchema = z.strictObject({
+  digest: Digest,
+  failure: z
+    .string()
+    .max(64 * 1024)
+    .nullable(),
+  sha256: Digest.nullable(),
 });
 const Received = z.strictObject({ id: z.number(), received: z.literal(true) });
 const Reply = z.discriminatedUnion('ok', [
   z.strictObject({
     id: z.number(),
     ok: z.literal(true),
-    value: z.union([SnapshotInfoSchema, z.array(SnapshotInfoSchema), LiveArtifactSchema, z.null()]),
+    value: z.union([SnapshotInfoSchema, z.array(SnapshotInfoSchema), LiveStemSchema, z.null()]),
   }),
   z.strictObject({
     id: z.number(),
@@ -71,7 +76,7 @@ interface Waiting {
 }
 
 type Answer = Pick<Waiting, 'resolve' | 'reject'>;
-type Answered = SnapshotInfo | SnapshotInfo[] | LiveArtifact | null;
+type Answered = SnapshotInfo | SnapshotInfo[] | LiveStem | null;
 
 /**
  * The coordinator's end of the snapshot helper (see helper-entry.ts): started on first use,
@@ -99,7 +104,7 @@ export class StoreHelper {
   run(op: 'remove', swarm: string, name: string): Promise<null>;
   run(op: 'point', swarm: string, name: string, target: string): Promise<SnapshotInfo>;
   run(op: 'list', swarm: string, name: ''): Promise<SnapshotInfo[]>;
-  run(op: 'live', swarm: string, name: ''): Promise<LiveArtifact>;
+  run(op: 'live', swarm: string, stem: string): Promise<LiveStem>;
   run(op: Exclude<HelperOp, 'remove' | 'point' | 'list' | 'live'>, swarm: string, name: string): Promise<SnapshotInfo>;
   run(op: HelperOp, swarm: string, name: string, target?: string): Promise<Answered> {
     if (this.closed) return Promise.reject(closed()); // callers check `available` first
