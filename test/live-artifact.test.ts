@@ -209,3 +209,24 @@ describe('live keys and their swarm', () => {
     expect(invariants(pool)).toEqual([]);
   });
 });
+
+describe('a live build that never ends', () => {
+  it('holds up neither the neighbour nor close(): a FIFO where esbuild reads a package.json itself', async () => {
+    // esbuild opens a package's package.json itself, not through the build's guarded reads: a FIFO
+    // there blocks its read until a writer comes, which none does.
+    const root = await tenants({
+      'a/live/fifo.mjs': "import x from 'pkg';\nexport const v = () => x;\n",
+      'a/live/node_modules/pkg/index.js': "module.exports = 'pkg';",
+    });
+    execFileSync('mkfifo', [join(root, 'a/live/node_modules/pkg/package.json')]);
+    const pool = openPool({ root, queueTimeoutMs: 3000, closeTimeoutMs: 1000 });
+    const { value: error } = await withNeighbour(pool, () => rejection(pool.call('a/fifo', 'v')));
+    expect(error.code).toBe('ERR_SANDPOOL_QUEUE_TIMEOUT');
+    // Another of the neighbour's keys builds and starts meanwhile.
+    await writeFiles(root, { 'n/live/other.mjs': 'export const f = () => 7;\n' });
+    expect(await pool.call('n/other', 'f')).toBe(7);
+    const closing = pool.close().then(() => 'closed');
+    const bound = new Promise((resolve) => setTimeout(resolve, 60_000, 'still closing after a minute').unref());
+    expect(await Promise.race([closing, bound])).toBe('closed');
+  });
+});

@@ -139,18 +139,20 @@ export class StoreHelper {
   /**
    * Ends the helper: now when idle, or once what it runs has answered. close() does not wait
    * for a create, as a pool never waited for one it ran itself (it keeps the host alive until
-   * it answers, as it would in the host); it waits for a live key's build. After it, the
-   * store runs in the host.
+   * it answers, as it would in the host); it waits for a live key's build, for `buildWaitMs`
+   * at most: one that never ends (esbuild reading a FIFO in the tenant's folder) ends with the
+   * helper then. After it, the store runs in the host.
    */
-  async close(): Promise<void> {
+  async close(buildWaitMs = Number.POSITIVE_INFINITY): Promise<void> {
     this.closed = true;
     const child = this.child;
     if (child === null) return;
     if (this.waiting.size > 0) {
-      this.drained.push(() => child.disconnect());
+      // Not once ended: a helper killed below has no channel to end.
+      this.drained.push(() => child.connected && child.disconnect());
       // A live key's build is the pool's own work, not a caller's: it is done, writes and all, when close() is.
       const building = [...this.waiting.values()].some((entry) => entry.request.op === 'live');
-      if (building) await new Promise<void>((resolve) => this.drained.push(resolve));
+      if (building && !(await this.drainedWithin(buildWaitMs))) await this.kill(child);
       return;
     }
     if (child.exitCode === null && child.signalCode === null) {
@@ -159,6 +161,28 @@ export class StoreHelper {
       child.disconnect();
       await exited;
     }
+  }
+
+  /** Whether what the helper runs answered within `ms`. */
+  private async drainedWithin(ms: number): Promise<boolean> {
+    let timer: NodeJS.Timeout | undefined;
+    const drained = new Promise<boolean>((resolve) => this.drained.push(() => resolve(true)));
+    const late = new Promise<boolean>((resolve) => {
+      if (Number.isFinite(ms)) timer = setTimeout(resolve, ms, false);
+    });
+    try {
+      return await Promise.race([drained, late]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** Ends a helper now, and resolves once it has exited (what it ran fails; see fail()). */
+  private async kill(child: ChildProcess): Promise<void> {
+    if (child.exitCode !== null || child.signalCode !== null) return;
+    const exited = new Promise((resolve) => child.once('exit', resolve));
+    this.forget(child);
+    await exited;
   }
 
   private start(): ChildProcess {
