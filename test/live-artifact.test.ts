@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import fs, { existsSync, readdirSync } from 'node:fs';
+import fs, { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { link, symlink, writeFile } from 'node:fs/promises';
 import { syncBuiltinESMExports } from 'node:module';
 import { join } from 'node:path';
@@ -7,7 +7,7 @@ import { monitorEventLoopDelay } from 'node:perf_hooks';
 import type { Pool } from 'sandpool';
 import { describe, expect, it } from 'vitest';
 import { rejection } from './support/errors.js';
-import { installCleanup, invariants, openPool } from './support/pool.js';
+import { childProcesses, installCleanup, invariants, openPool } from './support/pool.js';
 import { counterAgent, makeRoot, writeFiles } from './support/root.js';
 
 installCleanup();
@@ -230,3 +230,32 @@ describe('a live build that never ends', () => {
     expect(await Promise.race([closing, bound])).toBe('closed');
   });
 });
+
+describe('the bundler the builds share', () => {
+  it('a bundler that died (the kernel’s OOM killer, say) is started again for the next build', async () => {
+    const root = await tenants();
+    const pool = openPool({ root });
+    expect(await pool.call(NEIGHBOUR, 'add', [1, 1])).toBe(2);
+    const bundlers = childProcesses()
+      .flatMap((helper) => descendants(helper))
+      .filter((pid) => readFileSync(`/proc/${pid}/cmdline`, 'latin1').includes('--service='));
+    expect(bundlers).toHaveLength(1);
+    process.kill(bundlers[0] as number, 'SIGKILL');
+    await writeFiles(root, {
+      'n/live/other.mjs': 'export const f = () => 7;\n',
+      'a/live/more.mjs': 'export const g = () => 8;\n',
+    });
+    const { value } = await withNeighbour(pool, async () => [
+      await pool.call('n/other', 'f'),
+      await pool.call('a/more', 'g'),
+      (await pool.snapshots.create('n', 'jan')).stems,
+    ]);
+    expect(value).toEqual([7, 8, ['format', 'notifier_agent', 'other']]);
+  });
+});
+
+/** Every process below `pid`, from the kernel. */
+function descendants(pid: number): number[] {
+  const children = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim();
+  return children === '' ? [] : children.split(' ').flatMap((child) => [Number(child), ...descendants(Number(child))]);
+}

@@ -9,7 +9,7 @@
 import { realpathSync } from 'node:fs';
 import { extname, join, sep } from 'node:path';
 import type { Message, PartialMessage, Plugin } from 'esbuild';
-import { isSandpoolError, type SandpoolError, snapshotBuild } from '../errors.js';
+import { isSandpoolError, moduleLoad, type SandpoolError, snapshotBuild } from '../errors.js';
 import { stripTypeScript } from '../typescript/strip.js';
 import { type BuildInputs, placeOf, readInput, shownPath } from './confine.js';
 import type { InputProbe } from './live-stamp.js';
@@ -173,37 +173,59 @@ function isInNodeModules(path: string): boolean {
   return path.split(sep).includes('node_modules');
 }
 
+/** Tries of a stem whose bundler's process ended under it: the second runs on a bundler started again. */
+const BUNDLE_ATTEMPTS = 2;
+
 /** One ES module holding the stem and everything it imports but node builtins. */
 export async function bundleStem(entry: string, context: BundleContext): Promise<Buffer> {
-  const { build } = await import('esbuild');
-  let result: Awaited<ReturnType<typeof build>>;
-  try {
-    result = await build({
-      entryPoints: [entry],
-      absWorkingDir: context.liveReal,
-      bundle: true,
-      write: false,
-      format: 'esm',
-      platform: 'node',
-      // The code runs as written: the Node that loads the snapshot is the one it was written for.
-      target: 'esnext',
-      logLevel: 'silent',
-      tsconfigRaw: '{}',
-      legalComments: 'eof',
-      banner: { js: BANNER },
-      // Only free references are replaced: a module's own `const __filename` stays its own.
-      // `import.meta` is each module's own __sandpoolMeta (declared by the plugin; esbuild
-      // renames one module's apart from another's).
-      define: { __filename: '__sandpoolFilename', __dirname: '__sandpoolDirname', 'import.meta': '__sandpoolMeta' },
-      plugins: [guardPlugin(context)],
-    });
-  } catch (error) {
-    const errors = (error as { errors?: Message[] }).errors;
-    throw buildError(context, entry, errors ?? []);
+  const { build, stop } = await import('esbuild');
+  const budget = context.budget.left;
+  for (let attempt = 1; ; attempt++) {
+    let result: Awaited<ReturnType<typeof build>>;
+    try {
+      result = await build({
+        entryPoints: [entry],
+        absWorkingDir: context.liveReal,
+        bundle: true,
+        write: false,
+        format: 'esm',
+        platform: 'node',
+        // The code runs as written: the Node that loads the snapshot is the one it was written for.
+        target: 'esnext',
+        logLevel: 'silent',
+        tsconfigRaw: '{}',
+        legalComments: 'eof',
+        banner: { js: BANNER },
+        // Only free references are replaced: a module's own `const __filename` stays its own.
+        // `import.meta` is each module's own __sandpoolMeta (declared by the plugin; esbuild
+        // renames one module's apart from another's).
+        define: { __filename: '__sandpoolFilename', __dirname: '__sandpoolDirname', 'import.meta': '__sandpoolMeta' },
+        plugins: [guardPlugin(context)],
+      });
+    } catch (error) {
+      const errors = (error as { errors?: Message[] }).errors ?? [];
+      if (!bundlerStopped(error, errors)) throw buildError(context, entry, errors);
+      // Killed (the kernel's OOM killer, say): no build would run again on this helper until the
+      // bundler is started again, which the next build does once it is stopped.
+      await stop();
+      if (attempt < BUNDLE_ATTEMPTS) {
+        context.budget.left = budget;
+        continue;
+      }
+      const text = `cannot build ${shownPath(context.inputs, entry)}: the bundler stopped while it built`;
+      // Not the stem's failure, which a live build would keep (see LiveArtifacts): the next look builds.
+      throw context.making === 'live' ? moduleLoad(text) : snapshotBuild(text);
+    }
+    const output = result.outputFiles?.[0];
+    if (output === undefined) throw buildError(context, entry, []);
+    return Buffer.from(output.contents.buffer, output.contents.byteOffset, output.contents.byteLength);
   }
-  const output = result.outputFiles?.[0];
-  if (output === undefined) throw buildError(context, entry, []);
-  return Buffer.from(output.contents.buffer, output.contents.byteOffset, output.contents.byteLength);
+}
+
+/** esbuild's service process ended under the build (esbuild's own words for it). */
+function bundlerStopped(error: unknown, errors: readonly Message[]): boolean {
+  const said = [String((error as { message?: unknown }).message), ...errors.map((message) => message.text)];
+  return said.some((text) => /The service (was stopped|is no longer running)/.test(text));
 }
 
 function buildError(context: BundleContext, entry: string, messages: Message[]): SandpoolError {
