@@ -1,6 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import fs, { existsSync, readdirSync, readFileSync } from 'node:fs';
-import { link, symlink, writeFile } from 'node:fs/promises';
+import { link, mkdir, symlink, truncate, writeFile } from 'node:fs/promises';
 import { syncBuiltinESMExports } from 'node:module';
 import { join } from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
@@ -211,14 +211,14 @@ describe('live keys and their swarm', () => {
 });
 
 describe('a live build that never ends', () => {
-  it('holds up neither the neighbour nor close(): a FIFO where esbuild reads a package.json itself', async () => {
-    // esbuild opens a package's package.json itself, not through the build's guarded reads: a FIFO
-    // there blocks its read until a writer comes, which none does.
+  it('holds up neither the neighbour nor close()', async () => {
+    // A FIFO in a package folder (the operator's: a build trusts what is there), where esbuild
+    // opens a package.json itself: its read waits for a writer that never comes.
     const root = await tenants({
       'a/live/fifo.mjs': "import x from 'pkg';\nexport const v = () => x;\n",
-      'a/live/node_modules/pkg/index.js': "module.exports = 'pkg';",
+      'node_modules/pkg/index.js': "module.exports = 'pkg';",
     });
-    execFileSync('mkfifo', [join(root, 'a/live/node_modules/pkg/package.json')]);
+    execFileSync('mkfifo', [join(root, 'node_modules/pkg/package.json')]);
     const pool = openPool({ root, queueTimeoutMs: 3000, closeTimeoutMs: 1000 });
     const { value: error } = await withNeighbour(pool, () => rejection(pool.call('a/fifo', 'v')));
     expect(error.code).toBe('ERR_SANDPOOL_QUEUE_TIMEOUT');
@@ -232,6 +232,46 @@ describe('a live build that never ends', () => {
 });
 
 describe('the bundler the builds share', () => {
+  it.each([
+    ['a FIFO', 'is not a regular file', (at: string) => execFileSync('mkfifo', [at])],
+    ['a link to /dev/zero', 'is a symlink that leads outside', (at: string) => symlink('/dev/zero', at)],
+    [
+      'a sparse file of 2 GiB',
+      'holds 2147483648 bytes',
+      async (at: string) => {
+        await writeFile(at, '{}');
+        await truncate(at, 2 ** 31);
+      },
+    ],
+  ])('refuses %s where esbuild reads a package.json itself, before it reads it', async (_, why, plant) => {
+    const root = await tenants({
+      'a/live/s.mjs': "import x from 'pkg';\nexport const v = () => x;\n",
+      'a/live/node_modules/pkg/index.js': "module.exports = 'pkg';",
+    });
+    await plant(join(root, 'a/live/node_modules/pkg/package.json'));
+    const pool = openPool({ root, queueTimeoutMs: 20_000 });
+    const { value: error } = await withNeighbour(pool, () => rejection(pool.call('a/s', 'v')));
+    expect(error.code).toBe('ERR_SANDPOOL_MODULE_NOT_FOUND');
+    expect(error.message).toContain(`live/node_modules/pkg/package.json: it ${why}`);
+    // The helper and its bundler are whole: the neighbour's next build runs.
+    await writeFiles(root, { 'n/live/other.mjs': 'export const f = () => 7;\n' });
+    expect(await pool.call('n/other', 'f')).toBe(7);
+  });
+
+  it('refuses a package of the tenant’s linked to a folder outside the swarm, whose package.json esbuild would read', async () => {
+    // Any local user may write under the host's temporary folder: its package.json is nobody's the build trusts.
+    const elsewhere = await makeRoot({ 'pkg/index.js': "module.exports = 'elsewhere';" });
+    await symlink('/dev/zero', join(elsewhere, 'pkg/package.json'));
+    const root = await tenants({ 'a/live/s.mjs': "import x from 'pkg';\nexport const v = () => x;\n" });
+    await mkdir(join(root, 'a/live/node_modules'));
+    await symlink(join(elsewhere, 'pkg'), join(root, 'a/live/node_modules/pkg'));
+    const pool = openPool({ root, queueTimeoutMs: 20_000 });
+    const { value: error } = await withNeighbour(pool, () => rejection(pool.call('a/s', 'v')));
+    expect(error.code).toBe('ERR_SANDPOOL_MODULE_NOT_FOUND');
+    expect(error.message).toContain("live/node_modules/pkg: it is a symlink that leads outside the swarm's folder");
+    expect(error.message).not.toContain(elsewhere);
+  });
+
   it('a bundler that died (the kernel’s OOM killer, say) is started again for the next build', async () => {
     const root = await tenants();
     const pool = openPool({ root });

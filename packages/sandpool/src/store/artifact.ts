@@ -9,6 +9,7 @@ import { chmod, lstat, mkdir, readdir, realpath, rename, stat, utimes, writeFile
 import { join, sep } from 'node:path';
 import { isSandpoolError, type SandpoolError, snapshotBuild, snapshotCorrupt, swarmNotFound } from '../errors.js';
 import { bundleStem } from './bundle.js';
+import { checkBundlerReads } from './bundler-reads.js';
 import { buildInputs, isInside, placeOf, readInput } from './confine.js';
 import { artifactDir, artifactsDir, liveDir, REMOVING_PREFIX, TEMP_PREFIX } from './layout.js';
 import { removeTree, sweepWorkFolders, workFolderName } from './leftovers.js';
@@ -91,6 +92,7 @@ export async function buildArtifact(root: string, swarm: string, options: BuildO
     await mkdir(temp);
     const budget = { left: options.maxBytes };
     await copyLive(live, temp, '', budget, options);
+    await checkBundlerReads(inputs, options.making);
     const stems = await findStems(live);
     const stemPaths: Record<string, string> = {};
     const failures: Record<string, string> = {};
