@@ -4,11 +4,12 @@
  * it too, in this process (a reload) and in the next one (its record), with a neighbour key
  * answering the whole time.
  */
-import { readdirSync, statSync } from 'node:fs';
-import { rename, rm, symlink, utimes, writeFile } from 'node:fs/promises';
+import { existsSync, readdirSync, statSync } from 'node:fs';
+import { mkdir, rename, rm, symlink, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Pool } from 'sandpool';
 import { describe, expect, it } from 'vitest';
+import { rejection } from './support/errors.js';
 import { eventually, installCleanup, invariants, openPool } from './support/pool.js';
 import { counterAgent, makeRoot, writeFiles } from './support/root.js';
 
@@ -220,5 +221,25 @@ describe('a live key whose folder did not change', () => {
     await writeFiles(root, { 'node_modules/pkg/index.js': "module.exports = 'replaced';" });
     await next.invalidate({ swarm: 'a' });
     expect(await answer(next)).toBe('replaced');
+  });
+});
+
+describe('a live folder past the stamp’s bound', () => {
+  it('is refused before it is built: no copy of 100,000 files at each start, the neighbour answering', async () => {
+    const root = await makeRoot({ ...(await counterAgent('n')), 'a/live/s.mjs': 'export const v = () => 1;\n' });
+    for (let folder = 0; folder < 100; folder++) {
+      await mkdir(join(root, `a/live/many/${folder}`), { recursive: true });
+      await Promise.all(
+        Array.from({ length: 1000 }, (_, i) => writeFile(join(root, `a/live/many/${folder}/${i}`), '')),
+      );
+    }
+    const pool = openPool({ root, queueTimeoutMs: 600_000 });
+    expect(await pool.call(NEIGHBOUR, 'add', [1, 1])).toBe(2);
+    const error = await withNeighbour(pool, () => rejection(pool.call('a/s', 'v')));
+    expect(error.code).toBe('ERR_SANDPOOL_MODULE_NOT_FOUND');
+    expect(error.message).toContain('live/: it holds over 100000 entries');
+    // Nothing was copied: no artifact of the swarm, nor a work folder.
+    const artifacts = join(root, '.sandpool-cache/artifacts/a');
+    expect(existsSync(artifacts) ? readdirSync(artifacts) : []).toEqual([]);
   });
 });

@@ -9,15 +9,20 @@ import type { BigIntStats, Dirent } from 'node:fs';
 import { lstat, readdir } from 'node:fs/promises';
 import { isBuiltin } from 'node:module';
 import { dirname, join, resolve } from 'node:path';
+import { snapshotBuild } from '../errors.js';
 import { isInside } from './confine.js';
 
-/** Entries of live/ stamped at most: past it no stamp is taken, and every start builds (and a build refuses it by its bytes). */
+/**
+ * Entries of live/ stamped at most, and so built at most: past it no stamp could be taken, and
+ * every start would copy the whole folder again (a minute for 100,000 empty files, on a loaded
+ * machine, in the helper every swarm's builds share).
+ */
 const MAX_ENTRIES = 100_000;
 
 /**
  * live/'s entries (its node_modules folders by their own entry, not their contents): path,
- * type, inode, size, mtime and ctime of each. Null when live/ is past MAX_ENTRIES or cannot
- * be read.
+ * type, inode, size, mtime and ctime of each. Null when live/ cannot be read; past MAX_ENTRIES
+ * the folder is refused (SNAPSHOT_BUILD), before anything of it is copied.
  */
 export async function treeStamp(liveReal: string): Promise<string | null> {
   const hash = createHash('sha256');
@@ -34,11 +39,18 @@ export async function treeStamp(liveReal: string): Promise<string | null> {
     }
     return true;
   };
+  let whole: boolean;
   try {
-    return (await walk(liveReal, '')) ? hash.digest('hex') : null;
+    whole = await walk(liveReal, '');
   } catch {
     return null;
   }
+  if (!whole) {
+    throw snapshotBuild(
+      `cannot build live/: it holds over ${MAX_ENTRIES} entries (files and folders, node_modules aside), more than a live key's reuse is stamped by`,
+    );
+  }
+  return hash.digest('hex');
 }
 
 /**
