@@ -1,12 +1,13 @@
 import { execFileSync } from 'node:child_process';
-import { existsSync, readdirSync } from 'node:fs';
-import { link, symlink, writeFile } from 'node:fs/promises';
+import fs, { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { link, mkdir, symlink, truncate, writeFile } from 'node:fs/promises';
+import { syncBuiltinESMExports } from 'node:module';
 import { join } from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import type { Pool } from 'sandpool';
 import { describe, expect, it } from 'vitest';
 import { rejection } from './support/errors.js';
-import { installCleanup, invariants, openPool } from './support/pool.js';
+import { childProcesses, installCleanup, invariants, openPool } from './support/pool.js';
 import { counterAgent, makeRoot, writeFiles } from './support/root.js';
 
 installCleanup();
@@ -146,6 +147,44 @@ describe('live keys run from an artifact', () => {
     // helper, 37 ms. A ratio of the same run, so a loaded machine slows both alike.
     expect(delay.max / 1e6).toBeLessThan(took / 4);
   });
+  it('starts a live key without the coordinator reading its manifest or walking its files', async () => {
+    // Both cost this thread in proportion to the tenant's files: at each start of a swarm of
+    // 3,000 files under long folder names and 10,000 folders (a 13 MB manifest), 1.5 s on a
+    // loaded machine, the neighbour waiting. Counted here, not timed: the thread's own calls.
+    const stems = Array.from({ length: 8 }, (_, i) => [`a/live/s${i}.mjs`, `export const v = () => ${i};\n`]);
+    const root = await tenants({
+      ...Object.fromEntries(stems),
+      'a/live/data/one/x.txt': 'x',
+      'a/live/data/two/y.txt': 'y',
+    });
+    const pool = openPool({ root });
+    expect(await pool.call('a/s0', 'v')).toBe(0);
+    const artifacts = join(root, '.sandpool-cache/artifacts/');
+    const seen = { manifests: 0, listings: 0 };
+    const { openSync, readdirSync: listSync } = fs;
+    fs.openSync = ((path: unknown, ...rest: unknown[]) => {
+      if (String(path).endsWith('/.sandpool-manifest.json')) seen.manifests += 1;
+      return (openSync as (...args: unknown[]) => number)(path, ...rest);
+    }) as typeof fs.openSync;
+    fs.readdirSync = ((path: unknown, ...rest: unknown[]) => {
+      if (String(path).startsWith(artifacts)) seen.listings += 1;
+      return (listSync as (...args: unknown[]) => unknown)(path, ...rest);
+    }) as typeof fs.readdirSync;
+    syncBuiltinESMExports();
+    try {
+      const { value } = await withNeighbour(pool, async () => {
+        const answers: unknown[] = [];
+        for (let i = 1; i < 8; i++) answers.push(await pool.call(`a/s${i}`, 'v'));
+        return answers;
+      });
+      expect(value).toEqual([1, 2, 3, 4, 5, 6, 7]);
+    } finally {
+      fs.openSync = openSync;
+      fs.readdirSync = listSync;
+      syncBuiltinESMExports();
+    }
+    expect(seen).toEqual({ manifests: 0, listings: 0 });
+  });
 });
 
 describe('live keys and their swarm', () => {
@@ -170,3 +209,93 @@ describe('live keys and their swarm', () => {
     expect(invariants(pool)).toEqual([]);
   });
 });
+
+describe('a live build that never ends', () => {
+  it('holds up neither the neighbour nor close()', async () => {
+    // A FIFO in a package folder (the operator's: a build trusts what is there), where esbuild
+    // opens a package.json itself: its read waits for a writer that never comes.
+    const root = await tenants({
+      'a/live/fifo.mjs': "import x from 'pkg';\nexport const v = () => x;\n",
+      'node_modules/pkg/index.js': "module.exports = 'pkg';",
+    });
+    execFileSync('mkfifo', [join(root, 'node_modules/pkg/package.json')]);
+    const pool = openPool({ root, queueTimeoutMs: 3000, closeTimeoutMs: 1000 });
+    const { value: error } = await withNeighbour(pool, () => rejection(pool.call('a/fifo', 'v')));
+    expect(error.code).toBe('ERR_SANDPOOL_QUEUE_TIMEOUT');
+    // Another of the neighbour's keys builds and starts meanwhile.
+    await writeFiles(root, { 'n/live/other.mjs': 'export const f = () => 7;\n' });
+    expect(await pool.call('n/other', 'f')).toBe(7);
+    const closing = pool.close().then(() => 'closed');
+    const bound = new Promise((resolve) => setTimeout(resolve, 60_000, 'still closing after a minute').unref());
+    expect(await Promise.race([closing, bound])).toBe('closed');
+  });
+});
+
+describe('the bundler the builds share', () => {
+  it.each([
+    ['a FIFO', 'is not a regular file', (at: string) => execFileSync('mkfifo', [at])],
+    ['a link to /dev/zero', 'is a symlink that leads outside', (at: string) => symlink('/dev/zero', at)],
+    [
+      'a sparse file of 2 GiB',
+      'holds 2147483648 bytes',
+      async (at: string) => {
+        await writeFile(at, '{}');
+        await truncate(at, 2 ** 31);
+      },
+    ],
+  ])('refuses %s where esbuild reads a package.json itself, before it reads it', async (_, why, plant) => {
+    const root = await tenants({
+      'a/live/s.mjs': "import x from 'pkg';\nexport const v = () => x;\n",
+      'a/live/node_modules/pkg/index.js': "module.exports = 'pkg';",
+    });
+    await plant(join(root, 'a/live/node_modules/pkg/package.json'));
+    const pool = openPool({ root, queueTimeoutMs: 20_000 });
+    const { value: error } = await withNeighbour(pool, () => rejection(pool.call('a/s', 'v')));
+    expect(error.code).toBe('ERR_SANDPOOL_MODULE_NOT_FOUND');
+    expect(error.message).toContain(`live/node_modules/pkg/package.json: it ${why}`);
+    // The helper and its bundler are whole: the neighbour's next build runs.
+    await writeFiles(root, { 'n/live/other.mjs': 'export const f = () => 7;\n' });
+    expect(await pool.call('n/other', 'f')).toBe(7);
+  });
+
+  it('refuses a package of the tenant’s linked to a folder outside the swarm, whose package.json esbuild would read', async () => {
+    // Any local user may write under the host's temporary folder: its package.json is nobody's the build trusts.
+    const elsewhere = await makeRoot({ 'pkg/index.js': "module.exports = 'elsewhere';" });
+    await symlink('/dev/zero', join(elsewhere, 'pkg/package.json'));
+    const root = await tenants({ 'a/live/s.mjs': "import x from 'pkg';\nexport const v = () => x;\n" });
+    await mkdir(join(root, 'a/live/node_modules'));
+    await symlink(join(elsewhere, 'pkg'), join(root, 'a/live/node_modules/pkg'));
+    const pool = openPool({ root, queueTimeoutMs: 20_000 });
+    const { value: error } = await withNeighbour(pool, () => rejection(pool.call('a/s', 'v')));
+    expect(error.code).toBe('ERR_SANDPOOL_MODULE_NOT_FOUND');
+    expect(error.message).toContain("live/node_modules/pkg: it is a symlink that leads outside the swarm's folder");
+    expect(error.message).not.toContain(elsewhere);
+  });
+
+  it('a bundler that died (the kernel’s OOM killer, say) is started again for the next build', async () => {
+    const root = await tenants();
+    const pool = openPool({ root });
+    expect(await pool.call(NEIGHBOUR, 'add', [1, 1])).toBe(2);
+    const bundlers = childProcesses()
+      .flatMap((helper) => descendants(helper))
+      .filter((pid) => readFileSync(`/proc/${pid}/cmdline`, 'latin1').includes('--service='));
+    expect(bundlers).toHaveLength(1);
+    process.kill(bundlers[0] as number, 'SIGKILL');
+    await writeFiles(root, {
+      'n/live/other.mjs': 'export const f = () => 7;\n',
+      'a/live/more.mjs': 'export const g = () => 8;\n',
+    });
+    const { value } = await withNeighbour(pool, async () => [
+      await pool.call('n/other', 'f'),
+      await pool.call('a/more', 'g'),
+      (await pool.snapshots.create('n', 'jan')).stems,
+    ]);
+    expect(value).toEqual([7, 8, ['format', 'notifier_agent', 'other']]);
+  });
+});
+
+/** Every process below `pid`, from the kernel. */
+function descendants(pid: number): number[] {
+  const children = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim();
+  return children === '' ? [] : children.split(' ').flatMap((child) => [Number(child), ...descendants(Number(child))]);
+}

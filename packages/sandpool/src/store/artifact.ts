@@ -9,9 +9,11 @@ import { chmod, lstat, mkdir, readdir, realpath, rename, stat, utimes, writeFile
 import { join, sep } from 'node:path';
 import { isSandpoolError, type SandpoolError, snapshotBuild, snapshotCorrupt, swarmNotFound } from '../errors.js';
 import { bundleStem } from './bundle.js';
+import { checkBundlerReads } from './bundler-reads.js';
 import { buildInputs, isInside, placeOf, readInput } from './confine.js';
 import { artifactDir, artifactsDir, liveDir, REMOVING_PREFIX, TEMP_PREFIX } from './layout.js';
 import { removeTree, sweepWorkFolders, workFolderName } from './leftovers.js';
+import { InputProbe } from './live-stamp.js';
 import {
   type ArtifactManifest,
   BUNDLES_DIR,
@@ -58,8 +60,8 @@ export interface Build extends BuiltArtifact {
    * swarm's one broken file must not stop its other stems.
    */
   readonly failures: Readonly<Record<string, string>>;
-  /** Real paths of every input the bundles read (live/'s files and package files). */
-  readonly read: readonly string[];
+  /** A live build's: what its bundles looked at, stamped before they looked (see InputProbe); null for a snapshot. */
+  readonly probe: InputProbe | null;
 }
 
 /** A finished build, about to be renamed into place. */
@@ -103,15 +105,22 @@ export async function buildArtifact(root: string, swarm: string, options: BuildO
     await mkdir(temp);
     const budget = { left: options.maxBytes };
     await copyLive(live, temp, '', budget, options);
+    await checkBundlerReads(inputs, options.making);
     const stems = await findStems(live);
     const stemPaths: Record<string, string> = {};
     const failures: Record<string, string> = {};
-    const read = new Set<string>();
+    const probe = options.making === 'live' ? new InputProbe([inputs.swarmReal, ...inputs.packages]) : null;
     if (stems.length > 0) await mkdir(join(temp, BUNDLES_DIR));
     for (const [stem, file] of stems) {
       let bundle: Buffer;
       try {
-        bundle = await bundleStem(file, { liveReal: live, inputs, budget, making: options.making, read });
+        bundle = await bundleStem(file, {
+          liveReal: live,
+          inputs,
+          budget,
+          making: options.making,
+          ...(probe === null ? {} : { probe }),
+        });
       } catch (error) {
         if (options.making === 'snapshot' || !isSandpoolError(error, 'ERR_SANDPOOL_SNAPSHOT_BUILD')) throw error;
         failures[stem] = error.message;
@@ -149,7 +158,7 @@ export async function buildArtifact(root: string, swarm: string, options: BuildO
     };
     const admit = options.admit ?? ((_build: FinishedBuild, go: () => Promise<void>) => go());
     await admit({ manifest, temp, manifestBytes: Buffer.byteLength(manifestText) }, publish);
-    return { digest: manifest.digest, manifest, dir, failures, read: [...read] };
+    return { digest: manifest.digest, manifest, dir, failures, probe };
   } finally {
     if (!published) await removeTree(temp);
   }

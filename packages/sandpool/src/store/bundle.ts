@@ -9,9 +9,10 @@
 import { realpathSync } from 'node:fs';
 import { extname, join, resolve, sep } from 'node:path';
 import type { Message, PartialMessage, Plugin } from 'esbuild';
-import { isSandpoolError, type SandpoolError, snapshotBuild } from '../errors.js';
+import { isSandpoolError, moduleLoad, type SandpoolError, snapshotBuild } from '../errors.js';
 import { stripTypeScript } from '../typescript/strip.js';
 import { type BuildInputs, isInside, placeOf, readInput, shownPath } from './confine.js';
+import type { InputProbe } from './live-stamp.js';
 import { UnsafeFileError } from './safe-read.js';
 
 /**
@@ -77,8 +78,8 @@ export interface BundleContext {
   budget: { left: number };
   /** What is being made, for messages: a snapshot, or the artifact a live key runs from. */
   making: 'snapshot' | 'live';
-  /** Real paths of the inputs read, added to as they are: what a live build's reuse stamps. */
-  read?: Set<string>;
+  /** A live build's: what it looks at, stamped before it looks (what its reuse is stamped by). */
+  probe?: InputProbe;
 }
 
 /** A module named by a host path: a build takes only what the swarm and its packages hold. */
@@ -136,6 +137,15 @@ function guardPlugin(context: BundleContext): Plugin {
           ? undefined
           : refuse("an absolute import: a build reads only the swarm's folder and its package folders"),
       );
+      const { probe } = context;
+      if (probe !== undefined) {
+        // Before esbuild resolves it: where the resolution will look is stamped as it was then.
+        build.onResolve({ filter: /.*/ }, async (args) => {
+          if (args.kind !== 'entry-point' && args.pluginData !== OWN_LOOKUP)
+            await probe.beforeResolve(args.resolveDir, args.path);
+          return undefined;
+        });
+      }
       // The tenant's own imports: resolved by esbuild, then answered in one way whether nothing
       // was found or something outside was, so neither message nor path tells them apart. An
       // operator's package resolves its own imports as esbuild does.
@@ -167,6 +177,7 @@ function guardPlugin(context: BundleContext): Plugin {
           return refuse(`${shown} is not a JavaScript, TypeScript or JSON module, which is all a snapshot holds`);
         }
         let read: Awaited<ReturnType<typeof readInput>>;
+        await context.probe?.beforeRead(args.path);
         try {
           read = await readInput(args.path, accept, context.budget.left);
         } catch (error) {
@@ -176,7 +187,6 @@ function guardPlugin(context: BundleContext): Plugin {
         }
         const { bytes, place } = read;
         context.budget.left -= bytes.length;
-        context.read?.add(args.path);
         // Node's own stripper, not esbuild's TypeScript: one rule (erasable syntax only) live and frozen.
         let code: string | null = null;
         if (loader === 'ts') {
@@ -220,37 +230,59 @@ function isInNodeModules(path: string): boolean {
   return path.split(sep).includes('node_modules');
 }
 
+/** Tries of a stem whose bundler's process ended under it: the second runs on a bundler started again. */
+const BUNDLE_ATTEMPTS = 2;
+
 /** One ES module holding the stem and everything it imports but node builtins. */
 export async function bundleStem(entry: string, context: BundleContext): Promise<Buffer> {
-  const { build } = await import('esbuild');
-  let result: Awaited<ReturnType<typeof build>>;
-  try {
-    result = await build({
-      entryPoints: [entry],
-      absWorkingDir: context.liveReal,
-      bundle: true,
-      write: false,
-      format: 'esm',
-      platform: 'node',
-      // The code runs as written: the Node that loads the snapshot is the one it was written for.
-      target: 'esnext',
-      logLevel: 'silent',
-      tsconfigRaw: '{}',
-      legalComments: 'eof',
-      banner: { js: BANNER },
-      // Only free references are replaced: a module's own `const __filename` stays its own.
-      // `import.meta` is each module's own __sandpoolMeta (declared by the plugin; esbuild
-      // renames one module's apart from another's).
-      define: { __filename: '__sandpoolFilename', __dirname: '__sandpoolDirname', 'import.meta': '__sandpoolMeta' },
-      plugins: [guardPlugin(context)],
-    });
-  } catch (error) {
-    const errors = (error as { errors?: Message[] }).errors;
-    throw buildError(context, entry, errors ?? []);
+  const { build, stop } = await import('esbuild');
+  const budget = context.budget.left;
+  for (let attempt = 1; ; attempt++) {
+    let result: Awaited<ReturnType<typeof build>>;
+    try {
+      result = await build({
+        entryPoints: [entry],
+        absWorkingDir: context.liveReal,
+        bundle: true,
+        write: false,
+        format: 'esm',
+        platform: 'node',
+        // The code runs as written: the Node that loads the snapshot is the one it was written for.
+        target: 'esnext',
+        logLevel: 'silent',
+        tsconfigRaw: '{}',
+        legalComments: 'eof',
+        banner: { js: BANNER },
+        // Only free references are replaced: a module's own `const __filename` stays its own.
+        // `import.meta` is each module's own __sandpoolMeta (declared by the plugin; esbuild
+        // renames one module's apart from another's).
+        define: { __filename: '__sandpoolFilename', __dirname: '__sandpoolDirname', 'import.meta': '__sandpoolMeta' },
+        plugins: [guardPlugin(context)],
+      });
+    } catch (error) {
+      const errors = (error as { errors?: Message[] }).errors ?? [];
+      if (!bundlerStopped(error, errors)) throw buildError(context, entry, errors);
+      // Killed (the kernel's OOM killer, say): no build would run again on this helper until the
+      // bundler is started again, which the next build does once it is stopped.
+      await stop();
+      if (attempt < BUNDLE_ATTEMPTS) {
+        context.budget.left = budget;
+        continue;
+      }
+      const text = `cannot build ${shownPath(context.inputs, entry)}: the bundler stopped while it built`;
+      // Not the stem's failure, which a live build would keep (see LiveArtifacts): the next look builds.
+      throw context.making === 'live' ? moduleLoad(text) : snapshotBuild(text);
+    }
+    const output = result.outputFiles?.[0];
+    if (output === undefined) throw buildError(context, entry, []);
+    return Buffer.from(output.contents.buffer, output.contents.byteOffset, output.contents.byteLength);
   }
-  const output = result.outputFiles?.[0];
-  if (output === undefined) throw buildError(context, entry, []);
-  return Buffer.from(output.contents.buffer, output.contents.byteOffset, output.contents.byteLength);
+}
+
+/** esbuild's service process ended under the build (esbuild's own words for it). */
+function bundlerStopped(error: unknown, errors: readonly Message[]): boolean {
+  const said = [String((error as { message?: unknown }).message), ...errors.map((message) => message.text)];
+  return said.some((text) => /The service (was stopped|is no longer running)/.test(text));
 }
 
 function buildError(context: BundleContext, entry: string, messages: Message[]): SandpoolError {

@@ -9,7 +9,7 @@ import { resolve } from 'node:path';
 import { isSandpoolError } from '../errors.js';
 import { DEFAULT_MAX_SNAPSHOT_BYTES } from './artifact.js';
 import type { HelperReceived, HelperReply, HelperRequest } from './helper-protocol.js';
-import { LiveArtifacts } from './live.js';
+import { LiveArtifacts, stemOf } from './live.js';
 import type { SnapshotStore } from './store.js';
 
 /** One store: a helper serves one pool, whose options every request repeats. */
@@ -24,7 +24,7 @@ async function run(request: HelperRequest): Promise<HelperReply> {
         resolve(request.options.root),
         request.options.maxSnapshotBytes ?? DEFAULT_MAX_SNAPSHOT_BYTES,
       );
-      return { id: request.id, ok: true, value: await live.get(request.swarm) };
+      return { id: request.id, ok: true, value: stemOf(await live.get(request.swarm), request.name) };
     }
     // One store for every request, however many arrive while its module loads (it runs one build per swarm at a time).
     store ??= import('./store.js').then(({ SnapshotStore }) => new SnapshotStore(request.options));

@@ -9,7 +9,7 @@ export interface HelperRequest {
   readonly op: HelperOp;
   readonly options: SnapshotStoreOptions;
   readonly swarm: string;
-  /** `list` and `live`: empty. */
+  /** `list`: empty; `live`: the stem a key starts. */
   readonly name: string;
   /** `point` only: the snapshot whose content `name` is pointed at. */
   readonly target?: string;

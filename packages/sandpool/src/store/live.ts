@@ -5,12 +5,11 @@
  * this process and, through a record in the store's cache, by the next one. Runs where the
  * store's heavy work runs: the snapshot helper process, never the coordinator's thread.
  */
-import { mkdir, realpath, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { invalidKey, snapshotBuild } from '../errors.js';
 import { isSwarmName } from '../swarm-name.js';
-import { buildArtifact, sweepUnused, touchArtifact } from './artifact.js';
-import { buildInputs } from './confine.js';
+import { type Build, buildArtifact, sweepUnused, touchArtifact } from './artifact.js';
 import { liveRecordsDir, TEMP_PREFIX } from './layout.js';
 import { workFolderName } from './leftovers.js';
 import { inputsStamp, treeStamp } from './live-stamp.js';
@@ -22,20 +21,42 @@ export interface LiveArtifact {
   readonly digest: string;
   /** Stems whose bundle failed, with the build's message (its place relative to the swarm, no host path). */
   readonly failures: Readonly<Record<string, string>>;
+  /** Each stem's bundle by the sha256 of its bytes, which its worker checks before running it. */
+  readonly bundles: Readonly<Record<string, string>>;
+}
+
+/**
+ * What one live key's start needs of its swarm's artifact, and nothing more: the coordinator
+ * reads no manifest (a swarm's may take megabytes to parse) and no other stem's failure.
+ */
+export interface LiveStem {
+  readonly digest: string;
+  /** Why the stem failed to bundle (its place relative to the swarm); null if it did not. */
+  readonly failure: string | null;
+  /** The sha256 of its bundle, `.sandpool-bundles/<stem>.mjs`; null when live/ has no such stem. */
+  readonly sha256: string | null;
+}
+
+/** How a pool asks for a live key's artifact (built off its thread, see SnapshotStore's helper). */
+export type LiveSource = (swarm: string, stem: string) => Promise<LiveStem>;
+
+export function stemOf(artifact: LiveArtifact, stem: string): LiveStem {
+  const failure = Object.hasOwn(artifact.failures, stem) ? artifact.failures[stem] : undefined;
+  const sha256 = Object.hasOwn(artifact.bundles, stem) ? artifact.bundles[stem] : undefined;
+  return { digest: artifact.digest, failure: failure ?? null, sha256: sha256 ?? null };
 }
 
 /** What the last live build of a swarm made, and what its reuse is stamped by. */
 interface Held {
   readonly artifact: LiveArtifact;
   readonly stamp: string;
-  /** Real paths of what the build read, and the folders they sit in (the swarm's, the package folders). */
-  readonly read: readonly string[];
-  readonly anchors: readonly string[];
+  /** What the build looked at besides live/'s entries (see InputProbe), stamped again at each look. */
+  readonly probed: readonly string[];
 }
 
 /** Tries of a build whose content a sweep elsewhere removed as it was made. */
 const BUILD_ATTEMPTS = 3;
-/** A record past this is not read (one lists the files a build read: 100,000 paths at most). */
+/** A record past this is not read (one lists the paths a build looked at). */
 const MAX_RECORD_BYTES = 64 * 1024 * 1024;
 
 export class LiveArtifacts {
@@ -71,7 +92,7 @@ export class LiveArtifacts {
     const live = join(this.root, swarm, 'live');
     const held = this.held.get(swarm) ?? (await this.recorded(swarm));
     if (held !== undefined) {
-      const stamp = await stampOf(live, held.read, held.anchors);
+      const stamp = await stampOf(live, held.probed);
       if (stamp === held.stamp && (await touchArtifact(this.root, swarm, held.artifact.digest))) return held.artifact;
     }
     // Stamped before it is read: a write during the build makes the next look build again.
@@ -84,13 +105,11 @@ export class LiveArtifacts {
           throw snapshotBuild('the content was removed as fast as it was built; try again');
         continue;
       }
-      const inputs = await buildInputs(await realpath(this.root), swarm);
-      const anchors = [inputs.swarmReal, ...inputs.packages];
-      const read = built.read;
-      const used = await inputsStamp(read, anchors);
-      const artifact: LiveArtifact = { digest: built.digest, failures: built.failures };
+      // As the build found them, before it looked: a change since makes the next look build.
+      const used = built.probe?.stamp() ?? null;
+      const artifact: LiveArtifact = { digest: built.digest, failures: built.failures, bundles: bundlesOf(built) };
       if (tree === null || used === null) this.held.delete(swarm);
-      else await this.hold(swarm, { artifact, stamp: `${tree}:${used}`, read, anchors });
+      else await this.hold(swarm, { artifact, stamp: `${tree}:${used}`, probed: built.probe?.paths() ?? [] });
       if (held !== undefined && held.artifact.digest !== built.digest) {
         // The old content's grace starts now: a worker still draining from it keeps its files.
         await touchArtifact(this.root, swarm, held.artifact.digest);
@@ -128,28 +147,40 @@ export class LiveArtifacts {
   }
 }
 
-async function stampOf(live: string, read: readonly string[], anchors: readonly string[]): Promise<string | null> {
-  const [tree, used] = await Promise.all([treeStamp(live), inputsStamp(read, anchors)]);
+async function stampOf(live: string, probed: readonly string[]): Promise<string | null> {
+  const [tree, used] = await Promise.all([treeStamp(live), inputsStamp(probed)]);
   return tree === null || used === null ? null : `${tree}:${used}`;
+}
+
+function bundlesOf({ manifest }: Build): Record<string, string> {
+  const bundles: Record<string, string> = {};
+  for (const [stem, rel] of Object.entries(manifest.stems)) {
+    const file = Object.hasOwn(manifest.files, rel) ? manifest.files[rel] : undefined;
+    if (file !== undefined) bundles[stem] = file.sha256;
+  }
+  return bundles;
 }
 
 /** A record's shape, checked by hand: the helper loads no schema library on its way to a live key's start. */
 function isHeld(value: unknown): value is Held {
   const record = value as Partial<Record<keyof Held, unknown>> | null;
-  const artifact = record?.artifact as { digest?: unknown; failures?: unknown } | undefined;
+  const artifact = record?.artifact as { digest?: unknown; failures?: unknown; bundles?: unknown } | undefined;
   const strings = (list: unknown): boolean => Array.isArray(list) && list.every((item) => typeof item === 'string');
+  const table = (value: unknown, valid: (item: unknown) => boolean): boolean =>
+    typeof value === 'object' && value !== null && Object.values(value).every(valid);
   return (
     typeof record === 'object' &&
     record !== null &&
     typeof record.stamp === 'string' &&
-    strings(record.read) &&
-    strings(record.anchors) &&
+    strings(record.probed) &&
     typeof artifact === 'object' &&
     artifact !== null &&
-    typeof artifact.digest === 'string' &&
-    /^[0-9a-f]{64}$/.test(artifact.digest) &&
-    typeof artifact.failures === 'object' &&
-    artifact.failures !== null &&
-    Object.values(artifact.failures).every((why) => typeof why === 'string')
+    isDigest(artifact.digest) &&
+    table(artifact.failures, (why) => typeof why === 'string') &&
+    table(artifact.bundles, isDigest)
   );
+}
+
+function isDigest(value: unknown): value is string {
+  return typeof value === 'string' && /^[0-9a-f]{64}$/.test(value);
 }

@@ -3,7 +3,7 @@ import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
 import { closed, isErrorCode, rebuilt } from '../errors.js';
 import type { HelperOp, HelperRequest } from './helper-protocol.js';
-import type { LiveArtifact } from './live.js';
+import type { LiveStem } from './live.js';
 import type { SnapshotInfo, SnapshotStoreOptions } from './store.js';
 
 const HELPER_ENTRY = fileURLToPath(new URL('./helper-entry.js', import.meta.url));
@@ -21,16 +21,21 @@ export const SnapshotInfoSchema = z.strictObject({
   signed: z.boolean(),
   stems: z.array(z.string()),
 });
-const LiveArtifactSchema = z.strictObject({
-  digest: z.string().regex(/^[0-9a-f]{64}$/),
-  failures: z.record(z.string().max(256), z.string().max(64 * 1024)),
+const Digest = z.string().regex(/^[0-9a-f]{64}$/);
+const LiveStemSchema = z.strictObject({
+  digest: Digest,
+  failure: z
+    .string()
+    .max(64 * 1024)
+    .nullable(),
+  sha256: Digest.nullable(),
 });
 const Received = z.strictObject({ id: z.number(), received: z.literal(true) });
 const Reply = z.discriminatedUnion('ok', [
   z.strictObject({
     id: z.number(),
     ok: z.literal(true),
-    value: z.union([SnapshotInfoSchema, z.array(SnapshotInfoSchema), LiveArtifactSchema, z.null()]),
+    value: z.union([SnapshotInfoSchema, z.array(SnapshotInfoSchema), LiveStemSchema, z.null()]),
   }),
   z.strictObject({
     id: z.number(),
@@ -71,7 +76,7 @@ interface Waiting {
 }
 
 type Answer = Pick<Waiting, 'resolve' | 'reject'>;
-type Answered = SnapshotInfo | SnapshotInfo[] | LiveArtifact | null;
+type Answered = SnapshotInfo | SnapshotInfo[] | LiveStem | null;
 
 /**
  * The coordinator's end of the snapshot helper (see helper-entry.ts): started on first use,
@@ -99,7 +104,7 @@ export class StoreHelper {
   run(op: 'remove', swarm: string, name: string): Promise<null>;
   run(op: 'point', swarm: string, name: string, target: string): Promise<SnapshotInfo>;
   run(op: 'list', swarm: string, name: ''): Promise<SnapshotInfo[]>;
-  run(op: 'live', swarm: string, name: ''): Promise<LiveArtifact>;
+  run(op: 'live', swarm: string, stem: string): Promise<LiveStem>;
   run(op: Exclude<HelperOp, 'remove' | 'point' | 'list' | 'live'>, swarm: string, name: string): Promise<SnapshotInfo>;
   run(op: HelperOp, swarm: string, name: string, target?: string): Promise<Answered> {
     if (this.closed) return Promise.reject(closed()); // callers check `available` first
@@ -134,18 +139,20 @@ export class StoreHelper {
   /**
    * Ends the helper: now when idle, or once what it runs has answered. close() does not wait
    * for a create, as a pool never waited for one it ran itself (it keeps the host alive until
-   * it answers, as it would in the host); it waits for a live key's build. After it, the
-   * store runs in the host.
+   * it answers, as it would in the host); it waits for a live key's build, for `buildWaitMs`
+   * at most: one that never ends (esbuild reading a FIFO in the tenant's folder) ends with the
+   * helper then. After it, the store runs in the host.
    */
-  async close(): Promise<void> {
+  async close(buildWaitMs = Number.POSITIVE_INFINITY): Promise<void> {
     this.closed = true;
     const child = this.child;
     if (child === null) return;
     if (this.waiting.size > 0) {
-      this.drained.push(() => child.disconnect());
+      // Not once ended: a helper killed below has no channel to end.
+      this.drained.push(() => child.connected && child.disconnect());
       // A live key's build is the pool's own work, not a caller's: it is done, writes and all, when close() is.
       const building = [...this.waiting.values()].some((entry) => entry.request.op === 'live');
-      if (building) await new Promise<void>((resolve) => this.drained.push(resolve));
+      if (building && !(await this.drainedWithin(buildWaitMs))) await this.kill(child);
       return;
     }
     if (child.exitCode === null && child.signalCode === null) {
@@ -154,6 +161,28 @@ export class StoreHelper {
       child.disconnect();
       await exited;
     }
+  }
+
+  /** Whether what the helper runs answered within `ms`. */
+  private async drainedWithin(ms: number): Promise<boolean> {
+    let timer: NodeJS.Timeout | undefined;
+    const drained = new Promise<boolean>((resolve) => this.drained.push(() => resolve(true)));
+    const late = new Promise<boolean>((resolve) => {
+      if (Number.isFinite(ms)) timer = setTimeout(resolve, ms, false);
+    });
+    try {
+      return await Promise.race([drained, late]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** Ends a helper now, and resolves once it has exited (what it ran fails; see fail()). */
+  private async kill(child: ChildProcess): Promise<void> {
+    if (child.exitCode !== null || child.signalCode !== null) return;
+    const exited = new Promise((resolve) => child.once('exit', resolve));
+    this.forget(child);
+    await exited;
   }
 
   private start(): ChildProcess {

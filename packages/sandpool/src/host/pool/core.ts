@@ -1,6 +1,6 @@
 import { resolve as resolvePath } from 'node:path';
 import { type InvalidateSelector, type ResolvedPoolOptions, swarmCap } from '../../options.js';
-import type { LiveArtifact } from '../../store/live.js';
+import type { LiveSource } from '../../store/live.js';
 import { digestOf } from '../../store/names.js';
 import type { InvalidateReport, KeyStats, PoolEvents, PoolStats } from '../../types.js';
 import { Dispatch } from '../calls/dispatch.js';
@@ -74,7 +74,7 @@ export class PoolCore {
     private readonly options: ResolvedPoolOptions,
     { emit, listens }: PoolEmitter,
     /** The artifact a swarm's live keys run from now, built off this thread. */
-    live: (swarm: string) => Promise<LiveArtifact>,
+    live: LiveSource,
   ) {
     this.root = resolvePath(options.root);
     this.pointers = new PointerBook(this.root, options.snapshotSecret);

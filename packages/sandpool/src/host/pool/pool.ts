@@ -152,7 +152,7 @@ export class Pool extends EventEmitter<PoolEvents> implements AsyncDisposable {
   async close(): Promise<void> {
     await Promise.all([
       this.#core.close(),
-      this.#storeHelper.close(),
+      this.#storeHelper.close(this.options.closeTimeoutMs),
       this.#sweep,
       this.#mirror?.then((m) => m.close()),
     ]);

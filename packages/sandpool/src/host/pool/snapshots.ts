@@ -1,5 +1,5 @@
 import { isSandpoolError, moduleLoad } from '../../errors.js';
-import type { LiveArtifact } from '../../store/live.js';
+import type { LiveSource } from '../../store/live.js';
 import type { PostgresMirror } from '../../store/postgres.js';
 import {
   checkPointArgs,
@@ -103,8 +103,8 @@ export class PoolSnapshotStore extends SnapshotStore {
  * (esbuild runs as a process of its own), so its live keys cannot be built: they fail to
  * load, saying so; its snapshot keys (made elsewhere) run.
  */
-export function liveArtifacts(helper: StoreHelper): (swarm: string) => Promise<LiveArtifact> {
-  return (swarm) => {
+export function liveArtifacts(helper: StoreHelper): LiveSource {
+  return (swarm, stem) => {
     if (!mayStartProcesses()) {
       return Promise.reject(
         moduleLoad(
@@ -113,7 +113,7 @@ export function liveArtifacts(helper: StoreHelper): (swarm: string) => Promise<L
         ),
       );
     }
-    return helper.run('live', swarm, '');
+    return helper.run('live', swarm, stem);
   };
 }
 

@@ -1,10 +1,17 @@
 import { realpathSync, statSync } from 'node:fs';
 import { dirname, join, sep } from 'node:path';
-import { isSandpoolError, moduleLoad, moduleNotFound, type SandpoolError, snapshotNotFound } from '../../errors.js';
+import {
+  isSandpoolError,
+  moduleLoad,
+  moduleNotFound,
+  type SandpoolError,
+  snapshotCorrupt,
+  snapshotNotFound,
+} from '../../errors.js';
 import type { ResolvedKey } from '../../key.js';
-import { locateArtifact } from '../../store/artifact.js';
-import type { LiveArtifact } from '../../store/live.js';
-import { type ArtifactManifest, type ManifestV2, snapshotDigest } from '../../store/manifest.js';
+import { artifactDir } from '../../store/layout.js';
+import type { LiveSource, LiveStem } from '../../store/live.js';
+import { type ArtifactManifest, BUNDLES_DIR, type ManifestV2, snapshotDigest } from '../../store/manifest.js';
 import { readSnapshotName, type SnapshotRef } from '../../store/names.js';
 
 export interface ModuleLocation {
@@ -20,6 +27,12 @@ export interface ModuleLocation {
   readonly swarmFolder: string;
   /** The folder to verify before loading. */
   readonly verifyDir: string;
+  /**
+   * Whether the folder is an artifact: the store made it, of copies and bundles, never a link,
+   * and froze it. A folder of the tenant's making (a snapshot folder made before artifacts) is
+   * walked for links that leave it at each start; an artifact needs no walk.
+   */
+  readonly artifact: boolean;
   /** sha256 of the bundle, from the manifest checked here (LoadRequest.sha256); null for an old snapshot folder. */
   readonly sha256: string | null;
   /** The content's digest (SnapshotInfo.digest; a live key's artifact's). */
@@ -31,8 +44,8 @@ export interface LocateOptions {
   readonly snapshotSecret?: string | undefined;
   /** What a snapshot key's name resolved to when its route opened: the route serves that digest only. */
   readonly snapshot?: SnapshotRef | null;
-  /** The artifact a swarm's live keys run from now, built off this thread (see SnapshotStore.live). */
-  readonly live: (swarm: string) => Promise<LiveArtifact>;
+  /** A live key's stem in the artifact its swarm runs from now, built off this thread (see SnapshotStore's helper). */
+  readonly live: LiveSource;
 }
 
 export const EXTENSIONS = ['.mjs', '.js', '.cjs', '.mts', '.ts', '.cts'] as const;
@@ -47,7 +60,7 @@ export async function locateModule(root: string, key: ResolvedKey, options: Loca
   if (key.snapshot !== null) {
     const ref = options.snapshot ?? readSnapshotName(root, key.swarm, key.snapshot, options.snapshotSecret, key.text);
     if (ref.kind === 'pointer')
-      return bundleOf(key, ref.artifact.dir, dirname(ref.artifact.dir), ref.artifact.manifest);
+      return { ...bundleOf(key, ref.artifact.dir, dirname(ref.artifact.dir), ref.artifact.manifest), artifact: true };
     const realFolder = realpathOrNull(ref.dir);
     if (realFolder === null) throw snapshotNotFound(key.swarm, key.snapshot, key.text);
     if (realRoot === null || !realFolder.startsWith(realRoot + sep)) {
@@ -57,14 +70,28 @@ export async function locateModule(root: string, key: ResolvedKey, options: Loca
     if (ref.manifest.version === 2) return bundleOf(key, realFolder, dirname(dirname(realFolder)), ref.manifest);
     return fileIn(key, ref.dir, realFolder, snapshotDigest(ref.manifest, ref.text));
   }
-  const built = await liveArtifact(key, options.live);
-  const failure = Object.hasOwn(built.failures, key.stem) ? built.failures[key.stem] : undefined;
-  if (failure !== undefined) throw moduleLoad(failure, key.text);
-  const artifact = locateArtifact(root, key.swarm, built.digest, key.text);
-  if (!Object.hasOwn(artifact.manifest.stems, key.stem)) {
-    throw notFound(key, `no ${key.stem}.mjs, .js, .cjs, .mts, .ts or .cts in live/`);
+  const built = await liveStem(key, options.live);
+  if (built.failure !== null) throw moduleLoad(built.failure, key.text);
+  if (built.sha256 === null) throw notFound(key, `no ${key.stem}.mjs, .js, .cjs, .mts, .ts or .cts in live/`);
+  // Where the helper built it, and the digest of the stem's bundle: no manifest is read on this
+  // thread at a start (one may take megabytes to parse); the worker checks the bundle's bytes.
+  const dir = realpathOrNull(artifactDir(root, key.swarm, built.digest));
+  if (dir === null) {
+    throw snapshotCorrupt(`live content ${built.digest.slice(0, 12)} is missing from the artifact store`, key.text);
   }
-  return bundleOf(key, artifact.dir, dirname(artifact.dir), artifact.manifest);
+  // The cache folder linked elsewhere would let a key read outside the root.
+  if (realRoot === null || !dir.startsWith(realRoot + sep)) {
+    throw snapshotCorrupt('live content resolves outside the root', key.text);
+  }
+  return {
+    file: join(dir, BUNDLES_DIR, `${key.stem}.mjs`),
+    folder: dir,
+    swarmFolder: dirname(dir),
+    verifyDir: dir,
+    sha256: built.sha256,
+    digest: built.digest,
+    artifact: true,
+  };
 }
 
 /**
@@ -73,9 +100,9 @@ export async function locateModule(root: string, key: ResolvedKey, options: Loca
  * reason (its place in the swarm, no host path), as for a swarm with no live folder. A stem
  * that fails to bundle is the stem's MODULE_LOAD (see locateModule).
  */
-async function liveArtifact(key: ResolvedKey, live: LocateOptions['live']): Promise<LiveArtifact> {
+async function liveStem(key: ResolvedKey, live: LiveSource): Promise<LiveStem> {
   try {
-    return await live(key.swarm);
+    return await live(key.swarm, key.stem);
   } catch (error) {
     if (isSandpoolError(error, 'ERR_SANDPOOL_SWARM_NOT_FOUND')) {
       throw notFound(key, `swarm ${key.swarm} has no live folder`);
@@ -108,6 +135,7 @@ function bundleOf(
     verifyDir: realFolder,
     sha256: entry.sha256,
     digest: manifest.digest,
+    artifact: false,
   };
 }
 
@@ -122,7 +150,15 @@ function fileIn(key: ResolvedKey, folder: string, realFolder: string, digest: st
       throw notFound(key, `${key.stem}${extension} resolves outside its folder`);
     }
     if (!statSync(real).isFile()) continue;
-    return { file: real, folder: realFolder, swarmFolder, verifyDir: realFolder, sha256: null, digest };
+    return {
+      file: real,
+      folder: realFolder,
+      swarmFolder,
+      verifyDir: realFolder,
+      sha256: null,
+      digest,
+      artifact: false,
+    };
   }
   throw notFound(key, `no ${key.stem}.mjs, .js, .cjs, .mts, .ts or .cts`);
 }
