@@ -3,12 +3,15 @@
 // content on the other within a measured bound; a tampered cached file is refused; a lost
 // connection leaves cached keys serving, and the node reconnects and sees a later move.
 import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { lstatSync } from 'node:fs';
-import { chmod, readdir, writeFile } from 'node:fs/promises';
+import { chmod, readdir, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
+import { locateArtifact } from '../packages/sandpool/dist/store/artifact.js';
+import { claimArtifact, collectUnused } from '../packages/sandpool/dist/store/postgres-content.js';
 import { inbox, percentile } from './support/child.js';
 import { installCleanup, invariants, openPool } from './support/pool.js';
 import { counterAgent, makeRoot, removeRoots, writeFiles } from './support/root.js';
@@ -23,6 +26,17 @@ if (URL_ENV === undefined && process.env.CI === 'true') {
 const KEY = 'a@prod/notifier_agent';
 const MOVES = 12;
 const NODE_B = 'sandpool-test-node-b';
+
+/** The tables as a release before content collection made them: a node must work on them as they are. */
+const EARLIER_TABLES = `
+CREATE TABLE sandpool_artifacts (
+  swarm text NOT NULL, digest text NOT NULL, manifest text NOT NULL, PRIMARY KEY (swarm, digest));
+CREATE TABLE sandpool_artifact_files (
+  swarm text NOT NULL, digest text NOT NULL, path text NOT NULL, bytes bytea NOT NULL,
+  PRIMARY KEY (swarm, digest, path), FOREIGN KEY (swarm, digest) REFERENCES sandpool_artifacts ON DELETE CASCADE);
+CREATE TABLE sandpool_pointers (
+  swarm text NOT NULL, name text NOT NULL, digest text NOT NULL, pointer text NOT NULL,
+  PRIMARY KEY (swarm, name), FOREIGN KEY (swarm, digest) REFERENCES sandpool_artifacts);`;
 
 const agent = (version: number): string => `export const version = () => ${version};`;
 
@@ -91,6 +105,47 @@ async function until(check: () => Promise<boolean>, timeoutMs = 30_000): Promise
   }
 }
 
+/** A swarm of this run only: the database outlives the test, and other runs may share it. */
+function runSwarm(prefix: string): string {
+  return `${prefix}${randomBytes(4).toString('hex')}`;
+}
+
+/** The swarm's artifacts as the database holds them, by digest. */
+async function contentRows(admin: pg.Client, swarm: string): Promise<string[]> {
+  const result = await admin.query('SELECT digest FROM sandpool_artifacts WHERE swarm = $1 ORDER BY digest', [swarm]);
+  return result.rows.map((row: { digest: string }) => row.digest);
+}
+
+async function fileRows(admin: pg.Client, swarm: string, digest: string): Promise<number> {
+  const result = await admin.query(
+    'SELECT count(*)::int AS n FROM sandpool_artifact_files WHERE swarm = $1 AND digest = $2',
+    [swarm, digest],
+  );
+  return result.rows[0].n as number;
+}
+
+/** Every artifact of the swarm in the database last used `minutes` ago: what 10 minutes of waiting would do. */
+async function ageRows(admin: pg.Client, swarm: string, minutes: number): Promise<void> {
+  await admin.query(`UPDATE sandpool_artifacts SET used_at = now() - $2 * interval '1 minute' WHERE swarm = $1`, [
+    swarm,
+    minutes,
+  ]);
+}
+
+/** A node's copies of the swarm's artifacts, by digest. */
+async function copiesOn(root: string, swarm: string): Promise<string[]> {
+  const names = await readdir(join(root, '.sandpool-cache/artifacts', swarm)).catch(() => [] as string[]);
+  return names.filter((name) => /^[0-9a-f]{64}$/.test(name)).sort();
+}
+
+/** Every copy on a node last used two hours ago, as store.test.ts ages local content. */
+async function ageCopies(root: string, swarm: string): Promise<void> {
+  const twoHoursAgo = new Date(Date.now() - 2 * 60 * 60 * 1000);
+  for (const digest of await copiesOn(root, swarm)) {
+    await utimes(join(root, '.sandpool-cache/artifacts', swarm, digest), twoHoursAgo, twoHoursAgo);
+  }
+}
+
 describe.skipIf(URL_ENV === undefined)('the PostgreSQL store, two nodes and no shared folder', () => {
   it('serves on B what A made, follows A’s moves within the bound, refuses tampered content, and outlives a lost connection', async () => {
     const url = URL_ENV as string;
@@ -98,6 +153,7 @@ describe.skipIf(URL_ENV === undefined)('the PostgreSQL store, two nodes and no s
     await admin.connect();
     try {
       await admin.query('DROP TABLE IF EXISTS sandpool_pointers, sandpool_artifact_files, sandpool_artifacts');
+      await admin.query(EARLIER_TABLES);
       const rootA = await makeRoot({ 'a/live/notifier_agent.mjs': agent(0) });
       const rootB = await makeRoot(await counterAgent('n'));
       const poolA = openPool({ root: rootA, store: { postgres: withApp(url, 'sandpool-test-node-a') } });
@@ -209,6 +265,124 @@ describe.skipIf(URL_ENV === undefined)('the PostgreSQL store, two nodes and no s
       await admin.end();
     }
   }, 240_000);
+
+  it('collects content no name has used for 10 minutes from the database and from every node, never content a name uses', async () => {
+    const url = URL_ENV as string;
+    const swarm = runSwarm('gc');
+    const key = (name: string): string => `${swarm}@${name}/notifier_agent`;
+    const admin = new pg.Client({ connectionString: url });
+    await admin.connect();
+    try {
+      const rootA = await makeRoot();
+      const rootB = await makeRoot(await counterAgent('n'));
+      const poolA = openPool({ root: rootA, store: { postgres: url } });
+      const poolB = openPool({ root: rootB, store: { postgres: url } });
+      const made = async (version: number, name: string): Promise<string> => {
+        await writeFiles(rootA, { [`${swarm}/live/notifier_agent.mjs`]: agent(version) });
+        return (await poolA.snapshots.create(swarm, name)).digest;
+      };
+      const [x1, x2, x3, x4] = [await made(1, 'v1'), await made(2, 'v2'), await made(3, 'v3'), await made(4, 'v4')];
+      await poolA.snapshots.point(swarm, 'prod', 'v1');
+      const sorted = (...digests: string[]): string[] => [...digests].sort();
+      expect(await contentRows(admin, swarm)).toEqual(sorted(x1, x2, x3, x4));
+
+      // Used long ago, then unnamed (x1 by a remove, x4 by a point moving its last name off):
+      // the grace starts at the unnaming, so both stay through the collections that follow.
+      await poolA.snapshots.point(swarm, 'prod', 'v2');
+      await ageRows(admin, swarm, 11);
+      await poolA.snapshots.remove(swarm, 'v1');
+      await poolA.snapshots.point(swarm, 'v4', 'v2');
+      expect(await contentRows(admin, swarm)).toEqual(sorted(x1, x2, x3, x4));
+      // Unnamed 9 minutes ago: still within the grace when the next name is removed.
+      await ageRows(admin, swarm, 9);
+      await poolA.snapshots.remove(swarm, 'v4');
+      expect(await contentRows(admin, swarm)).toEqual(sorted(x1, x2, x3, x4));
+
+      // Past the grace: the next unnaming collects x1 and x4 (rows and files), never x2 (named
+      // by prod and v2, though as old) nor x3 (unnamed, then created again under another name).
+      await poolA.snapshots.remove(swarm, 'v3');
+      await ageRows(admin, swarm, 11);
+      expect(await made(3, 'back')).toBe(x3);
+      await poolA.snapshots.remove(swarm, 'v2');
+      expect(await contentRows(admin, swarm)).toEqual(sorted(x2, x3));
+      expect(await fileRows(admin, swarm, x1)).toBe(0);
+      expect(await fileRows(admin, swarm, x4)).toBe(0);
+      expect(await fileRows(admin, swarm, x2)).toBeGreaterThan(0);
+
+      // Node B mirrored every name; once its names are as the database's, its copies unused for
+      // 10 minutes go with the next name it sees move off content, as the local store's do.
+      await until(async () => (await readdir(join(rootB, swarm, 'snapshots'))).sort().join() === 'back,prod');
+      await expect(poolB.call(key('prod'), 'version')).resolves.toBe(2);
+      expect(await copiesOn(rootB, swarm)).toEqual(sorted(x1, x2, x3, x4));
+      for (const root of [rootA, rootB]) await ageCopies(root, swarm);
+      await poolA.snapshots.point(swarm, 'prod', 'back');
+      await until(async () => (await poolB.call(key('prod'), 'version')) === 3);
+      await until(async () => (await copiesOn(rootB, swarm)).join() === sorted(x2, x3).join());
+      expect(await copiesOn(rootA, swarm)).toEqual(sorted(x2, x3));
+      expect(await contentRows(admin, swarm)).toEqual(sorted(x2, x3));
+      await expect(poolB.call(key('back'), 'version')).resolves.toBe(3);
+      await expect(poolB.call('n/notifier_agent', 'add', [2, 3])).resolves.toBe(5);
+      expect(invariants(poolA)).toEqual([]);
+      expect(invariants(poolB)).toEqual([]);
+    } finally {
+      await admin.end();
+    }
+  });
+
+  it('collects nothing another node is taking: a create claiming the content, or a name being pointed at it', async () => {
+    const url = URL_ENV as string;
+    const swarm = runSwarm('race');
+    const root = await makeRoot();
+    const pool = openPool({ root, store: { postgres: url } });
+    const digests: string[] = [];
+    for (const version of [1, 2, 3]) {
+      await writeFiles(root, { [`${swarm}/live/notifier_agent.mjs`]: agent(version) });
+      digests.push((await pool.snapshots.create(swarm, `v${version}`)).digest);
+      await pool.snapshots.remove(swarm, `v${version}`);
+    }
+    await pool.close();
+    const [claimed, pointed, free] = digests as [string, string, string];
+    const [admin, taker] = [new pg.Client({ connectionString: url }), new pg.Client({ connectionString: url })];
+    await Promise.all([admin.connect(), taker.connect()]);
+    try {
+      // All three unnamed, and past any grace.
+      await ageRows(admin, swarm, 60);
+      const pointerOf = (name: string, digest: string): unknown[] => [swarm, name, digest, `{"name":"${name}"}`];
+      // Another node, mid-transaction: a create claiming one content, a name pointed at another.
+      await taker.query('BEGIN');
+      await claimArtifact(taker, locateArtifact(root, swarm, claimed));
+      await taker.query('INSERT INTO sandpool_pointers (swarm, name, digest, pointer) VALUES ($1, $2, $3, $4)', [
+        ...pointerOf('taken', pointed),
+      ]);
+      // A collection meanwhile skips what the taker holds, without waiting for it.
+      await admin.query('BEGIN');
+      const removed = await Promise.race([
+        collectUnused(admin, swarm, 0),
+        new Promise<never>((_, reject) =>
+          setTimeout(() => reject(new Error('the collection waited for the taker')), 30_000).unref(),
+        ),
+      ]);
+      await admin.query('COMMIT');
+      expect(removed).toEqual([free]);
+      await taker.query('INSERT INTO sandpool_pointers (swarm, name, digest, pointer) VALUES ($1, $2, $3, $4)', [
+        ...pointerOf('created', claimed),
+      ]);
+      await taker.query('COMMIT');
+      expect(await contentRows(admin, swarm)).toEqual([claimed, pointed].sort());
+      const files = Object.keys(locateArtifact(root, swarm, claimed).manifest.files).length;
+      expect(await fileRows(admin, swarm, claimed)).toBe(files);
+      expect(await fileRows(admin, swarm, free)).toBe(0);
+      // Named now: a later collection leaves both.
+      await admin.query('BEGIN');
+      expect(await collectUnused(admin, swarm, 0)).toEqual([]);
+      await admin.query('COMMIT');
+    } finally {
+      // The taker first: its connection's end ends its transaction, which a stuck collection waits for.
+      await taker.end();
+      await admin.query('DELETE FROM sandpool_pointers WHERE swarm = $1', [swarm]).catch(() => {});
+      await admin.end();
+    }
+  });
 
   it('refuses writes while the database cannot be reached, changes nothing, and keeps serving', async () => {
     // A closed port: every connection fails at once.

@@ -8,31 +8,49 @@
  */
 import { createHash } from 'node:crypto';
 import { lstatSync } from 'node:fs';
-import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import pg from 'pg';
 import { isSandpoolError, type SandpoolError, snapshotBuild, snapshotCorrupt, snapshotExists } from '../errors.js';
 import { SnapshotNameSchema, SwarmSchema } from '../key.js';
-import { type BuiltArtifact, freezeFolders, locateArtifact } from './artifact.js';
+import { freezeFolders, locateArtifact, sweepUnused, touchArtifact, UNUSED_ARTIFACT_MS } from './artifact.js';
 import { artifactDir, artifactsDir, REMOVING_PREFIX, snapshotDir, snapshotsDir, TEMP_PREFIX } from './layout.js';
 import { removeTree, workFolderName } from './leftovers.js';
 import { type ArtifactManifest, MANIFEST_NAME, parseManifest, serializeManifest } from './manifest.js';
+import { namedDigests, pointedDigest } from './names.js';
 import { checkPointerPlace, readPointer } from './pointer.js';
+import { claimArtifact, collectUnused, markUsed } from './postgres-content.js';
 import type { ResolvedPostgresStore } from './postgres-options.js';
 
 const CHANNEL = 'sandpool_pointers';
 const POINTER_BYTES = 4096;
 const BACKOFF_FIRST_MS = 100;
 const BACKOFF_MAX_MS = 5_000;
+const TRANSACTION_ATTEMPTS = 3;
+/** PostgreSQL's deadlock_detected. */
+const DEADLOCK = '40P01';
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS sandpool_artifacts (
-  swarm text NOT NULL, digest text NOT NULL, manifest text NOT NULL, PRIMARY KEY (swarm, digest));
+  swarm text NOT NULL, digest text NOT NULL, manifest text NOT NULL, used_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (swarm, digest));
 CREATE TABLE IF NOT EXISTS sandpool_artifact_files (
   swarm text NOT NULL, digest text NOT NULL, path text NOT NULL, bytes bytea NOT NULL,
   PRIMARY KEY (swarm, digest, path), FOREIGN KEY (swarm, digest) REFERENCES sandpool_artifacts ON DELETE CASCADE);
 CREATE TABLE IF NOT EXISTS sandpool_pointers (
   swarm text NOT NULL, name text NOT NULL, digest text NOT NULL, pointer text NOT NULL,
-  PRIMARY KEY (swarm, name), FOREIGN KEY (swarm, digest) REFERENCES sandpool_artifacts);`;
+  PRIMARY KEY (swarm, name), FOREIGN KEY (swarm, digest) REFERENCES sandpool_artifacts);
+-- Tables made before content was collected gain what collection needs. Looked up first: an
+-- ALTER or CREATE INDEX would lock the table against every node's writes on each start.
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_attribute
+      WHERE attrelid = 'sandpool_artifacts'::regclass AND attname = 'used_at' AND NOT attisdropped) THEN
+    -- Content already there starts its grace now.
+    ALTER TABLE sandpool_artifacts ADD COLUMN IF NOT EXISTS used_at timestamptz NOT NULL DEFAULT now();
+  END IF;
+  IF to_regclass('sandpool_pointers_by_digest') IS NULL THEN
+    CREATE INDEX IF NOT EXISTS sandpool_pointers_by_digest ON sandpool_pointers (swarm, digest);
+  END IF;
+END $$;`;
 
 interface Row {
   readonly swarm: string;
@@ -108,16 +126,20 @@ export class PostgresMirror {
    * is free or already this content's (EXISTS otherwise); a point only if `target` still names
    * that content. When the database refuses or cannot be reached, the local name is put back
    * as the database has it (or at the next recheck) and the error is thrown: nothing changed.
+   * Content a point moved the name off starts its grace, and what is past it is collected.
    */
   async #publish(swarm: string, name: string, target: string | null): Promise<void> {
     const root = this.#options.root;
     const { pointer, text } = readPointer(snapshotDir(root, swarm, name));
     const artifact = locateArtifact(root, swarm, pointer.digest);
+    let unnamed: string | null = null;
     try {
       await this.#tables();
-      await this.#transaction(async (client) => {
-        await this.#upload(client, artifact);
-        if (target !== null) {
+      unnamed = await this.#transaction(async (client) => {
+        let before: string | null = null;
+        if (target === null) {
+          await claimArtifact(client, artifact);
+        } else {
           const row = await client.query(
             'SELECT digest FROM sandpool_pointers WHERE swarm = $1 AND name = $2 FOR SHARE',
             [swarm, target],
@@ -127,6 +149,13 @@ export class PostgresMirror {
               `snapshot ${target} of swarm ${swarm} moved while ${name} was pointed at it; try again`,
             );
           }
+          const held = await client.query(
+            'SELECT digest FROM sandpool_pointers WHERE swarm = $1 AND name = $2 FOR UPDATE',
+            [swarm, name],
+          );
+          before = (held.rows[0]?.digest as string | undefined) ?? null;
+          // Named by the target, so its row is there (the foreign key): marked, not uploaded.
+          await markUsed(client, swarm, before === null ? [artifact.digest] : [artifact.digest, before]);
         }
         const written = await client.query(
           target === null
@@ -141,15 +170,17 @@ export class PostgresMirror {
             name,
           ]);
           if (row.rows[0]?.digest !== artifact.digest) throw snapshotExists(swarm, name);
-          return;
+          return null;
         }
         await client.query('SELECT pg_notify($1, $2)', [CHANNEL, `${swarm}/${name}`]);
+        return before === artifact.digest ? null : before;
       });
     } catch (error) {
       await this.#undo(swarm, name, text);
       throw error;
     }
     await this.#syncNow(swarm, name);
+    if (unnamed !== null) await this.#collect(swarm);
   }
 
   /** A local write the database did not take: made what the database says, or (unreachable) hidden until it says. */
@@ -169,13 +200,31 @@ export class PostgresMirror {
     }
   }
 
-  /** Drops the name everywhere (its content stays in the database for names still using it). */
+  /**
+   * Drops the name everywhere. Its content stays for the names still using it; unnamed, its
+   * grace starts, and content unnamed past its grace is collected.
+   */
   async remove(swarm: string, name: string): Promise<void> {
     await this.ready();
-    await this.#transaction(async (client) => {
-      await client.query('DELETE FROM sandpool_pointers WHERE swarm = $1 AND name = $2', [swarm, name]);
+    const unnamed = await this.#transaction(async (client) => {
+      const gone = await client.query('DELETE FROM sandpool_pointers WHERE swarm = $1 AND name = $2 RETURNING digest', [
+        swarm,
+        name,
+      ]);
+      const digest = (gone.rows[0]?.digest as string | undefined) ?? null;
+      if (digest !== null) await markUsed(client, swarm, [digest]);
       await client.query('SELECT pg_notify($1, $2)', [CHANNEL, `${swarm}/${name}`]);
+      return digest;
     });
+    if (unnamed !== null) await this.#collect(swarm);
+  }
+
+  /**
+   * The swarm's content no name has used for UNUSED_ARTIFACT_MS leaves the database. Best
+   * effort, as the local sweep: what fails now goes with the next name moved off content.
+   */
+  async #collect(swarm: string): Promise<void> {
+    await this.#transaction((client) => collectUnused(client, swarm, UNUSED_ARTIFACT_MS)).catch(() => {});
   }
 
   /** Makes the local pointer of one name what the database says (fetching its artifact first). */
@@ -301,42 +350,33 @@ export class PostgresMirror {
     }
   }
 
+  /**
+   * Runs `body` in one transaction. Points and removes lock names, then content (in digest
+   * order); a create claims its content first. Two writers on two nodes can still wait for
+   * each other (a point of `a` at `b` while `b` is pointed at `a`): PostgreSQL ends one of
+   * them (a deadlock), and it runs again, as nothing of it was kept.
+   */
   async #transaction<T>(body: (client: pg.PoolClient) => Promise<T>): Promise<T> {
-    let client: pg.PoolClient;
-    try {
-      client = await this.#pool.connect();
-    } catch (error) {
-      throw unreachable('no connection', error);
-    }
-    try {
-      await client.query('BEGIN');
-      const value = await body(client);
-      await client.query('COMMIT');
-      return value;
-    } catch (error) {
-      await client.query('ROLLBACK').catch(() => {});
-      if (isSandpoolError(error)) throw error;
-      throw unreachable('a transaction failed; nothing changed', error);
-    } finally {
-      client.release();
-    }
-  }
-
-  async #upload(client: pg.PoolClient, artifact: BuiltArtifact): Promise<void> {
-    const { swarm, digest } = artifact.manifest;
-    const added = await client.query(
-      'INSERT INTO sandpool_artifacts (swarm, digest, manifest) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING',
-      [swarm, digest, serializeManifest(artifact.manifest)],
-    );
-    if (added.rowCount !== 1) return;
-    for (const path of Object.keys(artifact.manifest.files)) {
-      const bytes = await readFile(join(artifact.dir, ...path.split('/')));
-      await client.query('INSERT INTO sandpool_artifact_files (swarm, digest, path, bytes) VALUES ($1, $2, $3, $4)', [
-        swarm,
-        digest,
-        path,
-        bytes,
-      ]);
+    for (let attempt = 1; ; attempt++) {
+      let client: pg.PoolClient;
+      try {
+        client = await this.#pool.connect();
+      } catch (error) {
+        throw unreachable('no connection', error);
+      }
+      try {
+        await client.query('BEGIN');
+        const value = await body(client);
+        await client.query('COMMIT');
+        return value;
+      } catch (error) {
+        await client.query('ROLLBACK').catch(() => {});
+        if (isSandpoolError(error)) throw error;
+        if (attempt < TRANSACTION_ATTEMPTS && sqlState(error) === DEADLOCK) continue;
+        throw unreachable('a transaction failed; nothing changed', error);
+      } finally {
+        client.release();
+      }
     }
   }
 
@@ -348,9 +388,11 @@ export class PostgresMirror {
     }
     const id = `${swarm}/${name}`;
     const path = snapshotDir(this.#options.root, swarm, name);
+    const before = pointedDigest(this.#options.root, swarm, name);
     if (row === null) {
       this.#applied.delete(id);
       if (lstatSync(path, { throwIfNoEntry: false })?.isFile() === true) await this.#unlink(swarm, path);
+      if (before !== null) await this.#unnamedHere(swarm, before);
       return;
     }
     if (row.pointer.length > POINTER_BYTES) throw snapshotCorrupt(`the database's pointer for ${id} is too large`);
@@ -372,10 +414,25 @@ export class PostgresMirror {
         refused = error;
       }
       await rename(temp, path);
+      if (before !== null && before !== pointer.digest) await this.#unnamedHere(swarm, before);
       if (refused !== null) throw refused;
       this.#applied.set(id, row.pointer);
     } finally {
       await rm(temp, { force: true });
+    }
+  }
+
+  /**
+   * This node's copy of content its names moved off: kept for UNUSED_ARTIFACT_MS from now,
+   * as the local store keeps it, and the swarm's copies unused past that removed. Best effort.
+   */
+  async #unnamedHere(swarm: string, digest: string): Promise<void> {
+    const root = this.#options.root;
+    try {
+      await touchArtifact(root, swarm, digest);
+      await sweepUnused(root, swarm, () => namedDigests(root, swarm));
+    } catch {
+      // What stays goes with the next sweep.
     }
   }
 
@@ -468,9 +525,14 @@ function checkPath(path: string): void {
  * its messages may name the host or user of the connection string.
  */
 function unreachable(what: string, error: unknown): SandpoolError {
-  const code =
-    typeof error === 'object' && error !== null && 'code' in error && typeof error.code === 'string'
-      ? ` (${error.code.slice(0, 32)})`
-      : '';
+  const state = sqlState(error);
+  const code = state === null ? '' : ` (${state.slice(0, 32)})`;
   return snapshotBuild(`the snapshot store's database cannot be used: ${what}${code}`);
+}
+
+/** A pg error's SQLSTATE, or a socket error's errno code. */
+function sqlState(error: unknown): string | null {
+  return typeof error === 'object' && error !== null && 'code' in error && typeof error.code === 'string'
+    ? error.code
+    : null;
 }

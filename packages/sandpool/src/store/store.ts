@@ -38,8 +38,8 @@ import {
   verifyAgainst,
 } from './manifest.js';
 import { withNameLock } from './name-lock.js';
-import { namedDigests, readSnapshotName, type SnapshotRef } from './names.js';
-import { type Pointer, readPointer, serializePointer, signPointer } from './pointer.js';
+import { namedDigests, pointedDigest, pointedPointer, readSnapshotName, type SnapshotRef } from './names.js';
+import { type Pointer, serializePointer, signPointer } from './pointer.js';
 
 export interface SnapshotInfo {
   readonly swarm: string;
@@ -428,19 +428,6 @@ function infoOfPointer(pointer: Pointer, manifest: ArtifactManifest): SnapshotIn
 function sizeOf(manifest: Manifest): { files: number; bytes: number } {
   const entries = Object.values(manifest.files);
   return { files: entries.length, bytes: entries.reduce((sum, file) => sum + file.bytes, 0) };
-}
-
-/** The digest a name's pointer holds now, unchecked; null for none (or a folder made before artifacts). */
-function pointedDigest(root: string, swarm: string, name: string): string | null {
-  return pointedPointer(root, swarm, name)?.digest ?? null;
-}
-
-function pointedPointer(root: string, swarm: string, name: string): Pointer | null {
-  try {
-    return readPointer(snapshotDir(root, swarm, name)).pointer;
-  } catch {
-    return null;
-  }
 }
 
 /** The same move of the name (a point to the same content made later is another one). */
