@@ -5,7 +5,7 @@
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { lstatSync } from 'node:fs';
-import { chmod, readdir, utimes, writeFile } from 'node:fs/promises';
+import { chmod, readdir, readFile, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import pg from 'pg';
@@ -380,6 +380,90 @@ describe.skipIf(URL_ENV === undefined)('the PostgreSQL store, two nodes and no s
       // The taker first: its connection's end ends its transaction, which a stuck collection waits for.
       await taker.end();
       await admin.query('DELETE FROM sandpool_pointers WHERE swarm = $1', [swarm]).catch(() => {});
+      await admin.end();
+    }
+  });
+
+  it('signs a name in the database: every node follows the signed pointer, and a move made meanwhile is never undone', async () => {
+    const url = URL_ENV as string;
+    const swarm = runSwarm('sign');
+    const secret = 'fleet-signing-secret-0123456789';
+    const key = `${swarm}@prod/notifier_agent`;
+    const admin = new pg.Client({ connectionString: url });
+    await admin.connect();
+    try {
+      // Made by a node without the secret: unsigned rows.
+      const rootMaker = await makeRoot();
+      const maker = openPool({ root: rootMaker, store: { postgres: url } });
+      for (const version of [1, 2]) {
+        await writeFiles(rootMaker, { [`${swarm}/live/notifier_agent.mjs`]: agent(version) });
+        await maker.snapshots.create(swarm, `v${version}`);
+      }
+      await maker.snapshots.point(swarm, 'prod', 'v1');
+      const rootA = await makeRoot();
+      const rootB = await makeRoot(await counterAgent('n'));
+      const signer = openPool({
+        root: rootA,
+        snapshotSecret: secret,
+        store: { postgres: withApp(url, 'sandpool-test-signer') },
+      });
+      const follower = openPool({ root: rootB, snapshotSecret: secret, store: { postgres: url } });
+      const callB = (): Promise<unknown> =>
+        follower.call(key, 'version').catch((error: { code?: string }) => error.code ?? String(error));
+      await until(async () => (await callB()) === 'ERR_SANDPOOL_SNAPSHOT_CORRUPT');
+
+      // Signed on A: the row is signed, and B, which refused the unsigned pointer, serves it.
+      await expect(signer.snapshots.sign(swarm, 'prod')).resolves.toMatchObject({ name: 'prod', signed: true });
+      const row = await admin.query('SELECT pointer FROM sandpool_pointers WHERE swarm = $1 AND name = $2', [
+        swarm,
+        'prod',
+      ]);
+      expect(JSON.parse(row.rows[0].pointer as string)).toHaveProperty('hmac');
+      await until(async () => (await callB()) === 1);
+
+      // Another node moves v1 while A signs it: held open in a transaction until A's write waits
+      // on it, then committed. A's sign must fail and leave the move as it was made.
+      const moved = await admin.query(
+        `SELECT p.pointer, p.digest FROM sandpool_pointers p WHERE p.swarm = $1 AND p.name = 'v2'`,
+        [swarm],
+      );
+      const movedPointer = (moved.rows[0].pointer as string).replace('"name": "v2"', '"name": "v1"');
+      await admin.query('BEGIN');
+      await admin.query(`UPDATE sandpool_pointers SET digest = $2, pointer = $3 WHERE swarm = $1 AND name = 'v1'`, [
+        swarm,
+        moved.rows[0].digest,
+        movedPointer,
+      ]);
+      await admin.query('SELECT pg_notify($1, $2)', ['sandpool_pointers', `${swarm}/v1`]);
+      const signing = signer.snapshots.sign(swarm, 'v1').then(
+        () => null,
+        (error: { code?: string }) => error.code,
+      );
+      await until(async () => {
+        const waiting = await new pg.Client({ connectionString: url });
+        await waiting.connect();
+        try {
+          const result = await waiting.query(
+            `SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = 'sandpool-test-signer' AND wait_event_type = 'Lock'`,
+          );
+          return (result.rows[0].n as number) > 0;
+        } finally {
+          await waiting.end();
+        }
+      });
+      await admin.query('COMMIT');
+      expect(await signing).toBe('ERR_SANDPOOL_SNAPSHOT_BUILD');
+      const after = await admin.query('SELECT pointer FROM sandpool_pointers WHERE swarm = $1 AND name = $2', [
+        swarm,
+        'v1',
+      ]);
+      expect(after.rows[0].pointer).toBe(movedPointer);
+      // A's own copy of the name is the database's again (unsigned: under A's secret, refused).
+      await until(async () => (await readFile(join(rootA, swarm, 'snapshots', 'v1'), 'utf8')) === movedPointer);
+      await expect(follower.call('n/notifier_agent', 'add', [2, 3])).resolves.toBe(5);
+      for (const pool of [maker, signer, follower]) expect(invariants(pool)).toEqual([]);
+    } finally {
+      await admin.query('ROLLBACK').catch(() => {});
       await admin.end();
     }
   });

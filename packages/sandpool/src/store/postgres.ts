@@ -52,6 +52,20 @@ DO $$ BEGIN
   END IF;
 END $$;`;
 
+/** What a local write did to a name: made it, moved it to a target's content, or signed it again. */
+export type LocalWrite =
+  | { readonly kind: 'create' }
+  | { readonly kind: 'point'; readonly target: string }
+  | { readonly kind: 'sign' };
+
+/** A name's row as a write leaves it. */
+interface NameRow {
+  readonly swarm: string;
+  readonly name: string;
+  readonly digest: string;
+  readonly pointer: string;
+}
+
 interface Row {
   readonly swarm: string;
   readonly name: string;
@@ -121,14 +135,15 @@ export class PostgresMirror {
   }
 
   /**
-   * Takes to the database what create (`target` null) or point just wrote under this root, in
-   * one transaction with the content's upload, then NOTIFY. A create takes the name only if it
-   * is free or already this content's (EXISTS otherwise); a point only if `target` still names
-   * that content. When the database refuses or cannot be reached, the local name is put back
-   * as the database has it (or at the next recheck) and the error is thrown: nothing changed.
+   * Takes to the database what a create, point or sign just wrote under this root, in one
+   * transaction (with the content's upload for a create), then NOTIFY. A create takes the name
+   * only if it is free or already this content's (EXISTS otherwise); a point only if its target
+   * still names that content; a sign replaces only the pointer it signed (`held`, as synced
+   * before it). When the database refuses or cannot be reached, the local name is put back as
+   * the database has it (or at the next recheck) and the error is thrown: nothing changed.
    * Content a point moved the name off starts its grace, and what is past it is collected.
    */
-  async #publish(swarm: string, name: string, target: string | null): Promise<void> {
+  async #publish(swarm: string, name: string, how: LocalWrite, held: string | null): Promise<void> {
     const root = this.#options.root;
     const { pointer, text } = readPointer(snapshotDir(root, swarm, name));
     const artifact = locateArtifact(root, swarm, pointer.digest);
@@ -136,44 +151,17 @@ export class PostgresMirror {
     try {
       await this.#tables();
       unnamed = await this.#transaction(async (client) => {
-        let before: string | null = null;
-        if (target === null) {
-          await claimArtifact(client, artifact);
-        } else {
-          const row = await client.query(
-            'SELECT digest FROM sandpool_pointers WHERE swarm = $1 AND name = $2 FOR SHARE',
-            [swarm, target],
-          );
-          if (row.rows[0]?.digest !== artifact.digest) {
-            throw snapshotCorrupt(
-              `snapshot ${target} of swarm ${swarm} moved while ${name} was pointed at it; try again`,
-            );
-          }
-          const held = await client.query(
-            'SELECT digest FROM sandpool_pointers WHERE swarm = $1 AND name = $2 FOR UPDATE',
-            [swarm, name],
-          );
-          before = (held.rows[0]?.digest as string | undefined) ?? null;
-          // Named by the target, so its row is there (the foreign key): marked, not uploaded.
-          await markUsed(client, swarm, before === null ? [artifact.digest] : [artifact.digest, before]);
-        }
-        const written = await client.query(
-          target === null
-            ? 'INSERT INTO sandpool_pointers (swarm, name, digest, pointer) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING'
-            : `INSERT INTO sandpool_pointers (swarm, name, digest, pointer) VALUES ($1, $2, $3, $4)
-               ON CONFLICT (swarm, name) DO UPDATE SET digest = EXCLUDED.digest, pointer = EXCLUDED.pointer`,
-          [swarm, name, artifact.digest, text],
-        );
-        if (written.rowCount !== 1) {
-          const row = await client.query('SELECT digest FROM sandpool_pointers WHERE swarm = $1 AND name = $2', [
-            swarm,
-            name,
-          ]);
-          if (row.rows[0]?.digest !== artifact.digest) throw snapshotExists(swarm, name);
+        const row = { swarm, name, digest: artifact.digest, pointer: text };
+        if (how.kind === 'sign') {
+          await resign(client, row, held);
           return null;
         }
-        await client.query('SELECT pg_notify($1, $2)', [CHANNEL, `${swarm}/${name}`]);
-        return before === artifact.digest ? null : before;
+        if (how.kind === 'create') {
+          await claimArtifact(client, artifact);
+          await nameContent(client, row);
+          return null;
+        }
+        return moveName(client, row, how.target);
       });
     } catch (error) {
       await this.#undo(swarm, name, text);
@@ -213,7 +201,7 @@ export class PostgresMirror {
       ]);
       const digest = (gone.rows[0]?.digest as string | undefined) ?? null;
       if (digest !== null) await markUsed(client, swarm, [digest]);
-      await client.query('SELECT pg_notify($1, $2)', [CHANNEL, `${swarm}/${name}`]);
+      await notify(client, swarm, name);
       return digest;
     });
     if (unnamed !== null) await this.#collect(swarm);
@@ -233,19 +221,23 @@ export class PostgresMirror {
   }
 
   /**
-   * A create (`target` null) or point of this node: `local` writes under the root as the file
-   * system store does, then `publish` takes it to the database. In the name's turn, so no sync
-   * of the name lands between the local write and its publication.
+   * A create, point or sign of this node: `local` writes under the root as the file system
+   * store does, then `publish` takes it to the database. In the name's turn, so no sync of the
+   * name lands between the local write and its publication.
    */
-  async write<T>(swarm: string, name: string, target: string | null, local: () => Promise<T>): Promise<T> {
+  async write<T>(swarm: string, name: string, how: LocalWrite, local: () => Promise<T>): Promise<T> {
     // Outside the name's turn: the first full sync takes every name's turn in its own.
     await this.ready();
     return this.#inTurn(swarm, name, async () => {
       // The target as the database names it now; the move is taken only if it still does.
-      if (target !== null && target !== name) await this.sync(swarm, target);
+      if (how.kind === 'point' && how.target !== name) await this.sync(swarm, how.target);
       await this.#syncNow(swarm, name);
+      // The pointer the database holds, as mirrored: what a sign may replace.
+      const held = this.#applied.get(`${swarm}/${name}`) ?? null;
       const value = await local();
-      await this.#publish(swarm, name, target);
+      // No row: a snapshot folder made before artifacts, which the database never held.
+      if (how.kind === 'sign' && held === null) return value;
+      await this.#publish(swarm, name, how, held);
       return value;
     });
   }
@@ -506,6 +498,71 @@ export class PostgresMirror {
       await writeFile(join(into, ...segments), bytes, { flag: 'wx', mode: 0o444 });
     }
   }
+}
+
+/** A create's name: taken if free, or already this content's (EXISTS when other content holds it). */
+async function nameContent(client: pg.ClientBase, row: NameRow): Promise<void> {
+  const { swarm, name, digest, pointer } = row;
+  const written = await client.query(
+    'INSERT INTO sandpool_pointers (swarm, name, digest, pointer) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING',
+    [swarm, name, digest, pointer],
+  );
+  if (written.rowCount === 1) return notify(client, swarm, name);
+  const holder = await client.query('SELECT digest FROM sandpool_pointers WHERE swarm = $1 AND name = $2', [
+    swarm,
+    name,
+  ]);
+  if (holder.rows[0]?.digest !== digest) throw snapshotExists(swarm, name);
+}
+
+/**
+ * A point: the name moves to the content `target` names, only if it still does. Returns the
+ * content the name moved off (its grace starts now), or null.
+ */
+async function moveName(client: pg.ClientBase, row: NameRow, target: string): Promise<string | null> {
+  const { swarm, name, digest, pointer } = row;
+  const named = await client.query('SELECT digest FROM sandpool_pointers WHERE swarm = $1 AND name = $2 FOR SHARE', [
+    swarm,
+    target,
+  ]);
+  if (named.rows[0]?.digest !== digest) {
+    throw snapshotCorrupt(`snapshot ${target} of swarm ${swarm} moved while ${name} was pointed at it; try again`);
+  }
+  const held = await client.query('SELECT digest FROM sandpool_pointers WHERE swarm = $1 AND name = $2 FOR UPDATE', [
+    swarm,
+    name,
+  ]);
+  const before = (held.rows[0]?.digest as string | undefined) ?? null;
+  // Named by the target, so its row is there (the foreign key): marked, not uploaded.
+  await markUsed(client, swarm, before === null ? [digest] : [digest, before]);
+  await client.query(
+    `INSERT INTO sandpool_pointers (swarm, name, digest, pointer) VALUES ($1, $2, $3, $4)
+     ON CONFLICT (swarm, name) DO UPDATE SET digest = EXCLUDED.digest, pointer = EXCLUDED.pointer`,
+    [swarm, name, digest, pointer],
+  );
+  await notify(client, swarm, name);
+  return before === digest ? null : before;
+}
+
+/**
+ * A sign: the name's row takes the signed pointer only while it still holds the pointer that
+ * was signed (`held`), so a move made meanwhile on another node is never undone.
+ */
+async function resign(client: pg.ClientBase, row: NameRow, held: string | null): Promise<void> {
+  const { swarm, name, pointer } = row;
+  // The held pointer names the signed one's content: the same text means the same digest.
+  const signed = await client.query(
+    'UPDATE sandpool_pointers SET pointer = $3 WHERE swarm = $1 AND name = $2 AND pointer = $4',
+    [swarm, name, pointer, held],
+  );
+  if (signed.rowCount !== 1)
+    throw snapshotBuild(`snapshot ${name} of swarm ${swarm} moved while it was signed; try again`);
+  await notify(client, swarm, name);
+}
+
+/** Every node's listener hears of the name when the transaction commits. */
+async function notify(client: pg.ClientBase, swarm: string, name: string): Promise<void> {
+  await client.query('SELECT pg_notify($1, $2)', [CHANNEL, `${swarm}/${name}`]);
 }
 
 /** A manifest path from the database: relative, plain segments, never the manifest's own name. */

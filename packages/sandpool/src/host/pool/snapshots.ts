@@ -32,7 +32,7 @@ export class PoolSnapshotStore extends SnapshotStore {
   override async create(swarm: string, name: string): Promise<SnapshotInfo> {
     if (this.mirror === null) return this.inHelper('create', swarm, name, () => super.create(swarm, name));
     checkSnapshotArgs(swarm, name);
-    return (await this.mirror).write(swarm, name, null, () =>
+    return (await this.mirror).write(swarm, name, { kind: 'create' }, () =>
       this.inHelper('create', swarm, name, () => super.create(swarm, name)),
     );
   }
@@ -51,8 +51,12 @@ export class PoolSnapshotStore extends SnapshotStore {
     return this.inHelper('verify', swarm, name, () => super.verify(swarm, name));
   }
 
-  override sign(swarm: string, name: string): Promise<SnapshotInfo> {
-    return this.inHelper('sign', swarm, name, () => super.sign(swarm, name));
+  /** With a database, the row is signed too, and every node mirrors the signed pointer. */
+  override async sign(swarm: string, name: string): Promise<SnapshotInfo> {
+    const local = (): Promise<SnapshotInfo> => this.inHelper('sign', swarm, name, () => super.sign(swarm, name));
+    if (this.mirror === null) return local();
+    checkSnapshotArgs(swarm, name);
+    return (await this.mirror).write(swarm, name, { kind: 'sign' }, local);
   }
 
   /** Every pool on the store sees the move within its pointer check (see PoolCore): the old content drains. */
@@ -60,7 +64,7 @@ export class PoolSnapshotStore extends SnapshotStore {
     checkPointArgs(swarm, name, target);
     const local = (): Promise<SnapshotInfo> =>
       this.helper.available ? this.helper.run('point', swarm, name, target) : super.point(swarm, name, target);
-    return this.mirror === null ? local() : (await this.mirror).write(swarm, name, target, local);
+    return this.mirror === null ? local() : (await this.mirror).write(swarm, name, { kind: 'point', target }, local);
   }
 
   override async remove(swarm: string, name: string): Promise<void> {
