@@ -4,11 +4,12 @@
 // connection leaves cached keys serving, and the node reconnects and sees a later move.
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { lstatSync } from 'node:fs';
+import { lstatSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { chmod, readdir, readFile, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import pg from 'pg';
+import { SnapshotStore } from 'sandpool';
 import { afterEach, describe, expect, it } from 'vitest';
 import { locateArtifact } from '../packages/sandpool/dist/store/artifact.js';
 import { claimArtifact, collectUnused } from '../packages/sandpool/dist/store/postgres-content.js';
@@ -103,6 +104,54 @@ async function until(check: () => Promise<boolean>, timeoutMs = 30_000): Promise
     if (Date.now() - started > timeoutMs) throw new Error('condition not reached in time');
     await new Promise((resolve) => setTimeout(resolve, 20));
   }
+}
+
+/**
+ * The process holding this machine's end of a TCP connection whose local port is `port`: the
+ * socket's inode from /proc/net/tcp, then the process with a descriptor on it.
+ */
+function socketOwner(port: number): number | null {
+  const inodes = ['/proc/net/tcp', '/proc/net/tcp6'].flatMap((table) =>
+    readFileSync(table, 'utf8')
+      .split('\n')
+      .slice(1)
+      .map((line) => line.trim().split(/\s+/))
+      .filter((fields) => fields.length > 9 && Number.parseInt(fields[1]?.split(':')[1] ?? '', 16) === port)
+      .map((fields) => `socket:[${fields[9]}]`),
+  );
+  for (const pid of readdirSync('/proc').filter((name) => /^\d+$/.test(name))) {
+    let fds: string[];
+    try {
+      fds = readdirSync(`/proc/${pid}/fd`);
+    } catch {
+      continue; // ended meanwhile
+    }
+    for (const fd of fds) {
+      try {
+        if (inodes.includes(readlinkSync(`/proc/${pid}/fd/${fd}`))) return Number(pid);
+      } catch {
+        // closed meanwhile
+      }
+    }
+  }
+  return null;
+}
+
+/**
+ * The processes whose connections (by application name) last ran a query starting with `sql`
+ * (and, given `waitingOn`, wait on it now): the coordinator, or another's command line.
+ */
+async function processesThatRan(admin: pg.Client, app: string, sql: string, waitingOn?: string): Promise<string[]> {
+  const result = await admin.query(
+    `SELECT client_port FROM pg_stat_activity WHERE application_name = $1 AND query LIKE $2
+     AND ($3::text IS NULL OR wait_event_type = $3)`,
+    [app, `${sql}%`, waitingOn ?? null],
+  );
+  return result.rows.map(({ client_port: port }: { client_port: number }) => {
+    const pid = socketOwner(port);
+    if (pid === null) return 'gone';
+    return pid === process.pid ? 'coordinator' : readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').join(' ');
+  });
 }
 
 /** A swarm of this run only: the database outlives the test, and other runs may share it. */
@@ -462,6 +511,56 @@ describe.skipIf(URL_ENV === undefined)('the PostgreSQL store, two nodes and no s
       await until(async () => (await readFile(join(rootA, swarm, 'snapshots', 'v1'), 'utf8')) === movedPointer);
       await expect(follower.call('n/notifier_agent', 'add', [2, 3])).resolves.toBe(5);
       for (const pool of [maker, signer, follower]) expect(invariants(pool)).toEqual([]);
+    } finally {
+      await admin.query('ROLLBACK').catch(() => {});
+      await admin.end();
+    }
+  });
+
+  it('uploads and downloads artifacts in the snapshot helper process, never on the coordinator', async () => {
+    const url = URL_ENV as string;
+    const swarm = runSwarm('xfer');
+    const admin = new pg.Client({ connectionString: url });
+    await admin.connect();
+    try {
+      const apps = { a: `sandpool-test-xfer-a-${process.pid}`, b: `sandpool-test-xfer-b-${process.pid}` };
+      const live = {
+        [`${swarm}/live/notifier_agent.mjs`]: agent(1),
+        [`${swarm}/live/data.json`]: JSON.stringify({ padding: 'x'.repeat(200_000) }),
+      };
+      // The content's digest, from a store of its own: the test takes its row first, so the
+      // upload waits, mid-transaction, where it can be seen.
+      const { digest } = await new SnapshotStore({ root: await makeRoot(live) }).create(swarm, 'probe');
+      await admin.query('BEGIN');
+      await admin.query(`INSERT INTO sandpool_artifacts (swarm, digest, manifest) VALUES ($1, $2, '{}')`, [
+        swarm,
+        digest,
+      ]);
+      const rootA = await makeRoot(live);
+      const poolA = openPool({ root: rootA, store: { postgres: withApp(url, apps.a) } });
+      const creating = poolA.snapshots.create(swarm, 'v1');
+      const waiting = new pg.Client({ connectionString: url });
+      await waiting.connect();
+      let uploaders: string[] = [];
+      try {
+        await until(async () => {
+          uploaders = await processesThatRan(waiting, apps.a, 'INSERT INTO sandpool_artifacts', 'Lock');
+          return uploaders.length > 0;
+        });
+      } finally {
+        await waiting.end();
+      }
+      await admin.query('ROLLBACK');
+      expect((await creating).digest).toBe(digest);
+
+      const rootB = await makeRoot();
+      const poolB = openPool({ root: rootB, store: { postgres: withApp(url, apps.b) } });
+      await until(async () => (await copiesOn(rootB, swarm)).includes(digest));
+      await expect(poolB.call(`${swarm}@v1/notifier_agent`, 'version')).resolves.toBe(1);
+      // Each connection's last query, traced to the process holding it (pg keeps idle ones 10 s).
+      const downloaders = await processesThatRan(admin, apps.b, 'SELECT bytes FROM sandpool_artifact_files');
+      expect(downloaders.length).toBeGreaterThan(0);
+      for (const owner of [...uploaders, ...downloaders]) expect(owner).toMatch(/store\/helper-entry\.js/);
     } finally {
       await admin.query('ROLLBACK').catch(() => {});
       await admin.end();

@@ -2,7 +2,10 @@ import type { SandpoolIssue } from '../errors.js';
 import type { SnapshotStoreOptions } from './store.js';
 
 /** What the snapshot helper runs for the coordinator. */
-export type HelperOp = 'create' | 'verify' | 'sign' | 'remove' | 'point' | 'get' | 'list';
+export type HelperOp = 'create' | 'verify' | 'sign' | 'remove' | 'point' | 'get' | 'list' | TransferOp;
+
+/** An artifact's bytes to or from the fleet's database (see postgres-transfer.ts). */
+export type TransferOp = 'upload' | 'download';
 
 export interface HelperRequest {
   readonly id: number;
@@ -13,6 +16,9 @@ export interface HelperRequest {
   readonly name: string;
   /** `point` only: the snapshot whose content `name` is pointed at. */
   readonly target?: string;
+  /** Transfers only (`name` empty): the artifact, and the database's connection string. */
+  readonly digest?: string;
+  readonly postgres?: string;
 }
 
 /** Sent the moment a request arrives, before it runs: what a helper that died never took is safe to send again. */

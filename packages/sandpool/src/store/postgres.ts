@@ -6,29 +6,27 @@
  * as they do without a database, and a move pushed by NOTIFY reaches the pool by the same
  * pointer check as a move on a shared disk. The database is never awaited when a call is admitted.
  */
-import { createHash } from 'node:crypto';
 import { lstatSync } from 'node:fs';
 import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import pg from 'pg';
-import { isSandpoolError, type SandpoolError, snapshotBuild, snapshotCorrupt, snapshotExists } from '../errors.js';
+import { isSandpoolError, snapshotBuild, snapshotCorrupt, snapshotExists } from '../errors.js';
 import { SnapshotNameSchema, SwarmSchema } from '../key.js';
-import { freezeFolders, locateArtifact, sweepUnused, touchArtifact, UNUSED_ARTIFACT_MS } from './artifact.js';
-import { artifactDir, artifactsDir, REMOVING_PREFIX, snapshotDir, snapshotsDir, TEMP_PREFIX } from './layout.js';
-import { removeTree, workFolderName } from './leftovers.js';
-import { type ArtifactManifest, MANIFEST_NAME, parseManifest, serializeManifest } from './manifest.js';
+import { locateArtifact, sweepUnused, touchArtifact, UNUSED_ARTIFACT_MS } from './artifact.js';
+import { artifactDir, REMOVING_PREFIX, snapshotDir, snapshotsDir, TEMP_PREFIX } from './layout.js';
+import { workFolderName } from './leftovers.js';
 import { namedDigests, pointedDigest } from './names.js';
 import { checkPointerPlace, readPointer } from './pointer.js';
 import { claimArtifact, collectUnused, markUsed } from './postgres-content.js';
+import { openDatabase, query, transaction } from './postgres-db.js';
 import type { ResolvedPostgresStore } from './postgres-options.js';
+import { downloadArtifact, uploadArtifact } from './postgres-transfer.js';
+import type { StoreHelper } from './store-helper.js';
 
 const CHANNEL = 'sandpool_pointers';
 const POINTER_BYTES = 4096;
 const BACKOFF_FIRST_MS = 100;
 const BACKOFF_MAX_MS = 5_000;
-const TRANSACTION_ATTEMPTS = 3;
-/** PostgreSQL's deadlock_detected. */
-const DEADLOCK = '40P01';
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS sandpool_artifacts (
   swarm text NOT NULL, digest text NOT NULL, manifest text NOT NULL, used_at timestamptz NOT NULL DEFAULT now(),
@@ -77,6 +75,8 @@ export interface MirrorOptions {
   readonly store: ResolvedPostgresStore;
   /** What one artifact may hold (maxSnapshotBytes): a larger one from the database is refused. */
   readonly maxBytes: number;
+  /** Runs uploads and downloads off the coordinator's thread, while it is available. */
+  readonly helper: StoreHelper;
   /** Told (without the connection string) when the database is lost or back. */
   readonly onState?: (state: 'lost' | 'connected') => void;
 }
@@ -102,9 +102,7 @@ export class PostgresMirror {
 
   constructor(options: MirrorOptions) {
     this.#options = options;
-    this.#pool = new pg.Pool({ connectionString: options.store.postgres, max: 4, idleTimeoutMillis: 10_000 });
-    // An idle client's lost connection: the next query reconnects.
-    this.#pool.on('error', () => {});
+    this.#pool = openDatabase(options.store.postgres, 4);
     this.#recheck = setInterval(() => void this.syncAll().catch(() => {}), options.store.recheckMs);
     this.#recheck.unref();
     this.#listen();
@@ -124,7 +122,7 @@ export class PostgresMirror {
 
   /** The tables, made once per database (a failed attempt is tried again on the next use). */
   #tables(): Promise<void> {
-    this.#schema ??= this.#query(SCHEMA).then(
+    this.#schema ??= query(this.#pool, SCHEMA).then(
       () => {},
       (error: unknown) => {
         this.#schema = null;
@@ -136,7 +134,8 @@ export class PostgresMirror {
 
   /**
    * Takes to the database what a create, point or sign just wrote under this root, in one
-   * transaction (with the content's upload for a create), then NOTIFY. A create takes the name
+   * transaction, then NOTIFY; a create's content is uploaded first (by the helper, in a
+   * transaction of its own), and claimed again by the one that names it. A create takes the name
    * only if it is free or already this content's (EXISTS otherwise); a point only if its target
    * still names that content; a sign replaces only the pointer it signed (`held`, as synced
    * before it). When the database refuses or cannot be reached, the local name is put back as
@@ -150,13 +149,15 @@ export class PostgresMirror {
     let unnamed: string | null = null;
     try {
       await this.#tables();
-      unnamed = await this.#transaction(async (client) => {
+      if (how.kind === 'create') await this.#transfer('upload', swarm, artifact.digest);
+      unnamed = await transaction(this.#pool, async (client) => {
         const row = { swarm, name, digest: artifact.digest, pointer: text };
         if (how.kind === 'sign') {
           await resign(client, row, held);
           return null;
         }
         if (how.kind === 'create') {
+          // Uploaded by now: marked used and locked until the name holds it.
           await claimArtifact(client, artifact);
           await nameContent(client, row);
           return null;
@@ -194,7 +195,7 @@ export class PostgresMirror {
    */
   async remove(swarm: string, name: string): Promise<void> {
     await this.ready();
-    const unnamed = await this.#transaction(async (client) => {
+    const unnamed = await transaction(this.#pool, async (client) => {
       const gone = await client.query('DELETE FROM sandpool_pointers WHERE swarm = $1 AND name = $2 RETURNING digest', [
         swarm,
         name,
@@ -212,7 +213,7 @@ export class PostgresMirror {
    * effort, as the local sweep: what fails now goes with the next name moved off content.
    */
   async #collect(swarm: string): Promise<void> {
-    await this.#transaction((client) => collectUnused(client, swarm, UNUSED_ARTIFACT_MS)).catch(() => {});
+    await transaction(this.#pool, (client) => collectUnused(client, swarm, UNUSED_ARTIFACT_MS)).catch(() => {});
   }
 
   /** Makes the local pointer of one name what the database says (fetching its artifact first). */
@@ -260,7 +261,8 @@ export class PostgresMirror {
 
   async #syncNow(swarm: string, name: string): Promise<void> {
     await this.#tables();
-    const result = await this.#query(
+    const result = await query(
+      this.#pool,
       'SELECT swarm, name, pointer FROM sandpool_pointers WHERE swarm = $1 AND name = $2',
       [swarm, name],
     );
@@ -270,7 +272,7 @@ export class PostgresMirror {
   /** Every pointer read again: what a lost notification, or a reconnection, needs. */
   async syncAll(): Promise<void> {
     await this.#tables();
-    const result = await this.#query('SELECT swarm, name, pointer FROM sandpool_pointers');
+    const result = await query(this.#pool, 'SELECT swarm, name, pointer FROM sandpool_pointers');
     const rows = result.rows as Row[];
     const seen = new Set(rows.map((row) => `${row.swarm}/${row.name}`));
     for (const row of rows) {
@@ -332,44 +334,6 @@ export class PostgresMirror {
         this.#options.onState?.('connected');
       })
       .catch(onLost);
-  }
-
-  async #query(text: string, values?: unknown[]): Promise<pg.QueryResult> {
-    try {
-      return await this.#pool.query(text, values);
-    } catch (error) {
-      throw unreachable('a query failed', error);
-    }
-  }
-
-  /**
-   * Runs `body` in one transaction. Points and removes lock names, then content (in digest
-   * order); a create claims its content first. Two writers on two nodes can still wait for
-   * each other (a point of `a` at `b` while `b` is pointed at `a`): PostgreSQL ends one of
-   * them (a deadlock), and it runs again, as nothing of it was kept.
-   */
-  async #transaction<T>(body: (client: pg.PoolClient) => Promise<T>): Promise<T> {
-    for (let attempt = 1; ; attempt++) {
-      let client: pg.PoolClient;
-      try {
-        client = await this.#pool.connect();
-      } catch (error) {
-        throw unreachable('no connection', error);
-      }
-      try {
-        await client.query('BEGIN');
-        const value = await body(client);
-        await client.query('COMMIT');
-        return value;
-      } catch (error) {
-        await client.query('ROLLBACK').catch(() => {});
-        if (isSandpoolError(error)) throw error;
-        if (attempt < TRANSACTION_ATTEMPTS && sqlState(error) === DEADLOCK) continue;
-        throw unreachable('a transaction failed; nothing changed', error);
-      } finally {
-        client.release();
-      }
-    }
   }
 
   /** Writes (or removes) the local pointer; an artifact not cached yet is fetched and verified first. */
@@ -435,7 +399,7 @@ export class PostgresMirror {
     await rm(doomed, { force: true });
   }
 
-  /** The artifact on local disk: kept if there and whole, else fetched, every file rehashed, then renamed in. */
+  /** The artifact on local disk: kept if there and whole, else fetched and verified (see downloadArtifact). */
   async #cache(swarm: string, digest: string): Promise<void> {
     const root = this.#options.root;
     try {
@@ -444,58 +408,21 @@ export class PostgresMirror {
     } catch (error) {
       if (lstatSync(artifactDir(root, swarm, digest), { throwIfNoEntry: false }) !== undefined) throw error;
     }
-    const found = await this.#query('SELECT manifest FROM sandpool_artifacts WHERE swarm = $1 AND digest = $2', [
-      swarm,
-      digest,
-    ]);
-    const text = found.rows[0]?.manifest as string | undefined;
-    if (text === undefined)
-      throw snapshotCorrupt(`artifact ${digest.slice(0, 12)} of swarm ${swarm} is not in the database`);
-    const manifest = parseManifest(text);
-    if (manifest.version !== 3 || manifest.swarm !== swarm || manifest.digest !== digest) {
-      throw snapshotCorrupt(
-        `the database's artifact ${digest.slice(0, 12)} holds another swarm's or digest's manifest`,
-      );
-    }
-    const total = Object.values(manifest.files).reduce((sum, file) => sum + file.bytes, 0);
-    if (total > this.#options.maxBytes) {
-      throw snapshotCorrupt(`the database's artifact ${digest.slice(0, 12)} is larger than maxSnapshotBytes`);
-    }
-    for (const path of Object.keys(manifest.files)) checkPath(path);
-    const parent = artifactsDir(root, swarm);
-    await mkdir(parent, { recursive: true });
-    const temp = join(parent, workFolderName(TEMP_PREFIX));
-    let published = false;
-    try {
-      await mkdir(temp);
-      await this.#download(swarm, manifest, temp);
-      await writeFile(join(temp, MANIFEST_NAME), serializeManifest(manifest), { flag: 'wx', mode: 0o444 });
-      await freezeFolders(temp);
-      try {
-        await rename(temp, artifactDir(root, swarm, digest));
-        published = true;
-      } catch {
-        // Fetched meanwhile by another sync: that copy serves.
-      }
-    } finally {
-      if (!published) await removeTree(temp);
-    }
+    await this.#transfer('download', swarm, digest);
   }
 
-  /** Each file fetched alone (one at a time in memory), its size and hash checked before it is written. */
-  async #download(swarm: string, manifest: ArtifactManifest, into: string): Promise<void> {
-    for (const [path, expected] of Object.entries(manifest.files)) {
-      const result = await this.#query(
-        'SELECT bytes FROM sandpool_artifact_files WHERE swarm = $1 AND digest = $2 AND path = $3 AND length(bytes) = $4',
-        [swarm, manifest.digest, path, expected.bytes],
-      );
-      const bytes = result.rows[0]?.bytes as Buffer | undefined;
-      if (bytes === undefined || createHash('sha256').update(bytes).digest('hex') !== expected.sha256) {
-        throw snapshotCorrupt(`artifact ${manifest.digest.slice(0, 12)} file ${path} does not match its manifest`);
-      }
-      const segments = path.split('/');
-      await mkdir(join(into, ...segments.slice(0, -1)), { recursive: true });
-      await writeFile(join(into, ...segments), bytes, { flag: 'wx', mode: 0o444 });
+  /**
+   * An upload or download in the snapshot helper process, off the coordinator's thread; here
+   * only in a host that may not start processes, or once the pool is closing.
+   */
+  async #transfer(op: 'upload' | 'download', swarm: string, digest: string): Promise<void> {
+    const { helper, root, store, maxBytes } = this.#options;
+    if (helper.available) {
+      await helper.transfer(op, swarm, digest, store.postgres);
+    } else if (op === 'upload') {
+      await uploadArtifact(this.#pool, root, swarm, digest);
+    } else {
+      await downloadArtifact(this.#pool, root, swarm, digest, maxBytes);
     }
   }
 }
@@ -563,33 +490,4 @@ async function resign(client: pg.ClientBase, row: NameRow, held: string | null):
 /** Every node's listener hears of the name when the transaction commits. */
 async function notify(client: pg.ClientBase, swarm: string, name: string): Promise<void> {
   await client.query('SELECT pg_notify($1, $2)', [CHANNEL, `${swarm}/${name}`]);
-}
-
-/** A manifest path from the database: relative, plain segments, never the manifest's own name. */
-function checkPath(path: string): void {
-  const segments = path.split('/');
-  if (
-    path === MANIFEST_NAME ||
-    path.includes('\0') ||
-    segments.some((segment) => segment === '' || segment === '.' || segment === '..')
-  ) {
-    throw snapshotCorrupt(`the database's manifest lists an unsafe path ${JSON.stringify(path.slice(0, 200))}`);
-  }
-}
-
-/**
- * The database could not be used. What pg said is kept only as its SQLSTATE or errno code:
- * its messages may name the host or user of the connection string.
- */
-function unreachable(what: string, error: unknown): SandpoolError {
-  const state = sqlState(error);
-  const code = state === null ? '' : ` (${state.slice(0, 32)})`;
-  return snapshotBuild(`the snapshot store's database cannot be used: ${what}${code}`);
-}
-
-/** A pg error's SQLSTATE, or a socket error's errno code. */
-function sqlState(error: unknown): string | null {
-  return typeof error === 'object' && error !== null && 'code' in error && typeof error.code === 'string'
-    ? error.code
-    : null;
 }
