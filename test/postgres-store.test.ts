@@ -2,10 +2,10 @@
 // its own root. A snapshot made on one node serves on the other; a move on one drains the old
 // content on the other within a measured bound; a tampered cached file is refused; a lost
 // connection leaves cached keys serving, and the node reconnects and sees a later move.
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { lstatSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
-import { chmod, readdir, readFile, utimes, writeFile } from 'node:fs/promises';
+import { closeSync, lstatSync, openSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { chmod, type FileHandle, open, readdir, readFile, stat, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import pg from 'pg';
@@ -152,6 +152,35 @@ async function processesThatRan(admin: pg.Client, app: string, sql: string, wait
     if (pid === null) return 'gone';
     return pid === process.pid ? 'coordinator' : readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').join(' ');
   });
+}
+
+/**
+ * A schema of this test's own on the database (its tables made there by the first pool), and
+ * the URL that selects it; `drop` removes it once the test's pools are closed.
+ */
+async function privateSchema(base: string): Promise<{ url: string; drop: () => Promise<void> }> {
+  const schema = runSwarm('sandpool_test_');
+  const url = new URL(base);
+  url.searchParams.set('options', `-c search_path=${schema}`);
+  const admin = new pg.Client({ connectionString: base });
+  await admin.connect();
+  try {
+    await admin.query(`CREATE SCHEMA ${schema}`);
+  } finally {
+    await admin.end();
+  }
+  return {
+    url: url.href,
+    drop: async () => {
+      const dropper = new pg.Client({ connectionString: base });
+      await dropper.connect();
+      try {
+        await dropper.query(`DROP SCHEMA ${schema} CASCADE`);
+      } finally {
+        await dropper.end();
+      }
+    },
+  };
 }
 
 /** A swarm of this run only: the database outlives the test, and other runs may share it. */
@@ -558,12 +587,145 @@ describe.skipIf(URL_ENV === undefined)('the PostgreSQL store, two nodes and no s
       await until(async () => (await copiesOn(rootB, swarm)).includes(digest));
       await expect(poolB.call(`${swarm}@v1/notifier_agent`, 'version')).resolves.toBe(1);
       // Each connection's last query, traced to the process holding it (pg keeps idle ones 10 s).
-      const downloaders = await processesThatRan(admin, apps.b, 'SELECT bytes FROM sandpool_artifact_files');
+      const downloaders = await processesThatRan(admin, apps.b, 'SELECT f.path, f.bytes FROM sandpool_artifact_files');
       expect(downloaders.length).toBeGreaterThan(0);
       for (const owner of [...uploaders, ...downloaders]) expect(owner).toMatch(/store\/helper-entry\.js/);
     } finally {
       await admin.query('ROLLBACK').catch(() => {});
       await admin.end();
+    }
+  });
+
+  it('moves a name on a node whose libuv pool is full: the pointer lands without waiting for it', async () => {
+    const url = URL_ENV as string;
+    const swarm = runSwarm('pool');
+    const admin = new pg.Client({ connectionString: url });
+    await admin.connect();
+    const fifos: string[] = [];
+    const release = (): void => {
+      // A writer's open completes the reader's blocked one: each pool thread is free again.
+      for (const fifo of fifos.splice(0)) closeSync(openSync(fifo, 'w'));
+    };
+    try {
+      const root = await makeRoot({ ...(await counterAgent('n')), [`${swarm}/live/notifier_agent.mjs`]: agent(1) });
+      const pool = openPool({ root, store: { postgres: url } });
+      await pool.snapshots.create(swarm, 'v1');
+      await writeFiles(root, { [`${swarm}/live/notifier_agent.mjs`]: agent(2) });
+      const v2 = await pool.snapshots.create(swarm, 'v2');
+      await pool.snapshots.point(swarm, 'prod', 'v1');
+      await expect(pool.call(`${swarm}@prod/notifier_agent`, 'version')).resolves.toBe(1);
+
+      // Every thread of libuv's pool held by an open() of a FIFO no one writes: a tenant's
+      // async jobs, or workers' module loads, that do not end soon.
+      const threads = Number(process.env.UV_THREADPOOL_SIZE ?? 4);
+      const opened: Promise<FileHandle>[] = [];
+      for (let i = 0; i < threads; i++) {
+        const fifo = join(root, `fifo-${i}`);
+        expect(spawnSync('mkfifo', [fifo]).status).toBe(0);
+        fifos.push(fifo);
+        opened.push(open(fifo, 'r'));
+      }
+      const probe = stat(root).then(() => 'ran');
+      const pending = new Promise((resolve) => setTimeout(() => resolve('pending'), 500));
+      expect(await Promise.race([probe, pending])).toBe('pending');
+
+      // Another node moves prod to v2's content: its row replaced, and NOTIFY.
+      const row = await admin.query(`SELECT pointer FROM sandpool_pointers WHERE swarm = $1 AND name = 'v2'`, [swarm]);
+      await admin.query('BEGIN');
+      await admin.query(`UPDATE sandpool_pointers SET digest = $2, pointer = $3 WHERE swarm = $1 AND name = 'prod'`, [
+        swarm,
+        v2.digest,
+        (row.rows[0].pointer as string).replace('"name": "v2"', '"name": "prod"'),
+      ]);
+      await admin.query('SELECT pg_notify($1, $2)', ['sandpool_pointers', `${swarm}/prod`]);
+      await admin.query('COMMIT');
+      const pointer = join(root, swarm, 'snapshots', 'prod');
+      await until(async () => readFileSync(pointer, 'utf8').includes(v2.digest), 20_000);
+
+      release();
+      await Promise.all(opened.map(async (handle) => (await handle).close()));
+      expect(await probe).toBe('ran');
+      await until(async () => (await pool.call(`${swarm}@prod/notifier_agent`, 'version')) === 2);
+      await expect(pool.call('n/notifier_agent', 'add', [2, 3])).resolves.toBe(5);
+      expect(invariants(pool)).toEqual([]);
+    } finally {
+      release();
+      await admin.end();
+    }
+  });
+
+  it('downloads new content once on a node, however many of its names arrive at once', async () => {
+    const swarm = runSwarm('once');
+    const app = `sandpool-test-once-${process.pid}`;
+    // A schema of its own: a new node mirrors all the database holds, and the lock below must
+    // hold back only this test's download.
+    const { url, drop } = await privateSchema(URL_ENV as string);
+    const [admin, namer] = [new pg.Client({ connectionString: url }), new pg.Client({ connectionString: url })];
+    await Promise.all([admin.connect(), namer.connect()]);
+    try {
+      // Content in the database that no name holds yet (within its grace).
+      const maker = openPool({
+        root: await makeRoot({ [`${swarm}/live/notifier_agent.mjs`]: agent(2) }),
+        store: { postgres: url },
+      });
+      const { digest } = await maker.snapshots.create(swarm, 'made');
+      const made = await admin.query(`SELECT pointer FROM sandpool_pointers WHERE swarm = $1 AND name = 'made'`, [
+        swarm,
+      ]);
+      await maker.snapshots.remove(swarm, 'made');
+      const root = await makeRoot(await counterAgent('n'));
+      const node = openPool({ root, store: { postgres: withApp(url, app) } });
+      await expect(node.call('n/notifier_agent', 'add', [2, 3])).resolves.toBe(5);
+
+      // Its files cannot be read for now; two names of it arrive on the node at once.
+      await admin.query('BEGIN');
+      await admin.query('LOCK TABLE sandpool_artifact_files IN ACCESS EXCLUSIVE MODE');
+      await namer.query('BEGIN');
+      for (const name of ['p1', 'p2']) {
+        const pointer = (made.rows[0].pointer as string).replace('"name": "made"', `"name": "${name}"`);
+        await namer.query('INSERT INTO sandpool_pointers (swarm, name, digest, pointer) VALUES ($1, $2, $3, $4)', [
+          swarm,
+          name,
+          digest,
+          pointer,
+        ]);
+        await namer.query('SELECT pg_notify($1, $2)', ['sandpool_pointers', `${swarm}/${name}`]);
+      }
+      await namer.query('COMMIT');
+      // Both names wait for their content (each has its pointer written beside its place).
+      const staged = async (): Promise<number> =>
+        (await readdir(join(root, swarm, 'snapshots')).catch(() => [] as string[])).filter((f) => f.startsWith('.tmp-'))
+          .length;
+      const waiting = async (): Promise<number> =>
+        (
+          await namer.query(
+            `SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'
+             AND query LIKE 'SELECT f.path, f.bytes FROM sandpool_artifact_files%'`,
+            [app],
+          )
+        ).rows[0].n as number;
+      await until(async () => (await staged()) === 2 && (await waiting()) >= 1);
+      // A second download would be waiting on the lock within moments: none comes.
+      let most = 0;
+      const lookUntil = Date.now() + 3_000;
+      while (Date.now() < lookUntil) {
+        most = Math.max(most, await waiting());
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      expect(most).toBe(1);
+      await admin.query('COMMIT');
+      await until(async () => (await copiesOn(root, swarm)).includes(digest));
+      for (const name of ['p1', 'p2']) {
+        await until(
+          async () => (await node.call(`${swarm}@${name}/notifier_agent`, 'version').catch(() => null)) === 2,
+        );
+      }
+      expect(invariants(node)).toEqual([]);
+      await Promise.all([maker.close(), node.close()]);
+    } finally {
+      await admin.query('ROLLBACK').catch(() => {});
+      await Promise.all([admin.end(), namer.end()]);
+      await drop();
     }
   });
 

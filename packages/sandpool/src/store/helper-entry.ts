@@ -21,7 +21,9 @@ let database: Promise<Database> | null = null;
 async function transfer(op: TransferOp, request: HelperRequest): Promise<null> {
   const { swarm, digest = '', postgres = '', options } = request;
   const { uploadArtifact, downloadArtifact } = await import('./postgres-transfer.js');
-  database ??= import('./postgres-db.js').then(({ openDatabase }) => openDatabase(postgres, 2));
+  database ??= import('./postgres-db.js').then(({ openDatabase }) =>
+    openDatabase(postgres, { max: 2, idleMs: 10_000 }),
+  );
   const db = await database;
   if (op === 'upload') await uploadArtifact(db, options.root, swarm, digest);
   else await downloadArtifact(db, options.root, swarm, digest, options.maxSnapshotBytes ?? DEFAULT_MAX_SNAPSHOT_BYTES);

@@ -55,17 +55,13 @@ export async function claimArtifact(client: pg.ClientBase, artifact: BuiltArtifa
  */
 export async function markUsed(client: pg.ClientBase, swarm: string, digests: readonly string[]): Promise<boolean> {
   const wanted = [...new Set(digests)].sort();
-  const locked = await client.query(
-    `SELECT digest FROM sandpool_artifacts WHERE swarm = $1 AND digest = ANY($2::text[])
-     ORDER BY digest FOR NO KEY UPDATE`,
+  const marked = await client.query(
+    `WITH locked AS (SELECT digest FROM sandpool_artifacts WHERE swarm = $1 AND digest = ANY($2::text[])
+       ORDER BY digest FOR NO KEY UPDATE)
+     UPDATE sandpool_artifacts a SET used_at = now() FROM locked WHERE a.swarm = $1 AND a.digest = locked.digest`,
     [swarm, wanted],
   );
-  if (locked.rowCount === 0) return false;
-  await client.query('UPDATE sandpool_artifacts SET used_at = now() WHERE swarm = $1 AND digest = ANY($2::text[])', [
-    swarm,
-    wanted,
-  ]);
-  return locked.rowCount === wanted.length;
+  return marked.rowCount === wanted.length;
 }
 
 /**

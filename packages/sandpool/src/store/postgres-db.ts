@@ -7,9 +7,12 @@ const TRANSACTION_ATTEMPTS = 3;
 /** PostgreSQL's deadlock_detected. */
 const DEADLOCK = '40P01';
 
-/** A small pool of connections; an idle one that is lost is made again by the next query. */
-export function openDatabase(url: string, max: number): pg.Pool {
-  const pool = new pg.Pool({ connectionString: url, max, idleTimeoutMillis: 10_000 });
+/**
+ * A small pool of connections, each closed after `idleMs` unused (0: kept); a lost one is
+ * made again by the next query.
+ */
+export function openDatabase(url: string, { max, idleMs }: { max: number; idleMs: number }): pg.Pool {
+  const pool = new pg.Pool({ connectionString: url, max, idleTimeoutMillis: idleMs });
   pool.on('error', () => {});
   return pool;
 }

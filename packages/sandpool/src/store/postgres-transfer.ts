@@ -16,6 +16,9 @@ import { type ArtifactManifest, MANIFEST_NAME, parseManifest, serializeManifest 
 import { claimArtifact } from './postgres-content.js';
 import { query, transaction } from './postgres-db.js';
 
+/** Bytes of files one download query asks for at most (pg holds them, and their hex text, at once). */
+const BATCH_BYTES = 4 * 1024 * 1024;
+
 /**
  * Uploads an artifact built under `root` (its row, manifest and files), or marks it used if the
  * database has it, in a transaction of its own. The create that follows names it in another,
@@ -74,22 +77,50 @@ export async function downloadArtifact(
   }
 }
 
-/** Each file fetched alone (one at a time in memory), its size and hash checked before it is written. */
+/**
+ * The files fetched a batch at a time (one query each: an artifact of many small files would
+ * otherwise take a round trip per file), each batch at most BATCH_BYTES in memory unless one
+ * file is larger alone. Only rows of the size the manifest gives are sent; each file's hash is
+ * checked before it is written.
+ */
 async function downloadFiles(db: pg.Pool, swarm: string, manifest: ArtifactManifest, into: string): Promise<void> {
-  for (const [path, expected] of Object.entries(manifest.files)) {
+  for (const batch of batches(manifest)) {
     const result = await query(
       db,
-      'SELECT bytes FROM sandpool_artifact_files WHERE swarm = $1 AND digest = $2 AND path = $3 AND length(bytes) = $4',
-      [swarm, manifest.digest, path, expected.bytes],
+      `SELECT f.path, f.bytes FROM sandpool_artifact_files f
+       JOIN unnest($3::text[], $4::bigint[]) AS wanted(path, size) ON f.path = wanted.path AND length(f.bytes) = wanted.size
+       WHERE f.swarm = $1 AND f.digest = $2`,
+      [swarm, manifest.digest, batch, batch.map((path) => manifest.files[path]?.bytes)],
     );
-    const bytes = result.rows[0]?.bytes as Buffer | undefined;
-    if (bytes === undefined || createHash('sha256').update(bytes).digest('hex') !== expected.sha256) {
-      throw snapshotCorrupt(`artifact ${manifest.digest.slice(0, 12)} file ${path} does not match its manifest`);
+    const got = new Map(result.rows.map((row: { path: string; bytes: Buffer }) => [row.path, row.bytes]));
+    for (const path of batch) {
+      const bytes = got.get(path);
+      if (bytes === undefined || createHash('sha256').update(bytes).digest('hex') !== manifest.files[path]?.sha256) {
+        throw snapshotCorrupt(`artifact ${manifest.digest.slice(0, 12)} file ${path} does not match its manifest`);
+      }
+      const segments = path.split('/');
+      await mkdir(join(into, ...segments.slice(0, -1)), { recursive: true });
+      await writeFile(join(into, ...segments), bytes, { flag: 'wx', mode: 0o444 });
     }
-    const segments = path.split('/');
-    await mkdir(join(into, ...segments.slice(0, -1)), { recursive: true });
-    await writeFile(join(into, ...segments), bytes, { flag: 'wx', mode: 0o444 });
   }
+}
+
+/** The manifest's paths in batches of at most BATCH_BYTES together (a larger file alone). */
+function batches(manifest: ArtifactManifest): string[][] {
+  const all: string[][] = [];
+  let batch: string[] = [];
+  let bytes = 0;
+  for (const [path, file] of Object.entries(manifest.files)) {
+    if (batch.length > 0 && bytes + file.bytes > BATCH_BYTES) {
+      all.push(batch);
+      batch = [];
+      bytes = 0;
+    }
+    batch.push(path);
+    bytes += file.bytes;
+  }
+  if (batch.length > 0) all.push(batch);
+  return all;
 }
 
 /** A manifest path from the database: relative, plain segments, never the manifest's own name. */

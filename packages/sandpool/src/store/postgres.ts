@@ -6,8 +6,7 @@
  * as they do without a database, and a move pushed by NOTIFY reaches the pool by the same
  * pointer check as a move on a shared disk. The database is never awaited when a call is admitted.
  */
-import { lstatSync } from 'node:fs';
-import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
+import { lstatSync, mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import pg from 'pg';
 import { isSandpoolError, snapshotBuild, snapshotCorrupt, snapshotExists } from '../errors.js';
@@ -98,11 +97,17 @@ export class PostgresMirror {
   /** One sync per name at a time, in order; a sync asked for while one runs runs after it. */
   readonly #syncing = new Map<string, Promise<void>>();
   #ready: Promise<void> | null = null;
+  /** Downloads in flight, by `swarm/digest`: a second name of the same content waits for the first's. */
+  readonly #fetching = new Map<string, Promise<void>>();
+  /** Sweeps of this node's unused copies still running: close() waits for them. */
+  readonly #sweeps = new Set<Promise<void>>();
   #schema: Promise<void> | null = null;
 
   constructor(options: MirrorOptions) {
     this.#options = options;
-    this.#pool = openDatabase(options.store.postgres, 4);
+    // Kept open while idle: a new connection's SCRAM handshake runs PBKDF2 in libuv's pool, and
+    // the first read after a quiet spell, a move's, would wait behind whatever queues there.
+    this.#pool = openDatabase(options.store.postgres, { max: 4, idleMs: 0 });
     this.#recheck = setInterval(() => void this.syncAll().catch(() => {}), options.store.recheckMs);
     this.#recheck.unref();
     this.#listen();
@@ -185,7 +190,7 @@ export class PostgresMirror {
       } catch {
         // Gone or unreadable: nothing of ours to hide.
       }
-      if (now === text) await this.#unlink(swarm, path);
+      if (now === text) this.#unlink(swarm, path);
     }
   }
 
@@ -230,9 +235,10 @@ export class PostgresMirror {
     // Outside the name's turn: the first full sync takes every name's turn in its own.
     await this.ready();
     return this.#inTurn(swarm, name, async () => {
-      // The target as the database names it now; the move is taken only if it still does.
-      if (how.kind === 'point' && how.target !== name) await this.sync(swarm, how.target);
-      await this.#syncNow(swarm, name);
+      // The target as the database names it now (the move is taken only if it still does),
+      // and the name: two names, read at once.
+      const target = how.kind === 'point' && how.target !== name ? this.sync(swarm, how.target) : null;
+      await Promise.all([target, this.#syncNow(swarm, name)]);
       // The pointer the database holds, as mirrored: what a sign may replace.
       const held = this.#applied.get(`${swarm}/${name}`) ?? null;
       const value = await local();
@@ -293,7 +299,7 @@ export class PostgresMirror {
     const listener = this.#listener;
     this.#listener = null;
     await Promise.allSettled([...this.#syncing.values()]);
-    await Promise.allSettled([listener?.end(), this.#pool.end()]);
+    await Promise.allSettled([listener?.end(), this.#pool.end(), ...this.#sweeps]);
   }
 
   #listen(): void {
@@ -337,6 +343,11 @@ export class PostgresMirror {
   }
 
   /** Writes (or removes) the local pointer; an artifact not cached yet is fetched and verified first. */
+  /**
+   * The pointer is written, checked and renamed in with synchronous calls, as admission reads
+   * it: a few operations on a file of a few hundred bytes, which must not queue in libuv's
+   * pool behind tenants' jobs or the module loads of workers starting (a move starts many).
+   */
   async #apply(swarm: string, name: string, row: Row | null): Promise<void> {
     // Names from the database become paths under the root: only valid ones do.
     if (!SwarmSchema.safeParse(swarm).success || !SnapshotNameSchema.safeParse(name).success) {
@@ -347,16 +358,16 @@ export class PostgresMirror {
     const before = pointedDigest(this.#options.root, swarm, name);
     if (row === null) {
       this.#applied.delete(id);
-      if (lstatSync(path, { throwIfNoEntry: false })?.isFile() === true) await this.#unlink(swarm, path);
-      if (before !== null) await this.#unnamedHere(swarm, before);
+      if (lstatSync(path, { throwIfNoEntry: false })?.isFile() === true) this.#unlink(swarm, path);
+      if (before !== null) this.#unnamedHere(swarm, before);
       return;
     }
     if (row.pointer.length > POINTER_BYTES) throw snapshotCorrupt(`the database's pointer for ${id} is too large`);
     const parent = snapshotsDir(this.#options.root, swarm);
-    await mkdir(parent, { recursive: true });
+    mkdirSync(parent, { recursive: true });
     const temp = join(parent, workFolderName(TEMP_PREFIX));
     try {
-      await writeFile(temp, row.pointer, { flag: 'wx', mode: 0o444 });
+      writeFileSync(temp, row.pointer, { flag: 'wx', mode: 0o444 });
       // Checked as a reader will check it, before it can be read under its name.
       const { pointer } = readPointer(temp);
       checkPointerPlace(pointer, { swarm, name });
@@ -369,34 +380,40 @@ export class PostgresMirror {
         if (!isSandpoolError(error, 'ERR_SANDPOOL_SNAPSHOT_CORRUPT')) throw error;
         refused = error;
       }
-      await rename(temp, path);
-      if (before !== null && before !== pointer.digest) await this.#unnamedHere(swarm, before);
+      renameSync(temp, path);
+      if (before !== null && before !== pointer.digest) this.#unnamedHere(swarm, before);
       if (refused !== null) throw refused;
       this.#applied.set(id, row.pointer);
     } finally {
-      await rm(temp, { force: true });
+      rmSync(temp, { force: true });
     }
   }
 
   /**
    * This node's copy of content its names moved off: kept for UNUSED_ARTIFACT_MS from now,
-   * as the local store keeps it, and the swarm's copies unused past that removed. Best effort.
+   * as the local store keeps it, and the swarm's copies unused past that removed. Best effort,
+   * and outside the name's turn: a sweep waits in libuv's pool, and the name's next move must not.
    */
-  async #unnamedHere(swarm: string, digest: string): Promise<void> {
+  #unnamedHere(swarm: string, digest: string): void {
     const root = this.#options.root;
-    try {
-      await touchArtifact(root, swarm, digest);
-      await sweepUnused(root, swarm, () => namedDigests(root, swarm));
-    } catch {
-      // What stays goes with the next sweep.
-    }
+    const sweep = touchArtifact(root, swarm, digest)
+      .then(() => sweepUnused(root, swarm, () => namedDigests(root, swarm)))
+      .catch(() => {
+        // What stays goes with the next sweep.
+      });
+    this.#sweeps.add(sweep);
+    void sweep.then(() => this.#sweeps.delete(sweep));
   }
 
   /** A pointer file renamed out of its name first, so no reader sees it half removed. */
-  async #unlink(swarm: string, path: string): Promise<void> {
+  #unlink(swarm: string, path: string): void {
     const doomed = join(snapshotsDir(this.#options.root, swarm), workFolderName(REMOVING_PREFIX));
-    await rename(path, doomed).catch(() => {});
-    await rm(doomed, { force: true });
+    try {
+      renameSync(path, doomed);
+    } catch {
+      return; // gone already
+    }
+    rmSync(doomed, { force: true });
   }
 
   /** The artifact on local disk: kept if there and whole, else fetched and verified (see downloadArtifact). */
@@ -408,7 +425,15 @@ export class PostgresMirror {
     } catch (error) {
       if (lstatSync(artifactDir(root, swarm, digest), { throwIfNoEntry: false }) !== undefined) throw error;
     }
-    await this.#transfer('download', swarm, digest);
+    // One download per content: a move to new content usually arrives while the NOTIFY of
+    // the snapshot that made it is still fetching it, and joins that fetch.
+    const id = `${swarm}/${digest}`;
+    let fetching = this.#fetching.get(id);
+    if (fetching === undefined) {
+      fetching = this.#transfer('download', swarm, digest).finally(() => this.#fetching.delete(id));
+      this.#fetching.set(id, fetching);
+    }
+    await fetching;
   }
 
   /**
