@@ -2,7 +2,7 @@ import type { SandpoolIssue } from '../errors.js';
 import type { SnapshotStoreOptions } from './store.js';
 
 /** What the snapshot helper runs for the coordinator. */
-export type HelperOp = 'create' | 'verify' | 'sign' | 'remove' | 'point' | 'get' | 'list' | TransferOp;
+export type HelperOp = 'create' | 'verify' | 'sign' | 'remove' | 'point' | 'get' | 'list' | 'live' | TransferOp;
 
 /** An artifact's bytes to or from the fleet's database (see postgres-transfer.ts). */
 export type TransferOp = 'upload' | 'download';
@@ -12,7 +12,7 @@ export interface HelperRequest {
   readonly op: HelperOp;
   readonly options: SnapshotStoreOptions;
   readonly swarm: string;
-  /** `list`: empty. */
+  /** `list`, `live` and transfers: empty. */
   readonly name: string;
   /** `point` only: the snapshot whose content `name` is pointed at. */
   readonly target?: string;

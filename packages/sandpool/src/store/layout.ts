@@ -44,7 +44,7 @@ export function artifactDir(root: string, swarm: string, digest: string): string
   return join(root, CACHE_DIR, 'artifacts', swarm, digest);
 }
 
-/** Type-stripped copies of one swarm's live TypeScript, for Nodes that cannot strip in the worker. */
-export function transpileCacheDir(root: string, swarm: string): string {
-  return join(root, CACHE_DIR, 'ts', swarm);
+/** What each swarm's last live build made and read (`<swarm>.json`), so the next process may reuse it. */
+export function liveRecordsDir(root: string): string {
+  return join(root, CACHE_DIR, 'live');
 }

@@ -1,6 +1,7 @@
 import type { ResolvedKey } from '../../key.js';
 import type { ResolvedPoolOptions } from '../../options.js';
 import type { Deniable, LoadRequest } from '../../protocol/messages.js';
+import type { LiveArtifact } from '../../store/live.js';
 import type { SnapshotRef } from '../../store/names.js';
 import type { Isolation, PermissionPolicy } from '../../types.js';
 import type { KeyPolicy } from '../policy/key-policy.js';
@@ -46,6 +47,8 @@ export class Launcher {
     private readonly root: string,
     private readonly settings: ThreadSettings,
     sandbox: SandboxParts,
+    /** The artifact a swarm's live keys run from now (see SnapshotStore's helper). */
+    private readonly live: (swarm: string) => Promise<LiveArtifact>,
     /** A key's worker settings where its policy gives it heap, external or env settings of its own. */
     private readonly settingsFor: (policy: KeyPolicy) => ThreadSettings = () => settings,
     /** The kernel's memory bound of a process key's cell, from its budgets (see kernelMemoryBound). */
@@ -66,7 +69,11 @@ export class Launcher {
     policyOf: (key: ResolvedKey) => KeyPolicy,
     snapshot: SnapshotRef | null = null,
   ): Promise<LaunchPlan> {
-    const location = await locateModule(this.root, key, { snapshotSecret: this.options.snapshotSecret, snapshot });
+    const location = await locateModule(this.root, key, {
+      snapshotSecret: this.options.snapshotSecret,
+      snapshot,
+      live: this.live,
+    });
     const keyPolicy = policyOf(key);
     const policy = keyPolicy.permissions ?? policyFor(this.options.permissions, key);
     const execArgv = this.execArgvFor(policy, key, location);
@@ -131,11 +138,7 @@ export class Launcher {
 
   /** The key's worker flags: its permission model (see permissions.ts) and type stripping. */
   private execArgvFor(policy: PermissionPolicy, key: ResolvedKey, location: ModuleLocation): string[] {
-    const folders = {
-      folder: location.folder,
-      swarm: location.swarmFolder,
-      extraRead: location.extraReadDirs,
-    };
+    const folders = { folder: location.folder, swarm: location.swarmFolder, bundled: location.sha256 !== null };
     return [...this.blankFlags, ...permissionArgs(policy, folders, key)];
   }
 }
