@@ -5,7 +5,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { closeSync, lstatSync, openSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
-import { chmod, type FileHandle, open, readdir, readFile, stat, utimes, writeFile } from 'node:fs/promises';
+import { chmod, type FileHandle, open, readdir, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import pg from 'pg';
@@ -27,6 +27,8 @@ if (URL_ENV === undefined && process.env.CI === 'true') {
 const KEY = 'a@prod/notifier_agent';
 const MOVES = 12;
 const NODE_B = 'sandpool-test-node-b';
+const DROP_TABLES =
+  'DROP TABLE IF EXISTS sandpool_pointers, sandpool_generations, sandpool_artifact_files, sandpool_artifacts';
 
 /** The tables as a release before content collection made them: a node must work on them as they are. */
 const EARLIER_TABLES = `
@@ -183,6 +185,32 @@ async function privateSchema(base: string): Promise<{ url: string; drop: () => P
   };
 }
 
+/**
+ * Moves `name` to the content `from` names, as another node's move does, inside the caller's
+ * transaction: the name's generation one up, its row (unsigned) at that generation, and
+ * NOTIFY at commit. Returns the pointer written.
+ */
+async function moveByHand(client: pg.Client, swarm: string, name: string, from: string): Promise<string> {
+  const source = await client.query('SELECT digest, pointer FROM sandpool_pointers WHERE swarm = $1 AND name = $2', [
+    swarm,
+    from,
+  ]);
+  const bumped = await client.query(
+    'UPDATE sandpool_generations SET generation = generation + 1 WHERE swarm = $1 AND name = $2 RETURNING generation',
+    [swarm, name],
+  );
+  const generation = Number(bumped.rows[0].generation);
+  const pointer = `${JSON.stringify({ ...JSON.parse(source.rows[0].pointer as string), name, generation }, null, 2)}\n`;
+  await client.query('UPDATE sandpool_pointers SET digest = $3, pointer = $4 WHERE swarm = $1 AND name = $2', [
+    swarm,
+    name,
+    source.rows[0].digest,
+    pointer,
+  ]);
+  await client.query('SELECT pg_notify($1, $2)', ['sandpool_pointers', `${swarm}/${name}`]);
+  return pointer;
+}
+
 /** A swarm of this run only: the database outlives the test, and other runs may share it. */
 function runSwarm(prefix: string): string {
   return `${prefix}${randomBytes(4).toString('hex')}`;
@@ -230,7 +258,7 @@ describe.skipIf(URL_ENV === undefined)('the PostgreSQL store, two nodes and no s
     const admin = new pg.Client({ connectionString: url });
     await admin.connect();
     try {
-      await admin.query('DROP TABLE IF EXISTS sandpool_pointers, sandpool_artifact_files, sandpool_artifacts');
+      await admin.query(DROP_TABLES);
       await admin.query(EARLIER_TABLES);
       const rootA = await makeRoot({ 'a/live/notifier_agent.mjs': agent(0) });
       const rootB = await makeRoot(await counterAgent('n'));
@@ -343,6 +371,127 @@ describe.skipIf(URL_ENV === undefined)('the PostgreSQL store, two nodes and no s
       await admin.end();
     }
   }, 240_000);
+
+  it("keeps each name's generation in the database: an old pointer put back on a node is refused, and a name made again counts on", async () => {
+    const url = URL_ENV as string;
+    const admin = new pg.Client({ connectionString: url });
+    await admin.connect();
+    try {
+      await admin.query(DROP_TABLES);
+      const secret = 'a secret of sixteen characters or more';
+      const rootA = await makeRoot({ ...(await counterAgent('n')), 'r/live/notifier_agent.mjs': agent(1) });
+      const rootB = await makeRoot(await counterAgent('n'));
+      const store = { postgres: withApp(url, 'sandpool-test-replay'), recheckMs: 1000 };
+      const nodeA = openPool({ root: rootA, store, snapshotSecret: secret });
+      const nodeB = openPool({ root: rootB, store, snapshotSecret: secret });
+      const prodOn = (pool: typeof nodeA): Promise<unknown> =>
+        pool.call('r@prod/notifier_agent', 'version').catch((error: { code?: string }) => error.code);
+      const answers = (pool: typeof nodeA, want: unknown) => until(async () => (await prodOn(pool)) === want);
+      const generation = async (): Promise<{ recorded: number; pointer: number | null }> => {
+        const row = await admin.query(
+          `SELECT g.generation, p.pointer FROM sandpool_generations g
+           LEFT JOIN sandpool_pointers p USING (swarm, name) WHERE swarm = 'r' AND name = 'prod'`,
+        );
+        const text = row.rows[0]?.pointer as string | null;
+        return {
+          recorded: Number(row.rows[0]?.generation),
+          pointer: text === null ? null : (JSON.parse(text) as { generation: number }).generation,
+        };
+      };
+      await nodeA.snapshots.create('r', 'jan');
+      await writeFiles(rootA, { 'r/live/notifier_agent.mjs': agent(2) });
+      await nodeA.snapshots.create('r', 'jun');
+      await nodeA.snapshots.point('r', 'prod', 'jan');
+      await answers(nodeB, 1);
+      const pointerB = join(rootB, 'r/snapshots/prod');
+      const janProd = await readFile(pointerB);
+      await nodeA.snapshots.point('r', 'prod', 'jun');
+      await answers(nodeB, 2);
+      const junProd = await readFile(pointerB);
+      // The row and the name's generation agree, and every node has the database's pointer.
+      const moved = await generation();
+      expect(moved).toEqual({ recorded: 2, pointer: 2 });
+
+      let stop = false;
+      const wrong: unknown[] = [];
+      const loops = [nodeA, nodeB].map(async (pool) => {
+        for (let i = 0; !stop; i++) {
+          const value = await pool.call('n/notifier_agent', 'add', [i, 1]).catch((error: unknown) => error);
+          if (value !== i + 1) wrong.push(value);
+          await new Promise((resolve) => setTimeout(resolve, 2));
+        }
+      });
+      try {
+        const putBack = async (bytes: Buffer): Promise<void> => {
+          await rm(pointerB, { force: true });
+          await writeFile(pointerB, bytes);
+        };
+        // Node B's mirrored name rolled back by hand: refused, though the database never moved.
+        await putBack(janProd);
+        expect(await prodOn(nodeB)).toBe('ERR_SANDPOOL_SNAPSHOT_CORRUPT');
+        expect(await prodOn(nodeA)).toBe(2);
+        // Removed on A: the generation goes up and stays; B's last pointer put back stays refused.
+        await nodeA.snapshots.remove('r', 'prod');
+        expect(await generation()).toEqual({ recorded: 3, pointer: null });
+        await answers(nodeB, 'ERR_SANDPOOL_SNAPSHOT_NOT_FOUND');
+        await putBack(junProd);
+        expect(await prodOn(nodeB)).toBe('ERR_SANDPOOL_SNAPSHOT_CORRUPT');
+        // Made again (on B this time), it counts on from the removal, and no old pointer passes.
+        await rm(pointerB);
+        await nodeB.snapshots.point('r', 'prod', 'jan');
+        expect(await generation()).toEqual({ recorded: 4, pointer: 4 });
+        await answers(nodeA, 1);
+        expect(await prodOn(nodeB)).toBe(1);
+        for (const old of [janProd, junProd]) {
+          await putBack(old);
+          expect(await prodOn(nodeB)).toBe('ERR_SANDPOOL_SNAPSHOT_CORRUPT');
+        }
+        await nodeB.snapshots.point('r', 'prod', 'jan');
+        // Both nodes moving the name at once: no two moves get one generation; one that lost
+        // the race is refused (try again), and every node ends on the database's pointer.
+        let taken = 0;
+        for (let round = 0; round < 10; round++) {
+          const outcomes = await Promise.all(
+            [nodeA.snapshots.point('r', 'prod', 'jun'), nodeB.snapshots.point('r', 'prod', 'jan')].map((move) =>
+              move.then(
+                () => 'taken',
+                (error: { code?: string }) => error.code,
+              ),
+            ),
+          );
+          for (const outcome of outcomes) expect(['taken', 'ERR_SANDPOOL_SNAPSHOT_BUILD']).toContain(outcome);
+          taken += outcomes.filter((outcome) => outcome === 'taken').length;
+        }
+        console.log(`concurrent moves of one name from two nodes: ${taken} of 20 taken, the rest refused`);
+        const last = await generation();
+        expect(last).toEqual({ recorded: 5 + taken, pointer: 5 + taken });
+        const want = (await admin.query(`SELECT pointer FROM sandpool_pointers WHERE swarm = 'r' AND name = 'prod'`))
+          .rows[0]?.pointer as string;
+        for (const root of [rootA, rootB]) {
+          await until(async () => (await readFile(join(root, 'r/snapshots/prod'), 'utf8')) === want);
+        }
+        const version = JSON.parse(want).digest === (await nodeA.snapshots.get('r', 'jan')).digest ? 1 : 2;
+        await answers(nodeA, version);
+        await answers(nodeB, version);
+        // A sign is a move too: taken in the database, at the next generation, by every node.
+        await nodeA.snapshots.sign('r', 'prod');
+        expect(await generation()).toEqual({ recorded: 6 + taken, pointer: 6 + taken });
+        const signed = (await admin.query(`SELECT pointer FROM sandpool_pointers WHERE swarm = 'r' AND name = 'prod'`))
+          .rows[0]?.pointer as string;
+        await until(async () => (await readFile(join(rootB, 'r/snapshots/prod'), 'utf8')) === signed);
+        await answers(nodeB, version);
+      } finally {
+        stop = true;
+        await Promise.all(loops);
+      }
+      expect(wrong).toEqual([]);
+      expect(invariants(nodeA)).toEqual([]);
+      expect(invariants(nodeB)).toEqual([]);
+      await Promise.all([nodeA.close(), nodeB.close()]);
+    } finally {
+      await admin.end();
+    }
+  }, 180_000);
 
   it('collects content no name has used for 10 minutes from the database and from every node, never content a name uses', async () => {
     const url = URL_ENV as string;
@@ -501,18 +650,8 @@ describe.skipIf(URL_ENV === undefined)('the PostgreSQL store, two nodes and no s
 
       // Another node moves v1 while A signs it: held open in a transaction until A's write waits
       // on it, then committed. A's sign must fail and leave the move as it was made.
-      const moved = await admin.query(
-        `SELECT p.pointer, p.digest FROM sandpool_pointers p WHERE p.swarm = $1 AND p.name = 'v2'`,
-        [swarm],
-      );
-      const movedPointer = (moved.rows[0].pointer as string).replace('"name": "v2"', '"name": "v1"');
       await admin.query('BEGIN');
-      await admin.query(`UPDATE sandpool_pointers SET digest = $2, pointer = $3 WHERE swarm = $1 AND name = 'v1'`, [
-        swarm,
-        moved.rows[0].digest,
-        movedPointer,
-      ]);
-      await admin.query('SELECT pg_notify($1, $2)', ['sandpool_pointers', `${swarm}/v1`]);
+      const movedPointer = await moveByHand(admin, swarm, 'v1', 'v2');
       const signing = signer.snapshots.sign(swarm, 'v1').then(
         () => null,
         (error: { code?: string }) => error.code,
@@ -596,7 +735,7 @@ describe.skipIf(URL_ENV === undefined)('the PostgreSQL store, two nodes and no s
     }
   });
 
-  it('moves a name on a node whose libuv pool is full: the pointer lands without waiting for it', async () => {
+  it("moves a name on a node whose libuv pool is full: the pointer and its generation's record land without waiting for it", async () => {
     const url = URL_ENV as string;
     const swarm = runSwarm('pool');
     const admin = new pg.Client({ connectionString: url });
@@ -611,7 +750,7 @@ describe.skipIf(URL_ENV === undefined)('the PostgreSQL store, two nodes and no s
       const pool = openPool({ root, store: { postgres: url } });
       await pool.snapshots.create(swarm, 'v1');
       await writeFiles(root, { [`${swarm}/live/notifier_agent.mjs`]: agent(2) });
-      const v2 = await pool.snapshots.create(swarm, 'v2');
+      await pool.snapshots.create(swarm, 'v2');
       await pool.snapshots.point(swarm, 'prod', 'v1');
       await expect(pool.call(`${swarm}@prod/notifier_agent`, 'version')).resolves.toBe(1);
 
@@ -629,18 +768,15 @@ describe.skipIf(URL_ENV === undefined)('the PostgreSQL store, two nodes and no s
       const pending = new Promise((resolve) => setTimeout(() => resolve('pending'), 500));
       expect(await Promise.race([probe, pending])).toBe('pending');
 
-      // Another node moves prod to v2's content: its row replaced, and NOTIFY.
-      const row = await admin.query(`SELECT pointer FROM sandpool_pointers WHERE swarm = $1 AND name = 'v2'`, [swarm]);
+      // Another node moves prod to v2's content.
       await admin.query('BEGIN');
-      await admin.query(`UPDATE sandpool_pointers SET digest = $2, pointer = $3 WHERE swarm = $1 AND name = 'prod'`, [
-        swarm,
-        v2.digest,
-        (row.rows[0].pointer as string).replace('"name": "v2"', '"name": "prod"'),
-      ]);
-      await admin.query('SELECT pg_notify($1, $2)', ['sandpool_pointers', `${swarm}/prod`]);
+      const moved = await moveByHand(admin, swarm, 'prod', 'v2');
       await admin.query('COMMIT');
-      const pointer = join(root, swarm, 'snapshots', 'prod');
-      await until(async () => readFileSync(pointer, 'utf8').includes(v2.digest), 20_000);
+      // The pointer lands, and the record of its generation beside it.
+      await until(async () => readFileSync(join(root, swarm, 'snapshots', 'prod'), 'utf8') === moved, 20_000);
+      const record = join(root, '.sandpool-cache', 'generations', swarm, 'prod');
+      const generation = (JSON.parse(moved) as { generation: number }).generation;
+      await until(async () => readFileSync(record, 'utf8') === `${generation}\n`, 20_000);
 
       release();
       await Promise.all(opened.map(async (handle) => (await handle).close()));
@@ -682,7 +818,12 @@ describe.skipIf(URL_ENV === undefined)('the PostgreSQL store, two nodes and no s
       await admin.query('LOCK TABLE sandpool_artifact_files IN ACCESS EXCLUSIVE MODE');
       await namer.query('BEGIN');
       for (const name of ['p1', 'p2']) {
-        const pointer = (made.rows[0].pointer as string).replace('"name": "made"', `"name": "${name}"`);
+        // Each a new name's first move, as another node's create writes it.
+        const pointer = `${JSON.stringify({ ...JSON.parse(made.rows[0].pointer as string), name, generation: 1 }, null, 2)}\n`;
+        await namer.query('INSERT INTO sandpool_generations (swarm, name, generation) VALUES ($1, $2, 1)', [
+          swarm,
+          name,
+        ]);
         await namer.query('INSERT INTO sandpool_pointers (swarm, name, digest, pointer) VALUES ($1, $2, $3, $4)', [
           swarm,
           name,

@@ -12,6 +12,7 @@ import pg from 'pg';
 import { isSandpoolError, snapshotBuild, snapshotCorrupt, snapshotExists } from '../errors.js';
 import { SnapshotNameSchema, SwarmSchema } from '../key.js';
 import { locateArtifact, sweepUnused, touchArtifact, UNUSED_ARTIFACT_MS } from './artifact.js';
+import { recordedGeneration, recordGeneration } from './generations.js';
 import { artifactDir, REMOVING_PREFIX, snapshotDir, snapshotsDir, TEMP_PREFIX } from './layout.js';
 import { workFolderName } from './leftovers.js';
 import { namedDigests, pointedDigest } from './names.js';
@@ -36,6 +37,8 @@ CREATE TABLE IF NOT EXISTS sandpool_artifact_files (
 CREATE TABLE IF NOT EXISTS sandpool_pointers (
   swarm text NOT NULL, name text NOT NULL, digest text NOT NULL, pointer text NOT NULL,
   PRIMARY KEY (swarm, name), FOREIGN KEY (swarm, digest) REFERENCES sandpool_artifacts);
+CREATE TABLE IF NOT EXISTS sandpool_generations (
+  swarm text NOT NULL, name text NOT NULL, generation bigint NOT NULL, PRIMARY KEY (swarm, name));
 -- Tables made before content was collected gain what collection needs. Looked up first: an
 -- ALTER or CREATE INDEX would lock the table against every node's writes on each start.
 DO $$ BEGIN
@@ -49,12 +52,6 @@ DO $$ BEGIN
   END IF;
 END $$;`;
 
-/** What a local write did to a name: made it, moved it to a target's content, or signed it again. */
-export type LocalWrite =
-  | { readonly kind: 'create' }
-  | { readonly kind: 'point'; readonly target: string }
-  | { readonly kind: 'sign' };
-
 /** A name's row as a write leaves it. */
 interface NameRow {
   readonly swarm: string;
@@ -63,11 +60,25 @@ interface NameRow {
   readonly pointer: string;
 }
 
+/**
+ * A name as the database has it: its pointer (null once removed) and the highest generation
+ * it was given (kept after a remove; null for a name the database never moved since it had
+ * generations). pg gives a bigint as text.
+ */
 interface Row {
   readonly swarm: string;
   readonly name: string;
-  readonly pointer: string;
+  readonly pointer: string | null;
+  readonly generation: string | number | null;
 }
+
+/** One name's pointer and generation, in one statement. */
+const NAME_ROW = `SELECT $1::text AS swarm, $2::text AS name,
+  (SELECT pointer FROM sandpool_pointers WHERE swarm = $1 AND name = $2) AS pointer,
+  (SELECT generation FROM sandpool_generations WHERE swarm = $1 AND name = $2) AS generation`;
+/** Every name the database has a pointer or a generation of. */
+const ALL_ROWS = `SELECT swarm, name, p.pointer, g.generation
+  FROM sandpool_pointers p FULL JOIN sandpool_generations g USING (swarm, name)`;
 
 export interface MirrorOptions {
   readonly root: string;
@@ -92,7 +103,7 @@ export class PostgresMirror {
   #backoffMs = BACKOFF_FIRST_MS;
   #retry: NodeJS.Timeout | null = null;
   readonly #recheck: NodeJS.Timeout;
-  /** `swarm/name` → the pointer text written locally: what a recheck compares with. */
+  /** `swarm/name` → the generation and pointer text written locally: what a recheck compares with. */
   readonly #applied = new Map<string, string>();
   /** One sync per name at a time, in order; a sync asked for while one runs runs after it. */
   readonly #syncing = new Map<string, Promise<void>>();
@@ -138,36 +149,46 @@ export class PostgresMirror {
   }
 
   /**
-   * Takes to the database what a create, point or sign just wrote under this root, in one
-   * transaction, then NOTIFY; a create's content is uploaded first (by the helper, in a
-   * transaction of its own), and claimed again by the one that names it. A create takes the name
-   * only if it is free or already this content's (EXISTS otherwise); a point only if its target
-   * still names that content; a sign replaces only the pointer it signed (`held`, as synced
-   * before it). When the database refuses or cannot be reached, the local name is put back as
-   * the database has it (or at the next recheck) and the error is thrown: nothing changed.
-   * Content a point moved the name off starts its grace, and what is past it is collected.
+   * Takes to the database what a create (`target` null) or point just wrote under this root,
+   * in one transaction, then NOTIFY; a create's content is uploaded first (by the helper, in a
+   * transaction of its own), and claimed again by the one that names it. A create takes the
+   * name only if it is free or already this content's (EXISTS otherwise); a point only if
+   * `target` still names that content (a sign is a point of the name at itself). Either takes
+   * it only if its generation is above the database's (the local store counted on from the
+   * database's, synced just before), so no two nodes give a name one generation. When the
+   * database refuses or cannot be reached, the local name is put back as the database has it
+   * (or at the next recheck) and the error is thrown: nothing changed. Content a point moved
+   * the name off starts its grace, and what is past it is collected.
    */
-  async #publish(swarm: string, name: string, how: LocalWrite, held: string | null): Promise<void> {
+  async #publish(swarm: string, name: string, target: string | null): Promise<void> {
     const root = this.#options.root;
     const { pointer, text } = readPointer(snapshotDir(root, swarm, name));
     const artifact = locateArtifact(root, swarm, pointer.digest);
     let unnamed: string | null = null;
     try {
       await this.#tables();
-      if (how.kind === 'create') await this.#transfer('upload', swarm, artifact.digest);
+      if (target === null) await this.#transfer('upload', swarm, artifact.digest);
       unnamed = await transaction(this.#pool, async (client) => {
+        // The name's generation first, as every writer of it takes it: then its content.
+        const held = await lockGeneration(client, swarm, name);
         const row = { swarm, name, digest: artifact.digest, pointer: text };
-        if (how.kind === 'sign') {
-          await resign(client, row, held);
-          return null;
-        }
-        if (how.kind === 'create') {
+        const movedMeanwhile = (): void => {
+          if (pointer.generation > held) return;
+          throw snapshotBuild(`snapshot ${name} of swarm ${swarm} was moved by another node meanwhile; try again`);
+        };
+        let before: string | null = null;
+        if (target === null) {
           // Uploaded by now: marked used and locked until the name holds it.
           await claimArtifact(client, artifact);
-          await nameContent(client, row);
-          return null;
+          if (await heldByContent(client, row)) return null;
+          movedMeanwhile();
+        } else {
+          // The name's own move first: a sign (a point at itself) whose name moved is to be tried again.
+          movedMeanwhile();
+          before = await moveFrom(client, row, target);
         }
-        return moveName(client, row, how.target);
+        await writeName(client, row, pointer.generation);
+        return before === artifact.digest ? null : before;
       });
     } catch (error) {
       await this.#undo(swarm, name, text);
@@ -195,18 +216,27 @@ export class PostgresMirror {
   }
 
   /**
-   * Drops the name everywhere. Its content stays for the names still using it; unnamed, its
-   * grace starts, and content unnamed past its grace is collected.
+   * Drops the name everywhere. Its generation goes one up and stays, so no node takes its last
+   * pointer back, and a name made again counts on from it. Its content stays for the names
+   * still using it; unnamed, its grace starts, and content unnamed past its grace is collected.
    */
   async remove(swarm: string, name: string): Promise<void> {
     await this.ready();
     const unnamed = await transaction(this.#pool, async (client) => {
+      const held = await lockGeneration(client, swarm, name);
       const gone = await client.query('DELETE FROM sandpool_pointers WHERE swarm = $1 AND name = $2 RETURNING digest', [
         swarm,
         name,
       ]);
       const digest = (gone.rows[0]?.digest as string | undefined) ?? null;
-      if (digest !== null) await markUsed(client, swarm, [digest]);
+      if (digest !== null) {
+        await client.query('UPDATE sandpool_generations SET generation = $3 WHERE swarm = $1 AND name = $2', [
+          swarm,
+          name,
+          held + 1,
+        ]);
+        await markUsed(client, swarm, [digest]);
+      }
       await notify(client, swarm, name);
       return digest;
     });
@@ -227,24 +257,21 @@ export class PostgresMirror {
   }
 
   /**
-   * A create, point or sign of this node: `local` writes under the root as the file system
-   * store does, then `publish` takes it to the database. In the name's turn, so no sync of the
-   * name lands between the local write and its publication.
+   * A create (`target` null) or point of this node (a sign is a point of the name at itself):
+   * `local` writes under the root as the file system store does, then `publish` takes it to
+   * the database. In the name's turn, so no sync of the name lands between the local write and
+   * its publication.
    */
-  async write<T>(swarm: string, name: string, how: LocalWrite, local: () => Promise<T>): Promise<T> {
+  async write<T>(swarm: string, name: string, target: string | null, local: () => Promise<T>): Promise<T> {
     // Outside the name's turn: the first full sync takes every name's turn in its own.
     await this.ready();
     return this.#inTurn(swarm, name, async () => {
       // The target as the database names it now (the move is taken only if it still does),
       // and the name: two names, read at once.
-      const target = how.kind === 'point' && how.target !== name ? this.sync(swarm, how.target) : null;
-      await Promise.all([target, this.#syncNow(swarm, name)]);
-      // The pointer the database holds, as mirrored: what a sign may replace.
-      const held = this.#applied.get(`${swarm}/${name}`) ?? null;
+      const moved = target !== null && target !== name ? this.sync(swarm, target) : null;
+      await Promise.all([moved, this.#syncNow(swarm, name)]);
       const value = await local();
-      // No row: a snapshot folder made before artifacts, which the database never held.
-      if (how.kind === 'sign' && held === null) return value;
-      await this.#publish(swarm, name, how, held);
+      await this.#publish(swarm, name, target);
       return value;
     });
   }
@@ -267,22 +294,18 @@ export class PostgresMirror {
 
   async #syncNow(swarm: string, name: string): Promise<void> {
     await this.#tables();
-    const result = await query(
-      this.#pool,
-      'SELECT swarm, name, pointer FROM sandpool_pointers WHERE swarm = $1 AND name = $2',
-      [swarm, name],
-    );
-    await this.#apply(swarm, name, (result.rows[0] as Row | undefined) ?? null);
+    const result = await query(this.#pool, NAME_ROW, [swarm, name]);
+    await this.#apply(swarm, name, result.rows[0] as Row);
   }
 
   /** Every pointer read again: what a lost notification, or a reconnection, needs. */
   async syncAll(): Promise<void> {
     await this.#tables();
-    const result = await query(this.#pool, 'SELECT swarm, name, pointer FROM sandpool_pointers');
+    const result = await query(this.#pool, ALL_ROWS);
     const rows = result.rows as Row[];
     const seen = new Set(rows.map((row) => `${row.swarm}/${row.name}`));
     for (const row of rows) {
-      if (this.#applied.get(`${row.swarm}/${row.name}`) !== row.pointer)
+      if (this.#applied.get(`${row.swarm}/${row.name}`) !== stateOf(row))
         await this.sync(row.swarm, row.name).catch(() => {});
     }
     for (const id of [...this.#applied.keys()]) {
@@ -344,26 +367,36 @@ export class PostgresMirror {
 
   /** Writes (or removes) the local pointer; an artifact not cached yet is fetched and verified first. */
   /**
-   * The pointer is written, checked and renamed in with synchronous calls, as admission reads
-   * it: a few operations on a file of a few hundred bytes, which must not queue in libuv's
-   * pool behind tenants' jobs or the module loads of workers starting (a move starts many).
+   * Writes (or removes) the local pointer; an artifact not cached yet is fetched and verified
+   * first. The local record of the name's generation becomes the database's: in a fleet the
+   * database decides a name's generations, and a pointer it never took (a local write it
+   * refused) is not one to keep counting from. The pointer and its record are written, checked
+   * and renamed in with synchronous calls, as admission reads them: a few operations on files
+   * of a few hundred bytes, which must not queue in libuv's pool behind tenants' jobs or the
+   * module loads of workers starting (a move starts many).
    */
-  async #apply(swarm: string, name: string, row: Row | null): Promise<void> {
+  async #apply(swarm: string, name: string, row: Row): Promise<void> {
     // Names from the database become paths under the root: only valid ones do.
     if (!SwarmSchema.safeParse(swarm).success || !SnapshotNameSchema.safeParse(name).success) {
       throw snapshotCorrupt('the database holds a pointer under an invalid swarm or snapshot name');
     }
     const id = `${swarm}/${name}`;
-    const path = snapshotDir(this.#options.root, swarm, name);
-    const before = pointedDigest(this.#options.root, swarm, name);
-    if (row === null) {
-      this.#applied.delete(id);
+    const root = this.#options.root;
+    const path = snapshotDir(root, swarm, name);
+    const generation = generationOf(row, id);
+    const before = pointedDigest(root, swarm, name);
+    if (row.pointer === null) {
+      // The record first, as a remove writes it: no pointer put back once the name is gone passes.
+      if (generation > 0) recordGeneration(root, swarm, name, generation);
       if (lstatSync(path, { throwIfNoEntry: false })?.isFile() === true) this.#unlink(swarm, path);
+      // A name the database never had is not watched; one it removed is, by its generation.
+      if (row.generation === null) this.#applied.delete(id);
+      else this.#applied.set(id, stateOf(row));
       if (before !== null) this.#unnamedHere(swarm, before);
       return;
     }
     if (row.pointer.length > POINTER_BYTES) throw snapshotCorrupt(`the database's pointer for ${id} is too large`);
-    const parent = snapshotsDir(this.#options.root, swarm);
+    const parent = snapshotsDir(root, swarm);
     mkdirSync(parent, { recursive: true });
     const temp = join(parent, workFolderName(TEMP_PREFIX));
     try {
@@ -371,6 +404,9 @@ export class PostgresMirror {
       // Checked as a reader will check it, before it can be read under its name.
       const { pointer } = readPointer(temp);
       checkPointerPlace(pointer, { swarm, name });
+      if (pointer.generation !== generation) {
+        throw snapshotCorrupt(`the database's pointer for ${id} is not at the name's generation`);
+      }
       let refused: unknown = null;
       try {
         await this.#cache(swarm, pointer.digest);
@@ -380,10 +416,15 @@ export class PostgresMirror {
         if (!isSandpoolError(error, 'ERR_SANDPOOL_SNAPSHOT_CORRUPT')) throw error;
         refused = error;
       }
+      // Pointer first, then its record, as the file system store writes them; a record going
+      // down (the database refused a local write) first, so no reader sees it above the pointer.
+      const down = generation < recordedOrAbove(root, swarm, name);
+      if (down) recordGeneration(root, swarm, name, generation);
       renameSync(temp, path);
+      if (!down) recordGeneration(root, swarm, name, generation);
       if (before !== null && before !== pointer.digest) this.#unnamedHere(swarm, before);
       if (refused !== null) throw refused;
-      this.#applied.set(id, row.pointer);
+      this.#applied.set(id, stateOf(row));
     } finally {
       rmSync(temp, { force: true });
     }
@@ -452,27 +493,39 @@ export class PostgresMirror {
   }
 }
 
-/** A create's name: taken if free, or already this content's (EXISTS when other content holds it). */
-async function nameContent(client: pg.ClientBase, row: NameRow): Promise<void> {
-  const { swarm, name, digest, pointer } = row;
-  const written = await client.query(
-    'INSERT INTO sandpool_pointers (swarm, name, digest, pointer) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING',
-    [swarm, name, digest, pointer],
+/**
+ * Holds the name's generation row for the transaction (made at 0 if the name has none): every
+ * writer of a name takes it first, so their moves count one after another.
+ */
+async function lockGeneration(client: pg.ClientBase, swarm: string, name: string): Promise<number> {
+  await client.query(
+    'INSERT INTO sandpool_generations (swarm, name, generation) VALUES ($1, $2, 0) ON CONFLICT DO NOTHING',
+    [swarm, name],
   );
-  if (written.rowCount === 1) return notify(client, swarm, name);
+  const held = await client.query(
+    'SELECT generation FROM sandpool_generations WHERE swarm = $1 AND name = $2 FOR UPDATE',
+    [swarm, name],
+  );
+  return generationOf({ swarm, name, pointer: null, generation: held.rows[0]?.generation ?? null }, `${swarm}/${name}`);
+}
+
+/** A create's name already held: true if by this content (nothing moves), EXISTS if by other content. */
+async function heldByContent(client: pg.ClientBase, row: NameRow): Promise<boolean> {
   const holder = await client.query('SELECT digest FROM sandpool_pointers WHERE swarm = $1 AND name = $2', [
-    swarm,
-    name,
+    row.swarm,
+    row.name,
   ]);
-  if (holder.rows[0]?.digest !== digest) throw snapshotExists(swarm, name);
+  if (holder.rows[0] === undefined) return false;
+  if (holder.rows[0].digest !== row.digest) throw snapshotExists(row.swarm, row.name);
+  return true;
 }
 
 /**
- * A point: the name moves to the content `target` names, only if it still does. Returns the
- * content the name moved off (its grace starts now), or null.
+ * A point: taken only if `target` still names the content. Both contents are marked (the one
+ * named, and the one the name moves off, whose grace starts now); returns the latter, or null.
  */
-async function moveName(client: pg.ClientBase, row: NameRow, target: string): Promise<string | null> {
-  const { swarm, name, digest, pointer } = row;
+async function moveFrom(client: pg.ClientBase, row: NameRow, target: string): Promise<string | null> {
+  const { swarm, name, digest } = row;
   const named = await client.query('SELECT digest FROM sandpool_pointers WHERE swarm = $1 AND name = $2 FOR SHARE', [
     swarm,
     target,
@@ -480,39 +533,52 @@ async function moveName(client: pg.ClientBase, row: NameRow, target: string): Pr
   if (named.rows[0]?.digest !== digest) {
     throw snapshotCorrupt(`snapshot ${target} of swarm ${swarm} moved while ${name} was pointed at it; try again`);
   }
-  const held = await client.query('SELECT digest FROM sandpool_pointers WHERE swarm = $1 AND name = $2 FOR UPDATE', [
-    swarm,
-    name,
-  ]);
+  const held = await client.query('SELECT digest FROM sandpool_pointers WHERE swarm = $1 AND name = $2', [swarm, name]);
   const before = (held.rows[0]?.digest as string | undefined) ?? null;
   // Named by the target, so its row is there (the foreign key): marked, not uploaded.
   await markUsed(client, swarm, before === null ? [digest] : [digest, before]);
+  return before;
+}
+
+/** The name's pointer and generation written, and every node told when the transaction commits. */
+async function writeName(client: pg.ClientBase, row: NameRow, generation: number): Promise<void> {
+  const { swarm, name, digest, pointer } = row;
   await client.query(
     `INSERT INTO sandpool_pointers (swarm, name, digest, pointer) VALUES ($1, $2, $3, $4)
      ON CONFLICT (swarm, name) DO UPDATE SET digest = EXCLUDED.digest, pointer = EXCLUDED.pointer`,
     [swarm, name, digest, pointer],
   );
-  await notify(client, swarm, name);
-  return before === digest ? null : before;
-}
-
-/**
- * A sign: the name's row takes the signed pointer only while it still holds the pointer that
- * was signed (`held`), so a move made meanwhile on another node is never undone.
- */
-async function resign(client: pg.ClientBase, row: NameRow, held: string | null): Promise<void> {
-  const { swarm, name, pointer } = row;
-  // The held pointer names the signed one's content: the same text means the same digest.
-  const signed = await client.query(
-    'UPDATE sandpool_pointers SET pointer = $3 WHERE swarm = $1 AND name = $2 AND pointer = $4',
-    [swarm, name, pointer, held],
-  );
-  if (signed.rowCount !== 1)
-    throw snapshotBuild(`snapshot ${name} of swarm ${swarm} moved while it was signed; try again`);
+  await client.query('UPDATE sandpool_generations SET generation = $3 WHERE swarm = $1 AND name = $2', [
+    swarm,
+    name,
+    generation,
+  ]);
   await notify(client, swarm, name);
 }
 
 /** Every node's listener hears of the name when the transaction commits. */
 async function notify(client: pg.ClientBase, swarm: string, name: string): Promise<void> {
   await client.query('SELECT pg_notify($1, $2)', [CHANNEL, `${swarm}/${name}`]);
+}
+
+function generationOf(row: Row, id: string): number {
+  const generation = row.generation === null ? 0 : Number(row.generation);
+  if (!Number.isSafeInteger(generation) || generation < 0) {
+    throw snapshotCorrupt(`the database's generation for ${id} is malformed`);
+  }
+  return generation;
+}
+
+/** What a recheck compares with what it applied last. */
+function stateOf(row: Row): string {
+  return `${row.generation ?? 'none'}\n${row.pointer ?? ''}`;
+}
+
+/** The local record, or (unreadable) above anything: the database's value then replaces it first. */
+function recordedOrAbove(root: string, swarm: string, name: string): number {
+  try {
+    return recordedGeneration(root, swarm, name);
+  } catch {
+    return Number.POSITIVE_INFINITY;
+  }
 }

@@ -140,6 +140,7 @@ export class Lifecycle implements CellLife {
       spares.booted(performance.now() - phase.startedAt);
     }
     cell.transition({ name: 'ready', thread, channel });
+    this.startEnded(phase);
     if (cell.route.promote(cell)) return;
     for (const call of waiting) channel.post(call);
     if (phase.retiring !== null) {
@@ -230,8 +231,14 @@ export class Lifecycle implements CellLife {
     if (phase.name !== 'starting' && phase.name !== 'ready' && phase.name !== 'draining') return;
     this.unwatch(cell);
     cell.transition({ name: 'exiting', thread: phase.thread, channel: phase.channel, end });
+    this.startEnded(phase);
     phase.thread.terminate(end, cause);
     this.resend(cell, phase.channel.takeDeferred(), end);
+  }
+
+  /** A cell that took a spare has left its start (ready, or failed): the spare is replaced now (see Spares.take). */
+  private startEnded(phase: CellPhase): void {
+    if (phase.name === 'starting' && phase.from === 'spare') this.parts.spares.refill();
   }
 
   /**
@@ -286,6 +293,7 @@ export class Lifecycle implements CellLife {
     const running = cell.channel?.drain() ?? [];
     const unsent = cell.channel?.takeDeferred() ?? [];
     cell.transition({ name: 'ended', end });
+    this.startEnded(phase);
     // A kill or a cpuTimeoutMs overrun is the pool's own doing, and a failed load has backed off already.
     const own = death === 'killed' || death === 'cpu' || phase.name === 'starting' || failedLoad(phase);
     // Before the route hears the cell is gone: a call resent keeps the route (and makes its next cell).

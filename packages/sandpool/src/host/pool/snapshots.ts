@@ -33,7 +33,7 @@ export class PoolSnapshotStore extends SnapshotStore {
   override async create(swarm: string, name: string): Promise<SnapshotInfo> {
     if (this.mirror === null) return this.inHelper('create', swarm, name, () => super.create(swarm, name));
     checkSnapshotArgs(swarm, name);
-    return (await this.mirror).write(swarm, name, { kind: 'create' }, () =>
+    return (await this.mirror).write(swarm, name, null, () =>
       this.inHelper('create', swarm, name, () => super.create(swarm, name)),
     );
   }
@@ -52,12 +52,12 @@ export class PoolSnapshotStore extends SnapshotStore {
     return this.inHelper('verify', swarm, name, () => super.verify(swarm, name));
   }
 
-  /** With a database, the row is signed too, and every node mirrors the signed pointer. */
+  /** With a database, the signed pointer is a move of the name like any other: taken there, for every node. */
   override async sign(swarm: string, name: string): Promise<SnapshotInfo> {
     const local = (): Promise<SnapshotInfo> => this.inHelper('sign', swarm, name, () => super.sign(swarm, name));
     if (this.mirror === null) return local();
     checkSnapshotArgs(swarm, name);
-    return (await this.mirror).write(swarm, name, { kind: 'sign' }, local);
+    return (await this.mirror).write(swarm, name, name, local);
   }
 
   /** Every pool on the store sees the move within its pointer check (see PoolCore): the old content drains. */
@@ -65,7 +65,7 @@ export class PoolSnapshotStore extends SnapshotStore {
     checkPointArgs(swarm, name, target);
     const local = (): Promise<SnapshotInfo> =>
       this.helper.available ? this.helper.run('point', swarm, name, target) : super.point(swarm, name, target);
-    return this.mirror === null ? local() : (await this.mirror).write(swarm, name, { kind: 'point', target }, local);
+    return this.mirror === null ? local() : (await this.mirror).write(swarm, name, target, local);
   }
 
   override async remove(swarm: string, name: string): Promise<void> {

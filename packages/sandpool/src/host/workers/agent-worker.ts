@@ -4,7 +4,7 @@ import type { ResolvedKey } from '../../key.js';
 import type { OutputListener } from '../../options.js';
 import { checkFromWorker } from '../../protocol/checks.js';
 import type { FromWorker, OutputChunk, ToWorker } from '../../protocol/messages.js';
-import type { EvictReason, Isolation } from '../../types.js';
+import type { EvictReason, Isolation, KeyStats } from '../../types.js';
 import type { MemoryProbe, MemoryReading } from './memory-probe.js';
 import { LineSplitter, OutputAllowance } from './output.js';
 import type { KeyAccess } from './sandbox/view.js';
@@ -80,6 +80,11 @@ export abstract class AgentWorker {
 
   /** Its key, just before the load: what a process's cage must show it and whom it runs as (a thread needs nothing). */
   assign(_key: ResolvedKey, _access: KeyAccess | null): void {}
+
+  /** A child process's cgroup bound (see AgentProcess); a thread has none. */
+  cgroupBounds(): KeyStats['cgroup'] {
+    return null;
+  }
 
   /** Sets the priority of a child process (see AgentProcess); a thread's is set by its TID. */
   prioritize(_nice: number): boolean {
