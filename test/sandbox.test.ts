@@ -88,6 +88,7 @@ describe('the OS sandbox of process keys', () => {
       status: 'ok',
       node: 'node-1',
       sandbox: { namespaces, uidPerSwarm, cgroups, network, userns },
+      store: null,
     });
     expect((await request(openServer({ root: dir }), 'GET', '/healthz')).body.sandbox).toBeNull();
   });

@@ -3,7 +3,7 @@
 // a deploy, a snapshot and a channel move through one node, calls through the balancer. The
 // database is read only to assert, and to cut the nodes' connections.
 import { randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
@@ -175,8 +175,10 @@ for (const balancer of BALANCERS) {
           // No recheck within the test (10 min): every move must reach the nodes by NOTIFY, or
           // after a reconnection by the full read that follows it.
           const store = { postgres: url.href, recheckMs: 600_000 };
+          // A worker's start may take over 10 s (the default loadTimeoutMs) at load 30, as the
+          // unit tests' pools allow for: a minute bounds a hang.
           const options = {
-            pool: { root: join(dir, 'root'), maxWorkers: 64, store },
+            pool: { root: join(dir, 'root'), maxWorkers: 64, loadTimeoutMs: 60_000, store },
             server: {},
           };
           await writeFile(config, `export default ${JSON.stringify(options)};\n`);
@@ -256,9 +258,18 @@ for (const balancer of BALANCERS) {
         })();
 
         // Every stem of app@prod through the balancer: the version each answered, and which nodes answered.
-        const throughBalancer = async (): Promise<{ versions: Set<string | null>; nodes: Set<string> }> => {
+        const throughBalancer = async (): Promise<{
+          versions: Set<string | null>;
+          nodes: Set<string>;
+          failed: string;
+        }> => {
           const replies = await Promise.all(STEMS.map((stem) => call(base, `${APP}@prod/${stem}`, 'version', [])));
-          return { versions: new Set(replies.map(versionOf)), nodes: new Set(replies.map((r) => r.node ?? '')) };
+          return {
+            versions: new Set(replies.map(versionOf)),
+            nodes: new Set(replies.map((r) => r.node ?? '')),
+            // What an answer other than a version was, for the failure message.
+            failed: JSON.stringify(replies.filter((reply) => versionOf(reply) === null).slice(0, 3)),
+          };
         };
         /**
          * Each live node, asked directly, until it answers `version`: ms from `since` to the last
@@ -289,7 +300,7 @@ for (const balancer of BALANCERS) {
 
         await everyNodeAnswers(nodes, 'v1', Date.now(), true);
         const first = await throughBalancer();
-        expect([...first.versions]).toEqual(['v1']);
+        expect([...first.versions], first.failed).toEqual(['v1']);
         expect([...first.nodes].sort()).toEqual(['n1', 'n2', 'n3']);
 
         // 2. Moves: new content deployed, snapshotted and pointed through n1, then rollbacks.
@@ -298,13 +309,31 @@ for (const balancer of BALANCERS) {
           ...Array.from({ length: NEW_VERSIONS }, (_, i) => NEW_VERSIONS - i),
         ];
         const moveMs: number[] = [];
+        /**
+         * Where each move's time went, from the same start: the PUT's transaction committed (its
+         * NOTIFY heard here), the PUT answered, and the last node's mirror renamed the new pointer
+         * in (the file's ctime); the rest is each node's new worker starting.
+         */
+        const phases = { committed: [] as number[], answered: [] as number[], mirrored: [] as number[] };
+        let notifiedAt = 0;
+        await db.query('LISTEN sandpool_pointers');
+        db.on('notification', (message) => {
+          if (message.payload === `${APP}/prod`) notifiedAt = Date.now();
+        });
+        /** When the node's mirror renamed its pointer of prod in. */
+        const mirroredAt = async (node: ServeNode): Promise<number> =>
+          (await lstat(join(work, node.name, 'root', APP, 'snapshots', 'prod'))).ctimeMs;
         const move = async (live: readonly ServeNode[], through: ServeNode, release: number): Promise<number> => {
+          notifiedAt = 0;
           const started = Date.now();
           const reply = await point(through, `r${release}`);
+          phases.answered.push(Date.now() - started);
           expect(reply, JSON.stringify(reply.body)).toMatchObject({ status: 200 });
           const took = await everyNodeAnswers(live, `v${release}`, started);
+          phases.committed.push(notifiedAt - started);
+          phases.mirrored.push(Math.round(Math.max(...(await Promise.all(live.map(mirroredAt)))) - started));
           const seen = await throughBalancer();
-          expect([...seen.versions]).toEqual([`v${release}`]);
+          expect([...seen.versions], seen.failed).toEqual([`v${release}`]);
           return took;
         };
         for (const [index, release] of targets.entries()) {
@@ -372,13 +401,25 @@ for (const balancer of BALANCERS) {
         );
         expect(cut.rows.length).toBeGreaterThanOrEqual(survivors.length);
         const cached = await throughBalancer();
-        expect([...cached.versions]).toEqual(['v1']);
+        expect([...cached.versions], cached.failed).toEqual(['v1']);
         await until('every node listening again on a new connection', async () => {
           const now = await listeners();
           return now.length === survivors.length && now.every((pid) => !before.includes(pid));
         });
         const afterCut = await move(survivors, n1, NEW_VERSIONS + 1);
         moveMs.push(afterCut);
+        // Each survivor said so: lost once, connected again, and its log has both.
+        for (const node of survivors) {
+          const health = (await request(`${node.url}/healthz`, 'GET')).body as { store: { state: string } };
+          expect(health.store.state).toBe('connected');
+          const metrics = await (await fetch(`${node.url}/metrics`)).text();
+          expect(metrics).toMatch(/^sandpool_store_lost_total\{node="n\d"\} 1$/m);
+          const log = node.output();
+          expect(log.indexOf("lost the store's database")).toBeGreaterThan(-1);
+          expect(log.lastIndexOf("the store's database is connected")).toBeGreaterThan(
+            log.indexOf("lost the store's database"),
+          );
+        }
 
         running = false;
         await neighbourLoop;
@@ -386,10 +427,16 @@ for (const balancer of BALANCERS) {
         expect(neighbour.answered).toBeGreaterThan(0);
 
         const measured = moveMs.slice(0, targets.length);
+        const phase = (name: keyof typeof phases): string => {
+          const values = phases[name].slice(0, targets.length);
+          return `${name} p50 ${percentile(values, 50)} / p99 ${percentile(values, 99)} ms ${JSON.stringify(values)}`;
+        };
         console.log(
-          `fleet behind ${balancer.name}: ${measured.length} moves, from the end of PUT channels/prod on n1 to every node answering the new ` +
+          `fleet behind ${balancer.name}: ${measured.length} moves, from PUT channels/prod sent to n1 to every node answering the new ` +
             `content: p50 ${percentile(measured, 50)} ms, p99 ${percentile(measured, 99)} ms ` +
             `(new content ${JSON.stringify(measured.slice(0, NEW_VERSIONS))}, rollbacks ${JSON.stringify(measured.slice(NEW_VERSIONS))}); ` +
+            `from the same start: ${phase('committed')}; PUT ${phase('answered')}; the pointer on every node's disk, ` +
+            `${phase('mirrored')}; the rest each node's new worker starting; ` +
             `after cut connections: ${afterCut} ms; ${during.length} app calls around ${victim.name}'s stop, ` +
             `failed ${JSON.stringify(Object.fromEntries(countBy(failedAround, (r) => `${r.status} ${String(r.body.code)}`)))}; ` +
             `neighbour ${neighbour.answered} answered (from ${[...neighbour.homes].sort().join(', ')}), ${neighbour.refused} refused by the stopping node`,

@@ -2,6 +2,7 @@ import { Counter, collectDefaultMetrics, Gauge, Registry } from 'prom-client';
 import type { DemoteReason, EvictReason, ExitReason, Pool, SpawnReason } from 'sandpool';
 import { OneLabelCounter, OneLabelHistogram } from './one-label-metrics.js';
 import type { ServerErrorCode } from './status.js';
+import type { StoreReport } from './store-state.js';
 import { SwarmLabels } from './swarm-labels.js';
 
 export interface ServerMetrics {
@@ -77,7 +78,12 @@ export function swarmSeries(text: string, swarms: readonly string[]): string {
   return kept.length === 0 ? '' : `${kept.join('\n')}\n`;
 }
 
-export function createMetrics(pool: Pool, nodeName: string, swarmLabelLimit: number): ServerMetrics {
+export function createMetrics(
+  pool: Pool,
+  nodeName: string,
+  swarmLabelLimit: number,
+  store: StoreReport,
+): ServerMetrics {
   const registry = new Registry();
   registry.setDefaultLabels({ node: nodeName });
   // Process metrics and nodejs_eventloop_lag_*: the event-loop delay that every call on this node shares.
@@ -131,6 +137,8 @@ export function createMetrics(pool: Pool, nodeName: string, swarmLabelLimit: num
       this.inc(pool.stats().outputDropped);
     },
   });
+
+  if (store.status !== null) storeMetrics(registry, store);
 
   const spawns = eventCounter(
     registry,
@@ -256,6 +264,25 @@ function swarmMetrics(
       latency.observe(label, seconds);
     },
   };
+}
+
+/** Only for a pool with a database: a node without one has no store to lose. */
+function storeMetrics(registry: Registry, store: StoreReport): void {
+  statsGauge(
+    registry,
+    'sandpool_store_connected',
+    "1 while the node is connected to the store's database, 0 while connecting or lost (it serves what it mirrored).",
+    () => (store.status?.state === 'connected' ? 1 : 0),
+  );
+  new Counter({
+    name: 'sandpool_store_lost_total',
+    help: "Times the node lost the store's database (an outage once, however many reconnections it took).",
+    registers: [registry],
+    collect() {
+      this.reset();
+      this.inc(store.losses);
+    },
+  });
 }
 
 function reasons<Reason extends string>(all: Record<Reason, true>): readonly Reason[] {

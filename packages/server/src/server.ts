@@ -20,12 +20,15 @@ import { registerKeyRoutes } from './routes/keys.js';
 import { registerSnapshotRoutes } from './routes/snapshots.js';
 import { registerStreamRoutes } from './routes/stream.js';
 import { registerSwarmRoutes } from './routes/swarms.js';
+import { type StoreReport, watchStore } from './store-state.js';
 
 export interface SandpoolServer {
   /** Listen with `app.listen(...)`; `app.close()` drains requests, then closes the pool. */
   readonly app: FastifyInstance;
   readonly pool: Pool;
   readonly nodeName: string;
+  /** The pool's store: connecting, connected or lost (null status when the root alone keeps snapshots). */
+  readonly store: StoreReport;
   /**
    * Stops taking work: /readyz answers 503 and every /v1 route ERR_SANDPOOL_CLOSED, while
    * calls already running go on. `app.close()` does this first by itself; call it earlier
@@ -41,13 +44,16 @@ const MAX_PARAM_LENGTH = 512;
 export function createServer(options: ServerOptions): SandpoolServer {
   const { server, pool: poolOptions } = splitOptions(options);
   const pool = createPool(poolOptions);
+  // Before anything can await: the pool's first store event comes once its database client loads.
+  const store = watchStore(pool);
   const lifecycle = { draining: false };
   const root = resolve(poolOptions.root);
   const scrub = scrubFor(root);
   const context: ServerContext = {
     pool,
-    metrics: createMetrics(pool, server.nodeName, server.metricsSwarms),
+    metrics: createMetrics(pool, server.nodeName, server.metricsSwarms, store),
     options: server,
+    store,
     lifecycle,
     root,
     scrub,
@@ -121,7 +127,7 @@ export function createServer(options: ServerOptions): SandpoolServer {
   app.addHook('onClose', async () => {
     await pool.close();
   });
-  return { app, pool, nodeName: server.nodeName, drain };
+  return { app, pool, nodeName: server.nodeName, store, drain };
 }
 
 /**

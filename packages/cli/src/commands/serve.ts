@@ -1,5 +1,5 @@
 import { readFile, stat } from 'node:fs/promises';
-import type { SandpoolConfig } from '@sandpool/server';
+import type { SandpoolConfig, StoreState } from '@sandpool/server';
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import { isSandpoolError, type SandboxLayers } from 'sandpool';
 import { parseMillis } from '../args.js';
@@ -64,6 +64,8 @@ export function registerServe(program: Command, io: Io): void {
       const { options, port, host } = serveSettings(config, flags, tokens);
       await checkRoot(options.root);
       const server = createServer(options);
+      // A node that lost its database keeps serving what it mirrored: the log says when, and when it is back.
+      server.store.onChange(({ state }) => printLine(io.writeOut, `sandpool serve: ${describeStore(state)}`));
       const layers = server.pool.stats().sandbox;
       if (layers !== null) printLine(io.writeOut, `sandpool serve: ${describeSandbox(layers)}`);
       // Installed before listening: a signal that arrives while the port opens still drains.
@@ -79,6 +81,12 @@ export function registerServe(program: Command, io: Io): void {
       }
       printLine(io.writeOut, `sandpool serve: node ${server.nodeName} stopped`);
     });
+}
+
+function describeStore(state: StoreState): string {
+  return state === 'lost'
+    ? "lost the store's database: serving the snapshots this node mirrored, reconnecting"
+    : `the store's database is ${state}`;
 }
 
 /** What the OS sandbox gives process keys on this host, and each layer it goes without, with why. */

@@ -1,6 +1,6 @@
 // What a name's pointer may not go back from: the highest generation the store gave the name.
 // No zod here: the coordinator reads it, synchronously, when it reads a pointer that changed.
-import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { snapshotCorrupt } from '../errors.js';
 import { generationFile, generationsDir, TEMP_PREFIX } from './layout.js';
@@ -37,16 +37,18 @@ export function recordedGeneration(root: string, swarm: string, name: string, ke
  * new one. A store writes it holding the name's lock: after the pointer a move writes, so a
  * reader never finds the record ahead of the pointer in place (which it would refuse), and
  * before a remove takes the pointer away, so no pointer put back once the name is gone passes.
+ * Synchronous, as the pointer beside it is written where the coordinator writes it (a fleet's
+ * mirror): a few bytes, which must not wait in libuv's pool behind tenants' jobs.
  */
-export async function recordGeneration(root: string, swarm: string, name: string, generation: number): Promise<void> {
+export function recordGeneration(root: string, swarm: string, name: string, generation: number): void {
   const dir = generationsDir(root, swarm);
-  await mkdir(dir, { recursive: true });
+  mkdirSync(dir, { recursive: true });
   const temp = join(dir, workFolderName(TEMP_PREFIX));
   try {
-    await writeFile(temp, `${generation}\n`, { flag: 'wx', mode: 0o644 });
-    await rename(temp, generationFile(root, swarm, name));
+    writeFileSync(temp, `${generation}\n`, { flag: 'wx', mode: 0o644 });
+    renameSync(temp, generationFile(root, swarm, name));
   } finally {
-    await rm(temp, { force: true });
+    rmSync(temp, { force: true });
   }
 }
 

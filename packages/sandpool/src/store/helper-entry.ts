@@ -1,23 +1,44 @@
 /**
  * The snapshot helper: a child process of the coordinator that runs the store's file-heavy
- * operations (create, verify, sign, remove, point, live keys' builds, and the reads of get
- * and list) on a libuv pool and a thread of its own. In the host's
+ * operations (create, verify, sign, remove, point, live keys' builds, the reads of get and
+ * list, and with a PostgreSQL store the artifacts' uploads and downloads) on a libuv pool and
+ * a thread of its own. In the host's
  * process they would queue behind tenants' async jobs (`crypto.pbkdf2`, `fs` reads) in the
  * one pool every thread shares. Only the coordinator talks to it, over its IPC channel.
  */
 import { resolve } from 'node:path';
+import type { Pool as Database } from 'pg';
 import { isSandpoolError } from '../errors.js';
 import { DEFAULT_MAX_SNAPSHOT_BYTES } from './artifact.js';
-import type { HelperReceived, HelperReply, HelperRequest } from './helper-protocol.js';
+import type { HelperReceived, HelperReply, HelperRequest, TransferOp } from './helper-protocol.js';
 import { LiveArtifacts, stemOf } from './live.js';
 import type { SnapshotStore } from './store.js';
 
 /** One store: a helper serves one pool, whose options every request repeats. */
 let store: Promise<SnapshotStore> | null = null;
 let live: LiveArtifacts | null = null;
+/** The pool's database, connected on the first transfer: a pool without one never loads the client. */
+let database: Promise<Database> | null = null;
+
+/** An upload or download for the mirror (see postgres-transfer.ts), on this process's connections. */
+async function transfer(op: TransferOp, request: HelperRequest): Promise<null> {
+  const { swarm, digest = '', postgres = '', options } = request;
+  const { uploadArtifact, downloadArtifact } = await import('./postgres-transfer.js');
+  database ??= import('./postgres-db.js').then(({ openDatabase }) =>
+    openDatabase(postgres, { max: 2, idleMs: 10_000 }),
+  );
+  const db = await database;
+  const root = resolve(options.root);
+  if (op === 'upload') await uploadArtifact(db, root, swarm, digest);
+  else await downloadArtifact(db, root, swarm, digest, options.maxSnapshotBytes ?? DEFAULT_MAX_SNAPSHOT_BYTES);
+  return null;
+}
 
 async function run(request: HelperRequest): Promise<HelperReply> {
   try {
+    if (request.op === 'upload' || request.op === 'download') {
+      return { id: request.id, ok: true, value: await transfer(request.op, request) };
+    }
     if (request.op === 'live') {
       // The pool checked its options; the store (and the schemas it loads) waits for the first store operation.
       live ??= new LiveArtifacts(

@@ -105,3 +105,16 @@ export function namedDigests(root: string, swarm: string): Set<string> {
   }
   return digests;
 }
+
+/** The digest a name's pointer holds now, unchecked; null for none (or a folder made before artifacts). */
+export function pointedDigest(root: string, swarm: string, name: string): string | null {
+  return pointedPointer(root, swarm, name)?.digest ?? null;
+}
+
+export function pointedPointer(root: string, swarm: string, name: string): Pointer | null {
+  try {
+    return readPointer(snapshotDir(root, swarm, name)).pointer;
+  } catch {
+    return null;
+  }
+}

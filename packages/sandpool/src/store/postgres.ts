@@ -6,20 +6,22 @@
  * as they do without a database, and a move pushed by NOTIFY reaches the pool by the same
  * pointer check as a move on a shared disk. The database is never awaited when a call is admitted.
  */
-import { createHash } from 'node:crypto';
-import { lstatSync } from 'node:fs';
-import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { lstatSync, mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import pg from 'pg';
-import { isSandpoolError, type SandpoolError, snapshotBuild, snapshotCorrupt, snapshotExists } from '../errors.js';
+import { isSandpoolError, snapshotBuild, snapshotCorrupt, snapshotExists } from '../errors.js';
 import { SnapshotNameSchema, SwarmSchema } from '../key.js';
-import { type BuiltArtifact, freezeFolders, locateArtifact } from './artifact.js';
+import { locateArtifact, sweepUnused, touchArtifact, UNUSED_ARTIFACT_MS } from './artifact.js';
 import { recordedGeneration, recordGeneration } from './generations.js';
-import { artifactDir, artifactsDir, REMOVING_PREFIX, snapshotDir, snapshotsDir, TEMP_PREFIX } from './layout.js';
-import { removeTree, workFolderName } from './leftovers.js';
-import { type ArtifactManifest, MANIFEST_NAME, parseManifest, serializeManifest } from './manifest.js';
+import { artifactDir, REMOVING_PREFIX, snapshotDir, snapshotsDir, TEMP_PREFIX } from './layout.js';
+import { workFolderName } from './leftovers.js';
+import { namedDigests, pointedDigest } from './names.js';
 import { checkPointerPlace, readPointer } from './pointer.js';
+import { claimArtifact, collectUnused, markUsed } from './postgres-content.js';
+import { openDatabase, query, transaction } from './postgres-db.js';
 import type { ResolvedPostgresStore } from './postgres-options.js';
+import { downloadArtifact, uploadArtifact } from './postgres-transfer.js';
+import type { StoreHelper } from './store-helper.js';
 
 const CHANNEL = 'sandpool_pointers';
 const POINTER_BYTES = 4096;
@@ -27,7 +29,8 @@ const BACKOFF_FIRST_MS = 100;
 const BACKOFF_MAX_MS = 5_000;
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS sandpool_artifacts (
-  swarm text NOT NULL, digest text NOT NULL, manifest text NOT NULL, PRIMARY KEY (swarm, digest));
+  swarm text NOT NULL, digest text NOT NULL, manifest text NOT NULL, used_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (swarm, digest));
 CREATE TABLE IF NOT EXISTS sandpool_artifact_files (
   swarm text NOT NULL, digest text NOT NULL, path text NOT NULL, bytes bytea NOT NULL,
   PRIMARY KEY (swarm, digest, path), FOREIGN KEY (swarm, digest) REFERENCES sandpool_artifacts ON DELETE CASCADE);
@@ -35,7 +38,27 @@ CREATE TABLE IF NOT EXISTS sandpool_pointers (
   swarm text NOT NULL, name text NOT NULL, digest text NOT NULL, pointer text NOT NULL,
   PRIMARY KEY (swarm, name), FOREIGN KEY (swarm, digest) REFERENCES sandpool_artifacts);
 CREATE TABLE IF NOT EXISTS sandpool_generations (
-  swarm text NOT NULL, name text NOT NULL, generation bigint NOT NULL, PRIMARY KEY (swarm, name));`;
+  swarm text NOT NULL, name text NOT NULL, generation bigint NOT NULL, PRIMARY KEY (swarm, name));
+-- Tables made before content was collected gain what collection needs. Looked up first: an
+-- ALTER or CREATE INDEX would lock the table against every node's writes on each start.
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_attribute
+      WHERE attrelid = 'sandpool_artifacts'::regclass AND attname = 'used_at' AND NOT attisdropped) THEN
+    -- Content already there starts its grace now.
+    ALTER TABLE sandpool_artifacts ADD COLUMN IF NOT EXISTS used_at timestamptz NOT NULL DEFAULT now();
+  END IF;
+  IF to_regclass('sandpool_pointers_by_digest') IS NULL THEN
+    CREATE INDEX IF NOT EXISTS sandpool_pointers_by_digest ON sandpool_pointers (swarm, digest);
+  END IF;
+END $$;`;
+
+/** A name's row as a write leaves it. */
+interface NameRow {
+  readonly swarm: string;
+  readonly name: string;
+  readonly digest: string;
+  readonly pointer: string;
+}
 
 /** The advisory lock key the nodes making the tables take in turn ("sandpool" in ASCII). */
 const SCHEMA_LOCK = 0x73616e64706f6f6cn.toString();
@@ -65,6 +88,8 @@ export interface MirrorOptions {
   readonly store: ResolvedPostgresStore;
   /** What one artifact may hold (maxSnapshotBytes): a larger one from the database is refused. */
   readonly maxBytes: number;
+  /** Runs uploads and downloads off the coordinator's thread, while it is available. */
+  readonly helper: StoreHelper;
   /** Told (without the connection string) when the database is lost or back. */
   readonly onState?: (state: 'lost' | 'connected') => void;
 }
@@ -86,13 +111,17 @@ export class PostgresMirror {
   /** One sync per name at a time, in order; a sync asked for while one runs runs after it. */
   readonly #syncing = new Map<string, Promise<void>>();
   #ready: Promise<void> | null = null;
+  /** Downloads in flight, by `swarm/digest`: a second name of the same content waits for the first's. */
+  readonly #fetching = new Map<string, Promise<void>>();
+  /** Sweeps of this node's unused copies still running: close() waits for them. */
+  readonly #sweeps = new Set<Promise<void>>();
   #schema: Promise<void> | null = null;
 
   constructor(options: MirrorOptions) {
     this.#options = options;
-    this.#pool = new pg.Pool({ connectionString: options.store.postgres, max: 4, idleTimeoutMillis: 10_000 });
-    // An idle client's lost connection: the next query reconnects.
-    this.#pool.on('error', () => {});
+    // Kept open while idle: a new connection's SCRAM handshake runs PBKDF2 in libuv's pool, and
+    // the first read after a quiet spell, a move's, would wait behind whatever queues there.
+    this.#pool = openDatabase(options.store.postgres, { max: 4, idleMs: 0 });
     this.#recheck = setInterval(() => void this.syncAll().catch(() => {}), options.store.recheckMs);
     this.#recheck.unref();
     this.#listen();
@@ -116,7 +145,7 @@ export class PostgresMirror {
    * is not safe against itself: 23505 on pg_type), so each takes a lock held to its commit.
    */
   #tables(): Promise<void> {
-    this.#schema ??= this.#transaction(async (client) => {
+    this.#schema ??= transaction(this.#pool, async (client) => {
       await client.query('SELECT pg_advisory_xact_lock($1)', [SCHEMA_LOCK]);
       await client.query(SCHEMA);
     }).then(
@@ -130,64 +159,53 @@ export class PostgresMirror {
   }
 
   /**
-   * Takes to the database what create (`target` null) or point just wrote under this root, in
-   * one transaction with the content's upload, then NOTIFY. A create takes the name only if it
-   * is free or already this content's (EXISTS otherwise); a point only if `target` still names
-   * that content. Either takes it only if its generation is above the database's (the local
-   * store counted on from the database's, synced just before), so no two nodes give a name
-   * one generation. When the database refuses or cannot be reached, the local name is put back
-   * as the database has it (or at the next recheck) and the error is thrown: nothing changed.
+   * Takes to the database what a create (`target` null) or point just wrote under this root,
+   * in one transaction, then NOTIFY; a create's content is uploaded first (by the helper, in a
+   * transaction of its own), and claimed again by the one that names it. A create takes the
+   * name only if it is free or already this content's (EXISTS otherwise); a point only if
+   * `target` still names that content (a sign is a point of the name at itself). Either takes
+   * it only if its generation is above the database's (the local store counted on from the
+   * database's, synced just before), so no two nodes give a name one generation. When the
+   * database refuses or cannot be reached, the local name is put back as the database has it
+   * (or at the next recheck) and the error is thrown: nothing changed. Content a point moved
+   * the name off starts its grace, and what is past it is collected.
    */
   async #publish(swarm: string, name: string, target: string | null): Promise<void> {
     const root = this.#options.root;
     const { pointer, text } = readPointer(snapshotDir(root, swarm, name));
     const artifact = locateArtifact(root, swarm, pointer.digest);
+    let unnamed: string | null = null;
     try {
       await this.#tables();
-      await this.#transaction(async (client) => {
-        await this.#upload(client, artifact);
+      if (target === null) await this.#transfer('upload', swarm, artifact.digest);
+      unnamed = await transaction(this.#pool, async (client) => {
+        // The name's generation first, as every writer of it takes it: then its content.
         const held = await lockGeneration(client, swarm, name);
-        if (target === null) {
-          const row = await client.query('SELECT digest FROM sandpool_pointers WHERE swarm = $1 AND name = $2', [
-            swarm,
-            name,
-          ]);
-          if (row.rows[0] !== undefined) {
-            // Already this content's: nothing moves.
-            if (row.rows[0].digest !== artifact.digest) throw snapshotExists(swarm, name);
-            return;
-          }
-        } else {
-          const row = await client.query(
-            'SELECT digest FROM sandpool_pointers WHERE swarm = $1 AND name = $2 FOR SHARE',
-            [swarm, target],
-          );
-          if (row.rows[0]?.digest !== artifact.digest) {
-            throw snapshotCorrupt(
-              `snapshot ${target} of swarm ${swarm} moved while ${name} was pointed at it; try again`,
-            );
-          }
-        }
-        if (pointer.generation <= held) {
+        const row = { swarm, name, digest: artifact.digest, pointer: text };
+        const movedMeanwhile = (): void => {
+          if (pointer.generation > held) return;
           throw snapshotBuild(`snapshot ${name} of swarm ${swarm} was moved by another node meanwhile; try again`);
+        };
+        let before: string | null = null;
+        if (target === null) {
+          // Uploaded by now: marked used and locked until the name holds it.
+          await claimArtifact(client, artifact);
+          if (await heldByContent(client, row)) return null;
+          movedMeanwhile();
+        } else {
+          // The name's own move first: a sign (a point at itself) whose name moved is to be tried again.
+          movedMeanwhile();
+          before = await moveFrom(client, row, target);
         }
-        await client.query(
-          `INSERT INTO sandpool_pointers (swarm, name, digest, pointer) VALUES ($1, $2, $3, $4)
-           ON CONFLICT (swarm, name) DO UPDATE SET digest = EXCLUDED.digest, pointer = EXCLUDED.pointer`,
-          [swarm, name, artifact.digest, text],
-        );
-        await client.query('UPDATE sandpool_generations SET generation = $3 WHERE swarm = $1 AND name = $2', [
-          swarm,
-          name,
-          pointer.generation,
-        ]);
-        await client.query('SELECT pg_notify($1, $2)', [CHANNEL, `${swarm}/${name}`]);
+        await writeName(client, row, pointer.generation);
+        return before === artifact.digest ? null : before;
       });
     } catch (error) {
       await this.#undo(swarm, name, text);
       throw error;
     }
     await this.#syncNow(swarm, name);
+    if (unnamed !== null) await this.#collect(swarm);
   }
 
   /** A local write the database did not take: made what the database says, or (unreachable) hidden until it says. */
@@ -203,29 +221,44 @@ export class PostgresMirror {
       } catch {
         // Gone or unreadable: nothing of ours to hide.
       }
-      if (now === text) await this.#unlink(swarm, path);
+      if (now === text) this.#unlink(swarm, path);
     }
   }
 
   /**
-   * Drops the name everywhere (its content stays in the database for names still using it). Its
-   * generation goes one up and stays, so no node takes its last pointer back, and a name made
-   * again counts on from it.
+   * Drops the name everywhere. Its generation goes one up and stays, so no node takes its last
+   * pointer back, and a name made again counts on from it. Its content stays for the names
+   * still using it; unnamed, its grace starts, and content unnamed past its grace is collected.
    */
   async remove(swarm: string, name: string): Promise<void> {
     await this.ready();
-    await this.#transaction(async (client) => {
+    const unnamed = await transaction(this.#pool, async (client) => {
       const held = await lockGeneration(client, swarm, name);
-      const gone = await client.query('DELETE FROM sandpool_pointers WHERE swarm = $1 AND name = $2', [swarm, name]);
-      if (gone.rowCount === 1) {
+      const gone = await client.query('DELETE FROM sandpool_pointers WHERE swarm = $1 AND name = $2 RETURNING digest', [
+        swarm,
+        name,
+      ]);
+      const digest = (gone.rows[0]?.digest as string | undefined) ?? null;
+      if (digest !== null) {
         await client.query('UPDATE sandpool_generations SET generation = $3 WHERE swarm = $1 AND name = $2', [
           swarm,
           name,
           held + 1,
         ]);
+        await markUsed(client, swarm, [digest]);
       }
-      await client.query('SELECT pg_notify($1, $2)', [CHANNEL, `${swarm}/${name}`]);
+      await notify(client, swarm, name);
+      return digest;
     });
+    if (unnamed !== null) await this.#collect(swarm);
+  }
+
+  /**
+   * The swarm's content no name has used for UNUSED_ARTIFACT_MS leaves the database. Best
+   * effort, as the local sweep: what fails now goes with the next name moved off content.
+   */
+  async #collect(swarm: string): Promise<void> {
+    await transaction(this.#pool, (client) => collectUnused(client, swarm, UNUSED_ARTIFACT_MS)).catch(() => {});
   }
 
   /** Makes the local pointer of one name what the database says (fetching its artifact first). */
@@ -234,17 +267,19 @@ export class PostgresMirror {
   }
 
   /**
-   * A create (`target` null) or point of this node: `local` writes under the root as the file
-   * system store does, then `publish` takes it to the database. In the name's turn, so no sync
-   * of the name lands between the local write and its publication.
+   * A create (`target` null) or point of this node (a sign is a point of the name at itself):
+   * `local` writes under the root as the file system store does, then `publish` takes it to
+   * the database. In the name's turn, so no sync of the name lands between the local write and
+   * its publication.
    */
   async write<T>(swarm: string, name: string, target: string | null, local: () => Promise<T>): Promise<T> {
     // Outside the name's turn: the first full sync takes every name's turn in its own.
     await this.ready();
     return this.#inTurn(swarm, name, async () => {
-      // The target as the database names it now; the move is taken only if it still does.
-      if (target !== null && target !== name) await this.sync(swarm, target);
-      await this.#syncNow(swarm, name);
+      // The target as the database names it now (the move is taken only if it still does),
+      // and the name: two names, read at once.
+      const moved = target !== null && target !== name ? this.sync(swarm, target) : null;
+      await Promise.all([moved, this.#syncNow(swarm, name)]);
       const value = await local();
       await this.#publish(swarm, name, target);
       return value;
@@ -269,14 +304,14 @@ export class PostgresMirror {
 
   async #syncNow(swarm: string, name: string): Promise<void> {
     await this.#tables();
-    const result = await this.#query(NAME_ROW, [swarm, name]);
+    const result = await query(this.#pool, NAME_ROW, [swarm, name]);
     await this.#apply(swarm, name, result.rows[0] as Row);
   }
 
   /** Every pointer read again: what a lost notification, or a reconnection, needs. */
   async syncAll(): Promise<void> {
     await this.#tables();
-    const result = await this.#query(ALL_ROWS);
+    const result = await query(this.#pool, ALL_ROWS);
     const rows = result.rows as Row[];
     const seen = new Set(rows.map((row) => `${row.swarm}/${row.name}`));
     for (const row of rows) {
@@ -297,7 +332,7 @@ export class PostgresMirror {
     const listener = this.#listener;
     this.#listener = null;
     await Promise.allSettled([...this.#syncing.values()]);
-    await Promise.allSettled([listener?.end(), this.#pool.end()]);
+    await Promise.allSettled([listener?.end(), this.#pool.end(), ...this.#sweeps]);
   }
 
   #listen(): void {
@@ -340,58 +375,15 @@ export class PostgresMirror {
       .catch(onLost);
   }
 
-  async #query(text: string, values?: unknown[]): Promise<pg.QueryResult> {
-    try {
-      return await this.#pool.query(text, values);
-    } catch (error) {
-      throw unreachable('a query failed', error);
-    }
-  }
-
-  async #transaction<T>(body: (client: pg.PoolClient) => Promise<T>): Promise<T> {
-    let client: pg.PoolClient;
-    try {
-      client = await this.#pool.connect();
-    } catch (error) {
-      throw unreachable('no connection', error);
-    }
-    try {
-      await client.query('BEGIN');
-      const value = await body(client);
-      await client.query('COMMIT');
-      return value;
-    } catch (error) {
-      await client.query('ROLLBACK').catch(() => {});
-      if (isSandpoolError(error)) throw error;
-      throw unreachable('a transaction failed; nothing changed', error);
-    } finally {
-      client.release();
-    }
-  }
-
-  async #upload(client: pg.PoolClient, artifact: BuiltArtifact): Promise<void> {
-    const { swarm, digest } = artifact.manifest;
-    const added = await client.query(
-      'INSERT INTO sandpool_artifacts (swarm, digest, manifest) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING',
-      [swarm, digest, serializeManifest(artifact.manifest)],
-    );
-    if (added.rowCount !== 1) return;
-    for (const path of Object.keys(artifact.manifest.files)) {
-      const bytes = await readFile(join(artifact.dir, ...path.split('/')));
-      await client.query('INSERT INTO sandpool_artifact_files (swarm, digest, path, bytes) VALUES ($1, $2, $3, $4)', [
-        swarm,
-        digest,
-        path,
-        bytes,
-      ]);
-    }
-  }
-
+  /** Writes (or removes) the local pointer; an artifact not cached yet is fetched and verified first. */
   /**
    * Writes (or removes) the local pointer; an artifact not cached yet is fetched and verified
    * first. The local record of the name's generation becomes the database's: in a fleet the
    * database decides a name's generations, and a pointer it never took (a local write it
-   * refused) is not one to keep counting from.
+   * refused) is not one to keep counting from. The pointer and its record are written, checked
+   * and renamed in with synchronous calls, as admission reads them: a few operations on files
+   * of a few hundred bytes, which must not queue in libuv's pool behind tenants' jobs or the
+   * module loads of workers starting (a move starts many).
    */
   async #apply(swarm: string, name: string, row: Row): Promise<void> {
     // Names from the database become paths under the root: only valid ones do.
@@ -402,21 +394,23 @@ export class PostgresMirror {
     const root = this.#options.root;
     const path = snapshotDir(root, swarm, name);
     const generation = generationOf(row, id);
+    const before = pointedDigest(root, swarm, name);
     if (row.pointer === null) {
       // The record first, as a remove writes it: no pointer put back once the name is gone passes.
-      if (generation > 0) await recordGeneration(root, swarm, name, generation);
-      if (lstatSync(path, { throwIfNoEntry: false })?.isFile() === true) await this.#unlink(swarm, path);
+      if (generation > 0) recordGeneration(root, swarm, name, generation);
+      if (lstatSync(path, { throwIfNoEntry: false })?.isFile() === true) this.#unlink(swarm, path);
       // A name the database never had is not watched; one it removed is, by its generation.
       if (row.generation === null) this.#applied.delete(id);
       else this.#applied.set(id, stateOf(row));
+      if (before !== null) this.#unnamedHere(swarm, before);
       return;
     }
     if (row.pointer.length > POINTER_BYTES) throw snapshotCorrupt(`the database's pointer for ${id} is too large`);
-    const parent = snapshotsDir(this.#options.root, swarm);
-    await mkdir(parent, { recursive: true });
+    const parent = snapshotsDir(root, swarm);
+    mkdirSync(parent, { recursive: true });
     const temp = join(parent, workFolderName(TEMP_PREFIX));
     try {
-      await writeFile(temp, row.pointer, { flag: 'wx', mode: 0o444 });
+      writeFileSync(temp, row.pointer, { flag: 'wx', mode: 0o444 });
       // Checked as a reader will check it, before it can be read under its name.
       const { pointer } = readPointer(temp);
       checkPointerPlace(pointer, { swarm, name });
@@ -435,24 +429,45 @@ export class PostgresMirror {
       // Pointer first, then its record, as the file system store writes them; a record going
       // down (the database refused a local write) first, so no reader sees it above the pointer.
       const down = generation < recordedOrAbove(root, swarm, name);
-      if (down) await recordGeneration(root, swarm, name, generation);
-      await rename(temp, path);
-      if (!down) await recordGeneration(root, swarm, name, generation);
+      if (down) recordGeneration(root, swarm, name, generation);
+      renameSync(temp, path);
+      if (!down) recordGeneration(root, swarm, name, generation);
+      if (before !== null && before !== pointer.digest) this.#unnamedHere(swarm, before);
       if (refused !== null) throw refused;
       this.#applied.set(id, stateOf(row));
     } finally {
-      await rm(temp, { force: true });
+      rmSync(temp, { force: true });
     }
   }
 
-  /** A pointer file renamed out of its name first, so no reader sees it half removed. */
-  async #unlink(swarm: string, path: string): Promise<void> {
-    const doomed = join(snapshotsDir(this.#options.root, swarm), workFolderName(REMOVING_PREFIX));
-    await rename(path, doomed).catch(() => {});
-    await rm(doomed, { force: true });
+  /**
+   * This node's copy of content its names moved off: kept for UNUSED_ARTIFACT_MS from now,
+   * as the local store keeps it, and the swarm's copies unused past that removed. Best effort,
+   * and outside the name's turn: a sweep waits in libuv's pool, and the name's next move must not.
+   */
+  #unnamedHere(swarm: string, digest: string): void {
+    const root = this.#options.root;
+    const sweep = touchArtifact(root, swarm, digest)
+      .then(() => sweepUnused(root, swarm, () => namedDigests(root, swarm)))
+      .catch(() => {
+        // What stays goes with the next sweep.
+      });
+    this.#sweeps.add(sweep);
+    void sweep.then(() => this.#sweeps.delete(sweep));
   }
 
-  /** The artifact on local disk: kept if there and whole, else fetched, every file rehashed, then renamed in. */
+  /** A pointer file renamed out of its name first, so no reader sees it half removed. */
+  #unlink(swarm: string, path: string): void {
+    const doomed = join(snapshotsDir(this.#options.root, swarm), workFolderName(REMOVING_PREFIX));
+    try {
+      renameSync(path, doomed);
+    } catch {
+      return; // gone already
+    }
+    rmSync(doomed, { force: true });
+  }
+
+  /** The artifact on local disk: kept if there and whole, else fetched and verified (see downloadArtifact). */
   async #cache(swarm: string, digest: string): Promise<void> {
     const root = this.#options.root;
     try {
@@ -461,58 +476,29 @@ export class PostgresMirror {
     } catch (error) {
       if (lstatSync(artifactDir(root, swarm, digest), { throwIfNoEntry: false }) !== undefined) throw error;
     }
-    const found = await this.#query('SELECT manifest FROM sandpool_artifacts WHERE swarm = $1 AND digest = $2', [
-      swarm,
-      digest,
-    ]);
-    const text = found.rows[0]?.manifest as string | undefined;
-    if (text === undefined)
-      throw snapshotCorrupt(`artifact ${digest.slice(0, 12)} of swarm ${swarm} is not in the database`);
-    const manifest = parseManifest(text);
-    if (manifest.version !== 3 || manifest.swarm !== swarm || manifest.digest !== digest) {
-      throw snapshotCorrupt(
-        `the database's artifact ${digest.slice(0, 12)} holds another swarm's or digest's manifest`,
-      );
+    // One download per content: a move to new content usually arrives while the NOTIFY of
+    // the snapshot that made it is still fetching it, and joins that fetch.
+    const id = `${swarm}/${digest}`;
+    let fetching = this.#fetching.get(id);
+    if (fetching === undefined) {
+      fetching = this.#transfer('download', swarm, digest).finally(() => this.#fetching.delete(id));
+      this.#fetching.set(id, fetching);
     }
-    const total = Object.values(manifest.files).reduce((sum, file) => sum + file.bytes, 0);
-    if (total > this.#options.maxBytes) {
-      throw snapshotCorrupt(`the database's artifact ${digest.slice(0, 12)} is larger than maxSnapshotBytes`);
-    }
-    for (const path of Object.keys(manifest.files)) checkPath(path);
-    const parent = artifactsDir(root, swarm);
-    await mkdir(parent, { recursive: true });
-    const temp = join(parent, workFolderName(TEMP_PREFIX));
-    let published = false;
-    try {
-      await mkdir(temp);
-      await this.#download(swarm, manifest, temp);
-      await writeFile(join(temp, MANIFEST_NAME), serializeManifest(manifest), { flag: 'wx', mode: 0o444 });
-      await freezeFolders(temp);
-      try {
-        await rename(temp, artifactDir(root, swarm, digest));
-        published = true;
-      } catch {
-        // Fetched meanwhile by another sync: that copy serves.
-      }
-    } finally {
-      if (!published) await removeTree(temp);
-    }
+    await fetching;
   }
 
-  /** Each file fetched alone (one at a time in memory), its size and hash checked before it is written. */
-  async #download(swarm: string, manifest: ArtifactManifest, into: string): Promise<void> {
-    for (const [path, expected] of Object.entries(manifest.files)) {
-      const result = await this.#query(
-        'SELECT bytes FROM sandpool_artifact_files WHERE swarm = $1 AND digest = $2 AND path = $3 AND length(bytes) = $4',
-        [swarm, manifest.digest, path, expected.bytes],
-      );
-      const bytes = result.rows[0]?.bytes as Buffer | undefined;
-      if (bytes === undefined || createHash('sha256').update(bytes).digest('hex') !== expected.sha256) {
-        throw snapshotCorrupt(`artifact ${manifest.digest.slice(0, 12)} file ${path} does not match its manifest`);
-      }
-      const segments = path.split('/');
-      await mkdir(join(into, ...segments.slice(0, -1)), { recursive: true });
-      await writeFile(join(into, ...segments), bytes, { flag: 'wx', mode: 0o444 });
+  /**
+   * An upload or download in the snapshot helper process, off the coordinator's thread; here
+   * only in a host that may not start processes, or once the pool is closing.
+   */
+  async #transfer(op: 'upload' | 'download', swarm: string, digest: string): Promise<void> {
+    const { helper, root, store, maxBytes } = this.#options;
+    if (helper.available) {
+      await helper.transfer(op, swarm, digest, store.postgres);
+    } else if (op === 'upload') {
+      await uploadArtifact(this.#pool, root, swarm, digest);
+    } else {
+      await downloadArtifact(this.#pool, root, swarm, digest, maxBytes);
     }
   }
 }
@@ -521,7 +507,7 @@ export class PostgresMirror {
  * Holds the name's generation row for the transaction (made at 0 if the name has none): every
  * writer of a name takes it first, so their moves count one after another.
  */
-async function lockGeneration(client: pg.PoolClient, swarm: string, name: string): Promise<number> {
+async function lockGeneration(client: pg.ClientBase, swarm: string, name: string): Promise<number> {
   await client.query(
     'INSERT INTO sandpool_generations (swarm, name, generation) VALUES ($1, $2, 0) ON CONFLICT DO NOTHING',
     [swarm, name],
@@ -531,6 +517,58 @@ async function lockGeneration(client: pg.PoolClient, swarm: string, name: string
     [swarm, name],
   );
   return generationOf({ swarm, name, pointer: null, generation: held.rows[0]?.generation ?? null }, `${swarm}/${name}`);
+}
+
+/** A create's name already held: true if by this content (nothing moves), EXISTS if by other content. */
+async function heldByContent(client: pg.ClientBase, row: NameRow): Promise<boolean> {
+  const holder = await client.query('SELECT digest FROM sandpool_pointers WHERE swarm = $1 AND name = $2', [
+    row.swarm,
+    row.name,
+  ]);
+  if (holder.rows[0] === undefined) return false;
+  if (holder.rows[0].digest !== row.digest) throw snapshotExists(row.swarm, row.name);
+  return true;
+}
+
+/**
+ * A point: taken only if `target` still names the content. Both contents are marked (the one
+ * named, and the one the name moves off, whose grace starts now); returns the latter, or null.
+ */
+async function moveFrom(client: pg.ClientBase, row: NameRow, target: string): Promise<string | null> {
+  const { swarm, name, digest } = row;
+  const named = await client.query('SELECT digest FROM sandpool_pointers WHERE swarm = $1 AND name = $2 FOR SHARE', [
+    swarm,
+    target,
+  ]);
+  if (named.rows[0]?.digest !== digest) {
+    throw snapshotCorrupt(`snapshot ${target} of swarm ${swarm} moved while ${name} was pointed at it; try again`);
+  }
+  const held = await client.query('SELECT digest FROM sandpool_pointers WHERE swarm = $1 AND name = $2', [swarm, name]);
+  const before = (held.rows[0]?.digest as string | undefined) ?? null;
+  // Named by the target, so its row is there (the foreign key): marked, not uploaded.
+  await markUsed(client, swarm, before === null ? [digest] : [digest, before]);
+  return before;
+}
+
+/** The name's pointer and generation written, and every node told when the transaction commits. */
+async function writeName(client: pg.ClientBase, row: NameRow, generation: number): Promise<void> {
+  const { swarm, name, digest, pointer } = row;
+  await client.query(
+    `INSERT INTO sandpool_pointers (swarm, name, digest, pointer) VALUES ($1, $2, $3, $4)
+     ON CONFLICT (swarm, name) DO UPDATE SET digest = EXCLUDED.digest, pointer = EXCLUDED.pointer`,
+    [swarm, name, digest, pointer],
+  );
+  await client.query('UPDATE sandpool_generations SET generation = $3 WHERE swarm = $1 AND name = $2', [
+    swarm,
+    name,
+    generation,
+  ]);
+  await notify(client, swarm, name);
+}
+
+/** Every node's listener hears of the name when the transaction commits. */
+async function notify(client: pg.ClientBase, swarm: string, name: string): Promise<void> {
+  await client.query('SELECT pg_notify($1, $2)', [CHANNEL, `${swarm}/${name}`]);
 }
 
 function generationOf(row: Row, id: string): number {
@@ -553,28 +591,4 @@ function recordedOrAbove(root: string, swarm: string, name: string): number {
   } catch {
     return Number.POSITIVE_INFINITY;
   }
-}
-
-/** A manifest path from the database: relative, plain segments, never the manifest's own name. */
-function checkPath(path: string): void {
-  const segments = path.split('/');
-  if (
-    path === MANIFEST_NAME ||
-    path.includes('\0') ||
-    segments.some((segment) => segment === '' || segment === '.' || segment === '..')
-  ) {
-    throw snapshotCorrupt(`the database's manifest lists an unsafe path ${JSON.stringify(path.slice(0, 200))}`);
-  }
-}
-
-/**
- * The database could not be used. What pg said is kept only as its SQLSTATE or errno code:
- * its messages may name the host or user of the connection string.
- */
-function unreachable(what: string, error: unknown): SandpoolError {
-  const code =
-    typeof error === 'object' && error !== null && 'code' in error && typeof error.code === 'string'
-      ? ` (${error.code.slice(0, 32)})`
-      : '';
-  return snapshotBuild(`the snapshot store's database cannot be used: ${what}${code}`);
 }

@@ -2,7 +2,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
 import { closed, isErrorCode, rebuilt } from '../errors.js';
-import type { HelperOp, HelperRequest } from './helper-protocol.js';
+import type { HelperOp, HelperRequest, TransferOp } from './helper-protocol.js';
 import type { LiveStem } from './live.js';
 import type { SnapshotInfo, SnapshotStoreOptions } from './store.js';
 
@@ -105,17 +105,23 @@ export class StoreHelper {
   run(op: 'point', swarm: string, name: string, target: string): Promise<SnapshotInfo>;
   run(op: 'list', swarm: string, name: ''): Promise<SnapshotInfo[]>;
   run(op: 'live', swarm: string, stem: string): Promise<LiveStem>;
-  run(op: Exclude<HelperOp, 'remove' | 'point' | 'list' | 'live'>, swarm: string, name: string): Promise<SnapshotInfo>;
+  run(
+    op: Exclude<HelperOp, 'remove' | 'point' | 'list' | 'live' | TransferOp>,
+    swarm: string,
+    name: string,
+  ): Promise<SnapshotInfo>;
   run(op: HelperOp, swarm: string, name: string, target?: string): Promise<Answered> {
+    return this.ask({ op, swarm, name, ...(target === undefined ? {} : { target }) });
+  }
+
+  /** Uploads an artifact of the root to the database, or downloads one into it (see postgres-transfer.ts). */
+  transfer(op: TransferOp, swarm: string, digest: string, postgres: string): Promise<null> {
+    return this.ask({ op, swarm, name: '', digest, postgres }) as Promise<null>;
+  }
+
+  private ask(what: Omit<HelperRequest, 'id' | 'options'>): Promise<Answered> {
     if (this.closed) return Promise.reject(closed()); // callers check `available` first
-    const request: HelperRequest = {
-      id: this.nextId++,
-      op,
-      options: this.options,
-      swarm,
-      name,
-      ...(target === undefined ? {} : { target }),
-    };
+    const request: HelperRequest = { id: this.nextId++, options: this.options, ...what };
     return new Promise((resolve, reject) => this.send(request, { resolve, reject }, false));
   }
 

@@ -41,8 +41,8 @@ import {
   verifyAgainst,
 } from './manifest.js';
 import { withNameLock } from './name-lock.js';
-import { namedDigests, readSnapshotName, type SnapshotRef } from './names.js';
-import { checkPointer, type Pointer, readPointer, serializePointer, signPointer } from './pointer.js';
+import { namedDigests, pointedDigest, pointedPointer, readSnapshotName, type SnapshotRef } from './names.js';
+import { checkPointer, type Pointer, serializePointer, signPointer } from './pointer.js';
 import { addingName, admitName, withinSwarmBytes } from './quota.js';
 
 export interface SnapshotInfo {
@@ -244,7 +244,7 @@ export class SnapshotStore {
         const there = lstatSync(snapshotDir(this.root, swarm, name), { throwIfNoEntry: false }) !== undefined;
         // A removal is a move too, recorded before the pointer goes: the last pointer, put back
         // the moment the name is gone, is already older than the record.
-        if (there) await recordGeneration(this.root, swarm, name, this.nextGeneration(swarm, name));
+        if (there) recordGeneration(this.root, swarm, name, this.nextGeneration(swarm, name));
         // One rename hides it whole; the slow recursive delete of an old folder happens out of sight.
         await rename(snapshotDir(this.root, swarm, name), doomed);
         return held;
@@ -437,7 +437,7 @@ export class SnapshotStore {
     } finally {
       await rm(temp, { force: true });
     }
-    await recordGeneration(this.root, pointer.swarm, pointer.name, pointer.generation);
+    recordGeneration(this.root, pointer.swarm, pointer.name, pointer.generation);
     return true;
   }
 
@@ -510,19 +510,6 @@ function infoOfPointer(pointer: Pointer, manifest: ArtifactManifest): SnapshotIn
 function sizeOf(manifest: Manifest): { files: number; bytes: number } {
   const entries = Object.values(manifest.files);
   return { files: entries.length, bytes: entries.reduce((sum, file) => sum + file.bytes, 0) };
-}
-
-/** The digest a name's pointer holds now, unchecked; null for none (or a folder made before artifacts). */
-function pointedDigest(root: string, swarm: string, name: string): string | null {
-  return pointedPointer(root, swarm, name)?.digest ?? null;
-}
-
-function pointedPointer(root: string, swarm: string, name: string): Pointer | null {
-  try {
-    return readPointer(snapshotDir(root, swarm, name)).pointer;
-  } catch {
-    return null;
-  }
 }
 
 /** The same move of the name (a point to the same content made later is another one). */

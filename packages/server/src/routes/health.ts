@@ -5,13 +5,17 @@ import { swarmSeries } from '../metrics.js';
 import { publicLayers } from '../sandbox-layers.js';
 
 /** Liveness, readiness and the Prometheus scrape. */
-export function registerHealthRoutes(app: FastifyInstance, { metrics, options, lifecycle, pool }: ServerContext): void {
+export function registerHealthRoutes(
+  app: FastifyInstance,
+  { metrics, options, lifecycle, pool, store }: ServerContext,
+): void {
   // Which sandbox layers process keys get here, without the reasons one is missing: the route is open.
   const sandbox = publicLayers(pool.stats().sandbox);
   // Alive as long as the process answers, draining included: a probe must not kill a node mid-drain.
-  app.get('/healthz', async () => ({ status: 'ok', node: options.nodeName, sandbox }));
+  app.get('/healthz', async () => ({ status: 'ok', node: options.nodeName, sandbox, store: store.status }));
+  // A node that lost its database stays ready: it serves what it mirrored, and says so.
   app.get('/readyz', async (_request, reply) => {
-    if (!lifecycle.draining) return { status: 'ready', node: options.nodeName };
+    if (!lifecycle.draining) return { status: 'ready', node: options.nodeName, store: store.status };
     return reply.code(503).send({ code: 'ERR_SANDPOOL_CLOSED', message: `node ${options.nodeName} is draining` });
   });
   app.get('/metrics', async (request, reply) => {

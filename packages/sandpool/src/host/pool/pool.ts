@@ -87,6 +87,7 @@ export class Pool extends EventEmitter<PoolEvents> implements AsyncDisposable {
                 root: this.#core.root,
                 store,
                 maxBytes: maxSnapshotBytes,
+                helper: this.#storeHelper,
                 onState: (state) => this.emit('store', { state }),
               }),
           );
