@@ -117,7 +117,7 @@ export class Launcher {
 
   /** The load message for a worker about to run this plan's module. */
   loadRequest(key: ResolvedKey, plan: LaunchPlan, beat: Beat | null): LoadRequest {
-    const { file, verifyDir, sha256 } = plan.location;
+    const { file, verifyDir, sha256, bytes } = plan.location;
     return {
       t: 'load',
       ...(beat === null ? {} : { heartbeatMs: beat.busyMs, idleHeartbeatMs: beat.idleMs }),
@@ -125,6 +125,7 @@ export class Launcher {
       file,
       verifyDir,
       ...(sha256 === null ? {} : { sha256 }),
+      ...(bytes === null ? {} : { bytes }),
       ...(plan.deny === null ? {} : { deny: plan.deny }),
     };
   }

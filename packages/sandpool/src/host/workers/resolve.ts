@@ -22,6 +22,8 @@ export interface ModuleLocation {
   readonly verifyDir: string | null;
   /** sha256 of a snapshot bundle, from the manifest checked here (LoadRequest.sha256); null for live code. */
   readonly sha256: string | null;
+  /** Its size in bytes, from the same manifest (LoadRequest.bytes); null where sha256 is. */
+  readonly bytes: number | null;
   /** Folders the worker must read beyond its key's folder (type-stripped copies); see readPathsFor. */
   readonly extraReadDirs: readonly string[];
   /** The snapshot's digest (SnapshotInfo.digest); null for live code. */
@@ -92,6 +94,7 @@ function bundleOf(
     swarmFolder,
     verifyDir: realFolder,
     sha256: entry.sha256,
+    bytes: entry.bytes,
     extraReadDirs: [],
     digest: manifest.digest,
   };
@@ -124,6 +127,7 @@ async function fileIn(
         swarmFolder,
         verifyDir: null,
         sha256: null,
+        bytes: null,
         extraReadDirs: [stripped.dir],
         digest,
       };
@@ -134,6 +138,7 @@ async function fileIn(
       swarmFolder,
       verifyDir: key.snapshot === null ? null : realFolder,
       sha256: null,
+      bytes: null,
       extraReadDirs: [],
       digest,
     };
