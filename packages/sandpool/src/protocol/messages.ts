@@ -180,6 +180,13 @@ export const MEMORY_USAGE_SYMBOL = 'sandpool.memoryUsage';
 /** What the worker finds in `workerData`: the private port, taken before any agent code runs. */
 export interface WorkerBoot {
   port: MessagePort;
+  /** A strict spare: it will verify a bundle, so it loads the verifier while it waits for its key. */
+  verifies?: true;
+  /**
+   * A strict spare's denials (see DENIABLE), applied while it waits for its key: its load must
+   * name the same list, or it loads nothing.
+   */
+  deny?: Deniable[];
 }
 
 /**

@@ -44,6 +44,14 @@ export function artifactDir(root: string, swarm: string, digest: string): string
   return join(root, CACHE_DIR, 'artifacts', swarm, digest);
 }
 
+/**
+ * Where strict spare threads find their key's folder: one entry per spare, named by its owner
+ * (see leftovers.ts), an empty folder until its key comes, then a link to that key's folder.
+ */
+export function sparesDir(root: string): string {
+  return join(root, CACHE_DIR, 'spares');
+}
+
 /** Type-stripped copies of one swarm's live TypeScript, for Nodes that cannot strip in the worker. */
 export function transpileCacheDir(root: string, swarm: string): string {
   return join(root, CACHE_DIR, 'ts', swarm);
