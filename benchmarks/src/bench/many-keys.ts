@@ -5,7 +5,7 @@ import { ms, percent, perSecond } from '../lib/format.js';
 import { Latency, type LatencySummary, round } from '../lib/histogram.js';
 import type { BenchContext, Benchmark, BenchReport } from '../lib/report.js';
 import { fixture, makeRoot } from '../lib/temp-root.js';
-import { now } from '../lib/timing.js';
+import { now, processCpuMs } from '../lib/timing.js';
 
 const KEYS = 1_000;
 const ZIPF_S = 1.1;
@@ -17,6 +17,10 @@ const SEED = 0x5eed;
 const MAX_WARM_MS = 30_000;
 /** Draws of the offline hit-ratio computation. */
 const TRACE = 200_000;
+/** The snapshot every key also has, made before the runs: a snapshot key runs from an artifact, and can take a strict spare. */
+const SNAPSHOT = 's';
+/** The most strict spares of the larger spare run. */
+const MANY_SPARES = 8;
 
 interface Target {
   name: string;
@@ -43,6 +47,12 @@ type Run = {
   /** At the end of the window: the benchmark process's RSS (every thread's), and workers alive. */
   rssMb: number;
   workers: number | null;
+  /**
+   * The process's CPU over the window (every thread's), in cores, and per miss: on a machine
+   * shared with other work, what a system got of the CPU, and what each miss cost of it.
+   */
+  cpuCores: number;
+  cpuMsPerMiss: number | null;
 };
 
 export const manyKeys: Benchmark = {
@@ -61,10 +71,20 @@ export const manyKeys: Benchmark = {
     const sequences: Record<string, { keys: number[]; measuredFrom: number }> = {};
     const warmedMs: Record<string, number> = {};
     try {
+      context.progress(`snapshot of the ${KEYS} keys`);
+      const store = createPool({ root: tree.root, spareWorkers: 0 });
+      try {
+        await store.snapshots.create('many', SNAPSHOT);
+      } finally {
+        await store.close();
+      }
       const makers: Array<() => Target> = [
-        () => sandpoolTarget(tree.root, stems, 'lru'),
-        () => sandpoolTarget(tree.root, stems, 'tinylfu'),
-        () => sandpoolTarget(tree.root, stems, 'tinylfu', BUDGET_MB),
+        () => sandpoolTarget(tree.root, stems, { eviction: 'lru' }),
+        () => sandpoolTarget(tree.root, stems, { eviction: 'tinylfu' }),
+        () => sandpoolTarget(tree.root, stems, { eviction: 'tinylfu', budgetMb: BUDGET_MB }),
+        () => sandpoolTarget(tree.root, stems, { eviction: 'lru', snapshot: true, spareWorkers: 0 }),
+        () => sandpoolTarget(tree.root, stems, { eviction: 'lru', snapshot: true, spareWorkers: 1 }),
+        () => sandpoolTarget(tree.root, stems, { eviction: 'lru', snapshot: true, spareWorkers: MANY_SPARES }),
         () => {
           const piscina = new Piscina<{ url: string; fn: string; args: number[] }, { value: number; cold: boolean }>({
             filename: fixture('piscina-dispatch.mjs').href,
@@ -118,7 +138,15 @@ export const manyKeys: Benchmark = {
     }
     const names = Object.keys(runs);
     const get = (name: string): Run => runs[name] as Run;
-    const [lruName, tinyName, budgetName, piscinaName] = names as [string, string, string, string];
+    const [lruName, tinyName, budgetName, noSparesName, spareName, sparesName, piscinaName] = names as [
+      string,
+      string,
+      string,
+      string,
+      string,
+      string,
+      string,
+    ];
     context.progress(
       `offline hit ratios over the first ${TRACE.toLocaleString('en-US')} draws of the measured sequence`,
     );
@@ -143,6 +171,10 @@ export const manyKeys: Benchmark = {
       tinylfuHitPointsBelowBelady: round((offline.belady - get(tinyName).hitRatio) * 100, 3),
       lruHitPointsBelowBelady: round((offline.belady - get(lruName).hitRatio) * 100, 3),
       budgetOverLruThroughput: round(get(budgetName).callsPerSecond / get(lruName).callsPerSecond, 3),
+      snapshotOneSpareOverNoSpareThroughput: round(get(spareName).callsPerSecond / get(noSparesName).callsPerSecond, 3),
+      snapshotSparesOverNoSpareThroughput: round(get(sparesName).callsPerSecond / get(noSparesName).callsPerSecond, 3),
+      snapshotSparesOverNoSpareP50: round(get(sparesName).latency.p50 / get(noSparesName).latency.p50, 3),
+      snapshotNoSpareOverLiveLruThroughput: round(get(noSparesName).callsPerSecond / get(lruName).callsPerSecond, 3),
       sandpoolOverPiscinaThroughput: round(get(tinyName).callsPerSecond / get(piscinaName).callsPerSecond, 3),
     };
     return {
@@ -150,6 +182,7 @@ export const manyKeys: Benchmark = {
         `${KEYS} keys, each its own module file; key ranks drawn from zipf(s = ${ZIPF_S}) with a seeded PRNG (the same sequence for both systems).`,
         `${IN_FLIGHT} callers in a closed loop (each awaits its call, then draws the next key): ${IN_FLIGHT} calls in flight.`,
         `sandpool: maxWorkers ${MAX_WORKERS}, spareWorkers default, idleTimeoutMs 0, once with eviction 'lru' and once with 'tinylfu'; then 'tinylfu' with maxMemoryMb ${BUDGET_MB} and maxWorkers ${KEYS} (the budget, not the count, decides). A miss is a spawn (stats/events): hit ratio = 1 - spawns / calls in the window. RSS is the benchmark process's (all its threads) at the end of each window, after the previous system was closed.`,
+        `Those keys are live (many/<stem>): under the default permissions 'strict' no live key takes a spare. Then the same calls to the keys' snapshot (many@${SNAPSHOT}/<stem>, made before the runs; each key runs from its artifact), eviction 'lru', with spareWorkers 0, 1 and ${MANY_SPARES}: strict spares. Goal (issue 26): with spares ≥ 1.5× the calls/s without.`,
         `Offline, one request at a time, with ${MAX_WORKERS} slots: the hit ratio of an LRU cache and of Belady's optimum (evict the key asked for again furthest in the future), over the sequence the LRU pool served (warm-up and window; hits counted in the window), and at steady state (the first ${TRACE.toLocaleString('en-US')} draws of the measured sequence). The pools run ${IN_FLIGHT} calls at once and cannot evict a busy worker, so their ratios sit below the offline ones.`,
         `piscina: one shared pool of ${cores} threads (cores); the task imports the key's module once per thread and calls it; a miss is a call whose thread had to import the module first.`,
         `Warm-up ${warmMs / 1000} s, longer if sandpool has not filled its ${MAX_WORKERS} slots and started evicting by then (at most ${MAX_WARM_MS / 1000} s; not counted), then ${measureMs / 1000} s measured. Latency from call to result.`,
@@ -173,7 +206,19 @@ export const manyKeys: Benchmark = {
       tables: [
         {
           title: `${KEYS.toLocaleString('en-US')} keys, zipf(${ZIPF_S}), ${IN_FLIGHT} in flight`,
-          headers: ['system', 'calls/s', 'hit ratio', 'p50', 'p99', 'p99.9', 'workers', 'RSS', 'misses'],
+          headers: [
+            'system',
+            'calls/s',
+            'hit ratio',
+            'p50',
+            'p99',
+            'p99.9',
+            'workers',
+            'RSS',
+            'CPU',
+            'CPU/miss',
+            'misses',
+          ],
           rows: names.map((name) => {
             const r = get(name);
             const misses = Object.entries(r.details)
@@ -188,10 +233,12 @@ export const manyKeys: Benchmark = {
               ms(r.latency.p999),
               r.workers === null ? '-' : String(r.workers),
               `${r.rssMb} MB`,
+              `${r.cpuCores} cores`,
+              r.cpuMsPerMiss === null ? '-' : ms(r.cpuMsPerMiss),
               misses,
             ];
           }),
-          note: `The ${MAX_WORKERS} most popular keys draw ${percent(topShare)} of the calls. Offline over the sequence served: LRU ${percent(offline.lru)}, Belady ${percent(offline.belady)} (at steady state: ${percent(steady.lru)}, ${percent(steady.belady)}). tinylfu / lru: throughput ${ratios.tinylfuOverLruThroughput}×, p99 ${ratios.tinylfuOverLruP99}×; hit ratio ${ratios.tinylfuHitPointsBelowBelady} points below Belady's (lru: ${ratios.lruHitPointsBelowBelady}). The ${BUDGET_MB} MB budget / lru at ${MAX_WORKERS} workers: throughput ${ratios.budgetOverLruThroughput}×.`,
+          note: `The ${MAX_WORKERS} most popular keys draw ${percent(topShare)} of the calls. Offline over the sequence served: LRU ${percent(offline.lru)}, Belady ${percent(offline.belady)} (at steady state: ${percent(steady.lru)}, ${percent(steady.belady)}). tinylfu / lru: throughput ${ratios.tinylfuOverLruThroughput}×, p99 ${ratios.tinylfuOverLruP99}×; hit ratio ${ratios.tinylfuHitPointsBelowBelady} points below Belady's (lru: ${ratios.lruHitPointsBelowBelady}). The ${BUDGET_MB} MB budget / lru at ${MAX_WORKERS} workers: throughput ${ratios.budgetOverLruThroughput}×. Snapshot keys, lru, strict spares / none: throughput ${ratios.snapshotOneSpareOverNoSpareThroughput}× with spareWorkers 1, ${ratios.snapshotSparesOverNoSpareThroughput}× with ${MANY_SPARES} (goal ≥ 1.5×), p50 ${ratios.snapshotSparesOverNoSpareP50}×.`,
         },
       ],
       chart: {
@@ -232,14 +279,21 @@ export const manyKeys: Benchmark = {
   },
 };
 
-function sandpoolTarget(
-  root: string,
-  stems: readonly string[],
-  eviction: NonNullable<PoolOptions['eviction']>,
-  budgetMb?: number,
-): Target {
+interface SandpoolRun {
+  eviction: NonNullable<PoolOptions['eviction']>;
+  budgetMb?: number;
+  /** Call each key's snapshot (from its artifact) rather than its live folder. */
+  snapshot?: boolean;
+  /** spareWorkers; the default when absent. */
+  spareWorkers?: number;
+}
+
+function sandpoolTarget(root: string, stems: readonly string[], run: SandpoolRun): Target {
+  const { eviction, budgetMb, snapshot = false, spareWorkers } = run;
   const limits = budgetMb === undefined ? { maxWorkers: MAX_WORKERS } : { maxWorkers: KEYS, maxMemoryMb: budgetMb };
-  const pool = createPool({ root, ...limits, idleTimeoutMs: 0, eviction });
+  const spares = spareWorkers === undefined ? {} : { spareWorkers };
+  const pool = createPool({ root, ...limits, ...spares, idleTimeoutMs: 0, eviction });
+  const swarm = snapshot ? `many@${SNAPSHOT}` : 'many';
   const counts = { cold: 0, spare: 0, evicted: 0 };
   pool.on('spawn', ({ reason }) => {
     counts[reason] += 1;
@@ -247,10 +301,16 @@ function sandpoolTarget(
   pool.on('evict', () => {
     counts.evicted += 1;
   });
+  const name = [
+    `sandpool, ${eviction}`,
+    ...(budgetMb === undefined ? [] : [`maxMemoryMb ${budgetMb}`]),
+    ...(snapshot ? ['snapshot keys'] : []),
+    ...(spareWorkers === undefined ? [] : [`spareWorkers ${spareWorkers}`]),
+  ].join(', ');
   return {
-    name: budgetMb === undefined ? `sandpool, ${eviction}` : `sandpool, ${eviction}, maxMemoryMb ${budgetMb}`,
+    name,
     call: async (rank) => {
-      await pool.call(`many/${stems[rank]}`, 'add', [1, 2]);
+      await pool.call(`${swarm}/${stems[rank]}`, 'add', [1, 2]);
       return null;
     },
     coldLoads: () => counts.cold + counts.spare,
@@ -310,6 +370,7 @@ function beladyHits(trace: readonly number[], slots: number, from: number): numb
 
 async function load(target: Target, sample: () => number, durationMs: number): Promise<Run> {
   const latency = new Latency();
+  const cpuStart = processCpuMs();
   const start = now();
   const end = start + durationMs;
   let calls = 0;
@@ -329,6 +390,7 @@ async function load(target: Target, sample: () => number, durationMs: number): P
     }
   };
   await Promise.all(Array.from({ length: IN_FLIGHT }, lane));
+  const cpuMs = processCpuMs() - cpuStart;
   const misses = target.coldLoads() ?? 0;
   return {
     callsPerSecond: round((calls * 1000) / durationMs),
@@ -339,6 +401,8 @@ async function load(target: Target, sample: () => number, durationMs: number): P
     details: target.details(),
     rssMb: Math.round(process.memoryUsage().rss / 2 ** 20),
     workers: target.workers(),
+    cpuCores: round(cpuMs / (now() - start)),
+    cpuMsPerMiss: misses === 0 ? null : round(cpuMs / misses),
   };
 }
 
