@@ -313,11 +313,13 @@ export class Lifecycle implements CellLife {
   }
 
   /**
-   * A load is over (ready, failed, or its worker gone): a spare it took is replaced now, not
-   * while it loaded, and after this turn, in which its key's waiting calls are posted.
+   * A load is over (ready, failed, or its worker gone): a spare thread it took is replaced now,
+   * not while it loaded (see Spares.take), and after this turn, in which its key's waiting
+   * calls are posted.
    */
   private loadOver(phase: CellPhase): void {
-    if (phase.name === 'starting' && phase.from === 'spare') setImmediate(() => this.parts.spares.fill());
+    if (phase.name !== 'starting' || phase.from !== 'spare' || phase.thread.isolation !== 'thread') return;
+    setImmediate(() => this.parts.spares.fill());
   }
 
   /** A cell with no worker yet lost its last caller. */

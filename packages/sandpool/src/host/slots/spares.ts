@@ -68,13 +68,14 @@ export class Spares {
 
   /**
    * The oldest spare, the most likely to have finished booting. Every call counts as a miss
-   * that wanted one, found or not. A spare taken is replaced by `fill` once its key's load is
-   * over (booting another meanwhile takes CPU from that load); when none was there, on a later
-   * tick.
+   * that wanted one, found or not. A spare thread taken is replaced by `fill` once its key's
+   * load is over: booting another meanwhile takes CPU from that load. A spare process boots
+   * at the lowest priority where it can be raised back, and is replaced on a later tick, as
+   * is a spare that was not there.
    */
   take(): AgentWorker | null {
     this.demand.missed();
-    if (this.threads.size === 0) setImmediate(() => this.fill());
+    if (this.threads.size === 0 || this.isolation === 'process') setImmediate(() => this.fill());
     for (const thread of this.threads.keys()) {
       this.threads.delete(thread);
       // Raised back before its key's code runs; one that cannot be raised serves no key.
