@@ -79,8 +79,6 @@ describe.runIf(fsRestrictedInThreads)('strict spares', () => {
     expect(await pool.call(NEIGHBOUR, 'add', [1, 2])).toBe(3);
     await eventually(() => pool.stats().spares === 1);
     const seen = await pool.call<{ url: string; meta: string; dirname: string; cjs: string }>('a@s/reader', 'beside');
-    const spawned = events.filter((event) => event.type === 'spawn').map((event) => `${event.key} ${event.reason}`);
-    expect(spawned).toEqual([`${NEIGHBOUR} cold`, 'a@s/reader spare']);
     const artifactA = await snapshotContent(root, 'a', 's');
     const artifactB = await snapshotContent(root, 'b', 's');
     // Its module is named at the spare's own folder, which shows its artifact: reads beside it work.
@@ -88,10 +86,17 @@ describe.runIf(fsRestrictedInThreads)('strict spares', () => {
     expect(own.startsWith(artifactA)).toBe(false);
     expect(seen).toMatchObject({ meta: 'a-data', dirname: 'a-data', cjs: 'a-data' });
     expect(await pool.call('a@s/reader', 'read', [join(own, 'data.txt')])).toBe('a-data');
-    // Nothing else: the spare's neighbours, `..` out of its folder, another swarm's artifact and
+    // Another swarm's key takes the next spare: its folder shows b's artifact now.
+    await eventually(() => pool.stats().spares === 1);
+    const other = dirname(fileURLToPath((await pool.call<{ url: string }>('b@s/reader', 'beside')).url));
+    expect(await pool.call('b@s/reader', 'read', [join(other, 'data.txt')])).toBe('b-secret');
+    // Nothing else: the other spare's folder, `..` out of its own, another swarm's artifact and
     // live files, its own artifact by the real path (not granted: read it by its module's path).
     const spareFolders = dirname(own);
+    expect(dirname(other)).toBe(spareFolders);
     const outside = [
+      ['read', join(other, 'data.txt')],
+      ['read', join(own, '..', basename(other), 'data.txt')],
       ['list', spareFolders],
       ['list', join(own, '..')],
       ['list', join(spareFolders, '..')],
@@ -114,10 +119,14 @@ describe.runIf(fsRestrictedInThreads)('strict spares', () => {
       paths: [],
       boot: [],
     });
+    // And the other the same way round.
+    expect(await pool.call('b@s/reader', 'read', [join(own, 'data.txt')])).toBe('ERR_ACCESS_DENIED');
+    const spawned = events.filter((event) => event.type === 'spawn').map((event) => `${event.key} ${event.reason}`);
+    expect(spawned).toEqual([`${NEIGHBOUR} cold`, 'a@s/reader spare', 'b@s/reader spare']);
     expect(invariants(pool)).toEqual([]);
     await pool.close();
-    // Its folder went with its worker: nothing shows the artifact any more.
-    expect(existsSync(own)).toBe(false);
+    // Their folders went with their workers: nothing shows either artifact any more.
+    expect([existsSync(own), existsSync(other)]).toEqual([false, false]);
   });
 
   it('a spare serves one key: the one a swarm took, whose load failed, serves no other, and its folder goes', async () => {
