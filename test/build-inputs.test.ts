@@ -247,4 +247,44 @@ describe('a build reads only the swarm and its packages', () => {
     expect(await pool.call('a@after/notifier_agent', 'f')).toBe('mine');
     expect(made + refused).toBe(150);
   });
+
+  it('a read proves where its descriptor is, not where its path led a moment later', async () => {
+    // The window the swap test above met once in a loaded run, made wide: the racer swaps as
+    // fast as it can, and each read is checked. Resolving the path and then stat-ing it let a
+    // folder swapped for a link in between pass another swarm's inode as the swarm's own (74
+    // of 20,000 reads here); the descriptor's own path (/proc/self/fd) cannot be swapped.
+    const { root, pool } = await arena({ 'a/live/lib/helper.mjs': "export const value = 'mine';\n" });
+    const { buildInputs, placeOf, readInput } = await import('../packages/sandpool/dist/store/confine.js');
+    const inputs = await buildInputs(root, 'a');
+    const racer = spawn(
+      process.execPath,
+      [
+        '-e',
+        `const fs = require('node:fs');
+         const [lib, real, theirs] = process.argv.slice(1);
+         for (;;) { try { fs.renameSync(lib, real); fs.symlinkSync(theirs, lib); fs.unlinkSync(lib); fs.renameSync(real, lib); } catch {} }`,
+        join(root, 'a/live/lib'),
+        join(root, 'a/live/lib-real'),
+        join(root, 'b/live/lib'),
+      ],
+      { stdio: 'ignore' },
+    );
+    children.push(racer);
+    const calls = keepCalling(pool);
+    const read = { mine: 0, leaked: 0, refused: 0 };
+    for (let i = 0; i < 20_000; i++) {
+      try {
+        const { bytes } = await readInput(join(root, 'a/live/lib/helper.mjs'), (real) => placeOf(inputs, real), 4096);
+        if (bytes.toString('utf8').includes(SECRET)) read.leaked += 1;
+        else read.mine += 1;
+      } catch {
+        read.refused += 1;
+      }
+    }
+    racer.kill('SIGKILL');
+    await once(racer, 'exit');
+    await assertNeighbourAnswered(pool, await calls.stop());
+    expect(read.leaked, JSON.stringify(read)).toBe(0);
+    expect(read.mine + read.refused).toBe(20_000);
+  });
 });

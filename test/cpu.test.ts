@@ -1,5 +1,5 @@
 import { readdirSync, readFileSync } from 'node:fs';
-import { writeFile } from 'node:fs/promises';
+import { mkdir, writeFile } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -121,13 +121,16 @@ describe.runIf(onLinux)('CPU, counted on the worker thread', () => {
 
   it('heavy calls on more busy keys than cores are demoted, and get their priority back once idle', async () => {
     const dir = await root();
-    const pool = openPool({ root: dir, spareWorkers: 0 });
+    // The release flag sits where the keys may read: they run from their artifacts, not from live/.
+    const signals = join(dir, 'signals');
+    await mkdir(signals);
+    const pool = openPool({ root: dir, spareWorkers: 0, permissions: { fsRead: [signals] } });
     const demoted: string[] = [];
     pool.on('demote', ({ key, reason }) => demoted.push(`${key} ${reason}`));
     const keys = Array.from({ length: CROWD }, (_, i) => `c/burner${i}`);
     // Started first, so the spins overlap whatever a cold start takes; they spin until told.
     for (const key of keys) expect(await pool.call(key, 'crunch', [1])).toBe(crunch(1));
-    const release = join(dir, 'c/live/release');
+    const release = join(signals, 'release');
     const spins = keys.map((key) => pool.call(key, 'spinUntil', [release]));
     await eventually(() => demoted.length > 0);
     expect(pool.keyStats().filter((entry) => entry.demoted).length).toBeGreaterThan(0);

@@ -67,8 +67,13 @@ describe('hostile input', () => {
       const pool = openPool({ root });
       const neighbour = pool.call('n/notifier_agent', 'add', [1, 1]);
       const error = await rejection(pool.call('a/reader', 'read', [join(root, 'b/live/secret.txt')]));
-      expect(error).toMatchObject({ code: 'ERR_SANDPOOL_MODULE_NOT_FOUND' });
-      expect(String((error as Error).message)).toMatch(/is a link that leaves the (swarm|key)'s folder/);
+      if (error.code === 'ERR_SANDPOOL_MODULE_NOT_FOUND') {
+        // A link in live/ fails the build of its artifact.
+        expect(error.message).toMatch(/live\/node_modules.* is a symlink that leaves the live folder/);
+      } else {
+        // One the build never read is not in the artifact, the only folder of the swarm's the key may read.
+        expect(error).toMatchObject({ code: 'ERR_SANDPOOL_AGENT_ERROR', cause: { code: 'ERR_ACCESS_DENIED' } });
+      }
       expect(await neighbour).toBe(2);
       expect(invariants(pool)).toEqual([]);
       await pool.close();

@@ -132,7 +132,10 @@ describe('leftovers of interrupted builds', () => {
     expect(answers).toEqual(answers.map((_, i) => i + 1));
     expect(invariants(pool)).toEqual([]);
     await pool.close();
-    expect(readdirSync(join(root, '.sandpool-cache', 'artifacts', 'n'))).toEqual([]);
+    // Only the live key's own artifact is left: no work folder.
+    expect(readdirSync(join(root, '.sandpool-cache', 'artifacts', 'n')).filter((name) => name.startsWith('.'))).toEqual(
+      [],
+    );
   });
 
   it('a restart removes the pointer files and name locks a kill -9 left, and the content they named then goes', async () => {
@@ -173,6 +176,8 @@ describe('leftovers of interrupted builds', () => {
     // Past its grace: only the leftovers keep it.
     await utimes(content, TWO_HOURS_AGO, TWO_HOURS_AGO);
 
+    // Other live content than jan's: the live key's artifact must not be what keeps jan's content.
+    await writeFiles(root, { 'n/live/notifier_agent.mjs': 'export const add = (a, b) => a + b;\n' });
     const restarted = openPool({ root });
     expect(await restarted.call('n/notifier_agent', 'add', [2, 3])).toBe(5);
     expect(invariants(restarted)).toEqual([]);

@@ -77,7 +77,7 @@ describe('LRU with maxWorkers: 2', () => {
     await eventually(() => pool.stats().busy === 1);
     const b = pool.call('b/notifier_agent', 'slow', [0, 'b']).then((value) => order.push(value as string));
     const c = pool.call('c/notifier_agent', 'slow', [0, 'c']).then((value) => order.push(value as string));
-    await eventually(() => pool.stats().queued === 2);
+    await eventually(() => pool.stats().queued === 2 && pool.stats().preparing === 0);
     await pool.call('a/notifier_agent', 'release', ['a']);
     await Promise.all([a, b, c]);
     expect(order).toEqual(['a', 'b', 'c']);

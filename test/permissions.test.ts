@@ -39,7 +39,9 @@ describe("permissions: 'strict' (the default)", () => {
     async () => {
       const root = await tenants();
       const pool = openPool({ root });
-      expect(await pool.call('a/intruder', 'read', [join(root, 'a/live/intruder.mjs')])).toBe('allowed');
+      expect(await pool.call('a/intruder', 'readOwn', ['./intruder.mjs'])).toBe('allowed');
+      // It runs from its artifact: its own raw folder, which a tenant's links could widen, is not granted.
+      expect(await pool.call('a/intruder', 'read', [join(root, 'a/live/intruder.mjs')])).toBe('ERR_ACCESS_DENIED');
       expect(await pool.call('a/intruder', 'read', [join(root, 'b/live/secret.txt')])).toBe('ERR_ACCESS_DENIED');
       expect(await pool.call('a/intruder', 'read', ['/proc/self/environ'])).toBe('ERR_ACCESS_DENIED');
       expect(await pool.call('a/intruder', 'write', [join(root, 'a/live/new.txt')])).toBe('ERR_ACCESS_DENIED');
@@ -66,13 +68,13 @@ describe("permissions: 'strict' (the default)", () => {
     const pool = openPool({ root });
     const error = await rejection(pool.call('a/intruder', 'read', [join(root, 'a/live/loot.txt')]));
     expect(error.code).toBe('ERR_SANDPOOL_MODULE_NOT_FOUND');
-    expect(error.message).toContain('leaves the key');
+    expect(error.message).toContain('leaves the live folder');
     expect(await pool.call(NEIGHBOUR, 'add', [1, 2])).toBe(3);
     // A link that stays inside is fine.
     await rm(join(root, 'a/live/loot.txt'));
     await rm(join(root, 'a/live/evil'));
     await symlink(join(root, 'a/live/intruder.mjs'), join(root, 'a/live/alias.mjs'));
-    expect(await pool.call('a/alias', 'read', [join(root, 'a/live/intruder.mjs')])).toBe('allowed');
+    expect(await pool.call('a/alias', 'readOwn', ['./intruder.mjs'])).toBe('allowed');
   });
 });
 
@@ -111,22 +113,28 @@ describe('widening and turning off', () => {
 
   it("'none' under a host that itself runs under the permission model gives workers no right the host lacks", async () => {
     const root = await tenants();
+    await openPool({ root }).snapshots.create('a', 'made');
     const script = join(root, 'limited-host.mjs');
     const sandpool = pathToFileURL(join(import.meta.dirname, '../packages/sandpool/dist/index.js')).href;
     await writeFile(
       script,
       `import { createPool } from ${JSON.stringify(sandpool)};
       const pool = createPool({ root: ${JSON.stringify(root)}, permissions: 'none', spareWorkers: 0, loadTimeoutMs: 60_000 });
-      const spawn = await pool.call('a/intruder', 'spawn');
+      const spawn = await pool.call('a@made/intruder', 'spawn');
+      const live = await pool.call('a/intruder', 'spawn').catch((error) => [error.code, error.message]);
       await pool.close();
-      process.stdout.write(JSON.stringify({ spawn }));`,
+      process.stdout.write(JSON.stringify({ spawn, live }));`,
     );
     const flag = process.allowedNodeEnvironmentFlags.has('--permission') ? '--permission' : '--experimental-permission';
     // The host may read everything and start workers, but not child processes.
     const { stdout } = await execFileAsync(process.execPath, [flag, '--allow-fs-read=*', '--allow-worker', script], {
       env: { PATH: process.env.PATH ?? '' },
     });
-    expect(JSON.parse(stdout)).toEqual({ spawn: 'ERR_ACCESS_DENIED' });
+    // Its snapshot keys (made by a host that may build) run; its live keys, which need a build, cannot.
+    expect(JSON.parse(stdout)).toEqual({
+      spawn: 'ERR_ACCESS_DENIED',
+      live: ['ERR_SANDPOOL_MODULE_LOAD', expect.stringContaining('--allow-child-process')],
+    });
   });
 
   it('a per-key function that throws rejects the call with INVALID_OPTIONS and starts nothing', async () => {

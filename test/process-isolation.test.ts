@@ -1,13 +1,13 @@
 import { pbkdf2Sync } from 'node:crypto';
 import { readdirSync, readFileSync } from 'node:fs';
-import { chmod, open, readdir, readFile, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, open, readdir, readFile, writeFile } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import type { Pool } from 'sandpool';
 import { describe, expect, it } from 'vitest';
 import { cpuWeightOf } from './support/cgroup.js';
 import { code, rejection } from './support/errors.js';
-import { childProcesses, eventually, installCleanup, invariants, openPool } from './support/pool.js';
+import { agentProcesses, eventually, installCleanup, invariants, openPool } from './support/pool.js';
 import { counterAgent, fixture, makeRoot } from './support/root.js';
 import { hostLayers } from './support/sandbox.js';
 
@@ -81,9 +81,10 @@ describe("isolation: 'process'", () => {
     expect(await mixedPool(dir, { sandbox: 'off', processUser: 'host' }).call(ESCAPEE, 'add', [1, 1])).toBe(2);
     // In a cell the folders above the key's are the cell's own: only the key's folder counts.
     if (layers.namespaces) expect(await mixedPool(dir).call(ESCAPEE, 'add', [1, 1])).toBe(2);
+    // The tenant's own folder's mode no longer matters: the key runs from its artifact, which the store makes readable.
     await chmod(join(dir, 'x/live'), 0o700);
-    const hidden = await rejection(mixedPool(dir).call(ESCAPEE, 'add', [1, 1]));
-    expect(hidden.message).toMatch(/uid \d+ .* cannot enter .*x\/live \(mode 700\)/);
+    expect(await mixedPool(dir, { processUser: 'host' }).call(ESCAPEE, 'add', [1, 1])).toBe(2);
+    if (layers.namespaces) expect(await mixedPool(dir).call(ESCAPEE, 'add', [1, 1])).toBe(2);
   });
 
   it('serves the same API from a child process, another uid when the host is root', async () => {
@@ -94,7 +95,7 @@ describe("isolation: 'process'", () => {
     expect(who.key).toBe(ESCAPEE);
     expect(who.pid).not.toBe(process.pid);
     // Events carry the pid of the child the pool spawned (bubblewrap's, where it makes a cell).
-    expect(spawned).toEqual(childProcesses());
+    expect(spawned).toEqual(agentProcesses());
     if (layers.namespaces) expect(who).toMatchObject({ pid: 2, ppid: 1 });
     else expect(who).toMatchObject({ pid: spawned[0], ppid: process.pid });
     if (root) {
@@ -108,7 +109,7 @@ describe("isolation: 'process'", () => {
     expect(await code(pool.call(ESCAPEE, 'missing'))).toBe('ERR_SANDPOOL_EXPORT_NOT_FOUND');
     expect(pool.keyStats().find((stats) => stats.key === ESCAPEE)).toMatchObject({ state: 'ready', workers: 1 });
     expect(await pool.call(NEIGHBOUR, 'add', [1, 2])).toBe(3);
-    expect(childProcesses()).toHaveLength(1);
+    expect(agentProcesses()).toHaveLength(1);
   });
 
   it('streams, host capabilities, reload and snapshots work as for a thread', async () => {
@@ -154,7 +155,7 @@ describe("isolation: 'process'", () => {
     // A stopped process answers nothing: its call times out and SIGKILL ends it.
     const stopped = await withNeighbour(pool, () => rejection(pool.call(ESCAPEE, 'signal', ['self', 'SIGSTOP'])));
     expect(stopped.code).toBe('ERR_SANDPOOL_TIMEOUT');
-    await eventually(() => childProcesses().length === 0);
+    await eventually(() => agentProcesses().length === 0);
     expect(await pool.call(ESCAPEE, 'add', [2, 2])).toBe(4);
   });
 
@@ -216,7 +217,7 @@ describe("isolation: 'process'", () => {
     const pool = mixedPool(await tenants(), { abortGraceMs: 50 });
     const timedOut = await withNeighbour(pool, () => rejection(pool.call(ESCAPEE, 'spin', [], { timeoutMs: 200 })));
     expect(timedOut.code).toBe('ERR_SANDPOOL_TIMEOUT');
-    await eventually(() => childProcesses().length === 0);
+    await eventually(() => agentProcesses().length === 0);
     const cpuPool = mixedPool(await tenants(), { cpuTimeoutMs: 200 });
     const overran = await withNeighbour(cpuPool, () => rejection(cpuPool.call(ESCAPEE, 'spin', [], { timeoutMs: 0 })));
     expect(overran).toMatchObject({ code: 'ERR_SANDPOOL_WORKER_EXITED', reason: 'cpu' });
@@ -244,7 +245,7 @@ describe("isolation: 'process'", () => {
     const niceOnDemote: number[][] = [];
     const demoted = new Promise((resolve) =>
       pool.on('demote', ({ key, reason }) => {
-        niceOnDemote.push(childProcesses().flatMap(threadNices));
+        niceOnDemote.push(agentProcesses().flatMap(threadNices));
         if (key === ESCAPEE) resolve(reason);
       }),
     );
@@ -263,7 +264,7 @@ describe("isolation: 'process'", () => {
       const pool = mixedPool(await tenants());
       // Renicing would only order the cell's own threads among themselves: its cgroup's weight is what counts.
       const weightOnDemote = new Promise<(number | null)[]>((resolve) =>
-        pool.on('demote', ({ key }) => key === ESCAPEE && resolve(childProcesses().map(cpuWeightOf))),
+        pool.on('demote', ({ key }) => key === ESCAPEE && resolve(agentProcesses().map(cpuWeightOf))),
       );
       const weights = await withNeighbour(pool, async () => {
         expect(await pool.call(ESCAPEE, 'hashInBackground')).toBe('hashing');
@@ -280,12 +281,16 @@ describe("isolation: 'process'", () => {
     const crowd = Array.from({ length: availableParallelism() + 1 }, (_, i) => `x/burner${i}`);
     const source = await fixture('escapee.mjs');
     for (const key of crowd) await writeFile(join(dir, `x/live/${key.slice(2)}.mjs`), source);
-    const pool = mixedPool(dir);
+    // The release flag sits where the keys may read: they run from their artifacts, not from live/.
+    const signals = join(dir, 'signals');
+    await mkdir(signals);
+    // Without the cell: a grant under /tmp names the cell's own /tmp (the sandbox's CPU weight has its own test).
+    const pool = mixedPool(dir, { sandbox: 'off', permissions: { fsRead: [signals] } });
     const demoted: string[] = [];
     pool.on('demote', ({ key, reason }) => demoted.push(`${key} ${reason}`));
     // Started first, so the spins overlap whatever a cold start takes; they spin until told.
     for (const key of crowd) expect(await pool.call(key, 'add', [1, 1])).toBe(2);
-    const release = join(dir, 'x/live/release');
+    const release = join(signals, 'release');
     const spins = await withNeighbour(pool, async () => {
       const running = crowd.map((key) => pool.call(key, 'spinUntil', [release]));
       await eventually(() => demoted.length > 0);
@@ -310,7 +315,9 @@ describe("isolation: 'process'", () => {
     }
     expect(await pool.call('x/intruder', 'addon')).toBe('ERR_DLOPEN_DISABLED');
     expect(await pool.call(ESCAPEE, 'inspectSelf')).toBe('ERR_ACCESS_DENIED');
-    expect(await pool.call('x/intruder', 'read', [join(dir, 'x/live/escapee.mjs')])).toBe('allowed');
+    expect(await pool.call('x/intruder', 'readOwn', ['./escapee.mjs'])).toBe('allowed');
+    // It runs from its artifact: the tenant's raw folder is not in its view.
+    expect(await pool.call('x/intruder', 'read', [join(dir, 'x/live/escapee.mjs')])).toBe('ERR_ACCESS_DENIED');
     expect(await pool.call(ESCAPEE, 'environ')).toBe('ERR_ACCESS_DENIED');
     expect(await pool.call(NEIGHBOUR, 'add', [1, 2])).toBe(3);
   });
@@ -318,13 +325,13 @@ describe("isolation: 'process'", () => {
   it("keeps spare processes when every key runs in one (with permissions 'none', as for threads)", async () => {
     const dir = await tenants();
     const pool = openPool({ root: dir, isolation: 'process', permissions: 'none', spareWorkers: 1 });
-    await eventually(() => pool.stats().spares === 1 && childProcesses().length === 1);
+    await eventually(() => pool.stats().spares === 1 && agentProcesses().length === 1);
     const reasons: string[] = [];
     pool.on('spawn', (event) => reasons.push(event.reason));
     expect(await pool.call(ESCAPEE, 'add', [1, 2])).toBe(3);
     expect(reasons).toEqual(['spare']);
     // The spare is refilled with another child, and the key's process is the one that was spare.
-    await eventually(() => pool.stats().spares === 1 && childProcesses().length === 2);
+    await eventually(() => pool.stats().spares === 1 && agentProcesses().length === 2);
     expect(await pool.call(NEIGHBOUR, 'add', [1, 2])).toBe(3);
     expect(reasons).toEqual(['spare', 'spare']);
   });
@@ -337,8 +344,8 @@ describe("isolation: 'process'", () => {
       spareWorkers: 1,
       sandbox: 'off',
     });
-    await eventually(() => pool.stats().spares === 1 && childProcesses().length === 1);
-    const [spare] = childProcesses();
+    await eventually(() => pool.stats().spares === 1 && agentProcesses().length === 1);
+    const [spare] = agentProcesses();
     // Its threads started after the renice inherit it; the ones V8 started before get it too.
     // Until the renice, all of them are at 0: a set of one nice is not enough.
     await eventually(() => {
@@ -355,8 +362,8 @@ describe("isolation: 'process'", () => {
     async () => {
       const pool = openPool({ root: await tenants(), isolation: 'process', permissions: 'none', spareWorkers: 1 });
       const cgroups = layers.cgroups;
-      await eventually(() => pool.stats().spares === 1 && childProcesses().length === 1);
-      const [spare] = childProcesses() as [number];
+      await eventually(() => pool.stats().spares === 1 && agentProcesses().length === 1);
+      const [spare] = agentProcesses() as [number];
       // Moved into its cell off the host's event loop: in its cgroup shortly after its spawn.
       await eventually(() => cpuWeightOf(spare) !== null);
       expect(cpuWeightOf(spare)).toBe(lowest(cgroups));
@@ -390,7 +397,7 @@ describe("isolation: 'process'", () => {
     void pool.call(ESCAPEE, 'signal', ['self', 'SIGSTOP']).catch(() => {});
     await new Promise((resolve) => setTimeout(resolve, 50));
     await pool.close();
-    await eventually(() => childProcesses().length === 0);
+    await eventually(() => agentProcesses().length === 0);
   });
 });
 

@@ -40,18 +40,22 @@ function statsOf(pool: ReturnType<typeof openPool>, key: string): KeyStats {
 describe('quotas', () => {
   it("refuse a key's calls past its quota with QUOTA at the call, each key on its own, and refill", async () => {
     const pool = openPool({ root: await root(), quotas: { calls: { perSecond: 1, burst: 3 } } });
+    const started = performance.now();
     const outcomes = await Promise.all(
       Array.from({ length: 5 }, () => pool.call('n/notifier_agent', 'add', [1, 2]).catch((error) => error.code)),
     );
     expect(outcomes).toEqual([3, 3, 3, 'ERR_SANDPOOL_QUOTA', 'ERR_SANDPOOL_QUOTA']);
     // Other keys have their own tokens, while this one is refused.
+    // A token a second comes back meanwhile: the key's first start (its artifact's build) may take seconds.
+    const refilled = Math.ceil((performance.now() - started) / 1000);
     const [flood, others] = await Promise.all([
       Promise.all(Array.from({ length: 50 }, () => pool.call('n/notifier_agent', 'add', [1, 2]).catch((e) => e.code))),
       Promise.all([pool.call('q/agent', 'tools', [0]), pool.call('r/agent', 'tools', [0])]),
     ]);
-    expect(flood.filter((outcome) => outcome === 'ERR_SANDPOOL_QUOTA').length).toBeGreaterThanOrEqual(48);
+    const floodRefused = flood.filter((outcome) => outcome === 'ERR_SANDPOOL_QUOTA').length;
+    expect(floodRefused).toBeGreaterThanOrEqual(49 - refilled);
     expect(others).toEqual([[], []]);
-    expect(statsOf(pool, 'n/notifier_agent').quotaRefused).toBeGreaterThanOrEqual(50);
+    expect(statsOf(pool, 'n/notifier_agent').quotaRefused).toBe(2 + floodRefused);
     expect(statsOf(pool, 'q/agent')).toMatchObject({ calls: 1, quotaRefused: 0 });
     // A token comes back within a second.
     let refill: unknown = 'ERR_SANDPOOL_QUOTA';

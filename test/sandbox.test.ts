@@ -1,6 +1,6 @@
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { chmod, copyFile, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
+import { chmod, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -11,7 +11,7 @@ import { findCgroups } from '../packages/sandpool/dist/host/governors/cgroups.js
 import { SwarmIds } from '../packages/sandpool/dist/host/workers/sandbox/uids.js';
 import { cgroupFileOf } from './support/cgroup.js';
 import { rejection } from './support/errors.js';
-import { childProcesses, eventually, installCleanup, invariants, openPool } from './support/pool.js';
+import { agentProcesses, eventually, installCleanup, invariants, openPool } from './support/pool.js';
 import { counterAgent, fixture, makeRoot } from './support/root.js';
 import { hostLayers, ON_CI, PROCESS_NEIGHBOUR, withNeighbours } from './support/sandbox.js';
 import { installServerCleanup, openServer, request } from './support/server.js';
@@ -95,7 +95,7 @@ describe('the OS sandbox of process keys', () => {
 
   it("'require' refuses a pool that would go without a layer, naming it, and starts nothing", async () => {
     const dir = await tenants();
-    const before = childProcesses().length;
+    const before = agentProcesses().length;
     const refuse = (options: Partial<PoolOptions>) => () =>
       createPool({ root: dir, isolation: 'process', sandbox: 'require', ...options });
     expect(refuse({ processUser: 'host' })).toThrow(
@@ -105,7 +105,7 @@ describe('the OS sandbox of process keys', () => {
     expect(() => createPool({ root: dir, isolation: 'process', sandbox: 'sometimes' as 'auto' })).toThrow(
       expect.objectContaining({ code: 'ERR_SANDPOOL_INVALID_OPTIONS' }),
     );
-    expect(childProcesses()).toHaveLength(before);
+    expect(agentProcesses()).toHaveLength(before);
     if (layers.missing.length === 0) {
       const pool = openPool({ root: dir, isolation: 'process', sandbox: 'require' });
       expect(await pool.call('m/notifier_agent', 'add', [2, 2])).toBe(4);
@@ -156,7 +156,13 @@ describe('the OS sandbox of process keys', () => {
 
   it.runIf(caged)('reads nothing outside its binds, not even through a node_modules link to /', async () => {
     const dir = await tenants();
+    // One in live/ fails the build of the swarm's artifact: nothing of it runs.
     await symlink('/', join(dir, 'x/live/node_modules'));
+    const refused = await rejection(tenantPool(dir).call(ATTACKER, 'readFile', ['/etc/hostname']));
+    expect(refused.code).toBe('ERR_SANDPOOL_MODULE_NOT_FOUND');
+    // One above live/ is never built from nor bound: the cell reads nothing through it.
+    await rm(join(dir, 'x/live/node_modules'));
+    await symlink('/', join(dir, 'x/node_modules'));
     const pool = tenantPool(dir);
     const secret = join(dir, 'b/live/secret.txt');
     const reads = await withNeighbours(pool, async () => ({
@@ -164,7 +170,7 @@ describe('the OS sandbox of process keys', () => {
       direct: await pool.call(ATTACKER, 'readFile', [secret]),
       neighbourCode: await pool.call(ATTACKER, 'readFile', [join(dir, 'm/live/notifier_agent.mjs')]),
       hostEnviron: await pool.call(ATTACKER, 'readFile', ['/proc/self/environ']),
-      ownCode: typeof (await pool.call(ATTACKER, 'readFile', [join(dir, 'x/live/cellmate.mjs')])),
+      rawOwnCode: await pool.call(ATTACKER, 'readFile', [join(dir, 'x/live/cellmate.mjs')]),
     }));
     expect(reads).toEqual({
       throughLink: 'ENOENT',
@@ -172,7 +178,8 @@ describe('the OS sandbox of process keys', () => {
       neighbourCode: 'ENOENT',
       // Its own (the pool's `env`, empty here, and its Node's flags), never the host's; after the drop to its uid, not even that.
       hostEnviron: root ? 'EACCES' : expect.stringMatching(/^(NODE_OPTIONS=[^\0]*\0)?$/),
-      ownCode: 'string',
+      // It runs from its artifact: not even its own raw folder is in its view.
+      rawOwnCode: 'ENOENT',
     });
   });
 
@@ -415,11 +422,12 @@ describe('the OS sandbox of process keys', () => {
   it.runIf(caged)('cannot make a user namespace, even with child processes granted', async () => {
     expect(layers.userns).toBe(root ? 'seccomp' : 'disabled');
     const dir = await tenants();
-    // A tenant may ship any program in its folder: here util-linux's unshare (it needs only the libc every cell has).
-    await copyFile('/usr/bin/unshare', join(dir, 'x/live/unshare'));
-    await chmod(join(dir, 'x/live/unshare'), 0o755);
-    const pool = tenantPool(dir);
-    const unshare = join(dir, 'x/live/unshare');
+    // A tenant may be granted any program: here util-linux's unshare (it needs only the libc every cell has).
+    // An artifact holds no executable file; a grant under /tmp names the cell's own /tmp.
+    const unshare = '/usr/bin/unshare';
+    const pool = tenantPool(dir, {
+      permissions: (key) => (key.swarm === 'x' ? { childProcess: true, fsRead: [unshare] } : 'strict'),
+    });
     // The cell has no shell and no coreutils: the one program to run is its Node.
     const node = [process.execPath, '-e', '0'];
     const tries = await withNeighbours(pool, async () => [

@@ -116,7 +116,7 @@ describe('POST /v1/swarms/:swarm/invalidate', () => {
     const one = await request(server, 'POST', '/v1/swarms/a/invalidate', { stem: 'second' }, as('write-a'));
     expect(one.body).toEqual({ reloaded: ['a/second'], failed: [] });
 
-    // A missing import: Node's message names absolute paths, which must not reach the client.
+    // A missing import: the build names the place in the swarm, never a host path.
     await writeFile(join(root, 'a/live/second.mjs'), "import './gone.mjs';\nexport const x = 1;\n");
     const partial = await request(server, 'POST', '/v1/swarms/a/invalidate', {}, as('write-a'));
     expect(partial).toMatchObject({
@@ -125,7 +125,9 @@ describe('POST /v1/swarms/:swarm/invalidate', () => {
         code: 'ERR_SANDPOOL_HTTP_RELOAD_FAILED',
         message: expect.any(String),
         reloaded: ['a/notifier_agent'],
-        failed: [{ key: 'a/second', code: 'ERR_SANDPOOL_MODULE_LOAD', message: expect.stringContaining('<root>') }],
+        failed: [
+          { key: 'a/second', code: 'ERR_SANDPOOL_MODULE_LOAD', message: expect.stringContaining('live/second.mjs:1:') },
+        ],
       },
     });
     expect(JSON.stringify(partial.body)).not.toContain(root);

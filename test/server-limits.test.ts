@@ -159,7 +159,9 @@ describe('error bodies', () => {
     }
     // Still useful: the stack names the agent's file, relative to the root.
     const failed = await request(server, 'POST', '/v1/call/a/fails', { fn: 'f' });
-    expect(JSON.stringify(failed.body)).toContain('<root>/a/live/fails.mjs');
+    expect(JSON.stringify(failed.body)).toMatch(
+      /<root>\/\.sandpool-cache\/artifacts\/a\/[0-9a-f]{64}\/\.sandpool-bundles\/fails\.mjs/,
+    );
   });
 
   it('refuses a result or chunk whose JSON would pass its bound before writing any, and keeps answering', async () => {

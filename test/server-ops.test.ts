@@ -1,6 +1,4 @@
 import { spawn } from 'node:child_process';
-import { writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { counterAgent, fixture, makeRoot, writeFiles } from './support/root.js';
@@ -165,11 +163,10 @@ describe('sandpool serve', () => {
   it('serves until SIGTERM, finishes the running call, then exits 0', async () => {
     const root = await makeRoot({
       ...(await counterAgent('a')),
-      // Says it runs, then answers once the test creates the file: running for as long as the test needs.
-      'a/live/gate.mjs': `import { existsSync } from 'node:fs';
-export async function hold(file) {
+      // Says it runs, then answers after \`ms\`: a key reads only its artifact, so no file the test makes can release it.
+      'a/live/gate.mjs': `export async function hold(ms) {
   console.log('holding');
-  while (!existsSync(file)) await new Promise((resolve) => setTimeout(resolve, 10));
+  await new Promise((resolve) => setTimeout(resolve, ms));
   return 'released';
 }
 `,
@@ -199,12 +196,11 @@ export async function hold(file) {
       expect(denied.headers.get('x-sandpool-node')).toBe('cli-1');
       expect(await (await call('add', [1, 2])).json()).toEqual({ result: 3 });
 
-      const release = join(root, 'a/live/release');
-      const running = call('hold', [release], 'tok', 'gate');
+      // Generous: the SIGTERM below is sent, and seen, long before the call ends.
+      const running = call('hold', [5_000], 'tok', 'gate');
       await seen(/\[a\/gate\] holding/);
       child.kill('SIGTERM');
       await seen(/SIGTERM, draining/);
-      await writeFile(release, '');
       const answer = await running;
       expect(answer.status).toBe(200);
       expect(await answer.json()).toEqual({ result: 'released' });

@@ -22,9 +22,9 @@ describe('fair shares of the slots', () => {
     const first = track(pool.call('noisy/a', 'hold', ['noisy/a']));
     await eventually(() => pool.stats().busy === 1);
     const noisy = ['noisy/b', 'noisy/c', 'noisy/d'].map((key) => track(pool.call(key, 'slow', [0, key])));
-    await eventually(() => pool.stats().queued === 3);
+    await eventually(() => pool.stats().queued === 3 && pool.stats().preparing === 0);
     const quiet = track(pool.call('quiet/q', 'slow', [0, 'quiet/q']));
-    await eventually(() => pool.stats().queued === 4);
+    await eventually(() => pool.stats().queued === 4 && pool.stats().preparing === 0);
     await pool.call('noisy/a', 'release', ['noisy/a']);
     await Promise.all([first, ...noisy, quiet]);
     // FIFO would serve quiet/q last; round-robin gives it the turn after noisy's next one.

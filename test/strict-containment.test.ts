@@ -91,11 +91,16 @@ export async function attempt(name, ...args) {
   }
 }
 
+// Loads named at run time, where the build that makes the key's artifact cannot see them.
+const dynamicImport = new Function('specifier', ['return import', '(specifier)'].join(''));
+const requireNamed = require;
+
 const load = {
-  import: (id) => import('node:' + id),
-  bare: (id) => import(id),
-  static: async (id) => (await import('./static-' + id.replace('/', '-') + '.mjs')).default,
-  require: (id) => require('node:' + id),
+  import: (id) => dynamicImport('node:' + id),
+  bare: (id) => dynamicImport(id),
+  // The unbundled copy of a module beside this one in the artifact, which imports it statically.
+  static: async (id) => (await dynamicImport(new URL('./static-' + id.replace('/', '-') + '.mjs', import.meta.url).href)).default,
+  require: (id) => requireNamed('node:' + id),
   getBuiltinModule: (id) => process.getBuiltinModule('node:' + id),
   moduleLoad: (id) => require('node:module')._load('node:' + id),
   hookedImport: (id) => {
@@ -103,14 +108,14 @@ const load = {
       resolve: (specifier, context, next) =>
         specifier === 'evil:' + id ? { url: 'node:' + id, format: 'builtin', shortCircuit: true } : next(specifier, context),
     });
-    return import('evil:' + id);
+    return dynamicImport('evil:' + id);
   },
   hookedRequire: (id) => {
     require('node:module').registerHooks({
       resolve: (specifier, context, next) =>
         specifier === 'evil:' + id ? { url: 'node:' + id, format: 'builtin', shortCircuit: true } : next(specifier, context),
     });
-    return require('evil:' + id);
+    return requireNamed('evil:' + id);
   },
 };
 
@@ -160,7 +165,9 @@ const attacks = {
   lookup: async () => (await (await import('node:dns')).promises.lookup('localhost')).address,
   openAsBlob: async (path) => (await (await import('node:fs')).openAsBlob(path)).text(),
   // Every descriptor of the process, by number: what could be read, written or closed.
-  foreignFds: async (own) => {
+  // own: a file beside this module, read from the key's artifact.
+  foreignFds: async (name) => {
+    const own = new URL(name, import.meta.url);
     const fs = await import('node:fs');
     const reached = [];
     for (let fd = 0; fd < 256; fd++) {
@@ -237,7 +244,7 @@ describe('file descriptors', () => {
     const held = openSync(join(root, 'host-secret.txt'), 'r+');
     try {
       const pool = openPool({ root });
-      const outcome = await attack(pool, 'foreignFds', join(root, 'a/live/own.txt'));
+      const outcome = await attack(pool, 'foreignFds', './own.txt');
       expect(outcome).toEqual({ got: { reached: [], text: 'mine', streamed: 'mine' } });
       // The host's descriptor is open and untouched.
       expect(readFileSync(held, 'utf8')).toBe(SECRET);

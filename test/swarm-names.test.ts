@@ -42,6 +42,8 @@ describe('reserved swarm names', () => {
   it('refuses calls, snapshots and invalidation of a reserved swarm while a neighbour answers', async () => {
     const root = await rootWithReservedFolder();
     const pool = openPool({ root });
+    // The neighbour's artifact is built at its first call: built before the listing.
+    expect(await pool.call('a/notifier_agent', 'add', [2, 3])).toBe(5);
     const before = await readdir(root, { recursive: true });
     for (const swarm of RESERVED) {
       const neighbour = pool.call('a/notifier_agent', 'add', [2, 3]);
@@ -63,6 +65,10 @@ describe('reserved swarm names', () => {
     const root = await rootWithReservedFolder();
     const server = openServer({ root, token: 'all-write' });
     const auth = { authorization: 'Bearer all-write' };
+    // The neighbour's artifact is built at its first call: built before the listing.
+    expect((await request(server, 'POST', '/v1/call/a/notifier_agent', { fn: 'add', args: [1, 2] }, auth)).status).toBe(
+      200,
+    );
     const before = await readdir(root, { recursive: true });
     const deploy = await server.app.inject({
       method: 'PUT',

@@ -11,7 +11,22 @@ export function threadCount(): number {
 }
 
 /** Agent processes this process started (isolation 'process'), from the kernel; esbuild's service is not one. */
+/** This process's children that sandpool started: process keys' workers and the snapshot helper. */
 export function childProcesses(): number[] {
+  return childrenWhose((cmdline) => isAgentProcess(cmdline) || cmdline.includes('store/helper-entry.js'));
+}
+
+/** This process's children that run agents (process keys), the snapshot helper left out. */
+export function agentProcesses(): number[] {
+  return childrenWhose(isAgentProcess);
+}
+
+/** In a cell the entry is named by its file name alone (no host path on a cell's command line). */
+function isAgentProcess(cmdline: string): boolean {
+  return /(^|[\0/])bundle\.js\0/.test(cmdline);
+}
+
+function childrenWhose(matches: (cmdline: string) => boolean): number[] {
   const children = readFileSync(`/proc/self/task/${process.pid}/children`, 'utf8').trim();
   if (children === '') return [];
   return children
@@ -19,9 +34,7 @@ export function childProcesses(): number[] {
     .map(Number)
     .filter((pid) => {
       try {
-        const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'latin1');
-        // In a cell the entry is named by its file name alone (no host path on a cell's command line).
-        return /(^|[\0/])bundle\.js\0/.test(cmdline) || cmdline.includes('store/helper-entry.js');
+        return matches(readFileSync(`/proc/${pid}/cmdline`, 'latin1'));
       } catch {
         return false; // gone already
       }

@@ -17,8 +17,6 @@ const SEED = 0x5eed;
 const MAX_WARM_MS = 30_000;
 /** Draws of the offline hit-ratio computation. */
 const TRACE = 200_000;
-/** The snapshot every key also has, made before the runs: a snapshot key runs from an artifact, and can take a strict spare. */
-const SNAPSHOT = 's';
 /** The most strict spares of the larger spare run. */
 const MANY_SPARES = 8;
 
@@ -73,20 +71,12 @@ export const manyKeys: Benchmark = {
     const sequences: Record<string, { keys: number[]; measuredFrom: number }> = {};
     const warmedMs: Record<string, number> = {};
     try {
-      context.progress(`snapshot of the ${KEYS} keys`);
-      const store = createPool({ root: tree.root, spareWorkers: 0 });
-      try {
-        await store.snapshots.create('many', SNAPSHOT);
-      } finally {
-        await store.close();
-      }
       const makers: Array<() => Target> = [
-        () => sandpoolTarget(tree.root, stems, { eviction: 'lru' }),
-        () => sandpoolTarget(tree.root, stems, { eviction: 'tinylfu' }),
-        () => sandpoolTarget(tree.root, stems, { eviction: 'tinylfu', budgetMb: BUDGET_MB }),
-        () => sandpoolTarget(tree.root, stems, { eviction: 'lru', snapshot: true, spareWorkers: 0 }),
-        () => sandpoolTarget(tree.root, stems, { eviction: 'lru', snapshot: true, spareWorkers: 1 }),
-        () => sandpoolTarget(tree.root, stems, { eviction: 'lru', snapshot: true, spareWorkers: MANY_SPARES }),
+        () => sandpoolTarget(tree.root, stems, { eviction: 'lru', spareWorkers: 0 }),
+        () => sandpoolTarget(tree.root, stems, { eviction: 'tinylfu', spareWorkers: 0 }),
+        () => sandpoolTarget(tree.root, stems, { eviction: 'tinylfu', budgetMb: BUDGET_MB, spareWorkers: 0 }),
+        () => sandpoolTarget(tree.root, stems, { eviction: 'lru', spareWorkers: 1 }),
+        () => sandpoolTarget(tree.root, stems, { eviction: 'lru', spareWorkers: MANY_SPARES }),
         () => {
           const piscina = new Piscina<{ url: string; fn: string; args: number[] }, { value: number; cold: boolean }>({
             filename: fixture('piscina-dispatch.mjs').href,
@@ -140,8 +130,7 @@ export const manyKeys: Benchmark = {
     }
     const names = Object.keys(runs);
     const get = (name: string): Run => runs[name] as Run;
-    const [lruName, tinyName, budgetName, noSparesName, spareName, sparesName, piscinaName] = names as [
-      string,
+    const [lruName, tinyName, budgetName, spareName, sparesName, piscinaName] = names as [
       string,
       string,
       string,
@@ -173,26 +162,19 @@ export const manyKeys: Benchmark = {
       tinylfuHitPointsBelowBelady: round((offline.belady - get(tinyName).hitRatio) * 100, 3),
       lruHitPointsBelowBelady: round((offline.belady - get(lruName).hitRatio) * 100, 3),
       budgetOverLruThroughput: round(get(budgetName).callsPerSecond / get(lruName).callsPerSecond, 3),
-      snapshotOneSpareOverNoSpareThroughput: round(get(spareName).callsPerSecond / get(noSparesName).callsPerSecond, 3),
-      snapshotSparesOverNoSpareThroughput: round(get(sparesName).callsPerSecond / get(noSparesName).callsPerSecond, 3),
-      snapshotSparesOverNoSpareP50: round(get(sparesName).latency.p50 / get(noSparesName).latency.p50, 3),
-      snapshotOneSpareOverNoSparePerCpu: round(
-        get(spareName).callsPerCpuSecond / get(noSparesName).callsPerCpuSecond,
-        3,
-      ),
-      snapshotSparesOverNoSparePerCpu: round(
-        get(sparesName).callsPerCpuSecond / get(noSparesName).callsPerCpuSecond,
-        3,
-      ),
-      snapshotNoSpareOverLiveLruThroughput: round(get(noSparesName).callsPerSecond / get(lruName).callsPerSecond, 3),
+      oneSpareOverLruThroughput: round(get(spareName).callsPerSecond / get(lruName).callsPerSecond, 3),
+      sparesOverLruThroughput: round(get(sparesName).callsPerSecond / get(lruName).callsPerSecond, 3),
+      sparesOverLruP50: round(get(sparesName).latency.p50 / get(lruName).latency.p50, 3),
+      oneSpareOverLruPerCpu: round(get(spareName).callsPerCpuSecond / get(lruName).callsPerCpuSecond, 3),
+      sparesOverLruPerCpu: round(get(sparesName).callsPerCpuSecond / get(lruName).callsPerCpuSecond, 3),
       sandpoolOverPiscinaThroughput: round(get(tinyName).callsPerSecond / get(piscinaName).callsPerSecond, 3),
     };
     return {
       method: [
         `${KEYS} keys, each its own module file; key ranks drawn from zipf(s = ${ZIPF_S}) with a seeded PRNG (the same sequence for both systems).`,
         `${IN_FLIGHT} callers in a closed loop (each awaits its call, then draws the next key): ${IN_FLIGHT} calls in flight.`,
-        `sandpool: maxWorkers ${MAX_WORKERS}, spareWorkers default, idleTimeoutMs 0, once with eviction 'lru' and once with 'tinylfu'; then 'tinylfu' with maxMemoryMb ${BUDGET_MB} and maxWorkers ${KEYS} (the budget, not the count, decides). A miss is a spawn (stats/events): hit ratio = 1 - spawns / calls in the window. RSS is the benchmark process's (all its threads) at the end of each window, after the previous system was closed.`,
-        `Those keys are live (many/<stem>): under the default permissions 'strict' no live key takes a spare. Then the same calls to the keys' snapshot (many@${SNAPSHOT}/<stem>, made before the runs; each key runs from its artifact), eviction 'lru', with spareWorkers 0, 1 and ${MANY_SPARES}: strict spares. Goal (issue 26): with spares ≥ 1.5× the calls/s without.`,
+        `sandpool: maxWorkers ${MAX_WORKERS}, spareWorkers 0, idleTimeoutMs 0, once with eviction 'lru' and once with 'tinylfu'; then 'tinylfu' with maxMemoryMb ${BUDGET_MB} and maxWorkers ${KEYS} (the budget, not the count, decides). A miss is a spawn (stats/events): hit ratio = 1 - spawns / calls in the window. RSS is the benchmark process's (all its threads) at the end of each window, after the previous system was closed.`,
+        `The keys are live (many/<stem>), each run from the artifact built of live/ (the first warm-up builds it), under the default permissions 'strict'. Then 'lru' again with spareWorkers 1 and ${MANY_SPARES}: strict spares. Goal (issue 26): with spares ≥ 1.5× the calls/s of 'lru' without.`,
         `Offline, one request at a time, with ${MAX_WORKERS} slots: the hit ratio of an LRU cache and of Belady's optimum (evict the key asked for again furthest in the future), over the sequence the LRU pool served (warm-up and window; hits counted in the window), and at steady state (the first ${TRACE.toLocaleString('en-US')} draws of the measured sequence). The pools run ${IN_FLIGHT} calls at once and cannot evict a busy worker, so their ratios sit below the offline ones.`,
         `piscina: one shared pool of ${cores} threads (cores); the task imports the key's module once per thread and calls it; a miss is a call whose thread had to import the module first.`,
         `Warm-up ${warmMs / 1000} s, longer if sandpool has not filled its ${MAX_WORKERS} slots and started evicting by then (at most ${MAX_WARM_MS / 1000} s; not counted), then ${measureMs / 1000} s measured. Latency from call to result.`,
@@ -250,7 +232,7 @@ export const manyKeys: Benchmark = {
               misses,
             ];
           }),
-          note: `The ${MAX_WORKERS} most popular keys draw ${percent(topShare)} of the calls. Offline over the sequence served: LRU ${percent(offline.lru)}, Belady ${percent(offline.belady)} (at steady state: ${percent(steady.lru)}, ${percent(steady.belady)}). tinylfu / lru: throughput ${ratios.tinylfuOverLruThroughput}×, p99 ${ratios.tinylfuOverLruP99}×; hit ratio ${ratios.tinylfuHitPointsBelowBelady} points below Belady's (lru: ${ratios.lruHitPointsBelowBelady}). The ${BUDGET_MB} MB budget / lru at ${MAX_WORKERS} workers: throughput ${ratios.budgetOverLruThroughput}×. Snapshot keys, lru, strict spares / none: throughput ${ratios.snapshotOneSpareOverNoSpareThroughput}× with spareWorkers 1, ${ratios.snapshotSparesOverNoSpareThroughput}× with ${MANY_SPARES} (goal ≥ 1.5×), p50 ${ratios.snapshotSparesOverNoSpareP50}×; calls per CPU-second ${ratios.snapshotOneSpareOverNoSparePerCpu}× and ${ratios.snapshotSparesOverNoSparePerCpu}× (what the CPU each run got cannot sway).`,
+          note: `The ${MAX_WORKERS} most popular keys draw ${percent(topShare)} of the calls. Offline over the sequence served: LRU ${percent(offline.lru)}, Belady ${percent(offline.belady)} (at steady state: ${percent(steady.lru)}, ${percent(steady.belady)}). tinylfu / lru: throughput ${ratios.tinylfuOverLruThroughput}×, p99 ${ratios.tinylfuOverLruP99}×; hit ratio ${ratios.tinylfuHitPointsBelowBelady} points below Belady's (lru: ${ratios.lruHitPointsBelowBelady}). The ${BUDGET_MB} MB budget / lru at ${MAX_WORKERS} workers: throughput ${ratios.budgetOverLruThroughput}×. lru with strict spares / without: throughput ${ratios.oneSpareOverLruThroughput}× with spareWorkers 1, ${ratios.sparesOverLruThroughput}× with ${MANY_SPARES} (goal ≥ 1.5×), p50 ${ratios.sparesOverLruP50}×; calls per CPU-second ${ratios.oneSpareOverLruPerCpu}× and ${ratios.sparesOverLruPerCpu}× (what the CPU each run got cannot sway).`,
         },
       ],
       chart: {
@@ -294,18 +276,13 @@ export const manyKeys: Benchmark = {
 interface SandpoolRun {
   eviction: NonNullable<PoolOptions['eviction']>;
   budgetMb?: number;
-  /** Call each key's snapshot (from its artifact) rather than its live folder. */
-  snapshot?: boolean;
-  /** spareWorkers; the default when absent. */
-  spareWorkers?: number;
+  spareWorkers: number;
 }
 
 function sandpoolTarget(root: string, stems: readonly string[], run: SandpoolRun): Target {
-  const { eviction, budgetMb, snapshot = false, spareWorkers } = run;
+  const { eviction, budgetMb, spareWorkers } = run;
   const limits = budgetMb === undefined ? { maxWorkers: MAX_WORKERS } : { maxWorkers: KEYS, maxMemoryMb: budgetMb };
-  const spares = spareWorkers === undefined ? {} : { spareWorkers };
-  const pool = createPool({ root, ...limits, ...spares, idleTimeoutMs: 0, eviction });
-  const swarm = snapshot ? `many@${SNAPSHOT}` : 'many';
+  const pool = createPool({ root, ...limits, spareWorkers, idleTimeoutMs: 0, eviction });
   const counts = { cold: 0, spare: 0, evicted: 0 };
   pool.on('spawn', ({ reason }) => {
     counts[reason] += 1;
@@ -316,13 +293,12 @@ function sandpoolTarget(root: string, stems: readonly string[], run: SandpoolRun
   const name = [
     `sandpool, ${eviction}`,
     ...(budgetMb === undefined ? [] : [`maxMemoryMb ${budgetMb}`]),
-    ...(snapshot ? ['snapshot keys'] : []),
-    ...(spareWorkers === undefined ? [] : [`spareWorkers ${spareWorkers}`]),
+    ...(spareWorkers === 0 ? [] : [`spareWorkers ${spareWorkers}`]),
   ].join(', ');
   return {
     name,
     call: async (rank) => {
-      await pool.call(`${swarm}/${stems[rank]}`, 'add', [1, 2]);
+      await pool.call(`many/${stems[rank]}`, 'add', [1, 2]);
       return null;
     },
     coldLoads: () => counts.cold + counts.spare,

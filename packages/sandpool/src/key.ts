@@ -1,19 +1,12 @@
 import { z } from 'zod';
 import { invalidKey } from './errors.js';
 import { issuesOf } from './issues.js';
+import { isReservedSwarm, SWARM } from './swarm-name.js';
 
-const SWARM = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
+export { isReservedSwarm } from './swarm-name.js';
+
 const SNAPSHOT = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
 const STEM = /^[A-Za-z0-9_][A-Za-z0-9_-]{0,127}$/;
-
-/**
- * A swarm's folder sits in the root, where Node's resolution from every other swarm's files
- * looks for packages: a swarm named `node_modules` would be imported by its neighbours. Any
- * case, for file systems that ignore it. (Dot names, the store's own, fail the pattern.)
- */
-export function isReservedSwarm(name: string): boolean {
-  return name.length === 12 && name.toLowerCase() === 'node_modules';
-}
 
 export const SwarmSchema = z
   .string()

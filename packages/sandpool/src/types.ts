@@ -115,6 +115,12 @@ export interface PoolStats {
   idle: number;
   /** Calls waiting for a worker slot or for their worker to start. */
   queued: number;
+  /**
+   * Keys whose code is being found or built before they wait for a slot (a live key's
+   * artifact, see the README's "On disk"). A slot that frees goes to the first key waiting
+   * for one: a key still building takes its turn by arrival once built.
+   */
+  preparing: number;
   /** Characters of worker output dropped because the host's writer lagged or a worker outran its window. */
   outputDropped: number;
   /** Workers that took a key, since the pool started (`spawn` events). */

@@ -7,7 +7,7 @@
 import { type Dirent, lstatSync, realpathSync } from 'node:fs';
 import { chmod, lstat, mkdir, readdir, realpath, rename, stat, utimes, writeFile } from 'node:fs/promises';
 import { join, sep } from 'node:path';
-import { type SandpoolError, snapshotBuild, snapshotCorrupt, swarmNotFound } from '../errors.js';
+import { isSandpoolError, type SandpoolError, snapshotBuild, snapshotCorrupt, swarmNotFound } from '../errors.js';
 import { bundleStem } from './bundle.js';
 import { buildInputs, isInside, placeOf, readInput } from './confine.js';
 import { artifactDir, artifactsDir, liveDir, REMOVING_PREFIX, TEMP_PREFIX } from './layout.js';
@@ -23,6 +23,9 @@ import {
   verifyAgainst,
 } from './manifest.js';
 import { UnsafeFileError } from './safe-read.js';
+
+/** Default bound on the bytes one build reads and writes (copies, bundle inputs and bundles). */
+export const DEFAULT_MAX_SNAPSHOT_BYTES = 256 * 1024 * 1024;
 
 const FROZEN_FILE = 0o444;
 const FROZEN_DIR = 0o555;
@@ -48,6 +51,24 @@ export interface BuiltArtifact {
   readonly dir: string;
 }
 
+/** What a build made, and what it learnt on the way. */
+export interface Build extends BuiltArtifact {
+  /**
+   * Stems whose bundle failed, with why (a live build only: a snapshot fails whole). A live
+   * swarm's one broken file must not stop its other stems.
+   */
+  readonly failures: Readonly<Record<string, string>>;
+  /** Real paths of every input the bundles read (live/'s files and package files). */
+  readonly read: readonly string[];
+}
+
+export interface BuildOptions {
+  /** Bytes the build may read and write; over it, ERR_SANDPOOL_SNAPSHOT_BUILD. */
+  readonly maxBytes: number;
+  /** A snapshot, which fails whole on any stem; or a live key's artifact, which records a stem's failure. */
+  readonly making: 'snapshot' | 'live';
+}
+
 /**
  * Builds an artifact from a swarm's live/ folder: a copy of its own files (node_modules left
  * out) plus one bundle per stem holding everything it imports. Content already there under
@@ -55,11 +76,7 @@ export interface BuiltArtifact {
  * snapshot helper, or a pool that may not start one). `maxBytes` bounds what one build reads
  * and writes; over it, ERR_SANDPOOL_SNAPSHOT_BUILD.
  */
-export async function buildArtifact(
-  root: string,
-  swarm: string,
-  options: { maxBytes: number },
-): Promise<BuiltArtifact> {
+export async function buildArtifact(root: string, swarm: string, options: BuildOptions): Promise<Build> {
   const live = await liveReal(root, swarm);
   const inputs = await buildInputs(await realpath(root), swarm);
   if (placeOf(inputs, live) !== 'swarm')
@@ -72,12 +89,21 @@ export async function buildArtifact(
   try {
     await mkdir(temp);
     const budget = { left: options.maxBytes };
-    await copyLive(live, temp, '', budget, options.maxBytes);
+    await copyLive(live, temp, '', budget, options);
     const stems = await findStems(live);
     const stemPaths: Record<string, string> = {};
+    const failures: Record<string, string> = {};
+    const read = new Set<string>();
     if (stems.length > 0) await mkdir(join(temp, BUNDLES_DIR));
     for (const [stem, file] of stems) {
-      const bundle = await bundleStem(file, { liveReal: live, inputs, budget });
+      let bundle: Buffer;
+      try {
+        bundle = await bundleStem(file, { liveReal: live, inputs, budget, making: options.making, read });
+      } catch (error) {
+        if (options.making === 'snapshot' || !isSandpoolError(error, 'ERR_SANDPOOL_SNAPSHOT_BUILD')) throw error;
+        failures[stem] = error.message;
+        continue;
+      }
       if (bundle.length > budget.left) throw tooLarge(options.maxBytes);
       budget.left -= bundle.length;
       const rel = `${BUNDLES_DIR}/${stem}.mjs`;
@@ -105,7 +131,7 @@ export async function buildArtifact(
       // Same digest, same content: the one there stays.
       if (!isTakenError(error)) throw error;
     }
-    return { digest: manifest.digest, manifest, dir };
+    return { digest: manifest.digest, manifest, dir, failures, read: [...read] };
   } finally {
     if (!published) await removeTree(temp);
   }
@@ -224,8 +250,9 @@ async function liveReal(root: string, swarm: string): Promise<string> {
  * Copies `live/` file by file, read-only; node_modules folders are left out (what the stems
  * use from them is in the bundles, and pnpm's links could not be copied anyway). Symlinks are
  * never copied as links: one whose real target is a regular file inside live/ is copied as
- * that file's contents; one that escapes live/, dangles, or points at a folder (which could
- * loop) is refused, as is any FIFO, socket or device (by its type, never opened). Each file is
+ * that file's contents; one that escapes live/, dangles (left out of a live key's artifact
+ * instead), or points at a folder (which could loop) is refused, as is any FIFO, socket or
+ * device (by its type, never opened). Each file is
  * read as confine.ts reads a build input: proven to sit in live/ with one name when its bytes
  * are read, so a file or folder swapped mid-copy is refused rather than followed or waited on.
  */
@@ -234,14 +261,15 @@ async function copyLive(
   to: string,
   rel: string,
   budget: { left: number },
-  maxBytes: number,
+  options: BuildOptions,
 ): Promise<void> {
+  const { maxBytes, making } = options;
   const from = rel === '' ? liveRoot : join(liveRoot, ...rel.split('/'));
   let entries: Dirent[];
   try {
     entries = await readdir(from, { withFileTypes: true });
   } catch (cause) {
-    throw refusedBuild(rel === '' ? '' : rel, 'disappeared while the snapshot was being made', cause);
+    throw refusedBuild(making, rel === '' ? '' : rel, 'disappeared while it was being read', cause);
   }
   for (const entry of entries) {
     const path = rel === '' ? entry.name : `${rel}/${entry.name}`;
@@ -255,30 +283,38 @@ async function copyLive(
     if (entry.isDirectory()) {
       if (entry.name === 'node_modules') continue;
       await mkdir(dest);
-      await copyLive(liveRoot, dest, path, budget, maxBytes);
+      await copyLive(liveRoot, dest, path, budget, options);
     } else if (entry.isFile()) {
-      await freeze(liveRoot, source, dest, path, budget, maxBytes);
+      await freeze(liveRoot, source, dest, path, budget, options);
     } else if (entry.isSymbolicLink()) {
-      await freeze(liveRoot, await linkTarget(liveRoot, source, path), dest, path, budget, maxBytes);
+      const target = await linkTarget(liveRoot, source, path, making);
+      if (target !== null) await freeze(liveRoot, target, dest, path, budget, options);
     } else {
       // Refused by its type alone: a FIFO is never opened.
-      throw refusedBuild(path, 'is not a regular file, folder or symlink');
+      throw refusedBuild(making, path, 'is not a regular file, folder or symlink');
     }
   }
 }
 
-async function linkTarget(liveRoot: string, source: string, path: string): Promise<string> {
+async function linkTarget(
+  liveRoot: string,
+  source: string,
+  path: string,
+  making: BuildOptions['making'],
+): Promise<string | null> {
   let real: string;
   try {
     real = await realpath(source);
   } catch (cause) {
-    throw refusedBuild(path, 'is a dangling symlink', cause);
+    // A live folder being edited has them (an editor's lock file is one): it leads nowhere, so it is left out.
+    if (making === 'live' && isMissingError(cause)) return null;
+    throw refusedBuild(making, path, 'is a dangling symlink', cause);
   }
-  if (!isInside(liveRoot, real)) throw refusedBuild(path, 'is a symlink that leaves the live folder');
+  if (!isInside(liveRoot, real)) throw refusedBuild(making, path, 'is a symlink that leaves the live folder');
   const target = await lstat(real).catch((cause: unknown) => {
-    throw refusedBuild(path, 'disappeared while the snapshot was being made', cause);
+    throw refusedBuild(making, path, 'disappeared while it was being read', cause);
   });
-  if (!target.isFile()) throw refusedBuild(path, 'is a symlink to something other than a regular file');
+  if (!target.isFile()) throw refusedBuild(making, path, 'is a symlink to something other than a regular file');
   return real;
 }
 
@@ -288,7 +324,7 @@ async function freeze(
   dest: string,
   path: string,
   budget: { left: number },
-  maxBytes: number,
+  { maxBytes, making }: BuildOptions,
 ): Promise<void> {
   let bytes: Buffer;
   try {
@@ -297,7 +333,7 @@ async function freeze(
   } catch (error) {
     if (!(error instanceof UnsafeFileError)) throw error;
     if (error.reason === 'too-large') throw tooLarge(maxBytes, error);
-    throw refusedBuild(path, error.message, error);
+    throw refusedBuild(making, path, error.message, error);
   }
   budget.left -= bytes.length;
   await writeFile(dest, bytes, { flag: 'wx', mode: FROZEN_FILE });
@@ -329,8 +365,8 @@ function tooLarge(maxBytes: number, cause?: unknown): SandpoolError {
   );
 }
 
-function refusedBuild(path: string, why: string, cause?: unknown): SandpoolError {
-  return snapshotBuild(`cannot snapshot live/${path}: it ${why}`, cause);
+function refusedBuild(making: BuildOptions['making'], path: string, why: string, cause?: unknown): SandpoolError {
+  return snapshotBuild(`cannot ${making === 'snapshot' ? 'snapshot' : 'build'} live/${path}: it ${why}`, cause);
 }
 
 function errnoCode(error: unknown): unknown {

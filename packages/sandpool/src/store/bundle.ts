@@ -9,7 +9,7 @@
 import { realpathSync } from 'node:fs';
 import { extname, join, sep } from 'node:path';
 import type { Message, PartialMessage, Plugin } from 'esbuild';
-import { type SandpoolError, snapshotBuild } from '../errors.js';
+import { isSandpoolError, type SandpoolError, snapshotBuild } from '../errors.js';
 import { stripTypeScript } from '../typescript/strip.js';
 import { type BuildInputs, placeOf, readInput, shownPath } from './confine.js';
 import { UnsafeFileError } from './safe-read.js';
@@ -75,6 +75,10 @@ export interface BundleContext {
   inputs: BuildInputs;
   /** Bytes the whole snapshot may still take; decremented as inputs are read. */
   budget: { left: number };
+  /** What is being made, for messages: a snapshot, or the artifact a live key runs from. */
+  making: 'snapshot' | 'live';
+  /** Real paths of the inputs read, added to as they are: what a live build's reuse stamps. */
+  read?: Set<string>;
 }
 
 /** A module named by a host path: a build takes only what the swarm and its packages hold. */
@@ -116,8 +120,18 @@ function guardPlugin(context: BundleContext): Plugin {
         }
         const { bytes, place } = read;
         context.budget.left -= bytes.length;
+        context.read?.add(args.path);
         // Node's own stripper, not esbuild's TypeScript: one rule (erasable syntax only) live and frozen.
-        const code = loader === 'ts' ? await stripTypeScript(bytes.toString('utf8'), shown) : null;
+        let code: string | null = null;
+        if (loader === 'ts') {
+          try {
+            code = await stripTypeScript(bytes.toString('utf8'), shown);
+          } catch (error) {
+            // Its message names the place (shown:line:column); thrown, esbuild would point at our own code.
+            if (isSandpoolError(error)) return refuse(error.message);
+            throw error;
+          }
+        }
         if (loader !== 'json' && place === 'swarm' && !isInNodeModules(args.path)) {
           const computed = computedLoad(code ?? bytes.toString('utf8'), shown);
           if (computed !== null) return refuse(computed);
@@ -194,7 +208,8 @@ function buildError(context: BundleContext, entry: string, messages: Message[]):
   const more = messages.length > 5 ? `; and ${messages.length - 5} more` : '';
   const text = details.length === 0 ? 'the bundler produced no output' : details.join('; ');
   // No cause: esbuild's own error holds host paths, and the helper passes a cause's message on.
-  return snapshotBuild(`cannot snapshot ${shownPath(context.inputs, entry)}: ${text}${more}`);
+  const verb = context.making === 'snapshot' ? 'snapshot' : 'build';
+  return snapshotBuild(`cannot ${verb} ${shownPath(context.inputs, entry)}: ${text}${more}`);
 }
 
 /**

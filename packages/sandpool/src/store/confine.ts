@@ -4,7 +4,7 @@
  * file, `/proc`) is out of reach of a build, whatever the tenant's links or imports say.
  */
 import type { Stats } from 'node:fs';
-import { realpath, stat } from 'node:fs/promises';
+import { readlink, realpath, stat } from 'node:fs/promises';
 import { dirname, join, relative, sep } from 'node:path';
 import { readRegularFile, UnsafeFileError } from './safe-read.js';
 
@@ -63,11 +63,14 @@ export async function readInput(
   maxBytes: number,
 ): Promise<{ bytes: Buffer; place: Place }> {
   const found: { place: Place | null } = { place: null };
-  const verify = async (opened: Stats): Promise<void> => {
+  const verify = async (opened: Stats, fd: number): Promise<void> => {
     let real: string;
     let now: Stats;
     try {
-      real = await realpath(path);
+      // Where Linux says the open descriptor's file is: the path it was opened by can change
+      // between a realpath and a stat of it (a folder on it swapped for a link and back), the
+      // descriptor's cannot.
+      real = (await readlink(`/proc/self/fd/${fd}`).catch(() => null)) ?? (await realpath(path));
       now = await stat(real);
     } catch (cause) {
       throw new UnsafeFileError('changed', 'moved while it was being read', { cause });

@@ -1,26 +1,40 @@
 /**
  * The snapshot helper: a child process of the coordinator that runs the store's file-heavy
- * operations (create, verify, sign, remove, point, and the reads of get and list) on a libuv
- * pool and a thread of its own. In the host's
+ * operations (create, verify, sign, remove, point, live keys' builds, and the reads of get
+ * and list) on a libuv pool and a thread of its own. In the host's
  * process they would queue behind tenants' async jobs (`crypto.pbkdf2`, `fs` reads) in the
  * one pool every thread shares. Only the coordinator talks to it, over its IPC channel.
  */
+import { resolve } from 'node:path';
 import { isSandpoolError } from '../errors.js';
+import { DEFAULT_MAX_SNAPSHOT_BYTES } from './artifact.js';
 import type { HelperReceived, HelperReply, HelperRequest } from './helper-protocol.js';
-import { SnapshotStore } from './store.js';
+import { LiveArtifacts } from './live.js';
+import type { SnapshotStore } from './store.js';
 
 /** One store: a helper serves one pool, whose options every request repeats. */
-let store: SnapshotStore | null = null;
+let store: Promise<SnapshotStore> | null = null;
+let live: LiveArtifacts | null = null;
 
 async function run(request: HelperRequest): Promise<HelperReply> {
   try {
-    store ??= new SnapshotStore(request.options);
+    if (request.op === 'live') {
+      // The pool checked its options; the store (and the schemas it loads) waits for the first store operation.
+      live ??= new LiveArtifacts(
+        resolve(request.options.root),
+        request.options.maxSnapshotBytes ?? DEFAULT_MAX_SNAPSHOT_BYTES,
+      );
+      return { id: request.id, ok: true, value: await live.get(request.swarm) };
+    }
+    // One store for every request, however many arrive while its module loads (it runs one build per swarm at a time).
+    store ??= import('./store.js').then(({ SnapshotStore }) => new SnapshotStore(request.options));
+    const opened = await store;
     const value =
       request.op === 'point'
-        ? await store.point(request.swarm, request.name, request.target ?? '')
+        ? await opened.point(request.swarm, request.name, request.target ?? '')
         : request.op === 'list'
-          ? await store.list(request.swarm)
-          : await store[request.op](request.swarm, request.name);
+          ? await opened.list(request.swarm)
+          : await opened[request.op](request.swarm, request.name);
     return { id: request.id, ok: true, value: value ?? null };
   } catch (error) {
     if (isSandpoolError(error)) {

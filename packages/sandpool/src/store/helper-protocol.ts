@@ -2,14 +2,14 @@ import type { SandpoolIssue } from '../errors.js';
 import type { SnapshotStoreOptions } from './store.js';
 
 /** What the snapshot helper runs for the coordinator. */
-export type HelperOp = 'create' | 'verify' | 'sign' | 'remove' | 'point' | 'get' | 'list';
+export type HelperOp = 'create' | 'verify' | 'sign' | 'remove' | 'point' | 'get' | 'list' | 'live';
 
 export interface HelperRequest {
   readonly id: number;
   readonly op: HelperOp;
   readonly options: SnapshotStoreOptions;
   readonly swarm: string;
-  /** `list`: empty. */
+  /** `list` and `live`: empty. */
   readonly name: string;
   /** `point` only: the snapshot whose content `name` is pointed at. */
   readonly target?: string;

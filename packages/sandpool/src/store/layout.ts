@@ -45,14 +45,15 @@ export function artifactDir(root: string, swarm: string, digest: string): string
 }
 
 /**
- * Where strict spare threads find their key's folder: one entry per spare, named by its owner
- * (see leftovers.ts), an empty folder until its key comes, then a link to that key's folder.
+ * Where strict spare threads find their key's folder where the host has no tmpfs: a folder per
+ * pool, named by its owner (see leftovers.ts), holding each spare's folder, empty until its key
+ * comes, then a link to that key's folder.
  */
 export function sparesDir(root: string): string {
   return join(root, CACHE_DIR, 'spares');
 }
 
-/** Type-stripped copies of one swarm's live TypeScript, for Nodes that cannot strip in the worker. */
-export function transpileCacheDir(root: string, swarm: string): string {
-  return join(root, CACHE_DIR, 'ts', swarm);
+/** What each swarm's last live build made and read (`<swarm>.json`), so the next process may reuse it. */
+export function liveRecordsDir(root: string): string {
+  return join(root, CACHE_DIR, 'live');
 }

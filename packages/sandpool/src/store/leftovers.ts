@@ -11,8 +11,8 @@ import { type Dirent, readlinkSync } from 'node:fs';
 import { chmod, link, lstat, readdir, readFile, rename, rm } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { dirname, join } from 'node:path';
-import { SwarmSchema } from '../key.js';
-import { artifactsDir, LOCK_PREFIX, REMOVING_PREFIX, snapshotsDir, TEMP_PREFIX } from './layout.js';
+import { isSwarmName } from '../swarm-name.js';
+import { artifactsDir, LOCK_PREFIX, liveRecordsDir, REMOVING_PREFIX, snapshotsDir, TEMP_PREFIX } from './layout.js';
 
 /**
  * A folder this old whose owner cannot be asked was left by a crash: no create or remove
@@ -87,9 +87,12 @@ export async function sweepStore(root: string): Promise<void> {
     return;
   }
   const now = Date.now();
+  // The records of live builds (see live.ts), written beside their place and renamed in.
+  const live = await lstat(liveRecordsDir(root)).catch(() => null);
+  if (live?.isDirectory() === true) await sweepWorkFolders(liveRecordsDir(root), now);
   for (const entry of entries) {
     // A link in the root is no swarm of this store: its folders are someone else's.
-    if (!entry.isDirectory() || !SwarmSchema.safeParse(entry.name).success) continue;
+    if (!entry.isDirectory() || !isSwarmName(entry.name)) continue;
     // Its names, and the artifacts its creates build.
     for (const parent of [snapshotsDir(root, entry.name), artifactsDir(root, entry.name)]) {
       const info = await lstat(parent).catch(() => null);

@@ -28,10 +28,10 @@ export interface ReadLimits {
   /** Refuse a regular file with more than one name (a hard link may be another tenant's file). */
   singleLink?: boolean;
   /**
-   * Called with the open descriptor's stats before a byte is read: where the caller proves the
-   * inode it holds is one it may read (a swap of a folder on the path is caught here).
+   * Called with the open descriptor and its stats before a byte is read: where the caller
+   * proves the inode it holds is one it may read (a swap of a folder on the path is caught here).
    */
-  verify?: (stats: Stats) => Promise<void>;
+  verify?: (stats: Stats, fd: number) => Promise<void>;
 }
 
 /**
@@ -51,7 +51,7 @@ export async function readRegularFile(path: string, limits: ReadLimits): Promise
   try {
     const stats = await handle.stat();
     checkStats(stats, limits);
-    await limits.verify?.(stats);
+    await limits.verify?.(stats, handle.fd);
     const buffer = Buffer.allocUnsafe(stats.size);
     let filled = 0;
     while (filled < stats.size) {

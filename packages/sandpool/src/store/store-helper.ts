@@ -3,6 +3,7 @@ import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
 import { closed, isErrorCode, rebuilt } from '../errors.js';
 import type { HelperOp, HelperRequest } from './helper-protocol.js';
+import type { LiveArtifact } from './live.js';
 import type { SnapshotInfo, SnapshotStoreOptions } from './store.js';
 
 const HELPER_ENTRY = fileURLToPath(new URL('./helper-entry.js', import.meta.url));
@@ -20,12 +21,16 @@ export const SnapshotInfoSchema = z.strictObject({
   signed: z.boolean(),
   stems: z.array(z.string()),
 });
+const LiveArtifactSchema = z.strictObject({
+  digest: z.string().regex(/^[0-9a-f]{64}$/),
+  failures: z.record(z.string().max(256), z.string().max(64 * 1024)),
+});
 const Received = z.strictObject({ id: z.number(), received: z.literal(true) });
 const Reply = z.discriminatedUnion('ok', [
   z.strictObject({
     id: z.number(),
     ok: z.literal(true),
-    value: z.union([SnapshotInfoSchema, z.array(SnapshotInfoSchema), z.null()]),
+    value: z.union([SnapshotInfoSchema, z.array(SnapshotInfoSchema), LiveArtifactSchema, z.null()]),
   }),
   z.strictObject({
     id: z.number(),
@@ -61,11 +66,12 @@ interface Waiting {
   received: boolean;
   /** Whether it has been sent again already: a second loss is told, never a loop. */
   readonly resent: boolean;
-  resolve(value: SnapshotInfo | SnapshotInfo[] | null): void;
+  resolve(value: Answered): void;
   reject(error: Error): void;
 }
 
 type Answer = Pick<Waiting, 'resolve' | 'reject'>;
+type Answered = SnapshotInfo | SnapshotInfo[] | LiveArtifact | null;
 
 /**
  * The coordinator's end of the snapshot helper (see helper-entry.ts): started on first use,
@@ -93,8 +99,9 @@ export class StoreHelper {
   run(op: 'remove', swarm: string, name: string): Promise<null>;
   run(op: 'point', swarm: string, name: string, target: string): Promise<SnapshotInfo>;
   run(op: 'list', swarm: string, name: ''): Promise<SnapshotInfo[]>;
-  run(op: Exclude<HelperOp, 'remove' | 'point' | 'list'>, swarm: string, name: string): Promise<SnapshotInfo>;
-  run(op: HelperOp, swarm: string, name: string, target?: string): Promise<SnapshotInfo | SnapshotInfo[] | null> {
+  run(op: 'live', swarm: string, name: ''): Promise<LiveArtifact>;
+  run(op: Exclude<HelperOp, 'remove' | 'point' | 'list' | 'live'>, swarm: string, name: string): Promise<SnapshotInfo>;
+  run(op: HelperOp, swarm: string, name: string, target?: string): Promise<Answered> {
     if (this.closed) return Promise.reject(closed()); // callers check `available` first
     const request: HelperRequest = {
       id: this.nextId++,
@@ -126,8 +133,9 @@ export class StoreHelper {
 
   /**
    * Ends the helper: now when idle, or once what it runs has answered. close() does not wait
-   * for those, as a pool never waited for a create it ran itself; they keep the host alive
-   * until they answer, as they would in the host. After it, the store runs in the host.
+   * for a create, as a pool never waited for one it ran itself (it keeps the host alive until
+   * it answers, as it would in the host); it waits for a live key's build. After it, the
+   * store runs in the host.
    */
   async close(): Promise<void> {
     this.closed = true;
@@ -135,6 +143,9 @@ export class StoreHelper {
     if (child === null) return;
     if (this.waiting.size > 0) {
       this.drained.push(() => child.disconnect());
+      // A live key's build is the pool's own work, not a caller's: it is done, writes and all, when close() is.
+      const building = [...this.waiting.values()].some((entry) => entry.request.op === 'live');
+      if (building) await new Promise<void>((resolve) => this.drained.push(resolve));
       return;
     }
     if (child.exitCode === null && child.signalCode === null) {

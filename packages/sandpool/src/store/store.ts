@@ -19,6 +19,7 @@ import { SnapshotNameSchema, SwarmSchema } from '../key.js';
 import {
   type BuiltArtifact,
   buildArtifact,
+  DEFAULT_MAX_SNAPSHOT_BYTES,
   isMissingError,
   isTakenError,
   sweepUnused,
@@ -61,8 +62,7 @@ export interface SnapshotInfo {
   readonly stems: readonly string[];
 }
 
-/** Default bound on the bytes one create reads and writes (copies, bundle inputs and bundles). */
-export const DEFAULT_MAX_SNAPSHOT_BYTES = 256 * 1024 * 1024;
+export { DEFAULT_MAX_SNAPSHOT_BYTES } from './artifact.js';
 
 export const SnapshotSecretSchema = z
   .string()
@@ -286,7 +286,6 @@ export class SnapshotStore {
     return readSnapshotName(this.root, swarm, name, this.#secret);
   }
 
-  /** An artifact of live/ that no sweep can take before it is named (it was touched). */
   /**
    * One swarm's builds run one at a time: each may hold maxSnapshotBytes on disk and in memory,
    * and a burst of creates (a tenant's retries, or a loop over the API) must not multiply that.
@@ -307,7 +306,7 @@ export class SnapshotStore {
 
   private async buildOne(swarm: string): Promise<BuiltArtifact> {
     for (let attempt = 1; ; attempt++) {
-      const artifact = await buildArtifact(this.root, swarm, { maxBytes: this.#maxBytes });
+      const artifact = await buildArtifact(this.root, swarm, { maxBytes: this.#maxBytes, making: 'snapshot' });
       if (await touchArtifact(this.root, swarm, artifact.digest)) return artifact;
       if (attempt >= CREATE_ATTEMPTS) throw snapshotBuild('the content was removed as fast as it was built; try again');
     }

@@ -60,13 +60,14 @@ export class Lifecycle implements CellLife {
   async prepare(cell: Cell): Promise<void> {
     let plan: Awaited<ReturnType<Launcher['plan']>>;
     try {
+      // Before the plan: a live key's plan builds its artifact from the files as they are then.
+      await cell.route.beforeLoad(cell);
       plan = await this.parts.launcher.plan(cell.key, this.parts.policy, cell.route.snapshot);
       const { policy } = plan;
       const { host, fetch } = this.parts;
       cell.host = hostCallsFor(policy.host ?? host, fetch, policy.fetch, cell.key, this.quotaOf(cell, policy));
       cell.policy = policy;
       cell.digest = plan.location.digest;
-      await cell.route.beforeLoad(cell);
     } catch (error) {
       if (cell.phase.name !== 'resolving') return;
       const failure = toSandpoolError(error, cell.key.text, this.parts.redact);

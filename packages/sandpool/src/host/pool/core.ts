@@ -1,5 +1,6 @@
 import { resolve as resolvePath } from 'node:path';
 import { type InvalidateSelector, type ResolvedPoolOptions, swarmCap } from '../../options.js';
+import type { LiveArtifact } from '../../store/live.js';
 import { digestOf } from '../../store/names.js';
 import type { InvalidateReport, KeyStats, PoolEvents, PoolStats } from '../../types.js';
 import { Dispatch } from '../calls/dispatch.js';
@@ -72,6 +73,8 @@ export class PoolCore {
   constructor(
     private readonly options: ResolvedPoolOptions,
     { emit, listens }: PoolEmitter,
+    /** The artifact a swarm's live keys run from now, built off this thread. */
+    live: (swarm: string) => Promise<LiveArtifact>,
   ) {
     this.root = resolvePath(options.root);
     this.pointers = new PointerBook(this.root, options.snapshotSecret);
@@ -117,6 +120,7 @@ export class PoolCore {
       this.root,
       settingsFor(options),
       { cgroups: hostCgroups, memoryBytes: kernelMemoryBound(memoryLimits) },
+      live,
       settingsFor,
       kernelMemoryBound,
     );
@@ -280,6 +284,7 @@ export class PoolCore {
       busy,
       idle,
       queued,
+      preparing: this.census.cells('resolving').size,
       outputDropped: this.outputDropped,
       spawned,
       retired: { ...retired },

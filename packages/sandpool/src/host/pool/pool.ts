@@ -1,4 +1,5 @@
 import { EventEmitter } from 'node:events';
+import { resolve as resolvePath } from 'node:path';
 import type { AgentKey } from '../../key.js';
 import {
   type CallOptions,
@@ -19,7 +20,7 @@ import { PoolCore } from './core.js';
 import { frozenCopy } from './frozen.js';
 import { warnIfHeapCapOverridden } from './heap-warning.js';
 import { remoteProxy } from './remote.js';
-import { PoolSnapshotStore } from './snapshots.js';
+import { liveArtifacts, PoolSnapshotStore } from './snapshots.js';
 import { PoolStream } from './streams.js';
 
 /**
@@ -58,17 +59,21 @@ export class Pool extends EventEmitter<PoolEvents> implements AsyncDisposable {
     checkFetchOption(parsed.fetch);
     warnIfHeapCapOverridden(parsed.resourceLimits);
     const emit = this.emit.bind(this) as (event: keyof PoolEvents, ...args: unknown[]) => boolean;
-    this.#core = new PoolCore(parsed, {
-      emit: (event, ...args) => emit(event, ...args),
-      listens: (event) => this.listenerCount(event) > 0,
-    });
     const { snapshotSecret, maxSnapshotBytes } = parsed;
     const storeOptions = {
-      root: this.#core.root,
+      root: resolvePath(parsed.root),
       maxSnapshotBytes,
       ...(snapshotSecret === undefined ? {} : { snapshotSecret }),
     };
     this.#storeHelper = new StoreHelper(storeOptions);
+    this.#core = new PoolCore(
+      parsed,
+      {
+        emit: (event, ...args) => emit(event, ...args),
+        listens: (event) => this.listenerCount(event) > 0,
+      },
+      liveArtifacts(this.#storeHelper),
+    );
     const { store } = parsed;
     // Loaded only by a pool that names a database: the client stays off every other pool's load path.
     this.#mirror =

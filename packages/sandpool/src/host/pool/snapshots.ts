@@ -1,4 +1,5 @@
-import { isSandpoolError } from '../../errors.js';
+import { isSandpoolError, moduleLoad } from '../../errors.js';
+import type { LiveArtifact } from '../../store/live.js';
 import type { PostgresMirror } from '../../store/postgres.js';
 import {
   checkPointArgs,
@@ -89,4 +90,30 @@ export class PoolSnapshotStore extends SnapshotStore {
     checkSnapshotArgs(swarm, name);
     return this.helper.run(op, swarm, name);
   }
+}
+
+/**
+ * How a pool gets its live keys' artifacts: built by the snapshot helper, never in the host
+ * (a closed pool's helper refuses with CLOSED, and writes nothing after close). A host under
+ * the permission model without the right to start processes has no helper and no bundler
+ * (esbuild runs as a process of its own), so its live keys cannot be built: they fail to
+ * load, saying so; its snapshot keys (made elsewhere) run.
+ */
+export function liveArtifacts(helper: StoreHelper): (swarm: string) => Promise<LiveArtifact> {
+  return (swarm) => {
+    if (!mayStartProcesses()) {
+      return Promise.reject(
+        moduleLoad(
+          `live keys of swarm ${swarm} cannot be built here: this host runs under Node's permission model without ` +
+            '--allow-child-process, and a live key runs from an artifact built by a process of its own; grant it, or serve snapshots made elsewhere',
+        ),
+      );
+    }
+    return helper.run('live', swarm, '');
+  };
+}
+
+function mayStartProcesses(): boolean {
+  const permission = (process as { permission?: { has(scope: string): boolean } }).permission;
+  return permission === undefined || permission.has('child');
 }

@@ -2,6 +2,7 @@ import { join, relative } from 'node:path';
 import type { ResolvedKey } from '../../key.js';
 import type { ResolvedPoolOptions } from '../../options.js';
 import type { Deniable, LoadRequest } from '../../protocol/messages.js';
+import type { LiveArtifact } from '../../store/live.js';
 import type { SnapshotRef } from '../../store/names.js';
 import type { Isolation, PermissionPolicy } from '../../types.js';
 import type { KeyPolicy } from '../policy/key-policy.js';
@@ -57,6 +58,8 @@ export class Launcher {
     private readonly root: string,
     private readonly settings: ThreadSettings,
     sandbox: SandboxParts,
+    /** The artifact a swarm's live keys run from now (see SnapshotStore's helper). */
+    private readonly live: (swarm: string) => Promise<LiveArtifact>,
     /** A key's worker settings where its policy gives it heap, external or env settings of its own. */
     private readonly settingsFor: (policy: KeyPolicy) => ThreadSettings = () => settings,
     /** The kernel's memory bound of a process key's cell, from its budgets (see kernelMemoryBound). */
@@ -82,7 +85,11 @@ export class Launcher {
     policyOf: (key: ResolvedKey) => KeyPolicy,
     snapshot: SnapshotRef | null = null,
   ): Promise<LaunchPlan> {
-    const location = await locateModule(this.root, key, { snapshotSecret: this.options.snapshotSecret, snapshot });
+    const location = await locateModule(this.root, key, {
+      snapshotSecret: this.options.snapshotSecret,
+      snapshot,
+      live: this.live,
+    });
     const keyPolicy = policyOf(key);
     const policy = keyPolicy.permissions ?? policyFor(this.options.permissions, key);
     const execArgv = this.execArgvFor(policy, key, location);
@@ -162,7 +169,7 @@ export class Launcher {
       ...(beat === null ? {} : { heartbeatMs: beat.busyMs, idleHeartbeatMs: beat.idleMs }),
       key: key.text,
       file: seen(file),
-      verifyDir: verifyDir === null ? null : seen(verifyDir),
+      verifyDir: seen(verifyDir),
       ...(sha256 === null ? {} : { sha256 }),
       ...(bytes === null ? {} : { bytes }),
       ...(plan.deny === null ? {} : { deny: plan.deny }),
@@ -171,11 +178,7 @@ export class Launcher {
 
   /** The key's worker flags: its permission model (see permissions.ts) and type stripping. */
   private execArgvFor(policy: PermissionPolicy, key: ResolvedKey, location: ModuleLocation): string[] {
-    const folders = {
-      folder: location.folder,
-      swarm: location.swarmFolder,
-      extraRead: location.extraReadDirs,
-    };
+    const folders = { folder: location.folder, swarm: location.swarmFolder, bundled: location.sha256 !== null };
     return [...this.blankFlags, ...permissionArgs(policy, folders, key)];
   }
 }

@@ -34,12 +34,15 @@ export const RUNTIME_DIRS: readonly string[] = (() => {
 })();
 
 export interface KeyFolders {
-  /** Real path of the key's folder (live/ or the snapshot). */
+  /** Real path of the key's folder: its artifact, or a snapshot folder made before artifacts. */
   readonly folder: string;
-  /** Real path of its swarm's folder: everything in it is the tenant's to make, links included. */
+  /** Real path of the folder above it whose contents are the tenant's to make, links included (an old snapshot's swarm). */
   readonly swarm: string;
-  /** Further folders its worker must read (a type-stripped copy). */
-  readonly extraRead: readonly string[];
+  /**
+   * Whether the module is one self-contained bundle (an artifact, or a snapshot folder made
+   * after bundling): it imports nothing from package folders, so none is granted.
+   */
+  readonly bundled: boolean;
 }
 
 /** The policy in force for a key: the option, or what its function returns (checked). */
@@ -65,9 +68,8 @@ export function permissionArgs(policy: PermissionPolicy, folders: KeyFolders, ke
       ? (grant.fsRead ?? [])
       : [
           folders.folder,
-          ...folders.extraRead,
           ...RUNTIME_DIRS,
-          ...modulePaths(folders.folder, folders.swarm, key),
+          ...(folders.bundled ? [] : modulePaths(folders.folder, folders.swarm, key)),
           ...(grant.fsRead ?? []),
         ];
   const writes = grant.fsWrite ?? [];

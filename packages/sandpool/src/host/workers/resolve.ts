@@ -1,33 +1,31 @@
 import { realpathSync, statSync } from 'node:fs';
 import { dirname, join, sep } from 'node:path';
-import { moduleNotFound, type SandpoolError, snapshotNotFound } from '../../errors.js';
+import { isSandpoolError, moduleLoad, moduleNotFound, type SandpoolError, snapshotNotFound } from '../../errors.js';
 import type { ResolvedKey } from '../../key.js';
-import { liveDir } from '../../store/layout.js';
+import { locateArtifact } from '../../store/artifact.js';
+import type { LiveArtifact } from '../../store/live.js';
 import { type ArtifactManifest, type ManifestV2, snapshotDigest } from '../../store/manifest.js';
 import { readSnapshotName, type SnapshotRef } from '../../store/names.js';
-import { typeScriptInWorker } from './typescript.js';
 
 export interface ModuleLocation {
-  /** Real path of the module the worker imports: the agent, its stripped copy, or a snapshot bundle. */
+  /** Real path of the module the worker imports: the stem's bundle, or a file of a snapshot folder made before bundling. */
   readonly file: string;
-  /** Real path of the key's folder: live/, the snapshot's artifact, or a snapshot folder made before artifacts. */
+  /** Real path of the key's folder: its artifact, or a snapshot folder made before artifacts. */
   readonly folder: string;
   /**
-   * Real path of the folder whose contents (links included) are the tenant's to make: the
-   * swarm's folder for live/ and old snapshot folders; for an artifact, its swarm's artifact
-   * folder, which only the store writes.
+   * Real path of the folder whose contents (links included) are the tenant's to make: for an
+   * artifact, its swarm's artifact folder, which only the store writes; the swarm's folder
+   * for an old snapshot folder.
    */
   readonly swarmFolder: string;
-  /** The snapshot folder to verify before loading; null for live code. */
-  readonly verifyDir: string | null;
-  /** sha256 of a snapshot bundle, from the manifest checked here (LoadRequest.sha256); null for live code. */
+  /** The folder to verify before loading. */
+  readonly verifyDir: string;
+  /** sha256 of the bundle, from the manifest checked here (LoadRequest.sha256); null for an old snapshot folder. */
   readonly sha256: string | null;
   /** Its size in bytes, from the same manifest (LoadRequest.bytes); null where sha256 is. */
   readonly bytes: number | null;
-  /** Folders the worker must read beyond its key's folder (type-stripped copies); see readPathsFor. */
-  readonly extraReadDirs: readonly string[];
-  /** The snapshot's digest (SnapshotInfo.digest); null for live code. */
-  readonly digest: string | null;
+  /** The content's digest (SnapshotInfo.digest; a live key's artifact's). */
+  readonly digest: string;
 }
 
 export interface LocateOptions {
@@ -35,22 +33,18 @@ export interface LocateOptions {
   readonly snapshotSecret?: string | undefined;
   /** What a snapshot key's name resolved to when its route opened: the route serves that digest only. */
   readonly snapshot?: SnapshotRef | null;
+  /** The artifact a swarm's live keys run from now, built off this thread (see SnapshotStore.live). */
+  readonly live: (swarm: string) => Promise<LiveArtifact>;
 }
 
 export const EXTENSIONS = ['.mjs', '.js', '.cjs', '.mts', '.ts', '.cts'] as const;
-const TYPESCRIPT = new Set<string>(['.mts', '.ts', '.cts']);
 
 /**
- * Finds `<stem>.<ext>` for a key, with synchronous file calls (only Node 20's TypeScript
- * strip is asynchronous) (first of .mjs, .js, .cjs, .mts, .ts, .cts wins); its real
- * path must stay inside the key's folder. A self-contained snapshot answers from its manifest
- * instead: the stem's bundle, with the digest the worker must find.
+ * Where a key's module is: the stem's bundle in its artifact (a live key's, built from live/
+ * when it changed; a snapshot name's, from its pointer), with the digest the worker must
+ * find. A snapshot folder made before artifacts answers from its own files.
  */
-export async function locateModule(
-  root: string,
-  key: ResolvedKey,
-  options: LocateOptions = {},
-): Promise<ModuleLocation> {
+export async function locateModule(root: string, key: ResolvedKey, options: LocateOptions): Promise<ModuleLocation> {
   const realRoot = realpathOrNull(root);
   if (key.snapshot !== null) {
     const ref = options.snapshot ?? readSnapshotName(root, key.swarm, key.snapshot, options.snapshotSecret, key.text);
@@ -63,15 +57,36 @@ export async function locateModule(
       throw notFound(key, 'its folder resolves outside the root');
     }
     if (ref.manifest.version === 2) return bundleOf(key, realFolder, dirname(dirname(realFolder)), ref.manifest);
-    return fileIn(key, ref.dir, realFolder, realRoot, snapshotDigest(ref.manifest, ref.text));
+    return fileIn(key, ref.dir, realFolder, snapshotDigest(ref.manifest, ref.text));
   }
-  const folder = liveDir(root, key.swarm);
-  const realFolder = realpathOrNull(folder);
-  if (realFolder !== null && (realRoot === null || !realFolder.startsWith(realRoot + sep))) {
-    throw notFound(key, 'its folder resolves outside the root');
+  const built = await liveArtifact(key, options.live);
+  const failure = Object.hasOwn(built.failures, key.stem) ? built.failures[key.stem] : undefined;
+  if (failure !== undefined) throw moduleLoad(failure, key.text);
+  const artifact = locateArtifact(root, key.swarm, built.digest, key.text);
+  if (!Object.hasOwn(artifact.manifest.stems, key.stem)) {
+    throw notFound(key, `no ${key.stem}.mjs, .js, .cjs, .mts, .ts or .cts in live/`);
   }
-  if (realFolder === null) throw notFound(key, `swarm ${key.swarm} has no live folder`);
-  return fileIn(key, folder, realFolder, realRoot as string, null);
+  return bundleOf(key, artifact.dir, dirname(artifact.dir), artifact.manifest);
+}
+
+/**
+ * A live folder the build refuses whole (a link, hard link, FIFO or device that leaves it,
+ * more than maxSnapshotBytes) holds nothing that may run: MODULE_NOT_FOUND, with the build's
+ * reason (its place in the swarm, no host path), as for a swarm with no live folder. A stem
+ * that fails to bundle is the stem's MODULE_LOAD (see locateModule).
+ */
+async function liveArtifact(key: ResolvedKey, live: LocateOptions['live']): Promise<LiveArtifact> {
+  try {
+    return await live(key.swarm);
+  } catch (error) {
+    if (isSandpoolError(error, 'ERR_SANDPOOL_SWARM_NOT_FOUND')) {
+      throw notFound(key, `swarm ${key.swarm} has no live folder`);
+    }
+    if (isSandpoolError(error, 'ERR_SANDPOOL_SNAPSHOT_BUILD')) {
+      throw moduleNotFound(`agent ${key.text} not found: ${error.message}`, key.text, error);
+    }
+    throw error;
+  }
 }
 
 /** A self-contained snapshot answers from its manifest: the stem's bundle, with the digest the worker must find. */
@@ -95,21 +110,14 @@ function bundleOf(
     verifyDir: realFolder,
     sha256: entry.sha256,
     bytes: entry.bytes,
-    extraReadDirs: [],
     digest: manifest.digest,
   };
 }
 
-/** `<stem>.<ext>` in live/ or in a snapshot made before bundling; its real path must stay in the folder. */
-async function fileIn(
-  key: ResolvedKey,
-  folder: string,
-  realFolder: string,
-  realRoot: string,
-  digest: string | null,
-): Promise<ModuleLocation> {
-  // live/, or snapshots/<name>/, right under the swarm's folder.
-  const swarmFolder = key.snapshot === null ? dirname(realFolder) : dirname(dirname(realFolder));
+/** `<stem>.<ext>` in a snapshot folder made before bundling; its real path must stay in the folder. */
+function fileIn(key: ResolvedKey, folder: string, realFolder: string, digest: string): ModuleLocation {
+  // snapshots/<name>/, right under the swarm's folder.
+  const swarmFolder = dirname(dirname(realFolder));
   for (const extension of EXTENSIONS) {
     const real = realpathOrNull(join(folder, key.stem + extension));
     if (real === null) continue;
@@ -117,31 +125,7 @@ async function fileIn(
       throw notFound(key, `${key.stem}${extension} resolves outside its folder`);
     }
     if (!statSync(real).isFile()) continue;
-    if (key.snapshot === null && TYPESCRIPT.has(extension) && !typeScriptInWorker()) {
-      // Loaded on first use: only Nodes without type stripping (20) need it.
-      const { stripLiveTree } = await import('./transpile.js');
-      const stripped = await stripLiveTree(realRoot, key.swarm, realFolder, real);
-      return {
-        file: stripped.file,
-        folder: realFolder,
-        swarmFolder,
-        verifyDir: null,
-        sha256: null,
-        bytes: null,
-        extraReadDirs: [stripped.dir],
-        digest,
-      };
-    }
-    return {
-      file: real,
-      folder: realFolder,
-      swarmFolder,
-      verifyDir: key.snapshot === null ? null : realFolder,
-      sha256: null,
-      bytes: null,
-      extraReadDirs: [],
-      digest,
-    };
+    return { file: real, folder: realFolder, swarmFolder, verifyDir: realFolder, sha256: null, bytes: null, digest };
   }
   throw notFound(key, `no ${key.stem}.mjs, .js, .cjs, .mts, .ts or .cts`);
 }

@@ -20,10 +20,17 @@ interface Template {
 const SPARE_KEY: ResolvedKey = { swarm: '', snapshot: null, stem: '', text: SPARE_LABEL };
 
 /**
+ * A spare's one flag beyond its key's: modules imported at run time from the artifact (what a
+ * build cannot see) keep the path they were asked by, its folder's, rather than Node's real
+ * path of them, which no spare is granted. An artifact holds no link: only the spare's folder is one.
+ */
+const KEEP_LINK_PATHS = '--preserve-symlinks';
+
+/**
  * Spare threads for keys under the pool's own strict policy (`'strict'`, or a grant). Each
  * boots with the flags such a key gets, an empty folder of its own (see SpareFolders) in
- * place of the key's folder, and with its denials already applied; when a key takes it, that
- * folder shows the key's. Only a key run from an artifact can: a verified bundle, imported
+ * place of the key's folder (and the paths of links kept: KEEP_LINK_PATHS), and with its
+ * denials already applied; when a key takes it, that folder shows the key's. Only a key run from an artifact can: a verified bundle, imported
  * from memory (never by a path a link could change), in a folder the store made, which holds
  * no link (a tenant's link there could lead `..` out of it). And only one whose flags and
  * denials are exactly the spare's, its own folder in place of the spare's: the spare is then
@@ -62,7 +69,7 @@ export class StrictSpares {
       return null; // no more folders now (tmpfs and the root full, or made read-only): no spare
     }
     const own = folder.path;
-    const flags = template.flags.map((flag) => flag.replaceAll(template.path, own));
+    const flags = [...template.flags.map((flag) => flag.replaceAll(template.path, own)), KEEP_LINK_PATHS];
     try {
       return new AgentThread(this.settings, flags, { folder, deny: template.deny });
     } catch (error) {
@@ -91,7 +98,8 @@ export class StrictSpares {
     if (this.template !== undefined) return this.template;
     try {
       const folder = this.folders.make();
-      const folders = { folder: folder.path, swarm: folder.path, extraRead: [] };
+      // A spare serves bundles only: it imports nothing from package folders.
+      const folders = { folder: folder.path, swarm: folder.path, bundled: true };
       const flags = [...this.baseFlags, ...permissionArgs(this.policy, folders, SPARE_KEY)];
       this.template = { flags, path: folder.path, deny: denialsOf(this.policy, 'thread') ?? [] };
       this.templateFolder = folder;

@@ -1,7 +1,8 @@
 /**
  * Whether a worker can load TypeScript itself. Feature-detected, never read off a version:
- * Node 22.18+ and 24 strip types by default; 22.6-22.17 only behind a flag; 20 never. Where
- * the worker cannot, the coordinator strips with amaro (see transpile.ts), under the same rule.
+ * Node 22.18+ and 24 strip types by default; 22.6-22.17 only behind a flag; 20 never. A key's
+ * TypeScript is stripped when its artifact is built (store/bundle.ts), on every Node, under the
+ * same rule; these flags keep a worker's own stripping the host's.
  */
 
 function stripFlagGiven(): boolean {

@@ -106,15 +106,14 @@ export class Sandbox {
     return typeof openStage() !== 'string';
   }
 
-  /** What a key's cell sees: its folder, the packages it may import, the stripped copy, and widenings. */
+  /** What a key's cell sees: its folder, the packages an unbundled old snapshot may import, and widenings. */
   access(key: ResolvedKey, location: ModuleLocation, policy: PermissionPolicy): KeyAccess {
     if (this.bwrap === null) return { swarm: key.swarm, entries: [] };
     const tenantTop = join(this.rootReal, key.swarm);
     const entries: ViewEntry[] = [
       { kind: 'bind', source: location.folder, path: location.folder, write: false },
-      ...moduleEntries(dirname(location.folder), tenantTop),
+      ...(location.sha256 === null ? moduleEntries(dirname(location.folder), tenantTop) : []),
     ];
-    for (const dir of location.extraReadDirs) entries.push(...entriesFor(dir));
     if (typeof policy === 'object') {
       // The cell's /tmp is its own: a grant there names it, never the host's.
       const granted = (paths: readonly string[] | undefined): string[] =>
@@ -133,9 +132,7 @@ export class Sandbox {
   checkReadable(key: ResolvedKey, location: ModuleLocation): void {
     const user = this.userFor(key.swarm);
     if (user === null) return;
-    // The bound folder the module is in: the key's own, or its stripped copy (Node 20's TypeScript).
-    const bound = [location.folder, ...location.extraReadDirs].find((dir) => within(location.file, dir));
-    checkReadableBy(user, location.file, key, this.bwrap === null ? null : (bound ?? null));
+    checkReadableBy(user, location.file, key, this.bwrap === null ? null : location.folder);
   }
 
   /**
