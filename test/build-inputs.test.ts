@@ -27,6 +27,32 @@ afterEach(() => {
   for (const child of children.splice(0)) child.kill('SIGKILL');
 });
 
+/**
+ * A process that swaps `a/live/lib` for a link to `b/live/lib` and back until killed: at
+ * random moments (a few ms held, up to 30 ms apart), or as fast as it can.
+ */
+function swapLibForTheirs(root: string, pace: 'at random moments' | 'as fast as it can'): ChildProcess {
+  const [hold, gap] =
+    pace === 'at random moments' ? ['pause(Math.random() * 3);', 'pause(Math.random() * 30);'] : ['', ''];
+  return spawn(
+    process.execPath,
+    [
+      '-e',
+      `const fs = require('node:fs');
+       const [lib, real, theirs] = process.argv.slice(1);
+       const pause = (ms) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+       for (;;) {
+         try { fs.renameSync(lib, real); fs.symlinkSync(theirs, lib); ${hold} fs.unlinkSync(lib); fs.renameSync(real, lib); } catch {}
+         ${gap}
+       }`,
+      join(root, 'a/live/lib'),
+      join(root, 'a/live/lib-real'),
+      join(root, 'b/live/lib'),
+    ],
+    { stdio: 'ignore' },
+  );
+}
+
 /** Calls the neighbour until `stop()`; resolves to every answer it got, each checked by the caller. */
 function keepCalling(pool: Pool): { stop: () => Promise<unknown[]> } {
   const answers: unknown[] = [];
@@ -97,7 +123,45 @@ describe('a build reads only the swarm and its packages', () => {
     await writeFiles(root, {
       'a/live/notifier_agent.mjs': `import t from '${climb}' with { type: 'json' };\nexport const f = () => t;\n`,
     });
-    expect(await refusedCreate(pool, root, token)).toContain("leads outside the swarm's folder");
+    expect(await refusedCreate(pool, root, token)).toContain(
+      "the import is missing, or leads outside the swarm's folder",
+    );
+  });
+
+  it('says the same of an import that leaves the swarm whether or not its target exists on the host', async () => {
+    const host = await makeRoot({
+      'etc/token.json': JSON.stringify({ token: TOKEN }),
+      'etc/token.mjs': `export default '${TOKEN}';\n`,
+      'etc/token': `${TOKEN}\n`,
+      'etc/tokens/index.mjs': `export default '${TOKEN}';\n`,
+    });
+    const { root, token, pool } = await arena({});
+    // Out by climbing, or through a link the copy never follows (node_modules is left out of it).
+    await mkdir(join(root, 'a/live/node_modules'), { recursive: true });
+    await symlink(join(host, 'etc'), join(root, 'a/live/node_modules/etc'));
+    const climb = `${'../'.repeat(root.split('/').length + 2)}${host.slice(1)}/etc/`;
+    for (const form of [(file: string) => `${climb}${file}`, (file: string) => `etc/${file}`]) {
+      for (const [there, missing] of [
+        ['token.json', 'gone.json'],
+        ['token.mjs', 'gone.mjs'],
+        ['token', 'gone'],
+        ['tokens', 'nothing'],
+      ] as const) {
+        const said: string[] = [];
+        for (const file of [there, missing]) {
+          await writeFiles(root, {
+            'a/live/notifier_agent.mjs': `import t from '${form(file)}';\nexport const f = () => t;\n`,
+          });
+          said.push(await refusedCreate(pool, root, token));
+        }
+        // One answer for both: a tenant learns nothing of which host files exist.
+        expect(said[0], form(there)).toBe(said[1]);
+        expect(said[0]).toMatch(
+          /live\/notifier_agent\.mjs:1:15: the import (of package "etc" )?is missing, or leads outside/,
+        );
+        for (const leak of [host, TOKEN]) expect(said[0]).not.toContain(leak);
+      }
+    }
   });
 
   it("refuses a hard link under live/node_modules to another swarm's file", async () => {
@@ -180,7 +244,9 @@ describe('a build reads only the swarm and its packages', () => {
       });
       children.push(writer);
       // esbuild's resolver passes over a FIFO; the copy refuses it by its type.
-      expect(await refusedCreate(pool, root, token)).toMatch(/not a regular file|Could not resolve/);
+      expect(await refusedCreate(pool, root, token)).toMatch(
+        /not a regular file|the import (of package "p" )?is missing/,
+      );
       expect(existsSync(mark)).toBe(false);
       // Nothing of the process's libuv pool waits on it: a new thread key of another tenant starts.
       await writeFiles(root, await counterAgent('c'));
@@ -195,23 +261,7 @@ describe('a build reads only the swarm and its packages', () => {
       'a/live/lib/helper.mjs': "export const value = 'mine';\n",
     });
     // Another process swaps a/live/lib for a link to b/live/lib and back, at random moments.
-    const racer = spawn(
-      process.execPath,
-      [
-        '-e',
-        `const fs = require('node:fs');
-         const [lib, real, theirs] = process.argv.slice(1);
-         const pause = (ms) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
-         for (;;) {
-           try { fs.renameSync(lib, real); fs.symlinkSync(theirs, lib); pause(Math.random() * 3); fs.unlinkSync(lib); fs.renameSync(real, lib); } catch {}
-           pause(Math.random() * 30);
-         }`,
-        join(root, 'a/live/lib'),
-        join(root, 'a/live/lib-real'),
-        join(root, 'b/live/lib'),
-      ],
-      { stdio: 'ignore' },
-    );
+    const racer = swapLibForTheirs(root, 'at random moments');
     children.push(racer);
     const calls = keepCalling(pool);
     let made = 0;
@@ -256,19 +306,7 @@ describe('a build reads only the swarm and its packages', () => {
     const { root, pool } = await arena({ 'a/live/lib/helper.mjs': "export const value = 'mine';\n" });
     const { buildInputs, placeOf, readInput } = await import('../packages/sandpool/dist/store/confine.js');
     const inputs = await buildInputs(root, 'a');
-    const racer = spawn(
-      process.execPath,
-      [
-        '-e',
-        `const fs = require('node:fs');
-         const [lib, real, theirs] = process.argv.slice(1);
-         for (;;) { try { fs.renameSync(lib, real); fs.symlinkSync(theirs, lib); fs.unlinkSync(lib); fs.renameSync(real, lib); } catch {} }`,
-        join(root, 'a/live/lib'),
-        join(root, 'a/live/lib-real'),
-        join(root, 'b/live/lib'),
-      ],
-      { stdio: 'ignore' },
-    );
+    const racer = swapLibForTheirs(root, 'as fast as it can');
     children.push(racer);
     const calls = keepCalling(pool);
     const read = { mine: 0, leaked: 0, refused: 0 };

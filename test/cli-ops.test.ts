@@ -1,9 +1,11 @@
 import { type ChildProcess, spawn } from 'node:child_process';
-import { symlink, writeFile } from 'node:fs/promises';
+import { chmod, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it, vi } from 'vitest';
+import { describeLayers } from '../packages/cli/dist/layers.js';
 import { counterAgent, makeRoot } from './support/root.js';
+import { hostLayers } from './support/sandbox.js';
 import { installServerCleanup, openServer, request } from './support/server.js';
 
 // Each test starts several Node processes one after another: minutes on a loaded machine.
@@ -52,9 +54,13 @@ function finish(child: ChildProcess, onOut: (text: string) => void = () => undef
 
 const sandpool = (args: string[], env?: Record<string, string>): Promise<Outcome> => finish(start(args, env));
 
-async function listening(): Promise<{ url: string; root: string; call: (key: string, fn: string) => Promise<void> }> {
+async function listening(
+  options: Partial<Parameters<typeof openServer>[0]> = {},
+): Promise<{ url: string; root: string; call: (key: string, fn: string) => Promise<void> }> {
   const root = await makeRoot({ ...(await counterAgent('a')), ...(await counterAgent('b')) });
-  const server = openServer({ root, tokens: TOKENS });
+  // Readable by a process key's uid, as makeRoot's 0700 folder is not.
+  await chmod(root, 0o755);
+  const server = openServer({ root, tokens: TOKENS, ...options });
   const url = await server.app.listen({ port: 0, host: '127.0.0.1' });
   const call = async (key: string, fn: string): Promise<void> => {
     await request(server, 'POST', `/v1/call/${key}`, { fn, args: [1, 2] }, { authorization: 'Bearer tok' });
@@ -88,11 +94,13 @@ describe('sandpool top', () => {
     expect(lines[1]?.split(/ {2,}/)).toEqual([
       'key',
       'state',
+      'isolation',
       'workers',
       'cpu%',
       'cpu s',
       'heap MB',
       'ext MB',
+      'cell MB',
       'calls',
       'errors',
       'in flight',
@@ -102,15 +110,34 @@ describe('sandpool top', () => {
       'demoted',
     ]);
     const [first, second] = rowsOf(top.stdout);
-    expect(first?.slice(0, 4)).toEqual(['a/notifier_agent', 'ready', '1', '-']);
-    expect(first?.slice(7, 11)).toEqual(['3', '0', '0', '0']);
+    expect(first?.slice(0, 5)).toEqual(['a/notifier_agent', 'ready', 'thread', '1', '-']);
+    expect(first?.slice(8, 13)).toEqual(['-', '3', '0', '0', '0']);
     expect(second?.[0]).toBe('b/notifier_agent');
-    expect(second?.slice(7, 9)).toEqual(['1', '1']);
+    expect(second?.slice(9, 11)).toEqual(['1', '1']);
 
     // A scoped token, read from the environment as `serve` reads it, sees only its swarm.
     const scoped = await sandpool(['top', '--url', url], { SANDPOOL_TOKEN: 'read-a' });
     expect(scoped.status).toBe(0);
     expect(rowsOf(scoped.stdout).map((row) => row[0])).toEqual(['a/notifier_agent']);
+  });
+
+  it("shows the sandbox layers of the node's process keys, and a process key's cell memory against its cgroup's bound", async () => {
+    const { url, call } = await listening({ isolation: (key) => (key.swarm === 'b' ? 'process' : 'thread') });
+    await call('a/notifier_agent', 'add');
+    await call('b/notifier_agent', 'add');
+    const layers = hostLayers();
+
+    const top = await sandpool(['top', '--url', url, '--token', 'tok', '--sort', 'calls', '--once']);
+    expect(top.status).toBe(0);
+    const [summary] = top.stdout.split('\n');
+    expect(summary?.endsWith(`; process keys: ${describeLayers(layers)}`)).toBe(true);
+    const rows = new Map(rowsOf(top.stdout).map((row) => [row[0], row]));
+    expect(rows.get('a/notifier_agent')?.slice(2, 3)).toEqual(['thread']);
+    expect(rows.get('a/notifier_agent')?.[8]).toBe('-');
+    expect(rows.get('b/notifier_agent')?.[2]).toBe('process');
+    // In a cgroup: what it holds now over what the kernel bounds it to (256 MB heap, 256 external, 96 runtime, 64 room).
+    if (layers.cgroups !== null) expect(rows.get('b/notifier_agent')?.[8]).toMatch(/^(-|\d+\.\d)\/672\.0$/);
+    else expect(rows.get('b/notifier_agent')?.[8]).toBe('-');
   });
 
   it('without a terminal prints once; --watch redraws until interrupted, with a CPU share', async () => {
@@ -134,8 +161,8 @@ describe('sandpool top', () => {
     const frames = watched.stdout.split(CLEAR).slice(1);
     expect(frames.length).toBeGreaterThanOrEqual(3);
     // From the second frame on there is a previous sample, so the share is a number.
-    expect(rowsOf(frames[0] ?? '')[0]?.[3]).toBe('-');
-    expect(rowsOf(frames[2] ?? '')[0]?.[3]).toMatch(/^\d+$/);
+    expect(rowsOf(frames[0] ?? '')[0]?.[4]).toBe('-');
+    expect(rowsOf(frames[2] ?? '')[0]?.[4]).toMatch(/^\d+$/);
   });
 
   it('exits 1 with the server’s error code, or unreachable; 2 on bad usage', async () => {

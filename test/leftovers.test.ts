@@ -1,12 +1,14 @@
-import { type ChildProcess, spawn } from 'node:child_process';
-import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { chmod, copyFile, mkdir, mkdtemp, rm, symlink, utimes, writeFile } from 'node:fs/promises';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import { childProcesses, eventually, installCleanup, invariants, openPool } from './support/pool.js';
 import { counterAgent, makeRoot, writeFiles } from './support/root.js';
+import { ON_CI } from './support/sandbox.js';
 
 installCleanup();
 
@@ -36,6 +38,31 @@ async function otherProcess(): Promise<ChildProcess> {
 
 const owned = (prefix: string, pid: number, machine: string): string =>
   `${prefix}${pid}.${machine}.${randomBytes(8).toString('hex')}`;
+
+/**
+ * The owner token the store's own code makes in a new process (`command` runs it, e.g. under
+ * unshare), with that process's host name: what a build there would name its work by.
+ */
+function tokenFrom(command: readonly string[] = []): { machine: string; host: string } {
+  const leftovers = pathToFileURL(join(import.meta.dirname, '../packages/sandpool/dist/store/leftovers.js')).href;
+  const script = `import { ownerToken } from ${JSON.stringify(leftovers)}; import { hostname } from 'node:os'; console.log(JSON.stringify({ token: ownerToken(), host: hostname() }));`;
+  const argv = [...command, process.execPath, '--input-type=module', '-e', script];
+  const { token, host } = JSON.parse(execFileSync(argv[0] as string, argv.slice(1), { encoding: 'utf8' })) as {
+    token: string;
+    host: string;
+  };
+  return { machine: token.split('.')[1] as string, host };
+}
+
+/** Whether this machine can play another host: a mount namespace of its own, with a boot id bound over the kernel's. */
+function canPlayAnotherHost(): boolean {
+  try {
+    execFileSync('unshare', ['-rm', 'true'], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
 
 async function folder(path: string, old = false): Promise<void> {
   await mkdir(path, { recursive: true });
@@ -141,11 +168,8 @@ describe('leftovers of interrupted builds', () => {
   it('a restart removes the pointer files and name locks a kill -9 left, and the content they named then goes', async () => {
     const root = await makeRoot(await counterAgent('n'));
     const snapshots = join(root, 'n', 'snapshots');
-    // This machine as the store names it (leftovers.ts): a dead pid here is judged at once.
-    const machine = createHash('sha256')
-      .update(`${hostname()}\0${readlinkSync('/proc/self/ns/pid')}`)
-      .digest('hex')
-      .slice(0, 12);
+    // This machine as the store names it: a dead pid here is judged at once.
+    const { machine } = tokenFrom();
     const dead = await otherProcess();
     dead.kill('SIGKILL');
     await new Promise((resolve) => dead.once('exit', resolve));
@@ -194,4 +218,69 @@ describe('leftovers of interrupted builds', () => {
     expect(existsSync(content)).toBe(false);
     expect(existsSync(join(root, '.sandpool-cache', 'artifacts', 'n', mar.digest))).toBe(true);
   });
+  it.runIf(ON_CI || canPlayAnotherHost())(
+    "never sweeps a live build of another host that shares the store and the host name, and still sweeps this host's dead ones",
+    async () => {
+      const root = await makeRoot({ ...(await counterAgent('n')), ...(await counterAgent('s')) });
+      // Another host of the same name, cloned from the same image: only its kernel's boot differs.
+      const fakeBoot = join(root, 'boot_id');
+      await writeFile(fakeBoot, `${randomBytes(4).toString('hex')}-1111-2222-3333-${randomBytes(6).toString('hex')}\n`);
+      const here = tokenFrom();
+      const there = tokenFrom([
+        'unshare',
+        '-rm',
+        'sh',
+        '-c',
+        'mount --bind "$0" /proc/sys/kernel/random/boot_id && exec "$@"',
+        fakeBoot,
+      ]);
+      expect(there.host).toBe(here.host);
+      expect(there.host).toBe(hostname());
+      expect(there.machine).not.toBe(here.machine);
+      // A pid that is free here: on that host it is a build still running.
+      const dead = await otherProcess();
+      dead.kill('SIGKILL');
+      await new Promise((resolve) => dead.once('exit', resolve));
+      const pid = dead.pid as number;
+
+      const snapshots = join(root, 's', 'snapshots');
+      const artifacts = join(root, '.sandpool-cache', 'artifacts', 's');
+      const theirs = [
+        join(snapshots, owned('.tmp-', pid, there.machine)),
+        join(snapshots, owned('.rm-', pid, there.machine)),
+        join(artifacts, owned('.tmp-', pid, there.machine)),
+      ];
+      const mine = [
+        join(snapshots, owned('.tmp-', pid, here.machine)),
+        join(artifacts, owned('.tmp-', pid, here.machine)),
+      ];
+      for (const path of [...theirs, ...mine]) await folder(path);
+      // Their lock on a name they are moving, and one this host's dead process left.
+      const theirLock = join(snapshots, '.lock-prod');
+      await writeFile(theirLock, `${pid}.${there.machine}.${randomBytes(8).toString('hex')}`);
+      const myLock = join(snapshots, '.lock-jan');
+      await writeFile(myLock, `${pid}.${here.machine}.${randomBytes(8).toString('hex')}`);
+
+      // The sweeps of a start and of a create run while a neighbour answers.
+      const pool = openPool({ root });
+      let stop = false;
+      const answers: unknown[] = [];
+      const neighbour = (async () => {
+        for (let i = 0; !stop; i++) answers.push(await pool.call('n/notifier_agent', 'add', [i, 1]));
+      })();
+      try {
+        await pool.snapshots.create('s', 'jan');
+        expect(await pool.call('s@jan/notifier_agent', 'add', [2, 3])).toBe(5);
+      } finally {
+        stop = true;
+        await neighbour;
+      }
+      expect(answers.length).toBeGreaterThan(0);
+      expect(answers).toEqual(answers.map((_, i) => i + 1));
+      expect(invariants(pool)).toEqual([]);
+      await pool.close();
+      for (const path of [...theirs, theirLock]) expect(existsSync(path), path).toBe(true);
+      for (const path of [...mine, myLock]) expect(existsSync(path), path).toBe(false);
+    },
+  );
 });

@@ -4,7 +4,7 @@
 // connection leaves cached keys serving, and the node reconnects and sees a later move.
 import { spawn } from 'node:child_process';
 import { lstatSync } from 'node:fs';
-import { chmod, readdir, writeFile } from 'node:fs/promises';
+import { chmod, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import pg from 'pg';
@@ -23,6 +23,8 @@ if (URL_ENV === undefined && process.env.CI === 'true') {
 const KEY = 'a@prod/notifier_agent';
 const MOVES = 12;
 const NODE_B = 'sandpool-test-node-b';
+const DROP_TABLES =
+  'DROP TABLE IF EXISTS sandpool_pointers, sandpool_generations, sandpool_artifact_files, sandpool_artifacts';
 
 const agent = (version: number): string => `export const version = () => ${version};`;
 
@@ -97,7 +99,7 @@ describe.skipIf(URL_ENV === undefined)('the PostgreSQL store, two nodes and no s
     const admin = new pg.Client({ connectionString: url });
     await admin.connect();
     try {
-      await admin.query('DROP TABLE IF EXISTS sandpool_pointers, sandpool_artifact_files, sandpool_artifacts');
+      await admin.query(DROP_TABLES);
       const rootA = await makeRoot({ 'a/live/notifier_agent.mjs': agent(0) });
       const rootB = await makeRoot(await counterAgent('n'));
       const poolA = openPool({ root: rootA, store: { postgres: withApp(url, 'sandpool-test-node-a') } });
@@ -209,6 +211,127 @@ describe.skipIf(URL_ENV === undefined)('the PostgreSQL store, two nodes and no s
       await admin.end();
     }
   }, 240_000);
+
+  it("keeps each name's generation in the database: an old pointer put back on a node is refused, and a name made again counts on", async () => {
+    const url = URL_ENV as string;
+    const admin = new pg.Client({ connectionString: url });
+    await admin.connect();
+    try {
+      await admin.query(DROP_TABLES);
+      const secret = 'a secret of sixteen characters or more';
+      const rootA = await makeRoot({ ...(await counterAgent('n')), 'r/live/notifier_agent.mjs': agent(1) });
+      const rootB = await makeRoot(await counterAgent('n'));
+      const store = { postgres: withApp(url, 'sandpool-test-replay'), recheckMs: 1000 };
+      const nodeA = openPool({ root: rootA, store, snapshotSecret: secret });
+      const nodeB = openPool({ root: rootB, store, snapshotSecret: secret });
+      const prodOn = (pool: typeof nodeA): Promise<unknown> =>
+        pool.call('r@prod/notifier_agent', 'version').catch((error: { code?: string }) => error.code);
+      const answers = (pool: typeof nodeA, want: unknown) => until(async () => (await prodOn(pool)) === want);
+      const generation = async (): Promise<{ recorded: number; pointer: number | null }> => {
+        const row = await admin.query(
+          `SELECT g.generation, p.pointer FROM sandpool_generations g
+           LEFT JOIN sandpool_pointers p USING (swarm, name) WHERE swarm = 'r' AND name = 'prod'`,
+        );
+        const text = row.rows[0]?.pointer as string | null;
+        return {
+          recorded: Number(row.rows[0]?.generation),
+          pointer: text === null ? null : (JSON.parse(text) as { generation: number }).generation,
+        };
+      };
+      await nodeA.snapshots.create('r', 'jan');
+      await writeFiles(rootA, { 'r/live/notifier_agent.mjs': agent(2) });
+      await nodeA.snapshots.create('r', 'jun');
+      await nodeA.snapshots.point('r', 'prod', 'jan');
+      await answers(nodeB, 1);
+      const pointerB = join(rootB, 'r/snapshots/prod');
+      const janProd = await readFile(pointerB);
+      await nodeA.snapshots.point('r', 'prod', 'jun');
+      await answers(nodeB, 2);
+      const junProd = await readFile(pointerB);
+      // The row and the name's generation agree, and every node has the database's pointer.
+      const moved = await generation();
+      expect(moved).toEqual({ recorded: 2, pointer: 2 });
+
+      let stop = false;
+      const wrong: unknown[] = [];
+      const loops = [nodeA, nodeB].map(async (pool) => {
+        for (let i = 0; !stop; i++) {
+          const value = await pool.call('n/notifier_agent', 'add', [i, 1]).catch((error: unknown) => error);
+          if (value !== i + 1) wrong.push(value);
+          await new Promise((resolve) => setTimeout(resolve, 2));
+        }
+      });
+      try {
+        const putBack = async (bytes: Buffer): Promise<void> => {
+          await rm(pointerB, { force: true });
+          await writeFile(pointerB, bytes);
+        };
+        // Node B's mirrored name rolled back by hand: refused, though the database never moved.
+        await putBack(janProd);
+        expect(await prodOn(nodeB)).toBe('ERR_SANDPOOL_SNAPSHOT_CORRUPT');
+        expect(await prodOn(nodeA)).toBe(2);
+        // Removed on A: the generation goes up and stays; B's last pointer put back stays refused.
+        await nodeA.snapshots.remove('r', 'prod');
+        expect(await generation()).toEqual({ recorded: 3, pointer: null });
+        await answers(nodeB, 'ERR_SANDPOOL_SNAPSHOT_NOT_FOUND');
+        await putBack(junProd);
+        expect(await prodOn(nodeB)).toBe('ERR_SANDPOOL_SNAPSHOT_CORRUPT');
+        // Made again (on B this time), it counts on from the removal, and no old pointer passes.
+        await rm(pointerB);
+        await nodeB.snapshots.point('r', 'prod', 'jan');
+        expect(await generation()).toEqual({ recorded: 4, pointer: 4 });
+        await answers(nodeA, 1);
+        expect(await prodOn(nodeB)).toBe(1);
+        for (const old of [janProd, junProd]) {
+          await putBack(old);
+          expect(await prodOn(nodeB)).toBe('ERR_SANDPOOL_SNAPSHOT_CORRUPT');
+        }
+        await nodeB.snapshots.point('r', 'prod', 'jan');
+        // Both nodes moving the name at once: no two moves get one generation; one that lost
+        // the race is refused (try again), and every node ends on the database's pointer.
+        let taken = 0;
+        for (let round = 0; round < 10; round++) {
+          const outcomes = await Promise.all(
+            [nodeA.snapshots.point('r', 'prod', 'jun'), nodeB.snapshots.point('r', 'prod', 'jan')].map((move) =>
+              move.then(
+                () => 'taken',
+                (error: { code?: string }) => error.code,
+              ),
+            ),
+          );
+          for (const outcome of outcomes) expect(['taken', 'ERR_SANDPOOL_SNAPSHOT_BUILD']).toContain(outcome);
+          taken += outcomes.filter((outcome) => outcome === 'taken').length;
+        }
+        console.log(`concurrent moves of one name from two nodes: ${taken} of 20 taken, the rest refused`);
+        const last = await generation();
+        expect(last).toEqual({ recorded: 5 + taken, pointer: 5 + taken });
+        const want = (await admin.query(`SELECT pointer FROM sandpool_pointers WHERE swarm = 'r' AND name = 'prod'`))
+          .rows[0]?.pointer as string;
+        for (const root of [rootA, rootB]) {
+          await until(async () => (await readFile(join(root, 'r/snapshots/prod'), 'utf8')) === want);
+        }
+        const version = JSON.parse(want).digest === (await nodeA.snapshots.get('r', 'jan')).digest ? 1 : 2;
+        await answers(nodeA, version);
+        await answers(nodeB, version);
+        // A sign is a move too: taken in the database, at the next generation, by every node.
+        await nodeA.snapshots.sign('r', 'prod');
+        expect(await generation()).toEqual({ recorded: 6 + taken, pointer: 6 + taken });
+        const signed = (await admin.query(`SELECT pointer FROM sandpool_pointers WHERE swarm = 'r' AND name = 'prod'`))
+          .rows[0]?.pointer as string;
+        await until(async () => (await readFile(join(rootB, 'r/snapshots/prod'), 'utf8')) === signed);
+        await answers(nodeB, version);
+      } finally {
+        stop = true;
+        await Promise.all(loops);
+      }
+      expect(wrong).toEqual([]);
+      expect(invariants(nodeA)).toEqual([]);
+      expect(invariants(nodeB)).toEqual([]);
+      await Promise.all([nodeA.close(), nodeB.close()]);
+    } finally {
+      await admin.end();
+    }
+  }, 180_000);
 
   it('refuses writes while the database cannot be reached, changes nothing, and keeps serving', async () => {
     // A closed port: every connection fails at once.

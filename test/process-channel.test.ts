@@ -28,6 +28,15 @@ export function garbage() {
   return write(frame);
 }
 
+export function badJson() {
+  // A frame that starts as JSON does, and is none.
+  const body = Buffer.from('{"t":"done","ok":[1,');
+  const frame = Buffer.alloc(4 + body.length);
+  frame.writeUInt32BE(body.length, 0);
+  body.copy(frame, 4);
+  return write(frame);
+}
+
 /** A frame that announces 4 GB, then 320 MB of it: Node 20's IPC channel buffered all it was sent. */
 export async function huge() {
   const header = Buffer.alloc(4);
@@ -62,11 +71,14 @@ describe('a process key’s channel, written by a hostile agent', () => {
     expect(await withNeighbours(pool, () => pool.call('x/attacker', 'nodeIpc'))).toEqual(['undefined', 'undefined']);
   });
 
-  it('a frame that does not deserialize ends that key with protocol; the neighbours answer', async () => {
-    const pool = await attackPool();
-    const error = await withNeighbours(pool, () => rejection(pool.call('x/attacker', 'garbage')));
-    expect(error).toMatchObject({ code: 'ERR_SANDPOOL_WORKER_EXITED', reason: 'protocol' });
-  });
+  it.each(['garbage', 'badJson'])(
+    'a frame that does not deserialize (%s) ends that key with protocol; the neighbours answer',
+    async (attack) => {
+      const pool = await attackPool();
+      const error = await withNeighbours(pool, () => rejection(pool.call('x/attacker', attack)));
+      expect(error).toMatchObject({ code: 'ERR_SANDPOOL_WORKER_EXITED', reason: 'protocol' });
+    },
+  );
 
   it('a frame announced past the bound ends that key with protocol before the host keeps any of it', async () => {
     const pool = await attackPool();

@@ -1,4 +1,4 @@
-import { writeFile } from 'node:fs/promises';
+import { chmod, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { counterAgent, makeRoot } from './support/root.js';
@@ -40,6 +40,9 @@ describe('GET /v1/keys', () => {
     const byCalls = await request(server, 'GET', '/v1/keys?sort=calls', undefined, as('all'));
     expect(byCalls).toMatchObject({ status: 200, body: { node: 'node-1', sort: 'calls', total: 3 } });
     expect(keysOf(byCalls)).toEqual(['a/notifier_agent', 'b/notifier_agent', 'a/second']);
+    // No key runs in a process here: no sandbox to tell of, and no cgroup per key.
+    expect(byCalls.body.sandbox).toBeNull();
+    expect((byCalls.body.keys as unknown[])[0]).toMatchObject({ isolation: 'thread', cgroup: null });
     expect((byCalls.body.keys as unknown[])[0]).toMatchObject({
       key: 'a/notifier_agent',
       swarm: 'a',
@@ -82,6 +85,19 @@ describe('GET /v1/keys', () => {
       status: 401,
       body: { code: 'ERR_SANDPOOL_HTTP_UNAUTHORIZED' },
     });
+  });
+
+  it("says which sandbox layers the node's process keys get, to every token, as /healthz does", async () => {
+    const root = await twoSwarms();
+    // Readable by a process key's uid, as makeRoot's 0700 folder is not.
+    await chmod(root, 0o755);
+    const server = openServer({ root, tokens: TOKENS, isolation: 'process' });
+    await request(server, 'POST', '/v1/call/a/notifier_agent', { fn: 'add', args: [1, 2] }, as('all'));
+    const { sandbox } = (await request(server, 'GET', '/healthz')).body;
+    expect(sandbox).not.toBeNull();
+    const scoped = await request(server, 'GET', '/v1/keys', undefined, as('read-a'));
+    expect(scoped.body.sandbox).toEqual(sandbox);
+    expect((scoped.body.keys as unknown[])[0]).toMatchObject({ key: 'a/notifier_agent', isolation: 'process' });
   });
 });
 

@@ -1,9 +1,11 @@
+import { chmod } from 'node:fs/promises';
 import { describe, expect, it, onTestFinished, vi } from 'vitest';
 import { SpareDemand } from '../packages/sandpool/dist/host/slots/spare-demand.js';
 import { Spares } from '../packages/sandpool/dist/host/slots/spares.js';
 import { AgentThread } from '../packages/sandpool/dist/host/workers/thread.js';
 import { eventually, installCleanup, invariants, openPool, recordEvents } from './support/pool.js';
 import { counterAgent, makeRoot } from './support/root.js';
+import { hostLayers } from './support/sandbox.js';
 
 installCleanup();
 
@@ -133,4 +135,38 @@ describe('a pool’s spares under a burst of new keys', () => {
     expect(pool.stats().spares).toBeLessThanOrEqual(4);
     expect(invariants(pool)).toEqual([]);
   });
+});
+
+describe('a taken spare’s replacement', () => {
+  const layers = hostLayers();
+  // Under namespaces a spare process needs root (its key's folder is bound in when it comes).
+  const spareProcesses = process.getuid?.() === 0 || !layers.namespaces;
+
+  for (const [isolation, runs] of [
+    ['thread', true],
+    ['process', spareProcesses],
+  ] as const)
+    it.runIf(runs)(`boots once the ${isolation} key that took the spare has started, not beside its load`, async () => {
+      // A load that takes long enough for the host's event loop to turn many times during it.
+      const root = await makeRoot({
+        's/live/slow.mjs':
+          'await new Promise((resolve) => setTimeout(resolve, 2000));\nexport const add = (a, b) => a + b;\n',
+      });
+      await chmod(root, 0o755);
+      const pool = openPool({ root, isolation, permissions: 'none', spareWorkers: 1 });
+      await eventually(() => pool.stats().spares === 1);
+      const took = new Promise<void>((resolve) => pool.on('spawn', (event) => event.reason === 'spare' && resolve()));
+      let answered = false;
+      const answer = pool.call('s/slow', 'add', [1, 2]).finally(() => {
+        answered = true;
+      });
+      await took;
+      for (let turn = 0; turn < 10; turn++) await new Promise((resolve) => setImmediate(resolve));
+      // Still loading, and nothing boots beside it.
+      expect(answered).toBe(false);
+      expect(pool.stats().spares).toBe(0);
+      expect(await answer).toBe(3);
+      await eventually(() => pool.stats().spares === 1);
+      expect(invariants(pool)).toEqual([]);
+    });
 });

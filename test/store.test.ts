@@ -105,9 +105,10 @@ describe('create', () => {
     expect((await stat(pointerPath('jan'))).mode & 0o777).toBe(0o444);
     expect(pointerOf('jan')).toEqual({
       sandpool: 'snapshot-pointer',
-      version: 1,
+      version: 2,
       swarm: 'acme',
       name: 'jan',
+      generation: 1,
       digest: info.digest,
       createdAt: info.createdAt,
     });

@@ -1,5 +1,8 @@
-import { readFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { onTestFinished } from 'vitest';
 
 /**
  * A process's CPU weight among its siblings, read from the kernel: cpu.shares on cgroup v1
@@ -30,7 +33,8 @@ export function cgroupFileOf(pid: number, controller: string, file: string): str
   }
 }
 
-function cgroupDirOf(pid: number, controller: string): string | null {
+/** The directory of a process's own sandpool cgroup for a controller (its cell's); null without one. */
+export function cgroupDirOf(pid: number, controller: string): string | null {
   let membership: string;
   try {
     membership = readFileSync(`/proc/${pid}/cgroup`, 'latin1');
@@ -48,6 +52,31 @@ function cgroupDirOf(pid: number, controller: string): string | null {
   return null;
 }
 
+/**
+ * The cgroups this process's pools hold now (`sandpool-<pid>-<n>`), where sandpool makes them:
+ * under this process's own cgroup or at the hierarchy's root, of v1's pids hierarchy or v2's.
+ */
+export function poolGroupsOfThisProcess(): string[] {
+  const name = new RegExp(`^sandpool-${process.pid}-\\d+$`);
+  const membership = readFileSync('/proc/self/cgroup', 'latin1').split('\n');
+  const found = new Set<string>();
+  for (const controller of ['pids', null]) {
+    const mount = mountOf(controller);
+    const line = membership.find((entry) =>
+      controller === null ? entry.startsWith('0::') : entry.split(':')[1]?.split(',').includes(controller),
+    );
+    if (mount === null || line === undefined) continue;
+    for (const dir of [join(mount, line.slice(line.indexOf(':', line.indexOf(':') + 1) + 1)), mount]) {
+      try {
+        for (const entry of readdirSync(dir)) if (name.test(entry)) found.add(join(dir, entry));
+      } catch {
+        // Not there, or not ours to read.
+      }
+    }
+  }
+  return [...found];
+}
+
 /** Where this machine mounts the cgroup hierarchy of a v1 controller, or v2's (null). */
 function mountOf(controller: string | null): string | null {
   for (const line of readFileSync('/proc/self/mountinfo', 'latin1').split('\n')) {
@@ -59,4 +88,57 @@ function mountOf(controller: string | null): string | null {
       return point;
   }
   return null;
+}
+
+/** What the host would read of its cgroups from the kernel, for findCgroups: the host is pid 4242 in its `service` group. */
+export interface FakeHost {
+  readonly mountinfo: string;
+  readonly membership: string;
+  readonly pid: number;
+}
+
+/** A temp folder for a fake hierarchy, removed when the test ends. */
+async function fakeMount(): Promise<string> {
+  const mount = await mkdtemp(join(tmpdir(), 'sandpool-cgroup-'));
+  onTestFinished(() => rm(mount, { recursive: true, force: true }));
+  return mount;
+}
+
+/** A cgroup v2 file tree in a temp folder, as the kernel lays it out, with `controllers` offered. */
+export async function fakeV2(controllers: string, subtree: string): Promise<{ mount: string; host: FakeHost }> {
+  const mount = await fakeMount();
+  mkdirSync(join(mount, 'service'));
+  writeFileSync(join(mount, 'cgroup.controllers'), controllers);
+  writeFileSync(join(mount, 'cgroup.subtree_control'), subtree);
+  writeFileSync(join(mount, 'service/cgroup.controllers'), controllers);
+  writeFileSync(join(mount, 'service/cgroup.subtree_control'), '');
+  return {
+    mount,
+    host: {
+      mountinfo: `40 30 0:37 / ${mount} rw,relatime - cgroup2 cgroup2 rw\n`,
+      membership: '0::/service\n',
+      pid: 4242,
+    },
+  };
+}
+
+/** cgroup v1 hierarchies in a temp folder, one per controller, as this machine mounts them; the host in `service` for memory, at the root elsewhere. */
+export async function fakeV1(): Promise<{ mount: string; host: FakeHost }> {
+  const mount = await fakeMount();
+  const controllers = ['cpu', 'cpuacct', 'memory', 'pids'];
+  for (const controller of controllers) mkdirSync(join(mount, controller));
+  mkdirSync(join(mount, 'memory/service'));
+  return {
+    mount,
+    host: {
+      mountinfo: controllers
+        .map(
+          (controller, i) =>
+            `${32 + i} 31 0:${29 + i} / ${join(mount, controller)} rw - cgroup cgroup rw,${controller}\n`,
+        )
+        .join(''),
+      membership: '8:pids:/\n4:memory:/service\n2:cpuacct:/\n1:cpu:/\n0::/\n',
+      pid: 4242,
+    },
+  };
 }

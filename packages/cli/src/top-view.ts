@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { describeLayers } from './layers.js';
 import { formatTable } from './table.js';
 
 export const TOP_SORTS = ['cpuMs', 'calls', 'errors', 'inFlight', 'heapBytes'] as const;
@@ -7,6 +8,9 @@ export const TOP_SORTS = ['cpuMs', 'calls', 'errors', 'inFlight', 'heapBytes'] a
 const KeyRowSchema = z.object({
   key: z.string(),
   state: z.string().nullable(),
+  /** Optional: servers before process keys' cgroups were shown do not send them. */
+  isolation: z.string().nullable().optional(),
+  cgroup: z.object({ memoryMaxBytes: z.number() }).nullable().optional(),
   workers: z.number(),
   cpuMs: z.number(),
   heapBytes: z.number().nullable(),
@@ -25,6 +29,17 @@ export const KeysAnswerSchema = z.object({
   keys: z.array(KeyRowSchema),
   /** Given to a token that reaches every swarm (and by servers that have it). */
   unattributedCpu: z.object({ libuvMs: z.number(), v8Ms: z.number(), otherMs: z.number() }).optional(),
+  /** The sandbox layers process keys get (null: no key runs in a process); absent from older servers. */
+  sandbox: z
+    .object({
+      namespaces: z.boolean(),
+      uidPerSwarm: z.boolean(),
+      cgroups: z.string().nullable(),
+      network: z.string(),
+      userns: z.string().nullable(),
+    })
+    .nullable()
+    .optional(),
 });
 export type KeysAnswer = z.infer<typeof KeysAnswerSchema>;
 
@@ -52,11 +67,13 @@ export function renderTop(answer: KeysAnswer, previous: CpuSample | null, now: C
     return [
       row.key,
       row.state ?? '-',
+      row.isolation ?? '-',
       String(row.workers),
       share,
       (row.cpuMs / 1000).toFixed(2),
       megabytes(row.heapBytes),
       megabytes(row.externalBytes),
+      row.cgroup == null ? '-' : `${megabytes(row.heapBytes)}/${megabytes(row.cgroup.memoryMaxBytes)}`,
       String(row.calls),
       String(row.errors),
       String(row.inFlight),
@@ -68,18 +85,20 @@ export function renderTop(answer: KeysAnswer, previous: CpuSample | null, now: C
   });
   const shown = answer.keys.length === answer.total ? `${answer.total}` : `${answer.keys.length} of ${answer.total}`;
   const clock = new Date(now.at).toISOString().slice(11, 19);
-  const summary = `node ${answer.node}: ${shown} keys, by ${answer.sort}, ${clock} UTC${unattributed(answer)}`;
+  const summary = `node ${answer.node}: ${shown} keys, by ${answer.sort}, ${clock} UTC${unattributed(answer)}${layers(answer)}`;
   if (rows.length === 0) return `${summary}\n(no keys yet: none has been called)`;
   const right = 'right' as const;
   const table = formatTable(
     [
       { header: 'key' },
       { header: 'state' },
+      { header: 'isolation' },
       { header: 'workers', align: right },
       { header: 'cpu%', align: right },
       { header: 'cpu s', align: right },
       { header: 'heap MB', align: right },
       { header: 'ext MB', align: right },
+      { header: 'cell MB', align: right },
       { header: 'calls', align: right },
       { header: 'errors', align: right },
       { header: 'in flight', align: right },
@@ -98,6 +117,11 @@ function unattributed({ unattributedCpu: cpu }: KeysAnswer): string {
   if (cpu === undefined) return '';
   const seconds = (ms: number): string => (ms / 1000).toFixed(2);
   return `; unattributed cpu s: libuv ${seconds(cpu.libuvMs)}, v8 ${seconds(cpu.v8Ms)}, other ${seconds(cpu.otherMs)}`;
+}
+
+/** Which sandbox layers the node's process keys get; nothing for a node that runs none (or says nothing of it). */
+function layers({ sandbox }: KeysAnswer): string {
+  return sandbox == null ? '' : `; process keys: ${describeLayers(sandbox)}`;
 }
 
 function megabytes(bytes: number | null): string {

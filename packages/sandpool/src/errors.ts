@@ -30,7 +30,10 @@ export const ERROR_CODES = [
   'ERR_SANDPOOL_HOST_NOT_FOUND',
   /** The `fetch` capability refused a URL: an origin the policy does not list, or an address it may not reach. */
   'ERR_SANDPOOL_ACCESS_DENIED',
-  /** A key's call, or a capability call of its agent (seen in the agent), over its quota. */
+  /**
+   * A key's call, or a capability call of its agent (seen in the agent), over its quota; or a
+   * new snapshot name over its swarm's maxSnapshotsPerSwarm.
+   */
   'ERR_SANDPOOL_QUOTA',
 ] as const;
 
@@ -212,6 +215,17 @@ export function undelivered(key: string, what: 'its result' | 'a chunk', thrown:
 /** A call over its key's `quotas.calls`. */
 export function quotaExceeded(key: string): SandpoolError {
   return new SandpoolError('ERR_SANDPOOL_QUOTA', `${key}: over its calls quota (quotas.calls)`, { key });
+}
+
+/**
+ * A snapshot name its swarm may not add: it has maxSnapshotsPerSwarm names already. A bound on
+ * the tenant, as a call quota is, not a fault of its code: no build is tried.
+ */
+export function snapshotQuota(swarm: string, max: number): SandpoolError {
+  return new SandpoolError(
+    'ERR_SANDPOOL_QUOTA',
+    `swarm ${swarm} has ${max} snapshot names, its maxSnapshotsPerSwarm: remove one it no longer needs first`,
+  );
 }
 
 /** A call's `context` larger than its bound, sized before it is copied. */

@@ -4,7 +4,7 @@ import { issuesOf } from './issues.js';
 import { type AgentKey, SnapshotNameSchema, StemSchema, SwarmSchema } from './key.js';
 import { IO_LIMITS } from './protocol/agent-io.js';
 import { PostgresStoreSchema } from './store/postgres-options.js';
-import { DEFAULT_MAX_SNAPSHOT_BYTES, SnapshotSecretSchema } from './store/store.js';
+import { SnapshotBoundsShape, SnapshotSecretSchema } from './store/store.js';
 import type {
   FetchOption,
   FetchPolicy,
@@ -161,8 +161,8 @@ export const PoolOptionsSchema = z.strictObject({
   queueTimeoutMs: ms.default(30_000),
   /** Key for authenticated snapshot manifests (HMAC-SHA256): unsigned or badly signed snapshots are CORRUPT. */
   snapshotSecret: SnapshotSecretSchema,
-  /** Bytes one snapshot create may read and write. */
-  maxSnapshotBytes: z.number().int().positive().max(Number.MAX_SAFE_INTEGER).default(DEFAULT_MAX_SNAPSHOT_BYTES),
+  /** Bytes one snapshot create may read and write; names and bytes of content one swarm's snapshots may hold. */
+  ...SnapshotBoundsShape,
   /**
    * Where snapshots and their names are kept: omitted, under `root` alone; `{ postgres: url }`,
    * in a PostgreSQL database every node of a fleet shares, mirrored onto each node's `root`.
@@ -285,7 +285,10 @@ export const PoolOptionsSchema = z.strictObject({
    * `'auto'` uses the layers this host offers and reports them (`stats().sandbox`, the
    * `sandbox` event), `'require'` refuses to create a pool that would go without one, `'off'`
    * uses none (the child then runs on the host's file system and network). As an object:
-   * `mode`, the `uidRange` swarms' uids come from, `pids` a cell may hold, `tmpMb` of its /tmp.
+   * `mode`, the `uidRange` swarms' uids come from, `pids` a cell may hold, `tmpMb` of its /tmp,
+   * and the CPU of the pool's cells together (their parent cgroup's): `cpuWeight` among the
+   * host's other cgroups (1-10000, cgroup v2's scale: 100 is the kernel's default), `cpuMax`
+   * in cores (none by default).
    */
   sandbox: z
     .union([
@@ -298,6 +301,9 @@ export const PoolOptionsSchema = z.strictObject({
           .default(DEFAULT_UID_RANGE),
         pids: z.number().int().min(16).max(4_194_304).default(64),
         tmpMb: z.number().int().min(1).max(1_048_576).default(64),
+        cpuWeight: z.number().int().min(1).max(10_000).optional(),
+        // The kernel takes no less than a millisecond of CPU per 100 ms period.
+        cpuMax: z.number().min(0.01).max(4_096).optional(),
       }),
     ])
     .default('auto')

@@ -149,6 +149,14 @@ export interface KeyStats {
   stem: string;
   /** Phase of the worker serving it, or null when it has none now. */
   state: string | null;
+  /** How the worker serving it runs, or null when it has none now. */
+  isolation: Isolation | null;
+  /**
+   * A process key whose cell has a cgroup (null otherwise): the memory the kernel bounds the
+   * cell to (page cache and `/tmp` included). Its memory as that cgroup counts it now is
+   * `heapBytes` (`externalBytes` is 0), and its CPU as it counts it `cpuMs`.
+   */
+  cgroup: { memoryMaxBytes: number } | null;
   /** Its keyed workers alive (two during a reload). */
   workers: number;
   /** CPU time its workers used, also between calls, since the pool started (ms). */

@@ -44,7 +44,8 @@ const SANDPOOL_STATUS: Record<SandpoolErrorCode, number> = {
   ERR_SANDPOOL_SNAPSHOT_BUILD: 422,
   ERR_SANDPOOL_QUEUE_TIMEOUT: 503,
   ERR_SANDPOOL_QUEUE_FULL: 429,
-  // A key's calls over its quota; seen by agents too, for a capability's quota (then a client meets it as a cause).
+  // A key's calls over its quota, or a new snapshot name past its swarm's maxSnapshotsPerSwarm; seen by
+  // agents too, for a capability's quota (then a client meets it as a cause).
   ERR_SANDPOOL_QUOTA: 429,
   // The server never gives the pool an AbortSignal (a client hanging up must not kill a
   // worker other clients share), so this stays unreachable; 499 is nginx's "client closed".

@@ -6,6 +6,7 @@ import { parseMillis } from '../args.js';
 import { loadConfig } from '../config-file.js';
 import { asUsage, badOption } from '../failure.js';
 import { type Io, printLine } from '../io.js';
+import { describeLayers } from '../layers.js';
 import { type ServeFlags, serveSettings } from '../serve-settings.js';
 import { cliVersion } from '../version.js';
 
@@ -82,17 +83,8 @@ export function registerServe(program: Command, io: Io): void {
 
 /** What the OS sandbox gives process keys on this host, and each layer it goes without, with why. */
 function describeSandbox(layers: SandboxLayers): string {
-  const held = [
-    layers.namespaces ? 'namespaces' : null,
-    layers.uidPerSwarm ? 'a uid per swarm' : null,
-    layers.cgroups === null ? null : `cgroups ${layers.cgroups}`,
-    layers.userns === null ? null : `no user namespaces (${layers.userns})`,
-  ].filter((layer) => layer !== null);
   const missing = layers.missing.map(({ layer, reason }) => `${layer} (${reason})`);
-  return (
-    `process keys run with ${held.length === 0 ? 'no sandbox layer' : held.join(', ')}, network ${layers.network}` +
-    (missing.length === 0 ? '' : `; without ${missing.join('; ')}`)
-  );
+  return `process keys run with ${describeLayers(layers)}${missing.length === 0 ? '' : `; without ${missing.join('; ')}`}`;
 }
 
 /**

@@ -41,7 +41,7 @@ const DIGEST = /^[0-9a-f]{64}$/;
  * manifest the coordinator parses when a name resolves. Without it, many empty files cost
  * nothing against maxSnapshotBytes yet fill the disk's inodes and swell the manifest.
  */
-const ENTRY_BYTES = 256;
+export const ENTRY_BYTES = 256;
 
 export interface BuiltArtifact {
   /** Its content digest, which is also its folder's name. */
@@ -62,19 +62,32 @@ export interface Build extends BuiltArtifact {
   readonly read: readonly string[];
 }
 
+/** A finished build, about to be renamed into place. */
+export interface FinishedBuild {
+  readonly manifest: ArtifactManifest;
+  /** Its work folder. */
+  readonly temp: string;
+  /** Bytes of its manifest file. */
+  readonly manifestBytes: number;
+}
+
 export interface BuildOptions {
   /** Bytes the build may read and write; over it, ERR_SANDPOOL_SNAPSHOT_BUILD. */
   readonly maxBytes: number;
   /** A snapshot, which fails whole on any stem; or a live key's artifact, which records a stem's failure. */
   readonly making: 'snapshot' | 'live';
+  /**
+   * Runs `publish` (the rename into place) if the build may be added, or throws: the store
+   * checks its swarm's bounds here. Without it, the build is published.
+   */
+  readonly admit?: (build: FinishedBuild, publish: () => Promise<void>) => Promise<void>;
 }
 
 /**
  * Builds an artifact from a swarm's live/ folder: a copy of its own files (node_modules left
  * out) plus one bundle per stem holding everything it imports. Content already there under
  * the same digest is reused (and left as it was). Runs off the coordinator's thread (the
- * snapshot helper, or a pool that may not start one). `maxBytes` bounds what one build reads
- * and writes; over it, ERR_SANDPOOL_SNAPSHOT_BUILD.
+ * snapshot helper, or a pool that may not start one).
  */
 export async function buildArtifact(root: string, swarm: string, options: BuildOptions): Promise<Build> {
   const live = await liveReal(root, swarm);
@@ -120,17 +133,22 @@ export async function buildArtifact(root: string, swarm: string, options: BuildO
       files,
       stems: stemPaths,
     };
-    await writeFile(join(temp, MANIFEST_NAME), serializeManifest(manifest), { flag: 'wx', mode: FROZEN_FILE });
+    const manifestText = serializeManifest(manifest);
+    await writeFile(join(temp, MANIFEST_NAME), manifestText, { flag: 'wx', mode: FROZEN_FILE });
     await chmod(join(temp, MANIFEST_NAME), FROZEN_FILE);
     await freezeFolders(temp);
     const dir = artifactDir(root, swarm, manifest.digest);
-    try {
-      await rename(temp, dir);
-      published = true;
-    } catch (error) {
-      // Same digest, same content: the one there stays.
-      if (!isTakenError(error)) throw error;
-    }
+    const publish = async (): Promise<void> => {
+      try {
+        await rename(temp, dir);
+        published = true;
+      } catch (error) {
+        // Same digest, same content: the one there stays.
+        if (!isTakenError(error)) throw error;
+      }
+    };
+    const admit = options.admit ?? ((_build: FinishedBuild, go: () => Promise<void>) => go());
+    await admit({ manifest, temp, manifestBytes: Buffer.byteLength(manifestText) }, publish);
     return { digest: manifest.digest, manifest, dir, failures, read: [...read] };
   } finally {
     if (!published) await removeTree(temp);

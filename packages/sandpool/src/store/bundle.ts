@@ -7,11 +7,11 @@
  * pool's coordinator thread.
  */
 import { realpathSync } from 'node:fs';
-import { extname, join, sep } from 'node:path';
+import { extname, join, resolve, sep } from 'node:path';
 import type { Message, PartialMessage, Plugin } from 'esbuild';
 import { isSandpoolError, type SandpoolError, snapshotBuild } from '../errors.js';
 import { stripTypeScript } from '../typescript/strip.js';
-import { type BuildInputs, placeOf, readInput, shownPath } from './confine.js';
+import { type BuildInputs, isInside, placeOf, readInput, shownPath } from './confine.js';
 import { UnsafeFileError } from './safe-read.js';
 
 /**
@@ -84,6 +84,40 @@ export interface BundleContext {
 /** A module named by a host path: a build takes only what the swarm and its packages hold. */
 const ABSOLUTE = /^(\/|file:)/;
 
+/** The package a bare specifier names (`x`, `@scope/x`, before any subpath); a relative or absolute one names none. */
+const PACKAGE_NAME = /^(?:@[A-Za-z0-9][\w.~-]*\/)?[A-Za-z0-9][\w.~-]*(?=\/|$)/;
+
+/** A relative specifier: `./x`, `../x`, `.` or `..`. */
+const RELATIVE = /^\.\.?(\/|$)/;
+/** Longest specifier a message quotes. */
+const MAX_SHOWN_SPECIFIER = 200;
+
+/**
+ * What every import that cannot be bundled from an accepted place says, whether its target is
+ * missing or exists elsewhere: were the two told apart (esbuild's "Could not resolve" against a
+ * refusal), a tenant could probe which host files exist by importing them. What it says is
+ * worked out from the tenant's own text alone, never from the disk: a package's name (one word),
+ * or a relative specifier that, as written, stays in the swarm's folder; not one that climbs
+ * out of it, which may spell a host's path.
+ */
+function unreachable(context: BundleContext, specifier: string | null, resolveDir = ''): string {
+  let what = 'the import';
+  const name = specifier === null ? undefined : PACKAGE_NAME.exec(specifier)?.[0];
+  if (name !== undefined) what = `the import of package ${JSON.stringify(name)}`;
+  else if (
+    specifier !== null &&
+    specifier.length <= MAX_SHOWN_SPECIFIER &&
+    RELATIVE.test(specifier) &&
+    isInside(context.inputs.swarmReal, resolve(resolveDir, specifier))
+  ) {
+    what = `the import ${JSON.stringify(specifier)}`;
+  }
+  return `${what} is missing, or leads outside the swarm's folder and its package folders`;
+}
+
+/** Marks esbuild's own resolution of a tenant's import, asked for by the plugin itself. */
+const OWN_LOOKUP = Symbol('sandpool.resolve');
+
 /**
  * Reads every input itself rather than letting esbuild do it: each is proven to come from the
  * swarm's folder or a package folder on its resolution path (see confine.ts), with the same
@@ -102,7 +136,29 @@ function guardPlugin(context: BundleContext): Plugin {
           ? undefined
           : refuse("an absolute import: a build reads only the swarm's folder and its package folders"),
       );
+      // The tenant's own imports: resolved by esbuild, then answered in one way whether nothing
+      // was found or something outside was, so neither message nor path tells them apart. An
+      // operator's package resolves its own imports as esbuild does.
+      build.onResolve({ filter: /.*/ }, async (args) => {
+        if (args.kind === 'entry-point' || args.pluginData === OWN_LOOKUP || accept(args.importer) !== 'swarm') {
+          return undefined;
+        }
+        const found = await build.resolve(args.path, {
+          kind: args.kind,
+          importer: args.importer,
+          namespace: args.namespace,
+          resolveDir: args.resolveDir,
+          with: args.with,
+          pluginData: OWN_LOOKUP,
+        });
+        if (found.errors.length > 0 || (!found.external && accept(found.path) === null))
+          return refuse(unreachable(context, args.path, args.resolveDir));
+        const { path, external, sideEffects, namespace, suffix, pluginData, warnings } = found;
+        return { path, external, sideEffects, namespace, suffix, pluginData, warnings };
+      });
       build.onLoad({ filter: /.*/ }, async (args) => {
+        // Its place first: nothing of a file outside (its type, its size) may shape the answer.
+        if (accept(args.path) === null) return refuse(unreachable(context, null));
         const shown = shownPath(context.inputs, args.path);
         const extension = extname(args.path);
         if (extension === '.node') return refuse(`${shown} is a native addon, which a snapshot cannot hold`);
@@ -116,7 +172,7 @@ function guardPlugin(context: BundleContext): Plugin {
         } catch (error) {
           if (!(error instanceof UnsafeFileError)) throw error;
           // Where it leads is the host's business: the import's place in the tenant's code names it.
-          return refuse(error.reason === 'outside' ? `the import ${error.message}` : `${shown} ${error.message}`);
+          return refuse(error.reason === 'outside' ? unreachable(context, null) : `${shown} ${error.message}`);
         }
         const { bytes, place } = read;
         context.budget.left -= bytes.length;
@@ -201,7 +257,7 @@ function buildError(context: BundleContext, entry: string, messages: Message[]):
   const details = messages.slice(0, 5).map((message) => {
     const at = importAt(message);
     // The place, not the specifier: a tenant's specifier may spell a host path.
-    const text = readOutside(context, message) ? OUTSIDE_TEXT : message.text;
+    const text = readOutside(context, message) ? unreachable(context, null) : message.text;
     if (at === null) return text;
     return `${shownPath(context.inputs, locate(context.liveReal, at.file))}:${at.line}:${at.column + 1}: ${text}`;
   });
@@ -221,8 +277,6 @@ function importAt(message: Message): Message['location'] {
   if (triggered !== undefined) return triggered.location;
   return message.notes.length === 0 ? message.location : null;
 }
-
-const OUTSIDE_TEXT = "a file outside the swarm's folder and its package folders cannot be read";
 
 /**
  * esbuild reads package.json files itself (a link in node_modules may lead to another swarm's

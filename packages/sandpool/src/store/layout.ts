@@ -57,3 +57,16 @@ export function sparesDir(root: string): string {
 export function liveRecordsDir(root: string): string {
   return join(root, CACHE_DIR, 'live');
 }
+
+/**
+ * The highest generation the store gave each name of a swarm (see generations.ts): in the
+ * store's own folder, which a tenant who can write `<swarm>/snapshots/` cannot.
+ */
+export function generationsDir(root: string, swarm: string): string {
+  return join(root, CACHE_DIR, 'generations', swarm);
+}
+
+/** One name's record: the highest generation the store gave it. */
+export function generationFile(root: string, swarm: string, name: string): string {
+  return join(generationsDir(root, swarm), name);
+}

@@ -7,12 +7,20 @@
  * items, and those of releases that named no owner, go only when old.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { type Dirent, readlinkSync } from 'node:fs';
+import { type Dirent, readFileSync, readlinkSync } from 'node:fs';
 import { chmod, link, lstat, readdir, readFile, rename, rm } from 'node:fs/promises';
-import { hostname } from 'node:os';
+import { hostname, networkInterfaces } from 'node:os';
 import { dirname, join } from 'node:path';
 import { isSwarmName } from '../swarm-name.js';
-import { artifactsDir, LOCK_PREFIX, liveRecordsDir, REMOVING_PREFIX, snapshotsDir, TEMP_PREFIX } from './layout.js';
+import {
+  artifactsDir,
+  generationsDir,
+  LOCK_PREFIX,
+  liveRecordsDir,
+  REMOVING_PREFIX,
+  snapshotsDir,
+  TEMP_PREFIX,
+} from './layout.js';
 
 /**
  * A folder this old whose owner cannot be asked was left by a crash: no create or remove
@@ -21,10 +29,12 @@ import { artifactsDir, LOCK_PREFIX, liveRecordsDir, REMOVING_PREFIX, snapshotsDi
 export const LEFTOVER_AGE_MS = 60 * 60 * 1000;
 
 /**
- * This machine, as process ids see it: the host name and the pid namespace, so two
- * containers sharing a store and a host name never judge each other's pids.
+ * This machine, as process ids see it: where one pid means one process. On Linux that is the
+ * kernel's boot (its random `boot_id`, which no two hosts and no two boots share, whatever
+ * their host names or cloned images say) and the pid namespace in it, so neither two hosts of
+ * one name sharing a store nor two containers on one kernel judge each other's pids.
  */
-const MACHINE = createHash('sha256').update(`${hostname()}\0${pidNamespace()}`).digest('hex').slice(0, 12);
+const MACHINE = createHash('sha256').update(machineFacts()).digest('hex').slice(0, 12);
 const OWNED = /^([1-9][0-9]{0,9})\.([0-9a-f]{12})\.[0-9a-f]{16}$/;
 const MAX_PID = 2 ** 31 - 1;
 
@@ -93,8 +103,12 @@ export async function sweepStore(root: string): Promise<void> {
   for (const entry of entries) {
     // A link in the root is no swarm of this store: its folders are someone else's.
     if (!entry.isDirectory() || !isSwarmName(entry.name)) continue;
-    // Its names, and the artifacts its creates build.
-    for (const parent of [snapshotsDir(root, entry.name), artifactsDir(root, entry.name)]) {
+    // Its names, the artifacts its creates build, and the records of its names' generations.
+    for (const parent of [
+      snapshotsDir(root, entry.name),
+      artifactsDir(root, entry.name),
+      generationsDir(root, entry.name),
+    ]) {
       const info = await lstat(parent).catch(() => null);
       if (info?.isDirectory() === true) await sweepWorkFolders(parent, now);
     }
@@ -163,11 +177,49 @@ function alive(pid: number): boolean {
   }
 }
 
-function pidNamespace(): string {
+/**
+ * What tells this pid space from every other. Without /proc (another OS, or /proc hidden):
+ * the host name with the machine id and the network cards' addresses, which hosts cloned from
+ * one image do not share; with none of those either, this process alone, so no other
+ * process's pids are judged (their leftovers go by age). Two processes of one machine that
+ * get different answers only make a sweep late, never wrong.
+ */
+function machineFacts(): string {
+  const boot = firstLine('/proc/sys/kernel/random/boot_id');
+  const pids = linkTarget('/proc/self/ns/pid');
+  if (boot !== null && pids !== null) return `boot\0${boot}\0${pids}`;
+  const id = firstLine('/etc/machine-id') ?? firstLine('/var/lib/dbus/machine-id');
+  const cards = hardwareAddresses();
+  if (id === null && cards.length === 0) return `process\0${randomBytes(16).toString('hex')}`;
+  return `host\0${hostname()}\0${id ?? ''}\0${[...new Set(cards)].sort().join(',')}`;
+}
+
+function hardwareAddresses(): string[] {
   try {
-    return readlinkSync('/proc/self/ns/pid');
+    return Object.values(networkInterfaces())
+      .flatMap((addresses) => addresses ?? [])
+      .filter((address) => !address.internal && address.mac !== '00:00:00:00:00:00')
+      .map((address) => address.mac);
   } catch {
-    return '';
+    // A sandbox that denies the query.
+    return [];
+  }
+}
+
+function firstLine(path: string): string | null {
+  try {
+    const line = readFileSync(path, 'utf8').split('\n', 1)[0]?.trim() ?? '';
+    return line === '' ? null : line;
+  } catch {
+    return null;
+  }
+}
+
+function linkTarget(path: string): string | null {
+  try {
+    return readlinkSync(path);
+  } catch {
+    return null;
   }
 }
 

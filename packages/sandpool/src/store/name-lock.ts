@@ -1,6 +1,7 @@
-// A name's pointer moves (point, sign, remove) one at a time across every process on the store:
-// a move reads what the name holds and replaces it, and without a lock a slow one (sign
-// verifies the content first) would put back what a faster one had just moved away from.
+// A name's pointer moves (create, point, sign, remove) one at a time across every process on the
+// store: a move reads what the name holds and its generation and replaces them, and without a
+// lock a slow one (sign verifies the content first) would put back what a faster one had just
+// moved away from, or two would take one generation.
 import { link, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -13,14 +14,29 @@ import { ownerToken, removeAbandonedLock } from './leftovers.js';
 const WAIT_MS = 30_000;
 const POLL_MS = 2;
 
+/** Runs `move` holding `<snapshots>/.lock-<name>` (see withLock). */
+export function withNameLock<T>(parent: string, name: string, move: () => Promise<T>): Promise<T> {
+  return withLock(parent, `${LOCK_PREFIX}${name}`, `snapshot ${name} is being moved by another process`, move);
+}
+
 /**
- * Runs `move` holding `<snapshots>/.lock-<name>`: a file made whole under this process's
- * token and linked into place (link fails if the lock exists), so the lock always names its
- * owner and a lock whose owner died is taken over (see removeAbandonedLock). `parent` must
- * exist (ENOENT otherwise): a lock never makes a swarm's folders.
+ * Runs `body` holding `<parent>/.lock-.swarm`, where the swarm's names or content are counted
+ * against their bound and one more is added, so two additions never both take the last room.
+ * No snapshot name starts with a dot: it is no name's lock. Taken inside a name's lock, never
+ * around one.
  */
-export async function withNameLock<T>(parent: string, name: string, move: () => Promise<T>): Promise<T> {
-  const lock = join(parent, `${LOCK_PREFIX}${name}`);
+export function withSwarmLock<T>(parent: string, body: () => Promise<T>): Promise<T> {
+  return withLock(parent, `${LOCK_PREFIX}.swarm`, "the swarm's snapshots are being counted by another process", body);
+}
+
+/**
+ * Runs `body` holding `<parent>/<name>`: a file made whole under this process's token and
+ * linked into place (link fails if the lock exists), so the lock always names its owner and a
+ * lock whose owner died is taken over (see removeAbandonedLock). `parent` must exist (ENOENT
+ * otherwise): a lock never makes a swarm's folders.
+ */
+async function withLock<T>(parent: string, name: string, busy: string, body: () => Promise<T>): Promise<T> {
+  const lock = join(parent, name);
   const token = ownerToken();
   const temp = join(parent, `${TEMP_PREFIX}${token}`);
   await writeFile(temp, token, { flag: 'wx', mode: 0o444 });
@@ -35,7 +51,7 @@ export async function withNameLock<T>(parent: string, name: string, move: () => 
       }
       if (await removeAbandonedLock(lock)) continue;
       if (Date.now() > deadline) {
-        throw snapshotBuild(`snapshot ${name} is being moved by another process; try again`);
+        throw snapshotBuild(`${busy}; try again`);
       }
       await sleep(POLL_MS);
     }
@@ -43,7 +59,7 @@ export async function withNameLock<T>(parent: string, name: string, move: () => 
     await rm(temp, { force: true });
   }
   try {
-    return await move();
+    return await body();
   } finally {
     // Ours unless we were taken for dead (another machine, after LEFTOVER_AGE_MS): then not ours to remove.
     if ((await readFile(lock, 'utf8').catch(() => null)) === token) await rm(lock, { force: true });

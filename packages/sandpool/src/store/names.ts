@@ -4,6 +4,7 @@ import { lstatSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { isSandpoolError, snapshotCorrupt, snapshotNotFound } from '../errors.js';
 import { type BuiltArtifact, locateArtifact } from './artifact.js';
+import { checkGeneration, recordedGeneration } from './generations.js';
 import { snapshotDir, snapshotsDir } from './layout.js';
 import { checkPlace, checkSignature, type LegacyManifest, readManifest, snapshotDigest } from './manifest.js';
 import { checkPointer, checkPointerPlace, type Pointer, readPointer } from './pointer.js';
@@ -23,8 +24,8 @@ const ATTEMPTS = 3;
 /**
  * Reads `<root>/<swarm>/snapshots/<name>`: NOT_FOUND when there is none; CORRUPT when it is
  * not what the store wrote there (another place's pointer or manifest, a bad or missing
- * signature under `secret`, content missing or not its swarm's). A name moved or removed
- * while it was read is read again, or is NOT_FOUND.
+ * signature under `secret`, content missing or not its swarm's, a pointer older than the
+ * name's last move). A name moved or removed while it was read is read again, or is NOT_FOUND.
  */
 export function readSnapshotName(
   root: string,
@@ -41,12 +42,16 @@ export function readSnapshotName(
     try {
       if (info.isDirectory()) return readFolder(path, swarm, name, secret, key);
       if (!info.isFile()) throw snapshotCorrupt(`snapshot ${name} is neither a pointer nor a snapshot folder`, key);
+      // The record before the pointer: a move writes its pointer first, so a pointer read after
+      // its record is never older than it unless it was put back.
+      const recorded = recordedGeneration(root, swarm, name, key);
       const { pointer, text } = readPointer(path, key);
       seen = text;
       // Its place first: a pointer copied from elsewhere is named as such, whatever it points to.
       checkPointerPlace(pointer, { swarm, name }, key);
       const artifact = locateArtifact(root, swarm, pointer.digest, key);
       checkPointer(pointer, artifact.manifest, secret, { swarm, name }, key);
+      checkGeneration(pointer, recorded, key);
       return { kind: 'pointer', pointer, artifact };
     } catch (error) {
       if (!isSandpoolError(error, 'ERR_SANDPOOL_SNAPSHOT_CORRUPT')) throw error;

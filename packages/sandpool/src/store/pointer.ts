@@ -11,14 +11,21 @@ import { readRegularFileSync } from './safe-read.js';
  */
 export interface Pointer {
   readonly sandpool: 'snapshot-pointer';
-  readonly version: 1;
+  /** 2 since pointers carry a generation; a version 1 pointer (written before) reads as generation 0. */
+  readonly version: 1 | 2;
   readonly swarm: string;
   readonly name: string;
+  /**
+   * Which move of the name this is, counted over its whole life on the store (creates, points,
+   * signs and removes, each one more than the last): signed with the rest, and never lower than
+   * the last the store gave the name (see generations.ts), so an older pointer put back is refused.
+   */
+  readonly generation: number;
   /** The artifact's content digest: `<root>/.sandpool-cache/artifacts/<swarm>/<digest>/`. */
   readonly digest: string;
   /** When the name was given this digest (create or point). */
   readonly createdAt: string;
-  /** HMAC-SHA256 under `snapshotSecret` of its place, digest and the artifact's file list. */
+  /** HMAC-SHA256 under `snapshotSecret` of its place, generation, date, digest and the artifact's file list. */
   readonly hmac?: string;
 }
 
@@ -45,7 +52,8 @@ export function readPointer(path: string, key?: string): { pointer: Pointer; tex
   return { pointer: parsePointer(text, key), text };
 }
 
-function parsePointer(text: string, key: string | undefined): Pointer {
+/** A pointer's text as the store wrote it (a file's, or a database row's), checked by hand; CORRUPT otherwise. */
+export function parsePointer(text: string, key?: string): Pointer {
   let value: unknown;
   try {
     value = JSON.parse(text);
@@ -56,9 +64,14 @@ function parsePointer(text: string, key: string | undefined): Pointer {
   const get = (field: string): unknown => (record === null ? undefined : (record as Record<string, unknown>)[field]);
   const hmac = get('hmac');
   const createdAt = get('createdAt');
+  const version = get('version');
+  const generation = get('generation');
   if (
     get('sandpool') !== 'snapshot-pointer' ||
-    get('version') !== 1 ||
+    !(
+      (version === 1 && generation === undefined) ||
+      (version === 2 && Number.isSafeInteger(generation) && (generation as number) > 0)
+    ) ||
     typeof get('swarm') !== 'string' ||
     typeof get('name') !== 'string' ||
     typeof get('digest') !== 'string' ||
@@ -71,9 +84,10 @@ function parsePointer(text: string, key: string | undefined): Pointer {
   }
   const pointer: Pointer = {
     sandpool: 'snapshot-pointer',
-    version: 1,
+    version: version as 1 | 2,
     swarm: get('swarm') as string,
     name: get('name') as string,
+    generation: version === 2 ? (generation as number) : 0,
     digest: get('digest') as string,
     createdAt,
   };
@@ -81,13 +95,19 @@ function parsePointer(text: string, key: string | undefined): Pointer {
 }
 
 /**
- * What the HMAC covers: where the pointer may lie (swarm and name), the date, the digest, and
- * the artifact's file list, so a signed pointer copied under another swarm or name, or to an
- * artifact with the same digest but other files, is refused.
+ * What the HMAC covers: where the pointer may lie (swarm and name), its generation, the date,
+ * the digest, and the artifact's file list, so a signed pointer copied under another swarm or
+ * name, to an artifact with the same digest but other files, or given another generation, is
+ * refused. A version 1 pointer (no generation) keeps the text it was signed over.
  */
 function signingText(pointer: Pointer, manifest: ArtifactManifest): string {
   const files = Object.keys(manifest.files).sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
-  return JSON.stringify(['sandpool-pointer', 1, pointer.swarm, pointer.name, pointer.createdAt, pointer.digest, files]);
+  const { swarm, name, createdAt, digest } = pointer;
+  return JSON.stringify(
+    pointer.version === 1
+      ? ['sandpool-pointer', 1, swarm, name, createdAt, digest, files]
+      : ['sandpool-pointer', 2, swarm, name, pointer.generation, createdAt, digest, files],
+  );
 }
 
 export function signPointer(pointer: Pointer, manifest: ArtifactManifest, secret: string): string {

@@ -14,6 +14,7 @@ import pg from 'pg';
 import { isSandpoolError, type SandpoolError, snapshotBuild, snapshotCorrupt, snapshotExists } from '../errors.js';
 import { SnapshotNameSchema, SwarmSchema } from '../key.js';
 import { type BuiltArtifact, freezeFolders, locateArtifact } from './artifact.js';
+import { recordedGeneration, recordGeneration } from './generations.js';
 import { artifactDir, artifactsDir, REMOVING_PREFIX, snapshotDir, snapshotsDir, TEMP_PREFIX } from './layout.js';
 import { removeTree, workFolderName } from './leftovers.js';
 import { type ArtifactManifest, MANIFEST_NAME, parseManifest, serializeManifest } from './manifest.js';
@@ -32,13 +33,29 @@ CREATE TABLE IF NOT EXISTS sandpool_artifact_files (
   PRIMARY KEY (swarm, digest, path), FOREIGN KEY (swarm, digest) REFERENCES sandpool_artifacts ON DELETE CASCADE);
 CREATE TABLE IF NOT EXISTS sandpool_pointers (
   swarm text NOT NULL, name text NOT NULL, digest text NOT NULL, pointer text NOT NULL,
-  PRIMARY KEY (swarm, name), FOREIGN KEY (swarm, digest) REFERENCES sandpool_artifacts);`;
+  PRIMARY KEY (swarm, name), FOREIGN KEY (swarm, digest) REFERENCES sandpool_artifacts);
+CREATE TABLE IF NOT EXISTS sandpool_generations (
+  swarm text NOT NULL, name text NOT NULL, generation bigint NOT NULL, PRIMARY KEY (swarm, name));`;
 
+/**
+ * A name as the database has it: its pointer (null once removed) and the highest generation
+ * it was given (kept after a remove; null for a name the database never moved since it had
+ * generations). pg gives a bigint as text.
+ */
 interface Row {
   readonly swarm: string;
   readonly name: string;
-  readonly pointer: string;
+  readonly pointer: string | null;
+  readonly generation: string | number | null;
 }
+
+/** One name's pointer and generation, in one statement. */
+const NAME_ROW = `SELECT $1::text AS swarm, $2::text AS name,
+  (SELECT pointer FROM sandpool_pointers WHERE swarm = $1 AND name = $2) AS pointer,
+  (SELECT generation FROM sandpool_generations WHERE swarm = $1 AND name = $2) AS generation`;
+/** Every name the database has a pointer or a generation of. */
+const ALL_ROWS = `SELECT swarm, name, p.pointer, g.generation
+  FROM sandpool_pointers p FULL JOIN sandpool_generations g USING (swarm, name)`;
 
 export interface MirrorOptions {
   readonly root: string;
@@ -61,7 +78,7 @@ export class PostgresMirror {
   #backoffMs = BACKOFF_FIRST_MS;
   #retry: NodeJS.Timeout | null = null;
   readonly #recheck: NodeJS.Timeout;
-  /** `swarm/name` → the pointer text written locally: what a recheck compares with. */
+  /** `swarm/name` → the generation and pointer text written locally: what a recheck compares with. */
   readonly #applied = new Map<string, string>();
   /** One sync per name at a time, in order; a sync asked for while one runs runs after it. */
   readonly #syncing = new Map<string, Promise<void>>();
@@ -106,7 +123,9 @@ export class PostgresMirror {
    * Takes to the database what create (`target` null) or point just wrote under this root, in
    * one transaction with the content's upload, then NOTIFY. A create takes the name only if it
    * is free or already this content's (EXISTS otherwise); a point only if `target` still names
-   * that content. When the database refuses or cannot be reached, the local name is put back
+   * that content. Either takes it only if its generation is above the database's (the local
+   * store counted on from the database's, synced just before), so no two nodes give a name
+   * one generation. When the database refuses or cannot be reached, the local name is put back
    * as the database has it (or at the next recheck) and the error is thrown: nothing changed.
    */
   async #publish(swarm: string, name: string, target: string | null): Promise<void> {
@@ -117,7 +136,18 @@ export class PostgresMirror {
       await this.#tables();
       await this.#transaction(async (client) => {
         await this.#upload(client, artifact);
-        if (target !== null) {
+        const held = await lockGeneration(client, swarm, name);
+        if (target === null) {
+          const row = await client.query('SELECT digest FROM sandpool_pointers WHERE swarm = $1 AND name = $2', [
+            swarm,
+            name,
+          ]);
+          if (row.rows[0] !== undefined) {
+            // Already this content's: nothing moves.
+            if (row.rows[0].digest !== artifact.digest) throw snapshotExists(swarm, name);
+            return;
+          }
+        } else {
           const row = await client.query(
             'SELECT digest FROM sandpool_pointers WHERE swarm = $1 AND name = $2 FOR SHARE',
             [swarm, target],
@@ -128,21 +158,19 @@ export class PostgresMirror {
             );
           }
         }
-        const written = await client.query(
-          target === null
-            ? 'INSERT INTO sandpool_pointers (swarm, name, digest, pointer) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING'
-            : `INSERT INTO sandpool_pointers (swarm, name, digest, pointer) VALUES ($1, $2, $3, $4)
-               ON CONFLICT (swarm, name) DO UPDATE SET digest = EXCLUDED.digest, pointer = EXCLUDED.pointer`,
+        if (pointer.generation <= held) {
+          throw snapshotBuild(`snapshot ${name} of swarm ${swarm} was moved by another node meanwhile; try again`);
+        }
+        await client.query(
+          `INSERT INTO sandpool_pointers (swarm, name, digest, pointer) VALUES ($1, $2, $3, $4)
+           ON CONFLICT (swarm, name) DO UPDATE SET digest = EXCLUDED.digest, pointer = EXCLUDED.pointer`,
           [swarm, name, artifact.digest, text],
         );
-        if (written.rowCount !== 1) {
-          const row = await client.query('SELECT digest FROM sandpool_pointers WHERE swarm = $1 AND name = $2', [
-            swarm,
-            name,
-          ]);
-          if (row.rows[0]?.digest !== artifact.digest) throw snapshotExists(swarm, name);
-          return;
-        }
+        await client.query('UPDATE sandpool_generations SET generation = $3 WHERE swarm = $1 AND name = $2', [
+          swarm,
+          name,
+          pointer.generation,
+        ]);
         await client.query('SELECT pg_notify($1, $2)', [CHANNEL, `${swarm}/${name}`]);
       });
     } catch (error) {
@@ -169,11 +197,23 @@ export class PostgresMirror {
     }
   }
 
-  /** Drops the name everywhere (its content stays in the database for names still using it). */
+  /**
+   * Drops the name everywhere (its content stays in the database for names still using it). Its
+   * generation goes one up and stays, so no node takes its last pointer back, and a name made
+   * again counts on from it.
+   */
   async remove(swarm: string, name: string): Promise<void> {
     await this.ready();
     await this.#transaction(async (client) => {
-      await client.query('DELETE FROM sandpool_pointers WHERE swarm = $1 AND name = $2', [swarm, name]);
+      const held = await lockGeneration(client, swarm, name);
+      const gone = await client.query('DELETE FROM sandpool_pointers WHERE swarm = $1 AND name = $2', [swarm, name]);
+      if (gone.rowCount === 1) {
+        await client.query('UPDATE sandpool_generations SET generation = $3 WHERE swarm = $1 AND name = $2', [
+          swarm,
+          name,
+          held + 1,
+        ]);
+      }
       await client.query('SELECT pg_notify($1, $2)', [CHANNEL, `${swarm}/${name}`]);
     });
   }
@@ -219,21 +259,18 @@ export class PostgresMirror {
 
   async #syncNow(swarm: string, name: string): Promise<void> {
     await this.#tables();
-    const result = await this.#query(
-      'SELECT swarm, name, pointer FROM sandpool_pointers WHERE swarm = $1 AND name = $2',
-      [swarm, name],
-    );
-    await this.#apply(swarm, name, (result.rows[0] as Row | undefined) ?? null);
+    const result = await this.#query(NAME_ROW, [swarm, name]);
+    await this.#apply(swarm, name, result.rows[0] as Row);
   }
 
   /** Every pointer read again: what a lost notification, or a reconnection, needs. */
   async syncAll(): Promise<void> {
     await this.#tables();
-    const result = await this.#query('SELECT swarm, name, pointer FROM sandpool_pointers');
+    const result = await this.#query(ALL_ROWS);
     const rows = result.rows as Row[];
     const seen = new Set(rows.map((row) => `${row.swarm}/${row.name}`));
     for (const row of rows) {
-      if (this.#applied.get(`${row.swarm}/${row.name}`) !== row.pointer)
+      if (this.#applied.get(`${row.swarm}/${row.name}`) !== stateOf(row))
         await this.sync(row.swarm, row.name).catch(() => {});
     }
     for (const id of [...this.#applied.keys()]) {
@@ -340,17 +377,28 @@ export class PostgresMirror {
     }
   }
 
-  /** Writes (or removes) the local pointer; an artifact not cached yet is fetched and verified first. */
-  async #apply(swarm: string, name: string, row: Row | null): Promise<void> {
+  /**
+   * Writes (or removes) the local pointer; an artifact not cached yet is fetched and verified
+   * first. The local record of the name's generation becomes the database's: in a fleet the
+   * database decides a name's generations, and a pointer it never took (a local write it
+   * refused) is not one to keep counting from.
+   */
+  async #apply(swarm: string, name: string, row: Row): Promise<void> {
     // Names from the database become paths under the root: only valid ones do.
     if (!SwarmSchema.safeParse(swarm).success || !SnapshotNameSchema.safeParse(name).success) {
       throw snapshotCorrupt('the database holds a pointer under an invalid swarm or snapshot name');
     }
     const id = `${swarm}/${name}`;
-    const path = snapshotDir(this.#options.root, swarm, name);
-    if (row === null) {
-      this.#applied.delete(id);
+    const root = this.#options.root;
+    const path = snapshotDir(root, swarm, name);
+    const generation = generationOf(row, id);
+    if (row.pointer === null) {
+      // The record first, as a remove writes it: no pointer put back once the name is gone passes.
+      if (generation > 0) await recordGeneration(root, swarm, name, generation);
       if (lstatSync(path, { throwIfNoEntry: false })?.isFile() === true) await this.#unlink(swarm, path);
+      // A name the database never had is not watched; one it removed is, by its generation.
+      if (row.generation === null) this.#applied.delete(id);
+      else this.#applied.set(id, stateOf(row));
       return;
     }
     if (row.pointer.length > POINTER_BYTES) throw snapshotCorrupt(`the database's pointer for ${id} is too large`);
@@ -362,6 +410,9 @@ export class PostgresMirror {
       // Checked as a reader will check it, before it can be read under its name.
       const { pointer } = readPointer(temp);
       checkPointerPlace(pointer, { swarm, name });
+      if (pointer.generation !== generation) {
+        throw snapshotCorrupt(`the database's pointer for ${id} is not at the name's generation`);
+      }
       let refused: unknown = null;
       try {
         await this.#cache(swarm, pointer.digest);
@@ -371,9 +422,14 @@ export class PostgresMirror {
         if (!isSandpoolError(error, 'ERR_SANDPOOL_SNAPSHOT_CORRUPT')) throw error;
         refused = error;
       }
+      // Pointer first, then its record, as the file system store writes them; a record going
+      // down (the database refused a local write) first, so no reader sees it above the pointer.
+      const down = generation < recordedOrAbove(root, swarm, name);
+      if (down) await recordGeneration(root, swarm, name, generation);
       await rename(temp, path);
+      if (!down) await recordGeneration(root, swarm, name, generation);
       if (refused !== null) throw refused;
-      this.#applied.set(id, row.pointer);
+      this.#applied.set(id, stateOf(row));
     } finally {
       await rm(temp, { force: true });
     }
@@ -448,6 +504,44 @@ export class PostgresMirror {
       await mkdir(join(into, ...segments.slice(0, -1)), { recursive: true });
       await writeFile(join(into, ...segments), bytes, { flag: 'wx', mode: 0o444 });
     }
+  }
+}
+
+/**
+ * Holds the name's generation row for the transaction (made at 0 if the name has none): every
+ * writer of a name takes it first, so their moves count one after another.
+ */
+async function lockGeneration(client: pg.PoolClient, swarm: string, name: string): Promise<number> {
+  await client.query(
+    'INSERT INTO sandpool_generations (swarm, name, generation) VALUES ($1, $2, 0) ON CONFLICT DO NOTHING',
+    [swarm, name],
+  );
+  const held = await client.query(
+    'SELECT generation FROM sandpool_generations WHERE swarm = $1 AND name = $2 FOR UPDATE',
+    [swarm, name],
+  );
+  return generationOf({ swarm, name, pointer: null, generation: held.rows[0]?.generation ?? null }, `${swarm}/${name}`);
+}
+
+function generationOf(row: Row, id: string): number {
+  const generation = row.generation === null ? 0 : Number(row.generation);
+  if (!Number.isSafeInteger(generation) || generation < 0) {
+    throw snapshotCorrupt(`the database's generation for ${id} is malformed`);
+  }
+  return generation;
+}
+
+/** What a recheck compares with what it applied last. */
+function stateOf(row: Row): string {
+  return `${row.generation ?? 'none'}\n${row.pointer ?? ''}`;
+}
+
+/** The local record, or (unreadable) above anything: the database's value then replaces it first. */
+function recordedOrAbove(root: string, swarm: string, name: string): number {
+  try {
+    return recordedGeneration(root, swarm, name);
+  } catch {
+    return Number.POSITIVE_INFINITY;
   }
 }
 

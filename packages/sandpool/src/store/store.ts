@@ -22,10 +22,12 @@ import {
   DEFAULT_MAX_SNAPSHOT_BYTES,
   isMissingError,
   isTakenError,
+  locateArtifact,
   sweepUnused,
   touchArtifact,
   verifyArtifact,
 } from './artifact.js';
+import { recordedGeneration, recordGeneration } from './generations.js';
 import { REMOVING_PREFIX, snapshotDir, snapshotsDir, swarmDir, TEMP_PREFIX } from './layout.js';
 import { removeTree, sweepWorkFolders, workFolderName } from './leftovers.js';
 import {
@@ -40,7 +42,8 @@ import {
 } from './manifest.js';
 import { withNameLock } from './name-lock.js';
 import { namedDigests, readSnapshotName, type SnapshotRef } from './names.js';
-import { type Pointer, readPointer, serializePointer, signPointer } from './pointer.js';
+import { checkPointer, type Pointer, readPointer, serializePointer, signPointer } from './pointer.js';
+import { addingName, admitName, withinSwarmBytes } from './quota.js';
 
 export interface SnapshotInfo {
   readonly swarm: string;
@@ -62,7 +65,25 @@ export interface SnapshotInfo {
   readonly stems: readonly string[];
 }
 
-export { DEFAULT_MAX_SNAPSHOT_BYTES } from './artifact.js';
+/** Default bound on one swarm's snapshot names. */
+const DEFAULT_MAX_SNAPSHOTS_PER_SWARM = 1_000;
+/** Default bound on one swarm's snapshot content on disk: sixteen creates at the default maxSnapshotBytes. */
+const DEFAULT_MAX_SNAPSHOT_BYTES_PER_SWARM = 4 * 1024 * 1024 * 1024;
+
+const bytes = z.number().int().positive().max(Number.MAX_SAFE_INTEGER);
+
+/** The store's bounds, as the store and the pool's options both take them. */
+export const SnapshotBoundsShape = {
+  /** Bytes one create may read and write; over it, ERR_SANDPOOL_SNAPSHOT_BUILD. */
+  maxSnapshotBytes: bytes.default(DEFAULT_MAX_SNAPSHOT_BYTES),
+  /** Names one swarm may have; a new one past it is ERR_SANDPOOL_QUOTA. */
+  maxSnapshotsPerSwarm: z.number().int().positive().max(1_000_000).default(DEFAULT_MAX_SNAPSHOTS_PER_SWARM),
+  /**
+   * Bytes of content one swarm's snapshots may hold on disk, shared content once and content
+   * no name uses until it is removed; a create past it is ERR_SANDPOOL_SNAPSHOT_BUILD.
+   */
+  maxSnapshotBytesPerSwarm: bytes.default(DEFAULT_MAX_SNAPSHOT_BYTES_PER_SWARM),
+};
 
 export const SnapshotSecretSchema = z
   .string()
@@ -77,8 +98,7 @@ const StoreOptionsSchema = z.strictObject({
     .refine((root) => !root.includes('\0'), 'root must not contain a NUL byte'),
   /** Key for manifest HMACs: with it, unsigned or badly signed snapshots are CORRUPT. */
   snapshotSecret: SnapshotSecretSchema,
-  /** Bytes one create may read and write; over it, ERR_SANDPOOL_SNAPSHOT_BUILD. */
-  maxSnapshotBytes: z.number().int().positive().max(Number.MAX_SAFE_INTEGER).default(DEFAULT_MAX_SNAPSHOT_BYTES),
+  ...SnapshotBoundsShape,
 });
 export type SnapshotStoreOptions = z.input<typeof StoreOptionsSchema>;
 
@@ -101,6 +121,8 @@ export class SnapshotStore {
   readonly root: string;
   readonly #secret: string | undefined;
   readonly #maxBytes: number;
+  readonly #maxNames: number;
+  readonly #maxSwarmBytes: number;
   readonly #building = new Map<string, Promise<void>>();
 
   constructor(options: SnapshotStoreOptions) {
@@ -112,6 +134,8 @@ export class SnapshotStore {
     this.root = resolve(parsed.data.root);
     this.#secret = parsed.data.snapshotSecret;
     this.#maxBytes = parsed.data.maxSnapshotBytes;
+    this.#maxNames = parsed.data.maxSnapshotsPerSwarm;
+    this.#maxSwarmBytes = parsed.data.maxSnapshotBytesPerSwarm;
   }
 
   /**
@@ -120,13 +144,25 @@ export class SnapshotStore {
    */
   async create(swarm: string, name: string): Promise<SnapshotInfo> {
     checkArgs(SnapshotArgs, { swarm, name });
+    // A name the swarm has no room for is refused before anything is built.
+    admitName(this.root, swarm, name, this.#maxNames);
     const artifact = await this.build(swarm);
     const parent = snapshotsDir(this.root, swarm);
     await mkdir(parent, { recursive: true });
     await sweepWorkFolders(parent);
-    const pointer = this.pointerTo(swarm, name, artifact.digest, artifact.manifest);
     for (let attempt = 1; ; attempt++) {
-      if (await this.publish(pointer, 'new')) return infoOfPointer(pointer, artifact.manifest);
+      // Under the name's lock, as every move: its generation follows the last the store gave it.
+      const made = await withNameLock(parent, name, async () => {
+        const pointer = this.pointerTo(
+          swarm,
+          name,
+          artifact.digest,
+          artifact.manifest,
+          this.nextGeneration(swarm, name),
+        );
+        return (await this.publish(pointer, 'new')) ? pointer : null;
+      });
+      if (made !== null) return infoOfPointer(made, artifact.manifest);
       try {
         return await this.sameOrExists(swarm, name, artifact.digest);
       } catch (error) {
@@ -154,11 +190,11 @@ export class SnapshotStore {
     if (!(await touchArtifact(this.root, swarm, digest))) {
       throw snapshotCorrupt(`snapshot ${target} lost its content while ${name} was pointed at it`);
     }
-    const pointer = this.pointerTo(swarm, name, digest, manifest);
-    const before = await withNameLock(snapshotsDir(this.root, swarm), name, async () => {
+    const { pointer, before } = await withNameLock(snapshotsDir(this.root, swarm), name, async () => {
       const held = pointedDigest(this.root, swarm, name);
-      await this.publish(pointer, 'replace');
-      return held;
+      const next = this.pointerTo(swarm, name, digest, manifest, this.nextGeneration(swarm, name));
+      await this.publish(next, 'replace');
+      return { pointer: next, before: held };
     });
     if (before !== null && before !== digest) await this.unnamed(swarm, before);
     return infoOfPointer(pointer, manifest);
@@ -205,6 +241,10 @@ export class SnapshotStore {
     try {
       digest = await withNameLock(parent, name, async () => {
         const held = pointedDigest(this.root, swarm, name);
+        const there = lstatSync(snapshotDir(this.root, swarm, name), { throwIfNoEntry: false }) !== undefined;
+        // A removal is a move too, recorded before the pointer goes: the last pointer, put back
+        // the moment the name is gone, is already older than the record.
+        if (there) await recordGeneration(this.root, swarm, name, this.nextGeneration(swarm, name));
         // One rename hides it whole; the slow recursive delete of an old folder happens out of sight.
         await rename(snapshotDir(this.root, swarm, name), doomed);
         return held;
@@ -242,14 +282,15 @@ export class SnapshotStore {
       const ref = readSnapshotName(this.root, swarm, name, undefined);
       if (ref.kind === 'folder') return await this.signFolder(swarm, name, ref, secret);
       const { manifest } = await verifyArtifact(this.root, swarm, ref.pointer.digest);
-      const pointer = this.pointerTo(swarm, name, ref.pointer.digest, manifest, ref.pointer.createdAt);
       // Replaced only if the name still holds what was verified: a point meanwhile is never undone.
       const signed = await withNameLock(snapshotsDir(this.root, swarm), name, async () => {
-        if (!samePointing(pointedPointer(this.root, swarm, name), ref.pointer)) return false;
+        if (!samePointing(pointedPointer(this.root, swarm, name), ref.pointer)) return null;
+        const generation = this.nextGeneration(swarm, name);
+        const pointer = this.pointerTo(swarm, name, ref.pointer.digest, manifest, generation, ref.pointer.createdAt);
         await this.publish(pointer, 'replace');
-        return true;
+        return pointer;
       });
-      if (signed) return infoOfPointer(pointer, manifest);
+      if (signed !== null) return infoOfPointer(signed, manifest);
       if (attempt >= CREATE_ATTEMPTS) {
         throw snapshotBuild(`snapshot ${name} of swarm ${swarm} kept moving while it was signed; try again`);
       }
@@ -306,7 +347,11 @@ export class SnapshotStore {
 
   private async buildOne(swarm: string): Promise<BuiltArtifact> {
     for (let attempt = 1; ; attempt++) {
-      const artifact = await buildArtifact(this.root, swarm, { maxBytes: this.#maxBytes, making: 'snapshot' });
+      const artifact = await buildArtifact(this.root, swarm, {
+        maxBytes: this.#maxBytes,
+        making: 'snapshot',
+        admit: (build, publish) => withinSwarmBytes(this.root, swarm, this.#maxSwarmBytes, build, publish),
+      });
       if (await touchArtifact(this.root, swarm, artifact.digest)) return artifact;
       if (attempt >= CREATE_ATTEMPTS) throw snapshotBuild('the content was removed as fast as it was built; try again');
     }
@@ -317,21 +362,58 @@ export class SnapshotStore {
     name: string,
     digest: string,
     manifest: ArtifactManifest,
+    generation: number,
     createdAt = new Date().toISOString(),
   ): Pointer {
-    const pointer: Pointer = { sandpool: 'snapshot-pointer', version: 1, swarm, name, digest, createdAt };
+    const pointer: Pointer = { sandpool: 'snapshot-pointer', version: 2, swarm, name, generation, digest, createdAt };
     const secret = this.#secret;
     return secret === undefined ? pointer : { ...pointer, hmac: signPointer(pointer, manifest, secret) };
   }
 
   /**
-   * Writes the pointer beside its place, read-only, then links it there (`new`: false if the
-   * name is taken) or renames it over what is there (`replace`). Either way a reader sees the
-   * old pointer or the new one, whole.
+   * The generation a name's next move takes, asked holding its lock: one more than the store's
+   * record, or than the pointer in place if it is signed under this store's secret (a crash
+   * between a move's pointer and its record leaves the record one behind). An unsigned
+   * pointer's generation is whoever wrote it's say, not the store's, and is not taken.
+   */
+  private nextGeneration(swarm: string, name: string): number {
+    let held = 0;
+    const pointer = this.#secret === undefined ? null : pointedPointer(this.root, swarm, name);
+    if (pointer !== null) {
+      try {
+        const { manifest } = locateArtifact(this.root, swarm, pointer.digest);
+        checkPointer(pointer, manifest, this.#secret, { swarm, name });
+        held = pointer.generation;
+      } catch {
+        // Not a pointer this store signed: its generation counts for nothing.
+      }
+    }
+    const next = Math.max(recordedGeneration(this.root, swarm, name), held) + 1;
+    if (!Number.isSafeInteger(next)) throw snapshotCorrupt(`snapshot ${name} of swarm ${swarm} has no generation left`);
+    return next;
+  }
+
+  /**
+   * Gives the name its pointer (see place). A name the swarm does not have yet must fit under
+   * maxSnapshotsPerSwarm (QUOTA otherwise, nothing written), counted and added under the
+   * swarm's lock. Called holding the name's lock.
    */
   private async publish(pointer: Pointer, how: 'new' | 'replace'): Promise<boolean> {
+    const { swarm, name } = pointer;
+    await mkdir(snapshotsDir(this.root, swarm), { recursive: true });
+    if (lstatSync(snapshotDir(this.root, swarm, name), { throwIfNoEntry: false }) === undefined) {
+      return addingName(this.root, swarm, name, this.#maxNames, () => this.place(pointer, how));
+    }
+    return this.place(pointer, how);
+  }
+
+  /**
+   * Writes the pointer beside its place, read-only, then links it there (`new`: false if the
+   * name is taken) or renames it over what is there (`replace`), then records its generation
+   * (see generations.ts). Either way a reader sees the old pointer or the new one, whole.
+   */
+  private async place(pointer: Pointer, how: 'new' | 'replace'): Promise<boolean> {
     const parent = snapshotsDir(this.root, pointer.swarm);
-    await mkdir(parent, { recursive: true });
     const temp = join(parent, workFolderName(TEMP_PREFIX));
     const target = snapshotDir(this.root, pointer.swarm, pointer.name);
     await writeFile(temp, serializePointer(pointer), { flag: 'wx', mode: FROZEN_FILE });
@@ -344,18 +426,19 @@ export class SnapshotStore {
           // A folder made before artifacts holds the name: it is removed, not replaced.
           throw snapshotExists(pointer.swarm, pointer.name, error);
         }
-        return true;
-      }
-      try {
-        await link(temp, target);
-        return true;
-      } catch (error) {
-        if (isTakenError(error)) return false;
-        throw error;
+      } else {
+        try {
+          await link(temp, target);
+        } catch (error) {
+          if (isTakenError(error)) return false;
+          throw error;
+        }
       }
     } finally {
       await rm(temp, { force: true });
     }
+    await recordGeneration(this.root, pointer.swarm, pointer.name, pointer.generation);
+    return true;
   }
 
   /** A name left `digest`: its grace starts now, and content no name uses past its grace goes. */
@@ -444,7 +527,9 @@ function pointedPointer(root: string, swarm: string, name: string): Pointer | nu
 
 /** The same move of the name (a point to the same content made later is another one). */
 function samePointing(now: Pointer | null, read: Pointer): boolean {
-  return now !== null && now.digest === read.digest && now.createdAt === read.createdAt;
+  return (
+    now !== null && now.digest === read.digest && now.generation === read.generation && now.createdAt === read.createdAt
+  );
 }
 
 function errnoCode(error: unknown): unknown {

@@ -107,16 +107,31 @@ function openLink(): Link {
   const exit = (): never => process.exit(0);
   channel.on('end', exit);
   channel.on('error', exit);
+  /**
+   * Frames posted while a chunk of the host's is being handled: they leave together once it
+   * is, in one write, so the host wakes once for the replies to a chunk of calls, not once
+   * per message in it.
+   */
+  let held: Buffer[] | null = null;
   return {
     // A channel copies what it sends: there is nothing to transfer.
-    post: (message) => writeFrame(encodeFrame(message)),
+    post: (message) => {
+      const frame = encodeFrame(message);
+      if (held === null) writeFrame(frame);
+      else held.push(frame);
+    },
     listen: (listener) => {
       const reader = new FrameReader(listener as (message: unknown) => void);
       channel.on('data', (chunk: Buffer) => {
+        held = [];
         try {
           reader.push(chunk);
         } catch {
           exit();
+        } finally {
+          const frames = held;
+          held = null;
+          writeFrames(frames);
         }
       });
     },
@@ -137,7 +152,17 @@ function leaveLaunch(): void {
   }
 }
 
-/** A whole frame out, in order; a host that has gone ends the child. */
+/** Frames this small together leave in one write; larger ones (a result's bytes) are not copied to join them. */
+const JOINED_BYTES = 64 * 1024;
+
+function writeFrames(frames: readonly Buffer[]): void {
+  let bytes = 0;
+  for (const frame of frames) bytes += frame.length;
+  if (frames.length > 1 && bytes <= JOINED_BYTES) return writeFrame(Buffer.concat(frames, bytes));
+  for (const frame of frames) writeFrame(frame);
+}
+
+/** A whole frame out (or frames joined); a host that has gone ends the child. */
 function writeFrame(frame: Buffer): void {
   for (let at = 0; at < frame.length; ) {
     try {

@@ -2,21 +2,12 @@ import type { FastifyInstance } from 'fastify';
 import type { ServerContext } from '../context.js';
 import { scopeOf } from '../guard.js';
 import { swarmSeries } from '../metrics.js';
+import { publicLayers } from '../sandbox-layers.js';
 
 /** Liveness, readiness and the Prometheus scrape. */
 export function registerHealthRoutes(app: FastifyInstance, { metrics, options, lifecycle, pool }: ServerContext): void {
   // Which sandbox layers process keys get here, without the reasons one is missing: the route is open.
-  const layers = pool.stats().sandbox;
-  const sandbox =
-    layers === null
-      ? null
-      : {
-          namespaces: layers.namespaces,
-          uidPerSwarm: layers.uidPerSwarm,
-          cgroups: layers.cgroups,
-          network: layers.network,
-          userns: layers.userns,
-        };
+  const sandbox = publicLayers(pool.stats().sandbox);
   // Alive as long as the process answers, draining included: a probe must not kill a node mid-drain.
   app.get('/healthz', async () => ({ status: 'ok', node: options.nodeName, sandbox }));
   app.get('/readyz', async (_request, reply) => {

@@ -4,6 +4,7 @@ import { z } from 'zod';
 import type { ServerContext } from '../context.js';
 import { invalidRequest } from '../errors.js';
 import { scopeOf, visibleSwarms } from '../guard.js';
+import { publicLayers } from '../sandbox-layers.js';
 
 /** The fields `?sort=` may name: each is a number where larger means "look here first". */
 export const KEY_SORTS = ['cpuMs', 'calls', 'errors', 'inFlight', 'heapBytes'] as const;
@@ -38,7 +39,9 @@ export function registerKeyRoutes(app: FastifyInstance, { pool, options }: Serve
     const all = pool.keyStats();
     const allowed = new Set(visibleSwarms(request, [...new Set(all.map((stats) => stats.swarm))]));
     const keys = all.filter((stats) => allowed.has(stats.swarm)).sort(byField(sort));
-    const answer = { node: options.nodeName, sort, total: keys.length, keys: keys.slice(0, limit) };
+    // Which sandbox layers process keys get is no secret (/healthz says it to anyone).
+    const sandbox = publicLayers(pool.stats().sandbox);
+    const answer = { node: options.nodeName, sort, total: keys.length, keys: keys.slice(0, limit), sandbox };
     // The process's CPU no key owns sums every tenant's pool work: for a token that reaches all.
     return scopeOf(request) === '*' ? { ...answer, unattributedCpu: pool.stats().unattributedCpu } : answer;
   });

@@ -137,6 +137,7 @@ export class Lifecycle implements CellLife {
       } catch {
         // Its folder cannot show the key's (removed from under it, or the root made read-only): it serves no key.
         spare.terminate({ retired: 'closed' });
+        spares.refill();
       }
     }
     return { thread: launcher.boot(plan), from: 'cold', folder };
@@ -145,7 +146,6 @@ export class Lifecycle implements CellLife {
   ready(cell: Cell, tid: number): void {
     const { phase } = cell;
     if (phase.name !== 'starting') return;
-    this.loadOver(phase);
     const { cpu, spares } = this.parts;
     const { thread, channel, waiting } = phase;
     const cpuTimeoutMs = cell.policy?.cpuTimeoutMs;
@@ -156,6 +156,7 @@ export class Lifecycle implements CellLife {
       spares.booted(performance.now() - phase.startedAt);
     }
     cell.transition({ name: 'ready', thread, channel });
+    this.startEnded(phase);
     if (cell.route.promote(cell)) return;
     for (const call of waiting) channel.post(call);
     if (phase.retiring !== null) {
@@ -244,11 +245,16 @@ export class Lifecycle implements CellLife {
   terminate(cell: Cell, end: ThreadEnd, cause: Error | null = null): void {
     const { phase } = cell;
     if (phase.name !== 'starting' && phase.name !== 'ready' && phase.name !== 'draining') return;
-    this.loadOver(phase);
     this.unwatch(cell);
     cell.transition({ name: 'exiting', thread: phase.thread, channel: phase.channel, end });
+    this.startEnded(phase);
     phase.thread.terminate(end, cause);
     this.resend(cell, phase.channel.takeDeferred(), end);
+  }
+
+  /** A cell that took a spare has left its start (ready, or failed): the spare is replaced now (see Spares.take). */
+  private startEnded(phase: CellPhase): void {
+    if (phase.name === 'starting' && phase.from === 'spare') this.parts.spares.refill();
   }
 
   /**
@@ -294,7 +300,6 @@ export class Lifecycle implements CellLife {
 
   ended(cell: Cell, end: ThreadEnd, failure: Error | null): void {
     const { phase } = cell;
-    this.loadOver(phase);
     this.unwatch(cell);
     const key = cell.key.text;
     const death = 'died' in end ? end.died : null;
@@ -304,6 +309,7 @@ export class Lifecycle implements CellLife {
     const running = cell.channel?.drain() ?? [];
     const unsent = cell.channel?.takeDeferred() ?? [];
     cell.transition({ name: 'ended', end });
+    this.startEnded(phase);
     // A kill or a cpuTimeoutMs overrun is the pool's own doing, and a failed load has backed off already.
     const own = death === 'killed' || death === 'cpu' || phase.name === 'starting' || failedLoad(phase);
     // Before the route hears the cell is gone: a call resent keeps the route (and makes its next cell).
@@ -311,16 +317,6 @@ export class Lifecycle implements CellLife {
     cell.route.released(cell, death !== null && !own ? exitError : null);
     answer(running, exitError);
     this.parts.scheduler.pump();
-  }
-
-  /**
-   * A load is over (ready, failed, or its worker gone): a spare thread it took is replaced now,
-   * not while it loaded (see Spares.take), and after this turn, in which its key's waiting
-   * calls are posted.
-   */
-  private loadOver(phase: CellPhase): void {
-    if (phase.name !== 'starting' || phase.from !== 'spare' || phase.thread.isolation !== 'thread') return;
-    setImmediate(() => this.parts.spares.fill());
   }
 
   /** A cell with no worker yet lost its last caller. */

@@ -2,15 +2,17 @@ import { appendFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmdir
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { alive } from '../workers/sandbox/alive.js';
-import type { CageGroup, CageGroups, CellCpu } from '../workers/sandbox/cage.js';
+import type { CageGroup, CageGroups, CellCpu, PoolCpu } from '../workers/sandbox/cage.js';
 
 /** The controllers a cell needs, all or none: its memory, its number of tasks, its CPU weight. */
 const CONTROLLERS = ['memory', 'pids', 'cpu'] as const;
 type Controller = (typeof CONTROLLERS)[number];
 /** Where a cell's cgroups are: one per controller, and on v1 the cpuacct one where it is mounted (its CPU count). */
 type CellDirs = Readonly<Record<Controller, string>> & { readonly cpuacct?: string };
-/** A cell's cgroup is named after the host's pid, so a later host can remove what a crashed one left. */
+/** A pool's cgroup is named after the host's pid, so a later host can remove what a crashed one left. */
 const NAME = /^sandpool-(\d+)-\d+$/;
+/** Its CPU bound's period (the kernel's default): `cpuMax` cores are that many of these per period. */
+const CPU_PERIOD_US = 100_000;
 /** How long removing a cgroup waits for its last task to be reaped (EBUSY until then). */
 const REMOVE_TRIES = 50;
 const REMOVE_PAUSE_MS = 20;
@@ -35,6 +37,17 @@ let probed: CgroupTree | string | null = null;
 export function hostCgroups(): CgroupTree | string {
   probed ??= findCgroups(readCgroupHost());
   return probed;
+}
+
+/** A cgroup for one pool's cells under this host's (see CgroupTree.pool), or why it has none. */
+export function poolCgroups(cpu: PoolCpu): PoolGroup | string {
+  const tree = hostCgroups();
+  if (typeof tree === 'string') return tree;
+  try {
+    return tree.pool(cpu);
+  } catch (error) {
+    return `cannot make the pool's cgroup: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`;
+  }
 }
 
 export function readCgroupHost(): CgroupHost {
@@ -88,8 +101,12 @@ export function findCgroups(host: CgroupHost): CgroupTree | string {
   return problems.length === 0 ? 'no cgroup hierarchy is mounted' : problems.join('; ');
 }
 
-/** The parents of this host's cells, one per controller (one directory for all three on v2). */
-export class CgroupTree implements CageGroups {
+/**
+ * Where this host makes its pools' cgroups: one directory per controller (one for all three on
+ * v2), the host's own cgroup or the hierarchy's root. Each pool gets a cgroup of its own there
+ * (`pool`), and its cells are made inside it.
+ */
+export class CgroupTree {
   private made = 0;
 
   constructor(
@@ -100,16 +117,80 @@ export class CgroupTree implements CageGroups {
     this.sweep();
   }
 
+  /**
+   * The parent cgroup of one pool's cells, with the pool's CPU weight and bound: the cells'
+   * CPU counts against the pool's as a unit, and a cell's weight (a demotion, a booting spare)
+   * ranks it among the pool's other cells only, not among every cgroup of the machine. Throws
+   * when the kernel refuses.
+   */
+  pool(cpu: PoolCpu): PoolGroup {
+    for (;;) {
+      const dirs = dirsOf(this.parents, `sandpool-${this.pid}-${++this.made}`);
+      const made: string[] = [];
+      try {
+        for (const dir of unique(Object.values(dirs))) {
+          mkdirSync(dir);
+          made.push(dir);
+        }
+        const group = new PoolGroup(this.version, dirs);
+        group.limit(cpu);
+        return group;
+      } catch (error) {
+        for (const dir of made.reverse()) tryRmdir(dir);
+        // Another copy of this module in the process took that name: the next one is free.
+        if (made.length === 0 && (error as NodeJS.ErrnoException).code === 'EEXIST') continue;
+        throw error;
+      }
+    }
+  }
+
+  /** Removes the cgroups (a pool's, with its cells') of hosts that ended without removing theirs. */
+  private sweep(): void {
+    for (const parent of unique(Object.values(this.parents))) {
+      let names: string[];
+      try {
+        names = readdirSync(parent);
+      } catch {
+        continue;
+      }
+      for (const name of names) {
+        const owner = NAME.exec(name)?.[1];
+        if (owner === undefined || Number(owner) === this.pid || alive(Number(owner))) continue;
+        removeTree(join(parent, name));
+      }
+    }
+  }
+}
+
+/** One pool's cgroup, the parent of its cells' (see CgroupTree.pool). */
+export class PoolGroup implements CageGroups {
+  private made = 0;
+
+  constructor(
+    readonly version: 'v1' | 'v2',
+    private readonly dirs: CellDirs,
+  ) {}
+
+  /** The pool's CPU among the host's cgroups; on v2, its cells get the three controllers. */
+  limit({ weight, maxCores }: PoolCpu): void {
+    const { cpu } = this.dirs;
+    const quota = maxCores === null ? null : Math.round(maxCores * CPU_PERIOD_US);
+    if (this.version === 'v2') {
+      writeFileSync(join(cpu, 'cgroup.subtree_control'), CONTROLLERS.map((name) => `+${name}`).join(' '));
+      if (weight !== null) writeFileSync(join(cpu, 'cpu.weight'), String(weight));
+      if (quota !== null) writeFileSync(join(cpu, 'cpu.max'), `${quota} ${CPU_PERIOD_US}`);
+      return;
+    }
+    if (weight !== null) writeFileSync(join(cpu, 'cpu.shares'), String(sharesOf(weight)));
+    if (quota !== null) {
+      writeFileSync(join(cpu, 'cpu.cfs_period_us'), String(CPU_PERIOD_US));
+      writeFileSync(join(cpu, 'cpu.cfs_quota_us'), String(quota));
+    }
+  }
+
   /** A cgroup for one cell, limits set, empty until `attach`. Throws when the kernel refuses. */
   create(limits: CellLimits): CellGroup {
-    const name = `sandpool-${this.pid}-${++this.made}`;
-    const { cpuacct } = this.parents;
-    const cell: CellDirs = {
-      memory: join(this.parents.memory, name),
-      pids: join(this.parents.pids, name),
-      cpu: join(this.parents.cpu, name),
-      ...(cpuacct === undefined ? {} : { cpuacct: join(cpuacct, name) }),
-    };
+    const cell = dirsOf(this.dirs, `cell-${++this.made}`);
     const dirs = unique(Object.values(cell));
     for (const dir of dirs) mkdirSync(dir);
     const group = new CellGroup(this.version, cell);
@@ -122,24 +203,16 @@ export class CgroupTree implements CageGroups {
     return group;
   }
 
-  /** Removes the empty cgroups of hosts that ended without removing theirs. */
-  private sweep(): void {
-    for (const parent of unique(Object.values(this.parents))) {
-      let names: string[];
-      try {
-        names = readdirSync(parent);
-      } catch {
-        continue;
-      }
-      for (const name of names) {
-        const owner = NAME.exec(name)?.[1];
-        if (owner === undefined || Number(owner) === this.pid || alive(Number(owner))) continue;
-        try {
-          rmdirSync(join(parent, name));
-        } catch {
-          // Still holding a task, or not ours to remove: left as it is.
-        }
-      }
+  /**
+   * Removes the pool's cgroup once its cells' are gone (each cell removes its own as it ends).
+   * One that still holds a cell (a child that would not end) is left for a later host's sweep.
+   */
+  async remove(): Promise<void> {
+    const dirs = unique(Object.values(this.dirs));
+    for (let tries = 0; ; tries++) {
+      const busy = dirs.filter((dir) => existsSync(dir) && !tryRmdir(dir));
+      if (busy.length === 0 || tries >= REMOVE_TRIES) return;
+      await new Promise((resolve) => setTimeout(resolve, REMOVE_PAUSE_MS));
     }
   }
 }
@@ -192,8 +265,8 @@ export class CellGroup implements CageGroup {
   }
 
   /**
-   * A CPU weight matching a nice value among the cells: the kernel's own weights for nice 0
-   * (1024) and 19 (15), as cpu.shares (v1) or cpu.weight (v2, where 100 is nice 0's).
+   * A CPU weight matching a nice value among the pool's cells: the kernel's own weights for
+   * nice 0 (1024) and 19 (15), as cpu.shares (v1) or cpu.weight (v2, where 100 is nice 0's).
    */
   prioritize(nice: number): boolean {
     const weight = Math.round(1024 / 1.25 ** Math.max(-20, Math.min(19, nice)));
@@ -331,6 +404,34 @@ function writeIfExists(file: string, value: string): boolean {
   } catch {
     return false;
   }
+}
+
+/** The directories of a cgroup named `name` under `parents`, one per controller. */
+function dirsOf(parents: CellDirs, name: string): CellDirs {
+  const { cpuacct } = parents;
+  return {
+    memory: join(parents.memory, name),
+    pids: join(parents.pids, name),
+    cpu: join(parents.cpu, name),
+    ...(cpuacct === undefined ? {} : { cpuacct: join(cpuacct, name) }),
+  };
+}
+
+/** v1's cpu.shares for a v2 weight: 1024 is 100's, between the kernel's bounds. */
+function sharesOf(weight: number): number {
+  return Math.max(2, Math.min(262_144, Math.round((weight * 1024) / 100)));
+}
+
+/** Removes a cgroup and the cgroups in it, deepest first; one still holding a task stays, and so do those above it. */
+function removeTree(dir: string): void {
+  try {
+    for (const entry of readdirSync(dir, { withFileTypes: true })) {
+      if (entry.isDirectory()) removeTree(join(dir, entry.name));
+    }
+  } catch {
+    return;
+  }
+  tryRmdir(dir);
 }
 
 function tryRmdir(dir: string): boolean {

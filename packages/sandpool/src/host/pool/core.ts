@@ -10,7 +10,7 @@ import type { Cell } from '../cells/cell.js';
 import { Census } from '../cells/census.js';
 import { hostPaths } from '../cells/host-paths.js';
 import { Lifecycle } from '../cells/lifecycle.js';
-import { hostCgroups } from '../governors/cgroups.js';
+import { poolCgroups } from '../governors/cgroups.js';
 import { CpuGovernor } from '../governors/cpu.js';
 import { kernelMemoryBound, MemoryGovernor, v8HeapLimitMb } from '../governors/memory.js';
 import { ProcessThreads } from '../governors/threads.js';
@@ -119,14 +119,20 @@ export class PoolCore {
       options,
       this.root,
       settingsFor(options),
-      { cgroups: hostCgroups, memoryBytes: kernelMemoryBound(memoryLimits) },
+      { cgroups: poolCgroups, memoryBytes: kernelMemoryBound(memoryLimits) },
       live,
       settingsFor,
       kernelMemoryBound,
     );
     this.launcher = launcher;
     // Before anything starts: a spare, or the stage a spare cell needs.
-    refuseUnenforceableNetwork(options, launcher.sandbox.layers);
+    try {
+      refuseUnenforceableNetwork(options, launcher.sandbox.layers);
+    } catch (error) {
+      // No pool will close its sandbox: its cgroup goes now.
+      void launcher.sandbox.close();
+      throw error;
+    }
     // With isolation a function of the key, which kind the next key needs is unknown: threads.
     const spareIsolation = options.isolation === 'process' ? 'process' : 'thread';
     // A spare's flags are fixed at boot: strict spares are kept once a key could take one (a

@@ -41,6 +41,8 @@ export function collectKeyStats({ book, routes, cells, memory, demoted, quotas }
       snapshot: key.snapshot,
       stem: key.stem,
       state: serving?.phase.name ?? null,
+      isolation: serving?.thread?.isolation ?? null,
+      cgroup: serving?.thread?.cgroupBounds() ?? null,
       workers: keyCells.length,
       heapBytes: reading?.heap ?? null,
       externalBytes: reading?.external ?? null,

@@ -59,10 +59,12 @@ export class Pool extends EventEmitter<PoolEvents> implements AsyncDisposable {
     checkFetchOption(parsed.fetch);
     warnIfHeapCapOverridden(parsed.resourceLimits);
     const emit = this.emit.bind(this) as (event: keyof PoolEvents, ...args: unknown[]) => boolean;
-    const { snapshotSecret, maxSnapshotBytes } = parsed;
+    const { snapshotSecret, maxSnapshotBytes, maxSnapshotsPerSwarm, maxSnapshotBytesPerSwarm } = parsed;
     const storeOptions = {
       root: resolvePath(parsed.root),
       maxSnapshotBytes,
+      maxSnapshotsPerSwarm,
+      maxSnapshotBytesPerSwarm,
       ...(snapshotSecret === undefined ? {} : { snapshotSecret }),
     };
     this.#storeHelper = new StoreHelper(storeOptions);

@@ -52,8 +52,12 @@ export class PoolSnapshotStore extends SnapshotStore {
     return this.inHelper('verify', swarm, name, () => super.verify(swarm, name));
   }
 
-  override sign(swarm: string, name: string): Promise<SnapshotInfo> {
-    return this.inHelper('sign', swarm, name, () => super.sign(swarm, name));
+  /** With a database, the signed pointer is a move of the name like any other: taken there, for every node. */
+  override async sign(swarm: string, name: string): Promise<SnapshotInfo> {
+    const local = (): Promise<SnapshotInfo> => this.inHelper('sign', swarm, name, () => super.sign(swarm, name));
+    if (this.mirror === null) return local();
+    checkSnapshotArgs(swarm, name);
+    return (await this.mirror).write(swarm, name, name, local);
   }
 
   /** Every pool on the store sees the move within its pointer check (see PoolCore): the old content drains. */

@@ -1,12 +1,14 @@
 import { lstatSync } from 'node:fs';
 import type { ResolvedKey } from '../../key.js';
-import { snapshotDir } from '../../store/layout.js';
+import { generationFile, snapshotDir } from '../../store/layout.js';
 import { readSnapshotName, type SnapshotRef } from '../../store/names.js';
 
 /**
- * What each snapshot name the pool serves points to, read again only when its pointer file
- * changed: one lstat per look. A name moved (by this process or another sharing the store)
- * replaces the pointer by a rename, which changes its inode and ctime.
+ * What each snapshot name the pool serves points to, read again only when its pointer file or
+ * the store's record of its generation changed: two lstats per look. A name moved (by this
+ * process or another sharing the store) replaces the pointer by a rename, which changes its
+ * inode and ctime, and then its record: a pointer read between the two (an older one put back
+ * there) is judged again once the record has moved on.
  */
 export class PointerBook {
   private readonly seen = new Map<string, { readonly stamp: string; readonly ref: SnapshotRef }>();
@@ -21,7 +23,7 @@ export class PointerBook {
     const name = key.snapshot as string;
     const id = `${key.swarm}@${name}`;
     // Stamped before the read: a move between the two is seen at the next look.
-    const stamp = stampOf(snapshotDir(this.root, key.swarm, name));
+    const stamp = `${stampOf(snapshotDir(this.root, key.swarm, name))}/${stampOf(generationFile(this.root, key.swarm, name))}`;
     const held = this.seen.get(id);
     if (held !== undefined && held.stamp === stamp) return held.ref;
     this.seen.delete(id);

@@ -68,24 +68,29 @@ export class Spares {
 
   /**
    * The oldest spare, the most likely to have finished booting. Every call counts as a miss
-   * that wanted one, found or not. A spare thread taken is replaced by `fill` once its key's
-   * load is over: booting another meanwhile takes CPU from that load. A spare process boots
-   * at the lowest priority where it can be raised back, and is replaced on a later tick, as
-   * is a spare that was not there.
+   * that wanted one, found or not. Found, it is replaced once its key has started (`refill`):
+   * a boot beside that start would compete with it for the cores, and on a host process for
+   * its event loop (a child's spawn, its cgroup's making). Not found, the spares are refilled
+   * on a later tick.
    */
   take(): AgentWorker | null {
     this.demand.missed();
-    if (this.threads.size === 0 || this.isolation === 'process') setImmediate(() => this.fill());
     for (const thread of this.threads.keys()) {
       this.threads.delete(thread);
       // Raised back before its key's code runs; one that cannot be raised serves no key.
       if (thread.isolation === 'process' && !thread.prioritize(0)) {
         thread.terminate({ retired: 'closed' });
-        return null;
+        break;
       }
       return thread;
     }
+    this.refill();
     return null;
+  }
+
+  /** Boots what is missing on a later tick: after what this one sends has left. */
+  refill(): void {
+    setImmediate(() => this.fill());
   }
 
   /** A cold start of this kind took this long: what a spare's boot is expected to take. */

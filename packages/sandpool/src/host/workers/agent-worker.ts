@@ -4,7 +4,7 @@ import type { ResolvedKey } from '../../key.js';
 import type { OutputListener } from '../../options.js';
 import { checkFromWorker } from '../../protocol/checks.js';
 import type { FromWorker, OutputChunk, ToWorker } from '../../protocol/messages.js';
-import type { EvictReason, Isolation } from '../../types.js';
+import type { EvictReason, Isolation, KeyStats } from '../../types.js';
 import type { MemoryProbe, MemoryReading } from './memory-probe.js';
 import { LineSplitter, OutputAllowance } from './output.js';
 import type { KeyAccess } from './sandbox/view.js';
@@ -87,6 +87,11 @@ export abstract class AgentWorker {
    */
   seeFolder(folder: string): string {
     return folder;
+  }
+
+  /** A child process's cgroup bound (see AgentProcess); a thread has none. */
+  cgroupBounds(): KeyStats['cgroup'] {
+    return null;
   }
 
   /** Sets the priority of a child process (see AgentProcess); a thread's is set by its TID. */

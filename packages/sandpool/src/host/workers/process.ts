@@ -1,10 +1,11 @@
-import { type ChildProcess, spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import type { Readable, Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import type { ResolvedKey } from '../../key.js';
 import { encodeFrame, FROM_CHILD_FD, FrameReader } from '../../protocol/frames.js';
 import { MUST_DROP, type ToWorker } from '../../protocol/messages.js';
+import type { KeyStats } from '../../types.js';
 import { AgentWorker, type ThreadSettings } from './agent-worker.js';
 import type { MemoryReading } from './memory-probe.js';
 import { reniceProcess } from './priority.js';
@@ -52,6 +53,8 @@ export class AgentProcess extends AgentWorker {
   private user: readonly [number, number] | null = null;
   private referenced = true;
   private outOfMemory = false;
+  /** Its end of the channel holds this tick's frames (see post). */
+  private corked = false;
 
   constructor(settings: ThreadSettings, execArgv: readonly string[], child: ProcessSettings, access: KeyAccess | null) {
     super(settings);
@@ -64,12 +67,7 @@ export class AgentProcess extends AgentWorker {
         entry: WORKER_ENTRY,
         args: this.cage.dropsPrivileges ? [MUST_DROP] : [],
       };
-      const { file, args, extraFds } = this.cage.command(node);
-      this.child = spawn(file, args, {
-        // Nothing else is inherited: Node opens every other descriptor close-on-exec.
-        stdio: ['pipe', 'pipe', 'pipe', 'pipe', ...Array.from({ length: extraFds }, () => 'pipe' as const)],
-        env: { ...settings.env },
-      });
+      this.child = this.cage.spawn(node, { ...settings.env });
     } catch (error) {
       this.failure = error as Error;
       setImmediate(() => this.ended('crash'));
@@ -157,10 +155,20 @@ export class AgentProcess extends AgentWorker {
       return;
     }
     if (this.channel === null) return; // it is exiting: its close settles every call
-    this.channel.toChild.write(
-      encodeFrame(message.t === 'load' && this.user !== null ? { ...message, user: this.user } : message),
-    );
+    const { toChild } = this.channel;
+    if (!this.corked) {
+      // What the rest of this tick posts leaves with it, in one write: one wake-up of the child.
+      this.corked = true;
+      toChild.cork();
+      process.nextTick(this.uncork);
+    }
+    toChild.write(encodeFrame(message.t === 'load' && this.user !== null ? { ...message, user: this.user } : message));
   }
+
+  private readonly uncork = (): void => {
+    this.corked = false;
+    this.channel?.toChild.uncork();
+  };
 
   setReferenced(referenced: boolean): void {
     if (referenced === this.referenced || this.child === null) return;
@@ -183,6 +191,11 @@ export class AgentProcess extends AgentWorker {
     const status = readFileSync(`/proc/${this.nodePid}/status`, 'latin1');
     const kb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
     return { heap: kb * 1024, external: 0 };
+  }
+
+  /** The memory its cgroup bounds its cell to, null without one. */
+  override cgroupBounds(): KeyStats['cgroup'] {
+    return this.cage?.bounds() ?? null;
   }
 
   /** Where its cell's CPU is counted (its every task's), null without a cgroup that counts it: see Cage.cpuUsage. */

@@ -1,4 +1,4 @@
-import type { ChildProcess } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { basename, dirname } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
@@ -60,11 +60,21 @@ export interface CageGroup {
   remove(): Promise<void>;
 }
 
-/** Where this host makes cells' cgroups (governors/cgroups.ts). */
+/** The CPU of a pool's cells together, as `sandbox.cpuWeight` and `sandbox.cpuMax` set it; null: the kernel's default. */
+export interface PoolCpu {
+  /** Among the host's other cgroups, on cgroup v2's scale (1-10000, 100 the default). */
+  readonly weight: number | null;
+  /** Cores the pool's cells may use together. */
+  readonly maxCores: number | null;
+}
+
+/** A pool's cgroup, where its cells' are made (governors/cgroups.ts). */
 export interface CageGroups {
   readonly version: 'v1' | 'v2';
   /** A cgroup for one cell, limits set, empty until `attach`. Throws when the kernel refuses. */
   create(limits: { readonly memoryBytes: number; readonly pids: number }): CageGroup;
+  /** The pool is closed and its cells' cgroups are gone: its own goes. */
+  remove(): Promise<void>;
 }
 
 /** What a Cage is made of: the pool's sandbox, resolved (see Sandbox.cage). */
@@ -99,7 +109,7 @@ export interface NodeCommand {
 }
 
 /** How to start a child in its cage: the program, its arguments, and how many descriptors past the channel's it needs. */
-export interface CageCommand {
+interface CageCommand {
   readonly file: string;
   readonly args: readonly string[];
   readonly extraFds: number;
@@ -120,6 +130,8 @@ export class Cage {
   private initPid = 0;
   private released = false;
   private killed = false;
+  /** The child the host spawned (prlimit, then bubblewrap), leader of the cell's process group. */
+  private spawned: ChildProcess | null = null;
   /** bubblewrap's options, NUL-separated, for ARGS_FD (see command). */
   private argsData = '';
 
@@ -151,7 +163,18 @@ export class Cage {
     return this.nodePid;
   }
 
-  command(node: NodeCommand): CageCommand {
+  /**
+   * Starts Node in the cage: the child's stdio, then the channel's and bubblewrap's pipes, and
+   * nothing else (Node opens every other descriptor close-on-exec), in a process group of its
+   * own, which `kill` ends whole.
+   */
+  spawn(node: NodeCommand, env: Record<string, string>): ChildProcess {
+    const { file, args, extraFds } = this.command(node);
+    const pipes = Array.from({ length: 4 + extraFds }, () => 'pipe' as const);
+    return spawn(file, args, { stdio: pipes, env, detached: true });
+  }
+
+  private command(node: NodeCommand): CageCommand {
     const { bwrap, limits, groups, memoryBytes } = this.parts;
     const inner =
       bwrap === null
@@ -185,8 +208,12 @@ export class Cage {
   started(child: ChildProcess): Promise<void> {
     // Moved in at once: what it starts is born in the cell (with namespaces, bubblewrap's init
     // too, unless it was quicker: then the init is moved below, before Node starts).
+    this.spawned = child;
     const { group } = this;
     const moved = group === null || child.pid === undefined ? Promise.resolve() : group.attach(child.pid);
+    // A cell ended before bubblewrap said its init's pid never waits for this move: its cgroup
+    // may be gone under it (ENODEV), which nothing is left to hear.
+    moved.catch(() => {});
     if (this.parts.bwrap === null) {
       this.nodePid = child.pid ?? 0;
       return moved;
@@ -265,6 +292,18 @@ export class Cage {
    */
   kill(): void {
     this.killed = true;
+    // Its process group, while its leader is not reaped (so the group's id is no one else's):
+    // whatever started before the cell's cgroup could hold it, and bubblewrap's init before
+    // bubblewrap named it. Killed with its bubblewrap before that bubblewrap signalled it, such
+    // an init waits for it forever, holding the cell's channel (and so the pool's close).
+    const leader = this.spawned;
+    if (leader?.pid !== undefined && leader.exitCode === null && leader.signalCode === null) {
+      try {
+        process.kill(-leader.pid, 'SIGKILL');
+      } catch {
+        // Gone already.
+      }
+    }
     if (this.initPid > 0) {
       try {
         process.kill(this.initPid, 'SIGKILL');
@@ -278,6 +317,11 @@ export class Cage {
   /** Where the cell's CPU is counted, its children's included before they are reaped; null without a cgroup that counts it. */
   cpuUsage(): CellCpu | null {
     return this.group?.cpuUsage() ?? null;
+  }
+
+  /** The memory its cgroup bounds the cell to; null without one. */
+  bounds(): { memoryMaxBytes: number } | null {
+    return this.group === null ? null : { memoryMaxBytes: this.parts.memoryBytes };
   }
 
   /** Bytes the cell holds now, as its cgroup counts them; null without one. */

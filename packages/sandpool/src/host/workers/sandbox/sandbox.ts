@@ -6,7 +6,7 @@ import type { ResolvedPoolOptions } from '../../../options.js';
 import type { PermissionPolicy, SandboxLayers } from '../../../types.js';
 import { checkReadableBy } from '../isolation.js';
 import type { ModuleLocation } from '../resolve.js';
-import { Cage, type CageGroups, type CageParts } from './cage.js';
+import { Cage, type CageGroups, type CageParts, type PoolCpu } from './cage.js';
 import { openStage } from './stage.js';
 import { hostSupport, type UsernsGuard } from './support.js';
 import { SwarmIds } from './uids.js';
@@ -14,8 +14,8 @@ import { entriesFor, type KeyAccess, moduleEntries, type ViewEntry, within } fro
 
 /** What the sandbox takes from the parts above the workers. */
 export interface SandboxParts {
-  /** This host's cgroups for cells (governors/cgroups.ts), asked only when a key may run in a process; a string says why there are none. */
-  readonly cgroups: () => CageGroups | string;
+  /** A cgroup for this pool's cells (governors/cgroups.ts), asked only when a key may run in a process; a string says why there is none. */
+  readonly cgroups: (cpu: PoolCpu) => CageGroups | string;
   /** What the kernel holds a cell's memory to (governors/memory.ts, kernelMemoryBound). */
   readonly memoryBytes: number;
 }
@@ -63,7 +63,8 @@ export class Sandbox {
       return;
     }
     const support = mode === 'off' ? null : hostSupport();
-    const cgroups = mode === 'off' ? null : parts.cgroups();
+    const { cpuWeight, cpuMax } = options.sandbox;
+    const cgroups = mode === 'off' ? null : parts.cgroups({ weight: cpuWeight ?? null, maxCores: cpuMax ?? null });
     const cell = support !== null && 'path' in support.bwrap ? support.bwrap : null;
     this.bwrap = cell?.path ?? null;
     this.userns = cell === null || typeof cell.userns !== 'string' ? null : cell.userns;
@@ -86,7 +87,11 @@ export class Sandbox {
       }
       if (typeof cgroups === 'string') missing.push({ layer: 'cgroups', reason: cgroups });
     }
-    if (mode === 'require' && missing.length > 0) throw sandboxMissing(missing);
+    if (mode === 'require' && missing.length > 0) {
+      // No pool will close it.
+      void this.groups?.remove();
+      throw sandboxMissing(missing);
+    }
     this.layers = Object.freeze({
       namespaces: this.bwrap !== null,
       uidPerSwarm: this.ids !== null,
@@ -164,12 +169,12 @@ export class Sandbox {
     return new Cage(parts, access);
   }
 
-  /** The pool is closed and its cells have ended: its read-only mirror of the root goes. */
+  /** The pool is closed and its cells have ended: its cgroup and its read-only mirror of the root go. */
   async close(): Promise<void> {
-    if (this.mirrored === null) return;
+    const mirrored = this.mirrored;
     this.mirrored = null;
-    const stage = openStage();
-    if (typeof stage !== 'string') await stage.unmirror(this.rootReal);
+    const stage = mirrored === null ? null : openStage();
+    await Promise.all([this.groups?.remove(), typeof stage === 'string' ? null : stage?.unmirror(this.rootReal)]);
   }
 
   private userFor(swarm: string): { uid: number; gid: number } | null {
