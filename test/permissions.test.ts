@@ -3,31 +3,15 @@ import { mkdir, rm, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
-import { Worker } from 'node:worker_threads';
 import { describe, expect, it } from 'vitest';
 import { code, rejection } from './support/errors.js';
+import { fsRestrictedInThreads } from './support/permission-model.js';
 import { eventually, installCleanup, invariants, openPool, recordEvents } from './support/pool.js';
 import { counterAgent, fixture, makeRoot } from './support/root.js';
 
 installCleanup();
 
 const execFileAsync = promisify(execFile);
-
-/**
- * Whether this Node applies --allow-fs-read given in a worker's execArgv (it does on 20, 24
- * and 26; what looked unrestricted on 24 was its grant of the host's working directory to
- * every thread, which sandpool now turns off: strict-containment.test.ts). Detected the way a
- * user would see it, not read off a version.
- */
-const fsRestrictedInThreads = await new Promise<boolean>((resolve) => {
-  const flag = process.allowedNodeEnvironmentFlags.has('--permission') ? '--permission' : '--experimental-permission';
-  const worker = new Worker(
-    "require('node:worker_threads').parentPort.postMessage(process.permission.has('fs.read', '/etc'))",
-    { eval: true, execArgv: [flag, '--allow-fs-read=/nonexistent'] },
-  );
-  worker.once('message', (allowed: boolean) => resolve(!allowed));
-  worker.once('error', () => resolve(true));
-});
 
 async function tenants(): Promise<string> {
   return makeRoot({
@@ -110,7 +94,7 @@ describe('widening and turning off', () => {
     expect(await open.call('a/intruder', 'spawn')).toBe('allowed');
   });
 
-  it('a strict key never gets a spare (spares boot without per-key flags), though its pool keeps spares for others', async () => {
+  it('a strict key never gets a blank spare (its flags are fixed at boot), though its pool keeps blank spares for others', async () => {
     const root = await tenants();
     const pool = openPool({ root, spareWorkers: 2, permissions: (key) => (key.swarm === 'a' ? 'strict' : 'none') });
     const { events } = recordEvents(pool);

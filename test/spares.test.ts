@@ -51,6 +51,17 @@ describe('how many spares a pool keeps', () => {
     expect(demand.target()).toBe(0);
   });
 
+  it('none before the first miss where spares serve only some keys (strict ones: keys run from artifacts)', () => {
+    const clock = manualClock();
+    const demand = new SpareDemand(4, clock.read, 'first-miss');
+    clock.now += 60_000;
+    expect(demand.target()).toBe(0);
+    missEvery(demand, clock, 1, 10);
+    expect(demand.target()).toBe(1);
+    clock.now += 600_000;
+    expect(demand.target()).toBe(1);
+  });
+
   it('reads a boot from the cold starts: slower starts put more misses in one window; nonsense is ignored', () => {
     const clock = manualClock();
     const fast = new SpareDemand(8, clock.read);
@@ -70,15 +81,19 @@ describe('how many spares a pool keeps', () => {
     expect(heavy.target()).toBe(3);
   });
 
-  it('refills real threads to what the demand asks when one is taken, and trims back to one as it fades', async () => {
+  it('refills real threads to what the demand asks: a taken one once its key has loaded, a missing one at once; trims back to one as it fades', async () => {
     const clock = manualClock();
     const demand = new SpareDemand(3, clock.read);
     const settings = { env: {}, resourceLimits: {}, output: () => {}, onOutputDropped: () => {} };
     const spares = new Spares(demand, 'thread', () => new AgentThread(settings, []));
     spares.fill();
     expect(spares.size).toBe(1);
-    // Three keys at once: one finds the spare, two start cold; three are kept for next time.
-    const taken = [spares.take(), spares.take(), spares.take()];
+    // A key takes the spare: no other boots while it loads (the pool calls fill once it has).
+    const first = spares.take();
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(spares.size).toBe(0);
+    // Two more keys at once find none and start cold; three are kept for next time.
+    const taken = [first, spares.take(), spares.take()];
     expect(taken.map((thread) => thread !== null)).toEqual([true, false, false]);
     await eventually(() => spares.size === 3);
     spares.fill();

@@ -15,23 +15,43 @@ export const coldStart: Benchmark = {
   async run(context: BenchContext): Promise<BenchReport> {
     const keys = context.quick ? 20 : 40;
     const gapMs = context.quick ? 150 : 200;
-    const variants = ['no-spare', 'spare', 'bare', 'strict'];
-    const stems = variants.flatMap((v) => Array.from({ length: keys + WARM_KEYS }, (_, i) => `${v}${i}`));
-    const tree = await makeRoot(stems.map((stem) => ({ swarm: 'cold', stem, fixture: 'agent.mjs' })));
+    const variants = ['no-spare', 'spare', 'bare', 'strict', 'strict-spare', 'snapshot-no-spare', 'snapshot-spare'];
+    const stemsOf = (v: string): string[] => Array.from({ length: keys + WARM_KEYS }, (_, i) => `${v}${i}`);
+    const live = variants.slice(0, 5).flatMap(stemsOf);
+    const frozen = variants.slice(5).flatMap(stemsOf);
+    const tree = await makeRoot([
+      ...live.map((stem) => ({ swarm: 'cold', stem, fixture: 'agent.mjs' })),
+      ...frozen.map((stem) => ({ swarm: 'frozen', stem, fixture: 'agent.mjs' })),
+    ]);
     const opened: Variant[] = [];
     const latencies = new Map<string, Latency>();
     const spawnReasons: Record<string, number> = {};
+    const strictSpawnReasons: Record<string, number> = {};
     try {
-      // A spare boots before its key is known, so only keys without per-key permission flags
-      // can take one: the spare comparison runs with permissions 'none', and 'strict' (the
-      // default, which never uses a spare) is measured beside them.
-      const noSpare = sandpool(tree, 0, keys + WARM_KEYS + 1, 'none');
-      const spare = sandpool(tree, 1, keys + WARM_KEYS + 1, 'none');
-      const strict = sandpool(tree, 0, keys + WARM_KEYS + 1, 'strict');
-      spare.pool.on('spawn', ({ reason }) => {
-        spawnReasons[reason] = (spawnReasons[reason] ?? 0) + 1;
-      });
-      opened.push(noSpare.variant, spare.variant, bareWorker(tree), strict.variant);
+      // A spare's flags are fixed at boot: under 'none' a blank spare serves any key; under
+      // 'strict' (the default) a strict spare serves a key of the pool's own grant, live or
+      // snapshot (both run from an artifact). Live keys under 'none' and 'strict', and snapshot
+      // keys under 'strict', each with and without a spare.
+      const max = keys + WARM_KEYS + 1;
+      const noSpare = sandpool(tree, 'cold', 0, max, 'none');
+      const spare = sandpool(tree, 'cold', 1, max, 'none');
+      const strict = sandpool(tree, 'cold', 0, max, 'strict');
+      const strictSpare = sandpool(tree, 'cold', 1, max, 'strict');
+      await strict.pool.snapshots.create('frozen', SNAPSHOT);
+      const snapshotNoSpare = sandpool(tree, `frozen@${SNAPSHOT}`, 0, max, 'strict');
+      const snapshotSpare = sandpool(tree, `frozen@${SNAPSHOT}`, 1, max, 'strict');
+      count(spare.pool, spawnReasons);
+      count(strictSpare.pool, strictSpawnReasons);
+      count(snapshotSpare.pool, strictSpawnReasons);
+      opened.push(
+        noSpare.variant,
+        spare.variant,
+        bareWorker(tree),
+        strict.variant,
+        strictSpare.variant,
+        snapshotNoSpare.variant,
+        snapshotSpare.variant,
+      );
       for (const variant of opened) latencies.set(variant.name, new Latency());
       // Interleaved, key by key: drift in the machine over the run hits every variant alike.
       for (let i = 0; i < keys + WARM_KEYS; i += 1) {
@@ -51,13 +71,19 @@ export const coldStart: Benchmark = {
     }
     const summaries = new Map([...latencies].map(([name, latency]) => [name, latency.summaryMs()]));
     const names = [...summaries.keys()];
-    const [noSpareName, spareName, bareName] = names as [string, string, string];
+    const [noSpareName, spareName, bareName, strictName, strictSpareName, snapshotNoSpareName, snapshotSpareName] =
+      names as [string, string, string, string, string, string, string];
     const get = (name: string): LatencySummary => summaries.get(name) as LatencySummary;
     const ratios = {
       spareP50OverNoSpareP50: round(get(spareName).p50 / get(noSpareName).p50, 3),
       spareP99OverNoSpareP99: round(get(spareName).p99 / get(noSpareName).p99, 3),
       noSpareP50OverBareP50: round(get(noSpareName).p50 / get(bareName).p50, 3),
       spareP50OverBareP50: round(get(spareName).p50 / get(bareName).p50, 3),
+      strictSpareP50OverStrictNoSpareP50: round(get(strictSpareName).p50 / get(strictName).p50, 3),
+      strictSpareP99OverStrictNoSpareP99: round(get(strictSpareName).p99 / get(strictName).p99, 3),
+      snapshotSpareP50OverSnapshotNoSpareP50: round(get(snapshotSpareName).p50 / get(snapshotNoSpareName).p50, 3),
+      strictSpareP50OverSpareP50: round(get(strictSpareName).p50 / get(spareName).p50, 3),
+      snapshotNoSpareP50OverStrictLiveP50: round(get(snapshotNoSpareName).p50 / get(strictName).p50, 3),
     };
     return {
       method: [
@@ -65,12 +91,14 @@ export const coldStart: Benchmark = {
         'Time: from pool.call(key, "add", [1, 2]) to its result (the file lookup, worker start, module import and one round trip).',
         `Before each key the variant is left at rest for ${gapMs} ms (a blank worker boots in about 30 ms here), and the spare variant first waits for stats().spares === 1, so a spare is booted when the key arrives.`,
         'bare: new Worker(entry, { execArgv: [], env: {} }) that imports the module, then one postMessage round trip; terminated afterwards.',
-        'sandpool pools: maxWorkers above the key count (no eviction), idleTimeoutMs 0.',
+        'sandpool pools: maxWorkers above the key count (no eviction), idleTimeoutMs 0. Live keys (cold/<stem>, run from the artifact built of live/, which the warm-up keys build) under permissions none and strict, and snapshot keys (frozen@s/<stem>, one snapshot of their swarm made before the run) under strict, each without and with a spare; a strict pool keeps its strict spare from its first key on (a warm-up key).',
+        'Goal (issue 26): a strict key with a spare ≤ 0.15× one without (p50).',
       ],
       parameters: { keys, warmKeys: WARM_KEYS, gapMs },
       results: {
         ...Object.fromEntries(summaries),
         spareSpawnReasons: spawnReasons,
+        strictSpareSpawnReasons: strictSpawnReasons,
       },
       ratios,
       tables: [
@@ -81,9 +109,7 @@ export const coldStart: Benchmark = {
             const s = get(name);
             return [name, ms(s.p50), ms(s.p90), ms(s.p99), ms(s.max), ms(s.mean)];
           }),
-          note: `spare variant spawns: ${Object.entries(spawnReasons)
-            .map(([reason, count]) => `${count} ${reason}`)
-            .join(', ')} (warm-up keys included).`,
+          note: `spawns of the spare variants (warm-up keys included): none ${reasons(spawnReasons)}; strict ${reasons(strictSpawnReasons)}.`,
         },
         {
           title: 'Ratios',
@@ -93,6 +119,11 @@ export const coldStart: Benchmark = {
             ['spare p99 / no-spare p99', ratio(ratios.spareP99OverNoSpareP99)],
             ['no-spare p50 / bare p50', ratio(ratios.noSpareP50OverBareP50)],
             ['spare p50 / bare p50', ratio(ratios.spareP50OverBareP50)],
+            ['strict, live: spare p50 / no-spare p50 (goal ≤ 0.15)', ratio(ratios.strictSpareP50OverStrictNoSpareP50)],
+            ['strict, live: spare p99 / no-spare p99', ratio(ratios.strictSpareP99OverStrictNoSpareP99)],
+            ['strict, snapshot: spare p50 / no-spare p50', ratio(ratios.snapshotSpareP50OverSnapshotNoSpareP50)],
+            ['strict spare p50 / none spare p50 (live)', ratio(ratios.strictSpareP50OverSpareP50)],
+            ['strict: snapshot no-spare p50 / live no-spare p50', ratio(ratios.snapshotNoSpareP50OverStrictLiveP50)],
           ],
         },
       ],
@@ -116,15 +147,32 @@ export const coldStart: Benchmark = {
   },
 };
 
+const SNAPSHOT = 's';
+
 function sandpool(
   tree: TempRoot,
+  swarm: string,
   spareWorkers: number,
   maxWorkers: number,
   permissions: 'none' | 'strict',
 ): { pool: Pool; variant: Variant } {
   const pool = createPool({ root: tree.root, maxWorkers, spareWorkers, idleTimeoutMs: 0, permissions });
-  const name = `sandpool, spareWorkers ${spareWorkers}, permissions ${permissions}`;
-  return { pool, variant: poolVariant(name, pool, 'cold', spareWorkers) };
+  const keys = swarm.includes('@') ? 'snapshot keys' : 'live keys';
+  const name = `sandpool, ${keys}, spareWorkers ${spareWorkers}, permissions ${permissions}`;
+  const keptFrom = permissions === 'strict' ? 'first-key' : 'start';
+  return { pool, variant: poolVariant(name, pool, swarm, spareWorkers, keptFrom) };
+}
+
+function count(pool: Pool, reasons: Record<string, number>): void {
+  pool.on('spawn', ({ reason }) => {
+    reasons[reason] = (reasons[reason] ?? 0) + 1;
+  });
+}
+
+function reasons(counts: Record<string, number>): string {
+  return Object.entries(counts)
+    .map(([reason, n]) => `${n} ${reason}`)
+    .join(', ');
 }
 
 function bareWorker(tree: TempRoot): Variant {

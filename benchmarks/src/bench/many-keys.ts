@@ -5,7 +5,7 @@ import { ms, percent, perSecond } from '../lib/format.js';
 import { Latency, type LatencySummary, round } from '../lib/histogram.js';
 import type { BenchContext, Benchmark, BenchReport } from '../lib/report.js';
 import { fixture, makeRoot } from '../lib/temp-root.js';
-import { now } from '../lib/timing.js';
+import { now, processCpuMs } from '../lib/timing.js';
 
 const KEYS = 1_000;
 const ZIPF_S = 1.1;
@@ -17,6 +17,8 @@ const SEED = 0x5eed;
 const MAX_WARM_MS = 30_000;
 /** Draws of the offline hit-ratio computation. */
 const TRACE = 200_000;
+/** The most strict spares of the larger spare run. */
+const MANY_SPARES = 8;
 
 interface Target {
   name: string;
@@ -43,6 +45,14 @@ type Run = {
   /** At the end of the window: the benchmark process's RSS (every thread's), and workers alive. */
   rssMb: number;
   workers: number | null;
+  /**
+   * The process's CPU over the window (every thread's), in cores, and per miss: on a machine
+   * shared with other work, what a system got of the CPU, and what each miss cost of it.
+   */
+  cpuCores: number;
+  cpuMsPerMiss: number | null;
+  /** Calls per second of the process's CPU: throughput as far as the CPU it got allows, whatever else ran. */
+  callsPerCpuSecond: number;
 };
 
 export const manyKeys: Benchmark = {
@@ -62,9 +72,11 @@ export const manyKeys: Benchmark = {
     const warmedMs: Record<string, number> = {};
     try {
       const makers: Array<() => Target> = [
-        () => sandpoolTarget(tree.root, stems, 'lru'),
-        () => sandpoolTarget(tree.root, stems, 'tinylfu'),
-        () => sandpoolTarget(tree.root, stems, 'tinylfu', BUDGET_MB),
+        () => sandpoolTarget(tree.root, stems, { eviction: 'lru', spareWorkers: 0 }),
+        () => sandpoolTarget(tree.root, stems, { eviction: 'tinylfu', spareWorkers: 0 }),
+        () => sandpoolTarget(tree.root, stems, { eviction: 'tinylfu', budgetMb: BUDGET_MB, spareWorkers: 0 }),
+        () => sandpoolTarget(tree.root, stems, { eviction: 'lru', spareWorkers: 1 }),
+        () => sandpoolTarget(tree.root, stems, { eviction: 'lru', spareWorkers: MANY_SPARES }),
         () => {
           const piscina = new Piscina<{ url: string; fn: string; args: number[] }, { value: number; cold: boolean }>({
             filename: fixture('piscina-dispatch.mjs').href,
@@ -118,7 +130,14 @@ export const manyKeys: Benchmark = {
     }
     const names = Object.keys(runs);
     const get = (name: string): Run => runs[name] as Run;
-    const [lruName, tinyName, budgetName, piscinaName] = names as [string, string, string, string];
+    const [lruName, tinyName, budgetName, spareName, sparesName, piscinaName] = names as [
+      string,
+      string,
+      string,
+      string,
+      string,
+      string,
+    ];
     context.progress(
       `offline hit ratios over the first ${TRACE.toLocaleString('en-US')} draws of the measured sequence`,
     );
@@ -143,13 +162,19 @@ export const manyKeys: Benchmark = {
       tinylfuHitPointsBelowBelady: round((offline.belady - get(tinyName).hitRatio) * 100, 3),
       lruHitPointsBelowBelady: round((offline.belady - get(lruName).hitRatio) * 100, 3),
       budgetOverLruThroughput: round(get(budgetName).callsPerSecond / get(lruName).callsPerSecond, 3),
+      oneSpareOverLruThroughput: round(get(spareName).callsPerSecond / get(lruName).callsPerSecond, 3),
+      sparesOverLruThroughput: round(get(sparesName).callsPerSecond / get(lruName).callsPerSecond, 3),
+      sparesOverLruP50: round(get(sparesName).latency.p50 / get(lruName).latency.p50, 3),
+      oneSpareOverLruPerCpu: round(get(spareName).callsPerCpuSecond / get(lruName).callsPerCpuSecond, 3),
+      sparesOverLruPerCpu: round(get(sparesName).callsPerCpuSecond / get(lruName).callsPerCpuSecond, 3),
       sandpoolOverPiscinaThroughput: round(get(tinyName).callsPerSecond / get(piscinaName).callsPerSecond, 3),
     };
     return {
       method: [
         `${KEYS} keys, each its own module file; key ranks drawn from zipf(s = ${ZIPF_S}) with a seeded PRNG (the same sequence for both systems).`,
         `${IN_FLIGHT} callers in a closed loop (each awaits its call, then draws the next key): ${IN_FLIGHT} calls in flight.`,
-        `sandpool: maxWorkers ${MAX_WORKERS}, spareWorkers default, idleTimeoutMs 0, once with eviction 'lru' and once with 'tinylfu'; then 'tinylfu' with maxMemoryMb ${BUDGET_MB} and maxWorkers ${KEYS} (the budget, not the count, decides). A miss is a spawn (stats/events): hit ratio = 1 - spawns / calls in the window. RSS is the benchmark process's (all its threads) at the end of each window, after the previous system was closed.`,
+        `sandpool: maxWorkers ${MAX_WORKERS}, spareWorkers 0, idleTimeoutMs 0, once with eviction 'lru' and once with 'tinylfu'; then 'tinylfu' with maxMemoryMb ${BUDGET_MB} and maxWorkers ${KEYS} (the budget, not the count, decides). A miss is a spawn (stats/events): hit ratio = 1 - spawns / calls in the window. RSS is the benchmark process's (all its threads) at the end of each window, after the previous system was closed.`,
+        `The keys are live (many/<stem>), each run from the artifact built of live/ (the first warm-up builds it), under the default permissions 'strict'. Then 'lru' again with spareWorkers 1 and ${MANY_SPARES}: strict spares. Goal (issue 26): with spares ≥ 1.5× the calls/s of 'lru' without.`,
         `Offline, one request at a time, with ${MAX_WORKERS} slots: the hit ratio of an LRU cache and of Belady's optimum (evict the key asked for again furthest in the future), over the sequence the LRU pool served (warm-up and window; hits counted in the window), and at steady state (the first ${TRACE.toLocaleString('en-US')} draws of the measured sequence). The pools run ${IN_FLIGHT} calls at once and cannot evict a busy worker, so their ratios sit below the offline ones.`,
         `piscina: one shared pool of ${cores} threads (cores); the task imports the key's module once per thread and calls it; a miss is a call whose thread had to import the module first.`,
         `Warm-up ${warmMs / 1000} s, longer if sandpool has not filled its ${MAX_WORKERS} slots and started evicting by then (at most ${MAX_WARM_MS / 1000} s; not counted), then ${measureMs / 1000} s measured. Latency from call to result.`,
@@ -173,7 +198,20 @@ export const manyKeys: Benchmark = {
       tables: [
         {
           title: `${KEYS.toLocaleString('en-US')} keys, zipf(${ZIPF_S}), ${IN_FLIGHT} in flight`,
-          headers: ['system', 'calls/s', 'hit ratio', 'p50', 'p99', 'p99.9', 'workers', 'RSS', 'misses'],
+          headers: [
+            'system',
+            'calls/s',
+            'hit ratio',
+            'p50',
+            'p99',
+            'p99.9',
+            'workers',
+            'RSS',
+            'CPU',
+            'CPU/miss',
+            'calls/CPU-s',
+            'misses',
+          ],
           rows: names.map((name) => {
             const r = get(name);
             const misses = Object.entries(r.details)
@@ -188,10 +226,13 @@ export const manyKeys: Benchmark = {
               ms(r.latency.p999),
               r.workers === null ? '-' : String(r.workers),
               `${r.rssMb} MB`,
+              `${r.cpuCores} cores`,
+              r.cpuMsPerMiss === null ? '-' : ms(r.cpuMsPerMiss),
+              String(r.callsPerCpuSecond),
               misses,
             ];
           }),
-          note: `The ${MAX_WORKERS} most popular keys draw ${percent(topShare)} of the calls. Offline over the sequence served: LRU ${percent(offline.lru)}, Belady ${percent(offline.belady)} (at steady state: ${percent(steady.lru)}, ${percent(steady.belady)}). tinylfu / lru: throughput ${ratios.tinylfuOverLruThroughput}×, p99 ${ratios.tinylfuOverLruP99}×; hit ratio ${ratios.tinylfuHitPointsBelowBelady} points below Belady's (lru: ${ratios.lruHitPointsBelowBelady}). The ${BUDGET_MB} MB budget / lru at ${MAX_WORKERS} workers: throughput ${ratios.budgetOverLruThroughput}×.`,
+          note: `The ${MAX_WORKERS} most popular keys draw ${percent(topShare)} of the calls. Offline over the sequence served: LRU ${percent(offline.lru)}, Belady ${percent(offline.belady)} (at steady state: ${percent(steady.lru)}, ${percent(steady.belady)}). tinylfu / lru: throughput ${ratios.tinylfuOverLruThroughput}×, p99 ${ratios.tinylfuOverLruP99}×; hit ratio ${ratios.tinylfuHitPointsBelowBelady} points below Belady's (lru: ${ratios.lruHitPointsBelowBelady}). The ${BUDGET_MB} MB budget / lru at ${MAX_WORKERS} workers: throughput ${ratios.budgetOverLruThroughput}×. lru with strict spares / without: throughput ${ratios.oneSpareOverLruThroughput}× with spareWorkers 1, ${ratios.sparesOverLruThroughput}× with ${MANY_SPARES} (goal ≥ 1.5×), p50 ${ratios.sparesOverLruP50}×; calls per CPU-second ${ratios.oneSpareOverLruPerCpu}× and ${ratios.sparesOverLruPerCpu}× (what the CPU each run got cannot sway).`,
         },
       ],
       chart: {
@@ -232,14 +273,16 @@ export const manyKeys: Benchmark = {
   },
 };
 
-function sandpoolTarget(
-  root: string,
-  stems: readonly string[],
-  eviction: NonNullable<PoolOptions['eviction']>,
-  budgetMb?: number,
-): Target {
+interface SandpoolRun {
+  eviction: NonNullable<PoolOptions['eviction']>;
+  budgetMb?: number;
+  spareWorkers: number;
+}
+
+function sandpoolTarget(root: string, stems: readonly string[], run: SandpoolRun): Target {
+  const { eviction, budgetMb, spareWorkers } = run;
   const limits = budgetMb === undefined ? { maxWorkers: MAX_WORKERS } : { maxWorkers: KEYS, maxMemoryMb: budgetMb };
-  const pool = createPool({ root, ...limits, idleTimeoutMs: 0, eviction });
+  const pool = createPool({ root, ...limits, spareWorkers, idleTimeoutMs: 0, eviction });
   const counts = { cold: 0, spare: 0, evicted: 0 };
   pool.on('spawn', ({ reason }) => {
     counts[reason] += 1;
@@ -247,8 +290,13 @@ function sandpoolTarget(
   pool.on('evict', () => {
     counts.evicted += 1;
   });
+  const name = [
+    `sandpool, ${eviction}`,
+    ...(budgetMb === undefined ? [] : [`maxMemoryMb ${budgetMb}`]),
+    ...(spareWorkers === 0 ? [] : [`spareWorkers ${spareWorkers}`]),
+  ].join(', ');
   return {
-    name: budgetMb === undefined ? `sandpool, ${eviction}` : `sandpool, ${eviction}, maxMemoryMb ${budgetMb}`,
+    name,
     call: async (rank) => {
       await pool.call(`many/${stems[rank]}`, 'add', [1, 2]);
       return null;
@@ -310,6 +358,7 @@ function beladyHits(trace: readonly number[], slots: number, from: number): numb
 
 async function load(target: Target, sample: () => number, durationMs: number): Promise<Run> {
   const latency = new Latency();
+  const cpuStart = processCpuMs();
   const start = now();
   const end = start + durationMs;
   let calls = 0;
@@ -329,6 +378,7 @@ async function load(target: Target, sample: () => number, durationMs: number): P
     }
   };
   await Promise.all(Array.from({ length: IN_FLIGHT }, lane));
+  const cpuMs = processCpuMs() - cpuStart;
   const misses = target.coldLoads() ?? 0;
   return {
     callsPerSecond: round((calls * 1000) / durationMs),
@@ -339,6 +389,9 @@ async function load(target: Target, sample: () => number, durationMs: number): P
     details: target.details(),
     rssMb: Math.round(process.memoryUsage().rss / 2 ** 20),
     workers: target.workers(),
+    cpuCores: round(cpuMs / (now() - start), 3),
+    cpuMsPerMiss: misses === 0 ? null : round(cpuMs / misses),
+    callsPerCpuSecond: round((calls * 1000) / cpuMs),
   };
 }
 

@@ -103,6 +103,12 @@ export interface LoadRequest {
    */
   sha256?: string;
   /**
+   * The bundle's size in bytes, from the same manifest: given with sha256, the worker reads
+   * exactly that many and rereads no manifest (a swarm's manifest lists every file of its
+   * stems: 300 KB of JSON for 1,000 of them).
+   */
+  bytes?: number;
+  /**
    * Report heap and external memory this often (ms), 0 for never: where the coordinator
    * cannot read them itself (Node 20 under the permission model, whose workers have no
    * inspector to attach to).
@@ -174,6 +180,13 @@ export const MEMORY_USAGE_SYMBOL = 'sandpool.memoryUsage';
 /** What the worker finds in `workerData`: the private port, taken before any agent code runs. */
 export interface WorkerBoot {
   port: MessagePort;
+  /** A strict spare: it will verify a bundle, so it loads the verifier while it waits for its key. */
+  verifies?: true;
+  /**
+   * A strict spare's denials (see DENIABLE), applied while it waits for its key: its load must
+   * name the same list, or it loads nothing.
+   */
+  deny?: Deniable[];
 }
 
 /**

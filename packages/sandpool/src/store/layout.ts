@@ -44,6 +44,15 @@ export function artifactDir(root: string, swarm: string, digest: string): string
   return join(root, CACHE_DIR, 'artifacts', swarm, digest);
 }
 
+/**
+ * Where strict spare threads find their key's folder where the host has no tmpfs: a folder per
+ * pool, named by its owner (see leftovers.ts), holding each spare's folder, empty until its key
+ * comes, then a link to that key's folder.
+ */
+export function sparesDir(root: string): string {
+  return join(root, CACHE_DIR, 'spares');
+}
+
 /** What each swarm's last live build made and read (`<swarm>.json`), so the next process may reuse it. */
 export function liveRecordsDir(root: string): string {
   return join(root, CACHE_DIR, 'live');

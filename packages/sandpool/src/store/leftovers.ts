@@ -151,13 +151,19 @@ export async function removeAbandonedLock(path: string, now = Date.now()): Promi
 }
 
 function abandoned(owner: string, mtimeMs: number, now: number): boolean {
+  return ownerGone(owner) ?? now - mtimeMs > LEFTOVER_AGE_MS;
+}
+
+/**
+ * Whether the process an owner's token names has ended; null when it cannot be asked (a
+ * process of another machine, or no token of ours). A reused pid keeps what it owns until
+ * that process ends too: late, never wrong.
+ */
+export function ownerGone(owner: string): boolean | null {
   const match = OWNED.exec(owner);
-  if (match !== null && match[2] === MACHINE) {
-    // A reused pid keeps the folder until that process ends too: late, never wrong.
-    const pid = Number(match[1]);
-    if (pid <= MAX_PID) return !alive(pid);
-  }
-  return now - mtimeMs > LEFTOVER_AGE_MS;
+  if (match === null || match[2] !== MACHINE) return null;
+  const pid = Number(match[1]);
+  return pid <= MAX_PID ? !alive(pid) : null;
 }
 
 /** Whether a process of this pid exists; a reused pid errs on the safe side (kept until old). */

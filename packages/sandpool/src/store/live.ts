@@ -21,8 +21,8 @@ export interface LiveArtifact {
   readonly digest: string;
   /** Stems whose bundle failed, with the build's message (its place relative to the swarm, no host path). */
   readonly failures: Readonly<Record<string, string>>;
-  /** Each stem's bundle by the sha256 of its bytes, which its worker checks before running it. */
-  readonly bundles: Readonly<Record<string, string>>;
+  /** Each stem's bundle: the sha256 and size of its bytes, which its worker checks before running it. */
+  readonly bundles: Readonly<Record<string, Bundle>>;
 }
 
 /**
@@ -35,6 +35,13 @@ export interface LiveStem {
   readonly failure: string | null;
   /** The sha256 of its bundle, `.sandpool-bundles/<stem>.mjs`; null when live/ has no such stem. */
   readonly sha256: string | null;
+  /** Its size in bytes; null where sha256 is. */
+  readonly bytes: number | null;
+}
+
+interface Bundle {
+  readonly sha256: string;
+  readonly bytes: number;
 }
 
 /** How a pool asks for a live key's artifact (built off its thread, see SnapshotStore's helper). */
@@ -42,8 +49,13 @@ export type LiveSource = (swarm: string, stem: string) => Promise<LiveStem>;
 
 export function stemOf(artifact: LiveArtifact, stem: string): LiveStem {
   const failure = Object.hasOwn(artifact.failures, stem) ? artifact.failures[stem] : undefined;
-  const sha256 = Object.hasOwn(artifact.bundles, stem) ? artifact.bundles[stem] : undefined;
-  return { digest: artifact.digest, failure: failure ?? null, sha256: sha256 ?? null };
+  const bundle = Object.hasOwn(artifact.bundles, stem) ? artifact.bundles[stem] : undefined;
+  return {
+    digest: artifact.digest,
+    failure: failure ?? null,
+    sha256: bundle?.sha256 ?? null,
+    bytes: bundle?.bytes ?? null,
+  };
 }
 
 /** What the last live build of a swarm made, and what its reuse is stamped by. */
@@ -152,11 +164,11 @@ async function stampOf(live: string, probed: readonly string[]): Promise<string 
   return tree === null || used === null ? null : `${tree}:${used}`;
 }
 
-function bundlesOf({ manifest }: Build): Record<string, string> {
-  const bundles: Record<string, string> = {};
+function bundlesOf({ manifest }: Build): Record<string, Bundle> {
+  const bundles: Record<string, Bundle> = {};
   for (const [stem, rel] of Object.entries(manifest.stems)) {
     const file = Object.hasOwn(manifest.files, rel) ? manifest.files[rel] : undefined;
-    if (file !== undefined) bundles[stem] = file.sha256;
+    if (file !== undefined) bundles[stem] = { sha256: file.sha256, bytes: file.bytes };
   }
   return bundles;
 }
@@ -177,7 +189,18 @@ function isHeld(value: unknown): value is Held {
     artifact !== null &&
     isDigest(artifact.digest) &&
     table(artifact.failures, (why) => typeof why === 'string') &&
-    table(artifact.bundles, isDigest)
+    table(artifact.bundles, isBundle)
+  );
+}
+
+function isBundle(value: unknown): value is Bundle {
+  const bundle = value as Partial<Record<keyof Bundle, unknown>> | null;
+  return (
+    typeof bundle === 'object' &&
+    bundle !== null &&
+    isDigest(bundle.sha256) &&
+    Number.isSafeInteger(bundle.bytes) &&
+    (bundle.bytes as number) >= 0
   );
 }
 

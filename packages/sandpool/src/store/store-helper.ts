@@ -29,6 +29,7 @@ const LiveStemSchema = z.strictObject({
     .max(64 * 1024)
     .nullable(),
   sha256: Digest.nullable(),
+  bytes: z.number().int().nonnegative().nullable(),
 });
 const Received = z.strictObject({ id: z.number(), received: z.literal(true) });
 const Reply = z.discriminatedUnion('ok', [

@@ -10,6 +10,7 @@ import { isMainThread, parentPort, workerData } from 'node:worker_threads';
 import { isDenialList } from '../protocol/checks.js';
 import { encodeFrame, FROM_CHILD_FD, FrameReader, TO_CHILD_FD } from '../protocol/frames.js';
 import {
+  type Deniable,
   type FromWorker,
   type LoadRequest,
   MEMORY_USAGE_SYMBOL,
@@ -21,7 +22,7 @@ import { toRemoteError } from '../protocol/remote-error.js';
 import { defineAgentGlobal } from './agent-global.js';
 import { Heartbeat } from './heartbeat.js';
 import { HostProxy } from './host-proxy.js';
-import { LoadFailure, loadAgent, preloadFor, preloadSyntax } from './load.js';
+import { LoadFailure, loadAgent, preloadFor, preloadSyntax, preloadVerifier } from './load.js';
 import { lockDown } from './lockdown.js';
 import { OutputGate } from './output.js';
 import { Runtime } from './runtime.js';
@@ -182,6 +183,24 @@ const runtime = new Runtime(post);
 let heartbeat: Heartbeat | null = null;
 const host = new HostProxy(post);
 let loading = false;
+const lockedAtBoot = bootStrictSpare();
+
+/**
+ * A strict spare (see WorkerBoot) does now what its load would, while it waits for its key:
+ * it loads the verifier and applies its denials. Its key's load must name the same denials.
+ */
+function bootStrictSpare(): readonly Deniable[] | null {
+  const boot = isMainThread ? null : (workerData as Partial<WorkerBoot> | null);
+  if (boot?.verifies !== true) return null;
+  const { deny } = boot;
+  // Agent code imports this object: it finds nothing of how its worker booted.
+  delete boot.verifies;
+  delete boot.deny;
+  if (!isDenialList(deny)) throw new Error('sandpool: a strict spare booted with a malformed denial list');
+  preloadVerifier();
+  lockDown(deny);
+  return deny;
+}
 
 link.listen((message) => {
   switch (message.t) {
@@ -226,7 +245,11 @@ async function onLoad(request: LoadRequest): Promise<void> {
   if (isMainThread) await dropPrivileges(request);
   try {
     if (request.deny !== undefined && !isDenialList(request.deny)) throw new Error('a malformed denial list');
-    lockDown(request.deny ?? []);
+    const deny = request.deny ?? [];
+    if (lockedAtBoot === null) lockDown(deny);
+    else if (deny.length !== lockedAtBoot.length || deny.some((name, i) => name !== lockedAtBoot[i])) {
+      throw new Error("a load whose denials are not its spare's");
+    }
   } catch (error) {
     // No agent runs under a lockdown that did not take.
     post({ t: 'load-failed', code: 'ERR_SANDPOOL_MODULE_LOAD', error: toRemoteError(error) });

@@ -32,6 +32,13 @@ export async function preloadFor(request: LoadRequest): Promise<void> {
   await Promise.all([request.verifyDir === null ? null : verifierModule(), syntaxModule()]);
 }
 
+/** Loads the verifier now, in a spare that will verify its key's bundle: while it waits, not once its key has come. */
+export function preloadVerifier(): void {
+  verifierModule().catch(() => {
+    // loadAgent awaits the same promise at the load, and fails loudly there.
+  });
+}
+
 /**
  * Loads the syntax locator now, in a child that will drop its uid: at boot, so a spare has it
  * before its key comes (its load then waits for nothing it could have done while idle).

@@ -24,24 +24,31 @@ export interface VerifiedBundle {
  */
 export async function verifySnapshot(request: LoadRequest): Promise<VerifiedBundle | null> {
   const dir = request.verifyDir as string;
+  const rel = relative(dir, request.file).split(sep).join('/');
+  // The coordinator's digest and size come from a manifest it authenticated; the worker's own
+  // reread of the manifest is the fallback when it sends none.
+  if (request.sha256 !== undefined && request.bytes !== undefined) {
+    return { file: request.file, bytes: readChecked(request, rel, request.sha256, request.bytes) };
+  }
   const { manifest } = readManifest(dir, request.key);
   if (manifest.version === 1) {
     await verifyAgainst(dir, manifest, request.key);
     return null;
   }
-  const rel = relative(dir, request.file).split(sep).join('/');
   const entry = Object.hasOwn(manifest.files, rel) ? manifest.files[rel] : undefined;
   if (entry === undefined || !Object.values(manifest.stems).includes(rel)) {
     throw snapshotCorrupt(`snapshot manifest lists no bundle ${rel}`, request.key);
   }
-  // The coordinator's digest comes from a manifest it authenticated; the worker's own reread
-  // of the manifest is the fallback when it sends none.
-  const expected = request.sha256 ?? entry.sha256;
+  return { file: request.file, bytes: readChecked(request, rel, request.sha256 ?? entry.sha256, entry.bytes) };
+}
+
+/** The bundle's bytes, at most `size` of them, if they hash to `expected`. */
+function readChecked(request: LoadRequest, rel: string, expected: string, size: number): Buffer {
   let bytes: Buffer;
   try {
     // Synchronous: this thread has nothing else to do yet, and libuv's pool, which an async
     // read would wait in, is shared with every tenant's async jobs.
-    bytes = readRegularFileSync(request.file, { maxBytes: entry.bytes });
+    bytes = readRegularFileSync(request.file, { maxBytes: size });
   } catch (error) {
     const why = error instanceof UnsafeFileError ? error.message : 'cannot be read';
     throw snapshotCorrupt(`snapshot bundle ${rel} ${why}`, request.key, error);
@@ -49,7 +56,7 @@ export async function verifySnapshot(request: LoadRequest): Promise<VerifiedBund
   if (createHash('sha256').update(bytes).digest('hex') !== expected) {
     throw snapshotCorrupt(`snapshot does not match its manifest (changed: ${rel})`, request.key);
   }
-  return { file: request.file, bytes };
+  return bytes;
 }
 
 /** Read by the bundle's banner (store/bundle.ts) while it is evaluated. */

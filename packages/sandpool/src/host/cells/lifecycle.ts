@@ -17,8 +17,8 @@ import type { KeyPolicy } from '../policy/key-policy.js';
 import type { Scheduler } from '../slots/scheduler.js';
 import type { Spares } from '../slots/spares.js';
 import type { Telemetry } from '../telemetry/telemetry.js';
-import type { RetireReason, ThreadEnd } from '../workers/agent-worker.js';
-import type { Launcher } from '../workers/launch.js';
+import type { AgentWorker, RetireReason, ThreadEnd } from '../workers/agent-worker.js';
+import type { Launcher, LaunchPlan } from '../workers/launch.js';
 import { AgentProcess } from '../workers/process.js';
 import type { Call } from './call.js';
 import type { Cell, CellLife, CellPhase } from './cell.js';
@@ -101,17 +101,16 @@ export class Lifecycle implements CellLife {
   start(cell: Cell): void {
     const { phase } = cell;
     if (phase.name !== 'queued') throw new Error(`sandpool: cannot start a ${phase.name} cell`);
-    const { launcher, spares, memory } = this.parts;
+    const { launcher, memory } = this.parts;
     const { plan } = phase;
-    const spare = launcher.fitsBlank(plan, spares.isolation) ? spares.take() : null;
-    const thread = spare ?? launcher.boot(plan);
+    const { thread, from, folder } = this.workerFor(plan);
     const channel = cell.openChannel(thread, this.parts.abortGraceMs, this.parts.telemetry, this.parts.redact);
     cell.transition({
       name: 'starting',
       waiting: phase.waiting,
       thread,
       channel,
-      from: spare === null ? 'cold' : 'spare',
+      from,
       startedAt: performance.now(),
       retiring: null,
     });
@@ -123,8 +122,25 @@ export class Lifecycle implements CellLife {
     });
     const beat = heartbeat ? { busyMs: HEARTBEAT_MS, idleMs: IDLE_POLL_MS } : null;
     thread.assign(cell.key, plan.access);
-    thread.post(launcher.loadRequest(cell.key, plan, beat));
+    thread.post(launcher.loadRequest(cell.key, plan, beat, folder));
     cell.route.loading(cell);
+  }
+
+  /** A spare where one fits, its key's folder shown to it (`folder`: where it reads it); else a worker booted for the plan. */
+  private workerFor(plan: LaunchPlan): { thread: AgentWorker; from: 'cold' | 'spare'; folder: string } {
+    const { launcher, spares } = this.parts;
+    const { folder } = plan.location;
+    const spare = launcher.fitsSpare(plan, spares.isolation) ? spares.take() : null;
+    if (spare !== null) {
+      try {
+        return { thread: spare, from: 'spare', folder: spare.seeFolder(folder) };
+      } catch {
+        // Its folder cannot show the key's (removed from under it, or the root made read-only): it serves no key.
+        spare.terminate({ retired: 'closed' });
+        spares.refill();
+      }
+    }
+    return { thread: launcher.boot(plan), from: 'cold', folder };
   }
 
   ready(cell: Cell, tid: number): void {

@@ -134,14 +134,16 @@ export class PoolCore {
       throw error;
     }
     // With isolation a function of the key, which kind the next key needs is unknown: threads.
-    const spareKind = options.isolation === 'process' ? 'process' : 'thread';
-    // Under a per-key permission model no key can take a spare (its flags are fixed at boot).
-    const sparesUsable =
-      (options.permissions === 'none' || typeof options.permissions === 'function' || options.policy !== undefined) &&
-      launcher.canBootBlank(spareKind);
-    this.spares = new Spares(new SpareDemand(sparesUsable ? options.spareWorkers : 0), spareKind, () =>
-      launcher.bootBlank(spareKind),
+    const spareIsolation = options.isolation === 'process' ? 'process' : 'thread';
+    // A spare's flags are fixed at boot: strict spares are kept once a key could take one (a
+    // pool of keys none of which can boots none), blank ones from the start.
+    const spareKind = launcher.spareKind(spareIsolation);
+    const demand = new SpareDemand(
+      spareKind === null ? 0 : options.spareWorkers,
+      undefined,
+      spareKind === 'strict' ? 'first-miss' : 'start',
     );
+    this.spares = new Spares(demand, spareIsolation, () => launcher.bootSpare(spareIsolation));
     this.scheduler = new Scheduler<Cell>(
       this.census,
       {
@@ -329,7 +331,7 @@ export class PoolCore {
     }, this.options.closeTimeoutMs);
     await Promise.all([...released, sparesEnded]);
     clearTimeout(closeTimer);
-    await this.launcher.sandbox.close();
+    await this.launcher.close();
   }
 
   /** Every rule the books must obey, checked from scratch; empty when all hold. */

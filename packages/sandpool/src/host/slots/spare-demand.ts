@@ -12,8 +12,8 @@ const MAX_BOOT_SAMPLE_MS = 1_000;
 
 /**
  * How many spares to keep booted: as many as the misses that came within one boot time of
- * each other lately, so a burst finds them booted when it comes again; at least one, so the
- * next new key is fast; at most `spareWorkers`. The peak fades with a half-life of 10 s. A boot
+ * each other lately, so a burst finds them booted when it comes again; at least one (from the
+ * start, or from the first miss), so the next new key is fast; at most `spareWorkers`. The peak fades with a half-life of 10 s. A boot
  * time is the pool's own cold starts, averaged: on a loaded machine starts are slower, a
  * window holds more misses, and more spares are kept. A steady rate counts too: r misses a
  * second with boots of b seconds put about r·b of them in every window (Little's law).
@@ -24,16 +24,22 @@ export class SpareDemand {
   private peak = 0;
   private peakAt: number;
   private bootMs: number | null = null;
+  /** Whether one spare is kept now, whatever the misses: from the start, or from the first miss. */
+  private keepsOne: boolean;
 
   constructor(
     readonly ceiling: number,
     private readonly clock: () => number = () => performance.now(),
+    /** `'first-miss'`: no spare until a key could take one (a pool whose keys may never fit one boots none). */
+    keepOneFrom: 'start' | 'first-miss' = 'start',
   ) {
     this.peakAt = clock();
+    this.keepsOne = keepOneFrom === 'start';
   }
 
   /** A key that could take a spare needed a worker, whether or not one was there. */
   missed(): void {
+    this.keepsOne = true;
     const now = this.clock();
     const span = this.bootMs ?? FIRST_BOOT_MS;
     this.window.push(now);
@@ -51,7 +57,7 @@ export class SpareDemand {
   }
 
   target(): number {
-    if (this.ceiling === 0) return 0;
+    if (this.ceiling === 0 || !this.keepsOne) return 0;
     return Math.min(this.ceiling, Math.max(1, Math.ceil(this.decayedPeak(this.clock()))));
   }
 

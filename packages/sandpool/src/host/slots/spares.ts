@@ -8,8 +8,9 @@ const BOOT_NICE = 19;
 const TRIM_MS = 5_000;
 
 /**
- * Blank booted workers (no tenant code), each with the promise of its exit: threads, or
- * child processes when every key runs in one (`isolation: 'process'`). As many as `demand`
+ * Booted workers with no tenant code and no key yet (blank, or strict with a folder of their
+ * own: see Launcher.spareKind), each with the promise of its exit: threads, or child
+ * processes when every key runs in one (`isolation: 'process'`). As many as `demand`
  * asks for: refilled when one is taken, trimmed while the misses fade. A spare process
  * boots at nice 19 (the CPU weight of nice 19 where it has a cgroup) where its priority can
  * be raised back when a key takes it (root, CAP_SYS_NICE, or a cgroup); elsewhere it boots at
@@ -28,8 +29,8 @@ export class Spares {
   constructor(
     private readonly demand: SpareDemand,
     readonly isolation: Isolation,
-    /** Boots a blank worker; a spare boots before its key is known, so with no per-key flags. */
-    private readonly boot: () => AgentWorker,
+    /** Boots a spare, before its key is known, so with no per-key flags; null: none can be made now. */
+    private readonly boot: () => AgentWorker | null,
   ) {
     // With a ceiling of one the count never changes: nothing to trim.
     this.trimTimer = demand.ceiling > 1 ? setInterval(() => this.trim(), TRIM_MS).unref() : null;
@@ -43,6 +44,7 @@ export class Spares {
     const target = this.demand.target();
     while (!this.closed && this.threads.size < target) {
       const thread = this.boot();
+      if (thread === null) return;
       thread.setReferenced(false);
       if (thread.isolation === 'process') {
         this.raisable ??= thread.prioritize(1) && thread.prioritize(0);

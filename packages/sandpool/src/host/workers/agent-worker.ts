@@ -81,6 +81,14 @@ export abstract class AgentWorker {
   /** Its key, just before the load: what a process's cage must show it and whom it runs as (a thread needs nothing). */
   assign(_key: ResolvedKey, _access: KeyAccess | null): void {}
 
+  /**
+   * Where this worker reads its key's folder (a real path): there, or for a strict spare at a
+   * folder of its own, which shows it from now on (see SpareFolders). Throws when it cannot.
+   */
+  seeFolder(folder: string): string {
+    return folder;
+  }
+
   /** A child process's cgroup bound (see AgentProcess); a thread has none. */
   cgroupBounds(): KeyStats['cgroup'] {
     return null;

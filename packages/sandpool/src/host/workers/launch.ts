@@ -1,3 +1,4 @@
+import { join, relative } from 'node:path';
 import type { ResolvedKey } from '../../key.js';
 import type { ResolvedPoolOptions } from '../../options.js';
 import type { Deniable, LoadRequest } from '../../protocol/messages.js';
@@ -12,6 +13,7 @@ import { AgentProcess, type ProcessSettings } from './process.js';
 import { locateModule, type ModuleLocation } from './resolve.js';
 import { Sandbox, type SandboxParts } from './sandbox/sandbox.js';
 import type { KeyAccess } from './sandbox/view.js';
+import { StrictSpares } from './strict-spares.js';
 import { AgentThread } from './thread.js';
 import { typeScriptExecArgv } from './typescript.js';
 
@@ -30,10 +32,17 @@ export interface LaunchPlan {
 }
 
 /**
+ * What a pool's spares are: `blank`, with no permission flags (a key under `'none'` takes
+ * one); `strict`, threads under the pool's own strict policy (see StrictSpares); null: no key
+ * here could take one.
+ */
+export type SpareKind = 'blank' | 'strict' | null;
+
+/**
  * How a key's worker is launched: where its module is, which flags and which isolation it
- * gets (all from the options, per key), and the worker itself, booted cold or blank for a
- * spare. Every refusal (no file, a link that leaves the folder, a bad per-key answer) is
- * thrown by `plan`, before the key holds a slot.
+ * gets (all from the options, per key), and the worker itself, booted cold or as a spare
+ * before its key is known. Every refusal (no file, a link that leaves the folder, a bad
+ * per-key answer) is thrown by `plan`, before the key holds a slot.
  */
 export class Launcher {
   /** The OS sandbox of this pool's process keys. */
@@ -41,6 +50,8 @@ export class Launcher {
   private readonly process: ProcessSettings;
   /** The flags a blank worker boots with: only a key that needs no more may take it. */
   private readonly blankFlags = typeScriptExecArgv();
+  /** Spare threads for the pool's own strict policy; null under `'none'` or a function. */
+  private readonly strict: StrictSpares | null;
 
   constructor(
     private readonly options: ResolvedPoolOptions,
@@ -56,6 +67,11 @@ export class Launcher {
       sandbox.memoryBytes,
   ) {
     this.sandbox = new Sandbox(options, sandbox);
+    const { permissions } = options;
+    this.strict =
+      permissions === 'strict' || typeof permissions === 'object'
+        ? new StrictSpares(root, permissions, settings, this.blankFlags)
+        : null;
     // Their V8 heap limit is the budget itself: past it V8 aborts the child alone.
     this.process = { sandbox: this.sandbox, heapMb: options.resourceLimits.maxOldGenerationSizeMb, memoryBytes: null };
   }
@@ -105,33 +121,57 @@ export class Launcher {
     return new AgentProcess(settings, plan.execArgv, child, plan.access);
   }
 
-  /** A blank worker of this kind, booted before its key is known: with no per-key flags. */
-  bootBlank(isolation: Isolation): AgentWorker {
+  /**
+   * The spares of `isolation` this pool keeps. Strict spares where the pool's policy is
+   * strict or a grant, for threads; blank ones where a key may run under `'none'` (the
+   * option, or a function or policy that may answer it; a spare cell needs a stage: see
+   * Sandbox).
+   */
+  spareKind(isolation: Isolation): SpareKind {
+    if (isolation === 'thread' && this.strict !== null) return 'strict';
+    const { permissions, policy } = this.options;
+    const mayBeNone = permissions === 'none' || typeof permissions === 'function' || policy !== undefined;
+    return mayBeNone && (isolation === 'thread' || this.sandbox.sparesPossible) ? 'blank' : null;
+  }
+
+  /** A spare of `isolation`, booted before its key is known; null when none can be made now. */
+  bootSpare(isolation: Isolation): AgentWorker | null {
+    if (isolation === 'thread' && this.strict !== null) return this.strict.boot();
     return isolation === 'process'
       ? new AgentProcess(this.settings, this.blankFlags, this.process, null)
       : new AgentThread(this.settings, this.blankFlags);
   }
 
-  /** Whether a blank worker of `isolation` can ever take a key here (a spare cell needs a stage: see Sandbox). */
-  canBootBlank(isolation: Isolation): boolean {
-    return isolation === 'thread' || this.sandbox.sparesPossible;
+  /** Whether a spare of `isolation` can serve this plan: its flags are fixed at boot. */
+  fitsSpare(plan: LaunchPlan, isolation: Isolation): boolean {
+    if (plan.isolation !== isolation || plan.policy.ownSettings) return false;
+    if (isolation === 'thread' && this.strict !== null)
+      return this.strict.fits(plan.execArgv, plan.deny, plan.location);
+    return sameFlags(plan.execArgv, this.blankFlags);
   }
 
-  /** Whether a blank worker of `isolation` can serve this plan: its flags are fixed at boot. */
-  fitsBlank(plan: LaunchPlan, isolation: Isolation): boolean {
-    return plan.isolation === isolation && !plan.policy.ownSettings && sameFlags(plan.execArgv, this.blankFlags);
+  /** The pool has closed: what its workers used goes. */
+  async close(): Promise<void> {
+    this.strict?.close();
+    await this.sandbox.close();
   }
 
-  /** The load message for a worker about to run this plan's module. */
-  loadRequest(key: ResolvedKey, plan: LaunchPlan, beat: Beat | null): LoadRequest {
-    const { file, verifyDir, sha256 } = plan.location;
+  /**
+   * The load message for a worker about to run this plan's module, which reads its key's
+   * folder at `folder` (a spare's own, see seeFolder).
+   */
+  loadRequest(key: ResolvedKey, plan: LaunchPlan, beat: Beat | null, folder = plan.location.folder): LoadRequest {
+    const { file, verifyDir, sha256, bytes } = plan.location;
+    const seen = (path: string): string =>
+      folder === plan.location.folder ? path : join(folder, relative(plan.location.folder, path));
     return {
       t: 'load',
       ...(beat === null ? {} : { heartbeatMs: beat.busyMs, idleHeartbeatMs: beat.idleMs }),
       key: key.text,
-      file,
-      verifyDir,
+      file: seen(file),
+      verifyDir: seen(verifyDir),
       ...(sha256 === null ? {} : { sha256 }),
+      ...(bytes === null ? {} : { bytes }),
       ...(plan.deny === null ? {} : { deny: plan.deny }),
     };
   }

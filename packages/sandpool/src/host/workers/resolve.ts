@@ -35,6 +35,8 @@ export interface ModuleLocation {
   readonly artifact: boolean;
   /** sha256 of the bundle, from the manifest checked here (LoadRequest.sha256); null for an old snapshot folder. */
   readonly sha256: string | null;
+  /** Its size in bytes, from the same manifest (LoadRequest.bytes); null where sha256 is. */
+  readonly bytes: number | null;
   /** The content's digest (SnapshotInfo.digest; a live key's artifact's). */
   readonly digest: string;
 }
@@ -89,6 +91,7 @@ export async function locateModule(root: string, key: ResolvedKey, options: Loca
     swarmFolder: dirname(dir),
     verifyDir: dir,
     sha256: built.sha256,
+    bytes: built.bytes,
     digest: built.digest,
     artifact: true,
   };
@@ -134,6 +137,7 @@ function bundleOf(
     swarmFolder,
     verifyDir: realFolder,
     sha256: entry.sha256,
+    bytes: entry.bytes,
     digest: manifest.digest,
     artifact: false,
   };
@@ -156,6 +160,7 @@ function fileIn(key: ResolvedKey, folder: string, realFolder: string, digest: st
       swarmFolder,
       verifyDir: realFolder,
       sha256: null,
+      bytes: null,
       digest,
       artifact: false,
     };

@@ -1,12 +1,21 @@
 import { MessageChannel, type MessagePort, Worker } from 'node:worker_threads';
-import type { ToWorker, WorkerBoot } from '../../protocol/messages.js';
+import type { Deniable, ToWorker, WorkerBoot } from '../../protocol/messages.js';
 import { AgentWorker, type ThreadSettings } from './agent-worker.js';
 import { startAccepting } from './denials.js';
 import type { MemoryProbe, MemoryReading } from './memory-probe.js';
 import { threadArgs } from './permissions.js';
+import type { SpareFolder } from './spare-folders.js';
 
 /** worker/entry.ts and what it imports at start, as one file (scripts/bundle-worker.js). */
 const ENTRY = new URL('../../worker/bundle.js', import.meta.url);
+
+/** What a strict spare boots with beyond its flags (see Launcher.bootSpare). */
+export interface StrictSpare {
+  /** Its own folder, which its flags grant and its key's folder is shown at; it goes with the thread. */
+  readonly folder: SpareFolder;
+  /** What it denies agent code, applied while it waits for its key (its key's must be the same). */
+  readonly deny: readonly Deniable[];
+}
 
 /**
  * A key's agent in a worker thread, talking over a private MessageChannel handed to it
@@ -19,13 +28,16 @@ export class AgentThread extends AgentWorker {
   private readonly worker: Worker;
   private readonly port: MessagePort;
   private referenced = true;
+  private readonly folder: SpareFolder | null;
 
   constructor(
     settings: ThreadSettings,
     /** Node flags for this worker: its permission model, type stripping. */
     execArgv: readonly string[],
+    spare: StrictSpare | null = null,
   ) {
     super(settings);
+    this.folder = spare?.folder ?? null;
     const { port1, port2 } = new MessageChannel();
     this.port = port1;
     this.worker = startAccepting(
@@ -35,7 +47,10 @@ export class AgentThread extends AgentWorker {
           execArgv: flags,
           env: { ...settings.env },
           resourceLimits: settings.resourceLimits,
-          workerData: { port: port2 } satisfies WorkerBoot,
+          workerData: {
+            port: port2,
+            ...(spare === null ? {} : { verifies: true, deny: [...spare.deny] }),
+          } satisfies WorkerBoot,
           transferList: [port2],
         }),
     );
@@ -49,9 +64,16 @@ export class AgentThread extends AgentWorker {
     });
     this.worker.on('exit', () => {
       this.port.close();
+      this.folder?.release();
       const code = (this.failure as { code?: unknown } | null)?.code;
       this.ended(this.failure === null ? 'exit' : code === 'ERR_WORKER_OUT_OF_MEMORY' ? 'oom' : 'crash');
     });
+  }
+
+  override seeFolder(folder: string): string {
+    if (this.folder === null) return folder;
+    this.folder.show(folder);
+    return this.folder.path;
   }
 
   post(message: ToWorker, transfer?: ArrayBuffer[]): void {
