@@ -161,34 +161,36 @@ describe('the OS sandbox of process keys', () => {
     expect(await pool.call(PROCESS_NEIGHBOUR, 'add', [2, 3])).toBe(5);
   });
 
-  it.runIf(caged)('reads nothing outside its binds, not even through a node_modules link to /', async () => {
-    const dir = await tenants();
-    // One in live/ fails the build of the swarm's artifact: nothing of it runs.
-    await symlink('/', join(dir, 'x/live/node_modules'));
-    const refused = await rejection(tenantPool(dir).call(ATTACKER, 'readFile', ['/etc/hostname']));
-    expect(refused.code).toBe('ERR_SANDPOOL_MODULE_NOT_FOUND');
-    // One above live/ is never built from nor bound: the cell reads nothing through it.
-    await rm(join(dir, 'x/live/node_modules'));
-    await symlink('/', join(dir, 'x/node_modules'));
-    const pool = tenantPool(dir);
-    const secret = join(dir, 'b/live/secret.txt');
-    const reads = await withNeighbours(pool, async () => ({
-      throughLink: await pool.call(ATTACKER, 'readThroughModules', [secret]),
-      direct: await pool.call(ATTACKER, 'readFile', [secret]),
-      neighbourCode: await pool.call(ATTACKER, 'readFile', [join(dir, 'm/live/notifier_agent.mjs')]),
-      hostEnviron: await pool.call(ATTACKER, 'readFile', ['/proc/self/environ']),
-      rawOwnCode: await pool.call(ATTACKER, 'readFile', [join(dir, 'x/live/cellmate.mjs')]),
-    }));
-    expect(reads).toEqual({
-      throughLink: 'ENOENT',
-      direct: 'ENOENT',
-      neighbourCode: 'ENOENT',
-      // Its own (the pool's `env`, empty here, and its Node's flags), never the host's; after the drop to its uid, not even that.
-      hostEnviron: root ? 'EACCES' : expect.stringMatching(/^(NODE_OPTIONS=[^\0]*\0)?$/),
-      // It runs from its artifact: not even its own raw folder is in its view.
-      rawOwnCode: 'ENOENT',
-    });
-  });
+  it.runIf(caged)(
+    'reads nothing outside its binds; a node_modules link to / fails its build, in live/ or above it',
+    async () => {
+      const dir = await tenants();
+      // A link out of the swarm's folder, in live/ or above it, fails the build of the swarm's
+      // artifact: nothing of it runs, and nothing is bound through it.
+      for (const link of ['x/live/node_modules', 'x/node_modules']) {
+        await symlink('/', join(dir, link));
+        const refused = await rejection(tenantPool(dir).call(ATTACKER, 'readFile', ['/etc/hostname']));
+        expect(refused.code, link).toBe('ERR_SANDPOOL_MODULE_NOT_FOUND');
+        await rm(join(dir, link));
+      }
+      const pool = tenantPool(dir);
+      const secret = join(dir, 'b/live/secret.txt');
+      const reads = await withNeighbours(pool, async () => ({
+        direct: await pool.call(ATTACKER, 'readFile', [secret]),
+        neighbourCode: await pool.call(ATTACKER, 'readFile', [join(dir, 'm/live/notifier_agent.mjs')]),
+        hostEnviron: await pool.call(ATTACKER, 'readFile', ['/proc/self/environ']),
+        rawOwnCode: await pool.call(ATTACKER, 'readFile', [join(dir, 'x/live/cellmate.mjs')]),
+      }));
+      expect(reads).toEqual({
+        direct: 'ENOENT',
+        neighbourCode: 'ENOENT',
+        // Its own (the pool's `env`, empty here, and its Node's flags), never the host's; after the drop to its uid, not even that.
+        hostEnviron: root ? 'EACCES' : expect.stringMatching(/^(NODE_OPTIONS=[^\0]*\0)?$/),
+        // It runs from its artifact: not even its own raw folder is in its view.
+        rawOwnCode: 'ENOENT',
+      });
+    },
+  );
 
   it.runIf(caged)('cannot read another pid’s /proc: the host’s and its neighbours’ are not there', async () => {
     const pool = tenantPool(await tenants());
