@@ -41,18 +41,26 @@ describe("a pool's cgroup, the parent of its cells'", () => {
     const { mount, host } = await fakeV2('cpuset cpu io memory pids', 'cpu memory pids');
     const tree = findCgroups(host);
     if (typeof tree === 'string') throw new Error(tree);
-    tree.pool({ weight: 50, maxCores: 1.5 }).create({ memoryBytes: 2 ** 28, pids: 64 });
+    const fixed = tree.pool({ weight: 50, maxCores: 1.5 });
+    fixed.create({ memoryBytes: 2 ** 28, pids: 64 });
     const pool = join(mount, 'service', 'sandpool-4242-1');
     expect(readFileSync(join(pool, 'cpu.weight'), 'latin1')).toBe('50');
     expect(readFileSync(join(pool, 'cpu.max'), 'latin1')).toBe('150000 100000');
     expect(readFileSync(join(pool, 'cgroup.subtree_control'), 'latin1')).toBe('+memory +pids +cpu');
     expect(readFileSync(join(pool, 'cell-1', 'pids.max'), 'latin1')).toBe('64');
-    // Unset, the kernel's defaults stand: nothing is written.
-    tree.pool(NO_CPU);
+    // A weight set stays however many cells come.
+    fixed.create({ memoryBytes: 2 ** 28, pids: 64 });
+    expect(readFileSync(join(pool, 'cpu.weight'), 'latin1')).toBe('50');
+    // Unset, the weight is a nice-0 thread's per cell, at least one's; no bound is written.
+    const unset = tree.pool(NO_CPU);
     const second = join(mount, 'service', 'sandpool-4242-2');
-    expect(existsSync(second)).toBe(true);
-    expect(existsSync(join(second, 'cpu.weight'))).toBe(false);
+    const weight = (): string => readFileSync(join(second, 'cpu.weight'), 'latin1');
+    expect(weight()).toBe('100');
     expect(existsSync(join(second, 'cpu.max'))).toBe(false);
+    const cells = [1, 2, 3].map(() => unset.create({ memoryBytes: 2 ** 28, pids: 64 }));
+    expect(weight()).toBe('300');
+    await cells[0]?.remove();
+    expect(weight()).toBe('200');
   });
 
   it('on v1: one per pool in each hierarchy, cpu.shares and the CFS quota for its weight and bound', async () => {
