@@ -1,3 +1,4 @@
+import { createHook } from 'node:async_hooks';
 import { readFileSync } from 'node:fs';
 import { Session } from 'node:inspector';
 import { Worker } from 'node:worker_threads';
@@ -79,6 +80,58 @@ describe('an idle worker costs nothing', () => {
     const heapBefore = heapOf(pool) ?? 0;
     await pool.call('s/t0', 'growLater');
     await eventually(() => (heapOf(pool) ?? 0) > heapBefore + 8 * 2 ** 20, 30_000);
+    expect(invariants(pool)).toEqual([]);
+  });
+});
+
+/**
+ * Counts every callback this thread's event loop runs (timers, messages, immediates, I/O):
+ * each is a wake-up of its JavaScript, whatever woke it. Installed by an agent in its own
+ * worker, it sees the runtime's timers and the coordinator's messages as well as its own.
+ */
+const COUNTING_AGENT = `
+import { createHook } from 'node:async_hooks';
+let callbacks = 0;
+createHook({ before() { callbacks += 1; } }).enable();
+export const count = () => callbacks;
+`;
+
+describe('an idle worker wakes up a bounded number of times', () => {
+  it('runs no more than a callback a second at rest, under the default strict permissions, and the coordinator none per worker', {
+    timeout: 120_000,
+  }, async () => {
+    const keys = 32;
+    const root = await makeRoot(
+      Object.fromEntries(Array.from({ length: keys }, (_, i) => [`s/live/c${i}.mjs`, COUNTING_AGENT])),
+    );
+    const pool = openPool({ root, spareWorkers: 0 }); // strict: on Node 20 its workers beat their memory
+    const all = <T>(call: (key: string) => Promise<T>): Promise<T[]> =>
+      Promise.all(Array.from({ length: keys }, (_, i) => call(`s/c${i}`)));
+    await all((key) => pool.call(key, 'count'));
+    await sleep(1_000); // the calls' busy beats and reads are over
+    // The coordinator's own callbacks over the same rest, counted the same way.
+    let coordinator = 0;
+    const hook = createHook({
+      before() {
+        coordinator += 1;
+      },
+    }).enable();
+    const first = await all((key) => pool.call<number>(key, 'count'));
+    const coordinatorStart = coordinator;
+    const seconds = 8;
+    await sleep(seconds * 1_000);
+    const coordinatorCallbacks = coordinator - coordinatorStart;
+    const last = await all((key) => pool.call<number>(key, 'count'));
+    hook.disable();
+    // Between the two calls each worker ran its runtime's timers and whatever the coordinator
+    // sent it, plus the two calls' own few callbacks. An idle beat slows to one every 2 s, and
+    // nothing else wakes an idle worker: a beat at the busy rate would be 50 a second, one
+    // every 250 ms 4 a second.
+    for (const [i, count] of last.entries()) expect(count - (first[i] ?? 0)).toBeLessThanOrEqual(seconds + 4);
+    // Pool-wide timers visit every idle worker (each governor's sweep 4 times a second, the
+    // pointer check 5): the coordinator's callbacks do not grow with the workers, and stay
+    // under one per worker per second (timers per worker would be 8 a second each).
+    expect(coordinatorCallbacks / seconds).toBeLessThan(keys);
     expect(invariants(pool)).toEqual([]);
   });
 });
