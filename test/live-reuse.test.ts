@@ -10,37 +10,15 @@ import { join } from 'node:path';
 import type { Pool } from 'sandpool';
 import { describe, expect, it } from 'vitest';
 import { rejection } from './support/errors.js';
-import { eventually, installCleanup, invariants, openPool } from './support/pool.js';
+import { THREAD_NEIGHBOUR as NEIGHBOUR, withNeighbour } from './support/neighbours.js';
+import { eventually, installCleanup, openPool } from './support/pool.js';
 import { counterAgent, makeRoot, writeFiles } from './support/root.js';
 
 installCleanup();
 
-const NEIGHBOUR = 'n/notifier_agent';
-
 /** What `a/s`'s `v()` answers, or the code it fails with. */
 async function answer(pool: Pool): Promise<unknown> {
   return pool.call('a/s', 'v').catch((error: { code?: unknown }) => error.code);
-}
-
-/** Runs `attack` with the neighbour key answering the whole time, every answer checked. */
-async function withNeighbour<T>(pool: Pool, attack: () => Promise<T>): Promise<T> {
-  let stop = false;
-  let answered = 0;
-  const loop = (async () => {
-    for (let i = 0; !stop; i++) {
-      expect(await pool.call(NEIGHBOUR, 'add', [i, 1])).toBe(i + 1);
-      answered += 1;
-    }
-  })();
-  try {
-    return await attack();
-  } finally {
-    stop = true;
-    await loop;
-    expect(answered).toBeGreaterThan(0);
-    expect(await pool.call(NEIGHBOUR, 'add', [2, 3])).toBe(5);
-    expect(invariants(pool)).toEqual([]);
-  }
 }
 
 const IMPORTS_PKG = { 'a/live/s.mjs': "import x from 'pkg';\nexport const v = () => x;\n" };

@@ -1,8 +1,8 @@
 import type { Isolation } from 'sandpool';
 import { describe, expect, it } from 'vitest';
+import { withNeighbours } from './support/neighbours.js';
 import { installCleanup, openPool } from './support/pool.js';
 import { counterAgent, makeRoot } from './support/root.js';
-import { withNeighbours } from './support/sandbox.js';
 
 installCleanup();
 

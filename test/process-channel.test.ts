@@ -1,8 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { rejection } from './support/errors.js';
+import { withNeighbours } from './support/neighbours.js';
 import { installCleanup, openPool, rssGrowth } from './support/pool.js';
 import { counterAgent, makeRoot } from './support/root.js';
-import { withNeighbours } from './support/sandbox.js';
 
 installCleanup();
 

@@ -7,13 +7,13 @@ import type { Pool } from 'sandpool';
 import { describe, expect, it } from 'vitest';
 import { cpuWeightOf } from './support/cgroup.js';
 import { code, rejection } from './support/errors.js';
+import { THREAD_NEIGHBOUR as NEIGHBOUR, withNeighbour } from './support/neighbours.js';
 import { agentProcesses, eventually, installCleanup, invariants, openPool } from './support/pool.js';
 import { counterAgent, fixture, makeRoot } from './support/root.js';
 import { hostLayers } from './support/sandbox.js';
 
 installCleanup();
 
-const NEIGHBOUR = 'n/notifier_agent';
 /** pbkdf2 jobs (20,000 sha512 rounds each) one CPU test runs on the child's pool: about 0.3 s of CPU. */
 const HASHES = 40;
 const ESCAPEE = 'x/escapee';
@@ -42,32 +42,6 @@ function mixedPool(rootDir: string, options: Partial<Parameters<typeof openPool>
  * Runs `attack` while the thread-isolated neighbour is called in a loop, every answer
  * checked; it must keep answering, right, and once more after the attack settled.
  */
-async function withNeighbour<T>(pool: Pool, attack: () => Promise<T>): Promise<T> {
-  let stop = false;
-  let answered = 0;
-  const wrong: unknown[] = [];
-  const loop = (async () => {
-    for (let i = 0; !stop; i++) {
-      const value = await pool.call(NEIGHBOUR, 'add', [i, 1]).catch((error: unknown) => error);
-      if (value === i + 1) answered += 1;
-      else wrong.push(value);
-      await new Promise((resolve) => setTimeout(resolve, 2));
-    }
-  })();
-  try {
-    const result = await attack();
-    const atEnd = answered;
-    await eventually(() => answered > atEnd);
-    return result;
-  } finally {
-    stop = true;
-    await loop;
-    expect(wrong).toEqual([]);
-    expect(answered).toBeGreaterThan(0);
-    expect(invariants(pool)).toEqual([]);
-  }
-}
-
 describe("isolation: 'process'", () => {
   it.runIf(root)('refuses, with what to change, a key whose files the children’s uid cannot read', async () => {
     const dir = await tenants();

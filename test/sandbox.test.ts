@@ -10,9 +10,10 @@ import { describe, expect, it } from 'vitest';
 import { SwarmIds } from '../packages/sandpool/dist/host/workers/sandbox/uids.js';
 import { cgroupDirOf, cgroupFileOf, poolGroupsOfThisProcess } from './support/cgroup.js';
 import { rejection } from './support/errors.js';
+import { PROCESS_NEIGHBOUR, withNeighbours } from './support/neighbours.js';
 import { agentProcesses, eventually, installCleanup, invariants, openPool } from './support/pool.js';
 import { counterAgent, fixture, makeRoot } from './support/root.js';
-import { hostLayers, ON_CI, PROCESS_NEIGHBOUR, withNeighbours } from './support/sandbox.js';
+import { hostLayers, ON_CI } from './support/sandbox.js';
 import { installServerCleanup, openServer, request } from './support/server.js';
 
 installCleanup();
