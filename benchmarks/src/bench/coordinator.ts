@@ -10,6 +10,7 @@ import { round } from '../lib/histogram.js';
 import { runPhase } from '../lib/phase.js';
 import type { BenchContext, Benchmark, BenchReport, Json } from '../lib/report.js';
 import { makeRoot } from '../lib/temp-root.js';
+import { eachLimited } from '../lib/timing.js';
 import { rawEcho } from './rpc.js';
 
 /** Keys the calls spread over: many, so no call shares a worker's message with the next. */
@@ -47,15 +48,29 @@ async function withPool<T>(keys: readonly string[], body: (system: RpcSystem) =>
   const tree = await makeRoot(
     keys.map((key) => ({ swarm: 'spread', stem: key.slice('spread/'.length), fixture: 'agent.mjs' })),
   );
-  const pool = createPool({ root: tree.root, maxWorkers: keys.length, spareWorkers: 0, idleTimeoutMs: 0 });
+  // Starts take seconds each on a loaded machine: the load bound is the warm-up's, not the measure's.
+  const pool = createPool({
+    root: tree.root,
+    maxWorkers: keys.length,
+    spareWorkers: 0,
+    idleTimeoutMs: 0,
+    loadTimeoutMs: 120_000,
+    queueTimeoutMs: 120_000,
+  });
   const system: RpcSystem = {
     name: 'sandpool call',
     add: (a, b) => pool.call<number>(keys[a % keys.length] as string, 'add', [a, b]),
     close: () => pool.close(),
   };
   try {
-    // Every key started before any window: a window measures calls, not starts.
-    await Promise.all(keys.map((_, i) => system.add(i, 1)));
+    // Every key started before any window, 4 at a time: a window measures calls, not starts.
+    await eachLimited(
+      keys.map((_, i) => i),
+      4,
+      async (i) => {
+        await system.add(i, 1);
+      },
+    );
     return await body(system);
   } finally {
     await pool.close();
