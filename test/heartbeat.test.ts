@@ -13,7 +13,7 @@ describe('a worker’s memory heartbeat (Node 20 under the permission model)', (
   function beating(busy: () => boolean): { heartbeat: Heartbeat; beats: number[]; start: number } {
     const beats: number[] = [];
     const start = Date.now();
-    // It grows at every read: an idle worker whose memory stays put beats less (see below).
+    // It grows at every read: an idle worker whose memory stays put stops beating (see below).
     let reads = 0;
     const read = () => {
       reads += 1;
@@ -91,7 +91,7 @@ describe('a worker’s memory heartbeat (Node 20 under the permission model)', (
     expect(posted).toEqual([{ t: 'memory', heap: 7, external: 3 }]);
   });
 
-  it('says nothing while its memory stays put, beats less and less often, and speaks up when it grows', () => {
+  it('says nothing while its memory stays put and stops, answers a request at once, and beats again for calls', () => {
     const posted: MemoryBeat[] = [];
     let heap = 10 * 2 ** 20;
     const beat = new Heartbeat(
@@ -104,15 +104,17 @@ describe('a worker’s memory heartbeat (Node 20 under the permission model)', (
     vi.advanceTimersByTime(10 + 250); // the busy beat, then the first idle one
     const spoken = posted.length;
     expect(spoken).toBeGreaterThan(0);
+    expect(vi.getTimerCount()).toBe(0); // idle and unchanged: no timer wakes the worker
     vi.advanceTimersByTime(20_000);
-    expect(posted).toHaveLength(spoken); // 20 s idle and unchanged: nothing posted
-    expect(vi.getTimerCount()).toBe(1); // still beating, at most every 2 s
+    expect(posted).toHaveLength(spoken);
     heap += 4 * 2 ** 20;
-    vi.advanceTimersByTime(2_000);
+    beat.requested(); // the coordinator saw the thread run: a beat now, and still no timer
     expect(posted.at(-1)).toMatchObject({ t: 'memory', heap });
+    expect(vi.getTimerCount()).toBe(0);
+    beat.requested(); // asked again, unchanged: it answers all the same, the coordinator waits for it
+    expect(posted).toHaveLength(spoken + 2);
     beat.quicken(); // a call came: the busy rate again at once
-    const after = posted.length;
     vi.advanceTimersByTime(10);
-    expect(posted.length).toBe(after + 1);
+    expect(posted).toHaveLength(spoken + 3);
   });
 });

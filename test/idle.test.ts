@@ -1,3 +1,4 @@
+import { createHook } from 'node:async_hooks';
 import { readFileSync } from 'node:fs';
 import { Session } from 'node:inspector';
 import { Worker } from 'node:worker_threads';
@@ -83,6 +84,79 @@ describe('an idle worker costs nothing', () => {
   });
 });
 
+/**
+ * Counts every callback this thread's event loop runs (timers, messages, immediates, I/O):
+ * each is a wake-up of its JavaScript, whatever woke it. Installed by an agent in its own
+ * worker, it sees the runtime's timers and the coordinator's messages as well as its own.
+ */
+const COUNTING_AGENT = `
+import { createHook } from 'node:async_hooks';
+let callbacks = 0;
+createHook({ before() { callbacks += 1; } }).enable();
+export const count = () => callbacks;
+`;
+
+describe('growth between calls under the default strict permissions', () => {
+  it('is seen: on Node 20 the coordinator asks the worker, whose beat has stopped, once its thread ran', {
+    timeout: 120_000,
+  }, async () => {
+    // Grows by 16 MB 3 s after answering: long after the beats that follow a call.
+    const grower = `const kept = [];
+export function growLater() {
+  setTimeout(() => kept.push(Array.from({ length: 2 * 2 ** 20 }, (_, i) => i)), 3_000);
+}`;
+    const root = await makeRoot({ 's/live/t0.mjs': grower });
+    const pool = openPool({ root, spareWorkers: 0 });
+    await pool.call('s/t0', 'growLater');
+    await sleep(1_000); // the beats after the call are over; it grows in 2 s
+    const heapBefore = heapOf(pool) ?? 0;
+    await eventually(() => (heapOf(pool) ?? 0) > heapBefore + 8 * 2 ** 20, 30_000);
+    expect(invariants(pool)).toEqual([]);
+  });
+});
+
+describe('an idle worker wakes up a bounded number of times', () => {
+  it('runs a callback or two at rest, under the default strict permissions, and the coordinator none per worker', {
+    timeout: 120_000,
+  }, async () => {
+    const keys = 32;
+    const root = await makeRoot(
+      Object.fromEntries(Array.from({ length: keys }, (_, i) => [`s/live/c${i}.mjs`, COUNTING_AGENT])),
+    );
+    const pool = openPool({ root, spareWorkers: 0 }); // strict: on Node 20 its workers beat their memory
+    const all = <T>(call: (key: string) => Promise<T>): Promise<T[]> =>
+      Promise.all(Array.from({ length: keys }, (_, i) => call(`s/c${i}`)));
+    await all((key) => pool.call(key, 'count'));
+    await sleep(1_000); // the calls' busy beats and reads are over
+    // The coordinator's own callbacks over the same rest, counted the same way.
+    let coordinator = 0;
+    const hook = createHook({
+      before() {
+        coordinator += 1;
+      },
+    }).enable();
+    const first = await all((key) => pool.call<number>(key, 'count'));
+    const coordinatorStart = coordinator;
+    const seconds = 12;
+    await sleep(seconds * 1_000);
+    const coordinatorCallbacks = coordinator - coordinatorStart;
+    const last = await all((key) => pool.call<number>(key, 'count'));
+    hook.disable();
+    // Between the two calls each worker ran its runtime's timers and whatever the coordinator
+    // sent it: the two calls' messages, and on Node 20 under the permission model the memory
+    // beats after a call (the busy one, then idle ones until one finds the memory put: 3),
+    // and the few the coordinator may ask for when the thread ran (V8's own idle GC, say).
+    // Then nothing: a beat every 2 s would add 6 here, one every 250 ms 48.
+    const atRest = 2 + 3 + 3;
+    for (const [i, count] of last.entries()) expect(count - (first[i] ?? 0)).toBeLessThanOrEqual(atRest);
+    // Pool-wide timers visit every idle worker (each governor's sweep 4 times a second, the
+    // pointer check 5): the coordinator's callbacks do not grow with the workers, and stay
+    // under one per worker per second (timers per worker would be 8 a second each).
+    expect(coordinatorCallbacks / seconds).toBeLessThan(keys);
+    expect(invariants(pool)).toEqual([]);
+  });
+});
+
 describe('the memory governor and quiet idle workers', () => {
   beforeEach(() => {
     vi.useFakeTimers({ toFake: ['setInterval', 'clearInterval', 'performance'] });
@@ -117,5 +191,29 @@ describe('the memory governor and quiet idle workers', () => {
     expect(reads).toBe(2);
     governor.unwatch(cell);
     expect(growth.length).toBeGreaterThan(0);
+  });
+
+  it('asks an idle heartbeat worker for a beat only once its thread ran (Node 20 under the permission model)', async () => {
+    let cpuNs = 0;
+    const governor = new MemoryGovernor(
+      { heapBytes: 2 ** 30, externalBytes: 2 ** 30 },
+      () => {},
+      () => cpuNs,
+    );
+    if (!governor.active) return;
+    const asked: unknown[] = [];
+    const thread = { isolation: 'thread', post: (message: unknown) => asked.push(message) } as unknown as AgentWorker;
+    const cell = { busy: 0 } as unknown as Cell;
+    governor.watch(cell, thread, true);
+    await vi.advanceTimersByTimeAsync(250);
+    expect(asked).toEqual([{ t: 'beat' }]); // never asked: asked once
+    await vi.advanceTimersByTimeAsync(5_000);
+    expect(asked).toHaveLength(1); // its thread ran nothing: its worker stays asleep
+    cpuNs += 5_000_000; // a timer of its agent ran 5 ms
+    await vi.advanceTimersByTimeAsync(250);
+    expect(asked).toHaveLength(2);
+    await vi.advanceTimersByTimeAsync(1_000);
+    expect(asked).toHaveLength(2);
+    governor.unwatch(cell);
   });
 });

@@ -9,6 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { coldStart } from './bench/cold-start.js';
 import { compileCache } from './bench/compile-cache.js';
+import { coordinator } from './bench/coordinator.js';
 import { fairness } from './bench/fairness.js';
 import { isolation } from './bench/isolation.js';
 import { keyStart } from './bench/key-start.js';
@@ -25,6 +26,7 @@ const BENCHMARKS: readonly Benchmark[] = [
   isolation,
   fairness,
   rpc,
+  coordinator,
   coldStart,
   snapshotStart,
   keyStart,

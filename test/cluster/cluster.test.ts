@@ -71,6 +71,18 @@ describe.skipIf(nginxBinary === null && !inCi)('three nodes behind nginx (hash $
       expect(answer.pid).toBe(pids.get(answer.node ?? ''));
       home.set(answer.key, answer.node ?? '');
     }
+    // One machine, one worker per key: each key is warm in its home process only, so the
+    // processes' memory adds up to the keys', not to keys times processes.
+    const warm = new Map<string, string[]>();
+    for (const node of nodes) {
+      const listing = (await (await fetch(`${node.url}/v1/keys?limit=${KEYS.length}`)).json()) as {
+        keys: { key: string; workers: number }[];
+      };
+      for (const { key, workers } of listing.keys)
+        if (workers > 0) warm.set(key, [...(warm.get(key) ?? []), node.name]);
+    }
+    expect([...warm.keys()].sort()).toEqual([...KEYS].sort());
+    for (const key of KEYS) expect(warm.get(key), key).toEqual([home.get(key)]);
     const victim = nodes[1]!;
     const victimKeys = new Set(KEYS.filter((key) => home.get(key) === victim.name));
     const spread = countBy(KEYS, (key) => home.get(key) ?? '');

@@ -3,6 +3,16 @@ import { Worker } from 'node:worker_threads';
 import { createPool } from 'sandpool';
 import { num, ratio } from '../lib/format.js';
 import { round } from '../lib/histogram.js';
+import {
+  bareIdleFleet,
+  IDLE_FLEET,
+  IDLE_SETTLE_MS,
+  type IdleFleet,
+  type IdleSummary,
+  idlePlan,
+  sandpoolIdleFleet,
+  summarise,
+} from '../lib/idle-fleet.js';
 import { runPhase } from '../lib/phase.js';
 import type { BenchContext, Benchmark, BenchReport, Json } from '../lib/report.js';
 import { fixture, makeRoot, type TempRoot } from '../lib/temp-root.js';
@@ -33,6 +43,18 @@ export const memory: Benchmark = {
     const perWorker = (await runPhase('memory', 'sandpool-idle', context.quick)) as IdleFigure;
     context.progress(`bare workers: ${WARM_KEYS} threads that imported the module (own process)`);
     const bare = (await runPhase('memory', 'bare-idle', context.quick)) as IdleFigure;
+    // Interleaved (sandpool, bare, bare, sandpool in a full run): load that rises or falls over
+    // the run weighs on both sides alike.
+    const order = context.quick ? ['sandpool', 'bare'] : ['sandpool', 'bare', 'bare', 'sandpool'];
+    const fleets: { sandpool: IdleFleet[]; bare: IdleFleet[] } = { sandpool: [], bare: [] };
+    for (const side of order as ('sandpool' | 'bare')[]) {
+      context.progress(`${side}: ${IDLE_FLEET} idle workers, CPU at rest (own process)`);
+      fleets[side].push((await runPhase('memory', `${side}-fleet`, context.quick)) as IdleFleet);
+    }
+    const idleSandpool = summarise(fleets.sandpool);
+    const idleBare = summarise(fleets.bare);
+    const idleRatio = round(idleSandpool.cpuPercent / idleBare.cpuPercent, 3);
+    const plan = idlePlan(context.quick);
     context.progress(
       `sandpool churn: ${totalCycles} evict/respawn cycles, maxWorkers ${CHURN_MAX_WORKERS} (own process)`,
     );
@@ -50,6 +72,7 @@ export const memory: Benchmark = {
     return {
       method: [
         `RSS per idle warm worker: one pool (maxWorkers 128, spareWorkers 0, idleTimeoutMs 0); RSS before any worker, then after ${WARM_KEYS} distinct keys each answered one call (4 at a time) and 1 s of rest; the difference over ${WARM_KEYS}. global.gc() runs on the main thread before each reading (workers collect on their own). Then, ${IDLE_SETTLE_MS / 1000} s later, the process's CPU (all threads) over ${IDLE_CPU_MS / 1000} s of rest, in % of one core: what keeping them warm costs (the pool reads each worker's CPU and memory; under strict permissions on Node 20 each worker beats its memory to the coordinator).`,
+        `Idle CPU against bare workers: ${IDLE_FLEET} keys of a pool as users run it (default permissions, strict; maxWorkers ${IDLE_FLEET}, spareWorkers 0, idleTimeoutMs 0), each answered one call, then left alone; against ${IDLE_FLEET} plain new Worker threads that do nothing but wait on their port. Each side in a fresh process, ${context.quick ? 'once each' : 'twice each, interleaved (sandpool, bare, bare, sandpool)'}; after ${IDLE_SETTLE_MS / 1000} s of rest, ${plan.windows} windows of ${plan.windowMs / 1000} s: the process's CPU (all threads) in % of one core, and its threads' context switches (voluntary and not, /proc/self/task/*/status) per second per worker, each wake-up of any thread. The ratio is of the median windows; the load average at each window's start and end is kept beside it.`,
         `bare floor: the same with ${WARM_KEYS} plain new Worker threads that imported the same module and wait on their port.`,
         `Churn: a pool with maxWorkers ${CHURN_MAX_WORKERS} (spareWorkers default) and ${CHURN_LANES} callers cycling through ${CHURN_KEYS} keys, so every call evicts the least recently used worker and starts a new one; a cycle is one spawn (stats().spawned). The callers pause every ${step} cycles for a reading (gc, 200 ms rest, RSS).`,
         `bare churn: the same readings over ${CHURN_LANES} callers that each start a plain new Worker, import a module, make one round trip and terminate it: what Node itself keeps across worker churn.`,
@@ -58,6 +81,9 @@ export const memory: Benchmark = {
       ],
       parameters: {
         warmKeys: WARM_KEYS,
+        idleFleet: IDLE_FLEET,
+        idleWindows: plan.windows,
+        idleWindowMs: plan.windowMs,
         totalCycles,
         referenceCycles,
         churnMaxWorkers: CHURN_MAX_WORKERS,
@@ -69,8 +95,15 @@ export const memory: Benchmark = {
         bareIdleWorker: bare,
         churn,
         bareChurn,
+        idleFleet: { sandpool: fleets.sandpool, bare: fleets.bare },
+        idleSummary: { sandpool: idleSandpool, bare: idleBare },
       },
       ratios: {
+        [`${IDLE_FLEET} idle sandpool workers / ${IDLE_FLEET} bare workers, CPU`]: idleRatio,
+        [`${IDLE_FLEET} idle sandpool workers / ${IDLE_FLEET} bare workers, wake-ups`]: round(
+          idleSandpool.wakeupsPerWorkerSecond / idleBare.wakeupsPerWorkerSecond,
+          3,
+        ),
         [`sandpool churn: rss at ${totalCycles} / rss at ${referenceCycles} cycles`]: sandpoolGrowth.end,
         [`sandpool churn: peak rss / rss at ${referenceCycles} cycles`]: sandpoolGrowth.peak,
         [`bare churn: rss at ${totalCycles} / rss at ${referenceCycles} cycles`]: bareGrowth.end,
@@ -99,6 +132,12 @@ export const memory: Benchmark = {
           ],
         },
         {
+          title: `${IDLE_FLEET} idle workers against ${IDLE_FLEET} bare ones (median window)`,
+          headers: ['threads', 'CPU at rest', 'wake-ups per worker per second', 'load average'],
+          rows: [idleRow('sandpool (strict)', idleSandpool), idleRow('bare new Worker', idleBare)],
+          note: `CPU ratio ${ratio(idleRatio)} (goal ≤ 1.5×).`,
+        },
+        {
           title: `Process RSS across churn (sandpool: maxWorkers ${CHURN_MAX_WORKERS}, ${num(churn.cyclesPerSecond)} cycles/s; bare: ${num(bareChurn.cyclesPerSecond)} cycles/s)`,
           headers: ['cycles', 'sandpool RSS', 'main heap used', 'threads', 'bare churn RSS'],
           rows: churn.checkpoints.map((c, i) => [
@@ -125,6 +164,14 @@ export const memory: Benchmark = {
             ],
           },
           {
+            title: `CPU of ${IDLE_FLEET} idle workers`,
+            unit: '% of a core',
+            groups: [
+              { label: 'sandpool (strict)', bars: [{ series: 'CPU at rest', value: idleSandpool.cpuPercent }] },
+              { label: 'bare new Worker', bars: [{ series: 'CPU at rest', value: idleBare.cpuPercent }] },
+            ],
+          },
+          {
             title: 'Process RSS across churn',
             unit: 'MB',
             groups: churn.checkpoints.map((c, i) => ({
@@ -143,9 +190,20 @@ export const memory: Benchmark = {
     'sandpool-idle': () => withRoot(WARM_STEMS, sandpoolIdle),
     'bare-idle': () => withRoot(WARM_STEMS, bareIdle),
     churn: (context) => withRoot(CHURN_STEMS, (tree) => churnRun(tree, context)),
+    'sandpool-fleet': (context) => sandpoolIdleFleet(idlePlan(context.quick)),
+    'bare-fleet': (context) => bareIdleFleet(idlePlan(context.quick)),
     'bare-churn': (context) => withRoot(CHURN_STEMS, (tree) => bareChurnRun(tree, context)),
   },
 };
+
+function idleRow(label: string, figure: IdleSummary): string[] {
+  return [
+    label,
+    `${num(figure.cpuPercent)}% of a core`,
+    num(figure.wakeupsPerWorkerSecond),
+    `${num(figure.load[0])}–${num(figure.load[1])}`,
+  ];
+}
 
 const WARM_STEMS = Array.from({ length: WARM_KEYS }, (_, i) => `warm${i}`);
 const CHURN_STEMS = Array.from({ length: CHURN_KEYS }, (_, i) => `churn${i}`);
@@ -171,11 +229,6 @@ type IdleFigure = {
   idleCpuPercent: number;
 };
 
-/**
- * What idling costs, in % of one core, once the workers' post-boot work is over: V8 runs a
- * memory-reducing GC in every isolate some 6 to 8 s after it starts (bare workers as much).
- */
-const IDLE_SETTLE_MS = 10_000;
 const IDLE_CPU_MS = 3_000;
 
 async function idleCpuPercent(): Promise<number> {

@@ -465,7 +465,7 @@ function spreadName(system: string, keys: number): string {
 }
 
 /** The raw echo over `workers` workers (a call goes to worker a % workers), or over one. */
-function rawEcho(workers?: number): RpcSystem {
+export function rawEcho(workers?: number): RpcSystem {
   const threads = Array.from({ length: workers ?? 1 }, () => new Worker(fixture('echo-worker.mjs'), { execArgv: [] }));
   const pending = new Map<number, (value: number) => void>();
   let nextId = 0;

@@ -160,8 +160,17 @@ export interface OutputAck {
   bytes: number;
 }
 
+/**
+ * Post a memory beat now: the coordinator saw an idle heartbeat worker's thread run (see
+ * LoadRequest.heartbeatMs), and an idle worker whose memory stays put beats no more by itself.
+ */
+export interface BeatRequest {
+  t: 'beat';
+}
+
 export type ToWorker =
   | LoadRequest
+  | BeatRequest
   | CallBatch
   | Cancel
   | OutputAck

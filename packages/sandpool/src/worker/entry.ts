@@ -211,6 +211,8 @@ link.listen((message) => {
       return runtime.cancel(message.id, message.why);
     case 'out-ack':
       return output.acknowledge(message.bytes);
+    case 'beat':
+      return heartbeat?.requested();
     case 'stream':
       heartbeat?.quicken();
       return runtime.onStream(message);

@@ -68,6 +68,9 @@ function processLine({ heapBytes, externalBytes }: MemoryLimits): number {
  */
 const RSS_GROWTH_BYTES = 32 * 2 ** 20;
 
+/** How often an idle heartbeat worker is asked for a beat where its thread's CPU cannot be read. */
+const QUIET_ASK_MS = 2_000;
+
 /** A heartbeat this late, from a busy worker, means it is stuck in synchronous code. */
 const BEAT_MISSED_MS = 100;
 
@@ -202,11 +205,30 @@ export class MemoryGovernor<W extends Swept> {
     if (entry === undefined) return;
     if (entry.source === 'heartbeat') {
       entry.busySince = null;
+      this.askBeat(cell, entry, now);
       return;
     }
     const quiet = entry.cpuAtRead !== null && (this.cpuNs(cell, false) ?? Infinity) - entry.cpuAtRead < QUIET_NS;
     if (quiet && !this.processGrew(now)) return;
     this.read(cell, entry, now);
+  }
+
+  /**
+   * An idle heartbeat worker whose memory stays put stops beating (worker/heartbeat.ts): it is
+   * asked for a beat once its thread ran since it was last asked, or the process grew. Where
+   * the thread's CPU cannot be read, it is asked every QUIET_ASK_MS, as it used to beat.
+   */
+  private askBeat(cell: W, entry: Watched, now: number): void {
+    const cpu = this.cpuNs(cell, false);
+    const ran =
+      cpu === null
+        ? now - entry.lastRead >= QUIET_ASK_MS
+        : entry.cpuAtRead === null || cpu - entry.cpuAtRead >= QUIET_NS;
+    if (!ran && !this.processGrew(now)) return;
+    // Read before the beat: the beat's own CPU (well under QUIET_NS) does not count as running.
+    entry.cpuAtRead = this.cpuNs(cell, true);
+    entry.lastRead = now;
+    entry.thread.post({ t: 'beat' });
   }
 
   /** Whether the process grew by RSS_GROWTH_BYTES since the last time it did: asked once per idle sweep. */
