@@ -364,6 +364,27 @@ describe('the OS sandbox of process keys', () => {
   );
 
   it.runIf(layers.cgroups !== null)(
+    "a pool's cells weigh together as many nice-0 threads as they are, unless sandbox.cpuWeight fixes it",
+    async () => {
+      const pool = tenantPool(await tenants());
+      const parent = dirname(cgroupDirOf(await cellOf(pool), 'cpu') ?? '/');
+      const file = layers.cgroups === 'v2' ? 'cpu.weight' : 'cpu.shares';
+      const weight = (): number => Number(readFileSync(join(parent, file), 'latin1'));
+      const one = layers.cgroups === 'v2' ? 100 : 1024;
+      expect(weight()).toBe(one);
+      await processNeighbourPid(pool);
+      expect(weight()).toBe(2 * one);
+      const exited = new Promise((resolve) => pool.on('exit', (event) => event.key === ATTACKER && resolve(event)));
+      const { pid } = await pool.call<{ pid: number }>(ATTACKER, 'whoami');
+      await pool.call(ATTACKER, 'signal', [pid, 'SIGKILL']).catch(() => {});
+      await exited;
+      await eventually(() => weight() === one);
+      expect(await pool.call(PROCESS_NEIGHBOUR, 'add', [2, 3])).toBe(5);
+      expect(invariants(pool)).toEqual([]);
+    },
+  );
+
+  it.runIf(layers.cgroups !== null)(
     "a pool's cpuMax bounds its cells together: a cell burning CPU is throttled there, its neighbours answer",
     { timeout: 120_000 },
     async () => {

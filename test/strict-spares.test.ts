@@ -4,6 +4,7 @@ import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { Worker } from 'node:worker_threads';
 import { describe, expect, it } from 'vitest';
 import { SpareFolders } from '../packages/sandpool/dist/host/workers/spare-folders.js';
 import { ownerToken } from '../packages/sandpool/dist/store/leftovers.js';
@@ -186,6 +187,42 @@ describe.runIf(fsRestrictedInThreads)('strict spares', () => {
     unused.release();
     expect(() => unused.show(join(root, 'a/live'))).toThrow();
     expect(existsSync(unused.path)).toBe(false);
+    folders.close();
+  });
+
+  it('a spare folder is a folder at every moment, also while it turns to show its key: Node grants what is under it only if it is one as the spare boots', async () => {
+    const root = await makeRoot({ 'a/live/data.txt': 'a' });
+    const folders = new SpareFolders(root);
+    const first = folders.make();
+    // Another thread stats the folder being shown, as a booting worker's permissions do.
+    const SHOWN = 2_000;
+    const state = new Int32Array(new SharedArrayBuffer(4 * (SHOWN + 2)));
+    const watcher = new Worker(
+      `const { statSync } = require('node:fs');
+       const { workerData: { base, state, shown } } = require('node:worker_threads');
+       let missed = 0;
+       Atomics.store(state, 0, 1);
+       for (let i = 1; i <= shown; i++) {
+         while (Atomics.load(state, i) === 0) {}
+         while (Atomics.load(state, i) === 1) {
+           try { if (!statSync(base + '/' + i).isDirectory()) missed++; } catch { missed++; }
+         }
+       }
+       require('node:worker_threads').parentPort.postMessage(missed);`,
+      { eval: true, workerData: { base: dirname(first.path), state, shown: SHOWN + 1 } },
+    );
+    const missed = new Promise<number>((resolve) => watcher.once('message', resolve));
+    const shows = [first];
+    for (let i = 2; i <= SHOWN + 1; i++) shows.push(folders.make());
+    while (Atomics.load(state, 0) === 0) await new Promise((resolve) => setTimeout(resolve, 1));
+    for (const [index, folder] of shows.entries()) {
+      Atomics.store(state, index + 1, 1);
+      folder.show(join(root, 'a/live'));
+      Atomics.store(state, index + 1, 2);
+    }
+    expect(await missed).toBe(0);
+    await watcher.terminate();
+    for (const folder of shows) folder.release();
     folders.close();
   });
 

@@ -287,8 +287,8 @@ export const PoolOptionsSchema = z.strictObject({
    * uses none (the child then runs on the host's file system and network). As an object:
    * `mode`, the `uidRange` swarms' uids come from, `pids` a cell may hold, `tmpMb` of its /tmp,
    * and the CPU of the pool's cells together (their parent cgroup's): `cpuWeight` among the
-   * host's other cgroups (1-10000, cgroup v2's scale: 100 is the kernel's default), `cpuMax`
-   * in cores (none by default).
+   * host's other cgroups (1-10000, cgroup v2's scale, where a nice-0 thread weighs 100; by
+   * default 100 per cell alive, as many threads would), `cpuMax` in cores (none by default).
    */
   sandbox: z
     .union([

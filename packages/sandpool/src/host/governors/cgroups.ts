@@ -162,9 +162,21 @@ export class CgroupTree {
   }
 }
 
-/** One pool's cgroup, the parent of its cells' (see CgroupTree.pool). */
+/**
+ * One pool's cgroup, the parent of its cells' (see CgroupTree.pool). Unless `sandbox.cpuWeight`
+ * fixes its weight, it weighs what its cells would as as many threads at nice 0: the kernel
+ * gives a group the weight it is set to however many tasks it holds, so at its default the
+ * cells of a pool together got one thread's share of a loaded machine (and, a group mostly
+ * asleep being discounted further, a process key's calls waited p90 1-4 ms at load 15 where
+ * a thread key's waited 0.06-0.9 ms). A cell's own weight (a demotion, a booting spare) still
+ * ranks it among the pool's cells only.
+ */
 export class PoolGroup implements CageGroups {
   private made = 0;
+  /** Its cells' cgroups, made and not yet removed: what the pool's weight follows. */
+  private readonly cells = new Set<CellGroup>();
+  /** `sandbox.cpuWeight`, v2's scale; null: the weight follows the cells. */
+  private fixedWeight: number | null = null;
 
   constructor(
     readonly version: 'v1' | 'v2',
@@ -175,16 +187,31 @@ export class PoolGroup implements CageGroups {
   limit({ weight, maxCores }: PoolCpu): void {
     const { cpu } = this.dirs;
     const quota = maxCores === null ? null : Math.round(maxCores * CPU_PERIOD_US);
+    this.fixedWeight = weight;
     if (this.version === 'v2') {
       writeFileSync(join(cpu, 'cgroup.subtree_control'), CONTROLLERS.map((name) => `+${name}`).join(' '));
-      if (weight !== null) writeFileSync(join(cpu, 'cpu.weight'), String(weight));
       if (quota !== null) writeFileSync(join(cpu, 'cpu.max'), `${quota} ${CPU_PERIOD_US}`);
-      return;
-    }
-    if (weight !== null) writeFileSync(join(cpu, 'cpu.shares'), String(sharesOf(weight)));
-    if (quota !== null) {
+    } else if (quota !== null) {
       writeFileSync(join(cpu, 'cpu.cfs_period_us'), String(CPU_PERIOD_US));
       writeFileSync(join(cpu, 'cpu.cfs_quota_us'), String(quota));
+    }
+    this.weigh();
+  }
+
+  /** Writes the pool's weight: the one set, else one nice-0 thread's per cell (at least one's). */
+  private weigh(): void {
+    const weight = this.fixedWeight ?? Math.min(MAX_WEIGHT, NICE_0_WEIGHT * Math.max(1, this.cells.size));
+    if (this.version === 'v2') writeFileSync(join(this.dirs.cpu, 'cpu.weight'), String(weight));
+    else writeFileSync(join(this.dirs.cpu, 'cpu.shares'), String(sharesOf(weight)));
+  }
+
+  /** Weighs again after a cell came or went; a refusal leaves the last weight, which still holds the cells. */
+  private reweigh(): void {
+    if (this.fixedWeight !== null) return;
+    try {
+      this.weigh();
+    } catch {
+      // The pool's cgroup removed under it (the host's sweep, an operator): nothing to weigh.
     }
   }
 
@@ -193,13 +220,18 @@ export class PoolGroup implements CageGroups {
     const cell = dirsOf(this.dirs, `cell-${++this.made}`);
     const dirs = unique(Object.values(cell));
     for (const dir of dirs) mkdirSync(dir);
-    const group = new CellGroup(this.version, cell);
+    const group = new CellGroup(this.version, cell, () => {
+      this.cells.delete(group);
+      this.reweigh();
+    });
     try {
       group.limit(limits);
     } catch (error) {
       for (const dir of dirs) rmdirSync(dir);
       throw error;
     }
+    this.cells.add(group);
+    this.reweigh();
     return group;
   }
 
@@ -222,6 +254,8 @@ export class CellGroup implements CageGroup {
   constructor(
     readonly version: 'v1' | 'v2',
     private readonly dirs: CellDirs,
+    /** Told once the cell's cgroup is gone (or left for a later sweep): its pool weighs again. */
+    private readonly onRemoved: () => void,
   ) {}
 
   limit({ memoryBytes, pids }: CellLimits): void {
@@ -297,11 +331,15 @@ export class CellGroup implements CageGroup {
   /** Ends every task still in the cell (what a granted child process left), then removes it. */
   async remove(): Promise<void> {
     const dirs = unique(Object.values(this.dirs));
-    for (let tries = 0; ; tries++) {
-      this.kill();
-      const busy = dirs.filter((dir) => existsSync(dir) && !tryRmdir(dir));
-      if (busy.length === 0 || tries >= REMOVE_TRIES) return;
-      await new Promise((resolve) => setTimeout(resolve, REMOVE_PAUSE_MS));
+    try {
+      for (let tries = 0; ; tries++) {
+        this.kill();
+        const busy = dirs.filter((dir) => existsSync(dir) && !tryRmdir(dir));
+        if (busy.length === 0 || tries >= REMOVE_TRIES) return;
+        await new Promise((resolve) => setTimeout(resolve, REMOVE_PAUSE_MS));
+      }
+    } finally {
+      this.onRemoved();
     }
   }
 
@@ -416,6 +454,10 @@ function dirsOf(parents: CellDirs, name: string): CellDirs {
     ...(cpuacct === undefined ? {} : { cpuacct: join(cpuacct, name) }),
   };
 }
+
+/** A nice-0 task's weight on cgroup v2's scale, and the most v2 takes. */
+const NICE_0_WEIGHT = 100;
+const MAX_WEIGHT = 10_000;
 
 /** v1's cpu.shares for a v2 weight: 1024 is 100's, between the kernel's bounds. */
 function sharesOf(weight: number): number {

@@ -1,4 +1,4 @@
-import { lstatSync, mkdirSync, readdirSync, rmdirSync, rmSync, symlinkSync, unlinkSync } from 'node:fs';
+import { lstatSync, mkdirSync, readdirSync, renameSync, rmdirSync, rmSync, symlinkSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { sparesDir } from '../../store/layout.js';
 import { ownerGone, ownerToken } from '../../store/leftovers.js';
@@ -12,13 +12,16 @@ export const TMPFS_SPARES = join(TMPFS, `${TMPFS_PREFIX}${ownerToken()}`);
 /**
  * The folders strict spare threads read their key's folder through. A spare boots before its
  * key is known and Node's permission flags are fixed at boot, so they cannot name its key's
- * folder: a strict spare is granted an empty folder of its own instead, which becomes a link
- * to its key's folder when a key takes the spare. The permission model checks the path asked
+ * folder: a strict spare is granted a link of its own instead, to an empty folder until a key
+ * takes the spare, then to its key's folder. The permission model checks the path asked
  * for, with `..` resolved by name, and the kernel follows the link: the worker reads its key's
- * folder by its own folder's path, and nothing else (`..` out of the link names the folder
- * of spares' folders, which it is not granted). The link must be the granted folder itself:
+ * folder by its own link's path, and nothing else (`..` out of the link names the folder
+ * of spares' folders, which it is not granted). The link must be the granted path itself:
  * one inside it would let `link/../x` pass the check by name and reach the key folder's
- * neighbours.
+ * neighbours. It is a link from the start, swapped by one rename: Node grants what is under a
+ * path only if that path is a folder when the worker's permissions are made, as it boots, and
+ * a folder removed to make way for a link (a spare taken while it still booted, under load)
+ * left its worker the path alone (ERR_ACCESS_DENIED on its bundle).
  *
  * The folder and its link are made while a key waits for its start: on tmpfs (`/dev/shm`,
  * this process's own folder there) where there is one, since on a journaled disk under load
@@ -34,12 +37,19 @@ export class SpareFolders {
 
   constructor(private readonly root: string) {}
 
-  /** A new empty folder for one spare; throws where none can be made. */
+  /** A new link to an empty folder, for one spare; throws where none can be made. */
   make(): SpareFolder {
     this.base ??= this.open();
     const path = join(this.base, String(++this.made));
-    mkdirSync(path, { mode: 0o700 });
-    return new SpareFolder(path);
+    const empty = `${path}${EMPTY_SUFFIX}`;
+    mkdirSync(empty, { mode: 0o700 });
+    try {
+      symlinkSync(empty, path, 'dir');
+    } catch (error) {
+      rmdirSync(empty);
+      throw error;
+    }
+    return new SpareFolder(path, empty);
   }
 
   /** The pool has closed and its workers have ended: their folders go (a stuck thread's link with them). */
@@ -81,33 +91,53 @@ function ownTmpfsFolder(): string {
   return tmpfsFolder;
 }
 
-/** One spare's folder: empty, then (once) a link to its key's folder, then gone with its worker. */
+/** The empty folder a spare's link shows until a key takes it, beside the link. */
+const EMPTY_SUFFIX = '.empty';
+/** A link's next target is made under this name beside it, then renamed over it. */
+const NEXT_SUFFIX = '.next';
+
+/** One spare's folder: a link to an empty folder, then (once) to its key's folder, then gone with its worker. */
 export class SpareFolder {
   private state: 'empty' | 'shown' | 'gone' = 'empty';
 
-  constructor(readonly path: string) {}
+  constructor(
+    readonly path: string,
+    private readonly empty: string,
+  ) {}
 
   /**
-   * Its key's folder (a real path), shown at this folder's path from now on. Once: a spare's
-   * folder never shows a second key's. Throws when it cannot.
+   * Its key's folder (a real path), shown at this folder's path from now on: the link is
+   * replaced in one rename, so the path is a folder at every moment. Once: a spare's folder
+   * never shows a second key's. Throws when it cannot.
    */
   show(target: string): void {
     if (this.state !== 'empty') throw new Error(`a spare's folder that is ${this.state} shows no key`);
     this.state = 'shown';
-    rmdirSync(this.path);
-    symlinkSync(target, this.path, 'dir');
+    const next = `${this.path}${NEXT_SUFFIX}`;
+    symlinkSync(target, next, 'dir');
+    try {
+      renameSync(next, this.path);
+    } catch (error) {
+      unlinkSync(next);
+      throw error;
+    }
+    tryRemove(() => rmdirSync(this.empty));
   }
 
   /** Its worker has ended. Best effort: what stays goes with its process's folder. */
   release(): void {
     if (this.state === 'gone') return;
     this.state = 'gone';
-    try {
-      if (lstatSync(this.path).isSymbolicLink()) unlinkSync(this.path);
-      else rmdirSync(this.path);
-    } catch {
-      // Gone already (its process's folder was removed), or not as made: left as it is.
-    }
+    tryRemove(() => unlinkSync(this.path));
+    tryRemove(() => rmdirSync(this.empty));
+  }
+}
+
+function tryRemove(remove: () => void): void {
+  try {
+    remove();
+  } catch {
+    // Gone already (its process's folder was removed), or not as made: left as it is.
   }
 }
 
