@@ -240,12 +240,12 @@ describe('sandpool deploy, and snapshot --url', () => {
 
     const created = await sandpool(['snapshot', 'create', 'a', 'jun', '--url', url, '--token', 'tok', '--json']);
     expect(created.status).toBe(0);
-    // Its two files and the stem's bundle.
-    expect(JSON.parse(created.stdout)).toMatchObject({ swarm: 'a', name: 'jun', files: 3, stems: ['notifier_agent'] });
+    // Its two files, the stem's bundle and its source map.
+    expect(JSON.parse(created.stdout)).toMatchObject({ swarm: 'a', name: 'jun', files: 4, stems: ['notifier_agent'] });
     const listed = await sandpool(['snapshot', 'list', 'a', '--url', url, '--token', 'tok', '--json']);
     expect((JSON.parse(listed.stdout) as { name: string }[]).map((info) => info.name)).toEqual(['jun']);
     const verified = await sandpool(['snapshot', 'verify', 'a', 'jun', '--url', url, '--token', 'tok']);
-    expect(verified.stdout).toMatch(/^verified a@jun: 3 files/);
+    expect(verified.stdout).toMatch(/^verified a@jun: 4 files/);
     // The same store as --root on the server's own machine.
     const local = await sandpool(['snapshot', 'list', 'a', '--root', root, '--json']);
     expect(JSON.parse(local.stdout)).toEqual(JSON.parse(listed.stdout));

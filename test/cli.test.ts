@@ -79,7 +79,7 @@ describe('sandpool call', () => {
     await writeLive('a1b2', 'v1');
     const created = await sandpool('snapshot', 'create', 'a1b2', 'jan', '--root', root, '--json');
     expect(created.status).toBe(0);
-    expect(JSON.parse(created.stdout)).toMatchObject({ swarm: 'a1b2', name: 'jan', files: 4 });
+    expect(JSON.parse(created.stdout)).toMatchObject({ swarm: 'a1b2', name: 'jan', files: 6 });
     await writeLive('a1b2', 'v2');
 
     const [frozen, live] = await Promise.all([
@@ -150,7 +150,7 @@ describe('sandpool snapshot', () => {
     expect(infos.map((info) => info.name)).toEqual(['jan', 'jun']);
     for (const info of infos) {
       expect(info.digest).toMatch(/^[0-9a-f]{64}$/);
-      expect(info.files).toBe(4); // two sources and their two bundles
+      expect(info.files).toBe(6); // two sources, their two bundles and the bundles' source maps
     }
 
     expect((await sandpool('snapshot', 'remove', 'a1b2', 'jan', '--root', root)).status).toBe(0);

@@ -1,5 +1,5 @@
 import { realpathSync } from 'node:fs';
-import { chmod, cp, symlink, writeFile } from 'node:fs/promises';
+import { chmod, cp, readFile, symlink, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -134,16 +134,39 @@ describe('modules and exports', () => {
       'ERR_SANDPOOL_MODULE_LOAD',
       'ERR_SANDPOOL_AGENT_ERROR',
     ]);
-    // The build names the place in the swarm; what runs is the stem's bundle in its artifact.
+    // The build names the place in the swarm, and so does a trace of the stem's bundle (its source map).
     expect(failures[0]?.message).toContain('live/syntax.mjs:1:');
     expect(failures[1]?.message).toMatch(/live\/missing\.mjs:1:\d+: .*"\.\/nope\.mjs"/);
-    expect(String((failures[2]?.cause as Error | undefined)?.stack)).toMatch(
-      /<root>\/\.sandpool-cache\/artifacts\/h\/[0-9a-f]{64}\/\.sandpool-bundles\/throws\.mjs:\d+/,
-    );
+    expect(String((failures[2]?.cause as Error | undefined)?.stack)).toContain('at Module.boom (live/throws.mjs:1:32)');
     for (const error of failures) {
       const said = `${error.message}\n${String((error.cause as Error | undefined)?.stack)}`;
       for (const folder of host) expect(said).not.toContain(folder);
     }
+  });
+
+  it("traces an agent's throw to its own files and lines, relative to the swarm, live and from a snapshot", async () => {
+    const root = await makeRoot({
+      'h/live/lib/deep.ts':
+        "// a helper\nexport function deep(n: number): number {\n  if (n > 0) throw new Error('deep ' + n);\n  return n;\n}\n",
+      'h/live/agent.mjs': "import { deep } from './lib/deep.ts';\n\nexport function go() {\n  return deep(1);\n}\n",
+    });
+    const pool = openPool({ root });
+    await pool.snapshots.create('h', 'jan');
+    const host = [realpathSync(root), root, realpathSync(join(dirname(require.resolve('sandpool')), '..'))];
+    for (const key of ['h/agent', 'h@jan/agent']) {
+      const stack = String(((await rejection(pool.call(key, 'go'))).cause as Error | undefined)?.stack);
+      expect(stack).toContain('at deep (live/lib/deep.ts:3:20)');
+      expect(stack).toContain('at Module.go (live/agent.mjs:4:10)');
+      expect(stack).not.toContain('.sandpool-bundles');
+      for (const folder of host) expect(stack).not.toContain(folder);
+    }
+    // The map is content (in the manifest, so in the digest) and names no folder of the host.
+    const dir = await snapshotContent(root, 'h', 'jan');
+    const manifest = JSON.parse(await readFile(join(dir, '.sandpool-manifest.json'), 'utf8')) as { files: object };
+    expect(Object.keys(manifest.files)).toContain('.sandpool-bundles/agent.mjs.map');
+    const map = await readFile(join(dir, '.sandpool-bundles/agent.mjs.map'), 'utf8');
+    expect((JSON.parse(map) as { sources: string[] }).sources).toEqual(['live/lib/deep.ts', 'live/agent.mjs']);
+    for (const folder of host) expect(map).not.toContain(folder);
   });
 
   it('MODULE_NOT_FOUND for a missing file, a missing swarm and a missing file in a snapshot', async () => {

@@ -23,7 +23,7 @@ describe('snapshot routes', () => {
     expect(created).toMatchObject({
       status: 200,
       node: 'node-1',
-      body: { snapshot: { swarm: 'a', name: 'jan', files: 4 } },
+      body: { snapshot: { swarm: 'a', name: 'jan', files: 6 } },
     });
     // A retry, or another node, creating the same content gets the same snapshot back.
     const again = await request(server, 'POST', '/v1/swarms/a/snapshots/jan');

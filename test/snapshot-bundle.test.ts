@@ -12,6 +12,7 @@ import {
   readFile,
   rename,
   rm,
+  stat,
   symlink,
   truncate,
   writeFile,
@@ -85,7 +86,11 @@ describe('self-contained snapshots', () => {
     // No node_modules was copied: the bundle holds what the stem uses.
     expect(
       Object.keys(JSON.parse(await readFile(join(await snapshotContent(root, 'a', 'jan'), MANIFEST), 'utf8')).files),
-    ).toEqual(['.sandpool-bundles/notifier_agent.mjs', 'notifier_agent.mjs']);
+    ).toEqual([
+      '.sandpool-bundles/notifier_agent.mjs',
+      '.sandpool-bundles/notifier_agent.mjs.map',
+      'notifier_agent.mjs',
+    ]);
   });
 
   it('gives equal content an equal digest, whatever the name and date', async () => {
@@ -97,6 +102,30 @@ describe('self-contained snapshots', () => {
     expect((await store.create('a', 'jan')).createdAt).toBe(jan.createdAt);
     await upgrade(root, '2.0.0');
     expect((await store.create('a', 'mar')).digest).not.toBe(jan.digest);
+  });
+
+  it('holds no executable file: exec bits in live/ are dropped, and a mode is not content', async () => {
+    const root = await makeRoot({
+      'a/live/notifier_agent.mjs': "export const f = () => 'ran';\n",
+      'a/live/bin/tool.sh': '#!/bin/sh\necho tool\n',
+    });
+    await chmod(join(root, 'a/live/bin/tool.sh'), 0o755);
+    await chmod(join(root, 'a/live/notifier_agent.mjs'), 0o775);
+    const store = new SnapshotStore({ root });
+    const exec = await store.create('a', 'exec');
+    const modes = async (dir: string): Promise<string[]> => {
+      const out: string[] = [];
+      for (const entry of await readdir(dir, { withFileTypes: true, recursive: true })) {
+        const mode = (await stat(join(entry.parentPath, entry.name))).mode & 0o777;
+        out.push(`${entry.isDirectory() ? 'dir' : 'file'} ${mode.toString(8)}`);
+      }
+      return [...new Set(out)].sort();
+    };
+    // Every file read-only to all and executable by none, whatever live/ said; folders searchable.
+    expect(await modes(await snapshotContent(root, 'a', 'exec'))).toEqual(['dir 555', 'file 444']);
+    await chmod(join(root, 'a/live/bin/tool.sh'), 0o644);
+    await chmod(join(root, 'a/live/notifier_agent.mjs'), 0o644);
+    expect((await store.create('a', 'plain')).digest).toBe(exec.digest);
   });
 
   it.each([
@@ -216,7 +245,8 @@ describe('manifests', () => {
     await store.create('a', 'jan');
     const dir = await snapshotContent(root, 'a', 'jan');
     const files = Object.keys(JSON.parse(await readFile(join(dir, MANIFEST), 'utf8')).files);
-    expect(files.length).toBe(6);
+    // Four files of live/, two bundles and their source maps: a changed map is caught too.
+    expect(files.length).toBe(8);
     for (const file of files) {
       const path = join(dir, file);
       const original = await readFile(path);

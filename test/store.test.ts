@@ -72,11 +72,13 @@ describe('SnapshotStore options', () => {
 describe('create', () => {
   it('copies live/ with helpers and subfolders into a read-only artifact, plus one bundle per stem, with a manifest of digests', async () => {
     const info = await store.create('acme', 'jan');
-    expect(info).toMatchObject({ swarm: 'acme', name: 'jan', files: 4, stems: ['notifier_agent'], signed: false });
+    // Three files of live/, the stem's bundle and its source map.
+    expect(info).toMatchObject({ swarm: 'acme', name: 'jan', files: 5, stems: ['notifier_agent'], signed: false });
     expect(Number.isNaN(Date.parse(info.createdAt))).toBe(false);
     expect(await tree(snap('jan'))).toEqual([
       BUNDLES,
       `${BUNDLES}/notifier_agent.mjs`,
+      `${BUNDLES}/notifier_agent.mjs.map`,
       MANIFEST,
       'lib',
       'lib/deep',
@@ -90,6 +92,7 @@ describe('create', () => {
       'lib/deep/data.json',
       MANIFEST,
       `${BUNDLES}/notifier_agent.mjs`,
+      `${BUNDLES}/notifier_agent.mjs.map`,
     ]) {
       expect((await stat(snap('jan', file))).mode & 0o777).toBe(0o444);
     }
@@ -117,6 +120,7 @@ describe('create', () => {
     expect(manifest.files['lib/helper.mjs']).toEqual({ sha256: sha256(helper), bytes: helper.length });
     expect(Object.keys(manifest.files).sort()).toEqual([
       `${BUNDLES}/notifier_agent.mjs`,
+      `${BUNDLES}/notifier_agent.mjs.map`,
       'lib/deep/data.json',
       'lib/helper.mjs',
       'notifier_agent.mjs',

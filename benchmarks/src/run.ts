@@ -1,5 +1,5 @@
 /**
- * Runs the suite: `node --expose-gc dist/run.js [--quick] [--only name]...`.
+ * Runs the suite: `node --expose-gc dist/run.js [--quick] [--only name]... [--against ref]`.
  * Each benchmark runs in a child process of its own, so one benchmark's threads, heap and
  * RSS never leak into the next one's figures.
  */
@@ -17,6 +17,7 @@ import { manyKeys } from './bench/many-keys.js';
 import { memory } from './bench/memory.js';
 import { pointerMove } from './bench/pointer-move.js';
 import { processIsolation } from './bench/process.js';
+import { releaseColdStart } from './bench/release-cold-start.js';
 import { rpc } from './bench/rpc.js';
 import { snapshotStart } from './bench/snapshot-start.js';
 import { loadNow } from './lib/conditions.js';
@@ -28,6 +29,7 @@ const BENCHMARKS: readonly Benchmark[] = [
   rpc,
   coordinator,
   coldStart,
+  releaseColdStart,
   snapshotStart,
   keyStart,
   compileCache,
@@ -43,10 +45,12 @@ const { values } = parseArgs({
     only: { type: 'string', multiple: true },
     child: { type: 'string' },
     phase: { type: 'string' },
+    against: { type: 'string' },
   },
   strict: true,
 });
 const quick = values.quick === true;
+const against = values.against ?? null;
 
 if (values.child !== undefined && values.phase !== undefined) {
   const bench = find(values.child);
@@ -56,7 +60,7 @@ if (values.child !== undefined && values.phase !== undefined) {
   process.stdout.write(`${JSON.stringify(result)}\n`);
 } else if (values.child !== undefined) {
   const bench = find(values.child);
-  const context = makeContext(bench.name, quick);
+  const context = makeContext(bench.name, quick, against);
   const report = await bench.run(context);
   if (report !== null) await publish(bench, report, context);
 } else {
@@ -91,7 +95,14 @@ function find(name: string): Benchmark {
 }
 
 function runChild(name: string): Promise<number> {
-  const args = ['--expose-gc', fileURLToPath(import.meta.url), '--child', name, ...(quick ? ['--quick'] : [])];
+  const args = [
+    '--expose-gc',
+    fileURLToPath(import.meta.url),
+    '--child',
+    name,
+    ...(quick ? ['--quick'] : []),
+    ...(against === null ? [] : ['--against', against]),
+  ];
   return new Promise((resolve) => {
     const child = spawn(process.execPath, args, { stdio: 'inherit' });
     child.on('exit', (code, signal) => resolve(code ?? (signal === null ? 1 : 128)));

@@ -7,6 +7,8 @@ export const RESULTS = new URL('../../results/', import.meta.url);
 
 export interface BenchContext {
   quick: boolean;
+  /** `--against <ref>`: the earlier build a release comparison measures against (null: the last release). */
+  against: string | null;
   loadAtStart: number;
   /** One line per phase on stderr, so long runs show they are alive. */
   progress(message: string): void;
@@ -33,10 +35,11 @@ export interface Benchmark {
   phases?: { [name: string]: (context: BenchContext) => Promise<Json> };
 }
 
-export function makeContext(name: string, quick: boolean): BenchContext {
+export function makeContext(name: string, quick: boolean, against: string | null = null): BenchContext {
   const start = performance.now();
   return {
     quick,
+    against,
     loadAtStart: loadNow(),
     progress: (message) => {
       const seconds = ((performance.now() - start) / 1000).toFixed(1).padStart(5);

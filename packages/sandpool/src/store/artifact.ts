@@ -8,7 +8,7 @@ import { type Dirent, lstatSync, realpathSync } from 'node:fs';
 import { chmod, lstat, mkdir, readdir, realpath, rename, stat, utimes, writeFile } from 'node:fs/promises';
 import { join, sep } from 'node:path';
 import { isSandpoolError, type SandpoolError, snapshotBuild, snapshotCorrupt, swarmNotFound } from '../errors.js';
-import { bundleStem } from './bundle.js';
+import { bundleStem, type StemBundle } from './bundle.js';
 import { checkBundlerReads } from './bundler-reads.js';
 import { buildInputs, isInside, placeOf, readInput } from './confine.js';
 import { artifactDir, artifactsDir, liveDir, REMOVING_PREFIX, TEMP_PREFIX } from './layout.js';
@@ -112,7 +112,7 @@ export async function buildArtifact(root: string, swarm: string, options: BuildO
     const probe = options.making === 'live' ? new InputProbe([inputs.swarmReal, ...inputs.packages]) : null;
     if (stems.length > 0) await mkdir(join(temp, BUNDLES_DIR));
     for (const [stem, file] of stems) {
-      let bundle: Buffer;
+      let bundle: StemBundle;
       try {
         bundle = await bundleStem(file, {
           liveReal: live,
@@ -126,10 +126,13 @@ export async function buildArtifact(root: string, swarm: string, options: BuildO
         failures[stem] = error.message;
         continue;
       }
-      if (bundle.length > budget.left) throw tooLarge(options.maxBytes);
-      budget.left -= bundle.length;
+      const size = bundle.code.length + bundle.map.length;
+      if (size > budget.left) throw tooLarge(options.maxBytes);
+      budget.left -= size;
       const rel = `${BUNDLES_DIR}/${stem}.mjs`;
-      await writeFile(join(temp, BUNDLES_DIR, `${stem}.mjs`), bundle, { flag: 'wx', mode: FROZEN_FILE });
+      await writeFile(join(temp, BUNDLES_DIR, `${stem}.mjs`), bundle.code, { flag: 'wx', mode: FROZEN_FILE });
+      // In the manifest like every file, so in the digest: a trace is part of what a key runs.
+      await writeFile(join(temp, BUNDLES_DIR, `${stem}.mjs.map`), bundle.map, { flag: 'wx', mode: FROZEN_FILE });
       stemPaths[stem] = rel;
     }
     // Hash the copy, not live/: the manifest must describe exactly what was frozen,

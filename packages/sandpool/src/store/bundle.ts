@@ -6,6 +6,7 @@
  * the store's helper process (or the caller's, for a SnapshotStore of its own), never on the
  * pool's coordinator thread.
  */
+import { createHash } from 'node:crypto';
 import { realpathSync } from 'node:fs';
 import { extname, join, resolve, sep } from 'node:path';
 import type { Message, PartialMessage, Plugin } from 'esbuild';
@@ -13,6 +14,7 @@ import { isSandpoolError, moduleLoad, type SandpoolError, snapshotBuild } from '
 import { stripTypeScript } from '../typescript/strip.js';
 import { type BuildInputs, isInside, placeOf, readInput, shownPath } from './confine.js';
 import type { InputProbe } from './live-stamp.js';
+import { SOURCE_MAP_LINE } from './manifest.js';
 import { UnsafeFileError } from './safe-read.js';
 
 /**
@@ -233,8 +235,14 @@ function isInNodeModules(path: string): boolean {
 /** Tries of a stem whose bundler's process ended under it: the second runs on a bundler started again. */
 const BUNDLE_ATTEMPTS = 2;
 
-/** One ES module holding the stem and everything it imports but node builtins. */
-export async function bundleStem(entry: string, context: BundleContext): Promise<Buffer> {
+/** A stem's bundle and its source map (see withSourceMap). */
+export interface StemBundle {
+  readonly code: Buffer;
+  readonly map: Buffer;
+}
+
+/** One ES module holding the stem and everything it imports but node builtins, with its source map. */
+export async function bundleStem(entry: string, context: BundleContext): Promise<StemBundle> {
   const { build, stop } = await import('esbuild');
   const budget = context.budget.left;
   for (let attempt = 1; ; attempt++) {
@@ -245,6 +253,10 @@ export async function bundleStem(entry: string, context: BundleContext): Promise
         absWorkingDir: context.liveReal,
         bundle: true,
         write: false,
+        // Never written (write: false): it places the map's sources relative to live/.
+        outfile: join(context.liveReal, MAP_BASE),
+        sourcemap: 'external',
+        sourcesContent: false,
         format: 'esm',
         platform: 'node',
         // The code runs as written: the Node that loads the snapshot is the one it was written for.
@@ -273,10 +285,33 @@ export async function bundleStem(entry: string, context: BundleContext): Promise
       // Not the stem's failure, which a live build would keep (see LiveArtifacts): the next look builds.
       throw context.making === 'live' ? moduleLoad(text) : snapshotBuild(text);
     }
-    const output = result.outputFiles?.[0];
-    if (output === undefined) throw buildError(context, entry, []);
-    return Buffer.from(output.contents.buffer, output.contents.byteOffset, output.contents.byteLength);
+    const outputs = result.outputFiles ?? [];
+    const code = outputs.find((file) => !file.path.endsWith('.map'));
+    const map = outputs.find((file) => file.path.endsWith('.map'));
+    if (code === undefined || map === undefined) throw buildError(context, entry, []);
+    return withSourceMap(context, bytesOf(code.contents), map.text);
   }
+}
+
+/** The output's base name, for esbuild alone: sources are written relative to its folder, live/. */
+const MAP_BASE = 'sandpool-bundle.mjs';
+
+function bytesOf(contents: Uint8Array): Buffer {
+  return Buffer.from(contents.buffer, contents.byteOffset, contents.byteLength);
+}
+
+/**
+ * The map keeps only what a trace needs (sources, names, mappings), each source as a message
+ * shows a path (relative to the swarm's folder: `live/agent.mjs`; a package's from its
+ * `node_modules`), never the host's. The bundle's last line carries the map's digest: the
+ * worker checks the bundle's bytes, and through them the map's, without the manifest.
+ */
+function withSourceMap(context: BundleContext, code: Buffer, mapText: string): StemBundle {
+  const raw = JSON.parse(mapText) as { sources: string[]; names: string[]; mappings: string };
+  const sources = raw.sources.map((source) => shownPath(context.inputs, resolve(context.liveReal, source)));
+  const map = Buffer.from(JSON.stringify({ version: 3, sources, names: raw.names, mappings: raw.mappings }));
+  const digest = createHash('sha256').update(map).digest('hex');
+  return { code: Buffer.concat([code, Buffer.from(`${SOURCE_MAP_LINE}${digest}\n`)]), map };
 }
 
 /** esbuild's service process ended under the build (esbuild's own words for it). */

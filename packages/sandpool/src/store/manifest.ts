@@ -62,6 +62,12 @@ export type Manifest = LegacyManifest | ArtifactManifest;
 /** Where bundles live inside a snapshot; a dot name, so no stem or live/ file can take it. */
 export const BUNDLES_DIR = '.sandpool-bundles';
 
+/**
+ * A bundle's last line starts with this and ends with its source map's sha256; the map sits
+ * beside it as `<stem>.mjs.map`. A comment no tool reads: Node's own source maps stay off.
+ */
+export const SOURCE_MAP_LINE = '//# sandpool-source-map sha256=';
+
 // O_NOFOLLOW: a file swapped for a link after the directory walk must not be read through.
 // O_NONBLOCK: one swapped for a FIFO must not block the read; the fstat then refuses it.
 const READ_FLAGS = constants.O_RDONLY | (constants.O_NOFOLLOW ?? 0) | (constants.O_NONBLOCK ?? 0);

@@ -11,6 +11,7 @@ import { snapshotCorrupt } from '../errors.js';
 import type { LoadRequest } from '../protocol/messages.js';
 import { readManifest, verifyAgainst } from '../store/manifest.js';
 import { readRegularFileSync, UnsafeFileError } from '../store/safe-read.js';
+import { traceBundle } from './traces.js';
 
 export interface VerifiedBundle {
   readonly file: string;
@@ -77,6 +78,8 @@ type RegisterHooks = (hooks: {
  */
 export async function importVerified(bundle: VerifiedBundle): Promise<Record<string, unknown>> {
   const url = pathToFileURL(bundle.file).href;
+  // Before it runs: an error its top level throws names the tenant's file too.
+  traceBundle(url, bundle.file, bundle.bytes);
   const register = (nodeModule as { registerHooks?: RegisterHooks }).registerHooks;
   if (typeof register === 'function') {
     const hooks = register({
