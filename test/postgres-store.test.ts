@@ -14,6 +14,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { locateArtifact } from '../packages/sandpool/dist/store/artifact.js';
 import { claimArtifact, collectUnused } from '../packages/sandpool/dist/store/postgres-content.js';
 import { inbox, percentile } from './support/child.js';
+import { withNeighbour } from './support/neighbours.js';
 import { installCleanup, invariants, openPool } from './support/pool.js';
 import { counterAgent, makeRoot, removeRoots, writeFiles } from './support/root.js';
 
@@ -895,6 +896,53 @@ describe.skipIf(URL_ENV === undefined)('the PostgreSQL store, two nodes and no s
       await admin.query('ROLLBACK').catch(() => {});
       await Promise.all([admin.end(), namer.end()]);
       await drop();
+    }
+  });
+
+  it("uploads no node's damaged copy: content rewritten on one node's disk never becomes every node's", async () => {
+    const url = URL_ENV as string;
+    const swarm = runSwarm('dmg');
+    const admin = new pg.Client({ connectionString: url });
+    await admin.connect();
+    try {
+      const rootA = await makeRoot({ [`${swarm}/live/notifier_agent.mjs`]: agent(1) });
+      const poolA = openPool({ root: rootA, store: { postgres: url } });
+      const poolB = openPool({ root: await makeRoot(await counterAgent('n')), store: { postgres: url } });
+      const onB = (): Promise<unknown> =>
+        poolB.call(`${swarm}@v1/notifier_agent`, 'version').catch((error: { code?: string }) => error.code);
+      await withNeighbour(poolB, async () => {
+        // The live key builds its artifact on A (a live build is never uploaded); then its
+        // bundle is rewritten on A's disk, same length, manifest left as it was.
+        await expect(poolA.call(`${swarm}/notifier_agent`, 'version')).resolves.toBe(1);
+        const [digest] = await copiesOn(rootA, swarm);
+        const dir = join(rootA, '.sandpool-cache/artifacts', swarm, digest as string);
+        const bundle = join(dir, '.sandpool-bundles/notifier_agent.mjs');
+        const text = await readFile(bundle, 'utf8');
+        expect(text).toMatch(/=> 1;/);
+        await chmod(join(dir, '.sandpool-bundles'), 0o755);
+        await chmod(bundle, 0o644);
+        await writeFile(bundle, text.replace(/=> 1;/, '=> 6;'));
+
+        // A create of the same content reuses the folder there: its upload checks every file.
+        await expect(poolA.snapshots.create(swarm, 'v1')).rejects.toMatchObject({
+          code: 'ERR_SANDPOOL_SNAPSHOT_CORRUPT',
+          message: expect.stringMatching(/does not match its manifest on this node/),
+        });
+        expect(await contentRows(admin, swarm)).toEqual([]);
+        expect(await onB()).toBe('ERR_SANDPOOL_SNAPSHOT_NOT_FOUND');
+
+        // A's disk repaired (the damaged copy removed): its next create builds and uploads the
+        // content whole, and B, which never held the damaged bytes, serves it.
+        await chmod(dir, 0o755);
+        await rm(dir, { recursive: true });
+        await expect(poolA.snapshots.create(swarm, 'v1')).resolves.toMatchObject({ digest });
+        expect(await contentRows(admin, swarm)).toEqual([digest]);
+        await until(async () => (await onB()) === 1);
+      });
+      expect(invariants(poolA)).toEqual([]);
+      await Promise.all([poolA.close(), poolB.close()]);
+    } finally {
+      await admin.end();
     }
   });
 
