@@ -946,6 +946,63 @@ describe.skipIf(URL_ENV === undefined)('the PostgreSQL store, two nodes and no s
     }
   });
 
+  it("collects content whose naming failed with the swarm's next create: creates racing on two nodes cannot fill the database", async () => {
+    const url = URL_ENV as string;
+    const swarm = runSwarm('fill');
+    const app = `sandpool-test-fill-${process.pid}`;
+    const admin = new pg.Client({ connectionString: url });
+    await admin.connect();
+    try {
+      // Two nodes whose live/ differ (a deploy reached one of them first).
+      const rootA = await makeRoot({ [`${swarm}/live/notifier_agent.mjs`]: agent(1) });
+      const rootB = await makeRoot({ ...(await counterAgent('n')), [`${swarm}/live/notifier_agent.mjs`]: agent(2) });
+      const poolA = openPool({ root: rootA, store: { postgres: withApp(url, app) } });
+      const poolB = openPool({ root: rootB, store: { postgres: withApp(url, app) } });
+      await withNeighbour(poolB, async () => {
+        // Both create `x` at once: each uploads its content, then one takes the name and the
+        // other is refused. The name's generation row, held here until both wait on it, makes
+        // the race certain.
+        await admin.query('BEGIN');
+        await admin.query('INSERT INTO sandpool_generations (swarm, name, generation) VALUES ($1, $2, 0)', [
+          swarm,
+          'x',
+        ]);
+        const outcome = (pool: typeof poolA): Promise<string> =>
+          pool.snapshots.create(swarm, 'x').then(
+            (info) => info.digest,
+            (error: { code?: string }) => error.code ?? String(error),
+          );
+        const creates = [outcome(poolA), outcome(poolB)];
+        await until(async () => {
+          const result = await admin.query(
+            `SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'`,
+            [app],
+          );
+          return result.rows[0].n === 2;
+        });
+        await admin.query('ROLLBACK');
+        const outcomes = await Promise.all(creates);
+        expect(outcomes.filter((got) => got === 'ERR_SANDPOOL_SNAPSHOT_EXISTS')).toHaveLength(1);
+        const named = outcomes.find((got) => got !== 'ERR_SANDPOOL_SNAPSHOT_EXISTS') as string;
+        const rows = await contentRows(admin, swarm);
+        expect(rows).toHaveLength(2);
+        const orphan = rows.find((digest) => digest !== named) as string;
+
+        // Past its grace, the swarm's next create (a new name) collects it, and only it.
+        await ageRows(admin, swarm, 11);
+        const next = await poolA.snapshots.create(swarm, 'y');
+        expect(await contentRows(admin, swarm)).toEqual([...new Set([named, next.digest])].sort());
+        expect(await fileRows(admin, swarm, orphan)).toBe(0);
+        await until(async () => (await poolB.call(`${swarm}@x/notifier_agent`, 'version').catch(() => null)) !== null);
+      });
+      expect(invariants(poolA)).toEqual([]);
+      await Promise.all([poolA.close(), poolB.close()]);
+    } finally {
+      await admin.query('ROLLBACK').catch(() => {});
+      await admin.end();
+    }
+  });
+
   it('refuses writes while the database cannot be reached, changes nothing, and keeps serving', async () => {
     // A closed port: every connection fails at once.
     const url = 'postgres://sandpool:hunter2-secret@127.0.0.1:1/sandpool';
