@@ -3,7 +3,7 @@
 // content on the other within a measured bound; a tampered cached file is refused; a lost
 // connection leaves cached keys serving, and the node reconnects and sees a later move.
 import { spawn, spawnSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { closeSync, lstatSync, openSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { chmod, type FileHandle, open, readdir, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -12,6 +12,7 @@ import pg from 'pg';
 import { SnapshotStore } from 'sandpool';
 import { afterEach, describe, expect, it } from 'vitest';
 import { locateArtifact } from '../packages/sandpool/dist/store/artifact.js';
+import { contentDigest, serializeManifest } from '../packages/sandpool/dist/store/manifest.js';
 import { claimArtifact, collectUnused } from '../packages/sandpool/dist/store/postgres-content.js';
 import { inbox, percentile } from './support/child.js';
 import { withNeighbour } from './support/neighbours.js';
@@ -999,6 +1000,62 @@ describe.skipIf(URL_ENV === undefined)('the PostgreSQL store, two nodes and no s
       await Promise.all([poolA.close(), poolB.close()]);
     } finally {
       await admin.query('ROLLBACK').catch(() => {});
+      await admin.end();
+    }
+  });
+
+  it('refuses content from the database that no build here would make: many empty files count as a build counts them', async () => {
+    const url = URL_ENV as string;
+    const swarm = runSwarm('inodes');
+    const admin = new pg.Client({ connectionString: url });
+    await admin.connect();
+    try {
+      const root = await makeRoot(await counterAgent('n'));
+      const pool = openPool({ root, maxSnapshotBytes: 1024 * 1024, store: { postgres: url } });
+      await withNeighbour(pool, async () => {
+        // A row no build under this bound makes: 5,000 empty files (0 bytes of content, 1.3 MB
+        // as a build counts them), whole and hashed, and a name on it, as a node would write it.
+        const empty = { sha256: createHash('sha256').digest('hex'), bytes: 0 };
+        const files = Object.fromEntries(Array.from({ length: 5_000 }, (_, i) => [`f/${i}`, empty]));
+        const digest = contentDigest(files, {});
+        const manifest = serializeManifest({ version: 3, swarm, digest, files, stems: {} });
+        const pointer = { sandpool: 'snapshot-pointer', version: 2, swarm, name: 'many', generation: 1, digest };
+        await admin.query('BEGIN');
+        await admin.query('INSERT INTO sandpool_artifacts (swarm, digest, manifest) VALUES ($1, $2, $3)', [
+          swarm,
+          digest,
+          manifest,
+        ]);
+        await admin.query(
+          `INSERT INTO sandpool_artifact_files (swarm, digest, path, bytes)
+           SELECT $1, $2, path, '' FROM unnest($3::text[]) AS path`,
+          [swarm, digest, Object.keys(files)],
+        );
+        await admin.query('INSERT INTO sandpool_generations (swarm, name, generation) VALUES ($1, $2, 1)', [
+          swarm,
+          'many',
+        ]);
+        await admin.query('INSERT INTO sandpool_pointers (swarm, name, digest, pointer) VALUES ($1, $2, $3, $4)', [
+          swarm,
+          'many',
+          digest,
+          `${JSON.stringify({ ...pointer, createdAt: new Date().toISOString() }, null, 2)}\n`,
+        ]);
+        await admin.query('SELECT pg_notify($1, $2)', ['sandpool_pointers', `${swarm}/many`]);
+        await admin.query('COMMIT');
+        // The name lands once its content was fetched or refused: refused, and nothing of it written.
+        await until(
+          async () => lstatSync(join(root, swarm, 'snapshots/many'), { throwIfNoEntry: false }) !== undefined,
+        );
+        expect(await readdir(join(root, '.sandpool-cache/artifacts', swarm)).catch(() => [])).toEqual([]);
+        await expect(pool.call(`${swarm}@many/notifier_agent`, 'version')).rejects.toMatchObject({
+          code: 'ERR_SANDPOOL_SNAPSHOT_CORRUPT',
+        });
+      });
+      await pool.close();
+    } finally {
+      await admin.query('ROLLBACK').catch(() => {});
+      await admin.query('DELETE FROM sandpool_pointers WHERE swarm = $1', [swarm]).catch(() => {});
       await admin.end();
     }
   });

@@ -9,10 +9,16 @@ import { mkdir, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type pg from 'pg';
 import { snapshotCorrupt } from '../errors.js';
-import { freezeFolders, locateArtifact } from './artifact.js';
+import { filesCost, freezeFolders, locateArtifact } from './artifact.js';
 import { artifactDir, artifactsDir, TEMP_PREFIX } from './layout.js';
 import { removeTree, workFolderName } from './leftovers.js';
-import { type ArtifactManifest, MANIFEST_NAME, parseManifest, serializeManifest } from './manifest.js';
+import {
+  type ArtifactManifest,
+  MANIFEST_NAME,
+  MAX_MANIFEST_BYTES,
+  parseManifest,
+  serializeManifest,
+} from './manifest.js';
 import { claimArtifact } from './postgres-content.js';
 import { query, transaction } from './postgres-db.js';
 
@@ -41,19 +47,24 @@ export async function downloadArtifact(
   digest: string,
   maxBytes: number,
 ): Promise<void> {
-  const found = await query(db, 'SELECT manifest FROM sandpool_artifacts WHERE swarm = $1 AND digest = $2', [
-    swarm,
-    digest,
-  ]);
-  const text = found.rows[0]?.manifest as string | undefined;
-  if (text === undefined)
+  // Its size first: a manifest no node's reader would take is not parsed (nor sent) either.
+  const found = await query(
+    db,
+    `SELECT CASE WHEN octet_length(manifest) <= $3 THEN manifest END AS manifest FROM sandpool_artifacts
+     WHERE swarm = $1 AND digest = $2`,
+    [swarm, digest, MAX_MANIFEST_BYTES],
+  );
+  if (found.rows[0] === undefined)
     throw snapshotCorrupt(`artifact ${digest.slice(0, 12)} of swarm ${swarm} is not in the database`);
+  const text = found.rows[0].manifest as string | null;
+  if (text === null) throw snapshotCorrupt(`the database's artifact ${digest.slice(0, 12)} has an oversized manifest`);
   const manifest = parseManifest(text);
   if (manifest.version !== 3 || manifest.swarm !== swarm || manifest.digest !== digest) {
     throw snapshotCorrupt(`the database's artifact ${digest.slice(0, 12)} holds another swarm's or digest's manifest`);
   }
-  const total = Object.values(manifest.files).reduce((sum, file) => sum + file.bytes, 0);
-  if (total > maxBytes) {
+  // Counted as a build counts it, each file's entry too: else a manifest of many empty files,
+  // which no build here would make, filled this node's inodes for nothing against the bound.
+  if (filesCost(manifest.files) > maxBytes) {
     throw snapshotCorrupt(`the database's artifact ${digest.slice(0, 12)} is larger than maxSnapshotBytes`);
   }
   for (const path of Object.keys(manifest.files)) checkPath(path);
