@@ -213,6 +213,39 @@ async function moveByHand(client: pg.Client, swarm: string, name: string, from: 
   return pointer;
 }
 
+/**
+ * Content of empty files at `paths` and a new name on it, written straight into the database
+ * as a node would write them (whole, hashed, the name at generation 1), and NOTIFY. A row no
+ * build makes, for what a node does with it. Returns its digest.
+ */
+async function emptyFilesByHand(admin: pg.Client, swarm: string, name: string, paths: string[]): Promise<string> {
+  const empty = { sha256: createHash('sha256').digest('hex'), bytes: 0 };
+  const files = Object.fromEntries(paths.map((path) => [path, empty]));
+  const digest = contentDigest(files, {});
+  const pointer = { sandpool: 'snapshot-pointer', version: 2, swarm, name, generation: 1, digest };
+  await admin.query('BEGIN');
+  await admin.query('INSERT INTO sandpool_artifacts (swarm, digest, manifest) VALUES ($1, $2, $3)', [
+    swarm,
+    digest,
+    serializeManifest({ version: 3, swarm, digest, files, stems: {} }),
+  ]);
+  await admin.query(
+    `INSERT INTO sandpool_artifact_files (swarm, digest, path, bytes)
+     SELECT $1, $2, path, '' FROM unnest($3::text[]) AS path`,
+    [swarm, digest, paths],
+  );
+  await admin.query('INSERT INTO sandpool_generations (swarm, name, generation) VALUES ($1, $2, 1)', [swarm, name]);
+  await admin.query('INSERT INTO sandpool_pointers (swarm, name, digest, pointer) VALUES ($1, $2, $3, $4)', [
+    swarm,
+    name,
+    digest,
+    `${JSON.stringify({ ...pointer, createdAt: new Date().toISOString() }, null, 2)}\n`,
+  ]);
+  await admin.query('SELECT pg_notify($1, $2)', ['sandpool_pointers', `${swarm}/${name}`]);
+  await admin.query('COMMIT');
+  return digest;
+}
+
 /** A swarm of this run only: the database outlives the test, and other runs may share it. */
 function runSwarm(prefix: string): string {
   return `${prefix}${randomBytes(4).toString('hex')}`;
@@ -1015,34 +1048,8 @@ describe.skipIf(URL_ENV === undefined)('the PostgreSQL store, two nodes and no s
       await withNeighbour(pool, async () => {
         // A row no build under this bound makes: 5,000 empty files (0 bytes of content, 1.3 MB
         // as a build counts them), whole and hashed, and a name on it, as a node would write it.
-        const empty = { sha256: createHash('sha256').digest('hex'), bytes: 0 };
-        const files = Object.fromEntries(Array.from({ length: 5_000 }, (_, i) => [`f/${i}`, empty]));
-        const digest = contentDigest(files, {});
-        const manifest = serializeManifest({ version: 3, swarm, digest, files, stems: {} });
-        const pointer = { sandpool: 'snapshot-pointer', version: 2, swarm, name: 'many', generation: 1, digest };
-        await admin.query('BEGIN');
-        await admin.query('INSERT INTO sandpool_artifacts (swarm, digest, manifest) VALUES ($1, $2, $3)', [
-          swarm,
-          digest,
-          manifest,
-        ]);
-        await admin.query(
-          `INSERT INTO sandpool_artifact_files (swarm, digest, path, bytes)
-           SELECT $1, $2, path, '' FROM unnest($3::text[]) AS path`,
-          [swarm, digest, Object.keys(files)],
-        );
-        await admin.query('INSERT INTO sandpool_generations (swarm, name, generation) VALUES ($1, $2, 1)', [
-          swarm,
-          'many',
-        ]);
-        await admin.query('INSERT INTO sandpool_pointers (swarm, name, digest, pointer) VALUES ($1, $2, $3, $4)', [
-          swarm,
-          'many',
-          digest,
-          `${JSON.stringify({ ...pointer, createdAt: new Date().toISOString() }, null, 2)}\n`,
-        ]);
-        await admin.query('SELECT pg_notify($1, $2)', ['sandpool_pointers', `${swarm}/many`]);
-        await admin.query('COMMIT');
+        const paths = Array.from({ length: 5_000 }, (_, i) => `f/${i}`);
+        await emptyFilesByHand(admin, swarm, 'many', paths);
         // The name lands once its content was fetched or refused: refused, and nothing of it written.
         await until(
           async () => lstatSync(join(root, swarm, 'snapshots/many'), { throwIfNoEntry: false }) !== undefined,
@@ -1055,6 +1062,40 @@ describe.skipIf(URL_ENV === undefined)('the PostgreSQL store, two nodes and no s
       await pool.close();
     } finally {
       await admin.query('ROLLBACK').catch(() => {});
+      await admin.query('DELETE FROM sandpool_pointers WHERE swarm = $1', [swarm]).catch(() => {});
+      await admin.end();
+    }
+  });
+
+  it('moves a name off its old content on a node even when the new content’s manifest holds a file that is also a folder', async () => {
+    const url = URL_ENV as string;
+    const swarm = runSwarm('clash');
+    const key = `${swarm}@prod/notifier_agent`;
+    const admin = new pg.Client({ connectionString: url });
+    await admin.connect();
+    try {
+      const maker = openPool({
+        root: await makeRoot({ [`${swarm}/live/notifier_agent.mjs`]: agent(1) }),
+        store: { postgres: url },
+      });
+      await maker.snapshots.create(swarm, 'prod');
+      const root = await makeRoot(await counterAgent('n'));
+      const pool = openPool({ root, store: { postgres: url } });
+      await withNeighbour(pool, async () => {
+        await until(async () => (await pool.call(key, 'version').catch(() => null)) === 1);
+        // `a` and `a/b` both files: no build makes it, and no node can write it. Then prod moved there.
+        await emptyFilesByHand(admin, swarm, 'clash', ['a', 'a/b']);
+        await admin.query('BEGIN');
+        const moved = await moveByHand(admin, swarm, 'prod', 'clash');
+        await admin.query('COMMIT');
+        // The name moves on this node all the same: its old content serves no more.
+        await until(async () => (await readFile(join(root, swarm, 'snapshots/prod'), 'utf8')) === moved);
+        await expect(pool.call(key, 'version')).rejects.toMatchObject({ code: 'ERR_SANDPOOL_SNAPSHOT_CORRUPT' });
+      });
+      await Promise.all([maker.close(), pool.close()]);
+    } finally {
+      await admin.query('ROLLBACK').catch(() => {});
+      // No name left on what no node can fetch: every later node would try again and again.
       await admin.query('DELETE FROM sandpool_pointers WHERE swarm = $1', [swarm]).catch(() => {});
       await admin.end();
     }

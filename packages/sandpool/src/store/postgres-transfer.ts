@@ -67,7 +67,7 @@ export async function downloadArtifact(
   if (filesCost(manifest.files) > maxBytes) {
     throw snapshotCorrupt(`the database's artifact ${digest.slice(0, 12)} is larger than maxSnapshotBytes`);
   }
-  for (const path of Object.keys(manifest.files)) checkPath(path);
+  checkPaths(Object.keys(manifest.files));
   const parent = artifactsDir(root, swarm);
   await mkdir(parent, { recursive: true });
   const temp = join(parent, workFolderName(TEMP_PREFIX));
@@ -134,14 +134,26 @@ function batches(manifest: ArtifactManifest): string[][] {
   return all;
 }
 
-/** A manifest path from the database: relative, plain segments, never the manifest's own name. */
-function checkPath(path: string): void {
-  const segments = path.split('/');
-  if (
-    path === MANIFEST_NAME ||
-    path.includes('\0') ||
-    segments.some((segment) => segment === '' || segment === '.' || segment === '..')
-  ) {
-    throw snapshotCorrupt(`the database's manifest lists an unsafe path ${JSON.stringify(path.slice(0, 200))}`);
+/**
+ * A manifest's paths from the database: relative, plain segments of at most 255 bytes (a file
+ * name's bound), never the manifest's own name, and no file also a folder on another's path.
+ * What no build makes is CORRUPT here, before a byte is written: writing it could only fail
+ * with the file system's own error, which is no refusal of the content, and the name stayed on
+ * its old content on this node (while every other node moved), fetched again at each recheck.
+ */
+function checkPaths(paths: readonly string[]): void {
+  const files = new Set(paths);
+  for (const path of paths) {
+    const segments = path.split('/');
+    const unsafe =
+      path === MANIFEST_NAME ||
+      path.includes('\0') ||
+      segments.some(
+        (segment) => segment === '' || segment === '.' || segment === '..' || Buffer.byteLength(segment) > 255,
+      ) ||
+      segments.some((_, i) => i > 0 && files.has(segments.slice(0, i).join('/')));
+    if (unsafe) {
+      throw snapshotCorrupt(`the database's manifest lists an unsafe path ${JSON.stringify(path.slice(0, 200))}`);
+    }
   }
 }
