@@ -1,6 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import fs, { existsSync, readdirSync, readFileSync } from 'node:fs';
-import { link, mkdir, symlink, truncate, writeFile } from 'node:fs/promises';
+import { link, mkdir, rm, symlink, truncate, utimes, writeFile } from 'node:fs/promises';
 import { syncBuiltinESMExports } from 'node:module';
 import { join } from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
@@ -60,6 +60,25 @@ describe('live keys run from an artifact', () => {
     // The old content stays for its grace (a worker elsewhere may still start from it), beside the new.
     expect(readdirSync(artifacts).sort()).toEqual([first, second].sort());
     expect(invariants(pool)).toEqual([]);
+  });
+
+  it('keeps the artifact a live key runs from through its swarm’s sweeps, however long since the key started', async () => {
+    const root = await tenants({ 'a/live/data.txt': 'kept' });
+    const pool = openPool({ root });
+    await withNeighbour(pool, async () => {
+      expect(await pool.call('a/reader', 'readBeside', ['data.txt'])).toBe('kept');
+      const live = join(root, '.sandpool-cache/artifacts/a', digestIn(await pool.call('a/reader', 'where')));
+      // The worker has served for 11 minutes, with no new start to touch its artifact.
+      const past = new Date(Date.now() - 11 * 60 * 1000);
+      await utimes(live, past, past);
+      // The tenant snapshots other content and removes it: the sweep that follows runs over the swarm.
+      await writeFile(join(root, 'a/live/extra.txt'), 'x');
+      await pool.snapshots.create('a', 'other');
+      await rm(join(root, 'a/live/extra.txt'));
+      await pool.snapshots.remove('a', 'other');
+      expect(existsSync(live)).toBe(true);
+      expect(await pool.call('a/reader', 'readBeside', ['data.txt'])).toBe('kept');
+    });
   });
 
   it('reads neither its raw folder nor a link made there after it started, nor another swarm', async () => {

@@ -3,7 +3,7 @@
 // content on the other within a measured bound; a tampered cached file is refused; a lost
 // connection leaves cached keys serving, and the node reconnects and sees a later move.
 import { spawn, spawnSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { closeSync, lstatSync, openSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { chmod, type FileHandle, open, readdir, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -12,8 +12,10 @@ import pg from 'pg';
 import { SnapshotStore } from 'sandpool';
 import { afterEach, describe, expect, it } from 'vitest';
 import { locateArtifact } from '../packages/sandpool/dist/store/artifact.js';
+import { contentDigest, serializeManifest } from '../packages/sandpool/dist/store/manifest.js';
 import { claimArtifact, collectUnused } from '../packages/sandpool/dist/store/postgres-content.js';
 import { inbox, percentile } from './support/child.js';
+import { withNeighbour } from './support/neighbours.js';
 import { installCleanup, invariants, openPool } from './support/pool.js';
 import { counterAgent, makeRoot, removeRoots, writeFiles } from './support/root.js';
 
@@ -209,6 +211,39 @@ async function moveByHand(client: pg.Client, swarm: string, name: string, from: 
   ]);
   await client.query('SELECT pg_notify($1, $2)', ['sandpool_pointers', `${swarm}/${name}`]);
   return pointer;
+}
+
+/**
+ * Content of empty files at `paths` and a new name on it, written straight into the database
+ * as a node would write them (whole, hashed, the name at generation 1), and NOTIFY. A row no
+ * build makes, for what a node does with it. Returns its digest.
+ */
+async function emptyFilesByHand(admin: pg.Client, swarm: string, name: string, paths: string[]): Promise<string> {
+  const empty = { sha256: createHash('sha256').digest('hex'), bytes: 0 };
+  const files = Object.fromEntries(paths.map((path) => [path, empty]));
+  const digest = contentDigest(files, {});
+  const pointer = { sandpool: 'snapshot-pointer', version: 2, swarm, name, generation: 1, digest };
+  await admin.query('BEGIN');
+  await admin.query('INSERT INTO sandpool_artifacts (swarm, digest, manifest) VALUES ($1, $2, $3)', [
+    swarm,
+    digest,
+    serializeManifest({ version: 3, swarm, digest, files, stems: {} }),
+  ]);
+  await admin.query(
+    `INSERT INTO sandpool_artifact_files (swarm, digest, path, bytes)
+     SELECT $1, $2, path, '' FROM unnest($3::text[]) AS path`,
+    [swarm, digest, paths],
+  );
+  await admin.query('INSERT INTO sandpool_generations (swarm, name, generation) VALUES ($1, $2, 1)', [swarm, name]);
+  await admin.query('INSERT INTO sandpool_pointers (swarm, name, digest, pointer) VALUES ($1, $2, $3, $4)', [
+    swarm,
+    name,
+    digest,
+    `${JSON.stringify({ ...pointer, createdAt: new Date().toISOString() }, null, 2)}\n`,
+  ]);
+  await admin.query('SELECT pg_notify($1, $2)', ['sandpool_pointers', `${swarm}/${name}`]);
+  await admin.query('COMMIT');
+  return digest;
 }
 
 /** A swarm of this run only: the database outlives the test, and other runs may share it. */
@@ -895,6 +930,176 @@ describe.skipIf(URL_ENV === undefined)('the PostgreSQL store, two nodes and no s
       await admin.query('ROLLBACK').catch(() => {});
       await Promise.all([admin.end(), namer.end()]);
       await drop();
+    }
+  });
+
+  it("uploads no node's damaged copy: content rewritten on one node's disk never becomes every node's", async () => {
+    const url = URL_ENV as string;
+    const swarm = runSwarm('dmg');
+    const admin = new pg.Client({ connectionString: url });
+    await admin.connect();
+    try {
+      const rootA = await makeRoot({ [`${swarm}/live/notifier_agent.mjs`]: agent(1) });
+      const poolA = openPool({ root: rootA, store: { postgres: url } });
+      const poolB = openPool({ root: await makeRoot(await counterAgent('n')), store: { postgres: url } });
+      const onB = (): Promise<unknown> =>
+        poolB.call(`${swarm}@v1/notifier_agent`, 'version').catch((error: { code?: string }) => error.code);
+      await withNeighbour(poolB, async () => {
+        // The live key builds its artifact on A (a live build is never uploaded); then its
+        // bundle is rewritten on A's disk, same length, manifest left as it was.
+        await expect(poolA.call(`${swarm}/notifier_agent`, 'version')).resolves.toBe(1);
+        const [digest] = await copiesOn(rootA, swarm);
+        const dir = join(rootA, '.sandpool-cache/artifacts', swarm, digest as string);
+        const bundle = join(dir, '.sandpool-bundles/notifier_agent.mjs');
+        const text = await readFile(bundle, 'utf8');
+        expect(text).toMatch(/=> 1;/);
+        await chmod(join(dir, '.sandpool-bundles'), 0o755);
+        await chmod(bundle, 0o644);
+        await writeFile(bundle, text.replace(/=> 1;/, '=> 6;'));
+
+        // A create of the same content reuses the folder there: its upload checks every file.
+        await expect(poolA.snapshots.create(swarm, 'v1')).rejects.toMatchObject({
+          code: 'ERR_SANDPOOL_SNAPSHOT_CORRUPT',
+          message: expect.stringMatching(/does not match its manifest on this node/),
+        });
+        expect(await contentRows(admin, swarm)).toEqual([]);
+        expect(await onB()).toBe('ERR_SANDPOOL_SNAPSHOT_NOT_FOUND');
+
+        // A's disk repaired (the damaged copy removed): its next create builds and uploads the
+        // content whole, and B, which never held the damaged bytes, serves it.
+        await chmod(dir, 0o755);
+        await rm(dir, { recursive: true });
+        await expect(poolA.snapshots.create(swarm, 'v1')).resolves.toMatchObject({ digest });
+        expect(await contentRows(admin, swarm)).toEqual([digest]);
+        await until(async () => (await onB()) === 1);
+      });
+      expect(invariants(poolA)).toEqual([]);
+      await Promise.all([poolA.close(), poolB.close()]);
+    } finally {
+      await admin.end();
+    }
+  });
+
+  it("collects content whose naming failed with the swarm's next create: creates racing on two nodes cannot fill the database", async () => {
+    const url = URL_ENV as string;
+    const swarm = runSwarm('fill');
+    const app = `sandpool-test-fill-${process.pid}`;
+    const admin = new pg.Client({ connectionString: url });
+    await admin.connect();
+    try {
+      // Two nodes whose live/ differ (a deploy reached one of them first).
+      const rootA = await makeRoot({ [`${swarm}/live/notifier_agent.mjs`]: agent(1) });
+      const rootB = await makeRoot({ ...(await counterAgent('n')), [`${swarm}/live/notifier_agent.mjs`]: agent(2) });
+      const poolA = openPool({ root: rootA, store: { postgres: withApp(url, app) } });
+      const poolB = openPool({ root: rootB, store: { postgres: withApp(url, app) } });
+      await withNeighbour(poolB, async () => {
+        // Both create `x` at once: each uploads its content, then one takes the name and the
+        // other is refused. The name's generation row, held here until both wait on it, makes
+        // the race certain.
+        await admin.query('BEGIN');
+        await admin.query('INSERT INTO sandpool_generations (swarm, name, generation) VALUES ($1, $2, 0)', [
+          swarm,
+          'x',
+        ]);
+        const outcome = (pool: typeof poolA): Promise<string> =>
+          pool.snapshots.create(swarm, 'x').then(
+            (info) => info.digest,
+            (error: { code?: string }) => error.code ?? String(error),
+          );
+        const creates = [outcome(poolA), outcome(poolB)];
+        await until(async () => {
+          const result = await admin.query(
+            `SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'`,
+            [app],
+          );
+          return result.rows[0].n === 2;
+        });
+        await admin.query('ROLLBACK');
+        const outcomes = await Promise.all(creates);
+        expect(outcomes.filter((got) => got === 'ERR_SANDPOOL_SNAPSHOT_EXISTS')).toHaveLength(1);
+        const named = outcomes.find((got) => got !== 'ERR_SANDPOOL_SNAPSHOT_EXISTS') as string;
+        const rows = await contentRows(admin, swarm);
+        expect(rows).toHaveLength(2);
+        const orphan = rows.find((digest) => digest !== named) as string;
+
+        // Past its grace, the swarm's next create (a new name, on the node whose content was
+        // named: the other's would name the orphan) collects it, and only it.
+        await ageRows(admin, swarm, 11);
+        const winner = outcomes[0] === named ? poolA : poolB;
+        expect((await winner.snapshots.create(swarm, 'y')).digest).toBe(named);
+        expect(await contentRows(admin, swarm)).toEqual([named]);
+        expect(await fileRows(admin, swarm, orphan)).toBe(0);
+        await until(async () => (await poolB.call(`${swarm}@x/notifier_agent`, 'version').catch(() => null)) !== null);
+      });
+      expect(invariants(poolA)).toEqual([]);
+      await Promise.all([poolA.close(), poolB.close()]);
+    } finally {
+      await admin.query('ROLLBACK').catch(() => {});
+      await admin.end();
+    }
+  });
+
+  it('refuses content from the database that no build here would make: many empty files count as a build counts them', async () => {
+    const url = URL_ENV as string;
+    const swarm = runSwarm('inodes');
+    const admin = new pg.Client({ connectionString: url });
+    await admin.connect();
+    try {
+      const root = await makeRoot(await counterAgent('n'));
+      const pool = openPool({ root, maxSnapshotBytes: 1024 * 1024, store: { postgres: url } });
+      await withNeighbour(pool, async () => {
+        // A row no build under this bound makes: 5,000 empty files (0 bytes of content, 1.3 MB
+        // as a build counts them), whole and hashed, and a name on it, as a node would write it.
+        const paths = Array.from({ length: 5_000 }, (_, i) => `f/${i}`);
+        await emptyFilesByHand(admin, swarm, 'many', paths);
+        // The name lands once its content was fetched or refused: refused, and nothing of it written.
+        await until(
+          async () => lstatSync(join(root, swarm, 'snapshots/many'), { throwIfNoEntry: false }) !== undefined,
+        );
+        expect(await readdir(join(root, '.sandpool-cache/artifacts', swarm)).catch(() => [])).toEqual([]);
+        await expect(pool.call(`${swarm}@many/notifier_agent`, 'version')).rejects.toMatchObject({
+          code: 'ERR_SANDPOOL_SNAPSHOT_CORRUPT',
+        });
+      });
+      await pool.close();
+    } finally {
+      await admin.query('ROLLBACK').catch(() => {});
+      await admin.query('DELETE FROM sandpool_pointers WHERE swarm = $1', [swarm]).catch(() => {});
+      await admin.end();
+    }
+  });
+
+  it('moves a name off its old content on a node even when the new content’s manifest holds a file that is also a folder', async () => {
+    const url = URL_ENV as string;
+    const swarm = runSwarm('clash');
+    const key = `${swarm}@prod/notifier_agent`;
+    const admin = new pg.Client({ connectionString: url });
+    await admin.connect();
+    try {
+      const maker = openPool({
+        root: await makeRoot({ [`${swarm}/live/notifier_agent.mjs`]: agent(1) }),
+        store: { postgres: url },
+      });
+      await maker.snapshots.create(swarm, 'prod');
+      const root = await makeRoot(await counterAgent('n'));
+      const pool = openPool({ root, store: { postgres: url } });
+      await withNeighbour(pool, async () => {
+        await until(async () => (await pool.call(key, 'version').catch(() => null)) === 1);
+        // `a` and `a/b` both files: no build makes it, and no node can write it. Then prod moved there.
+        await emptyFilesByHand(admin, swarm, 'clash', ['a', 'a/b']);
+        await admin.query('BEGIN');
+        const moved = await moveByHand(admin, swarm, 'prod', 'clash');
+        await admin.query('COMMIT');
+        // The name moves on this node all the same: its old content serves no more.
+        await until(async () => (await readFile(join(root, swarm, 'snapshots/prod'), 'utf8')) === moved);
+        await expect(pool.call(key, 'version')).rejects.toMatchObject({ code: 'ERR_SANDPOOL_SNAPSHOT_CORRUPT' });
+      });
+      await Promise.all([maker.close(), pool.close()]);
+    } finally {
+      await admin.query('ROLLBACK').catch(() => {});
+      // No name left on what no node can fetch: every later node would try again and again.
+      await admin.query('DELETE FROM sandpool_pointers WHERE swarm = $1', [swarm]).catch(() => {});
+      await admin.end();
     }
   });
 

@@ -45,6 +45,17 @@ const DIGEST = /^[0-9a-f]{64}$/;
  */
 export const ENTRY_BYTES = 256;
 
+/**
+ * What a build counts against maxSnapshotBytes for these files at least: their bytes, and for
+ * each its entry (ENTRY_BYTES plus its path). A build counts its folders and what its bundles
+ * read too, so any artifact a build made fits its maxSnapshotBytes by this count.
+ */
+export function filesCost(files: ArtifactManifest['files']): number {
+  let cost = 0;
+  for (const [path, file] of Object.entries(files)) cost += file.bytes + ENTRY_BYTES + Buffer.byteLength(path);
+  return cost;
+}
+
 export interface BuiltArtifact {
   /** Its content digest, which is also its folder's name. */
   readonly digest: string;

@@ -59,6 +59,14 @@ export function liveRecordsDir(root: string): string {
 }
 
 /**
+ * The digest a swarm's live keys run from now (`<swarm>.digest`, its last live build's): every
+ * sweep keeps it, however long ago a key last started from it.
+ */
+export function liveDigestFile(root: string, swarm: string): string {
+  return join(liveRecordsDir(root), `${swarm}.digest`);
+}
+
+/**
  * The highest generation the store gave each name of a swarm (see generations.ts): in the
  * store's own folder, which a tenant who can write `<swarm>/snapshots/` cannot.
  */

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { invalidKey, snapshotBuild } from '../errors.js';
 import { isSwarmName } from '../swarm-name.js';
 import { type Build, buildArtifact, sweepUnused, touchArtifact } from './artifact.js';
-import { liveRecordsDir, TEMP_PREFIX } from './layout.js';
+import { liveDigestFile, liveRecordsDir, TEMP_PREFIX } from './layout.js';
 import { workFolderName } from './leftovers.js';
 import { inputsStamp, treeStamp } from './live-stamp.js';
 import { namedDigests } from './names.js';
@@ -117,6 +117,7 @@ export class LiveArtifacts {
           throw snapshotBuild('the content was removed as fast as it was built; try again');
         continue;
       }
+      await this.markLive(swarm, built.digest);
       // As the build found them, before it looked: a change since makes the next look build.
       const used = built.probe?.stamp() ?? null;
       const artifact: LiveArtifact = { digest: built.digest, failures: built.failures, bundles: bundlesOf(built) };
@@ -128,6 +129,23 @@ export class LiveArtifacts {
         await sweepUnused(this.root, swarm, () => namedDigests(this.root, swarm));
       }
       return artifact;
+    }
+  }
+
+  /**
+   * Records `digest` as the content the swarm's live keys run from, which every sweep keeps (see
+   * namedDigests). Replaced by the next build's, the old content's grace starts.
+   */
+  private async markLive(swarm: string, digest: string): Promise<void> {
+    const dir = liveRecordsDir(this.root);
+    const temp = join(dir, workFolderName(TEMP_PREFIX));
+    try {
+      await mkdir(dir, { recursive: true });
+      await writeFile(temp, digest, { flag: 'wx', mode: 0o600 });
+      await rename(temp, liveDigestFile(this.root, swarm));
+    } catch {
+      // Best effort, as the record: without it the content is kept from each start for 10 minutes.
+      await rm(temp, { force: true });
     }
   }
 

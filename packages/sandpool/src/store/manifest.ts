@@ -72,7 +72,7 @@ export const SOURCE_MAP_LINE = '//# sandpool-source-map sha256=';
 // O_NONBLOCK: one swapped for a FIFO must not block the read; the fstat then refuses it.
 const READ_FLAGS = constants.O_RDONLY | (constants.O_NOFOLLOW ?? 0) | (constants.O_NONBLOCK ?? 0);
 /** A manifest is small; a larger one was not written by create. */
-const MAX_MANIFEST_BYTES = 64 * 1024 * 1024;
+export const MAX_MANIFEST_BYTES = 64 * 1024 * 1024;
 const HASH_CONCURRENCY = 8;
 const CHUNK = 64 * 1024;
 const SHA256_HEX = /^[0-9a-f]{64}$/;

@@ -5,9 +5,10 @@ import { join } from 'node:path';
 import { isSandpoolError, snapshotCorrupt, snapshotNotFound } from '../errors.js';
 import { type BuiltArtifact, locateArtifact } from './artifact.js';
 import { checkGeneration, recordedGeneration } from './generations.js';
-import { snapshotDir, snapshotsDir } from './layout.js';
+import { liveDigestFile, snapshotDir, snapshotsDir } from './layout.js';
 import { checkPlace, checkSignature, type LegacyManifest, readManifest, snapshotDigest } from './manifest.js';
 import { checkPointer, checkPointerPlace, type Pointer, readPointer } from './pointer.js';
+import { readRegularFileSync } from './safe-read.js';
 
 export type SnapshotRef =
   | { readonly kind: 'pointer'; readonly pointer: Pointer; readonly artifact: BuiltArtifact }
@@ -86,10 +87,15 @@ function readFolder(
 
 /**
  * The digests the swarm's names point to now, read without checks (a damaged pointer's
- * content is kept): what a sweep of unused artifacts must leave.
+ * content is kept), and the one its live keys run from: what a sweep of unused artifacts must
+ * leave. A live key's artifact is touched only when a key starts from it, and a worker serves
+ * on from it for as long as it is called; swept after 10 minutes, its files beside the module
+ * (read by path, or imported at run time) were gone under it.
  */
 export function namedDigests(root: string, swarm: string): Set<string> {
   const digests = new Set<string>();
+  const live = liveDigest(root, swarm);
+  if (live !== null) digests.add(live);
   let names: string[];
   try {
     names = readdirSync(snapshotsDir(root, swarm));
@@ -104,6 +110,16 @@ export function namedDigests(root: string, swarm: string): Set<string> {
     }
   }
   return digests;
+}
+
+/** The swarm's live digest as its last live build recorded it (see liveDigestFile); null for none. */
+function liveDigest(root: string, swarm: string): string | null {
+  try {
+    const text = readRegularFileSync(liveDigestFile(root, swarm), { maxBytes: 64 }).toString('latin1');
+    return /^[0-9a-f]{64}$/.test(text) ? text : null;
+  } catch {
+    return null;
+  }
 }
 
 /** The digest a name's pointer holds now, unchecked; null for none (or a folder made before artifacts). */

@@ -4,12 +4,13 @@
  * the grace the local store keeps (UNUSED_ARTIFACT_MS, counted on the database's clock so
  * nodes with skewed clocks agree). Every function runs inside a transaction its caller holds.
  */
-import { readFile } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import type pg from 'pg';
-import { snapshotBuild } from '../errors.js';
+import { snapshotBuild, snapshotCorrupt } from '../errors.js';
 import type { BuiltArtifact } from './artifact.js';
 import { serializeManifest } from './manifest.js';
+import { readRegularFile } from './safe-read.js';
 
 /** Artifacts one collection removes at most: the rest go with the next, so no transaction runs long. */
 const COLLECT_BATCH = 32;
@@ -19,7 +20,8 @@ const CLAIM_ATTEMPTS = 3;
 /**
  * Makes the artifact's row present and marked used now, and holds its row lock until the
  * caller's transaction ends, so no collection can take it before the name that uses it is
- * written. Its files are uploaded only when this call inserted the row.
+ * written. Its files are uploaded only when this call inserted the row, each checked against
+ * the manifest first (see uploadedBytes).
  */
 export async function claimArtifact(client: pg.ClientBase, artifact: BuiltArtifact): Promise<void> {
   const { swarm, digest } = artifact.manifest;
@@ -34,7 +36,7 @@ export async function claimArtifact(client: pg.ClientBase, artifact: BuiltArtifa
     // it); the next update finds its row.
     if (added.rowCount !== 1) continue;
     for (const path of Object.keys(artifact.manifest.files)) {
-      const bytes = await readFile(join(artifact.dir, ...path.split('/')));
+      const bytes = await uploadedBytes(artifact, path);
       await client.query('INSERT INTO sandpool_artifact_files (swarm, digest, path, bytes) VALUES ($1, $2, $3, $4)', [
         swarm,
         digest,
@@ -47,6 +49,38 @@ export async function claimArtifact(client: pg.ClientBase, artifact: BuiltArtifa
   throw snapshotBuild(
     `artifact ${digest.slice(0, 12)} of swarm ${swarm} kept being uploaded and collected meanwhile; try again`,
   );
+}
+
+/**
+ * One file of a local artifact as the database may take it: a regular file (no link followed)
+ * whose size and sha256 are the manifest's. The database's copy of a digest is uploaded once
+ * and every later create of it only claims it, so bytes damaged or rewritten on one node's
+ * disk (its build reuses whatever folder holds the digest) would be every node's copy, refused
+ * by each download's check, for as long as a name used it. Such a copy is CORRUPT here instead,
+ * and nothing of it is sent.
+ */
+async function uploadedBytes({ manifest, dir }: BuiltArtifact, path: string): Promise<Buffer> {
+  const want = manifest.files[path];
+  const refused = (cause?: unknown) =>
+    snapshotCorrupt(
+      `artifact ${manifest.digest.slice(0, 12)} of swarm ${manifest.swarm} does not match its manifest on this node (file ${path}); not uploaded`,
+      undefined,
+      cause,
+    );
+  let bytes: Buffer;
+  try {
+    bytes = await readRegularFile(join(dir, ...path.split('/')), { maxBytes: want?.bytes ?? 0 });
+  } catch (cause) {
+    throw refused(cause);
+  }
+  if (
+    want === undefined ||
+    bytes.length !== want.bytes ||
+    createHash('sha256').update(bytes).digest('hex') !== want.sha256
+  ) {
+    throw refused();
+  }
+  return bytes;
 }
 
 /**

@@ -9,10 +9,16 @@ import { mkdir, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type pg from 'pg';
 import { snapshotCorrupt } from '../errors.js';
-import { freezeFolders, locateArtifact } from './artifact.js';
+import { filesCost, freezeFolders, locateArtifact } from './artifact.js';
 import { artifactDir, artifactsDir, TEMP_PREFIX } from './layout.js';
 import { removeTree, workFolderName } from './leftovers.js';
-import { type ArtifactManifest, MANIFEST_NAME, parseManifest, serializeManifest } from './manifest.js';
+import {
+  type ArtifactManifest,
+  MANIFEST_NAME,
+  MAX_MANIFEST_BYTES,
+  parseManifest,
+  serializeManifest,
+} from './manifest.js';
 import { claimArtifact } from './postgres-content.js';
 import { query, transaction } from './postgres-db.js';
 
@@ -41,22 +47,27 @@ export async function downloadArtifact(
   digest: string,
   maxBytes: number,
 ): Promise<void> {
-  const found = await query(db, 'SELECT manifest FROM sandpool_artifacts WHERE swarm = $1 AND digest = $2', [
-    swarm,
-    digest,
-  ]);
-  const text = found.rows[0]?.manifest as string | undefined;
-  if (text === undefined)
+  // Its size first: a manifest no node's reader would take is not parsed (nor sent) either.
+  const found = await query(
+    db,
+    `SELECT CASE WHEN octet_length(manifest) <= $3 THEN manifest END AS manifest FROM sandpool_artifacts
+     WHERE swarm = $1 AND digest = $2`,
+    [swarm, digest, MAX_MANIFEST_BYTES],
+  );
+  if (found.rows[0] === undefined)
     throw snapshotCorrupt(`artifact ${digest.slice(0, 12)} of swarm ${swarm} is not in the database`);
+  const text = found.rows[0].manifest as string | null;
+  if (text === null) throw snapshotCorrupt(`the database's artifact ${digest.slice(0, 12)} has an oversized manifest`);
   const manifest = parseManifest(text);
   if (manifest.version !== 3 || manifest.swarm !== swarm || manifest.digest !== digest) {
     throw snapshotCorrupt(`the database's artifact ${digest.slice(0, 12)} holds another swarm's or digest's manifest`);
   }
-  const total = Object.values(manifest.files).reduce((sum, file) => sum + file.bytes, 0);
-  if (total > maxBytes) {
+  // Counted as a build counts it, each file's entry too: else a manifest of many empty files,
+  // which no build here would make, filled this node's inodes for nothing against the bound.
+  if (filesCost(manifest.files) > maxBytes) {
     throw snapshotCorrupt(`the database's artifact ${digest.slice(0, 12)} is larger than maxSnapshotBytes`);
   }
-  for (const path of Object.keys(manifest.files)) checkPath(path);
+  checkPaths(Object.keys(manifest.files));
   const parent = artifactsDir(root, swarm);
   await mkdir(parent, { recursive: true });
   const temp = join(parent, workFolderName(TEMP_PREFIX));
@@ -123,14 +134,26 @@ function batches(manifest: ArtifactManifest): string[][] {
   return all;
 }
 
-/** A manifest path from the database: relative, plain segments, never the manifest's own name. */
-function checkPath(path: string): void {
-  const segments = path.split('/');
-  if (
-    path === MANIFEST_NAME ||
-    path.includes('\0') ||
-    segments.some((segment) => segment === '' || segment === '.' || segment === '..')
-  ) {
-    throw snapshotCorrupt(`the database's manifest lists an unsafe path ${JSON.stringify(path.slice(0, 200))}`);
+/**
+ * A manifest's paths from the database: relative, plain segments of at most 255 bytes (a file
+ * name's bound), never the manifest's own name, and no file also a folder on another's path.
+ * What no build makes is CORRUPT here, before a byte is written: writing it could only fail
+ * with the file system's own error, which is no refusal of the content, and the name stayed on
+ * its old content on this node (while every other node moved), fetched again at each recheck.
+ */
+function checkPaths(paths: readonly string[]): void {
+  const files = new Set(paths);
+  for (const path of paths) {
+    const segments = path.split('/');
+    const unsafe =
+      path === MANIFEST_NAME ||
+      path.includes('\0') ||
+      segments.some(
+        (segment) => segment === '' || segment === '.' || segment === '..' || Buffer.byteLength(segment) > 255,
+      ) ||
+      segments.some((_, i) => i > 0 && files.has(segments.slice(0, i).join('/')));
+    if (unsafe) {
+      throw snapshotCorrupt(`the database's manifest lists an unsafe path ${JSON.stringify(path.slice(0, 200))}`);
+    }
   }
 }

@@ -168,16 +168,20 @@ export class PostgresMirror {
    * database's, synced just before), so no two nodes give a name one generation. When the
    * database refuses or cannot be reached, the local name is put back as the database has it
    * (or at the next recheck) and the error is thrown: nothing changed. Content a point moved
-   * the name off starts its grace, and what is past it is collected.
+   * the name off starts its grace; after a create or such a point, what is past it is collected.
    */
   async #publish(swarm: string, name: string, target: string | null): Promise<void> {
     const root = this.#options.root;
     const { pointer, text } = readPointer(snapshotDir(root, swarm, name));
     const artifact = locateArtifact(root, swarm, pointer.digest);
     let unnamed: string | null = null;
+    let uploaded = false;
     try {
       await this.#tables();
-      if (target === null) await this.#transfer('upload', swarm, artifact.digest);
+      if (target === null) {
+        await this.#transfer('upload', swarm, artifact.digest);
+        uploaded = true;
+      }
       unnamed = await transaction(this.#pool, async (client) => {
         // The name's generation first, as every writer of it takes it: then its content.
         const held = await lockGeneration(client, swarm, name);
@@ -202,10 +206,16 @@ export class PostgresMirror {
       });
     } catch (error) {
       await this.#undo(swarm, name, text);
+      // Uploaded for a name the database then refused: unnamed, and collected as any other.
+      if (uploaded) await this.#collect(swarm);
       throw error;
     }
     await this.#syncNow(swarm, name);
-    if (unnamed !== null) await this.#collect(swarm);
+    // Every create collects too, not only moves off content: content whose naming failed (a
+    // name taken meanwhile by another node's create, a node ended between the two
+    // transactions) is named by nothing, and a swarm that only ever creates would keep it
+    // in the database for good, however its quotas bound each node's disk.
+    if (uploaded || unnamed !== null) await this.#collect(swarm);
   }
 
   /** A local write the database did not take: made what the database says, or (unreachable) hidden until it says. */

@@ -8,7 +8,7 @@ import { type Dirent, lstatSync, readdirSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { snapshotBuild, snapshotQuota } from '../errors.js';
 import { SnapshotNameSchema } from '../key.js';
-import { ENTRY_BYTES, sweepUnused, UNUSED_ARTIFACT_MS } from './artifact.js';
+import { ENTRY_BYTES, filesCost, sweepUnused, UNUSED_ARTIFACT_MS } from './artifact.js';
 import { artifactDir, artifactsDir, snapshotsDir } from './layout.js';
 import { type ArtifactManifest, readManifest } from './manifest.js';
 import { withSwarmLock } from './name-lock.js';
@@ -55,9 +55,7 @@ export function addingName<T>(
  * for each file 256 bytes more plus its path (its inode and manifest entry), and the manifest.
  */
 function artifactCost(manifest: ArtifactManifest, manifestBytes: number): number {
-  let cost = manifestBytes;
-  for (const [path, file] of Object.entries(manifest.files)) cost += file.bytes + ENTRY_BYTES + Buffer.byteLength(path);
-  return cost;
+  return manifestBytes + filesCost(manifest.files);
 }
 
 /** Cost of each artifact folder by its name and inode: content never changes under its digest. */
