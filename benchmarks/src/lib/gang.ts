@@ -1,9 +1,8 @@
 import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
-import { fileURLToPath } from 'node:url';
+import { phaseArgs, settleOnExit } from './phase.js';
 import type { Json } from './report.js';
 
-const RUN = fileURLToPath(new URL('../run.js', import.meta.url));
 const READY = 'ready';
 const GO = 'go';
 
@@ -14,32 +13,18 @@ const GO = 'go';
  */
 export async function runGang(bench: string, phases: readonly string[], quick: boolean): Promise<Json[]> {
   const members = phases.map((phase) => {
-    const args = ['--expose-gc', RUN, '--child', bench, '--phase', phase, ...(quick ? ['--quick'] : [])];
-    const child = spawn(process.execPath, args, { stdio: ['pipe', 'pipe', 'inherit'] });
+    const child = spawn(process.execPath, phaseArgs(bench, phase, quick), { stdio: ['pipe', 'pipe', 'inherit'] });
     const lines = createInterface({ input: child.stdout });
     let resolveReady: () => void = () => {};
     const ready = new Promise<void>((resolve) => {
       resolveReady = resolve;
     });
-    const result = new Promise<Json>((resolve, reject) => {
-      let last = '';
-      lines.on('line', (line) => {
-        if (line === READY) resolveReady();
-        else last = line;
-      });
-      child.on('error', reject);
-      child.on('exit', (code, signal) => {
-        if (code !== 0) {
-          reject(new Error(`${bench} phase ${phase} failed (${signal ?? `exit ${code}`})`));
-          return;
-        }
-        try {
-          resolve(JSON.parse(last) as Json);
-        } catch (error) {
-          reject(new Error(`${bench} phase ${phase} printed no JSON`, { cause: error }));
-        }
-      });
+    let last = '';
+    lines.on('line', (line) => {
+      if (line === READY) resolveReady();
+      else last = line;
     });
+    const result = settleOnExit(child, bench, phase, () => last);
     return { child, ready, result };
   });
   // A member that fails before it is ready must not leave the others waiting for a go.
