@@ -121,7 +121,8 @@ export class SpareFolder {
       unlinkSync(next);
       throw error;
     }
-    tryRemove(() => rmdirSync(this.empty));
+    // The empty folder stays until the worker ends: a lookup that read the old link just
+    // before the rename must still find a folder there.
   }
 
   /** Its worker has ended. Best effort: what stays goes with its process's folder. */
